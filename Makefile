@@ -1,0 +1,42 @@
+# Thinlab. `make demo` and `make test` work on a fresh Debian 12 machine as root.
+SHELL := /bin/bash
+export PATH := $(CURDIR)/bin:/usr/local/go/bin:$(PATH)
+GO ?= go
+BENCH ?= .
+TESTFLAGS ?=
+
+.PHONY: all deps build generate lint test bench demo demo-stop clean
+
+all: build
+
+deps:
+	@deploy/dev/deps.sh
+
+generate: deps
+	@templ generate -path ui >/dev/null 2>&1 || true
+
+build: generate
+	$(GO) build -o bin/thinlab ./cmd/thinlab
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v '_templ.go$$')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+
+# Tests need root (mounts, loop devices, the postgres OS user). Packages run
+# two at a time; each test cleans up its own mounts, loop devices and daemons.
+test: deps build lint
+	$(GO) test -p 2 -timeout 40m $(TESTFLAGS) ./...
+
+# Benchmarks print `BENCH <name> <value> <unit>` lines; results go to
+# BENCHMARKS.md with the command that produced them.
+bench: deps build
+	$(GO) test -p 1 -run '^$$' -bench '$(BENCH)' -benchtime 1x -timeout 120m ./... | tee bench.out | grep -E '^(BENCH|ok|FAIL|---)'
+
+demo: deps build
+	@deploy/demo/demo.sh
+
+demo-stop:
+	@deploy/demo/demo.sh stop
+
+clean:
+	rm -rf bin bench.out

@@ -1,0 +1,121 @@
+// Package storage is the copy-on-write pool layer of the agent: one main
+// dataset holding a PostgreSQL data directory, read-only snapshots of it with
+// metadata, and writable clones of those snapshots. Backends (zfs, lvm,
+// btrfs, reflink) live in sub-folders and implement Pool. This package knows
+// datasets, not clones' postgres or retrieval; it imports nothing else of
+// the agent.
+package storage
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// Modes, as reported in the DLE API's pool "mode" field.
+const (
+	ModeZFS     = "zfs"
+	ModeLVM     = "lvm"
+	ModeBtrfs   = "btrfs"
+	ModeReflink = "reflink"
+)
+
+// DataSubdir is the directory inside every dataset (main or clone) that
+// holds PGDATA. Keeping PGDATA one level below the dataset root leaves room
+// for filesystem artefacts (lost+found) and sidecar metadata.
+const DataSubdir = "pgdata"
+
+// Sentinel errors; backends wrap them with details, callers test with
+// errors.Is.
+var (
+	ErrNotFound      = errors.New("not found")
+	ErrExists        = errors.New("already exists")
+	ErrHasDependents = errors.New("has dependent clones")
+	ErrInvalidName   = errors.New("invalid name")
+	ErrNoSpace       = errors.New("no space left in pool")
+)
+
+// Snapshot is a read-only point-in-time image of the main dataset.
+type Snapshot struct {
+	// ID keeps DLE's shape on every backend: <pool>@snapshot_<YYYYMMDDhhmmss>
+	// (the suffix is DataStateAt in UTC).
+	ID          string
+	Pool        string
+	CreatedAt   time.Time
+	DataStateAt time.Time
+	Message     string
+	Labels      map[string]string
+	// PhysicalSize is the space the snapshot holds exclusively (bytes);
+	// LogicalSize the size of the data it references.
+	PhysicalSize uint64
+	LogicalSize  uint64
+	// Clones are the names of clones created from this snapshot.
+	Clones []string
+}
+
+// Clone is a writable dataset made from a snapshot.
+type Clone struct {
+	Name       string
+	SnapshotID string
+	// Mountpoint is the dataset's root, owned by the configured owner;
+	// PGDATA is Mountpoint/DataSubdir.
+	Mountpoint string
+	CreatedAt  time.Time
+	// UsedBytes is the space written by this clone (not shared with its
+	// snapshot).
+	UsedBytes uint64
+}
+
+// Usage is the pool's space accounting in bytes.
+type Usage struct {
+	Size            uint64
+	Free            uint64
+	Used            uint64
+	DataSize        uint64 // referenced by the main dataset
+	UsedBySnapshots uint64
+	UsedByClones    uint64
+	CompressRatio   float64 // 1.0 where the backend does not compress
+}
+
+// SnapshotOptions describe a new snapshot. A zero DataStateAt means now.
+type SnapshotOptions struct {
+	DataStateAt time.Time
+	Message     string
+	Labels      map[string]string
+}
+
+// Pool is one copy-on-write pool. Implementations are safe for concurrent
+// use and keep all metadata with the data, so that a fresh process can
+// rebuild the whole picture from the pool alone.
+type Pool interface {
+	// Name is the pool's name, the prefix of its snapshot IDs.
+	Name() string
+	// Mode is one of the Mode* constants.
+	Mode() string
+	// MainDir is the mountpoint of the main dataset that retrieval fills;
+	// PGDATA is MainDir()/DataSubdir.
+	MainDir() string
+
+	// Snapshot takes a read-only snapshot of the main dataset. It fails
+	// with ErrExists when a snapshot with the same ID exists.
+	Snapshot(ctx context.Context, opt SnapshotOptions) (Snapshot, error)
+	// Snapshots lists snapshots, newest DataStateAt first.
+	Snapshots(ctx context.Context) ([]Snapshot, error)
+	// GetSnapshot returns one snapshot or ErrNotFound.
+	GetSnapshot(ctx context.Context, id string) (Snapshot, error)
+	// DestroySnapshot deletes a snapshot. With clones depending on it, it
+	// fails with ErrHasDependents unless force is set, which destroys those
+	// clones first.
+	DestroySnapshot(ctx context.Context, id string, force bool) error
+
+	// Clone creates a writable clone of a snapshot named name (validated
+	// with ValidateName). On failure nothing is left behind.
+	Clone(ctx context.Context, snapshotID, name string) (Clone, error)
+	// Clones lists clones, oldest first.
+	Clones(ctx context.Context) ([]Clone, error)
+	// DestroyClone removes a clone and its mountpoint; ErrNotFound if absent.
+	DestroyClone(ctx context.Context, name string) error
+
+	// Usage reports space accounting.
+	Usage(ctx context.Context) (Usage, error)
+}

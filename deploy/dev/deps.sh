@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Installs what Thinlab needs on a Debian 12 machine, only what is missing,
+# quietly when everything is there. Called by `make deps` (and so by `make
+# test`, `make demo` and CI).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+packages=(
+  postgresql-15 postgresql-contrib postgresql-15-hypopg   # clones, sources, platform DB
+  zfs-fuse btrfs-progs xfsprogs util-linux                # copy-on-write pools on loop files
+  qemu-system-x86 linux-image-amd64 lvm2 thin-provisioning-tools busybox-static cpio  # LVM thin tests in a VM
+  chromium chromium-driver                                # UI tests in a real browser
+  ca-certificates git make gcc
+)
+missing=()
+for p in "${packages[@]}"; do
+  [[ "$p" == \#* ]] && continue
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+if ((${#missing[@]})); then
+  echo "deps: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q >/dev/null
+  apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! command -v go >/dev/null; then
+  export PATH=$PATH:/usr/local/go/bin
+fi
+command -v go >/dev/null || { echo "deps: Go 1.26 is required (install it to /usr/local/go)" >&2; exit 1; }
+
+# Go tools pinned in tools/go.mod, built once into bin/.
+mkdir -p bin
+build_tool() { # name package
+  local name=$1 pkg=$2
+  if [[ ! -x bin/$name || tools/go.mod -nt bin/$name ]]; then
+    echo "deps: building $name"
+    (cd tools && CGO_ENABLED=0 go build -o ../bin/$name "$pkg")
+  fi
+}
+build_tool templ github.com/a-h/templ/cmd/templ
+build_tool dex github.com/dexidp/dex/cmd/dex
+build_tool stripe-mock github.com/stripe/stripe-mock

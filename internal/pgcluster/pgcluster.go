@@ -1,0 +1,383 @@
+// Package pgcluster initializes, starts and stops PostgreSQL clusters with the
+// system's binaries, as the postgres OS user. The agent uses it for clone
+// instances and the pool's own instance, the platform for its embedded
+// database, and tests for throwaway servers.
+package pgcluster
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/thinlab/thinlab/internal/command"
+)
+
+// DefaultBinRoot is where Debian installs one directory per major version.
+const DefaultBinRoot = "/usr/lib/postgresql"
+
+// OSUser is the account PostgreSQL runs as.
+type OSUser struct {
+	Name string
+	UID  uint32
+	GID  uint32
+}
+
+// LookupUser finds an OS account by name (normally "postgres").
+func LookupUser(name string) (OSUser, error) {
+	u, err := user.Lookup(name)
+	if err != nil {
+		return OSUser{}, fmt.Errorf("OS user %q not found (install postgresql or set the user in the config): %w", name, err)
+	}
+	uid, _ := strconv.ParseUint(u.Uid, 10, 32)
+	gid, _ := strconv.ParseUint(u.Gid, 10, 32)
+	return OSUser{Name: name, UID: uint32(uid), GID: uint32(gid)}, nil
+}
+
+// Credential returns the credential for running a process as u, or nil when
+// the current process already is u (so tests can run unprivileged too).
+func (u OSUser) Credential() *syscall.Credential {
+	if uint32(os.Getuid()) == u.UID {
+		return nil
+	}
+	return &syscall.Credential{Uid: u.UID, Gid: u.GID}
+}
+
+// ChownR hands path and everything below it to u.
+func (u OSUser) ChownR(path string) error {
+	return filepath.WalkDir(path, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		return os.Lchown(p, int(u.UID), int(u.GID))
+	})
+}
+
+// MkdirTemp creates a fresh directory under os.TempDir() owned by u with mode
+// 0700. t.TempDir() cannot be used for data directories when tests run as
+// root: its parent is 0700 root, so the postgres user cannot reach it.
+func MkdirTemp(pattern string, u OSUser) (string, error) {
+	dir, err := os.MkdirTemp("", pattern)
+	if err != nil {
+		return "", err
+	}
+	if err := os.Chmod(dir, 0o700); err != nil {
+		return "", err
+	}
+	if err := os.Chown(dir, int(u.UID), int(u.GID)); err != nil {
+		os.RemoveAll(dir)
+		return "", err
+	}
+	return dir, nil
+}
+
+// BinDirFor returns the binaries directory matching dataDir's PG_VERSION
+// under root (DefaultBinRoot when empty).
+func BinDirFor(root, dataDir string) (string, error) {
+	if root == "" {
+		root = DefaultBinRoot
+	}
+	raw, err := os.ReadFile(filepath.Join(dataDir, "PG_VERSION"))
+	if err != nil {
+		return "", fmt.Errorf("read PG_VERSION of %s (is it a PostgreSQL data directory?): %w", dataDir, err)
+	}
+	major := strings.TrimSpace(string(raw))
+	dir := filepath.Join(root, major, "bin")
+	if _, err := os.Stat(filepath.Join(dir, "postgres")); err != nil {
+		return "", fmt.Errorf("data directory %s needs PostgreSQL %s, but %s/postgres is missing (install postgresql-%s)", dataDir, major, dir, major)
+	}
+	return dir, nil
+}
+
+// NewestBinDir returns the binaries directory of the newest installed major
+// version under root (DefaultBinRoot when empty).
+func NewestBinDir(root string) (string, error) {
+	if root == "" {
+		root = DefaultBinRoot
+	}
+	entries, err := os.ReadDir(root)
+	if err != nil {
+		return "", fmt.Errorf("no PostgreSQL under %s (install postgresql-15): %w", root, err)
+	}
+	var majors []int
+	for _, e := range entries {
+		if n, err := strconv.Atoi(e.Name()); err == nil {
+			if _, err := os.Stat(filepath.Join(root, e.Name(), "bin", "postgres")); err == nil {
+				majors = append(majors, n)
+			}
+		}
+	}
+	if len(majors) == 0 {
+		return "", fmt.Errorf("no PostgreSQL server binaries under %s (install postgresql-15)", root)
+	}
+	sort.Ints(majors)
+	return filepath.Join(root, strconv.Itoa(majors[len(majors)-1]), "bin"), nil
+}
+
+// Cluster is one PostgreSQL data directory and how to run it.
+type Cluster struct {
+	DataDir string
+	BinDir  string
+	User    OSUser
+	// SocketDir holds the Unix socket; defaults to DataDir.
+	SocketDir string
+	Runner    command.Runner
+	Logger    *slog.Logger
+}
+
+// InitOptions are passed to initdb.
+type InitOptions struct {
+	Superuser string // default "postgres"
+	// AuthLocal and AuthHost default to "trust" and "scram-sha-256".
+	AuthLocal string
+	AuthHost  string
+}
+
+// Init runs initdb into c.DataDir, which must be empty or missing and whose
+// parent the postgres user can reach.
+func (c *Cluster) Init(ctx context.Context, opt InitOptions) error {
+	if opt.Superuser == "" {
+		opt.Superuser = "postgres"
+	}
+	if opt.AuthLocal == "" {
+		opt.AuthLocal = "trust"
+	}
+	if opt.AuthHost == "" {
+		opt.AuthHost = "scram-sha-256"
+	}
+	if c.BinDir == "" {
+		dir, err := NewestBinDir("")
+		if err != nil {
+			return err
+		}
+		c.BinDir = dir
+	}
+	if err := os.MkdirAll(c.DataDir, 0o700); err != nil {
+		return err
+	}
+	if err := os.Chown(c.DataDir, int(c.User.UID), int(c.User.GID)); err != nil {
+		return err
+	}
+	_, err := c.Runner.RunCmd(ctx, command.Cmd{
+		Name:       filepath.Join(c.BinDir, "initdb"),
+		Args:       []string{"-D", c.DataDir, "-U", opt.Superuser, "--auth-local=" + opt.AuthLocal, "--auth-host=" + opt.AuthHost, "-E", "UTF8", "--locale=C.UTF-8", "--no-sync"},
+		Credential: c.User.Credential(),
+		Dir:        "/",
+	})
+	return err
+}
+
+func (c *Cluster) socketDir() string {
+	if c.SocketDir != "" {
+		return c.SocketDir
+	}
+	return c.DataDir
+}
+
+// LogFile is where Start sends the server's output.
+func (c *Cluster) LogFile() string { return filepath.Join(c.DataDir, "thinlab-postgres.log") }
+
+// FastSettings are for throwaway clusters in tests: no durability.
+var FastSettings = map[string]string{
+	"fsync":              "off",
+	"synchronous_commit": "off",
+	"full_page_writes":   "off",
+}
+
+// Start launches postgres on port (listening on listenAddr, or only the
+// socket when empty) with extra settings, detached in its own session so it
+// outlives the caller, and waits until it accepts connections.
+func (c *Cluster) Start(ctx context.Context, port int, listenAddr string, settings map[string]string) error {
+	if c.BinDir == "" {
+		dir, err := BinDirFor("", c.DataDir)
+		if err != nil {
+			return err
+		}
+		c.BinDir = dir
+	}
+	// A pid file copied from a snapshot of a running server must go, or
+	// postgres may refuse to start.
+	if pid, err := c.PID(); err == nil && pid > 0 && processAlive(pid) {
+		return fmt.Errorf("postgres already running in %s (pid %d)", c.DataDir, pid)
+	}
+	os.Remove(filepath.Join(c.DataDir, "postmaster.pid"))
+
+	args := []string{"-D", c.DataDir,
+		"-c", "port=" + strconv.Itoa(port),
+		"-c", "listen_addresses=" + listenAddr,
+		"-c", "unix_socket_directories=" + c.socketDir(),
+	}
+	keys := make([]string, 0, len(settings))
+	for k := range settings {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		args = append(args, "-c", k+"="+settings[k])
+	}
+	logf, err := os.OpenFile(c.LogFile(), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return fmt.Errorf("open postgres log: %w", err)
+	}
+	defer logf.Close()
+	os.Chown(c.LogFile(), int(c.User.UID), int(c.User.GID))
+
+	cmd := exec.Command(filepath.Join(c.BinDir, "postgres"), args...)
+	cmd.Dir = "/"
+	cmd.Stdout = logf
+	cmd.Stderr = logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Credential: c.User.Credential()}
+	c.logger().Debug("start postgres", "datadir", c.DataDir, "port", port)
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start postgres in %s: %w", c.DataDir, err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }() // reap the child when it ends
+
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		if c.ready(cmd.Process.Pid) {
+			return nil
+		}
+		select {
+		case err := <-exited:
+			return fmt.Errorf("postgres in %s exited during start (%v): %s", c.DataDir, err, tailLog(c.LogFile(), 10))
+		case <-ctx.Done():
+			cmd.Process.Kill()
+			return fmt.Errorf("postgres in %s did not become ready: %w; log: %s", c.DataDir, ctx.Err(), tailLog(c.LogFile(), 10))
+		case <-tick.C:
+		}
+	}
+}
+
+// ready reads postmaster.pid: line 1 is the pid, line 8 the status
+// ("ready" once connections are accepted), as pg_ctl -w does.
+func (c *Cluster) ready(pid int) bool {
+	lines, err := readPidFile(c.DataDir)
+	if err != nil || len(lines) < 8 {
+		return false
+	}
+	return lines[0] == strconv.Itoa(pid) && strings.TrimSpace(lines[7]) == "ready"
+}
+
+// PID returns the postmaster's pid from postmaster.pid (0 if none).
+func (c *Cluster) PID() (int, error) {
+	lines, err := readPidFile(c.DataDir)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return 0, nil
+		}
+		return 0, err
+	}
+	if len(lines) == 0 {
+		return 0, nil
+	}
+	return strconv.Atoi(strings.TrimSpace(lines[0]))
+}
+
+// Running reports whether the postmaster recorded in the data directory is
+// alive.
+func (c *Cluster) Running() bool {
+	pid, err := c.PID()
+	return err == nil && pid > 0 && processAlive(pid)
+}
+
+// Stop shuts the server down with pg_ctl (mode "fast" when empty) and waits.
+func (c *Cluster) Stop(ctx context.Context, mode string) error {
+	if mode == "" {
+		mode = "fast"
+	}
+	if !c.Running() {
+		return nil
+	}
+	binDir := c.BinDir
+	if binDir == "" {
+		var err error
+		if binDir, err = BinDirFor("", c.DataDir); err != nil {
+			return err
+		}
+	}
+	_, err := c.Runner.RunCmd(ctx, command.Cmd{
+		Name:       filepath.Join(binDir, "pg_ctl"),
+		Args:       []string{"stop", "-D", c.DataDir, "-m", mode, "-w", "-t", "60"},
+		Credential: c.User.Credential(),
+		Dir:        "/",
+	})
+	return err
+}
+
+// Kill stops the server at once (SIGQUIT to the postmaster), for cleanup
+// paths where a clean shutdown does not matter.
+func (c *Cluster) Kill() {
+	if pid, err := c.PID(); err == nil && pid > 0 && processAlive(pid) {
+		syscall.Kill(pid, syscall.SIGQUIT)
+		for i := 0; i < 500 && processAlive(pid); i++ {
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+}
+
+// SocketConnString is a libpq key/value string that reaches the server over
+// its Unix socket (trust auth from initdb's defaults).
+func (c *Cluster) SocketConnString(port int, user, db string) string {
+	return fmt.Sprintf("host=%s port=%d user=%s dbname=%s sslmode=disable", c.socketDir(), port, user, db)
+}
+
+func (c *Cluster) logger() *slog.Logger {
+	if c.Logger != nil {
+		return c.Logger
+	}
+	return slog.Default()
+}
+
+func readPidFile(dataDir string) ([]string, error) {
+	f, err := os.Open(filepath.Join(dataDir, "postmaster.pid"))
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	var lines []string
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		lines = append(lines, sc.Text())
+	}
+	return lines, sc.Err()
+}
+
+func processAlive(pid int) bool {
+	err := syscall.Kill(pid, 0)
+	if err != nil {
+		return false
+	}
+	// A zombie still answers kill(0); check /proc for state Z.
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return true
+	}
+	fields := strings.Fields(string(raw[strings.LastIndexByte(string(raw), ')')+1:]))
+	return len(fields) == 0 || fields[0] != "Z"
+}
+
+func tailLog(path string, n int) string {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return ""
+	}
+	lines := strings.Split(strings.TrimSpace(string(raw)), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}

@@ -1,0 +1,73 @@
+package pgcluster
+
+import (
+	"context"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// FreePort asks the kernel for a free TCP port on loopback.
+func freePort(t *testing.T) int {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+func TestInitStartQueryStop(t *testing.T) {
+	u, err := LookupUser("postgres")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir, err := MkdirTemp("pgcluster-*", u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	c := &Cluster{DataDir: filepath.Join(dir, "data"), User: u}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := c.Init(ctx, InitOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	port := freePort(t)
+	if err := c.Start(ctx, port, "127.0.0.1", FastSettings); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Kill)
+	conn, err := pgx.Connect(ctx, c.SocketConnString(port, "postgres", "postgres"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var v string
+	if err := conn.QueryRow(ctx, "show fsync").Scan(&v); err != nil || v != "off" {
+		t.Fatalf("fsync = %q, %v", v, err)
+	}
+	conn.Close(ctx)
+	if err := c.Start(ctx, port, "", nil); err == nil || !strings.Contains(err.Error(), "already running") {
+		t.Fatalf("second start: %v", err)
+	}
+	if err := c.Stop(ctx, ""); err != nil {
+		t.Fatal(err)
+	}
+	if c.Running() {
+		t.Fatal("still running after stop")
+	}
+}
+
+func TestBinDirForNamesMissingVersion(t *testing.T) {
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "PG_VERSION"), []byte("9\n"), 0o644)
+	_, err := BinDirFor("", dir)
+	if err == nil || !strings.Contains(err.Error(), "postgresql-9") {
+		t.Fatalf("err = %v", err)
+	}
+}
