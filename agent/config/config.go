@@ -1,0 +1,385 @@
+// Package config is the agent's YAML configuration: one file, defaults for
+// everything optional, and validation whose errors name the field and how
+// to fix it.
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// Config is the whole agent configuration.
+type Config struct {
+	Server    Server    `yaml:"server"`
+	Pools     []Pool    `yaml:"pools"`
+	Provision Provision `yaml:"provision"`
+	Cloning   Cloning   `yaml:"cloning"`
+	Retrieval Retrieval `yaml:"retrieval"`
+	// StateDir holds the agent's state (clones.json, retrieval state).
+	StateDir string   `yaml:"stateDir"`
+	Platform Platform `yaml:"platform"`
+}
+
+// Server is the agent's local HTTP API.
+type Server struct {
+	Host string `yaml:"host"`
+	Port int    `yaml:"port"`
+	// VerificationToken is required in the Verification-Token header of
+	// every API request.
+	VerificationToken string `yaml:"verificationToken"`
+}
+
+// Pool is one copy-on-write pool, opened with agent/storage/backend.
+type Pool struct {
+	Name string `yaml:"name"`
+	// Mode is the backend: zfs, lvm, btrfs or reflink.
+	Mode string `yaml:"mode"`
+	// Path is the backend's location of the pool: the mountpoint of a
+	// btrfs/XFS filesystem, a ZFS dataset name, an LVM VG/thin pool.
+	Path string `yaml:"path"`
+	// ClonesDir is where clone datasets are mounted (backend default when
+	// empty).
+	ClonesDir string `yaml:"clonesDir"`
+}
+
+// Provision is how clones run.
+type Provision struct {
+	PortPool PortPool `yaml:"portPool"`
+	// PgBinRoot holds one directory per major version (<root>/<major>/bin).
+	PgBinRoot string `yaml:"pgBinRoot"`
+	// OSUser runs postgres (it refuses to run as root).
+	OSUser string `yaml:"osUser"`
+	// ListenAddresses is postgres' listen_addresses for every clone.
+	ListenAddresses string `yaml:"listenAddresses"`
+	// AccessHost is the host clients are told to connect to.
+	AccessHost    string        `yaml:"accessHost"`
+	CloneDefaults CloneDefaults `yaml:"cloneDefaults"`
+	Resources     Resources     `yaml:"resources"`
+}
+
+// PortPool is the inclusive range of clone ports.
+type PortPool struct {
+	From int `yaml:"from"`
+	To   int `yaml:"to"`
+}
+
+// Size is the number of ports in the range.
+func (p PortPool) Size() int { return p.To - p.From + 1 }
+
+// CloneDefaults apply to every clone.
+type CloneDefaults struct {
+	// Settings are postgres settings for every clone, on top of small
+	// memory defaults; a request's extra_conf overrides them.
+	Settings map[string]string `yaml:"settings"`
+	// DBName is the database reported when a request names none.
+	DBName string `yaml:"dbName"`
+}
+
+// Resources are per-clone limits, applied through cgroups where the host
+// allows it. Empty means no limit.
+type Resources struct {
+	// CPU is a number of CPUs, e.g. "1.5".
+	CPU string `yaml:"cpu"`
+	// Memory is a size such as "512Mi", "1Gi" or "536870912".
+	Memory string `yaml:"memory"`
+}
+
+// CPUQuota parses CPU (0 when unset).
+func (r Resources) CPUQuota() float64 {
+	v, _ := strconv.ParseFloat(strings.TrimSpace(r.CPU), 64)
+	return v
+}
+
+// MemoryBytes parses Memory (0 when unset).
+func (r Resources) MemoryBytes() uint64 {
+	v, _ := ParseSize(r.Memory)
+	return v
+}
+
+// Cloning is the clones' lifetime policy.
+type Cloning struct {
+	// MaxIdleMinutes deletes a clone that had no connections for this long;
+	// 0 disables idle cleanup.
+	MaxIdleMinutes uint `yaml:"maxIdleMinutes"`
+	// ProtectionLeaseDurationMinutes is how long protection lasts when a
+	// request gives no duration; 0 means forever.
+	ProtectionLeaseDurationMinutes uint `yaml:"protectionLeaseDurationMinutes"`
+	// ProtectionMaxDurationMinutes caps any protection; 0 means no cap.
+	ProtectionMaxDurationMinutes uint `yaml:"protectionMaxDurationMinutes"`
+}
+
+// Retrieval fills a pool with data.
+type Retrieval struct {
+	// Mode is "logical" (pg_dump | pg_restore), or empty for none.
+	Mode   string `yaml:"mode"`
+	Source Source `yaml:"source"`
+	// Pool is the pool to fill; the first pool when empty.
+	Pool string `yaml:"pool"`
+	// Databases to copy; all non-template databases of the source when
+	// empty.
+	Databases []string `yaml:"databases"`
+	// Jobs is pg_restore's parallelism (1 when unset; parallel restore
+	// needs a seekable archive, so >1 only affects index builds via
+	// maintenance settings).
+	Jobs int `yaml:"jobs"`
+	// RefreshSchedule is a cron expression (5 fields) for full refreshes;
+	// empty means only on demand.
+	RefreshSchedule string `yaml:"refreshSchedule"`
+	// RefreshOnStart runs a full refresh when the agent starts and the pool
+	// has no snapshot yet.
+	RefreshOnStart bool `yaml:"refreshOnStart"`
+}
+
+// Source is the database logical retrieval copies from. Give either
+// ConnStr or Host/Port/DBName/Username; the password can come from Password
+// or, better, the environment variable named by PasswordEnv.
+type Source struct {
+	ConnStr     string `yaml:"connStr"`
+	Host        string `yaml:"host"`
+	Port        int    `yaml:"port"`
+	DBName      string `yaml:"dbname"`
+	Username    string `yaml:"username"`
+	Password    string `yaml:"password"`
+	PasswordEnv string `yaml:"passwordEnv"`
+}
+
+// ResolvedPassword is Password, or the value of PasswordEnv.
+func (s Source) ResolvedPassword() string {
+	if s.Password != "" {
+		return s.Password
+	}
+	if s.PasswordEnv != "" {
+		return os.Getenv(s.PasswordEnv)
+	}
+	return ""
+}
+
+// Platform is the control plane the agent may connect to (later issue).
+type Platform struct {
+	URL   string `yaml:"url"`
+	Token string `yaml:"token"`
+}
+
+// Defaults.
+const (
+	DefaultServerHost      = "127.0.0.1"
+	DefaultServerPort      = 2345
+	DefaultPortFrom        = 6000
+	DefaultPortTo          = 6099
+	DefaultOSUser          = "postgres"
+	DefaultPgBinRoot       = "/usr/lib/postgresql"
+	DefaultListenAddresses = "127.0.0.1"
+	DefaultDBName          = "postgres"
+	DefaultMaxIdleMinutes  = 120
+	DefaultLeaseMinutes    = 1440
+	DefaultMaxProtection   = 10080
+	DefaultStateDir        = "/var/lib/thinlab"
+)
+
+// Default returns a configuration with every default filled in and no
+// pools.
+func Default() *Config {
+	c := &Config{}
+	c.applyDefaults(nil)
+	return c
+}
+
+// Load reads and validates the YAML file at path.
+func Load(path string) (*Config, error) {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read config: %w", err)
+	}
+	return Parse(raw, path)
+}
+
+// Parse decodes and validates YAML. name is used in error messages.
+func Parse(raw []byte, name string) (*Config, error) {
+	c := &Config{}
+	dec := yaml.NewDecoder(bytes.NewReader(raw))
+	dec.KnownFields(true)
+	if err := dec.Decode(c); err != nil && !errors.Is(err, io.EOF) {
+		return nil, fmt.Errorf("%s: %s", name, explainYAMLError(err))
+	}
+	// Which keys were present decides some defaults (maxIdleMinutes: 0 is
+	// a valid "never").
+	var present map[string]bool
+	var node yaml.Node
+	if err := yaml.Unmarshal(raw, &node); err == nil {
+		present = presentKeys(&node)
+	}
+	c.applyDefaults(present)
+	if err := c.Validate(); err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	return c, nil
+}
+
+func (c *Config) applyDefaults(present map[string]bool) {
+	if c.Server.Host == "" {
+		c.Server.Host = DefaultServerHost
+	}
+	if c.Server.Port == 0 {
+		c.Server.Port = DefaultServerPort
+	}
+	p := &c.Provision
+	if p.PortPool.From == 0 && p.PortPool.To == 0 {
+		p.PortPool = PortPool{From: DefaultPortFrom, To: DefaultPortTo}
+	}
+	if p.PgBinRoot == "" {
+		p.PgBinRoot = DefaultPgBinRoot
+	}
+	if p.OSUser == "" {
+		p.OSUser = DefaultOSUser
+	}
+	if p.ListenAddresses == "" {
+		p.ListenAddresses = DefaultListenAddresses
+	}
+	if p.AccessHost == "" {
+		p.AccessHost = accessHostFor(p.ListenAddresses)
+	}
+	if p.CloneDefaults.DBName == "" {
+		p.CloneDefaults.DBName = DefaultDBName
+	}
+	if !present["cloning.maxIdleMinutes"] {
+		c.Cloning.MaxIdleMinutes = DefaultMaxIdleMinutes
+	}
+	if !present["cloning.protectionLeaseDurationMinutes"] {
+		c.Cloning.ProtectionLeaseDurationMinutes = DefaultLeaseMinutes
+	}
+	if !present["cloning.protectionMaxDurationMinutes"] {
+		c.Cloning.ProtectionMaxDurationMinutes = DefaultMaxProtection
+	}
+	if c.Retrieval.Mode != "" && c.Retrieval.Jobs == 0 {
+		c.Retrieval.Jobs = 1
+	}
+	if c.Retrieval.Mode != "" && c.Retrieval.Pool == "" && len(c.Pools) > 0 {
+		c.Retrieval.Pool = c.Pools[0].Name
+	}
+	if c.Retrieval.Source.Port == 0 && c.Retrieval.Source.ConnStr == "" && c.Retrieval.Mode != "" {
+		c.Retrieval.Source.Port = 5432
+	}
+	if c.StateDir == "" {
+		c.StateDir = DefaultStateDir
+	}
+}
+
+// accessHostFor picks the host clients should use given postgres'
+// listen_addresses: its first concrete address, or this host's name when
+// it listens everywhere.
+func accessHostFor(listen string) string {
+	first := strings.TrimSpace(strings.Split(listen, ",")[0])
+	if first == "" || first == "*" || first == "0.0.0.0" || first == "::" {
+		if h, err := os.Hostname(); err == nil {
+			return h
+		}
+		return "localhost"
+	}
+	return first
+}
+
+// presentKeys lists dotted paths of mapping keys present in the document
+// (sequence items are not descended into; only top-level sections matter).
+func presentKeys(n *yaml.Node) map[string]bool {
+	out := map[string]bool{}
+	var walk func(n *yaml.Node, prefix string)
+	walk = func(n *yaml.Node, prefix string) {
+		switch n.Kind {
+		case yaml.DocumentNode:
+			for _, c := range n.Content {
+				walk(c, prefix)
+			}
+		case yaml.MappingNode:
+			for i := 0; i+1 < len(n.Content); i += 2 {
+				key := n.Content[i].Value
+				if prefix != "" {
+					key = prefix + "." + key
+				}
+				out[key] = true
+				walk(n.Content[i+1], key)
+			}
+		}
+	}
+	walk(n, "")
+	return out
+}
+
+// typeSections maps Go type names in yaml.v3's messages to config paths.
+var typeSections = map[string]string{
+	"config.Config":        "top level",
+	"config.Server":        "server",
+	"config.Pool":          "pools[]",
+	"config.Provision":     "provision",
+	"config.PortPool":      "provision.portPool",
+	"config.CloneDefaults": "provision.cloneDefaults",
+	"config.Resources":     "provision.resources",
+	"config.Cloning":       "cloning",
+	"config.Retrieval":     "retrieval",
+	"config.Source":        "retrieval.source",
+	"config.Platform":      "platform",
+}
+
+var unknownFieldRE = regexp.MustCompile(`^line (\d+): field (\S+) not found in type (\S+)$`)
+
+// explainYAMLError rewrites yaml.v3's messages ("field x not found in type
+// config.Server") into the config's own vocabulary.
+func explainYAMLError(err error) string {
+	var te *yaml.TypeError
+	if !errors.As(err, &te) {
+		return err.Error()
+	}
+	msgs := make([]string, 0, len(te.Errors))
+	for _, e := range te.Errors {
+		if m := unknownFieldRE.FindStringSubmatch(e); m != nil {
+			section := typeSections[m[3]]
+			if section == "" {
+				section = m[3]
+			}
+			msgs = append(msgs, fmt.Sprintf("line %s: unknown key %q in %s (check its spelling and indentation)", m[1], m[2], section))
+			continue
+		}
+		msgs = append(msgs, e)
+	}
+	return strings.Join(msgs, "; ")
+}
+
+// ParseSize parses a byte size: a plain number of bytes, or a number with
+// a suffix Ki, Mi, Gi, Ti (powers of 1024) or K, M, G, T (powers of 1000).
+func ParseSize(s string) (uint64, error) {
+	s = strings.TrimSpace(s)
+	if s == "" {
+		return 0, nil
+	}
+	mult := uint64(1)
+	for _, u := range []struct {
+		suffix string
+		mult   uint64
+	}{{"Ki", 1 << 10}, {"Mi", 1 << 20}, {"Gi", 1 << 30}, {"Ti", 1 << 40}, {"K", 1e3}, {"M", 1e6}, {"G", 1e9}, {"T", 1e12}} {
+		if strings.HasSuffix(s, u.suffix) {
+			s = strings.TrimSuffix(s, u.suffix)
+			mult = u.mult
+			break
+		}
+	}
+	v, err := strconv.ParseFloat(s, 64)
+	if err != nil || v < 0 {
+		return 0, fmt.Errorf("bad size")
+	}
+	return uint64(v * float64(mult)), nil
+}
+
+// Duration helpers used by the clone manager.
+
+// Lease is the default protection duration (0 = no expiry).
+func (c Cloning) Lease() time.Duration {
+	return time.Duration(c.ProtectionLeaseDurationMinutes) * time.Minute
+}

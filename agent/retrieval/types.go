@@ -1,0 +1,52 @@
+// Package retrieval fills a pool with data. This is the minimal logical
+// mode: pg_dump of the source piped through the agent into pg_restore on the
+// pool's own postgres (no dump on disk), then a snapshot whose dataStateAt
+// is the time the dump started.
+package retrieval
+
+import (
+	"errors"
+	"time"
+)
+
+// Mode and status values, as DLE reports them.
+const (
+	ModeLogical = "logical"
+	ModeUnknown = "unknown"
+
+	StatusInactive   = "inactive"
+	StatusRefreshing = "refreshing"
+	StatusFinished   = "finished"
+	StatusFailed     = "failed"
+)
+
+// AlertRefreshFailed is the alert key of a failed refresh (level "error").
+const AlertRefreshFailed = "refresh_failed"
+
+// ErrRefreshRunning is returned when a full refresh is requested while one
+// runs.
+var ErrRefreshRunning = errors.New("a refresh is already running")
+
+// ErrNotConfigured is returned by FullRefresh when retrieval.mode is empty.
+var ErrNotConfigured = errors.New("retrieval is not configured (set retrieval.mode and retrieval.source)")
+
+// Alert is one kind of problem seen during retrieval.
+type Alert struct {
+	Level    string // "error" for refresh_failed
+	Message  string
+	LastSeen time.Time
+	Count    int
+}
+
+// Status is what GET /status shows under "retrieving".
+type Status struct {
+	Mode   string
+	Status string
+	// LastRefresh is when the last successful refresh finished (zero if
+	// never); NextRefresh the next scheduled one (zero if unscheduled).
+	LastRefresh time.Time
+	NextRefresh time.Time
+	Alerts      map[string]Alert
+	// SnapshotID is the snapshot the last successful refresh made.
+	SnapshotID string
+}
