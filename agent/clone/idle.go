@@ -1,0 +1,128 @@
+package clone
+
+import (
+	"context"
+	"path/filepath"
+	"time"
+
+	"github.com/thinlab/thinlab/agent/storage"
+)
+
+func (m *Manager) loop(ctx context.Context, interval time.Duration) {
+	defer m.loops.Done()
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			m.CheckIdle(ctx)
+		}
+	}
+}
+
+// CheckIdle runs one pass of the background loop: ends expired
+// protections, restarts clones whose postgres died, records activity
+// (client connections) and starts deleting clones idle for longer than
+// their maxIdleMinutes unless protected. It returns the IDs it started
+// deleting. The loop calls it every CheckInterval; tests call it directly.
+func (m *Manager) CheckIdle(ctx context.Context) []string {
+	now := m.now()
+	type item struct {
+		spec      record
+		protected bool
+	}
+	var items []item
+	m.mu.Lock()
+	for _, r := range m.clones {
+		if r.Protected && !r.ProtectedTill.IsZero() && !now.Before(r.ProtectedTill) {
+			m.log.Info("clone protection expired", "clone", r.ID)
+			r.Protected = false
+			r.ProtectedTill = time.Time{}
+			r.LastActivity = now
+			m.changedLocked()
+		}
+		if r.Status == StatusOK || r.Status == StatusFatal {
+			items = append(items, item{spec: *r, protected: m.protectedNow(r, now)})
+		}
+	}
+	m.mu.Unlock()
+
+	m.refreshSizes(ctx)
+
+	var deleted []string
+	for _, it := range items {
+		s := it.spec
+		if s.Status == StatusOK && s.Mountpoint != "" {
+			dataDir := filepath.Join(s.Mountpoint, storage.DataSubdir)
+			if _, alive := m.rt.Running(dataDir); !alive {
+				m.mu.Lock()
+				r, ok := m.clones[s.ID]
+				m.mu.Unlock()
+				if ok {
+					m.restartClone(ctx, r)
+					m.save()
+				}
+				continue
+			}
+			n, err := m.clientConnections(ctx, dataDir, s.Port)
+			if err != nil {
+				m.log.Warn("cannot check clone activity", "clone", s.ID, "err", err)
+				continue
+			}
+			if n > 0 {
+				m.update(s.ID, func(r *record) { r.LastActivity = now })
+				continue
+			}
+		}
+		if it.protected || s.MaxIdle == 0 {
+			continue
+		}
+		if now.Sub(s.LastActivity) < time.Duration(s.MaxIdle)*time.Minute {
+			continue
+		}
+		m.log.Info("deleting idle clone", "clone", s.ID, "idle_since", s.LastActivity, "max_idle_minutes", s.MaxIdle)
+		if err := m.Destroy(ctx, s.ID); err != nil {
+			m.log.Info("idle clone not deleted", "clone", s.ID, "err", err)
+			continue
+		}
+		deleted = append(deleted, s.ID)
+	}
+	m.save()
+	return deleted
+}
+
+// clientConnections counts client backends other than this check's own.
+func (m *Manager) clientConnections(ctx context.Context, dataDir string, port int) (int, error) {
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	conn, err := m.socketConnect(dataDir, port)(cctx, "postgres")
+	if err != nil {
+		var err2 error
+		if conn, err2 = m.socketConnect(dataDir, port)(cctx, "template1"); err2 != nil {
+			return 0, err
+		}
+	}
+	defer conn.Close(context.Background())
+	var n int
+	err = conn.QueryRow(cctx, `SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()`).Scan(&n)
+	return n, err
+}
+
+// refreshSizes updates the clones' written bytes from the pools.
+func (m *Manager) refreshSizes(ctx context.Context) {
+	for _, p := range m.pools {
+		list, err := p.Clones(ctx)
+		if err != nil {
+			continue
+		}
+		m.mu.Lock()
+		for _, c := range list {
+			if r, ok := m.clones[c.Name]; ok && r.Pool == p.Name() {
+				r.diffSize = c.UsedBytes
+			}
+		}
+		m.mu.Unlock()
+	}
+}

@@ -1,0 +1,214 @@
+package clone
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/thinlab/thinlab/agent/runtime"
+	"github.com/thinlab/thinlab/agent/storage"
+)
+
+// restore rebuilds the picture after a start (clean or after kill -9):
+// the state file says what should exist, the pools and /proc say what
+// does.
+func (m *Manager) restore(ctx context.Context) error {
+	recs, err := loadState(m.cfg.StateDir)
+	if err != nil {
+		return err
+	}
+	datasets := map[string]map[string]storage.Clone{} // pool -> name -> clone
+	cloneParents := map[string]bool{}
+	for _, pc := range m.cfg.Pools {
+		if pc.ClonesDir != "" {
+			cloneParents[filepath.Clean(pc.ClonesDir)] = true
+		}
+	}
+	for _, p := range m.pools {
+		list, err := p.Clones(ctx)
+		if err != nil {
+			return fmt.Errorf("list clones of pool %s: %w", p.Name(), err)
+		}
+		datasets[p.Name()] = map[string]storage.Clone{}
+		for _, c := range list {
+			datasets[p.Name()][c.Name] = c
+			cloneParents[filepath.Dir(filepath.Clean(c.Mountpoint))] = true
+		}
+	}
+	procs, err := runtime.Postmasters()
+	if err != nil {
+		m.log.Warn("cannot list postgres processes; orphan processes will not be cleaned up", "err", err)
+	}
+	running := map[string]int{} // data dir -> postmaster pid
+	for _, p := range procs {
+		running[p.DataDir] = p.PID
+	}
+
+	var restart, rebuild, finishDelete []*record
+	usedPorts := map[int]string{}
+	for _, r := range recs {
+		if r.Mountpoint != "" {
+			cloneParents[filepath.Dir(filepath.Clean(r.Mountpoint))] = true
+		}
+		if _, ok := m.poolByName[r.Pool]; !ok {
+			m.log.Warn("dropping clone of a pool that is no longer configured (its dataset, if any, is left alone)", "clone", r.ID, "pool", r.Pool)
+			continue
+		}
+		ds, has := datasets[r.Pool][r.ID]
+		if has {
+			r.Mountpoint = ds.Mountpoint
+			r.diffSize = ds.UsedBytes
+		}
+		if r.Port > 0 {
+			if other, dup := usedPorts[r.Port]; dup {
+				m.log.Error("two clones in the state share a port; giving the second a new one", "port", r.Port, "clone", r.ID, "other", other)
+				r.Port = 0
+			} else {
+				usedPorts[r.Port] = r.ID
+			}
+		}
+		switch r.Status {
+		case StatusCreating, StatusResetting:
+			// The agent died mid-operation: clear what was half made and
+			// build it again (the record has everything, including the
+			// password).
+			rebuild = append(rebuild, r)
+		case StatusDeleting:
+			finishDelete = append(finishDelete, r)
+		case StatusOK:
+			if !has {
+				m.log.Warn("dropping clone: its dataset is gone", "clone", r.ID, "pool", r.Pool)
+				continue
+			}
+			dataDir := filepath.Join(ds.Mountpoint, storage.DataSubdir)
+			if _, ok := running[filepath.Clean(dataDir)]; !ok {
+				restart = append(restart, r)
+			}
+		case StatusFatal:
+			// A failed create or reset left nothing behind but the record
+			// (a failed restart may have left its dataset for inspection).
+		default:
+			m.log.Warn("dropping clone with an unknown status", "clone", r.ID, "status", r.Status)
+			continue
+		}
+		m.clones[r.ID] = r
+	}
+
+	// Datasets that belong to no clone (names with ':' are the agent's own
+	// internal datasets, never clones).
+	owned := map[string]bool{}
+	for _, r := range m.clones {
+		if r.Mountpoint != "" {
+			owned[filepath.Join(filepath.Clean(r.Mountpoint), storage.DataSubdir)] = true
+		}
+	}
+	for _, p := range m.pools {
+		for name, c := range datasets[p.Name()] {
+			if _, ok := m.clones[name]; ok || strings.Contains(name, ":") {
+				continue
+			}
+			m.log.Warn("destroying a clone dataset that belongs to no clone", "pool", p.Name(), "dataset", name)
+			m.rt.Kill(name, filepath.Join(c.Mountpoint, storage.DataSubdir))
+			if err := p.DestroyClone(ctx, name); err != nil {
+				m.log.Error("could not destroy orphan dataset", "pool", p.Name(), "dataset", name, "err", err)
+			}
+		}
+	}
+	// Postmasters running in a clone location that no clone owns (for
+	// example, a dataset destroyed under a running server).
+	for _, p := range procs {
+		if owned[p.DataDir] || filepath.Base(p.DataDir) != storage.DataSubdir {
+			continue
+		}
+		if !cloneParents[filepath.Dir(filepath.Dir(p.DataDir))] {
+			continue
+		}
+		if _, isClone := m.clones[filepath.Base(filepath.Dir(p.DataDir))]; isClone {
+			continue
+		}
+		m.log.Warn("stopping a postgres that belongs to no clone", "pid", p.PID, "datadir", p.DataDir)
+		m.rt.KillPID(p.PID)
+	}
+
+	// Restart dead clones on their own ports, a few at a time.
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 4)
+	for _, r := range restart {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func(r *record) {
+			defer wg.Done()
+			defer func() { <-sem }()
+			m.restartClone(ctx, r)
+		}(r)
+	}
+	wg.Wait()
+
+	for _, r := range rebuild {
+		m.log.Info("finishing a clone operation interrupted by an agent restart", "clone", r.ID, "status", r.Status)
+		if err := m.teardown(ctx, r.Pool, r.ID, r.Mountpoint); err != nil {
+			m.log.Error("could not clear a half-made clone", "clone", r.ID, "err", err)
+		}
+		r.Mountpoint = ""
+		r.opStart = time.Now()
+		if r.Port == 0 {
+			port, err := m.allocPortLocked()
+			if err != nil {
+				r.Status, r.StatusMessage = StatusFatal, err.Error()
+				continue
+			}
+			r.Port = port
+		}
+		spec := *r
+		m.ops.Add(1)
+		go func() {
+			defer m.ops.Done()
+			m.runBuild(spec, "")
+		}()
+	}
+	for _, r := range finishDelete {
+		spec := *r
+		m.ops.Add(1)
+		go func() {
+			defer m.ops.Done()
+			m.runDestroy(spec)
+		}()
+	}
+	m.mu.Lock()
+	m.changedLocked()
+	m.mu.Unlock()
+	if err := m.save(); err != nil {
+		return err
+	}
+	m.log.Info("clones restored", "clones", len(m.clones), "restarted", len(restart), "resumed", len(rebuild)+len(finishDelete))
+	return nil
+}
+
+// restartClone starts the postgres of a clone whose process died, on the
+// same port; the users and passwords are in its data directory already.
+func (m *Manager) restartClone(ctx context.Context, r *record) {
+	m.mu.Lock()
+	spec := *r
+	m.mu.Unlock()
+	dataDir := filepath.Join(spec.Mountpoint, storage.DataSubdir)
+	m.log.Warn("clone's postgres is not running; restarting it", "clone", spec.ID, "port", spec.Port)
+	sctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	err := m.rt.Start(sctx, m.instance(spec, dataDir))
+	if err == nil {
+		err = m.checkLogin(sctx, spec)
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if err != nil {
+		m.log.Error("restarting clone failed", "clone", spec.ID, "err", err)
+		r.Status = StatusFatal
+		r.StatusMessage = "restart failed: " + err.Error()
+	} else {
+		r.LastActivity = m.now()
+	}
+	m.changedLocked()
+}

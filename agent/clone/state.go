@@ -1,0 +1,101 @@
+package clone
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+)
+
+// StateFile is the clones' state inside the state directory. It holds the
+// clone users' passwords (a reset recreates the user with the same
+// credentials), so it is written 0600 in a 0700 directory.
+const StateFile = "clones.json"
+
+// record is one clone as persisted.
+type record struct {
+	ID            string            `json:"id"`
+	Pool          string            `json:"pool"`
+	SnapshotID    string            `json:"snapshotId"`
+	Status        StatusCode        `json:"status"`
+	StatusMessage string            `json:"statusMessage"`
+	Port          int               `json:"port"`
+	Mountpoint    string            `json:"mountpoint,omitempty"`
+	DBName        string            `json:"dbName"`
+	Username      string            `json:"username"`
+	Password      string            `json:"password"`
+	Restricted    bool              `json:"restricted"`
+	Protected     bool              `json:"protected"`
+	ProtectedTill time.Time         `json:"protectedTill"`
+	CreatedAt     time.Time         `json:"createdAt"`
+	LastActivity  time.Time         `json:"lastActivity"`
+	MaxIdle       uint              `json:"maxIdleMinutes"`
+	CloningTime   time.Duration     `json:"cloningTime"`
+	ExtraConf     map[string]string `json:"extraConf,omitempty"`
+	LogicalSize   uint64            `json:"logicalSize"`
+	// opStart is when the running create/reset began (not persisted: an
+	// interrupted operation restarts its clock).
+	opStart time.Time
+	// diffSize is refreshed by the background loop.
+	diffSize uint64
+}
+
+type stateDoc struct {
+	Version int       `json:"version"`
+	Clones  []*record `json:"clones"`
+}
+
+func loadState(dir string) ([]*record, error) {
+	raw, err := os.ReadFile(filepath.Join(dir, StateFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read clone state: %w", err)
+	}
+	var doc stateDoc
+	if err := json.Unmarshal(raw, &doc); err != nil {
+		return nil, fmt.Errorf("clone state %s is corrupt (%v): move it away to start without clones", filepath.Join(dir, StateFile), err)
+	}
+	return doc.Clones, nil
+}
+
+// writeState replaces the state file atomically: a crash (or kill -9)
+// leaves either the old or the new file, never a torn one.
+func writeState(dir string, recs []*record) error {
+	raw, err := json.MarshalIndent(stateDoc{Version: 1, Clones: recs}, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(dir, StateFile+".tmp-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if err := tmp.Chmod(0o600); err != nil {
+		tmp.Close()
+		return err
+	}
+	if _, err := tmp.Write(raw); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp.Name(), filepath.Join(dir, StateFile)); err != nil {
+		return err
+	}
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
