@@ -212,7 +212,14 @@ func (l *limiter) create(name string) ([]string, error) {
 			}
 		}
 		dir := filepath.Join(parent, name)
-		if err := os.Mkdir(dir, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
+		err := os.Mkdir(dir, 0o755)
+		if errors.Is(err, os.ErrNotExist) {
+			// Another clone's removal took the empty parent away meanwhile.
+			if err = os.MkdirAll(parent, 0o755); err == nil {
+				err = os.Mkdir(dir, 0o755)
+			}
+		}
+		if err != nil && !errors.Is(err, os.ErrExist) {
 			return fmt.Errorf("create cgroup %s: %w", dir, err)
 		}
 		dirs = append(dirs, dir)
@@ -315,7 +322,8 @@ func cgroupsOf(pid int, name string) []string {
 }
 
 // removeCgroups removes empty cgroup directories, waiting briefly for
-// exiting processes to leave them.
+// exiting processes to leave them, and the "thinlab" parent once it is
+// empty (rmdir refuses while other clones' groups are in it).
 func removeCgroups(dirs []string) {
 	for _, d := range dirs {
 		for i := 0; i < 50; i++ {
@@ -324,6 +332,9 @@ func removeCgroups(dirs []string) {
 				break
 			}
 			time.Sleep(20 * time.Millisecond)
+		}
+		if parent := filepath.Dir(d); filepath.Base(parent) == cgroupGroup {
+			os.Remove(parent)
 		}
 	}
 }

@@ -1,0 +1,153 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+const full = `
+server:
+  host: 127.0.0.1
+  port: 2345
+  verificationToken: secret
+pools:
+  - name: main
+    mode: btrfs
+    path: /var/lib/thinlab/pool
+    clonesDir: /var/lib/thinlab/clones
+provision:
+  portPool: {from: 6000, to: 6099}
+  pgBinRoot: /usr/lib/postgresql
+  osUser: postgres
+  accessHost: db.example.com
+  cloneDefaults:
+    settings:
+      statement_timeout: 30s
+  resources: {cpu: "1.5", memory: 512Mi}
+cloning:
+  maxIdleMinutes: 0
+  protectionLeaseDurationMinutes: 60
+  protectionMaxDurationMinutes: 120
+retrieval:
+  mode: logical
+  source:
+    host: prod.example.com
+    dbname: app
+    username: reader
+    passwordEnv: SOURCE_PASSWORD
+  databases: [app]
+  refreshSchedule: "0 3 * * *"
+stateDir: /var/lib/thinlab/state
+platform:
+  url: https://thinlab.example.com
+  token: tok
+`
+
+func TestParseFull(t *testing.T) {
+	c, err := Parse([]byte(full), "agent.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Pools[0].Mode != "btrfs" || c.Provision.PortPool.Size() != 100 {
+		t.Fatalf("pools/ports: %+v %+v", c.Pools, c.Provision.PortPool)
+	}
+	if c.Cloning.MaxIdleMinutes != 0 {
+		t.Fatalf("explicit maxIdleMinutes 0 (never) became %d", c.Cloning.MaxIdleMinutes)
+	}
+	if c.Provision.Resources.MemoryBytes() != 512<<20 || c.Provision.Resources.CPUQuota() != 1.5 {
+		t.Fatalf("resources: %d %v", c.Provision.Resources.MemoryBytes(), c.Provision.Resources.CPUQuota())
+	}
+	if c.Retrieval.Pool != "main" || c.Retrieval.Jobs != 1 || c.Retrieval.Source.Port != 5432 {
+		t.Fatalf("retrieval defaults: %+v", c.Retrieval)
+	}
+	if c.Provision.AccessHost != "db.example.com" || c.Provision.ListenAddresses != "127.0.0.1" {
+		t.Fatalf("hosts: %+v", c.Provision)
+	}
+	t.Setenv("SOURCE_PASSWORD", "from-env")
+	if got := c.Retrieval.Source.ResolvedPassword(); got != "from-env" {
+		t.Fatalf("password from env = %q", got)
+	}
+}
+
+func TestDefaults(t *testing.T) {
+	c, err := Parse([]byte("pools: [{name: p, mode: zfs, path: tank/p}]\n"), "agent.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Server.Port != DefaultServerPort || c.Provision.PortPool.From != DefaultPortFrom ||
+		c.Cloning.MaxIdleMinutes != DefaultMaxIdleMinutes || c.Cloning.ProtectionLeaseDurationMinutes != DefaultLeaseMinutes ||
+		c.Cloning.ProtectionMaxDurationMinutes != DefaultMaxProtection || c.StateDir != DefaultStateDir ||
+		c.Provision.OSUser != "postgres" || c.Provision.CloneDefaults.DBName != "postgres" || c.Retrieval.Mode != "" {
+		t.Fatalf("defaults: %+v", c)
+	}
+}
+
+func TestErrorsNameFieldAndFix(t *testing.T) {
+	base := "pools: [{name: p, mode: btrfs, path: /p}]\n"
+	for _, tc := range []struct {
+		name, yaml string
+		want []string
+	}{
+		{"unknown key", base + "provision:\n  portpool: {from: 1}\n", []string{"line 3", `unknown key "portpool"`, "provision"}},
+		{"unknown top key", base + "stateDirectory: /x\n", []string{"line 2", `"stateDirectory"`, "top level"}},
+		{"ports reversed", base + "provision:\n  portPool: {from: 6099, to: 6000}\n", []string{"provision.portPool.to (6000) must be greater than from (6099)"}},
+		{"port range", base + "provision:\n  portPool: {from: 0, to: 70000}\n", []string{"provision.portPool.to (70000)"}},
+		{"server in ports", base + "server: {port: 6001}\n", []string{"server.port (6001) is inside provision.portPool"}},
+		{"no pools", "stateDir: /x\n", []string{"pools is empty"}},
+		{"bad mode", "pools: [{name: p, mode: ext4, path: /p}]\n", []string{"pools[0].mode \"ext4\"", "zfs, lvm, btrfs, reflink"}},
+		{"dup pool", "pools: [{name: p, mode: zfs, path: a}, {name: p, mode: zfs, path: b}]\n", []string{"pools[1].name \"p\" is used by another pool"}},
+		{"bad pool name", "pools: [{name: 'a/b', mode: zfs, path: a}]\n", []string{"pools[0].name"}},
+		{"root user", base + "provision: {osUser: root}\n", []string{"provision.osUser", "root"}},
+		{"bad setting", base + "provision:\n  cloneDefaults:\n    settings: {port: '1'}\n", []string{"provision.cloneDefaults.settings.port"}},
+		{"bad cpu", base + "provision: {resources: {cpu: lots}}\n", []string{"provision.resources.cpu"}},
+		{"bad memory", base + "provision: {resources: {memory: 1Ki}}\n", []string{"provision.resources.memory", "at least 32Mi"}},
+		{"lease over max", base + "cloning: {protectionLeaseDurationMinutes: 100, protectionMaxDurationMinutes: 10}\n", []string{"cloning.protectionLeaseDurationMinutes (100) must not exceed protectionMaxDurationMinutes (10)"}},
+		{"retrieval no source", base + "retrieval: {mode: logical}\n", []string{"retrieval.source: set connStr"}},
+		{"retrieval bad cron", base + "retrieval: {mode: logical, source: {connStr: 'host=x'}, refreshSchedule: 'every day'}\n", []string{"retrieval.refreshSchedule"}},
+		{"retrieval bad pool", base + "retrieval: {mode: logical, source: {connStr: 'host=x'}, pool: nope}\n", []string{`retrieval.pool "nope"`}},
+		{"retrieval physical", base + "retrieval: {mode: physical}\n", []string{"not supported yet"}},
+		{"state dir", base + "stateDir: relative\n", []string{"stateDir \"relative\" must be an absolute path"}},
+		{"platform url", base + "platform: {url: 'ftp://x', token: t}\n", []string{"platform.url"}},
+		{"platform token", base + "platform: {url: 'https://x'}\n", []string{"platform.token is empty"}},
+		{"type error", base + "server: {port: abc}\n", []string{"line 2", "abc"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Parse([]byte(tc.yaml), "agent.yaml")
+			if err == nil {
+				t.Fatal("no error")
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not contain %q", err, w)
+				}
+			}
+			if !strings.HasPrefix(err.Error(), "agent.yaml: ") {
+				t.Errorf("error %q does not name the file", err)
+			}
+		})
+	}
+}
+
+func TestLoadFile(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "agent.yaml")
+	os.WriteFile(p, []byte(full), 0o600)
+	if _, err := Load(p); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Load(filepath.Join(t.TempDir(), "missing.yaml")); err == nil {
+		t.Fatal("missing file: no error")
+	}
+}
+
+func TestParseSize(t *testing.T) {
+	for in, want := range map[string]uint64{"512Mi": 512 << 20, "1Gi": 1 << 30, "2G": 2e9, "1048576": 1 << 20, "1.5Gi": 3 << 29} {
+		if got, err := ParseSize(in); err != nil || got != want {
+			t.Errorf("%s = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	if _, err := ParseSize("lots"); err == nil {
+		t.Error("lots: no error")
+	}
+}

@@ -1,0 +1,238 @@
+package runtime
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/thinlab/thinlab/internal/pgtest"
+)
+
+func randName(prefix string) string {
+	b := make([]byte, 4)
+	rand.Read(b)
+	return prefix + hex.EncodeToString(b)
+}
+
+func ctxT(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func TestStartAppliesSettingsAndHBA(t *testing.T) {
+	ctx := ctxT(t)
+	dir := pgtest.InitDataDir(t)
+	rt := New(Options{User: pgtest.OSUser(t), ListenAddresses: "127.0.0.1"})
+	inst := Instance{
+		Name:    randName("rt-"),
+		DataDir: dir,
+		Port:    pgtest.FreePort(t),
+		Settings: MergeSettings(DefaultSettings, map[string]string{
+			"statement_timeout": "1234",
+			"application_name":  `it's a \ test`,
+		}),
+	}
+	if err := rt.Start(ctx, inst); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rt.Kill(inst.Name, dir) })
+	if err := rt.Start(ctx, inst); err == nil || !strings.Contains(err.Error(), "already running") {
+		t.Fatalf("second start: %v", err)
+	}
+
+	conn, err := pgx.Connect(ctx, rt.SocketConnString(dir, inst.Port, "postgres", "postgres"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for setting, want := range map[string]string{
+		"statement_timeout": "1234ms",
+		"application_name":  `it's a \ test`,
+		"shared_buffers":    "32MB",
+		"max_connections":   "40",
+		"listen_addresses":  "127.0.0.1",
+		"archive_mode":      "off",
+	} {
+		var got string
+		if err := conn.QueryRow(ctx, "SELECT current_setting($1)", setting).Scan(&got); err != nil || got != want {
+			t.Errorf("%s = %q (%v), want %q", setting, got, err, want)
+		}
+	}
+	if _, err := conn.Exec(ctx, "CREATE ROLE tcpuser LOGIN PASSWORD 'Right-Horse-Battery-9'"); err != nil {
+		t.Fatal(err)
+	}
+	conn.Close(ctx)
+
+	// pg_hba: password (SCRAM) over TCP, wrong password refused.
+	tcp := func(pw string) error {
+		c, err := pgx.Connect(ctx, fmt.Sprintf("host=127.0.0.1 port=%d user=tcpuser dbname=postgres password=%s sslmode=disable", inst.Port, pw))
+		if err == nil {
+			c.Close(ctx)
+		}
+		return err
+	}
+	if err := tcp("Right-Horse-Battery-9"); err != nil {
+		t.Fatalf("TCP login with the password: %v", err)
+	}
+	if err := tcp("wrong"); err == nil || !strings.Contains(err.Error(), "password authentication failed") {
+		t.Fatalf("TCP login with a wrong password: %v", err)
+	}
+
+	procs, err := Postmasters()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid, running := rt.Running(dir)
+	found := false
+	for _, p := range procs {
+		if p.DataDir == filepath.Clean(dir) && p.PID == pid {
+			found = true
+		}
+	}
+	if !running || !found {
+		t.Fatalf("running=%v pid=%d not found among postmasters %v", running, pid, procs)
+	}
+
+	if err := rt.Stop(ctx, inst.Name, dir, "fast"); err != nil {
+		t.Fatal(err)
+	}
+	if _, running := rt.Running(dir); running {
+		t.Fatal("still running after Stop")
+	}
+	if err := rt.Stop(ctx, inst.Name, dir, "fast"); err != nil {
+		t.Fatalf("stopping a stopped instance: %v", err)
+	}
+	// A restart keeps the include line once, not once per start.
+	if err := rt.Start(ctx, inst); err != nil {
+		t.Fatal(err)
+	}
+	raw, _ := os.ReadFile(filepath.Join(dir, "postgresql.conf"))
+	if n := strings.Count(string(raw), SettingsFile); n != 1 {
+		t.Fatalf("include line appears %d times", n)
+	}
+	rt.Kill(inst.Name, dir)
+	if _, running := rt.Running(dir); running {
+		t.Fatal("still running after Kill")
+	}
+}
+
+func TestStartFailureLeavesNoProcess(t *testing.T) {
+	ctx := ctxT(t)
+	dir := pgtest.InitDataDir(t)
+	rt := New(Options{User: pgtest.OSUser(t), ListenAddresses: "127.0.0.1"})
+	inst := Instance{Name: randName("rt-"), DataDir: dir, Port: pgtest.FreePort(t),
+		Settings: map[string]string{"no_such_setting": "1"}}
+	err := rt.Start(ctx, inst)
+	if err == nil || !strings.Contains(err.Error(), "no_such_setting") {
+		t.Fatalf("err = %v, want it to name the bad setting", err)
+	}
+	if _, running := rt.Running(dir); running {
+		t.Fatal("postgres left running after a failed start")
+	}
+}
+
+func TestValidateSetting(t *testing.T) {
+	for _, tc := range []struct {
+		name, value, wantErr string
+	}{
+		{"statement_timeout", "30s", ""},
+		{"pg_stat_statements.track", "all", ""},
+		{"search_path", `"$user", public`, ""},
+		{"work_mem", "it's fine", ""},
+		{"port", "5432", "portPool"},
+		{"listen_addresses", "*", "listenAddresses"},
+		{"data_directory", "/", "fixed"},
+		{"hba_file", "/tmp/x", "pg_hba.conf"},
+		{"primary_conninfo", "host=prod", "never replicates"},
+		{"Statement_Timeout", "1", "not a PostgreSQL setting name"},
+		{"a;b", "1", "not a PostgreSQL setting name"},
+		{"work_mem", "1MB\nport = 1", "control character"},
+		{"work_mem", "1MB\r", "control character"},
+	} {
+		err := ValidateSetting(tc.name, tc.value)
+		if tc.wantErr == "" && err != nil {
+			t.Errorf("%s=%q: %v", tc.name, tc.value, err)
+		}
+		if tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)) {
+			t.Errorf("%s=%q: err = %v, want %q", tc.name, tc.value, err, tc.wantErr)
+		}
+	}
+}
+
+func TestRenderSettingsQuotes(t *testing.T) {
+	got := renderSettings(map[string]string{"b": `a'b\c`, "a": "1"})
+	want := "a = '1'\nb = 'a''b\\\\c'\n"
+	if !strings.HasSuffix(got, want) {
+		t.Fatalf("got %q, want suffix %q", got, want)
+	}
+}
+
+// TestCgroupLimits runs on hosts whose cgroups the agent may write (this
+// project's hosts: cgroup v1 memory and cpu hierarchies). It checks that
+// the postmaster and its children land in the clone's group with the
+// configured limits, and that the group is removed on stop.
+func TestCgroupLimits(t *testing.T) {
+	if _, err := newLimiter(1.5, 256<<20); err != nil {
+		t.Skipf("this host does not allow per-clone cgroups (%v); the agent logs this and runs clones without limits", err)
+	}
+	ctx := ctxT(t)
+	dir := pgtest.InitDataDir(t)
+	rt := New(Options{User: pgtest.OSUser(t), ListenAddresses: "127.0.0.1", CPU: 1.5, MemoryBytes: 256 << 20})
+	if !rt.LimitsActive() {
+		t.Fatal("limits not active although the probe succeeded")
+	}
+	inst := Instance{Name: randName("rt-cg-"), DataDir: dir, Port: pgtest.FreePort(t), Settings: DefaultSettings}
+	if err := rt.Start(ctx, inst); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rt.Kill(inst.Name, dir) })
+	pid, _ := rt.Running(dir)
+	groups := cgroupsOf(pid, inst.Name)
+	if len(groups) == 0 {
+		raw, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
+		t.Fatalf("postmaster %d is in no thinlab cgroup: %s", pid, raw)
+	}
+	for _, child := range descendants(pid) {
+		if len(cgroupsOf(child, inst.Name)) != len(groups) {
+			t.Errorf("child %d of the postmaster is not in the clone's cgroups", child)
+		}
+	}
+	checked := 0
+	for _, g := range groups {
+		for file, want := range map[string]string{
+			"memory.limit_in_bytes": strconv.Itoa(256 << 20),
+			"cpu.cfs_quota_us":      "150000",
+			"memory.max":            strconv.Itoa(256 << 20),
+			"cpu.max":               "150000 100000",
+		} {
+			raw, err := os.ReadFile(filepath.Join(g, file))
+			if err != nil {
+				continue
+			}
+			checked++
+			if got := strings.TrimSpace(string(raw)); got != want {
+				t.Errorf("%s/%s = %s, want %s", g, file, got, want)
+			}
+		}
+	}
+	if checked < 2 {
+		t.Fatalf("found %d limit files in %v, want memory and cpu", checked, groups)
+	}
+	if err := rt.Stop(ctx, inst.Name, dir, "immediate"); err != nil {
+		t.Fatal(err)
+	}
+	for _, g := range groups {
+		if _, err := os.Stat(g); !os.IsNotExist(err) {
+			t.Errorf("cgroup %s left behind after stop (%v)", g, err)
+		}
+	}
+}
