@@ -88,7 +88,7 @@ func TestErrorsNameFieldAndFix(t *testing.T) {
 	base := "pools: [{name: p, mode: btrfs, path: /p}]\n"
 	for _, tc := range []struct {
 		name, yaml string
-		want []string
+		want       []string
 	}{
 		{"unknown key", base + "provision:\n  portpool: {from: 1}\n", []string{"line 3", `unknown key "portpool"`, "provision"}},
 		{"unknown top key", base + "stateDirectory: /x\n", []string{"line 2", `"stateDirectory"`, "top level"}},
