@@ -1,12 +1,48 @@
 package retrieval
 
 import (
+	"bytes"
 	"context"
+	"errors"
+	"fmt"
+	"io"
 	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/robfig/cron/v3"
 
 	"github.com/thinlab/thinlab/agent/config"
 	"github.com/thinlab/thinlab/agent/storage"
+	"github.com/thinlab/thinlab/internal/pgcluster"
 )
+
+// SnapshotMessage is the message of snapshots made by a logical refresh.
+const SnapshotMessage = "logical refresh"
+
+// localPort names the pool postgres' socket; it listens on no TCP address.
+const localPort = 5432
+
+// restoreSettings make the restore fast; they are command-line flags, so
+// the snapshot's postgresql.conf stays as initdb wrote it.
+var restoreSettings = map[string]string{
+	"fsync":                "off",
+	"synchronous_commit":   "off",
+	"full_page_writes":     "off",
+	"autovacuum":           "off",
+	"wal_level":            "minimal",
+	"max_wal_senders":      "0",
+	"archive_mode":         "off",
+	"max_wal_size":         "4GB",
+	"checkpoint_timeout":   "30min",
+	"maintenance_work_mem": "256MB",
+}
 
 // Options configure a Retriever.
 type Options struct {
@@ -18,27 +54,409 @@ type Options struct {
 
 // Retriever runs logical refreshes, on demand and on the schedule.
 type Retriever struct {
-	opt Options
+	cfg    config.Retrieval
+	binDir string // newest installed PostgreSQL (pg_dump must not be older than the source)
+	user   pgcluster.OSUser
+	pool   storage.Pool
+	log    *slog.Logger
+	sched  cron.Schedule
+
+	mu      sync.Mutex
+	status  Status
+	running bool
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	cron   *cron.Cron
 }
 
-// New builds a Retriever; Start begins the schedule.
-func New(opt Options) (*Retriever, error) { return &Retriever{opt: opt}, nil }
+// Result describes one finished refresh.
+type Result struct {
+	Snapshot storage.Snapshot
+	// DumpStartedAt is when pg_dump started (second precision); it is the
+	// snapshot's DataStateAt.
+	DumpStartedAt time.Time
+	Databases     []string
+	// Bytes is the size of the dump streamed from pg_dump to pg_restore.
+	Bytes int64
+}
 
-// Start begins the refresh schedule (if any) in the background.
-func (r *Retriever) Start(ctx context.Context) {}
+// New builds a Retriever. With retrieval.mode empty it only reports
+// status "inactive" and refuses refreshes.
+func New(opt Options) (*Retriever, error) {
+	if opt.Config == nil {
+		return nil, errors.New("retrieval: no config")
+	}
+	log := opt.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	r := &Retriever{cfg: opt.Config.Retrieval, pool: opt.Pool, log: log.With("component", "retrieval")}
+	r.status = Status{Mode: ModeUnknown, Status: StatusInactive, Alerts: map[string]Alert{}}
+	r.ctx, r.cancel = context.WithCancel(context.Background())
+	if r.cfg.Mode == "" {
+		return r, nil
+	}
+	if opt.Pool == nil {
+		return nil, errors.New("retrieval: no pool to fill (retrieval.pool)")
+	}
+	r.status.Mode = ModeLogical
+	u, err := pgcluster.LookupUser(opt.Config.Provision.OSUser)
+	if err != nil {
+		return nil, fmt.Errorf("provision.osUser: %w", err)
+	}
+	r.user = u
+	if r.binDir, err = pgcluster.NewestBinDir(opt.Config.Provision.PgBinRoot); err != nil {
+		return nil, fmt.Errorf("provision.pgBinRoot: %w", err)
+	}
+	if r.cfg.RefreshSchedule != "" {
+		if r.sched, err = cron.ParseStandard(r.cfg.RefreshSchedule); err != nil {
+			return nil, fmt.Errorf("retrieval.refreshSchedule: %w", err)
+		}
+	}
+	if _, err := sourceParams(r.cfg.Source); err != nil {
+		return nil, err
+	}
+	// The last refresh is known from the pool itself: its newest snapshot
+	// made by a logical refresh.
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if snaps, err := r.pool.Snapshots(ctx); err == nil {
+		for _, s := range snaps {
+			if s.Message == SnapshotMessage {
+				r.status.Status = StatusFinished
+				r.status.LastRefresh = s.CreatedAt
+				r.status.SnapshotID = s.ID
+				break
+			}
+		}
+	}
+	return r, nil
+}
+
+// Start begins the refresh schedule (if any), and a first refresh when
+// retrieval.refreshOnStart is set and the pool has no snapshot. A refresh
+// interrupted by an agent crash left a postgres running in the pool's
+// main dataset: it is stopped here.
+func (r *Retriever) Start(ctx context.Context) {
+	if r.cfg.Mode == "" {
+		return
+	}
+	c := r.mainCluster()
+	if c.Running() {
+		r.log.Warn("stopping the pool's postgres left by an interrupted refresh", "datadir", c.DataDir)
+		c.Kill()
+	}
+	if r.sched != nil {
+		r.cron = cron.New()
+		r.cron.Schedule(r.sched, cron.FuncJob(func() {
+			if err := r.FullRefresh(); err != nil {
+				r.log.Warn("scheduled refresh skipped", "err", err)
+			}
+		}))
+		r.cron.Start()
+	}
+	if r.cfg.RefreshOnStart {
+		if snaps, err := r.pool.Snapshots(ctx); err == nil && len(snaps) == 0 {
+			r.FullRefresh()
+		}
+	}
+}
 
 // Status reports the retrieval state.
-func (r *Retriever) Status() Status { return Status{Mode: ModeLogical, Status: StatusInactive} }
-
-// FullRefresh starts a full refresh in the background; ErrRefreshRunning
-// while one runs.
-func (r *Retriever) FullRefresh() error { return ErrNotConfigured }
-
-// Refresh runs a full refresh and waits for it (used by tests, the demo
-// and FullRefresh).
-func (r *Retriever) Refresh(ctx context.Context) (storage.Snapshot, error) {
-	return storage.Snapshot{}, ErrNotConfigured
+func (r *Retriever) Status() Status {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	s := r.status
+	s.Alerts = make(map[string]Alert, len(r.status.Alerts))
+	for k, v := range r.status.Alerts {
+		s.Alerts[k] = v
+	}
+	if r.sched != nil {
+		s.NextRefresh = r.sched.Next(time.Now())
+	}
+	return s
 }
 
-// Close stops the schedule and waits for a running refresh to stop.
-func (r *Retriever) Close() error { return nil }
+// FullRefresh starts a full refresh in the background. It returns
+// ErrRefreshRunning while one runs and ErrNotConfigured without a
+// retrieval mode.
+func (r *Retriever) FullRefresh() error {
+	if err := r.begin(); err != nil {
+		return err
+	}
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		r.run(r.ctx)
+	}()
+	return nil
+}
+
+// Refresh runs a full refresh and waits for it.
+func (r *Retriever) Refresh(ctx context.Context) (Result, error) {
+	if err := r.begin(); err != nil {
+		return Result{}, err
+	}
+	return r.run(ctx)
+}
+
+func (r *Retriever) begin() error {
+	if r.cfg.Mode == "" {
+		return ErrNotConfigured
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.running {
+		return ErrRefreshRunning
+	}
+	if r.ctx.Err() != nil {
+		return errors.New("retrieval is shutting down")
+	}
+	r.running = true
+	r.status.Status = StatusRefreshing
+	return nil
+}
+
+func (r *Retriever) run(ctx context.Context) (Result, error) {
+	start := time.Now()
+	r.log.Info("logical refresh started", "pool", r.pool.Name())
+	res, err := r.refresh(ctx)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.running = false
+	if err != nil {
+		r.status.Status = StatusFailed
+		a := r.status.Alerts[AlertRefreshFailed]
+		a.Level = "error"
+		a.Message = err.Error()
+		a.LastSeen = time.Now()
+		a.Count++
+		r.status.Alerts[AlertRefreshFailed] = a
+		r.log.Error("logical refresh failed", "pool", r.pool.Name(), "err", err, "elapsed", time.Since(start))
+		return res, err
+	}
+	r.status.Status = StatusFinished
+	r.status.LastRefresh = time.Now()
+	r.status.SnapshotID = res.Snapshot.ID
+	delete(r.status.Alerts, AlertRefreshFailed)
+	r.log.Info("logical refresh finished", "pool", r.pool.Name(), "snapshot", res.Snapshot.ID, "databases", res.Databases, "bytes", res.Bytes, "elapsed", time.Since(start))
+	return res, nil
+}
+
+func (r *Retriever) mainCluster() *pgcluster.Cluster {
+	return &pgcluster.Cluster{DataDir: filepath.Join(r.pool.MainDir(), storage.DataSubdir), BinDir: r.binDir, User: r.user, Logger: r.log}
+}
+
+// refresh re-creates the pool's PGDATA with initdb, restores the source
+// into it, stops it cleanly and snapshots it.
+func (r *Retriever) refresh(ctx context.Context) (Result, error) {
+	var res Result
+	params, err := sourceParams(r.cfg.Source)
+	if err != nil {
+		return res, err
+	}
+	dbs := r.cfg.Databases
+	if len(dbs) == 0 {
+		if dbs, err = listDatabases(ctx, params); err != nil {
+			return res, err
+		}
+	}
+	if len(dbs) == 0 {
+		return res, errors.New("the source has no databases to copy")
+	}
+	res.Databases = dbs
+
+	main := r.pool.MainDir()
+	if err := os.Chown(main, int(r.user.UID), int(r.user.GID)); err != nil {
+		return res, fmt.Errorf("hand the pool's main dataset to %s: %w", r.user.Name, err)
+	}
+	c := r.mainCluster()
+	if c.Running() {
+		c.Kill()
+	}
+	// A full refresh starts from an empty cluster, so objects dropped at
+	// the source disappear; earlier data lives on in the snapshots.
+	if err := os.RemoveAll(c.DataDir); err != nil {
+		return res, fmt.Errorf("clear the pool's data directory: %w", err)
+	}
+	if err := c.Init(ctx, pgcluster.InitOptions{}); err != nil {
+		return res, fmt.Errorf("initdb in the pool: %w", err)
+	}
+	if err := c.Start(ctx, localPort, "", restoreSettings); err != nil {
+		return res, fmt.Errorf("start the pool's postgres: %w", err)
+	}
+	stopped := false
+	defer func() {
+		if !stopped {
+			c.Kill()
+		}
+	}()
+
+	res.DumpStartedAt = time.Now().UTC().Truncate(time.Second)
+	if err := r.restoreAll(ctx, c, params, dbs, &res.Bytes); err != nil {
+		return res, err
+	}
+	if err := c.Stop(ctx, "fast"); err != nil {
+		return res, fmt.Errorf("stop the pool's postgres: %w", err)
+	}
+	stopped = true
+	syscall.Sync()
+	snap, err := r.pool.Snapshot(ctx, storage.SnapshotOptions{DataStateAt: res.DumpStartedAt, Message: SnapshotMessage})
+	if err != nil {
+		return res, fmt.Errorf("snapshot the pool: %w", err)
+	}
+	res.Snapshot = snap
+	return res, nil
+}
+
+// restoreAll copies the databases, retrieval.jobs at a time.
+func (r *Retriever) restoreAll(ctx context.Context, c *pgcluster.Cluster, params map[string]string, dbs []string, total *int64) error {
+	local, err := pgx.Connect(ctx, c.SocketConnString(localPort, "postgres", "postgres"))
+	if err != nil {
+		return err
+	}
+	for _, db := range dbs {
+		if db == "postgres" {
+			continue
+		}
+		if _, err := local.Exec(ctx, "CREATE DATABASE "+pgx.Identifier{db}.Sanitize()+" TEMPLATE template0"); err != nil {
+			local.Close(ctx)
+			return fmt.Errorf("create database %s in the pool: %w", db, err)
+		}
+	}
+	local.Close(ctx)
+
+	jobs := r.cfg.Jobs
+	if jobs < 1 {
+		jobs = 1
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	sem := make(chan struct{}, jobs)
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var firstErr error
+	for _, db := range dbs {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func(db string) {
+			defer wg.Done()
+			defer func() { <-sem }()
+			n, err := r.copyDatabase(ctx, c, params, db)
+			mu.Lock()
+			defer mu.Unlock()
+			*total += n
+			if err != nil && firstErr == nil {
+				firstErr = err
+				cancel()
+			}
+		}(db)
+	}
+	wg.Wait()
+	return firstErr
+}
+
+// copyDatabase streams pg_dump -Fc of one source database into pg_restore
+// on the pool's postgres through the agent: no dump touches the disk. The
+// source's credentials reach pg_dump only through its environment.
+func (r *Retriever) copyDatabase(ctx context.Context, c *pgcluster.Cluster, params map[string]string, db string) (int64, error) {
+	dump := exec.CommandContext(ctx, filepath.Join(r.binDir, "pg_dump"), "-Fc", "--no-sync", "-d", db)
+	dump.Env = append(os.Environ(), env(params)...)
+	dump.Dir = "/"
+	restore := exec.CommandContext(ctx, filepath.Join(r.binDir, "pg_restore"),
+		"--no-owner", "--no-acl", "--exit-on-error",
+		"-h", c.DataDir, "-p", fmt.Sprint(localPort), "-U", "postgres", "-d", db)
+	restore.Env = append(os.Environ(), "PGPASSWORD=", "PGPASSFILE=/dev/null")
+	restore.Dir = "/"
+	var dumpErr, restoreErr tailBuffer
+	dump.Stderr = &dumpErr
+	restore.Stderr = &restoreErr
+	dumpOut, err := dump.StdoutPipe()
+	if err != nil {
+		return 0, err
+	}
+	restoreIn, err := restore.StdinPipe()
+	if err != nil {
+		return 0, err
+	}
+	r.log.Debug("command", "cmd", strings.Join(dump.Args, " ")+" | "+strings.Join(restore.Args, " "))
+	start := time.Now()
+	if err := restore.Start(); err != nil {
+		return 0, fmt.Errorf("start pg_restore: %w", err)
+	}
+	if err := dump.Start(); err != nil {
+		restoreIn.Close()
+		restore.Wait()
+		return 0, fmt.Errorf("start pg_dump: %w", err)
+	}
+	n, copyErr := io.Copy(restoreIn, dumpOut)
+	restoreIn.Close()
+	dumpWait := dump.Wait()
+	restoreWait := restore.Wait()
+	r.log.Debug("database copied", "db", db, "bytes", n, "elapsed", time.Since(start))
+	switch {
+	case dumpWait != nil:
+		return n, fmt.Errorf("pg_dump of database %s: %v: %s", db, dumpWait, dumpErr.String())
+	case restoreWait != nil:
+		return n, fmt.Errorf("pg_restore of database %s: %v: %s", db, restoreWait, restoreErr.String())
+	case copyErr != nil:
+		return n, fmt.Errorf("stream database %s: %w", db, copyErr)
+	}
+	return n, nil
+}
+
+// listDatabases asks the source for its non-template databases.
+func listDatabases(ctx context.Context, params map[string]string) ([]string, error) {
+	cc, err := pgx.ParseConfig(pgxConnString(params, params["dbname"]))
+	if err != nil {
+		return nil, fmt.Errorf("retrieval.source: %w", err)
+	}
+	cc.Password = params["password"]
+	conn, err := pgx.ConnectConfig(ctx, cc)
+	if err != nil {
+		return nil, fmt.Errorf("connect to the source: %w", err)
+	}
+	defer conn.Close(context.Background())
+	rows, err := conn.Query(ctx, `SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate ORDER BY datname`)
+	if err != nil {
+		return nil, fmt.Errorf("list source databases: %w", err)
+	}
+	return pgx.CollectRows(rows, pgx.RowTo[string])
+}
+
+// tailBuffer keeps the last 8 KiB written to it (a program's stderr).
+type tailBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (t *tailBuffer) Write(p []byte) (int, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.buf.Write(p)
+	if t.buf.Len() > 8192 {
+		b := t.buf.Bytes()
+		keep := append([]byte(nil), b[len(b)-8192:]...)
+		t.buf.Reset()
+		t.buf.Write(keep)
+	}
+	return len(p), nil
+}
+
+func (t *tailBuffer) String() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return strings.TrimSpace(t.buf.String())
+}
+
+// Close stops the schedule and a running refresh, and waits for it.
+func (r *Retriever) Close() error {
+	if r.cron != nil {
+		<-r.cron.Stop().Done()
+	}
+	r.cancel()
+	r.wg.Wait()
+	return nil
+}

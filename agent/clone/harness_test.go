@@ -1,0 +1,262 @@
+package clone_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/thinlab/thinlab/agent/clone"
+	"github.com/thinlab/thinlab/agent/clone/clonetest"
+	"github.com/thinlab/thinlab/agent/config"
+	"github.com/thinlab/thinlab/agent/runtime"
+	"github.com/thinlab/thinlab/agent/storage"
+)
+
+// Passwords used by the tests; the log must never contain them.
+const (
+	goodPassword = "Correct-Horse-Battery-Staple-42"
+	prodPassword = "prod-App-Password-77!"
+)
+
+// syncBuffer collects log output from several goroutines.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// fakeClock is a settable clock for idle and protection tests.
+type fakeClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *fakeClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *fakeClock) Advance(d time.Duration) {
+	c.mu.Lock()
+	c.t = c.t.Add(d)
+	c.mu.Unlock()
+}
+
+type env struct {
+	t     *testing.T
+	ctx   context.Context
+	pool  storage.Pool
+	cfg   *config.Config
+	log   *syncBuffer
+	clock *fakeClock
+	snaps []storage.Snapshot
+}
+
+// sourceSQL is the "production" data of the first snapshot: a table, an
+// application role with a known password, and objects owned by both the
+// bootstrap superuser and the app role.
+var sourceSQL = []string{
+	"CREATE ROLE app LOGIN PASSWORD '" + prodPassword + "'",
+	"CREATE TABLE t (id serial PRIMARY KEY, v text)",
+	"INSERT INTO t (v) VALUES ('one')",
+	"CREATE SCHEMA app AUTHORIZATION app",
+	"CREATE TABLE app.orders (id bigserial PRIMARY KEY, total numeric)",
+	"ALTER TABLE app.orders OWNER TO app",
+	"CREATE VIEW tv AS SELECT v FROM t",
+	"CREATE FUNCTION f() RETURNS int LANGUAGE sql AS 'SELECT 1'",
+	"CREATE TYPE mood AS ENUM ('ok', 'sad')",
+	"CREATE DATABASE other",
+}
+
+// newEnv makes a btrfs pool with one snapshot (sourceSQL) and a config
+// with a private port range of size ports.
+func newEnv(t *testing.T, ports int) *env {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	t.Cleanup(cancel)
+	p := clonetest.NewPool(t)
+	e := &env{t: t, ctx: ctx, pool: p, log: &syncBuffer{}, clock: &fakeClock{t: time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)}}
+	e.snaps = append(e.snaps, clonetest.Fill(t, p, sourceSQL...))
+	cfg := config.Default()
+	cfg.Pools = []config.Pool{{Name: p.Name(), Mode: p.Mode(), Path: p.MainDir()}}
+	from := 20000 + rand.IntN(400)*100
+	cfg.Provision.PortPool = config.PortPool{From: from, To: from + ports - 1}
+	cfg.StateDir = t.TempDir()
+	cfg.Cloning.MaxIdleMinutes = 10
+	cfg.Cloning.ProtectionLeaseDurationMinutes = 60
+	cfg.Cloning.ProtectionMaxDurationMinutes = 120
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	e.cfg = cfg
+	// Registered after the pool: runs before the pool's unmount.
+	t.Cleanup(func() {
+		e.killAll()
+		if strings.Contains(e.log.String(), goodPassword) || strings.Contains(e.log.String(), prodPassword) {
+			t.Errorf("a password appears in the log")
+		}
+	})
+	return e
+}
+
+// addSnapshot fills the pool again and snapshots it.
+func (e *env) addSnapshot(sql ...string) storage.Snapshot {
+	s := clonetest.Fill(e.t, e.pool, sql...)
+	e.snaps = append(e.snaps, s)
+	return s
+}
+
+func (e *env) manager() *clone.Manager {
+	e.t.Helper()
+	logger := slog.New(slog.NewTextHandler(e.log, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	m, err := clone.NewManager(e.ctx, clone.Options{Config: e.cfg, Pools: []storage.Pool{e.pool}, Logger: logger, Now: e.clock.Now, CheckInterval: -1})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return m
+}
+
+// killAll stops every postgres running in the pool's clones and destroys
+// the clones: cleanup even when a test failed half-way.
+func (e *env) killAll() {
+	procs, _ := runtime.Postmasters()
+	clones, _ := e.pool.Clones(context.Background())
+	for _, c := range clones {
+		for _, p := range procs {
+			if strings.HasPrefix(p.DataDir, c.Mountpoint+"/") {
+				runtime.New(runtime.Options{}).KillPID(p.PID)
+			}
+		}
+		e.pool.DestroyClone(context.Background(), c.Name)
+	}
+}
+
+// assertNoLeaks checks that the pool has no clones, no postgres runs in a
+// clone location and every port of the range is free.
+func (e *env) assertNoLeaks(m *clone.Manager) {
+	e.t.Helper()
+	if n := len(m.List()); n != 0 {
+		e.t.Errorf("%d clones still listed", n)
+	}
+	clones, err := e.pool.Clones(e.ctx)
+	if err != nil || len(clones) != 0 {
+		e.t.Errorf("pool still has clones: %v %v", clones, err)
+	}
+	procs, _ := runtime.Postmasters()
+	for _, p := range procs {
+		if strings.HasPrefix(p.DataDir, filepath.Dir(e.pool.MainDir())) {
+			e.t.Errorf("postgres %d still runs in %s", p.PID, p.DataDir)
+		}
+	}
+	for port := e.cfg.Provision.PortPool.From; port <= e.cfg.Provision.PortPool.To; port++ {
+		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err != nil {
+			e.t.Errorf("port %d still in use: %v", port, err)
+			continue
+		}
+		l.Close()
+	}
+}
+
+func (e *env) req(id string) clone.CreateRequest {
+	return clone.CreateRequest{ID: id, Username: "alice", Password: goodPassword}
+}
+
+// create creates a clone and waits until it is OK.
+func (e *env) create(m *clone.Manager, r clone.CreateRequest) clone.Clone {
+	e.t.Helper()
+	c, err := m.Create(e.ctx, r)
+	if err != nil {
+		e.t.Fatalf("create %s: %v", r.ID, err)
+	}
+	if c.Status != clone.StatusCreating {
+		e.t.Fatalf("create returned status %s, want CREATING", c.Status)
+	}
+	return e.wait(m, c.ID, clone.StatusOK)
+}
+
+func (e *env) wait(m *clone.Manager, id string, want clone.StatusCode) clone.Clone {
+	e.t.Helper()
+	c, err := m.Wait(e.ctx, id)
+	if err != nil {
+		e.t.Fatalf("wait %s: %v", id, err)
+	}
+	if c.Status != want {
+		e.t.Fatalf("clone %s is %s (%s), want %s", id, c.Status, c.StatusMessage, want)
+	}
+	return c
+}
+
+func (e *env) destroy(m *clone.Manager, id string) {
+	e.t.Helper()
+	if err := m.Destroy(e.ctx, id); err != nil {
+		e.t.Fatalf("destroy %s: %v", id, err)
+	}
+	if _, err := m.Wait(e.ctx, id); !errors.Is(err, clone.ErrNotFound) {
+		e.t.Fatalf("after destroy, wait %s: %v", id, err)
+	}
+}
+
+// connect logs in over TCP as the clone's user.
+func (e *env) connect(c clone.Clone, user, password, db string) (*pgx.Conn, error) {
+	cc, err := pgx.ParseConfig(fmt.Sprintf("host=%s port=%d user=%s dbname=%s sslmode=disable", c.Host, c.Port, user, db))
+	if err != nil {
+		return nil, err
+	}
+	cc.Password = password
+	return pgx.ConnectConfig(e.ctx, cc)
+}
+
+func (e *env) query(c clone.Clone, sql string) string {
+	e.t.Helper()
+	conn, err := e.connect(c, c.Username, goodPassword, c.DBName)
+	if err != nil {
+		e.t.Fatalf("connect to clone %s: %v", c.ID, err)
+	}
+	defer conn.Close(e.ctx)
+	var s string
+	if err := conn.QueryRow(e.ctx, sql).Scan(&s); err != nil {
+		e.t.Fatalf("clone %s: %s: %v", c.ID, sql, err)
+	}
+	return s
+}
+
+func (e *env) exec(c clone.Clone, sql string) {
+	e.t.Helper()
+	conn, err := e.connect(c, c.Username, goodPassword, c.DBName)
+	if err != nil {
+		e.t.Fatalf("connect to clone %s: %v", c.ID, err)
+	}
+	defer conn.Close(e.ctx)
+	if _, err := conn.Exec(e.ctx, sql); err != nil {
+		e.t.Fatalf("clone %s: %s: %v", c.ID, sql, err)
+	}
+}
+
+func uintp(v uint) *uint { return &v }
+
+var _ = os.Getpid
