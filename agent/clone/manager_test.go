@@ -169,15 +169,15 @@ func TestRestrictedUser(t *testing.T) {
 		t.Fatal("not marked restricted")
 	}
 	for sql, want := range map[string]string{
-		"SELECT rolsuper::text FROM pg_roles WHERE rolname = 'bob'":                                           "false",
+		"SELECT rolsuper::text FROM pg_roles WHERE rolname = 'bob'":                                                                   "false",
 		"SELECT string_agg(datname || '=' || pg_get_userbyid(datdba), ',' ORDER BY datname) FROM pg_database WHERE NOT datistemplate": "other=bob,postgres=bob",
-		"SELECT pg_get_userbyid(relowner) FROM pg_class WHERE oid = 't'::regclass":                            "bob",
-		"SELECT pg_get_userbyid(relowner) FROM pg_class WHERE oid = 't_id_seq'::regclass":                     "bob",
-		"SELECT pg_get_userbyid(relowner) FROM pg_class WHERE oid = 'tv'::regclass":                           "bob",
-		"SELECT pg_get_userbyid(relowner) FROM pg_class WHERE oid = 'app.orders'::regclass":                   "bob",
-		"SELECT pg_get_userbyid(nspowner) FROM pg_namespace WHERE nspname = 'app'":                            "bob",
-		"SELECT pg_get_userbyid(proowner) FROM pg_proc WHERE proname = 'f'":                                   "bob",
-		"SELECT pg_get_userbyid(typowner) FROM pg_type WHERE typname = 'mood'":                                "bob",
+		"SELECT pg_get_userbyid(relowner) FROM pg_class WHERE oid = 't'::regclass":                                                    "bob",
+		"SELECT pg_get_userbyid(relowner) FROM pg_class WHERE oid = 't_id_seq'::regclass":                                             "bob",
+		"SELECT pg_get_userbyid(relowner) FROM pg_class WHERE oid = 'tv'::regclass":                                                   "bob",
+		"SELECT pg_get_userbyid(relowner) FROM pg_class WHERE oid = 'app.orders'::regclass":                                           "bob",
+		"SELECT pg_get_userbyid(nspowner) FROM pg_namespace WHERE nspname = 'app'":                                                    "bob",
+		"SELECT pg_get_userbyid(proowner) FROM pg_proc WHERE proname = 'f'":                                                           "bob",
+		"SELECT pg_get_userbyid(typowner) FROM pg_type WHERE typname = 'mood'":                                                        "bob",
 		// Objects nobody restricted should own stay with the system.
 		"SELECT pg_get_userbyid(relowner) FROM pg_class WHERE oid = 'pg_class'::regclass": "postgres",
 	} {

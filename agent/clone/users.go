@@ -80,6 +80,12 @@ func setupUser(ctx context.Context, connect func(ctx context.Context, db string)
 	// DO blocks take no parameters: pass the values as session settings
 	// and let the server quote them with format(%I/%L), so nothing is
 	// spliced together here.
+	// Clones run with synchronous_commit off; the user must survive a
+	// postgres crash right after creation, so this session commits
+	// synchronously (the WAL reaches the OS before the clone is OK).
+	if _, err := conn.Exec(ctx, `SET synchronous_commit = on`); err != nil {
+		return err
+	}
 	if _, err := conn.Exec(ctx, `SELECT pg_catalog.set_config('thinlab.user', $1, false),
 	  pg_catalog.set_config('thinlab.verifier', $2, false),
 	  pg_catalog.set_config('thinlab.other', $3, false),
@@ -130,6 +136,12 @@ $do$`); err != nil {
 		if db != conn.Config().Database {
 			if dbc, err = connect(ctx, db); err != nil {
 				return fmt.Errorf("connect to database %s: %w", db, err)
+			}
+		}
+		if dbc != conn {
+			if _, err := dbc.Exec(ctx, `SET synchronous_commit = on`); err != nil {
+				dbc.Close(context.Background())
+				return err
 			}
 		}
 		err := reassignObjects(ctx, dbc, username)

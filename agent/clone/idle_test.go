@@ -1,0 +1,128 @@
+package clone_test
+
+import (
+	"errors"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/thinlab/thinlab/agent/clone"
+)
+
+func freePort(t *testing.T) int {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// TestIdleCleanup drives the idle loop with a fake clock: an idle
+// unprotected clone is deleted after maxIdleMinutes (10 here), a protected
+// one survives until its protection expires, and a clone with a client
+// connection is never idle.
+func TestIdleCleanup(t *testing.T) {
+	e := newEnv(t, 5)
+	m := e.manager()
+	defer m.Close()
+	idle := e.create(m, e.req("idle1"))
+	pr := e.req("prot2")
+	pr.Protected = true
+	pr.ProtectionDurationMinutes = uintp(30)
+	e.create(m, pr)
+	busy := e.create(m, e.req("busy3"))
+	conn, err := e.connect(busy, "alice", goodPassword, "postgres")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(e.ctx)
+
+	e.clock.Advance(9 * time.Minute)
+	if got := m.CheckIdle(e.ctx); len(got) != 0 {
+		t.Fatalf("deleted %v before maxIdleMinutes", got)
+	}
+	if c, _ := m.Get("idle1"); !c.DeleteAt.Equal(idle.DeleteAt) {
+		t.Fatalf("deleteAt moved: %v -> %v", idle.DeleteAt, c.DeleteAt)
+	}
+	e.clock.Advance(2 * time.Minute)
+	got := m.CheckIdle(e.ctx)
+	if len(got) != 1 || got[0] != "idle1" {
+		t.Fatalf("deleted %v, want [idle1]", got)
+	}
+	if _, err := m.Wait(e.ctx, "idle1"); !errors.Is(err, clone.ErrNotFound) {
+		t.Fatalf("idle1: %v", err)
+	}
+	if c, _ := m.Get("busy3"); c.DeleteAt.Before(e.clock.Now()) {
+		t.Fatalf("busy clone's deleteAt %v is not in the future", c.DeleteAt)
+	}
+
+	// Protection expires at +30m; the clone is then idle from that moment.
+	e.clock.Advance(20 * time.Minute) // now +31m
+	if got := m.CheckIdle(e.ctx); len(got) != 0 {
+		t.Fatalf("deleted %v right when protection expired", got)
+	}
+	if c, _ := m.Get("prot2"); c.Protected {
+		t.Fatal("protection did not expire")
+	}
+	e.clock.Advance(11 * time.Minute) // +42m: busy3 still has its connection
+	got = m.CheckIdle(e.ctx)
+	if len(got) != 1 || got[0] != "prot2" {
+		t.Fatalf("deleted %v, want [prot2]", got)
+	}
+	if _, err := m.Wait(e.ctx, "prot2"); !errors.Is(err, clone.ErrNotFound) {
+		t.Fatalf("prot2: %v", err)
+	}
+	conn.Close(e.ctx)
+	e.waitNoClients(busy)
+	e.clock.Advance(9 * time.Minute)
+	if got := m.CheckIdle(e.ctx); len(got) != 0 {
+		t.Fatalf("deleted %v 9 minutes after the last connection closed", got)
+	}
+	e.clock.Advance(2 * time.Minute)
+	if got := m.CheckIdle(e.ctx); len(got) != 1 || got[0] != "busy3" {
+		t.Fatalf("deleted %v, want [busy3]", got)
+	}
+	m.Wait(e.ctx, "busy3")
+	e.assertNoLeaks(m)
+}
+
+// waitNoClients waits (in real time) until the server has no client
+// backend but the one asking: a closed connection's backend exits
+// asynchronously.
+func (e *env) waitNoClients(c clone.Clone) {
+	e.t.Helper()
+	for i := 0; i < 500; i++ {
+		if e.query(c, "SELECT count(*)::text FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()") == "0" {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	e.t.Fatal("client connections did not go away")
+}
+
+// TestIdleKeepsProtectedForever: a clone protected without expiry (max 0)
+// is never idle-deleted.
+func TestIdleKeepsProtectedForever(t *testing.T) {
+	e := newEnv(t, 2)
+	e.cfg.Cloning.ProtectionMaxDurationMinutes = 0
+	e.cfg.Cloning.ProtectionLeaseDurationMinutes = 0
+	m := e.manager()
+	defer m.Close()
+	r := e.req("forever1")
+	r.Protected = true
+	c := e.create(m, r)
+	if !c.ProtectedTill.IsZero() {
+		t.Fatalf("protectedTill = %v, want none", c.ProtectedTill)
+	}
+	e.clock.Advance(1000 * time.Hour)
+	if got := m.CheckIdle(e.ctx); len(got) != 0 {
+		t.Fatalf("deleted %v", got)
+	}
+	if err := m.Destroy(e.ctx, "forever1"); !errors.Is(err, clone.ErrProtected) {
+		t.Fatalf("destroy: %v", err)
+	}
+	m.UpdateProtection("forever1", false, nil)
+	e.destroy(m, "forever1")
+	e.assertNoLeaks(m)
+}
