@@ -294,6 +294,17 @@ func (r *Retriever) refresh(ctx context.Context) (Result, error) {
 		}
 	}()
 
+	// Snapshot IDs have second precision: a refresh must not start within
+	// the second of the previous snapshot's data.
+	if snaps, err := r.pool.Snapshots(ctx); err == nil && len(snaps) > 0 {
+		for !time.Now().UTC().Truncate(time.Second).After(snaps[0].DataStateAt) {
+			select {
+			case <-ctx.Done():
+				return res, ctx.Err()
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
+	}
 	res.DumpStartedAt = time.Now().UTC().Truncate(time.Second)
 	if err := r.restoreAll(ctx, c, params, dbs, &res.Bytes); err != nil {
 		return res, err

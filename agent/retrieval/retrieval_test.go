@@ -1,0 +1,272 @@
+package retrieval
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/thinlab/thinlab/agent/clone/clonetest"
+	"github.com/thinlab/thinlab/agent/config"
+	"github.com/thinlab/thinlab/agent/runtime"
+	"github.com/thinlab/thinlab/agent/storage"
+	"github.com/thinlab/thinlab/internal/pgtest"
+)
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// source starts a throwaway "production" server with two databases.
+func source(t *testing.T) *pgtest.Server {
+	src := pgtest.Start(t)
+	src.Exec(t, "postgres", "CREATE DATABASE app", "CREATE DATABASE shop")
+	src.Exec(t, "app",
+		"CREATE TABLE users (id serial PRIMARY KEY, email text UNIQUE NOT NULL)",
+		"INSERT INTO users (email) SELECT 'u' || g || '@example.com' FROM generate_series(1, 1000) g",
+		"CREATE INDEX users_email_lower ON users (lower(email))",
+		"CREATE VIEW user_count AS SELECT count(*) AS n FROM users")
+	src.Exec(t, "shop",
+		"CREATE TABLE orders (id bigserial PRIMARY KEY, user_id int, total numeric(10,2))",
+		"INSERT INTO orders (user_id, total) SELECT g % 100, g * 1.5 FROM generate_series(1, 500) g")
+	return src
+}
+
+func newRetriever(t *testing.T, p storage.Pool, src config.Source, dbs []string, log *syncBuffer) *Retriever {
+	cfg := config.Default()
+	cfg.Pools = []config.Pool{{Name: p.Name(), Mode: p.Mode(), Path: p.MainDir()}}
+	cfg.Retrieval = config.Retrieval{Mode: "logical", Source: src, Databases: dbs, Jobs: 2, Pool: p.Name()}
+	cfg.StateDir = t.TempDir()
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	r, err := New(Options{Config: cfg, Pool: p, Logger: slog.New(slog.NewTextHandler(log, &slog.HandlerOptions{Level: slog.LevelDebug}))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close() })
+	return r
+}
+
+// query starts postgres on a throwaway clone of snap and runs sql in db.
+func query(t *testing.T, p storage.Pool, snap, db, sql string) string {
+	t.Helper()
+	ctx := context.Background()
+	name := fmt.Sprintf("q%d", time.Now().UnixNano())
+	c, err := p.Clone(ctx, snap, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.DestroyClone(ctx, name)
+	rt := runtime.New(runtime.Options{User: pgtest.OSUser(t)})
+	dir := filepath.Join(c.Mountpoint, storage.DataSubdir)
+	port := pgtest.FreePort(t)
+	if err := rt.Start(ctx, runtime.Instance{Name: name, DataDir: dir, Port: port, Settings: runtime.DefaultSettings}); err != nil {
+		t.Fatal(err)
+	}
+	defer rt.Kill(name, dir)
+	conn, err := pgx.Connect(ctx, rt.SocketConnString(dir, port, "postgres", db))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	var out string
+	if err := conn.QueryRow(ctx, sql).Scan(&out); err != nil {
+		t.Fatalf("%s: %v", sql, err)
+	}
+	return out
+}
+
+func TestLogicalRefresh(t *testing.T) {
+	src := source(t)
+	p := clonetest.NewPool(t)
+	t.Setenv("THINLAB_TEST_SOURCE_PW", src.Password)
+	log := &syncBuffer{}
+	r := newRetriever(t, p, config.Source{Host: "127.0.0.1", Port: src.Port, Username: "postgres", PasswordEnv: "THINLAB_TEST_SOURCE_PW"}, nil, log)
+	if st := r.Status(); st.Mode != ModeLogical || st.Status != StatusInactive || !st.LastRefresh.IsZero() {
+		t.Fatalf("initial status %+v", st)
+	}
+	ctx := context.Background()
+	before := time.Now().UTC().Truncate(time.Second)
+	res, err := r.Refresh(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	after := time.Now().UTC()
+	if strings.Join(res.Databases, ",") != "app,postgres,shop" || res.Bytes == 0 {
+		t.Fatalf("result %+v", res)
+	}
+	snap, err := p.GetSnapshot(ctx, res.Snapshot.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !snap.DataStateAt.Equal(res.DumpStartedAt) || res.DumpStartedAt.Before(before) || res.DumpStartedAt.After(after) || snap.Message != SnapshotMessage {
+		t.Fatalf("snapshot %+v, dump started %v (refresh ran %v..%v)", snap, res.DumpStartedAt, before, after)
+	}
+	if snap.ID != storage.SnapshotID(p.Name(), res.DumpStartedAt) {
+		t.Fatalf("snapshot id %s", snap.ID)
+	}
+	st := r.Status()
+	if st.Status != StatusFinished || st.LastRefresh.IsZero() || st.SnapshotID != snap.ID || len(st.Alerts) != 0 {
+		t.Fatalf("status after refresh %+v", st)
+	}
+	for _, q := range []struct{ db, sql, want string }{
+		{"app", "SELECT count(*)::text FROM users", "1000"},
+		{"app", "SELECT n::text FROM user_count", "1000"},
+		{"app", "SELECT count(*)::text FROM pg_indexes WHERE indexname = 'users_email_lower'", "1"},
+		{"app", "SELECT nextval('users_id_seq')::text", "1001"},
+		{"shop", "SELECT sum(total)::text FROM orders", "187875.00"},
+	} {
+		if got := query(t, p, snap.ID, q.db, q.sql); got != q.want {
+			t.Errorf("%s: %s = %s, want %s", q.db, q.sql, got, q.want)
+		}
+	}
+	if strings.Contains(log.String(), src.Password) {
+		t.Fatal("the source password appears in the log")
+	}
+	if c := (&runtimeCheck{}).mainRunning(r); c {
+		t.Fatal("the pool's postgres still runs after the refresh")
+	}
+
+	// A second refresh (connStr form, chosen databases) starts from an
+	// empty cluster: a table dropped at the source is gone in the new
+	// snapshot and still in the old one.
+	src.Exec(t, "app", "DROP VIEW user_count", "DROP TABLE users", "CREATE TABLE newer (x int)")
+	r2 := newRetriever(t, p, config.Source{ConnStr: fmt.Sprintf("postgresql://postgres:%s@127.0.0.1:%d/postgres?sslmode=disable", src.Password, src.Port)}, []string{"app"}, log)
+	if st := r2.Status(); st.Status != StatusFinished || st.SnapshotID != snap.ID {
+		t.Fatalf("a new Retriever does not find the last refresh: %+v", st)
+	}
+	res2, err := r2.Refresh(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !res2.DumpStartedAt.After(res.DumpStartedAt) {
+		t.Fatalf("second dump time %v not after %v", res2.DumpStartedAt, res.DumpStartedAt)
+	}
+	if got := query(t, p, res2.Snapshot.ID, "app", "SELECT count(*)::text FROM pg_tables WHERE tablename IN ('users','newer')"); got != "1" {
+		t.Fatalf("new snapshot has %s of users/newer, want only newer", got)
+	}
+	if got := query(t, p, res2.Snapshot.ID, "postgres", "SELECT count(*)::text FROM pg_database WHERE datname = 'shop'"); got != "0" {
+		t.Fatal("database shop copied although only app was chosen")
+	}
+	if got := query(t, p, snap.ID, "app", "SELECT count(*)::text FROM users"); got != "1000" {
+		t.Fatalf("old snapshot changed: %s", got)
+	}
+	if strings.Contains(log.String(), src.Password) {
+		t.Fatal("the source password appears in the log")
+	}
+}
+
+type runtimeCheck struct{}
+
+func (runtimeCheck) mainRunning(r *Retriever) bool { return r.mainCluster().Running() }
+
+func TestRefreshFailureAlertsAndRefusesConcurrent(t *testing.T) {
+	src := source(t)
+	p := clonetest.NewPool(t)
+	log := &syncBuffer{}
+	r := newRetriever(t, p, config.Source{Host: "127.0.0.1", Port: src.Port, Username: "postgres", Password: "wrong-password"}, []string{"app"}, log)
+	if err := r.FullRefresh(); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.FullRefresh(); !errors.Is(err, ErrRefreshRunning) {
+		t.Fatalf("second FullRefresh: %v", err)
+	}
+	r.wg.Wait()
+	st := r.Status()
+	a, ok := st.Alerts[AlertRefreshFailed]
+	if st.Status != StatusFailed || !ok || a.Level != "error" || a.Count != 1 || !strings.Contains(a.Message, "password authentication failed") {
+		t.Fatalf("status %+v", st)
+	}
+	if r.mainCluster().Running() {
+		t.Fatal("the pool's postgres still runs after a failed refresh")
+	}
+	if snaps, _ := p.Snapshots(context.Background()); len(snaps) != 0 {
+		t.Fatalf("a failed refresh made snapshots: %v", snaps)
+	}
+	if _, err := r.Refresh(context.Background()); err == nil {
+		t.Fatal("refresh with a wrong password succeeded")
+	}
+	if a := r.Status().Alerts[AlertRefreshFailed]; a.Count != 2 {
+		t.Fatalf("alert count %d, want 2", a.Count)
+	}
+	if strings.Contains(log.String(), "wrong-password") {
+		t.Fatal("the source password appears in the log")
+	}
+}
+
+func TestNotConfiguredAndSchedule(t *testing.T) {
+	cfg := config.Default()
+	r, err := New(Options{Config: cfg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.FullRefresh(); !errors.Is(err, ErrNotConfigured) {
+		t.Fatalf("FullRefresh without retrieval: %v", err)
+	}
+	if st := r.Status(); st.Mode != ModeUnknown || st.Status != StatusInactive {
+		t.Fatalf("status %+v", st)
+	}
+
+	p := clonetest.NewPool(t)
+	cfg.Pools = []config.Pool{{Name: p.Name(), Mode: p.Mode(), Path: p.MainDir()}}
+	cfg.Retrieval = config.Retrieval{Mode: "logical", Source: config.Source{Host: "127.0.0.1", Port: 1, Username: "x"}, RefreshSchedule: "0 3 * * *", Jobs: 1}
+	r, err = New(Options{Config: cfg, Pool: p})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	r.Start(context.Background())
+	next := r.Status().NextRefresh
+	if next.IsZero() || next.Hour() != 3 || next.Minute() != 0 {
+		t.Fatalf("nextRefresh = %v", next)
+	}
+}
+
+func TestSourceParamsKeepSecretsOutOfArgs(t *testing.T) {
+	p, err := sourceParams(config.Source{ConnStr: "host=db.example.com port=5433 user='u ser' password='p w\\'d' dbname=app sslmode=require"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p["password"] != "p w'd" || p["user"] != "u ser" || p["port"] != "5433" || p["sslmode"] != "require" {
+		t.Fatalf("params %v", p)
+	}
+	e := strings.Join(env(p), "\n")
+	if !strings.Contains(e, "PGPASSWORD=p w'd") || !strings.Contains(e, "PGSSLMODE=require") || strings.Contains(e, "PGDATABASE") {
+		t.Fatalf("env %q", e)
+	}
+	if cs := pgxConnString(p, "shop"); strings.Contains(cs, "p w") || !strings.Contains(cs, "dbname=shop") || !strings.Contains(cs, "user='u ser'") {
+		t.Fatalf("pgx conn string %q", cs)
+	}
+	if _, err := sourceParams(config.Source{ConnStr: "host=x bogus=1"}); err == nil || !strings.Contains(err.Error(), `"bogus"`) {
+		t.Fatalf("unknown parameter: %v", err)
+	}
+	if _, err := sourceParams(config.Source{ConnStr: "host='x"}); err == nil {
+		t.Fatal("unterminated quote accepted")
+	}
+	u, err := sourceParams(config.Source{ConnStr: "postgres://me:s3cret@h:7/db?sslmode=disable"})
+	if err != nil || u["password"] != "s3cret" || u["host"] != "h" || u["port"] != "7" || u["dbname"] != "db" || u["sslmode"] != "disable" {
+		t.Fatalf("uri params %v %v", u, err)
+	}
+}
