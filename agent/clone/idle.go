@@ -59,9 +59,16 @@ func (m *Manager) CheckIdle(ctx context.Context) []string {
 			if _, alive := m.rt.Running(dataDir); !alive {
 				m.mu.Lock()
 				r, ok := m.clones[s.ID]
+				ok = ok && r.Status == StatusOK && !r.busy
+				if ok {
+					r.busy = true
+				}
 				m.mu.Unlock()
 				if ok {
 					m.restartClone(ctx, r)
+					m.mu.Lock()
+					r.busy = false
+					m.mu.Unlock()
 					m.save()
 				}
 				continue

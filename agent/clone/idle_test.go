@@ -3,6 +3,7 @@ package clone_test
 import (
 	"errors"
 	"net"
+	"syscall"
 	"testing"
 	"time"
 
@@ -124,5 +125,34 @@ func TestIdleKeepsProtectedForever(t *testing.T) {
 	}
 	m.UpdateProtection("forever1", false, nil)
 	e.destroy(m, "forever1")
+	e.assertNoLeaks(m)
+}
+
+// TestLoopRestartsDeadPostgres: when a clone's postgres dies while the
+// agent runs, the next pass of the loop starts it again on its port.
+func TestLoopRestartsDeadPostgres(t *testing.T) {
+	e := newEnv(t, 2)
+	m := e.manager()
+	defer m.Close()
+	c := e.create(m, e.req("crash1"))
+	pid := postmasterOf(t, mountOf(t, e, "crash1"))
+	if pid == 0 {
+		t.Fatal("no postmaster")
+	}
+	syscall.Kill(pid, syscall.SIGKILL)
+	for i := 0; i < 500 && syscall.Kill(pid, 0) == nil; i++ {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got := m.CheckIdle(e.ctx); len(got) != 0 {
+		t.Fatalf("deleted %v", got)
+	}
+	after, _ := m.Get("crash1")
+	if after.Status != clone.StatusOK || after.Port != c.Port || e.query(after, "SELECT v FROM t") != "one" {
+		t.Fatalf("after restart: %+v", after)
+	}
+	if postmasterOf(t, mountOf(t, e, "crash1")) == pid {
+		t.Fatal("same postmaster pid: not restarted")
+	}
+	e.destroy(m, "crash1")
 	e.assertNoLeaks(m)
 }

@@ -125,6 +125,10 @@ func NewManager(ctx context.Context, opt Options) (*Manager, error) {
 	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
 		return nil, fmt.Errorf("stateDir: %w", err)
 	}
+	// The state holds passwords.
+	if err := os.Chmod(cfg.StateDir, 0o700); err != nil {
+		return nil, fmt.Errorf("stateDir: %w", err)
+	}
 	if err := m.restore(ctx); err != nil {
 		return nil, err
 	}
@@ -635,22 +639,27 @@ func (m *Manager) build(ctx context.Context, spec record) (string, error) {
 	if !ok {
 		return "", fmt.Errorf("pool %q is not configured", spec.Pool)
 	}
+	t0 := time.Now()
 	cl, err := pool.Clone(ctx, spec.SnapshotID, spec.ID)
 	if err != nil {
 		return "", fmt.Errorf("clone snapshot %s: %w", spec.SnapshotID, err)
 	}
 	mount := cl.Mountpoint
 	m.update(spec.ID, func(r *record) { r.Mountpoint = mount })
+	t1 := time.Now()
 	dataDir := filepath.Join(mount, storage.DataSubdir)
 	if err := m.rt.Start(ctx, m.instance(spec, dataDir)); err != nil {
 		return mount, fmt.Errorf("start postgres: %w", err)
 	}
+	t2 := time.Now()
 	if err := setupUser(ctx, m.socketConnect(dataDir, spec.Port), spec.Username, spec.Password, spec.Restricted); err != nil {
 		return mount, err
 	}
+	t3 := time.Now()
 	if err := m.checkLogin(ctx, spec); err != nil {
 		return mount, err
 	}
+	m.log.Debug("clone built", "clone", spec.ID, "dataset", t1.Sub(t0), "postgres", t2.Sub(t1), "user", t3.Sub(t2), "login", time.Since(t3))
 	return mount, nil
 }
 
@@ -759,7 +768,7 @@ func (m *Manager) Reset(ctx context.Context, id string, r ResetRequest) (Clone, 
 		m.mu.Unlock()
 		return Clone{}, errors.New("clone manager is shutting down")
 	}
-	if rec.Status != StatusOK && rec.Status != StatusFatal {
+	if (rec.Status != StatusOK && rec.Status != StatusFatal) || rec.busy {
 		m.mu.Unlock()
 		return Clone{}, fmt.Errorf("%w: clone %q is %s; wait until it is OK", ErrNotReady, id, rec.Status)
 	}
@@ -808,7 +817,7 @@ func (m *Manager) Destroy(ctx context.Context, id string) error {
 		m.mu.Unlock()
 		return fmt.Errorf("%w: %q cannot be destroyed; remove its protection first", ErrProtected, id)
 	}
-	if transitional(rec.Status) {
+	if transitional(rec.Status) || rec.busy {
 		m.mu.Unlock()
 		return fmt.Errorf("%w: clone %q is %s", ErrNotReady, id, rec.Status)
 	}

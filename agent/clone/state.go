@@ -40,6 +40,9 @@ type record struct {
 	opStart time.Time
 	// diffSize is refreshed by the background loop.
 	diffSize uint64
+	// busy marks a restart of the clone's postgres by the background loop;
+	// reset and destroy wait for it (ErrNotReady).
+	busy bool
 }
 
 type stateDoc struct {

@@ -27,9 +27,16 @@ import (
 	"github.com/thinlab/thinlab/agent/storage"
 )
 
-// NewPool makes a btrfs pool on a fresh loop file named with a random
-// suffix and removes everything at cleanup.
+// NewPool makes a 4 GiB btrfs pool on a fresh loop file named with a
+// random suffix and removes everything at cleanup.
 func NewPool(t testing.TB) storage.Pool {
+	t.Helper()
+	return NewPoolSize(t, "4G")
+}
+
+// NewPoolSize is NewPool with a loop file of size (truncate -s syntax;
+// sparse).
+func NewPoolSize(t testing.TB, size string) storage.Pool {
 	t.Helper()
 	b := make([]byte, 4)
 	rand.Read(b)
@@ -48,7 +55,7 @@ func NewPool(t testing.TB) storage.Pool {
 			t.Fatalf("%s %v: %v: %s", name, args, err, out)
 		}
 	}
-	run("truncate", "-s", "4G", img)
+	run("truncate", "-s", size, img)
 	run("mkfs.btrfs", "-q", "-f", img)
 	run("mount", "-o", "loop", img, mnt)
 	t.Cleanup(func() {

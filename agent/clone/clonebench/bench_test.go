@@ -1,0 +1,315 @@
+package clonebench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"math"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/thinlab/thinlab/agent/clone"
+	"github.com/thinlab/thinlab/agent/clone/clonetest"
+	"github.com/thinlab/thinlab/agent/config"
+	"github.com/thinlab/thinlab/agent/storage"
+	"github.com/thinlab/thinlab/internal/command"
+	"github.com/thinlab/thinlab/internal/pgcluster"
+)
+
+const (
+	cacheRoot = "/var/tmp/thinlab-bench"
+	password  = "Bench-Correct-Horse-Battery-9"
+	clones    = 20
+	rssClones = 50
+)
+
+type backend struct {
+	name    string
+	newPool func(b *testing.B, size string) storage.Pool
+}
+
+// backends are the pool kinds measured. The benchmark runs in-process
+// through clone.Manager (the same engine `thinlab agent run` wires up).
+var backends = []backend{
+	{"btrfs", func(b *testing.B, size string) storage.Pool { return clonetest.NewPoolSize(b, size) }},
+}
+
+func scales() []int {
+	raw := os.Getenv("THINLAB_BENCH_SCALES")
+	if raw == "" {
+		raw = "100,400"
+	}
+	var out []int
+	for _, f := range strings.Split(raw, ",") {
+		if n, err := strconv.Atoi(strings.TrimSpace(f)); err == nil && n > 0 {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+func BenchmarkClone(b *testing.B) {
+	for i, be := range backends {
+		b.Run(be.name, func(b *testing.B) { benchBackend(b, be, i == 0) })
+	}
+}
+
+// sized is one pool filled with one pgbench database.
+type sized struct {
+	label string
+	snap  string
+	m     *clone.Manager
+	lat   []time.Duration
+	ids   []string
+}
+
+// benchBackend fills one pool per scale, then creates the clones of all
+// sizes interleaved (one of each in turn), so that whatever else the host
+// does affects every size alike and only the size differs.
+func benchBackend(b *testing.B, be backend, measureRSS bool) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Minute)
+	defer cancel()
+	var sets []*sized
+	for i, scale := range scales() {
+		data := cachedData(b, scale)
+		size := dirSize(b, data)
+		s := &sized{label: fmt.Sprintf("%.1fGiB", float64(size)/(1<<30))}
+		p := be.newPool(b, fmt.Sprintf("%dG", 2*size/(1<<30)+8))
+		u, err := pgcluster.LookupUser("postgres")
+		if err != nil {
+			b.Fatal(err)
+		}
+		os.Chown(p.MainDir(), int(u.UID), int(u.GID))
+		start := time.Now()
+		if out, err := exec.Command("cp", "-a", data, filepath.Join(p.MainDir(), storage.DataSubdir)).CombinedOutput(); err != nil {
+			b.Fatalf("copy data into the pool: %v: %s", err, out)
+		}
+		// As retrieval does: the data reaches the disk before the
+		// snapshot. Twice: the first sync may flush the pool into its loop
+		// file's page cache after the host filesystem was already synced.
+		syscall.Sync()
+		syscall.Sync()
+		snap, err := p.Snapshot(ctx, storage.SnapshotOptions{Message: "bench"})
+		if err != nil {
+			b.Fatal(err)
+		}
+		s.snap = snap.ID
+		b.Logf("%s: %s of data in the pool in %v", be.name, s.label, time.Since(start).Round(time.Second))
+
+		cfg := config.Default()
+		cfg.Pools = []config.Pool{{Name: p.Name(), Mode: p.Mode(), Path: p.MainDir()}}
+		from := 16000 + i*100
+		cfg.Provision.PortPool = config.PortPool{From: from, To: from + rssClones + 9}
+		cfg.StateDir = b.TempDir()
+		if err := cfg.Validate(); err != nil {
+			b.Fatal(err)
+		}
+		m, err := clone.NewManager(ctx, clone.Options{Config: cfg, Pools: []storage.Pool{p}, Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: benchLogLevel()})), CheckInterval: -1})
+		if err != nil {
+			b.Fatal(err)
+		}
+		s.m = m
+		b.Cleanup(func() {
+			for _, id := range s.ids {
+				m.Destroy(context.Background(), id)
+			}
+			for _, id := range s.ids {
+				m.Wait(context.Background(), id)
+			}
+			m.Close()
+		})
+		// One unmeasured clone warms the binaries and the snapshot's
+		// metadata into the cache.
+		if err := createAndQuery(ctx, m, s.snap, "warmup"); err != nil {
+			b.Fatal(err)
+		}
+		s.ids = append(s.ids, "warmup")
+		sets = append(sets, s)
+	}
+
+	b.ResetTimer()
+	for i := 0; i < clones; i++ {
+		for _, s := range sets {
+			id := fmt.Sprintf("bench%d", i)
+			t0 := time.Now()
+			if err := createAndQuery(ctx, s.m, s.snap, id); err != nil {
+				b.Fatal(err)
+			}
+			s.lat = append(s.lat, time.Since(t0))
+			s.ids = append(s.ids, id)
+		}
+	}
+	b.StopTimer()
+	for _, s := range sets {
+		sort.Slice(s.lat, func(i, j int) bool { return s.lat[i] < s.lat[j] })
+		fmt.Printf("BENCH clone_ready_p50_%s_%s %.3f s\n", be.name, s.label, pct(s.lat, 50).Seconds())
+		fmt.Printf("BENCH clone_ready_p95_%s_%s %.3f s\n", be.name, s.label, pct(s.lat, 95).Seconds())
+	}
+
+	if measureRSS && len(sets) > 0 {
+		s := sets[0]
+		for len(s.m.List()) < rssClones {
+			id := fmt.Sprintf("rss%d", len(s.ids))
+			if err := createAndQuery(ctx, s.m, s.snap, id); err != nil {
+				b.Fatal(err)
+			}
+			s.ids = append(s.ids, id)
+		}
+		// The RSS is the whole benchmark process: this Manager with 50
+		// clones plus the other sizes' Managers with 21 clones each.
+		fmt.Printf("BENCH agent_rss_50_clones %.1f MiB\n", float64(rss(b))/(1<<20))
+	}
+}
+
+// createAndQuery is one measured clone: the create call until the clone's
+// user has run a query over TCP with its password.
+func createAndQuery(ctx context.Context, m *clone.Manager, snap, id string) error {
+	c, err := m.Create(ctx, clone.CreateRequest{ID: id, SnapshotID: snap, Username: "bench", Password: password})
+	if err != nil {
+		return err
+	}
+	if c, err = m.Wait(ctx, c.ID); err != nil {
+		return err
+	}
+	if c.Status != clone.StatusOK {
+		return fmt.Errorf("clone %s: %s: %s", id, c.Status, c.StatusMessage)
+	}
+	cc, err := pgx.ParseConfig(fmt.Sprintf("host=%s port=%d user=bench dbname=postgres sslmode=disable", c.Host, c.Port))
+	if err != nil {
+		return err
+	}
+	cc.Password = password
+	conn, err := pgx.ConnectConfig(ctx, cc)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(ctx)
+	var n int
+	return conn.QueryRow(ctx, "SELECT count(*) FROM pgbench_branches").Scan(&n)
+}
+
+// pct is the nearest-rank percentile of sorted durations.
+func pct(sorted []time.Duration, p float64) time.Duration {
+	i := int(math.Ceil(p/100*float64(len(sorted)))) - 1
+	if i < 0 {
+		i = 0
+	}
+	return sorted[i]
+}
+
+func rss(b *testing.B) uint64 {
+	raw, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, line := range strings.Split(string(raw), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmRSS:" {
+			kb, _ := strconv.ParseUint(f[1], 10, 64)
+			return kb << 10
+		}
+	}
+	b.Fatal("no VmRSS")
+	return 0
+}
+
+func dirSize(b *testing.B, dir string) int64 {
+	var total int64
+	err := filepath.WalkDir(dir, func(_ string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.Type().IsRegular() {
+			info, err := d.Info()
+			if err != nil {
+				return err
+			}
+			total += info.Size()
+		}
+		return nil
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	return total
+}
+
+// cachedData returns a cleanly stopped PGDATA holding `pgbench -i -s
+// scale`, generated once under cacheRoot.
+func cachedData(b *testing.B, scale int) string {
+	dir := filepath.Join(cacheRoot, fmt.Sprintf("pgbench-s%d", scale))
+	data := filepath.Join(dir, storage.DataSubdir)
+	if _, err := os.Stat(filepath.Join(dir, "complete")); err == nil {
+		return data
+	}
+	u, err := pgcluster.LookupUser("postgres")
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := os.MkdirAll(cacheRoot, 0o755); err != nil {
+		b.Fatal(err)
+	}
+	os.Chmod(cacheRoot, 0o755)
+	tmp := dir + ".tmp"
+	os.RemoveAll(tmp)
+	if err := os.MkdirAll(tmp, 0o755); err != nil {
+		b.Fatal(err)
+	}
+	ctx := context.Background()
+	c := &pgcluster.Cluster{DataDir: filepath.Join(tmp, storage.DataSubdir), User: u}
+	if err := c.Init(ctx, pgcluster.InitOptions{}); err != nil {
+		b.Fatal(err)
+	}
+	// wal_level minimal: pgbench's COPY into tables truncated in the same
+	// transaction skips WAL, so PGDATA is the tables, not gigabytes of WAL.
+	settings := map[string]string{"maintenance_work_mem": "512MB", "wal_level": "minimal", "max_wal_senders": "0",
+		"max_wal_size": "1GB", "min_wal_size": "32MB", "checkpoint_timeout": "1h"}
+	for k, v := range pgcluster.FastSettings {
+		settings[k] = v
+	}
+	if err := c.Start(ctx, 5432, "", settings); err != nil {
+		b.Fatal(err)
+	}
+	defer c.Kill()
+	b.Logf("generating pgbench scale %d into %s (once)", scale, dir)
+	start := time.Now()
+	if _, err := (command.Runner{}).RunCmd(ctx, command.Cmd{
+		Name:       filepath.Join(c.BinDir, "pgbench"),
+		Args:       []string{"-i", "-q", "-s", strconv.Itoa(scale), "-h", c.DataDir, "-p", "5432", "-U", "postgres", "postgres"},
+		Credential: u.Credential(),
+		Dir:        "/",
+	}); err != nil {
+		b.Fatal(err)
+	}
+	if err := c.Stop(ctx, "fast"); err != nil {
+		b.Fatal(err)
+	}
+	os.Remove(c.LogFile())
+	if err := os.WriteFile(filepath.Join(tmp, "complete"), []byte(time.Now().String()), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	if err := os.Rename(tmp, dir); err != nil && !errors.Is(err, os.ErrExist) {
+		b.Fatal(err)
+	}
+	b.Logf("pgbench scale %d generated in %v", scale, time.Since(start).Round(time.Second))
+	return data
+}
+
+// benchLogLevel is warn, or debug with THINLAB_BENCH_DEBUG=1 (per-step
+// timings of every clone).
+func benchLogLevel() slog.Level {
+	if os.Getenv("THINLAB_BENCH_DEBUG") != "" {
+		return slog.LevelDebug
+	}
+	return slog.LevelWarn
+}
