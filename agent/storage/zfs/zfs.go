@@ -1,0 +1,542 @@
+// Package zfs is the ZFS backend of storage.Pool, driving the real `zfs` and
+// `zpool` command-line tools. It works with production OpenZFS 2.x and with
+// zfs-fuse 0.7.0 (the ZFS available on kernels without the zfs module), so
+// it only uses what both understand:
+//
+//   - numbers come from `zfs get -H -p` (zfs-fuse has no -p on list);
+//   - no `zfs get -t`, no `destroy -n`, and no `written`, `clones` or
+//     `logical*` properties: the clones of a snapshot are found through each
+//     clone's `origin`;
+//   - destroying a just-unmounted dataset on zfs-fuse fails with "dataset is
+//     busy" about half the time, so destroys unmount first and retry;
+//   - clones get an explicit mountpoint outside the pool's own mountpoint.
+//
+// Layout, below the configured root dataset R (a zpool or any dataset in
+// one):
+//
+//	R/main                          the golden PGDATA lives in <mountpoint>/pgdata;
+//	                                mountpoint inherited from R (MainDir)
+//	R/main@snapshot_<YYYYMMDDhhmmss> snapshots, exposed as <Name>@snapshot_<...>
+//	R/clones                        container, mountpoint=none
+//	R/clones/<clone>                clones, mountpoint=<ClonesDir>/<clone>
+//
+// All metadata is kept as ZFS user properties on the snapshots and clones
+// themselves (thinlab:datastateat, thinlab:createdat, thinlab:message,
+// thinlab:labels), so a fresh process rebuilds the whole picture from the
+// pool alone. Only properties whose source is local (or received) count:
+// ZFS user properties are inherited, and a value inherited from a parent
+// says nothing about the child.
+package zfs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/thinlab/thinlab/agent/storage"
+	"github.com/thinlab/thinlab/internal/command"
+)
+
+// User property names. They are part of the on-disk format: renaming one
+// loses the metadata of existing pools.
+const (
+	propDataStateAt = "thinlab:datastateat" // RFC 3339, UTC, seconds
+	propCreatedAt   = "thinlab:createdat"   // RFC 3339 with nanoseconds, UTC
+	propMessage     = "thinlab:message"     // JSON string (escapes newlines and tabs, which zfs prints raw)
+	propLabels      = "thinlab:labels"      // JSON object of strings
+)
+
+// maxPropLen bounds one encoded user property value. OpenZFS allows 8 KiB
+// and zfs-fuse aborts just above that; half leaves room for both.
+const maxPropLen = 4096
+
+// Config describes one ZFS pool.
+type Config struct {
+	// Name is the pool's name in Thinlab: the prefix of snapshot IDs.
+	Name string
+	// Dataset is the root dataset that holds main and clones ("tank" or
+	// "tank/thinlab/pool1"). It must exist and be mounted.
+	Dataset string
+	// ClonesDir holds one mountpoint per clone. It must lie outside the
+	// root dataset's mountpoint. Default /var/lib/thinlab/clones/<Name>.
+	ClonesDir string
+	// Owner, when set, owns each clone's root directory (the postgres OS
+	// user); PGDATA inside keeps the ownership it had in the snapshot.
+	Owner *Owner
+	// Runner runs zfs; Logger defaults to slog.Default().
+	Runner command.Runner
+	Logger *slog.Logger
+}
+
+// Owner is a numeric OS user and group.
+type Owner struct {
+	UID, GID int
+}
+
+// Pool is a storage.Pool on ZFS. It holds no state besides its
+// configuration: every answer is read from the pool, so several processes
+// (or a restarted one) see the same thing.
+type Pool struct {
+	cfg      Config
+	mainDS   string
+	clonesDS string
+	mainDir  string
+	log      *slog.Logger
+}
+
+var _ storage.Pool = (*Pool)(nil)
+
+// Open checks cfg, creates the main and clones datasets when missing, and
+// mounts whatever of them is not mounted (after a reboot or a daemon
+// restart).
+func Open(ctx context.Context, cfg Config) (*Pool, error) {
+	if err := storage.ValidateName("pool name", cfg.Name); err != nil {
+		return nil, err
+	}
+	if err := validateDataset(cfg.Dataset); err != nil {
+		return nil, err
+	}
+	if cfg.ClonesDir == "" {
+		cfg.ClonesDir = filepath.Join("/var/lib/thinlab/clones", cfg.Name)
+	}
+	if !filepath.IsAbs(cfg.ClonesDir) {
+		return nil, fmt.Errorf("zfs pool %s: clonesDir %q must be an absolute path", cfg.Name, cfg.ClonesDir)
+	}
+	cfg.ClonesDir = filepath.Clean(cfg.ClonesDir)
+	p := &Pool{cfg: cfg, mainDS: cfg.Dataset + "/main", clonesDS: cfg.Dataset + "/clones", log: cfg.Logger}
+	if p.log == nil {
+		p.log = slog.Default()
+	}
+	p.log = p.log.With("pool", cfg.Name, "dataset", cfg.Dataset)
+
+	root, err := p.getProps(ctx, []string{"type", "mountpoint"}, cfg.Dataset)
+	if errors.Is(err, storage.ErrNotFound) {
+		return nil, fmt.Errorf("zfs pool %s: dataset %q does not exist: create it first (zpool create -m MOUNTPOINT %s DEVICE, or zfs create): %w", cfg.Name, cfg.Dataset, cfg.Dataset, err)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("zfs pool %s: %w", cfg.Name, err)
+	}
+	rootDS := root[cfg.Dataset]
+	if t := rootDS.prop("type"); t != "filesystem" {
+		return nil, fmt.Errorf("zfs pool %s: dataset %q is a %s, want a filesystem", cfg.Name, cfg.Dataset, t)
+	}
+	if mp := rootDS.prop("mountpoint"); filepath.IsAbs(mp) && within(cfg.ClonesDir, mp) {
+		return nil, fmt.Errorf("zfs pool %s: clonesDir %s lies inside the mountpoint %s of dataset %s; choose a directory outside it", cfg.Name, cfg.ClonesDir, mp, cfg.Dataset)
+	}
+
+	// Create what is missing; "already exists" means another process did.
+	if err := p.zfsOK(ctx, "create", p.mainDS); err != nil && !errors.Is(err, storage.ErrExists) {
+		return nil, fmt.Errorf("zfs pool %s: create main dataset: %w", cfg.Name, err)
+	}
+	if err := p.zfsOK(ctx, "create", "-o", "mountpoint=none", p.clonesDS); err != nil && !errors.Is(err, storage.ErrExists) {
+		return nil, fmt.Errorf("zfs pool %s: create clones dataset: %w", cfg.Name, err)
+	}
+	if err := os.MkdirAll(cfg.ClonesDir, 0o755); err != nil {
+		return nil, fmt.Errorf("zfs pool %s: clonesDir: %w", cfg.Name, err)
+	}
+
+	st, err := p.load(ctx)
+	if err != nil {
+		return nil, err
+	}
+	main := st.datasets[p.mainDS]
+	if main == nil {
+		return nil, fmt.Errorf("zfs pool %s: main dataset %s vanished while opening", cfg.Name, p.mainDS)
+	}
+	p.mainDir = main.prop("mountpoint")
+	if !filepath.IsAbs(p.mainDir) {
+		return nil, fmt.Errorf("zfs pool %s: main dataset %s has mountpoint %q; give dataset %s a mountpoint directory (zfs set mountpoint=/DIR %s)", cfg.Name, p.mainDS, p.mainDir, cfg.Dataset, cfg.Dataset)
+	}
+	for _, name := range append([]string{p.mainDS}, st.cloneDatasets()...) {
+		if st.datasets[name].prop("mounted") == "no" {
+			if err := p.zfsOK(ctx, "mount", name); err != nil {
+				return nil, fmt.Errorf("zfs pool %s: mount %s: %w", cfg.Name, name, err)
+			}
+		}
+	}
+	return p, nil
+}
+
+// Name implements storage.Pool.
+func (p *Pool) Name() string { return p.cfg.Name }
+
+// Mode implements storage.Pool.
+func (p *Pool) Mode() string { return storage.ModeZFS }
+
+// MainDir implements storage.Pool.
+func (p *Pool) MainDir() string { return p.mainDir }
+
+// Dataset is the root dataset the pool lives in.
+func (p *Pool) Dataset() string { return p.cfg.Dataset }
+
+// ClonesDir is where clones are mounted.
+func (p *Pool) ClonesDir() string { return p.cfg.ClonesDir }
+
+// Snapshot implements storage.Pool: one `zfs snapshot -o ...`, so a
+// snapshot never exists without its metadata.
+func (p *Pool) Snapshot(ctx context.Context, opt storage.SnapshotOptions) (storage.Snapshot, error) {
+	at := opt.DataStateAt
+	if at.IsZero() {
+		at = time.Now()
+	}
+	at = at.UTC().Truncate(time.Second)
+	id := storage.SnapshotID(p.cfg.Name, at)
+	_, snapName, err := storage.ParseSnapshotID(id)
+	if err != nil {
+		return storage.Snapshot{}, fmt.Errorf("snapshot dataStateAt %s is out of range (years 1000-9999): %w", at.Format(time.RFC3339), err)
+	}
+	args := []string{"snapshot",
+		"-o", propDataStateAt + "=" + at.Format(time.RFC3339),
+		"-o", propCreatedAt + "=" + time.Now().UTC().Format(time.RFC3339Nano),
+	}
+	if opt.Message != "" {
+		v, err := encodeMessage(opt.Message)
+		if err != nil {
+			return storage.Snapshot{}, err
+		}
+		args = append(args, "-o", propMessage+"="+v)
+	}
+	if len(opt.Labels) > 0 {
+		v, err := encodeLabels(opt.Labels)
+		if err != nil {
+			return storage.Snapshot{}, err
+		}
+		args = append(args, "-o", propLabels+"="+v)
+	}
+	args = append(args, p.mainDS+"@"+snapName)
+	if err := p.zfsOK(ctx, args...); err != nil {
+		return storage.Snapshot{}, fmt.Errorf("snapshot %s: %w", id, err)
+	}
+	p.log.Info("snapshot created", "id", id)
+	return p.GetSnapshot(ctx, id)
+}
+
+// Snapshots implements storage.Pool.
+func (p *Pool) Snapshots(ctx context.Context) ([]storage.Snapshot, error) {
+	st, err := p.load(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return st.snapshots(), nil
+}
+
+// GetSnapshot implements storage.Pool.
+func (p *Pool) GetSnapshot(ctx context.Context, id string) (storage.Snapshot, error) {
+	if _, err := p.snapshotDataset(id); err != nil {
+		return storage.Snapshot{}, err
+	}
+	st, err := p.load(ctx)
+	if err != nil {
+		return storage.Snapshot{}, err
+	}
+	for _, s := range st.snapshots() {
+		if s.ID == id {
+			return s, nil
+		}
+	}
+	return storage.Snapshot{}, fmt.Errorf("%w: snapshot %s", storage.ErrNotFound, id)
+}
+
+// DestroySnapshot implements storage.Pool.
+func (p *Pool) DestroySnapshot(ctx context.Context, id string, force bool) error {
+	ds, err := p.snapshotDataset(id)
+	if err != nil {
+		return err
+	}
+	s, err := p.GetSnapshot(ctx, id)
+	if err != nil {
+		return err
+	}
+	if len(s.Clones) > 0 {
+		if !force {
+			return fmt.Errorf("%w: snapshot %s is used by clones %s; destroy them first or force", storage.ErrHasDependents, id, strings.Join(s.Clones, ", "))
+		}
+		for _, c := range s.Clones {
+			if err := p.DestroyClone(ctx, c); err != nil && !errors.Is(err, storage.ErrNotFound) {
+				return fmt.Errorf("destroy snapshot %s: %w", id, err)
+			}
+		}
+	}
+	// A clone made in the meantime makes zfs refuse with "has dependent
+	// clones", which maps to ErrHasDependents.
+	if err := p.destroy(ctx, ds); err != nil {
+		return fmt.Errorf("destroy snapshot %s: %w", id, err)
+	}
+	p.log.Info("snapshot destroyed", "id", id)
+	return nil
+}
+
+// Clone implements storage.Pool.
+func (p *Pool) Clone(ctx context.Context, snapshotID, name string) (storage.Clone, error) {
+	if err := storage.ValidateName("clone name", name); err != nil {
+		return storage.Clone{}, err
+	}
+	snapDS, err := p.snapshotDataset(snapshotID)
+	if err != nil {
+		return storage.Clone{}, err
+	}
+	ds := p.clonesDS + "/" + name
+	mount := filepath.Join(p.cfg.ClonesDir, name)
+	if entries, err := os.ReadDir(mount); err == nil && len(entries) > 0 {
+		// A non-empty directory here belongs to something else (or is
+		// a clone still mounted); never mount over it.
+		return storage.Clone{}, fmt.Errorf("%w: clone %s: mountpoint %s is in use (not empty)", storage.ErrExists, name, mount)
+	}
+	err = p.zfsOK(ctx, "clone",
+		"-o", "mountpoint="+mount,
+		"-o", propCreatedAt+"="+time.Now().UTC().Format(time.RFC3339Nano),
+		snapDS, ds)
+	switch {
+	case errors.Is(err, storage.ErrExists):
+		return storage.Clone{}, fmt.Errorf("clone %s: %w", name, err)
+	case errors.Is(err, storage.ErrNotFound):
+		return storage.Clone{}, fmt.Errorf("%w: snapshot %s (clone %s)", storage.ErrNotFound, snapshotID, name)
+	case err != nil:
+		// zfs may have created the dataset and failed to mount it.
+		p.cleanupFailedClone(ds, mount)
+		return storage.Clone{}, fmt.Errorf("clone %s from %s: %w", name, snapshotID, err)
+	}
+	if err := p.finishClone(ctx, ds, mount); err != nil {
+		p.cleanupFailedClone(ds, mount)
+		return storage.Clone{}, fmt.Errorf("clone %s from %s: %w", name, snapshotID, err)
+	}
+	p.log.Info("clone created", "clone", name, "snapshot", snapshotID)
+	c, err := p.getClone(ctx, name)
+	if err != nil {
+		return storage.Clone{}, err
+	}
+	return c, nil
+}
+
+// finishClone makes sure the new clone is mounted and hands its root to
+// the owner.
+func (p *Pool) finishClone(ctx context.Context, ds, mount string) error {
+	props, err := p.getProps(ctx, []string{"mounted"}, ds)
+	if err != nil {
+		return err
+	}
+	if props[ds].prop("mounted") != "yes" {
+		if err := p.zfsOK(ctx, "mount", ds); err != nil {
+			return err
+		}
+	}
+	if o := p.cfg.Owner; o != nil {
+		if err := os.Chown(mount, o.UID, o.GID); err != nil {
+			return fmt.Errorf("chown clone root: %w", err)
+		}
+	}
+	return nil
+}
+
+// cleanupFailedClone undoes a half-made clone. It runs on a fresh context:
+// the caller's may be what failed.
+func (p *Pool) cleanupFailedClone(ds, mount string) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := p.destroy(ctx, ds); err != nil && !errors.Is(err, storage.ErrNotFound) {
+		p.log.Error("cleanup of failed clone", "dataset", ds, "err", err)
+	}
+	os.Remove(mount)
+}
+
+// Clones implements storage.Pool.
+func (p *Pool) Clones(ctx context.Context) ([]storage.Clone, error) {
+	st, err := p.load(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return st.clones(), nil
+}
+
+func (p *Pool) getClone(ctx context.Context, name string) (storage.Clone, error) {
+	st, err := p.load(ctx)
+	if err != nil {
+		return storage.Clone{}, err
+	}
+	for _, c := range st.clones() {
+		if c.Name == name {
+			return c, nil
+		}
+	}
+	return storage.Clone{}, fmt.Errorf("%w: clone %s", storage.ErrNotFound, name)
+}
+
+// DestroyClone implements storage.Pool. Processes using the clone (its
+// postgres) must have stopped: a busy mount is an error, not a kill.
+func (p *Pool) DestroyClone(ctx context.Context, name string) error {
+	if err := storage.ValidateName("clone name", name); err != nil {
+		return err
+	}
+	ds := p.clonesDS + "/" + name
+	props, err := p.getProps(ctx, []string{"mountpoint"}, ds)
+	if err != nil {
+		if errors.Is(err, storage.ErrNotFound) {
+			return fmt.Errorf("%w: clone %s", storage.ErrNotFound, name)
+		}
+		return err
+	}
+	if err := p.destroy(ctx, ds); err != nil {
+		return fmt.Errorf("destroy clone %s: %w", name, err)
+	}
+	// zfs leaves the mountpoint directory behind; Remove (not RemoveAll)
+	// keeps anything that is not an empty directory.
+	if mp := props[ds].prop("mountpoint"); filepath.IsAbs(mp) {
+		if err := os.Remove(mp); err != nil && !errors.Is(err, os.ErrNotExist) {
+			p.log.Warn("clone mountpoint left behind", "path", mp, "err", err)
+		}
+	}
+	p.log.Info("clone destroyed", "clone", name)
+	return nil
+}
+
+// Usage implements storage.Pool.
+func (p *Pool) Usage(ctx context.Context) (storage.Usage, error) {
+	props, err := p.getProps(ctx, []string{"used", "available", "referenced", "usedbysnapshots", "compressratio"}, p.cfg.Dataset, p.mainDS, p.clonesDS)
+	if err != nil {
+		return storage.Usage{}, err
+	}
+	root, main, clones := props[p.cfg.Dataset], props[p.mainDS], props[p.clonesDS]
+	if root == nil || main == nil || clones == nil {
+		return storage.Usage{}, fmt.Errorf("zfs pool %s: usage: datasets missing from zfs get output", p.cfg.Name)
+	}
+	u := storage.Usage{
+		Used:            root.num("used"),
+		Free:            root.num("available"),
+		DataSize:        main.num("referenced"),
+		UsedBySnapshots: main.num("usedbysnapshots"),
+		UsedByClones:    clones.num("used"),
+		CompressRatio:   parseRatio(root.prop("compressratio")),
+	}
+	u.Size = u.Used + u.Free
+	return u, nil
+}
+
+// snapshotDataset maps a Thinlab snapshot ID to the ZFS snapshot name.
+func (p *Pool) snapshotDataset(id string) (string, error) {
+	pool, snap, err := storage.ParseSnapshotID(id)
+	if err != nil {
+		return "", err
+	}
+	if pool != p.cfg.Name {
+		return "", fmt.Errorf("%w: snapshot %s belongs to pool %q, not %q", storage.ErrNotFound, id, pool, p.cfg.Name)
+	}
+	return p.mainDS + "@" + snap, nil
+}
+
+// destroy unmounts a dataset and destroys it (with its own snapshots),
+// retrying while zfs-fuse reports the just-unmounted dataset busy.
+func (p *Pool) destroy(ctx context.Context, ds string) error {
+	const attempts = 8
+	var err error
+	for i := 0; i < attempts; i++ {
+		if i > 0 {
+			select {
+			case <-ctx.Done():
+				return fmt.Errorf("%w (gave up: %v)", err, ctx.Err())
+			case <-time.After(time.Duration(i) * 100 * time.Millisecond):
+			}
+		}
+		if !strings.Contains(ds, "@") {
+			if uerr := p.zfsOK(ctx, "unmount", ds); uerr != nil && !notMounted(uerr) {
+				if errors.Is(uerr, storage.ErrNotFound) {
+					return uerr
+				}
+				err = uerr
+				if isBusy(uerr) {
+					continue
+				}
+				return uerr
+			}
+		}
+		err = p.zfsOK(ctx, "destroy", "-r", ds)
+		if err == nil || !isBusy(err) {
+			return err
+		}
+		p.log.Debug("dataset busy, retrying destroy", "dataset", ds, "attempt", i+1)
+	}
+	return err
+}
+
+// zfsOK runs zfs and maps well-known failures to storage's sentinels.
+func (p *Pool) zfsOK(ctx context.Context, args ...string) error {
+	_, err := p.cfg.Runner.Run(ctx, "zfs", args...)
+	return classify(err)
+}
+
+func classify(err error) error {
+	if err == nil {
+		return nil
+	}
+	var ce *command.Error
+	if !errors.As(err, &ce) {
+		return err
+	}
+	msg := ce.Stderr
+	switch {
+	case strings.Contains(msg, "out of space"), strings.Contains(msg, "No space left"), strings.Contains(msg, "quota exceeded"):
+		return fmt.Errorf("%w: %v", storage.ErrNoSpace, err)
+	case strings.Contains(msg, "dataset already exists"):
+		return fmt.Errorf("%w: %v", storage.ErrExists, err)
+	case strings.Contains(msg, "dataset does not exist"):
+		return fmt.Errorf("%w: %v", storage.ErrNotFound, err)
+	case strings.Contains(msg, "has dependent clones"):
+		return fmt.Errorf("%w: %v", storage.ErrHasDependents, err)
+	}
+	return err
+}
+
+func isBusy(err error) bool {
+	var ce *command.Error
+	return errors.As(err, &ce) && (strings.Contains(ce.Stderr, "busy"))
+}
+
+func notMounted(err error) bool {
+	var ce *command.Error
+	return errors.As(err, &ce) && strings.Contains(ce.Stderr, "not currently mounted")
+}
+
+// validateDataset checks each component of a dataset path with the same
+// rule as other names, so it is safe as a command argument.
+func validateDataset(ds string) error {
+	if ds == "" {
+		return fmt.Errorf("%w: zfs dataset (pool path) is empty: set it to a zpool or dataset name such as tank/thinlab", storage.ErrInvalidName)
+	}
+	for _, part := range strings.Split(ds, "/") {
+		if err := storage.ValidateName("zfs dataset component", part); err != nil {
+			return fmt.Errorf("zfs dataset (pool path) %q: %w", ds, err)
+		}
+	}
+	return nil
+}
+
+// within reports whether path is dir or below it.
+func within(path, dir string) bool {
+	rel, err := filepath.Rel(dir, path)
+	return err == nil && rel != ".." && !strings.HasPrefix(rel, "../")
+}
+
+func parseRatio(s string) float64 {
+	f, err := strconv.ParseFloat(strings.TrimSuffix(s, "x"), 64)
+	if err != nil || f <= 0 {
+		return 1
+	}
+	return f
+}
+
+// sortSnapshots orders newest DataStateAt first (ID as tie-break, so the
+// order is stable).
+func sortSnapshots(s []storage.Snapshot) {
+	sort.Slice(s, func(i, j int) bool {
+		if !s[i].DataStateAt.Equal(s[j].DataStateAt) {
+			return s[i].DataStateAt.After(s[j].DataStateAt)
+		}
+		return s[i].ID > s[j].ID
+	})
+}
