@@ -127,8 +127,16 @@ func Open(ctx context.Context, cfg Config) (*Pool, error) {
 	if t := rootDS.prop("type"); t != "filesystem" {
 		return nil, fmt.Errorf("zfs pool %s: dataset %q is a %s, want a filesystem", cfg.Name, cfg.Dataset, t)
 	}
-	if mp := rootDS.prop("mountpoint"); filepath.IsAbs(mp) && within(cfg.ClonesDir, mp) {
-		return nil, fmt.Errorf("zfs pool %s: clonesDir %s lies inside the mountpoint %s of dataset %s; choose a directory outside it", cfg.Name, cfg.ClonesDir, mp, cfg.Dataset)
+	rootMount := rootDS.prop("mountpoint")
+	if filepath.IsAbs(rootMount) && within(cfg.ClonesDir, rootMount) {
+		return nil, fmt.Errorf("zfs pool %s: clonesDir %s lies inside the mountpoint %s of dataset %s; choose a directory outside it", cfg.Name, cfg.ClonesDir, rootMount, cfg.Dataset)
+	}
+	if !filepath.IsAbs(rootMount) {
+		// A new main dataset would inherit no usable mountpoint; refuse
+		// before creating anything (an existing main may have its own).
+		if _, err := p.getProps(ctx, []string{"type"}, p.mainDS); errors.Is(err, storage.ErrNotFound) {
+			return nil, fmt.Errorf("zfs pool %s: dataset %s has mountpoint %q; give it a directory (zfs set mountpoint=/DIR %s)", cfg.Name, cfg.Dataset, rootMount, cfg.Dataset)
+		}
 	}
 
 	// Create what is missing; "already exists" means another process did.
@@ -154,10 +162,17 @@ func Open(ctx context.Context, cfg Config) (*Pool, error) {
 	if !filepath.IsAbs(p.mainDir) {
 		return nil, fmt.Errorf("zfs pool %s: main dataset %s has mountpoint %q; give dataset %s a mountpoint directory (zfs set mountpoint=/DIR %s)", cfg.Name, p.mainDS, p.mainDir, cfg.Dataset, cfg.Dataset)
 	}
-	for _, name := range append([]string{p.mainDS}, st.cloneDatasets()...) {
+	if main.prop("mounted") == "no" {
+		if err := p.zfsOK(ctx, "mount", p.mainDS); err != nil {
+			return nil, fmt.Errorf("zfs pool %s: mount main dataset: %w", cfg.Name, err)
+		}
+	}
+	// One clone that cannot be mounted must not take the pool down; it
+	// stays listed and its owner sees the failure when using it.
+	for _, name := range st.cloneDatasets() {
 		if st.datasets[name].prop("mounted") == "no" {
 			if err := p.zfsOK(ctx, "mount", name); err != nil {
-				return nil, fmt.Errorf("zfs pool %s: mount %s: %w", cfg.Name, name, err)
+				p.log.Warn("clone not mounted", "dataset", name, "err", err)
 			}
 		}
 	}

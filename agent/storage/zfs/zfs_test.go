@@ -331,11 +331,13 @@ func TestBadInput(t *testing.T) {
 func TestOpenErrors(t *testing.T) {
 	ctx := context.Background()
 	fp := zfstest.NewFilePool(t, testPoolSize)
+	zfsCmd(t, "create", "-o", "mountpoint=none", fp.Name+"/unmounted")
 	cases := []struct {
 		name string
 		cfg  zfs.Config
 		want string
 	}{
+		{"dataset without mountpoint", zfs.Config{Name: "p", Dataset: fp.Name + "/unmounted", ClonesDir: "/tmp/x"}, "zfs set mountpoint="},
 		{"bad pool name", zfs.Config{Name: "a b", Dataset: fp.Name, ClonesDir: "/tmp/x"}, "pool name"},
 		{"empty dataset", zfs.Config{Name: "p", ClonesDir: "/tmp/x"}, "zfs dataset"},
 		{"bad dataset", zfs.Config{Name: "p", Dataset: fp.Name + "//x", ClonesDir: "/tmp/x"}, "zfs dataset"},
@@ -349,7 +351,7 @@ func TestOpenErrors(t *testing.T) {
 			t.Errorf("%s: err = %v, want it to mention %q", c.name, err, c.want)
 		}
 	}
-	if out := zfsCmd(t, "list", "-H", "-r", "-o", "name", fp.Name); out != fp.Name {
+	if out := zfsCmd(t, "list", "-H", "-r", "-o", "name", fp.Name); out != fp.Name+"\n"+fp.Name+"/unmounted" {
 		t.Fatalf("failed opens created datasets:\n%s", out)
 	}
 }
