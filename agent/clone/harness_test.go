@@ -103,7 +103,9 @@ func newEnv(t *testing.T, ports int) *env {
 	e.snaps = append(e.snaps, clonetest.Fill(t, p, sourceSQL...))
 	cfg := config.Default()
 	cfg.Pools = []config.Pool{{Name: p.Name(), Mode: p.Mode(), Path: p.MainDir()}}
-	from := 20000 + rand.IntN(400)*100
+	// Below Linux's ephemeral range (32768+), where outgoing connections
+	// and kernel-chosen test ports would collide with the clones'.
+	from := 20000 + rand.IntN(120)*100
 	cfg.Provision.PortPool = config.PortPool{From: from, To: from + ports - 1}
 	cfg.StateDir = t.TempDir()
 	cfg.Cloning.MaxIdleMinutes = 10

@@ -593,7 +593,7 @@ func (m *Manager) runBuild(spec record, oldPool string) {
 	}
 	mount := ""
 	if err == nil {
-		mount, err = m.build(ctx, spec)
+		mount, err = m.build(ctx, spec, oldPool == "")
 	}
 	if err != nil {
 		m.log.Error("clone failed", "clone", spec.ID, "snapshot", spec.SnapshotID, "err", err)
@@ -628,13 +628,13 @@ func (m *Manager) runBuild(spec record, oldPool string) {
 		m.times = m.times[len(m.times)-20:]
 	}
 	m.mu.Unlock()
-	m.log.Info("clone ready", "clone", spec.ID, "port", spec.Port, "took", took)
+	m.log.Info("clone ready", "clone", spec.ID, "took", took)
 }
 
 // build makes the dataset, starts postgres, sets up the user and checks
 // that the user can log in over TCP. It returns the dataset's mountpoint
 // (also on failure, when the dataset was made, for the rollback).
-func (m *Manager) build(ctx context.Context, spec record) (string, error) {
+func (m *Manager) build(ctx context.Context, spec record, fresh bool) (string, error) {
 	pool, ok := m.poolByName[spec.Pool]
 	if !ok {
 		return "", fmt.Errorf("pool %q is not configured", spec.Pool)
@@ -648,8 +648,24 @@ func (m *Manager) build(ctx context.Context, spec record) (string, error) {
 	m.update(spec.ID, func(r *record) { r.Mountpoint = mount })
 	t1 := time.Now()
 	dataDir := filepath.Join(mount, storage.DataSubdir)
-	if err := m.rt.Start(ctx, m.instance(spec, dataDir)); err != nil {
-		return mount, fmt.Errorf("start postgres: %w", err)
+	for attempt := 0; ; attempt++ {
+		err := m.rt.Start(ctx, m.instance(spec, dataDir))
+		if err == nil {
+			break
+		}
+		// Another program took the port between allocation and postgres'
+		// bind. A new clone has not shown its port to anyone yet, so it
+		// may move; a reset keeps its port and fails.
+		if !fresh || attempt >= 3 || !portTaken(err) {
+			return mount, fmt.Errorf("start postgres: %w", err)
+		}
+		port, perr := m.movePort(spec.ID)
+		if perr != nil {
+			return mount, fmt.Errorf("start postgres: %w (and no other port: %v)", err, perr)
+		}
+		m.log.Warn("clone port was taken by another program; trying another", "clone", spec.ID, "old_port", spec.Port, "port", port)
+		spec.Port = port
+		m.save()
 	}
 	t2 := time.Now()
 	if err := setupUser(ctx, m.socketConnect(dataDir, spec.Port), spec.Username, spec.Password, spec.Restricted); err != nil {
@@ -661,6 +677,32 @@ func (m *Manager) build(ctx context.Context, spec record) (string, error) {
 	}
 	m.log.Debug("clone built", "clone", spec.ID, "dataset", t1.Sub(t0), "postgres", t2.Sub(t1), "user", t3.Sub(t2), "login", time.Since(t3))
 	return mount, nil
+}
+
+// portTaken recognizes postgres failing to bind its port.
+func portTaken(err error) bool {
+	msg := err.Error()
+	return strings.Contains(msg, "Address already in use") || strings.Contains(msg, "could not create any TCP/IP sockets")
+}
+
+// movePort gives a clone being created a new port.
+func (m *Manager) movePort(id string) (int, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	r, ok := m.clones[id]
+	if !ok {
+		return 0, ErrNotFound
+	}
+	old := r.Port
+	r.Port = 0
+	port, err := m.allocPortLocked()
+	if err != nil {
+		r.Port = old
+		return 0, err
+	}
+	r.Port = port
+	m.changedLocked()
+	return port, nil
 }
 
 func (m *Manager) instance(spec record, dataDir string) runtime.Instance {

@@ -115,8 +115,12 @@ func TestRestoreAfterAbandonedManager(t *testing.T) {
 		}
 	}
 	resume := map[string]any{}
-	for k, v := range recs[0].(map[string]any) {
-		resume[k] = v
+	for _, x := range recs {
+		if x.(map[string]any)["id"] == "keep1" {
+			for k, v := range x.(map[string]any) {
+				resume[k] = v
+			}
+		}
 	}
 	resume["id"] = "resume7"
 	resume["status"] = "CREATING"
