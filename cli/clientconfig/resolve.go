@@ -1,0 +1,99 @@
+package clientconfig
+
+import (
+	"fmt"
+	"net/url"
+	"strings"
+)
+
+// Environment variables read by Resolve.
+const (
+	EnvURL   = "THINLAB_URL"
+	EnvToken = "THINLAB_TOKEN"
+)
+
+// Inputs are everything that can name the agent, gathered by the caller so
+// that Resolve stays a pure function (and easy to test).
+type Inputs struct {
+	FlagURL, FlagToken string
+	EnvURL, EnvToken   string
+	// Context is the --context flag; empty means the file's current context.
+	Context string
+	File    *File
+}
+
+// Endpoint is the agent to talk to.
+type Endpoint struct {
+	URL   string
+	Token string
+	// URLFrom says where URL came from ("--url", "THINLAB_URL" or
+	// `context "name"`), for error messages.
+	URLFrom string
+	// Context is the context used, if any.
+	Context string
+}
+
+// Resolve picks the URL and token, each by precedence flag > environment >
+// context. A context's token is only used together with that context's URL:
+// pointing --url at another server must not send it this context's secret.
+func Resolve(in Inputs) (Endpoint, error) {
+	f := in.File
+	if f == nil {
+		f = &File{}
+	}
+	var ctx *Context
+	if in.Context != "" {
+		c, ok := f.Context(in.Context)
+		if !ok {
+			return Endpoint{}, fmt.Errorf("--context: %w", f.notFound(in.Context))
+		}
+		ctx = &c
+	} else if f.CurrentContext != "" {
+		if c, ok := f.Context(f.CurrentContext); ok {
+			ctx = &c
+		}
+	}
+
+	var ep Endpoint
+	switch {
+	case in.FlagURL != "":
+		ep.URL, ep.URLFrom = in.FlagURL, "--url"
+	case in.EnvURL != "":
+		ep.URL, ep.URLFrom = in.EnvURL, EnvURL
+	case ctx != nil:
+		ep.URL, ep.URLFrom = ctx.URL, fmt.Sprintf("context %q", ctx.Name)
+	default:
+		return Endpoint{}, fmt.Errorf("no agent URL: pass --url, set %s, or add a context with `thinlab context add NAME --url URL --token TOKEN`", EnvURL)
+	}
+	if err := ValidateURL(ep.URL); err != nil {
+		return Endpoint{}, fmt.Errorf("%s: %w", ep.URLFrom, err)
+	}
+	switch {
+	case in.FlagToken != "":
+		ep.Token = in.FlagToken
+	case in.EnvToken != "":
+		ep.Token = in.EnvToken
+	case ctx != nil && sameURL(ctx.URL, ep.URL):
+		ep.Token = ctx.Token
+	}
+	if ctx != nil && sameURL(ctx.URL, ep.URL) {
+		ep.Context = ctx.Name
+	}
+	return ep, nil
+}
+
+// ValidateURL checks that u is an absolute http(s) URL.
+func ValidateURL(u string) error {
+	p, err := url.Parse(u)
+	if err != nil {
+		return fmt.Errorf("agent URL %q: %v", u, err)
+	}
+	if (p.Scheme != "http" && p.Scheme != "https") || p.Host == "" {
+		return fmt.Errorf("agent URL %q: use an absolute http:// or https:// URL, for example http://localhost:2345", u)
+	}
+	return nil
+}
+
+func sameURL(a, b string) bool {
+	return strings.TrimRight(a, "/") == strings.TrimRight(b, "/")
+}
