@@ -1,0 +1,314 @@
+package agentapi
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Client talks to one agent (or DLE engine). The zero HTTPClient means
+// http.DefaultClient. BaseURL may carry a path prefix (e.g.
+// "https://host/api"); IDs go into paths unescaped, as DLE expects.
+type Client struct {
+	BaseURL    string
+	Token      string
+	HTTPClient *http.Client
+	// PollInterval is how often WaitClone and WaitCloneDestroyed poll
+	// (250ms when zero).
+	PollInterval time.Duration
+}
+
+// APIError is an answer with status >= 400.
+type APIError struct {
+	StatusCode int
+	Code       string
+	Message    string
+	Detail     string
+}
+
+func (e *APIError) Error() string {
+	msg := e.Message
+	if msg == "" {
+		msg = http.StatusText(e.StatusCode)
+	}
+	if e.Code != "" {
+		return fmt.Sprintf("agent API: %s (%d %s)", msg, e.StatusCode, e.Code)
+	}
+	return fmt.Sprintf("agent API: %s (%d)", msg, e.StatusCode)
+}
+
+// IsNotFound reports whether err is a 404 from the API.
+func IsNotFound(err error) bool {
+	var e *APIError
+	return errors.As(err, &e) && e.StatusCode == http.StatusNotFound
+}
+
+func (c *Client) httpClient() *http.Client {
+	if c.HTTPClient != nil {
+		return c.HTTPClient
+	}
+	return http.DefaultClient
+}
+
+// do sends a request with an optional JSON body and decodes a JSON answer
+// into out (when out is non-nil and the answer has a body).
+func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
+	var body io.Reader
+	if in != nil {
+		raw, err := json.Marshal(in)
+		if err != nil {
+			return fmt.Errorf("encode request: %w", err)
+		}
+		body = bytes.NewReader(raw)
+	}
+	url := strings.TrimRight(c.BaseURL, "/") + path
+	req, err := http.NewRequestWithContext(ctx, method, url, body)
+	if err != nil {
+		return fmt.Errorf("agent API: %w", err)
+	}
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	req.Header.Set("Accept", "application/json")
+	if c.Token != "" {
+		req.Header.Set(VerificationTokenHeader, c.Token)
+	}
+	resp, err := c.httpClient().Do(req)
+	if err != nil {
+		return fmt.Errorf("agent API %s %s: %w", method, path, err)
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	if err != nil {
+		return fmt.Errorf("agent API %s %s: read answer: %w", method, path, err)
+	}
+	if resp.StatusCode >= 400 {
+		return decodeError(resp.StatusCode, raw)
+	}
+	if out == nil || len(bytes.TrimSpace(raw)) == 0 {
+		return nil
+	}
+	if err := json.Unmarshal(raw, out); err != nil {
+		return fmt.Errorf("agent API %s %s: decode answer: %w", method, path, err)
+	}
+	return nil
+}
+
+func decodeError(status int, raw []byte) error {
+	e := &APIError{StatusCode: status}
+	var b ErrorBody
+	if err := json.Unmarshal(raw, &b); err == nil && (b.Code != "" || b.Message != "") {
+		e.Code, e.Message, e.Detail = b.Code, b.Message, b.Detail
+		return e
+	}
+	e.Message = strings.TrimSpace(string(raw))
+	if len(e.Message) > 300 {
+		e.Message = e.Message[:300] + "..."
+	}
+	return e
+}
+
+// Healthz reports the agent's version; it needs no token.
+func (c *Client) Healthz(ctx context.Context) (*Health, error) {
+	var h Health
+	if err := c.do(ctx, http.MethodGet, "/healthz", nil, &h); err != nil {
+		return nil, err
+	}
+	return &h, nil
+}
+
+// Status is GET /status: the instance, its pools, clones and retrieval.
+func (c *Client) Status(ctx context.Context) (*InstanceStatus, error) {
+	var s InstanceStatus
+	if err := c.do(ctx, http.MethodGet, "/status", nil, &s); err != nil {
+		return nil, err
+	}
+	return &s, nil
+}
+
+// Snapshots lists snapshots, newest first.
+func (c *Client) Snapshots(ctx context.Context) ([]Snapshot, error) {
+	var s []Snapshot
+	if err := c.do(ctx, http.MethodGet, "/snapshots", nil, &s); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// Snapshot returns one snapshot.
+func (c *Client) Snapshot(ctx context.Context, id string) (*Snapshot, error) {
+	var s Snapshot
+	if err := c.do(ctx, http.MethodGet, "/snapshot/"+id, nil, &s); err != nil {
+		return nil, err
+	}
+	return &s, nil
+}
+
+// CreateSnapshot snapshots a pool's current data (the first pool when
+// pool is empty).
+func (c *Client) CreateSnapshot(ctx context.Context, pool string) (*PoolSnapshot, error) {
+	var s PoolSnapshot
+	if err := c.do(ctx, http.MethodPost, "/snapshot", CreateSnapshotRequest{PoolName: pool}, &s); err != nil {
+		return nil, err
+	}
+	return &s, nil
+}
+
+// DeleteSnapshot deletes a snapshot. With force, clones made from it are
+// destroyed first; without it, a snapshot with clones is refused.
+func (c *Client) DeleteSnapshot(ctx context.Context, id string, force bool) error {
+	path := "/snapshot/" + id
+	if force {
+		path += "?force=true"
+	}
+	return c.do(ctx, http.MethodDelete, path, nil, nil)
+}
+
+// Clones lists clones, newest first.
+func (c *Client) Clones(ctx context.Context) ([]Clone, error) {
+	var cl []Clone
+	if err := c.do(ctx, http.MethodGet, "/clones", nil, &cl); err != nil {
+		return nil, err
+	}
+	return cl, nil
+}
+
+// Clone returns one clone; a 404 *APIError (IsNotFound) when it does not
+// exist.
+func (c *Client) Clone(ctx context.Context, id string) (*Clone, error) {
+	var cl Clone
+	if err := c.do(ctx, http.MethodGet, "/clone/"+id, nil, &cl); err != nil {
+		return nil, err
+	}
+	return &cl, nil
+}
+
+// CreateClone asks for a clone and returns at once (normally CREATING);
+// WaitClone waits for it to be ready.
+func (c *Client) CreateClone(ctx context.Context, r CreateCloneRequest) (*Clone, error) {
+	var cl Clone
+	if err := c.do(ctx, http.MethodPost, "/clone", r, &cl); err != nil {
+		return nil, err
+	}
+	return &cl, nil
+}
+
+// UpdateClone changes a clone's protection.
+func (c *Client) UpdateClone(ctx context.Context, id string, r PatchCloneRequest) (*Clone, error) {
+	var cl Clone
+	if err := c.do(ctx, http.MethodPatch, "/clone/"+id, r, &cl); err != nil {
+		return nil, err
+	}
+	return &cl, nil
+}
+
+// ResetClone starts resetting a clone (it becomes RESETTING); WaitClone
+// waits for the end.
+func (c *Client) ResetClone(ctx context.Context, id string, r ResetCloneRequest) error {
+	return c.do(ctx, http.MethodPost, "/clone/"+id+"/reset", r, nil)
+}
+
+// DestroyClone starts destroying a clone (it becomes DELETING);
+// WaitCloneDestroyed waits until it is gone.
+func (c *Client) DestroyClone(ctx context.Context, id string) error {
+	return c.do(ctx, http.MethodDelete, "/clone/"+id, nil, nil)
+}
+
+// Retrieval is GET /instance/retrieval.
+func (c *Client) Retrieval(ctx context.Context) (*Retrieving, error) {
+	var r Retrieving
+	if err := c.do(ctx, http.MethodGet, "/instance/retrieval", nil, &r); err != nil {
+		return nil, err
+	}
+	return &r, nil
+}
+
+// FullRefresh starts a full data refresh in the background.
+func (c *Client) FullRefresh(ctx context.Context) (*Response, error) {
+	var r Response
+	if err := c.do(ctx, http.MethodPost, "/full-refresh", nil, &r); err != nil {
+		return nil, err
+	}
+	return &r, nil
+}
+
+func (c *Client) pollInterval() time.Duration {
+	if c.PollInterval > 0 {
+		return c.PollInterval
+	}
+	return 250 * time.Millisecond
+}
+
+// CloneFailedError is returned by WaitClone when the clone ended FATAL.
+type CloneFailedError struct {
+	ID      string
+	Message string
+}
+
+func (e *CloneFailedError) Error() string {
+	return "clone " + e.ID + " failed: " + e.Message
+}
+
+// WaitClone polls a clone until it is OK (returned) or FATAL (returned
+// with a *CloneFailedError), or ctx ends.
+func (c *Client) WaitClone(ctx context.Context, id string) (*Clone, error) {
+	for {
+		cl, err := c.Clone(ctx, id)
+		if err != nil {
+			return nil, err
+		}
+		switch cl.Status.Code {
+		case StatusOK:
+			return cl, nil
+		case StatusFatal:
+			return cl, &CloneFailedError{ID: id, Message: cl.Status.Message}
+		}
+		if err := sleep(ctx, c.pollInterval()); err != nil {
+			return cl, fmt.Errorf("waiting for clone %s (status %s): %w", id, cl.Status.Code, err)
+		}
+	}
+}
+
+// WaitCloneDestroyed polls until the clone is gone (404). A clone that
+// ends FATAL instead gives a *CloneFailedError.
+func (c *Client) WaitCloneDestroyed(ctx context.Context, id string) error {
+	for {
+		cl, err := c.Clone(ctx, id)
+		if IsNotFound(err) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if cl.Status.Code == StatusFatal {
+			return &CloneFailedError{ID: id, Message: cl.Status.Message}
+		}
+		if err := sleep(ctx, c.pollInterval()); err != nil {
+			return fmt.Errorf("waiting for clone %s to be destroyed (status %s): %w", id, cl.Status.Code, err)
+		}
+	}
+}
+
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// PortNumber parses Database.Port (a string on the wire); 0 when unset.
+func (d Database) PortNumber() int {
+	p, _ := strconv.Atoi(d.Port)
+	return p
+}

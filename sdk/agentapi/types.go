@@ -1,0 +1,322 @@
+// Package agentapi is the typed Go client of the Thinlab agent API and the
+// JSON types of that API. The wire format is Database Lab Engine's (routes,
+// field names, time formats, error body), so this client also talks to a
+// DLE engine, and DLE's own clients talk to a Thinlab agent. Thinlab's
+// additions are extra fields and routes only.
+//
+// This package imports nothing of the agent or the platform: it is what
+// clients link.
+package agentapi
+
+import "time"
+
+// VerificationTokenHeader carries the agent's token on every request
+// (except /healthz and /metrics).
+const VerificationTokenHeader = "Verification-Token"
+
+// Clone status codes (Clone.Status.Code).
+const (
+	StatusOK        = "OK"
+	StatusCreating  = "CREATING"
+	StatusResetting = "RESETTING"
+	StatusDeleting  = "DELETING"
+	StatusExporting = "EXPORTING"
+	StatusFatal     = "FATAL"
+)
+
+// Instance status codes (InstanceStatus.Status.Code).
+const (
+	InstanceOK      = "OK"
+	InstanceWarning = "WARNING"
+)
+
+// Pool status values (PoolEntry.Status).
+const (
+	PoolActive     = "active"
+	PoolRefreshing = "refreshing"
+	PoolEmpty      = "empty"
+)
+
+// Retrieval modes and statuses (Retrieving).
+const (
+	RetrievalModePhysical = "physical"
+	RetrievalModeLogical  = "logical"
+	RetrievalModeUnknown  = "unknown"
+
+	RetrievalInactive     = "inactive"
+	RetrievalPending      = "pending"
+	RetrievalFailed       = "failed"
+	RetrievalRefreshing   = "refreshing"
+	RetrievalRenewed      = "renewed"
+	RetrievalSnapshotting = "snapshotting"
+	RetrievalFinished     = "finished"
+)
+
+// Error codes of the error body. DLE has the first four; CONFLICT (409) is
+// Thinlab's, used where DLE answers 400 or 500 for a state conflict.
+const (
+	CodeBadRequest     = "BAD_REQUEST"
+	CodeUnauthorized   = "UNAUTHORIZED"
+	CodeNotFound       = "NOT_FOUND"
+	CodeInternal       = "INTERNAL_ERROR"
+	CodeConflict       = "CONFLICT"
+	CodeNotImplemented = "NOT_IMPLEMENTED"
+)
+
+// Status is a code with a human message (clone and instance status).
+type Status struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
+// Clone is one thin clone.
+type Clone struct {
+	ID            string        `json:"id"`
+	Snapshot      *Snapshot     `json:"snapshot"`
+	Branch        string        `json:"branch"`
+	Revision      int           `json:"revision"`
+	Protected     bool          `json:"protected"`
+	ProtectedTill *LocalTime    `json:"protectedTill,omitempty"`
+	DeleteAt      *LocalTime    `json:"deleteAt"`
+	CreatedAt     *LocalTime    `json:"createdAt"`
+	Status        Status        `json:"status"`
+	DB            Database      `json:"db"`
+	Metadata      CloneMetadata `json:"metadata"`
+
+	// Pool is the pool the clone's data lives in (Thinlab addition).
+	Pool string `json:"pool,omitempty"`
+}
+
+// Database is how to reach a clone. Port is a string, as in DLE; Host, Port
+// and ConnStr are set once the clone is OK. Password is always empty.
+type Database struct {
+	ConnStr   string `json:"connStr"`
+	Host      string `json:"host"`
+	Port      string `json:"port"`
+	Username  string `json:"username"`
+	Password  string `json:"password"`
+	DBName    string `json:"dbName"`
+	OwnerUser string `json:"ownerUser,omitempty"`
+
+	// Restricted tells whether the user is a non-superuser owner (Thinlab
+	// addition).
+	Restricted bool `json:"restricted,omitempty"`
+}
+
+// CloneMetadata are a clone's sizes (bytes) and timings.
+type CloneMetadata struct {
+	CloneDiffSize uint64 `json:"cloneDiffSize"`
+	LogicalSize   uint64 `json:"logicalSize"`
+	// CloningTime is seconds from the request to the clone being ready.
+	CloningTime                    float64 `json:"cloningTime"`
+	MaxIdleMinutes                 uint    `json:"maxIdleMinutes"`
+	ProtectionLeaseDurationMinutes uint    `json:"protectionLeaseDurationMinutes,omitempty"`
+	ProtectionMaxDurationMinutes   uint    `json:"protectionMaxDurationMinutes,omitempty"`
+}
+
+// Snapshot is a read-only point-in-time image clones are made from.
+type Snapshot struct {
+	ID            string     `json:"id"`
+	CreatedAt     *LocalTime `json:"createdAt"`
+	DataStateAt   *LocalTime `json:"dataStateAt"`
+	PhysicalSize  uint64     `json:"physicalSize"`
+	LogicalSize   uint64     `json:"logicalSize"`
+	Pool          string     `json:"pool"`
+	NumClones     int        `json:"numClones"`
+	Clones        []string   `json:"clones"`
+	Branch        string     `json:"branch"`
+	Message       string     `json:"message"`
+	Protected     bool       `json:"protected"`
+	ProtectedTill *LocalTime `json:"protectedTill,omitempty"`
+	DeleteAt      *LocalTime `json:"deleteAt,omitempty"`
+}
+
+// PoolSnapshot is the reply of POST /snapshot: the pool's raw snapshot,
+// with plain RFC 3339 (nanosecond) times, as DLE sends it.
+type PoolSnapshot struct {
+	ID                string    `json:"id"`
+	CreatedAt         time.Time `json:"createdAt"`
+	DataStateAt       time.Time `json:"dataStateAt"`
+	Used              uint64    `json:"used"`
+	LogicalReferenced uint64    `json:"logicalReferenced"`
+	Pool              string    `json:"pool"`
+	Branch            string    `json:"branch"`
+	Message           string    `json:"message"`
+}
+
+// CreateSnapshotRequest is the body of POST /snapshot; an empty pool name
+// means the first pool.
+type CreateSnapshotRequest struct {
+	PoolName string `json:"poolName"`
+}
+
+// CreateCloneRequest is the body of POST /clone. Input names are
+// snake_case where DLE's are (db_name, extra_conf).
+type CreateCloneRequest struct {
+	// ID is optional; the server generates one when empty.
+	ID        string `json:"id,omitempty"`
+	Protected bool   `json:"protected"`
+	// ProtectionDurationMinutes: nil means the server's lease, 0 no expiry
+	// (capped by the server's maximum).
+	ProtectionDurationMinutes *uint               `json:"protectionDurationMinutes,omitempty"`
+	DB                        *DatabaseRequest    `json:"db"`
+	Snapshot                  *SnapshotCloneField `json:"snapshot,omitempty"`
+	Branch                    string              `json:"branch,omitempty"`
+	ExtraConf                 map[string]string   `json:"extra_conf,omitempty"`
+}
+
+// DatabaseRequest is the clone's database user.
+type DatabaseRequest struct {
+	Username   string `json:"username"`
+	Password   string `json:"password"`
+	Restricted bool   `json:"restricted"`
+	DBName     string `json:"db_name,omitempty"`
+}
+
+// SnapshotCloneField names the snapshot of a new clone; nil or an empty ID
+// means the latest.
+type SnapshotCloneField struct {
+	ID string `json:"id"`
+}
+
+// PatchCloneRequest changes a clone's protection (PATCH /clone/{id}).
+type PatchCloneRequest struct {
+	Protected                 bool  `json:"protected"`
+	ProtectionDurationMinutes *uint `json:"protectionDurationMinutes,omitempty"`
+}
+
+// ResetCloneRequest resets a clone to SnapshotID, or to the latest
+// snapshot when Latest is set; both empty means the same snapshot.
+type ResetCloneRequest struct {
+	SnapshotID string `json:"snapshotID"`
+	Latest     bool   `json:"latest"`
+}
+
+// Response is DLE's generic success body.
+type Response struct {
+	Status  string `json:"status"`
+	Message string `json:"message"`
+}
+
+// ErrorBody is the body of every 4xx/5xx answer. Detail and Hint are
+// optional (DLE never sends them; Thinlab sends Detail with the bad field).
+type ErrorBody struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+	Detail  string `json:"detail,omitempty"`
+	Hint    string `json:"hint,omitempty"`
+}
+
+// Health is the reply of /healthz.
+type Health struct {
+	Version    string `json:"version"`
+	Edition    string `json:"edition"`
+	InstanceID string `json:"instanceID"`
+}
+
+// InstanceStatus is the reply of GET /status.
+type InstanceStatus struct {
+	Status          *Status          `json:"status"`
+	Engine          Engine           `json:"engine"`
+	Pools           []PoolEntry      `json:"pools"`
+	Cloning         Cloning          `json:"cloning"`
+	Retrieving      Retrieving       `json:"retrieving"`
+	Provisioner     Provisioner      `json:"provisioner"`
+	Synchronization *Synchronization `json:"synchronization"`
+}
+
+// Engine describes the agent.
+type Engine struct {
+	Version                   string     `json:"version"`
+	Edition                   string     `json:"edition"`
+	BillingActive             bool       `json:"billingActive"`
+	InstanceID                string     `json:"instanceID"`
+	StartedAt                 *LocalTime `json:"startedAt,omitempty"`
+	Telemetry                 *bool      `json:"telemetry,omitempty"`
+	DisableConfigModification *bool      `json:"disableConfigModification,omitempty"`
+}
+
+// PoolEntry is one pool in GET /status. Mode is zfs or lvm in DLE;
+// Thinlab also reports btrfs and reflink.
+type PoolEntry struct {
+	Name        string     `json:"name"`
+	Mode        string     `json:"mode"`
+	DataStateAt *LocalTime `json:"dataStateAt"`
+	Status      string     `json:"status"`
+	CloneList   []string   `json:"cloneList"`
+	FileSystem  FileSystem `json:"fileSystem"`
+}
+
+// FileSystem is a pool's space accounting in bytes.
+type FileSystem struct {
+	Mode            string  `json:"mode"`
+	Size            uint64  `json:"size"`
+	Free            uint64  `json:"free"`
+	Used            uint64  `json:"used"`
+	DataSize        uint64  `json:"dataSize"`
+	UsedBySnapshots uint64  `json:"usedBySnapshots"`
+	UsedByClones    uint64  `json:"usedByClones"`
+	CompressRatio   float64 `json:"compressRatio"`
+}
+
+// Cloning summarizes the clones (newest createdAt first).
+type Cloning struct {
+	// ExpectedCloningTime is in seconds.
+	ExpectedCloningTime            float64 `json:"expectedCloningTime"`
+	NumClones                      int     `json:"numClones"`
+	Clones                         []Clone `json:"clones"`
+	ProtectionLeaseDurationMinutes uint    `json:"protectionLeaseDurationMinutes"`
+	ProtectionMaxDurationMinutes   uint    `json:"protectionMaxDurationMinutes"`
+}
+
+// Retrieving is the data retrieval state (also GET /instance/retrieval).
+type Retrieving struct {
+	Mode        string           `json:"mode"`
+	Status      string           `json:"status"`
+	LastRefresh *LocalTime       `json:"lastRefresh"`
+	NextRefresh *LocalTime       `json:"nextRefresh"`
+	Alerts      map[string]Alert `json:"alerts"`
+	Activity    *Activity        `json:"activity"`
+}
+
+// Alert is one kind of retrieval problem; the map key is its type
+// (refresh_failed -> level error).
+type Alert struct {
+	Level    string    `json:"level"`
+	Message  string    `json:"message"`
+	LastSeen time.Time `json:"lastSeen"`
+	Count    int       `json:"count"`
+}
+
+// Activity are the queries running on the source and the target while a
+// refresh runs.
+type Activity struct {
+	Source []PGActivityEvent `json:"source"`
+	Target []PGActivityEvent `json:"target"`
+}
+
+// PGActivityEvent is one running query.
+type PGActivityEvent struct {
+	User          string  `json:"user"`
+	Query         string  `json:"query"`
+	Duration      float64 `json:"duration"`
+	WaitEventType string  `json:"waitEventType"`
+	WaitEvent     string  `json:"waitEvent"`
+}
+
+// Provisioner describes how clones run. Thinlab runs postgres processes,
+// not containers, so DockerImage is empty.
+type Provisioner struct {
+	DockerImage     string            `json:"dockerImage"`
+	ContainerConfig map[string]string `json:"containerConfig"`
+}
+
+// Synchronization is the physical-mode replication state.
+type Synchronization struct {
+	Status            Status `json:"status"`
+	StartedAt         string `json:"startedAt,omitempty"`
+	LastReplayedLsn   string `json:"lastReplayedLsn"`
+	LastReplayedLsnAt string `json:"lastReplayedLsnAt"`
+	ReplicationLag    int    `json:"replicationLag"`
+	ReplicationUptime int    `json:"replicationUptime"`
+}
