@@ -28,6 +28,7 @@ func NewRootCommand() *cobra.Command {
 	root := &cobra.Command{
 		Use:           "thinlab",
 		Short:         "Thin clones of PostgreSQL for every engineer, test and CI job",
+		Example:       clientExamples,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		PersistentPreRunE: func(cmd *cobra.Command, args []string) error {
@@ -37,6 +38,11 @@ func NewRootCommand() *cobra.Command {
 	root.PersistentFlags().StringVar(&g.logLevel, "log-level", envOr("THINLAB_LOG_LEVEL", "info"), "log level: debug, info, warn or error (env THINLAB_LOG_LEVEL)")
 	root.AddCommand(
 		newVersionCommand(),
+		newStatusCommand(),
+		newSnapshotCommand(),
+		newCloneCommand(),
+		newConnectCommand(),
+		newContextCommand(),
 	)
 	return root
 }

@@ -1,0 +1,221 @@
+package cli
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/term"
+
+	"github.com/thinlab/thinlab/cli/clientconfig"
+	"github.com/thinlab/thinlab/sdk/agentapi"
+)
+
+// Exit codes of the client commands.
+const (
+	exitError = 1
+	exitUsage = 2
+)
+
+// usageErrorf is a mistake in how the command was called: exit code 2.
+func usageErrorf(format string, args ...any) error {
+	return exitCodeError{code: exitUsage, err: fmt.Errorf(format, args...)}
+}
+
+// asUsage makes cobra's own flag errors (unknown flag, bad value) exit 2.
+// Set on a command, it covers its subcommands too.
+func asUsage(cmd *cobra.Command) *cobra.Command {
+	cmd.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
+		return exitCodeError{code: exitUsage, err: fmt.Errorf("%w (see `%s --help`)", err, c.CommandPath())}
+	})
+	return cmd
+}
+
+// exactArgs requires the named positional arguments, as a usage error.
+func exactArgs(names ...string) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, args []string) error {
+		switch {
+		case len(args) < len(names):
+			return usageErrorf("missing %s (usage: %s)", strings.Join(names[len(args):], " "), cmd.UseLine())
+		case len(args) > len(names):
+			return usageErrorf("unexpected argument %q (usage: %s)", args[len(names)], cmd.UseLine())
+		}
+		for i, a := range args {
+			if a == "" {
+				return usageErrorf("%s must not be empty", names[i])
+			}
+		}
+		return nil
+	}
+}
+
+// groupCommand is a parent such as `thinlab clone`: run alone it shows
+// help, with an unknown subcommand it is a usage error.
+func groupCommand(cmd *cobra.Command) *cobra.Command {
+	cmd.Args = func(c *cobra.Command, args []string) error {
+		if len(args) > 0 {
+			return usageErrorf("unknown command %q for %q (see `%s --help`)", args[0], c.CommandPath(), c.CommandPath())
+		}
+		return nil
+	}
+	cmd.RunE = func(c *cobra.Command, args []string) error { return c.Help() }
+	return asUsage(cmd)
+}
+
+// clientFlags say which agent to talk to. They are persistent flags of
+// every client command (status, snapshot, clone, connect), not of the root,
+// so that `thinlab agent` and `thinlab platform` do not show them.
+type clientFlags struct {
+	url     string
+	token   string
+	context string
+}
+
+func (f *clientFlags) register(cmd *cobra.Command) {
+	pf := cmd.PersistentFlags()
+	pf.StringVar(&f.url, "url", "", "agent API URL, e.g. http://localhost:2345 (env THINLAB_URL; default: the current context)")
+	pf.StringVar(&f.token, "token", "", "agent verification token (env THINLAB_TOKEN; default: the current context's)")
+	pf.StringVar(&f.context, "context", "", "use this context from the config file instead of the current one")
+}
+
+// endpoint resolves the agent URL and token by precedence flag > env >
+// context, and returns the config file too (clone passwords live there).
+func (f *clientFlags) endpoint() (clientconfig.Endpoint, *clientconfig.File, string, error) {
+	path, err := clientconfig.Path()
+	if err != nil {
+		return clientconfig.Endpoint{}, nil, "", err
+	}
+	file, err := clientconfig.Load(path)
+	if err != nil {
+		return clientconfig.Endpoint{}, nil, "", err
+	}
+	ep, err := clientconfig.Resolve(clientconfig.Inputs{
+		FlagURL:   f.url,
+		FlagToken: f.token,
+		EnvURL:    os.Getenv(clientconfig.EnvURL),
+		EnvToken:  os.Getenv(clientconfig.EnvToken),
+		Context:   f.context,
+		File:      file,
+	})
+	if err != nil {
+		return clientconfig.Endpoint{}, nil, "", usageErrorf("%v", err)
+	}
+	return ep, file, path, nil
+}
+
+// stdinTerminal returns the file descriptor of stdin when it is a terminal.
+func stdinTerminal(cmd *cobra.Command) (int, bool) {
+	f, ok := cmd.InOrStdin().(*os.File)
+	if !ok || !term.IsTerminal(int(f.Fd())) {
+		return 0, false
+	}
+	return int(f.Fd()), true
+}
+
+// promptPassword reads a password from the terminal without echo; with
+// confirm it asks twice. Without a terminal it is a usage error naming the
+// flag and variable to use instead, so CI jobs fail fast instead of hanging.
+func promptPassword(cmd *cobra.Command, prompt string, confirm bool, instead string) (string, error) {
+	fd, ok := stdinTerminal(cmd)
+	if !ok {
+		return "", usageErrorf("no password: stdin is not a terminal, so %s", instead)
+	}
+	read := func(p string) (string, error) {
+		fmt.Fprint(cmd.ErrOrStderr(), p)
+		b, err := term.ReadPassword(fd)
+		fmt.Fprintln(cmd.ErrOrStderr())
+		if err != nil {
+			return "", fmt.Errorf("read password: %w", err)
+		}
+		return string(b), nil
+	}
+	pw, err := read(prompt)
+	if err != nil {
+		return "", err
+	}
+	if pw == "" {
+		return "", usageErrorf("the password must not be empty")
+	}
+	if confirm {
+		again, err := read("Repeat the password: ")
+		if err != nil {
+			return "", err
+		}
+		if again != pw {
+			return "", usageErrorf("the passwords do not match")
+		}
+	}
+	return pw, nil
+}
+
+// readLine reads one line from r without the line ending (for --token-stdin).
+func readLine(r io.Reader) (string, error) {
+	s, err := bufio.NewReader(r).ReadString('\n')
+	if err != nil && err != io.EOF {
+		return "", err
+	}
+	return strings.TrimRight(s, "\r\n"), nil
+}
+
+// agent is a resolved endpoint with its client and the config file (where
+// clone passwords are saved).
+type agent struct {
+	api        *agentapi.Client
+	ep         clientconfig.Endpoint
+	file       *clientconfig.File
+	configPath string
+}
+
+// requestTimeout bounds one API request; waiting for a clone has its own
+// --wait-timeout.
+const requestTimeout = 60 * time.Second
+
+func (f *clientFlags) agent() (*agent, error) {
+	ep, file, path, err := f.endpoint()
+	if err != nil {
+		return nil, err
+	}
+	return &agent{
+		api:        &agentapi.Client{BaseURL: ep.URL, Token: ep.Token, HTTPClient: &http.Client{Timeout: requestTimeout}},
+		ep:         ep,
+		file:       file,
+		configPath: path,
+	}, nil
+}
+
+// explain turns an API or transport error into what the user should read:
+// the server's message (which names the bad field), the field from the
+// error detail when the message lacks it, and what to check for the
+// errors that have an obvious cause.
+func (a *agent) explain(err error) error {
+	if err == nil {
+		return nil
+	}
+	var ae *agentapi.APIError
+	if errors.As(err, &ae) {
+		msg := ae.Message
+		if msg == "" {
+			msg = http.StatusText(ae.StatusCode)
+		}
+		if ae.Detail != "" && !strings.Contains(msg, ae.Detail) {
+			msg += " (field " + ae.Detail + ")"
+		}
+		if ae.StatusCode == http.StatusUnauthorized {
+			msg += fmt.Sprintf("; the agent at %s refused the token: pass --token, set %s, or fix the context's token", a.ep.URL, clientconfig.EnvToken)
+		}
+		return fmt.Errorf("%s", msg)
+	}
+	var ue *url.Error
+	if errors.As(err, &ue) && !errors.Is(err, context.Canceled) {
+		return fmt.Errorf("%w; is the agent running at %s (from %s)?", err, a.ep.URL, a.ep.URLFrom)
+	}
+	return err
+}

@@ -1,0 +1,601 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/thinlab/thinlab/cli/clientconfig"
+	"github.com/thinlab/thinlab/sdk/agentapi"
+)
+
+// EnvClonePassword supplies a clone password without a flag or a prompt.
+const envClonePassword = "THINLAB_CLONE_PASSWORD"
+
+// IDs go into URL paths unescaped (as DLE expects), so they are checked
+// here with DLE's own patterns before any request is sent.
+var (
+	cloneIDRe    = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]*$`)
+	snapshotIDRe = regexp.MustCompile(`^[a-zA-Z0-9_][a-zA-Z0-9_.:/-]*@[a-zA-Z0-9_][a-zA-Z0-9_.:-]*$`)
+	confKeyRe    = regexp.MustCompile(`^[a-zA-Z_][a-zA-Z0-9_.]*$`)
+)
+
+func validateCloneID(what, id string) error {
+	if !cloneIDRe.MatchString(id) {
+		return usageErrorf("%s %q: use letters, digits, '_', '.' and '-', starting with a letter or digit", what, id)
+	}
+	return nil
+}
+
+func validateSnapshotID(what, id string) error {
+	if !snapshotIDRe.MatchString(id) {
+		return usageErrorf("%s %q is not a snapshot ID (like pool1@snapshot_20240102030405); `thinlab snapshot list` shows them", what, id)
+	}
+	return nil
+}
+
+// parseExtraConf turns repeated --extra-conf key=value into a map.
+func parseExtraConf(pairs []string) (map[string]string, error) {
+	if len(pairs) == 0 {
+		return nil, nil
+	}
+	conf := make(map[string]string, len(pairs))
+	for _, p := range pairs {
+		k, v, ok := strings.Cut(p, "=")
+		k = strings.TrimSpace(k)
+		if !ok || k == "" {
+			return nil, usageErrorf("--extra-conf %q: use key=value, e.g. --extra-conf work_mem=64MB", p)
+		}
+		if !confKeyRe.MatchString(k) {
+			return nil, usageErrorf("--extra-conf %q: %q is not a postgres setting name", p, k)
+		}
+		if _, dup := conf[k]; dup {
+			return nil, usageErrorf("--extra-conf: %s is given twice", k)
+		}
+		conf[k] = v
+	}
+	return conf, nil
+}
+
+func newCloneCommand() *cobra.Command {
+	var cf clientFlags
+	cmd := groupCommand(&cobra.Command{
+		Use:   "clone",
+		Short: "Create, inspect, reset, protect and destroy thin clones",
+		Example: `  thinlab clone create --id mytest --username alice
+  thinlab clone list
+  thinlab clone status mytest
+  thinlab clone reset mytest --latest
+  thinlab clone protect mytest --minutes 120
+  thinlab clone destroy mytest`,
+	})
+	cf.register(cmd)
+	cmd.AddCommand(
+		newCloneCreateCommand(&cf),
+		newCloneListCommand(&cf),
+		newCloneStatusCommand(&cf),
+		newCloneResetCommand(&cf),
+		newCloneProtectCommand(&cf),
+		newCloneDestroyCommand(&cf),
+	)
+	return cmd
+}
+
+// waitFlags are shared by the commands that wait for a clone.
+type waitFlags struct {
+	noWait  bool
+	timeout time.Duration
+}
+
+func (w *waitFlags) register(cmd *cobra.Command) {
+	cmd.Flags().BoolVar(&w.noWait, "no-wait", false, "return as soon as the agent accepted the request")
+	cmd.Flags().DurationVar(&w.timeout, "wait-timeout", 10*time.Minute, "give up waiting after this long (the operation continues on the agent)")
+}
+
+// pollInterval is how often the CLI asks for a clone's state while waiting.
+const pollInterval = 500 * time.Millisecond
+
+// waitClone polls until the clone leaves its transitional state, showing
+// progress on stderr. It returns the clone when OK and an error naming the
+// reason when it ends FATAL. With gone, success is the clone disappearing.
+func waitClone(ctx context.Context, a *agent, stderr io.Writer, id, label string, gone bool) (*agentapi.Clone, error) {
+	p := startProgress(stderr, label)
+	ctxErr := func(last string) error {
+		p.Stop("gave up")
+		return fmt.Errorf("stopped waiting for clone %s (status %s): %w; the agent carries on, follow it with `thinlab clone status %s`", id, last, context.Cause(ctx), id)
+	}
+	last := ""
+	for {
+		cl, err := a.api.Clone(ctx, id)
+		switch {
+		case gone && agentapi.IsNotFound(err):
+			p.Stop("done")
+			return nil, nil
+		case err != nil && ctx.Err() != nil:
+			return nil, ctxErr(last)
+		case err != nil:
+			p.Stop("failed")
+			return nil, a.explain(err)
+		}
+		last = cl.Status.Code
+		p.Update(last)
+		switch {
+		case cl.Status.Code == agentapi.StatusFatal:
+			p.Stop("failed")
+			return cl, fmt.Errorf("clone %s failed: %s", id, cl.Status.Message)
+		case cl.Status.Code == agentapi.StatusOK && !gone:
+			p.Stop("ready")
+			return cl, nil
+		}
+		t := time.NewTimer(pollInterval)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, ctxErr(last)
+		case <-t.C:
+		}
+	}
+}
+
+func withWaitTimeout(ctx context.Context, d time.Duration) (context.Context, context.CancelFunc) {
+	if d <= 0 {
+		return context.WithCancel(ctx)
+	}
+	return context.WithTimeoutCause(ctx, d, fmt.Errorf("--wait-timeout %s passed", d))
+}
+
+// cloneDetailsWriter prints one clone as "key: value" lines.
+func renderClone(w io.Writer, c *agentapi.Clone, now time.Time) error {
+	tw := newTable(w)
+	row(tw, "ID:", c.ID)
+	row(tw, "Status:", c.Status.Code+"  "+c.Status.Message)
+	snap := "-"
+	if c.Snapshot != nil && c.Snapshot.ID != "" {
+		snap = c.Snapshot.ID
+		if t := agentapi.TimeOf(c.Snapshot.DataStateAt); !t.IsZero() {
+			snap += " (data state at " + t.Format(time.RFC3339) + ")"
+		}
+	}
+	row(tw, "Snapshot:", snap)
+	if c.Pool != "" {
+		row(tw, "Pool:", c.Pool)
+	}
+	row(tw, "Host:", orDash(c.DB.Host))
+	row(tw, "Port:", orDash(c.DB.Port))
+	row(tw, "User:", orDash(c.DB.Username))
+	row(tw, "Database:", orDash(c.DB.DBName))
+	row(tw, "Connection:", orDash(c.DB.ConnStr))
+	prot := yesNo(c.Protected)
+	if t := agentapi.TimeOf(c.ProtectedTill); c.Protected && !t.IsZero() {
+		prot += " (until " + t.Format(time.RFC3339) + ")"
+	}
+	row(tw, "Protected:", prot)
+	row(tw, "Created:", formatAge(agentapi.TimeOf(c.CreatedAt), now)+" ago")
+	if t := agentapi.TimeOf(c.DeleteAt); !t.IsZero() {
+		row(tw, "Idle deletion at:", t.Format(time.RFC3339))
+	}
+	row(tw, "Diff size:", formatBytes(c.Metadata.CloneDiffSize))
+	row(tw, "Logical size:", formatBytes(c.Metadata.LogicalSize))
+	row(tw, "Cloning time:", fmt.Sprintf("%.2fs", c.Metadata.CloningTime))
+	return tw.Flush()
+}
+
+func renderClones(w io.Writer, clones []agentapi.Clone, now time.Time) error {
+	tw := newTable(w)
+	row(tw, "ID", "STATUS", "SNAPSHOT", "PORT", "USER", "PROTECTED", "AGE", "DIFF SIZE")
+	for _, c := range clones {
+		snap := "-"
+		if c.Snapshot != nil && c.Snapshot.ID != "" {
+			snap = c.Snapshot.ID
+		}
+		row(tw, c.ID, c.Status.Code, snap, orDash(c.DB.Port), orDash(c.DB.Username), yesNo(c.Protected),
+			formatAge(agentapi.TimeOf(c.CreatedAt), now), formatBytes(c.Metadata.CloneDiffSize))
+	}
+	return tw.Flush()
+}
+
+// printClone prints a clone in the chosen format.
+func printClone(cmd *cobra.Command, output string, c *agentapi.Clone) error {
+	if output == outputJSON {
+		return writeJSON(cmd.OutOrStdout(), c)
+	}
+	return renderClone(cmd.OutOrStdout(), c, time.Now())
+}
+
+func newCloneCreateCommand(cf *clientFlags) *cobra.Command {
+	var (
+		output              string
+		wf                  waitFlags
+		id, snapshot, pool  string
+		username, password  string
+		dbName              string
+		restricted, protect bool
+		protectMinutes      int
+		extraConf           []string
+		savePassword        bool
+	)
+	cmd := &cobra.Command{
+		Use:   "create --username USER [flags]",
+		Short: "Create a clone of a snapshot (the latest by default) and wait until it is ready",
+		Long: `Create a thin clone: a writable copy of a snapshot with its own postgres,
+port and database user. The command waits until the clone accepts
+connections (a spinner on a terminal, progress lines otherwise); --no-wait
+returns at once.
+
+The password comes from --password, else THINLAB_CLONE_PASSWORD, else a
+prompt. It is saved (mode 0600) in the CLI config file so that
+` + "`thinlab connect`" + ` needs no prompt; --save-password=false turns that off.`,
+		Example: `  thinlab clone create --id mytest --username alice
+  THINLAB_CLONE_PASSWORD=... thinlab clone create --username ci --restricted -o json
+  thinlab clone create --username alice --snapshot 'pool1@snapshot_20240102030405' --extra-conf work_mem=64MB
+  thinlab clone create --username alice --protected --protection-minutes 240 --no-wait`,
+		Args: exactArgs(),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := checkOutput(output); err != nil {
+				return err
+			}
+			if username == "" {
+				return usageErrorf("--username is required: the database user the clone is created with")
+			}
+			if id != "" {
+				if err := validateCloneID("--id", id); err != nil {
+					return err
+				}
+			}
+			if snapshot != "" {
+				if err := validateSnapshotID("--snapshot", snapshot); err != nil {
+					return err
+				}
+				if pool != "" {
+					return usageErrorf("use either --snapshot or --pool, not both: a snapshot ID already names its pool")
+				}
+			}
+			conf, err := parseExtraConf(extraConf)
+			if err != nil {
+				return err
+			}
+			req := agentapi.CreateCloneRequest{
+				ID:        id,
+				Protected: protect,
+				DB:        &agentapi.DatabaseRequest{Username: username, Restricted: restricted, DBName: dbName},
+				ExtraConf: conf,
+			}
+			if cmd.Flags().Changed("protection-minutes") {
+				if protectMinutes < 0 {
+					return usageErrorf("--protection-minutes must be 0 (no expiry) or more")
+				}
+				if !protect {
+					return usageErrorf("--protection-minutes needs --protected")
+				}
+				m := uint(protectMinutes)
+				req.ProtectionDurationMinutes = &m
+			}
+			a, err := cf.agent()
+			if err != nil {
+				return err
+			}
+			if pool != "" {
+				if snapshot, err = latestSnapshotOfPool(cmd.Context(), a, pool); err != nil {
+					return err
+				}
+			}
+			if snapshot != "" {
+				req.Snapshot = &agentapi.SnapshotCloneField{ID: snapshot}
+			}
+			if password == "" {
+				password = os.Getenv(envClonePassword)
+			}
+			if password == "" {
+				password, err = promptPassword(cmd, "Password for "+username+": ", true,
+					"pass --password or set "+envClonePassword)
+				if err != nil {
+					return err
+				}
+			}
+			req.DB.Password = password
+
+			cl, err := a.api.CreateClone(cmd.Context(), req)
+			if err != nil {
+				return a.explain(err)
+			}
+			if savePassword {
+				if err := a.savePassword(cl.ID, password); err != nil {
+					fmt.Fprintf(cmd.ErrOrStderr(), "warning: clone password not saved: %v\n", err)
+				}
+			}
+			if !wf.noWait && cl.Status.Code != agentapi.StatusOK {
+				ctx, cancel := withWaitTimeout(cmd.Context(), wf.timeout)
+				defer cancel()
+				done, err := waitClone(ctx, a, cmd.ErrOrStderr(), cl.ID, "Creating clone "+cl.ID, false)
+				if err != nil {
+					return err
+				}
+				cl = done
+			}
+			if err := printClone(cmd, output, cl); err != nil {
+				return err
+			}
+			if output == outputTable && cl.Status.Code == agentapi.StatusOK {
+				fmt.Fprintf(cmd.ErrOrStderr(), "\nConnect with: thinlab connect %s\n", cl.ID)
+			}
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&id, "id", "", "clone ID (default: generated by the agent)")
+	f.StringVar(&snapshot, "snapshot", "", "snapshot ID to clone (default: the latest)")
+	f.StringVar(&pool, "pool", "", "clone the latest snapshot of this pool")
+	f.StringVar(&username, "username", "", "database user to create in the clone (required)")
+	f.StringVar(&password, "password", "", "that user's password (env "+envClonePassword+"; prompted when neither is set; flags are visible to other local users)")
+	f.StringVar(&dbName, "db-name", "", "database name reported in the connection string (default: postgres)")
+	f.BoolVar(&restricted, "restricted", false, "create the user without superuser rights")
+	f.BoolVar(&protect, "protected", false, "protect the clone from deletion (manual and idle)")
+	f.IntVar(&protectMinutes, "protection-minutes", 0, "protection length with --protected; 0 = no expiry (default: the agent's lease)")
+	f.StringArrayVar(&extraConf, "extra-conf", nil, "postgres setting for this clone as key=value (repeatable)")
+	f.BoolVar(&savePassword, "save-password", true, "save the password in the CLI config file (0600) for thinlab connect")
+	wf.register(cmd)
+	addOutputFlag(cmd, &output)
+	return cmd
+}
+
+// latestSnapshotOfPool picks the newest snapshot of pool (snapshots come
+// newest first).
+func latestSnapshotOfPool(ctx context.Context, a *agent, pool string) (string, error) {
+	snaps, err := a.api.Snapshots(ctx)
+	if err != nil {
+		return "", a.explain(err)
+	}
+	var newest *agentapi.Snapshot
+	for i := range snaps {
+		s := &snaps[i]
+		if s.Pool != pool {
+			continue
+		}
+		if newest == nil || agentapi.TimeOf(s.DataStateAt).After(agentapi.TimeOf(newest.DataStateAt)) {
+			newest = s
+		}
+	}
+	if newest == nil {
+		return "", fmt.Errorf("--pool %q: the agent has no snapshot in that pool; `thinlab status` lists the pools", pool)
+	}
+	return newest.ID, nil
+}
+
+func (a *agent) savePassword(cloneID, password string) error {
+	a.file.SetClonePassword(a.ep.URL, cloneID, password)
+	return clientconfig.Save(a.configPath, a.file)
+}
+
+func (a *agent) forgetPassword(cloneID string) error {
+	if !a.file.ForgetClonePassword(a.ep.URL, cloneID) {
+		return nil
+	}
+	return clientconfig.Save(a.configPath, a.file)
+}
+
+func newCloneListCommand(cf *clientFlags) *cobra.Command {
+	var output string
+	cmd := &cobra.Command{
+		Use:     "list",
+		Aliases: []string{"ls"},
+		Short:   "List clones, newest first",
+		Example: "  thinlab clone list\n  thinlab clone list -o json | jq -r '.[].id'",
+		Args:    exactArgs(),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := checkOutput(output); err != nil {
+				return err
+			}
+			a, err := cf.agent()
+			if err != nil {
+				return err
+			}
+			clones, err := a.api.Clones(cmd.Context())
+			if err != nil {
+				return a.explain(err)
+			}
+			if output == outputJSON {
+				if clones == nil {
+					clones = []agentapi.Clone{}
+				}
+				return writeJSON(cmd.OutOrStdout(), clones)
+			}
+			return renderClones(cmd.OutOrStdout(), clones, time.Now())
+		},
+	}
+	addOutputFlag(cmd, &output)
+	return cmd
+}
+
+func newCloneStatusCommand(cf *clientFlags) *cobra.Command {
+	var output string
+	cmd := &cobra.Command{
+		Use:     "status CLONE_ID",
+		Short:   "Show one clone: state, connection, protection, sizes",
+		Example: "  thinlab clone status mytest\n  thinlab clone status mytest -o json | jq -r .db.connStr",
+		Args:    exactArgs("CLONE_ID"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := checkOutput(output); err != nil {
+				return err
+			}
+			if err := validateCloneID("CLONE_ID", args[0]); err != nil {
+				return err
+			}
+			a, err := cf.agent()
+			if err != nil {
+				return err
+			}
+			cl, err := a.api.Clone(cmd.Context(), args[0])
+			if err != nil {
+				return a.explain(err)
+			}
+			return printClone(cmd, output, cl)
+		},
+	}
+	addOutputFlag(cmd, &output)
+	return cmd
+}
+
+func newCloneResetCommand(cf *clientFlags) *cobra.Command {
+	var (
+		output, snapshot string
+		latest           bool
+		wf               waitFlags
+	)
+	cmd := &cobra.Command{
+		Use:   "reset CLONE_ID",
+		Short: "Throw away a clone's changes: back to its snapshot, another one, or the latest",
+		Example: `  thinlab clone reset mytest
+  thinlab clone reset mytest --latest
+  thinlab clone reset mytest --snapshot 'pool1@snapshot_20240102030405' --no-wait`,
+		Args: exactArgs("CLONE_ID"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := checkOutput(output); err != nil {
+				return err
+			}
+			id := args[0]
+			if err := validateCloneID("CLONE_ID", id); err != nil {
+				return err
+			}
+			if latest && snapshot != "" {
+				return usageErrorf("use either --latest or --snapshot, not both")
+			}
+			if snapshot != "" {
+				if err := validateSnapshotID("--snapshot", snapshot); err != nil {
+					return err
+				}
+			}
+			a, err := cf.agent()
+			if err != nil {
+				return err
+			}
+			if err := a.api.ResetClone(cmd.Context(), id, agentapi.ResetCloneRequest{SnapshotID: snapshot, Latest: latest}); err != nil {
+				return a.explain(err)
+			}
+			var cl *agentapi.Clone
+			if wf.noWait {
+				cl, err = a.api.Clone(cmd.Context(), id)
+				if err != nil {
+					return a.explain(err)
+				}
+			} else {
+				ctx, cancel := withWaitTimeout(cmd.Context(), wf.timeout)
+				defer cancel()
+				if cl, err = waitClone(ctx, a, cmd.ErrOrStderr(), id, "Resetting clone "+id, false); err != nil {
+					return err
+				}
+			}
+			return printClone(cmd, output, cl)
+		},
+	}
+	cmd.Flags().StringVar(&snapshot, "snapshot", "", "reset to this snapshot (default: the clone's own)")
+	cmd.Flags().BoolVar(&latest, "latest", false, "reset to the latest snapshot")
+	wf.register(cmd)
+	addOutputFlag(cmd, &output)
+	return cmd
+}
+
+func newCloneProtectCommand(cf *clientFlags) *cobra.Command {
+	var (
+		output  string
+		off     bool
+		minutes int
+	)
+	cmd := &cobra.Command{
+		Use:   "protect CLONE_ID",
+		Short: "Protect a clone from deletion (manual and idle), or lift protection with --off",
+		Example: `  thinlab clone protect mytest
+  thinlab clone protect mytest --minutes 0      # no expiry (capped by the agent's maximum)
+  thinlab clone protect mytest --off`,
+		Args: exactArgs("CLONE_ID"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := checkOutput(output); err != nil {
+				return err
+			}
+			if err := validateCloneID("CLONE_ID", args[0]); err != nil {
+				return err
+			}
+			req := agentapi.PatchCloneRequest{Protected: !off}
+			if cmd.Flags().Changed("minutes") {
+				if off {
+					return usageErrorf("--minutes does not go with --off")
+				}
+				if minutes < 0 {
+					return usageErrorf("--minutes must be 0 (no expiry) or more")
+				}
+				m := uint(minutes)
+				req.ProtectionDurationMinutes = &m
+			}
+			a, err := cf.agent()
+			if err != nil {
+				return err
+			}
+			cl, err := a.api.UpdateClone(cmd.Context(), args[0], req)
+			if err != nil {
+				return a.explain(err)
+			}
+			return printClone(cmd, output, cl)
+		},
+	}
+	cmd.Flags().BoolVar(&off, "off", false, "remove protection")
+	cmd.Flags().IntVar(&minutes, "minutes", 0, "protection length; 0 = no expiry (default: the agent's lease)")
+	addOutputFlag(cmd, &output)
+	return cmd
+}
+
+func newCloneDestroyCommand(cf *clientFlags) *cobra.Command {
+	var (
+		output string
+		wf     waitFlags
+	)
+	cmd := &cobra.Command{
+		Use:     "destroy CLONE_ID",
+		Aliases: []string{"delete", "rm"},
+		Short:   "Destroy a clone and its data (protected clones are refused)",
+		Example: "  thinlab clone destroy mytest",
+		Args:    exactArgs("CLONE_ID"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := checkOutput(output); err != nil {
+				return err
+			}
+			id := args[0]
+			if err := validateCloneID("CLONE_ID", id); err != nil {
+				return err
+			}
+			a, err := cf.agent()
+			if err != nil {
+				return err
+			}
+			if err := a.api.DestroyClone(cmd.Context(), id); err != nil {
+				return a.explain(err)
+			}
+			msg := "Clone " + id + " is being destroyed"
+			if !wf.noWait {
+				ctx, cancel := withWaitTimeout(cmd.Context(), wf.timeout)
+				defer cancel()
+				if _, err := waitClone(ctx, a, cmd.ErrOrStderr(), id, "Destroying clone "+id, true); err != nil {
+					return err
+				}
+				msg = "Clone " + id + " destroyed"
+			}
+			if err := a.forgetPassword(id); err != nil && !errors.Is(err, os.ErrNotExist) {
+				fmt.Fprintf(cmd.ErrOrStderr(), "warning: saved password of %s not removed: %v\n", id, err)
+			}
+			if output == outputJSON {
+				return writeJSON(cmd.OutOrStdout(), agentapi.Response{Status: "OK", Message: msg})
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), msg)
+			return nil
+		},
+	}
+	wf.register(cmd)
+	wf.timeout = 10 * time.Minute
+	addOutputFlag(cmd, &output)
+	return cmd
+}

@@ -1,0 +1,129 @@
+package cli
+
+import (
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"os/exec"
+
+	"github.com/spf13/cobra"
+
+	"github.com/thinlab/thinlab/sdk/agentapi"
+)
+
+// envPsql overrides the psql program `thinlab connect` runs.
+const envPsql = "THINLAB_PSQL"
+
+func newConnectCommand() *cobra.Command {
+	var (
+		cf       clientFlags
+		password string
+		dbName   string
+		psql     string
+	)
+	cmd := &cobra.Command{
+		Use:   "connect CLONE_ID [-- PSQL_ARGS...]",
+		Short: "Open psql on a clone (host, port and user from the agent)",
+		Long: `Run psql against a clone. Host, port, user and database come from the
+agent; the password is passed in the PGPASSWORD environment variable, never
+on the command line. It is taken from --password, else
+THINLAB_CLONE_PASSWORD, else the password saved by ` + "`thinlab clone create`" + `,
+else a prompt. Arguments after -- go to psql unchanged.`,
+		Example: `  thinlab connect mytest
+  thinlab connect mytest -- -c 'select count(*) from orders'
+  THINLAB_PSQL=/usr/lib/postgresql/15/bin/psql thinlab connect mytest`,
+		Args: func(cmd *cobra.Command, args []string) error {
+			own := args
+			if dash := cmd.ArgsLenAtDash(); dash >= 0 {
+				own = args[:dash]
+			}
+			return exactArgs("CLONE_ID")(cmd, own)
+		},
+		RunE: func(cmd *cobra.Command, args []string) error {
+			id := args[0]
+			var psqlArgs []string
+			if dash := cmd.ArgsLenAtDash(); dash >= 0 {
+				psqlArgs = args[dash:]
+			}
+			if err := validateCloneID("CLONE_ID", id); err != nil {
+				return err
+			}
+			if psql == "" {
+				psql = envOr(envPsql, "psql")
+			}
+			a, err := cf.agent()
+			if err != nil {
+				return err
+			}
+			cl, err := a.api.Clone(cmd.Context(), id)
+			if err != nil {
+				return a.explain(err)
+			}
+			if cl.Status.Code != agentapi.StatusOK {
+				return fmt.Errorf("clone %s is %s, not ready for connections (%s); wait with `thinlab clone status %s`", id, cl.Status.Code, cl.Status.Message, id)
+			}
+			host := connectHost(cl.DB.Host, a.ep.URL)
+			if host == "" || cl.DB.Port == "" {
+				return fmt.Errorf("the agent reported no host or port for clone %s", id)
+			}
+			if dbName == "" {
+				dbName = cl.DB.DBName
+			}
+			if dbName == "" {
+				dbName = "postgres"
+			}
+			if password == "" {
+				password = os.Getenv(envClonePassword)
+			}
+			if password == "" {
+				password, _ = a.file.ClonePassword(a.ep.URL, id)
+			}
+			if password == "" {
+				password, err = promptPassword(cmd, "Password for "+cl.DB.Username+": ", false,
+					"pass --password or set "+envClonePassword)
+				if err != nil {
+					return err
+				}
+			}
+			argv := append([]string{"-h", host, "-p", cl.DB.Port, "-U", cl.DB.Username, "-d", dbName}, psqlArgs...)
+			// Not CommandContext: Ctrl-C belongs to psql (it cancels the
+			// running query); the CLI itself ignores it while psql runs.
+			c := exec.Command(psql, argv...)
+			c.Stdin, c.Stdout, c.Stderr = cmd.InOrStdin(), cmd.OutOrStdout(), cmd.ErrOrStderr()
+			c.Env = append(os.Environ(), "PGPASSWORD="+password)
+			if err := c.Run(); err != nil {
+				var ee *exec.ExitError
+				if errors.As(err, &ee) && ee.ExitCode() > 0 {
+					return exitCodeError{code: ee.ExitCode(), err: fmt.Errorf("psql exited with code %d", ee.ExitCode())}
+				}
+				if errors.Is(err, exec.ErrNotFound) {
+					return fmt.Errorf("%w; install the PostgreSQL client or point --psql / %s at it", err, envPsql)
+				}
+				return fmt.Errorf("run %s: %w", psql, err)
+			}
+			return nil
+		},
+	}
+	cf.register(cmd)
+	f := cmd.Flags()
+	f.StringVar(&password, "password", "", "the clone user's password (env "+envClonePassword+"; default: saved by clone create, else prompted)")
+	f.StringVar(&dbName, "dbname", "", "database to connect to (default: the clone's)")
+	f.StringVar(&psql, "psql", "", "psql program to run (env "+envPsql+"; default psql)")
+	return asUsage(cmd)
+}
+
+// connectHost is where to reach a clone: the host the agent reports,
+// unless that is empty or a wildcard address, in which case the agent's
+// own host name is the best guess.
+func connectHost(reported, agentURL string) string {
+	switch reported {
+	case "", "0.0.0.0", "::", "*":
+		u, err := url.Parse(agentURL)
+		if err != nil {
+			return ""
+		}
+		return u.Hostname()
+	}
+	return reported
+}

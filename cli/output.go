@@ -1,0 +1,189 @@
+package cli
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"sync"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/term"
+)
+
+// Output formats of the client commands: tables for people, JSON (the SDK
+// types, unchanged) for scripts.
+const (
+	outputTable = "table"
+	outputJSON  = "json"
+)
+
+// addOutputFlag registers -o/--output on cmd.
+func addOutputFlag(cmd *cobra.Command, dst *string) {
+	cmd.Flags().StringVarP(dst, "output", "o", outputTable, "output format: table or json")
+}
+
+// checkOutput validates the -o value as a usage error.
+func checkOutput(format string) error {
+	switch format {
+	case outputTable, outputJSON:
+		return nil
+	}
+	return usageErrorf("--output %q: use table or json", format)
+}
+
+// writeJSON prints v as indented JSON followed by a newline.
+func writeJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+// newTable returns a tabwriter for aligned columns; call Flush when done.
+func newTable(w io.Writer) *tabwriter.Writer {
+	return tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+}
+
+// row writes one tab-separated table row.
+func row(w io.Writer, cols ...string) {
+	fmt.Fprintln(w, strings.Join(cols, "\t"))
+}
+
+// orDash shows "-" for empty table cells so columns stay readable.
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+// formatBytes renders a byte count in IEC units, like DLE's CLI.
+func formatBytes(n uint64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := uint64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
+
+// formatAge renders how long ago t was, coarse enough for a table.
+func formatAge(t, now time.Time) string {
+	if t.IsZero() {
+		return "-"
+	}
+	d := now.Sub(t)
+	switch {
+	case d < 0:
+		return "0s"
+	case d < time.Minute:
+		return fmt.Sprintf("%ds", int(d.Seconds()))
+	case d < time.Hour:
+		return fmt.Sprintf("%dm", int(d.Minutes()))
+	case d < 48*time.Hour:
+		return fmt.Sprintf("%dh", int(d.Hours()))
+	default:
+		return fmt.Sprintf("%dd", int(d.Hours()/24))
+	}
+}
+
+// isTerminal reports whether w is a terminal (only *os.File can be one).
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	return ok && term.IsTerminal(int(f.Fd()))
+}
+
+// progress shows that the CLI is waiting: on a terminal a spinner with the
+// elapsed time redrawn in place; otherwise (CI logs, pipes) one plain line
+// per state change, so logs stay readable.
+type progress struct {
+	w     io.Writer
+	tty   bool
+	start time.Time
+	now   func() time.Time
+
+	mu     sync.Mutex
+	label  string
+	state  string
+	done   chan struct{}
+	wg     sync.WaitGroup
+	closed bool
+}
+
+var spinnerFrames = []string{"⠋", "⠙", "⠹", "⠸", "⠼", "⠴", "⠦", "⠧", "⠇", "⠏"}
+
+// startProgress begins reporting "label" on w (normally stderr).
+func startProgress(w io.Writer, label string) *progress {
+	p := &progress{w: w, tty: isTerminal(w), start: time.Now(), now: time.Now, label: label, done: make(chan struct{})}
+	if p.tty {
+		p.wg.Add(1)
+		go p.spin()
+	} else {
+		fmt.Fprintf(w, "%s...\n", label)
+	}
+	return p
+}
+
+func (p *progress) elapsed() time.Duration {
+	return p.now().Sub(p.start).Round(time.Second)
+}
+
+func (p *progress) spin() {
+	defer p.wg.Done()
+	t := time.NewTicker(100 * time.Millisecond)
+	defer t.Stop()
+	for i := 0; ; i++ {
+		p.mu.Lock()
+		line := fmt.Sprintf("\r\033[K%s %s", spinnerFrames[i%len(spinnerFrames)], p.label)
+		if p.state != "" {
+			line += " (" + p.state + ")"
+		}
+		line += " " + p.elapsed().String()
+		fmt.Fprint(p.w, line)
+		p.mu.Unlock()
+		select {
+		case <-p.done:
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// Update records the current state; without a terminal a changed state
+// is printed as a line.
+func (p *progress) Update(state string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if state == p.state {
+		return
+	}
+	p.state = state
+	if !p.tty {
+		fmt.Fprintf(p.w, "%s: %s (%s)\n", p.label, state, p.elapsed())
+	}
+}
+
+// Stop ends the report with a final line such as "done" or "failed".
+func (p *progress) Stop(final string) {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return
+	}
+	p.closed = true
+	close(p.done)
+	p.mu.Unlock()
+	p.wg.Wait()
+	if p.tty {
+		fmt.Fprintf(p.w, "\r\033[K%s: %s in %s\n", p.label, final, p.elapsed())
+	} else {
+		fmt.Fprintf(p.w, "%s: %s in %s\n", p.label, final, p.elapsed())
+	}
+}
