@@ -205,8 +205,14 @@ func (a *agent) explain(err error) error {
 		if msg == "" {
 			msg = http.StatusText(ae.StatusCode)
 		}
-		if ae.Detail != "" && !strings.Contains(msg, ae.Detail) {
-			msg += " (field " + ae.Detail + ")"
+		// Thinlab's detail is the bad field's name; other servers may put
+		// free text there.
+		switch d := ae.Detail; {
+		case d == "" || strings.Contains(msg, d):
+		case strings.ContainsAny(d, " \t"):
+			msg += " (" + d + ")"
+		default:
+			msg += " (field " + d + ")"
 		}
 		if ae.StatusCode == http.StatusUnauthorized {
 			msg += fmt.Sprintf("; the agent at %s refused the token: pass --token, set %s, or fix the context's token", a.ep.URL, clientconfig.EnvToken)

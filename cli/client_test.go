@@ -1,0 +1,275 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// runCLI runs the command tree in-process the way Execute does and
+// returns the exit code with what went to stdout and stderr (stderr ends
+// with Execute's "error: ..." line on failure).
+func runCLI(t *testing.T, stdin string, args ...string) (int, string, string) {
+	t.Helper()
+	var stdout, stderr bytes.Buffer
+	root := NewRootCommand()
+	root.SetArgs(args)
+	root.SetIn(strings.NewReader(stdin))
+	root.SetOut(&stdout)
+	root.SetErr(&stderr)
+	err := root.ExecuteContext(context.Background())
+	code := 0
+	if err != nil {
+		stderr.WriteString("error: " + err.Error() + "\n")
+		code = 1
+		var exit exitCodeError
+		if errors.As(err, &exit) {
+			code = exit.code
+		}
+	}
+	return code, stdout.String(), stderr.String()
+}
+
+// isolate points the CLI at a fresh config file and clears the variables
+// that would otherwise leak in from the machine running the tests.
+func isolate(t *testing.T) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "thinlab", "config.yaml")
+	t.Setenv("THINLAB_CONFIG", path)
+	for _, k := range []string{"THINLAB_URL", "THINLAB_TOKEN", envClonePassword, envPsql} {
+		t.Setenv(k, "")
+	}
+	return path
+}
+
+func TestContextCommands(t *testing.T) {
+	path := isolate(t)
+
+	code, out, errOut := runCLI(t, "tok-dev\n", "context", "add", "dev", "--url", "http://dev:2345", "--token-stdin")
+	if code != 0 {
+		t.Fatalf("add dev: %d %s", code, errOut)
+	}
+	if !strings.Contains(out, "(current)") {
+		t.Errorf("first context should become current: %q", out)
+	}
+	st, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Mode().Perm() != 0o600 {
+		t.Errorf("config mode %v, want 0600", st.Mode().Perm())
+	}
+	if code, _, errOut := runCLI(t, "", "context", "add", "prod", "--url", "https://prod:2345", "--token", "tok-prod"); code != 0 {
+		t.Fatalf("add prod: %s", errOut)
+	}
+	// Adding the same name again needs --overwrite.
+	code, _, errOut = runCLI(t, "", "context", "add", "prod", "--url", "https://prod2:2345")
+	if code != 2 || !strings.Contains(errOut, "--overwrite") {
+		t.Errorf("re-add: code %d, %q", code, errOut)
+	}
+	if code, _, errOut := runCLI(t, "", "context", "use", "prod"); code != 0 {
+		t.Fatalf("use: %s", errOut)
+	}
+
+	code, out, _ = runCLI(t, "", "context", "list")
+	if code != 0 {
+		t.Fatal(code)
+	}
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if len(lines) != 3 || !strings.HasPrefix(lines[0], "CURRENT") || !strings.HasPrefix(lines[2], "*") || !strings.Contains(lines[2], "prod") {
+		t.Errorf("list table:\n%s", out)
+	}
+	if strings.Contains(out, "tok-") {
+		t.Errorf("list shows a token:\n%s", out)
+	}
+
+	code, out, _ = runCLI(t, "", "context", "list", "-o", "json")
+	if code != 0 {
+		t.Fatal(code)
+	}
+	var views []contextView
+	if err := json.Unmarshal([]byte(out), &views); err != nil {
+		t.Fatalf("list json: %v\n%s", err, out)
+	}
+	if len(views) != 2 || views[0].Name != "dev" || views[0].Current || !views[1].Current || !views[1].HasToken {
+		t.Errorf("list json: %+v", views)
+	}
+	if strings.Contains(out, "tok-") {
+		t.Errorf("list json shows a token: %s", out)
+	}
+
+	if code, _, errOut := runCLI(t, "", "context", "remove", "prod"); code != 0 {
+		t.Fatalf("remove: %s", errOut)
+	}
+	code, _, errOut = runCLI(t, "", "context", "use", "prod")
+	if code != 1 || !strings.Contains(errOut, `context "prod" not found`) {
+		t.Errorf("use removed: %d %q", code, errOut)
+	}
+	st, _ = os.Stat(path)
+	if st.Mode().Perm() != 0o600 {
+		t.Errorf("config mode after edits %v, want 0600", st.Mode().Perm())
+	}
+}
+
+// TestEndpointPrecedence checks flag > env > context on real requests:
+// the test server records which token each request carried.
+func TestEndpointPrecedence(t *testing.T) {
+	isolate(t)
+	var gotToken string
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		gotToken = r.Header.Get("Verification-Token")
+		w.Write([]byte(`[]`))
+	}))
+	t.Cleanup(srv.Close)
+
+	if code, _, errOut := runCLI(t, "", "context", "add", "dev", "--url", srv.URL, "--token", "ctx-token"); code != 0 {
+		t.Fatal(errOut)
+	}
+	check := func(want string, args ...string) {
+		t.Helper()
+		gotToken = ""
+		code, _, errOut := runCLI(t, "", append([]string{"clone", "list"}, args...)...)
+		if code != 0 {
+			t.Fatalf("clone list %v: %d %s", args, code, errOut)
+		}
+		if gotToken != want {
+			t.Errorf("clone list %v sent token %q, want %q", args, gotToken, want)
+		}
+	}
+	check("ctx-token")
+	t.Setenv("THINLAB_TOKEN", "env-token")
+	check("env-token")
+	check("flag-token", "--token", "flag-token")
+
+	// A URL that is not the context's never gets the context's token.
+	t.Setenv("THINLAB_TOKEN", "")
+	other := httptest.NewServer(srv.Config.Handler)
+	t.Cleanup(other.Close)
+	check("", "--url", other.URL)
+}
+
+func TestNoEndpointIsUsageErrorNamingWhatToSet(t *testing.T) {
+	isolate(t)
+	code, _, errOut := runCLI(t, "", "clone", "list")
+	if code != 2 {
+		t.Errorf("exit %d, want 2", code)
+	}
+	for _, want := range []string{"--url", "THINLAB_URL", "thinlab context add"} {
+		if !strings.Contains(errOut, want) {
+			t.Errorf("error does not name %s: %q", want, errOut)
+		}
+	}
+	t.Setenv("THINLAB_URL", "localhost:2345")
+	code, _, errOut = runCLI(t, "", "status")
+	if code != 2 || !strings.Contains(errOut, "THINLAB_URL") {
+		t.Errorf("bad THINLAB_URL: %d %q", code, errOut)
+	}
+}
+
+func TestUsageErrorsExit2NamingTheFlag(t *testing.T) {
+	isolate(t)
+	t.Setenv("THINLAB_URL", "http://127.0.0.1:1") // never reached: usage is checked first
+	cases := []struct {
+		args []string
+		want string
+	}{
+		{[]string{"clone", "create"}, "--username"},
+		{[]string{"clone", "create", "--username", "u", "--extra-conf", "work_mem"}, "--extra-conf"},
+		{[]string{"clone", "create", "--username", "u", "--extra-conf", "=1"}, "--extra-conf"},
+		{[]string{"clone", "create", "--username", "u", "--extra-conf", "a=1", "--extra-conf", "a=2"}, "--extra-conf"},
+		{[]string{"clone", "create", "--username", "u", "--extra-conf", "bad key=1"}, "--extra-conf"},
+		{[]string{"clone", "create", "--username", "u", "--id", "no/slash"}, "--id"},
+		{[]string{"clone", "create", "--username", "u", "--snapshot", "nosnap"}, "--snapshot"},
+		{[]string{"clone", "create", "--username", "u", "--snapshot", "p@snapshot_1", "--pool", "p"}, "--pool"},
+		{[]string{"clone", "create", "--username", "u", "--protection-minutes", "5"}, "--protected"},
+		{[]string{"clone", "create", "--username", "u", "--bogus"}, "--bogus"},
+		{[]string{"clone", "create", "--username", "u", "-o", "yaml"}, "--output"},
+		{[]string{"clone", "create", "extra-arg", "--username", "u"}, "extra-arg"},
+		{[]string{"clone", "status"}, "CLONE_ID"},
+		{[]string{"clone", "status", "a", "b"}, `"b"`},
+		{[]string{"clone", "reset", "c1", "--latest", "--snapshot", "p@snapshot_1"}, "--latest"},
+		{[]string{"clone", "protect", "c1", "--off", "--minutes", "3"}, "--minutes"},
+		{[]string{"clone", "destroy"}, "CLONE_ID"},
+		{[]string{"clone", "frobnicate"}, "frobnicate"},
+		{[]string{"snapshot", "delete", "not-a-snapshot"}, "SNAPSHOT_ID"},
+		{[]string{"connect"}, "CLONE_ID"},
+		{[]string{"connect", "c1", "c2"}, `"c2"`},
+		{[]string{"context", "add", "x"}, "--url"},
+		{[]string{"context", "add", "x", "--url", "nohttp"}, "--url"},
+		{[]string{"context", "add", "bad name", "--url", "http://x"}, "context name"},
+	}
+	for _, c := range cases {
+		t.Run(strings.Join(c.args, " "), func(t *testing.T) {
+			code, _, errOut := runCLI(t, "", c.args...)
+			if code != 2 {
+				t.Errorf("exit %d, want 2 (stderr %q)", code, errOut)
+			}
+			if !strings.Contains(errOut, c.want) {
+				t.Errorf("stderr does not name %s: %q", c.want, errOut)
+			}
+		})
+	}
+}
+
+func TestClonePasswordWithoutTerminalIsUsageError(t *testing.T) {
+	isolate(t)
+	t.Setenv("THINLAB_URL", "http://127.0.0.1:1") // the prompt comes before any request
+	code, _, errOut := runCLI(t, "", "clone", "create", "--username", "u")
+	if code != 2 || !strings.Contains(errOut, "--password") || !strings.Contains(errOut, envClonePassword) {
+		t.Errorf("exit %d, stderr %q", code, errOut)
+	}
+}
+
+// TestAPIErrorsShowServerMessageAndField runs commands against a server
+// that answers DLE-shaped errors (recorded bodies, not a real agent).
+func TestAPIErrorsShowServerMessageAndField(t *testing.T) {
+	isolate(t)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		w.Header().Set("Content-Type", "application/json; charset=utf-8")
+		switch {
+		case r.Header.Get("Verification-Token") != "good":
+			w.WriteHeader(http.StatusUnauthorized)
+			w.Write([]byte(`{"code":"UNAUTHORIZED","message":"Check your verification token."}`))
+		case r.Method == http.MethodPost && r.URL.Path == "/clone":
+			w.WriteHeader(http.StatusBadRequest)
+			w.Write([]byte(`{"code":"BAD_REQUEST","message":"password is too weak: add more characters","detail":"db.password"}`))
+		case r.URL.Path == "/clone/nope":
+			w.WriteHeader(http.StatusNotFound)
+			w.Write([]byte(`{"code":"NOT_FOUND","message":"Requested object does not exist. Specify your request."}`))
+		default:
+			w.WriteHeader(http.StatusInternalServerError)
+			w.Write([]byte(`{"code":"INTERNAL_ERROR","message":"boom"}`))
+		}
+	}))
+	t.Cleanup(srv.Close)
+	t.Setenv("THINLAB_URL", srv.URL)
+
+	code, _, errOut := runCLI(t, "", "clone", "list")
+	if code != 1 || !strings.Contains(errOut, "Check your verification token.") || !strings.Contains(errOut, "THINLAB_TOKEN") {
+		t.Errorf("401: %d %q", code, errOut)
+	}
+	t.Setenv("THINLAB_TOKEN", "good")
+	code, _, errOut = runCLI(t, "", "clone", "create", "--username", "u", "--password", "x")
+	if code != 1 || !strings.Contains(errOut, "error: password is too weak: add more characters (field db.password)") {
+		t.Errorf("400: %d %q", code, errOut)
+	}
+	code, _, errOut = runCLI(t, "", "clone", "status", "nope")
+	if code != 1 || !strings.Contains(errOut, "Requested object does not exist") {
+		t.Errorf("404: %d %q", code, errOut)
+	}
+	// A server that is not there: the error says which URL and where it came from.
+	t.Setenv("THINLAB_URL", "http://127.0.0.1:1")
+	code, _, errOut = runCLI(t, "", "status")
+	if code != 1 || !strings.Contains(errOut, "is the agent running at http://127.0.0.1:1 (from THINLAB_URL)") {
+		t.Errorf("unreachable: %d %q", code, errOut)
+	}
+}
