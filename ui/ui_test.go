@@ -1,0 +1,69 @@
+package ui
+
+import (
+	"bytes"
+	"context"
+	"io/fs"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/a-h/templ"
+)
+
+func render(t *testing.T, c templ.Component) string {
+	t.Helper()
+	var b bytes.Buffer
+	if err := c.Render(context.Background(), &b); err != nil {
+		t.Fatal(err)
+	}
+	return b.String()
+}
+
+func page() Page {
+	org := &Org{ID: "org_1", Slug: "acme", Name: "Acme", Role: "owner"}
+	return Page{
+		Title: "Members", User: &User{ID: "usr_1", Email: "ada@example.com"}, Org: org,
+		Orgs: []Org{*org, {ID: "org_2", Slug: "beta", Name: "Beta", Role: "viewer"}},
+		Nav:  []NavItem{{Label: "Members", Href: "/o/acme/members", Active: true}, {Label: "Agents", Soon: true}},
+		CSRF: "tok<en>", Flash: []Flash{{Kind: "success", Text: "Saved <b>"}},
+	}
+}
+
+func TestPagesRenderEscapedWithoutScripts(t *testing.T) {
+	now := time.Now()
+	pages := map[string]templ.Component{
+		"members":     MembersPage(page(), Members{CanManage: true, Members: []Member{{UserID: "usr_2", Email: "<x>@example.com", Role: "member", CanEdit: true, Assignee: []string{"admin", "member"}, Since: now}}}),
+		"invitations": InvitationsPage(page(), Invitations{CanManage: true, Roles: []string{"member"}, NewLink: "http://x/invitations/accept?secret=s", NewEmail: "b@example.com"}),
+		"tokens":      TokensPage(page(), Tokens{CanManage: true, NewSecret: "thl_secret", NewName: "ci", Tokens: []Token{{ID: "tok_1", Name: "ci", Prefix: "thl_ab", Created: now, CanEdit: true}}}),
+		"audit":       AuditPage(page(), Audit{CSVURL: "/o/acme/audit/export.csv", JSONURL: "/o/acme/audit/export.json", Events: []AuditEvent{{Time: now, Action: "token.create", Result: "error", Error: "boom"}}}),
+		"dashboard":   DashboardPage(page(), Dashboard{Members: 2, Permissions: []string{"audit:read"}}),
+		"signin":      SignInPage(Page{Title: "Sign in"}, SignIn{Providers: []Provider{{DisplayName: "Dex", LoginURL: "/auth/login/dex"}}}),
+		"error":       ErrorPage(Page{Title: "Forbidden"}, Error{Status: 403, Title: "Forbidden", Message: "CSRF token missing or invalid"}),
+	}
+	for name, c := range pages {
+		html := render(t, c)
+		if strings.Contains(html, "<script") {
+			t.Errorf("%s: page has a script; pages must work without JavaScript", name)
+		}
+		if strings.Contains(html, "<b>") || strings.Contains(html, "<x>") || strings.Contains(html, "tok<en>") {
+			t.Errorf("%s: unescaped user content in %s", name, html)
+		}
+		if !strings.Contains(html, `href="/static/style.css"`) {
+			t.Errorf("%s: no stylesheet", name)
+		}
+	}
+	if html := render(t, pages["members"]); !strings.Contains(html, `name="csrf_token" value="tok&lt;en&gt;"`) {
+		t.Errorf("members: forms lack the CSRF field:\n%s", html)
+	}
+	if html := render(t, pages["tokens"]); !strings.Contains(html, `id="token-secret">thl_secret<`) {
+		t.Errorf("tokens: the new secret is not shown")
+	}
+}
+
+func TestStaticHasStylesheet(t *testing.T) {
+	b, err := fs.ReadFile(Static, "static/style.css")
+	if err != nil || len(b) == 0 {
+		t.Fatalf("static/style.css: %v", err)
+	}
+}

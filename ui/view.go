@@ -1,0 +1,209 @@
+// Package ui holds the platform's templ components and static assets. It
+// renders the view models below and never queries anything: the web
+// package fills them in. Pages are readable and usable without JavaScript.
+package ui
+
+import (
+	"embed"
+	"time"
+)
+
+// Static holds the stylesheet and other assets, served under /static/.
+//
+//go:embed static
+var Static embed.FS
+
+// Page is what every page's layout needs.
+type Page struct {
+	Title string
+	// User is nil on pages shown before sign-in.
+	User *User
+	// Org is the organization being looked at (nil outside one).
+	Org *Org
+	// Orgs lists the user's organizations for the switcher.
+	Orgs []Org
+	// Nav is the organization's navigation; web decides what is shown.
+	Nav []NavItem
+	// CSRF is the session's token that every POST form carries.
+	CSRF   string
+	Flash  []Flash
+	Status int
+}
+
+// User is the signed-in person.
+type User struct {
+	ID    string
+	Email string
+	Name  string
+}
+
+// Org is an organization as the signed-in user sees it.
+type Org struct {
+	ID   string
+	Slug string
+	Name string
+	Role string
+}
+
+// NavItem is one entry of the navigation.
+type NavItem struct {
+	Label  string
+	Href   string
+	Active bool
+	// Soon marks sections not built yet (shown greyed out, no link).
+	Soon bool
+}
+
+// Flash is a one-time message shown at the top of the next page.
+type Flash struct {
+	Kind string // success, error or info
+	Text string
+}
+
+// Provider is one sign-in button.
+type Provider struct {
+	DisplayName string
+	LoginURL    string
+}
+
+// SignIn is the sign-in page.
+type SignIn struct {
+	Providers []Provider
+	SignedOut bool
+	// Message explains why the person landed here (e.g. an invitation).
+	Message string
+}
+
+// Dashboard is an organization's overview.
+type Dashboard struct {
+	Members     int
+	Invitations int
+	Tokens      int
+	Permissions []string
+}
+
+// Member is one row of the members table.
+type Member struct {
+	UserID   string
+	Email    string
+	Name     string
+	Role     string
+	Since    time.Time
+	IsSelf   bool
+	CanEdit  bool
+	Assignee []string // roles this viewer may assign
+}
+
+// Members is the members page.
+type Members struct {
+	Members   []Member
+	CanManage bool
+}
+
+// Invitation is one open invitation.
+type Invitation struct {
+	ID        string
+	Email     string
+	Role      string
+	Created   time.Time
+	Expires   time.Time
+	InvitedBy string
+}
+
+// Invitations is the invitations page.
+type Invitations struct {
+	Invitations []Invitation
+	CanManage   bool
+	Roles       []string
+	// NewLink is the acceptance link of an invitation just created (shown
+	// once: only its hash is stored).
+	NewLink  string
+	NewEmail string
+}
+
+// AcceptInvitation is the page an invited person lands on.
+type AcceptInvitation struct {
+	OrgName string
+	Email   string
+	Role    string
+	Secret  string
+	Error   string
+}
+
+// Token is one API token row.
+type Token struct {
+	ID       string
+	Name     string
+	Prefix   string
+	Owner    string
+	Created  time.Time
+	Expires  *time.Time
+	LastUsed *time.Time
+	Revoked  *time.Time
+	CanEdit  bool
+}
+
+// Tokens is the API tokens page.
+type Tokens struct {
+	Tokens    []Token
+	CanManage bool
+	// NewSecret is a token just created, shown once.
+	NewSecret string
+	NewName   string
+	APIBase   string
+}
+
+// AuditEvent is one row of the audit log.
+type AuditEvent struct {
+	ID     int64
+	Time   time.Time
+	Actor  string
+	Action string
+	Target string
+	IP     string
+	Result string
+	Error  string
+}
+
+// AuditFilter echoes the filter form.
+type AuditFilter struct {
+	Actor  string
+	Action string
+	Target string
+	Since  string
+	Until  string
+}
+
+// Audit is the audit log page.
+type Audit struct {
+	Events    []AuditEvent
+	Filter    AuditFilter
+	CSVURL    string
+	JSONURL   string
+	Truncated bool
+	Limit     int
+}
+
+// Error is a refusal or failure page.
+type Error struct {
+	Status  int
+	Title   string
+	Message string
+}
+
+// TimeFormat is how times are shown: UTC, to the minute.
+const TimeFormat = "2006-01-02 15:04 UTC"
+
+func fmtTime(t time.Time) string {
+	if t.IsZero() {
+		return ""
+	}
+	return t.UTC().Format(TimeFormat)
+}
+
+func fmtTimePtr(t *time.Time) string {
+	if t == nil {
+		return "never"
+	}
+	return fmtTime(*t)
+}
