@@ -1,0 +1,158 @@
+package api
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+
+	"github.com/gin-gonic/gin"
+
+	"github.com/thinlab/thinlab/agent/clone"
+	"github.com/thinlab/thinlab/sdk/agentapi"
+)
+
+// listClones is GET /clones: a bare array, newest first.
+func (s *Server) listClones(c *gin.Context) {
+	clones := s.clones.List()
+	snaps := s.snapshotIndex(c.Request.Context())
+	bySnap := clonesBySnapshot(clones, snaps)
+	out := make([]agentapi.Clone, 0, len(clones))
+	for _, cl := range clones {
+		out = append(out, s.cloneView(cl, snaps, bySnap))
+	}
+	c.JSON(http.StatusOK, out)
+}
+
+// getClone is GET /clone/{id}; 404 NOT_FOUND for an unknown clone (DLE's
+// CLI waits for that code after a destroy).
+func (s *Server) getClone(c *gin.Context) {
+	cl, err := s.clones.Get(c.Param("id"))
+	if err != nil {
+		s.writeCloneError(c, err)
+		return
+	}
+	c.JSON(http.StatusOK, s.cloneViewOne(c.Request.Context(), cl))
+}
+
+// createClone is POST /clone: 201 with the clone, normally CREATING.
+func (s *Server) createClone(c *gin.Context) {
+	var req agentapi.CreateCloneRequest
+	if !readJSON(c, &req) {
+		return
+	}
+	if req.DB == nil {
+		badRequest(c, "db.username", "db.username: is required: give db.username and db.password for the clone's database user")
+		return
+	}
+	snapshotID := ""
+	if req.Snapshot != nil {
+		snapshotID = req.Snapshot.ID
+	}
+	// Thinlab pools have one line of snapshots, DLE's "main" branch.
+	if snapshotID == "" && req.Branch != "" && req.Branch != mainBranch {
+		badRequest(c, "branch", "branch: branch \""+req.Branch+"\" not found: this agent has only the \"main\" branch (or give snapshot.id)")
+		return
+	}
+	cl, err := s.clones.Create(c.Request.Context(), clone.CreateRequest{
+		ID:                        req.ID,
+		SnapshotID:                snapshotID,
+		Username:                  req.DB.Username,
+		Password:                  req.DB.Password,
+		Restricted:                req.DB.Restricted,
+		DBName:                    req.DB.DBName,
+		Protected:                 req.Protected,
+		ProtectionDurationMinutes: req.ProtectionDurationMinutes,
+		ExtraConf:                 req.ExtraConf,
+	})
+	if err != nil {
+		s.writeCloneError(c, err)
+		return
+	}
+	s.watchCreation(cl.ID)
+	c.JSON(http.StatusCreated, s.cloneViewOne(c.Request.Context(), cl))
+}
+
+// watchCreation feeds the creation-time histogram once the clone is ready.
+func (s *Server) watchCreation(id string) {
+	s.bgWG.Add(1)
+	go func() {
+		defer s.bgWG.Done()
+		cl, err := s.clones.Wait(s.bg, id)
+		if err == nil && cl.Status == clone.StatusOK {
+			s.metrics.cloneCreation.Observe(cl.CloningTime.Seconds())
+		}
+	}()
+}
+
+// updateClone is PATCH /clone/{id}: protection only.
+func (s *Server) updateClone(c *gin.Context) {
+	var req agentapi.PatchCloneRequest
+	if !readJSON(c, &req) {
+		return
+	}
+	cl, err := s.clones.UpdateProtection(c.Param("id"), req.Protected, req.ProtectionDurationMinutes)
+	if err != nil {
+		s.writeCloneError(c, err)
+		return
+	}
+	c.JSON(http.StatusOK, s.cloneViewOne(c.Request.Context(), cl))
+}
+
+// resetClone is POST /clone/{id}/reset: 200 with an empty body once the
+// clone is RESETTING.
+func (s *Server) resetClone(c *gin.Context) {
+	var req agentapi.ResetCloneRequest
+	if !readJSON(c, &req) {
+		return
+	}
+	if req.Latest && req.SnapshotID != "" {
+		badRequest(c, "snapshotID", "snapshotID: give either snapshotID or latest, not both")
+		return
+	}
+	id := c.Param("id")
+	cur, err := s.clones.Get(id)
+	if err != nil {
+		s.writeCloneError(c, err)
+		return
+	}
+	r := clone.ResetRequest{SnapshotID: req.SnapshotID, Latest: req.Latest}
+	if !req.Latest && req.SnapshotID == "" {
+		// DLE: neither field means the clone's own snapshot.
+		r.SnapshotID = cur.SnapshotID
+	}
+	if _, err := s.clones.Reset(c.Request.Context(), id, r); err != nil {
+		var ve *clone.ValidationError
+		if errors.As(err, &ve) && ve.Field == "snapshot.id" {
+			ve.Field = "snapshotID"
+		}
+		s.writeCloneError(c, err)
+		return
+	}
+	c.Status(http.StatusOK)
+}
+
+// destroyClone is DELETE /clone/{id}: 200 with an empty body once the
+// clone is DELETING.
+func (s *Server) destroyClone(c *gin.Context) {
+	if err := s.clones.Destroy(c.Request.Context(), c.Param("id")); err != nil {
+		s.writeCloneError(c, err)
+		return
+	}
+	c.Status(http.StatusOK)
+}
+
+// waitGone waits until the clones are destroyed (or ctx ends).
+func (s *Server) waitGone(ctx context.Context, ids []string) error {
+	for _, id := range ids {
+		cl, err := s.clones.Wait(ctx, id)
+		if errors.Is(err, clone.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		return fmt.Errorf("clone %s was not destroyed (status %s: %s)", id, cl.Status, cl.StatusMessage)
+	}
+	return nil
+}

@@ -1,0 +1,141 @@
+package api
+
+import (
+	"errors"
+	"net/http"
+
+	"github.com/gin-gonic/gin"
+
+	"github.com/thinlab/thinlab/agent/retrieval"
+	"github.com/thinlab/thinlab/sdk/agentapi"
+)
+
+// status is GET /status: the engine, pools, clones and retrieval.
+func (s *Server) status(c *gin.Context) {
+	ctx := c.Request.Context()
+	clones := s.clones.List()
+	snaps := s.snapshotIndex(ctx)
+	bySnap := clonesBySnapshot(clones, snaps)
+	ret := s.retrievingView()
+
+	out := agentapi.InstanceStatus{
+		Status: &agentapi.Status{Code: agentapi.InstanceOK, Message: "Instance is ready"},
+		Engine: agentapi.Engine{
+			Version:    s.version,
+			Edition:    Edition,
+			InstanceID: s.instance,
+			StartedAt:  agentapi.NewLocalTime(s.startedAt),
+		},
+		Pools: make([]agentapi.PoolEntry, 0, len(s.pools)),
+		Cloning: agentapi.Cloning{
+			ExpectedCloningTime:            s.clones.ExpectedCloningTime().Seconds(),
+			NumClones:                      len(clones),
+			Clones:                         make([]agentapi.Clone, 0, len(clones)),
+			ProtectionLeaseDurationMinutes: s.cfg.Cloning.ProtectionLeaseDurationMinutes,
+			ProtectionMaxDurationMinutes:   s.cfg.Cloning.ProtectionMaxDurationMinutes,
+		},
+		Retrieving:  ret,
+		Provisioner: agentapi.Provisioner{ContainerConfig: map[string]string{}},
+		// Synchronization is the physical mode's replica; logical
+		// retrieval has none.
+		Synchronization: &agentapi.Synchronization{Status: agentapi.Status{Code: "Not available"}},
+	}
+	if ret.Status == agentapi.RetrievalFailed {
+		out.Status = &agentapi.Status{Code: agentapi.InstanceWarning, Message: "Subsystems that need attention: retrieving"}
+	}
+	for _, cl := range clones {
+		out.Cloning.Clones = append(out.Cloning.Clones, s.cloneView(cl, snaps, bySnap))
+	}
+	for _, p := range s.pools {
+		entry := agentapi.PoolEntry{
+			Name:      p.Name(),
+			Mode:      p.Mode(),
+			Status:    agentapi.PoolActive,
+			CloneList: []string{},
+		}
+		var newest *agentapi.LocalTime
+		for _, sn := range snaps {
+			if sn.Pool == p.Name() && (newest == nil || sn.DataStateAt.After(newest.Time)) {
+				newest = agentapi.NewLocalTime(sn.DataStateAt)
+			}
+		}
+		entry.DataStateAt = newest
+		if newest == nil {
+			entry.Status = agentapi.PoolEmpty
+			entry.DataStateAt = &agentapi.LocalTime{}
+		}
+		if ret.Status == agentapi.RetrievalRefreshing && s.cfg.Retrieval.Pool == p.Name() {
+			entry.Status = agentapi.PoolRefreshing
+		}
+		for _, cl := range clones {
+			if cl.Pool == p.Name() {
+				entry.CloneList = append(entry.CloneList, cl.ID)
+			}
+		}
+		u, err := p.Usage(ctx)
+		if err != nil {
+			s.log.Warn("could not read pool usage", "pool", p.Name(), "err", err)
+		}
+		entry.FileSystem = agentapi.FileSystem{
+			Mode:            p.Mode(),
+			Size:            u.Size,
+			Free:            u.Free,
+			Used:            u.Used,
+			DataSize:        u.DataSize,
+			UsedBySnapshots: u.UsedBySnapshots,
+			UsedByClones:    u.UsedByClones,
+			CompressRatio:   u.CompressRatio,
+		}
+		if entry.FileSystem.CompressRatio == 0 {
+			entry.FileSystem.CompressRatio = 1
+		}
+		out.Pools = append(out.Pools, entry)
+	}
+	c.JSON(http.StatusOK, out)
+}
+
+// retrievingView is the retrieval state in DLE's shape.
+func (s *Server) retrievingView() agentapi.Retrieving {
+	out := agentapi.Retrieving{
+		Mode:   agentapi.RetrievalModeUnknown,
+		Status: agentapi.RetrievalInactive,
+		Alerts: map[string]agentapi.Alert{},
+	}
+	if s.retrieval == nil {
+		return out
+	}
+	st := s.retrieval.Status()
+	out.Mode = st.Mode
+	out.Status = st.Status
+	out.LastRefresh = agentapi.NewLocalTime(st.LastRefresh)
+	out.NextRefresh = agentapi.NewLocalTime(st.NextRefresh)
+	for k, a := range st.Alerts {
+		out.Alerts[k] = agentapi.Alert{Level: a.Level, Message: a.Message, LastSeen: a.LastSeen, Count: a.Count}
+	}
+	return out
+}
+
+// getRetrieval is GET /instance/retrieval.
+func (s *Server) getRetrieval(c *gin.Context) {
+	c.JSON(http.StatusOK, s.retrievingView())
+}
+
+// fullRefresh is POST /full-refresh: the refresh runs in the background.
+func (s *Server) fullRefresh(c *gin.Context) {
+	if s.retrieval == nil {
+		badRequest(c, "retrieval.mode", retrieval.ErrNotConfigured.Error())
+		return
+	}
+	err := s.retrieval.FullRefresh()
+	switch {
+	case errors.Is(err, retrieval.ErrNotConfigured):
+		badRequest(c, "retrieval.mode", err.Error())
+	case errors.Is(err, retrieval.ErrRefreshRunning):
+		conflict(c, err.Error()+": wait for it to finish (GET /instance/retrieval)")
+	case err != nil:
+		s.internalError(c, err)
+	default:
+		s.log.Info("full refresh started by API")
+		c.JSON(http.StatusOK, agentapi.Response{Status: "OK", Message: "Full refresh started"})
+	}
+}

@@ -1,0 +1,205 @@
+// Package api is the agent's HTTP API, wire-compatible with Database Lab
+// Engine's (see docs/agent-api.md): same routes, methods, JSON field names,
+// time formats, error body and Verification-Token header, served at bare
+// paths and mirrored under /api/ (where DLE's UI proxy serves them).
+// Thinlab's additions are extra fields and routes only. The JSON types are
+// those of sdk/agentapi, which clients link.
+package api
+
+import (
+	"context"
+	"crypto/subtle"
+	_ "embed"
+	"log/slog"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/gin-gonic/gin"
+
+	"github.com/thinlab/thinlab/agent/clone"
+	"github.com/thinlab/thinlab/agent/config"
+	"github.com/thinlab/thinlab/agent/retrieval"
+	"github.com/thinlab/thinlab/agent/storage"
+	"github.com/thinlab/thinlab/sdk/agentapi"
+)
+
+// Edition is what the agent reports as DLE's engine edition.
+const Edition = "community"
+
+// openAPISpec documents every route; a test checks it against the router.
+//
+//go:embed openapi.yaml
+var openAPISpec []byte
+
+// Options configure a Server.
+type Options struct {
+	// Config supplies the verification token and the cloning policy.
+	Config *config.Config
+	Clones *clone.Manager
+	// Retrieval may be nil (then retrieval is reported inactive).
+	Retrieval *retrieval.Retriever
+	// Pools are the agent's pools in config order.
+	Pools  []storage.Pool
+	Logger *slog.Logger
+
+	Version    string
+	InstanceID string
+	StartedAt  time.Time
+}
+
+// Server answers the agent API.
+type Server struct {
+	cfg       *config.Config
+	clones    *clone.Manager
+	retrieval *retrieval.Retriever
+	pools     []storage.Pool
+	log       *slog.Logger
+	version   string
+	instance  string
+	startedAt time.Time
+	metrics   *metrics
+	router    *gin.Engine
+
+	// bg bounds the goroutines that watch new clones for the creation-time
+	// histogram.
+	bg       context.Context
+	bgCancel context.CancelFunc
+	bgWG     sync.WaitGroup
+}
+
+// New builds the server and its routes.
+func New(opt Options) *Server {
+	log := opt.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	s := &Server{
+		cfg:       opt.Config,
+		clones:    opt.Clones,
+		retrieval: opt.Retrieval,
+		pools:     opt.Pools,
+		log:       log.With("component", "api"),
+		version:   opt.Version,
+		instance:  opt.InstanceID,
+		startedAt: opt.StartedAt,
+	}
+	if s.version == "" {
+		s.version = "dev"
+	}
+	s.bg, s.bgCancel = context.WithCancel(context.Background())
+	s.metrics = newMetrics(s)
+	s.router = s.routes()
+	return s
+}
+
+// Handler is the HTTP handler of the whole API.
+func (s *Server) Handler() http.Handler { return s.router }
+
+// Close stops background work started by requests.
+func (s *Server) Close() {
+	s.bgCancel()
+	s.bgWG.Wait()
+}
+
+func (s *Server) routes() *gin.Engine {
+	gin.SetMode(gin.ReleaseMode)
+	r := gin.New()
+	r.HandleMethodNotAllowed = true
+	r.RedirectTrailingSlash = true
+	r.RedirectFixedPath = false
+	// Path variables stay raw, as in DLE (clients send IDs unescaped).
+	r.UseRawPath = true
+	r.UnescapePathValues = false
+	r.Use(s.recoverPanic, s.logRequest)
+	r.NoRoute(func(c *gin.Context) {
+		writeError(c, http.StatusNotFound, agentapi.CodeNotFound, "Requested object does not exist. Specify your request.", "no route "+c.Request.Method+" "+c.Request.URL.Path)
+	})
+	// DLE answers a wrong method with 405 and an empty body.
+	r.NoMethod(func(c *gin.Context) {
+		c.Status(http.StatusMethodNotAllowed)
+		c.Writer.WriteHeaderNow()
+	})
+
+	s.mount(r.Group(""))
+	// DLE's UI reaches the engine through a proxy that strips /api/; the
+	// agent serves the same routes there so the UI needs no proxy.
+	s.mount(r.Group("/api"))
+	return r
+}
+
+// mount registers every route under g.
+func (s *Server) mount(g *gin.RouterGroup) {
+	// Without a token: health, metrics, the API description.
+	g.GET("/healthz", s.healthz)
+	g.POST("/healthz", s.healthz)
+	g.GET("/metrics", s.metricsHandler)
+	g.GET("/openapi.yaml", s.openAPI)
+
+	a := g.Group("", s.requireToken)
+	a.GET("/status", s.status)
+	a.GET("/snapshots", s.listSnapshots)
+	a.POST("/snapshot", s.createSnapshot)
+	// Snapshot IDs may contain '/' in DLE (branch snapshots): catch-all.
+	a.GET("/snapshot/*id", s.getSnapshot)
+	a.DELETE("/snapshot/*id", s.deleteSnapshot)
+	a.PATCH("/snapshot/*id", s.updateSnapshot)
+	a.GET("/clones", s.listClones)
+	a.POST("/clone", s.createClone)
+	a.GET("/clone/:id", s.getClone)
+	a.PATCH("/clone/:id", s.updateClone)
+	a.DELETE("/clone/:id", s.destroyClone)
+	a.POST("/clone/:id/reset", s.resetClone)
+	a.GET("/instance/retrieval", s.getRetrieval)
+	a.POST("/full-refresh", s.fullRefresh)
+}
+
+// requireToken checks the Verification-Token header in constant time. An
+// empty configured token disables auth, as in DLE.
+func (s *Server) requireToken(c *gin.Context) {
+	want := s.cfg.Server.VerificationToken
+	if want == "" {
+		return
+	}
+	got := c.GetHeader(agentapi.VerificationTokenHeader)
+	if got == "" || subtle.ConstantTimeCompare([]byte(got), []byte(want)) != 1 {
+		writeError(c, http.StatusUnauthorized, agentapi.CodeUnauthorized, "Check your verification token.", "")
+		c.Abort()
+		return
+	}
+}
+
+// recoverPanic turns a handler panic into a JSON 500 instead of a dropped
+// connection.
+func (s *Server) recoverPanic(c *gin.Context) {
+	defer func() {
+		if v := recover(); v != nil {
+			s.log.Error("panic in API handler", "method", c.Request.Method, "path", c.FullPath(), "panic", v)
+			if !c.Writer.Written() {
+				writeError(c, http.StatusInternalServerError, agentapi.CodeInternal, "internal error", "")
+			}
+			c.Abort()
+		}
+	}()
+	c.Next()
+}
+
+// logRequest logs method, route, status and duration (never headers: they
+// carry the token).
+func (s *Server) logRequest(c *gin.Context) {
+	start := time.Now()
+	c.Next()
+	route := c.FullPath()
+	if route == "" {
+		route = "unmatched"
+	}
+	s.log.Debug("api request", "method", c.Request.Method, "route", route, "status", c.Writer.Status(), "took", time.Since(start))
+}
+
+func (s *Server) openAPI(c *gin.Context) {
+	c.Data(http.StatusOK, "application/yaml; charset=utf-8", openAPISpec)
+}
+
+func (s *Server) healthz(c *gin.Context) {
+	c.JSON(http.StatusOK, agentapi.Health{Version: s.version, Edition: Edition, InstanceID: s.instance})
+}

@@ -1,0 +1,230 @@
+package api
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/gin-gonic/gin"
+
+	"github.com/thinlab/thinlab/agent/clone"
+	"github.com/thinlab/thinlab/agent/retrieval"
+	"github.com/thinlab/thinlab/agent/storage"
+	"github.com/thinlab/thinlab/sdk/agentapi"
+)
+
+// mainBranch is the one DLE branch a Thinlab pool has.
+const mainBranch = "main"
+
+// snapshotParam is the catch-all {id} without its leading slash.
+func snapshotParam(c *gin.Context) string {
+	return strings.TrimPrefix(c.Param("id"), "/")
+}
+
+// listSnapshots is GET /snapshots: newest createdAt first. The query
+// parameters branch and dataset (DLE's UI) filter: only branch "main"
+// and the pools' names exist here.
+func (s *Server) listSnapshots(c *gin.Context) {
+	branch := c.Query("branch")
+	if branch != "" && branch != mainBranch {
+		badRequest(c, "branch", fmt.Sprintf("branch %q not found: this agent has only the %q branch", branch, mainBranch))
+		return
+	}
+	dataset := c.Query("dataset")
+	if dataset != "" {
+		if _, ok := s.clones.Pool(dataset); !ok {
+			badRequest(c, "dataset", fmt.Sprintf("dataset %q not found: use a pool name from GET /status", dataset))
+			return
+		}
+	}
+	snaps := s.snapshotIndex(c.Request.Context())
+	bySnap := clonesBySnapshot(s.clones.List(), snaps)
+	out := make([]agentapi.Snapshot, 0, len(snaps))
+	for _, sn := range snaps {
+		if dataset != "" && sn.Pool != dataset {
+			continue
+		}
+		out = append(out, snapshotView(sn, bySnap[sn.ID]))
+	}
+	sortSnapshots(out)
+	c.JSON(http.StatusOK, out)
+}
+
+func sortSnapshots(out []agentapi.Snapshot) {
+	less := func(a, b agentapi.Snapshot) bool {
+		ta, tb := agentapi.TimeOf(a.CreatedAt), agentapi.TimeOf(b.CreatedAt)
+		if !ta.Equal(tb) {
+			return ta.After(tb)
+		}
+		return a.ID > b.ID
+	}
+	for i := 1; i < len(out); i++ {
+		for j := i; j > 0 && less(out[j], out[j-1]); j-- {
+			out[j], out[j-1] = out[j-1], out[j]
+		}
+	}
+}
+
+// findSnapshot resolves id to its pool and snapshot, answering 400 for a
+// malformed ID and 404 for an unknown one.
+func (s *Server) findSnapshot(c *gin.Context, id string) (storage.Pool, storage.Snapshot, bool) {
+	poolName, _, err := storage.ParseSnapshotID(id)
+	if err != nil {
+		badRequest(c, "id", fmt.Sprintf("%q is not a snapshot id: want <pool>@snapshot_<YYYYMMDDhhmmss> (list them with GET /snapshots)", id))
+		return nil, storage.Snapshot{}, false
+	}
+	p, ok := s.clones.Pool(poolName)
+	if !ok {
+		notFound(c, fmt.Sprintf("snapshot %q not found: there is no pool %q", id, poolName))
+		return nil, storage.Snapshot{}, false
+	}
+	sn, err := p.GetSnapshot(c.Request.Context(), id)
+	if errors.Is(err, storage.ErrNotFound) {
+		notFound(c, fmt.Sprintf("snapshot %q not found (list snapshots with GET /snapshots)", id))
+		return nil, storage.Snapshot{}, false
+	}
+	if err != nil {
+		s.internalError(c, err)
+		return nil, storage.Snapshot{}, false
+	}
+	if sn.Pool == "" {
+		sn.Pool = p.Name()
+	}
+	return p, sn, true
+}
+
+// getSnapshot is GET /snapshot/{id}.
+func (s *Server) getSnapshot(c *gin.Context) {
+	_, sn, ok := s.findSnapshot(c, snapshotParam(c))
+	if !ok {
+		return
+	}
+	snaps := snapshotIndex{sn.ID: sn}
+	c.JSON(http.StatusOK, snapshotView(sn, clonesBySnapshot(s.clones.List(), snaps)[sn.ID]))
+}
+
+// createSnapshot is POST /snapshot: a snapshot of the pool's current data
+// (its main dataset). The reply is DLE's raw pool snapshot.
+func (s *Server) createSnapshot(c *gin.Context) {
+	var req agentapi.CreateSnapshotRequest
+	if !readJSON(c, &req) {
+		return
+	}
+	var p storage.Pool
+	if req.PoolName == "" {
+		p = s.pools[0]
+	} else if p2, ok := s.clones.Pool(req.PoolName); ok {
+		p = p2
+	} else {
+		badRequest(c, "poolName", fmt.Sprintf("poolName: pool %q not found: use a pool name from GET /status", req.PoolName))
+		return
+	}
+	// A refresh rewrites the main dataset; a snapshot now would catch it
+	// half-written.
+	if s.retrieval != nil && s.cfg.Retrieval.Pool == p.Name() && s.retrieval.Status().Status == retrieval.StatusRefreshing {
+		conflict(c, fmt.Sprintf("pool %q is being refreshed: snapshot it when the refresh has finished", p.Name()))
+		return
+	}
+	if _, err := os.Stat(filepath.Join(p.MainDir(), storage.DataSubdir, "PG_VERSION")); err != nil {
+		badRequest(c, "poolName", fmt.Sprintf("pool %q holds no data yet: run a full refresh first (POST /full-refresh)", p.Name()))
+		return
+	}
+	sn, err := p.Snapshot(c.Request.Context(), storage.SnapshotOptions{
+		DataStateAt: time.Now().UTC().Truncate(time.Second),
+		Message:     "snapshot by API",
+	})
+	if errors.Is(err, storage.ErrExists) {
+		conflict(c, fmt.Sprintf("pool %q already has a snapshot of this second: retry in a second", p.Name()))
+		return
+	}
+	if err != nil {
+		s.internalError(c, err)
+		return
+	}
+	s.log.Info("snapshot created", "snapshot", sn.ID)
+	c.JSON(http.StatusOK, agentapi.PoolSnapshot{
+		ID:                sn.ID,
+		CreatedAt:         sn.CreatedAt,
+		DataStateAt:       sn.DataStateAt,
+		Used:              sn.PhysicalSize,
+		LogicalReferenced: sn.LogicalSize,
+		Pool:              p.Name(),
+		Message:           sn.Message,
+	})
+}
+
+// deleteSnapshot is DELETE /snapshot/{id}. A snapshot with clones is
+// refused (409) unless force=true, which destroys those clones first
+// (refused if one of them is protected).
+func (s *Server) deleteSnapshot(c *gin.Context) {
+	force := false
+	if v := c.Query("force"); v != "" {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			badRequest(c, "force", fmt.Sprintf("force: %q is not a boolean: use true or false", v))
+			return
+		}
+		force = b
+	}
+	p, sn, ok := s.findSnapshot(c, snapshotParam(c))
+	if !ok {
+		return
+	}
+	var dependents []string
+	var protected []string
+	for _, cl := range s.clones.List() {
+		if cl.SnapshotID == sn.ID {
+			dependents = append(dependents, cl.ID)
+			if cl.Protected {
+				protected = append(protected, cl.ID)
+			}
+		}
+	}
+	if len(dependents) > 0 && !force {
+		conflict(c, fmt.Sprintf("snapshot %q has dependent clones (%s): destroy them first, or delete with force=true", sn.ID, strings.Join(dependents, ", ")))
+		return
+	}
+	if len(protected) > 0 {
+		conflict(c, fmt.Sprintf("snapshot %q has protected clones (%s): remove their protection first", sn.ID, strings.Join(protected, ", ")))
+		return
+	}
+	for _, id := range dependents {
+		if err := s.clones.Destroy(c.Request.Context(), id); err != nil && !errors.Is(err, clone.ErrNotFound) {
+			s.writeCloneError(c, err)
+			return
+		}
+	}
+	if err := s.waitGone(c.Request.Context(), dependents); err != nil {
+		s.internalError(c, err)
+		return
+	}
+	err := p.DestroySnapshot(c.Request.Context(), sn.ID, force)
+	switch {
+	case errors.Is(err, storage.ErrHasDependents):
+		conflict(c, fmt.Sprintf("snapshot %q has dependent clones: destroy them first, or delete with force=true", sn.ID))
+		return
+	case errors.Is(err, storage.ErrNotFound):
+		notFound(c, fmt.Sprintf("snapshot %q not found", sn.ID))
+		return
+	case err != nil:
+		s.internalError(c, err)
+		return
+	}
+	s.log.Info("snapshot deleted", "snapshot", sn.ID, "force", force)
+	c.JSON(http.StatusOK, agentapi.Response{Status: "OK", Message: "Deleted snapshot"})
+}
+
+// updateSnapshot is PATCH /snapshot/{id}. Snapshot protection is not
+// built yet: the route answers 501 after checking the snapshot exists, so
+// clients get a clear error instead of a silent no-op.
+func (s *Server) updateSnapshot(c *gin.Context) {
+	if _, _, ok := s.findSnapshot(c, snapshotParam(c)); !ok {
+		return
+	}
+	writeError(c, http.StatusNotImplemented, agentapi.CodeNotImplemented, "snapshot protection is not supported by this agent yet; protect the clones instead (PATCH /clone/{id})", "")
+}
