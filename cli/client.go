@@ -165,9 +165,9 @@ func readLine(r io.Reader) (string, error) {
 	return strings.TrimRight(s, "\r\n"), nil
 }
 
-// agent is a resolved endpoint with its client and the config file (where
+// apiConn is a resolved endpoint with its client and the config file (where
 // clone passwords are saved).
-type agent struct {
+type apiConn struct {
 	api        *agentapi.Client
 	ep         clientconfig.Endpoint
 	file       *clientconfig.File
@@ -178,12 +178,12 @@ type agent struct {
 // --wait-timeout.
 const requestTimeout = 60 * time.Second
 
-func (f *clientFlags) agent() (*agent, error) {
+func (f *clientFlags) connect() (*apiConn, error) {
 	ep, file, path, err := f.endpoint()
 	if err != nil {
 		return nil, err
 	}
-	return &agent{
+	return &apiConn{
 		api:        &agentapi.Client{BaseURL: ep.URL, Token: ep.Token, HTTPClient: &http.Client{Timeout: requestTimeout}},
 		ep:         ep,
 		file:       file,
@@ -195,7 +195,7 @@ func (f *clientFlags) agent() (*agent, error) {
 // the server's message (which names the bad field), the field from the
 // error detail when the message lacks it, and what to check for the
 // errors that have an obvious cause.
-func (a *agent) explain(err error) error {
+func (a *apiConn) explain(err error) error {
 	if err == nil {
 		return nil
 	}

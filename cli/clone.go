@@ -105,7 +105,7 @@ const pollInterval = 500 * time.Millisecond
 // waitClone polls until the clone leaves its transitional state, showing
 // progress on stderr. It returns the clone when OK and an error naming the
 // reason when it ends FATAL. With gone, success is the clone disappearing.
-func waitClone(ctx context.Context, a *agent, stderr io.Writer, id, label string, gone bool) (*agentapi.Clone, error) {
+func waitClone(ctx context.Context, a *apiConn, stderr io.Writer, id, label string, gone bool) (*agentapi.Clone, error) {
 	p := startProgress(stderr, label)
 	ctxErr := func(last string) error {
 		p.Stop("gave up")
@@ -277,7 +277,7 @@ prompt. It is saved (mode 0600) in the CLI config file so that
 				m := uint(protectMinutes)
 				req.ProtectionDurationMinutes = &m
 			}
-			a, err := cf.agent()
+			a, err := cf.connect()
 			if err != nil {
 				return err
 			}
@@ -347,7 +347,7 @@ prompt. It is saved (mode 0600) in the CLI config file so that
 
 // latestSnapshotOfPool picks the newest snapshot of pool (snapshots come
 // newest first).
-func latestSnapshotOfPool(ctx context.Context, a *agent, pool string) (string, error) {
+func latestSnapshotOfPool(ctx context.Context, a *apiConn, pool string) (string, error) {
 	snaps, err := a.api.Snapshots(ctx)
 	if err != nil {
 		return "", a.explain(err)
@@ -368,12 +368,12 @@ func latestSnapshotOfPool(ctx context.Context, a *agent, pool string) (string, e
 	return newest.ID, nil
 }
 
-func (a *agent) savePassword(cloneID, password string) error {
+func (a *apiConn) savePassword(cloneID, password string) error {
 	a.file.SetClonePassword(a.ep.URL, cloneID, password)
 	return clientconfig.Save(a.configPath, a.file)
 }
 
-func (a *agent) forgetPassword(cloneID string) error {
+func (a *apiConn) forgetPassword(cloneID string) error {
 	if !a.file.ForgetClonePassword(a.ep.URL, cloneID) {
 		return nil
 	}
@@ -392,7 +392,7 @@ func newCloneListCommand(cf *clientFlags) *cobra.Command {
 			if err := checkOutput(output); err != nil {
 				return err
 			}
-			a, err := cf.agent()
+			a, err := cf.connect()
 			if err != nil {
 				return err
 			}
@@ -427,7 +427,7 @@ func newCloneStatusCommand(cf *clientFlags) *cobra.Command {
 			if err := validateCloneID("CLONE_ID", args[0]); err != nil {
 				return err
 			}
-			a, err := cf.agent()
+			a, err := cf.connect()
 			if err != nil {
 				return err
 			}
@@ -471,7 +471,7 @@ func newCloneResetCommand(cf *clientFlags) *cobra.Command {
 					return err
 				}
 			}
-			a, err := cf.agent()
+			a, err := cf.connect()
 			if err != nil {
 				return err
 			}
@@ -532,7 +532,7 @@ func newCloneProtectCommand(cf *clientFlags) *cobra.Command {
 				m := uint(minutes)
 				req.ProtectionDurationMinutes = &m
 			}
-			a, err := cf.agent()
+			a, err := cf.connect()
 			if err != nil {
 				return err
 			}
@@ -568,7 +568,7 @@ func newCloneDestroyCommand(cf *clientFlags) *cobra.Command {
 			if err := validateCloneID("CLONE_ID", id); err != nil {
 				return err
 			}
-			a, err := cf.agent()
+			a, err := cf.connect()
 			if err != nil {
 				return err
 			}

@@ -52,7 +52,7 @@ else a prompt. Arguments after -- go to psql unchanged.`,
 			if psql == "" {
 				psql = envOr(envPsql, "psql")
 			}
-			a, err := cf.agent()
+			a, err := cf.connect()
 			if err != nil {
 				return err
 			}

@@ -36,7 +36,7 @@ func newSnapshotListCommand(cf *clientFlags) *cobra.Command {
 			if err := checkOutput(output); err != nil {
 				return err
 			}
-			a, err := cf.agent()
+			a, err := cf.connect()
 			if err != nil {
 				return err
 			}
@@ -90,7 +90,7 @@ func newSnapshotCreateCommand(cf *clientFlags) *cobra.Command {
 			if err := checkOutput(output); err != nil {
 				return err
 			}
-			a, err := cf.agent()
+			a, err := cf.connect()
 			if err != nil {
 				return err
 			}
@@ -129,7 +129,7 @@ func newSnapshotDeleteCommand(cf *clientFlags) *cobra.Command {
 			if err := validateSnapshotID("SNAPSHOT_ID", args[0]); err != nil {
 				return err
 			}
-			a, err := cf.agent()
+			a, err := cf.connect()
 			if err != nil {
 				return err
 			}

@@ -37,7 +37,7 @@ func newStatusCommand() *cobra.Command {
 			if err := checkOutput(output); err != nil {
 				return err
 			}
-			a, err := cf.agent()
+			a, err := cf.connect()
 			if err != nil {
 				return err
 			}
