@@ -1,0 +1,503 @@
+// Package btrfs is the btrfs backend of storage.Pool: copy-on-write
+// subvolumes on a mounted btrfs filesystem, driven by the `btrfs` CLI.
+//
+// Layout below the configured Path (any directory on a btrfs filesystem,
+// normally its mountpoint):
+//
+//	Path/main                            subvolume; PGDATA in main/pgdata (MainDir)
+//	Path/snapshots/                      mode 0700, root only
+//	Path/snapshots/snapshot_<ts>         read-only snapshot of main (btrfs subvolume snapshot -r)
+//	Path/snapshots/snapshot_<ts>.json    its metadata
+//	ClonesDir/<clone>                    writable snapshot of a snapshot, owned by Owner
+//	ClonesDir/<clone>.json               its metadata (snapshot ID, creation time)
+//
+// ClonesDir defaults to Path/clones and must lie inside Path: a btrfs
+// snapshot can only be made within the same filesystem.
+//
+// btrfs has no user properties, so metadata lives in a JSON sidecar file
+// next to each snapshot and clone. The subvolume is the source of truth
+// (a sidecar without its subvolume is ignored, a subvolume without a
+// sidecar gets metadata derived from its name); the sidecar is written
+// first and removed last, so a crash never leaves a clone whose snapshot
+// is unknown. A fresh process rebuilds everything from these files.
+//
+// btrfs does not tie a writable snapshot to its source the way ZFS ties a
+// clone to its origin: the dependency of clones on snapshots exists only in
+// the sidecars, and DestroySnapshot enforces it.
+package btrfs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/thinlab/thinlab/agent/storage"
+	"github.com/thinlab/thinlab/internal/command"
+)
+
+// Config describes one btrfs pool.
+type Config struct {
+	// Name is the pool's name in Thinlab: the prefix of snapshot IDs.
+	Name string
+	// Path is a directory on a mounted btrfs filesystem that holds main
+	// and snapshots.
+	Path string
+	// ClonesDir holds one subvolume per clone. Default Path/clones; it
+	// must lie inside Path (same filesystem).
+	ClonesDir string
+	// Owner, when set, owns each clone's root directory (the postgres OS
+	// user); PGDATA inside keeps the ownership it had in the snapshot.
+	Owner *Owner
+	// Runner runs btrfs; Logger defaults to slog.Default().
+	Runner command.Runner
+	Logger *slog.Logger
+}
+
+// Owner is a numeric OS user and group.
+type Owner struct {
+	UID, GID int
+}
+
+// Pool is a storage.Pool on btrfs. Its state is the filesystem: several
+// Pool values (or processes) on the same Path see the same thing; the
+// mutex only orders this process's changes.
+type Pool struct {
+	cfg     Config
+	mainDir string
+	snapDir string
+	log     *slog.Logger
+	mu      sync.Mutex
+}
+
+var _ storage.Pool = (*Pool)(nil)
+
+// Open checks cfg, creates main, snapshots and clones directories when
+// missing and removes sidecar temp files a crash left behind.
+func Open(ctx context.Context, cfg Config) (*Pool, error) {
+	if err := storage.ValidateName("pool name", cfg.Name); err != nil {
+		return nil, err
+	}
+	if cfg.Path == "" {
+		return nil, fmt.Errorf("btrfs pool %s: path is empty: set it to the mountpoint of a btrfs filesystem", cfg.Name)
+	}
+	if !filepath.IsAbs(cfg.Path) {
+		return nil, fmt.Errorf("btrfs pool %s: path %q must be an absolute path", cfg.Name, cfg.Path)
+	}
+	cfg.Path = filepath.Clean(cfg.Path)
+	if cfg.ClonesDir == "" {
+		cfg.ClonesDir = filepath.Join(cfg.Path, "clones")
+	}
+	if !filepath.IsAbs(cfg.ClonesDir) {
+		return nil, fmt.Errorf("btrfs pool %s: clonesDir %q must be an absolute path", cfg.Name, cfg.ClonesDir)
+	}
+	cfg.ClonesDir = filepath.Clean(cfg.ClonesDir)
+	if !within(cfg.ClonesDir, cfg.Path) || cfg.ClonesDir == cfg.Path {
+		return nil, fmt.Errorf("btrfs pool %s: clonesDir %s must lie inside path %s: btrfs snapshots cannot cross filesystems (leave clonesDir empty for %s/clones)", cfg.Name, cfg.ClonesDir, cfg.Path, cfg.Path)
+	}
+	if err := checkBtrfs(cfg.Path); err != nil {
+		return nil, fmt.Errorf("btrfs pool %s: %w", cfg.Name, err)
+	}
+	p := &Pool{
+		cfg:     cfg,
+		mainDir: filepath.Join(cfg.Path, "main"),
+		snapDir: filepath.Join(cfg.Path, "snapshots"),
+		log:     cfg.Logger,
+	}
+	if p.log == nil {
+		p.log = slog.Default()
+	}
+	p.log = p.log.With("pool", cfg.Name, "path", cfg.Path)
+
+	switch _, err := os.Lstat(p.mainDir); {
+	case errors.Is(err, fs.ErrNotExist):
+		if err := p.btrfs(ctx, "subvolume", "create", p.mainDir); err != nil {
+			return nil, fmt.Errorf("btrfs pool %s: create main subvolume: %w", cfg.Name, err)
+		}
+	case err != nil:
+		return nil, fmt.Errorf("btrfs pool %s: %w", cfg.Name, err)
+	case !isSubvolume(p.mainDir):
+		return nil, fmt.Errorf("btrfs pool %s: %s exists but is not a btrfs subvolume; move it away (the pool creates main itself)", cfg.Name, p.mainDir)
+	}
+	if err := os.MkdirAll(p.snapDir, 0o700); err != nil {
+		return nil, fmt.Errorf("btrfs pool %s: snapshots directory: %w", cfg.Name, err)
+	}
+	if err := os.MkdirAll(cfg.ClonesDir, 0o755); err != nil {
+		return nil, fmt.Errorf("btrfs pool %s: clonesDir: %w", cfg.Name, err)
+	}
+	if err := checkBtrfs(cfg.ClonesDir); err != nil {
+		return nil, fmt.Errorf("btrfs pool %s: clonesDir: %w", cfg.Name, err)
+	}
+	removeTempSidecars(p.snapDir)
+	removeTempSidecars(cfg.ClonesDir)
+	return p, nil
+}
+
+// Name implements storage.Pool.
+func (p *Pool) Name() string { return p.cfg.Name }
+
+// Mode implements storage.Pool.
+func (p *Pool) Mode() string { return storage.ModeBtrfs }
+
+// MainDir implements storage.Pool.
+func (p *Pool) MainDir() string { return p.mainDir }
+
+// Path is the directory the pool lives in.
+func (p *Pool) Path() string { return p.cfg.Path }
+
+// ClonesDir is where clones live.
+func (p *Pool) ClonesDir() string { return p.cfg.ClonesDir }
+
+// Snapshot implements storage.Pool.
+func (p *Pool) Snapshot(ctx context.Context, opt storage.SnapshotOptions) (storage.Snapshot, error) {
+	at := opt.DataStateAt
+	if at.IsZero() {
+		at = time.Now()
+	}
+	at = at.UTC().Truncate(time.Second)
+	id := storage.SnapshotID(p.cfg.Name, at)
+	_, snapName, err := storage.ParseSnapshotID(id)
+	if err != nil {
+		return storage.Snapshot{}, fmt.Errorf("snapshot dataStateAt %s is out of range (years 1000-9999): %w", at.Format(time.RFC3339), err)
+	}
+	meta := snapshotMeta{ID: id, CreatedAt: time.Now().UTC(), DataStateAt: at, Message: opt.Message, Labels: opt.Labels}
+	if err := meta.validate(); err != nil {
+		return storage.Snapshot{}, err
+	}
+	dst := filepath.Join(p.snapDir, snapName)
+
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if _, err := os.Lstat(dst); err == nil {
+		return storage.Snapshot{}, fmt.Errorf("%w: snapshot %s", storage.ErrExists, id)
+	}
+	if err := writeSidecar(dst+".json", meta); err != nil {
+		return storage.Snapshot{}, fmt.Errorf("snapshot %s: %w", id, err)
+	}
+	if err := p.btrfs(ctx, "subvolume", "snapshot", "-r", p.mainDir, dst); err != nil {
+		p.undo(dst)
+		return storage.Snapshot{}, fmt.Errorf("snapshot %s: %w", id, err)
+	}
+	p.log.Info("snapshot created", "id", id)
+	return p.getSnapshotLocked(ctx, id)
+}
+
+// Snapshots implements storage.Pool.
+func (p *Pool) Snapshots(ctx context.Context) ([]storage.Snapshot, error) {
+	snaps, clones, err := p.scan()
+	if err != nil {
+		return nil, err
+	}
+	return p.snapshots(ctx, snaps, clones)
+}
+
+// GetSnapshot implements storage.Pool.
+func (p *Pool) GetSnapshot(ctx context.Context, id string) (storage.Snapshot, error) {
+	return p.getSnapshotLocked(ctx, id) // reads only; the name says it is safe under mu
+}
+
+func (p *Pool) getSnapshotLocked(ctx context.Context, id string) (storage.Snapshot, error) {
+	name, err := p.snapshotName(id)
+	if err != nil {
+		return storage.Snapshot{}, err
+	}
+	snaps, clones, err := p.scan()
+	if err != nil {
+		return storage.Snapshot{}, err
+	}
+	for _, s := range snaps {
+		if s.name == name {
+			out, err := p.snapshots(ctx, []snapshotEntry{s}, clones)
+			if err != nil {
+				return storage.Snapshot{}, err
+			}
+			return out[0], nil
+		}
+	}
+	return storage.Snapshot{}, fmt.Errorf("%w: snapshot %s", storage.ErrNotFound, id)
+}
+
+// DestroySnapshot implements storage.Pool.
+func (p *Pool) DestroySnapshot(ctx context.Context, id string, force bool) error {
+	name, err := p.snapshotName(id)
+	if err != nil {
+		return err
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	dir := filepath.Join(p.snapDir, name)
+	if !isSubvolume(dir) {
+		return fmt.Errorf("%w: snapshot %s", storage.ErrNotFound, id)
+	}
+	_, clones, err := p.scan()
+	if err != nil {
+		return err
+	}
+	var deps []string
+	for _, c := range clones {
+		if c.meta.SnapshotID == id {
+			deps = append(deps, c.meta.Name)
+		}
+	}
+	if len(deps) > 0 {
+		if !force {
+			return fmt.Errorf("%w: snapshot %s is used by clones %s; destroy them first or force", storage.ErrHasDependents, id, strings.Join(deps, ", "))
+		}
+		for _, c := range deps {
+			if err := p.destroyCloneLocked(ctx, c); err != nil && !errors.Is(err, storage.ErrNotFound) {
+				return fmt.Errorf("destroy snapshot %s: %w", id, err)
+			}
+		}
+	}
+	if err := p.btrfs(ctx, "subvolume", "delete", dir); err != nil {
+		return fmt.Errorf("destroy snapshot %s: %w", id, err)
+	}
+	if err := os.Remove(dir + ".json"); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		p.log.Warn("snapshot sidecar left behind", "path", dir+".json", "err", err)
+	}
+	p.log.Info("snapshot destroyed", "id", id)
+	return nil
+}
+
+// Clone implements storage.Pool.
+func (p *Pool) Clone(ctx context.Context, snapshotID, name string) (storage.Clone, error) {
+	if err := storage.ValidateName("clone name", name); err != nil {
+		return storage.Clone{}, err
+	}
+	snapName, err := p.snapshotName(snapshotID)
+	if err != nil {
+		return storage.Clone{}, err
+	}
+	src := filepath.Join(p.snapDir, snapName)
+	dst := filepath.Join(p.cfg.ClonesDir, name)
+
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !isSubvolume(src) {
+		return storage.Clone{}, fmt.Errorf("%w: snapshot %s (clone %s)", storage.ErrNotFound, snapshotID, name)
+	}
+	if _, err := os.Lstat(dst); err == nil {
+		return storage.Clone{}, fmt.Errorf("%w: clone %s (%s exists)", storage.ErrExists, name, dst)
+	}
+	meta := cloneMeta{Name: name, SnapshotID: snapshotID, CreatedAt: time.Now().UTC()}
+	if err := writeSidecar(dst+".json", meta); err != nil {
+		return storage.Clone{}, fmt.Errorf("clone %s: %w", name, err)
+	}
+	if err := p.btrfs(ctx, "subvolume", "snapshot", src, dst); err != nil {
+		p.undo(dst)
+		return storage.Clone{}, fmt.Errorf("clone %s from %s: %w", name, snapshotID, err)
+	}
+	if o := p.cfg.Owner; o != nil {
+		if err := os.Chown(dst, o.UID, o.GID); err != nil {
+			p.undo(dst)
+			return storage.Clone{}, fmt.Errorf("clone %s: chown clone root: %w", name, err)
+		}
+	}
+	p.log.Info("clone created", "clone", name, "snapshot", snapshotID)
+	c := storage.Clone{Name: name, SnapshotID: snapshotID, Mountpoint: dst, CreatedAt: meta.CreatedAt}
+	if use, err := p.spaceUse(ctx, []string{dst}); err == nil {
+		c.UsedBytes = use[dst].exclusive
+	}
+	return c, nil
+}
+
+// undo removes a half-made snapshot or clone and its sidecar. It runs on
+// a fresh context: the caller's may be what failed.
+func (p *Pool) undo(dir string) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if isSubvolume(dir) {
+		if err := p.btrfs(ctx, "subvolume", "delete", dir); err != nil {
+			p.log.Error("cleanup of failed subvolume", "path", dir, "err", err)
+		}
+	}
+	os.Remove(dir + ".json")
+}
+
+// Clones implements storage.Pool.
+func (p *Pool) Clones(ctx context.Context) ([]storage.Clone, error) {
+	_, clones, err := p.scan()
+	if err != nil {
+		return nil, err
+	}
+	paths := make([]string, len(clones))
+	for i, c := range clones {
+		paths[i] = c.dir
+	}
+	use, err := p.spaceUse(ctx, paths)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]storage.Clone, 0, len(clones))
+	for _, c := range clones {
+		out = append(out, storage.Clone{
+			Name:       c.meta.Name,
+			SnapshotID: c.meta.SnapshotID,
+			Mountpoint: c.dir,
+			CreatedAt:  c.meta.CreatedAt,
+			UsedBytes:  use[c.dir].exclusive,
+		})
+	}
+	sort.SliceStable(out, func(i, j int) bool { return out[i].CreatedAt.Before(out[j].CreatedAt) })
+	return out, nil
+}
+
+// DestroyClone implements storage.Pool. Processes using the clone (its
+// postgres) must have stopped first.
+func (p *Pool) DestroyClone(ctx context.Context, name string) error {
+	if err := storage.ValidateName("clone name", name); err != nil {
+		return err
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.destroyCloneLocked(ctx, name)
+}
+
+func (p *Pool) destroyCloneLocked(ctx context.Context, name string) error {
+	dir := filepath.Join(p.cfg.ClonesDir, name)
+	if !isSubvolume(dir) {
+		os.Remove(dir + ".json") // a sidecar whose clone is gone
+		return fmt.Errorf("%w: clone %s", storage.ErrNotFound, name)
+	}
+	if err := p.btrfs(ctx, "subvolume", "delete", dir); err != nil {
+		return fmt.Errorf("destroy clone %s: %w", name, err)
+	}
+	if err := os.Remove(dir + ".json"); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		p.log.Warn("clone sidecar left behind", "path", dir+".json", "err", err)
+	}
+	p.log.Info("clone destroyed", "clone", name)
+	return nil
+}
+
+// Usage implements storage.Pool. Size, Free and Used come from statfs of
+// the whole filesystem (btrfs' free space is an estimate that depends on
+// its RAID profile and unallocated chunks). The per-dataset numbers are
+// those of spaceUse; btrfs compression is not measured, so CompressRatio
+// is 1.
+func (p *Pool) Usage(ctx context.Context) (storage.Usage, error) {
+	var st unix.Statfs_t
+	if err := unix.Statfs(p.cfg.Path, &st); err != nil {
+		return storage.Usage{}, fmt.Errorf("btrfs pool %s: statfs: %w", p.cfg.Name, err)
+	}
+	bs := uint64(st.Bsize)
+	u := storage.Usage{
+		Size:          st.Blocks * bs,
+		Free:          st.Bavail * bs,
+		Used:          (st.Blocks - st.Bfree) * bs,
+		CompressRatio: 1,
+	}
+	snaps, clones, err := p.scan()
+	if err != nil {
+		return storage.Usage{}, err
+	}
+	paths := []string{p.mainDir}
+	for _, s := range snaps {
+		paths = append(paths, s.dir)
+	}
+	for _, c := range clones {
+		paths = append(paths, c.dir)
+	}
+	use, err := p.spaceUse(ctx, paths)
+	if err != nil {
+		return storage.Usage{}, err
+	}
+	u.DataSize = use[p.mainDir].referenced
+	for _, s := range snaps {
+		u.UsedBySnapshots += use[s.dir].exclusive
+	}
+	for _, c := range clones {
+		u.UsedByClones += use[c.dir].exclusive
+	}
+	return u, nil
+}
+
+// snapshotName maps a Thinlab snapshot ID to the subvolume's name.
+func (p *Pool) snapshotName(id string) (string, error) {
+	pool, name, err := storage.ParseSnapshotID(id)
+	if err != nil {
+		return "", err
+	}
+	if pool != p.cfg.Name {
+		return "", fmt.Errorf("%w: snapshot %s belongs to pool %q, not %q", storage.ErrNotFound, id, pool, p.cfg.Name)
+	}
+	return name, nil
+}
+
+// btrfs runs the btrfs CLI and maps a full filesystem to ErrNoSpace.
+func (p *Pool) btrfs(ctx context.Context, args ...string) error {
+	_, err := p.cfg.Runner.Run(ctx, "btrfs", args...)
+	return classify(err)
+}
+
+func classify(err error) error {
+	if err == nil {
+		return nil
+	}
+	var ce *command.Error
+	if errors.As(err, &ce) && (strings.Contains(ce.Stderr, "No space left") || strings.Contains(ce.Stderr, "Disk quota exceeded")) {
+		return fmt.Errorf("%w: %v", storage.ErrNoSpace, err)
+	}
+	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
+		return fmt.Errorf("%w: %v", storage.ErrNoSpace, err)
+	}
+	return err
+}
+
+// checkBtrfs makes sure dir exists and is on btrfs.
+func checkBtrfs(dir string) error {
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil {
+		if errors.Is(err, unix.ENOENT) {
+			return fmt.Errorf("path %s does not exist: mount a btrfs filesystem there first (mkfs.btrfs DEVICE; mount DEVICE %s)", dir, dir)
+		}
+		return fmt.Errorf("statfs %s: %w", dir, err)
+	}
+	if st.Type != unix.BTRFS_SUPER_MAGIC {
+		return fmt.Errorf("path %s is on a %s filesystem, not btrfs: mount a btrfs filesystem there or choose another mode", dir, fsName(st.Type))
+	}
+	return nil
+}
+
+// btrfsFirstFreeObjectID is the inode number of every subvolume's root
+// directory, which tells a subvolume from a plain directory.
+const btrfsFirstFreeObjectID = 256
+
+func isSubvolume(path string) bool {
+	var st unix.Stat_t
+	if err := unix.Lstat(path, &st); err != nil {
+		return false
+	}
+	return st.Mode&unix.S_IFMT == unix.S_IFDIR && st.Ino == btrfsFirstFreeObjectID
+}
+
+func fsName(magic int64) string {
+	switch magic {
+	case unix.EXT4_SUPER_MAGIC:
+		return "ext4"
+	case unix.XFS_SUPER_MAGIC:
+		return "xfs"
+	case unix.TMPFS_MAGIC:
+		return "tmpfs"
+	case unix.OVERLAYFS_SUPER_MAGIC:
+		return "overlay"
+	case unix.FUSE_SUPER_MAGIC:
+		return "fuse"
+	}
+	return fmt.Sprintf("0x%x", magic)
+}
+
+// within reports whether path is dir or below it.
+func within(path, dir string) bool {
+	rel, err := filepath.Rel(dir, path)
+	return err == nil && rel != ".." && !strings.HasPrefix(rel, "../")
+}

@@ -1,0 +1,60 @@
+package loopdev
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"reflect"
+	"testing"
+
+	"github.com/thinlab/thinlab/internal/command"
+)
+
+func TestParseList(t *testing.T) {
+	out := []byte("/dev/loop0: [65024]:9984429 (/tmp/x/pool.img)\n" +
+		"/dev/loop1: [65024]:9984430 (/tmp/y/pool.img (deleted))\n" +
+		"/dev/loop2: [65024]:9984431 (/tmp/x/pool.img (deleted))\n")
+	if got, want := parseList(out, "/tmp/x/pool.img"), []string{"/dev/loop0", "/dev/loop2"}; !reflect.DeepEqual(got, want) {
+		t.Fatalf("got %v, want %v", got, want)
+	}
+	if got := parseList(out, "/tmp/z.img"); got != nil {
+		t.Fatalf("got %v for an unknown image", got)
+	}
+}
+
+func TestAttachDetach(t *testing.T) {
+	if os.Getuid() != 0 {
+		t.Skip("loop devices need root")
+	}
+	ctx := context.Background()
+	r := command.Runner{}
+	img := filepath.Join(t.TempDir(), "x.img")
+	if err := CreateImage(img, 64<<20); err != nil {
+		t.Fatal(err)
+	}
+	if err := CreateImage(img, 64<<20); err == nil {
+		t.Fatal("CreateImage overwrote an existing image")
+	}
+	st, err := os.Stat(img)
+	if err != nil || st.Size() != 64<<20 {
+		t.Fatalf("image: %v size %d", err, st.Size())
+	}
+	dev, err := Attach(ctx, r, img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { Detach(context.Background(), r, dev) })
+	devs, err := DevicesFor(ctx, r, img)
+	if err != nil || len(devs) != 1 || devs[0] != dev {
+		t.Fatalf("DevicesFor = %v, %v; want [%s]", devs, err, dev)
+	}
+	if err := Detach(ctx, r, dev); err != nil {
+		t.Fatal(err)
+	}
+	if err := Detach(ctx, r, dev); err != nil {
+		t.Fatalf("second detach: %v", err)
+	}
+	if devs, _ := DevicesFor(ctx, r, img); len(devs) != 0 {
+		t.Fatalf("still attached: %v", devs)
+	}
+}

@@ -1,0 +1,575 @@
+// Package reflink is the storage.Pool backend for any filesystem that can
+// share file extents between files (the FICLONE ioctl): XFS formatted with
+// reflink=1 (the default of recent mkfs.xfs), btrfs, bcachefs. Snapshots
+// and clones are reflink copies of whole directory trees: creating one
+// costs metadata only, and blocks are copied when either side writes them.
+//
+// Copies are made with `cp -a --reflink=always`. Walking the tree with our
+// own FICLONE calls would have to re-implement what cp -a already gets
+// right (ownership, modes, timestamps, xattrs, hard links, symlinks, sparse
+// files), and --reflink=always fails rather than silently falling back to a
+// full copy. Both sides measured the same here: the time is the kernel's.
+//
+// Layout below the configured Path (a directory on such a filesystem):
+//
+//	Path/main                            PGDATA in main/pgdata (MainDir)
+//	Path/snapshots/                      mode 0700, root only
+//	Path/snapshots/snapshot_<ts>         reflink copy of main
+//	Path/snapshots/snapshot_<ts>.json    its metadata
+//	ClonesDir/<clone>                    reflink copy of a snapshot, owned by Owner
+//	ClonesDir/<clone>.json               its metadata (snapshot ID, creation time)
+//
+// The filesystem has no read-only snapshot: a snapshot is read-only by
+// permission (only root can enter Path/snapshots, and nothing in Thinlab
+// writes there), not by the kernel.
+//
+// Copies are made under a dot-prefixed temporary name and renamed into
+// place, and removed by renaming them away first, so a snapshot or clone is
+// either complete or absent; Open removes the leftovers of a crash. A fresh
+// process rebuilds everything from the directories and their JSON sidecars.
+package reflink
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/thinlab/thinlab/agent/storage"
+	"github.com/thinlab/thinlab/internal/command"
+)
+
+// Config describes one reflink pool.
+type Config struct {
+	// Name is the pool's name in Thinlab: the prefix of snapshot IDs.
+	Name string
+	// Path is a directory on a reflink-capable filesystem.
+	Path string
+	// ClonesDir holds one directory per clone. Default Path/clones; it
+	// must be on the same filesystem as Path (reflinks do not cross
+	// filesystems).
+	ClonesDir string
+	// Owner, when set, owns each clone's root directory (the postgres OS
+	// user); PGDATA inside keeps the ownership it had in the snapshot.
+	Owner *Owner
+	// Runner runs cp; Logger defaults to slog.Default().
+	Runner command.Runner
+	Logger *slog.Logger
+}
+
+// Owner is a numeric OS user and group.
+type Owner struct {
+	UID, GID int
+}
+
+// Temporary names start with a dot, which no snapshot or clone name can.
+const (
+	creatingPrefix = ".creating-"
+	deletingPrefix = ".deleting-"
+)
+
+// Pool is a storage.Pool of reflink copies.
+type Pool struct {
+	cfg     Config
+	mainDir string
+	snapDir string
+	log     *slog.Logger
+
+	// mu guards the reservations below. Copies run outside it so that
+	// clones are made in parallel; a reserved name counts as existing.
+	mu       sync.Mutex
+	creating map[string]string // clone name -> snapshot ID, while copying
+	snapping map[string]bool   // snapshot names being copied
+}
+
+var _ storage.Pool = (*Pool)(nil)
+
+// Open checks cfg and that the filesystem makes reflinks, creates the main,
+// snapshots and clones directories when missing, and removes what a crash
+// left half-made.
+func Open(ctx context.Context, cfg Config) (*Pool, error) {
+	if err := storage.ValidateName("pool name", cfg.Name); err != nil {
+		return nil, err
+	}
+	if cfg.Path == "" {
+		return nil, fmt.Errorf("reflink pool %s: path is empty: set it to a directory on an XFS (reflink=1) or btrfs filesystem", cfg.Name)
+	}
+	if !filepath.IsAbs(cfg.Path) {
+		return nil, fmt.Errorf("reflink pool %s: path %q must be an absolute path", cfg.Name, cfg.Path)
+	}
+	cfg.Path = filepath.Clean(cfg.Path)
+	if st, err := os.Stat(cfg.Path); err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("reflink pool %s: path %s does not exist: mount an XFS filesystem made with `mkfs.xfs -m reflink=1` there first", cfg.Name, cfg.Path)
+		}
+		return nil, fmt.Errorf("reflink pool %s: %w", cfg.Name, err)
+	} else if !st.IsDir() {
+		return nil, fmt.Errorf("reflink pool %s: path %s is not a directory", cfg.Name, cfg.Path)
+	}
+	if cfg.ClonesDir == "" {
+		cfg.ClonesDir = filepath.Join(cfg.Path, "clones")
+	}
+	if !filepath.IsAbs(cfg.ClonesDir) {
+		return nil, fmt.Errorf("reflink pool %s: clonesDir %q must be an absolute path", cfg.Name, cfg.ClonesDir)
+	}
+	cfg.ClonesDir = filepath.Clean(cfg.ClonesDir)
+	p := &Pool{
+		cfg:      cfg,
+		mainDir:  filepath.Join(cfg.Path, "main"),
+		snapDir:  filepath.Join(cfg.Path, "snapshots"),
+		log:      cfg.Logger,
+		creating: map[string]string{},
+		snapping: map[string]bool{},
+	}
+	if p.log == nil {
+		p.log = slog.Default()
+	}
+	p.log = p.log.With("pool", cfg.Name, "path", cfg.Path)
+	if cfg.ClonesDir == p.mainDir || cfg.ClonesDir == p.snapDir || within(cfg.ClonesDir, p.mainDir) || within(cfg.ClonesDir, p.snapDir) {
+		return nil, fmt.Errorf("reflink pool %s: clonesDir %s must not lie inside %s or %s", cfg.Name, cfg.ClonesDir, p.mainDir, p.snapDir)
+	}
+	if err := probeReflink(cfg.Path); err != nil {
+		return nil, fmt.Errorf("reflink pool %s: %w", cfg.Name, err)
+	}
+	if err := os.MkdirAll(p.mainDir, 0o755); err != nil {
+		return nil, fmt.Errorf("reflink pool %s: main directory: %w", cfg.Name, err)
+	}
+	if err := os.MkdirAll(p.snapDir, 0o700); err != nil {
+		return nil, fmt.Errorf("reflink pool %s: snapshots directory: %w", cfg.Name, err)
+	}
+	if err := os.MkdirAll(cfg.ClonesDir, 0o755); err != nil {
+		return nil, fmt.Errorf("reflink pool %s: clonesDir: %w", cfg.Name, err)
+	}
+	if err := sameFilesystem(cfg.Path, cfg.ClonesDir); err != nil {
+		return nil, fmt.Errorf("reflink pool %s: %w", cfg.Name, err)
+	}
+	p.removeLeftovers(p.snapDir)
+	p.removeLeftovers(cfg.ClonesDir)
+	return p, nil
+}
+
+// Name implements storage.Pool.
+func (p *Pool) Name() string { return p.cfg.Name }
+
+// Mode implements storage.Pool.
+func (p *Pool) Mode() string { return storage.ModeReflink }
+
+// MainDir implements storage.Pool.
+func (p *Pool) MainDir() string { return p.mainDir }
+
+// Path is the directory the pool lives in.
+func (p *Pool) Path() string { return p.cfg.Path }
+
+// ClonesDir is where clones live.
+func (p *Pool) ClonesDir() string { return p.cfg.ClonesDir }
+
+// Snapshot implements storage.Pool.
+func (p *Pool) Snapshot(ctx context.Context, opt storage.SnapshotOptions) (storage.Snapshot, error) {
+	at := opt.DataStateAt
+	if at.IsZero() {
+		at = time.Now()
+	}
+	at = at.UTC().Truncate(time.Second)
+	id := storage.SnapshotID(p.cfg.Name, at)
+	_, snapName, err := storage.ParseSnapshotID(id)
+	if err != nil {
+		return storage.Snapshot{}, fmt.Errorf("snapshot dataStateAt %s is out of range (years 1000-9999): %w", at.Format(time.RFC3339), err)
+	}
+	meta := snapshotMeta{ID: id, CreatedAt: time.Now().UTC(), DataStateAt: at, Message: opt.Message, Labels: opt.Labels}
+	if err := meta.validate(); err != nil {
+		return storage.Snapshot{}, err
+	}
+	dst := filepath.Join(p.snapDir, snapName)
+
+	p.mu.Lock()
+	if _, err := os.Lstat(dst); err == nil || p.snapping[snapName] {
+		p.mu.Unlock()
+		return storage.Snapshot{}, fmt.Errorf("%w: snapshot %s", storage.ErrExists, id)
+	}
+	p.snapping[snapName] = true
+	p.mu.Unlock()
+	defer func() {
+		p.mu.Lock()
+		delete(p.snapping, snapName)
+		p.mu.Unlock()
+	}()
+
+	if err := writeSidecar(dst+".json", meta); err != nil {
+		return storage.Snapshot{}, fmt.Errorf("snapshot %s: %w", id, err)
+	}
+	if err := p.copyTree(ctx, p.mainDir, dst, nil); err != nil {
+		os.Remove(dst + ".json")
+		return storage.Snapshot{}, fmt.Errorf("snapshot %s: %w", id, err)
+	}
+	p.log.Info("snapshot created", "id", id)
+	return p.GetSnapshot(ctx, id)
+}
+
+// copyTree reflink-copies src to dst through a temporary name, so dst
+// appears complete or not at all, and hands dst's root to owner.
+func (p *Pool) copyTree(ctx context.Context, src, dst string, owner *Owner) error {
+	tmp := filepath.Join(filepath.Dir(dst), creatingPrefix+filepath.Base(dst)+"-"+randomSuffix())
+	_, err := p.cfg.Runner.Run(ctx, "cp", "-a", "--reflink=always", "--", src, tmp)
+	if err == nil && owner != nil {
+		err = os.Chown(tmp, owner.UID, owner.GID)
+	}
+	if err == nil {
+		err = os.Rename(tmp, dst)
+	}
+	if err != nil {
+		if rerr := os.RemoveAll(tmp); rerr != nil {
+			p.log.Error("cleanup of failed copy", "path", tmp, "err", rerr)
+		}
+		return classify(err)
+	}
+	return nil
+}
+
+// Snapshots implements storage.Pool.
+func (p *Pool) Snapshots(ctx context.Context) ([]storage.Snapshot, error) {
+	snaps, clones, err := p.scan()
+	if err != nil {
+		return nil, err
+	}
+	return p.snapshots(snaps, clones), nil
+}
+
+// GetSnapshot implements storage.Pool.
+func (p *Pool) GetSnapshot(ctx context.Context, id string) (storage.Snapshot, error) {
+	name, err := p.snapshotName(id)
+	if err != nil {
+		return storage.Snapshot{}, err
+	}
+	snaps, clones, err := p.scan()
+	if err != nil {
+		return storage.Snapshot{}, err
+	}
+	for _, s := range snaps {
+		if s.name == name {
+			return p.snapshots([]snapshotEntry{s}, clones)[0], nil
+		}
+	}
+	return storage.Snapshot{}, fmt.Errorf("%w: snapshot %s", storage.ErrNotFound, id)
+}
+
+// DestroySnapshot implements storage.Pool.
+func (p *Pool) DestroySnapshot(ctx context.Context, id string, force bool) error {
+	name, err := p.snapshotName(id)
+	if err != nil {
+		return err
+	}
+	dir := filepath.Join(p.snapDir, name)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !isDir(dir) {
+		return fmt.Errorf("%w: snapshot %s", storage.ErrNotFound, id)
+	}
+	_, clones, err := p.scan()
+	if err != nil {
+		return err
+	}
+	var deps []string
+	for _, c := range clones {
+		if c.meta.SnapshotID == id {
+			deps = append(deps, c.meta.Name)
+		}
+	}
+	var copying []string
+	for c, s := range p.creating {
+		if s == id {
+			copying = append(copying, c)
+		}
+	}
+	if len(copying) > 0 {
+		// Being copied right now: even force cannot remove what a copy
+		// still reads.
+		return fmt.Errorf("%w: snapshot %s: clones %s are being created from it; retry when they are done", storage.ErrHasDependents, id, strings.Join(copying, ", "))
+	}
+	if len(deps) > 0 {
+		if !force {
+			return fmt.Errorf("%w: snapshot %s is used by clones %s; destroy them first or force", storage.ErrHasDependents, id, strings.Join(deps, ", "))
+		}
+		for _, c := range deps {
+			if err := p.removeTree(filepath.Join(p.cfg.ClonesDir, c)); err != nil {
+				return fmt.Errorf("destroy snapshot %s: clone %s: %w", id, c, err)
+			}
+			p.log.Info("clone destroyed", "clone", c)
+		}
+	}
+	if err := p.removeTree(dir); err != nil {
+		return fmt.Errorf("destroy snapshot %s: %w", id, err)
+	}
+	p.log.Info("snapshot destroyed", "id", id)
+	return nil
+}
+
+// removeTree makes dir disappear at once (rename), then deletes its files
+// and finally its sidecar.
+func (p *Pool) removeTree(dir string) error {
+	gone := filepath.Join(filepath.Dir(dir), deletingPrefix+filepath.Base(dir)+"-"+randomSuffix())
+	if err := os.Rename(dir, gone); err != nil {
+		return err
+	}
+	if err := os.RemoveAll(gone); err != nil {
+		// Invisible already; Open retries the removal.
+		p.log.Warn("removal incomplete", "path", gone, "err", err)
+	}
+	if err := os.Remove(dir + ".json"); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		p.log.Warn("sidecar left behind", "path", dir+".json", "err", err)
+	}
+	return nil
+}
+
+// Clone implements storage.Pool.
+func (p *Pool) Clone(ctx context.Context, snapshotID, name string) (storage.Clone, error) {
+	if err := storage.ValidateName("clone name", name); err != nil {
+		return storage.Clone{}, err
+	}
+	snapName, err := p.snapshotName(snapshotID)
+	if err != nil {
+		return storage.Clone{}, err
+	}
+	src := filepath.Join(p.snapDir, snapName)
+	dst := filepath.Join(p.cfg.ClonesDir, name)
+
+	p.mu.Lock()
+	if !isDir(src) {
+		p.mu.Unlock()
+		return storage.Clone{}, fmt.Errorf("%w: snapshot %s (clone %s)", storage.ErrNotFound, snapshotID, name)
+	}
+	if _, err := os.Lstat(dst); err == nil || p.creating[name] != "" {
+		p.mu.Unlock()
+		return storage.Clone{}, fmt.Errorf("%w: clone %s (%s exists)", storage.ErrExists, name, dst)
+	}
+	p.creating[name] = snapshotID
+	p.mu.Unlock()
+	defer func() {
+		p.mu.Lock()
+		delete(p.creating, name)
+		p.mu.Unlock()
+	}()
+
+	meta := cloneMeta{Name: name, SnapshotID: snapshotID, CreatedAt: time.Now().UTC()}
+	if err := writeSidecar(dst+".json", meta); err != nil {
+		return storage.Clone{}, fmt.Errorf("clone %s: %w", name, err)
+	}
+	if err := p.copyTree(ctx, src, dst, p.cfg.Owner); err != nil {
+		os.Remove(dst + ".json")
+		return storage.Clone{}, fmt.Errorf("clone %s from %s: %w", name, snapshotID, err)
+	}
+	p.log.Info("clone created", "clone", name, "snapshot", snapshotID)
+	c := storage.Clone{Name: name, SnapshotID: snapshotID, Mountpoint: dst, CreatedAt: meta.CreatedAt}
+	if u, err := measure(dst); err == nil {
+		c.UsedBytes = u.exclusive
+	}
+	return c, nil
+}
+
+// Clones implements storage.Pool.
+func (p *Pool) Clones(ctx context.Context) ([]storage.Clone, error) {
+	_, clones, err := p.scan()
+	if err != nil {
+		return nil, err
+	}
+	out := make([]storage.Clone, 0, len(clones))
+	for _, c := range clones {
+		u, _ := measure(c.dir) // a clone removed meanwhile measures 0
+		out = append(out, storage.Clone{
+			Name:       c.meta.Name,
+			SnapshotID: c.meta.SnapshotID,
+			Mountpoint: c.dir,
+			CreatedAt:  c.meta.CreatedAt,
+			UsedBytes:  u.exclusive,
+		})
+	}
+	sort.SliceStable(out, func(i, j int) bool { return out[i].CreatedAt.Before(out[j].CreatedAt) })
+	return out, nil
+}
+
+// DestroyClone implements storage.Pool. Processes using the clone (its
+// postgres) must have stopped first.
+func (p *Pool) DestroyClone(ctx context.Context, name string) error {
+	if err := storage.ValidateName("clone name", name); err != nil {
+		return err
+	}
+	dir := filepath.Join(p.cfg.ClonesDir, name)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.creating[name] != "" {
+		return fmt.Errorf("%w: clone %s is still being created", storage.ErrNotFound, name)
+	}
+	if !isDir(dir) {
+		os.Remove(dir + ".json") // a sidecar whose clone is gone
+		return fmt.Errorf("%w: clone %s", storage.ErrNotFound, name)
+	}
+	if err := p.removeTree(dir); err != nil {
+		return fmt.Errorf("destroy clone %s: %w", name, err)
+	}
+	p.log.Info("clone destroyed", "clone", name)
+	return nil
+}
+
+// Usage implements storage.Pool. Size, Free and Used are the whole
+// filesystem's (statfs). DataSize is the bytes main's files have
+// allocated; UsedBySnapshots and UsedByClones sum the extents that only
+// one snapshot or clone holds, found with FIEMAP (see measure). XFS does
+// not compress, so CompressRatio is 1.
+func (p *Pool) Usage(ctx context.Context) (storage.Usage, error) {
+	var st unix.Statfs_t
+	if err := unix.Statfs(p.cfg.Path, &st); err != nil {
+		return storage.Usage{}, fmt.Errorf("reflink pool %s: statfs: %w", p.cfg.Name, err)
+	}
+	bs := uint64(st.Bsize)
+	u := storage.Usage{
+		Size:          st.Blocks * bs,
+		Free:          st.Bavail * bs,
+		Used:          (st.Blocks - st.Bfree) * bs,
+		CompressRatio: 1,
+	}
+	main, err := measure(p.mainDir)
+	if err != nil {
+		return storage.Usage{}, fmt.Errorf("reflink pool %s: measure main: %w", p.cfg.Name, err)
+	}
+	u.DataSize = main.referenced
+	snaps, clones, err := p.scan()
+	if err != nil {
+		return storage.Usage{}, err
+	}
+	for _, s := range snaps {
+		m, _ := measure(s.dir)
+		u.UsedBySnapshots += m.exclusive
+	}
+	for _, c := range clones {
+		m, _ := measure(c.dir)
+		u.UsedByClones += m.exclusive
+	}
+	return u, nil
+}
+
+// snapshotName maps a Thinlab snapshot ID to the snapshot's directory name.
+func (p *Pool) snapshotName(id string) (string, error) {
+	pool, name, err := storage.ParseSnapshotID(id)
+	if err != nil {
+		return "", err
+	}
+	if pool != p.cfg.Name {
+		return "", fmt.Errorf("%w: snapshot %s belongs to pool %q, not %q", storage.ErrNotFound, id, pool, p.cfg.Name)
+	}
+	return name, nil
+}
+
+// removeLeftovers deletes half-made copies, half-deleted trees and sidecar
+// temp files a crash left in dir.
+func (p *Pool) removeLeftovers(dir string) {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		n := e.Name()
+		if strings.HasPrefix(n, creatingPrefix) || strings.HasPrefix(n, deletingPrefix) || strings.Contains(n, ".json.tmp") {
+			path := filepath.Join(dir, n)
+			p.log.Warn("removing leftover of an interrupted operation", "path", path)
+			os.RemoveAll(path)
+		}
+	}
+}
+
+// probeReflink clones a scratch file inside dir with FICLONE, the call
+// cp --reflink uses; ext4 and tmpfs refuse it.
+func probeReflink(dir string) error {
+	src, err := os.CreateTemp(dir, ".reflink-probe-*")
+	if err != nil {
+		return fmt.Errorf("probe reflink support in %s: %w", dir, err)
+	}
+	defer os.Remove(src.Name())
+	defer src.Close()
+	if _, err := src.Write(make([]byte, 4096)); err != nil {
+		return fmt.Errorf("probe reflink support in %s: %w", dir, classify(err))
+	}
+	dst, err := os.CreateTemp(dir, ".reflink-probe-*")
+	if err != nil {
+		return fmt.Errorf("probe reflink support in %s: %w", dir, err)
+	}
+	defer os.Remove(dst.Name())
+	defer dst.Close()
+	if err := unix.IoctlFileClone(int(dst.Fd()), int(src.Fd())); err != nil {
+		var st unix.Statfs_t
+		unix.Statfs(dir, &st)
+		return fmt.Errorf("the %s filesystem at %s cannot share extents between files (FICLONE: %v): use XFS made with `mkfs.xfs -m reflink=1`, or btrfs, or another mode", fsName(st.Type), dir, err)
+	}
+	return nil
+}
+
+func sameFilesystem(a, b string) error {
+	var sa, sb unix.Stat_t
+	if err := unix.Stat(a, &sa); err != nil {
+		return err
+	}
+	if err := unix.Stat(b, &sb); err != nil {
+		return err
+	}
+	if sa.Dev != sb.Dev {
+		return fmt.Errorf("clonesDir %s is on another filesystem than path %s; reflinks cannot cross filesystems, so put it on the same one (or leave it empty for %s/clones)", b, a, a)
+	}
+	return nil
+}
+
+func classify(err error) error {
+	if err == nil {
+		return nil
+	}
+	var ce *command.Error
+	if errors.As(err, &ce) && (strings.Contains(ce.Stderr, "No space left") || strings.Contains(ce.Stderr, "Disk quota exceeded")) {
+		return fmt.Errorf("%w: %v", storage.ErrNoSpace, err)
+	}
+	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
+		return fmt.Errorf("%w: %v", storage.ErrNoSpace, err)
+	}
+	return err
+}
+
+func isDir(path string) bool {
+	st, err := os.Lstat(path)
+	return err == nil && st.IsDir()
+}
+
+func fsName(magic int64) string {
+	switch magic {
+	case unix.EXT4_SUPER_MAGIC:
+		return "ext4"
+	case unix.XFS_SUPER_MAGIC:
+		return "xfs"
+	case unix.BTRFS_SUPER_MAGIC:
+		return "btrfs"
+	case unix.TMPFS_MAGIC:
+		return "tmpfs"
+	case unix.OVERLAYFS_SUPER_MAGIC:
+		return "overlay"
+	}
+	return fmt.Sprintf("0x%x", magic)
+}
+
+// within reports whether path is dir or below it.
+func within(path, dir string) bool {
+	rel, err := filepath.Rel(dir, path)
+	return err == nil && rel != ".." && !strings.HasPrefix(rel, "../")
+}
+
+func randomSuffix() string {
+	b := make([]byte, 4)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}

@@ -1,0 +1,61 @@
+package reflink_test
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/thinlab/thinlab/agent/storage"
+	"github.com/thinlab/thinlab/agent/storage/loopdev"
+	"github.com/thinlab/thinlab/agent/storage/reflink"
+	"github.com/thinlab/thinlab/agent/storage/storagetest"
+	"github.com/thinlab/thinlab/internal/command"
+)
+
+func TestConformance(t *testing.T) {
+	storagetest.RunConformance(t, func(t *testing.T) storage.Pool {
+		return storagetest.NewLoopPool(t, storage.ModeReflink)
+	})
+}
+
+// An ext4 filesystem cannot share extents: Open must say so before
+// creating anything.
+func TestRefusesExt4(t *testing.T) {
+	if os.Getuid() != 0 {
+		t.Skip("needs root for a loop device")
+	}
+	ctx := context.Background()
+	r := command.Runner{}
+	dir := t.TempDir()
+	img, mnt := filepath.Join(dir, "ext4.img"), filepath.Join(dir, "mnt")
+	if err := loopdev.CreateImage(img, 64<<20); err != nil {
+		t.Fatal(err)
+	}
+	dev, err := loopdev.Attach(ctx, r, img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { loopdev.Detach(context.Background(), r, dev) })
+	if _, err := r.Run(ctx, "mkfs.ext4", "-q", dev); err != nil {
+		t.Fatal(err)
+	}
+	os.Mkdir(mnt, 0o755)
+	if _, err := r.Run(ctx, "mount", dev, mnt); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Run(context.Background(), "umount", mnt) })
+
+	_, err = reflink.Open(ctx, reflink.Config{Name: "ext", Path: mnt})
+	if err == nil || !strings.Contains(err.Error(), "ext4") || !strings.Contains(err.Error(), "reflink=1") {
+		t.Fatalf("Open on ext4: %v, want an error naming ext4 and the fix", err)
+	}
+	t.Log(err)
+	entries, _ := os.ReadDir(mnt)
+	for _, e := range entries {
+		if e.Name() != "lost+found" {
+			t.Errorf("Open left %s behind on ext4", e.Name())
+		}
+	}
+}

@@ -1,0 +1,590 @@
+package storagetest
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	mrand "math/rand/v2"
+	"os"
+	"path/filepath"
+	"reflect"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/thinlab/thinlab/agent/storage"
+	"github.com/thinlab/thinlab/agent/storage/backend"
+	"github.com/thinlab/thinlab/internal/pgcluster"
+)
+
+// RunConformance checks that the pools newPool makes behave as
+// storage.Pool promises. Each subtest takes a fresh pool. Pools made with
+// NewLoopPool are also reopened from scratch and, at the end, checked for
+// leftovers (mounts, loop devices, zpools, processes, files).
+func RunConformance(t *testing.T, newPool func(t *testing.T) storage.Pool) {
+	var mu sync.Mutex
+	var made []*loopInfo
+	var mode string
+	tracked := func(t *testing.T) storage.Pool {
+		p := newPool(t)
+		mu.Lock()
+		defer mu.Unlock()
+		mode = p.Mode()
+		if v, ok := registry.Load(p); ok {
+			made = append(made, v.(*loopInfo))
+		}
+		return p
+	}
+	t.Run("PostgresLifecycle", func(t *testing.T) { testPostgresLifecycle(t, tracked(t)) })
+	t.Run("Retention", func(t *testing.T) { testRetention(t, tracked(t)) })
+	t.Run("ParallelClones", func(t *testing.T) { testParallelClones(t, tracked(t)) })
+	t.Run("BadInput", func(t *testing.T) { testBadInput(t, tracked(t)) })
+	t.Run("FullPool", func(t *testing.T) { testFullPool(t, tracked(t)) })
+	t.Run("MissingPath", func(t *testing.T) { testMissingPath(t, mode) })
+	t.Run("NoLeftovers", func(t *testing.T) { checkNoLeftovers(t, made) })
+}
+
+func testCtx(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func postgresUser(t *testing.T) pgcluster.OSUser {
+	u, err := pgcluster.LookupUser("postgres")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return u
+}
+
+// startPostgres starts a socket-only server on dataDir and kills it at
+// cleanup (registered after the pool's, so it runs first).
+func startPostgres(t *testing.T, ctx context.Context, dataDir string) (*pgcluster.Cluster, *pgx.Conn) {
+	t.Helper()
+	c := &pgcluster.Cluster{DataDir: dataDir, User: postgresUser(t)}
+	port := 20000 + mrand.IntN(12000)
+	if err := c.Start(ctx, port, "", pgcluster.FastSettings); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Kill)
+	conn, err := pgx.Connect(ctx, c.SocketConnString(port, "postgres", "postgres"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close(context.Background()) })
+	return c, conn
+}
+
+func count(t *testing.T, ctx context.Context, conn *pgx.Conn) int {
+	t.Helper()
+	var n int
+	if err := conn.QueryRow(ctx, "SELECT count(*) FROM items").Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+func testPostgresLifecycle(t *testing.T, p storage.Pool) {
+	ctx := testCtx(t)
+	u := postgresUser(t)
+	if err := os.Chown(p.MainDir(), int(u.UID), int(u.GID)); err != nil {
+		t.Fatal(err)
+	}
+	mainData := filepath.Join(p.MainDir(), storage.DataSubdir)
+	origin := &pgcluster.Cluster{DataDir: mainData, User: u}
+	if err := origin.Init(ctx, pgcluster.InitOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	origin, conn := startPostgres(t, ctx, mainData)
+	if _, err := conn.Exec(ctx, "CREATE TABLE items (id int PRIMARY KEY, note text); INSERT INTO items SELECT g, repeat('x', 200) FROM generate_series(1, 3000) g"); err != nil {
+		t.Fatal(err)
+	}
+	conn.Close(ctx)
+	// Stopped cleanly, as retrieval leaves the main dataset before a
+	// snapshot (a reflink copy of a running server is not atomic).
+	if err := origin.Stop(ctx, "fast"); err != nil {
+		t.Fatal(err)
+	}
+
+	at := time.Date(2026, 3, 4, 5, 6, 7, 0, time.UTC)
+	labels := map[string]string{"env": "test", "source": "conformance"}
+	snap, err := p.Snapshot(ctx, storage.SnapshotOptions{DataStateAt: at.Add(300 * time.Millisecond), Message: "first\nsnapshot\twith tabs", Labels: labels})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := storage.SnapshotID(p.Name(), at); snap.ID != want {
+		t.Fatalf("snapshot ID %q, want %q", snap.ID, want)
+	}
+	if !snap.DataStateAt.Equal(at) || snap.Pool != p.Name() || snap.Message != "first\nsnapshot\twith tabs" || !reflect.DeepEqual(snap.Labels, labels) {
+		t.Fatalf("snapshot metadata: %+v", snap)
+	}
+	if snap.CreatedAt.IsZero() || time.Since(snap.CreatedAt) > time.Hour {
+		t.Fatalf("snapshot createdAt %v", snap.CreatedAt)
+	}
+	if _, err := p.Snapshot(ctx, storage.SnapshotOptions{DataStateAt: at}); !errors.Is(err, storage.ErrExists) {
+		t.Fatalf("second snapshot at the same time: %v, want ErrExists", err)
+	}
+
+	c1, err := p.Clone(ctx, snap.ID, "c1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c2, err := p.Clone(ctx, snap.ID, "c2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Clone(ctx, snap.ID, "c1"); !errors.Is(err, storage.ErrExists) {
+		t.Fatalf("clone with a taken name: %v, want ErrExists", err)
+	}
+	for _, c := range []storage.Clone{c1, c2} {
+		if c.SnapshotID != snap.ID || !filepath.IsAbs(c.Mountpoint) || c.CreatedAt.IsZero() {
+			t.Fatalf("clone %+v", c)
+		}
+		var st syscall.Stat_t
+		if err := syscall.Stat(c.Mountpoint, &st); err != nil {
+			t.Fatal(err)
+		}
+		if st.Uid != u.UID {
+			t.Fatalf("clone root %s owned by uid %d, want postgres (%d)", c.Mountpoint, st.Uid, u.UID)
+		}
+	}
+
+	// Writes in one clone reach neither the origin nor the other clone.
+	_, conn1 := startPostgres(t, ctx, filepath.Join(c1.Mountpoint, storage.DataSubdir))
+	if _, err := conn1.Exec(ctx, "INSERT INTO items SELECT g, 'clone' FROM generate_series(3001, 3500) g; UPDATE items SET note = 'changed' WHERE id <= 1000"); err != nil {
+		t.Fatal(err)
+	}
+	if n := count(t, ctx, conn1); n != 3500 {
+		t.Fatalf("clone c1 has %d rows after insert, want 3500", n)
+	}
+	_, conn2 := startPostgres(t, ctx, filepath.Join(c2.Mountpoint, storage.DataSubdir))
+	if n := count(t, ctx, conn2); n != 3000 {
+		t.Fatalf("clone c2 has %d rows, want 3000", n)
+	}
+	_, connMain := startPostgres(t, ctx, mainData)
+	if n := count(t, ctx, connMain); n != 3000 {
+		t.Fatalf("origin has %d rows, want 3000", n)
+	}
+	if _, err := conn1.Exec(ctx, "CHECKPOINT"); err != nil {
+		t.Fatal(err)
+	}
+
+	// Sizes: the snapshot references the data; clones share it.
+	snap, err = p.GetSnapshot(ctx, snap.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if snap.LogicalSize < 8<<20 {
+		t.Errorf("snapshot logical size %d bytes, want at least the 8 MiB of an initdb'ed data directory", snap.LogicalSize)
+	}
+	if snap.PhysicalSize > snap.LogicalSize {
+		t.Errorf("snapshot physical size %d > logical size %d", snap.PhysicalSize, snap.LogicalSize)
+	}
+	clones, err := p.Clones(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range clones {
+		if c.UsedBytes >= snap.LogicalSize {
+			t.Errorf("clone %s uses %d bytes of its own, not less than the %d bytes it shares: not copy-on-write", c.Name, c.UsedBytes, snap.LogicalSize)
+		}
+	}
+	use, err := p.Usage(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if use.Size == 0 || use.Free == 0 || use.Free > use.Size || use.Used > use.Size || use.DataSize < 8<<20 || use.CompressRatio < 1 {
+		t.Errorf("usage %+v", use)
+	}
+	t.Logf("sizes: snapshot logical %d physical %d; usage %+v; clones %+v", snap.LogicalSize, snap.PhysicalSize, use, clones)
+
+	// Metadata survives a fresh process.
+	if q, ok := Reopen(t, p); ok {
+		snaps, err := q.Snapshots(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(snaps) != 1 {
+			t.Fatalf("reopened pool has %d snapshots, want 1", len(snaps))
+		}
+		r := snaps[0]
+		slices.Sort(r.Clones)
+		if r.ID != snap.ID || !r.CreatedAt.Equal(snap.CreatedAt) || !r.DataStateAt.Equal(at) || r.Message != snap.Message || !reflect.DeepEqual(r.Labels, labels) || !reflect.DeepEqual(r.Clones, []string{"c1", "c2"}) {
+			t.Fatalf("reopened snapshot %+v, want %+v", r, snap)
+		}
+		rc, err := q.Clones(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(rc) != 2 || rc[0].Name != "c1" || rc[1].Name != "c2" || rc[0].SnapshotID != snap.ID || rc[0].Mountpoint != c1.Mountpoint || !rc[0].CreatedAt.Equal(c1.CreatedAt) {
+			t.Fatalf("reopened clones %+v", rc)
+		}
+	}
+
+	// Dependents: refused, then cascaded with force.
+	if err := p.DestroySnapshot(ctx, snap.ID, false); !errors.Is(err, storage.ErrHasDependents) {
+		t.Fatalf("destroy snapshot with clones: %v, want ErrHasDependents", err)
+	}
+	if _, err := p.GetSnapshot(ctx, snap.ID); err != nil {
+		t.Fatalf("snapshot gone after a refused destroy: %v", err)
+	}
+	connMain.Close(ctx)
+	conn1.Close(ctx)
+	conn2.Close(ctx)
+	for _, dir := range []string{mainData, filepath.Join(c1.Mountpoint, storage.DataSubdir), filepath.Join(c2.Mountpoint, storage.DataSubdir)} {
+		c := &pgcluster.Cluster{DataDir: dir, User: u}
+		if err := c.Stop(ctx, "fast"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := p.DestroyClone(ctx, "c2"); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.DestroyClone(ctx, "c2"); !errors.Is(err, storage.ErrNotFound) {
+		t.Fatalf("destroy a destroyed clone: %v, want ErrNotFound", err)
+	}
+	if _, err := os.Stat(c2.Mountpoint); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("clone mountpoint %s left behind: %v", c2.Mountpoint, err)
+	}
+	if err := p.DestroySnapshot(ctx, snap.ID, true); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.GetSnapshot(ctx, snap.ID); !errors.Is(err, storage.ErrNotFound) {
+		t.Fatalf("snapshot after forced destroy: %v, want ErrNotFound", err)
+	}
+	if list, err := p.Clones(ctx); err != nil || len(list) != 0 {
+		t.Fatalf("clones after forced destroy: %v %v", list, err)
+	}
+	if _, err := os.Stat(c1.Mountpoint); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("clone mountpoint %s left behind by force: %v", c1.Mountpoint, err)
+	}
+}
+
+// writeMarker puts a small file into the main dataset so snapshots have
+// content without a PostgreSQL cluster.
+func writeMarker(t *testing.T, p storage.Pool, content string) {
+	t.Helper()
+	if err := os.WriteFile(filepath.Join(p.MainDir(), "marker"), []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func testRetention(t *testing.T, p storage.Pool) {
+	ctx := testCtx(t)
+	base := time.Date(2026, 5, 1, 0, 0, 0, 0, time.UTC)
+	var ids []string
+	for i := 0; i < 4; i++ {
+		writeMarker(t, p, fmt.Sprint(i))
+		s, err := p.Snapshot(ctx, storage.SnapshotOptions{DataStateAt: base.Add(time.Duration(i) * time.Hour)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, s.ID)
+	}
+	snaps, err := p.Snapshots(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, s := range snaps {
+		if s.ID != ids[len(ids)-1-i] {
+			t.Fatalf("snapshots not newest first: %d is %s", i, s.ID)
+		}
+	}
+	if _, err := p.Clone(ctx, ids[0], "keepme"); err != nil {
+		t.Fatal(err)
+	}
+	// keep=2: the clone's snapshot counts towards it and is skipped.
+	deleted, err := storage.Retain(ctx, p, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	slices.Sort(deleted)
+	if want := []string{ids[1], ids[2]}; !reflect.DeepEqual(deleted, want) {
+		t.Fatalf("retention deleted %v, want %v (never the oldest, which has a clone)", deleted, want)
+	}
+	snaps, _ = p.Snapshots(ctx)
+	if len(snaps) != 2 || snaps[0].ID != ids[3] || snaps[1].ID != ids[0] {
+		t.Fatalf("after retention: %+v", snaps)
+	}
+	raw, err := os.ReadFile(filepath.Join(mustClone(t, p, "keepme").Mountpoint, "marker"))
+	if err != nil || string(raw) != "0" {
+		t.Fatalf("clone content %q, %v; want the first snapshot's", raw, err)
+	}
+	if err := p.DestroySnapshot(ctx, ids[0], true); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func mustClone(t *testing.T, p storage.Pool, name string) storage.Clone {
+	t.Helper()
+	list, err := p.Clones(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range list {
+		if c.Name == name {
+			return c
+		}
+	}
+	t.Fatalf("clone %s not listed", name)
+	return storage.Clone{}
+}
+
+func testParallelClones(t *testing.T, p storage.Pool) {
+	ctx := testCtx(t)
+	writeMarker(t, p, "parallel")
+	snap, err := p.Snapshot(ctx, storage.SnapshotOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 20
+	errs := make(chan error, n)
+	var wg sync.WaitGroup
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, err := p.Clone(ctx, snap.ID, fmt.Sprintf("par%02d", i))
+			errs <- err
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Error(err)
+		}
+	}
+	list, err := p.Clones(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(list) != n {
+		t.Fatalf("%d clones listed, want %d", len(list), n)
+	}
+	s, _ := p.GetSnapshot(ctx, snap.ID)
+	if len(s.Clones) != n {
+		t.Fatalf("snapshot lists %d clones, want %d", len(s.Clones), n)
+	}
+	errs = make(chan error, n)
+	for _, c := range list {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs <- p.DestroyClone(ctx, c.Name)
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Error(err)
+		}
+	}
+	if list, err := p.Clones(ctx); err != nil || len(list) != 0 {
+		t.Fatalf("after destroying all: %v %v", list, err)
+	}
+	if err := p.DestroySnapshot(ctx, snap.ID, false); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func testBadInput(t *testing.T, p storage.Pool) {
+	ctx := testCtx(t)
+	writeMarker(t, p, "bad input")
+	snap, err := p.Snapshot(ctx, storage.SnapshotOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	unknown := storage.SnapshotID(p.Name(), time.Date(2001, 1, 1, 0, 0, 0, 0, time.UTC))
+	otherPool := storage.SnapshotID("otherpool", snap.DataStateAt)
+	for _, id := range []string{unknown, otherPool} {
+		if _, err := p.GetSnapshot(ctx, id); !errors.Is(err, storage.ErrNotFound) {
+			t.Errorf("GetSnapshot(%s): %v, want ErrNotFound", id, err)
+		}
+		if _, err := p.Clone(ctx, id, "x1"); !errors.Is(err, storage.ErrNotFound) {
+			t.Errorf("Clone(%s): %v, want ErrNotFound", id, err)
+		}
+		if err := p.DestroySnapshot(ctx, id, true); !errors.Is(err, storage.ErrNotFound) {
+			t.Errorf("DestroySnapshot(%s): %v, want ErrNotFound", id, err)
+		}
+	}
+	for _, id := range []string{"", "garbage", p.Name() + "@../../etc", p.Name() + "@snapshot_1; rm -rf /"} {
+		if _, err := p.Clone(ctx, id, "x2"); !errors.Is(err, storage.ErrInvalidName) {
+			t.Errorf("Clone(%q): %v, want ErrInvalidName", id, err)
+		}
+		if err := p.DestroySnapshot(ctx, id, true); !errors.Is(err, storage.ErrInvalidName) {
+			t.Errorf("DestroySnapshot(%q): %v, want ErrInvalidName", id, err)
+		}
+	}
+	for _, name := range []string{"", "a/b", "..", "../escape", "a..b", "with space", "semi;colon", ".hidden", "-dash", strings.Repeat("x", 64)} {
+		if _, err := p.Clone(ctx, snap.ID, name); !errors.Is(err, storage.ErrInvalidName) {
+			t.Errorf("Clone(name %q): %v, want ErrInvalidName", name, err)
+		}
+		if err := p.DestroyClone(ctx, name); !errors.Is(err, storage.ErrInvalidName) {
+			t.Errorf("DestroyClone(%q): %v, want ErrInvalidName", name, err)
+		}
+	}
+	if err := p.DestroyClone(ctx, "nosuchclone"); !errors.Is(err, storage.ErrNotFound) {
+		t.Errorf("DestroyClone(nosuchclone): %v, want ErrNotFound", err)
+	}
+	if _, err := p.Snapshot(ctx, storage.SnapshotOptions{DataStateAt: time.Now().Add(time.Hour), Labels: map[string]string{"": "x"}}); !errors.Is(err, storage.ErrInvalidName) {
+		t.Errorf("snapshot with an empty label key: %v, want ErrInvalidName", err)
+	}
+	if list, err := p.Clones(ctx); err != nil || len(list) != 0 {
+		t.Fatalf("bad input created clones: %v %v", list, err)
+	}
+	if snaps, err := p.Snapshots(ctx); err != nil || len(snaps) != 1 {
+		t.Fatalf("bad input changed snapshots: %v %v", snaps, err)
+	}
+	if err := p.DestroySnapshot(ctx, snap.ID, false); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// testFullPool fills the pool's filesystem, then snapshots and clones.
+// Copy-on-write snapshots and clones need little or no data space, so a
+// backend may still make them (ZFS keeps a reserve, btrfs has metadata
+// room); what it must not do is fail with anything but ErrNoSpace or leave
+// half a snapshot or clone behind.
+func testFullPool(t *testing.T, p storage.Pool) {
+	ctx := testCtx(t)
+	writeMarker(t, p, "before full")
+	snap, err := p.Snapshot(ctx, storage.SnapshotOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c0, err := p.Clone(ctx, snap.ID, "before")
+	if err != nil {
+		t.Fatal(err)
+	}
+	clonesDir := filepath.Dir(c0.Mountpoint)
+	fillUp(t, filepath.Join(p.MainDir(), "filler"))
+
+	entriesBefore := dirNames(clonesDir)
+	s2, err := p.Snapshot(ctx, storage.SnapshotOptions{DataStateAt: snap.DataStateAt.Add(time.Second)})
+	switch {
+	case err == nil:
+		t.Logf("%s: snapshot of a full pool succeeded (needs no data space)", p.Mode())
+		if err := p.DestroySnapshot(ctx, s2.ID, false); err != nil {
+			t.Fatal(err)
+		}
+	case errors.Is(err, storage.ErrNoSpace):
+		t.Logf("%s: snapshot of a full pool: %v", p.Mode(), err)
+	default:
+		t.Fatalf("snapshot of a full pool: %v, want success or ErrNoSpace", err)
+	}
+	c1, err := p.Clone(ctx, snap.ID, "during")
+	switch {
+	case err == nil:
+		t.Logf("%s: clone in a full pool succeeded (needs no data space)", p.Mode())
+		if err := p.DestroyClone(ctx, c1.Name); err != nil {
+			t.Fatal(err)
+		}
+	case errors.Is(err, storage.ErrNoSpace):
+		t.Logf("%s: clone in a full pool: %v", p.Mode(), err)
+		if !strings.Contains(err.Error(), "during") {
+			t.Errorf("error does not name the clone: %v", err)
+		}
+	default:
+		t.Fatalf("clone in a full pool: %v, want success or ErrNoSpace", err)
+	}
+	if after := dirNames(clonesDir); !reflect.DeepEqual(after, entriesBefore) {
+		t.Fatalf("clones directory changed from %v to %v: something half-made was left", entriesBefore, after)
+	}
+	if snaps, _ := p.Snapshots(ctx); len(snaps) != 1 {
+		t.Fatalf("%d snapshots after the full-pool attempts, want 1", len(snaps))
+	}
+	if list, _ := p.Clones(ctx); len(list) != 1 || list[0].Name != "before" {
+		t.Fatalf("clones after the full-pool attempts: %+v", list)
+	}
+
+	// Freed space makes it work again (btrfs and ZFS free asynchronously).
+	if err := os.Remove(filepath.Join(p.MainDir(), "filler")); err != nil {
+		t.Fatal(err)
+	}
+	syscall.Sync()
+	deadline := time.Now().Add(time.Minute)
+	for {
+		_, err := p.Clone(ctx, snap.ID, "after")
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, storage.ErrNoSpace) || time.Now().After(deadline) {
+			t.Fatalf("clone after freeing space: %v", err)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	if err := p.DestroySnapshot(ctx, snap.ID, true); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// fillUp writes incompressible data to path until the filesystem is full.
+func fillUp(t *testing.T, path string) {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	buf := make([]byte, 4<<20)
+	rand.Read(buf)
+	var written int64
+	for {
+		// A fresh prefix per chunk keeps deduplicating or compressing
+		// filesystems from shrinking it.
+		copy(buf, fmt.Sprintf("%020d", written))
+		n, err := f.Write(buf)
+		written += int64(n)
+		if err != nil {
+			if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
+				break
+			}
+			t.Fatalf("fill pool: %v", err)
+		}
+	}
+	f.Sync() // may fail with ENOSPC too; the pool is full either way
+	t.Logf("filled the pool with %d MiB", written>>20)
+}
+
+func dirNames(dir string) []string {
+	entries, _ := os.ReadDir(dir)
+	var out []string
+	for _, e := range entries {
+		out = append(out, e.Name())
+	}
+	return out
+}
+
+func testMissingPath(t *testing.T, mode string) {
+	if mode == "" {
+		t.Skip("no pool was made")
+	}
+	b := make([]byte, 4)
+	rand.Read(b)
+	path := "/nonexistent-thinlab-" + hex.EncodeToString(b)
+	if mode == storage.ModeZFS {
+		path = "tlmissing" + hex.EncodeToString(b)
+	}
+	_, err := backend.Open(context.Background(), backend.Config{Name: "missing", Mode: mode, Path: path})
+	if err == nil {
+		t.Fatalf("opening a %s pool at %s succeeded", mode, path)
+	}
+	if !strings.Contains(err.Error(), path) || !strings.Contains(err.Error(), "does not exist") {
+		t.Fatalf("error for a missing path does not say so: %v", err)
+	}
+	if _, err := os.Stat(path); err == nil && mode != storage.ModeZFS {
+		os.RemoveAll(path)
+		t.Fatalf("Open created %s", path)
+	}
+	t.Logf("missing path: %v", err)
+}
