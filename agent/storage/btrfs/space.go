@@ -80,8 +80,8 @@ func (p *Pool) spaceUse(ctx context.Context, paths []string) (map[string]spaceUs
 
 // parseDu reads `btrfs filesystem du -s --raw` output:
 //
-//	     Total   Exclusive  Set shared  Filename
-//	  41943040        4096    41938944  /mnt/main
+//	   Total   Exclusive  Set shared  Filename
+//	41943040        4096    41938944  /mnt/main
 func parseDu(out []byte) map[string]spaceUse {
 	res := map[string]spaceUse{}
 	sc := bufio.NewScanner(bytes.NewReader(out))
