@@ -38,6 +38,8 @@ func NewRootCommand() *cobra.Command {
 	root.PersistentFlags().StringVar(&g.logLevel, "log-level", envOr("THINLAB_LOG_LEVEL", "info"), "log level: debug, info, warn or error (env THINLAB_LOG_LEVEL)")
 	root.AddCommand(
 		newVersionCommand(),
+		newAgentCommand(),
+		newPlatformCommand(),
 		newStatusCommand(),
 		newSnapshotCommand(),
 		newCloneCommand(),

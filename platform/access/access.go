@@ -1,0 +1,217 @@
+// Package access decides who may call which platform route. Every route is
+// declared in a Table with the permission it needs; Mount puts the same
+// chain in front of each: authenticate (API token or session), audit
+// (mutations), authorize (organization membership, then permission).
+package access
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strings"
+
+	"github.com/gin-gonic/gin"
+
+	"github.com/thinlab/thinlab/platform/audit"
+	"github.com/thinlab/thinlab/platform/principal"
+	"github.com/thinlab/thinlab/platform/rbac"
+	"github.com/thinlab/thinlab/platform/store"
+	"github.com/thinlab/thinlab/sdk/platformapi"
+)
+
+// Route is one endpoint and what it takes to call it.
+type Route struct {
+	Method string
+	Path   string // gin syntax; a path with :org is an organization route
+	// Public routes skip authentication (health, login, static files).
+	Public bool
+	// Permission is required in the :org organization. Organization routes
+	// must name one; other routes must not.
+	Permission rbac.Permission
+	// Action, when set, audits every call (success and failure) under this
+	// name, such as "member.update". Every mutation sets it.
+	Action  string
+	Handler gin.HandlerFunc
+	// OnError renders a denial (401/403/404) for this route; JSON when nil.
+	// Web pages use it to redirect to sign-in instead.
+	OnError func(c *gin.Context, status int, body platformapi.ErrorBody)
+}
+
+// OrgRoute reports whether the route acts inside an organization.
+func (r Route) OrgRoute() bool { return strings.Contains(r.Path, "/:org") }
+
+// Mutation reports whether the route changes state.
+func (r Route) Mutation() bool {
+	return r.Method != http.MethodGet && r.Method != http.MethodHead && r.Method != http.MethodOptions
+}
+
+// Validate checks the declaration is complete.
+func (r Route) Validate() error {
+	switch {
+	case r.Handler == nil:
+		return fmt.Errorf("route %s %s: no handler", r.Method, r.Path)
+	case r.OrgRoute() && r.Permission == "":
+		return fmt.Errorf("route %s %s: organization routes must declare a permission", r.Method, r.Path)
+	case !r.OrgRoute() && r.Permission != "":
+		return fmt.Errorf("route %s %s: a permission needs an :org in the path", r.Method, r.Path)
+	case r.Public && (r.Permission != "" || r.OrgRoute()):
+		return fmt.Errorf("route %s %s: a public route cannot be an organization route", r.Method, r.Path)
+	case r.Mutation() && !r.Public && r.Action == "":
+		return fmt.Errorf("route %s %s: mutations must name an audit action", r.Method, r.Path)
+	}
+	return nil
+}
+
+// Guard is what the chain needs: authenticators in the order they are
+// tried, the store for memberships, and the audit recorder.
+type Guard struct {
+	Authenticators []principal.Authenticator
+	Store          *store.Store
+	Audit          *audit.Recorder
+	Logger         *slog.Logger
+}
+
+// Mount registers routes on r behind the chain. It fails on a route whose
+// declaration is incomplete, so an unguarded route cannot be added.
+func (g *Guard) Mount(r gin.IRoutes, routes []Route) error {
+	for _, rt := range routes {
+		if err := rt.Validate(); err != nil {
+			return err
+		}
+		var chain []gin.HandlerFunc
+		if !rt.Public {
+			chain = append(chain, g.authenticate(rt))
+		}
+		if rt.Action != "" {
+			chain = append(chain, g.Audit.Middleware(rt.Action, OrgID))
+		}
+		if rt.OrgRoute() {
+			chain = append(chain, g.authorize(rt))
+		}
+		chain = append(chain, rt.Handler)
+		r.Handle(rt.Method, rt.Path, chain...)
+	}
+	return nil
+}
+
+func (g *Guard) authenticate(rt Route) gin.HandlerFunc {
+	return func(c *gin.Context) {
+		for _, auth := range g.Authenticators {
+			p, err := auth(c)
+			if err != nil {
+				if rej, ok := principal.IsRejection(err); ok {
+					deny(c, rt, http.StatusUnauthorized, platformapi.CodeUnauthenticated, rej.Message)
+					return
+				}
+				g.logger().Error("authenticate", "path", rt.Path, "err", err)
+				deny(c, rt, http.StatusInternalServerError, platformapi.CodeInternal, "authentication failed on the server; try again")
+				return
+			}
+			if p != nil {
+				principal.Set(c, p)
+				c.Next()
+				return
+			}
+		}
+		deny(c, rt, http.StatusUnauthorized, platformapi.CodeUnauthenticated, "sign in or send Authorization: Bearer <api token>")
+	}
+}
+
+const (
+	keyOrg  = "thinlab.org"
+	keyRole = "thinlab.role"
+)
+
+// errNoOrg is the answer for an organization the caller cannot see: the
+// same for one that does not exist, so existence does not leak.
+const errNoOrg = "organization not found"
+
+func (g *Guard) authorize(rt Route) gin.HandlerFunc {
+	return func(c *gin.Context) {
+		p := principal.From(c)
+		ref := c.Param("org")
+		org, err := g.Store.OrganizationByRef(c.Request.Context(), ref)
+		if errors.Is(err, store.ErrNotFound) {
+			deny(c, rt, http.StatusNotFound, platformapi.CodeNotFound, errNoOrg)
+			return
+		}
+		if err != nil {
+			g.logger().Error("resolve organization", "err", err)
+			deny(c, rt, http.StatusInternalServerError, platformapi.CodeInternal, "could not load the organization; try again")
+			return
+		}
+		// A token acts only in its own organization.
+		if p.TokenOrgID != "" && p.TokenOrgID != org.ID {
+			deny(c, rt, http.StatusNotFound, platformapi.CodeNotFound, errNoOrg)
+			return
+		}
+		m, err := g.Store.MembershipOf(c.Request.Context(), org.ID, p.UserID)
+		if errors.Is(err, store.ErrNotFound) {
+			deny(c, rt, http.StatusNotFound, platformapi.CodeNotFound, errNoOrg)
+			return
+		}
+		if err != nil {
+			g.logger().Error("load membership", "err", err)
+			deny(c, rt, http.StatusInternalServerError, platformapi.CodeInternal, "could not load your membership; try again")
+			return
+		}
+		// From here on the caller may know the organization exists.
+		c.Set(keyOrg, org)
+		c.Set(keyRole, m.Role)
+		if !rbac.Can(m.Role, rt.Permission) {
+			deny(c, rt, http.StatusForbidden, platformapi.CodeForbidden,
+				fmt.Sprintf("your role %s lacks permission %s", m.Role, rt.Permission))
+			return
+		}
+		c.Next()
+	}
+}
+
+func (g *Guard) logger() *slog.Logger {
+	if g.Logger != nil {
+		return g.Logger
+	}
+	return slog.Default()
+}
+
+func deny(c *gin.Context, rt Route, status int, code, message string) {
+	body := platformapi.ErrorBody{Code: code, Message: message}
+	audit.SetError(c, message)
+	if rt.OnError != nil {
+		rt.OnError(c, status, body)
+		c.Abort()
+		return
+	}
+	c.AbortWithStatusJSON(status, platformapi.ErrorResponse{Error: body})
+}
+
+// Org returns the organization authorized for this request (nil outside
+// organization routes).
+func Org(c *gin.Context) *store.Organization {
+	v, _ := c.Get(keyOrg)
+	o, _ := v.(*store.Organization)
+	return o
+}
+
+// OrgID returns Org's ID, or "".
+func OrgID(c *gin.Context) string {
+	if o := Org(c); o != nil {
+		return o.ID
+	}
+	return ""
+}
+
+// Role returns the caller's role in Org.
+func Role(c *gin.Context) rbac.Role {
+	v, _ := c.Get(keyRole)
+	r, _ := v.(rbac.Role)
+	return r
+}
+
+// Error answers a failed request with the API's error shape and tells the
+// audit log why. field names the request field at fault, when there is one.
+func Error(c *gin.Context, status int, code, message, field string) {
+	audit.SetError(c, message)
+	c.AbortWithStatusJSON(status, platformapi.ErrorResponse{Error: platformapi.ErrorBody{Code: code, Message: message, Field: field}})
+}

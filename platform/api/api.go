@@ -1,0 +1,120 @@
+// Package api is the platform's /api/v1 JSON API: organizations, members,
+// invitations, API tokens and the audit log. Routes declares every endpoint
+// with the permission it needs; platform/access enforces it.
+package api
+
+import (
+	"bytes"
+	_ "embed"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strings"
+
+	"github.com/gin-gonic/gin"
+
+	"github.com/thinlab/thinlab/platform/access"
+	"github.com/thinlab/thinlab/platform/rbac"
+	"github.com/thinlab/thinlab/platform/store"
+	"github.com/thinlab/thinlab/sdk/platformapi"
+)
+
+// Prefix is where the API is mounted.
+const Prefix = "/api/v1"
+
+// API holds the handlers' dependencies.
+type API struct {
+	Store  *store.Store
+	Logger *slog.Logger
+}
+
+//go:embed openapi.json
+var openAPIDoc []byte
+
+// OpenAPI returns the embedded OpenAPI document.
+func OpenAPI() []byte { return openAPIDoc }
+
+// Routes is the API's route table.
+func Routes(a *API) []access.Route {
+	const p = Prefix
+	get, post, patch, del := http.MethodGet, http.MethodPost, http.MethodPatch, http.MethodDelete
+	return []access.Route{
+		{Method: get, Path: p + "/openapi.json", Public: true, Handler: a.openAPI},
+		{Method: get, Path: p + "/me", Handler: a.me},
+		{Method: get, Path: p + "/orgs", Handler: a.listOrgs},
+		{Method: post, Path: p + "/orgs", Action: "org.create", Handler: a.createOrg},
+		{Method: get, Path: p + "/orgs/:org/members", Permission: rbac.MemberRead, Handler: a.listMembers},
+		{Method: post, Path: p + "/orgs/:org/members", Permission: rbac.MemberManage, Action: "member.add", Handler: a.addMember},
+		{Method: patch, Path: p + "/orgs/:org/members/:user", Permission: rbac.MemberManage, Action: "member.update", Handler: a.updateMember},
+		{Method: del, Path: p + "/orgs/:org/members/:user", Permission: rbac.MemberManage, Action: "member.remove", Handler: a.removeMember},
+		{Method: get, Path: p + "/orgs/:org/invitations", Permission: rbac.MemberManage, Handler: a.listInvitations},
+		{Method: post, Path: p + "/orgs/:org/invitations", Permission: rbac.MemberManage, Action: "invitation.create", Handler: a.createInvitation},
+		{Method: del, Path: p + "/orgs/:org/invitations/:invitation", Permission: rbac.MemberManage, Action: "invitation.delete", Handler: a.deleteInvitation},
+		{Method: post, Path: p + "/invitations/:token/accept", Action: "invitation.accept", Handler: a.acceptInvitation},
+		{Method: get, Path: p + "/orgs/:org/tokens", Permission: rbac.TokenManage, Handler: a.listTokens},
+		{Method: post, Path: p + "/orgs/:org/tokens", Permission: rbac.TokenManage, Action: "token.create", Handler: a.createToken},
+		{Method: del, Path: p + "/orgs/:org/tokens/:token", Permission: rbac.TokenManage, Action: "token.revoke", Handler: a.revokeToken},
+		{Method: get, Path: p + "/orgs/:org/audit", Permission: rbac.AuditRead, Handler: a.listAudit},
+	}
+}
+
+func (a *API) openAPI(c *gin.Context) {
+	c.Data(http.StatusOK, "application/json", openAPIDoc)
+}
+
+// maxBody bounds a request body; every body of this API is small.
+const maxBody = 1 << 20
+
+// decode reads a JSON body into dst strictly (unknown fields are errors)
+// and answers 400 naming the field on failure.
+func decode(c *gin.Context, dst any) bool {
+	body, err := io.ReadAll(io.LimitReader(c.Request.Body, maxBody+1))
+	if err != nil {
+		invalid(c, "could not read the request body", "")
+		return false
+	}
+	if len(body) > maxBody {
+		invalid(c, "request body is larger than 1 MiB", "")
+		return false
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(dst); err != nil {
+		var typeErr *json.UnmarshalTypeError
+		var syntaxErr *json.SyntaxError
+		switch {
+		case errors.As(err, &typeErr):
+			invalid(c, fmt.Sprintf("%s must be a %s", typeErr.Field, typeErr.Type), typeErr.Field)
+		case errors.As(err, &syntaxErr), errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+			invalid(c, "request body must be a JSON object", "")
+		case strings.HasPrefix(err.Error(), "json: unknown field "):
+			field := strings.Trim(strings.TrimPrefix(err.Error(), "json: unknown field "), `"`)
+			invalid(c, fmt.Sprintf("unknown field %q", field), field)
+		default:
+			invalid(c, "invalid JSON: "+err.Error(), "")
+		}
+		return false
+	}
+	return true
+}
+
+func invalid(c *gin.Context, message, field string) {
+	access.Error(c, http.StatusBadRequest, platformapi.CodeInvalid, message, field)
+}
+
+func notFound(c *gin.Context, what string) {
+	access.Error(c, http.StatusNotFound, platformapi.CodeNotFound, what+" not found", "")
+}
+
+func forbidden(c *gin.Context, message string) {
+	access.Error(c, http.StatusForbidden, platformapi.CodeForbidden, message, "")
+}
+
+// internal logs err and answers 500 without details.
+func (a *API) internal(c *gin.Context, what string, err error) {
+	a.Logger.Error(what, "route", c.FullPath(), "err", err)
+	access.Error(c, http.StatusInternalServerError, platformapi.CodeInternal, what+" failed on the server; try again", "")
+}

@@ -1,0 +1,153 @@
+package platformtest
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/thinlab/thinlab/platform/rbac"
+	"github.com/thinlab/thinlab/platform/store"
+	"github.com/thinlab/thinlab/sdk/platformapi"
+)
+
+// TestIssuer is the OIDC issuer of users made by User.
+const TestIssuer = "https://idp.platformtest.invalid"
+
+// User creates (or returns) the user with email at TestIssuer.
+func (e *Env) User(email string) *store.User {
+	e.T.Helper()
+	u, err := e.Store.UpsertOIDCUser(context.Background(), TestIssuer, "sub-"+email, email, strings.Split(email, "@")[0])
+	if err != nil {
+		e.T.Fatal(err)
+	}
+	return u
+}
+
+// Org creates an organization owned by owner.
+func (e *Env) Org(slug string, owner *store.User) *store.Organization {
+	e.T.Helper()
+	o, err := e.Store.CreateOrganization(context.Background(), slug, strings.ToUpper(slug[:1])+slug[1:], owner.ID)
+	if err != nil {
+		e.T.Fatal(err)
+	}
+	return o
+}
+
+// Member creates the user with email and adds it to org with role.
+func (e *Env) Member(org *store.Organization, email string, role rbac.Role) *store.User {
+	e.T.Helper()
+	u := e.User(email)
+	if err := e.Store.AddMember(context.Background(), org.ID, u.ID, role); err != nil {
+		e.T.Fatal(err)
+	}
+	return u
+}
+
+// Token creates an API token for u in org and returns the secret.
+func (e *Env) Token(org *store.Organization, u *store.User) string {
+	e.T.Helper()
+	_, secret, err := e.Store.CreateAPIToken(context.Background(), org.ID, u.ID, "test", nil)
+	if err != nil {
+		e.T.Fatal(err)
+	}
+	return secret
+}
+
+// Client returns an API client authenticated with token.
+func (e *Env) Client(token string) *platformapi.Client {
+	return platformapi.NewClient(e.URL, token)
+}
+
+// Response is a raw answer.
+type Response struct {
+	Status int
+	Header http.Header
+	Body   []byte
+}
+
+// Error decodes the API error body.
+func (r Response) Error() platformapi.ErrorBody {
+	var er platformapi.ErrorResponse
+	json.Unmarshal(r.Body, &er)
+	return er.Error
+}
+
+// Do sends a request with an optional bearer token and JSON body (a
+// string is sent as is) and returns the raw answer.
+func (e *Env) Do(method, path, token string, body any) Response {
+	e.T.Helper()
+	var rd io.Reader
+	switch b := body.(type) {
+	case nil:
+	case string:
+		rd = strings.NewReader(b)
+	default:
+		raw, err := json.Marshal(b)
+		if err != nil {
+			e.T.Fatal(err)
+		}
+		rd = bytes.NewReader(raw)
+	}
+	req, err := http.NewRequest(method, e.URL+path, rd)
+	if err != nil {
+		e.T.Fatal(err)
+	}
+	if rd != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	req.Header.Set("User-Agent", "platformtest")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		e.T.Fatal(err)
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(resp.Body)
+	if err != nil {
+		e.T.Fatal(err)
+	}
+	return Response{Status: resp.StatusCode, Header: resp.Header, Body: raw}
+}
+
+// Exec runs SQL as the database superuser in the test database and returns
+// the error (tests of database rules want it).
+func (e *Env) Exec(sql string, args ...any) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, e.DSN)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.Background())
+	_, err = conn.Exec(ctx, sql, args...)
+	return err
+}
+
+// QueryStrings runs a query returning one text column.
+func (e *Env) QueryStrings(sql string, args ...any) []string {
+	e.T.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, e.DSN)
+	if err != nil {
+		e.T.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	rows, err := conn.Query(ctx, sql, args...)
+	if err != nil {
+		e.T.Fatal(err)
+	}
+	out, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		e.T.Fatal(err)
+	}
+	return out
+}

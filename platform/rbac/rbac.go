@@ -1,0 +1,116 @@
+// Package rbac maps organization roles to named permissions. It is the one
+// place that decides what a role may do; handlers ask rbac.Can.
+package rbac
+
+import (
+	"fmt"
+	"strings"
+)
+
+// Role is a member's role in an organization.
+type Role string
+
+// The roles, strongest first.
+const (
+	Owner  Role = "owner"
+	Admin  Role = "admin"
+	Member Role = "member"
+	Viewer Role = "viewer"
+)
+
+// Roles lists every role, strongest first.
+var Roles = []Role{Owner, Admin, Member, Viewer}
+
+// Permission names one kind of action inside an organization.
+type Permission string
+
+// The permissions.
+const (
+	CloneCreate    Permission = "clone:create"
+	CloneDelete    Permission = "clone:delete"
+	SnapshotCreate Permission = "snapshot:create"
+	SnapshotDelete Permission = "snapshot:delete"
+	AgentManage    Permission = "agent:manage"
+	AgentRead      Permission = "agent:read"
+	MemberManage   Permission = "member:manage"
+	MemberRead     Permission = "member:read"
+	TokenManage    Permission = "token:manage"
+	BillingManage  Permission = "billing:manage"
+	AuditRead      Permission = "audit:read"
+	OrgManage      Permission = "org:manage"
+)
+
+// Permissions lists every permission.
+var Permissions = []Permission{
+	CloneCreate, CloneDelete, SnapshotCreate, SnapshotDelete,
+	AgentManage, AgentRead, MemberManage, MemberRead,
+	TokenManage, BillingManage, AuditRead, OrgManage,
+}
+
+// grants is the whole policy: what each role may do.
+var grants = map[Role][]Permission{
+	Owner: Permissions,
+	Admin: {
+		CloneCreate, CloneDelete, SnapshotCreate, SnapshotDelete,
+		AgentManage, AgentRead, MemberManage, MemberRead,
+		TokenManage, AuditRead,
+	},
+	Member: {
+		CloneCreate, CloneDelete, SnapshotCreate,
+		AgentRead, MemberRead, TokenManage,
+	},
+	Viewer: {AgentRead, MemberRead},
+}
+
+var lookup = func() map[Role]map[Permission]bool {
+	m := make(map[Role]map[Permission]bool, len(grants))
+	for role, perms := range grants {
+		m[role] = make(map[Permission]bool, len(perms))
+		for _, p := range perms {
+			m[role][p] = true
+		}
+	}
+	return m
+}()
+
+// Can reports whether role grants perm. Unknown roles grant nothing.
+func Can(role Role, perm Permission) bool {
+	return lookup[role][perm]
+}
+
+// Grants returns the permissions of role, in the order of Permissions.
+func Grants(role Role) []Permission {
+	var out []Permission
+	for _, p := range Permissions {
+		if Can(role, p) {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// ParseRole validates a role name from user input.
+func ParseRole(s string) (Role, error) {
+	r := Role(strings.ToLower(strings.TrimSpace(s)))
+	for _, known := range Roles {
+		if r == known {
+			return r, nil
+		}
+	}
+	return "", fmt.Errorf("unknown role %q: use owner, admin, member or viewer", s)
+}
+
+// AtLeast reports whether role is as strong as other (owner > admin >
+// member > viewer); used so nobody grants a role stronger than their own.
+func AtLeast(role, other Role) bool {
+	return rank(role) >= rank(other)
+}
+
+func rank(r Role) int {
+	for i, known := range Roles {
+		if r == known {
+			return len(Roles) - i
+		}
+	}
+	return 0
+}

@@ -1,0 +1,163 @@
+package server
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// Config is the platform server's configuration: a YAML file, then
+// THINLAB_PLATFORM_* environment variables over it. docs/platform-config.md
+// lists every key.
+type Config struct {
+	// Listen is the HTTP address (env THINLAB_PLATFORM_LISTEN).
+	Listen string `yaml:"listen"`
+	// PublicURL is how browsers and agents reach the platform, used in
+	// links and OIDC redirects (env THINLAB_PLATFORM_PUBLIC_URL).
+	PublicURL string `yaml:"publicURL"`
+	// DataDir holds the embedded database (env THINLAB_PLATFORM_DATA_DIR).
+	DataDir  string         `yaml:"dataDir"`
+	Database DatabaseConfig `yaml:"database"`
+	// TrustedProxies are the proxies whose X-Forwarded-For is believed
+	// for the client IP in audit events (env THINLAB_PLATFORM_TRUSTED_PROXIES,
+	// comma-separated).
+	TrustedProxies []string `yaml:"trustedProxies"`
+	// ShutdownTimeout bounds a graceful stop (env THINLAB_PLATFORM_SHUTDOWN_TIMEOUT).
+	ShutdownTimeout time.Duration `yaml:"shutdownTimeout"`
+	OIDC            OIDCConfig    `yaml:"oidc"`
+}
+
+// DatabaseConfig chooses the platform database.
+type DatabaseConfig struct {
+	// URL of an external PostgreSQL (env THINLAB_PLATFORM_DATABASE_URL).
+	// Empty: an embedded cluster under DataDir/pg, started and stopped with
+	// the server.
+	URL string `yaml:"url"`
+	// PostgresBinDir overrides where initdb/postgres are found for the
+	// embedded cluster (env THINLAB_PLATFORM_DATABASE_POSTGRES_BIN_DIR).
+	PostgresBinDir string `yaml:"postgresBinDir"`
+	// OSUser runs the embedded cluster (env THINLAB_PLATFORM_DATABASE_OS_USER).
+	OSUser string `yaml:"osUser"`
+}
+
+// OIDCConfig is single sign-on; platform/auth reads it.
+type OIDCConfig struct {
+	Issuer       string `yaml:"issuer"`       // env THINLAB_PLATFORM_OIDC_ISSUER
+	ClientID     string `yaml:"clientID"`     // env THINLAB_PLATFORM_OIDC_CLIENT_ID
+	ClientSecret string `yaml:"clientSecret"` // env THINLAB_PLATFORM_OIDC_CLIENT_SECRET
+}
+
+// Defaults.
+const (
+	DefaultListen          = "127.0.0.1:8080"
+	DefaultDataDir         = "/var/lib/thinlab/platform"
+	DefaultShutdownTimeout = 15 * time.Second
+)
+
+// DefaultConfig returns the configuration an empty file gives.
+func DefaultConfig() Config {
+	return Config{
+		Listen:          DefaultListen,
+		DataDir:         DefaultDataDir,
+		Database:        DatabaseConfig{OSUser: "postgres"},
+		ShutdownTimeout: DefaultShutdownTimeout,
+	}
+}
+
+// LoadConfig reads path (may be "" for none), applies the environment and
+// validates. Unknown YAML keys are errors, so a typo does not pass silently.
+func LoadConfig(path string) (Config, error) {
+	cfg := DefaultConfig()
+	if path != "" {
+		raw, err := os.ReadFile(path)
+		if err != nil {
+			return cfg, fmt.Errorf("read platform config: %w", err)
+		}
+		dec := yaml.NewDecoder(bytes.NewReader(raw))
+		dec.KnownFields(true)
+		if err := dec.Decode(&cfg); err != nil && !errors.Is(err, io.EOF) /* an empty file means all defaults */ {
+			return cfg, fmt.Errorf("platform config %s: %w", path, err)
+		}
+	}
+	if err := cfg.applyEnv(os.LookupEnv); err != nil {
+		return cfg, err
+	}
+	return cfg, cfg.Validate()
+}
+
+// EnvPrefix starts every environment variable of the platform.
+const EnvPrefix = "THINLAB_PLATFORM_"
+
+// applyEnv overlays THINLAB_PLATFORM_* variables.
+func (c *Config) applyEnv(lookup func(string) (string, bool)) error {
+	str := func(key string, dst *string) {
+		if v, ok := lookup(EnvPrefix + key); ok {
+			*dst = v
+		}
+	}
+	str("LISTEN", &c.Listen)
+	str("PUBLIC_URL", &c.PublicURL)
+	str("DATA_DIR", &c.DataDir)
+	str("DATABASE_URL", &c.Database.URL)
+	str("DATABASE_POSTGRES_BIN_DIR", &c.Database.PostgresBinDir)
+	str("DATABASE_OS_USER", &c.Database.OSUser)
+	str("OIDC_ISSUER", &c.OIDC.Issuer)
+	str("OIDC_CLIENT_ID", &c.OIDC.ClientID)
+	str("OIDC_CLIENT_SECRET", &c.OIDC.ClientSecret)
+	if v, ok := lookup(EnvPrefix + "TRUSTED_PROXIES"); ok {
+		c.TrustedProxies = nil
+		for _, p := range strings.Split(v, ",") {
+			if p = strings.TrimSpace(p); p != "" {
+				c.TrustedProxies = append(c.TrustedProxies, p)
+			}
+		}
+	}
+	if v, ok := lookup(EnvPrefix + "SHUTDOWN_TIMEOUT"); ok {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			return fmt.Errorf("%sSHUTDOWN_TIMEOUT=%q: use a duration such as 15s", EnvPrefix, v)
+		}
+		c.ShutdownTimeout = d
+	}
+	return nil
+}
+
+// Validate checks the configuration and names the field to fix.
+func (c *Config) Validate() error {
+	if _, port, err := net.SplitHostPort(c.Listen); err != nil {
+		return fmt.Errorf("listen %q: use host:port, such as %s", c.Listen, DefaultListen)
+	} else if _, err := strconv.Atoi(port); err != nil {
+		return fmt.Errorf("listen %q: the port must be a number", c.Listen)
+	}
+	if c.Database.URL == "" {
+		if c.DataDir == "" {
+			return errors.New("dataDir is empty: the embedded database needs a directory (or set database.url)")
+		}
+		if !filepath.IsAbs(c.DataDir) {
+			return fmt.Errorf("dataDir %q: use an absolute path", c.DataDir)
+		}
+		if c.Database.OSUser == "" {
+			return errors.New("database.osUser is empty: name the OS user that runs the embedded PostgreSQL (postgres)")
+		}
+	}
+	if c.ShutdownTimeout <= 0 {
+		return fmt.Errorf("shutdownTimeout %s: must be positive", c.ShutdownTimeout)
+	}
+	for _, p := range c.TrustedProxies {
+		if net.ParseIP(p) == nil {
+			if _, _, err := net.ParseCIDR(p); err != nil {
+				return fmt.Errorf("trustedProxies: %q is neither an IP nor a CIDR", p)
+			}
+		}
+	}
+	return nil
+}

@@ -1,0 +1,152 @@
+// Package platformapi is the typed client and the JSON types of the
+// platform's /api/v1. It imports nothing of the platform, so the CLI, CI
+// jobs and tests link only this.
+package platformapi
+
+import "time"
+
+// ErrorBody is the one error shape of the API:
+// {"error":{"code":"...","message":"...","field":"..."}}.
+type ErrorBody struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+	// Field names the request field that is wrong, when one is.
+	Field string `json:"field,omitempty"`
+}
+
+// ErrorResponse wraps ErrorBody.
+type ErrorResponse struct {
+	Error ErrorBody `json:"error"`
+}
+
+// Error codes.
+const (
+	CodeUnauthenticated = "unauthenticated"
+	CodeForbidden       = "forbidden"
+	CodeNotFound        = "not_found"
+	CodeInvalid         = "invalid"
+	CodeConflict        = "conflict"
+	CodeLastOwner       = "last_owner"
+	CodeInternal        = "internal"
+)
+
+// Org is an organization as seen by the caller.
+type Org struct {
+	ID        string    `json:"id"`
+	Slug      string    `json:"slug"`
+	Name      string    `json:"name"`
+	Role      string    `json:"role"`
+	CreatedAt time.Time `json:"created_at"`
+}
+
+// Me is the caller.
+type Me struct {
+	ID     string `json:"id"`
+	Email  string `json:"email"`
+	Name   string `json:"name"`
+	Method string `json:"auth_method"`
+	// TokenOrgID is the only organization an API token may act in.
+	TokenOrgID string `json:"token_org_id,omitempty"`
+	Orgs       []Org  `json:"orgs"`
+}
+
+// Member is a user's membership in an organization.
+type Member struct {
+	UserID    string    `json:"user_id"`
+	Email     string    `json:"email"`
+	Name      string    `json:"name"`
+	Role      string    `json:"role"`
+	CreatedAt time.Time `json:"created_at"`
+}
+
+// AddMemberRequest adds an existing user to an organization.
+type AddMemberRequest struct {
+	UserID string `json:"user_id"`
+	Role   string `json:"role"`
+}
+
+// UpdateMemberRequest changes a member's role.
+type UpdateMemberRequest struct {
+	Role string `json:"role"`
+}
+
+// Invitation invites an email address into an organization.
+type Invitation struct {
+	ID        string    `json:"id"`
+	Email     string    `json:"email"`
+	Role      string    `json:"role"`
+	CreatedAt time.Time `json:"created_at"`
+	ExpiresAt time.Time `json:"expires_at"`
+	// Token is the acceptance secret, present only in the create answer.
+	Token string `json:"token,omitempty"`
+}
+
+// CreateInvitationRequest invites email with role.
+type CreateInvitationRequest struct {
+	Email string `json:"email"`
+	Role  string `json:"role"`
+}
+
+// AcceptedInvitation answers an accepted invitation.
+type AcceptedInvitation struct {
+	Org  Org    `json:"org"`
+	Role string `json:"role"`
+}
+
+// Token is an API token's metadata; the secret is never listed.
+type Token struct {
+	ID         string     `json:"id"`
+	Name       string     `json:"name"`
+	Prefix     string     `json:"prefix"`
+	UserID     string     `json:"user_id"`
+	CreatedAt  time.Time  `json:"created_at"`
+	ExpiresAt  *time.Time `json:"expires_at,omitempty"`
+	RevokedAt  *time.Time `json:"revoked_at,omitempty"`
+	LastUsedAt *time.Time `json:"last_used_at,omitempty"`
+}
+
+// CreateTokenRequest creates a token; ExpiresAt is optional (never expires).
+type CreateTokenRequest struct {
+	Name      string     `json:"name"`
+	ExpiresAt *time.Time `json:"expires_at,omitempty"`
+}
+
+// CreatedToken carries the secret, shown this once.
+type CreatedToken struct {
+	Token
+	Secret string `json:"secret"`
+}
+
+// AuditEvent is one entry of an organization's audit log.
+type AuditEvent struct {
+	ID        int64     `json:"id"`
+	Time      time.Time `json:"time"`
+	ActorID   string    `json:"actor_id,omitempty"`
+	Actor     string    `json:"actor"`
+	Action    string    `json:"action"`
+	Target    string    `json:"target"`
+	IP        string    `json:"ip"`
+	UserAgent string    `json:"user_agent"`
+	Result    string    `json:"result"`
+	Error     string    `json:"error,omitempty"`
+}
+
+// AuditQuery filters the audit log; zero fields match everything.
+type AuditQuery struct {
+	Actor  string
+	Action string
+	Target string
+	Since  time.Time
+	Until  time.Time
+}
+
+// List wraps a listing.
+type List[T any] struct {
+	Items []T `json:"items"`
+}
+
+// CreateOrgRequest creates an organization with the caller as owner.
+type CreateOrgRequest struct {
+	Slug string `json:"slug"`
+	Name string `json:"name"`
+}
