@@ -1,0 +1,281 @@
+package agent_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/thinlab/thinlab/agent/clone/clonetest"
+	"github.com/thinlab/thinlab/agent/runtime"
+	"github.com/thinlab/thinlab/agent/storage"
+	"github.com/thinlab/thinlab/agent/storage/storagetest"
+	"github.com/thinlab/thinlab/sdk/agentapi"
+)
+
+const (
+	token    = "kill9-token-7d1e"
+	password = "Vx9-kq2!Lm7#pz4Rw8"
+)
+
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.buf.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.buf.String()
+}
+
+// buildThinlab builds the real binary into a temporary directory.
+func buildThinlab(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "thinlab")
+	out, err := exec.Command("go", "build", "-o", bin, "github.com/thinlab/thinlab/cmd/thinlab").CombinedOutput()
+	if err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return bin
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// agentProc is one `thinlab agent run` process.
+type agentProc struct {
+	cmd  *exec.Cmd
+	logs *syncBuffer
+	done chan error
+}
+
+func startAgent(t *testing.T, bin, cfgPath string, c *agentapi.Client, logs *syncBuffer) *agentProc {
+	t.Helper()
+	cmd := exec.Command(bin, "agent", "run", "--log-level", "debug")
+	cmd.Env = append(os.Environ(), "THINLAB_AGENT_CONFIG="+cfgPath)
+	cmd.Stdout = logs
+	cmd.Stderr = logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	p := &agentProc{cmd: cmd, logs: logs, done: make(chan error, 1)}
+	go func() { p.done <- cmd.Wait() }()
+	t.Cleanup(func() { p.stop(t) })
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	for {
+		if _, err := c.Healthz(ctx); err == nil {
+			return p
+		}
+		select {
+		case err := <-p.done:
+			p.done <- err
+			t.Fatalf("agent exited during start: %v\n%s", err, logs.String())
+		case <-ctx.Done():
+			t.Fatalf("agent did not answer /healthz: %s", logs.String())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// stop ends the agent with SIGTERM (no-op when it already exited) and
+// returns its exit error.
+func (p *agentProc) stop(t *testing.T) error {
+	select {
+	case err := <-p.done:
+		p.done <- err
+		return err
+	default:
+	}
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-p.done:
+		p.done <- err
+		return err
+	case <-time.After(time.Minute):
+		p.cmd.Process.Kill()
+		t.Errorf("agent did not stop within a minute of SIGTERM")
+		return <-p.done
+	}
+}
+
+// killClones stops every postgres running in the pool's clones: cleanup
+// even when the test failed half-way (the pool's own cleanup destroys
+// the datasets).
+func killClones(p storage.Pool) {
+	procs, _ := runtime.Postmasters()
+	clones, _ := p.Clones(context.Background())
+	for _, c := range clones {
+		for _, pr := range procs {
+			if strings.HasPrefix(pr.DataDir, c.Mountpoint+"/") {
+				runtime.New(runtime.Options{}).KillPID(pr.PID)
+			}
+		}
+		p.DestroyClone(context.Background(), c.Name)
+	}
+}
+
+func queryClone(ctx context.Context, c agentapi.Clone, sql string) (string, error) {
+	cc, err := pgx.ParseConfig(c.DB.ConnStr + " sslmode=disable connect_timeout=10")
+	if err != nil {
+		return "", err
+	}
+	cc.Password = password
+	conn, err := pgx.ConnectConfig(ctx, cc)
+	if err != nil {
+		return "", err
+	}
+	defer conn.Close(ctx)
+	var s string
+	err = conn.QueryRow(ctx, sql).Scan(&s)
+	return s, err
+}
+
+// TestAgentSurvivesKill9 runs the real binary on a btrfs loop pool,
+// creates 5 clones through the API, kills the agent with SIGKILL and
+// starts it again: every clone is listed OK and answers with its old
+// credentials. Then SIGTERM stops the agent gracefully (exit 0) and the
+// clones keep running.
+func TestAgentSurvivesKill9(t *testing.T) {
+	if os.Getuid() != 0 {
+		t.Skip("needs root (loop devices, mounts, the postgres OS user)")
+	}
+	bin := buildThinlab(t)
+	pool := storagetest.NewLoopPool(t, storage.ModeBtrfs)
+	t.Cleanup(func() { killClones(pool) })
+	clonetest.Fill(t, pool, "CREATE TABLE t (v text)", "INSERT INTO t VALUES ('before kill')")
+
+	dir := t.TempDir()
+	apiPort := freePort(t)
+	from := 20000 + rand.IntN(120)*100
+	cfgPath := filepath.Join(dir, "agent.yml")
+	cfgYAML := fmt.Sprintf(`server:
+  host: 127.0.0.1
+  port: %d
+  verificationToken: %s
+pools:
+  - name: %s
+    mode: btrfs
+    path: %s
+provision:
+  portPool: {from: %d, to: %d}
+cloning:
+  maxIdleMinutes: 0
+stateDir: %s
+`, apiPort, token, pool.Name(), filepath.Dir(pool.MainDir()), from, from+9, filepath.Join(dir, "state"))
+	if err := os.WriteFile(cfgPath, []byte(cfgYAML), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	c := &agentapi.Client{BaseURL: "http://127.0.0.1:" + strconv.Itoa(apiPort), Token: token, PollInterval: 50 * time.Millisecond}
+	logs := &syncBuffer{}
+
+	first := startAgent(t, bin, cfgPath, c, logs)
+	want := map[string]agentapi.Clone{}
+	for i := 0; i < 5; i++ {
+		id := "k" + strconv.Itoa(i)
+		if _, err := c.CreateClone(ctx, agentapi.CreateCloneRequest{ID: id, DB: &agentapi.DatabaseRequest{Username: "dev" + strconv.Itoa(i), Password: password, Restricted: i%2 == 0}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := 0; i < 5; i++ {
+		cl, err := c.WaitClone(ctx, "k"+strconv.Itoa(i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		want[cl.ID] = *cl
+	}
+
+	if err := first.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-first.done; err == nil || !strings.Contains(err.Error(), "killed") {
+		t.Fatalf("agent after SIGKILL: %v", err)
+	}
+	first.done <- fmt.Errorf("killed")
+
+	second := startAgent(t, bin, cfgPath, c, logs)
+	checkAll := func(stage string) {
+		t.Helper()
+		list, err := c.Clones(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(list) != len(want) {
+			t.Fatalf("%s: %d clones listed, want %d", stage, len(list), len(want))
+		}
+		for _, cl := range list {
+			w, ok := want[cl.ID]
+			if !ok || cl.Status.Code != agentapi.StatusOK {
+				t.Fatalf("%s: clone %s is %s (%s)", stage, cl.ID, cl.Status.Code, cl.Status.Message)
+			}
+			if cl.DB.ConnStr != w.DB.ConnStr {
+				t.Fatalf("%s: clone %s moved from %q to %q", stage, cl.ID, w.DB.ConnStr, cl.DB.ConnStr)
+			}
+			got, err := queryClone(ctx, w, "SELECT v FROM t")
+			if err != nil || got != "before kill" {
+				t.Fatalf("%s: clone %s with its old credentials: %q %v", stage, cl.ID, got, err)
+			}
+		}
+	}
+	checkAll("after kill -9 and restart")
+
+	// Graceful stop: exit 0, clones keep serving.
+	if err := second.stop(t); err != nil {
+		t.Fatalf("agent after SIGTERM: %v\n%s", err, logs.String())
+	}
+	for id, w := range want {
+		if got, err := queryClone(ctx, w, "SELECT v FROM t"); err != nil || got != "before kill" {
+			t.Fatalf("clone %s after the agent stopped: %q %v", id, got, err)
+		}
+	}
+	third := startAgent(t, bin, cfgPath, c, logs)
+	checkAll("after graceful restart")
+	for id := range want {
+		if err := c.DestroyClone(ctx, id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for id := range want {
+		if err := c.WaitCloneDestroyed(ctx, id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := third.stop(t); err != nil {
+		t.Fatal(err)
+	}
+	out := logs.String()
+	if strings.Contains(out, token) || strings.Contains(out, password) {
+		t.Fatal("the agent logged its verification token or a clone password")
+	}
+	if !strings.Contains(out, "agent listening") {
+		t.Fatalf("no start message in the log:\n%s", out)
+	}
+}
