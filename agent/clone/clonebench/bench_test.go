@@ -43,6 +43,7 @@ type backend struct {
 // through clone.Manager (the same engine `thinlab agent run` wires up).
 var backends = []backend{
 	{"btrfs", func(b *testing.B, size string) storage.Pool { return clonetest.NewPoolSize(b, size) }},
+	{"zfs", func(b *testing.B, size string) storage.Pool { return clonetest.NewPoolMode(b, storage.ModeZFS, size) }},
 }
 
 func scales() []int {

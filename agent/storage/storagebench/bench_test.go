@@ -1,0 +1,255 @@
+package storagebench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	mrand "math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/thinlab/thinlab/agent/storage"
+	"github.com/thinlab/thinlab/agent/storage/backend"
+	"github.com/thinlab/thinlab/internal/command"
+	"github.com/thinlab/thinlab/internal/pgcluster"
+)
+
+const (
+	cacheRoot = "/var/tmp/thinlab-bench" // shared with agent/clone/clonebench
+	scale     = 100                      // pgbench scale: ~1.5 GiB of PGDATA
+	rounds    = 5                        // measured snapshots and clones per backend; the median is reported
+)
+
+var modes = []string{storage.ModeBtrfs, storage.ModeReflink, storage.ModeZFS}
+
+func BenchmarkStorage(b *testing.B) {
+	if os.Getuid() != 0 {
+		b.Skip("needs root for loop devices and zfs")
+	}
+	data := cachedData(b, scale)
+	size := dirSize(b, data)
+	b.Logf("data directory: %.2f GiB (pgbench -s %d)", float64(size)/(1<<30), scale)
+	for _, mode := range modes {
+		b.Run(mode, func(b *testing.B) { benchMode(b, mode, data, size) })
+	}
+	b.Run("full_copy", func(b *testing.B) { benchFullCopy(b, data) })
+}
+
+func benchMode(b *testing.B, mode, data string, size int64) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
+	defer cancel()
+	u, err := pgcluster.LookupUser("postgres")
+	if err != nil {
+		b.Fatal(err)
+	}
+	dir, err := os.MkdirTemp("", "thinlab-sb-")
+	if err != nil {
+		b.Fatal(err)
+	}
+	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	p, teardown, err := backend.CreateLoopPool(ctx, mode, backend.LoopOptions{Dir: dir, Size: 2*size + 4<<30, Owner: &u, Logger: logger})
+	if err != nil {
+		os.RemoveAll(dir)
+		b.Fatal(err)
+	}
+	b.Cleanup(func() {
+		if err := teardown(); err != nil {
+			b.Errorf("teardown: %v", err)
+			return
+		}
+		os.Remove(dir)
+	})
+	if err := os.Chown(p.MainDir(), int(u.UID), int(u.GID)); err != nil {
+		b.Fatal(err)
+	}
+	start := time.Now()
+	if out, err := exec.Command("cp", "-a", data, filepath.Join(p.MainDir(), storage.DataSubdir)).CombinedOutput(); err != nil {
+		b.Fatalf("copy data into the pool: %v: %s", err, out)
+	}
+	// As retrieval does: the data is on disk before the snapshot. Twice:
+	// the first sync may flush the pool into its image's page cache
+	// after the host filesystem was synced.
+	syscall.Sync()
+	syscall.Sync()
+	b.Logf("%s: data in the pool in %v", mode, time.Since(start).Round(100*time.Millisecond))
+
+	base := time.Now().UTC().Truncate(time.Second)
+	var snapTimes, cloneTimes, readyTimes []time.Duration
+	var snap storage.Snapshot
+	for i := 0; i < rounds; i++ {
+		t0 := time.Now()
+		s, err := p.Snapshot(ctx, storage.SnapshotOptions{DataStateAt: base.Add(time.Duration(i) * time.Second), Message: "bench"})
+		if err != nil {
+			b.Fatal(err)
+		}
+		snapTimes = append(snapTimes, time.Since(t0))
+		snap = s
+	}
+	// One unmeasured clone warms the postgres binaries and the
+	// snapshot's metadata into the cache.
+	for i := -1; i < rounds; i++ {
+		name := fmt.Sprintf("bench%d", i+1)
+		t0 := time.Now()
+		c, err := p.Clone(ctx, snap.ID, name)
+		if err != nil {
+			b.Fatal(err)
+		}
+		cloned := time.Since(t0)
+		cl := &pgcluster.Cluster{DataDir: filepath.Join(c.Mountpoint, storage.DataSubdir), User: u}
+		port := 20000 + mrand.IntN(12000)
+		if err := cl.Start(ctx, port, "", nil); err != nil {
+			b.Fatal(err)
+		}
+		if err := query(ctx, cl, port); err != nil {
+			cl.Kill()
+			b.Fatal(err)
+		}
+		ready := time.Since(t0)
+		cl.Kill()
+		if err := p.DestroyClone(ctx, name); err != nil {
+			b.Fatal(err)
+		}
+		if i >= 0 {
+			cloneTimes = append(cloneTimes, cloned)
+			readyTimes = append(readyTimes, ready)
+		}
+	}
+	for _, s := range []struct {
+		name string
+		d    []time.Duration
+	}{{"storage_snapshot_", snapTimes}, {"storage_clone_", cloneTimes}, {"storage_clone_ready_", readyTimes}} {
+		fmt.Printf("BENCH %s%s %.3f s\n", s.name, mode, median(s.d).Seconds())
+	}
+	b.Logf("%s: snapshots %v; clones %v; ready %v", mode, snapTimes, cloneTimes, readyTimes)
+}
+
+// benchFullCopy is the baseline a thin clone replaces: cp -a of the whole
+// data directory on the host's own filesystem.
+func benchFullCopy(b *testing.B, data string) {
+	var times []time.Duration
+	for i := 0; i < 3; i++ {
+		dst := filepath.Join(cacheRoot, fmt.Sprintf("fullcopy-%d", os.Getpid()))
+		os.RemoveAll(dst)
+		t0 := time.Now()
+		out, err := exec.Command("cp", "-a", data, dst).CombinedOutput()
+		d := time.Since(t0)
+		os.RemoveAll(dst)
+		if err != nil {
+			b.Fatalf("cp -a: %v: %s", err, out)
+		}
+		times = append(times, d)
+	}
+	fmt.Printf("BENCH full_copy %.3f s\n", median(times).Seconds())
+	b.Logf("full copies: %v", times)
+}
+
+// query connects over the clone's socket and runs one statement.
+func query(ctx context.Context, c *pgcluster.Cluster, port int) error {
+	conn, err := pgx.Connect(ctx, c.SocketConnString(port, "postgres", "postgres"))
+	if err != nil {
+		return err
+	}
+	defer conn.Close(ctx)
+	var n int
+	return conn.QueryRow(ctx, "SELECT count(*) FROM pgbench_branches").Scan(&n)
+}
+
+func median(d []time.Duration) time.Duration {
+	s := append([]time.Duration(nil), d...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	return s[len(s)/2]
+}
+
+func dirSize(b *testing.B, dir string) int64 {
+	var total int64
+	err := filepath.WalkDir(dir, func(_ string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.Type().IsRegular() {
+			info, err := d.Info()
+			if err != nil {
+				return err
+			}
+			total += info.Size()
+		}
+		return nil
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	return total
+}
+
+// cachedData returns a cleanly stopped PGDATA holding `pgbench -i -s
+// scale`, generated once under cacheRoot (the same layout clonebench
+// uses, so either benchmark reuses the other's).
+func cachedData(b *testing.B, scale int) string {
+	dir := filepath.Join(cacheRoot, fmt.Sprintf("pgbench-s%d", scale))
+	data := filepath.Join(dir, storage.DataSubdir)
+	if _, err := os.Stat(filepath.Join(dir, "complete")); err == nil {
+		return data
+	}
+	u, err := pgcluster.LookupUser("postgres")
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := os.MkdirAll(cacheRoot, 0o755); err != nil {
+		b.Fatal(err)
+	}
+	os.Chmod(cacheRoot, 0o755)
+	tmp := dir + ".tmp"
+	os.RemoveAll(tmp)
+	if err := os.MkdirAll(tmp, 0o755); err != nil {
+		b.Fatal(err)
+	}
+	ctx := context.Background()
+	c := &pgcluster.Cluster{DataDir: filepath.Join(tmp, storage.DataSubdir), User: u}
+	if err := c.Init(ctx, pgcluster.InitOptions{}); err != nil {
+		b.Fatal(err)
+	}
+	// wal_level minimal: pgbench's COPY into tables truncated in the same
+	// transaction skips WAL, so PGDATA is the tables, not gigabytes of WAL.
+	settings := map[string]string{"maintenance_work_mem": "512MB", "wal_level": "minimal", "max_wal_senders": "0",
+		"max_wal_size": "1GB", "min_wal_size": "32MB", "checkpoint_timeout": "1h"}
+	for k, v := range pgcluster.FastSettings {
+		settings[k] = v
+	}
+	port := 20000 + mrand.IntN(12000)
+	if err := c.Start(ctx, port, "", settings); err != nil {
+		b.Fatal(err)
+	}
+	defer c.Kill()
+	b.Logf("generating pgbench scale %d into %s (once)", scale, dir)
+	start := time.Now()
+	if _, err := (command.Runner{}).RunCmd(ctx, command.Cmd{
+		Name:       filepath.Join(c.BinDir, "pgbench"),
+		Args:       []string{"-i", "-q", "-s", strconv.Itoa(scale), "-h", c.DataDir, "-p", strconv.Itoa(port), "-U", "postgres", "postgres"},
+		Credential: u.Credential(),
+		Dir:        "/",
+	}); err != nil {
+		b.Fatal(err)
+	}
+	if err := c.Stop(ctx, "fast"); err != nil {
+		b.Fatal(err)
+	}
+	os.Remove(c.LogFile())
+	if err := os.WriteFile(filepath.Join(tmp, "complete"), []byte(time.Now().String()), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	if err := os.Rename(tmp, dir); err != nil && !errors.Is(err, os.ErrExist) {
+		b.Fatal(err)
+	}
+	b.Logf("pgbench scale %d generated in %v", scale, time.Since(start).Round(time.Second))
+	return data
+}
