@@ -309,9 +309,8 @@ func testDLEShapes(e *env, id string) {
 		t.Fatalf("pool: %v", p)
 	}
 	fs := checkKeys(t, "fileSystem", p["fileSystem"], []string{"mode", "size", "free", "used", "dataSize", "usedBySnapshots", "usedByClones", "compressRatio"}, nil)
-	// (The interim clonetest pool reports no usage; real backends do.)
-	if _, isNum := fs["size"].(float64); !isNum {
-		t.Fatalf("fileSystem.size must be a number: %v", fs)
+	if size, isNum := fs["size"].(float64); !isNum || size <= 0 {
+		t.Fatalf("fileSystem.size must be a positive number: %v", fs)
 	}
 	cl := checkKeys(t, "cloning", st["cloning"], []string{"expectedCloningTime", "numClones", "clones", "protectionLeaseDurationMinutes", "protectionMaxDurationMinutes"}, nil)
 	if cl["numClones"].(float64) != 1 {

@@ -10,6 +10,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -23,6 +24,7 @@ import (
 	"github.com/thinlab/thinlab/agent/config"
 	"github.com/thinlab/thinlab/agent/runtime"
 	"github.com/thinlab/thinlab/agent/storage"
+	"github.com/thinlab/thinlab/agent/storage/storagetest"
 	"github.com/thinlab/thinlab/sdk/agentapi"
 )
 
@@ -48,7 +50,7 @@ func (s *syncBuffer) String() string {
 	return s.buf.String()
 }
 
-// env is a real agent API over a real btrfs loop pool with real postgres
+// env is a real agent API over a real btrfs loop pool (agent/storage/btrfs) with real postgres
 // clones, served on 127.0.0.1 by httptest.
 type env struct {
 	t      *testing.T
@@ -69,7 +71,7 @@ func newEnv(t *testing.T, ports int, snapshots ...[]string) *env {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	t.Cleanup(cancel)
-	p := clonetest.NewPool(t)
+	p := storagetest.NewLoopPool(t, storage.ModeBtrfs)
 	e := &env{t: t, ctx: ctx, pool: p, log: &syncBuffer{}}
 	for _, sql := range snapshots {
 		e.snaps = append(e.snaps, clonetest.Fill(t, p, sql...))
@@ -244,7 +246,7 @@ func (e *env) assertNothingLeft() {
 	}
 	procs, _ := runtime.Postmasters()
 	for _, p := range procs {
-		if strings.HasPrefix(p.DataDir, strings.TrimSuffix(e.pool.MainDir(), "/main")) {
+		if strings.HasPrefix(p.DataDir, filepath.Dir(e.pool.MainDir())+"/") {
 			e.t.Errorf("postgres %d still runs in %s", p.PID, p.DataDir)
 		}
 	}
