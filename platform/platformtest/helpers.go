@@ -82,6 +82,11 @@ func (r Response) Error() platformapi.ErrorBody {
 // string is sent as is) and returns the raw answer.
 func (e *Env) Do(method, path, token string, body any) Response {
 	e.T.Helper()
+	return e.do(method, path, token, body, "", "")
+}
+
+func (e *Env) do(method, path, token string, body any, header, value string) Response {
+	e.T.Helper()
 	var rd io.Reader
 	switch b := body.(type) {
 	case nil:
@@ -103,6 +108,9 @@ func (e *Env) Do(method, path, token string, body any) Response {
 	}
 	if token != "" {
 		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	if header != "" {
+		req.Header.Set(header, value)
 	}
 	req.Header.Set("User-Agent", "platformtest")
 	resp, err := http.DefaultClient.Do(req)
@@ -150,4 +158,10 @@ func (e *Env) QueryStrings(sql string, args ...any) []string {
 		e.T.Fatal(err)
 	}
 	return out
+}
+
+// DoWithHeader is Do with one extra request header instead of a token.
+func (e *Env) DoWithHeader(method, path, header, value string, body any) Response {
+	e.T.Helper()
+	return e.do(method, path, "", body, header, value)
 }

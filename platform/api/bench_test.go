@@ -1,0 +1,3 @@
+package api_test
+
+func runLoadGenerator() bool { return false }

@@ -1,0 +1,159 @@
+package api_test
+
+import (
+	"context"
+	"crypto/sha256"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/thinlab/thinlab/platform/platformtest"
+	"github.com/thinlab/thinlab/platform/rbac"
+	"github.com/thinlab/thinlab/sdk/platformapi"
+)
+
+func TestTokenRejections(t *testing.T) {
+	env := platformtest.New(t)
+	ctx := context.Background()
+	owner := env.User("owner@example.com")
+	org := env.Org("tok", owner)
+
+	past := time.Now().Add(-time.Minute)
+	_, expired, err := env.Store.CreateAPIToken(ctx, org.ID, owner.ID, "old", &past)
+	if err != nil {
+		t.Fatal(err)
+	}
+	revokedTok, revoked, err := env.Store.CreateAPIToken(ctx, org.ID, owner.ID, "gone", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := env.Store.RevokeAPIToken(ctx, org.ID, revokedTok.ID); err != nil {
+		t.Fatal(err)
+	}
+	good := env.Token(org, owner)
+
+	cases := []struct{ name, header, want string }{
+		{"expired", "Bearer " + expired, "token expired"},
+		{"revoked", "Bearer " + revoked, "token revoked"},
+		{"wrong", "Bearer " + good[:len(good)-1] + "x", "invalid token"},
+		{"garbage", "Bearer nope", "invalid token"},
+		{"scheme", "Basic " + good, `Authorization header must be "Bearer <api token>"`},
+		{"none", "", "sign in or send Authorization: Bearer <api token>"},
+	}
+	for _, tc := range cases {
+		r := env.DoWithHeader(http.MethodGet, "/api/v1/orgs/tok/members", "Authorization", tc.header, nil)
+		if r.Status != http.StatusUnauthorized || r.Error().Code != "unauthenticated" || r.Error().Message != tc.want {
+			t.Errorf("%s: %d %s, want 401 %q", tc.name, r.Status, r.Body, tc.want)
+		}
+	}
+	if r := env.Do(http.MethodGet, "/api/v1/orgs/tok/members", good, nil); r.Status != 200 {
+		t.Fatalf("good token: %d %s", r.Status, r.Body)
+	}
+}
+
+func TestTokenShownOnceStoredHashed(t *testing.T) {
+	env := platformtest.New(t)
+	ctx := context.Background()
+	owner := env.User("owner@example.com")
+	org := env.Org("tok", owner)
+	member := env.Member(org, "mia@example.com", rbac.Member)
+	c := env.Client(env.Token(org, owner))
+
+	exp := time.Now().Add(time.Hour).UTC().Truncate(time.Second)
+	created, err := c.CreateToken(ctx, "tok", platformapi.CreateTokenRequest{Name: "ci", ExpiresAt: &exp})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(created.Secret, "thl_") || !strings.HasPrefix(created.Secret, created.Prefix) || created.ExpiresAt == nil || !created.ExpiresAt.Equal(exp) {
+		t.Fatalf("created token: %+v", created)
+	}
+	// The new token works and is listed without its secret.
+	c2 := env.Client(created.Secret)
+	toks, err := c2.Tokens(ctx, "tok")
+	if err != nil {
+		t.Fatal(err)
+	}
+	listed := env.Do(http.MethodGet, "/api/v1/orgs/tok/tokens", created.Secret, nil)
+	if strings.Contains(string(listed.Body), created.Secret) || len(toks) != 2 {
+		t.Fatalf("listing shows the secret or misses tokens: %s", listed.Body)
+	}
+	var found bool
+	for _, tk := range toks {
+		if tk.ID == created.ID {
+			found = tk.LastUsedAt != nil
+		}
+	}
+	if !found {
+		t.Fatalf("token %s not listed with last_used_at: %+v", created.ID, toks)
+	}
+
+	// Nothing in the database holds the plaintext; the hash is SHA-256.
+	for _, table := range []string{"api_tokens", "audit_events"} {
+		for _, row := range env.QueryStrings("SELECT t::text FROM " + table + " t") {
+			if strings.Contains(row, created.Secret) || strings.Contains(row, created.Secret[len("thl_"):]) {
+				t.Fatalf("%s holds the plaintext secret: %s", table, row)
+			}
+		}
+	}
+	sum := sha256.Sum256([]byte(created.Secret))
+	hashes := env.QueryStrings("SELECT encode(hash, 'hex') FROM api_tokens WHERE id = $1", created.ID)
+	if len(hashes) != 1 || hashes[0] != hexString(sum[:]) {
+		t.Fatalf("stored hash %v is not sha256 of the secret", hashes)
+	}
+
+	// A member sees and revokes only their own tokens.
+	mc := env.Client(env.Token(org, member))
+	mine, err := mc.Tokens(ctx, "tok")
+	if err != nil || len(mine) != 1 || mine[0].UserID != member.ID {
+		t.Fatalf("member's token list: %+v %v", mine, err)
+	}
+	if err := mc.RevokeToken(ctx, "tok", created.ID); !isStatus(err, 404) {
+		t.Fatalf("member revoking the owner's token: %v", err)
+	}
+	// The owner revokes it; it stops working with "token revoked".
+	if err := c.RevokeToken(ctx, "tok", created.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c2.Tokens(ctx, "tok"); !isStatus(err, 401) || !strings.Contains(err.Error(), "token revoked") {
+		t.Fatalf("revoked token: %v", err)
+	}
+}
+
+func TestTokenValidation(t *testing.T) {
+	env := platformtest.New(t)
+	owner := env.User("owner@example.com")
+	org := env.Org("tok", owner)
+	tok := env.Token(org, owner)
+	cases := []struct {
+		body  string
+		field string
+	}{
+		{`{"name":""}`, "name"},
+		{`{"name":"x","expires_at":"2001-01-01T00:00:00Z"}`, "expires_at"},
+		{`{"name":"x","expires_at":"tomorrow"}`, ""},
+		{`{"name":"x","scope":"all"}`, "scope"},
+		{`{"name":5}`, "name"},
+		{`not json`, ""},
+	}
+	for _, tc := range cases {
+		r := env.Do(http.MethodPost, "/api/v1/orgs/tok/tokens", tok, tc.body)
+		if r.Status != 400 || r.Error().Code != "invalid" || r.Error().Field != tc.field || r.Error().Message == "" {
+			t.Errorf("%s: %d %s, want 400 naming field %q", tc.body, r.Status, r.Body, tc.field)
+		}
+	}
+}
+
+func hexString(b []byte) string {
+	const digits = "0123456789abcdef"
+	out := make([]byte, 0, 2*len(b))
+	for _, c := range b {
+		out = append(out, digits[c>>4], digits[c&15])
+	}
+	return string(out)
+}
+
+func isStatus(err error, status int) bool {
+	apiErr, ok := err.(*platformapi.APIError)
+	return ok && apiErr.Status == status
+}

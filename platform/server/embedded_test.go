@@ -1,0 +1,92 @@
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/thinlab/thinlab/internal/pgcluster"
+)
+
+// TestEmbeddedDatabase starts the server with no database URL: it must run
+// its own PostgreSQL under dataDir/pg, answer /healthz, and stop it again.
+func TestEmbeddedDatabase(t *testing.T) {
+	u, err := pgcluster.LookupUser("postgres")
+	if err != nil {
+		t.Skip(err)
+	}
+	dir, err := os.MkdirTemp("", "platform-embedded-*")
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(dir, 0o755)
+	cluster := &pgcluster.Cluster{DataDir: filepath.Join(dir, "pg", "data"), User: u}
+	t.Cleanup(func() {
+		cluster.Kill()
+		os.RemoveAll(dir)
+	})
+
+	cfg := DefaultConfig()
+	cfg.DataDir = dir
+	cfg.Listen = "127.0.0.1:0"
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	for round := 1; round <= 2; round++ { // the second start reuses the cluster
+		srv, err := New(ctx, cfg, Options{})
+		if err != nil {
+			t.Fatalf("round %d: %v", round, err)
+		}
+		if !cluster.Running() {
+			t.Fatal("embedded cluster not running")
+		}
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		sctx, stop := context.WithCancel(ctx)
+		done := make(chan error, 1)
+		go func() { done <- srv.Serve(sctx, ln) }()
+		resp, err := http.Get("http://" + ln.Addr().String() + "/healthz")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var body map[string]string
+		json.NewDecoder(resp.Body).Decode(&body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || body["status"] != "ok" {
+			t.Fatalf("healthz: %d %v", resp.StatusCode, body)
+		}
+		stop()
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+		if err := srv.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if cluster.Running() {
+			t.Fatal("embedded cluster still running after Close")
+		}
+	}
+	if _, err := os.Stat(filepath.Join(dir, "pg", "run")); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestEmbeddedDatabaseUnreachableDataDir(t *testing.T) {
+	if os.Getuid() != 0 {
+		t.Skip("needs root to run PostgreSQL as another user")
+	}
+	dir := t.TempDir() // 0700 root: the postgres user cannot enter it
+	cfg := DefaultConfig()
+	cfg.DataDir = filepath.Join(dir, "platform")
+	_, err := New(context.Background(), cfg, Options{})
+	if err == nil || !strings.Contains(err.Error(), "chmod o+x") {
+		t.Fatalf("error %v, want advice to chmod o+x", err)
+	}
+}
