@@ -1,0 +1,219 @@
+// Package auth signs people in to the platform: OpenID Connect login
+// (authorization code flow with PKCE) against one or more identity
+// providers, server-side sessions in an HttpOnly cookie, and the CSRF token
+// every form of a session must carry.
+package auth
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net/url"
+	"os"
+	"regexp"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// Config is the sign-in part of the platform configuration.
+type Config struct {
+	// BaseURL is the platform's external URL (https://thinlab.example.com).
+	// Callback URLs are BaseURL + "/auth/callback/" + provider name.
+	BaseURL string `yaml:"baseURL"`
+	// CookieSecret signs the short-lived login cookie (state, nonce, PKCE
+	// verifier). Every replica needs the same value; at least 32 bytes.
+	CookieSecret string `yaml:"cookieSecret"`
+	// SecureCookies forces the Secure attribute; it is also set when
+	// BaseURL is https or the request came over TLS.
+	SecureCookies bool `yaml:"secureCookies"`
+	// SessionTTL is how long a session lasts after sign-in (default 12h).
+	SessionTTL time.Duration `yaml:"sessionTTL"`
+	// Providers are the identity providers offered on the sign-in page.
+	Providers []ProviderConfig `yaml:"providers"`
+}
+
+// ProviderConfig is one OIDC identity provider.
+type ProviderConfig struct {
+	// Name is the URL-safe identifier used in /auth/login/<name>.
+	Name string `yaml:"name"`
+	// DisplayName is shown on the sign-in button (defaults to Name).
+	DisplayName string `yaml:"displayName"`
+	Issuer      string `yaml:"issuer"`
+	ClientID    string `yaml:"clientID"`
+	// ClientSecret or ClientSecretEnv (the name of an environment variable
+	// holding it); the env form keeps secrets out of config files.
+	ClientSecret    string `yaml:"clientSecret"`
+	ClientSecretEnv string `yaml:"clientSecretEnv"`
+	// Scopes requested besides "openid" (default: email profile).
+	Scopes []string `yaml:"scopes"`
+	// GroupsClaim is the ID token claim that lists the user's groups
+	// (e.g. "groups"); empty disables group mapping.
+	GroupsClaim string `yaml:"groupsClaim"`
+	// GroupRoles grant organization roles to members of IdP groups at
+	// every sign-in.
+	GroupRoles []GroupRole `yaml:"groupRoles"`
+}
+
+// GroupRole maps an IdP group to a role in an organization (by slug). The
+// organization is created when it does not exist yet.
+type GroupRole struct {
+	Group string `yaml:"group"`
+	Org   string `yaml:"org"`
+	Role  string `yaml:"role"`
+}
+
+// Roles a group mapping may grant, strongest first.
+var validRoles = []string{"owner", "admin", "member", "viewer"}
+
+var providerNameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,31}$`)
+var orgSlugRE = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{1,62}$`)
+
+// DefaultSessionTTL applies when Config.SessionTTL is zero.
+const DefaultSessionTTL = 12 * time.Hour
+
+// Validate checks the configuration and fills defaults. Errors name the
+// field and the fix.
+func (c *Config) Validate() error {
+	var errs []error
+	u, err := url.Parse(c.BaseURL)
+	if c.BaseURL == "" || err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		errs = append(errs, fmt.Errorf("auth.baseURL %q: set the platform's external URL, e.g. https://thinlab.example.com", c.BaseURL))
+	}
+	c.BaseURL = strings.TrimRight(c.BaseURL, "/")
+	if len(c.CookieSecret) < 32 {
+		errs = append(errs, errors.New("auth.cookieSecret: set at least 32 random bytes (the same on every replica), e.g. `openssl rand -hex 32`"))
+	}
+	if c.SessionTTL == 0 {
+		c.SessionTTL = DefaultSessionTTL
+	}
+	if c.SessionTTL < time.Minute {
+		errs = append(errs, fmt.Errorf("auth.sessionTTL %s: use at least 1m", c.SessionTTL))
+	}
+	seen := map[string]bool{}
+	for i := range c.Providers {
+		p := &c.Providers[i]
+		field := fmt.Sprintf("auth.providers[%d]", i)
+		if !providerNameRE.MatchString(p.Name) {
+			errs = append(errs, fmt.Errorf("%s.name %q: use 1-32 lowercase letters, digits, - or _", field, p.Name))
+		}
+		if seen[p.Name] {
+			errs = append(errs, fmt.Errorf("%s.name %q: used twice; provider names must be unique", field, p.Name))
+		}
+		seen[p.Name] = true
+		if p.DisplayName == "" {
+			p.DisplayName = p.Name
+		}
+		if iu, err := url.Parse(p.Issuer); p.Issuer == "" || err != nil || iu.Host == "" {
+			errs = append(errs, fmt.Errorf("%s.issuer %q: set the provider's issuer URL (its /.well-known/openid-configuration must answer)", field, p.Issuer))
+		}
+		if p.ClientID == "" {
+			errs = append(errs, fmt.Errorf("%s.clientID: set the OAuth client ID registered at the provider", field))
+		}
+		if p.ClientSecret == "" && p.ClientSecretEnv != "" {
+			p.ClientSecret = os.Getenv(p.ClientSecretEnv)
+			if p.ClientSecret == "" {
+				errs = append(errs, fmt.Errorf("%s.clientSecretEnv: environment variable %s is empty or unset", field, p.ClientSecretEnv))
+			}
+		}
+		if p.ClientSecret == "" && p.ClientSecretEnv == "" {
+			errs = append(errs, fmt.Errorf("%s.clientSecret: set clientSecret or clientSecretEnv", field))
+		}
+		if len(p.Scopes) == 0 {
+			p.Scopes = []string{"email", "profile"}
+		}
+		if len(p.GroupRoles) > 0 && p.GroupsClaim == "" {
+			errs = append(errs, fmt.Errorf("%s.groupsClaim: set the ID token claim holding groups (e.g. groups) to use groupRoles", field))
+		}
+		for j, g := range p.GroupRoles {
+			gf := fmt.Sprintf("%s.groupRoles[%d]", field, j)
+			if g.Group == "" {
+				errs = append(errs, fmt.Errorf("%s.group: set the IdP group name", gf))
+			}
+			if !orgSlugRE.MatchString(g.Org) {
+				errs = append(errs, fmt.Errorf("%s.org %q: use an organization slug (2-63 lowercase letters, digits or -)", gf, g.Org))
+			}
+			if roleRank(g.Role) < 0 {
+				errs = append(errs, fmt.Errorf("%s.role %q: use one of %s", gf, g.Role, strings.Join(validRoles, ", ")))
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// LoadConfigFile reads the sign-in configuration from a YAML file (the
+// keys of Config: baseURL, cookieSecret, secureCookies, sessionTTL,
+// providers). An empty path gives an empty configuration. Unknown keys are
+// errors, so a typo does not pass silently.
+func LoadConfigFile(path string) (Config, error) {
+	var c Config
+	if path == "" {
+		return c, nil
+	}
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return c, fmt.Errorf("read sign-in config: %w", err)
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(raw))
+	dec.KnownFields(true)
+	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) {
+		return c, fmt.Errorf("sign-in config %s: %w", path, err)
+	}
+	return c, nil
+}
+
+// Provider returns the provider configuration by name.
+func (c *Config) Provider(name string) (ProviderConfig, bool) {
+	for _, p := range c.Providers {
+		if p.Name == name {
+			return p, true
+		}
+	}
+	return ProviderConfig{}, false
+}
+
+// roleRank orders roles: 0 is the strongest; -1 means unknown.
+func roleRank(role string) int {
+	for i, r := range validRoles {
+		if r == role {
+			return i
+		}
+	}
+	return -1
+}
+
+// OrgRole is a role in an organization (by slug).
+type OrgRole struct {
+	Org  string
+	Role string
+}
+
+// MapGroups returns the organization roles that groups grant under p: the
+// strongest role per organization, in configuration order.
+func (p ProviderConfig) MapGroups(groups []string) []OrgRole {
+	have := map[string]bool{}
+	for _, g := range groups {
+		have[g] = true
+	}
+	best := map[string]string{}
+	var order []string
+	for _, gr := range p.GroupRoles {
+		if !have[gr.Group] {
+			continue
+		}
+		cur, ok := best[gr.Org]
+		if !ok {
+			order = append(order, gr.Org)
+		}
+		if !ok || roleRank(gr.Role) < roleRank(cur) {
+			best[gr.Org] = gr.Role
+		}
+	}
+	out := make([]OrgRole, 0, len(order))
+	for _, org := range order {
+		out = append(out, OrgRole{Org: org, Role: best[org]})
+	}
+	return out
+}

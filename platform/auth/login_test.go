@@ -1,0 +1,373 @@
+package auth_test
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"net/http/cookiejar"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+	"github.com/oauth2-proxy/mockoidc"
+
+	"github.com/thinlab/thinlab/platform/auth"
+	"github.com/thinlab/thinlab/platform/rbac"
+	"github.com/thinlab/thinlab/platform/web/webtest"
+)
+
+// These tests run the whole sign-in flow against mockoidc, an in-process
+// OIDC provider (no login page: it signs in whichever user is queued), and
+// a real platform server on a real PostgreSQL database.
+
+type env struct {
+	idp *mockoidc.MockOIDC
+	p   *webtest.Platform
+}
+
+func start(t *testing.T, mutate func(*auth.ProviderConfig)) *env {
+	t.Helper()
+	idp, err := mockoidc.Run()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { idp.Shutdown() })
+	p := webtest.Start(t, func(base string) auth.Config {
+		pc := auth.ProviderConfig{
+			Name: "mock", DisplayName: "Mock IdP", Issuer: idp.Issuer(),
+			ClientID: idp.ClientID, ClientSecret: idp.ClientSecret,
+			Scopes: []string{"email", "profile", "groups"},
+		}
+		if mutate != nil {
+			mutate(&pc)
+		}
+		return auth.Config{Providers: []auth.ProviderConfig{pc}}
+	})
+	return &env{idp: idp, p: p}
+}
+
+// user is a mockoidc user whose ID token claims a test can bend.
+type user struct {
+	*mockoidc.MockUser
+	bend func(*mockoidc.IDTokenClaims)
+}
+
+func (u user) Claims(scope []string, c *mockoidc.IDTokenClaims) (jwt.Claims, error) {
+	if u.bend != nil {
+		u.bend(c)
+	}
+	return u.MockUser.Claims(scope, c)
+}
+
+func mockUser(email string, groups ...string) *mockoidc.MockUser {
+	return &mockoidc.MockUser{Subject: "sub-" + email, Email: email, EmailVerified: true, PreferredUsername: strings.Split(email, "@")[0], Groups: groups}
+}
+
+// signIn runs the flow in a cookie-jar client and returns the final page.
+func (e *env) signIn(t *testing.T, b *webtest.Browser, u mockoidc.User) webtest.Page {
+	t.Helper()
+	e.idp.QueueUser(u)
+	return b.Get(e.p.URL + "/auth/login/mock")
+}
+
+func TestSignInCreatesUserAndPersonalOrg(t *testing.T) {
+	e := start(t, nil)
+	b := webtest.NewBrowser(t)
+
+	// Before sign-in, pages send the browser to the sign-in page.
+	pg := b.Get(e.p.URL + "/o/anything/members")
+	if pg.URL.Path != "/signin" || pg.URL.Query().Get("return_to") != "/o/anything/members" {
+		t.Fatalf("unauthenticated page landed on %s", pg.URL)
+	}
+	pg.Contains(t, "Continue with Mock IdP", `href="/auth/login/mock?return_to=`)
+
+	pg = e.signIn(t, b, mockUser("grace@example.com"))
+	if pg.Status != http.StatusOK || !strings.HasPrefix(pg.URL.Path, "/o/grace") {
+		t.Fatalf("after sign-in: HTTP %d at %s\n%s", pg.Status, pg.URL, pg.Body)
+	}
+	pg.Contains(t, "grace@example.com", "owner", "Members", "API tokens", "Audit log")
+
+	u := e.p.Store
+	var n int64
+	if err := u.Gorm().Table("users").Where("oidc_issuer = ? AND oidc_subject = ? AND email = ?", e.idp.Issuer(), "sub-grace@example.com", "grace@example.com").Count(&n).Error; err != nil || n != 1 {
+		t.Fatalf("users row for the first sign-in: count %d, err %v", n, err)
+	}
+	actions := auditActions(t, e)
+	for _, want := range []string{"user.create", "org.create"} {
+		if !strings.Contains(actions, want) {
+			t.Errorf("audit log lacks %s: %s", want, actions)
+		}
+	}
+	// The session cookie is HttpOnly and SameSite=Lax.
+	resp := loginResponseCookies(t, e)
+	if !strings.Contains(resp, "HttpOnly") || !strings.Contains(resp, "SameSite=Lax") {
+		t.Errorf("session cookie attributes: %s", resp)
+	}
+
+	// A second sign-in reuses the user and creates nothing new.
+	var before, after int64
+	u.Gorm().Table("organizations").Count(&before)
+	b2 := webtest.NewBrowser(t)
+	e.signIn(t, b2, mockUser("grace@example.com"))
+	u.Gorm().Table("users").Where("email = ?", "grace@example.com").Count(&n)
+	u.Gorm().Table("organizations").Count(&after)
+	if n != 1 || after != before {
+		t.Fatalf("second sign-in: %d users, organizations %d -> %d; want 1 user and no new organization", n, before, after)
+	}
+}
+
+// loginResponseCookies runs a sign-in without following the final redirect
+// and returns its Set-Cookie headers.
+func loginResponseCookies(t *testing.T, e *env) string {
+	t.Helper()
+	b := webtest.NewBrowser(t)
+	var setCookies []string
+	b.Client.CheckRedirect = func(req *http.Request, via []*http.Request) error {
+		if last := via[len(via)-1]; last.Response != nil && strings.HasPrefix(last.URL.Path, "/auth/callback/") {
+			setCookies = last.Response.Header.Values("Set-Cookie")
+		}
+		if strings.HasPrefix(req.URL.Path, "/auth/callback/") {
+			return nil
+		}
+		if len(via) > 0 && strings.HasPrefix(via[len(via)-1].URL.Path, "/auth/callback/") {
+			return http.ErrUseLastResponse
+		}
+		return nil
+	}
+	e.idp.QueueUser(mockUser("cookie@example.com"))
+	resp, err := b.Client.Get(e.p.URL + "/auth/login/mock")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if setCookies == nil {
+		setCookies = resp.Header.Values("Set-Cookie")
+	}
+	for _, c := range setCookies {
+		if strings.HasPrefix(c, auth.SessionCookie+"=") {
+			return c
+		}
+	}
+	t.Fatalf("no session cookie set by the callback: %v", setCookies)
+	return ""
+}
+
+func auditActions(t *testing.T, e *env) string {
+	t.Helper()
+	var acts []string
+	if err := e.p.Store.Gorm().Table("audit_events").Order("id").Pluck("action", &acts).Error; err != nil {
+		t.Fatal(err)
+	}
+	return strings.Join(acts, ",")
+}
+
+func TestGroupsClaimMapsToOrgRole(t *testing.T) {
+	e := start(t, func(pc *auth.ProviderConfig) {
+		pc.GroupsClaim = "groups"
+		pc.GroupRoles = []auth.GroupRole{
+			{Group: "engineering", Org: "eng", Role: "member"},
+			{Group: "platform-admins", Org: "eng", Role: "admin"},
+			{Group: "finance", Org: "money", Role: "viewer"},
+		}
+	})
+	ctx := context.Background()
+	founder, err := e.p.Store.UpsertOIDCUser(ctx, "https://other", "founder", "founder@example.com", "Founder")
+	if err != nil {
+		t.Fatal(err)
+	}
+	eng, err := e.p.Store.CreateOrganization(ctx, "eng", "Engineering", founder.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := webtest.NewBrowser(t)
+	pg := e.signIn(t, b, mockUser("lin@example.com", "engineering", "platform-admins", "unrelated"))
+	if pg.URL.Path != "/o/eng" {
+		t.Fatalf("landed on %s, want /o/eng (no personal org when a group places the user)", pg.URL)
+	}
+	pg.Contains(t, `id="my-role">admin<`)
+	var role string
+	e.p.Store.Gorm().Table("memberships m").Joins("JOIN users u ON u.id = m.user_id").
+		Where("m.org_id = ? AND u.email = ?", eng.ID, "lin@example.com").Pluck("m.role", &role)
+	if role != string(rbac.Admin) {
+		t.Fatalf("role in eng = %q, want admin (strongest mapped group)", role)
+	}
+	if acts := auditActions(t, e); !strings.Contains(acts, "member.add") {
+		t.Errorf("audit log lacks member.add: %s", acts)
+	}
+}
+
+// callbackURL runs the flow up to the IdP's redirect back to the platform
+// and returns that URL without following it.
+func (e *env) callbackURL(t *testing.T, b *webtest.Browser, u mockoidc.User) *url.URL {
+	t.Helper()
+	e.idp.QueueUser(u)
+	var cb *url.URL
+	b.Client.CheckRedirect = func(req *http.Request, via []*http.Request) error {
+		if strings.HasPrefix(req.URL.Path, "/auth/callback/") {
+			cb = req.URL
+			return http.ErrUseLastResponse
+		}
+		return nil
+	}
+	resp, err := b.Client.Get(e.p.URL + "/auth/login/mock")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	b.Client.CheckRedirect = nil
+	if cb == nil {
+		t.Fatalf("the IdP did not redirect back (HTTP %d)", resp.StatusCode)
+	}
+	return cb
+}
+
+func TestSignInRefusals(t *testing.T) {
+	e := start(t, nil)
+	cases := []struct {
+		name   string
+		user   mockoidc.User
+		tamper func(u *url.URL, b *webtest.Browser)
+		want   string
+	}{
+		{
+			name: "bad state",
+			user: mockUser("s@example.com"),
+			tamper: func(u *url.URL, _ *webtest.Browser) {
+				q := u.Query()
+				q.Set("state", "forged")
+				u.RawQuery = q.Encode()
+			},
+			want: "state parameter does not match",
+		},
+		{
+			name:   "missing login cookie",
+			user:   mockUser("c@example.com"),
+			tamper: func(_ *url.URL, b *webtest.Browser) { b.Client.Jar = emptyJar() },
+			want:   "sign-in state cookie is missing",
+		},
+		{
+			name: "wrong audience",
+			user: user{MockUser: mockUser("a@example.com"), bend: func(c *mockoidc.IDTokenClaims) { c.Audience = jwt.ClaimStrings{"someone-else"} }},
+			want: "wrong audience",
+		},
+		{
+			name: "expired ID token",
+			user: user{MockUser: mockUser("x@example.com"), bend: func(c *mockoidc.IDTokenClaims) {
+				past := time.Now().Add(-time.Hour)
+				c.ExpiresAt, c.IssuedAt, c.NotBefore = jwt.NewNumericDate(past), jwt.NewNumericDate(past.Add(-time.Hour)), jwt.NewNumericDate(past.Add(-time.Hour))
+			}},
+			want: "ID token has expired",
+		},
+		{
+			name: "nonce mismatch",
+			user: user{MockUser: mockUser("n@example.com"), bend: func(c *mockoidc.IDTokenClaims) { c.Nonce = "replayed" }},
+			want: "nonce does not match",
+		},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			b := webtest.NewBrowser(t)
+			cb := e.callbackURL(t, b, tc.user)
+			if tc.tamper != nil {
+				tc.tamper(cb, b)
+			}
+			pg := b.Get(cb.String())
+			if pg.Status != http.StatusBadRequest {
+				t.Fatalf("HTTP %d, want 400:\n%s", pg.Status, pg.Body)
+			}
+			pg.Contains(t, "Sign-in failed", tc.want)
+			if b.Cookie(e.p.URL, auth.SessionCookie) != "" {
+				t.Fatal("a refused sign-in set a session cookie")
+			}
+		})
+	}
+}
+
+func TestCSRFTamperedCookieAndLogout(t *testing.T) {
+	e := start(t, nil)
+	b := webtest.NewBrowser(t)
+	pg := e.signIn(t, b, mockUser("kim@example.com"))
+	slug := strings.TrimPrefix(pg.URL.Path, "/o/")
+	tokens := e.p.URL + "/o/" + slug + "/tokens"
+	csrf := webtest.CSRF(t, b.Get(tokens).Body)
+
+	// A form without the token, or with another one, is refused.
+	for name, form := range map[string]url.Values{
+		"missing": {"name": {"ci"}},
+		"wrong":   {"name": {"ci"}, "csrf_token": {"not-" + csrf}},
+	} {
+		pg := b.PostForm(tokens, form)
+		if pg.Status != http.StatusForbidden {
+			t.Fatalf("%s CSRF token: HTTP %d, want 403", name, pg.Status)
+		}
+		pg.Contains(t, "CSRF token missing or invalid")
+	}
+	// A JSON client using the session cookie gets the same reason.
+	req, _ := http.NewRequest(http.MethodPost, e.p.URL+"/api/v1/orgs/"+slug+"/tokens", strings.NewReader(`{"name":"x"}`))
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := b.Client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var body struct {
+		Error struct{ Message string } `json:"error"`
+	}
+	json.NewDecoder(resp.Body).Decode(&body)
+	resp.Body.Close()
+	if resp.StatusCode < 400 || body.Error.Message != auth.CSRFRefusal {
+		t.Fatalf("API POST with session cookie and no CSRF token: HTTP %d %q", resp.StatusCode, body.Error.Message)
+	}
+	var n int64
+	e.p.Store.Gorm().Table("api_tokens").Count(&n)
+	if n != 0 {
+		t.Fatalf("%d tokens created by refused requests", n)
+	}
+
+	// With the token it works.
+	pg = b.PostForm(tokens, url.Values{"name": {"ci"}, "csrf_token": {csrf}})
+	if pg.Status != http.StatusOK {
+		t.Fatalf("create token with CSRF token: HTTP %d\n%s", pg.Status, pg.Body)
+	}
+	pg.Contains(t, `id="token-secret">thl_`)
+
+	// A tampered session cookie is no session.
+	good := b.Cookie(e.p.URL, auth.SessionCookie)
+	b.SetCookie(e.p.URL, auth.SessionCookie, good[:len(good)-2]+flip(good[len(good)-2:]))
+	if pg := b.Get(tokens); pg.URL.Path != "/signin" {
+		t.Fatalf("tampered session cookie reached %s", pg.URL)
+	}
+	b.SetCookie(e.p.URL, auth.SessionCookie, good)
+
+	// Logout ends the session on the server: the old cookie is dead.
+	pg = b.PostForm(e.p.URL+"/auth/logout", url.Values{"csrf_token": {csrf}})
+	if pg.URL.Path != "/signin" || b.Cookie(e.p.URL, auth.SessionCookie) != "" {
+		t.Fatalf("after logout: at %s, cookie %q", pg.URL, b.Cookie(e.p.URL, auth.SessionCookie))
+	}
+	pg.Contains(t, "You are signed out")
+	b.SetCookie(e.p.URL, auth.SessionCookie, good)
+	if pg := b.Get(tokens); pg.URL.Path != "/signin" {
+		t.Fatalf("the cookie of a logged-out session still reaches %s", pg.URL)
+	}
+	if acts := auditActions(t, e); !strings.Contains(acts, "session.logout") || !strings.Contains(acts, "token.create") {
+		t.Errorf("audit log: %s", acts)
+	}
+}
+
+func flip(s string) string {
+	var b strings.Builder
+	for _, r := range s {
+		if r == 'A' {
+			b.WriteRune('B')
+		} else {
+			b.WriteRune('A')
+		}
+	}
+	return b.String()
+}
+
+func emptyJar() http.CookieJar {
+	j, _ := cookiejar.New(nil)
+	return j
+}

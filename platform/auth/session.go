@@ -1,0 +1,205 @@
+package auth
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"time"
+
+	"github.com/gin-gonic/gin"
+	"gorm.io/gorm"
+
+	"github.com/thinlab/thinlab/platform/principal"
+	"github.com/thinlab/thinlab/platform/store"
+)
+
+// SessionCookie holds the session secret; the database keeps only its
+// SHA-256, so a stolen database does not yield live sessions.
+const SessionCookie = "thinlab_session"
+
+// Session is a signed-in browser.
+type Session struct {
+	IDHash    []byte `gorm:"primaryKey;column:id_hash"`
+	UserID    string
+	Provider  string
+	CSRFToken string `gorm:"column:csrf_token"`
+	IP        string `gorm:"column:ip"`
+	UserAgent string
+	CreatedAt time.Time
+	ExpiresAt time.Time
+}
+
+// TableName is the sessions table (migrations/ creates it).
+func (Session) TableName() string { return "web_sessions" }
+
+// ErrNoSession means the cookie names no live session.
+var ErrNoSession = errors.New("no such session")
+
+// SessionStore keeps sessions server-side, so logout and expiry take effect
+// at once on every replica.
+type SessionStore interface {
+	CreateSession(ctx context.Context, s *Session) error
+	// LookupSession returns the live session with idHash, or ErrNoSession.
+	LookupSession(ctx context.Context, idHash []byte, now time.Time) (*Session, error)
+	DeleteSession(ctx context.Context, idHash []byte) error
+}
+
+// GormSessions stores sessions in the platform database.
+type GormSessions struct{ DB *gorm.DB }
+
+// CreateSession inserts s.
+func (g GormSessions) CreateSession(ctx context.Context, s *Session) error {
+	return g.DB.WithContext(ctx).Create(s).Error
+}
+
+// LookupSession finds a session that has not expired.
+func (g GormSessions) LookupSession(ctx context.Context, idHash []byte, now time.Time) (*Session, error) {
+	var s Session
+	err := g.DB.WithContext(ctx).Where("id_hash = ? AND expires_at > ?", idHash, now).Take(&s).Error
+	if errors.Is(err, gorm.ErrRecordNotFound) {
+		return nil, ErrNoSession
+	}
+	if err != nil {
+		return nil, err
+	}
+	return &s, nil
+}
+
+// DeleteSession removes a session (logout); deleting twice is a no-op.
+func (g GormSessions) DeleteSession(ctx context.Context, idHash []byte) error {
+	return g.DB.WithContext(ctx).Where("id_hash = ?", idHash).Delete(&Session{}).Error
+}
+
+// DeleteExpiredSessions removes sessions that ended before now.
+func (g GormSessions) DeleteExpiredSessions(ctx context.Context, now time.Time) (int64, error) {
+	res := g.DB.WithContext(ctx).Where("expires_at <= ?", now).Delete(&Session{})
+	return res.RowsAffected, res.Error
+}
+
+func hashSessionID(id string) []byte {
+	h := sha256.Sum256([]byte(id))
+	return h[:]
+}
+
+func (a *Auth) startSession(c *gin.Context, userID, provider string) error {
+	// Drop a session this browser may already have (no session fixation).
+	if old, err := c.Cookie(SessionCookie); err == nil && old != "" {
+		_ = a.sessions.DeleteSession(c.Request.Context(), hashSessionID(old))
+	}
+	id := randomToken(32)
+	now := a.now().UTC()
+	s := &Session{
+		IDHash:    hashSessionID(id),
+		UserID:    userID,
+		Provider:  provider,
+		CSRFToken: randomToken(32),
+		IP:        c.ClientIP(),
+		UserAgent: truncate(c.Request.UserAgent(), 400),
+		CreatedAt: now,
+		ExpiresAt: now.Add(a.cfg.SessionTTL),
+	}
+	if err := a.sessions.CreateSession(c.Request.Context(), s); err != nil {
+		return err
+	}
+	a.setCookie(c, &http.Cookie{Name: SessionCookie, Value: id, Path: "/", MaxAge: int(a.cfg.SessionTTL.Seconds())})
+	return nil
+}
+
+const sessionKey = "thinlab.auth.session"
+
+// LoadSession puts the request's session (if its cookie names a live one)
+// into the gin context; see SessionFrom. It never refuses a request; pages
+// outside the access chain (the sign-in page) use it.
+func (a *Auth) LoadSession() gin.HandlerFunc {
+	return func(c *gin.Context) {
+		if _, err := a.CurrentSession(c); err != nil {
+			slog.Error("session lookup failed", "err", err)
+		}
+		c.Next()
+	}
+}
+
+// CurrentSession returns the live session named by the cookie (nil without one)
+// and remembers it in the context.
+func (a *Auth) CurrentSession(c *gin.Context) (*Session, error) {
+	if s, ok := SessionFrom(c); ok {
+		return s, nil
+	}
+	id, err := c.Cookie(SessionCookie)
+	if err != nil || id == "" {
+		return nil, nil
+	}
+	s, err := a.sessions.LookupSession(c.Request.Context(), hashSessionID(id), a.now().UTC())
+	if errors.Is(err, ErrNoSession) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	c.Set(sessionKey, s)
+	return s, nil
+}
+
+// SessionFrom returns the session found for this request.
+func SessionFrom(c *gin.Context) (*Session, bool) {
+	v, ok := c.Get(sessionKey)
+	if !ok {
+		return nil, false
+	}
+	s, ok := v.(*Session)
+	return s, ok
+}
+
+// Authenticator is the session authenticator of the platform's access
+// chain. A request without a session cookie, or whose cookie names no live
+// session (expired, logged out, tampered), is left to the next
+// authenticator and ends as "not signed in". A state-changing request made
+// with a session must carry the session's CSRF token (form field
+// csrf_token or header X-CSRF-Token), or it is refused with CSRFRefusal.
+func (a *Auth) Authenticator(st *store.Store) principal.Authenticator {
+	return func(c *gin.Context) (*principal.Principal, error) {
+		s, err := a.CurrentSession(c)
+		if err != nil || s == nil {
+			return nil, err
+		}
+		if !csrfOK(c, s) {
+			return nil, principal.Reject(CSRFRefusal)
+		}
+		u, err := st.UserByID(c.Request.Context(), s.UserID)
+		if errors.Is(err, store.ErrNotFound) {
+			return nil, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		return &principal.Principal{
+			UserID: u.ID, Email: u.Email, Name: u.Name,
+			Method: principal.MethodSession, SessionID: hex.EncodeToString(s.IDHash[:8]),
+		}, nil
+	}
+}
+
+func (a *Auth) handleLogout(c *gin.Context) {
+	if id, err := c.Cookie(SessionCookie); err == nil && id != "" {
+		if err := a.sessions.DeleteSession(c.Request.Context(), hashSessionID(id)); err != nil {
+			slog.Error("logout: deleting the session failed", "err", err)
+			a.fail(c, http.StatusInternalServerError, "Signing out failed. Try again.")
+			return
+		}
+	}
+	a.setCookie(c, &http.Cookie{Name: SessionCookie, Value: "", Path: "/", MaxAge: -1})
+	c.Redirect(http.StatusSeeOther, "/signin?signed_out=1")
+}
+
+func truncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n]
+	}
+	return s
+}
+
+func urlQueryEscape(s string) string { return url.QueryEscape(s) }

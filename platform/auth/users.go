@@ -1,0 +1,135 @@
+package auth
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"regexp"
+	"strings"
+
+	"github.com/gin-gonic/gin"
+	"github.com/rs/xid"
+
+	"github.com/thinlab/thinlab/platform/audit"
+	"github.com/thinlab/thinlab/platform/principal"
+	"github.com/thinlab/thinlab/platform/rbac"
+	"github.com/thinlab/thinlab/platform/store"
+)
+
+// StoreUsers provisions users in the platform database.
+type StoreUsers struct {
+	Store *store.Store
+	// PersonalOrg gives a person who signs in for the first time and whom
+	// no group mapping places anywhere an organization of their own (as
+	// owner), so the platform is usable at once.
+	PersonalOrg bool
+	// Audit records the mutations sign-in makes: user.create, org.create,
+	// member.add and member.update (by group mapping).
+	Audit *audit.Recorder
+}
+
+// SignIn creates the user on first sign-in, refreshes email and name, and
+// applies group roles. Group roles only ever raise a role: a role granted
+// in the platform is never lowered by the IdP (demote people in the
+// platform, or remove them from the organization).
+func (u StoreUsers) SignIn(c *gin.Context, ident Identity) (string, error) {
+	ctx := c.Request.Context()
+	var existing store.User
+	err := u.Store.Gorm().WithContext(ctx).
+		Where("oidc_issuer = ? AND oidc_subject = ?", ident.Issuer, ident.Subject).
+		Limit(1).Find(&existing).Error
+	if err != nil {
+		return "", fmt.Errorf("look up user: %w", err)
+	}
+	first := existing.ID == ""
+	user, err := u.Store.UpsertOIDCUser(ctx, ident.Issuer, ident.Subject, ident.Email, ident.Name)
+	if err != nil {
+		return "", fmt.Errorf("upsert user: %w", err)
+	}
+	if first {
+		u.record(c, user, audit.Event{Action: "user.create", Target: user.ID})
+	}
+	placed := false
+	for _, or := range ident.OrgRoles {
+		ok, err := u.applyOrgRole(c, user, or)
+		if err != nil {
+			return "", err
+		}
+		placed = placed || ok
+	}
+	if first && !placed && u.PersonalOrg {
+		if err := u.createPersonalOrg(c, user); err != nil {
+			return "", err
+		}
+	}
+	return user.ID, nil
+}
+
+func (u StoreUsers) applyOrgRole(c *gin.Context, user *store.User, or OrgRole) (bool, error) {
+	ctx := c.Request.Context()
+	org, err := u.Store.OrganizationByRef(ctx, or.Org)
+	if errors.Is(err, store.ErrNotFound) {
+		slog.Warn("group role names an organization that does not exist; create it first", "org", or.Org, "user", user.ID)
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	role := rbac.Role(or.Role)
+	m, err := u.Store.MembershipOf(ctx, org.ID, user.ID)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		if err := u.Store.AddMember(ctx, org.ID, user.ID, role); err != nil && !errors.Is(err, store.ErrConflict) {
+			return false, fmt.Errorf("add %s to %s: %w", user.ID, org.Slug, err)
+		}
+		u.record(c, user, audit.Event{OrgID: org.ID, Action: "member.add", Target: user.ID + " role=" + string(role) + " (group mapping)"})
+	case err != nil:
+		return false, err
+	case m.Role != role && rbac.AtLeast(role, m.Role):
+		if err := u.Store.SetMemberRole(ctx, org.ID, user.ID, role); err != nil {
+			return false, fmt.Errorf("set role of %s in %s: %w", user.ID, org.Slug, err)
+		}
+		u.record(c, user, audit.Event{OrgID: org.ID, Action: "member.update", Target: user.ID + " role=" + string(role) + " (group mapping)"})
+	}
+	return true, nil
+}
+
+var slugJunk = regexp.MustCompile(`[^a-z0-9-]+`)
+
+func (u StoreUsers) createPersonalOrg(c *gin.Context, user *store.User) error {
+	ctx := c.Request.Context()
+	local, _, _ := strings.Cut(strings.ToLower(user.Email), "@")
+	base := strings.Trim(slugJunk.ReplaceAllString(local, "-"), "-")
+	if len(base) > 40 {
+		base = base[:40]
+	}
+	if len(base) < 2 {
+		base = "user"
+	}
+	slug := base
+	for attempt := 0; attempt < 5; attempt++ {
+		org, err := u.Store.CreateOrganization(ctx, slug, user.Email, user.ID)
+		if errors.Is(err, store.ErrConflict) {
+			slug = base + "-" + xid.New().String()[12:]
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("create personal organization: %w", err)
+		}
+		u.record(c, user, audit.Event{OrgID: org.ID, Action: "org.create", Target: org.ID + " " + org.Slug})
+		return nil
+	}
+	return fmt.Errorf("create personal organization: no free slug for %q", base)
+}
+
+// record audits a sign-in mutation as done by the user signing in (there is
+// no principal yet at the callback).
+func (u StoreUsers) record(c *gin.Context, user *store.User, ev audit.Event) {
+	if u.Audit == nil {
+		return
+	}
+	if principal.From(c) == nil {
+		principal.Set(c, &principal.Principal{UserID: user.ID, Email: user.Email, Name: user.Name, Method: principal.MethodSession})
+	}
+	_ = u.Audit.Record(c, ev)
+}

@@ -1,0 +1,21 @@
+package web
+
+import (
+	"github.com/gin-gonic/gin"
+
+	"github.com/thinlab/thinlab/platform/access"
+)
+
+// removeMember removes a member and revokes their tokens in the
+// organization (same rules as DELETE /api/v1/orgs/:org/members/:user).
+func (w *Web) removeMember(c *gin.Context) {
+	m, ok := w.targetMember(c)
+	if !ok {
+		return
+	}
+	err := w.Store.RemoveMember(c.Request.Context(), access.OrgID(c), m.UserID)
+	if w.memberChangeFailed(c, err, "remove the member") {
+		return
+	}
+	redirectWithFlash(c, "/o/"+access.Org(c).Slug+"/members", m.Email+" was removed from the organization.")
+}

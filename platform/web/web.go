@@ -1,0 +1,262 @@
+// Package web is the platform's server-rendered UI: one file per page or
+// action. Every route is declared in the same access table as the API, so
+// the same authentication, organization check, permission (rbac) and audit
+// apply; the pages themselves are templ components from ui/.
+package web
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"os"
+	"strings"
+
+	"github.com/a-h/templ"
+	"github.com/gin-gonic/gin"
+
+	"github.com/thinlab/thinlab/platform/access"
+	"github.com/thinlab/thinlab/platform/audit"
+	"github.com/thinlab/thinlab/platform/auth"
+	"github.com/thinlab/thinlab/platform/principal"
+	"github.com/thinlab/thinlab/platform/rbac"
+	"github.com/thinlab/thinlab/platform/server"
+	"github.com/thinlab/thinlab/platform/store"
+	"github.com/thinlab/thinlab/sdk/platformapi"
+	"github.com/thinlab/thinlab/ui"
+)
+
+// Web serves the UI.
+type Web struct {
+	Auth    *auth.Auth
+	Store   *store.Store
+	Audit   *audit.Recorder
+	BaseURL string
+	Logger  *slog.Logger
+}
+
+// CookieSecretEnv holds the login-cookie signing secret when the auth
+// configuration does not set one.
+const CookieSecretEnv = "THINLAB_PLATFORM_COOKIE_SECRET"
+
+// AuthConfigEnv names the sign-in configuration file (see
+// docs/platform-config.md) read by SetupFromEnv.
+const AuthConfigEnv = "THINLAB_PLATFORM_AUTH_CONFIG"
+
+// SetupFromEnv is Setup with the sign-in configuration read from the file
+// named by THINLAB_PLATFORM_AUTH_CONFIG (none: everything comes from the
+// server configuration). thinlab platform serve uses it.
+func SetupFromEnv() func(*server.Server) error {
+	return func(s *server.Server) error {
+		cfg, err := auth.LoadConfigFile(os.Getenv(AuthConfigEnv))
+		if err != nil {
+			return fmt.Errorf("%s: %w", AuthConfigEnv, err)
+		}
+		return Setup(cfg)(s)
+	}
+}
+
+// Setup is the server.Options.Setup hook that adds sign-in and the web UI.
+// Empty fields of cfg are filled from the server configuration: BaseURL
+// from publicURL, a provider named "sso" from oidc.issuer/clientID/
+// clientSecret, the cookie secret from THINLAB_PLATFORM_COOKIE_SECRET (or
+// a random one, which only works with a single replica).
+func Setup(cfg auth.Config) func(*server.Server) error {
+	return func(s *server.Server) error {
+		sc := s.Config()
+		if cfg.BaseURL == "" {
+			cfg.BaseURL = sc.PublicURL
+		}
+		if cfg.BaseURL == "" {
+			cfg.BaseURL = "http://" + sc.Listen
+			s.Logger().Warn("publicURL is not set: OIDC callbacks use " + cfg.BaseURL + "; set publicURL to the address browsers use")
+		}
+		if len(cfg.Providers) == 0 && sc.OIDC.Issuer != "" {
+			cfg.Providers = []auth.ProviderConfig{{
+				Name: "sso", DisplayName: "single sign-on", Issuer: sc.OIDC.Issuer,
+				ClientID: sc.OIDC.ClientID, ClientSecret: sc.OIDC.ClientSecret,
+			}}
+		}
+		if cfg.CookieSecret == "" {
+			cfg.CookieSecret = os.Getenv(CookieSecretEnv)
+		}
+		if cfg.CookieSecret == "" {
+			b := make([]byte, 32)
+			if _, err := rand.Read(b); err != nil {
+				return err
+			}
+			cfg.CookieSecret = hex.EncodeToString(b)
+			s.Logger().Warn("no cookie secret configured: using a random one; with several replicas set " + CookieSecretEnv + " to the same value everywhere")
+		}
+		if len(cfg.Providers) == 0 {
+			s.Logger().Warn("no OIDC identity provider configured: nobody can sign in to the web UI (set oidc.issuer or " + AuthConfigEnv + ")")
+		}
+		users := auth.StoreUsers{Store: s.Store(), PersonalOrg: true, Audit: s.Audit()}
+		a, err := auth.New(cfg, auth.Options{Users: users, Sessions: auth.GormSessions{DB: s.Store().Gorm()}})
+		if err != nil {
+			return fmt.Errorf("sign-in configuration: %w", err)
+		}
+		w := &Web{Auth: a, Store: s.Store(), Audit: s.Audit(), BaseURL: strings.TrimRight(cfg.BaseURL, "/"), Logger: s.Logger()}
+		a.ErrorPage = w.errorPage
+		s.AddAuthenticator(a.Authenticator(s.Store()))
+		return s.Handle(w.Routes()...)
+	}
+}
+
+// Routes is the UI's part of the route table.
+func (w *Web) Routes() []access.Route {
+	get, post := http.MethodGet, http.MethodPost
+	rs := []access.Route{
+		{Method: get, Path: "/static/*filepath", Public: true, Handler: w.static},
+		{Method: get, Path: "/signin", Public: true, Handler: w.signIn},
+		{Method: get, Path: "/auth/login/:provider", Public: true, Handler: w.Auth.HandleLogin},
+		{Method: get, Path: "/auth/callback/:provider", Public: true, Handler: w.Auth.HandleCallback},
+		{Method: post, Path: "/auth/logout", Action: "session.logout", Handler: w.Auth.HandleLogout},
+		{Method: get, Path: "/", Handler: w.home},
+		{Method: get, Path: "/switch", Handler: w.switchOrg},
+		{Method: post, Path: "/orgs", Action: "org.create", Handler: w.createOrg},
+		{Method: get, Path: "/invitations/accept", Handler: w.acceptInvitationPage},
+		{Method: post, Path: "/invitations/accept", Action: "invitation.accept", Handler: w.acceptInvitation},
+		{Method: get, Path: "/o/:org", Permission: rbac.MemberRead, Handler: w.dashboard},
+		{Method: get, Path: "/o/:org/members", Permission: rbac.MemberRead, Handler: w.members},
+		{Method: post, Path: "/o/:org/members/:user/role", Permission: rbac.MemberManage, Action: "member.update", Handler: w.changeRole},
+		{Method: post, Path: "/o/:org/members/:user/remove", Permission: rbac.MemberManage, Action: "member.remove", Handler: w.removeMember},
+		{Method: get, Path: "/o/:org/invitations", Permission: rbac.MemberManage, Handler: w.invitations},
+		{Method: post, Path: "/o/:org/invitations", Permission: rbac.MemberManage, Action: "invitation.create", Handler: w.createInvitation},
+		{Method: post, Path: "/o/:org/invitations/:invitation/revoke", Permission: rbac.MemberManage, Action: "invitation.delete", Handler: w.revokeInvitation},
+		{Method: get, Path: "/o/:org/tokens", Permission: rbac.TokenManage, Handler: w.tokens},
+		{Method: post, Path: "/o/:org/tokens", Permission: rbac.TokenManage, Action: "token.create", Handler: w.createToken},
+		{Method: post, Path: "/o/:org/tokens/:token/revoke", Permission: rbac.TokenManage, Action: "token.revoke", Handler: w.revokeToken},
+		{Method: get, Path: "/o/:org/audit", Permission: rbac.AuditRead, Handler: w.auditLog},
+	}
+	for i := range rs {
+		if !rs[i].Public {
+			rs[i].OnError = w.deny
+		}
+	}
+	return rs
+}
+
+// deny renders the access chain's refusals for people: sign-in for "not
+// signed in", a page with the reason otherwise.
+func (w *Web) deny(c *gin.Context, status int, body platformapi.ErrorBody) {
+	if status == http.StatusUnauthorized && body.Message == auth.CSRFRefusal {
+		w.errorPage(c, http.StatusForbidden, auth.CSRFRefusal+". Reload the page and submit the form again.")
+		return
+	}
+	if status == http.StatusUnauthorized {
+		target := "/signin"
+		if c.Request.Method == http.MethodGet && c.Request.URL.Path != "/" {
+			target += "?return_to=" + url.QueryEscape(c.Request.URL.RequestURI())
+		}
+		c.Redirect(http.StatusSeeOther, target)
+		return
+	}
+	w.errorPage(c, status, body.Message)
+}
+
+// errorPage renders a refusal or failure as a page.
+func (w *Web) errorPage(c *gin.Context, status int, message string) {
+	title := http.StatusText(status)
+	switch {
+	case status == http.StatusForbidden && strings.HasPrefix(message, auth.CSRFRefusal):
+		title = "Form expired or forged"
+	case status == http.StatusNotFound:
+		title = "Not found"
+	case status == http.StatusBadRequest && strings.HasPrefix(message, "Sign-in failed"):
+		title = "Sign-in failed"
+	}
+	audit.SetError(c, message)
+	p := w.basePage(c, title)
+	w.render(c, status, ui.ErrorPage(p, ui.Error{Status: status, Title: title, Message: message}))
+	c.Abort()
+}
+
+func (w *Web) render(c *gin.Context, status int, comp templ.Component) {
+	c.Header("Content-Type", "text/html; charset=utf-8")
+	c.Header("Cache-Control", "no-store")
+	c.Header("X-Frame-Options", "DENY")
+	c.Header("Content-Security-Policy", "default-src 'self'; script-src 'none'; frame-ancestors 'none'; form-action 'self'")
+	c.Status(status)
+	if err := comp.Render(c.Request.Context(), c.Writer); err != nil {
+		w.logger().Error("render page", "path", c.FullPath(), "err", err)
+	}
+}
+
+// fail records why an action failed and shows the page again with the
+// reason; the status makes the audit event an error.
+func (w *Web) fail(c *gin.Context, status int, message string, again func(c *gin.Context, p ui.Page)) {
+	audit.SetError(c, message)
+	p := w.page(c, "")
+	p.Flash = append(p.Flash, ui.Flash{Kind: "error", Text: message})
+	p.Status = status
+	again(c, p)
+}
+
+func (w *Web) internal(c *gin.Context, what string, err error) {
+	w.logger().Error(what, "err", err)
+	w.errorPage(c, http.StatusInternalServerError, "Could not "+what+" because of a server error. Try again.")
+}
+
+func (w *Web) logger() *slog.Logger {
+	if w.Logger != nil {
+		return w.Logger
+	}
+	return slog.Default()
+}
+
+// basePage is the layout data every page has: user, organizations, the
+// current organization with its navigation, CSRF token and flashes.
+func (w *Web) basePage(c *gin.Context, title string) ui.Page {
+	p := ui.Page{Title: title, CSRF: auth.CSRFToken(c), Status: http.StatusOK}
+	pr := principal.From(c)
+	if pr == nil {
+		return p
+	}
+	p.User = &ui.User{ID: pr.UserID, Email: pr.Email, Name: pr.Name}
+	orgs, err := w.Store.OrganizationsOfUser(c.Request.Context(), pr.UserID)
+	if err != nil {
+		w.logger().Error("list organizations of user", "err", err)
+	}
+	for _, o := range orgs {
+		p.Orgs = append(p.Orgs, ui.Org{ID: o.ID, Slug: o.Slug, Name: o.Name, Role: string(o.Role)})
+	}
+	if org := access.Org(c); org != nil {
+		p.Org = &ui.Org{ID: org.ID, Slug: org.Slug, Name: org.Name, Role: string(access.Role(c))}
+		p.Nav = nav(p.Org, access.Role(c), c.FullPath())
+	}
+	p.Flash = takeFlash(c)
+	return p
+}
+
+// page is basePage with the status of a successful GET.
+func (w *Web) page(c *gin.Context, title string) ui.Page { return w.basePage(c, title) }
+
+// nav lists the organization's sections the role may open; sections not
+// built yet are shown as "soon".
+func nav(org *ui.Org, role rbac.Role, route string) []ui.NavItem {
+	base := "/o/" + org.Slug
+	items := []struct {
+		label, path string
+		perm        rbac.Permission
+	}{
+		{"Overview", "", rbac.MemberRead},
+		{"Members", "/members", rbac.MemberRead},
+		{"Invitations", "/invitations", rbac.MemberManage},
+		{"API tokens", "/tokens", rbac.TokenManage},
+		{"Audit log", "/audit", rbac.AuditRead},
+	}
+	var out []ui.NavItem
+	for _, it := range items {
+		if !rbac.Can(role, it.perm) {
+			continue
+		}
+		out = append(out, ui.NavItem{Label: it.label, Href: base + it.path, Active: route == "/o/:org"+it.path})
+	}
+	for _, soon := range []string{"Agents", "Clones", "Billing"} {
+		out = append(out, ui.NavItem{Label: soon, Soon: true})
+	}
+	return out
+}
