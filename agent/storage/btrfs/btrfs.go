@@ -78,6 +78,7 @@ type Pool struct {
 	snapDir string
 	log     *slog.Logger
 	mu      sync.Mutex
+	sizes   sizeCache
 }
 
 var _ storage.Pool = (*Pool)(nil)
@@ -262,6 +263,7 @@ func (p *Pool) DestroySnapshot(ctx context.Context, id string, force bool) error
 	if err := p.btrfs(ctx, "subvolume", "delete", dir); err != nil {
 		return fmt.Errorf("destroy snapshot %s: %w", id, err)
 	}
+	p.sizes.forget(dir)
 	if err := os.Remove(dir + ".json"); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		p.log.Warn("snapshot sidecar left behind", "path", dir+".json", "err", err)
 	}
@@ -304,11 +306,9 @@ func (p *Pool) Clone(ctx context.Context, snapshotID, name string) (storage.Clon
 		}
 	}
 	p.log.Info("clone created", "clone", name, "snapshot", snapshotID)
-	c := storage.Clone{Name: name, SnapshotID: snapshotID, Mountpoint: dst, CreatedAt: meta.CreatedAt}
-	if use, err := p.spaceUse(ctx, []string{dst}); err == nil {
-		c.UsedBytes = use[dst].exclusive
-	}
-	return c, nil
+	// A new clone has written nothing yet: UsedBytes is 0 without
+	// walking its files.
+	return storage.Clone{Name: name, SnapshotID: snapshotID, Mountpoint: dst, CreatedAt: meta.CreatedAt}, nil
 }
 
 // undo removes a half-made snapshot or clone and its sidecar. It runs on
@@ -372,6 +372,7 @@ func (p *Pool) destroyCloneLocked(ctx context.Context, name string) error {
 	if err := p.btrfs(ctx, "subvolume", "delete", dir); err != nil {
 		return fmt.Errorf("destroy clone %s: %w", name, err)
 	}
+	p.sizes.forget(dir)
 	if err := os.Remove(dir + ".json"); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		p.log.Warn("clone sidecar left behind", "path", dir+".json", "err", err)
 	}

@@ -9,6 +9,8 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -38,11 +40,67 @@ type spaceUse struct {
 // every clone's writes. Quotas are not enabled by the pool: on large
 // filesystems they slow down snapshot deletion, which is an
 // administrator's call.
+//
+// Measurements are cached for sizeTTL: the clone engine reads a snapshot
+// on every clone it makes, and walking a large data directory each time
+// would cost more than the clone itself.
 func (p *Pool) spaceUse(ctx context.Context, paths []string) (map[string]spaceUse, error) {
 	out := make(map[string]spaceUse, len(paths))
-	if len(paths) == 0 {
+	var missing []string
+	p.sizes.mu.Lock()
+	for _, path := range paths {
+		if c, ok := p.sizes.m[path]; ok && time.Since(c.at) < sizeTTL {
+			out[path] = c.use
+		} else {
+			missing = append(missing, path)
+		}
+	}
+	p.sizes.mu.Unlock()
+	if len(missing) == 0 {
 		return out, nil
 	}
+	measured, err := p.measure(ctx, missing)
+	if err != nil {
+		return nil, err
+	}
+	now := time.Now()
+	p.sizes.mu.Lock()
+	if p.sizes.m == nil {
+		p.sizes.m = map[string]cachedUse{}
+	}
+	for path, u := range measured {
+		out[path] = u
+		p.sizes.m[path] = cachedUse{use: u, at: now}
+	}
+	p.sizes.mu.Unlock()
+	return out, nil
+}
+
+// sizeTTL is how long a measurement is reused; btrfs itself reports new
+// writes only after its next commit (30 s by default).
+const sizeTTL = 30 * time.Second
+
+// sizeCache holds recent measurements by path.
+type sizeCache struct {
+	mu sync.Mutex
+	m  map[string]cachedUse
+}
+
+type cachedUse struct {
+	use spaceUse
+	at  time.Time
+}
+
+// forget drops the measurement of a destroyed subvolume, whose path a new
+// one may reuse.
+func (c *sizeCache) forget(path string) {
+	c.mu.Lock()
+	delete(c.m, path)
+	c.mu.Unlock()
+}
+
+func (p *Pool) measure(ctx context.Context, paths []string) (map[string]spaceUse, error) {
+	out := make(map[string]spaceUse, len(paths))
 	if q, ok := p.qgroups(ctx); ok {
 		complete := true
 		for _, path := range paths {

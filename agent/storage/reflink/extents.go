@@ -5,7 +5,9 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"sync"
 	"syscall"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -20,6 +22,51 @@ type spaceUse struct {
 	// shares: what deleting the tree would free. For a clone, that is what
 	// it wrote since it was made; for a snapshot, what main changed since.
 	exclusive uint64
+}
+
+// sizeTTL is how long a measurement is reused: the clone engine reads a
+// snapshot on every clone it makes, and walking a large data directory
+// each time would cost more than the clone itself.
+const sizeTTL = 30 * time.Second
+
+// sizeCache holds recent measurements by directory.
+type sizeCache struct {
+	mu sync.Mutex
+	m  map[string]cachedUse
+}
+
+type cachedUse struct {
+	use spaceUse
+	at  time.Time
+}
+
+// measure is the package's measure, reusing a result younger than sizeTTL.
+func (c *sizeCache) measure(dir string) (spaceUse, error) {
+	c.mu.Lock()
+	if e, ok := c.m[dir]; ok && time.Since(e.at) < sizeTTL {
+		c.mu.Unlock()
+		return e.use, nil
+	}
+	c.mu.Unlock()
+	u, err := measure(dir)
+	if err != nil {
+		return u, err
+	}
+	c.mu.Lock()
+	if c.m == nil {
+		c.m = map[string]cachedUse{}
+	}
+	c.m[dir] = cachedUse{use: u, at: time.Now()}
+	c.mu.Unlock()
+	return u, nil
+}
+
+// forget drops the measurement of a removed tree, whose path a new one
+// may reuse.
+func (c *sizeCache) forget(dir string) {
+	c.mu.Lock()
+	delete(c.m, dir)
+	c.mu.Unlock()
 }
 
 // FIEMAP ABI (linux/fiemap.h).

@@ -86,6 +86,7 @@ type Pool struct {
 	mainDir string
 	snapDir string
 	log     *slog.Logger
+	sizes   sizeCache
 
 	// mu guards the reservations below. Copies run outside it so that
 	// clones are made in parallel; a reserved name counts as existing.
@@ -322,6 +323,7 @@ func (p *Pool) removeTree(dir string) error {
 	if err := os.Rename(dir, gone); err != nil {
 		return err
 	}
+	p.sizes.forget(dir)
 	if err := os.RemoveAll(gone); err != nil {
 		// Invisible already; Open retries the removal.
 		p.log.Warn("removal incomplete", "path", gone, "err", err)
@@ -370,11 +372,9 @@ func (p *Pool) Clone(ctx context.Context, snapshotID, name string) (storage.Clon
 		return storage.Clone{}, fmt.Errorf("clone %s from %s: %w", name, snapshotID, err)
 	}
 	p.log.Info("clone created", "clone", name, "snapshot", snapshotID)
-	c := storage.Clone{Name: name, SnapshotID: snapshotID, Mountpoint: dst, CreatedAt: meta.CreatedAt}
-	if u, err := measure(dst); err == nil {
-		c.UsedBytes = u.exclusive
-	}
-	return c, nil
+	// A new clone has written nothing yet: UsedBytes is 0 without
+	// walking its files.
+	return storage.Clone{Name: name, SnapshotID: snapshotID, Mountpoint: dst, CreatedAt: meta.CreatedAt}, nil
 }
 
 // Clones implements storage.Pool.
@@ -385,7 +385,7 @@ func (p *Pool) Clones(ctx context.Context) ([]storage.Clone, error) {
 	}
 	out := make([]storage.Clone, 0, len(clones))
 	for _, c := range clones {
-		u, _ := measure(c.dir) // a clone removed meanwhile measures 0
+		u, _ := p.sizes.measure(c.dir) // a clone removed meanwhile measures 0
 		out = append(out, storage.Clone{
 			Name:       c.meta.Name,
 			SnapshotID: c.meta.SnapshotID,
@@ -438,7 +438,7 @@ func (p *Pool) Usage(ctx context.Context) (storage.Usage, error) {
 		Used:          (st.Blocks - st.Bfree) * bs,
 		CompressRatio: 1,
 	}
-	main, err := measure(p.mainDir)
+	main, err := p.sizes.measure(p.mainDir)
 	if err != nil {
 		return storage.Usage{}, fmt.Errorf("reflink pool %s: measure main: %w", p.cfg.Name, err)
 	}
@@ -448,11 +448,11 @@ func (p *Pool) Usage(ctx context.Context) (storage.Usage, error) {
 		return storage.Usage{}, err
 	}
 	for _, s := range snaps {
-		m, _ := measure(s.dir)
+		m, _ := p.sizes.measure(s.dir)
 		u.UsedBySnapshots += m.exclusive
 	}
 	for _, c := range clones {
-		m, _ := measure(c.dir)
+		m, _ := p.sizes.measure(c.dir)
 		u.UsedByClones += m.exclusive
 	}
 	return u, nil

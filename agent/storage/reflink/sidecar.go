@@ -182,7 +182,7 @@ func (p *Pool) scan() ([]snapshotEntry, []cloneEntry, error) {
 func (p *Pool) snapshots(snaps []snapshotEntry, clones []cloneEntry) []storage.Snapshot {
 	out := make([]storage.Snapshot, 0, len(snaps))
 	for _, s := range snaps {
-		u, _ := measure(s.dir) // a snapshot removed meanwhile measures 0
+		u, _ := p.sizes.measure(s.dir) // a snapshot removed meanwhile measures 0
 		snap := storage.Snapshot{
 			ID:           s.meta.ID,
 			Pool:         p.cfg.Name,
