@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/thinlab/thinlab/sdk/agentapi"
 )
@@ -26,6 +27,7 @@ func TestAPI(t *testing.T) {
 	t.Run("Routing", func(t *testing.T) { e.t = t; testRouting(e) })
 	t.Run("BadRequests", func(t *testing.T) { e.t = t; testBadRequests(e) })
 	t.Run("Lifecycle", func(t *testing.T) { e.t = t; testLifecycle(e) })
+	t.Run("SnapshotProtection", func(t *testing.T) { e.t = t; testSnapshotProtection(e) })
 	t.Run("Parallel20", func(t *testing.T) { e.t = t; testParallel20(e) })
 }
 
@@ -537,4 +539,56 @@ func TestPortRangeExhausted(t *testing.T) {
 	}
 	e.destroy("only")
 	e.assertNothingLeft()
+}
+
+func testSnapshotProtection(e *env) {
+	t := e.t
+	c := e.client
+	ctx := e.ctx
+	ps, err := c.CreateSnapshot(ctx, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := ps.ID
+	yes, no := true, false
+	_, err = c.UpdateSnapshot(ctx, id, agentapi.PatchSnapshotRequest{})
+	e.wantError(err, 400, agentapi.CodeBadRequest, "protected", "nothing to update")
+	_, err = c.UpdateSnapshot(ctx, id, agentapi.PatchSnapshotRequest{Protected: &yes, DeleteAt: agentapi.NewLocalTime(time.Now().Add(time.Hour))})
+	e.wantError(err, 400, agentapi.CodeBadRequest, "deleteAt", "cannot be protected and scheduled")
+	_, err = c.UpdateSnapshot(ctx, e.snaps[0].Pool+"@snapshot_20000101000000", agentapi.PatchSnapshotRequest{Protected: &yes})
+	e.wantError(err, 404, agentapi.CodeNotFound, "", "not found")
+
+	// Without a duration: capped by protectionMaxDurationMinutes (120).
+	sn, err := c.UpdateSnapshot(ctx, id, agentapi.PatchSnapshotRequest{Protected: &yes})
+	if err != nil || !sn.Protected || sn.ProtectedTill == nil || time.Until(sn.ProtectedTill.Time) < 110*time.Minute {
+		t.Fatalf("protect: %+v %v", sn, err)
+	}
+	dur := uint(30)
+	sn, err = c.UpdateSnapshot(ctx, id, agentapi.PatchSnapshotRequest{Protected: &yes, ProtectionDurationMinutes: &dur})
+	if err != nil || !sn.Protected || time.Until(sn.ProtectedTill.Time) > 31*time.Minute {
+		t.Fatalf("protect 30 min: %+v %v", sn, err)
+	}
+	e.wantError(c.DeleteSnapshot(ctx, id, true), 409, agentapi.CodeConflict, "", "protected")
+	_, err = c.UpdateSnapshot(ctx, id, agentapi.PatchSnapshotRequest{DeleteAt: agentapi.NewLocalTime(time.Now())})
+	e.wantError(err, 400, agentapi.CodeBadRequest, "deleteAt", "protected")
+	if got, err := c.Snapshot(ctx, id); err != nil || !got.Protected {
+		t.Fatalf("GET after protect: %+v %v", got, err)
+	}
+
+	// Unprotect and schedule the deletion in the past: the next sweep
+	// deletes it.
+	sn, err = c.UpdateSnapshot(ctx, id, agentapi.PatchSnapshotRequest{Protected: &no})
+	if err != nil || sn.Protected || sn.ProtectedTill != nil {
+		t.Fatalf("unprotect: %+v %v", sn, err)
+	}
+	past := time.Now().Add(-time.Minute).Truncate(time.Second)
+	sn, err = c.UpdateSnapshot(ctx, id, agentapi.PatchSnapshotRequest{DeleteAt: agentapi.NewLocalTime(past)})
+	if err != nil || sn.DeleteAt == nil || !sn.DeleteAt.Equal(past) {
+		t.Fatalf("deleteAt: %+v %v", sn, err)
+	}
+	if got := e.srv.SweepSnapshots(ctx); len(got) != 1 || got[0] != id {
+		t.Fatalf("sweep deleted %v, want %s", got, id)
+	}
+	_, err = c.Snapshot(ctx, id)
+	e.wantError(err, 404, agentapi.CodeNotFound, "", "not found")
 }

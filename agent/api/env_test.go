@@ -95,7 +95,7 @@ func newEnv(t *testing.T, ports int, snapshots ...[]string) *env {
 		t.Fatal(err)
 	}
 	e.mgr = m
-	e.srv = api.New(api.Options{Config: cfg, Clones: m, Pools: []storage.Pool{p}, Logger: logger, Version: "test", InstanceID: "inst1", StartedAt: time.Now()})
+	e.srv = api.New(api.Options{Config: cfg, Clones: m, Pools: []storage.Pool{p}, Logger: logger, Version: "test", InstanceID: "inst1", StartedAt: time.Now(), SweepInterval: -1})
 	e.http = httptest.NewServer(e.srv.Handler())
 	e.client = &agentapi.Client{BaseURL: e.http.URL, Token: token, PollInterval: 50 * time.Millisecond}
 	// Cleanups run last-in first-out: server, manager, then the clones'

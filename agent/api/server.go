@@ -46,6 +46,14 @@ type Options struct {
 	Version    string
 	InstanceID string
 	StartedAt  time.Time
+
+	// Now is the clock (time.Now when nil); tests move it to expire
+	// snapshot protection.
+	Now func() time.Time
+	// SweepInterval is how often snapshots whose deleteAt has passed are
+	// deleted (one minute when zero; negative disables the loop, and tests
+	// call SweepSnapshots).
+	SweepInterval time.Duration
 }
 
 // Server answers the agent API.
@@ -60,6 +68,13 @@ type Server struct {
 	startedAt time.Time
 	metrics   *metrics
 	router    *gin.Engine
+	now       func() time.Time
+
+	// snapMeta is snapshot protection and scheduled deletion; snapMetaErr
+	// is why it could not be loaded (snapshot changes are then refused
+	// rather than made without the protection the file holds).
+	snapMeta    *snapshotStore
+	snapMetaErr error
 
 	// bg bounds the goroutines that watch new clones for the creation-time
 	// histogram.
@@ -87,9 +102,26 @@ func New(opt Options) *Server {
 	if s.version == "" {
 		s.version = "dev"
 	}
+	s.now = opt.Now
+	if s.now == nil {
+		s.now = time.Now
+	}
+	s.snapMeta, s.snapMetaErr = loadSnapshotStore(s.cfg.StateDir)
+	if s.snapMetaErr != nil {
+		s.log.Error("snapshot protection state unreadable: snapshot updates and deletes are refused until it is fixed", "err", s.snapMetaErr)
+		s.snapMeta = &snapshotStore{m: map[string]snapshotMeta{}}
+	}
 	s.bg, s.bgCancel = context.WithCancel(context.Background())
 	s.metrics = newMetrics(s)
 	s.router = s.routes()
+	interval := opt.SweepInterval
+	if interval == 0 {
+		interval = time.Minute
+	}
+	if interval > 0 {
+		s.bgWG.Add(1)
+		go s.sweepLoop(interval)
+	}
 	return s
 }
 

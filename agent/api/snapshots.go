@@ -1,6 +1,7 @@
 package api
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/http"
@@ -49,7 +50,7 @@ func (s *Server) listSnapshots(c *gin.Context) {
 		if dataset != "" && sn.Pool != dataset {
 			continue
 		}
-		out = append(out, snapshotView(sn, bySnap[sn.ID]))
+		out = append(out, s.snapshotView(sn, bySnap[sn.ID]))
 	}
 	sortSnapshots(out)
 	c.JSON(http.StatusOK, out)
@@ -105,7 +106,7 @@ func (s *Server) getSnapshot(c *gin.Context) {
 		return
 	}
 	snaps := snapshotIndex{sn.ID: sn}
-	c.JSON(http.StatusOK, snapshotView(sn, clonesBySnapshot(s.clones.List(), snaps)[sn.ID]))
+	c.JSON(http.StatusOK, s.snapshotView(sn, clonesBySnapshot(s.clones.List(), snaps)[sn.ID]))
 }
 
 // createSnapshot is POST /snapshot: a snapshot of the pool's current data
@@ -175,6 +176,14 @@ func (s *Server) deleteSnapshot(c *gin.Context) {
 	if !ok {
 		return
 	}
+	if s.snapMetaErr != nil {
+		s.internalError(c, s.snapMetaErr)
+		return
+	}
+	if s.snapMeta.get(sn.ID).protectedAt(s.now()) {
+		conflict(c, fmt.Sprintf("snapshot %q is protected: remove its protection first (PATCH /snapshot/{id} with protected false)", sn.ID))
+		return
+	}
 	var dependents []string
 	var protected []string
 	for _, cl := range s.clones.List() {
@@ -215,16 +224,142 @@ func (s *Server) deleteSnapshot(c *gin.Context) {
 		s.internalError(c, err)
 		return
 	}
+	s.forgetSnapshot(sn.ID)
 	s.log.Info("snapshot deleted", "snapshot", sn.ID, "force", force)
 	c.JSON(http.StatusOK, agentapi.Response{Status: "OK", Message: "Deleted snapshot"})
 }
 
-// updateSnapshot is PATCH /snapshot/{id}. Snapshot protection is not
-// built yet: the route answers 501 after checking the snapshot exists, so
-// clients get a clear error instead of a silent no-op.
+// updateSnapshot is PATCH /snapshot/{id}: protect or unprotect a snapshot
+// (an omitted duration means no expiry, capped by the configured maximum)
+// or schedule its deletion. The reply is the snapshot.
 func (s *Server) updateSnapshot(c *gin.Context) {
-	if _, _, ok := s.findSnapshot(c, snapshotParam(c)); !ok {
+	var req agentapi.PatchSnapshotRequest
+	if !readJSON(c, &req) {
 		return
 	}
-	writeError(c, http.StatusNotImplemented, agentapi.CodeNotImplemented, "snapshot protection is not supported by this agent yet; protect the clones instead (PATCH /clone/{id})", "")
+	if req.Protected == nil && req.DeleteAt == nil {
+		badRequest(c, "protected", "nothing to update: give protected (with an optional protectionDurationMinutes) or deleteAt")
+		return
+	}
+	if req.Protected != nil && *req.Protected && req.DeleteAt != nil && !req.DeleteAt.IsZero() {
+		badRequest(c, "deleteAt", "deleteAt: a snapshot cannot be protected and scheduled for deletion at once; give one of them")
+		return
+	}
+	if req.Protected == nil && req.ProtectionDurationMinutes != nil {
+		badRequest(c, "protectionDurationMinutes", "protectionDurationMinutes: give it together with protected true")
+		return
+	}
+	_, sn, ok := s.findSnapshot(c, snapshotParam(c))
+	if !ok {
+		return
+	}
+	if s.snapMetaErr != nil {
+		s.internalError(c, s.snapMetaErr)
+		return
+	}
+	now := s.now()
+	meta := s.snapMeta.get(sn.ID)
+	if !meta.protectedAt(now) {
+		meta.Protected, meta.ProtectedTill = false, time.Time{}
+	}
+	if req.Protected != nil {
+		meta.Protected, meta.ProtectedTill = *req.Protected, time.Time{}
+		if *req.Protected {
+			meta.ProtectedTill = s.snapshotProtectionTill(now, req.ProtectionDurationMinutes)
+			meta.DeleteAt = time.Time{}
+		}
+	}
+	if req.DeleteAt != nil {
+		if !req.DeleteAt.IsZero() && meta.protectedAt(now) {
+			badRequest(c, "deleteAt", fmt.Sprintf("deleteAt: snapshot %q is protected; remove its protection first", sn.ID))
+			return
+		}
+		meta.DeleteAt = req.DeleteAt.Time
+	}
+	if err := s.snapMeta.set(sn.ID, meta); err != nil {
+		s.internalError(c, err)
+		return
+	}
+	s.log.Info("snapshot updated", "snapshot", sn.ID, "protected", meta.protectedAt(now), "till", meta.ProtectedTill, "delete_at", meta.DeleteAt)
+	snaps := snapshotIndex{sn.ID: sn}
+	c.JSON(http.StatusOK, s.snapshotView(sn, clonesBySnapshot(s.clones.List(), snaps)[sn.ID]))
+}
+
+// snapshotProtectionTill: nil or 0 minutes mean no expiry, both capped by
+// cloning.protectionMaxDurationMinutes (DLE's rule for snapshots).
+func (s *Server) snapshotProtectionTill(now time.Time, minutes *uint) time.Time {
+	var d uint
+	if minutes != nil {
+		d = *minutes
+	}
+	if max := s.cfg.Cloning.ProtectionMaxDurationMinutes; max > 0 && (d == 0 || d > max) {
+		d = max
+	}
+	if d == 0 {
+		return time.Time{}
+	}
+	return now.Add(time.Duration(d) * time.Minute)
+}
+
+// forgetSnapshot drops the protection state of a deleted snapshot.
+func (s *Server) forgetSnapshot(id string) {
+	if err := s.snapMeta.set(id, snapshotMeta{}); err != nil {
+		s.log.Warn("could not drop the state of a deleted snapshot", "snapshot", id, "err", err)
+	}
+}
+
+func (s *Server) sweepLoop(interval time.Duration) {
+	defer s.bgWG.Done()
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.bg.Done():
+			return
+		case <-t.C:
+			s.SweepSnapshots(s.bg)
+		}
+	}
+}
+
+// SweepSnapshots deletes snapshots whose deleteAt has passed, unless they
+// are protected or clones still use them (then it tries again on the next
+// sweep), and forgets the state of snapshots that no longer exist. It
+// returns the IDs it deleted.
+func (s *Server) SweepSnapshots(ctx context.Context) []string {
+	if s.snapMetaErr != nil {
+		return nil
+	}
+	now := s.now()
+	var deleted []string
+	for id, meta := range s.snapMeta.all() {
+		poolName, _, err := storage.ParseSnapshotID(id)
+		p, ok := s.clones.Pool(poolName)
+		if err != nil || !ok {
+			continue
+		}
+		if _, err := p.GetSnapshot(ctx, id); errors.Is(err, storage.ErrNotFound) {
+			s.forgetSnapshot(id)
+			continue
+		}
+		if meta.DeleteAt.IsZero() || now.Before(meta.DeleteAt) || meta.protectedAt(now) {
+			continue
+		}
+		inUse := false
+		for _, cl := range s.clones.List() {
+			inUse = inUse || cl.SnapshotID == id
+		}
+		if inUse {
+			s.log.Warn("snapshot past its deleteAt still has clones; deleting it once they are gone", "snapshot", id)
+			continue
+		}
+		if err := p.DestroySnapshot(ctx, id, false); err != nil {
+			s.log.Warn("scheduled snapshot deletion failed", "snapshot", id, "err", err)
+			continue
+		}
+		s.forgetSnapshot(id)
+		s.log.Info("snapshot deleted at its deleteAt", "snapshot", id)
+		deleted = append(deleted, id)
+	}
+	return deleted
 }

@@ -54,11 +54,12 @@ func clonesBySnapshot(clones []clone.Clone, snaps snapshotIndex) map[string][]st
 	return out
 }
 
-func snapshotView(sn storage.Snapshot, clones []string) agentapi.Snapshot {
+func (s *Server) snapshotView(sn storage.Snapshot, clones []string) agentapi.Snapshot {
 	if clones == nil {
 		clones = []string{}
 	}
-	return agentapi.Snapshot{
+	meta := s.snapMeta.get(sn.ID)
+	out := agentapi.Snapshot{
 		ID:           sn.ID,
 		CreatedAt:    agentapi.NewLocalTime(sn.CreatedAt),
 		DataStateAt:  agentapi.NewLocalTime(sn.DataStateAt),
@@ -68,7 +69,13 @@ func snapshotView(sn storage.Snapshot, clones []string) agentapi.Snapshot {
 		NumClones:    len(clones),
 		Clones:       clones,
 		Message:      sn.Message,
+		DeleteAt:     agentapi.NewLocalTime(meta.DeleteAt),
 	}
+	if meta.protectedAt(s.now()) {
+		out.Protected = true
+		out.ProtectedTill = agentapi.NewLocalTime(meta.ProtectedTill)
+	}
+	return out
 }
 
 // cloneView renders a clone. snaps and bySnap may be nil (then the
@@ -76,7 +83,7 @@ func snapshotView(sn storage.Snapshot, clones []string) agentapi.Snapshot {
 func (s *Server) cloneView(c clone.Clone, snaps snapshotIndex, bySnap map[string][]string) agentapi.Clone {
 	snap := agentapi.Snapshot{ID: c.SnapshotID, Pool: c.Pool, Clones: []string{}}
 	if sn, ok := snaps[c.SnapshotID]; ok {
-		snap = snapshotView(sn, bySnap[c.SnapshotID])
+		snap = s.snapshotView(sn, bySnap[c.SnapshotID])
 	}
 	out := agentapi.Clone{
 		ID:            c.ID,

@@ -171,6 +171,16 @@ func (c *Client) DeleteSnapshot(ctx context.Context, id string, force bool) erro
 	return c.do(ctx, http.MethodDelete, path, nil, nil)
 }
 
+// UpdateSnapshot protects or unprotects a snapshot, or schedules its
+// deletion.
+func (c *Client) UpdateSnapshot(ctx context.Context, id string, r PatchSnapshotRequest) (*Snapshot, error) {
+	var s Snapshot
+	if err := c.do(ctx, http.MethodPatch, "/snapshot/"+id, r, &s); err != nil {
+		return nil, err
+	}
+	return &s, nil
+}
+
 // Clones lists clones, newest first.
 func (c *Client) Clones(ctx context.Context) ([]Clone, error) {
 	var cl []Clone

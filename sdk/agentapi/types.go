@@ -55,12 +55,11 @@ const (
 // Error codes of the error body. DLE has the first four; CONFLICT (409) is
 // Thinlab's, used where DLE answers 400 or 500 for a state conflict.
 const (
-	CodeBadRequest     = "BAD_REQUEST"
-	CodeUnauthorized   = "UNAUTHORIZED"
-	CodeNotFound       = "NOT_FOUND"
-	CodeInternal       = "INTERNAL_ERROR"
-	CodeConflict       = "CONFLICT"
-	CodeNotImplemented = "NOT_IMPLEMENTED"
+	CodeBadRequest   = "BAD_REQUEST"
+	CodeUnauthorized = "UNAUTHORIZED"
+	CodeNotFound     = "NOT_FOUND"
+	CodeInternal     = "INTERNAL_ERROR"
+	CodeConflict     = "CONFLICT"
 )
 
 // Status is a code with a human message (clone and instance status).
@@ -177,6 +176,15 @@ type DatabaseRequest struct {
 // means the latest.
 type SnapshotCloneField struct {
 	ID string `json:"id"`
+}
+
+// PatchSnapshotRequest changes a snapshot's protection or schedules its
+// deletion (PATCH /snapshot/{id}). An omitted duration means no expiry
+// (capped by the server's maximum); a zero DeleteAt clears the schedule.
+type PatchSnapshotRequest struct {
+	Protected                 *bool      `json:"protected,omitempty"`
+	ProtectionDurationMinutes *uint      `json:"protectionDurationMinutes,omitempty"`
+	DeleteAt                  *LocalTime `json:"deleteAt,omitempty"`
 }
 
 // PatchCloneRequest changes a clone's protection (PATCH /clone/{id}).
