@@ -80,6 +80,9 @@ type Dashboard struct {
 	Invitations int
 	Tokens      int
 	Permissions []string
+	// ShowInvitations and ShowTokens hide tiles the role cannot open.
+	ShowInvitations bool
+	ShowTokens      bool
 }
 
 // Member is one row of the members table.

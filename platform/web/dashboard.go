@@ -26,7 +26,7 @@ func (w *Web) dashboard(c *gin.Context) {
 			w.internal(c, "list invitations", err)
 			return
 		}
-		d.Invitations = len(invs)
+		d.Invitations, d.ShowInvitations = len(invs), true
 	}
 	if rbac.Can(role, rbac.TokenManage) {
 		toks, err := w.visibleTokens(c)
@@ -34,6 +34,7 @@ func (w *Web) dashboard(c *gin.Context) {
 			w.internal(c, "list tokens", err)
 			return
 		}
+		d.ShowTokens = true
 		for _, t := range toks {
 			if t.RevokedAt == nil {
 				d.Tokens++

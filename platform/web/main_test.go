@@ -1,0 +1,9 @@
+package web_test
+
+import (
+	"testing"
+
+	"github.com/thinlab/thinlab/platform/platformtest"
+)
+
+func TestMain(m *testing.M) { platformtest.Main(m) }
