@@ -112,7 +112,7 @@ func TestTenantIsolation(t *testing.T) {
 	env := tt.env
 	// Routes that are not organization-scoped, and how each is checked.
 	global := map[string]func(t *testing.T, as caller){
-		"GET /healthz":            nil, // public
+		"GET /healthz":             nil, // public
 		"GET /api/v1/openapi.json": nil, // public
 		"GET /api/v1/me": func(t *testing.T, as caller) {
 			r := as.do(env, http.MethodGet, "/api/v1/me", nil)

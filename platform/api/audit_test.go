@@ -1,0 +1,232 @@
+package api_test
+
+import (
+	"context"
+	"encoding/csv"
+	"encoding/json"
+	"net/http"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/thinlab/thinlab/platform/platformtest"
+	"github.com/thinlab/thinlab/platform/rbac"
+	"github.com/thinlab/thinlab/platform/store"
+	"github.com/thinlab/thinlab/sdk/platformapi"
+)
+
+func allEvents(t *testing.T, env *platformtest.Env) []store.AuditEvent {
+	t.Helper()
+	var out []store.AuditEvent
+	if err := env.Store.Gorm().Order("id").Find(&out).Error; err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// TestEveryMutationIsAudited calls every mutating route of the route table
+// once as it should succeed and once as it must fail, and expects exactly
+// one new audit event each time, with the route's action and the result.
+func TestEveryMutationIsAudited(t *testing.T) {
+	env := platformtest.New(t, platformtest.WithSetup(fakeSession))
+	ctx := context.Background()
+	owner := env.User("owner@example.com")
+	org := env.Org("aud", owner)
+	viewer := env.Member(org, "vic@example.com", rbac.Viewer)
+	target := env.Member(org, "tim@example.com", rbac.Member)
+	outsider := env.User("out@example.com")
+	ownerTok, viewerTok := env.Token(org, owner), env.Token(org, viewer)
+	victimTok, _, _ := env.Store.CreateAPIToken(ctx, org.ID, target.ID, "victim", nil)
+	_, invSecret, _ := env.Store.CreateInvitation(ctx, org.ID, "out@example.com", rbac.Viewer, owner.ID)
+	inv2, _, _ := env.Store.CreateInvitation(ctx, org.ID, "gone@example.com", rbac.Viewer, owner.ID)
+
+	type call struct {
+		path, body, header, value string
+		wantOK                    bool
+	}
+	// Per mutation route: a failing call, then a succeeding one.
+	calls := map[string][]call{
+		"POST /api/v1/orgs": {
+			{"/api/v1/orgs", `{"slug":"aud"}`, testUserHeader, owner.ID, false},
+			{"/api/v1/orgs", `{"slug":"aud-two"}`, testUserHeader, owner.ID, true},
+		},
+		"POST /api/v1/orgs/:org/members": {
+			{"/api/v1/orgs/aud/members", `{"user_id":"` + outsider.ID + `","role":"viewer"}`, "Authorization", "Bearer " + viewerTok, false},
+			{"/api/v1/orgs/aud/members", `{"user_id":"` + outsider.ID + `","role":"viewer"}`, "Authorization", "Bearer " + ownerTok, true},
+		},
+		"PATCH /api/v1/orgs/:org/members/:user": {
+			{"/api/v1/orgs/aud/members/" + owner.ID, `{"role":"viewer"}`, "Authorization", "Bearer " + ownerTok, false},
+			{"/api/v1/orgs/aud/members/" + target.ID, `{"role":"admin"}`, "Authorization", "Bearer " + ownerTok, true},
+		},
+		"DELETE /api/v1/orgs/:org/members/:user": {
+			{"/api/v1/orgs/aud/members/" + owner.ID, "", "Authorization", "Bearer " + ownerTok, false},
+			{"/api/v1/orgs/aud/members/" + outsider.ID, "", "Authorization", "Bearer " + ownerTok, true},
+		},
+		"POST /api/v1/orgs/:org/invitations": {
+			{"/api/v1/orgs/aud/invitations", `{"email":"x","role":"viewer"}`, "Authorization", "Bearer " + ownerTok, false},
+			{"/api/v1/orgs/aud/invitations", `{"email":"x@example.com","role":"viewer"}`, "Authorization", "Bearer " + ownerTok, true},
+		},
+		"DELETE /api/v1/orgs/:org/invitations/:invitation": {
+			{"/api/v1/orgs/aud/invitations/inv_nope", "", "Authorization", "Bearer " + ownerTok, false},
+			{"/api/v1/orgs/aud/invitations/" + inv2.ID, "", "Authorization", "Bearer " + ownerTok, true},
+		},
+		"POST /api/v1/invitations/:token/accept": {
+			{"/api/v1/invitations/" + invSecret + "/accept", "", testUserHeader, viewer.ID, false},
+			{"/api/v1/invitations/" + invSecret + "/accept", "", testUserHeader, outsider.ID, true},
+		},
+		"POST /api/v1/orgs/:org/tokens": {
+			{"/api/v1/orgs/aud/tokens", `{"name":""}`, "Authorization", "Bearer " + ownerTok, false},
+			{"/api/v1/orgs/aud/tokens", `{"name":"ci"}`, "Authorization", "Bearer " + ownerTok, true},
+		},
+		"DELETE /api/v1/orgs/:org/tokens/:token": {
+			{"/api/v1/orgs/aud/tokens/" + victimTok.ID, "", "Authorization", "Bearer " + viewerTok, false},
+			{"/api/v1/orgs/aud/tokens/" + victimTok.ID, "", "Authorization", "Bearer " + ownerTok, true},
+		},
+	}
+	for _, rt := range env.Server.Routes() {
+		if !rt.Mutation() {
+			continue
+		}
+		key := rt.Method + " " + rt.Path
+		cs, ok := calls[key]
+		if !ok {
+			t.Errorf("mutation %s has no audit test case: add one", key)
+			continue
+		}
+		for _, c := range cs {
+			before := len(allEvents(t, env))
+			r := env.DoWithHeader(rt.Method, c.path, c.header, c.value, c.body)
+			if ok := r.Status < 400; ok != c.wantOK {
+				t.Fatalf("%s %s: %d %s, want success=%v", key, c.path, r.Status, r.Body, c.wantOK)
+			}
+			events := allEvents(t, env)
+			if len(events) != before+1 {
+				t.Fatalf("%s %s: %d new audit events, want 1", key, c.path, len(events)-before)
+			}
+			ev := events[len(events)-1]
+			wantResult := store.ResultSuccess
+			if !c.wantOK {
+				wantResult = store.ResultError
+			}
+			if ev.Action != rt.Action || ev.Result != wantResult || ev.ActorID == nil || ev.IP == "" || ev.UserAgent != "platformtest" {
+				t.Errorf("%s: event %+v, want action %s result %s with actor, IP and user agent", key, ev, rt.Action, wantResult)
+			}
+			if !c.wantOK && ev.Error != r.Error().Message {
+				t.Errorf("%s: event error %q, want the message sent: %q", key, ev.Error, r.Error().Message)
+			}
+			if c.wantOK && (ev.OrgID == nil || ev.Target == "") {
+				t.Errorf("%s: successful event lacks org or target: %+v", key, ev)
+			}
+		}
+	}
+}
+
+func TestAuditLogIsAppendOnly(t *testing.T) {
+	env := platformtest.New(t)
+	owner := env.User("owner@example.com")
+	org := env.Org("aud", owner)
+	tok := env.Token(org, owner)
+	env.Do("POST", "/api/v1/orgs/aud/tokens", tok, `{"name":"x"}`)
+	if n := len(allEvents(t, env)); n != 1 {
+		t.Fatalf("%d events", n)
+	}
+	for _, q := range []string{
+		"UPDATE audit_events SET action = 'nothing.happened'",
+		"DELETE FROM audit_events",
+		"TRUNCATE audit_events",
+	} {
+		err := env.Exec(q)
+		if err == nil || !strings.Contains(err.Error(), "append-only") {
+			t.Errorf("%s as superuser: %v, want rejected as append-only", q, err)
+		}
+	}
+	if evs := allEvents(t, env); len(evs) != 1 || evs[0].Action != "token.create" {
+		t.Fatalf("events changed: %+v", evs)
+	}
+}
+
+func TestAuditFiltersAndExport(t *testing.T) {
+	env := platformtest.New(t)
+	ctx := context.Background()
+	owner := env.User("owner@example.com")
+	org := env.Org("aud", owner)
+	admin := env.Member(org, "adm@example.com", rbac.Admin)
+	oc, ac := env.Client(env.Token(org, owner)), env.Client(env.Token(org, admin))
+
+	created, err := oc.CreateToken(ctx, "aud", platformapi.CreateTokenRequest{Name: "one"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mid := time.Now().UTC().Truncate(time.Second).Add(time.Second)
+	// Wait for the next whole second so since/until (RFC 3339, seconds)
+	// split the events into before and after.
+	for time.Now().Before(mid) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if err := ac.RevokeToken(ctx, "aud", created.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ac.Invite(ctx, "aud", platformapi.CreateInvitationRequest{Email: "n@example.com", Role: "viewer"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ac.SetMemberRole(ctx, "aud", owner.ID, "viewer"); err == nil {
+		t.Fatal("admin demoted the owner")
+	}
+
+	check := func(q platformapi.AuditQuery, want ...string) {
+		t.Helper()
+		evs, err := oc.Audit(ctx, "aud", q)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for _, e := range evs {
+			got = append(got, e.Action+":"+e.Result)
+		}
+		if strings.Join(got, ",") != strings.Join(want, ",") {
+			t.Errorf("audit %+v = %v, want %v", q, got, want)
+		}
+	}
+	check(platformapi.AuditQuery{}, "member.update:error", "invitation.create:success", "token.revoke:success", "token.create:success")
+	check(platformapi.AuditQuery{Actor: admin.ID}, "member.update:error", "invitation.create:success", "token.revoke:success")
+	check(platformapi.AuditQuery{Actor: "owner@example.com"}, "token.create:success")
+	check(platformapi.AuditQuery{Action: "token."}, "token.revoke:success", "token.create:success")
+	check(platformapi.AuditQuery{Action: "token.create"}, "token.create:success")
+	check(platformapi.AuditQuery{Target: created.ID}, "token.revoke:success", "token.create:success")
+	check(platformapi.AuditQuery{Until: mid}, "token.create:success")
+	check(platformapi.AuditQuery{Since: mid, Action: "token."}, "token.revoke:success")
+
+	// CSV export: header plus one row per event, with the filter applied.
+	raw, err := oc.AuditCSV(ctx, "aud", platformapi.AuditQuery{Action: "token."})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rows, err := csv.NewReader(strings.NewReader(string(raw))).ReadAll()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rows) != 3 || strings.Join(rows[0], ",") != "id,time,actor_id,actor,action,target,ip,user_agent,result,error" ||
+		rows[1][4] != "token.revoke" || rows[1][3] != "adm@example.com" || rows[2][5] != created.ID || rows[1][8] != "success" {
+		t.Fatalf("CSV export:\n%s", raw)
+	}
+	// JSON export with the format parameter, and the error message kept.
+	r := env.Do("GET", "/api/v1/orgs/aud/audit?format=json&action=member.update", env.Token(org, owner), nil)
+	var doc platformapi.List[platformapi.AuditEvent]
+	if err := json.Unmarshal(r.Body, &doc); err != nil || len(doc.Items) != 1 || doc.Items[0].Result != "error" || !strings.Contains(doc.Items[0].Error, "cannot change a member whose role is owner") {
+		t.Fatalf("JSON export: %s", r.Body)
+	}
+	// Bad filters name the parameter.
+	for _, q := range []string{"since=yesterday", "until=1", "format=xml", "limit=0"} {
+		field, _, _ := strings.Cut(q, "=")
+		r := env.Do("GET", "/api/v1/orgs/aud/audit?"+q, env.Token(org, owner), nil)
+		if r.Status != http.StatusBadRequest || r.Error().Field != field {
+			t.Errorf("?%s: %d %s", url.PathEscape(q), r.Status, r.Body)
+		}
+	}
+	// Members without audit:read are refused.
+	viewer := env.Member(org, "v@example.com", rbac.Viewer)
+	if _, err := env.Client(env.Token(org, viewer)).Audit(ctx, "aud", platformapi.AuditQuery{}); !isStatus(err, 403) {
+		t.Fatalf("viewer reading audit: %v", err)
+	}
+}
