@@ -1,0 +1,49 @@
+package cli
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// TestAgentRunInputErrors: `thinlab agent run` refuses a missing or bad
+// configuration with an error that names the problem.
+func TestAgentRunInputErrors(t *testing.T) {
+	dir := t.TempDir()
+	bad := filepath.Join(dir, "bad.yml")
+	if err := os.WriteFile(bad, []byte("server:\n  prot: 1\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	invalid := filepath.Join(dir, "invalid.yml")
+	if err := os.WriteFile(invalid, []byte("server:\n  port: 2345\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("THINLAB_AGENT_CONFIG", "")
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"agent", "run"}, "--config is required"},
+		{[]string{"agent", "run", "--config", filepath.Join(dir, "missing.yml")}, "read config"},
+		{[]string{"agent", "run", "--config", bad}, `unknown key "prot" in server`},
+		{[]string{"agent", "run", "--config", invalid}, "pools is empty"},
+		{[]string{"agent", "run", "extra-arg", "--config", invalid}, "unknown command"},
+	} {
+		root := NewRootCommand()
+		root.SetArgs(tc.args)
+		root.SetOut(&strings.Builder{})
+		root.SetErr(&strings.Builder{})
+		err := root.Execute()
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("thinlab %s: got %v, want an error containing %q", strings.Join(tc.args, " "), err, tc.want)
+		}
+	}
+	// The environment variable is the default of --config.
+	t.Setenv("THINLAB_AGENT_CONFIG", bad)
+	root := NewRootCommand()
+	root.SetArgs([]string{"agent", "run"})
+	if err := root.Execute(); err == nil || !strings.Contains(err.Error(), "prot") {
+		t.Errorf("THINLAB_AGENT_CONFIG: got %v", err)
+	}
+}
