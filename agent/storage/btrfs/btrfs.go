@@ -190,7 +190,7 @@ func (p *Pool) Snapshot(ctx context.Context, opt storage.SnapshotOptions) (stora
 		return storage.Snapshot{}, fmt.Errorf("snapshot %s: %w", id, err)
 	}
 	p.log.Info("snapshot created", "id", id)
-	return p.getSnapshotLocked(ctx, id)
+	return p.GetSnapshot(ctx, id)
 }
 
 // Snapshots implements storage.Pool.
@@ -204,10 +204,6 @@ func (p *Pool) Snapshots(ctx context.Context) ([]storage.Snapshot, error) {
 
 // GetSnapshot implements storage.Pool.
 func (p *Pool) GetSnapshot(ctx context.Context, id string) (storage.Snapshot, error) {
-	return p.getSnapshotLocked(ctx, id) // reads only; the name says it is safe under mu
-}
-
-func (p *Pool) getSnapshotLocked(ctx context.Context, id string) (storage.Snapshot, error) {
 	name, err := p.snapshotName(id)
 	if err != nil {
 		return storage.Snapshot{}, err

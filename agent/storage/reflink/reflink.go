@@ -532,8 +532,18 @@ func classify(err error) error {
 		return nil
 	}
 	var ce *command.Error
-	if errors.As(err, &ce) && (strings.Contains(ce.Stderr, "No space left") || strings.Contains(ce.Stderr, "Disk quota exceeded")) {
-		return fmt.Errorf("%w: %v", storage.ErrNoSpace, err)
+	if errors.As(err, &ce) {
+		// cp prints one line per file it could not copy: thousands on a
+		// full filesystem. The first says what happened.
+		lines := strings.Split(ce.Stderr, "\n")
+		msg := fmt.Sprintf("%s: %v: %s", ce.Cmdline, ce.Err, lines[0])
+		if len(lines) > 1 {
+			msg += fmt.Sprintf(" (and %d more lines)", len(lines)-1)
+		}
+		if strings.Contains(ce.Stderr, "No space left") || strings.Contains(ce.Stderr, "Disk quota exceeded") {
+			return fmt.Errorf("%w: %s", storage.ErrNoSpace, msg)
+		}
+		return errors.New(msg)
 	}
 	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
 		return fmt.Errorf("%w: %v", storage.ErrNoSpace, err)

@@ -2,6 +2,8 @@ package reflink_test
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -57,5 +59,48 @@ func TestRefusesExt4(t *testing.T) {
 		if e.Name() != "lost+found" {
 			t.Errorf("Open left %s behind on ext4", e.Name())
 		}
+	}
+}
+
+// A snapshot needs new inodes for every file it copies. With the
+// filesystem full, cp fails part-way: the error must be ErrNoSpace and the
+// half-made copy must be gone.
+func TestFullFilesystemLeavesNothing(t *testing.T) {
+	p := storagetest.NewLoopPoolSize(t, storage.ModeReflink, 320<<20).(*reflink.Pool)
+	ctx := context.Background()
+	for i := 0; i < 3000; i++ {
+		if err := os.WriteFile(filepath.Join(p.MainDir(), fmt.Sprintf("f%04d", i)), []byte("x"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f, err := os.Create(filepath.Join(p.MainDir(), "filler"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 1<<20)
+	for {
+		if _, err := f.Write(buf); err != nil {
+			break
+		}
+	}
+	f.Close()
+	_, err = p.Snapshot(ctx, storage.SnapshotOptions{})
+	if err == nil {
+		t.Skip("XFS found room for 3000 inodes in a full filesystem; the no-space path is not reached here")
+	}
+	if !errors.Is(err, storage.ErrNoSpace) {
+		t.Fatalf("snapshot in a full filesystem: %v, want ErrNoSpace", err)
+	}
+	t.Log(err)
+	entries, _ := os.ReadDir(filepath.Join(p.Path(), "snapshots"))
+	if len(entries) != 0 {
+		var names []string
+		for _, e := range entries {
+			names = append(names, e.Name())
+		}
+		t.Fatalf("snapshots directory holds %v after a failed snapshot", names)
+	}
+	if snaps, _ := p.Snapshots(ctx); len(snaps) != 0 {
+		t.Fatalf("snapshots listed after a failed snapshot: %v", snaps)
 	}
 }
