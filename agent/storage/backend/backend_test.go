@@ -25,6 +25,9 @@ func TestOpenErrorsNameTheField(t *testing.T) {
 		{Config{Name: "p", Mode: "btrfs", Path: "/nonexistent-thinlab-x"}, []string{"/nonexistent-thinlab-x does not exist"}},
 		{Config{Name: "p", Mode: "lvm", Path: "vg/thin"}, []string{"lvm"}},
 		{Config{Name: "bad/name", Mode: "btrfs", Path: "/tmp"}, []string{"pool name"}},
+		{Config{Name: "p", Mode: "btrfs", Path: "/mnt/pool", ClonesDir: "/var/clones"}, []string{"clonesDir /var/clones must lie inside path /mnt/pool"}},
+		{Config{Name: "p", Mode: "reflink", Path: "/tmp", ClonesDir: "/"}, []string{"clonesDir / must be a directory of its own"}},
+		{Config{Name: "p", Mode: "reflink", Path: "/tmp", ClonesDir: "/tmp/main/c"}, []string{"clonesDir /tmp/main/c must be a directory of its own"}},
 	} {
 		_, err := Open(ctx, tc.cfg)
 		if err == nil {

@@ -109,6 +109,11 @@ func Open(ctx context.Context, cfg Config) (*Pool, error) {
 	if err := checkBtrfs(cfg.Path); err != nil {
 		return nil, fmt.Errorf("btrfs pool %s: %w", cfg.Name, err)
 	}
+	for _, reserved := range []string{"main", "snapshots"} {
+		if within(cfg.ClonesDir, filepath.Join(cfg.Path, reserved)) {
+			return nil, fmt.Errorf("btrfs pool %s: clonesDir %s must not lie inside %s, which the pool uses itself", cfg.Name, cfg.ClonesDir, filepath.Join(cfg.Path, reserved))
+		}
+	}
 	p := &Pool{
 		cfg:     cfg,
 		mainDir: filepath.Join(cfg.Path, "main"),

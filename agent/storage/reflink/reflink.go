@@ -138,8 +138,10 @@ func Open(ctx context.Context, cfg Config) (*Pool, error) {
 		p.log = slog.Default()
 	}
 	p.log = p.log.With("pool", cfg.Name, "path", cfg.Path)
-	if cfg.ClonesDir == p.mainDir || cfg.ClonesDir == p.snapDir || within(cfg.ClonesDir, p.mainDir) || within(cfg.ClonesDir, p.snapDir) {
-		return nil, fmt.Errorf("reflink pool %s: clonesDir %s must not lie inside %s or %s", cfg.Name, cfg.ClonesDir, p.mainDir, p.snapDir)
+	// Every directory in ClonesDir is taken for a clone, so it must not
+	// hold the pool itself, nor lie in what the pool copies.
+	if within(cfg.Path, cfg.ClonesDir) || within(cfg.ClonesDir, p.mainDir) || within(cfg.ClonesDir, p.snapDir) {
+		return nil, fmt.Errorf("reflink pool %s: clonesDir %s must be a directory of its own, not %s or a directory around it or inside %s or %s (leave it empty for %s/clones)", cfg.Name, cfg.ClonesDir, cfg.Path, p.mainDir, p.snapDir, cfg.Path)
 	}
 	if err := probeReflink(cfg.Path); err != nil {
 		return nil, fmt.Errorf("reflink pool %s: %w", cfg.Name, err)
