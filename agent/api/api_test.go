@@ -181,7 +181,7 @@ var localTimeRE = regexp.MustCompile(`^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(Z|[+-]\d\d
 
 // checkKeys asserts that obj has every DLE field and nothing beyond the
 // optional and Thinlab-added ones.
-func checkKeys(t *testing.T, what string, obj any, required, optional []string) map[string]any {
+func checkKeys(t testing.TB, what string, obj any, required, optional []string) map[string]any {
 	t.Helper()
 	m, ok := obj.(map[string]any)
 	if !ok {
@@ -204,7 +204,7 @@ func checkKeys(t *testing.T, what string, obj any, required, optional []string) 
 	return m
 }
 
-func checkLocalTime(t *testing.T, what string, v any) {
+func checkLocalTime(t testing.TB, what string, v any) {
 	t.Helper()
 	s, ok := v.(string)
 	if !ok || !localTimeRE.MatchString(s) {
@@ -224,7 +224,7 @@ var (
 )
 
 // checkClone checks a clone object against DLE's shape.
-func checkClone(t *testing.T, obj any, ok bool) {
+func checkClone(t testing.TB, obj any, ok bool) {
 	t.Helper()
 	m := checkKeys(t, "clone", obj, cloneKeys, cloneOpt)
 	checkLocalTime(t, "clone.createdAt", m["createdAt"])
@@ -248,7 +248,7 @@ func checkClone(t *testing.T, obj any, ok bool) {
 	checkSnapshot(t, m["snapshot"])
 }
 
-func checkSnapshot(t *testing.T, obj any) {
+func checkSnapshot(t testing.TB, obj any) {
 	t.Helper()
 	m := checkKeys(t, "snapshot", obj, snapshotKeys, snapshotOpt)
 	checkLocalTime(t, "snapshot.createdAt", m["createdAt"])

@@ -53,7 +53,7 @@ func (s *syncBuffer) String() string {
 // env is a real agent API over a real btrfs loop pool (agent/storage/btrfs) with real postgres
 // clones, served on 127.0.0.1 by httptest.
 type env struct {
-	t      *testing.T
+	t      testing.TB
 	ctx    context.Context
 	pool   storage.Pool
 	cfg    *config.Config
@@ -67,7 +67,7 @@ type env struct {
 
 // newEnv makes a pool with one snapshot per sql list, a clone manager
 // with a private range of ports, and the API server.
-func newEnv(t *testing.T, ports int, snapshots ...[]string) *env {
+func newEnv(t testing.TB, ports int, snapshots ...[]string) *env {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	t.Cleanup(cancel)
@@ -97,7 +97,7 @@ func newEnv(t *testing.T, ports int, snapshots ...[]string) *env {
 	e.mgr = m
 	e.srv = api.New(api.Options{Config: cfg, Clones: m, Pools: []storage.Pool{p}, Logger: logger, Version: "test", InstanceID: "inst1", StartedAt: time.Now(), SweepInterval: -1})
 	e.http = httptest.NewServer(e.srv.Handler())
-	e.client = &agentapi.Client{BaseURL: e.http.URL, Token: token, PollInterval: 50 * time.Millisecond}
+	e.client = &agentapi.Client{BaseURL: e.http.URL, Token: token, PollInterval: 200 * time.Millisecond}
 	// Cleanups run last-in first-out: server, manager, then the clones'
 	// processes and datasets, then (registered first) the pool.
 	t.Cleanup(func() {
@@ -205,7 +205,7 @@ func (e *env) destroy(id string) {
 
 // query logs in to the clone over TCP with the clone's user and password
 // (as psql would) and returns one text value.
-func query(ctx context.Context, t *testing.T, c *agentapi.Clone, password, sql string) string {
+func query(ctx context.Context, t testing.TB, c *agentapi.Clone, password, sql string) string {
 	t.Helper()
 	s, err := tryQuery(ctx, c, password, sql)
 	if err != nil {
@@ -252,7 +252,7 @@ func (e *env) assertNothingLeft() {
 	}
 }
 
-func decodeMap(t *testing.T, b []byte) map[string]any {
+func decodeMap(t testing.TB, b []byte) map[string]any {
 	t.Helper()
 	var m map[string]any
 	if err := json.Unmarshal(b, &m); err != nil {

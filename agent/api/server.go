@@ -8,6 +8,7 @@ package api
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/subtle"
 	_ "embed"
 	"log/slog"
@@ -194,7 +195,10 @@ func (s *Server) requireToken(c *gin.Context) {
 		return
 	}
 	got := c.GetHeader(agentapi.VerificationTokenHeader)
-	if got == "" || subtle.ConstantTimeCompare([]byte(got), []byte(want)) != 1 {
+	// Hashing first makes the comparison independent of the token's
+	// length too.
+	gotSum, wantSum := sha256.Sum256([]byte(got)), sha256.Sum256([]byte(want))
+	if got == "" || subtle.ConstantTimeCompare(gotSum[:], wantSum[:]) != 1 {
 		writeError(c, http.StatusUnauthorized, agentapi.CodeUnauthorized, "Check your verification token.", "")
 		c.Abort()
 		return
