@@ -69,8 +69,21 @@ func Step(t testing.TB, ctx context.Context, name string, actions ...chromedp.Ac
 	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	if err := chromedp.Do(sctx, actions...); err != nil {
-		t.Fatalf("browser step %q: %v", name, err)
+		t.Fatalf("browser step %q: %v\n%s", name, err, Describe(ctx))
 	}
+}
+
+// Describe returns where the browser is and what the page says, for
+// failure messages.
+func Describe(ctx context.Context) string {
+	dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	loc, _ := chromedp.Run(dctx, chromedp.Location())
+	text, _ := chromedp.Run(dctx, chromedp.Text("body"))
+	if len(text) > 2000 {
+		text = text[:2000] + "..."
+	}
+	return "browser at " + loc + ", page text:\n" + text
 }
 
 // Get runs one action that returns a value with a timeout, failing the test
@@ -81,7 +94,7 @@ func Get[T any](t testing.TB, ctx context.Context, name string, action chromedp.
 	defer cancel()
 	v, err := chromedp.Run(sctx, action)
 	if err != nil {
-		t.Fatalf("browser step %q: %v", name, err)
+		t.Fatalf("browser step %q: %v\n%s", name, err, Describe(ctx))
 	}
 	return v
 }

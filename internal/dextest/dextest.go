@@ -201,8 +201,8 @@ func (d *Dex) config(port int, redirectURIs []string) ([]byte, error) {
 		if u.Username == "" {
 			u.Username, _, _ = strings.Cut(u.Email, "@")
 		}
-		// MinCost keeps startup fast; these are throwaway test passwords.
-		hash, err := bcrypt.GenerateFromPassword([]byte(u.Password), bcrypt.MinCost)
+		// Dex refuses hashes below bcrypt's default cost (10).
+		hash, err := bcrypt.GenerateFromPassword([]byte(u.Password), bcrypt.DefaultCost)
 		if err != nil {
 			return nil, fmt.Errorf("hash password of %s: %w", u.Email, err)
 		}
