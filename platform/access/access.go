@@ -183,7 +183,8 @@ func deny(c *gin.Context, rt Route, status int, code, message string) {
 		c.Abort()
 		return
 	}
-	c.AbortWithStatusJSON(status, platformapi.ErrorResponse{Error: body})
+	c.Abort()
+	c.PureJSON(status, platformapi.ErrorResponse{Error: body})
 }
 
 // Org returns the organization authorized for this request (nil outside
@@ -213,5 +214,7 @@ func Role(c *gin.Context) rbac.Role {
 // audit log why. field names the request field at fault, when there is one.
 func Error(c *gin.Context, status int, code, message, field string) {
 	audit.SetError(c, message)
-	c.AbortWithStatusJSON(status, platformapi.ErrorResponse{Error: platformapi.ErrorBody{Code: code, Message: message, Field: field}})
+	// PureJSON: messages quote things like "<api token>"; keep them readable.
+	c.Abort()
+	c.PureJSON(status, platformapi.ErrorResponse{Error: platformapi.ErrorBody{Code: code, Message: message, Field: field}})
 }
