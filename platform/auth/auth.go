@@ -1,6 +1,7 @@
 package auth
 
 import (
+	"log/slog"
 	"net/http"
 	"strings"
 	"time"
@@ -27,6 +28,7 @@ type Auth struct {
 	sessions    SessionStore
 	loginSigner signer
 	now         func() time.Time
+	log         *slog.Logger
 
 	// ErrorPage renders refusals; set it before serving.
 	ErrorPage ErrorPage
@@ -41,6 +43,8 @@ type Options struct {
 	HTTPClient *http.Client
 	// Now is the clock (tests); default time.Now.
 	Now func() time.Time
+	// Logger defaults to slog.Default().
+	Logger *slog.Logger
 }
 
 // New validates cfg and builds the sign-in machinery.
@@ -59,6 +63,10 @@ func New(cfg Config, opts Options) (*Auth, error) {
 		sessions:    opts.Sessions,
 		loginSigner: newSigner(cfg.CookieSecret, "login"),
 		now:         opts.Now,
+		log:         opts.Logger,
+	}
+	if a.log == nil {
+		a.log = slog.Default()
 	}
 	if a.now == nil {
 		a.now = time.Now

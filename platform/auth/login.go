@@ -1,12 +1,12 @@
 package auth
 
 import (
+	"context"
 	"crypto/rand"
 	"crypto/subtle"
 	"encoding/base64"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net/http"
 	"net/url"
 	"strings"
@@ -53,7 +53,7 @@ func (a *Auth) handleLogin(c *gin.Context) {
 	}
 	oc, _, err := p.discover(c.Request.Context())
 	if err != nil {
-		slog.Error("oidc discovery failed", "provider", p.cfg.Name, "err", err)
+		a.log.Error("oidc discovery failed", "provider", p.cfg.Name, "err", err)
 		a.fail(c, http.StatusBadGateway, fmt.Sprintf("Sign-in with %s is unavailable: the identity provider did not answer. Try again later.", p.cfg.DisplayName))
 		return
 	}
@@ -83,26 +83,35 @@ func (a *Auth) handleCallback(c *gin.Context) {
 	if err != nil {
 		var le *loginError
 		if errors.As(err, &le) {
-			slog.Warn("sign-in refused", "provider", c.Param("provider"), "reason", le.msg, "err", le.err)
+			a.log.Warn("sign-in refused", "provider", c.Param("provider"), "reason", le.msg, "err", le.err)
 			a.fail(c, le.status, "Sign-in failed: "+le.msg)
 			return
 		}
-		slog.Error("sign-in failed", "provider", c.Param("provider"), "err", err)
+		a.log.Error("sign-in failed", "provider", c.Param("provider"), "err", err)
 		a.fail(c, http.StatusInternalServerError, "Sign-in failed because of a server error. Try again.")
 		return
 	}
 	userID, err := a.users.SignIn(c, ident)
 	if err != nil {
-		slog.Error("sign-in: provisioning the user failed", "provider", ident.Provider, "subject", ident.Subject, "err", err)
+		a.log.Error("sign-in: provisioning the user failed", "provider", ident.Provider, "subject", ident.Subject, "err", err)
 		a.fail(c, http.StatusInternalServerError, "Sign-in failed: your account could not be set up. Try again or contact an administrator.")
 		return
 	}
 	if err := a.startSession(c, userID, ident.Provider); err != nil {
-		slog.Error("sign-in: creating the session failed", "err", err)
+		a.log.Error("sign-in: creating the session failed", "err", err)
 		a.fail(c, http.StatusInternalServerError, "Sign-in failed: the session could not be created. Try again.")
 		return
 	}
-	slog.Info("signed in", "provider", ident.Provider, "user", userID)
+	a.log.Info("signed in", "provider", ident.Provider, "user", userID)
+	// Sign-ins are rare next to requests: a good moment to drop sessions
+	// that ended (indexed by expires_at).
+	if gs, ok := a.sessions.(interface {
+		DeleteExpiredSessions(context.Context, time.Time) (int64, error)
+	}); ok {
+		if _, err := gs.DeleteExpiredSessions(c.Request.Context(), a.now().UTC()); err != nil {
+			a.log.Warn("delete expired sessions", "err", err)
+		}
+	}
 	c.Redirect(http.StatusSeeOther, returnTo)
 }
 

@@ -371,3 +371,48 @@ func emptyJar() http.CookieJar {
 	j, _ := cookiejar.New(nil)
 	return j
 }
+
+func TestExpiredSessionIsNoSession(t *testing.T) {
+	e := start(t, nil)
+	b := webtest.NewBrowser(t)
+	pg := e.signIn(t, b, mockUser("old@example.com"))
+	if err := e.p.Store.Gorm().Exec("UPDATE web_sessions SET expires_at = now() - interval '1 second'").Error; err != nil {
+		t.Fatal(err)
+	}
+	if again := b.Get(pg.URL.String()); again.URL.Path != "/signin" {
+		t.Fatalf("expired session reached %s", again.URL)
+	}
+}
+
+func TestSecureCookiesWhenConfigured(t *testing.T) {
+	idp, err := mockoidc.Run()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { idp.Shutdown() })
+	p := webtest.Start(t, func(string) auth.Config {
+		return auth.Config{SecureCookies: true, Providers: []auth.ProviderConfig{{
+			Name: "mock", Issuer: idp.Issuer(), ClientID: idp.ClientID, ClientSecret: idp.ClientSecret,
+		}}}
+	})
+	client := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	resp, err := client.Get(p.URL + "/auth/login/mock")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	sc := resp.Header.Get("Set-Cookie")
+	for _, attr := range []string{"thinlab_login=", "Secure", "HttpOnly", "SameSite=Lax", "Path=/auth/"} {
+		if !strings.Contains(sc, attr) {
+			t.Errorf("login cookie lacks %s: %s", attr, sc)
+		}
+	}
+	loc, _ := url.Parse(resp.Header.Get("Location"))
+	q := loc.Query()
+	if q.Get("code_challenge_method") != "S256" || q.Get("code_challenge") == "" || q.Get("nonce") == "" || q.Get("state") == "" {
+		t.Errorf("authorization request lacks PKCE S256, nonce or state: %s", loc)
+	}
+	if q.Get("redirect_uri") != p.URL+"/auth/callback/mock" {
+		t.Errorf("redirect_uri = %s", q.Get("redirect_uri"))
+	}
+}

@@ -5,7 +5,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
-	"log/slog"
 	"net/http"
 	"net/url"
 	"time"
@@ -117,7 +116,7 @@ const sessionKey = "thinlab.auth.session"
 func (a *Auth) LoadSession() gin.HandlerFunc {
 	return func(c *gin.Context) {
 		if _, err := a.CurrentSession(c); err != nil {
-			slog.Error("session lookup failed", "err", err)
+			a.log.Error("session lookup failed", "err", err)
 		}
 		c.Next()
 	}
@@ -186,7 +185,7 @@ func (a *Auth) Authenticator(st *store.Store) principal.Authenticator {
 func (a *Auth) handleLogout(c *gin.Context) {
 	if id, err := c.Cookie(SessionCookie); err == nil && id != "" {
 		if err := a.sessions.DeleteSession(c.Request.Context(), hashSessionID(id)); err != nil {
-			slog.Error("logout: deleting the session failed", "err", err)
+			a.log.Error("logout: deleting the session failed", "err", err)
 			a.fail(c, http.StatusInternalServerError, "Signing out failed. Try again.")
 			return
 		}

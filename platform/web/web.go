@@ -94,7 +94,7 @@ func Setup(cfg auth.Config) func(*server.Server) error {
 			s.Logger().Warn("no OIDC identity provider configured: nobody can sign in to the web UI (set oidc.issuer or " + AuthConfigEnv + ")")
 		}
 		users := auth.StoreUsers{Store: s.Store(), PersonalOrg: true, Audit: s.Audit()}
-		a, err := auth.New(cfg, auth.Options{Users: users, Sessions: auth.GormSessions{DB: s.Store().Gorm()}})
+		a, err := auth.New(cfg, auth.Options{Users: users, Sessions: auth.GormSessions{DB: s.Store().Gorm()}, Logger: s.Logger()})
 		if err != nil {
 			return fmt.Errorf("sign-in configuration: %w", err)
 		}
