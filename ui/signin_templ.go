@@ -69,7 +69,7 @@ func SignInPage(p Page, s SignIn) templ.Component {
 				}
 			}
 			if len(s.Providers) == 0 {
-				templ_7745c5c3_Err = templruntime.WriteString(templ_7745c5c3_Buffer, 5, "<p class=\"flash flash-error\">No identity provider is configured. Add one under auth.providers in the platform configuration.</p>")
+				templ_7745c5c3_Err = templruntime.WriteString(templ_7745c5c3_Buffer, 5, "<p class=\"flash flash-error\">No identity provider is configured. Set oidc.issuer in the platform configuration, or list providers in the file named by THINLAB_PLATFORM_AUTH_CONFIG.</p>")
 				if templ_7745c5c3_Err != nil {
 					return templ_7745c5c3_Err
 				}

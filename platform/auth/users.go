@@ -108,7 +108,7 @@ func (u StoreUsers) createPersonalOrg(c *gin.Context, user *store.User) error {
 	}
 	slug := base
 	for attempt := 0; attempt < 5; attempt++ {
-		org, err := u.Store.CreateOrganization(ctx, slug, user.Email, user.ID)
+		org, err := u.Store.CreateOrganization(ctx, slug, personalOrgName(user), user.ID)
 		if errors.Is(err, store.ErrConflict) {
 			slug = base + "-" + xid.New().String()[12:]
 			continue
@@ -132,4 +132,13 @@ func (u StoreUsers) record(c *gin.Context, user *store.User, ev audit.Event) {
 		principal.Set(c, &principal.Principal{UserID: user.ID, Email: user.Email, Name: user.Name, Method: principal.MethodSession})
 	}
 	_ = u.Audit.Record(c, ev)
+}
+
+// personalOrgName is "Ada (personal)", from the IdP's name or the email.
+func personalOrgName(u *store.User) string {
+	name := strings.TrimSpace(u.Name)
+	if name == "" {
+		name, _, _ = strings.Cut(u.Email, "@")
+	}
+	return name + " (personal)"
 }

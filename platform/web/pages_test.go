@@ -76,7 +76,7 @@ func TestEveryPageRendersWithoutJavaScript(t *testing.T) {
 	slug := strings.TrimPrefix(home.URL.Path, "/o/")
 	o := s.p.URL + "/o/" + slug
 	pages := map[string][]string{
-		o:                             {`id="page-title">ada@example.com<`, "Your permissions", "member:manage", `id="org-select"`, "Sign out"},
+		o:                             {`id="page-title">ada (personal)<`, "Your permissions", "member:manage", `id="org-select"`, "Sign out"},
 		o + "/members":                {`id="members"`, "ada@example.com", `<span class="badge">you</span>`},
 		o + "/invitations":            {`id="invitations"`, `id="invite-email"`, "No open invitations."},
 		o + "/tokens":                 {`id="tokens"`, `id="token-name"`, "No tokens yet."},
