@@ -98,6 +98,13 @@ var slugJunk = regexp.MustCompile(`[^a-z0-9-]+`)
 
 func (u StoreUsers) createPersonalOrg(c *gin.Context, user *store.User) error {
 	ctx := c.Request.Context()
+	// Two first sign-ins racing (two tabs) should not give two personal
+	// organizations: the second finds the first's.
+	if orgs, err := u.Store.OrganizationsOfUser(ctx, user.ID); err != nil {
+		return fmt.Errorf("list organizations: %w", err)
+	} else if len(orgs) > 0 {
+		return nil
+	}
 	local, _, _ := strings.Cut(strings.ToLower(user.Email), "@")
 	base := strings.Trim(slugJunk.ReplaceAllString(local, "-"), "-")
 	if len(base) > 40 {
