@@ -2,13 +2,33 @@ package backend
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"os"
+	"strings"
 
 	"github.com/thinlab/thinlab/agent/storage"
+	"github.com/thinlab/thinlab/agent/storage/lvm"
 	"github.com/thinlab/thinlab/internal/command"
 )
 
-// openLVM: the LVM thin backend is not part of this build yet.
-func openLVM(_ context.Context, cfg Config, _ command.Runner) (storage.Pool, error) {
-	return nil, fmt.Errorf("pool %s: mode lvm: the lvm backend is not built in this version of Thinlab; use zfs, btrfs or reflink", cfg.Name)
+// openLVM opens an LVM thin pool; path is VG/THINPOOL. Clones mount under
+// the lvm backend's own mount root (/var/lib/thinlab/lvm/<name>), next to
+// main, so clonesDir is refused rather than silently ignored.
+func openLVM(ctx context.Context, cfg Config, r command.Runner) (storage.Pool, error) {
+	vg, thin, ok := strings.Cut(cfg.Path, "/")
+	if !ok || vg == "" || thin == "" || strings.Contains(thin, "/") {
+		return nil, fmt.Errorf("pool %s: path %q: for mode lvm give the volume group and thin pool as VG/THINPOOL", cfg.Name, cfg.Path)
+	}
+	if cfg.ClonesDir != "" {
+		return nil, fmt.Errorf("pool %s: clonesDir is not used by mode lvm (clones mount under /var/lib/thinlab/lvm/%s/clones); remove it", cfg.Name, cfg.Name)
+	}
+	var owner *lvm.Owner
+	if cfg.Owner != nil {
+		owner = &lvm.Owner{UID: int(cfg.Owner.UID), GID: int(cfg.Owner.GID)}
+	}
+	// Without a running udev, device-mapper would wait for it forever.
+	_, err := os.Stat("/run/udev/control")
+	noUdev := errors.Is(err, os.ErrNotExist)
+	return lvm.Open(ctx, lvm.Config{Name: cfg.Name, VG: vg, ThinPool: thin, Owner: owner, NoUdev: noUdev, Runner: &r, Logger: cfg.Logger})
 }
