@@ -29,6 +29,7 @@ package lvm
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -255,6 +256,9 @@ func (p *Pool) Snapshot(ctx context.Context, opt storage.SnapshotOptions) (stora
 	if err != nil {
 		return storage.Snapshot{}, fmt.Errorf("snapshot dataStateAt %s is out of range (years 1000-9999): %w", at.Format(time.RFC3339), err)
 	}
+	if err := validateSnapshotOptions(opt); err != nil {
+		return storage.Snapshot{}, err
+	}
 	meta, err := encodeMetaTags(snapshotMeta{ID: id, DataStateAt: at, CreatedAt: time.Now().UTC(), Message: opt.Message, Labels: opt.Labels})
 	if err != nil {
 		return storage.Snapshot{}, fmt.Errorf("snapshot %s: %w", id, err)
@@ -355,7 +359,8 @@ func (p *Pool) Clone(ctx context.Context, snapshotID, name string) (storage.Clon
 	if err := p.checkSnapshotID(snapshotID); err != nil {
 		return storage.Clone{}, err
 	}
-	meta, err := encodeMetaTags(cloneMeta{Name: name, SnapshotID: snapshotID, CreatedAt: time.Now().UTC()})
+	cm := cloneMeta{Name: name, SnapshotID: snapshotID, CreatedAt: time.Now().UTC()}
+	meta, err := encodeMetaTags(cm)
 	if err != nil {
 		return storage.Clone{}, err
 	}
@@ -392,23 +397,17 @@ func (p *Pool) Clone(ctx context.Context, snapshotID, name string) (storage.Clon
 		return storage.Clone{}, fmt.Errorf("clone %s from %s: %w", name, snapshotID, err)
 	}
 	p.log.Info("clone created", "clone", name, "snapshot", snapshotID, "lv", lv)
-	st, err = p.load(ctx)
-	if err != nil {
-		return storage.Clone{}, err
-	}
-	for _, c := range st.clonesList(p.cloneDir) {
-		if c.Name == name {
-			return c, nil
-		}
-	}
-	return storage.Clone{}, fmt.Errorf("clone %s: created but missing from lvs", name)
+	// A new clone has written nothing yet; no need for another lvs.
+	return storage.Clone{Name: name, SnapshotID: snapshotID, Mountpoint: mount, CreatedAt: cm.CreatedAt}, nil
 }
 
-// finishClone activates (lvcreate normally has), mounts and hands the
-// clone's root to the owner.
+// finishClone activates the clone if lvcreate did not, mounts it and hands
+// its root to the owner.
 func (p *Pool) finishClone(ctx context.Context, lv, mount string) error {
-	if err := p.lvm(ctx, "lvchange", "-ay", "-K", p.lvPath(lv)); err != nil {
-		return err
+	if _, err := os.Stat(p.devPath(lv)); err != nil {
+		if err := p.lvm(ctx, "lvchange", "-ay", "-K", p.lvPath(lv)); err != nil {
+			return err
+		}
 	}
 	if err := os.MkdirAll(mount, 0o755); err != nil {
 		return err
@@ -501,6 +500,25 @@ func (p *Pool) Usage(ctx context.Context) (storage.Usage, error) {
 		return storage.Usage{}, fmt.Errorf("%w: lvm pool %s: thin pool %s/%s is gone", storage.ErrNotFound, p.cfg.Name, p.cfg.VG, p.cfg.ThinPool)
 	}
 	return st.usage(), nil
+}
+
+// maxMetaField bounds a snapshot's message and its labels (each as JSON),
+// like the other backends, so that every backend accepts the same input.
+const maxMetaField = 4096
+
+func validateSnapshotOptions(opt storage.SnapshotOptions) error {
+	for k := range opt.Labels {
+		if k == "" {
+			return fmt.Errorf("%w: snapshot labels: a label key is empty; give every label a name", storage.ErrInvalidName)
+		}
+	}
+	if raw, _ := json.Marshal(opt.Message); len(raw) > maxMetaField {
+		return fmt.Errorf("%w: snapshot message is %d bytes encoded; keep it under %d", storage.ErrInvalidName, len(raw), maxMetaField)
+	}
+	if raw, _ := json.Marshal(opt.Labels); len(raw) > maxMetaField {
+		return fmt.Errorf("%w: snapshot labels are %d bytes as JSON; keep them under %d", storage.ErrInvalidName, len(raw), maxMetaField)
+	}
+	return nil
 }
 
 // checkSpace refuses new thin LVs in a full thin pool: LVM would create

@@ -248,3 +248,23 @@ func TestOpenValidatesConfig(t *testing.T) {
 		t.Errorf("mountRoot: %v", err)
 	}
 }
+
+func TestSnapshotOptionsLimits(t *testing.T) {
+	ok := storage.SnapshotOptions{Message: "m", Labels: map[string]string{"k": "v"}}
+	if err := validateSnapshotOptions(ok); err != nil {
+		t.Fatal(err)
+	}
+	for _, bad := range []storage.SnapshotOptions{
+		{Labels: map[string]string{"": "x"}},
+		{Message: strings.Repeat("m", 5000)},
+		{Labels: map[string]string{"k": strings.Repeat("v", 5000)}},
+	} {
+		if err := validateSnapshotOptions(bad); !errors.Is(err, storage.ErrInvalidName) {
+			t.Errorf("%.40v: %v", bad, err)
+		}
+	}
+	// The largest accepted metadata still fits the tags.
+	if _, err := encodeMetaTags(snapshotMeta{Message: strings.Repeat("\n", 4096/2-2), Labels: map[string]string{"k": strings.Repeat("v", 4096-10)}}); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/thinlab/thinlab/agent/storage"
 )
 
 // LV tags carry all of Thinlab's metadata, so a fresh process rebuilds the
@@ -84,7 +86,7 @@ func encodeMetaTags(v any) ([]string, error) {
 		enc = enc[n:]
 	}
 	if len(tags) > maxMetaChunks {
-		return nil, fmt.Errorf("metadata is %d bytes of JSON; the limit is about %d KiB (shorten the message or labels)", len(js), maxMetaChunks*metaChunk*5/8/1024)
+		return nil, fmt.Errorf("%w: metadata is %d bytes of JSON; the limit is about %d KiB (shorten the message or labels)", storage.ErrInvalidName, len(js), maxMetaChunks*metaChunk*5/8/1024)
 	}
 	return tags, nil
 }
