@@ -31,6 +31,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -92,8 +93,19 @@ const (
 // when the test ends, whatever happened.
 func Run(t testing.TB, opt Options) Result {
 	t.Helper()
+	res, err := run(t, opt)
+	if err != nil {
+		t.Fatalf("vmtest: %v", err)
+	}
+	return res
+}
+
+// run is Run returning its failures; temporary files and the qemu process
+// are still tied to t's cleanup.
+func run(t testing.TB, opt Options) (Result, error) {
+	t.Helper()
 	if len(opt.Command) == 0 {
-		t.Fatal("vmtest: Options.Command is empty")
+		return Result{}, errors.New("Options.Command is empty")
 	}
 	if opt.Timeout == 0 {
 		opt.Timeout = 3 * time.Minute
@@ -106,32 +118,32 @@ func Run(t testing.TB, opt Options) Result {
 	}
 	qemu, err := exec.LookPath("qemu-system-x86_64")
 	if err != nil {
-		t.Fatalf("vmtest: qemu-system-x86_64 not found (run `make deps`, which installs qemu-system-x86): %v", err)
+		return Result{}, fmt.Errorf("qemu-system-x86_64 not found (run `make deps`, which installs qemu-system-x86): %w", err)
 	}
 	kernel, modDir, err := findKernel(opt.Kernel)
 	if err != nil {
-		t.Fatalf("vmtest: %v", err)
+		return Result{}, err
 	}
 	busybox, err := findStaticBusybox()
 	if err != nil {
-		t.Fatalf("vmtest: %v", err)
+		return Result{}, err
 	}
 
 	work := t.TempDir() // initramfs, disk image, console log
 	out := t.TempDir()  // shared with the VM, writable
 	if err := os.Chmod(out, 0o755); err != nil {
-		t.Fatal(err)
+		return Result{}, err
 	}
 	mods, err := resolveModules(modDir, append(append([]string{}, DefaultModules...), opt.Modules...))
 	if err != nil {
-		t.Fatalf("vmtest: %v", err)
+		return Result{}, err
 	}
 	initrd := filepath.Join(work, "initramfs.cpio")
 	if err := buildInitramfs(initrd, busybox, modDir, mods, initScript(out)); err != nil {
-		t.Fatalf("vmtest: build initramfs: %v", err)
+		return Result{}, fmt.Errorf("build initramfs: %w", err)
 	}
 	if err := os.WriteFile(filepath.Join(out, "run.sh"), runScript(opt, out), 0o755); err != nil {
-		t.Fatal(err)
+		return Result{}, err
 	}
 
 	args := []string{
@@ -150,11 +162,11 @@ func Run(t testing.TB, opt Options) Result {
 	if opt.DiskSize != "" {
 		size, err := parseSize(opt.DiskSize)
 		if err != nil {
-			t.Fatalf("vmtest: DiskSize: %v", err)
+			return Result{}, fmt.Errorf("DiskSize: %w", err)
 		}
 		disk := filepath.Join(work, "disk.img")
 		if err := makeSparse(disk, size); err != nil {
-			t.Fatalf("vmtest: scratch disk: %v", err)
+			return Result{}, fmt.Errorf("scratch disk: %w", err)
 		}
 		args = append(args, "-drive", "file="+disk+",format=raw,if=virtio,cache=unsafe")
 	}
@@ -162,7 +174,7 @@ func Run(t testing.TB, opt Options) Result {
 	console := filepath.Join(work, "console.log")
 	logf, err := os.Create(console)
 	if err != nil {
-		t.Fatal(err)
+		return Result{}, err
 	}
 	defer logf.Close()
 
@@ -175,9 +187,12 @@ func Run(t testing.TB, opt Options) Result {
 	cmd.Stdout = logf
 	cmd.Stderr = logf
 	cmd.WaitDelay = 5 * time.Second
+	// If the test binary dies without running its cleanups (go test's
+	// -timeout panic, a kill), the kernel kills qemu with it.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	start := time.Now()
 	if err := cmd.Start(); err != nil {
-		t.Fatalf("vmtest: start qemu: %v", err)
+		return Result{}, fmt.Errorf("start qemu: %w", err)
 	}
 	pid := cmd.Process.Pid
 	t.Cleanup(func() {
@@ -195,23 +210,23 @@ func Run(t testing.TB, opt Options) Result {
 	cb, _ := os.ReadFile(console)
 	res.Console = string(cb)
 	if ctx.Err() != nil {
-		t.Fatalf("vmtest: VM did not finish within %s (killed qemu pid %d); console tail:\n%s", opt.Timeout, pid, tail(res.Console, 60))
+		return res, fmt.Errorf("VM did not finish within %s (killed qemu pid %d); console tail:\n%s", opt.Timeout, pid, tail(res.Console, 60))
 	}
-	if i := strings.Index(res.Console, markerFail); i >= 0 {
-		t.Fatalf("vmtest: VM setup failed; console tail:\n%s", tail(res.Console, 60))
+	if strings.Contains(res.Console, markerFail) {
+		return res, fmt.Errorf("VM setup failed; console tail:\n%s", tail(res.Console, 60))
 	}
 	res.Stdout, _ = os.ReadFile(filepath.Join(out, "stdout"))
 	res.Stderr, _ = os.ReadFile(filepath.Join(out, "stderr"))
 	code, err := os.ReadFile(filepath.Join(out, "exitcode"))
 	if err != nil {
-		t.Fatalf("vmtest: command left no exit code (qemu: %v); console tail:\n%s", waitErr, tail(res.Console, 60))
+		return res, fmt.Errorf("command left no exit code (qemu: %v); console tail:\n%s", waitErr, tail(res.Console, 60))
 	}
 	res.ExitCode, err = strconv.Atoi(strings.TrimSpace(string(code)))
 	if err != nil {
-		t.Fatalf("vmtest: bad exit code file %q", code)
+		return res, fmt.Errorf("bad exit code file %q", code)
 	}
 	t.Logf("vmtest: %s exited %d after %s (VM boot included)", opt.Command[0], res.ExitCode, elapsed.Round(time.Millisecond))
-	return res
+	return res, nil
 }
 
 // initScript is the initramfs's /init: load modules, stack a tmpfs over the

@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestRunInVM boots a real VM (software emulation) and checks that the
@@ -75,5 +76,23 @@ func TestRunScriptQuotes(t *testing.T) {
 	}
 	if strings.Contains(s, "BAD-NAME") {
 		t.Errorf("invalid env name exported:\n%s", s)
+	}
+}
+
+// TestTimeoutKillsVM runs a command that outlives the timeout: run must
+// report it and no qemu process may survive.
+func TestTimeoutKillsVM(t *testing.T) {
+	if os.Getuid() != 0 {
+		t.Fatal("vmtest needs root")
+	}
+	res, err := run(t, Options{Command: []string{"sleep", "600"}, Timeout: 25 * time.Second})
+	if err == nil || !strings.Contains(err.Error(), "did not finish within 25s") {
+		t.Fatalf("err = %v", err)
+	}
+	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, p := range procs {
+		if b, err := os.ReadFile(p); err == nil && bytes.Contains(b, []byte(res.Dir)) {
+			t.Errorf("a process still uses the VM's directory: %s: %q", p, bytes.ReplaceAll(b, []byte{0}, []byte{' '}))
+		}
 	}
 }
