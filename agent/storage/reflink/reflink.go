@@ -8,7 +8,9 @@
 // own FICLONE calls would have to re-implement what cp -a already gets
 // right (ownership, modes, timestamps, xattrs, hard links, symlinks, sparse
 // files), and --reflink=always fails rather than silently falling back to a
-// full copy. Both sides measured the same here: the time is the kernel's.
+// full copy. cp already issues one FICLONE per file, so a Go walk would
+// save only the process start (a few milliseconds; storagebench measures
+// the whole clone at 0.05-0.08 s for 1.5 GiB).
 //
 // Layout below the configured Path (a directory on such a filesystem):
 //
