@@ -33,6 +33,7 @@ bench: deps build
 	$(GO) test -p 1 -run '^$$' -bench '$(BENCH)' -benchtime 1x -timeout 120m ./... | tee bench.out | grep -E '^(BENCH|ok|FAIL|---)'
 
 demo: deps build
+	@$(GO) build -o bin/thinlab-demo-roundtrip ./deploy/demo/roundtrip
 	@deploy/demo/demo.sh
 
 demo-stop:

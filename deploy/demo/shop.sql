@@ -53,4 +53,4 @@ FROM generate_series(1, 100000) AS o, generate_series(1, 3) AS k;
 
 CREATE INDEX orders_customer_idx ON orders (customer_id);
 CREATE INDEX orders_created_idx ON orders (created_at);
-ANALYZE;
+ANALYZE customers, products, orders, order_items;
