@@ -250,4 +250,3 @@ func firstLine(s string) string {
 	}
 	return s
 }
-
