@@ -146,7 +146,7 @@ func openPools(ctx context.Context, cfg *config.Config, log *slog.Logger) ([]sto
 			Path:      pc.Path,
 			ClonesDir: pc.ClonesDir,
 			Owner:     &owner,
-			Logger:    log.With("pool", pc.Name),
+			Logger:    log, // each backend adds its pool name
 		})
 		if err != nil {
 			return nil, fmt.Errorf("pools[%d]: %w", i, err)
