@@ -3,6 +3,7 @@ package storage
 import (
 	"fmt"
 	"regexp"
+	"sort"
 	"time"
 )
 
@@ -41,6 +42,35 @@ const SnapshotTimeLayout = "20060102150405"
 // SnapshotID builds the DLE-shaped ID for a snapshot of pool at dataStateAt.
 func SnapshotID(pool string, dataStateAt time.Time) string {
 	return pool + "@snapshot_" + dataStateAt.UTC().Format(SnapshotTimeLayout)
+}
+
+// NewSnapshotID names a new snapshot of pool whose data is as of
+// dataStateAt (now when zero). It returns the ID, the snapshot's name (the
+// part after '@') and dataStateAt in UTC truncated to the second the ID
+// keeps, which is the DataStateAt to record.
+func NewSnapshotID(pool string, dataStateAt time.Time) (id, name string, at time.Time, err error) {
+	at = dataStateAt
+	if at.IsZero() {
+		at = time.Now()
+	}
+	at = at.UTC().Truncate(time.Second)
+	id = SnapshotID(pool, at)
+	_, name, err = ParseSnapshotID(id)
+	if err != nil {
+		return "", "", time.Time{}, fmt.Errorf("snapshot dataStateAt %s is out of range (years 1000-9999): %w", at.Format(time.RFC3339), err)
+	}
+	return id, name, at, nil
+}
+
+// SortSnapshots orders newest DataStateAt first (ID as tie-break, so the
+// order is stable), the order Pool.Snapshots returns.
+func SortSnapshots(s []Snapshot) {
+	sort.Slice(s, func(i, j int) bool {
+		if !s[i].DataStateAt.Equal(s[j].DataStateAt) {
+			return s[i].DataStateAt.After(s[j].DataStateAt)
+		}
+		return s[i].ID > s[j].ID
+	})
 }
 
 // ParseSnapshotID splits id into pool and snapshot name (the part after '@'),

@@ -34,7 +34,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"sort"
 	"strings"
 	"sync"
 	"syscall"
@@ -43,6 +42,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/thinlab/thinlab/agent/storage"
+	"github.com/thinlab/thinlab/agent/storage/sidecar"
 	"github.com/thinlab/thinlab/internal/command"
 )
 
@@ -76,6 +76,7 @@ type Pool struct {
 	cfg     Config
 	mainDir string
 	snapDir string
+	layout  sidecar.Layout
 	log     *slog.Logger
 	mu      sync.Mutex
 	sizes   sizeCache
@@ -86,23 +87,11 @@ var _ storage.Pool = (*Pool)(nil)
 // Open checks cfg, creates main, snapshots and clones directories when
 // missing and removes sidecar temp files a crash left behind.
 func Open(ctx context.Context, cfg Config) (*Pool, error) {
-	if err := storage.ValidateName("pool name", cfg.Name); err != nil {
+	var err error
+	cfg.Path, cfg.ClonesDir, err = sidecar.CleanPaths("btrfs", cfg.Name, cfg.Path, cfg.ClonesDir, "the mountpoint of a btrfs filesystem")
+	if err != nil {
 		return nil, err
 	}
-	if cfg.Path == "" {
-		return nil, fmt.Errorf("btrfs pool %s: path is empty: set it to the mountpoint of a btrfs filesystem", cfg.Name)
-	}
-	if !filepath.IsAbs(cfg.Path) {
-		return nil, fmt.Errorf("btrfs pool %s: path %q must be an absolute path", cfg.Name, cfg.Path)
-	}
-	cfg.Path = filepath.Clean(cfg.Path)
-	if cfg.ClonesDir == "" {
-		cfg.ClonesDir = filepath.Join(cfg.Path, "clones")
-	}
-	if !filepath.IsAbs(cfg.ClonesDir) {
-		return nil, fmt.Errorf("btrfs pool %s: clonesDir %q must be an absolute path", cfg.Name, cfg.ClonesDir)
-	}
-	cfg.ClonesDir = filepath.Clean(cfg.ClonesDir)
 	if !within(cfg.ClonesDir, cfg.Path) || cfg.ClonesDir == cfg.Path {
 		return nil, fmt.Errorf("btrfs pool %s: clonesDir %s must lie inside path %s: btrfs snapshots cannot cross filesystems (leave clonesDir empty for %s/clones)", cfg.Name, cfg.ClonesDir, cfg.Path, cfg.Path)
 	}
@@ -124,6 +113,7 @@ func Open(ctx context.Context, cfg Config) (*Pool, error) {
 		p.log = slog.Default()
 	}
 	p.log = p.log.With("pool", cfg.Name, "path", cfg.Path)
+	p.layout = sidecar.Layout{Mode: "btrfs", Pool: cfg.Name, SnapshotsDir: p.snapDir, ClonesDir: cfg.ClonesDir, IsDataset: isSubvolume, Log: p.log}
 
 	switch _, err := os.Lstat(p.mainDir); {
 	case errors.Is(err, fs.ErrNotExist):
@@ -144,8 +134,8 @@ func Open(ctx context.Context, cfg Config) (*Pool, error) {
 	if err := checkBtrfs(cfg.ClonesDir); err != nil {
 		return nil, fmt.Errorf("btrfs pool %s: clonesDir: %w", cfg.Name, err)
 	}
-	removeTempSidecars(p.snapDir)
-	removeTempSidecars(cfg.ClonesDir)
+	sidecar.RemoveTemps(p.snapDir)
+	sidecar.RemoveTemps(cfg.ClonesDir)
 	return p, nil
 }
 
@@ -166,18 +156,12 @@ func (p *Pool) ClonesDir() string { return p.cfg.ClonesDir }
 
 // Snapshot implements storage.Pool.
 func (p *Pool) Snapshot(ctx context.Context, opt storage.SnapshotOptions) (storage.Snapshot, error) {
-	at := opt.DataStateAt
-	if at.IsZero() {
-		at = time.Now()
-	}
-	at = at.UTC().Truncate(time.Second)
-	id := storage.SnapshotID(p.cfg.Name, at)
-	_, snapName, err := storage.ParseSnapshotID(id)
+	id, snapName, at, err := storage.NewSnapshotID(p.cfg.Name, opt.DataStateAt)
 	if err != nil {
-		return storage.Snapshot{}, fmt.Errorf("snapshot dataStateAt %s is out of range (years 1000-9999): %w", at.Format(time.RFC3339), err)
+		return storage.Snapshot{}, err
 	}
-	meta := snapshotMeta{ID: id, CreatedAt: time.Now().UTC(), DataStateAt: at, Message: opt.Message, Labels: opt.Labels}
-	if err := meta.validate(); err != nil {
+	meta := sidecar.SnapshotMeta{ID: id, CreatedAt: time.Now().UTC(), DataStateAt: at, Message: opt.Message, Labels: opt.Labels}
+	if err := meta.Validate(); err != nil {
 		return storage.Snapshot{}, err
 	}
 	dst := filepath.Join(p.snapDir, snapName)
@@ -187,7 +171,7 @@ func (p *Pool) Snapshot(ctx context.Context, opt storage.SnapshotOptions) (stora
 	if _, err := os.Lstat(dst); err == nil {
 		return storage.Snapshot{}, fmt.Errorf("%w: snapshot %s", storage.ErrExists, id)
 	}
-	if err := writeSidecar(dst+".json", meta); err != nil {
+	if err := sidecar.Write(dst+".json", meta); err != nil {
 		return storage.Snapshot{}, fmt.Errorf("snapshot %s: %w", id, err)
 	}
 	if err := p.btrfs(ctx, "subvolume", "snapshot", "-r", p.mainDir, dst); err != nil {
@@ -200,7 +184,7 @@ func (p *Pool) Snapshot(ctx context.Context, opt storage.SnapshotOptions) (stora
 
 // Snapshots implements storage.Pool.
 func (p *Pool) Snapshots(ctx context.Context) ([]storage.Snapshot, error) {
-	snaps, clones, err := p.scan()
+	snaps, clones, err := p.layout.Scan()
 	if err != nil {
 		return nil, err
 	}
@@ -213,13 +197,13 @@ func (p *Pool) GetSnapshot(ctx context.Context, id string) (storage.Snapshot, er
 	if err != nil {
 		return storage.Snapshot{}, err
 	}
-	snaps, clones, err := p.scan()
+	snaps, clones, err := p.layout.Scan()
 	if err != nil {
 		return storage.Snapshot{}, err
 	}
 	for _, s := range snaps {
-		if s.name == name {
-			out, err := p.snapshots(ctx, []snapshotEntry{s}, clones)
+		if s.Name == name {
+			out, err := p.snapshots(ctx, []sidecar.SnapshotEntry{s}, clones)
 			if err != nil {
 				return storage.Snapshot{}, err
 			}
@@ -241,16 +225,11 @@ func (p *Pool) DestroySnapshot(ctx context.Context, id string, force bool) error
 	if !isSubvolume(dir) {
 		return fmt.Errorf("%w: snapshot %s", storage.ErrNotFound, id)
 	}
-	_, clones, err := p.scan()
+	_, clones, err := p.layout.Scan()
 	if err != nil {
 		return err
 	}
-	var deps []string
-	for _, c := range clones {
-		if c.meta.SnapshotID == id {
-			deps = append(deps, c.meta.Name)
-		}
-	}
+	deps := sidecar.Dependents(clones, id)
 	if len(deps) > 0 {
 		if !force {
 			return fmt.Errorf("%w: snapshot %s is used by clones %s; destroy them first or force", storage.ErrHasDependents, id, strings.Join(deps, ", "))
@@ -292,8 +271,8 @@ func (p *Pool) Clone(ctx context.Context, snapshotID, name string) (storage.Clon
 	if _, err := os.Lstat(dst); err == nil {
 		return storage.Clone{}, fmt.Errorf("%w: clone %s (%s exists)", storage.ErrExists, name, dst)
 	}
-	meta := cloneMeta{Name: name, SnapshotID: snapshotID, CreatedAt: time.Now().UTC()}
-	if err := writeSidecar(dst+".json", meta); err != nil {
+	meta := sidecar.CloneMeta{Name: name, SnapshotID: snapshotID, CreatedAt: time.Now().UTC()}
+	if err := sidecar.Write(dst+".json", meta); err != nil {
 		return storage.Clone{}, fmt.Errorf("clone %s: %w", name, err)
 	}
 	if err := p.btrfs(ctx, "subvolume", "snapshot", src, dst); err != nil {
@@ -327,30 +306,19 @@ func (p *Pool) undo(dir string) {
 
 // Clones implements storage.Pool.
 func (p *Pool) Clones(ctx context.Context) ([]storage.Clone, error) {
-	_, clones, err := p.scan()
+	_, clones, err := p.layout.Scan()
 	if err != nil {
 		return nil, err
 	}
 	paths := make([]string, len(clones))
 	for i, c := range clones {
-		paths[i] = c.dir
+		paths[i] = c.Dir
 	}
 	use, err := p.spaceUse(ctx, paths)
 	if err != nil {
 		return nil, err
 	}
-	out := make([]storage.Clone, 0, len(clones))
-	for _, c := range clones {
-		out = append(out, storage.Clone{
-			Name:       c.meta.Name,
-			SnapshotID: c.meta.SnapshotID,
-			Mountpoint: c.dir,
-			CreatedAt:  c.meta.CreatedAt,
-			UsedBytes:  use[c.dir].exclusive,
-		})
-	}
-	sort.SliceStable(out, func(i, j int) bool { return out[i].CreatedAt.Before(out[j].CreatedAt) })
-	return out, nil
+	return sidecar.Clones(clones, func(dir string) uint64 { return use[dir].exclusive }), nil
 }
 
 // DestroyClone implements storage.Pool. Processes using the clone (its
@@ -398,16 +366,16 @@ func (p *Pool) Usage(ctx context.Context) (storage.Usage, error) {
 		Used:          (st.Blocks - st.Bfree) * bs,
 		CompressRatio: 1,
 	}
-	snaps, clones, err := p.scan()
+	snaps, clones, err := p.layout.Scan()
 	if err != nil {
 		return storage.Usage{}, err
 	}
 	paths := []string{p.mainDir}
 	for _, s := range snaps {
-		paths = append(paths, s.dir)
+		paths = append(paths, s.Dir)
 	}
 	for _, c := range clones {
-		paths = append(paths, c.dir)
+		paths = append(paths, c.Dir)
 	}
 	use, err := p.spaceUse(ctx, paths)
 	if err != nil {
@@ -415,12 +383,28 @@ func (p *Pool) Usage(ctx context.Context) (storage.Usage, error) {
 	}
 	u.DataSize = use[p.mainDir].referenced
 	for _, s := range snaps {
-		u.UsedBySnapshots += use[s.dir].exclusive
+		u.UsedBySnapshots += use[s.Dir].exclusive
 	}
 	for _, c := range clones {
-		u.UsedByClones += use[c.dir].exclusive
+		u.UsedByClones += use[c.Dir].exclusive
 	}
 	return u, nil
+}
+
+// snapshots turns scanned entries into storage.Snapshots, newest first,
+// with sizes and dependent clones.
+func (p *Pool) snapshots(ctx context.Context, snaps []sidecar.SnapshotEntry, clones []sidecar.CloneEntry) ([]storage.Snapshot, error) {
+	paths := make([]string, len(snaps))
+	for i, s := range snaps {
+		paths[i] = s.Dir
+	}
+	use, err := p.spaceUse(ctx, paths)
+	if err != nil {
+		return nil, err
+	}
+	return p.layout.Snapshots(snaps, clones, func(dir string) (uint64, uint64) {
+		return use[dir].exclusive, use[dir].referenced
+	}), nil
 }
 
 // snapshotName maps a Thinlab snapshot ID to the subvolume's name.

@@ -41,7 +41,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"sort"
 	"strings"
 	"sync"
 	"syscall"
@@ -50,6 +49,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/thinlab/thinlab/agent/storage"
+	"github.com/thinlab/thinlab/agent/storage/sidecar"
 	"github.com/thinlab/thinlab/internal/command"
 )
 
@@ -87,6 +87,7 @@ type Pool struct {
 	cfg     Config
 	mainDir string
 	snapDir string
+	layout  sidecar.Layout
 	log     *slog.Logger
 	sizes   sizeCache
 
@@ -103,16 +104,11 @@ var _ storage.Pool = (*Pool)(nil)
 // snapshots and clones directories when missing, and removes what a crash
 // left half-made.
 func Open(ctx context.Context, cfg Config) (*Pool, error) {
-	if err := storage.ValidateName("pool name", cfg.Name); err != nil {
+	var err error
+	cfg.Path, cfg.ClonesDir, err = sidecar.CleanPaths("reflink", cfg.Name, cfg.Path, cfg.ClonesDir, "a directory on an XFS (reflink=1) or btrfs filesystem")
+	if err != nil {
 		return nil, err
 	}
-	if cfg.Path == "" {
-		return nil, fmt.Errorf("reflink pool %s: path is empty: set it to a directory on an XFS (reflink=1) or btrfs filesystem", cfg.Name)
-	}
-	if !filepath.IsAbs(cfg.Path) {
-		return nil, fmt.Errorf("reflink pool %s: path %q must be an absolute path", cfg.Name, cfg.Path)
-	}
-	cfg.Path = filepath.Clean(cfg.Path)
 	if st, err := os.Stat(cfg.Path); err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			return nil, fmt.Errorf("reflink pool %s: path %s does not exist: mount an XFS filesystem made with `mkfs.xfs -m reflink=1` there first", cfg.Name, cfg.Path)
@@ -121,13 +117,6 @@ func Open(ctx context.Context, cfg Config) (*Pool, error) {
 	} else if !st.IsDir() {
 		return nil, fmt.Errorf("reflink pool %s: path %s is not a directory", cfg.Name, cfg.Path)
 	}
-	if cfg.ClonesDir == "" {
-		cfg.ClonesDir = filepath.Join(cfg.Path, "clones")
-	}
-	if !filepath.IsAbs(cfg.ClonesDir) {
-		return nil, fmt.Errorf("reflink pool %s: clonesDir %q must be an absolute path", cfg.Name, cfg.ClonesDir)
-	}
-	cfg.ClonesDir = filepath.Clean(cfg.ClonesDir)
 	p := &Pool{
 		cfg:      cfg,
 		mainDir:  filepath.Join(cfg.Path, "main"),
@@ -140,6 +129,7 @@ func Open(ctx context.Context, cfg Config) (*Pool, error) {
 		p.log = slog.Default()
 	}
 	p.log = p.log.With("pool", cfg.Name, "path", cfg.Path)
+	p.layout = sidecar.Layout{Mode: "reflink", Pool: cfg.Name, SnapshotsDir: p.snapDir, ClonesDir: cfg.ClonesDir, IsDataset: isDir, Log: p.log}
 	// Every directory in ClonesDir is taken for a clone, so it must not
 	// hold the pool itself, nor lie in what the pool copies.
 	if within(cfg.Path, cfg.ClonesDir) || within(cfg.ClonesDir, p.mainDir) || within(cfg.ClonesDir, p.snapDir) {
@@ -182,18 +172,12 @@ func (p *Pool) ClonesDir() string { return p.cfg.ClonesDir }
 
 // Snapshot implements storage.Pool.
 func (p *Pool) Snapshot(ctx context.Context, opt storage.SnapshotOptions) (storage.Snapshot, error) {
-	at := opt.DataStateAt
-	if at.IsZero() {
-		at = time.Now()
-	}
-	at = at.UTC().Truncate(time.Second)
-	id := storage.SnapshotID(p.cfg.Name, at)
-	_, snapName, err := storage.ParseSnapshotID(id)
+	id, snapName, at, err := storage.NewSnapshotID(p.cfg.Name, opt.DataStateAt)
 	if err != nil {
-		return storage.Snapshot{}, fmt.Errorf("snapshot dataStateAt %s is out of range (years 1000-9999): %w", at.Format(time.RFC3339), err)
+		return storage.Snapshot{}, err
 	}
-	meta := snapshotMeta{ID: id, CreatedAt: time.Now().UTC(), DataStateAt: at, Message: opt.Message, Labels: opt.Labels}
-	if err := meta.validate(); err != nil {
+	meta := sidecar.SnapshotMeta{ID: id, CreatedAt: time.Now().UTC(), DataStateAt: at, Message: opt.Message, Labels: opt.Labels}
+	if err := meta.Validate(); err != nil {
 		return storage.Snapshot{}, err
 	}
 	dst := filepath.Join(p.snapDir, snapName)
@@ -211,7 +195,7 @@ func (p *Pool) Snapshot(ctx context.Context, opt storage.SnapshotOptions) (stora
 		p.mu.Unlock()
 	}()
 
-	if err := writeSidecar(dst+".json", meta); err != nil {
+	if err := sidecar.Write(dst+".json", meta); err != nil {
 		return storage.Snapshot{}, fmt.Errorf("snapshot %s: %w", id, err)
 	}
 	if err := p.copyTree(ctx, p.mainDir, dst, nil); err != nil {
@@ -244,7 +228,7 @@ func (p *Pool) copyTree(ctx context.Context, src, dst string, owner *Owner) erro
 
 // Snapshots implements storage.Pool.
 func (p *Pool) Snapshots(ctx context.Context) ([]storage.Snapshot, error) {
-	snaps, clones, err := p.scan()
+	snaps, clones, err := p.layout.Scan()
 	if err != nil {
 		return nil, err
 	}
@@ -257,13 +241,13 @@ func (p *Pool) GetSnapshot(ctx context.Context, id string) (storage.Snapshot, er
 	if err != nil {
 		return storage.Snapshot{}, err
 	}
-	snaps, clones, err := p.scan()
+	snaps, clones, err := p.layout.Scan()
 	if err != nil {
 		return storage.Snapshot{}, err
 	}
 	for _, s := range snaps {
-		if s.name == name {
-			return p.snapshots([]snapshotEntry{s}, clones)[0], nil
+		if s.Name == name {
+			return p.snapshots([]sidecar.SnapshotEntry{s}, clones)[0], nil
 		}
 	}
 	return storage.Snapshot{}, fmt.Errorf("%w: snapshot %s", storage.ErrNotFound, id)
@@ -281,16 +265,11 @@ func (p *Pool) DestroySnapshot(ctx context.Context, id string, force bool) error
 	if !isDir(dir) {
 		return fmt.Errorf("%w: snapshot %s", storage.ErrNotFound, id)
 	}
-	_, clones, err := p.scan()
+	_, clones, err := p.layout.Scan()
 	if err != nil {
 		return err
 	}
-	var deps []string
-	for _, c := range clones {
-		if c.meta.SnapshotID == id {
-			deps = append(deps, c.meta.Name)
-		}
-	}
+	deps := sidecar.Dependents(clones, id)
 	var copying []string
 	for c, s := range p.creating {
 		if s == id {
@@ -367,8 +346,8 @@ func (p *Pool) Clone(ctx context.Context, snapshotID, name string) (storage.Clon
 		p.mu.Unlock()
 	}()
 
-	meta := cloneMeta{Name: name, SnapshotID: snapshotID, CreatedAt: time.Now().UTC()}
-	if err := writeSidecar(dst+".json", meta); err != nil {
+	meta := sidecar.CloneMeta{Name: name, SnapshotID: snapshotID, CreatedAt: time.Now().UTC()}
+	if err := sidecar.Write(dst+".json", meta); err != nil {
 		return storage.Clone{}, fmt.Errorf("clone %s: %w", name, err)
 	}
 	if err := p.copyTree(ctx, src, dst, p.cfg.Owner); err != nil {
@@ -383,23 +362,14 @@ func (p *Pool) Clone(ctx context.Context, snapshotID, name string) (storage.Clon
 
 // Clones implements storage.Pool.
 func (p *Pool) Clones(ctx context.Context) ([]storage.Clone, error) {
-	_, clones, err := p.scan()
+	_, clones, err := p.layout.Scan()
 	if err != nil {
 		return nil, err
 	}
-	out := make([]storage.Clone, 0, len(clones))
-	for _, c := range clones {
-		u, _ := p.sizes.measure(c.dir) // a clone removed meanwhile measures 0
-		out = append(out, storage.Clone{
-			Name:       c.meta.Name,
-			SnapshotID: c.meta.SnapshotID,
-			Mountpoint: c.dir,
-			CreatedAt:  c.meta.CreatedAt,
-			UsedBytes:  u.exclusive,
-		})
-	}
-	sort.SliceStable(out, func(i, j int) bool { return out[i].CreatedAt.Before(out[j].CreatedAt) })
-	return out, nil
+	return sidecar.Clones(clones, func(dir string) uint64 {
+		u, _ := p.sizes.measure(dir) // a clone removed meanwhile measures 0
+		return u.exclusive
+	}), nil
 }
 
 // DestroyClone implements storage.Pool. Processes using the clone (its
@@ -447,19 +417,28 @@ func (p *Pool) Usage(ctx context.Context) (storage.Usage, error) {
 		return storage.Usage{}, fmt.Errorf("reflink pool %s: measure main: %w", p.cfg.Name, err)
 	}
 	u.DataSize = main.referenced
-	snaps, clones, err := p.scan()
+	snaps, clones, err := p.layout.Scan()
 	if err != nil {
 		return storage.Usage{}, err
 	}
 	for _, s := range snaps {
-		m, _ := p.sizes.measure(s.dir)
+		m, _ := p.sizes.measure(s.Dir)
 		u.UsedBySnapshots += m.exclusive
 	}
 	for _, c := range clones {
-		m, _ := p.sizes.measure(c.dir)
+		m, _ := p.sizes.measure(c.Dir)
 		u.UsedByClones += m.exclusive
 	}
 	return u, nil
+}
+
+// snapshots turns scanned entries into storage.Snapshots, newest first,
+// with sizes and dependent clones.
+func (p *Pool) snapshots(snaps []sidecar.SnapshotEntry, clones []sidecar.CloneEntry) []storage.Snapshot {
+	return p.layout.Snapshots(snaps, clones, func(dir string) (uint64, uint64) {
+		u, _ := p.sizes.measure(dir) // a snapshot removed meanwhile measures 0
+		return u.exclusive, u.referenced
+	})
 }
 
 // snapshotName maps a Thinlab snapshot ID to the snapshot's directory name.

@@ -191,7 +191,7 @@ func (s *state) snapshots() []storage.Snapshot {
 		snap.Labels = decodeLabels(d.user[propLabels])
 		out = append(out, snap)
 	}
-	sortSnapshots(out)
+	storage.SortSnapshots(out)
 	return out
 }
 

@@ -35,7 +35,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -197,15 +196,9 @@ func (p *Pool) ClonesDir() string { return p.cfg.ClonesDir }
 // Snapshot implements storage.Pool: one `zfs snapshot -o ...`, so a
 // snapshot never exists without its metadata.
 func (p *Pool) Snapshot(ctx context.Context, opt storage.SnapshotOptions) (storage.Snapshot, error) {
-	at := opt.DataStateAt
-	if at.IsZero() {
-		at = time.Now()
-	}
-	at = at.UTC().Truncate(time.Second)
-	id := storage.SnapshotID(p.cfg.Name, at)
-	_, snapName, err := storage.ParseSnapshotID(id)
+	id, snapName, at, err := storage.NewSnapshotID(p.cfg.Name, opt.DataStateAt)
 	if err != nil {
-		return storage.Snapshot{}, fmt.Errorf("snapshot dataStateAt %s is out of range (years 1000-9999): %w", at.Format(time.RFC3339), err)
+		return storage.Snapshot{}, err
 	}
 	args := []string{"snapshot",
 		"-o", propDataStateAt + "=" + at.Format(time.RFC3339),
@@ -543,15 +536,4 @@ func parseRatio(s string) float64 {
 		return 1
 	}
 	return f
-}
-
-// sortSnapshots orders newest DataStateAt first (ID as tie-break, so the
-// order is stable).
-func sortSnapshots(s []storage.Snapshot) {
-	sort.Slice(s, func(i, j int) bool {
-		if !s[i].DataStateAt.Equal(s[j].DataStateAt) {
-			return s[i].DataStateAt.After(s[j].DataStateAt)
-		}
-		return s[i].ID > s[j].ID
-	})
 }
