@@ -17,6 +17,12 @@
 // removed while snapshots of it exist, so the dependents check is
 // Thinlab's: a clone records its snapshot's ID in its own tags.
 //
+// Filesystems are mounted with discard, so space freed in main or a clone
+// returns to the thin pool. Thin provisioning can still overcommit: main's
+// virtual size defaults to the thin pool's size and every clone may grow
+// to it, so watch Usage (or configure LVM's thin pool autoextend); a thin
+// pool that runs full stalls writes and then fails them with I/O errors.
+//
 // A snapshot is taken while main is mounted: LVM suspends the device,
 // which freezes the filesystem, so the snapshot is consistent. XFS refuses
 // to mount two filesystems with one UUID, so clones are mounted with
@@ -576,13 +582,16 @@ func (p *Pool) ensureMounted(ctx context.Context, row lvRow, dir string, clone b
 }
 
 func (p *Pool) mount(ctx context.Context, dev, dir string, clone bool) error {
-	args := []string{"-t", p.cfg.FSType}
+	// discard: blocks the filesystem frees go back to the thin pool, so
+	// the pool fills with data, not with the history of deleted WAL
+	// segments and dropped tables.
+	opts := "discard"
 	if clone && p.cfg.FSType == FSXFS {
 		// A clone's XFS has its origin's UUID, which XFS refuses
 		// twice.
-		args = append(args, "-o", "nouuid")
+		opts += ",nouuid"
 	}
-	args = append(args, dev, dir)
+	args := []string{"-t", p.cfg.FSType, "-o", opts, dev, dir}
 	if _, err := p.run.Run(ctx, "mount", args...); err != nil {
 		return fmt.Errorf("mount %s: %w", dir, err)
 	}

@@ -35,16 +35,7 @@ func TestLVMInQEMU(t *testing.T) {
 	if os.Getuid() != 0 {
 		t.Fatal("TestLVMInQEMU needs root (the VM reads the host's root filesystem as root)")
 	}
-	goBin, err := exec.LookPath("go")
-	if err != nil {
-		goBin = "/usr/local/go/bin/go"
-	}
-	bin := filepath.Join(t.TempDir(), "lvm.test")
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	if _, err := (command.Runner{}).Run(ctx, goBin, "test", "-c", "-o", bin, "."); err != nil {
-		t.Fatalf("compile the test binary: %v", err)
-	}
+	bin := compileTestBinary(t)
 	res := vmtest.Run(t, vmtest.Options{
 		// MissingPath opens a pool through agent/storage/backend, whose
 		// lvm mode is not wired to this package yet.
@@ -84,6 +75,23 @@ func TestLVMInQEMU(t *testing.T) {
 	}
 }
 
+// compileTestBinary builds this package's tests into a binary the VM runs
+// from the shared host filesystem.
+func compileTestBinary(t testing.TB) string {
+	t.Helper()
+	goBin, err := exec.LookPath("go")
+	if err != nil {
+		goBin = "/usr/local/go/bin/go"
+	}
+	bin := filepath.Join(t.TempDir(), "lvm.test")
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	if _, err := (command.Runner{}).Run(ctx, goBin, "test", "-c", "-o", bin, "."); err != nil {
+		t.Fatalf("compile the test binary: %v", err)
+	}
+	return bin
+}
+
 // vmFixture is a VG with a thin pool on the VM's scratch disk, removed
 // (with everything in it) when the test ends.
 type vmFixture struct {
@@ -92,7 +100,7 @@ type vmFixture struct {
 	run          *command.Runner
 }
 
-func newVMFixture(t *testing.T, poolSize string) *vmFixture {
+func newVMFixture(t testing.TB, poolSize string) *vmFixture {
 	t.Helper()
 	if os.Getenv(inVMEnv) == "" {
 		t.Skip("runs inside the QEMU VM started by TestLVMInQEMU (this kernel has no device-mapper)")
@@ -128,7 +136,7 @@ func newVMFixture(t *testing.T, poolSize string) *vmFixture {
 	return f
 }
 
-func (f *vmFixture) lvm(t *testing.T, args ...string) string {
+func (f *vmFixture) lvm(t testing.TB, args ...string) string {
 	t.Helper()
 	out, err := f.run.RunCmd(context.Background(), command.Cmd{Name: "lvm", Args: args, Env: []string{"DM_DISABLE_UDEV=1"}})
 	if err != nil {
@@ -146,7 +154,7 @@ func (f *vmFixture) config(name string, owner *Owner) Config {
 }
 
 // lvNames lists the VG's LVs (hidden ones included).
-func (f *vmFixture) lvNames(t *testing.T) []string {
+func (f *vmFixture) lvNames(t testing.TB) []string {
 	t.Helper()
 	out := f.lvm(t, "lvs", "-a", "--noheadings", "-o", "lv_name", f.vg)
 	return strings.Fields(out)
@@ -413,7 +421,7 @@ func TestInVMExt4(t *testing.T) {
 	}
 }
 
-func startPG(t *testing.T, c *pgcluster.Cluster, port int) {
+func startPG(t testing.TB, c *pgcluster.Cluster, port int) {
 	t.Helper()
 	// A clone of a running server carries its postmaster.pid, naming a
 	// process that is alive on this machine.
@@ -432,7 +440,7 @@ func startPG(t *testing.T, c *pgcluster.Cluster, port int) {
 
 // psql runs SQL through the server's socket and returns the trimmed,
 // unaligned output.
-func psql(t *testing.T, c *pgcluster.Cluster, port int, sql string) string {
+func psql(t testing.TB, c *pgcluster.Cluster, port int, sql string) string {
 	t.Helper()
 	out, err := (command.Runner{}).RunCmd(context.Background(), command.Cmd{
 		Name:       "/usr/lib/postgresql/15/bin/psql",
