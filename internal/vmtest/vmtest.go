@@ -195,12 +195,12 @@ func run(t testing.TB, opt Options) (Result, error) {
 		return Result{}, fmt.Errorf("start qemu: %w", err)
 	}
 	pid := cmd.Process.Pid
+	proc := cmd.Process
 	t.Cleanup(func() {
-		// Normally qemu has exited already; this is for a test that
-		// panicked or was interrupted mid-run.
-		if p, err := os.FindProcess(pid); err == nil {
-			p.Kill()
-		}
+		// Normally qemu has exited and been waited for, and Kill does
+		// nothing (the Process handle never signals a reused PID);
+		// this is for a test that panicked mid-run.
+		proc.Kill()
 	})
 	waitErr := cmd.Wait()
 	elapsed := time.Since(start)

@@ -143,6 +143,9 @@ func Open(ctx context.Context, cfg Config) (*Pool, error) {
 	p.mainDir = filepath.Join(cfg.MountRoot, "main")
 
 	st, err := p.load(ctx)
+	if errors.Is(err, storage.ErrNotFound) {
+		return nil, fmt.Errorf("lvm pool %s: volume group %q does not exist: create it (vgcreate %s DEVICE): %w", cfg.Name, cfg.VG, cfg.VG, err)
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -419,6 +419,21 @@ func TestInVMExt4(t *testing.T) {
 	if err := pa.DestroySnapshot(ctx, s.ID, true); err != nil {
 		t.Fatal(err)
 	}
+
+	// A missing VG or thin pool is named in the error, and nothing is
+	// created.
+	for _, c := range []Config{
+		{Name: "pc", VG: "nosuchvg", ThinPool: f.thinPool, MountRoot: filepath.Join(f.mountRoot, "pc"), NoUdev: true},
+		{Name: "pc", VG: f.vg, ThinPool: "nosuchpool", MountRoot: filepath.Join(f.mountRoot, "pc"), NoUdev: true},
+	} {
+		_, err := Open(ctx, c)
+		if !errors.Is(err, storage.ErrNotFound) || !strings.Contains(err.Error(), "does not exist") || !strings.Contains(err.Error(), "nosuch") {
+			t.Errorf("open %s/%s: %v", c.VG, c.ThinPool, err)
+		}
+	}
+	if names := strings.Join(f.lvNames(t), " "); strings.Contains(names, "pc_") {
+		t.Errorf("a failed Open created LVs: %s", names)
+	}
 }
 
 func startPG(t testing.TB, c *pgcluster.Cluster, port int) {
