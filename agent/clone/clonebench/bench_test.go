@@ -2,9 +2,7 @@ package clonebench
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"io/fs"
 	"log/slog"
 	"math"
 	"os"
@@ -23,12 +21,11 @@ import (
 	"github.com/thinlab/thinlab/agent/clone/clonetest"
 	"github.com/thinlab/thinlab/agent/config"
 	"github.com/thinlab/thinlab/agent/storage"
-	"github.com/thinlab/thinlab/internal/command"
+	"github.com/thinlab/thinlab/internal/benchdata"
 	"github.com/thinlab/thinlab/internal/pgcluster"
 )
 
 const (
-	cacheRoot = "/var/tmp/thinlab-bench"
 	password  = "Bench-Correct-Horse-Battery-9"
 	clones    = 20
 	rssClones = 50
@@ -83,8 +80,8 @@ func benchBackend(b *testing.B, be backend, measureRSS bool) {
 	defer cancel()
 	var sets []*sized
 	for i, scale := range scales() {
-		data := cachedData(b, scale)
-		size := dirSize(b, data)
+		data := benchdata.PGBench(b, scale)
+		size := benchdata.Size(b, data)
 		s := &sized{label: fmt.Sprintf("%.1fGiB", float64(size)/(1<<30))}
 		p := be.newPool(b, fmt.Sprintf("%dG", 2*size/(1<<30)+8))
 		u, err := pgcluster.LookupUser("postgres")
@@ -222,88 +219,6 @@ func rss(b *testing.B) uint64 {
 	}
 	b.Fatal("no VmRSS")
 	return 0
-}
-
-func dirSize(b *testing.B, dir string) int64 {
-	var total int64
-	err := filepath.WalkDir(dir, func(_ string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		if d.Type().IsRegular() {
-			info, err := d.Info()
-			if err != nil {
-				return err
-			}
-			total += info.Size()
-		}
-		return nil
-	})
-	if err != nil {
-		b.Fatal(err)
-	}
-	return total
-}
-
-// cachedData returns a cleanly stopped PGDATA holding `pgbench -i -s
-// scale`, generated once under cacheRoot.
-func cachedData(b *testing.B, scale int) string {
-	dir := filepath.Join(cacheRoot, fmt.Sprintf("pgbench-s%d", scale))
-	data := filepath.Join(dir, storage.DataSubdir)
-	if _, err := os.Stat(filepath.Join(dir, "complete")); err == nil {
-		return data
-	}
-	u, err := pgcluster.LookupUser("postgres")
-	if err != nil {
-		b.Fatal(err)
-	}
-	if err := os.MkdirAll(cacheRoot, 0o755); err != nil {
-		b.Fatal(err)
-	}
-	os.Chmod(cacheRoot, 0o755)
-	tmp := dir + ".tmp"
-	os.RemoveAll(tmp)
-	if err := os.MkdirAll(tmp, 0o755); err != nil {
-		b.Fatal(err)
-	}
-	ctx := context.Background()
-	c := &pgcluster.Cluster{DataDir: filepath.Join(tmp, storage.DataSubdir), User: u}
-	if err := c.Init(ctx, pgcluster.InitOptions{}); err != nil {
-		b.Fatal(err)
-	}
-	// wal_level minimal: pgbench's COPY into tables truncated in the same
-	// transaction skips WAL, so PGDATA is the tables, not gigabytes of WAL.
-	settings := map[string]string{"maintenance_work_mem": "512MB", "wal_level": "minimal", "max_wal_senders": "0",
-		"max_wal_size": "1GB", "min_wal_size": "32MB", "checkpoint_timeout": "1h"}
-	for k, v := range pgcluster.FastSettings {
-		settings[k] = v
-	}
-	if err := c.Start(ctx, 5432, "", settings); err != nil {
-		b.Fatal(err)
-	}
-	defer c.Kill()
-	b.Logf("generating pgbench scale %d into %s (once)", scale, dir)
-	start := time.Now()
-	if _, err := (command.Runner{}).RunCmd(ctx, command.Cmd{
-		Name:       filepath.Join(c.BinDir, "pgbench"),
-		Args:       []string{"-i", "-q", "-s", strconv.Itoa(scale), "-h", c.DataDir, "-p", "5432", "-U", "postgres", "postgres"},
-		Credential: u.Credential(),
-		Dir:        "/",
-	}); err != nil {
-		b.Fatal(err)
-	}
-	if err := c.Stop(ctx, "fast"); err != nil {
-		b.Fatal(err)
-	}
-	os.Remove(c.LogFile())
-	if err := os.WriteFile(filepath.Join(tmp, "complete"), []byte(time.Now().String()), 0o644); err != nil {
-		b.Fatal(err)
-	}
-	if err := os.Rename(tmp, dir); err != nil && !errors.Is(err, os.ErrExist) {
-		b.Fatal(err)
-	}
-	b.Logf("pgbench scale %d generated in %v", scale, time.Since(start).Round(time.Second))
-	return data
 }
 
 // benchLogLevel is warn, or debug with THINLAB_BENCH_DEBUG=1 (per-step

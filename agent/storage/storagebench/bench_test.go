@@ -2,16 +2,13 @@ package storagebench
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"io/fs"
 	"log/slog"
 	mrand "math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"sort"
-	"strconv"
 	"syscall"
 	"testing"
 	"time"
@@ -20,14 +17,13 @@ import (
 
 	"github.com/thinlab/thinlab/agent/storage"
 	"github.com/thinlab/thinlab/agent/storage/backend"
-	"github.com/thinlab/thinlab/internal/command"
+	"github.com/thinlab/thinlab/internal/benchdata"
 	"github.com/thinlab/thinlab/internal/pgcluster"
 )
 
 const (
-	cacheRoot = "/var/tmp/thinlab-bench" // shared with agent/clone/clonebench
-	scale     = 100                      // pgbench scale: ~1.5 GiB of PGDATA
-	rounds    = 5                        // measured snapshots and clones per backend; the median is reported
+	scale  = 100 // pgbench scale: ~1.5 GiB of PGDATA
+	rounds = 5   // measured snapshots and clones per backend; the median is reported
 )
 
 var modes = []string{storage.ModeBtrfs, storage.ModeReflink, storage.ModeZFS}
@@ -36,8 +32,8 @@ func BenchmarkStorage(b *testing.B) {
 	if os.Getuid() != 0 {
 		b.Skip("needs root for loop devices and zfs")
 	}
-	data := cachedData(b, scale)
-	size := dirSize(b, data)
+	data := benchdata.PGBench(b, scale)
+	size := benchdata.Size(b, data)
 	b.Logf("data directory: %.2f GiB (pgbench -s %d)", float64(size)/(1<<30), scale)
 	for _, mode := range modes {
 		b.Run(mode, func(b *testing.B) { benchMode(b, mode, data, size) })
@@ -138,7 +134,7 @@ func benchMode(b *testing.B, mode, data string, size int64) {
 func benchFullCopy(b *testing.B, data string) {
 	var times []time.Duration
 	for i := 0; i < 3; i++ {
-		dst := filepath.Join(cacheRoot, fmt.Sprintf("fullcopy-%d", os.Getpid()))
+		dst := filepath.Join(benchdata.Root, fmt.Sprintf("fullcopy-%d", os.Getpid()))
 		os.RemoveAll(dst)
 		t0 := time.Now()
 		out, err := exec.Command("cp", "-a", data, dst).CombinedOutput()
@@ -168,88 +164,4 @@ func median(d []time.Duration) time.Duration {
 	s := append([]time.Duration(nil), d...)
 	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
 	return s[len(s)/2]
-}
-
-func dirSize(b *testing.B, dir string) int64 {
-	var total int64
-	err := filepath.WalkDir(dir, func(_ string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		if d.Type().IsRegular() {
-			info, err := d.Info()
-			if err != nil {
-				return err
-			}
-			total += info.Size()
-		}
-		return nil
-	})
-	if err != nil {
-		b.Fatal(err)
-	}
-	return total
-}
-
-// cachedData returns a cleanly stopped PGDATA holding `pgbench -i -s
-// scale`, generated once under cacheRoot (the same layout clonebench
-// uses, so either benchmark reuses the other's).
-func cachedData(b *testing.B, scale int) string {
-	dir := filepath.Join(cacheRoot, fmt.Sprintf("pgbench-s%d", scale))
-	data := filepath.Join(dir, storage.DataSubdir)
-	if _, err := os.Stat(filepath.Join(dir, "complete")); err == nil {
-		return data
-	}
-	u, err := pgcluster.LookupUser("postgres")
-	if err != nil {
-		b.Fatal(err)
-	}
-	if err := os.MkdirAll(cacheRoot, 0o755); err != nil {
-		b.Fatal(err)
-	}
-	os.Chmod(cacheRoot, 0o755)
-	tmp := dir + ".tmp"
-	os.RemoveAll(tmp)
-	if err := os.MkdirAll(tmp, 0o755); err != nil {
-		b.Fatal(err)
-	}
-	ctx := context.Background()
-	c := &pgcluster.Cluster{DataDir: filepath.Join(tmp, storage.DataSubdir), User: u}
-	if err := c.Init(ctx, pgcluster.InitOptions{}); err != nil {
-		b.Fatal(err)
-	}
-	// wal_level minimal: pgbench's COPY into tables truncated in the same
-	// transaction skips WAL, so PGDATA is the tables, not gigabytes of WAL.
-	settings := map[string]string{"maintenance_work_mem": "512MB", "wal_level": "minimal", "max_wal_senders": "0",
-		"max_wal_size": "1GB", "min_wal_size": "32MB", "checkpoint_timeout": "1h"}
-	for k, v := range pgcluster.FastSettings {
-		settings[k] = v
-	}
-	port := 20000 + mrand.IntN(12000)
-	if err := c.Start(ctx, port, "", settings); err != nil {
-		b.Fatal(err)
-	}
-	defer c.Kill()
-	b.Logf("generating pgbench scale %d into %s (once)", scale, dir)
-	start := time.Now()
-	if _, err := (command.Runner{}).RunCmd(ctx, command.Cmd{
-		Name:       filepath.Join(c.BinDir, "pgbench"),
-		Args:       []string{"-i", "-q", "-s", strconv.Itoa(scale), "-h", c.DataDir, "-p", strconv.Itoa(port), "-U", "postgres", "postgres"},
-		Credential: u.Credential(),
-		Dir:        "/",
-	}); err != nil {
-		b.Fatal(err)
-	}
-	if err := c.Stop(ctx, "fast"); err != nil {
-		b.Fatal(err)
-	}
-	os.Remove(c.LogFile())
-	if err := os.WriteFile(filepath.Join(tmp, "complete"), []byte(time.Now().String()), 0o644); err != nil {
-		b.Fatal(err)
-	}
-	if err := os.Rename(tmp, dir); err != nil && !errors.Is(err, os.ErrExist) {
-		b.Fatal(err)
-	}
-	b.Logf("pgbench scale %d generated in %v", scale, time.Since(start).Round(time.Second))
-	return data
 }

@@ -6,5 +6,6 @@
 //	go test -run '^$' -bench Storage -benchtime 1x ./agent/storage/storagebench/
 //
 // It needs root, PostgreSQL 15 and zfs-fuse (or OpenZFS); the pgbench
-// data directory is generated once and cached under /var/tmp/thinlab-bench.
+// data directory is generated once and cached under /var/tmp/thinlab-bench
+// (internal/benchdata).
 package storagebench
