@@ -84,6 +84,13 @@ type Config struct {
 	Logger *slog.Logger
 }
 
+// UdevRunning reports whether udev runs on this machine (its control socket
+// exists); when it does not, set Config.NoUdev.
+func UdevRunning() bool {
+	_, err := os.Stat("/run/udev/control")
+	return err == nil
+}
+
 // Owner is a numeric OS user and group.
 type Owner struct {
 	UID, GID int
@@ -112,7 +119,7 @@ func Open(ctx context.Context, cfg Config) (*Pool, error) {
 	if err := validatePoolName(cfg.Name); err != nil {
 		return nil, err
 	}
-	if err := validateLVName("vg", cfg.VG); err != nil {
+	if err := validateVGName(cfg.VG); err != nil {
 		return nil, fmt.Errorf("lvm pool %s: %w", cfg.Name, err)
 	}
 	if err := validateLVName("thinPool", cfg.ThinPool); err != nil {
@@ -165,7 +172,7 @@ func Open(ctx context.Context, cfg Config) (*Pool, error) {
 			return nil, err
 		}
 	} else if err := p.ensureMounted(ctx, *st.main, p.mainDir, false); err != nil {
-		return nil, fmt.Errorf("lvm pool %s: main: %w", cfg.Name, err)
+		return nil, fmt.Errorf("lvm pool %s: main LV %s/%s: %w (if it has no filesystem because an earlier Open stopped half-way, remove it with lvremove and open again)", cfg.Name, cfg.VG, st.main.Name, err)
 	}
 	// Snapshots are activated for their size only; one that cannot be
 	// does not block the pool.

@@ -195,6 +195,14 @@ func TestNames(t *testing.T) {
 	if got := snapshotLV("pg1", "snapshot_20261125100000"); got != "pg1_snapshot_20261125100000" || validateLVName("lv", got) != nil {
 		t.Errorf("snapshot LV %q", got)
 	}
+	if err := validateVGName("snapshot_vg-1"); err != nil {
+		t.Errorf("vg: %v", err)
+	}
+	for _, bad := range []string{"", "-vg", "v/g", ".."} {
+		if err := validateVGName(bad); !errors.Is(err, storage.ErrInvalidName) {
+			t.Errorf("vg %q: %v", bad, err)
+		}
+	}
 	p := &Pool{cfg: Config{VG: "my-vg"}}
 	if got := p.devPath("pg-1_main"); got != "/dev/mapper/my--vg-pg--1_main" {
 		t.Errorf("devPath = %s", got)

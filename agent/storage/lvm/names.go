@@ -60,6 +60,15 @@ func validateLVName(kind, name string) error {
 	return nil
 }
 
+// validateVGName checks a VG name: LVM's charset and length; the LV-only
+// reservations do not apply.
+func validateVGName(name string) error {
+	if name == "" || len(name) > maxLVName || !lvmNameRE.MatchString(name) || name == "." || name == ".." {
+		return fmt.Errorf("%w: vg %q: LVM allows 1-%d letters, digits and '+', '_', '.', '-' (not first)", storage.ErrInvalidName, name, maxLVName)
+	}
+	return nil
+}
+
 // validatePoolName checks a Thinlab pool name for this backend: the generic
 // rule, minus ':' (the pool name prefixes LV names, and a ':' mapped to '+'
 // there could collide with another pool's clone), with room left for the
