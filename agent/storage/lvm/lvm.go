@@ -262,15 +262,9 @@ func (p *Pool) cloneDir(name string) string { return filepath.Join(p.clonesDir()
 // Snapshot implements storage.Pool: one lvcreate with every tag, so a
 // snapshot never exists without its metadata.
 func (p *Pool) Snapshot(ctx context.Context, opt storage.SnapshotOptions) (storage.Snapshot, error) {
-	at := opt.DataStateAt
-	if at.IsZero() {
-		at = time.Now()
-	}
-	at = at.UTC().Truncate(time.Second)
-	id := storage.SnapshotID(p.cfg.Name, at)
-	_, snapName, err := storage.ParseSnapshotID(id)
+	id, snapName, at, err := storage.NewSnapshotID(p.cfg.Name, opt.DataStateAt)
 	if err != nil {
-		return storage.Snapshot{}, fmt.Errorf("snapshot dataStateAt %s is out of range (years 1000-9999): %w", at.Format(time.RFC3339), err)
+		return storage.Snapshot{}, err
 	}
 	if err := validateSnapshotOptions(opt); err != nil {
 		return storage.Snapshot{}, err

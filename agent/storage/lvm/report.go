@@ -198,12 +198,7 @@ func (st state) snapshots(pool string) []storage.Snapshot {
 			Clones:      st.clonesOf(s.meta.ID),
 		})
 	}
-	sort.Slice(out, func(i, j int) bool {
-		if !out[i].DataStateAt.Equal(out[j].DataStateAt) {
-			return out[i].DataStateAt.After(out[j].DataStateAt)
-		}
-		return out[i].ID > out[j].ID
-	})
+	storage.SortSnapshots(out)
 	return out
 }
 
