@@ -142,7 +142,7 @@ func (lp *loopPool) create(ctx context.Context, mode string, opt LoopOptions) (s
 			return nil, err
 		}
 	case storage.ModeZFS:
-		if err := acquireZFSDaemon(ctx); err != nil {
+		if err := zfs.AcquireDaemon(ctx); err != nil {
 			return nil, err
 		}
 		lp.zfsd = true
@@ -180,7 +180,7 @@ func (lp *loopPool) teardown() error {
 		lp.zpool = ""
 	}
 	if lp.zfsd {
-		releaseZFSDaemon()
+		zfs.ReleaseDaemon()
 		lp.zfsd = false
 	}
 	if lp.mounted {

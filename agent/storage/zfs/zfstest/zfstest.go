@@ -3,13 +3,13 @@
 // (starting the zfs-fuse daemon when none runs) and removes every pool,
 // image and daemon it created at cleanup, even when the test fails.
 //
-// Only one zfs-fuse daemon can run per host. EnsureDaemon starts it only
-// when `zpool list` does not answer, stops it (by the PID in its own
-// pidfile) only if it started it, and leaves a daemon it found (a demo's,
-// or the kernel's OpenZFS, which needs no daemon) alone. Within one test
-// binary the daemon is reference-counted across tests. Two test binaries
-// must not both start it, which is why only the zfs packages use ZFS in
-// `make test` and benchmarks run with -p 1.
+// Only one zfs-fuse daemon can run per host. EnsureDaemon holds it through
+// zfs.AcquireDaemon, which starts it only when `zpool list` does not
+// answer, stops it only if it started it, and leaves a daemon it found (a
+// demo's, or the kernel's OpenZFS, which needs no daemon) alone. Within
+// one test binary the daemon is reference-counted across tests. Two test
+// binaries must not both start it, which is why only the zfs packages use
+// ZFS in `make test` and benchmarks run with -p 1.
 package zfstest
 
 import (
@@ -18,12 +18,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strconv"
-	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -32,20 +27,13 @@ import (
 	"github.com/thinlab/thinlab/internal/pgcluster"
 )
 
-var daemon struct {
-	mu      sync.Mutex
-	refs    int
-	pid     int    // the daemon this process started; 0 if none
-	tempDir string // holds its pidfile
-}
-
 // EnsureDaemon makes the zfs/zpool CLI usable until t ends.
 func EnsureDaemon(t testing.TB) {
 	t.Helper()
-	if err := acquireDaemon(); err != nil {
+	if err := zfs.AcquireDaemon(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(releaseDaemon)
+	t.Cleanup(zfs.ReleaseDaemon)
 }
 
 // Main runs a test binary's tests with the daemon held throughout, so it
@@ -53,107 +41,12 @@ func EnsureDaemon(t testing.TB) {
 //
 //	func TestMain(m *testing.M) { os.Exit(zfstest.Main(m)) }
 func Main(m *testing.M) int {
-	if err := acquireDaemon(); err != nil {
+	if err := zfs.AcquireDaemon(context.Background()); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	defer releaseDaemon()
+	defer zfs.ReleaseDaemon()
 	return m.Run()
-}
-
-func acquireDaemon() error {
-	daemon.mu.Lock()
-	defer daemon.mu.Unlock()
-	if daemon.refs == 0 && !answers() {
-		pid, dir, err := startDaemon()
-		if err != nil {
-			return err
-		}
-		daemon.pid, daemon.tempDir = pid, dir
-	}
-	daemon.refs++
-	return nil
-}
-
-func releaseDaemon() {
-	daemon.mu.Lock()
-	defer daemon.mu.Unlock()
-	daemon.refs--
-	if daemon.refs > 0 || daemon.pid == 0 {
-		return
-	}
-	stopDaemon(daemon.pid)
-	os.RemoveAll(daemon.tempDir)
-	daemon.pid, daemon.tempDir = 0, ""
-}
-
-// answers reports whether a ZFS implementation serves the CLI.
-func answers() bool {
-	return exec.Command("zpool", "list", "-H").Run() == nil
-}
-
-func startDaemon() (int, string, error) {
-	if _, err := exec.LookPath("zfs-fuse"); err != nil {
-		return 0, "", fmt.Errorf("no ZFS here: `zpool list` fails and zfs-fuse is not installed (apt-get install zfs-fuse, see deploy/dev/deps.sh)")
-	}
-	dir, err := os.MkdirTemp("", "thinlab-zfsd-")
-	if err != nil {
-		return 0, "", err
-	}
-	pidfile := filepath.Join(dir, "zfs-fuse.pid")
-	// It daemonizes: the command returns once the daemon is forked.
-	if out, err := exec.Command("zfs-fuse", "--no-kstat-mount", "-p", pidfile).CombinedOutput(); err != nil {
-		os.RemoveAll(dir)
-		return 0, "", fmt.Errorf("start zfs-fuse: %v: %s", err, out)
-	}
-	deadline := time.Now().Add(30 * time.Second)
-	pid := 0
-	for time.Now().Before(deadline) {
-		if pid == 0 {
-			if raw, err := os.ReadFile(pidfile); err == nil {
-				pid, _ = strconv.Atoi(strings.TrimSpace(string(raw)))
-			}
-		}
-		if pid > 0 && answers() {
-			return pid, dir, nil
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	if pid > 0 {
-		stopDaemon(pid)
-	}
-	os.RemoveAll(dir)
-	return 0, "", fmt.Errorf("zfs-fuse started but `zpool list` did not answer within 30s")
-}
-
-// stopDaemon asks zfs-fuse to exit (it unmounts and syncs on SIGTERM) and
-// waits, killing it if it hangs.
-func stopDaemon(pid int) {
-	syscall.Kill(pid, syscall.SIGTERM)
-	for i := 0; i < 600 && alive(pid); i++ {
-		time.Sleep(50 * time.Millisecond)
-	}
-	if alive(pid) {
-		syscall.Kill(pid, syscall.SIGKILL)
-		for i := 0; i < 100 && alive(pid); i++ {
-			time.Sleep(50 * time.Millisecond)
-		}
-	}
-}
-
-// alive is kill(0) that treats a zombie (exited, not yet reaped by its
-// parent) as gone.
-func alive(pid int) bool {
-	if syscall.Kill(pid, 0) != nil {
-		return false
-	}
-	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return false
-	}
-	s := string(raw)
-	fields := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
-	return len(fields) == 0 || fields[0] != "Z"
 }
 
 // FilePool is a zpool on a sparse image file made for one test.

@@ -1,0 +1,127 @@
+package zfs
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// The zfs-fuse daemon serves the zfs/zpool CLI on hosts without the kernel
+// module. Only one runs per host, so everything in a process that needs it
+// shares one reference count: the first AcquireDaemon starts it when
+// `zpool list` does not answer, the last ReleaseDaemon stops it (by its
+// pidfile's PID) only if this process started it. A daemon found running
+// (another process's, or none needed with the kernel's OpenZFS) is left
+// alone.
+var daemon struct {
+	mu      sync.Mutex
+	refs    int
+	pid     int    // the daemon this process started; 0 if none
+	tempDir string // holds its pidfile
+}
+
+// AcquireDaemon makes the zfs/zpool CLI usable until the matching
+// ReleaseDaemon, starting zfs-fuse when no ZFS implementation answers.
+func AcquireDaemon(ctx context.Context) error {
+	daemon.mu.Lock()
+	defer daemon.mu.Unlock()
+	if daemon.refs == 0 && !answers(ctx) {
+		pid, dir, err := startDaemon(ctx)
+		if err != nil {
+			return err
+		}
+		daemon.pid, daemon.tempDir = pid, dir
+	}
+	daemon.refs++
+	return nil
+}
+
+// ReleaseDaemon drops a reference taken by AcquireDaemon; the last one
+// stops the daemon if AcquireDaemon started it.
+func ReleaseDaemon() {
+	daemon.mu.Lock()
+	defer daemon.mu.Unlock()
+	daemon.refs--
+	if daemon.refs > 0 || daemon.pid == 0 {
+		return
+	}
+	stopDaemon(daemon.pid)
+	os.RemoveAll(daemon.tempDir)
+	daemon.pid, daemon.tempDir = 0, ""
+}
+
+// answers reports whether a ZFS implementation serves the CLI.
+func answers(ctx context.Context) bool {
+	return exec.CommandContext(ctx, "zpool", "list", "-H").Run() == nil
+}
+
+func startDaemon(ctx context.Context) (int, string, error) {
+	if _, err := exec.LookPath("zfs-fuse"); err != nil {
+		return 0, "", fmt.Errorf("no ZFS here: `zpool list` fails and zfs-fuse is not installed: install ZFS (OpenZFS, or apt-get install zfs-fuse, see deploy/dev/deps.sh)")
+	}
+	dir, err := os.MkdirTemp("", "thinlab-zfsd-")
+	if err != nil {
+		return 0, "", err
+	}
+	pidfile := filepath.Join(dir, "zfs-fuse.pid")
+	// zfs-fuse daemonizes: the command returns once the daemon is forked.
+	if out, err := exec.CommandContext(ctx, "zfs-fuse", "--no-kstat-mount", "-p", pidfile).CombinedOutput(); err != nil {
+		os.RemoveAll(dir)
+		return 0, "", fmt.Errorf("start zfs-fuse: %v: %s", err, out)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	pid := 0
+	for time.Now().Before(deadline) {
+		if pid == 0 {
+			if raw, err := os.ReadFile(pidfile); err == nil {
+				pid, _ = strconv.Atoi(strings.TrimSpace(string(raw)))
+			}
+		}
+		if pid > 0 && answers(ctx) {
+			return pid, dir, nil
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if pid > 0 {
+		stopDaemon(pid)
+	}
+	os.RemoveAll(dir)
+	return 0, "", fmt.Errorf("zfs-fuse started but `zpool list` did not answer within 30s")
+}
+
+// stopDaemon asks zfs-fuse to exit (it unmounts and syncs on SIGTERM) and
+// waits up to 30 s, killing it if it hangs.
+func stopDaemon(pid int) {
+	syscall.Kill(pid, syscall.SIGTERM)
+	for i := 0; i < 600 && alive(pid); i++ {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if alive(pid) {
+		syscall.Kill(pid, syscall.SIGKILL)
+		for i := 0; i < 100 && alive(pid); i++ {
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+}
+
+// alive is kill(0) that treats a zombie (exited, not yet reaped by its
+// parent) as gone.
+func alive(pid int) bool {
+	if syscall.Kill(pid, 0) != nil {
+		return false
+	}
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	s := string(raw)
+	fields := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+	return len(fields) == 0 || fields[0] != "Z"
+}
