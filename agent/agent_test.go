@@ -1,7 +1,6 @@
 package agent_test
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"math/rand/v2"
@@ -11,7 +10,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -19,9 +17,9 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/thinlab/thinlab/agent/clone/clonetest"
-	"github.com/thinlab/thinlab/agent/runtime"
 	"github.com/thinlab/thinlab/agent/storage"
 	"github.com/thinlab/thinlab/agent/storage/storagetest"
+	"github.com/thinlab/thinlab/internal/logtest"
 	"github.com/thinlab/thinlab/sdk/agentapi"
 )
 
@@ -29,23 +27,6 @@ const (
 	token    = "kill9-token-7d1e"
 	password = "Vx9-kq2!Lm7#pz4Rw8"
 )
-
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.buf.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.buf.String()
-}
 
 // buildThinlab builds the real binary into a temporary directory.
 func buildThinlab(t *testing.T) string {
@@ -71,11 +52,11 @@ func freePort(t *testing.T) int {
 // agentProc is one `thinlab agent run` process.
 type agentProc struct {
 	cmd  *exec.Cmd
-	logs *syncBuffer
+	logs *logtest.Buffer
 	done chan error
 }
 
-func startAgent(t *testing.T, bin, cfgPath string, c *agentapi.Client, logs *syncBuffer) *agentProc {
+func startAgent(t *testing.T, bin, cfgPath string, c *agentapi.Client, logs *logtest.Buffer) *agentProc {
 	t.Helper()
 	cmd := exec.Command(bin, "agent", "run", "--log-level", "debug")
 	cmd.Env = append(os.Environ(), "THINLAB_AGENT_CONFIG="+cfgPath)
@@ -125,22 +106,6 @@ func (p *agentProc) stop(t *testing.T) error {
 	}
 }
 
-// killClones stops every postgres running in the pool's clones: cleanup
-// even when the test failed half-way (the pool's own cleanup destroys
-// the datasets).
-func killClones(p storage.Pool) {
-	procs, _ := runtime.Postmasters()
-	clones, _ := p.Clones(context.Background())
-	for _, c := range clones {
-		for _, pr := range procs {
-			if strings.HasPrefix(pr.DataDir, c.Mountpoint+"/") {
-				runtime.New(runtime.Options{}).KillPID(pr.PID)
-			}
-		}
-		p.DestroyClone(context.Background(), c.Name)
-	}
-}
-
 func queryClone(ctx context.Context, c agentapi.Clone, sql string) (string, error) {
 	cc, err := pgx.ParseConfig(c.DB.ConnStr + " sslmode=disable connect_timeout=10")
 	if err != nil {
@@ -168,7 +133,7 @@ func TestAgentSurvivesKill9(t *testing.T) {
 	}
 	bin := buildThinlab(t)
 	pool := storagetest.NewLoopPool(t, storage.ModeBtrfs)
-	t.Cleanup(func() { killClones(pool) })
+	t.Cleanup(func() { clonetest.KillClones(pool) })
 	clonetest.Fill(t, pool, "CREATE TABLE t (v text)", "INSERT INTO t VALUES ('before kill')")
 
 	dir := t.TempDir()
@@ -195,7 +160,7 @@ stateDir: %s
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	c := &agentapi.Client{BaseURL: "http://127.0.0.1:" + strconv.Itoa(apiPort), Token: token, PollInterval: 50 * time.Millisecond}
-	logs := &syncBuffer{}
+	logs := &logtest.Buffer{}
 
 	first := startAgent(t, bin, cfgPath, c, logs)
 	want := map[string]agentapi.Clone{}

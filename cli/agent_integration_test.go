@@ -15,7 +15,6 @@ import (
 	"github.com/thinlab/thinlab/agent/clone"
 	"github.com/thinlab/thinlab/agent/clone/clonetest"
 	"github.com/thinlab/thinlab/agent/config"
-	"github.com/thinlab/thinlab/agent/runtime"
 	"github.com/thinlab/thinlab/agent/storage"
 	"github.com/thinlab/thinlab/cli/clientconfig"
 	"github.com/thinlab/thinlab/sdk/agentapi"
@@ -64,25 +63,10 @@ func startAgent(t *testing.T, snapshots ...[]string) (string, storage.Pool, []st
 	hs := httptest.NewServer(srv.Handler())
 	// Last in, first out: HTTP server, manager, then leftover clone
 	// processes and datasets, then (registered first) the pool.
-	t.Cleanup(func() { killClones(p) })
+	t.Cleanup(func() { clonetest.KillClones(p) })
 	t.Cleanup(func() { m.Close() })
 	t.Cleanup(func() { hs.Close(); srv.Close() })
 	return hs.URL, p, snaps
-}
-
-// killClones stops every postgres running in the pool's clones and
-// destroys the clones, so a failed test leaves nothing behind.
-func killClones(p storage.Pool) {
-	procs, _ := runtime.Postmasters()
-	clones, _ := p.Clones(context.Background())
-	for _, c := range clones {
-		for _, pr := range procs {
-			if strings.HasPrefix(pr.DataDir, c.Mountpoint+"/") {
-				runtime.New(runtime.Options{}).KillPID(pr.PID)
-			}
-		}
-		p.DestroyClone(context.Background(), c.Name)
-	}
 }
 
 // mustRun runs the CLI and fails the test unless it exits 0.

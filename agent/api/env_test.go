@@ -1,18 +1,15 @@
 package api_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"io"
-	"log/slog"
 	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -25,6 +22,7 @@ import (
 	"github.com/thinlab/thinlab/agent/runtime"
 	"github.com/thinlab/thinlab/agent/storage"
 	"github.com/thinlab/thinlab/agent/storage/storagetest"
+	"github.com/thinlab/thinlab/internal/logtest"
 	"github.com/thinlab/thinlab/sdk/agentapi"
 )
 
@@ -33,23 +31,6 @@ const (
 	goodPassword = "Vx9-kq2!Lm7#pz4Rw8"
 )
 
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.buf.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.buf.String()
-}
-
 // env is a real agent API over a real btrfs loop pool (agent/storage/btrfs) with real postgres
 // clones, served on 127.0.0.1 by httptest.
 type env struct {
@@ -57,7 +38,7 @@ type env struct {
 	ctx    context.Context
 	pool   storage.Pool
 	cfg    *config.Config
-	log    *syncBuffer
+	log    *logtest.Buffer
 	mgr    *clone.Manager
 	srv    *api.Server
 	http   *httptest.Server
@@ -72,7 +53,7 @@ func newEnv(t testing.TB, ports int, snapshots ...[]string) *env {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	t.Cleanup(cancel)
 	p := storagetest.NewLoopPool(t, storage.ModeBtrfs)
-	e := &env{t: t, ctx: ctx, pool: p, log: &syncBuffer{}}
+	e := &env{t: t, ctx: ctx, pool: p, log: &logtest.Buffer{}}
 	for _, sql := range snapshots {
 		e.snaps = append(e.snaps, clonetest.Fill(t, p, sql...))
 	}
@@ -89,7 +70,7 @@ func newEnv(t testing.TB, ports int, snapshots ...[]string) *env {
 		t.Fatal(err)
 	}
 	e.cfg = cfg
-	logger := slog.New(slog.NewTextHandler(e.log, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	logger := e.log.Logger()
 	m, err := clone.NewManager(ctx, clone.Options{Config: cfg, Pools: []storage.Pool{p}, Logger: logger, CheckInterval: -1})
 	if err != nil {
 		t.Fatal(err)
@@ -101,7 +82,7 @@ func newEnv(t testing.TB, ports int, snapshots ...[]string) *env {
 	// Cleanups run last-in first-out: server, manager, then the clones'
 	// processes and datasets, then (registered first) the pool.
 	t.Cleanup(func() {
-		killAll(p)
+		clonetest.KillClones(p)
 		for _, secret := range []string{token, goodPassword} {
 			if strings.Contains(e.log.String(), secret) {
 				t.Errorf("a secret appears in the log")
@@ -111,21 +92,6 @@ func newEnv(t testing.TB, ports int, snapshots ...[]string) *env {
 	t.Cleanup(func() { m.Close() })
 	t.Cleanup(func() { e.http.Close(); e.srv.Close() })
 	return e
-}
-
-// killAll stops every postgres running in the pool's clones and destroys
-// the clones: cleanup even when a test failed half-way.
-func killAll(p storage.Pool) {
-	procs, _ := runtime.Postmasters()
-	clones, _ := p.Clones(context.Background())
-	for _, c := range clones {
-		for _, pr := range procs {
-			if strings.HasPrefix(pr.DataDir, c.Mountpoint+"/") {
-				runtime.New(runtime.Options{}).KillPID(pr.PID)
-			}
-		}
-		p.DestroyClone(context.Background(), c.Name)
-	}
 }
 
 // raw sends a request and returns status and body. tok "" sends no token

@@ -1,11 +1,9 @@
 package clone_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"math/rand/v2"
 	"net"
 	"os"
@@ -22,6 +20,7 @@ import (
 	"github.com/thinlab/thinlab/agent/config"
 	"github.com/thinlab/thinlab/agent/runtime"
 	"github.com/thinlab/thinlab/agent/storage"
+	"github.com/thinlab/thinlab/internal/logtest"
 )
 
 // Passwords used by the tests; the log must never contain them.
@@ -29,24 +28,6 @@ const (
 	goodPassword = "Correct-Horse-Battery-Staple-42"
 	prodPassword = "prod-App-Password-77!"
 )
-
-// syncBuffer collects log output from several goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // fakeClock is a settable clock for idle and protection tests.
 type fakeClock struct {
@@ -71,7 +52,7 @@ type env struct {
 	ctx   context.Context
 	pool  storage.Pool
 	cfg   *config.Config
-	log   *syncBuffer
+	log   *logtest.Buffer
 	clock *fakeClock
 	snaps []storage.Snapshot
 }
@@ -99,7 +80,7 @@ func newEnv(t *testing.T, ports int) *env {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	t.Cleanup(cancel)
 	p := clonetest.NewPool(t)
-	e := &env{t: t, ctx: ctx, pool: p, log: &syncBuffer{}, clock: &fakeClock{t: time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)}}
+	e := &env{t: t, ctx: ctx, pool: p, log: &logtest.Buffer{}, clock: &fakeClock{t: time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)}}
 	e.snaps = append(e.snaps, clonetest.Fill(t, p, sourceSQL...))
 	cfg := config.Default()
 	cfg.Pools = []config.Pool{{Name: p.Name(), Mode: p.Mode(), Path: p.MainDir()}}
@@ -117,7 +98,7 @@ func newEnv(t *testing.T, ports int) *env {
 	e.cfg = cfg
 	// Registered after the pool: runs before the pool's unmount.
 	t.Cleanup(func() {
-		e.killAll()
+		clonetest.KillClones(e.pool)
 		if strings.Contains(e.log.String(), goodPassword) || strings.Contains(e.log.String(), prodPassword) {
 			t.Errorf("a password appears in the log")
 		}
@@ -134,27 +115,12 @@ func (e *env) addSnapshot(sql ...string) storage.Snapshot {
 
 func (e *env) manager() *clone.Manager {
 	e.t.Helper()
-	logger := slog.New(slog.NewTextHandler(e.log, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	logger := e.log.Logger()
 	m, err := clone.NewManager(e.ctx, clone.Options{Config: e.cfg, Pools: []storage.Pool{e.pool}, Logger: logger, Now: e.clock.Now, CheckInterval: -1})
 	if err != nil {
 		e.t.Fatal(err)
 	}
 	return m
-}
-
-// killAll stops every postgres running in the pool's clones and destroys
-// the clones: cleanup even when a test failed half-way.
-func (e *env) killAll() {
-	procs, _ := runtime.Postmasters()
-	clones, _ := e.pool.Clones(context.Background())
-	for _, c := range clones {
-		for _, p := range procs {
-			if strings.HasPrefix(p.DataDir, c.Mountpoint+"/") {
-				runtime.New(runtime.Options{}).KillPID(p.PID)
-			}
-		}
-		e.pool.DestroyClone(context.Background(), c.Name)
-	}
 }
 
 // assertNoLeaks checks that the pool has no clones, no postgres runs in a

@@ -1,14 +1,11 @@
 package retrieval
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -18,25 +15,9 @@ import (
 	"github.com/thinlab/thinlab/agent/config"
 	"github.com/thinlab/thinlab/agent/runtime"
 	"github.com/thinlab/thinlab/agent/storage"
+	"github.com/thinlab/thinlab/internal/logtest"
 	"github.com/thinlab/thinlab/internal/pgtest"
 )
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // source starts a throwaway "production" server with two databases.
 func source(t *testing.T) *pgtest.Server {
@@ -53,7 +34,7 @@ func source(t *testing.T) *pgtest.Server {
 	return src
 }
 
-func newRetriever(t *testing.T, p storage.Pool, src config.Source, dbs []string, log *syncBuffer) *Retriever {
+func newRetriever(t *testing.T, p storage.Pool, src config.Source, dbs []string, log *logtest.Buffer) *Retriever {
 	cfg := config.Default()
 	cfg.Pools = []config.Pool{{Name: p.Name(), Mode: p.Mode(), Path: p.MainDir()}}
 	cfg.Retrieval = config.Retrieval{Mode: "logical", Source: src, Databases: dbs, Jobs: 2, Pool: p.Name()}
@@ -61,7 +42,7 @@ func newRetriever(t *testing.T, p storage.Pool, src config.Source, dbs []string,
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	r, err := New(Options{Config: cfg, Pool: p, Logger: slog.New(slog.NewTextHandler(log, &slog.HandlerOptions{Level: slog.LevelDebug}))})
+	r, err := New(Options{Config: cfg, Pool: p, Logger: log.Logger()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -102,7 +83,7 @@ func TestLogicalRefresh(t *testing.T) {
 	src := source(t)
 	p := clonetest.NewPool(t)
 	t.Setenv("THINLAB_TEST_SOURCE_PW", src.Password)
-	log := &syncBuffer{}
+	log := &logtest.Buffer{}
 	r := newRetriever(t, p, config.Source{Host: "127.0.0.1", Port: src.Port, Username: "postgres", PasswordEnv: "THINLAB_TEST_SOURCE_PW"}, nil, log)
 	if st := r.Status(); st.Mode != ModeLogical || st.Status != StatusInactive || !st.LastRefresh.IsZero() {
 		t.Fatalf("initial status %+v", st)
@@ -185,7 +166,7 @@ func (runtimeCheck) mainRunning(r *Retriever) bool { return r.mainCluster().Runn
 func TestRefreshFailureAlertsAndRefusesConcurrent(t *testing.T) {
 	src := source(t)
 	p := clonetest.NewPool(t)
-	log := &syncBuffer{}
+	log := &logtest.Buffer{}
 	r := newRetriever(t, p, config.Source{Host: "127.0.0.1", Port: src.Port, Username: "postgres", Password: "wrong-password"}, []string{"app"}, log)
 	if err := r.FullRefresh(); err != nil {
 		t.Fatal(err)

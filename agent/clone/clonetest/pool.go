@@ -4,11 +4,13 @@
 package clonetest
 
 import (
+	"context"
 	"fmt"
 	"strconv"
 	"strings"
 	"testing"
 
+	"github.com/thinlab/thinlab/agent/runtime"
 	"github.com/thinlab/thinlab/agent/storage"
 	"github.com/thinlab/thinlab/agent/storage/storagetest"
 )
@@ -62,4 +64,20 @@ func parseSize(s string) (int64, error) {
 		return 0, fmt.Errorf("pool size %q: want a positive number with an optional K, M, G or T suffix", s)
 	}
 	return n * mult, nil
+}
+
+// KillClones stops every postgres running in p's clones and destroys the
+// clones: test cleanup that leaves nothing behind even when the test
+// failed half-way (the pool's own cleanup destroys the pool).
+func KillClones(p storage.Pool) {
+	procs, _ := runtime.Postmasters()
+	clones, _ := p.Clones(context.Background())
+	for _, c := range clones {
+		for _, pr := range procs {
+			if strings.HasPrefix(pr.DataDir, c.Mountpoint+"/") {
+				runtime.New(runtime.Options{}).KillPID(pr.PID)
+			}
+		}
+		p.DestroyClone(context.Background(), c.Name)
+	}
 }
