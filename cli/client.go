@@ -195,6 +195,22 @@ func (f *clientFlags) connect() (*apiConn, error) {
 // the server's message (which names the bad field), the field from the
 // error detail when the message lacks it, and what to check for the
 // errors that have an obvious cause.
+// request connects to the agent and makes one API call, turning its
+// error into advice.
+func request[T any](cf *clientFlags, call func(*agentapi.Client) (T, error)) (T, error) {
+	a, err := cf.connect()
+	if err != nil {
+		var zero T
+		return zero, err
+	}
+	v, err := call(a.api)
+	if err != nil {
+		var zero T
+		return zero, a.explain(err)
+	}
+	return v, nil
+}
+
 func (a *apiConn) explain(err error) error {
 	if err == nil {
 		return nil

@@ -203,10 +203,20 @@ func renderClones(w io.Writer, clones []agentapi.Clone, now time.Time) error {
 
 // printClone prints a clone in the chosen format.
 func printClone(cmd *cobra.Command, output string, c *agentapi.Clone) error {
-	if output == outputJSON {
-		return writeJSON(cmd.OutOrStdout(), c)
+	return render(cmd, output, c, renderClone)
+}
+
+// protectionMinutes is the value of a protection-length flag, nil when it
+// was not given (the agent's lease applies).
+func protectionMinutes(cmd *cobra.Command, flag string, minutes int) (*uint, error) {
+	if !cmd.Flags().Changed(flag) {
+		return nil, nil
 	}
-	return renderClone(cmd.OutOrStdout(), c, time.Now())
+	if minutes < 0 {
+		return nil, usageErrorf("--%s must be 0 (no expiry) or more", flag)
+	}
+	m := uint(minutes)
+	return &m, nil
 }
 
 func newCloneCreateCommand(cf *clientFlags) *cobra.Command {
@@ -267,15 +277,11 @@ prompt. It is saved (mode 0600) in the CLI config file so that
 				DB:        &agentapi.DatabaseRequest{Username: username, Restricted: restricted, DBName: dbName},
 				ExtraConf: conf,
 			}
-			if cmd.Flags().Changed("protection-minutes") {
-				if protectMinutes < 0 {
-					return usageErrorf("--protection-minutes must be 0 (no expiry) or more")
-				}
-				if !protect {
-					return usageErrorf("--protection-minutes needs --protected")
-				}
-				m := uint(protectMinutes)
-				req.ProtectionDurationMinutes = &m
+			if req.ProtectionDurationMinutes, err = protectionMinutes(cmd, "protection-minutes", protectMinutes); err != nil {
+				return err
+			}
+			if req.ProtectionDurationMinutes != nil && !protect {
+				return usageErrorf("--protection-minutes needs --protected")
 			}
 			a, err := cf.connect()
 			if err != nil {
@@ -392,21 +398,11 @@ func newCloneListCommand(cf *clientFlags) *cobra.Command {
 			if err := checkOutput(output); err != nil {
 				return err
 			}
-			a, err := cf.connect()
+			clones, err := request(cf, func(c *agentapi.Client) ([]agentapi.Clone, error) { return c.Clones(cmd.Context()) })
 			if err != nil {
 				return err
 			}
-			clones, err := a.api.Clones(cmd.Context())
-			if err != nil {
-				return a.explain(err)
-			}
-			if output == outputJSON {
-				if clones == nil {
-					clones = []agentapi.Clone{}
-				}
-				return writeJSON(cmd.OutOrStdout(), clones)
-			}
-			return renderClones(cmd.OutOrStdout(), clones, time.Now())
+			return renderList(cmd, output, clones, renderClones)
 		},
 	}
 	addOutputFlag(cmd, &output)
@@ -427,13 +423,9 @@ func newCloneStatusCommand(cf *clientFlags) *cobra.Command {
 			if err := validateCloneID("CLONE_ID", args[0]); err != nil {
 				return err
 			}
-			a, err := cf.connect()
+			cl, err := request(cf, func(c *agentapi.Client) (*agentapi.Clone, error) { return c.Clone(cmd.Context(), args[0]) })
 			if err != nil {
 				return err
-			}
-			cl, err := a.api.Clone(cmd.Context(), args[0])
-			if err != nil {
-				return a.explain(err)
 			}
 			return printClone(cmd, output, cl)
 		},
@@ -522,23 +514,16 @@ func newCloneProtectCommand(cf *clientFlags) *cobra.Command {
 				return err
 			}
 			req := agentapi.PatchCloneRequest{Protected: !off}
-			if cmd.Flags().Changed("minutes") {
-				if off {
-					return usageErrorf("--minutes does not go with --off")
-				}
-				if minutes < 0 {
-					return usageErrorf("--minutes must be 0 (no expiry) or more")
-				}
-				m := uint(minutes)
-				req.ProtectionDurationMinutes = &m
+			if off && cmd.Flags().Changed("minutes") {
+				return usageErrorf("--minutes does not go with --off")
 			}
-			a, err := cf.connect()
-			if err != nil {
+			var err error
+			if req.ProtectionDurationMinutes, err = protectionMinutes(cmd, "minutes", minutes); err != nil {
 				return err
 			}
-			cl, err := a.api.UpdateClone(cmd.Context(), args[0], req)
+			cl, err := request(cf, func(c *agentapi.Client) (*agentapi.Clone, error) { return c.UpdateClone(cmd.Context(), args[0], req) })
 			if err != nil {
-				return a.explain(err)
+				return err
 			}
 			return printClone(cmd, output, cl)
 		},

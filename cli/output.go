@@ -43,6 +43,23 @@ func writeJSON(w io.Writer, v any) error {
 }
 
 // newTable returns a tabwriter for aligned columns; call Flush when done.
+// render writes v as JSON with -o json, else as text.
+func render[T any](cmd *cobra.Command, output string, v T, text func(io.Writer, T, time.Time) error) error {
+	if output == outputJSON {
+		return writeJSON(cmd.OutOrStdout(), v)
+	}
+	return text(cmd.OutOrStdout(), v, time.Now())
+}
+
+// renderList is render for a list, which is [] rather than null in JSON
+// when empty.
+func renderList[T any](cmd *cobra.Command, output string, items []T, text func(io.Writer, []T, time.Time) error) error {
+	if items == nil {
+		items = []T{}
+	}
+	return render(cmd, output, items, text)
+}
+
 func newTable(w io.Writer) *tabwriter.Writer {
 	return tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 }

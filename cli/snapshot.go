@@ -36,21 +36,11 @@ func newSnapshotListCommand(cf *clientFlags) *cobra.Command {
 			if err := checkOutput(output); err != nil {
 				return err
 			}
-			a, err := cf.connect()
+			snaps, err := request(cf, func(c *agentapi.Client) ([]agentapi.Snapshot, error) { return c.Snapshots(cmd.Context()) })
 			if err != nil {
 				return err
 			}
-			snaps, err := a.api.Snapshots(cmd.Context())
-			if err != nil {
-				return a.explain(err)
-			}
-			if output == outputJSON {
-				if snaps == nil {
-					snaps = []agentapi.Snapshot{}
-				}
-				return writeJSON(cmd.OutOrStdout(), snaps)
-			}
-			return renderSnapshots(cmd.OutOrStdout(), snaps, time.Now())
+			return renderList(cmd, output, snaps, renderSnapshots)
 		},
 	}
 	addOutputFlag(cmd, &output)
@@ -90,13 +80,9 @@ func newSnapshotCreateCommand(cf *clientFlags) *cobra.Command {
 			if err := checkOutput(output); err != nil {
 				return err
 			}
-			a, err := cf.connect()
+			s, err := request(cf, func(c *agentapi.Client) (*agentapi.PoolSnapshot, error) { return c.CreateSnapshot(cmd.Context(), pool) })
 			if err != nil {
 				return err
-			}
-			s, err := a.api.CreateSnapshot(cmd.Context(), pool)
-			if err != nil {
-				return a.explain(err)
 			}
 			if output == outputJSON {
 				return writeJSON(cmd.OutOrStdout(), s)

@@ -37,18 +37,11 @@ func newStatusCommand() *cobra.Command {
 			if err := checkOutput(output); err != nil {
 				return err
 			}
-			a, err := cf.connect()
+			st, err := request(&cf, func(c *agentapi.Client) (*agentapi.InstanceStatus, error) { return c.Status(cmd.Context()) })
 			if err != nil {
 				return err
 			}
-			st, err := a.api.Status(cmd.Context())
-			if err != nil {
-				return a.explain(err)
-			}
-			if output == outputJSON {
-				return writeJSON(cmd.OutOrStdout(), st)
-			}
-			return renderStatus(cmd.OutOrStdout(), st, time.Now())
+			return render(cmd, output, st, renderStatus)
 		},
 	}
 	cf.register(cmd)
