@@ -206,6 +206,18 @@ func printClone(cmd *cobra.Command, output string, c *agentapi.Clone) error {
 	return render(cmd, output, c, renderClone)
 }
 
+// cloneIDArg checks the -o value and the CLONE_ID argument, the first
+// steps of every command on one clone, and returns the ID.
+func cloneIDArg(output string, args []string) (string, error) {
+	if err := checkOutput(output); err != nil {
+		return "", err
+	}
+	if err := validateCloneID("CLONE_ID", args[0]); err != nil {
+		return "", err
+	}
+	return args[0], nil
+}
+
 // protectionMinutes is the value of a protection-length flag, nil when it
 // was not given (the agent's lease applies).
 func protectionMinutes(cmd *cobra.Command, flag string, minutes int) (*uint, error) {
@@ -417,13 +429,11 @@ func newCloneStatusCommand(cf *clientFlags) *cobra.Command {
 		Example: "  thinlab clone status mytest\n  thinlab clone status mytest -o json | jq -r .db.connStr",
 		Args:    exactArgs("CLONE_ID"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := checkOutput(output); err != nil {
+			id, err := cloneIDArg(output, args)
+			if err != nil {
 				return err
 			}
-			if err := validateCloneID("CLONE_ID", args[0]); err != nil {
-				return err
-			}
-			cl, err := request(cf, func(c *agentapi.Client) (*agentapi.Clone, error) { return c.Clone(cmd.Context(), args[0]) })
+			cl, err := request(cf, func(c *agentapi.Client) (*agentapi.Clone, error) { return c.Clone(cmd.Context(), id) })
 			if err != nil {
 				return err
 			}
@@ -448,11 +458,8 @@ func newCloneResetCommand(cf *clientFlags) *cobra.Command {
   thinlab clone reset mytest --snapshot 'pool1@snapshot_20240102030405' --no-wait`,
 		Args: exactArgs("CLONE_ID"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := checkOutput(output); err != nil {
-				return err
-			}
-			id := args[0]
-			if err := validateCloneID("CLONE_ID", id); err != nil {
+			id, err := cloneIDArg(output, args)
+			if err != nil {
 				return err
 			}
 			if latest && snapshot != "" {
@@ -507,21 +514,18 @@ func newCloneProtectCommand(cf *clientFlags) *cobra.Command {
   thinlab clone protect mytest --off`,
 		Args: exactArgs("CLONE_ID"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := checkOutput(output); err != nil {
-				return err
-			}
-			if err := validateCloneID("CLONE_ID", args[0]); err != nil {
+			id, err := cloneIDArg(output, args)
+			if err != nil {
 				return err
 			}
 			req := agentapi.PatchCloneRequest{Protected: !off}
 			if off && cmd.Flags().Changed("minutes") {
 				return usageErrorf("--minutes does not go with --off")
 			}
-			var err error
 			if req.ProtectionDurationMinutes, err = protectionMinutes(cmd, "minutes", minutes); err != nil {
 				return err
 			}
-			cl, err := request(cf, func(c *agentapi.Client) (*agentapi.Clone, error) { return c.UpdateClone(cmd.Context(), args[0], req) })
+			cl, err := request(cf, func(c *agentapi.Client) (*agentapi.Clone, error) { return c.UpdateClone(cmd.Context(), id, req) })
 			if err != nil {
 				return err
 			}
@@ -546,11 +550,8 @@ func newCloneDestroyCommand(cf *clientFlags) *cobra.Command {
 		Example: "  thinlab clone destroy mytest",
 		Args:    exactArgs("CLONE_ID"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := checkOutput(output); err != nil {
-				return err
-			}
-			id := args[0]
-			if err := validateCloneID("CLONE_ID", id); err != nil {
+			id, err := cloneIDArg(output, args)
+			if err != nil {
 				return err
 			}
 			a, err := cf.connect()
