@@ -43,6 +43,7 @@ import (
 
 	"github.com/thinlab/thinlab/agent/storage"
 	"github.com/thinlab/thinlab/agent/storage/sidecar"
+	"github.com/thinlab/thinlab/agent/storage/spacecache"
 	"github.com/thinlab/thinlab/internal/command"
 )
 
@@ -79,7 +80,7 @@ type Pool struct {
 	layout  sidecar.Layout
 	log     *slog.Logger
 	mu      sync.Mutex
-	sizes   sizeCache
+	sizes   spacecache.Cache
 }
 
 var _ storage.Pool = (*Pool)(nil)
@@ -243,7 +244,7 @@ func (p *Pool) DestroySnapshot(ctx context.Context, id string, force bool) error
 	if err := p.btrfs(ctx, "subvolume", "delete", dir); err != nil {
 		return fmt.Errorf("destroy snapshot %s: %w", id, err)
 	}
-	p.sizes.forget(dir)
+	p.sizes.Forget(dir)
 	if err := os.Remove(dir + ".json"); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		p.log.Warn("snapshot sidecar left behind", "path", dir+".json", "err", err)
 	}
@@ -318,7 +319,7 @@ func (p *Pool) Clones(ctx context.Context) ([]storage.Clone, error) {
 	if err != nil {
 		return nil, err
 	}
-	return sidecar.Clones(clones, func(dir string) uint64 { return use[dir].exclusive }), nil
+	return sidecar.Clones(clones, func(dir string) uint64 { return use[dir].Exclusive }), nil
 }
 
 // DestroyClone implements storage.Pool. Processes using the clone (its
@@ -341,7 +342,7 @@ func (p *Pool) destroyCloneLocked(ctx context.Context, name string) error {
 	if err := p.btrfs(ctx, "subvolume", "delete", dir); err != nil {
 		return fmt.Errorf("destroy clone %s: %w", name, err)
 	}
-	p.sizes.forget(dir)
+	p.sizes.Forget(dir)
 	if err := os.Remove(dir + ".json"); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		p.log.Warn("clone sidecar left behind", "path", dir+".json", "err", err)
 	}
@@ -381,12 +382,12 @@ func (p *Pool) Usage(ctx context.Context) (storage.Usage, error) {
 	if err != nil {
 		return storage.Usage{}, err
 	}
-	u.DataSize = use[p.mainDir].referenced
+	u.DataSize = use[p.mainDir].Referenced
 	for _, s := range snaps {
-		u.UsedBySnapshots += use[s.Dir].exclusive
+		u.UsedBySnapshots += use[s.Dir].Exclusive
 	}
 	for _, c := range clones {
-		u.UsedByClones += use[c.Dir].exclusive
+		u.UsedByClones += use[c.Dir].Exclusive
 	}
 	return u, nil
 }
@@ -403,7 +404,7 @@ func (p *Pool) snapshots(ctx context.Context, snaps []sidecar.SnapshotEntry, clo
 		return nil, err
 	}
 	return p.layout.Snapshots(snaps, clones, func(dir string) (uint64, uint64) {
-		return use[dir].exclusive, use[dir].referenced
+		return use[dir].Exclusive, use[dir].Referenced
 	}), nil
 }
 

@@ -9,22 +9,12 @@ import (
 	"os"
 	"strconv"
 	"strings"
-	"sync"
-	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
-)
 
-// spaceUse is what one subvolume occupies.
-type spaceUse struct {
-	// referenced is the data the subvolume's files point at, shared or
-	// not: its logical size.
-	referenced uint64
-	// exclusive is the data only this subvolume points at: what deleting
-	// it would free (for a clone, what it wrote since it was made).
-	exclusive uint64
-}
+	"github.com/thinlab/thinlab/agent/storage/spacecache"
+)
 
 // spaceUse measures subvolumes. With quotas enabled (`btrfs quota enable`)
 // it reads the qgroup of each subvolume: exact, but refreshed only when
@@ -41,21 +31,18 @@ type spaceUse struct {
 // filesystems they slow down snapshot deletion, which is an
 // administrator's call.
 //
-// Measurements are cached for sizeTTL: the clone engine reads a snapshot
-// on every clone it makes, and walking a large data directory each time
-// would cost more than the clone itself.
-func (p *Pool) spaceUse(ctx context.Context, paths []string) (map[string]spaceUse, error) {
-	out := make(map[string]spaceUse, len(paths))
+// Measurements are cached for spacecache.TTL (btrfs itself reports new
+// writes only after its next commit, 30 s by default).
+func (p *Pool) spaceUse(ctx context.Context, paths []string) (map[string]spacecache.Use, error) {
+	out := make(map[string]spacecache.Use, len(paths))
 	var missing []string
-	p.sizes.mu.Lock()
 	for _, path := range paths {
-		if c, ok := p.sizes.m[path]; ok && time.Since(c.at) < sizeTTL {
-			out[path] = c.use
+		if u, ok := p.sizes.Get(path); ok {
+			out[path] = u
 		} else {
 			missing = append(missing, path)
 		}
 	}
-	p.sizes.mu.Unlock()
 	if len(missing) == 0 {
 		return out, nil
 	}
@@ -63,44 +50,15 @@ func (p *Pool) spaceUse(ctx context.Context, paths []string) (map[string]spaceUs
 	if err != nil {
 		return nil, err
 	}
-	now := time.Now()
-	p.sizes.mu.Lock()
-	if p.sizes.m == nil {
-		p.sizes.m = map[string]cachedUse{}
-	}
 	for path, u := range measured {
 		out[path] = u
-		p.sizes.m[path] = cachedUse{use: u, at: now}
+		p.sizes.Put(path, u)
 	}
-	p.sizes.mu.Unlock()
 	return out, nil
 }
 
-// sizeTTL is how long a measurement is reused; btrfs itself reports new
-// writes only after its next commit (30 s by default).
-const sizeTTL = 30 * time.Second
-
-// sizeCache holds recent measurements by path.
-type sizeCache struct {
-	mu sync.Mutex
-	m  map[string]cachedUse
-}
-
-type cachedUse struct {
-	use spaceUse
-	at  time.Time
-}
-
-// forget drops the measurement of a destroyed subvolume, whose path a new
-// one may reuse.
-func (c *sizeCache) forget(path string) {
-	c.mu.Lock()
-	delete(c.m, path)
-	c.mu.Unlock()
-}
-
-func (p *Pool) measure(ctx context.Context, paths []string) (map[string]spaceUse, error) {
-	out := make(map[string]spaceUse, len(paths))
+func (p *Pool) measure(ctx context.Context, paths []string) (map[string]spacecache.Use, error) {
+	out := make(map[string]spacecache.Use, len(paths))
 	if q, ok := p.qgroups(ctx); ok {
 		complete := true
 		for _, path := range paths {
@@ -140,8 +98,8 @@ func (p *Pool) measure(ctx context.Context, paths []string) (map[string]spaceUse
 //
 //	   Total   Exclusive  Set shared  Filename
 //	41943040        4096    41938944  /mnt/main
-func parseDu(out []byte) map[string]spaceUse {
-	res := map[string]spaceUse{}
+func parseDu(out []byte) map[string]spacecache.Use {
+	res := map[string]spacecache.Use{}
 	sc := bufio.NewScanner(bytes.NewReader(out))
 	for sc.Scan() {
 		line := strings.TrimLeft(sc.Text(), " ")
@@ -162,7 +120,7 @@ func parseDu(out []byte) map[string]spaceUse {
 			line = strings.TrimLeft(line[end:], " ")
 		}
 		if ok && line != "" {
-			res[line] = spaceUse{referenced: nums[0], exclusive: nums[1]}
+			res[line] = spacecache.Use{Referenced: nums[0], Exclusive: nums[1]}
 		}
 	}
 	return res
@@ -170,7 +128,7 @@ func parseDu(out []byte) map[string]spaceUse {
 
 // qgroups reads the level-0 qgroups (one per subvolume) by subvolume ID;
 // ok is false when quotas are not enabled.
-func (p *Pool) qgroups(ctx context.Context) (map[uint64]spaceUse, bool) {
+func (p *Pool) qgroups(ctx context.Context) (map[uint64]spacecache.Use, bool) {
 	out, err := p.cfg.Runner.Run(ctx, "btrfs", "qgroup", "show", "--raw", p.cfg.Path)
 	if err != nil {
 		return nil, false
@@ -182,8 +140,8 @@ func (p *Pool) qgroups(ctx context.Context) (map[uint64]spaceUse, bool) {
 // parseQgroups reads `btrfs qgroup show --raw` lines such as
 // "0/257   16384   16384   main" (the path column exists since
 // btrfs-progs 6.x).
-func parseQgroups(out []byte) map[uint64]spaceUse {
-	res := map[uint64]spaceUse{}
+func parseQgroups(out []byte) map[uint64]spacecache.Use {
+	res := map[uint64]spacecache.Use{}
 	sc := bufio.NewScanner(bytes.NewReader(out))
 	for sc.Scan() {
 		f := strings.Fields(sc.Text())
@@ -196,7 +154,7 @@ func parseQgroups(out []byte) map[uint64]spaceUse {
 		if err1 != nil || err2 != nil || err3 != nil {
 			continue
 		}
-		res[id] = spaceUse{referenced: rfer, exclusive: excl}
+		res[id] = spacecache.Use{Referenced: rfer, Exclusive: excl}
 	}
 	return res
 }

@@ -9,6 +9,7 @@ import (
 
 	"github.com/thinlab/thinlab/agent/storage"
 	"github.com/thinlab/thinlab/agent/storage/loopdev"
+	"github.com/thinlab/thinlab/agent/storage/spacecache"
 	"github.com/thinlab/thinlab/internal/command"
 )
 
@@ -16,9 +17,9 @@ func TestParseDu(t *testing.T) {
 	out := []byte("     Total   Exclusive  Set shared  Filename\n" +
 		"  20971520           0    20971520  /mnt/a\n" +
 		"  20971520     5242880    15728640  /mnt/with space\n")
-	want := map[string]spaceUse{
-		"/mnt/a":          {referenced: 20971520},
-		"/mnt/with space": {referenced: 20971520, exclusive: 5242880},
+	want := map[string]spacecache.Use{
+		"/mnt/a":          {Referenced: 20971520},
+		"/mnt/with space": {Referenced: 20971520, Exclusive: 5242880},
 	}
 	if got := parseDu(out); !reflect.DeepEqual(got, want) {
 		t.Fatalf("got %+v", got)
@@ -31,7 +32,7 @@ func TestParseQgroups(t *testing.T) {
 		"0/5              16384        16384   <toplevel>\n" +
 		"0/256         21004288        32768   main\n" +
 		"1/100         21004288        32768   <under>\n")
-	want := map[uint64]spaceUse{5: {16384, 16384}, 256: {21004288, 32768}}
+	want := map[uint64]spacecache.Use{5: {Referenced: 16384, Exclusive: 16384}, 256: {Referenced: 21004288, Exclusive: 32768}}
 	if got := parseQgroups(out); !reflect.DeepEqual(got, want) {
 		t.Fatalf("got %+v", got)
 	}

@@ -5,68 +5,25 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"sync"
 	"syscall"
-	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/thinlab/thinlab/agent/storage/spacecache"
 )
 
-// spaceUse is what one tree of reflink copies occupies.
-type spaceUse struct {
-	// referenced is the bytes its files' extents cover, shared or not:
-	// the tree's logical size on disk.
-	referenced uint64
-	// exclusive is the bytes of extents no other file on the filesystem
-	// shares: what deleting the tree would free. For a clone, that is what
-	// it wrote since it was made; for a snapshot, what main changed since.
-	exclusive uint64
-}
-
-// sizeTTL is how long a measurement is reused: the clone engine reads a
-// snapshot on every clone it makes, and walking a large data directory
-// each time would cost more than the clone itself.
-const sizeTTL = 30 * time.Second
-
-// sizeCache holds recent measurements by directory.
-type sizeCache struct {
-	mu sync.Mutex
-	m  map[string]cachedUse
-}
-
-type cachedUse struct {
-	use spaceUse
-	at  time.Time
-}
-
-// measure is the package's measure, reusing a result younger than sizeTTL.
-func (c *sizeCache) measure(dir string) (spaceUse, error) {
-	c.mu.Lock()
-	if e, ok := c.m[dir]; ok && time.Since(e.at) < sizeTTL {
-		c.mu.Unlock()
-		return e.use, nil
+// measured is measure, reusing a result younger than spacecache.TTL.
+func (p *Pool) measured(dir string) (spacecache.Use, error) {
+	if u, ok := p.sizes.Get(dir); ok {
+		return u, nil
 	}
-	c.mu.Unlock()
 	u, err := measure(dir)
 	if err != nil {
 		return u, err
 	}
-	c.mu.Lock()
-	if c.m == nil {
-		c.m = map[string]cachedUse{}
-	}
-	c.m[dir] = cachedUse{use: u, at: time.Now()}
-	c.mu.Unlock()
+	p.sizes.Put(dir, u)
 	return u, nil
-}
-
-// forget drops the measurement of a removed tree, whose path a new one
-// may reuse.
-func (c *sizeCache) forget(dir string) {
-	c.mu.Lock()
-	delete(c.m, dir)
-	c.mu.Unlock()
 }
 
 // FIEMAP ABI (linux/fiemap.h).
@@ -85,8 +42,8 @@ const (
 // PostgreSQL data directory of a few thousand files takes milliseconds.
 // Extents not yet allocated (delayed allocation) count as exclusive, which
 // they will be. Directories and inodes themselves are not counted.
-func measure(dir string) (spaceUse, error) {
-	var total spaceUse
+func measure(dir string) (spacecache.Use, error) {
+	var total spacecache.Use
 	buf := make([]byte, fiemapHeaderSize+fiemapBatch*fiemapExtentSize)
 	err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
 		if err != nil {
@@ -102,20 +59,20 @@ func measure(dir string) (spaceUse, error) {
 		if err != nil {
 			return nil // vanished or unsupported: counts as nothing
 		}
-		total.referenced += u.referenced
-		total.exclusive += u.exclusive
+		total.Referenced += u.Referenced
+		total.Exclusive += u.Exclusive
 		return nil
 	})
 	return total, err
 }
 
-func fileExtents(path string, buf []byte) (spaceUse, error) {
+func fileExtents(path string, buf []byte) (spacecache.Use, error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return spaceUse{}, err
+		return spacecache.Use{}, err
 	}
 	defer f.Close()
-	var u spaceUse
+	var u spacecache.Use
 	var start uint64
 	ne := binary.NativeEndian
 	for {
@@ -134,9 +91,9 @@ func fileExtents(path string, buf []byte) (spaceUse, error) {
 		for i := uint32(0); i < mapped; i++ {
 			e := buf[fiemapHeaderSize+int(i)*fiemapExtentSize:]
 			logical, length, flags := ne.Uint64(e[0:]), ne.Uint64(e[16:]), ne.Uint32(e[40:])
-			u.referenced += length
+			u.Referenced += length
 			if flags&fiemapExtentShared == 0 {
-				u.exclusive += length
+				u.Exclusive += length
 			}
 			start = logical + length
 			last = flags&fiemapExtentLast != 0

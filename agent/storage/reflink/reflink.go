@@ -50,6 +50,7 @@ import (
 
 	"github.com/thinlab/thinlab/agent/storage"
 	"github.com/thinlab/thinlab/agent/storage/sidecar"
+	"github.com/thinlab/thinlab/agent/storage/spacecache"
 	"github.com/thinlab/thinlab/internal/command"
 )
 
@@ -89,7 +90,7 @@ type Pool struct {
 	snapDir string
 	layout  sidecar.Layout
 	log     *slog.Logger
-	sizes   sizeCache
+	sizes   spacecache.Cache
 
 	// mu guards the reservations below. Copies run outside it so that
 	// clones are made in parallel; a reserved name counts as existing.
@@ -306,7 +307,7 @@ func (p *Pool) removeTree(dir string) error {
 	if err := os.Rename(dir, gone); err != nil {
 		return err
 	}
-	p.sizes.forget(dir)
+	p.sizes.Forget(dir)
 	if err := os.RemoveAll(gone); err != nil {
 		// Invisible already; Open retries the removal.
 		p.log.Warn("removal incomplete", "path", gone, "err", err)
@@ -367,8 +368,8 @@ func (p *Pool) Clones(ctx context.Context) ([]storage.Clone, error) {
 		return nil, err
 	}
 	return sidecar.Clones(clones, func(dir string) uint64 {
-		u, _ := p.sizes.measure(dir) // a clone removed meanwhile measures 0
-		return u.exclusive
+		u, _ := p.measured(dir) // a clone removed meanwhile measures 0
+		return u.Exclusive
 	}), nil
 }
 
@@ -412,22 +413,22 @@ func (p *Pool) Usage(ctx context.Context) (storage.Usage, error) {
 		Used:          (st.Blocks - st.Bfree) * bs,
 		CompressRatio: 1,
 	}
-	main, err := p.sizes.measure(p.mainDir)
+	main, err := p.measured(p.mainDir)
 	if err != nil {
 		return storage.Usage{}, fmt.Errorf("reflink pool %s: measure main: %w", p.cfg.Name, err)
 	}
-	u.DataSize = main.referenced
+	u.DataSize = main.Referenced
 	snaps, clones, err := p.layout.Scan()
 	if err != nil {
 		return storage.Usage{}, err
 	}
 	for _, s := range snaps {
-		m, _ := p.sizes.measure(s.Dir)
-		u.UsedBySnapshots += m.exclusive
+		m, _ := p.measured(s.Dir)
+		u.UsedBySnapshots += m.Exclusive
 	}
 	for _, c := range clones {
-		m, _ := p.sizes.measure(c.Dir)
-		u.UsedByClones += m.exclusive
+		m, _ := p.measured(c.Dir)
+		u.UsedByClones += m.Exclusive
 	}
 	return u, nil
 }
@@ -436,8 +437,8 @@ func (p *Pool) Usage(ctx context.Context) (storage.Usage, error) {
 // with sizes and dependent clones.
 func (p *Pool) snapshots(snaps []sidecar.SnapshotEntry, clones []sidecar.CloneEntry) []storage.Snapshot {
 	return p.layout.Snapshots(snaps, clones, func(dir string) (uint64, uint64) {
-		u, _ := p.sizes.measure(dir) // a snapshot removed meanwhile measures 0
-		return u.exclusive, u.referenced
+		u, _ := p.measured(dir) // a snapshot removed meanwhile measures 0
+		return u.Exclusive, u.Referenced
 	})
 }
 
