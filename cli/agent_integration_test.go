@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"log/slog"
-	"math/rand/v2"
 	"net/http/httptest"
 	"os"
 	"strings"
@@ -14,7 +13,6 @@ import (
 	"github.com/thinlab/thinlab/agent/api"
 	"github.com/thinlab/thinlab/agent/clone"
 	"github.com/thinlab/thinlab/agent/clone/clonetest"
-	"github.com/thinlab/thinlab/agent/config"
 	"github.com/thinlab/thinlab/agent/storage"
 	"github.com/thinlab/thinlab/cli/clientconfig"
 	"github.com/thinlab/thinlab/sdk/agentapi"
@@ -43,13 +41,7 @@ func startAgent(t *testing.T, snapshots ...[]string) (string, storage.Pool, []st
 	for _, sql := range snapshots {
 		snaps = append(snaps, clonetest.Fill(t, p, sql...))
 	}
-	cfg := config.Default()
-	cfg.Pools = []config.Pool{{Name: p.Name(), Mode: p.Mode(), Path: p.MainDir()}}
-	// Below Linux's ephemeral range (32768+), random so that parallel
-	// test packages do not collide.
-	from := 20000 + rand.IntN(120)*100
-	cfg.Provision.PortPool = config.PortPool{From: from, To: from + 4}
-	cfg.StateDir = t.TempDir()
+	cfg := clonetest.Config(t, p, 5)
 	cfg.Server.VerificationToken = itToken
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
@@ -57,12 +56,7 @@ func newEnv(t testing.TB, ports int, snapshots ...[]string) *env {
 	for _, sql := range snapshots {
 		e.snaps = append(e.snaps, clonetest.Fill(t, p, sql...))
 	}
-	cfg := config.Default()
-	cfg.Pools = []config.Pool{{Name: p.Name(), Mode: p.Mode(), Path: p.MainDir()}}
-	// Below Linux's ephemeral range (32768+).
-	from := 20000 + rand.IntN(120)*100
-	cfg.Provision.PortPool = config.PortPool{From: from, To: from + ports - 1}
-	cfg.StateDir = t.TempDir()
+	cfg := clonetest.Config(t, p, ports)
 	cfg.Server.VerificationToken = token
 	cfg.Cloning.ProtectionLeaseDurationMinutes = 60
 	cfg.Cloning.ProtectionMaxDurationMinutes = 120

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"net"
 	"os"
 	"path/filepath"
@@ -82,13 +81,7 @@ func newEnv(t *testing.T, ports int) *env {
 	p := clonetest.NewPool(t)
 	e := &env{t: t, ctx: ctx, pool: p, log: &logtest.Buffer{}, clock: &fakeClock{t: time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)}}
 	e.snaps = append(e.snaps, clonetest.Fill(t, p, sourceSQL...))
-	cfg := config.Default()
-	cfg.Pools = []config.Pool{{Name: p.Name(), Mode: p.Mode(), Path: p.MainDir()}}
-	// Below Linux's ephemeral range (32768+), where outgoing connections
-	// and kernel-chosen test ports would collide with the clones'.
-	from := 20000 + rand.IntN(120)*100
-	cfg.Provision.PortPool = config.PortPool{From: from, To: from + ports - 1}
-	cfg.StateDir = t.TempDir()
+	cfg := clonetest.Config(t, p, ports)
 	cfg.Cloning.MaxIdleMinutes = 10
 	cfg.Cloning.ProtectionLeaseDurationMinutes = 60
 	cfg.Cloning.ProtectionMaxDurationMinutes = 120

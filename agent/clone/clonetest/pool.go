@@ -6,10 +6,12 @@ package clonetest
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"strconv"
 	"strings"
 	"testing"
 
+	"github.com/thinlab/thinlab/agent/config"
 	"github.com/thinlab/thinlab/agent/runtime"
 	"github.com/thinlab/thinlab/agent/storage"
 	"github.com/thinlab/thinlab/agent/storage/storagetest"
@@ -80,4 +82,19 @@ func KillClones(p storage.Pool) {
 		}
 		p.DestroyClone(context.Background(), c.Name)
 	}
+}
+
+// Config is an agent configuration for tests on p: p as the only pool, a
+// state directory removed at cleanup, and a range of ports clone ports.
+// The range is random, so that parallel test packages do not collide,
+// and below Linux's ephemeral range (32768+), where outgoing connections
+// and kernel-chosen test ports would collide with the clones'. The caller
+// adds what its test needs and validates it.
+func Config(t testing.TB, p storage.Pool, ports int) *config.Config {
+	cfg := config.Default()
+	cfg.Pools = []config.Pool{{Name: p.Name(), Mode: p.Mode(), Path: p.MainDir()}}
+	from := 20000 + rand.IntN(120)*100
+	cfg.Provision.PortPool = config.PortPool{From: from, To: from + ports - 1}
+	cfg.StateDir = t.TempDir()
+	return cfg
 }
