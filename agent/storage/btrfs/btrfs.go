@@ -194,7 +194,7 @@ func (p *Pool) Snapshots(ctx context.Context) ([]storage.Snapshot, error) {
 
 // GetSnapshot implements storage.Pool.
 func (p *Pool) GetSnapshot(ctx context.Context, id string) (storage.Snapshot, error) {
-	name, err := p.snapshotName(id)
+	name, err := p.layout.SnapshotName(id)
 	if err != nil {
 		return storage.Snapshot{}, err
 	}
@@ -216,7 +216,7 @@ func (p *Pool) GetSnapshot(ctx context.Context, id string) (storage.Snapshot, er
 
 // DestroySnapshot implements storage.Pool.
 func (p *Pool) DestroySnapshot(ctx context.Context, id string, force bool) error {
-	name, err := p.snapshotName(id)
+	name, err := p.layout.SnapshotName(id)
 	if err != nil {
 		return err
 	}
@@ -257,7 +257,7 @@ func (p *Pool) Clone(ctx context.Context, snapshotID, name string) (storage.Clon
 	if err := storage.ValidateName("clone name", name); err != nil {
 		return storage.Clone{}, err
 	}
-	snapName, err := p.snapshotName(snapshotID)
+	snapName, err := p.layout.SnapshotName(snapshotID)
 	if err != nil {
 		return storage.Clone{}, err
 	}
@@ -406,18 +406,6 @@ func (p *Pool) snapshots(ctx context.Context, snaps []sidecar.SnapshotEntry, clo
 	return p.layout.Snapshots(snaps, clones, func(dir string) (uint64, uint64) {
 		return use[dir].Exclusive, use[dir].Referenced
 	}), nil
-}
-
-// snapshotName maps a Thinlab snapshot ID to the subvolume's name.
-func (p *Pool) snapshotName(id string) (string, error) {
-	pool, name, err := storage.ParseSnapshotID(id)
-	if err != nil {
-		return "", err
-	}
-	if pool != p.cfg.Name {
-		return "", fmt.Errorf("%w: snapshot %s belongs to pool %q, not %q", storage.ErrNotFound, id, pool, p.cfg.Name)
-	}
-	return name, nil
 }
 
 // btrfs runs the btrfs CLI and maps a full filesystem to ErrNoSpace.

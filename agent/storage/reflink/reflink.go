@@ -238,7 +238,7 @@ func (p *Pool) Snapshots(ctx context.Context) ([]storage.Snapshot, error) {
 
 // GetSnapshot implements storage.Pool.
 func (p *Pool) GetSnapshot(ctx context.Context, id string) (storage.Snapshot, error) {
-	name, err := p.snapshotName(id)
+	name, err := p.layout.SnapshotName(id)
 	if err != nil {
 		return storage.Snapshot{}, err
 	}
@@ -256,7 +256,7 @@ func (p *Pool) GetSnapshot(ctx context.Context, id string) (storage.Snapshot, er
 
 // DestroySnapshot implements storage.Pool.
 func (p *Pool) DestroySnapshot(ctx context.Context, id string, force bool) error {
-	name, err := p.snapshotName(id)
+	name, err := p.layout.SnapshotName(id)
 	if err != nil {
 		return err
 	}
@@ -323,7 +323,7 @@ func (p *Pool) Clone(ctx context.Context, snapshotID, name string) (storage.Clon
 	if err := storage.ValidateName("clone name", name); err != nil {
 		return storage.Clone{}, err
 	}
-	snapName, err := p.snapshotName(snapshotID)
+	snapName, err := p.layout.SnapshotName(snapshotID)
 	if err != nil {
 		return storage.Clone{}, err
 	}
@@ -440,18 +440,6 @@ func (p *Pool) snapshots(snaps []sidecar.SnapshotEntry, clones []sidecar.CloneEn
 		u, _ := p.measured(dir) // a snapshot removed meanwhile measures 0
 		return u.Exclusive, u.Referenced
 	})
-}
-
-// snapshotName maps a Thinlab snapshot ID to the snapshot's directory name.
-func (p *Pool) snapshotName(id string) (string, error) {
-	pool, name, err := storage.ParseSnapshotID(id)
-	if err != nil {
-		return "", err
-	}
-	if pool != p.cfg.Name {
-		return "", fmt.Errorf("%w: snapshot %s belongs to pool %q, not %q", storage.ErrNotFound, id, pool, p.cfg.Name)
-	}
-	return name, nil
 }
 
 // removeLeftovers deletes half-made copies, half-deleted trees and sidecar

@@ -53,6 +53,19 @@ type Layout struct {
 	Log       *slog.Logger
 }
 
+// SnapshotName maps a Thinlab snapshot ID to the snapshot's directory
+// name in SnapshotsDir.
+func (l Layout) SnapshotName(id string) (string, error) {
+	pool, name, err := storage.ParseSnapshotID(id)
+	if err != nil {
+		return "", err
+	}
+	if pool != l.Pool {
+		return "", fmt.Errorf("%w: snapshot %s belongs to pool %q, not %q", storage.ErrNotFound, id, pool, l.Pool)
+	}
+	return name, nil
+}
+
 // SnapshotEntry is a snapshot found by Scan.
 type SnapshotEntry struct {
 	Name string // snapshot_<ts>
