@@ -2,9 +2,7 @@ package backend
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"os"
 	"strings"
 
 	"github.com/thinlab/thinlab/agent/storage"
@@ -28,7 +26,5 @@ func openLVM(ctx context.Context, cfg Config, r command.Runner) (storage.Pool, e
 		owner = &lvm.Owner{UID: int(cfg.Owner.UID), GID: int(cfg.Owner.GID)}
 	}
 	// Without a running udev, device-mapper would wait for it forever.
-	_, err := os.Stat("/run/udev/control")
-	noUdev := errors.Is(err, os.ErrNotExist)
-	return lvm.Open(ctx, lvm.Config{Name: cfg.Name, VG: vg, ThinPool: thin, Owner: owner, NoUdev: noUdev, Runner: &r, Logger: cfg.Logger})
+	return lvm.Open(ctx, lvm.Config{Name: cfg.Name, VG: vg, ThinPool: thin, Owner: owner, NoUdev: !lvm.UdevRunning(), Runner: &r, Logger: cfg.Logger})
 }

@@ -37,9 +37,7 @@ func TestLVMInQEMU(t *testing.T) {
 	}
 	bin := compileTestBinary(t)
 	res := vmtest.Run(t, vmtest.Options{
-		// MissingPath opens a pool through agent/storage/backend, whose
-		// lvm mode is not wired to this package yet.
-		Command:  []string{bin, "-test.run", "^TestInVM", "-test.skip", "^TestInVMConformance$/^MissingPath$", "-test.v", "-test.timeout", "420s"},
+		Command:  []string{bin, "-test.run", "^TestInVM", "-test.v", "-test.timeout", "420s"},
 		Env:      []string{inVMEnv + "=1"},
 		DiskSize: "2G",
 		Timeout:  450 * time.Second,

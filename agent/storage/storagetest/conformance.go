@@ -572,17 +572,23 @@ func testMissingPath(t *testing.T, mode string) {
 	b := make([]byte, 4)
 	rand.Read(b)
 	path := "/nonexistent-thinlab-" + hex.EncodeToString(b)
-	if mode == storage.ModeZFS {
+	named := path // what the error must name
+	switch mode {
+	case storage.ModeZFS:
 		path = "tlmissing" + hex.EncodeToString(b)
+		named = path
+	case storage.ModeLVM:
+		named = "tlmissing" + hex.EncodeToString(b)
+		path = named + "/thin"
 	}
 	_, err := backend.Open(context.Background(), backend.Config{Name: "missing", Mode: mode, Path: path})
 	if err == nil {
 		t.Fatalf("opening a %s pool at %s succeeded", mode, path)
 	}
-	if !strings.Contains(err.Error(), path) || !strings.Contains(err.Error(), "does not exist") {
+	if !strings.Contains(err.Error(), named) || !strings.Contains(err.Error(), "does not exist") {
 		t.Fatalf("error for a missing path does not say so: %v", err)
 	}
-	if _, err := os.Stat(path); err == nil && mode != storage.ModeZFS {
+	if _, err := os.Stat(path); err == nil && mode != storage.ModeZFS && mode != storage.ModeLVM {
 		os.RemoveAll(path)
 		t.Fatalf("Open created %s", path)
 	}
