@@ -129,7 +129,7 @@ func queryClone(ctx context.Context, c agentapi.Clone, sql string) (string, erro
 // clones keep running.
 func TestAgentSurvivesKill9(t *testing.T) {
 	if os.Getuid() != 0 {
-		t.Skip("needs root (loop devices, mounts, the postgres OS user)")
+		t.Fatal("needs root (loop devices, mounts, the postgres OS user): run the tests as root (make test does)")
 	}
 	bin := buildThinlab(t)
 	pool := storagetest.NewLoopPool(t, storage.ModeBtrfs)

@@ -29,10 +29,10 @@ const (
 func startAgent(t *testing.T, snapshots ...[]string) (string, storage.Pool, []storage.Snapshot) {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		t.Skip("needs root: loop devices, mounts and the postgres OS user")
+		t.Fatal("needs root: loop devices, mounts and the postgres OS user: run the tests as root (make test does)")
 	}
 	if _, err := os.Stat(realPsql); err != nil {
-		t.Skipf("needs PostgreSQL 15 client binaries: %v", err)
+		t.Fatalf("needs PostgreSQL 15 client binaries (make deps installs them): %v", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)

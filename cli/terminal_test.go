@@ -25,21 +25,21 @@ func openPTY(t *testing.T) (ptmx, tty *os.File) {
 	t.Helper()
 	m, err := os.OpenFile("/dev/ptmx", os.O_RDWR|syscall.O_NOCTTY, 0)
 	if err != nil {
-		t.Skipf("no pseudo-terminals here: %v", err)
+		t.Fatalf("no pseudo-terminals here (/dev/ptmx): %v", err)
 	}
 	if err := unix.IoctlSetPointerInt(int(m.Fd()), unix.TIOCSPTLCK, 0); err != nil {
 		m.Close()
-		t.Skipf("unlock pty: %v", err)
+		t.Fatalf("unlock pty: %v", err)
 	}
 	n, err := unix.IoctlGetInt(int(m.Fd()), unix.TIOCGPTN)
 	if err != nil {
 		m.Close()
-		t.Skipf("pty number: %v", err)
+		t.Fatalf("pty number: %v", err)
 	}
 	s, err := os.OpenFile(fmt.Sprintf("/dev/pts/%d", n), os.O_RDWR|syscall.O_NOCTTY, 0)
 	if err != nil {
 		m.Close()
-		t.Skipf("open pty: %v", err)
+		t.Fatalf("open pty: %v", err)
 	}
 	t.Cleanup(func() { s.Close(); m.Close() })
 	return m, s

@@ -19,7 +19,7 @@ import (
 func TestEmbeddedDatabase(t *testing.T) {
 	u, err := pgcluster.LookupUser("postgres")
 	if err != nil {
-		t.Skip(err)
+		t.Fatalf("the postgres OS user is missing (make deps installs postgresql-15): %v", err)
 	}
 	dir, err := os.MkdirTemp("", "platform-embedded-*")
 	if err != nil {
@@ -80,7 +80,7 @@ func TestEmbeddedDatabase(t *testing.T) {
 
 func TestEmbeddedDatabaseUnreachableDataDir(t *testing.T) {
 	if os.Getuid() != 0 {
-		t.Skip("needs root to run PostgreSQL as another user")
+		t.Fatal("needs root to run PostgreSQL as another user: run the tests as root (make test does)")
 	}
 	dir := t.TempDir() // 0700 root: the postgres user cannot enter it
 	cfg := DefaultConfig()

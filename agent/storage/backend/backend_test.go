@@ -62,7 +62,7 @@ func TestOpenRefusesWrongFilesystem(t *testing.T) {
 // must not be started by two test binaries at once.)
 func TestCreateLoopPool(t *testing.T) {
 	if os.Getuid() != 0 {
-		t.Skip("needs root")
+		t.Fatal("needs root: run the tests as root (make test does)")
 	}
 	for _, mode := range []string{storage.ModeBtrfs, storage.ModeReflink} {
 		t.Run(mode, func(t *testing.T) {

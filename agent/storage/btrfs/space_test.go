@@ -42,7 +42,7 @@ func TestParseQgroups(t *testing.T) {
 // own writes show up as its exclusive bytes.
 func TestQgroupSizes(t *testing.T) {
 	if os.Getuid() != 0 {
-		t.Skip("needs root")
+		t.Fatal("needs root: run the tests as root (make test does)")
 	}
 	ctx := context.Background()
 	r := command.Runner{}

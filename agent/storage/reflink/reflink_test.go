@@ -26,7 +26,7 @@ func TestConformance(t *testing.T) {
 // creating anything.
 func TestRefusesExt4(t *testing.T) {
 	if os.Getuid() != 0 {
-		t.Skip("needs root for a loop device")
+		t.Fatal("needs root for a loop device: run the tests as root (make test does)")
 	}
 	ctx := context.Background()
 	r := command.Runner{}

@@ -30,7 +30,7 @@ var modes = []string{storage.ModeBtrfs, storage.ModeReflink, storage.ModeZFS}
 
 func BenchmarkStorage(b *testing.B) {
 	if os.Getuid() != 0 {
-		b.Skip("needs root for loop devices and zfs")
+		b.Fatal("needs root for loop devices and zfs: run the tests as root (make test does)")
 	}
 	data := benchdata.PGBench(b, scale)
 	size := benchdata.Size(b, data)

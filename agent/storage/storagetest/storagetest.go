@@ -55,7 +55,7 @@ func NewLoopPool(t testing.TB, mode string) storage.Pool {
 func NewLoopPoolSize(t testing.TB, mode string, size int64) storage.Pool {
 	t.Helper()
 	if os.Getuid() != 0 {
-		t.Skip("copy-on-write pools on loop files need root")
+		t.Fatal("copy-on-write pools on loop files need root: run the tests as root (make test does)")
 	}
 	u, err := pgcluster.LookupUser("postgres")
 	if err != nil {
