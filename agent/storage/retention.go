@@ -2,13 +2,16 @@ package storage
 
 import (
 	"context"
+	"errors"
 	"fmt"
 )
 
-// Retain deletes the oldest snapshots of p so that at most keep remain,
-// never deleting a snapshot that a clone depends on (those count towards
-// keep but are skipped). It returns the IDs it deleted.
-func Retain(ctx context.Context, p Pool, keep int) ([]string, error) {
+// Retain deletes the oldest snapshots of p so that at most keep remain. It
+// never deletes a snapshot that a clone depends on, nor one for which
+// keepAlso (when not nil) reports true, e.g. a protected one: those count
+// towards keep but are skipped. It returns the IDs it deleted, also when it
+// stops at an error.
+func Retain(ctx context.Context, p Pool, keep int, keepAlso func(Snapshot) bool) ([]string, error) {
 	if keep < 1 {
 		return nil, fmt.Errorf("retention: keep must be at least 1, got %d", keep)
 	}
@@ -20,10 +23,15 @@ func Retain(ctx context.Context, p Pool, keep int) ([]string, error) {
 	remaining := len(snaps)
 	for i := len(snaps) - 1; i >= 0 && remaining > keep; i-- {
 		s := snaps[i]
-		if len(s.Clones) > 0 {
+		if len(s.Clones) > 0 || (keepAlso != nil && keepAlso(s)) {
 			continue
 		}
-		if err := p.DestroySnapshot(ctx, s.ID, false); err != nil {
+		err := p.DestroySnapshot(ctx, s.ID, false)
+		// A clone made since the listing keeps its snapshot.
+		if errors.Is(err, ErrHasDependents) {
+			continue
+		}
+		if err != nil {
 			return deleted, fmt.Errorf("retention: delete %s: %w", s.ID, err)
 		}
 		deleted = append(deleted, s.ID)

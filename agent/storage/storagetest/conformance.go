@@ -301,14 +301,24 @@ func testRetention(t *testing.T, p storage.Pool) {
 	if _, err := p.Clone(ctx, ids[0], "keepme"); err != nil {
 		t.Fatal(err)
 	}
-	// keep=2: the clone's snapshot counts towards it and is skipped.
-	deleted, err := storage.Retain(ctx, p, 2)
+	// keep=3: the clone's snapshot and the one keepAlso names (as the
+	// agent does for protected snapshots) count towards it and are skipped.
+	keepAlso := func(s storage.Snapshot) bool { return s.ID == ids[1] }
+	deleted, err := storage.Retain(ctx, p, 3, keepAlso)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{ids[2]}; !reflect.DeepEqual(deleted, want) {
+		t.Fatalf("retention deleted %v, want %v (never the oldest, which has a clone, nor the one kept by keepAlso)", deleted, want)
+	}
+	// keep=2 without keepAlso: the clone's snapshot still stays.
+	deleted, err = storage.Retain(ctx, p, 2, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	slices.Sort(deleted)
-	if want := []string{ids[1], ids[2]}; !reflect.DeepEqual(deleted, want) {
-		t.Fatalf("retention deleted %v, want %v (never the oldest, which has a clone)", deleted, want)
+	if want := []string{ids[1]}; !reflect.DeepEqual(deleted, want) {
+		t.Fatalf("retention deleted %v, want %v", deleted, want)
 	}
 	snaps, _ = p.Snapshots(ctx)
 	if len(snaps) != 2 || snaps[0].ID != ids[3] || snaps[1].ID != ids[0] {
