@@ -21,6 +21,7 @@ import (
 	"github.com/thinlab/thinlab/agent/clone"
 	"github.com/thinlab/thinlab/agent/config"
 	"github.com/thinlab/thinlab/agent/retrieval"
+	"github.com/thinlab/thinlab/agent/snapshot"
 	"github.com/thinlab/thinlab/agent/storage"
 	"github.com/thinlab/thinlab/sdk/agentapi"
 )
@@ -48,11 +49,17 @@ type Options struct {
 	InstanceID string
 	StartedAt  time.Time
 
+	// Snapshots is snapshot protection, scheduled deletion and retention
+	// (the agent wires one and runs its sweep). When nil, New builds one
+	// over Pools with Now and SweepInterval, runs its sweep and Close
+	// stops it.
+	Snapshots *snapshot.Policy
+
 	// Now is the clock (time.Now when nil); tests move it to expire
 	// snapshot protection.
 	Now func() time.Time
-	// SweepInterval is how often snapshots whose deleteAt has passed are
-	// deleted (one minute when zero; negative disables the loop, and tests
+	// SweepInterval is how often the snapshot sweep of a policy New builds
+	// runs (one minute when zero; negative disables the loop, and tests
 	// call SweepSnapshots).
 	SweepInterval time.Duration
 }
@@ -71,11 +78,10 @@ type Server struct {
 	router    *gin.Engine
 	now       func() time.Time
 
-	// snapMeta is snapshot protection and scheduled deletion; snapMetaErr
-	// is why it could not be loaded (snapshot changes are then refused
-	// rather than made without the protection the file holds).
-	snapMeta    *snapshotStore
-	snapMetaErr error
+	// snaps is snapshot protection and scheduled deletion; ownSnaps says
+	// New built it, so Close stops it.
+	snaps    *snapshot.Policy
+	ownSnaps bool
 
 	// bg bounds the goroutines that watch new clones for the creation-time
 	// histogram.
@@ -107,22 +113,15 @@ func New(opt Options) *Server {
 	if s.now == nil {
 		s.now = time.Now
 	}
-	s.snapMeta, s.snapMetaErr = loadSnapshotStore(s.cfg.StateDir)
-	if s.snapMetaErr != nil {
-		s.log.Error("snapshot protection state unreadable: snapshot updates and deletes are refused until it is fixed", "err", s.snapMetaErr)
-		s.snapMeta = &snapshotStore{m: map[string]snapshotMeta{}}
+	s.snaps = opt.Snapshots
+	if s.snaps == nil {
+		s.snaps = snapshot.New(snapshot.Options{Config: s.cfg, Pools: s.pools, Clones: s.clones, Logger: log, Now: s.now, SweepInterval: opt.SweepInterval})
+		s.ownSnaps = true
+		s.snaps.Start()
 	}
 	s.bg, s.bgCancel = context.WithCancel(context.Background())
 	s.metrics = newMetrics(s)
 	s.router = s.routes()
-	interval := opt.SweepInterval
-	if interval == 0 {
-		interval = time.Minute
-	}
-	if interval > 0 {
-		s.bgWG.Add(1)
-		go s.sweepLoop(interval)
-	}
 	return s
 }
 
@@ -133,6 +132,9 @@ func (s *Server) Handler() http.Handler { return s.router }
 func (s *Server) Close() {
 	s.bgCancel()
 	s.bgWG.Wait()
+	if s.ownSnaps {
+		s.snaps.Close()
+	}
 }
 
 func (s *Server) routes() *gin.Engine {

@@ -176,11 +176,11 @@ func (s *Server) deleteSnapshot(c *gin.Context) {
 	if !ok {
 		return
 	}
-	if s.snapMetaErr != nil {
-		s.internalError(c, s.snapMetaErr)
+	if err := s.snaps.Err(); err != nil {
+		s.internalError(c, err)
 		return
 	}
-	if s.snapMeta.get(sn.ID).protectedAt(s.now()) {
+	if s.snaps.Get(sn.ID).ProtectedAt(s.now()) {
 		conflict(c, fmt.Sprintf("snapshot %q is protected: remove its protection first (PATCH /snapshot/{id} with protected false)", sn.ID))
 		return
 	}
@@ -224,7 +224,7 @@ func (s *Server) deleteSnapshot(c *gin.Context) {
 		s.internalError(c, err)
 		return
 	}
-	s.forgetSnapshot(sn.ID)
+	s.snaps.Forget(sn.ID)
 	s.log.Info("snapshot deleted", "snapshot", sn.ID, "force", force)
 	c.JSON(http.StatusOK, agentapi.Response{Status: "OK", Message: "Deleted snapshot"})
 }
@@ -253,13 +253,13 @@ func (s *Server) updateSnapshot(c *gin.Context) {
 	if !ok {
 		return
 	}
-	if s.snapMetaErr != nil {
-		s.internalError(c, s.snapMetaErr)
+	if err := s.snaps.Err(); err != nil {
+		s.internalError(c, err)
 		return
 	}
 	now := s.now()
-	meta := s.snapMeta.get(sn.ID)
-	if !meta.protectedAt(now) {
+	meta := s.snaps.Get(sn.ID)
+	if !meta.ProtectedAt(now) {
 		meta.Protected, meta.ProtectedTill = false, time.Time{}
 	}
 	if req.Protected != nil {
@@ -270,17 +270,17 @@ func (s *Server) updateSnapshot(c *gin.Context) {
 		}
 	}
 	if req.DeleteAt != nil {
-		if !req.DeleteAt.IsZero() && meta.protectedAt(now) {
+		if !req.DeleteAt.IsZero() && meta.ProtectedAt(now) {
 			badRequest(c, "deleteAt", fmt.Sprintf("deleteAt: snapshot %q is protected; remove its protection first", sn.ID))
 			return
 		}
 		meta.DeleteAt = req.DeleteAt.Time
 	}
-	if err := s.snapMeta.set(sn.ID, meta); err != nil {
+	if err := s.snaps.Set(sn.ID, meta); err != nil {
 		s.internalError(c, err)
 		return
 	}
-	s.log.Info("snapshot updated", "snapshot", sn.ID, "protected", meta.protectedAt(now), "till", meta.ProtectedTill, "delete_at", meta.DeleteAt)
+	s.log.Info("snapshot updated", "snapshot", sn.ID, "protected", meta.ProtectedAt(now), "till", meta.ProtectedTill, "delete_at", meta.DeleteAt)
 	snaps := snapshotIndex{sn.ID: sn}
 	c.JSON(http.StatusOK, s.snapshotView(sn, clonesBySnapshot(s.clones.List(), snaps)[sn.ID]))
 }
@@ -301,65 +301,8 @@ func (s *Server) snapshotProtectionTill(now time.Time, minutes *uint) time.Time 
 	return now.Add(time.Duration(d) * time.Minute)
 }
 
-// forgetSnapshot drops the protection state of a deleted snapshot.
-func (s *Server) forgetSnapshot(id string) {
-	if err := s.snapMeta.set(id, snapshotMeta{}); err != nil {
-		s.log.Warn("could not drop the state of a deleted snapshot", "snapshot", id, "err", err)
-	}
-}
-
-func (s *Server) sweepLoop(interval time.Duration) {
-	defer s.bgWG.Done()
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-s.bg.Done():
-			return
-		case <-t.C:
-			s.SweepSnapshots(s.bg)
-		}
-	}
-}
-
-// SweepSnapshots deletes snapshots whose deleteAt has passed, unless they
-// are protected or clones still use them (then it tries again on the next
-// sweep), and forgets the state of snapshots that no longer exist. It
-// returns the IDs it deleted.
+// SweepSnapshots runs the snapshot policy's sweep now (deleteAt and
+// retention) and returns the IDs it deleted.
 func (s *Server) SweepSnapshots(ctx context.Context) []string {
-	if s.snapMetaErr != nil {
-		return nil
-	}
-	now := s.now()
-	var deleted []string
-	for id, meta := range s.snapMeta.all() {
-		poolName, _, err := storage.ParseSnapshotID(id)
-		p, ok := s.clones.Pool(poolName)
-		if err != nil || !ok {
-			continue
-		}
-		if _, err := p.GetSnapshot(ctx, id); errors.Is(err, storage.ErrNotFound) {
-			s.forgetSnapshot(id)
-			continue
-		}
-		if meta.DeleteAt.IsZero() || now.Before(meta.DeleteAt) || meta.protectedAt(now) {
-			continue
-		}
-		inUse := false
-		for _, cl := range s.clones.List() {
-			inUse = inUse || cl.SnapshotID == id
-		}
-		if inUse {
-			s.log.Warn("snapshot past its deleteAt still has clones; deleting it once they are gone", "snapshot", id)
-			continue
-		}
-		if err := p.DestroySnapshot(ctx, id, false); err != nil {
-			s.log.Warn("scheduled snapshot deletion failed", "snapshot", id, "err", err)
-			continue
-		}
-		s.forgetSnapshot(id)
-		s.log.Info("snapshot deleted at its deleteAt", "snapshot", id)
-		deleted = append(deleted, id)
-	}
-	return deleted
+	return s.snaps.Sweep(ctx)
 }

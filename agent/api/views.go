@@ -58,7 +58,7 @@ func (s *Server) snapshotView(sn storage.Snapshot, clones []string) agentapi.Sna
 	if clones == nil {
 		clones = []string{}
 	}
-	meta := s.snapMeta.get(sn.ID)
+	meta := s.snaps.Get(sn.ID)
 	out := agentapi.Snapshot{
 		ID:           sn.ID,
 		CreatedAt:    agentapi.NewLocalTime(sn.CreatedAt),
@@ -71,7 +71,7 @@ func (s *Server) snapshotView(sn storage.Snapshot, clones []string) agentapi.Sna
 		Message:      sn.Message,
 		DeleteAt:     agentapi.NewLocalTime(meta.DeleteAt),
 	}
-	if meta.protectedAt(s.now()) {
+	if meta.ProtectedAt(s.now()) {
 		out.Protected = true
 		out.ProtectedTill = agentapi.NewLocalTime(meta.ProtectedTill)
 	}

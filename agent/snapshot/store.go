@@ -1,4 +1,4 @@
-package api
+package snapshot
 
 import (
 	"encoding/json"
@@ -10,13 +10,13 @@ import (
 	"time"
 )
 
-// snapshotMetaFile holds snapshot protection and scheduled deletion in the
-// agent's state directory. The storage pools know nothing of either: they
-// are API policy, like clone protection.
-const snapshotMetaFile = "snapshots.json"
+// MetaFile holds snapshot protection and scheduled deletion in the agent's
+// state directory. The storage pools know nothing of either: they are the
+// agent's policy, like clone protection.
+const MetaFile = "snapshots.json"
 
-// snapshotMeta is what PATCH /snapshot/{id} sets.
-type snapshotMeta struct {
+// Meta is what PATCH /snapshot/{id} sets.
+type Meta struct {
 	Protected bool `json:"protected,omitempty"`
 	// ProtectedTill ends the protection; zero means no expiry.
 	ProtectedTill time.Time `json:"protectedTill,omitzero"`
@@ -24,24 +24,24 @@ type snapshotMeta struct {
 	DeleteAt time.Time `json:"deleteAt,omitzero"`
 }
 
-// protectedAt reports whether the protection holds at now.
-func (m snapshotMeta) protectedAt(now time.Time) bool {
+// ProtectedAt reports whether the protection holds at now.
+func (m Meta) ProtectedAt(now time.Time) bool {
 	return m.Protected && (m.ProtectedTill.IsZero() || now.Before(m.ProtectedTill))
 }
 
-// snapshotStore persists snapshotMeta by snapshot ID.
-type snapshotStore struct {
+// store persists Meta by snapshot ID in dir/MetaFile.
+type store struct {
 	dir string
 	mu  sync.Mutex
-	m   map[string]snapshotMeta
+	m   map[string]Meta
 }
 
-func loadSnapshotStore(dir string) (*snapshotStore, error) {
-	s := &snapshotStore{dir: dir, m: map[string]snapshotMeta{}}
+func loadStore(dir string) (*store, error) {
+	s := &store{dir: dir, m: map[string]Meta{}}
 	if dir == "" {
 		return s, nil
 	}
-	raw, err := os.ReadFile(filepath.Join(dir, snapshotMetaFile))
+	raw, err := os.ReadFile(filepath.Join(dir, MetaFile))
 	if errors.Is(err, os.ErrNotExist) {
 		return s, nil
 	}
@@ -49,21 +49,21 @@ func loadSnapshotStore(dir string) (*snapshotStore, error) {
 		return nil, fmt.Errorf("read snapshot protection state: %w", err)
 	}
 	if err := json.Unmarshal(raw, &s.m); err != nil {
-		return nil, fmt.Errorf("read snapshot protection state %s: %w", filepath.Join(dir, snapshotMetaFile), err)
+		return nil, fmt.Errorf("read snapshot protection state %s: %w", filepath.Join(dir, MetaFile), err)
 	}
 	return s, nil
 }
 
-func (s *snapshotStore) get(id string) snapshotMeta {
+func (s *store) get(id string) Meta {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.m[id]
 }
 
-func (s *snapshotStore) all() map[string]snapshotMeta {
+func (s *store) all() map[string]Meta {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	out := make(map[string]snapshotMeta, len(s.m))
+	out := make(map[string]Meta, len(s.m))
 	for k, v := range s.m {
 		out[k] = v
 	}
@@ -71,12 +71,12 @@ func (s *snapshotStore) all() map[string]snapshotMeta {
 }
 
 // set stores meta for id (removing the entry when meta is empty) and
-// writes the file atomically.
-func (s *snapshotStore) set(id string, meta snapshotMeta) error {
+// writes the file atomically; on failure the previous entry stays.
+func (s *store) set(id string, meta Meta) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	old, had := s.m[id]
-	if meta == (snapshotMeta{}) {
+	if meta == (Meta{}) {
 		delete(s.m, id)
 	} else {
 		s.m[id] = meta
@@ -92,7 +92,7 @@ func (s *snapshotStore) set(id string, meta snapshotMeta) error {
 	return nil
 }
 
-func (s *snapshotStore) writeLocked() error {
+func (s *store) writeLocked() error {
 	if s.dir == "" {
 		return errors.New("no stateDir configured: snapshot protection cannot be saved")
 	}
@@ -103,11 +103,11 @@ func (s *snapshotStore) writeLocked() error {
 	if err := os.MkdirAll(s.dir, 0o700); err != nil {
 		return fmt.Errorf("stateDir: %w", err)
 	}
-	tmp := filepath.Join(s.dir, snapshotMetaFile+".tmp")
+	tmp := filepath.Join(s.dir, MetaFile+".tmp")
 	if err := os.WriteFile(tmp, raw, 0o600); err != nil {
 		return fmt.Errorf("write snapshot protection state: %w", err)
 	}
-	if err := os.Rename(tmp, filepath.Join(s.dir, snapshotMetaFile)); err != nil {
+	if err := os.Rename(tmp, filepath.Join(s.dir, MetaFile)); err != nil {
 		return fmt.Errorf("write snapshot protection state: %w", err)
 	}
 	return nil
