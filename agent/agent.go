@@ -24,6 +24,7 @@ import (
 	"github.com/thinlab/thinlab/agent/clone"
 	"github.com/thinlab/thinlab/agent/config"
 	"github.com/thinlab/thinlab/agent/retrieval"
+	"github.com/thinlab/thinlab/agent/snapshot"
 	"github.com/thinlab/thinlab/agent/storage"
 	"github.com/thinlab/thinlab/agent/storage/backend"
 	"github.com/thinlab/thinlab/internal/pgcluster"
@@ -54,6 +55,7 @@ type Agent struct {
 	pools     []storage.Pool
 	clones    *clone.Manager
 	retrieval *retrieval.Retriever
+	snapshots *snapshot.Policy
 	api       *api.Server
 	listener  net.Listener
 	server    *http.Server
@@ -101,7 +103,10 @@ func NewWithOptions(ctx context.Context, opt Options) (a *Agent, err error) {
 		}
 		retrievalPool = p
 	}
-	if a.retrieval, err = retrieval.New(retrieval.Options{Config: cfg, Pool: retrievalPool, Logger: log}); err != nil {
+	// One snapshot policy for the API (protection, deleteAt), its sweep
+	// and retention after every refresh.
+	a.snapshots = snapshot.New(snapshot.Options{Config: cfg, Pools: a.pools, Clones: a.clones, Logger: log})
+	if a.retrieval, err = retrieval.New(retrieval.Options{Config: cfg, Pool: retrievalPool, Logger: log, Retention: a.snapshots}); err != nil {
 		return nil, fmt.Errorf("retrieval: %w", err)
 	}
 	instanceID, err := loadInstanceID(cfg.StateDir)
@@ -112,6 +117,7 @@ func NewWithOptions(ctx context.Context, opt Options) (a *Agent, err error) {
 		Config:     cfg,
 		Clones:     a.clones,
 		Retrieval:  a.retrieval,
+		Snapshots:  a.snapshots,
 		Pools:      a.pools,
 		Logger:     log,
 		Version:    opt.Version,
@@ -185,6 +191,7 @@ func (a *Agent) Clones() *clone.Manager { return a.clones }
 // operations complete, clones keep running.
 func (a *Agent) Run(ctx context.Context) error {
 	a.retrieval.Start(ctx)
+	a.snapshots.Start()
 	names := make([]string, 0, len(a.pools))
 	for _, p := range a.pools {
 		names = append(names, p.Name()+" ("+p.Mode()+")")
@@ -217,6 +224,9 @@ func (a *Agent) close() {
 	}
 	if a.retrieval != nil {
 		a.retrieval.Close()
+	}
+	if a.snapshots != nil {
+		a.snapshots.Close()
 	}
 	if a.clones != nil {
 		if err := a.clones.Close(); err != nil {

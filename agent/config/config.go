@@ -137,6 +137,11 @@ type Retrieval struct {
 	// RefreshOnStart runs a full refresh when the agent starts and the pool
 	// has no snapshot yet.
 	RefreshOnStart bool `yaml:"refreshOnStart"`
+	// KeepSnapshots is how many of retrieval.pool's newest snapshots to
+	// keep: after every refresh and every minute the older ones are
+	// deleted, except those clones use or that are protected (they count
+	// towards the number). 0 keeps every snapshot.
+	KeepSnapshots int `yaml:"keepSnapshots"`
 }
 
 // Source is the database logical retrieval copies from. Give either

@@ -112,6 +112,9 @@ func (c *Config) Validate() error {
 	}
 
 	r := c.Retrieval
+	if r.KeepSnapshots < 0 {
+		bad("retrieval.keepSnapshots (%d) must not be negative: set the number of newest snapshots to keep, or 0 to keep every snapshot", r.KeepSnapshots)
+	}
 	switch r.Mode {
 	case "":
 	case "logical":

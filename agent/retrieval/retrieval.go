@@ -44,12 +44,21 @@ var restoreSettings = map[string]string{
 	"maintenance_work_mem": "256MB",
 }
 
+// Retention deletes a pool's snapshots beyond what the agent keeps
+// (agent/snapshot's Policy); it logs each deletion itself.
+type Retention interface {
+	Retain(ctx context.Context, p storage.Pool) ([]string, error)
+}
+
 // Options configure a Retriever.
 type Options struct {
 	Config *config.Config
 	// Pool is the pool named by retrieval.pool.
 	Pool   storage.Pool
 	Logger *slog.Logger
+	// Retention, when set, runs after every successful refresh; its
+	// errors are logged and never fail the refresh.
+	Retention Retention
 }
 
 // Retriever runs logical refreshes, on demand and on the schedule.
@@ -60,6 +69,7 @@ type Retriever struct {
 	pool   storage.Pool
 	log    *slog.Logger
 	sched  cron.Schedule
+	retain Retention
 
 	mu      sync.Mutex
 	status  Status
@@ -92,7 +102,7 @@ func New(opt Options) (*Retriever, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	r := &Retriever{cfg: opt.Config.Retrieval, pool: opt.Pool, log: log.With("component", "retrieval")}
+	r := &Retriever{cfg: opt.Config.Retrieval, pool: opt.Pool, retain: opt.Retention, log: log.With("component", "retrieval")}
 	r.status = Status{Mode: ModeUnknown, Status: StatusInactive, Alerts: map[string]Alert{}}
 	r.ctx, r.cancel = context.WithCancel(context.Background())
 	if r.cfg.Mode == "" {
@@ -220,6 +230,19 @@ func (r *Retriever) begin() error {
 }
 
 func (r *Retriever) run(ctx context.Context) (Result, error) {
+	res, err := r.refreshAndRecord(ctx)
+	// Retention runs once the refresh is recorded as finished: its new
+	// snapshot is the newest, so it is always kept.
+	if err == nil && r.retain != nil {
+		if _, rerr := r.retain.Retain(ctx, r.pool); rerr != nil {
+			r.log.Warn("snapshot retention after the refresh failed", "pool", r.pool.Name(), "err", rerr)
+		}
+	}
+	return res, err
+}
+
+// refreshAndRecord runs one refresh and records its outcome in the status.
+func (r *Retriever) refreshAndRecord(ctx context.Context) (Result, error) {
 	start := time.Now()
 	r.log.Info("logical refresh started", "pool", r.pool.Name())
 	res, err := r.refresh(ctx)
