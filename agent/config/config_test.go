@@ -39,6 +39,7 @@ retrieval:
     passwordEnv: SOURCE_PASSWORD
   databases: [app]
   refreshSchedule: "0 3 * * *"
+  keepSnapshots: 7
 stateDir: /var/lib/thinlab/state
 platform:
   url: https://thinlab.example.com
@@ -59,7 +60,7 @@ func TestParseFull(t *testing.T) {
 	if c.Provision.Resources.MemoryBytes() != 512<<20 || c.Provision.Resources.CPUQuota() != 1.5 {
 		t.Fatalf("resources: %d %v", c.Provision.Resources.MemoryBytes(), c.Provision.Resources.CPUQuota())
 	}
-	if c.Retrieval.Pool != "main" || c.Retrieval.Jobs != 1 || c.Retrieval.Source.Port != 5432 {
+	if c.Retrieval.Pool != "main" || c.Retrieval.Jobs != 1 || c.Retrieval.Source.Port != 5432 || c.Retrieval.KeepSnapshots != 7 {
 		t.Fatalf("retrieval defaults: %+v", c.Retrieval)
 	}
 	if c.Provision.AccessHost != "db.example.com" || c.Provision.ListenAddresses != "127.0.0.1" {
@@ -79,7 +80,8 @@ func TestDefaults(t *testing.T) {
 	if c.Server.Port != DefaultServerPort || c.Provision.PortPool.From != DefaultPortFrom ||
 		c.Cloning.MaxIdleMinutes != DefaultMaxIdleMinutes || c.Cloning.ProtectionLeaseDurationMinutes != DefaultLeaseMinutes ||
 		c.Cloning.ProtectionMaxDurationMinutes != DefaultMaxProtection || c.StateDir != DefaultStateDir ||
-		c.Provision.OSUser != "postgres" || c.Provision.CloneDefaults.DBName != "postgres" || c.Retrieval.Mode != "" {
+		c.Provision.OSUser != "postgres" || c.Provision.CloneDefaults.DBName != "postgres" || c.Retrieval.Mode != "" ||
+		c.Retrieval.KeepSnapshots != 0 {
 		t.Fatalf("defaults: %+v", c)
 	}
 }
@@ -107,6 +109,9 @@ func TestErrorsNameFieldAndFix(t *testing.T) {
 		{"retrieval no source", base + "retrieval: {mode: logical}\n", []string{"retrieval.source: set connStr"}},
 		{"retrieval bad cron", base + "retrieval: {mode: logical, source: {connStr: 'host=x'}, refreshSchedule: 'every day'}\n", []string{"retrieval.refreshSchedule"}},
 		{"retrieval bad pool", base + "retrieval: {mode: logical, source: {connStr: 'host=x'}, pool: nope}\n", []string{`retrieval.pool "nope"`}},
+		{"negative keepSnapshots", base + "retrieval: {keepSnapshots: -1}\n", []string{"retrieval.keepSnapshots (-1) must not be negative", "0 to keep every snapshot"}},
+		{"negative keepSnapshots with logical", base + "retrieval: {mode: logical, source: {connStr: 'host=x'}, keepSnapshots: -3}\n", []string{"retrieval.keepSnapshots (-3)"}},
+		{"keepSnapshots not a number", base + "retrieval: {keepSnapshots: all}\n", []string{"line 2", "all"}},
 		{"retrieval physical", base + "retrieval: {mode: physical}\n", []string{"not supported yet"}},
 		{"state dir", base + "stateDir: relative\n", []string{"stateDir \"relative\" must be an absolute path"}},
 		{"platform url", base + "platform: {url: 'ftp://x', token: t}\n", []string{"platform.url"}},

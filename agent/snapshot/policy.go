@@ -188,14 +188,15 @@ func (p *Policy) Sweep(ctx context.Context) []string {
 		if err != nil || !ok {
 			continue
 		}
-		if _, err := pl.GetSnapshot(ctx, id); errors.Is(err, storage.ErrNotFound) {
+		sn, err := pl.GetSnapshot(ctx, id)
+		if errors.Is(err, storage.ErrNotFound) {
 			p.Forget(id)
 			continue
 		}
-		if meta.DeleteAt.IsZero() || now.Before(meta.DeleteAt) || meta.ProtectedAt(now) {
+		if err != nil || meta.DeleteAt.IsZero() || now.Before(meta.DeleteAt) || meta.ProtectedAt(now) {
 			continue
 		}
-		if inUse[id] {
+		if inUse[id] || len(sn.Clones) > 0 {
 			p.log.Warn("snapshot past its deleteAt still has clones; deleting it once they are gone", "snapshot", id)
 			continue
 		}
