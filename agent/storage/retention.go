@@ -27,8 +27,13 @@ func Retain(ctx context.Context, p Pool, keep int, keepAlso func(Snapshot) bool)
 			continue
 		}
 		err := p.DestroySnapshot(ctx, s.ID, false)
-		// A clone made since the listing keeps its snapshot.
-		if errors.Is(err, ErrHasDependents) {
+		switch {
+		case errors.Is(err, ErrHasDependents):
+			// A clone made since the listing keeps its snapshot.
+			continue
+		case errors.Is(err, ErrNotFound):
+			// Deleted meanwhile by someone else.
+			remaining--
 			continue
 		}
 		if err != nil {
