@@ -30,7 +30,7 @@ test: deps build lint
 # Benchmarks print `BENCH <name> <value> <unit>` lines; results go to
 # BENCHMARKS.md with the command that produced them.
 bench: deps build
-	$(GO) test -p 1 -run '^$$' -bench '$(BENCH)' -benchtime 1x -timeout 120m ./... | tee bench.out | grep -E '^(BENCH|ok|FAIL|---)'
+	set -o pipefail; $(GO) test -p 1 -run '^$$' -bench '$(BENCH)' -benchtime 1x -timeout 120m ./... | tee bench.out | grep -E '^(BENCH|ok|FAIL|---)'
 
 demo: deps build
 	@$(GO) build -o bin/thinlab-demo-roundtrip ./deploy/demo/roundtrip
