@@ -41,7 +41,9 @@ func CreateFilePool(ctx context.Context, r command.Runner, name, image string, s
 		os.Remove(image)
 		return fmt.Errorf("zpool %s: mount directory: %w", name, err)
 	}
-	if _, err := r.Run(ctx, "zpool", "create", "-m", mountDir, name, image); err != nil {
+	// cachefile=none: a throwaway pool is never re-imported by the next
+	// daemon, so one left behind by a crash cannot block its name later.
+	if _, err := r.Run(ctx, "zpool", "create", "-o", "cachefile=none", "-m", mountDir, name, image); err != nil {
 		os.Remove(image)
 		return fmt.Errorf("zpool %s: %w", name, classify(err))
 	}

@@ -124,7 +124,7 @@ func (r *roundTrip) one(ctx context.Context, mode string) (result, time.Duration
 	pool, teardown, err := backend.CreateLoopPool(ctx, mode, backend.LoopOptions{
 		Dir:    filepath.Join(r.dir, mode),
 		Size:   4 << 30,
-		Name:   "demo" + mode,
+		Name:   fmt.Sprintf("demo%s%d", mode, os.Getpid()), // unique: a leaked pool of an earlier run cannot block it
 		Owner:  &r.user,
 		Runner: &runner,
 		Logger: r.log,
