@@ -26,10 +26,11 @@ lint:
 # two at a time; each test cleans up its own mounts, loop devices and daemons.
 # The engine, API, CLI and platform packages run under the race detector
 # (about a minute more); storage backends and the VM test run without it.
+# -count=1: results depend on the host (mounts, daemons), so never cached.
 RACE_PKGS := ^github.com/thinlab/thinlab/(agent|cli|platform|sdk|agent/(api|clone|snapshot|config|retrieval)|platform/.*|sdk/.*|cli/.*)$$
 test: deps build lint
-	$(GO) test -p 2 -timeout 20m -race $(TESTFLAGS) $$($(GO) list ./... | grep -E '$(RACE_PKGS)')
-	$(GO) test -p 2 -timeout 40m $(TESTFLAGS) $$($(GO) list ./... | grep -vE '$(RACE_PKGS)')
+	$(GO) test -count=1 -p 2 -timeout 20m -race $(TESTFLAGS) $$($(GO) list ./... | grep -E '$(RACE_PKGS)')
+	$(GO) test -count=1 -p 2 -timeout 40m $(TESTFLAGS) $$($(GO) list ./... | grep -vE '$(RACE_PKGS)')
 
 # Benchmarks print `BENCH <name> <value> <unit>` lines; results go to
 # BENCHMARKS.md with the command that produced them.
