@@ -309,33 +309,74 @@ func (m *Manager) save() error {
 		m.mu.Unlock()
 		return nil
 	}
-	recs := make([]*record, 0, len(m.clones))
-	for _, r := range m.clones {
-		c := *r
-		c.ExtraConf = copyMap(r.ExtraConf)
-		recs = append(recs, &c)
-	}
+	recs := m.recordsLocked("", nil)
 	m.mu.Unlock()
-	sort.Slice(recs, func(i, j int) bool { return recs[i].CreatedAt.Before(recs[j].CreatedAt) })
-	if err := writeState(m.cfg.StateDir, recs); err != nil {
-		m.log.Error("could not write clone state", "dir", m.cfg.StateDir, "err", err)
-		return fmt.Errorf("write clone state: %w", err)
+	if err := m.write(recs); err != nil {
+		return err
 	}
 	m.savedVer = ver
 	return nil
 }
 
-// update changes one record under the lock and persists the change. It
-// reports false if the clone is gone.
+// recordsLocked copies every record for the state file, with next in place
+// of the record of id when next is set.
+func (m *Manager) recordsLocked(id string, next *record) []*record {
+	recs := make([]*record, 0, len(m.clones))
+	for cid, r := range m.clones {
+		c := *r
+		if cid == id && next != nil {
+			c = *next
+		}
+		c.ExtraConf = copyMap(c.ExtraConf)
+		recs = append(recs, &c)
+	}
+	sort.Slice(recs, func(i, j int) bool { return recs[i].CreatedAt.Before(recs[j].CreatedAt) })
+	return recs
+}
+
+func (m *Manager) write(recs []*record) error {
+	if err := writeState(m.cfg.StateDir, recs); err != nil {
+		m.log.Error("could not write clone state", "dir", m.cfg.StateDir, "err", err)
+		return fmt.Errorf("write clone state: %w", err)
+	}
+	return nil
+}
+
+// update changes one record and persists the change. The change is written
+// to the state file before anyone can see it: a client told "OK" must find
+// the clone OK after a kill -9 of the agent, not half-created. It reports
+// false if the clone is gone.
 func (m *Manager) update(id string, f func(r *record)) bool {
+	m.saveMu.Lock()
 	m.mu.Lock()
 	r, ok := m.clones[id]
-	if ok {
-		f(r)
-		m.changedLocked()
+	if !ok {
+		m.mu.Unlock()
+		m.saveMu.Unlock()
+		return false
+	}
+	next := *r
+	next.ExtraConf = copyMap(r.ExtraConf)
+	f(&next)
+	recs := m.recordsLocked(id, &next)
+	before := m.version
+	m.mu.Unlock()
+	written := m.write(recs) == nil
+
+	m.mu.Lock()
+	// Other fields may have changed meanwhile (they are saved by their own
+	// writer), so f is applied to the live record rather than copying next.
+	if cur, ok := m.clones[id]; ok {
+		f(cur)
+	}
+	m.changedLocked()
+	behind := m.version != before+1
+	if written && !behind {
+		m.savedVer = m.version
 	}
 	m.mu.Unlock()
-	if ok {
+	m.saveMu.Unlock()
+	if behind || !written {
 		m.save()
 	}
 	return ok
