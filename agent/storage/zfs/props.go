@@ -56,7 +56,7 @@ func (p *Pool) get(ctx context.Context, recursive bool, props []string, names ..
 	}
 	args = append(args, "-o", "name,property,value,source", strings.Join(props, ","))
 	args = append(args, names...)
-	out, err := p.cfg.Runner.Run(ctx, "zfs", args...)
+	out, err := p.zfs(ctx, args...)
 	if err != nil {
 		return nil, classify(err)
 	}
