@@ -124,11 +124,14 @@ chown postgres: "$DEMO/run"
 # A failed start undoes what it did; the logs stay.
 trap 'rc=$?; if ((rc != 0)); then echo "demo: failed (logs in $DEMO/logs); cleaning up" >&2; stop >&2; fi' EXIT
 
+# wait_for retries a silent check; a check that knows waiting is useless
+# writes why to $DEMO/run/failed.
 wait_for() { # description, seconds, command...
   local what=$1 secs=$2
   shift 2
   for _ in $(seq 1 $((secs * 5))); do
     if "$@" >/dev/null 2>&1; then return 0; fi
+    [[ -s $DEMO/run/failed ]] && die "$(cat "$DEMO/run/failed")"
     sleep 0.2
   done
   die "$what did not come up within ${secs}s (logs in $DEMO/logs)"
@@ -205,7 +208,10 @@ export THINLAB_URL=http://127.0.0.1:$AGENT_PORT THINLAB_TOKEN=$AGENT_TOKEN
 wait_for "the agent's API" 30 curl -fsS "$THINLAB_URL/healthz"
 retrieval_failed() { curl -fsS -H "Verification-Token: $AGENT_TOKEN" "$THINLAB_URL/instance/retrieval" | grep -q '"status": *"failed"'; }
 has_snapshot() {
-  retrieval_failed && die "retrieval failed: $(grep -m1 'refresh failed' "$DEMO/logs/agent.log")"
+  if retrieval_failed; then
+    echo "retrieval failed: $(grep -m1 'refresh failed' "$DEMO/logs/agent.log")" >"$DEMO/run/failed"
+    return 1
+  fi
   [[ $("$BIN/thinlab" snapshot list -o json) == *'"id"'* ]]
 }
 start=$(now_ms)
