@@ -18,7 +18,8 @@ REPO=$PWD
 DEMO=$REPO/.demo
 STATE=$DEMO/state
 BIN=$REPO/bin
-PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
+# The newest installed PostgreSQL (make deps installs 15).
+PGBIN=${PGBIN:-$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)}
 
 SOURCE_PORT=${DEMO_SOURCE_PORT:-55432}
 AGENT_PORT=${DEMO_AGENT_PORT:-2345}
@@ -145,7 +146,8 @@ for p in "$SOURCE_PORT" "$AGENT_PORT" "$PLATFORM_PORT" "$DEX_PORT"; do
 done
 
 # 1. The sample source database.
-say "1/4 Sample source database (PostgreSQL 15 on port $SOURCE_PORT)"
+[[ -x $PGBIN/initdb ]] || die "no PostgreSQL server under /usr/lib/postgresql: run make deps (or set PGBIN)"
+say "1/4 Sample source database (PostgreSQL $("$PGBIN/postgres" -V | awk '{print $3}') on port $SOURCE_PORT)"
 mkdir -p "$DEMO/source"
 chown postgres: "$DEMO/source"
 pwfile=$DEMO/run/pw

@@ -141,8 +141,12 @@ func (r *roundTrip) one(ctx context.Context, mode string) (result, time.Duration
 	if err := os.Chown(pool.MainDir(), int(r.user.UID), int(r.user.GID)); err != nil {
 		return res, 0, err
 	}
+	binDir, err := pgcluster.NewestBinDir("/usr/lib/postgresql")
+	if err != nil {
+		return res, 0, err
+	}
 	if _, err := runner.RunCmd(ctx, command.Cmd{
-		Name: "/usr/lib/postgresql/15/bin/pg_basebackup",
+		Name: filepath.Join(binDir, "pg_basebackup"),
 		Args: []string{"-h", r.sourceHost, "-p", fmt.Sprint(r.sourcePort), "-U", "postgres",
 			"-D", dataDir, "-X", "stream", "-c", "fast"},
 		Credential: r.user.Credential(),
