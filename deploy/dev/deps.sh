@@ -32,13 +32,21 @@ fi
 command -v go >/dev/null || { echo "deps: Go 1.26 is required (install it to /usr/local/go)" >&2; exit 1; }
 
 # Go tools pinned in tools/go.mod, built once into bin/.
+# Pinned tools are built once per tools/go.mod+go.sum into a cache outside
+# the checkout (keyed by their hash), so a fresh clone links them instead of
+# rebuilding; bin/NAME is a symlink into the cache.
 mkdir -p bin
+tools_key=$(cat tools/go.mod tools/go.sum | sha256sum | cut -c1-16)
+tools_cache=${THINLAB_TOOLS_CACHE:-/var/cache/thinlab/tools}/$tools_key
+mkdir -p "$tools_cache"
 build_tool() { # name package
   local name=$1 pkg=$2
-  if [[ ! -x bin/$name || tools/go.mod -nt bin/$name ]]; then
-    echo "deps: building $name"
-    (cd tools && CGO_ENABLED=0 go build -o ../bin/$name "$pkg")
+  if [[ ! -x $tools_cache/$name ]]; then
+    echo "deps: building $name into $tools_cache"
+    (cd tools && CGO_ENABLED=0 go build -o "$tools_cache/$name.tmp" "$pkg")
+    mv "$tools_cache/$name.tmp" "$tools_cache/$name"
   fi
+  ln -sfn "$tools_cache/$name" "bin/$name"
 }
 build_tool templ github.com/a-h/templ/cmd/templ
 build_tool dex github.com/dexidp/dex/cmd/dex
