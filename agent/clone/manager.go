@@ -114,7 +114,7 @@ func NewManager(ctx context.Context, opt Options) (*Manager, error) {
 	for _, p := range opt.Pools {
 		m.poolByName[p.Name()] = p
 	}
-	m.rt = runtime.New(runtime.Options{
+	m.rt, err = runtime.New(runtime.Options{
 		BinRoot:         cfg.Provision.PgBinRoot,
 		User:            osUser,
 		ListenAddresses: cfg.Provision.ListenAddresses,
@@ -122,6 +122,9 @@ func NewManager(ctx context.Context, opt Options) (*Manager, error) {
 		MemoryBytes:     cfg.Provision.Resources.MemoryBytes(),
 		Logger:          log,
 	})
+	if err != nil {
+		return nil, err
+	}
 	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
 		return nil, fmt.Errorf("stateDir: %w", err)
 	}
