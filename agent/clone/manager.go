@@ -48,6 +48,9 @@ type Options struct {
 	// CheckInterval is how often the idle/protection loop runs (one minute
 	// when zero; negative disables the loop, and tests call CheckIdle).
 	CheckInterval time.Duration
+	// CgroupRoot is where the cgroup filesystems are mounted (the
+	// runtime's default when empty); tests point it elsewhere.
+	CgroupRoot string
 }
 
 // Manager owns every clone of the agent. It is safe for concurrent use.
@@ -120,6 +123,7 @@ func NewManager(ctx context.Context, opt Options) (*Manager, error) {
 		ListenAddresses: cfg.Provision.ListenAddresses,
 		CPU:             cfg.Provision.Resources.CPUQuota(),
 		MemoryBytes:     cfg.Provision.Resources.MemoryBytes(),
+		CgroupRoot:      opt.CgroupRoot,
 		Logger:          log,
 	})
 	if err != nil {

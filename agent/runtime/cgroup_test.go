@@ -146,6 +146,7 @@ func TestNewRefusesWhenLimitsCannotBeApplied(t *testing.T) {
 			if err == nil || rt != nil {
 				t.Fatalf("New = %v, %v; want a refusal", rt, err)
 			}
+			t.Logf("refused: %v", err)
 			for _, want := range []string{tc.want, "provision.resources", "cannot apply"} {
 				if !strings.Contains(err.Error(), want) {
 					t.Errorf("error %q does not say %q", err, want)
@@ -287,6 +288,7 @@ func cgroupV2VM(t *testing.T) {
 		if err == nil || rt != nil || !strings.Contains(err.Error(), "read-only file system") {
 			t.Fatalf("New on a read-only cgroup2 = %v, %v; want a refusal naming the read-only file system", rt, err)
 		}
+		t.Logf("refused: %v", err)
 	})
 
 	t.Run("service without delegation", func(t *testing.T) {
@@ -372,6 +374,7 @@ func cgroupV2NoDelegation(t *testing.T) {
 			t.Errorf("error %q does not say %q", err, want)
 		}
 	}
+	t.Logf("refused: %v", err)
 	if after := ownV2(t, os.Getpid()); after != before {
 		t.Errorf("a refused New moved the agent from %s to %s", before, after)
 	}
