@@ -496,8 +496,10 @@ func cgroupV2Agent(t *testing.T) {
 	if err := rt.Stop(ctx, inst.Name, dir, "fast"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := os.Stat(groupDir); !errors.Is(err, os.ErrNotExist) {
-		t.Errorf("clone group %s left after stop (%v)", groupDir, err)
+	for _, d := range []string{groupDir, filepath.Dir(groupDir)} {
+		if _, err := os.Stat(d); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("cgroup %s left after the only clone stopped (%v)", d, err)
+		}
 	}
 
 	// A clone that cannot be put into its group is stopped, not left
