@@ -48,6 +48,9 @@ type Options struct {
 	// CheckInterval is how often the idle/protection loop runs (one minute
 	// when zero; negative disables the loop, and tests call CheckIdle).
 	CheckInterval time.Duration
+	// CgroupRoot is where the cgroup filesystems are mounted (the
+	// runtime's default when empty); tests point it elsewhere.
+	CgroupRoot string
 }
 
 // Manager owns every clone of the agent. It is safe for concurrent use.
@@ -114,14 +117,18 @@ func NewManager(ctx context.Context, opt Options) (*Manager, error) {
 	for _, p := range opt.Pools {
 		m.poolByName[p.Name()] = p
 	}
-	m.rt = runtime.New(runtime.Options{
+	m.rt, err = runtime.New(runtime.Options{
 		BinRoot:         cfg.Provision.PgBinRoot,
 		User:            osUser,
 		ListenAddresses: cfg.Provision.ListenAddresses,
 		CPU:             cfg.Provision.Resources.CPUQuota(),
 		MemoryBytes:     cfg.Provision.Resources.MemoryBytes(),
+		CgroupRoot:      opt.CgroupRoot,
 		Logger:          log,
 	})
+	if err != nil {
+		return nil, err
+	}
 	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
 		return nil, fmt.Errorf("stateDir: %w", err)
 	}

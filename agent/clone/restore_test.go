@@ -75,7 +75,10 @@ func TestRestoreAfterAbandonedManager(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	// gone4's dataset disappears (its postgres first, as an admin would).
-	rt := runtime.New(runtime.Options{User: mustUser(t)})
+	rt, err := runtime.New(runtime.Options{User: mustUser(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
 	goneMount := mountOf(t, e, "gone4")
 	rt.Kill("gone4", filepath.Join(goneMount, storage.DataSubdir))
 	if err := e.pool.DestroyClone(e.ctx, "gone4"); err != nil {

@@ -60,7 +60,10 @@ func query(t *testing.T, p storage.Pool, snap, db, sql string) string {
 		t.Fatal(err)
 	}
 	defer p.DestroyClone(ctx, name)
-	rt := runtime.New(runtime.Options{User: pgtest.OSUser(t)})
+	rt, err := runtime.New(runtime.Options{User: pgtest.OSUser(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
 	dir := filepath.Join(c.Mountpoint, storage.DataSubdir)
 	port := pgtest.FreePort(t)
 	if err := rt.Start(ctx, runtime.Instance{Name: name, DataDir: dir, Port: port, Settings: runtime.DefaultSettings}); err != nil {

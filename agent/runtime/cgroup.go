@@ -4,10 +4,13 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -89,14 +92,7 @@ func procCgroups(pid string) (map[string]string, error) {
 	return out, nil
 }
 
-func hasOption(m cgroupMount, c string) bool {
-	for _, o := range m.options {
-		if o == c {
-			return true
-		}
-	}
-	return false
-}
+func hasOption(m cgroupMount, c string) bool { return slices.Contains(m.options, c) }
 
 // dirFor turns a hierarchy path into a directory under the mount.
 func (m cgroupMount) dirFor(path string) string {
@@ -107,10 +103,36 @@ func (m cgroupMount) dirFor(path string) string {
 	return filepath.Join(m.mountpoint, rel)
 }
 
-func newLimiter(cpu float64, mem uint64) (*limiter, error) {
-	mounts, err := readCgroupMounts()
+// DefaultCgroupRoot is where cgroup filesystems are mounted on Linux.
+const DefaultCgroupRoot = "/sys/fs/cgroup"
+
+// agentLeaf is the cgroup, below the agent's own (v2), that the agent's
+// processes move into: a v2 cgroup that holds processes cannot enable
+// controllers for its children ("no internal processes"), so the agent's
+// own cgroup must be emptied before the clone groups can get limits.
+const agentLeaf = "agent"
+
+// newLimiter finds the cgroup hierarchies mounted at or below root
+// (DefaultCgroupRoot when empty), prepares them for per-clone groups and
+// probes them once. An error means the limits cannot be applied: the
+// caller must not run clones without them.
+func newLimiter(root string, cpu float64, mem uint64) (*limiter, error) {
+	if root == "" {
+		root = DefaultCgroupRoot
+	}
+	root = filepath.Clean(root)
+	if _, err := os.Stat(root); err != nil {
+		return nil, fmt.Errorf("cgroup root: %w", err)
+	}
+	all, err := readCgroupMounts()
 	if err != nil {
 		return nil, fmt.Errorf("read mounts: %w", err)
+	}
+	var mounts []cgroupMount
+	for _, m := range all {
+		if m.mountpoint == root || strings.HasPrefix(m.mountpoint, root+"/") {
+			mounts = append(mounts, m)
+		}
 	}
 	own, err := procCgroups("self")
 	if err != nil {
@@ -132,40 +154,101 @@ func newLimiter(cpu float64, mem uint64) (*limiter, error) {
 		}
 	}
 	needMem, needCPU := mem > 0, cpu > 0
-	if (needMem && memMount != nil) || (needCPU && cpuMount != nil) {
-		// cgroup v1 (or hybrid): the controllers have their own hierarchies.
+	if (needMem && memMount != nil) || (needCPU && cpuMount != nil) || (v2Mount == nil && (memMount != nil || cpuMount != nil)) {
+		// cgroup v1 (or hybrid): the controllers have their own hierarchies,
+		// where a group with processes may have children.
 		if needMem {
 			if memMount == nil {
-				return nil, errors.New("cgroup v1 memory controller is not mounted")
+				return nil, fmt.Errorf("cgroup v1 memory controller is not mounted below %s", root)
 			}
 			l.memDir = filepath.Join(memMount.dirFor(own["memory"]), cgroupGroup)
 		}
 		if needCPU {
 			if cpuMount == nil {
-				return nil, errors.New("cgroup v1 cpu controller is not mounted")
+				return nil, fmt.Errorf("cgroup v1 cpu controller is not mounted below %s", root)
 			}
 			l.cpuDir = filepath.Join(cpuMount.dirFor(own["cpu"]), cgroupGroup)
 		}
 	} else if v2Mount != nil {
 		l.v2 = true
-		ownDir := v2Mount.dirFor(own[""])
-		ctrl, err := os.ReadFile(filepath.Join(ownDir, "cgroup.controllers"))
+		path, ok := own[""]
+		if !ok {
+			return nil, errors.New("cgroup v2: /proc/self/cgroup has no unified (0::) entry")
+		}
+		dir, err := l.prepareV2(v2Mount.dirFor(path))
 		if err != nil {
 			return nil, fmt.Errorf("cgroup v2: %w", err)
 		}
-		for _, c := range wantedV2(needCPU, needMem) {
-			if !contains(strings.Fields(string(ctrl)), c) {
-				return nil, fmt.Errorf("cgroup v2: controller %s is not delegated to %s (run the agent with systemd Delegate=yes)", c, ownDir)
-			}
-		}
-		l.v2Dir = filepath.Join(ownDir, cgroupGroup)
+		l.v2Dir = filepath.Join(dir, cgroupGroup)
 	} else {
-		return nil, errors.New("no cgroup filesystem is mounted")
+		return nil, fmt.Errorf("no cgroup filesystem is mounted at or below %s", root)
 	}
 	if err := l.probe(); err != nil {
 		return nil, err
 	}
 	return l, nil
+}
+
+// prepareV2 makes the agent's cgroup (ownDir, or its parent when the agent
+// already sits in its leaf from an earlier call) able to hold the clone
+// groups: every process in it moves into the leaf agentLeaf, then the
+// controllers are enabled for its children. It returns the agent's cgroup.
+// Under systemd that cgroup is the service's, which must be delegated
+// (Delegate=yes): the controllers are only available where the parent
+// enables them, and systemd leaves a delegated subtree alone.
+func (l *limiter) prepareV2(ownDir string) (string, error) {
+	if filepath.Base(ownDir) == agentLeaf {
+		ownDir = filepath.Dir(ownDir)
+	}
+	want := wantedV2(l.cpu > 0, l.mem > 0)
+	raw, err := os.ReadFile(filepath.Join(ownDir, "cgroup.controllers"))
+	if err != nil {
+		return "", err
+	}
+	avail := strings.Fields(string(raw))
+	for _, c := range want {
+		if !slices.Contains(avail, c) {
+			return "", fmt.Errorf("controller %s is not available in the agent's cgroup %s (available: %q): its parent does not delegate it; run the agent as a systemd service with Delegate=yes", c, ownDir, strings.Join(avail, " "))
+		}
+	}
+	// The root cgroup has no cgroup.type and may hold processes and
+	// enable controllers at once; any other must be emptied first.
+	if _, err := os.Stat(filepath.Join(ownDir, "cgroup.type")); err == nil {
+		if err := moveAllInto(ownDir, filepath.Join(ownDir, agentLeaf)); err != nil {
+			return "", err
+		}
+	}
+	ctl := "+" + strings.Join(want, " +")
+	if err := os.WriteFile(filepath.Join(ownDir, "cgroup.subtree_control"), []byte(ctl), 0); err != nil {
+		return "", fmt.Errorf("enable %s in %s: %w", ctl, ownDir, err)
+	}
+	return ownDir, nil
+}
+
+// moveAllInto moves every process of cgroup dir into leaf (created if
+// needed). Processes that exit meanwhile are skipped; it repeats until dir
+// is empty, since a process may fork while it runs.
+func moveAllInto(dir, leaf string) error {
+	if err := os.Mkdir(leaf, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
+		return fmt.Errorf("create the agent's leaf cgroup %s: %w", leaf, err)
+	}
+	for range 10 {
+		raw, err := os.ReadFile(filepath.Join(dir, "cgroup.procs"))
+		if err != nil {
+			return err
+		}
+		pids := strings.Fields(string(raw))
+		if len(pids) == 0 {
+			return nil
+		}
+		for _, p := range pids {
+			err := os.WriteFile(filepath.Join(leaf, "cgroup.procs"), []byte(p), 0)
+			if err != nil && !errors.Is(err, syscall.ESRCH) {
+				return fmt.Errorf("move pid %s from %s into %s: %w", p, dir, leaf, err)
+			}
+		}
+	}
+	return fmt.Errorf("processes keep appearing in %s; cannot empty it", dir)
 }
 
 func wantedV2(cpu, mem bool) []string {
@@ -199,40 +282,13 @@ func (l *limiter) probe() error {
 
 // create makes the clone's groups with limits and returns their dirs.
 func (l *limiter) create(name string) ([]string, error) {
-	var dirs []string
-	mk := func(parent string, files map[string]string) error {
-		if err := os.MkdirAll(parent, 0o755); err != nil {
-			return fmt.Errorf("create cgroup %s: %w", parent, err)
-		}
-		if l.v2 {
-			// Children of parent need the controllers enabled in it.
-			ctl := "+" + strings.Join(wantedV2(l.cpu > 0, l.mem > 0), " +")
-			if err := os.WriteFile(filepath.Join(parent, "cgroup.subtree_control"), []byte(ctl), 0); err != nil {
-				return fmt.Errorf("enable %s in %s: %w", ctl, parent, err)
-			}
-		}
-		dir := filepath.Join(parent, name)
-		err := os.Mkdir(dir, 0o755)
-		if errors.Is(err, os.ErrNotExist) {
-			// Another clone's removal took the empty parent away meanwhile.
-			if err = os.MkdirAll(parent, 0o755); err == nil {
-				err = os.Mkdir(dir, 0o755)
-			}
-		}
-		if err != nil && !errors.Is(err, os.ErrExist) {
-			return fmt.Errorf("create cgroup %s: %w", dir, err)
-		}
-		dirs = append(dirs, dir)
-		for f, v := range files {
-			if err := os.WriteFile(filepath.Join(dir, f), []byte(v), 0); err != nil {
-				return fmt.Errorf("set %s/%s = %s: %w", dir, f, v, err)
-			}
-		}
-		return nil
-	}
 	const period = 100000
 	quota := strconv.Itoa(int(l.cpu * period))
-	var err error
+	type group struct {
+		parent string
+		files  map[string]string
+	}
+	var groups []group
 	switch {
 	case l.v2:
 		files := map[string]string{}
@@ -242,35 +298,85 @@ func (l *limiter) create(name string) ([]string, error) {
 		if l.cpu > 0 {
 			files["cpu.max"] = quota + " " + strconv.Itoa(period)
 		}
-		err = mk(l.v2Dir, files)
+		groups = append(groups, group{l.v2Dir, files})
 	default:
 		if l.memDir != "" {
-			err = mk(l.memDir, map[string]string{"memory.limit_in_bytes": strconv.FormatUint(l.mem, 10)})
+			groups = append(groups, group{l.memDir, map[string]string{"memory.limit_in_bytes": strconv.FormatUint(l.mem, 10)}})
 		}
-		if err == nil && l.cpuDir != "" {
-			err = mk(l.cpuDir, map[string]string{"cpu.cfs_period_us": strconv.Itoa(period), "cpu.cfs_quota_us": quota})
+		if l.cpuDir != "" {
+			groups = append(groups, group{l.cpuDir, map[string]string{"cpu.cfs_period_us": strconv.Itoa(period), "cpu.cfs_quota_us": quota}})
 		}
 	}
-	if err != nil {
-		removeCgroups(dirs)
-		return nil, err
+	var dirs []string
+	for _, g := range groups {
+		dir := filepath.Join(g.parent, name)
+		var err error
+		// Another clone's removal may take the empty parent away (and
+		// a creation bring it back without its controllers yet) at any
+		// point: start over when something is missing.
+		for range 5 {
+			if err = l.mkGroup(g.parent, dir, g.files); !errors.Is(err, os.ErrNotExist) {
+				break
+			}
+		}
+		if err != nil {
+			removeCgroups(dirs)
+			return nil, err
+		}
+		dirs = append(dirs, dir)
 	}
 	return dirs, nil
 }
 
-// attach moves the postmaster and its existing children into the clone's
-// groups; later backends inherit the postmaster's groups.
+// mkGroup creates dir below parent with the limit files set.
+func (l *limiter) mkGroup(parent, dir string, files map[string]string) error {
+	if err := os.MkdirAll(parent, 0o755); err != nil {
+		return fmt.Errorf("create cgroup %s: %w", parent, err)
+	}
+	if l.v2 {
+		// Children of parent need the controllers enabled in it.
+		ctl := "+" + strings.Join(wantedV2(l.cpu > 0, l.mem > 0), " +")
+		if err := os.WriteFile(filepath.Join(parent, "cgroup.subtree_control"), []byte(ctl), 0); err != nil {
+			return fmt.Errorf("enable %s in %s: %w", ctl, parent, err)
+		}
+	}
+	if err := os.Mkdir(dir, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
+		return fmt.Errorf("create cgroup %s: %w", dir, err)
+	}
+	for _, f := range slices.Sorted(maps.Keys(files)) {
+		if err := os.WriteFile(filepath.Join(dir, f), []byte(files[f]), 0); err != nil {
+			return fmt.Errorf("set %s/%s = %s: %w", dir, f, files[f], err)
+		}
+	}
+	return nil
+}
+
+// attach moves the postmaster, then its existing children, into the
+// clone's groups; later children inherit the postmaster's groups. The
+// children are listed after the postmaster moved, so that none forked in
+// between is left behind.
 func (l *limiter) attach(name string, pid int) error {
+	if pid <= 0 {
+		return fmt.Errorf("no postmaster pid to put into cgroup %s", name)
+	}
 	dirs, err := l.create(name)
 	if err != nil {
 		return err
 	}
-	pids := append([]int{pid}, descendants(pid)...)
-	for _, dir := range dirs {
-		for _, p := range pids {
+	move := func(p int) error {
+		for _, dir := range dirs {
 			if err := os.WriteFile(filepath.Join(dir, "cgroup.procs"), []byte(strconv.Itoa(p)), 0); err != nil && processAlive(p) {
 				return fmt.Errorf("move pid %d into %s: %w", p, dir, err)
 			}
+		}
+		return nil
+	}
+	if err := move(pid); err != nil {
+		return err
+	}
+	for _, p := range descendants(pid) {
+		if err := move(p); err != nil {
+			return err
 		}
 	}
 	return nil
@@ -374,13 +480,4 @@ func descendants(pid int) []int {
 		}
 	}
 	return out
-}
-
-func contains(list []string, s string) bool {
-	for _, v := range list {
-		if v == s {
-			return true
-		}
-	}
-	return false
 }

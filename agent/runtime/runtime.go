@@ -45,19 +45,22 @@ type Options struct {
 	User pgcluster.OSUser
 	// ListenAddresses is postgres' listen_addresses.
 	ListenAddresses string
-	// CPU (number of CPUs) and MemoryBytes limit each clone when non-zero
-	// and the host's cgroups allow it.
+	// CPU (number of CPUs) and MemoryBytes limit each clone when non-zero;
+	// New fails when the host's cgroups cannot apply them.
 	CPU         float64
 	MemoryBytes uint64
-	Runner      command.Runner
-	Logger      *slog.Logger
+	// CgroupRoot is where the cgroup filesystems are mounted
+	// (DefaultCgroupRoot when empty).
+	CgroupRoot string
+	Runner     command.Runner
+	Logger     *slog.Logger
 }
 
 // Runtime starts and stops clone postgres instances. Safe for concurrent
 // use on different data directories.
 type Runtime struct {
 	opt    Options
-	limits *limiter // nil: no limits configured, or the host does not allow them
+	limits *limiter // nil: no limits configured
 }
 
 // Instance is one postgres to run.
@@ -71,10 +74,10 @@ type Instance struct {
 	Settings map[string]string
 }
 
-// New builds a Runtime. When limits are configured it probes the host's
-// cgroups once; where they cannot be used it logs one clear message and
-// runs clones without limits.
-func New(opt Options) *Runtime {
+// New builds a Runtime. When limits are configured it prepares and probes
+// the host's cgroups once, and fails where they cannot be applied: clones
+// never run without the limits the operator configured.
+func New(opt Options) (*Runtime, error) {
 	if opt.Logger == nil {
 		opt.Logger = slog.Default()
 	}
@@ -83,15 +86,14 @@ func New(opt Options) *Runtime {
 	}
 	r := &Runtime{opt: opt}
 	if opt.CPU > 0 || opt.MemoryBytes > 0 {
-		l, err := newLimiter(opt.CPU, opt.MemoryBytes)
+		l, err := newLimiter(opt.CgroupRoot, opt.CPU, opt.MemoryBytes)
 		if err != nil {
-			opt.Logger.Warn("per-clone CPU/memory limits are configured but this host's cgroups cannot apply them; clones run without limits", "reason", err.Error())
-		} else {
-			opt.Logger.Info("per-clone limits enabled", "cgroup", l.describe(), "cpu", opt.CPU, "memory_bytes", opt.MemoryBytes)
-			r.limits = l
+			return nil, fmt.Errorf("per-clone CPU/memory limits (provision.resources) are configured but this host's cgroups cannot apply them: %w (see docs/agent-config.md, \"Per-clone limits\"; or remove the limits)", err)
 		}
+		opt.Logger.Info("per-clone limits enabled", "cgroup", l.describe(), "cpu", opt.CPU, "memory_bytes", opt.MemoryBytes)
+		r.limits = l
 	}
-	return r
+	return r, nil
 }
 
 // LimitsActive reports whether clones get cgroup limits.
@@ -136,9 +138,9 @@ func (r *Runtime) Start(ctx context.Context, inst Instance) error {
 	if r.limits != nil {
 		pid, _ := c.PID()
 		if err := r.limits.attach(inst.Name, pid); err != nil {
-			// Limits are best effort per clone: the host allowed them at
-			// probe time, so this is worth a warning, not a failed clone.
-			r.opt.Logger.Warn("could not put clone into its cgroup; it runs without limits", "clone", inst.Name, "err", err)
+			// A clone never runs without its configured limits.
+			r.Kill(inst.Name, inst.DataDir)
+			return fmt.Errorf("limits are configured but postgres could not be put into its cgroup, so it was stopped: %w", err)
 		}
 	}
 	return nil

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -23,6 +22,15 @@ func randName(prefix string) string {
 	return prefix + hex.EncodeToString(b)
 }
 
+func newRuntime(t testing.TB, opt Options) *Runtime {
+	t.Helper()
+	rt, err := New(opt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rt
+}
+
 func ctxT(t *testing.T) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	t.Cleanup(cancel)
@@ -32,7 +40,7 @@ func ctxT(t *testing.T) context.Context {
 func TestStartAppliesSettingsAndHBA(t *testing.T) {
 	ctx := ctxT(t)
 	dir := pgtest.InitDataDir(t)
-	rt := New(Options{User: pgtest.OSUser(t), ListenAddresses: "127.0.0.1"})
+	rt := newRuntime(t, Options{User: pgtest.OSUser(t), ListenAddresses: "127.0.0.1"})
 	inst := Instance{
 		Name:    randName("rt-"),
 		DataDir: dir,
@@ -128,7 +136,7 @@ func TestStartAppliesSettingsAndHBA(t *testing.T) {
 func TestStartFailureLeavesNoProcess(t *testing.T) {
 	ctx := ctxT(t)
 	dir := pgtest.InitDataDir(t)
-	rt := New(Options{User: pgtest.OSUser(t), ListenAddresses: "127.0.0.1"})
+	rt := newRuntime(t, Options{User: pgtest.OSUser(t), ListenAddresses: "127.0.0.1"})
 	inst := Instance{Name: randName("rt-"), DataDir: dir, Port: pgtest.FreePort(t),
 		Settings: map[string]string{"no_such_setting": "1"}}
 	err := rt.Start(ctx, inst)
@@ -173,66 +181,5 @@ func TestRenderSettingsQuotes(t *testing.T) {
 	want := "a = '1'\nb = 'a''b\\\\c'\n"
 	if !strings.HasSuffix(got, want) {
 		t.Fatalf("got %q, want suffix %q", got, want)
-	}
-}
-
-// TestCgroupLimits runs on hosts whose cgroups the agent may write (this
-// project's hosts: cgroup v1 memory and cpu hierarchies). It checks that
-// the postmaster and its children land in the clone's group with the
-// configured limits, and that the group is removed on stop.
-func TestCgroupLimits(t *testing.T) {
-	if _, err := newLimiter(1.5, 256<<20); err != nil {
-		t.Skipf("this host does not allow per-clone cgroups (%v); the agent logs this and runs clones without limits", err)
-	}
-	ctx := ctxT(t)
-	dir := pgtest.InitDataDir(t)
-	rt := New(Options{User: pgtest.OSUser(t), ListenAddresses: "127.0.0.1", CPU: 1.5, MemoryBytes: 256 << 20})
-	if !rt.LimitsActive() {
-		t.Fatal("limits not active although the probe succeeded")
-	}
-	inst := Instance{Name: randName("rt-cg-"), DataDir: dir, Port: pgtest.FreePort(t), Settings: DefaultSettings}
-	if err := rt.Start(ctx, inst); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { rt.Kill(inst.Name, dir) })
-	pid, _ := rt.Running(dir)
-	groups := cgroupsOf(pid, inst.Name)
-	if len(groups) == 0 {
-		raw, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
-		t.Fatalf("postmaster %d is in no thinlab cgroup: %s", pid, raw)
-	}
-	for _, child := range descendants(pid) {
-		if len(cgroupsOf(child, inst.Name)) != len(groups) {
-			t.Errorf("child %d of the postmaster is not in the clone's cgroups", child)
-		}
-	}
-	checked := 0
-	for _, g := range groups {
-		for file, want := range map[string]string{
-			"memory.limit_in_bytes": strconv.Itoa(256 << 20),
-			"cpu.cfs_quota_us":      "150000",
-			"memory.max":            strconv.Itoa(256 << 20),
-			"cpu.max":               "150000 100000",
-		} {
-			raw, err := os.ReadFile(filepath.Join(g, file))
-			if err != nil {
-				continue
-			}
-			checked++
-			if got := strings.TrimSpace(string(raw)); got != want {
-				t.Errorf("%s/%s = %s, want %s", g, file, got, want)
-			}
-		}
-	}
-	if checked < 2 {
-		t.Fatalf("found %d limit files in %v, want memory and cpu", checked, groups)
-	}
-	if err := rt.Stop(ctx, inst.Name, dir, "immediate"); err != nil {
-		t.Fatal(err)
-	}
-	for _, g := range groups {
-		if _, err := os.Stat(g); !os.IsNotExist(err) {
-			t.Errorf("cgroup %s left behind after stop (%v)", g, err)
-		}
 	}
 }

@@ -77,7 +77,10 @@ func KillClones(p storage.Pool) {
 	for _, c := range clones {
 		for _, pr := range procs {
 			if strings.HasPrefix(pr.DataDir, c.Mountpoint+"/") {
-				runtime.New(runtime.Options{}).KillPID(pr.PID)
+				// Without limits New cannot fail.
+				if rt, err := runtime.New(runtime.Options{}); err == nil {
+					rt.KillPID(pr.PID)
+				}
 			}
 		}
 		p.DestroyClone(context.Background(), c.Name)
