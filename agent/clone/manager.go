@@ -757,14 +757,14 @@ func (m *Manager) instance(spec record, dataDir string) runtime.Instance {
 
 func (m *Manager) socketConnect(dataDir string, port int) func(ctx context.Context, db string) (*pgx.Conn, error) {
 	return func(ctx context.Context, db string) (*pgx.Conn, error) {
-		return pgx.Connect(ctx, m.rt.SocketConnString(dataDir, port, bootstrapSuperuser, db))
+		return pgcluster.Connect(ctx, m.rt.SocketConnString(dataDir, port, bootstrapSuperuser, db))
 	}
 }
 
 // checkLogin is the readiness check: the clone's user logs in over TCP
 // with its password and runs a query.
 func (m *Manager) checkLogin(ctx context.Context, spec record) error {
-	cc, err := pgx.ParseConfig(fmt.Sprintf("host=%s port=%d user=%s dbname=%s sslmode=disable connect_timeout=10", m.connectHost, spec.Port, spec.Username, spec.DBName))
+	cc, err := pgcluster.SessionConfig(fmt.Sprintf("host=%s port=%d user=%s dbname=%s sslmode=disable connect_timeout=10", m.connectHost, spec.Port, spec.Username, spec.DBName))
 	if err != nil {
 		return err
 	}

@@ -1,0 +1,136 @@
+package clone_test
+
+import (
+	"errors"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/thinlab/thinlab/agent/clone"
+)
+
+// searchPathTrap plants, in the connected database, functions, an
+// aggregate, operators and a view that shadow what the agent's superuser
+// sessions call, each making bob a superuser when a superuser runs it
+// (SECURITY INVOKER, the default), and points the database's search_path
+// at them. A database owner can do all of it: bob, a restricted clone
+// user, owns every database of his clone, and so does whoever owns the
+// source database a snapshot was copied from.
+var searchPathTrap = []string{
+	`CREATE SCHEMA evil`,
+	`CREATE FUNCTION evil.escalate() RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN
+  IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname OPERATOR(pg_catalog.=) 'bob') THEN
+    EXECUTE 'ALTER ROLE bob SUPERUSER';
+  END IF;
+  RETURN true;
+END $$`,
+	`CREATE FUNCTION evil.pg_backend_pid() RETURNS integer LANGUAGE plpgsql AS $$
+BEGIN PERFORM evil.escalate(); RETURN pg_catalog.pg_backend_pid(); END $$`,
+	`CREATE FUNCTION evil.current_setting(text) RETURNS text LANGUAGE plpgsql AS $$
+BEGIN PERFORM evil.escalate(); RETURN pg_catalog.current_setting($1); END $$`,
+	`CREATE FUNCTION evil.format(text, text, text) RETURNS text LANGUAGE plpgsql AS $$
+BEGIN PERFORM evil.escalate(); RETURN pg_catalog.format($1, $2, $3); END $$`,
+	`CREATE FUNCTION evil.cnt(bigint) RETURNS bigint LANGUAGE plpgsql AS $$
+BEGIN PERFORM evil.escalate(); RETURN $1 OPERATOR(pg_catalog.+) 1; END $$`,
+	`CREATE AGGREGATE evil.count(*) (sfunc = evil.cnt, stype = bigint, initcond = '0')`,
+	`CREATE FUNCTION evil.ne(integer, integer) RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN PERFORM evil.escalate(); RETURN $1 OPERATOR(pg_catalog.<>) $2; END $$`,
+	`CREATE OPERATOR evil.<> (leftarg = integer, rightarg = integer, function = evil.ne)`,
+	`CREATE FUNCTION evil.eq(text, text) RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN PERFORM evil.escalate(); RETURN $1 OPERATOR(pg_catalog.=) $2; END $$`,
+	`CREATE OPERATOR evil.= (leftarg = text, rightarg = text, function = evil.eq)`,
+	`CREATE VIEW evil.pg_stat_activity AS SELECT * FROM pg_catalog.pg_stat_activity WHERE evil.escalate()`,
+	`CREATE VIEW evil.pg_roles AS SELECT * FROM pg_catalog.pg_roles WHERE evil.escalate()`,
+	`CREATE VIEW evil.pg_database AS SELECT * FROM pg_catalog.pg_database WHERE evil.escalate()`,
+	`GRANT USAGE ON SCHEMA evil TO PUBLIC`,
+	`ALTER DATABASE postgres SET search_path = evil, pg_catalog`,
+}
+
+// TestSearchPathTrapIsHarmless runs the attack of issue 8: a restricted
+// clone user (and, separately, the owner of the source database) plants a
+// search_path trap in the clone's "postgres" database; the agent's idle
+// check, restart, readiness check, create and reset must not spring it.
+func TestSearchPathTrapIsHarmless(t *testing.T) {
+	e := newEnv(t, 3)
+	trapped := e.addSnapshot(searchPathTrap...)
+	m := e.manager()
+	defer m.Close()
+
+	isSuper := func(c clone.Clone) string {
+		t.Helper()
+		return e.query(c, `SELECT rolsuper::pg_catalog.text FROM pg_catalog.pg_roles WHERE rolname OPERATOR(pg_catalog.=) 'bob'`)
+	}
+	assertNotSuper := func(c clone.Clone, after string) {
+		t.Helper()
+		if got := isSuper(c); got != "false" {
+			t.Fatalf("after %s bob's rolsuper = %s, want false: an agent superuser session ran bob's trap", after, got)
+		}
+	}
+
+	// 1. bob plants the trap himself in a clean clone.
+	r := e.req("trap1")
+	r.Username = "bob"
+	r.Restricted = true
+	r.SnapshotID = e.snaps[0].ID
+	c := e.create(m, r)
+	for _, q := range searchPathTrap {
+		e.exec(c, q)
+	}
+	// The trap is armed: in a new session bob's own unqualified call
+	// reaches evil.pg_backend_pid(), whose ALTER ROLE he may not run.
+	conn, err := e.connect(c, "bob", goodPassword, "postgres")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pgErr *pgconn.PgError
+	if _, err := conn.Exec(e.ctx, "SELECT pg_backend_pid()"); !errors.As(err, &pgErr) || pgErr.Code != "42501" {
+		t.Fatalf("the trap is not armed: unqualified pg_backend_pid() as bob gave %v, want permission denied (42501) from evil.escalate", err)
+	}
+	conn.Close(e.ctx)
+
+	// Idle check (counts client backends as superuser).
+	if got := m.CheckIdle(e.ctx); len(got) != 0 {
+		t.Fatalf("idle check deleted %v", got)
+	}
+	assertNotSuper(c, "the idle check")
+
+	// Restart of a dead postgres, with its readiness check.
+	pid := postmasterOf(t, mountOf(t, e, "trap1"))
+	if pid == 0 {
+		t.Fatal("no postmaster for clone trap1")
+	}
+	syscall.Kill(pid, syscall.SIGKILL)
+	for i := 0; i < 500 && syscall.Kill(pid, 0) == nil; i++ {
+		time.Sleep(10 * time.Millisecond)
+	}
+	m.CheckIdle(e.ctx)
+	if after, _ := m.Get("trap1"); after.Status != clone.StatusOK {
+		t.Fatalf("after restart clone trap1 is %s (%s), want OK", after.Status, after.StatusMessage)
+	}
+	assertNotSuper(c, "the restart")
+	m.CheckIdle(e.ctx)
+	assertNotSuper(c, "the idle check of the restarted clone")
+
+	// 2. The trap came with the snapshot (the source database's owner
+	// planted it): create and reset set up bob in a trapped database.
+	r = e.req("trap2")
+	r.Username = "bob"
+	r.Restricted = true
+	r.SnapshotID = trapped.ID
+	c2 := e.create(m, r)
+	assertNotSuper(c2, "create from a trapped snapshot")
+	m.CheckIdle(e.ctx)
+	assertNotSuper(c2, "the idle check of a clone of a trapped snapshot")
+	if _, err := m.Reset(e.ctx, "trap2", clone.ResetRequest{SnapshotID: trapped.ID}); err != nil {
+		t.Fatal(err)
+	}
+	c2 = e.wait(m, "trap2", clone.StatusOK)
+	assertNotSuper(c2, "reset to a trapped snapshot")
+
+	e.destroy(m, "trap1")
+	e.destroy(m, "trap2")
+	e.assertNoLeaks(m)
+}
