@@ -134,3 +134,36 @@ func TestSearchPathTrapIsHarmless(t *testing.T) {
 	e.destroy(m, "trap2")
 	e.assertNoLeaks(m)
 }
+
+// TestExtraConfAllowlist: allowlisted settings reach a real clone's
+// postgres (the refused ones are cases of TestBadRequestsLeaveNothing).
+func TestExtraConfAllowlist(t *testing.T) {
+	e := newEnv(t, 2)
+	m := e.manager()
+	defer m.Close()
+	conf := map[string]string{
+		"work_mem":                   "7MB",
+		"random_page_cost":           "1.1",
+		"enable_seqscan":             "off",
+		"statement_timeout":          "5s",
+		"jit":                        "off",
+		"log_min_duration_statement": "250",
+		"default_statistics_target":  "321",
+		"log_line_prefix":            "%m [%p] it's ",
+	}
+	r := e.req("conf1")
+	r.ExtraConf = conf
+	c := e.create(m, r)
+	want := map[string]string{
+		"work_mem": "7MB", "random_page_cost": "1.1", "enable_seqscan": "off", "statement_timeout": "5s",
+		"jit": "off", "log_min_duration_statement": "250ms", "default_statistics_target": "321",
+		"log_line_prefix": "%m [%p] it's ",
+	}
+	for name, v := range want {
+		if got := e.query(c, "SHOW "+name); got != v {
+			t.Errorf("SHOW %s in the clone = %q, want %q (from extra_conf)", name, got, v)
+		}
+	}
+	e.destroy(m, "conf1")
+	e.assertNoLeaks(m)
+}

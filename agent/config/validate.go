@@ -83,7 +83,7 @@ func (c *Config) Validate() error {
 		bad("provision.accessHost %q is not a host name or address", pr.AccessHost)
 	}
 	for k, v := range pr.CloneDefaults.Settings {
-		if err := runtime.ValidateSetting(k, v); err != nil {
+		if err := runtime.ValidateDefaultSetting(k, v); err != nil {
 			bad("provision.cloneDefaults.settings.%s: %v", k, err)
 		}
 	}
