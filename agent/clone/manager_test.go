@@ -235,7 +235,9 @@ func TestBadRequestsLeaveNothing(t *testing.T) {
 		{"extra port", func(r *clone.CreateRequest) { r.ExtraConf = map[string]string{"port": "1"} }, "extra_conf.port", nil, "portPool"},
 		{"extra newline", func(r *clone.CreateRequest) { r.ExtraConf = map[string]string{"work_mem": "1MB\nport=5"} }, "extra_conf.work_mem", nil, "control character"},
 		{"extra hba", func(r *clone.CreateRequest) { r.ExtraConf = map[string]string{"hba_file": "/etc/x"} }, "extra_conf.hba_file", nil, "pg_hba"},
-		{"extra shared_preload_libraries", func(r *clone.CreateRequest) { r.ExtraConf = map[string]string{"shared_preload_libraries": "/tmp/evil.so"} }, "extra_conf.shared_preload_libraries", nil, "shared_preload_libraries is not in the allowlist"},
+		{"extra shared_preload_libraries", func(r *clone.CreateRequest) {
+			r.ExtraConf = map[string]string{"shared_preload_libraries": "/tmp/evil.so"}
+		}, "extra_conf.shared_preload_libraries", nil, "shared_preload_libraries is not in the allowlist"},
 		{"extra session_preload_libraries", func(r *clone.CreateRequest) { r.ExtraConf = map[string]string{"session_preload_libraries": "evil"} }, "extra_conf.session_preload_libraries", nil, "session_preload_libraries is not in the allowlist"},
 		{"extra local_preload_libraries", func(r *clone.CreateRequest) { r.ExtraConf = map[string]string{"local_preload_libraries": "evil"} }, "extra_conf.local_preload_libraries", nil, "local_preload_libraries is not in the allowlist"},
 		{"extra jit_provider", func(r *clone.CreateRequest) { r.ExtraConf = map[string]string{"jit_provider": "/tmp/evil"} }, "extra_conf.jit_provider", nil, "jit_provider is not in the allowlist"},

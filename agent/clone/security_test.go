@@ -1,7 +1,12 @@
 package clone_test
 
 import (
+	"encoding/json"
 	"errors"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -165,5 +170,151 @@ func TestExtraConfAllowlist(t *testing.T) {
 		}
 	}
 	e.destroy(m, "conf1")
+	e.assertNoLeaks(m)
+}
+
+// stateFile reads the clone state file as the agent wrote it.
+func (e *env) stateFile() (string, []map[string]any) {
+	e.t.Helper()
+	raw, err := os.ReadFile(filepath.Join(e.cfg.StateDir, clone.StateFile))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	var doc struct {
+		Clones []map[string]any `json:"clones"`
+	}
+	if err := json.Unmarshal(raw, &doc); err != nil {
+		e.t.Fatal(err)
+	}
+	return string(raw), doc.Clones
+}
+
+// assertNoPlaintext fails when the state file holds the password or a
+// clone without its verifier.
+func (e *env) assertNoPlaintext(after string) {
+	e.t.Helper()
+	raw, recs := e.stateFile()
+	if strings.Contains(raw, goodPassword) || strings.Contains(raw, `"password"`) {
+		e.t.Fatalf("after %s the state file holds a plaintext password:\n%s", after, raw)
+	}
+	for _, r := range recs {
+		if v, _ := r["passwordVerifier"].(string); !strings.HasPrefix(v, "SCRAM-SHA-256$4096:") {
+			e.t.Fatalf("after %s clone %v has no SCRAM verifier in the state: %q", after, r["id"], v)
+		}
+	}
+}
+
+func (e *env) assertLogin(m *clone.Manager, id, after string) {
+	e.t.Helper()
+	c, err := m.Get(id)
+	if err != nil || c.Status != clone.StatusOK {
+		e.t.Fatalf("after %s clone %s: %+v %v, want OK", after, id, c, err)
+	}
+	conn, err := e.connect(c, c.Username, goodPassword, c.DBName)
+	if err != nil {
+		e.t.Fatalf("after %s the clone's password no longer logs in: %v", after, err)
+	}
+	conn.Close(e.ctx)
+	if conn, err := e.connect(c, c.Username, goodPassword+"x", c.DBName); err == nil {
+		conn.Close(e.ctx)
+		e.t.Fatalf("after %s a wrong password logs in", after)
+	}
+}
+
+func killPostmaster(t *testing.T, e *env, id string) {
+	t.Helper()
+	pid := postmasterOf(t, mountOf(t, e, id))
+	if pid == 0 {
+		t.Fatalf("no postmaster for clone %s", id)
+	}
+	syscall.Kill(pid, syscall.SIGKILL)
+	for i := 0; i < 500 && syscall.Kill(pid, 0) == nil; i++ {
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestStateHoldsVerifiersOnly: the state file never holds the clone's
+// password, only its SCRAM verifier, and the same password logs in after a
+// reset, a restart of the clone's postgres by a new agent, and a restart
+// by the idle loop (readiness probed without the password).
+func TestStateHoldsVerifiersOnly(t *testing.T) {
+	e := newEnv(t, 2)
+	s2 := e.addSnapshot("UPDATE t SET v = 'two'")
+	m := e.manager()
+	e.create(m, e.req("pw1"))
+	e.assertNoPlaintext("create")
+	e.assertLogin(m, "pw1", "create")
+
+	if _, err := m.Reset(e.ctx, "pw1", clone.ResetRequest{SnapshotID: s2.ID}); err != nil {
+		t.Fatal(err)
+	}
+	e.wait(m, "pw1", clone.StatusOK)
+	e.assertNoPlaintext("reset")
+	e.assertLogin(m, "pw1", "reset")
+	if err := m.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	// A new agent finds the clone's postgres dead and restarts it.
+	killPostmaster(t, e, "pw1")
+	m = e.manager()
+	defer m.Close()
+	e.assertLogin(m, "pw1", "an agent restart")
+	e.assertNoPlaintext("an agent restart")
+	killPostmaster(t, e, "pw1")
+	m.CheckIdle(e.ctx)
+	e.assertLogin(m, "pw1", "a restart by the idle loop")
+
+	// The probe really compares: once the user changed its password, the
+	// restarted clone no longer passes the readiness check.
+	c, _ := m.Get("pw1")
+	// (synchronously: the clone runs with synchronous_commit off and its
+	// postgres is killed right after)
+	e.exec(c, "SET synchronous_commit = on; ALTER ROLE alice PASSWORD 'Another-Long-Password-99'")
+	killPostmaster(t, e, "pw1")
+	m.CheckIdle(e.ctx)
+	if c, _ := m.Get("pw1"); c.Status != clone.StatusFatal || !strings.Contains(c.StatusMessage, "not the one the agent set") {
+		t.Fatalf("after the user changed its password a restart gave %s (%s), want FATAL: the readiness probe does not check the verifier", c.Status, c.StatusMessage)
+	}
+	e.destroy(m, "pw1")
+	e.assertNoLeaks(m)
+}
+
+// TestStateMigratesPlaintextPasswords: a state file written before
+// verifiers (a "password" in plaintext) is rewritten with the verifier the
+// running clone already has, so later restarts probe it successfully.
+func TestStateMigratesPlaintextPasswords(t *testing.T) {
+	e := newEnv(t, 3)
+	m := e.manager()
+	e.create(m, e.req("old1"))
+	e.create(m, e.req("old2"))
+	if err := m.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// Turn the state into the old format.
+	raw, _ := e.stateFile()
+	old := regexp.MustCompile(`"passwordVerifier": "[^"]*"`).ReplaceAllString(raw, `"password": "`+goodPassword+`"`)
+	if !strings.Contains(old, goodPassword) {
+		t.Fatal("could not write an old-format state file")
+	}
+	if err := os.WriteFile(filepath.Join(e.cfg.StateDir, clone.StateFile), []byte(old), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	killPostmaster(t, e, "old2") // restored from the old state while dead
+
+	m = e.manager()
+	defer m.Close()
+	e.assertNoPlaintext("migration")
+	e.assertLogin(m, "old1", "migration")
+	e.assertLogin(m, "old2", "migration")
+	// Restarts now rely on the verifier alone.
+	for _, id := range []string{"old1", "old2"} {
+		killPostmaster(t, e, id)
+		m.CheckIdle(e.ctx)
+		e.assertLogin(m, id, "a restart after migration")
+	}
+	e.assertNoPlaintext("restarts after migration")
+	e.destroy(m, "old1")
+	e.destroy(m, "old2")
 	e.assertNoLeaks(m)
 }

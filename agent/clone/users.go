@@ -54,10 +54,9 @@ const bootstrapSuperuser = "postgres"
 // clone's user with the password's SCRAM verifier, gives every other login
 // role a random password, and for a restricted user hands it ownership of
 // every database and the objects in them.
-func setupUser(ctx context.Context, connect func(ctx context.Context, db string) (*pgx.Conn, error), username, password string, restricted bool) error {
-	verifier, err := scramVerifier(password)
-	if err != nil {
-		return err
+func setupUser(ctx context.Context, connect func(ctx context.Context, db string) (*pgx.Conn, error), username, verifier string, restricted bool) error {
+	if _, err := parseVerifier(verifier); err != nil {
+		return fmt.Errorf("user %s: %w", username, err)
 	}
 	other, err := randomVerifier()
 	if err != nil {
