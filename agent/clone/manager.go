@@ -719,7 +719,7 @@ func (m *Manager) build(ctx context.Context, spec record, fresh bool) (string, e
 		return mount, err
 	}
 	t3 := time.Now()
-	if err := m.checkLogin(ctx, spec); err != nil {
+	if err := m.checkLogin(ctx, spec, dataDir); err != nil {
 		return mount, err
 	}
 	m.log.Debug("clone built", "clone", spec.ID, "dataset", t1.Sub(t0), "postgres", t2.Sub(t1), "user", t3.Sub(t2), "login", time.Since(t3))
@@ -772,9 +772,9 @@ func (m *Manager) socketConnect(dataDir string, port int) func(ctx context.Conte
 // restart: the agent keeps only the verifier) the bootstrap superuser
 // checks over the socket that the database exists, and a SCRAM login
 // started over TCP must present the salt of the user's verifier.
-func (m *Manager) checkLogin(ctx context.Context, spec record) error {
+func (m *Manager) checkLogin(ctx context.Context, spec record, dataDir string) error {
 	if spec.password == "" {
-		return m.checkVerifierLogin(ctx, spec)
+		return m.checkVerifierLogin(ctx, spec, dataDir)
 	}
 	cc, err := pgcluster.SessionConfig(fmt.Sprintf("host=%s port=%d user=%s dbname=%s sslmode=disable connect_timeout=10", m.connectHost, spec.Port, spec.Username, spec.DBName))
 	if err != nil {
@@ -802,8 +802,7 @@ func (m *Manager) checkLogin(ctx context.Context, spec record) error {
 	return fmt.Errorf("clone user %s cannot log in over TCP to database %s: %w", spec.Username, spec.DBName, lastErr)
 }
 
-func (m *Manager) checkVerifierLogin(ctx context.Context, spec record) error {
-	dataDir := filepath.Join(spec.Mountpoint, storage.DataSubdir)
+func (m *Manager) checkVerifierLogin(ctx context.Context, spec record, dataDir string) error {
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	conn, err := m.socketConnect(dataDir, spec.Port)(cctx, spec.DBName)

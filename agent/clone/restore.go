@@ -218,7 +218,7 @@ func (m *Manager) restartClone(ctx context.Context, r *record) {
 	defer cancel()
 	err := m.rt.Start(sctx, m.instance(spec, dataDir))
 	if err == nil {
-		err = m.checkLogin(sctx, spec)
+		err = m.checkLogin(sctx, spec, dataDir)
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()

@@ -143,7 +143,7 @@ func TestSearchPathTrapIsHarmless(t *testing.T) {
 // TestExtraConfAllowlist: allowlisted settings reach a real clone's
 // postgres (the refused ones are cases of TestBadRequestsLeaveNothing).
 func TestExtraConfAllowlist(t *testing.T) {
-	e := newEnv(t, 2)
+	e := newEnv(t, 3)
 	m := e.manager()
 	defer m.Close()
 	conf := map[string]string{
