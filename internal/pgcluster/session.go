@@ -20,6 +20,17 @@ const SafeSearchPath = "pg_catalog,pg_temp"
 // for the libpq command-line tools.
 const SafeOptions = "-c search_path=" + SafeSearchPath
 
+// pinnedSettings are the other settings a database owner could impose on
+// the agent's sessions through ALTER DATABASE ... SET.
+var pinnedSettings = map[string]string{
+	"statement_timeout":                   "0",
+	"lock_timeout":                        "0",
+	"idle_in_transaction_session_timeout": "0",
+	"default_transaction_read_only":       "off",
+	"default_transaction_isolation":       "read committed",
+	"role":                                "none",
+}
+
 // SessionConfig parses a libpq connection string for an agent session and
 // pins its search_path to SafeSearchPath. Every agent connection goes
 // through it (or Connect) so that none is missed.
@@ -37,6 +48,12 @@ func SessionConfig(connString string) (*pgx.ConnConfig, error) {
 		return nil, fmt.Errorf("connection options must not set search_path: the agent pins it to %s", SafeSearchPath)
 	}
 	cc.RuntimeParams["search_path"] = SafeSearchPath
+	// A database owner can also set these for everyone who connects;
+	// they would stall or break the agent's own work (idle checks that
+	// always fail keep a clone from ever being idle-deleted).
+	for k, v := range pinnedSettings {
+		cc.RuntimeParams[k] = v
+	}
 	return cc, nil
 }
 
