@@ -113,7 +113,8 @@ func (m *Manager) clientConnections(ctx context.Context, dataDir string, port in
 	}
 	defer conn.Close(context.Background())
 	var n int
-	err = conn.QueryRow(cctx, `SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()`).Scan(&n)
+	err = conn.QueryRow(cctx, `SELECT pg_catalog.count(*) FROM pg_catalog.pg_stat_activity
+	  WHERE backend_type OPERATOR(pg_catalog.=) 'client backend' AND pid OPERATOR(pg_catalog.<>) pg_catalog.pg_backend_pid()`).Scan(&n)
 	return n, err
 }
 

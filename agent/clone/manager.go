@@ -132,7 +132,7 @@ func NewManager(ctx context.Context, opt Options) (*Manager, error) {
 	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
 		return nil, fmt.Errorf("stateDir: %w", err)
 	}
-	// The state holds passwords.
+	// The state holds password verifiers.
 	if err := os.Chmod(cfg.StateDir, 0o700); err != nil {
 		return nil, fmt.Errorf("stateDir: %w", err)
 	}
@@ -551,6 +551,10 @@ func (m *Manager) Create(ctx context.Context, r CreateRequest) (Clone, error) {
 	if err := validateExtraConf(r.ExtraConf); err != nil {
 		return Clone{}, err
 	}
+	verifier, err := scramVerifier(r.Password)
+	if err != nil {
+		return Clone{}, err
+	}
 	snap, err := m.resolveSnapshot(ctx, r.SnapshotID)
 	if err != nil {
 		return Clone{}, err
@@ -568,7 +572,7 @@ func (m *Manager) Create(ctx context.Context, r CreateRequest) (Clone, error) {
 		StatusMessage: MessageCreating,
 		DBName:        dbName,
 		Username:      r.Username,
-		Password:      r.Password,
+		Verifier:      verifier,
 		Restricted:    r.Restricted,
 		CreatedAt:     now,
 		LastActivity:  now,
@@ -605,6 +609,8 @@ func (m *Manager) Create(ctx context.Context, r CreateRequest) (Clone, error) {
 	m.clones[id] = rec
 	m.changedLocked()
 	spec := *rec
+	// Only this create's readiness check sees the plaintext.
+	spec.password = r.Password
 	view := m.view(rec)
 	m.ops.Add(1)
 	m.mu.Unlock()
@@ -716,11 +722,11 @@ func (m *Manager) build(ctx context.Context, spec record, fresh bool) (string, e
 		m.save()
 	}
 	t2 := time.Now()
-	if err := setupUser(ctx, m.socketConnect(dataDir, spec.Port), spec.Username, spec.Password, spec.Restricted); err != nil {
+	if err := setupUser(ctx, m.socketConnect(dataDir, spec.Port), spec.Username, spec.Verifier, spec.Restricted); err != nil {
 		return mount, err
 	}
 	t3 := time.Now()
-	if err := m.checkLogin(ctx, spec); err != nil {
+	if err := m.checkLogin(ctx, spec, dataDir); err != nil {
 		return mount, err
 	}
 	m.log.Debug("clone built", "clone", spec.ID, "dataset", t1.Sub(t0), "postgres", t2.Sub(t1), "user", t3.Sub(t2), "login", time.Since(t3))
@@ -764,18 +770,24 @@ func (m *Manager) instance(spec record, dataDir string) runtime.Instance {
 
 func (m *Manager) socketConnect(dataDir string, port int) func(ctx context.Context, db string) (*pgx.Conn, error) {
 	return func(ctx context.Context, db string) (*pgx.Conn, error) {
-		return pgx.Connect(ctx, m.rt.SocketConnString(dataDir, port, bootstrapSuperuser, db))
+		return pgcluster.Connect(ctx, m.rt.SocketConnString(dataDir, port, bootstrapSuperuser, db))
 	}
 }
 
 // checkLogin is the readiness check: the clone's user logs in over TCP
-// with its password and runs a query.
-func (m *Manager) checkLogin(ctx context.Context, spec record) error {
-	cc, err := pgx.ParseConfig(fmt.Sprintf("host=%s port=%d user=%s dbname=%s sslmode=disable connect_timeout=10", m.connectHost, spec.Port, spec.Username, spec.DBName))
+// with its password and runs a query. Without the password (a reset, or a
+// restart: the agent keeps only the verifier) the bootstrap superuser
+// checks over the socket that the database exists, and a SCRAM login
+// started over TCP must present the salt of the user's verifier.
+func (m *Manager) checkLogin(ctx context.Context, spec record, dataDir string) error {
+	if spec.password == "" {
+		return m.checkVerifierLogin(ctx, spec, dataDir)
+	}
+	cc, err := pgcluster.SessionConfig(fmt.Sprintf("host=%s port=%d user=%s dbname=%s sslmode=disable connect_timeout=10", m.connectHost, spec.Port, spec.Username, spec.DBName))
 	if err != nil {
 		return err
 	}
-	cc.Password = spec.Password
+	cc.Password = spec.password
 	var lastErr error
 	for attempt := 0; attempt < 20; attempt++ {
 		conn, err := pgx.ConnectConfig(ctx, cc)
@@ -795,6 +807,29 @@ func (m *Manager) checkLogin(ctx context.Context, spec record) error {
 		time.Sleep(50 * time.Millisecond)
 	}
 	return fmt.Errorf("clone user %s cannot log in over TCP to database %s: %w", spec.Username, spec.DBName, lastErr)
+}
+
+func (m *Manager) checkVerifierLogin(ctx context.Context, spec record, dataDir string) error {
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	conn, err := m.socketConnect(dataDir, spec.Port)(cctx, spec.DBName)
+	if err != nil {
+		return fmt.Errorf("clone database %s is not reachable: %w", spec.DBName, err)
+	}
+	conn.Close(context.Background())
+	var lastErr error
+	for attempt := 0; attempt < 20; attempt++ {
+		lastErr = probeSCRAM(cctx, net.JoinHostPort(m.connectHost, strconv.Itoa(spec.Port)), spec.Username, spec.DBName, spec.Verifier)
+		var ne net.Error
+		if lastErr == nil || !errors.As(lastErr, &ne) || cctx.Err() != nil {
+			break // the server answered: retrying will not help
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if lastErr != nil {
+		return fmt.Errorf("clone user %s cannot log in over TCP to database %s: %w", spec.Username, spec.DBName, lastErr)
+	}
+	return nil
 }
 
 // teardown stops postgres in the clone's dataset and destroys the dataset

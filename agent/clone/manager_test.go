@@ -235,6 +235,15 @@ func TestBadRequestsLeaveNothing(t *testing.T) {
 		{"extra port", func(r *clone.CreateRequest) { r.ExtraConf = map[string]string{"port": "1"} }, "extra_conf.port", nil, "portPool"},
 		{"extra newline", func(r *clone.CreateRequest) { r.ExtraConf = map[string]string{"work_mem": "1MB\nport=5"} }, "extra_conf.work_mem", nil, "control character"},
 		{"extra hba", func(r *clone.CreateRequest) { r.ExtraConf = map[string]string{"hba_file": "/etc/x"} }, "extra_conf.hba_file", nil, "pg_hba"},
+		{"extra shared_preload_libraries", func(r *clone.CreateRequest) {
+			r.ExtraConf = map[string]string{"shared_preload_libraries": "/tmp/evil.so"}
+		}, "extra_conf.shared_preload_libraries", nil, "shared_preload_libraries is not in the allowlist"},
+		{"extra session_preload_libraries", func(r *clone.CreateRequest) { r.ExtraConf = map[string]string{"session_preload_libraries": "evil"} }, "extra_conf.session_preload_libraries", nil, "session_preload_libraries is not in the allowlist"},
+		{"extra local_preload_libraries", func(r *clone.CreateRequest) { r.ExtraConf = map[string]string{"local_preload_libraries": "evil"} }, "extra_conf.local_preload_libraries", nil, "local_preload_libraries is not in the allowlist"},
+		{"extra jit_provider", func(r *clone.CreateRequest) { r.ExtraConf = map[string]string{"jit_provider": "/tmp/evil"} }, "extra_conf.jit_provider", nil, "jit_provider is not in the allowlist"},
+		{"extra ssl_passphrase_command", func(r *clone.CreateRequest) { r.ExtraConf = map[string]string{"ssl_passphrase_command": "sh -c id"} }, "extra_conf.ssl_passphrase_command", nil, "ssl_passphrase_command is not in the allowlist"},
+		{"extra recovery_end_command", func(r *clone.CreateRequest) { r.ExtraConf = map[string]string{"recovery_end_command": "sh -c id"} }, "extra_conf.recovery_end_command", nil, "recovery_end_command is not in the allowlist"},
+		{"extra quote", func(r *clone.CreateRequest) { r.ExtraConf = map[string]string{"work_mem": "1MB' port='5"} }, "extra_conf.work_mem", nil, "not a valid value"},
 	}
 	for _, tc := range cases {
 		r := e.req("bad1")
@@ -279,12 +288,14 @@ func TestBadRequestsLeaveNothing(t *testing.T) {
 		t.Fatalf("fatal clone: %+v", c)
 	}
 	r = e.req("fatal2")
-	r.ExtraConf = map[string]string{"no_such_setting": "1"}
+	// An allowlisted setting with a value of the right shape that
+	// postgres still refuses (an unknown unit).
+	r.ExtraConf = map[string]string{"work_mem": "5XB"}
 	if _, err := m.Create(e.ctx, r); err != nil {
 		t.Fatal(err)
 	}
 	c = e.wait(m, "fatal2", clone.StatusFatal)
-	if !strings.Contains(c.StatusMessage, "no_such_setting") {
+	if !strings.Contains(c.StatusMessage, "work_mem") {
 		t.Fatalf("fatal clone: %+v", c)
 	}
 	clones, _ := e.pool.Clones(e.ctx)

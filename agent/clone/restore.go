@@ -47,6 +47,17 @@ func (m *Manager) restore(ctx context.Context) error {
 		running[p.DataDir] = p.PID
 	}
 
+	// State files written before verifiers hold the plaintext password:
+	// keep it in memory for this restore (readiness checks log in with it)
+	// and store only a verifier from now on.
+	var migrate []*record
+	for _, r := range recs {
+		if r.Password != "" {
+			r.password, r.Password = r.Password, ""
+			migrate = append(migrate, r)
+		}
+	}
+
 	var restart, rebuild, finishDelete []*record
 	usedPorts := map[int]string{}
 	for _, r := range recs {
@@ -74,7 +85,7 @@ func (m *Manager) restore(ctx context.Context) error {
 		case StatusCreating, StatusResetting:
 			// The agent died mid-operation: clear what was half made and
 			// build it again (the record has everything, including the
-			// password).
+			// password verifier).
 			rebuild = append(rebuild, r)
 		case StatusDeleting:
 			finishDelete = append(finishDelete, r)
@@ -146,6 +157,11 @@ func (m *Manager) restore(ctx context.Context) error {
 		}(r)
 	}
 	wg.Wait()
+	for _, r := range migrate {
+		if err := m.migratePassword(ctx, r); err != nil {
+			return err
+		}
+	}
 
 	for _, r := range rebuild {
 		m.log.Info("finishing a clone operation interrupted by an agent restart", "clone", r.ID, "status", r.Status)
@@ -178,6 +194,9 @@ func (m *Manager) restore(ctx context.Context) error {
 		}()
 	}
 	m.mu.Lock()
+	for _, r := range recs {
+		r.password = ""
+	}
 	m.changedLocked()
 	m.mu.Unlock()
 	if err := m.save(); err != nil {
@@ -199,7 +218,7 @@ func (m *Manager) restartClone(ctx context.Context, r *record) {
 	defer cancel()
 	err := m.rt.Start(sctx, m.instance(spec, dataDir))
 	if err == nil {
-		err = m.checkLogin(sctx, spec)
+		err = m.checkLogin(sctx, spec, dataDir)
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -211,4 +230,38 @@ func (m *Manager) restartClone(ctx context.Context, r *record) {
 		r.LastActivity = m.now()
 	}
 	m.changedLocked()
+}
+
+// migratePassword gives a record read with a plaintext password its
+// verifier: the one the clone's role already has when it matches the
+// password (so that readiness probes of the running clone match its salt),
+// otherwise a new one (a reset or rebuild applies it).
+func (m *Manager) migratePassword(ctx context.Context, r *record) error {
+	if r.Status == StatusOK && r.Mountpoint != "" {
+		dataDir := filepath.Join(r.Mountpoint, storage.DataSubdir)
+		if _, alive := m.rt.Running(dataDir); alive {
+			cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			conn, err := m.socketConnect(dataDir, r.Port)(cctx, "postgres")
+			if err != nil {
+				conn, err = m.socketConnect(dataDir, r.Port)(cctx, "template1")
+			}
+			if err == nil {
+				var v string
+				if conn.QueryRow(cctx, `SELECT rolpassword FROM pg_catalog.pg_authid WHERE rolname OPERATOR(pg_catalog.=) $1`, r.Username).Scan(&v) == nil && verifierMatches(v, r.password) {
+					r.Verifier = v
+				}
+				conn.Close(context.Background())
+			}
+			cancel()
+		}
+	}
+	if r.Verifier == "" || !verifierMatches(r.Verifier, r.password) {
+		v, err := scramVerifier(r.password)
+		if err != nil {
+			return err
+		}
+		r.Verifier = v
+	}
+	m.log.Info("clone state migrated: the plaintext password is replaced by its SCRAM verifier", "clone", r.ID)
+	return nil
 }

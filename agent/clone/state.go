@@ -10,22 +10,28 @@ import (
 )
 
 // StateFile is the clones' state inside the state directory. It holds the
-// clone users' passwords (a reset recreates the user with the same
-// credentials), so it is written 0600 in a 0700 directory.
+// SCRAM-SHA-256 verifiers of the clone users' passwords (a reset recreates
+// the user with the same credentials), never the passwords, and is written
+// 0600 in a 0700 directory.
 const StateFile = "clones.json"
 
 // record is one clone as persisted.
 type record struct {
-	ID            string            `json:"id"`
-	Pool          string            `json:"pool"`
-	SnapshotID    string            `json:"snapshotId"`
-	Status        StatusCode        `json:"status"`
-	StatusMessage string            `json:"statusMessage"`
-	Port          int               `json:"port"`
-	Mountpoint    string            `json:"mountpoint,omitempty"`
-	DBName        string            `json:"dbName"`
-	Username      string            `json:"username"`
-	Password      string            `json:"password"`
+	ID            string     `json:"id"`
+	Pool          string     `json:"pool"`
+	SnapshotID    string     `json:"snapshotId"`
+	Status        StatusCode `json:"status"`
+	StatusMessage string     `json:"statusMessage"`
+	Port          int        `json:"port"`
+	Mountpoint    string     `json:"mountpoint,omitempty"`
+	DBName        string     `json:"dbName"`
+	Username      string     `json:"username"`
+	// Verifier is the SCRAM-SHA-256 verifier of the user's password: all
+	// a reset needs to give the user the same password again.
+	Verifier string `json:"passwordVerifier,omitempty"`
+	// Password is only read, from state files written before verifiers
+	// (it held the plaintext); restore replaces it with Verifier.
+	Password      string            `json:"password,omitempty"`
 	Restricted    bool              `json:"restricted"`
 	Protected     bool              `json:"protected"`
 	ProtectedTill time.Time         `json:"protectedTill"`
@@ -35,6 +41,10 @@ type record struct {
 	CloningTime   time.Duration     `json:"cloningTime"`
 	ExtraConf     map[string]string `json:"extraConf,omitempty"`
 	LogicalSize   uint64            `json:"logicalSize"`
+	// password is the plaintext, in memory only, while a create (or a
+	// restore migrating an old state file) still has it: the readiness
+	// check then logs in with it instead of probing the verifier.
+	password string
 	// opStart is when the running create/reset began (not persisted: an
 	// interrupted operation restarts its clock).
 	opStart time.Time

@@ -54,10 +54,9 @@ const bootstrapSuperuser = "postgres"
 // clone's user with the password's SCRAM verifier, gives every other login
 // role a random password, and for a restricted user hands it ownership of
 // every database and the objects in them.
-func setupUser(ctx context.Context, connect func(ctx context.Context, db string) (*pgx.Conn, error), username, password string, restricted bool) error {
-	verifier, err := scramVerifier(password)
-	if err != nil {
-		return err
+func setupUser(ctx context.Context, connect func(ctx context.Context, db string) (*pgx.Conn, error), username, verifier string, restricted bool) error {
+	if _, err := parseVerifier(verifier); err != nil {
+		return fmt.Errorf("user %s: %w", username, err)
 	}
 	other, err := randomVerifier()
 	if err != nil {
@@ -95,19 +94,19 @@ func setupUser(ctx context.Context, connect func(ctx context.Context, db string)
 	if _, err := conn.Exec(ctx, `
 DO $do$
 DECLARE
-  u text := current_setting('thinlab.user');
-  v text := current_setting('thinlab.verifier');
-  other text := current_setting('thinlab.other');
-  attrs text := current_setting('thinlab.attrs');
+  u text := pg_catalog.current_setting('thinlab.user');
+  v text := pg_catalog.current_setting('thinlab.verifier');
+  other text := pg_catalog.current_setting('thinlab.other');
+  attrs text := pg_catalog.current_setting('thinlab.attrs');
   r record;
 BEGIN
-  IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = u) THEN
-    EXECUTE format('ALTER ROLE %I WITH LOGIN '||attrs||' PASSWORD %L', u, v);
+  IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = u) THEN
+    EXECUTE pg_catalog.format('ALTER ROLE %I WITH LOGIN '||attrs||' PASSWORD %L', u, v);
   ELSE
-    EXECUTE format('CREATE ROLE %I WITH LOGIN '||attrs||' PASSWORD %L', u, v);
+    EXECUTE pg_catalog.format('CREATE ROLE %I WITH LOGIN '||attrs||' PASSWORD %L', u, v);
   END IF;
-  FOR r IN SELECT rolname FROM pg_roles WHERE rolcanlogin AND rolname <> u LOOP
-    EXECUTE format('ALTER ROLE %I PASSWORD %L', r.rolname, other);
+  FOR r IN SELECT rolname FROM pg_catalog.pg_roles WHERE rolcanlogin AND rolname <> u LOOP
+    EXECUTE pg_catalog.format('ALTER ROLE %I PASSWORD %L', r.rolname, other);
   END LOOP;
 END
 $do$`); err != nil {
@@ -116,7 +115,7 @@ $do$`); err != nil {
 	if !restricted {
 		return nil
 	}
-	rows, err := conn.Query(ctx, `SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate ORDER BY datname`)
+	rows, err := conn.Query(ctx, `SELECT datname FROM pg_catalog.pg_database WHERE datallowconn AND NOT datistemplate ORDER BY datname`)
 	if err != nil {
 		return err
 	}
@@ -126,7 +125,7 @@ $do$`); err != nil {
 	}
 	for _, db := range dbs {
 		var q string
-		if err := conn.QueryRow(ctx, `SELECT format('ALTER DATABASE %I OWNER TO %I', $1::text, $2::text)`, db, username).Scan(&q); err != nil {
+		if err := conn.QueryRow(ctx, `SELECT pg_catalog.format('ALTER DATABASE %I OWNER TO %I', $1::text, $2::text)`, db, username).Scan(&q); err != nil {
 			return err
 		}
 		if _, err := conn.Exec(ctx, q); err != nil {
@@ -164,58 +163,61 @@ $do$`); err != nil {
 const reassignSQL = `
 DO $do$
 DECLARE
-  owner text := current_setting('thinlab.owner');
+  owner text := pg_catalog.current_setting('thinlab.owner');
   r record;
 BEGIN
-  FOR r IN SELECT rolname FROM pg_roles
+  FOR r IN SELECT rolname FROM pg_catalog.pg_roles
            WHERE oid <> 10 AND rolname <> owner AND rolname NOT LIKE 'pg\_%'
-             AND (EXISTS (SELECT 1 FROM pg_shdepend d WHERE d.refobjid = pg_roles.oid AND d.deptype = 'o'
-                          AND d.dbid = (SELECT oid FROM pg_database WHERE datname = current_database()))) LOOP
-    EXECUTE format('REASSIGN OWNED BY %I TO %I', r.rolname, owner);
+             AND (EXISTS (SELECT 1 FROM pg_catalog.pg_shdepend d WHERE d.refobjid = pg_catalog.pg_roles.oid AND d.deptype = 'o'
+                          AND d.dbid = (SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database()))) LOOP
+    EXECUTE pg_catalog.format('REASSIGN OWNED BY %I TO %I', r.rolname, owner);
   END LOOP;
 
-  FOR r IN SELECT n.nspname FROM pg_namespace n
+  FOR r IN SELECT n.nspname FROM pg_catalog.pg_namespace n
            WHERE n.nspname NOT LIKE 'pg\_%' AND n.nspname <> 'information_schema'
              AND n.nspowner = 10
-             AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_namespace'::regclass AND d.objid = n.oid AND d.deptype = 'e') LOOP
-    EXECUTE format('ALTER SCHEMA %I OWNER TO %I', r.nspname, owner);
+             AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d WHERE d.classid = 'pg_catalog.pg_namespace'::pg_catalog.regclass AND d.objid = n.oid AND d.deptype = 'e') LOOP
+    EXECUTE pg_catalog.format('ALTER SCHEMA %I OWNER TO %I', r.nspname, owner);
   END LOOP;
 
-  FOR r IN SELECT c.oid::regclass AS rel, c.relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+  FOR r IN SELECT c.oid::pg_catalog.regclass AS rel, c.relkind FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
            WHERE c.relowner = 10 AND c.relkind IN ('r','p','v','m','f','S')
              AND n.nspname NOT LIKE 'pg\_%' AND n.nspname <> 'information_schema'
-             AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype IN ('e','a','i')) LOOP
+             AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.objid = c.oid AND d.deptype IN ('e','a','i')) LOOP
     IF r.relkind = 'S' THEN
-      EXECUTE format('ALTER SEQUENCE %s OWNER TO %I', r.rel, owner);
+      EXECUTE pg_catalog.format('ALTER SEQUENCE %s OWNER TO %I', r.rel, owner);
     ELSIF r.relkind IN ('v') THEN
-      EXECUTE format('ALTER VIEW %s OWNER TO %I', r.rel, owner);
+      EXECUTE pg_catalog.format('ALTER VIEW %s OWNER TO %I', r.rel, owner);
     ELSIF r.relkind = 'm' THEN
-      EXECUTE format('ALTER MATERIALIZED VIEW %s OWNER TO %I', r.rel, owner);
+      EXECUTE pg_catalog.format('ALTER MATERIALIZED VIEW %s OWNER TO %I', r.rel, owner);
     ELSIF r.relkind = 'f' THEN
-      EXECUTE format('ALTER FOREIGN TABLE %s OWNER TO %I', r.rel, owner);
+      EXECUTE pg_catalog.format('ALTER FOREIGN TABLE %s OWNER TO %I', r.rel, owner);
     ELSE
-      EXECUTE format('ALTER TABLE %s OWNER TO %I', r.rel, owner);
+      EXECUTE pg_catalog.format('ALTER TABLE %s OWNER TO %I', r.rel, owner);
     END IF;
   END LOOP;
 
-  FOR r IN SELECT p.oid::regprocedure AS fn, p.prokind FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+  FOR r IN SELECT p.oid::pg_catalog.regprocedure AS fn, p.prokind, n.nspname, p.proname,
+                  pg_catalog.pg_get_function_identity_arguments(p.oid) AS args FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
            WHERE p.proowner = 10 AND n.nspname NOT LIKE 'pg\_%' AND n.nspname <> 'information_schema'
-             AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass AND d.objid = p.oid AND d.deptype = 'e') LOOP
+             AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d WHERE d.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND d.objid = p.oid AND d.deptype = 'e') LOOP
     IF r.prokind = 'p' THEN
-      EXECUTE format('ALTER PROCEDURE %s OWNER TO %I', r.fn, owner);
+      EXECUTE pg_catalog.format('ALTER PROCEDURE %s OWNER TO %I', r.fn, owner);
     ELSIF r.prokind = 'a' THEN
-      EXECUTE format('ALTER AGGREGATE %s OWNER TO %I', r.fn, owner);
+      -- regprocedure shows count(*) as count(), which ALTER AGGREGATE refuses.
+      EXECUTE pg_catalog.format('ALTER AGGREGATE %I.%I(%s) OWNER TO %I', r.nspname, r.proname,
+                                CASE WHEN r.args OPERATOR(pg_catalog.=) '' THEN '*' ELSE r.args END, owner);
     ELSE
-      EXECUTE format('ALTER FUNCTION %s OWNER TO %I', r.fn, owner);
+      EXECUTE pg_catalog.format('ALTER FUNCTION %s OWNER TO %I', r.fn, owner);
     END IF;
   END LOOP;
 
-  FOR r IN SELECT t.oid::regtype AS typ FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
+  FOR r IN SELECT t.oid::pg_catalog.regtype AS typ FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace
            WHERE t.typowner = 10 AND t.typtype IN ('d','e','r','c','m') AND t.typelem = 0
-             AND (t.typrelid = 0 OR (SELECT relkind FROM pg_class WHERE oid = t.typrelid) = 'c')
+             AND (t.typrelid = 0 OR (SELECT relkind FROM pg_catalog.pg_class WHERE oid = t.typrelid) = 'c')
              AND n.nspname NOT LIKE 'pg\_%' AND n.nspname <> 'information_schema'
-             AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_type'::regclass AND d.objid = t.oid AND d.deptype IN ('e','i')) LOOP
-    EXECUTE format('ALTER TYPE %s OWNER TO %I', r.typ, owner);
+             AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d WHERE d.classid = 'pg_catalog.pg_type'::pg_catalog.regclass AND d.objid = t.oid AND d.deptype IN ('e','i')) LOOP
+    EXECUTE pg_catalog.format('ALTER TYPE %s OWNER TO %I', r.typ, owner);
   END LOOP;
 END
 $do$`

@@ -155,6 +155,13 @@ type Source struct {
 	Username    string `yaml:"username"`
 	Password    string `yaml:"password"`
 	PasswordEnv string `yaml:"passwordEnv"`
+	// SSLRootCert is the CA that signed the source server's certificate;
+	// with it SSLMode defaults to verify-full.
+	SSLRootCert string `yaml:"sslRootCert"`
+	// SSLMode is libpq's sslmode. Empty means verify-full with SSLRootCert,
+	// else libpq's prefer, which the agent logs as insecure (an attacker
+	// on the path can pose as the source and receive the password).
+	SSLMode string `yaml:"sslMode"`
 }
 
 // ResolvedPassword is Password, or the value of PasswordEnv.

@@ -83,7 +83,7 @@ func (c *Config) Validate() error {
 		bad("provision.accessHost %q is not a host name or address", pr.AccessHost)
 	}
 	for k, v := range pr.CloneDefaults.Settings {
-		if err := runtime.ValidateSetting(k, v); err != nil {
+		if err := runtime.ValidateDefaultSetting(k, v); err != nil {
 			bad("provision.cloneDefaults.settings.%s: %v", k, err)
 		}
 	}
@@ -133,6 +133,17 @@ func (c *Config) Validate() error {
 		}
 		if s.PasswordEnv != "" && !envNameRE.MatchString(s.PasswordEnv) {
 			bad("retrieval.source.passwordEnv %q is not an environment variable name", s.PasswordEnv)
+		}
+		switch s.SSLMode {
+		case "", "disable", "allow", "prefer", "require", "verify-ca", "verify-full":
+		default:
+			bad("retrieval.source.sslMode %q: use verify-full (with sslRootCert), verify-ca, require, prefer, allow or disable", s.SSLMode)
+		}
+		if s.SSLRootCert != "" && !filepath.IsAbs(s.SSLRootCert) {
+			bad("retrieval.source.sslRootCert %q must be an absolute path to the CA certificate (PEM)", s.SSLRootCert)
+		}
+		if (s.SSLMode == "verify-ca" || s.SSLMode == "verify-full") && s.SSLRootCert == "" && !strings.Contains(s.ConnStr, "sslrootcert") {
+			bad("retrieval.source.sslMode %s needs retrieval.source.sslRootCert: the CA certificate that signed the source server's", s.SSLMode)
 		}
 		if r.Pool != "" && !seen[r.Pool] {
 			bad("retrieval.pool %q is not one of pools[].name", r.Pool)

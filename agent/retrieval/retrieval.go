@@ -7,9 +7,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -75,6 +78,10 @@ type Retriever struct {
 	status  Status
 	running bool
 
+	// onStart, when set (tests), is called with each pg_dump and
+	// pg_restore process right after it starts.
+	onStart func(name string, pid int)
+
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -125,8 +132,12 @@ func New(opt Options) (*Retriever, error) {
 			return nil, fmt.Errorf("retrieval.refreshSchedule: %w", err)
 		}
 	}
-	if _, err := sourceParams(r.cfg.Source); err != nil {
+	params, err := sourceParams(r.cfg.Source)
+	if err != nil {
 		return nil, err
+	}
+	if why := insecureSSL(params); why != "" {
+		r.log.Warn("the retrieval source connection is insecure: set retrieval.source.sslRootCert (sslMode verify-full)", "reason", why)
 	}
 	// The last refresh is known from the pool itself: its newest snapshot
 	// made by a logical refresh.
@@ -328,8 +339,15 @@ func (r *Retriever) refresh(ctx context.Context) (Result, error) {
 			}
 		}
 	}
+	// pg_dump runs as the unprivileged OS user: the TLS files it needs
+	// are handed to it as private copies.
+	dumpParams, cleanup, err := r.privateCopies(params)
+	if err != nil {
+		return res, err
+	}
+	defer cleanup()
 	res.DumpStartedAt = time.Now().UTC().Truncate(time.Second)
-	if err := r.restoreAll(ctx, c, params, dbs, &res.Bytes); err != nil {
+	if err := r.restoreAll(ctx, c, dumpParams, dbs, &res.Bytes); err != nil {
 		return res, err
 	}
 	if err := c.Stop(ctx, "fast"); err != nil {
@@ -347,7 +365,7 @@ func (r *Retriever) refresh(ctx context.Context) (Result, error) {
 
 // restoreAll copies the databases, retrieval.jobs at a time.
 func (r *Retriever) restoreAll(ctx context.Context, c *pgcluster.Cluster, params map[string]string, dbs []string, total *int64) error {
-	local, err := pgx.Connect(ctx, c.SocketConnString(localPort, "postgres", "postgres"))
+	local, err := pgcluster.Connect(ctx, c.SocketConnString(localPort, "postgres", "postgres"))
 	if err != nil {
 		return err
 	}
@@ -394,16 +412,20 @@ func (r *Retriever) restoreAll(ctx context.Context, c *pgcluster.Cluster, params
 
 // copyDatabase streams pg_dump -Fc of one source database into pg_restore
 // on the pool's postgres through the agent: no dump touches the disk. The
-// source's credentials reach pg_dump only through its environment.
+// source's credentials reach pg_dump only through its environment; the
+// database names only as a quoted dbname in a connection string; both
+// programs run as the unprivileged OS user, never as root.
 func (r *Retriever) copyDatabase(ctx context.Context, c *pgcluster.Cluster, params map[string]string, db string) (int64, error) {
-	dump := exec.CommandContext(ctx, filepath.Join(r.binDir, "pg_dump"), "-Fc", "--no-sync", "-d", db)
-	dump.Env = append(os.Environ(), env(params)...)
+	dump := exec.CommandContext(ctx, filepath.Join(r.binDir, "pg_dump"), "-Fc", "--no-sync", "-d", conninfo(map[string]string{"dbname": db}))
+	dump.Env = append(r.baseEnv(), env(params)...)
 	dump.Dir = "/"
+	dump.SysProcAttr = &syscall.SysProcAttr{Credential: r.user.Credential()}
 	restore := exec.CommandContext(ctx, filepath.Join(r.binDir, "pg_restore"),
 		"--no-owner", "--no-acl", "--exit-on-error",
-		"-h", c.DataDir, "-p", fmt.Sprint(localPort), "-U", "postgres", "-d", db)
-	restore.Env = append(os.Environ(), "PGPASSWORD=", "PGPASSFILE=/dev/null")
+		"-d", conninfo(map[string]string{"host": c.DataDir, "port": fmt.Sprint(localPort), "user": "postgres", "dbname": db}))
+	restore.Env = append(r.baseEnv(), "PGPASSFILE=/dev/null")
 	restore.Dir = "/"
+	restore.SysProcAttr = &syscall.SysProcAttr{Credential: r.user.Credential()}
 	var dumpErr, restoreErr tailBuffer
 	dump.Stderr = &dumpErr
 	restore.Stderr = &restoreErr
@@ -425,6 +447,10 @@ func (r *Retriever) copyDatabase(ctx context.Context, c *pgcluster.Cluster, para
 		restore.Wait()
 		return 0, fmt.Errorf("start pg_dump: %w", err)
 	}
+	if r.onStart != nil {
+		r.onStart("pg_restore", restore.Process.Pid)
+		r.onStart("pg_dump", dump.Process.Pid)
+	}
 	n, copyErr := io.Copy(restoreIn, dumpOut)
 	restoreIn.Close()
 	dumpWait := dump.Wait()
@@ -443,7 +469,7 @@ func (r *Retriever) copyDatabase(ctx context.Context, c *pgcluster.Cluster, para
 
 // listDatabases asks the source for its non-template databases.
 func listDatabases(ctx context.Context, params map[string]string) ([]string, error) {
-	cc, err := pgx.ParseConfig(pgxConnString(params, params["dbname"]))
+	cc, err := pgcluster.SessionConfig(pgxConnString(params, params["dbname"]))
 	if err != nil {
 		return nil, fmt.Errorf("retrieval.source: %w", err)
 	}
@@ -453,7 +479,7 @@ func listDatabases(ctx context.Context, params map[string]string) ([]string, err
 		return nil, fmt.Errorf("connect to the source: %w", err)
 	}
 	defer conn.Close(context.Background())
-	rows, err := conn.Query(ctx, `SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate ORDER BY datname`)
+	rows, err := conn.Query(ctx, `SELECT datname FROM pg_catalog.pg_database WHERE datallowconn AND NOT datistemplate ORDER BY datname`)
 	if err != nil {
 		return nil, fmt.Errorf("list source databases: %w", err)
 	}
@@ -493,4 +519,73 @@ func (r *Retriever) Close() error {
 	r.cancel()
 	r.wg.Wait()
 	return nil
+}
+
+// baseEnv is the agent's environment without libpq variables (only the
+// source's parameters may steer the tools) and with the OS user's home.
+func (r *Retriever) baseEnv() []string {
+	var out []string
+	for _, kv := range os.Environ() {
+		if strings.HasPrefix(kv, "PG") || strings.HasPrefix(kv, "HOME=") {
+			continue
+		}
+		out = append(out, kv)
+	}
+	home := "/"
+	if u, err := user.LookupId(strconv.Itoa(int(r.user.UID))); err == nil && u.HomeDir != "" {
+		home = u.HomeDir
+	}
+	return append(out, "HOME="+home)
+}
+
+// privateCopies copies the TLS files named by the source parameters into
+// a directory only the unprivileged OS user reads, so that pg_dump can
+// use them without them being readable by that user where they are. The
+// returned cleanup removes the copies.
+func (r *Retriever) privateCopies(params map[string]string) (map[string]string, func(), error) {
+	out := maps.Clone(params)
+	var files []string
+	for _, k := range []string{"sslrootcert", "sslcert", "sslkey", "sslcrl"} {
+		if v := params[k]; v != "" && v != "system" {
+			files = append(files, k)
+		}
+	}
+	if len(files) == 0 {
+		return out, func() {}, nil
+	}
+	// Made by root and handed over only when filled: the OS user cannot
+	// swap a name for a symlink while root writes.
+	dir, err := os.MkdirTemp("", "thinlab-retrieval-*")
+	if err != nil {
+		return nil, nil, err
+	}
+	cleanup := func() { os.RemoveAll(dir) }
+	for _, k := range files {
+		data, err := os.ReadFile(params[k])
+		if err != nil {
+			cleanup()
+			return nil, nil, fmt.Errorf("retrieval.source %s: %w", k, err)
+		}
+		dst := filepath.Join(dir, k)
+		f, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW, 0o600)
+		if err == nil {
+			_, err = f.Write(data)
+			if err == nil {
+				err = f.Chown(int(r.user.UID), int(r.user.GID))
+			}
+			if cerr := f.Close(); err == nil {
+				err = cerr
+			}
+		}
+		if err != nil {
+			cleanup()
+			return nil, nil, fmt.Errorf("copy retrieval.source %s for pg_dump: %w", k, err)
+		}
+		out[k] = dst
+	}
+	if err := os.Chown(dir, int(r.user.UID), int(r.user.GID)); err != nil {
+		cleanup()
+		return nil, nil, err
+	}
+	return out, cleanup, nil
 }

@@ -50,6 +50,17 @@ func newRetriever(t *testing.T, p storage.Pool, src config.Source, dbs []string,
 	return r
 }
 
+// connectDB connects to database db, whatever its name (it may look like
+// a connection string).
+func connectDB(ctx context.Context, connString, db string) (*pgx.Conn, error) {
+	cc, err := pgx.ParseConfig(connString)
+	if err != nil {
+		return nil, err
+	}
+	cc.Database = db
+	return pgx.ConnectConfig(ctx, cc)
+}
+
 // query starts postgres on a throwaway clone of snap and runs sql in db.
 func query(t *testing.T, p storage.Pool, snap, db, sql string) string {
 	t.Helper()
@@ -70,7 +81,7 @@ func query(t *testing.T, p storage.Pool, snap, db, sql string) string {
 		t.Fatal(err)
 	}
 	defer rt.Kill(name, dir)
-	conn, err := pgx.Connect(ctx, rt.SocketConnString(dir, port, "postgres", db))
+	conn, err := connectDB(ctx, rt.SocketConnString(dir, port, "postgres", "postgres"), db)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -240,7 +251,7 @@ func TestSourceParamsKeepSecretsOutOfArgs(t *testing.T) {
 	if !strings.Contains(e, "PGPASSWORD=p w'd") || !strings.Contains(e, "PGSSLMODE=require") || strings.Contains(e, "PGDATABASE") {
 		t.Fatalf("env %q", e)
 	}
-	if cs := pgxConnString(p, "shop"); strings.Contains(cs, "p w") || !strings.Contains(cs, "dbname=shop") || !strings.Contains(cs, "user='u ser'") {
+	if cs := pgxConnString(p, "shop"); strings.Contains(cs, "p w") || !strings.Contains(cs, "dbname='shop'") || !strings.Contains(cs, "user='u ser'") {
 		t.Fatalf("pgx conn string %q", cs)
 	}
 	if _, err := sourceParams(config.Source{ConnStr: "host=x bogus=1"}); err == nil || !strings.Contains(err.Error(), `"bogus"`) {

@@ -58,6 +58,16 @@ func sourceParams(s config.Source) (map[string]string, error) {
 	if pw := s.ResolvedPassword(); pw != "" {
 		p["password"] = pw
 	}
+	if s.SSLRootCert != "" {
+		p["sslrootcert"] = s.SSLRootCert
+	}
+	if s.SSLMode != "" {
+		p["sslmode"] = s.SSLMode
+	}
+	// A CA given means the server must prove who it is.
+	if p["sslmode"] == "" && p["sslrootcert"] != "" {
+		p["sslmode"] = "verify-full"
+	}
 	for k := range p {
 		if _, ok := libpqEnv[k]; !ok {
 			return nil, fmt.Errorf("retrieval.source.connStr: parameter %q is not supported", k)
@@ -67,6 +77,20 @@ func sourceParams(s config.Source) (map[string]string, error) {
 		p["dbname"] = "postgres"
 	}
 	return p, nil
+}
+
+// insecureSSL says why the source connection does not authenticate the
+// server ("" when it does): without verify-ca/verify-full anyone on the
+// path can pose as the source and receive the retrieval credentials.
+func insecureSSL(p map[string]string) string {
+	switch mode := p["sslmode"]; mode {
+	case "verify-full", "verify-ca":
+		return ""
+	case "":
+		return "sslmode is libpq's default, prefer, which is insecure: it does not verify the server and falls back to no TLS"
+	default:
+		return "sslmode=" + mode + " is insecure: it does not verify the server's certificate"
+	}
 }
 
 // env turns parameters into libpq environment variables; dbname is left
@@ -90,29 +114,37 @@ func env(p map[string]string) []string {
 // pgxConnString builds a key/value connection string for pgx, without the
 // password (set on the parsed config instead).
 func pgxConnString(p map[string]string, db string) string {
+	q := map[string]string{}
+	for k, v := range p {
+		switch k {
+		case "password", "passfile", "requirepeer", "krbsrvname", "gssencmode", "sslcompression", "hostaddr", "options":
+			continue
+		}
+		q[k] = v
+	}
+	q["dbname"] = db
+	return conninfo(q)
+}
+
+// conninfo renders libpq key/value parameters as a connection string with
+// every value quoted, so that no value (a database named
+// "host=evil port=1", say) can add parameters. It is the only way the
+// agent hands a database to pg_dump, pg_restore or psql: a bare -d NAME
+// containing "=" would itself be read as a connection string.
+func conninfo(p map[string]string) string {
 	keys := make([]string, 0, len(p))
 	for k := range p {
 		keys = append(keys, k)
 	}
 	sort.Strings(keys)
-	var parts []string
+	parts := make([]string, 0, len(keys))
 	for _, k := range keys {
-		v := p[k]
-		switch k {
-		case "password", "passfile", "requirepeer", "krbsrvname", "gssencmode", "sslcompression", "hostaddr", "options":
-			continue
-		case "dbname":
-			v = db
-		}
-		parts = append(parts, k+"="+quoteConnValue(v))
+		parts = append(parts, k+"="+quoteConnValue(p[k]))
 	}
 	return strings.Join(parts, " ")
 }
 
 func quoteConnValue(v string) string {
-	if v != "" && !strings.ContainsAny(v, ` '\`) {
-		return v
-	}
 	v = strings.ReplaceAll(v, `\`, `\\`)
 	v = strings.ReplaceAll(v, `'`, `\'`)
 	return "'" + v + "'"

@@ -148,34 +148,6 @@ func TestStartFailureLeavesNoProcess(t *testing.T) {
 	}
 }
 
-func TestValidateSetting(t *testing.T) {
-	for _, tc := range []struct {
-		name, value, wantErr string
-	}{
-		{"statement_timeout", "30s", ""},
-		{"pg_stat_statements.track", "all", ""},
-		{"search_path", `"$user", public`, ""},
-		{"work_mem", "it's fine", ""},
-		{"port", "5432", "portPool"},
-		{"listen_addresses", "*", "listenAddresses"},
-		{"data_directory", "/", "fixed"},
-		{"hba_file", "/tmp/x", "pg_hba.conf"},
-		{"primary_conninfo", "host=prod", "never replicates"},
-		{"Statement_Timeout", "1", "not a PostgreSQL setting name"},
-		{"a;b", "1", "not a PostgreSQL setting name"},
-		{"work_mem", "1MB\nport = 1", "control character"},
-		{"work_mem", "1MB\r", "control character"},
-	} {
-		err := ValidateSetting(tc.name, tc.value)
-		if tc.wantErr == "" && err != nil {
-			t.Errorf("%s=%q: %v", tc.name, tc.value, err)
-		}
-		if tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)) {
-			t.Errorf("%s=%q: err = %v, want %q", tc.name, tc.value, err, tc.wantErr)
-		}
-	}
-}
-
 func TestRenderSettingsQuotes(t *testing.T) {
 	got := renderSettings(map[string]string{"b": `a'b\c`, "a": "1"})
 	want := "a = '1'\nb = 'a''b\\\\c'\n"
