@@ -17,7 +17,6 @@ import (
 	"github.com/thinlab/thinlab/agent/storage/loopdev"
 	"github.com/thinlab/thinlab/agent/storage/zfs"
 	"github.com/thinlab/thinlab/internal/command"
-	"github.com/thinlab/thinlab/internal/pgcluster"
 )
 
 // LoopOptions describe a throwaway pool on an image file.
@@ -32,7 +31,7 @@ type LoopOptions struct {
 	// host); default "loop" plus a random suffix.
 	Name string
 	// Owner, when set, owns each clone's root (the postgres OS user).
-	Owner  *pgcluster.OSUser
+	Owner  *storage.Owner
 	Runner *command.Runner
 	Logger *slog.Logger
 }

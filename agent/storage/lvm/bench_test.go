@@ -58,7 +58,7 @@ func BenchmarkInVMLVM(b *testing.B) {
 		b.Fatal(err)
 	}
 	p, err := Open(ctx, Config{Name: "bench", VG: f.vg, ThinPool: f.thinPool, MountRoot: filepath.Join(f.mountRoot, "bench"),
-		Owner: &Owner{UID: int(pgUser.UID), GID: int(pgUser.GID)}, NoUdev: true, Logger: quietLogger()})
+		Owner: &storage.Owner{UID: int(pgUser.UID), GID: int(pgUser.GID)}, NoUdev: true, Logger: quietLogger()})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -70,7 +70,7 @@ func TestInVMConformance(t *testing.T) {
 	storagetest.RunConformance(t, func(t *testing.T) storage.Pool {
 		name := fmt.Sprintf("cf%d", n.Add(1))
 		cfg := lvm.Config{Name: name, VG: vg, ThinPool: "tpool", MountRoot: filepath.Join(root, name), MainSize: "320M",
-			Owner: &lvm.Owner{UID: int(u.UID), GID: int(u.GID)}, NoUdev: true, Logger: quiet}
+			Owner: &storage.Owner{UID: int(u.UID), GID: int(u.GID)}, NoUdev: true, Logger: quiet}
 		p, err := lvm.Open(ctx, cfg)
 		if err != nil {
 			t.Fatal(err)

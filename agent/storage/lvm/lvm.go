@@ -74,8 +74,8 @@ type Config struct {
 	FSType string
 	// Owner, when set, owns the root directories of main and of each
 	// clone (the postgres OS user); PGDATA inside keeps the ownership it
-	// had in the snapshot. Same shape as zfs.Owner.
-	Owner *Owner
+	// had in the snapshot.
+	Owner *storage.Owner
 	// NoUdev sets DM_DISABLE_UDEV=1 for lvm, for hosts where udev does
 	// not run: LVM then creates the /dev nodes itself.
 	NoUdev bool
@@ -89,11 +89,6 @@ type Config struct {
 func UdevRunning() bool {
 	_, err := os.Stat("/run/udev/control")
 	return err == nil
-}
-
-// Owner is a numeric OS user and group.
-type Owner struct {
-	UID, GID int
 }
 
 // Pool is a storage.Pool on an LVM thin pool. Its only state besides the

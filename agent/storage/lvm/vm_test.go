@@ -147,7 +147,7 @@ func (f *vmFixture) lvmQuiet(args ...string) {
 	f.run.RunCmd(context.Background(), command.Cmd{Name: "lvm", Args: args, Env: []string{"DM_DISABLE_UDEV=1"}})
 }
 
-func (f *vmFixture) config(name string, owner *Owner) Config {
+func (f *vmFixture) config(name string, owner *storage.Owner) Config {
 	return Config{Name: name, VG: f.vg, ThinPool: f.thinPool, MountRoot: filepath.Join(f.mountRoot, name), Owner: owner, NoUdev: true}
 }
 
@@ -169,7 +169,7 @@ func TestInVMPostgresOnThinPool(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	owner := &Owner{UID: int(pgUser.UID), GID: int(pgUser.GID)}
+	owner := &storage.Owner{UID: int(pgUser.UID), GID: int(pgUser.GID)}
 	cfg := f.config("pg1", owner)
 	p, err := Open(ctx, cfg)
 	if err != nil {

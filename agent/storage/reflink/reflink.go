@@ -66,15 +66,10 @@ type Config struct {
 	ClonesDir string
 	// Owner, when set, owns each clone's root directory (the postgres OS
 	// user); PGDATA inside keeps the ownership it had in the snapshot.
-	Owner *Owner
+	Owner *storage.Owner
 	// Runner runs cp; Logger defaults to slog.Default().
 	Runner command.Runner
 	Logger *slog.Logger
-}
-
-// Owner is a numeric OS user and group.
-type Owner struct {
-	UID, GID int
 }
 
 // Temporary names start with a dot, which no snapshot or clone name can.
@@ -209,7 +204,7 @@ func (p *Pool) Snapshot(ctx context.Context, opt storage.SnapshotOptions) (stora
 
 // copyTree reflink-copies src to dst through a temporary name, so dst
 // appears complete or not at all, and hands dst's root to owner.
-func (p *Pool) copyTree(ctx context.Context, src, dst string, owner *Owner) error {
+func (p *Pool) copyTree(ctx context.Context, src, dst string, owner *storage.Owner) error {
 	tmp := filepath.Join(filepath.Dir(dst), creatingPrefix+filepath.Base(dst)+"-"+randomSuffix())
 	_, err := p.cfg.Runner.Run(ctx, "cp", "-a", "--reflink=always", "--", src, tmp)
 	if err == nil && owner != nil {

@@ -53,7 +53,7 @@ func benchMode(b *testing.B, mode, data string, size int64) {
 		b.Fatal(err)
 	}
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	p, teardown, err := backend.CreateLoopPool(ctx, mode, backend.LoopOptions{Dir: dir, Size: 2*size + 4<<30, Owner: &u, Logger: logger})
+	p, teardown, err := backend.CreateLoopPool(ctx, mode, backend.LoopOptions{Dir: dir, Size: 2*size + 4<<30, Owner: &storage.Owner{UID: int(u.UID), GID: int(u.GID)}, Logger: logger})
 	if err != nil {
 		os.RemoveAll(dir)
 		b.Fatal(err)

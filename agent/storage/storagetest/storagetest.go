@@ -57,10 +57,11 @@ func NewLoopPoolSize(t testing.TB, mode string, size int64) storage.Pool {
 	if os.Getuid() != 0 {
 		t.Fatal("copy-on-write pools on loop files need root: run the tests as root (make test does)")
 	}
-	u, err := pgcluster.LookupUser("postgres")
+	pu, err := pgcluster.LookupUser("postgres")
 	if err != nil {
 		t.Fatal(err)
 	}
+	u := storage.Owner{UID: int(pu.UID), GID: int(pu.GID)}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	if mode == storage.ModeZFS {

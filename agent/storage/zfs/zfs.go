@@ -69,15 +69,10 @@ type Config struct {
 	ClonesDir string
 	// Owner, when set, owns each clone's root directory (the postgres OS
 	// user); PGDATA inside keeps the ownership it had in the snapshot.
-	Owner *Owner
+	Owner *storage.Owner
 	// Runner runs zfs; Logger defaults to slog.Default().
 	Runner command.Runner
 	Logger *slog.Logger
-}
-
-// Owner is a numeric OS user and group.
-type Owner struct {
-	UID, GID int
 }
 
 // Pool is a storage.Pool on ZFS. It holds no state besides its

@@ -125,7 +125,7 @@ func (r *roundTrip) one(ctx context.Context, mode string) (result, time.Duration
 		Dir:    filepath.Join(r.dir, mode),
 		Size:   4 << 30,
 		Name:   fmt.Sprintf("demo%s%d", mode, os.Getpid()), // unique: a leaked pool of an earlier run cannot block it
-		Owner:  &r.user,
+		Owner:  &storage.Owner{UID: int(r.user.UID), GID: int(r.user.GID)},
 		Runner: &runner,
 		Logger: r.log,
 	})

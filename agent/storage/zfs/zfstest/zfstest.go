@@ -22,6 +22,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/thinlab/thinlab/agent/storage"
 	"github.com/thinlab/thinlab/agent/storage/zfs"
 	"github.com/thinlab/thinlab/internal/command"
 	"github.com/thinlab/thinlab/internal/pgcluster"
@@ -102,7 +103,7 @@ func (fp FilePool) Open(t testing.TB) *zfs.Pool {
 		Name:      fp.Name,
 		Dataset:   fp.Name,
 		ClonesDir: filepath.Join(fp.Dir, "clones"),
-		Owner:     &zfs.Owner{UID: int(u.UID), GID: int(u.GID)},
+		Owner:     &storage.Owner{UID: int(u.UID), GID: int(u.GID)},
 	})
 	if err != nil {
 		t.Fatal(err)
