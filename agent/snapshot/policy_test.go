@@ -46,7 +46,7 @@ func poolWithSnapshots(t *testing.T, n int) (storage.Pool, []string) {
 	ctx := context.Background()
 	base := time.Date(2026, 5, 1, 0, 0, 0, 0, time.UTC)
 	var ids []string
-	for i := 0; i < n; i++ {
+	for i := range n {
 		if err := os.WriteFile(filepath.Join(p.MainDir(), "marker"), []byte{byte('0' + i)}, 0o644); err != nil {
 			t.Fatal(err)
 		}

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"sync"
@@ -64,9 +65,7 @@ func (s *store) all() map[string]Meta {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	out := make(map[string]Meta, len(s.m))
-	for k, v := range s.m {
-		out[k] = v
-	}
+	maps.Copy(out, s.m)
 	return out
 }
 

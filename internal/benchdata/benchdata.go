@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	mrand "math/rand/v2"
 	"os"
 	"path/filepath"
@@ -55,9 +56,7 @@ func PGBench(tb testing.TB, scale int) string {
 	// transaction skips WAL, so PGDATA is the tables, not gigabytes of WAL.
 	settings := map[string]string{"maintenance_work_mem": "512MB", "wal_level": "minimal", "max_wal_senders": "0",
 		"max_wal_size": "1GB", "min_wal_size": "32MB", "checkpoint_timeout": "1h"}
-	for k, v := range pgcluster.FastSettings {
-		settings[k] = v
-	}
+	maps.Copy(settings, pgcluster.FastSettings)
 	port := 20000 + mrand.IntN(12000)
 	if err := c.Start(ctx, port, "", settings); err != nil {
 		tb.Fatal(err)

@@ -84,8 +84,7 @@ func (r Runner) RunCmd(ctx context.Context, c Cmd) ([]byte, error) {
 	elapsed := time.Since(start)
 	if err != nil {
 		exitCode := -1
-		var exitErr *exec.ExitError
-		if errors.As(err, &exitErr) {
+		if exitErr, ok := errors.AsType[*exec.ExitError](err); ok {
 			exitCode = exitErr.ExitCode()
 		}
 		logger.Debug("command failed", "cmd", cmdline, "elapsed", elapsed, "exit", exitCode, "stderr", strings.TrimSpace(stderr.String()))

@@ -215,7 +215,7 @@ func (lp *loopPool) teardown() error {
 // exiting still holds it for a moment).
 func unmount(ctx context.Context, r command.Runner, dir string) error {
 	var err error
-	for i := 0; i < 20; i++ {
+	for i := range 20 {
 		if i > 0 {
 			select {
 			case <-ctx.Done():

@@ -9,7 +9,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
-	"sort"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -83,7 +83,7 @@ func BenchmarkInVMLVM(b *testing.B) {
 	var snaps, clones, ready []time.Duration
 	base := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	var snapID string
-	for i := 0; i < 5; i++ {
+	for i := range 5 {
 		start := time.Now()
 		s, err := p.Snapshot(ctx, storage.SnapshotOptions{DataStateAt: base.Add(time.Duration(i) * time.Minute)})
 		if err != nil {
@@ -92,7 +92,7 @@ func BenchmarkInVMLVM(b *testing.B) {
 		snaps = append(snaps, time.Since(start))
 		snapID = s.ID
 	}
-	for i := 0; i < 6; i++ {
+	for i := range 6 {
 		start := time.Now()
 		c, err := p.Clone(ctx, snapID, fmt.Sprintf("b%d", i))
 		if err != nil {
@@ -168,6 +168,6 @@ func syncAll(t testing.TB) {
 
 func median(d []time.Duration) time.Duration {
 	s := append([]time.Duration(nil), d...)
-	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	slices.Sort(s)
 	return s[len(s)/2]
 }

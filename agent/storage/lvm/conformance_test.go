@@ -81,7 +81,7 @@ func TestInVMConformance(t *testing.T) {
 				run.Run(ctx, "umount", m)
 			}
 			out, _ := lvmCmd("lvs", "--noheadings", "-o", "lv_name", vg)
-			for _, lv := range strings.Fields(out) {
+			for lv := range strings.FieldsSeq(out) {
 				if strings.HasPrefix(lv, name+"_") {
 					lvmCmd("lvremove", "-y", vg+"/"+lv)
 				}
@@ -99,7 +99,7 @@ func mountsBelow(root string) []string {
 		return nil
 	}
 	var out []string
-	for _, line := range strings.Split(string(b), "\n") {
+	for line := range strings.SplitSeq(string(b), "\n") {
 		f := strings.Fields(line)
 		if len(f) > 1 && (f[1] == root || strings.HasPrefix(f[1], root+"/")) {
 			out = append([]string{f[1]}, out...)

@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -442,9 +444,7 @@ func startPG(t testing.TB, c *pgcluster.Cluster, port int) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	settings := map[string]string{"shared_buffers": "16MB", "max_connections": "10", "dynamic_shared_memory_type": "posix"}
-	for k, v := range pgcluster.FastSettings {
-		settings[k] = v
-	}
+	maps.Copy(settings, pgcluster.FastSettings)
 	if err := c.Start(ctx, port, "", settings); err != nil {
 		t.Fatal(err)
 	}
@@ -491,7 +491,7 @@ func mountsBelow(root string) []string {
 		return nil
 	}
 	var out []string
-	for _, line := range strings.Split(string(b), "\n") {
+	for line := range strings.SplitSeq(string(b), "\n") {
 		fields := strings.Fields(line)
 		if len(fields) > 4 {
 			if m := unescapeMount(fields[4]); m == root || strings.HasPrefix(m, root+"/") {
@@ -500,9 +500,7 @@ func mountsBelow(root string) []string {
 		}
 	}
 	// Deepest first, so nested mounts come off before their parents.
-	for i, j := 0, len(out)-1; i < j; i, j = i+1, j-1 {
-		out[i], out[j] = out[j], out[i]
-	}
+	slices.Reverse(out)
 	return out
 }
 

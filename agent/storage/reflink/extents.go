@@ -88,7 +88,7 @@ func fileExtents(path string, buf []byte) (spacecache.Use, error) {
 			return u, nil
 		}
 		var last bool
-		for i := uint32(0); i < mapped; i++ {
+		for i := range mapped {
 			e := buf[fiemapHeaderSize+int(i)*fiemapExtentSize:]
 			logical, length, flags := ne.Uint64(e[0:]), ne.Uint64(e[16:]), ne.Uint32(e[40:])
 			u.Referenced += length

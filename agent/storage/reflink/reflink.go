@@ -498,8 +498,7 @@ func classify(err error) error {
 	if err == nil {
 		return nil
 	}
-	var ce *command.Error
-	if errors.As(err, &ce) {
+	if ce, ok := errors.AsType[*command.Error](err); ok {
 		// cp prints one line per file it could not copy: thousands on a
 		// full filesystem. The first says what happened.
 		lines := strings.Split(ce.Stderr, "\n")

@@ -68,7 +68,7 @@ func TestRefusesExt4(t *testing.T) {
 func TestFullFilesystemLeavesNothing(t *testing.T) {
 	p := storagetest.NewLoopPoolSize(t, storage.ModeReflink, 320<<20).(*reflink.Pool)
 	ctx := context.Background()
-	for i := 0; i < 3000; i++ {
+	for i := range 3000 {
 		if err := os.WriteFile(filepath.Join(p.MainDir(), fmt.Sprintf("f%04d", i)), []byte("x"), 0o644); err != nil {
 			t.Fatal(err)
 		}

@@ -8,7 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sort"
+	"slices"
 	"syscall"
 	"testing"
 	"time"
@@ -82,7 +82,7 @@ func benchMode(b *testing.B, mode, data string, size int64) {
 	base := time.Now().UTC().Truncate(time.Second)
 	var snapTimes, cloneTimes, readyTimes []time.Duration
 	var snap storage.Snapshot
-	for i := 0; i < rounds; i++ {
+	for i := range rounds {
 		t0 := time.Now()
 		s, err := p.Snapshot(ctx, storage.SnapshotOptions{DataStateAt: base.Add(time.Duration(i) * time.Second), Message: "bench"})
 		if err != nil {
@@ -133,7 +133,7 @@ func benchMode(b *testing.B, mode, data string, size int64) {
 // data directory on the host's own filesystem.
 func benchFullCopy(b *testing.B, data string) {
 	var times []time.Duration
-	for i := 0; i < 3; i++ {
+	for range 3 {
 		dst := filepath.Join(benchdata.Root, fmt.Sprintf("fullcopy-%d", os.Getpid()))
 		os.RemoveAll(dst)
 		t0 := time.Now()
@@ -162,6 +162,6 @@ func query(ctx context.Context, c *pgcluster.Cluster, port int) error {
 
 func median(d []time.Duration) time.Duration {
 	s := append([]time.Duration(nil), d...)
-	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	slices.Sort(s)
 	return s[len(s)/2]
 }

@@ -281,7 +281,7 @@ func testRetention(t *testing.T, p storage.Pool) {
 	ctx := testCtx(t)
 	base := time.Date(2026, 5, 1, 0, 0, 0, 0, time.UTC)
 	var ids []string
-	for i := 0; i < 4; i++ {
+	for i := range 4 {
 		writeMarker(t, p, fmt.Sprint(i))
 		s, err := p.Snapshot(ctx, storage.SnapshotOptions{DataStateAt: base.Add(time.Duration(i) * time.Hour)})
 		if err != nil {
@@ -358,13 +358,11 @@ func testParallelClones(t *testing.T, p storage.Pool) {
 	const n = 20
 	errs := make(chan error, n)
 	var wg sync.WaitGroup
-	for i := 0; i < n; i++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+	for i := range n {
+		wg.Go(func() {
 			_, err := p.Clone(ctx, snap.ID, fmt.Sprintf("par%02d", i))
 			errs <- err
-		}()
+		})
 	}
 	wg.Wait()
 	close(errs)
@@ -386,11 +384,9 @@ func testParallelClones(t *testing.T, p storage.Pool) {
 	}
 	errs = make(chan error, n)
 	for _, c := range list {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			errs <- p.DestroyClone(ctx, c.Name)
-		}()
+		})
 	}
 	wg.Wait()
 	close(errs)

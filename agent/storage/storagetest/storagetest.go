@@ -148,7 +148,7 @@ func checkNoLeftovers(t *testing.T, infos []*loopInfo) {
 			t.Errorf("loop devices still attached to %s: %v", info.image, devs)
 		}
 		if info.zpool != "" {
-			for _, name := range strings.Fields(string(zpools)) {
+			for name := range strings.FieldsSeq(string(zpools)) {
 				if name == info.zpool {
 					t.Errorf("zpool %s still exists", name)
 				}

@@ -439,7 +439,7 @@ func (p *Pool) snapshotDataset(id string) (string, error) {
 func (p *Pool) destroy(ctx context.Context, ds string) error {
 	const attempts = 8
 	var err error
-	for i := 0; i < attempts; i++ {
+	for i := range attempts {
 		if i > 0 {
 			select {
 			case <-ctx.Done():
@@ -534,7 +534,7 @@ func validateDataset(ds string) error {
 	if ds == "" {
 		return fmt.Errorf("%w: zfs dataset (pool path) is empty: set it to a zpool or dataset name such as tank/thinlab", storage.ErrInvalidName)
 	}
-	for _, part := range strings.Split(ds, "/") {
+	for part := range strings.SplitSeq(ds, "/") {
 		if err := storage.ValidateName("zfs dataset component", part); err != nil {
 			return fmt.Errorf("zfs dataset (pool path) %q: %w", ds, err)
 		}

@@ -376,7 +376,7 @@ func TestNoSpace(t *testing.T) {
 	}
 	// Freed space shows up after the next transaction group commits.
 	var s storage.Snapshot
-	for i := 0; i < 50; i++ {
+	for range 50 {
 		if s, err = p.Snapshot(ctx, storage.SnapshotOptions{}); !errors.Is(err, storage.ErrNoSpace) {
 			break
 		}
@@ -401,7 +401,7 @@ func fillUntilFull(t *testing.T, path string) {
 	for i := range buf {
 		buf[i] = byte(i*7 + i>>8) // not all zeros: zfs-fuse may compress or skip zeros
 	}
-	for i := 0; i < 4096; i++ {
+	for i := range 4096 {
 		buf[0] = byte(i)
 		if _, err := f.Write(buf); err != nil {
 			f.Sync()

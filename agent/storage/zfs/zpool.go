@@ -65,7 +65,7 @@ func DestroyPool(ctx context.Context, r command.Runner, name string) error {
 		return err
 	}
 	var err error
-	for i := 0; i < 10; i++ {
+	for i := range 10 {
 		if i > 0 {
 			select {
 			case <-ctx.Done():
