@@ -165,7 +165,11 @@ func TestRetention(t *testing.T) {
 	if _, err := p.Clone(ctx, ids[0], "keepme"); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { p.DestroyClone(context.Background(), "keepme") })
+	t.Cleanup(func() {
+		if err := p.DestroyClone(context.Background(), "keepme"); err != nil {
+			t.Errorf("cleanup: destroy clone keepme: %v", err)
+		}
+	})
 	cfg := clonetest.Config(t, p, 1)
 	cfg.Retrieval.KeepSnapshots = 3
 	if err := cfg.Validate(); err != nil {
@@ -229,7 +233,11 @@ func TestSweepDeleteAt(t *testing.T) {
 	if _, err := p.Clone(ctx, ids[2], "user"); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { p.DestroyClone(context.Background(), "user") })
+	t.Cleanup(func() {
+		if err := p.DestroyClone(context.Background(), "user"); err != nil {
+			t.Errorf("cleanup: destroy clone user: %v", err)
+		}
+	})
 	cfg := clonetest.Config(t, p, 1)
 	clk := &clock{t: time.Now()}
 	log := &logtest.Buffer{}

@@ -41,9 +41,15 @@ func PGBench(tb testing.TB, scale int) string {
 	if err := os.MkdirAll(Root, 0o755); err != nil {
 		tb.Fatal(err)
 	}
-	os.Chmod(Root, 0o755)
+	// MkdirAll keeps the mode of an existing Root; the postgres user must
+	// traverse it.
+	if err := os.Chmod(Root, 0o755); err != nil {
+		tb.Fatal(err)
+	}
 	tmp := dir + ".tmp"
-	os.RemoveAll(tmp)
+	if err := os.RemoveAll(tmp); err != nil { // an earlier run's half-made copy
+		tb.Fatal(err)
+	}
 	if err := os.MkdirAll(tmp, 0o755); err != nil {
 		tb.Fatal(err)
 	}
@@ -75,7 +81,9 @@ func PGBench(tb testing.TB, scale int) string {
 	if err := c.Stop(ctx, "fast"); err != nil {
 		tb.Fatal(err)
 	}
-	os.Remove(c.LogFile())
+	if err := os.Remove(c.LogFile()); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		tb.Fatal(err)
+	}
 	if err := os.WriteFile(filepath.Join(tmp, "complete"), []byte(time.Now().String()), 0o644); err != nil {
 		tb.Fatal(err)
 	}

@@ -70,7 +70,7 @@ func CreateLoopPool(ctx context.Context, mode string, opt LoopOptions) (storage.
 	}
 	createdDir := false
 	if entries, err := os.ReadDir(opt.Dir); errors.Is(err, os.ErrNotExist) {
-		if err := os.MkdirAll(opt.Dir, 0o755); err != nil {
+		if err := os.MkdirAll(opt.Dir, 0o755); err != nil { //nolint:gosec // 0755: the postgres OS user traverses it to reach PGDATA
 			return nil, nil, fmt.Errorf("loop pool: %w", err)
 		}
 		createdDir = true
@@ -80,7 +80,7 @@ func CreateLoopPool(ctx context.Context, mode string, opt LoopOptions) (storage.
 		return nil, nil, fmt.Errorf("loop pool: dir %s is not empty; give each loop pool its own directory", opt.Dir)
 	}
 	// The postgres user walks through Dir to reach PGDATA.
-	if err := os.Chmod(opt.Dir, 0o755); err != nil {
+	if err := os.Chmod(opt.Dir, 0o755); err != nil { //nolint:gosec // 0755: the postgres OS user traverses it to reach PGDATA
 		return nil, nil, fmt.Errorf("loop pool: %w", err)
 	}
 	lp := &loopPool{r: r, dir: opt.Dir, createdDir: createdDir, image: filepath.Join(opt.Dir, "pool.img"), mnt: filepath.Join(opt.Dir, "mnt")}
@@ -130,14 +130,14 @@ func (lp *loopPool) create(ctx context.Context, mode string, opt LoopOptions) (s
 		if _, err := lp.r.Run(ctx, mkfs[0], mkfs[1:]...); err != nil {
 			return nil, fmt.Errorf("loop pool: make filesystem: %w", err)
 		}
-		if err := os.MkdirAll(lp.mnt, 0o755); err != nil {
+		if err := os.MkdirAll(lp.mnt, 0o755); err != nil { //nolint:gosec // 0755: the postgres OS user traverses it to reach PGDATA
 			return nil, err
 		}
 		if _, err := lp.r.Run(ctx, "mount", dev, lp.mnt); err != nil {
 			return nil, fmt.Errorf("loop pool: mount: %w", err)
 		}
 		lp.mounted = true
-		if err := os.Chmod(lp.mnt, 0o755); err != nil {
+		if err := os.Chmod(lp.mnt, 0o755); err != nil { //nolint:gosec // 0755: the postgres OS user traverses it to reach PGDATA
 			return nil, err
 		}
 	case storage.ModeZFS:

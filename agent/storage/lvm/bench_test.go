@@ -123,7 +123,9 @@ func BenchmarkInVMLVM(b *testing.B) {
 	}
 	syncAll(b)
 	fullCopy := time.Since(start)
-	os.RemoveAll(dst)
+	if err := os.RemoveAll(dst); err != nil {
+		b.Fatal(err)
+	}
 
 	fmt.Printf("BENCH data_dir_size_lvm_tcg %d MiB\n", dirBytes(b, data)>>20)
 	fmt.Printf("BENCH storage_snapshot_lvm_tcg %.3f s\n", median(snaps).Seconds())

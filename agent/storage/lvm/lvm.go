@@ -155,7 +155,7 @@ func Open(ctx context.Context, cfg Config) (*Pool, error) {
 		return nil, fmt.Errorf("lvm pool %s: thin pool %s/%s does not exist: create it (lvcreate -T %s/%s -L SIZE): %w", cfg.Name, cfg.VG, cfg.ThinPool, cfg.VG, cfg.ThinPool, storage.ErrNotFound)
 	}
 	for _, d := range []string{p.mainDir, p.clonesDir()} {
-		if err := os.MkdirAll(d, 0o755); err != nil {
+		if err := os.MkdirAll(d, 0o755); err != nil { //nolint:gosec // 0755: the postgres OS user traverses it to reach PGDATA
 			return nil, fmt.Errorf("lvm pool %s: mountRoot: %w", cfg.Name, err)
 		}
 	}
@@ -414,7 +414,7 @@ func (p *Pool) finishClone(ctx context.Context, lv, mount string) error {
 			return err
 		}
 	}
-	if err := os.MkdirAll(mount, 0o755); err != nil {
+	if err := os.MkdirAll(mount, 0o755); err != nil { //nolint:gosec // 0755: the postgres OS user traverses it to reach PGDATA of a clone
 		return err
 	}
 	if err := p.mount(ctx, p.devPath(lv), mount, true); err != nil {
@@ -444,7 +444,9 @@ func (p *Pool) removeLV(lv, mount string) {
 	// Only an empty directory goes: a file in the way (which may be why
 	// the mount failed) is not ours to delete.
 	if fi, err := os.Lstat(mount); err == nil && fi.IsDir() && mount != p.mainDir {
-		os.Remove(mount)
+		if err := os.Remove(mount); err != nil {
+			p.log.Error("cleanup: remove mount directory", "path", mount, "err", err)
+		}
 	}
 }
 
@@ -574,7 +576,7 @@ func (p *Pool) ensureMounted(ctx context.Context, row lvRow, dir string, clone b
 	if isMountpoint(dir) {
 		return nil
 	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	if err := os.MkdirAll(dir, 0o755); err != nil { //nolint:gosec // 0755: the postgres OS user traverses it to reach PGDATA
 		return err
 	}
 	return p.mount(ctx, p.devPath(row.Name), dir, clone)
@@ -658,7 +660,7 @@ func isMountpoint(dir string) bool {
 	if err != nil {
 		return false
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }() // opened read-only: Close cannot lose data
 	sc := bufio.NewScanner(f)
 	sc.Buffer(make([]byte, 64*1024), 1024*1024)
 	for sc.Scan() {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"maps"
 	"math/rand/v2"
 	"os"
@@ -117,11 +118,15 @@ func newVMFixture(t testing.TB, poolSize string) *vmFixture {
 		// Unmount whatever is still mounted below mountRoot, then drop
 		// the VG and the PV label.
 		for _, m := range mountsBelow(f.mountRoot) {
-			f.run.Run(ctx, "umount", m)
+			if _, err := f.run.Run(ctx, "umount", m); err != nil {
+				t.Errorf("cleanup: %v", err)
+			}
 		}
 		f.lvmQuiet("vgremove", "-y", "-ff", f.vg)
 		f.lvmQuiet("pvremove", "-y", disk)
-		os.RemoveAll(f.mountRoot)
+		if err := os.RemoveAll(f.mountRoot); err != nil {
+			t.Errorf("cleanup: %v", err)
+		}
 	})
 	f.lvm(t, "lvcreate", "-y", "-L", poolSize, "-T", f.vg+"/"+f.thinPool)
 	dir, err := os.MkdirTemp("", "thinlab-lvm-")
@@ -146,7 +151,9 @@ func (f *vmFixture) lvm(t testing.TB, args ...string) string {
 }
 
 func (f *vmFixture) lvmQuiet(args ...string) {
-	f.run.RunCmd(context.Background(), command.Cmd{Name: "lvm", Args: args, Env: []string{"DM_DISABLE_UDEV=1"}})
+	// Quiet on purpose: cleanup of what may already be gone; the next
+	// fixture starts from a fresh VG name either way.
+	_, _ = f.run.RunCmd(context.Background(), command.Cmd{Name: "lvm", Args: args, Env: []string{"DM_DISABLE_UDEV=1"}})
 }
 
 func (f *vmFixture) config(name string, owner *storage.Owner) Config {
@@ -325,7 +332,9 @@ func TestInVMPostgresOnThinPool(t *testing.T) {
 	if b, err := os.ReadFile(blocker); err != nil || string(b) != "not a directory" {
 		t.Fatalf("the file in the way was touched: %q %v", b, err)
 	}
-	os.Remove(blocker)
+	if err := os.Remove(blocker); err != nil {
+		t.Fatal(err)
+	}
 
 	// Forced destroy cascades to both clones.
 	if err := p2.DestroySnapshot(ctx, snap.ID, true); err != nil {
@@ -440,7 +449,9 @@ func startPG(t testing.TB, c *pgcluster.Cluster, port int) {
 	t.Helper()
 	// A clone of a running server carries its postmaster.pid, naming a
 	// process that is alive on this machine.
-	os.Remove(filepath.Join(c.DataDir, "postmaster.pid"))
+	if err := os.Remove(filepath.Join(c.DataDir, "postmaster.pid")); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		t.Fatal(err)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	settings := map[string]string{"shared_buffers": "16MB", "max_connections": "10", "dynamic_shared_memory_type": "posix"}

@@ -82,7 +82,7 @@ func NewLoopPoolSize(t testing.TB, mode string, size int64) storage.Pool {
 	}
 	p, teardown, err := backend.CreateLoopPool(ctx, mode, backend.LoopOptions{Dir: dir, Size: size, Owner: &u, Logger: testLogger})
 	if err != nil {
-		os.RemoveAll(dir)
+		_ = os.RemoveAll(dir) // best effort: the Fatal below is what matters
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
@@ -90,7 +90,9 @@ func NewLoopPoolSize(t testing.TB, mode string, size int64) storage.Pool {
 			t.Errorf("cleanup of %s pool: %v", mode, err)
 			return
 		}
-		os.Remove(dir)
+		if err := os.Remove(dir); err != nil {
+			t.Errorf("cleanup: %v", err)
+		}
 	})
 	registry.Store(p, &loopInfo{
 		cfg:   backend.Config{Name: p.Name(), Mode: mode, Path: filepath.Dir(p.MainDir()), Owner: &u, Logger: testLogger},

@@ -39,7 +39,7 @@ func (d *dataset) time(k string) time.Time {
 	if t, err := time.Parse(time.RFC3339Nano, d.user[k]); err == nil {
 		return t.UTC()
 	}
-	return time.Unix(int64(d.num("creation")), 0).UTC()
+	return time.Unix(int64(d.num("creation")), 0).UTC() //nolint:gosec // G115: a creation time in seconds fits int64 for 292 billion years
 }
 
 // getProps runs one `zfs get -H -p` over names (not recursive) and returns

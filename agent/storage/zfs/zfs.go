@@ -32,6 +32,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -141,7 +142,7 @@ func Open(ctx context.Context, cfg Config) (*Pool, error) {
 	if err := p.zfsOK(ctx, "create", "-o", "mountpoint=none", p.clonesDS); err != nil && !errors.Is(err, storage.ErrExists) {
 		return nil, fmt.Errorf("zfs pool %s: create clones dataset: %w", cfg.Name, err)
 	}
-	if err := os.MkdirAll(cfg.ClonesDir, 0o755); err != nil {
+	if err := os.MkdirAll(cfg.ClonesDir, 0o755); err != nil { //nolint:gosec // 0755: the postgres OS user traverses it to reach PGDATA of a clone
 		return nil, fmt.Errorf("zfs pool %s: clonesDir: %w", cfg.Name, err)
 	}
 
@@ -347,7 +348,9 @@ func (p *Pool) cleanupFailedClone(ds, mount string) {
 	if err := p.destroy(ctx, ds); err != nil && !errors.Is(err, storage.ErrNotFound) {
 		p.log.Error("cleanup of failed clone", "dataset", ds, "err", err)
 	}
-	os.Remove(mount)
+	if err := os.Remove(mount); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		p.log.Error("cleanup of failed clone's mountpoint", "path", mount, "err", err)
+	}
 }
 
 // Clones implements storage.Pool.
