@@ -18,9 +18,11 @@ generate: deps
 build: generate
 	$(GO) build -o bin/thinlab ./cmd/thinlab
 
-lint:
+# golangci-lint (pinned in tools/go.mod, built by deps) reads .golangci.yml.
+lint: deps
 	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v '_templ.go$$')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+	golangci-lint run ./...
 
 # Tests need root (mounts, loop devices, the postgres OS user). Packages run
 # two at a time; each test cleans up its own mounts, loop devices and daemons.

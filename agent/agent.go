@@ -151,7 +151,7 @@ func openPools(ctx context.Context, cfg *config.Config, log *slog.Logger) ([]sto
 			Mode:      pc.Mode,
 			Path:      pc.Path,
 			ClonesDir: pc.ClonesDir,
-			Owner:     &owner,
+			Owner:     &storage.Owner{UID: int(owner.UID), GID: int(owner.GID)},
 			Logger:    log, // each backend adds its pool name
 		})
 		if err != nil {

@@ -33,7 +33,7 @@ func dump(t *testing.T, db *sql.DB) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer rows.Close()
+	defer func() { _ = rows.Close() }() // rows.Err() below reports a failed read
 	var lines []string
 	for rows.Next() {
 		var s string
@@ -41,6 +41,9 @@ func dump(t *testing.T, db *sql.DB) string {
 			t.Fatal(err)
 		}
 		lines = append(lines, s)
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
 	}
 	return strings.Join(lines, "\n")
 }
@@ -52,7 +55,7 @@ func TestUpOnEmptyDatabaseThenAgain(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer db.Close()
+	defer func() { _ = db.Close() }() // the test's own pool; the server is dropped next
 	ctx := context.Background()
 
 	if v, err := migrations.Version(ctx, db); err != nil || v != 0 {

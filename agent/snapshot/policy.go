@@ -145,9 +145,7 @@ func (p *Policy) Start() {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	p.cancel = cancel
-	p.wg.Add(1)
-	go func() {
-		defer p.wg.Done()
+	p.wg.Go(func() {
 		t := time.NewTicker(p.interval)
 		defer t.Stop()
 		for {
@@ -158,7 +156,7 @@ func (p *Policy) Start() {
 				p.Sweep(ctx)
 			}
 		}
-	}()
+	})
 }
 
 // Close stops the sweep loop and waits for a running sweep.

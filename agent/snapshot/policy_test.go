@@ -46,7 +46,7 @@ func poolWithSnapshots(t *testing.T, n int) (storage.Pool, []string) {
 	ctx := context.Background()
 	base := time.Date(2026, 5, 1, 0, 0, 0, 0, time.UTC)
 	var ids []string
-	for i := 0; i < n; i++ {
+	for i := range n {
 		if err := os.WriteFile(filepath.Join(p.MainDir(), "marker"), []byte{byte('0' + i)}, 0o644); err != nil {
 			t.Fatal(err)
 		}
@@ -165,7 +165,11 @@ func TestRetention(t *testing.T) {
 	if _, err := p.Clone(ctx, ids[0], "keepme"); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { p.DestroyClone(context.Background(), "keepme") })
+	t.Cleanup(func() {
+		if err := p.DestroyClone(context.Background(), "keepme"); err != nil {
+			t.Errorf("cleanup: destroy clone keepme: %v", err)
+		}
+	})
 	cfg := clonetest.Config(t, p, 1)
 	cfg.Retrieval.KeepSnapshots = 3
 	if err := cfg.Validate(); err != nil {
@@ -229,7 +233,11 @@ func TestSweepDeleteAt(t *testing.T) {
 	if _, err := p.Clone(ctx, ids[2], "user"); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { p.DestroyClone(context.Background(), "user") })
+	t.Cleanup(func() {
+		if err := p.DestroyClone(context.Background(), "user"); err != nil {
+			t.Errorf("cleanup: destroy clone user: %v", err)
+		}
+	})
 	cfg := clonetest.Config(t, p, 1)
 	clk := &clock{t: time.Now()}
 	log := &logtest.Buffer{}

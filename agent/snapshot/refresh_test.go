@@ -44,7 +44,11 @@ func TestRefreshThenRetention(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { r.Close() })
+	t.Cleanup(func() {
+		if err := r.Close(); err != nil {
+			t.Errorf("close retrieval: %v", err)
+		}
+	})
 	ctx := context.Background()
 
 	res, err := r.Refresh(ctx)

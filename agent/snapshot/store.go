@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"sync"
@@ -41,7 +42,7 @@ func loadStore(dir string) (*store, error) {
 	if dir == "" {
 		return s, nil
 	}
-	raw, err := os.ReadFile(filepath.Join(dir, MetaFile))
+	raw, err := os.ReadFile(filepath.Join(dir, MetaFile)) //nolint:gosec // G304: the agent's own state directory, from its config
 	if errors.Is(err, os.ErrNotExist) {
 		return s, nil
 	}
@@ -64,9 +65,7 @@ func (s *store) all() map[string]Meta {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	out := make(map[string]Meta, len(s.m))
-	for k, v := range s.m {
-		out[k] = v
-	}
+	maps.Copy(out, s.m)
 	return out
 }
 

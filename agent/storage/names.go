@@ -3,7 +3,8 @@ package storage
 import (
 	"fmt"
 	"regexp"
-	"sort"
+	"slices"
+	"strings"
 	"time"
 )
 
@@ -21,19 +22,10 @@ func ValidateName(kind, name string) error {
 	if name == "" {
 		return fmt.Errorf("%w: %s is empty", ErrInvalidName, kind)
 	}
-	if !nameRE.MatchString(name) || containsDotDot(name) {
+	if !nameRE.MatchString(name) || strings.Contains(name, "..") {
 		return fmt.Errorf("%w: %s %q: use 1-63 letters, digits, '_', '-', '.' or ':' starting with a letter or digit (no '/', '..' or spaces)", ErrInvalidName, kind, name)
 	}
 	return nil
-}
-
-func containsDotDot(s string) bool {
-	for i := 0; i+1 < len(s); i++ {
-		if s[i] == '.' && s[i+1] == '.' {
-			return true
-		}
-	}
-	return false
 }
 
 // SnapshotTimeLayout is the compact dataStateAt layout of snapshot IDs.
@@ -65,11 +57,11 @@ func NewSnapshotID(pool string, dataStateAt time.Time) (id, name string, at time
 // SortSnapshots orders newest DataStateAt first (ID as tie-break, so the
 // order is stable), the order Pool.Snapshots returns.
 func SortSnapshots(s []Snapshot) {
-	sort.Slice(s, func(i, j int) bool {
-		if !s[i].DataStateAt.Equal(s[j].DataStateAt) {
-			return s[i].DataStateAt.After(s[j].DataStateAt)
+	slices.SortFunc(s, func(a, b Snapshot) int {
+		if c := b.DataStateAt.Compare(a.DataStateAt); c != 0 {
+			return c
 		}
-		return s[i].ID > s[j].ID
+		return strings.Compare(b.ID, a.ID)
 	})
 }
 

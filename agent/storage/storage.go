@@ -35,6 +35,13 @@ var (
 	ErrNoSpace       = errors.New("no space left in pool")
 )
 
+// Owner is the numeric OS user and group that owns the root of main and of
+// each clone (the postgres OS user), so that postgres, which refuses to run
+// as root, can use the data directory. One type for every backend.
+type Owner struct {
+	UID, GID int
+}
+
 // Snapshot is a read-only point-in-time image of the main dataset.
 type Snapshot struct {
 	// ID keeps DLE's shape on every backend: <pool>@snapshot_<YYYYMMDDhhmmss>

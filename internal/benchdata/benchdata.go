@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	mrand "math/rand/v2"
 	"os"
 	"path/filepath"
@@ -40,9 +41,15 @@ func PGBench(tb testing.TB, scale int) string {
 	if err := os.MkdirAll(Root, 0o755); err != nil {
 		tb.Fatal(err)
 	}
-	os.Chmod(Root, 0o755)
+	// MkdirAll keeps the mode of an existing Root; the postgres user must
+	// traverse it.
+	if err := os.Chmod(Root, 0o755); err != nil {
+		tb.Fatal(err)
+	}
 	tmp := dir + ".tmp"
-	os.RemoveAll(tmp)
+	if err := os.RemoveAll(tmp); err != nil { // an earlier run's half-made copy
+		tb.Fatal(err)
+	}
 	if err := os.MkdirAll(tmp, 0o755); err != nil {
 		tb.Fatal(err)
 	}
@@ -55,9 +62,7 @@ func PGBench(tb testing.TB, scale int) string {
 	// transaction skips WAL, so PGDATA is the tables, not gigabytes of WAL.
 	settings := map[string]string{"maintenance_work_mem": "512MB", "wal_level": "minimal", "max_wal_senders": "0",
 		"max_wal_size": "1GB", "min_wal_size": "32MB", "checkpoint_timeout": "1h"}
-	for k, v := range pgcluster.FastSettings {
-		settings[k] = v
-	}
+	maps.Copy(settings, pgcluster.FastSettings)
 	port := 20000 + mrand.IntN(12000)
 	if err := c.Start(ctx, port, "", settings); err != nil {
 		tb.Fatal(err)
@@ -76,7 +81,9 @@ func PGBench(tb testing.TB, scale int) string {
 	if err := c.Stop(ctx, "fast"); err != nil {
 		tb.Fatal(err)
 	}
-	os.Remove(c.LogFile())
+	if err := os.Remove(c.LogFile()); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		tb.Fatal(err)
+	}
 	if err := os.WriteFile(filepath.Join(tmp, "complete"), []byte(time.Now().String()), 0o644); err != nil {
 		tb.Fatal(err)
 	}

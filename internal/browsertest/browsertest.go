@@ -52,7 +52,9 @@ func New(t testing.TB) context.Context {
 	t.Cleanup(func() {
 		cancelTab()
 		cancelAlloc() // kills Chromium and waits for it
-		os.RemoveAll(dir)
+		if err := os.RemoveAll(dir); err != nil {
+			t.Errorf("cleanup: %v", err)
+		}
 	})
 	// Start the browser on the long-lived context first; a timeout context
 	// here would kill the browser when it expires.

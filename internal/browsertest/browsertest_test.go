@@ -2,6 +2,7 @@ package browsertest
 
 import (
 	"fmt"
+	"html"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -15,10 +16,10 @@ func TestBrowserSubmitsAForm(t *testing.T) {
 		w.Header().Set("Content-Type", "text/html; charset=utf-8")
 		if r.Method == http.MethodPost {
 			_ = r.ParseForm()
-			fmt.Fprintf(w, `<p id="out">hello %s</p>`, r.PostForm.Get("name"))
+			_, _ = fmt.Fprintf(w, `<p id="out">hello %s</p>`, html.EscapeString(r.PostForm.Get("name"))) // a failed write shows up as the browser's failure
 			return
 		}
-		fmt.Fprint(w, `<form method="post"><input id="name" name="name"></form>`)
+		_, _ = fmt.Fprint(w, `<form method="post"><input id="name" name="name"></form>`) // as above
 	}))
 	defer srv.Close()
 

@@ -67,7 +67,7 @@ func (r Runner) RunCmd(ctx context.Context, c Cmd) ([]byte, error) {
 		logger = slog.Default()
 	}
 	cmdline := c.cmdline()
-	cmd := exec.CommandContext(ctx, c.Name, c.Args...)
+	cmd := exec.CommandContext(ctx, c.Name, c.Args...) //nolint:gosec // G204: the one place that runs external tools: argv without a shell, names validated by the callers (storage.ValidateName)
 	cmd.Dir = c.Dir
 	if len(c.Env) > 0 {
 		cmd.Env = append(os.Environ(), c.Env...)
@@ -84,8 +84,7 @@ func (r Runner) RunCmd(ctx context.Context, c Cmd) ([]byte, error) {
 	elapsed := time.Since(start)
 	if err != nil {
 		exitCode := -1
-		var exitErr *exec.ExitError
-		if errors.As(err, &exitErr) {
+		if exitErr, ok := errors.AsType[*exec.ExitError](err); ok {
 			exitCode = exitErr.ExitCode()
 		}
 		logger.Debug("command failed", "cmd", cmdline, "elapsed", elapsed, "exit", exitCode, "stderr", strings.TrimSpace(stderr.String()))

@@ -138,7 +138,9 @@ func start(bin, dir string, opts Options) (*Dex, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer logf.Close()
+	// dex has its own copy of the descriptor once started; ours only
+	// needs closing, and the log is read by name.
+	defer func() { _ = logf.Close() }()
 	d.cmd = exec.Command(bin, "serve", cfgPath)
 	d.cmd.Stdout = logf
 	d.cmd.Stderr = logf
@@ -229,7 +231,7 @@ func waitReady(ctx context.Context, url string, exited <-chan error) error {
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 		resp, err := client.Do(req)
 		if err == nil {
-			resp.Body.Close()
+			_ = resp.Body.Close() // only the status matters
 			if resp.StatusCode == http.StatusOK {
 				return nil
 			}
@@ -249,7 +251,7 @@ func freePort() (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	defer l.Close()
+	defer func() { _ = l.Close() }() // only its port was wanted
 	return l.Addr().(*net.TCPAddr).Port, nil
 }
 

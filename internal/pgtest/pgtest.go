@@ -35,7 +35,7 @@ func FreePort(t testing.TB) int {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
+	defer func() { _ = l.Close() }() // only its port was wanted
 	return l.Addr().(*net.TCPAddr).Port
 }
 
@@ -58,7 +58,11 @@ func InitDataDir(t testing.TB) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
+	t.Cleanup(func() {
+		if err := os.RemoveAll(dir); err != nil {
+			t.Errorf("cleanup: %v", err)
+		}
+	})
 	c := &pgcluster.Cluster{DataDir: filepath.Join(dir, "data"), User: u}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -82,7 +86,7 @@ func Start(t testing.TB) *Server {
 	t.Cleanup(c.Kill)
 	s := &Server{Cluster: c, Port: port, Password: Password}
 	conn := s.Connect(t, "postgres")
-	defer conn.Close(context.Background())
+	defer func() { _ = conn.Close(context.Background()) }() // a session's end: nothing to lose
 	if _, err := conn.Exec(ctx, "ALTER ROLE postgres PASSWORD '"+Password+"'"); err != nil {
 		t.Fatal(err)
 	}
@@ -106,7 +110,7 @@ func (s *Server) Connect(t testing.TB, db string) *pgx.Conn {
 func (s *Server) Exec(t testing.TB, db string, sql ...string) {
 	t.Helper()
 	conn := s.Connect(t, db)
-	defer conn.Close(context.Background())
+	defer func() { _ = conn.Close(context.Background()) }() // a session's end: nothing to lose
 	for _, q := range sql {
 		if _, err := conn.Exec(context.Background(), q, pgx.QueryExecModeSimpleProtocol); err != nil {
 			t.Fatalf("%s: %v", q, err)

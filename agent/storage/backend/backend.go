@@ -13,7 +13,6 @@ import (
 	"github.com/thinlab/thinlab/agent/storage/reflink"
 	"github.com/thinlab/thinlab/agent/storage/zfs"
 	"github.com/thinlab/thinlab/internal/command"
-	"github.com/thinlab/thinlab/internal/pgcluster"
 )
 
 // Config is one pool as the agent's configuration describes it.
@@ -29,7 +28,7 @@ type Config struct {
 	// default.
 	ClonesDir string
 	// Owner, when set, owns each clone's root (the postgres OS user).
-	Owner *pgcluster.OSUser
+	Owner *storage.Owner
 	// Runner runs the backend's tools; nil means a default Runner.
 	Runner *command.Runner
 	Logger *slog.Logger
@@ -50,23 +49,11 @@ func Open(ctx context.Context, cfg Config) (storage.Pool, error) {
 	}
 	switch cfg.Mode {
 	case storage.ModeZFS:
-		var owner *zfs.Owner
-		if cfg.Owner != nil {
-			owner = &zfs.Owner{UID: int(cfg.Owner.UID), GID: int(cfg.Owner.GID)}
-		}
-		return zfs.Open(ctx, zfs.Config{Name: cfg.Name, Dataset: cfg.Path, ClonesDir: cfg.ClonesDir, Owner: owner, Runner: r, Logger: cfg.Logger})
+		return zfs.Open(ctx, zfs.Config{Name: cfg.Name, Dataset: cfg.Path, ClonesDir: cfg.ClonesDir, Owner: cfg.Owner, Runner: r, Logger: cfg.Logger})
 	case storage.ModeBtrfs:
-		var owner *btrfs.Owner
-		if cfg.Owner != nil {
-			owner = &btrfs.Owner{UID: int(cfg.Owner.UID), GID: int(cfg.Owner.GID)}
-		}
-		return btrfs.Open(ctx, btrfs.Config{Name: cfg.Name, Path: cfg.Path, ClonesDir: cfg.ClonesDir, Owner: owner, Runner: r, Logger: cfg.Logger})
+		return btrfs.Open(ctx, btrfs.Config{Name: cfg.Name, Path: cfg.Path, ClonesDir: cfg.ClonesDir, Owner: cfg.Owner, Runner: r, Logger: cfg.Logger})
 	case storage.ModeReflink:
-		var owner *reflink.Owner
-		if cfg.Owner != nil {
-			owner = &reflink.Owner{UID: int(cfg.Owner.UID), GID: int(cfg.Owner.GID)}
-		}
-		return reflink.Open(ctx, reflink.Config{Name: cfg.Name, Path: cfg.Path, ClonesDir: cfg.ClonesDir, Owner: owner, Runner: r, Logger: cfg.Logger})
+		return reflink.Open(ctx, reflink.Config{Name: cfg.Name, Path: cfg.Path, ClonesDir: cfg.ClonesDir, Owner: cfg.Owner, Runner: r, Logger: cfg.Logger})
 	case storage.ModeLVM:
 		return openLVM(ctx, cfg, r)
 	case "":

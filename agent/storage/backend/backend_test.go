@@ -72,7 +72,11 @@ func TestCreateLoopPool(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			t.Cleanup(func() { teardown() })
+			t.Cleanup(func() {
+				if err := teardown(); err != nil {
+					t.Errorf("teardown of the %s pool: %v", mode, err)
+				}
+			})
 			if p.Mode() != mode {
 				t.Fatalf("mode %s", p.Mode())
 			}

@@ -17,7 +17,6 @@ import (
 	"github.com/thinlab/thinlab/agent/storage/loopdev"
 	"github.com/thinlab/thinlab/agent/storage/zfs"
 	"github.com/thinlab/thinlab/internal/command"
-	"github.com/thinlab/thinlab/internal/pgcluster"
 )
 
 // LoopOptions describe a throwaway pool on an image file.
@@ -32,7 +31,7 @@ type LoopOptions struct {
 	// host); default "loop" plus a random suffix.
 	Name string
 	// Owner, when set, owns each clone's root (the postgres OS user).
-	Owner  *pgcluster.OSUser
+	Owner  *storage.Owner
 	Runner *command.Runner
 	Logger *slog.Logger
 }
@@ -71,7 +70,7 @@ func CreateLoopPool(ctx context.Context, mode string, opt LoopOptions) (storage.
 	}
 	createdDir := false
 	if entries, err := os.ReadDir(opt.Dir); errors.Is(err, os.ErrNotExist) {
-		if err := os.MkdirAll(opt.Dir, 0o755); err != nil {
+		if err := os.MkdirAll(opt.Dir, 0o755); err != nil { //nolint:gosec // 0755: the postgres OS user traverses it to reach PGDATA
 			return nil, nil, fmt.Errorf("loop pool: %w", err)
 		}
 		createdDir = true
@@ -81,7 +80,7 @@ func CreateLoopPool(ctx context.Context, mode string, opt LoopOptions) (storage.
 		return nil, nil, fmt.Errorf("loop pool: dir %s is not empty; give each loop pool its own directory", opt.Dir)
 	}
 	// The postgres user walks through Dir to reach PGDATA.
-	if err := os.Chmod(opt.Dir, 0o755); err != nil {
+	if err := os.Chmod(opt.Dir, 0o755); err != nil { //nolint:gosec // 0755: the postgres OS user traverses it to reach PGDATA
 		return nil, nil, fmt.Errorf("loop pool: %w", err)
 	}
 	lp := &loopPool{r: r, dir: opt.Dir, createdDir: createdDir, image: filepath.Join(opt.Dir, "pool.img"), mnt: filepath.Join(opt.Dir, "mnt")}
@@ -131,14 +130,14 @@ func (lp *loopPool) create(ctx context.Context, mode string, opt LoopOptions) (s
 		if _, err := lp.r.Run(ctx, mkfs[0], mkfs[1:]...); err != nil {
 			return nil, fmt.Errorf("loop pool: make filesystem: %w", err)
 		}
-		if err := os.MkdirAll(lp.mnt, 0o755); err != nil {
+		if err := os.MkdirAll(lp.mnt, 0o755); err != nil { //nolint:gosec // 0755: the postgres OS user traverses it to reach PGDATA
 			return nil, err
 		}
 		if _, err := lp.r.Run(ctx, "mount", dev, lp.mnt); err != nil {
 			return nil, fmt.Errorf("loop pool: mount: %w", err)
 		}
 		lp.mounted = true
-		if err := os.Chmod(lp.mnt, 0o755); err != nil {
+		if err := os.Chmod(lp.mnt, 0o755); err != nil { //nolint:gosec // 0755: the postgres OS user traverses it to reach PGDATA
 			return nil, err
 		}
 	case storage.ModeZFS:
@@ -216,7 +215,7 @@ func (lp *loopPool) teardown() error {
 // exiting still holds it for a moment).
 func unmount(ctx context.Context, r command.Runner, dir string) error {
 	var err error
-	for i := 0; i < 20; i++ {
+	for i := range 20 {
 		if i > 0 {
 			select {
 			case <-ctx.Done():

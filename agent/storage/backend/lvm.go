@@ -21,10 +21,6 @@ func openLVM(ctx context.Context, cfg Config, r command.Runner) (storage.Pool, e
 	if cfg.ClonesDir != "" {
 		return nil, fmt.Errorf("pool %s: clonesDir is not used by mode lvm (clones mount under /var/lib/thinlab/lvm/%s/clones); remove it", cfg.Name, cfg.Name)
 	}
-	var owner *lvm.Owner
-	if cfg.Owner != nil {
-		owner = &lvm.Owner{UID: int(cfg.Owner.UID), GID: int(cfg.Owner.GID)}
-	}
 	// Without a running udev, device-mapper would wait for it forever.
-	return lvm.Open(ctx, lvm.Config{Name: cfg.Name, VG: vg, ThinPool: thin, Owner: owner, NoUdev: !lvm.UdevRunning(), Runner: &r, Logger: cfg.Logger})
+	return lvm.Open(ctx, lvm.Config{Name: cfg.Name, VG: vg, ThinPool: thin, Owner: cfg.Owner, NoUdev: !lvm.UdevRunning(), Runner: &r, Logger: cfg.Logger})
 }

@@ -59,15 +59,10 @@ type Config struct {
 	ClonesDir string
 	// Owner, when set, owns each clone's root directory (the postgres OS
 	// user); PGDATA inside keeps the ownership it had in the snapshot.
-	Owner *Owner
+	Owner *storage.Owner
 	// Runner runs btrfs; Logger defaults to slog.Default().
 	Runner command.Runner
 	Logger *slog.Logger
-}
-
-// Owner is a numeric OS user and group.
-type Owner struct {
-	UID, GID int
 }
 
 // Pool is a storage.Pool on btrfs. Its state is the filesystem: several
@@ -129,7 +124,7 @@ func Open(ctx context.Context, cfg Config) (*Pool, error) {
 	if err := os.MkdirAll(p.snapDir, 0o700); err != nil {
 		return nil, fmt.Errorf("btrfs pool %s: snapshots directory: %w", cfg.Name, err)
 	}
-	if err := os.MkdirAll(cfg.ClonesDir, 0o755); err != nil {
+	if err := os.MkdirAll(cfg.ClonesDir, 0o755); err != nil { //nolint:gosec // 0755: the postgres OS user traverses it to reach PGDATA of a clone
 		return nil, fmt.Errorf("btrfs pool %s: clonesDir: %w", cfg.Name, err)
 	}
 	if err := checkBtrfs(cfg.ClonesDir); err != nil {
@@ -302,7 +297,9 @@ func (p *Pool) undo(dir string) {
 			p.log.Error("cleanup of failed subvolume", "path", dir, "err", err)
 		}
 	}
-	os.Remove(dir + ".json")
+	// Best effort: a sidecar without its subvolume is ignored by Clones
+	// and removed by the next DestroyClone of that name.
+	_ = os.Remove(dir + ".json")
 }
 
 // Clones implements storage.Pool.
@@ -336,7 +333,7 @@ func (p *Pool) DestroyClone(ctx context.Context, name string) error {
 func (p *Pool) destroyCloneLocked(ctx context.Context, name string) error {
 	dir := filepath.Join(p.cfg.ClonesDir, name)
 	if !isSubvolume(dir) {
-		os.Remove(dir + ".json") // a sidecar whose clone is gone
+		_ = os.Remove(dir + ".json") // best effort: a sidecar whose clone is gone; not found either way
 		return fmt.Errorf("%w: clone %s", storage.ErrNotFound, name)
 	}
 	if err := p.btrfs(ctx, "subvolume", "delete", dir); err != nil {
@@ -360,7 +357,7 @@ func (p *Pool) Usage(ctx context.Context) (storage.Usage, error) {
 	if err := unix.Statfs(p.cfg.Path, &st); err != nil {
 		return storage.Usage{}, fmt.Errorf("btrfs pool %s: statfs: %w", p.cfg.Name, err)
 	}
-	bs := uint64(st.Bsize)
+	bs := uint64(st.Bsize) //nolint:gosec // G115: statfs f_bsize is a positive block size
 	u := storage.Usage{
 		Size:          st.Blocks * bs,
 		Free:          st.Bavail * bs,

@@ -55,15 +55,25 @@ func TestQgroupSizes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { loopdev.Detach(context.Background(), r, dev) })
+	t.Cleanup(func() {
+		if err := loopdev.Detach(context.Background(), r, dev); err != nil {
+			t.Errorf("cleanup: detach %s: %v", dev, err)
+		}
+	})
 	if _, err := r.Run(ctx, "mkfs.btrfs", "-q", "-f", dev); err != nil {
 		t.Fatal(err)
 	}
-	os.Mkdir(mnt, 0o755)
+	if err := os.Mkdir(mnt, 0o755); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := r.Run(ctx, "mount", dev, mnt); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { r.Run(context.Background(), "umount", mnt) })
+	t.Cleanup(func() {
+		if _, err := r.Run(context.Background(), "umount", mnt); err != nil {
+			t.Errorf("cleanup: %v", err)
+		}
+	})
 	if _, err := r.Run(ctx, "btrfs", "quota", "enable", mnt); err != nil {
 		t.Fatal(err)
 	}

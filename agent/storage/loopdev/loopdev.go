@@ -27,7 +27,7 @@ func CreateImage(path string, size int64) error {
 	if size <= 0 {
 		return fmt.Errorf("image %s: size must be positive, got %d bytes", path, size)
 	}
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600) //nolint:gosec // G304: the image path its caller (test, demo) chose; O_EXCL never reuses a file
 	if err != nil {
 		return fmt.Errorf("create image: %w", err)
 	}
@@ -36,7 +36,7 @@ func CreateImage(path string, size int64) error {
 		err = cerr
 	}
 	if err != nil {
-		os.Remove(path)
+		_ = os.Remove(path) // best effort: the error below is the one that matters
 		return fmt.Errorf("size image %s: %w", path, err)
 	}
 	return nil

@@ -9,7 +9,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
-	"sort"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -58,7 +58,7 @@ func BenchmarkInVMLVM(b *testing.B) {
 		b.Fatal(err)
 	}
 	p, err := Open(ctx, Config{Name: "bench", VG: f.vg, ThinPool: f.thinPool, MountRoot: filepath.Join(f.mountRoot, "bench"),
-		Owner: &Owner{UID: int(pgUser.UID), GID: int(pgUser.GID)}, NoUdev: true, Logger: quietLogger()})
+		Owner: &storage.Owner{UID: int(pgUser.UID), GID: int(pgUser.GID)}, NoUdev: true, Logger: quietLogger()})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -83,7 +83,7 @@ func BenchmarkInVMLVM(b *testing.B) {
 	var snaps, clones, ready []time.Duration
 	base := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	var snapID string
-	for i := 0; i < 5; i++ {
+	for i := range 5 {
 		start := time.Now()
 		s, err := p.Snapshot(ctx, storage.SnapshotOptions{DataStateAt: base.Add(time.Duration(i) * time.Minute)})
 		if err != nil {
@@ -92,7 +92,7 @@ func BenchmarkInVMLVM(b *testing.B) {
 		snaps = append(snaps, time.Since(start))
 		snapID = s.ID
 	}
-	for i := 0; i < 6; i++ {
+	for i := range 6 {
 		start := time.Now()
 		c, err := p.Clone(ctx, snapID, fmt.Sprintf("b%d", i))
 		if err != nil {
@@ -123,7 +123,9 @@ func BenchmarkInVMLVM(b *testing.B) {
 	}
 	syncAll(b)
 	fullCopy := time.Since(start)
-	os.RemoveAll(dst)
+	if err := os.RemoveAll(dst); err != nil {
+		b.Fatal(err)
+	}
 
 	fmt.Printf("BENCH data_dir_size_lvm_tcg %d MiB\n", dirBytes(b, data)>>20)
 	fmt.Printf("BENCH storage_snapshot_lvm_tcg %.3f s\n", median(snaps).Seconds())
@@ -168,6 +170,6 @@ func syncAll(t testing.TB) {
 
 func median(d []time.Duration) time.Duration {
 	s := append([]time.Duration(nil), d...)
-	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	slices.Sort(s)
 	return s[len(s)/2]
 }

@@ -48,8 +48,11 @@ func TestInVMConformance(t *testing.T) {
 		}
 	}
 	t.Cleanup(func() {
-		lvmCmd("vgremove", "-y", "-ff", vg)
-		lvmCmd("pvremove", "-y", disk)
+		for _, args := range [][]string{{"vgremove", "-y", "-ff", vg}, {"pvremove", "-y", disk}} {
+			if _, err := lvmCmd(args...); err != nil {
+				t.Errorf("cleanup: lvm %v: %v", args, err)
+			}
+		}
 	})
 	if _, err := lvmCmd("lvcreate", "-y", "-L", "1536M", "-T", vg+"/tpool"); err != nil {
 		t.Fatal(err)
@@ -58,8 +61,15 @@ func TestInVMConformance(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	os.Chmod(root, 0o755)
-	t.Cleanup(func() { os.RemoveAll(root) })
+	// The postgres user traverses root on the way to each clone's PGDATA.
+	if err := os.Chmod(root, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := os.RemoveAll(root); err != nil {
+			t.Errorf("cleanup: %v", err)
+		}
+	})
 	u, err := pgcluster.LookupUser("postgres")
 	if err != nil {
 		t.Fatal(err)
@@ -70,7 +80,7 @@ func TestInVMConformance(t *testing.T) {
 	storagetest.RunConformance(t, func(t *testing.T) storage.Pool {
 		name := fmt.Sprintf("cf%d", n.Add(1))
 		cfg := lvm.Config{Name: name, VG: vg, ThinPool: "tpool", MountRoot: filepath.Join(root, name), MainSize: "320M",
-			Owner: &lvm.Owner{UID: int(u.UID), GID: int(u.GID)}, NoUdev: true, Logger: quiet}
+			Owner: &storage.Owner{UID: int(u.UID), GID: int(u.GID)}, NoUdev: true, Logger: quiet}
 		p, err := lvm.Open(ctx, cfg)
 		if err != nil {
 			t.Fatal(err)
@@ -78,15 +88,24 @@ func TestInVMConformance(t *testing.T) {
 		t.Cleanup(func() {
 			// Whatever the subtest left: its mounts, then its LVs.
 			for _, m := range mountsBelow(cfg.MountRoot) {
-				run.Run(ctx, "umount", m)
-			}
-			out, _ := lvmCmd("lvs", "--noheadings", "-o", "lv_name", vg)
-			for _, lv := range strings.Fields(out) {
-				if strings.HasPrefix(lv, name+"_") {
-					lvmCmd("lvremove", "-y", vg+"/"+lv)
+				if _, err := run.Run(ctx, "umount", m); err != nil {
+					t.Errorf("cleanup: %v", err)
 				}
 			}
-			os.RemoveAll(cfg.MountRoot)
+			out, err := lvmCmd("lvs", "--noheadings", "-o", "lv_name", vg)
+			if err != nil {
+				t.Errorf("cleanup: list LVs: %v", err)
+			}
+			for lv := range strings.FieldsSeq(out) {
+				if strings.HasPrefix(lv, name+"_") {
+					if _, err := lvmCmd("lvremove", "-y", vg+"/"+lv); err != nil {
+						t.Errorf("cleanup: %v", err)
+					}
+				}
+			}
+			if err := os.RemoveAll(cfg.MountRoot); err != nil {
+				t.Errorf("cleanup: %v", err)
+			}
 		})
 		return p
 	})
@@ -99,7 +118,7 @@ func mountsBelow(root string) []string {
 		return nil
 	}
 	var out []string
-	for _, line := range strings.Split(string(b), "\n") {
+	for line := range strings.SplitSeq(string(b), "\n") {
 		f := strings.Fields(line)
 		if len(f) > 1 && (f[1] == root || strings.HasPrefix(f[1], root+"/")) {
 			out = append([]string{f[1]}, out...)

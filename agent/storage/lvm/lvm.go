@@ -74,8 +74,8 @@ type Config struct {
 	FSType string
 	// Owner, when set, owns the root directories of main and of each
 	// clone (the postgres OS user); PGDATA inside keeps the ownership it
-	// had in the snapshot. Same shape as zfs.Owner.
-	Owner *Owner
+	// had in the snapshot.
+	Owner *storage.Owner
 	// NoUdev sets DM_DISABLE_UDEV=1 for lvm, for hosts where udev does
 	// not run: LVM then creates the /dev nodes itself.
 	NoUdev bool
@@ -89,11 +89,6 @@ type Config struct {
 func UdevRunning() bool {
 	_, err := os.Stat("/run/udev/control")
 	return err == nil
-}
-
-// Owner is a numeric OS user and group.
-type Owner struct {
-	UID, GID int
 }
 
 // Pool is a storage.Pool on an LVM thin pool. Its only state besides the
@@ -160,7 +155,7 @@ func Open(ctx context.Context, cfg Config) (*Pool, error) {
 		return nil, fmt.Errorf("lvm pool %s: thin pool %s/%s does not exist: create it (lvcreate -T %s/%s -L SIZE): %w", cfg.Name, cfg.VG, cfg.ThinPool, cfg.VG, cfg.ThinPool, storage.ErrNotFound)
 	}
 	for _, d := range []string{p.mainDir, p.clonesDir()} {
-		if err := os.MkdirAll(d, 0o755); err != nil {
+		if err := os.MkdirAll(d, 0o755); err != nil { //nolint:gosec // 0755: the postgres OS user traverses it to reach PGDATA
 			return nil, fmt.Errorf("lvm pool %s: mountRoot: %w", cfg.Name, err)
 		}
 	}
@@ -419,7 +414,7 @@ func (p *Pool) finishClone(ctx context.Context, lv, mount string) error {
 			return err
 		}
 	}
-	if err := os.MkdirAll(mount, 0o755); err != nil {
+	if err := os.MkdirAll(mount, 0o755); err != nil { //nolint:gosec // 0755: the postgres OS user traverses it to reach PGDATA of a clone
 		return err
 	}
 	if err := p.mount(ctx, p.devPath(lv), mount, true); err != nil {
@@ -449,7 +444,9 @@ func (p *Pool) removeLV(lv, mount string) {
 	// Only an empty directory goes: a file in the way (which may be why
 	// the mount failed) is not ours to delete.
 	if fi, err := os.Lstat(mount); err == nil && fi.IsDir() && mount != p.mainDir {
-		os.Remove(mount)
+		if err := os.Remove(mount); err != nil {
+			p.log.Error("cleanup: remove mount directory", "path", mount, "err", err)
+		}
 	}
 }
 
@@ -579,7 +576,7 @@ func (p *Pool) ensureMounted(ctx context.Context, row lvRow, dir string, clone b
 	if isMountpoint(dir) {
 		return nil
 	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	if err := os.MkdirAll(dir, 0o755); err != nil { //nolint:gosec // 0755: the postgres OS user traverses it to reach PGDATA
 		return err
 	}
 	return p.mount(ctx, p.devPath(row.Name), dir, clone)
@@ -663,7 +660,7 @@ func isMountpoint(dir string) bool {
 	if err != nil {
 		return false
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }() // opened read-only: Close cannot lose data
 	sc := bufio.NewScanner(f)
 	sc.Buffer(make([]byte, 64*1024), 1024*1024)
 	for sc.Scan() {

@@ -3,7 +3,7 @@ package lvm
 import (
 	"encoding/json"
 	"fmt"
-	"sort"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -162,7 +162,7 @@ func (st state) clonesOf(id string) []string {
 			names = append(names, c.meta.Name)
 		}
 	}
-	sort.Strings(names)
+	slices.Sort(names)
 	return names
 }
 
@@ -213,11 +213,11 @@ func (st state) clonesList(mountDir func(string) string) []storage.Clone {
 			UsedBytes:  st.cloneUsed(c),
 		})
 	}
-	sort.Slice(out, func(i, j int) bool {
-		if !out[i].CreatedAt.Equal(out[j].CreatedAt) {
-			return out[i].CreatedAt.Before(out[j].CreatedAt)
+	slices.SortFunc(out, func(a, b storage.Clone) int {
+		if c := a.CreatedAt.Compare(b.CreatedAt); c != 0 {
+			return c
 		}
-		return out[i].Name < out[j].Name
+		return strings.Compare(a.Name, b.Name)
 	})
 	return out
 }
@@ -232,10 +232,7 @@ func (st state) usage() storage.Usage {
 		return u
 	}
 	u.Size = st.thinPool.sizeBytes()
-	u.Used = st.thinPool.mappedBytes()
-	if u.Used > u.Size {
-		u.Used = u.Size
-	}
+	u.Used = min(st.thinPool.mappedBytes(), u.Size)
 	u.Free = u.Size - u.Used
 	if st.main != nil {
 		u.DataSize = st.main.mappedBytes()

@@ -4,7 +4,7 @@ import (
 	"encoding/base32"
 	"encoding/json"
 	"fmt"
-	"sort"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -104,7 +104,7 @@ func parseTags(field string) (tagSet, error) {
 	if field == "" {
 		return ts, nil
 	}
-	for _, tag := range strings.Split(field, ",") {
+	for tag := range strings.SplitSeq(field, ",") {
 		switch {
 		case strings.HasPrefix(tag, tagPoolPrefix):
 			b, err := b32.DecodeString(strings.TrimPrefix(tag, tagPoolPrefix))
@@ -135,7 +135,7 @@ func (ts tagSet) decodeMeta(v any) error {
 	for i := range ts.chunk {
 		idx = append(idx, i)
 	}
-	sort.Ints(idx)
+	slices.Sort(idx)
 	var sb strings.Builder
 	for n, i := range idx {
 		if i != n {

@@ -4,10 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
+	"maps"
 	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -115,11 +118,15 @@ func newVMFixture(t testing.TB, poolSize string) *vmFixture {
 		// Unmount whatever is still mounted below mountRoot, then drop
 		// the VG and the PV label.
 		for _, m := range mountsBelow(f.mountRoot) {
-			f.run.Run(ctx, "umount", m)
+			if _, err := f.run.Run(ctx, "umount", m); err != nil {
+				t.Errorf("cleanup: %v", err)
+			}
 		}
 		f.lvmQuiet("vgremove", "-y", "-ff", f.vg)
 		f.lvmQuiet("pvremove", "-y", disk)
-		os.RemoveAll(f.mountRoot)
+		if err := os.RemoveAll(f.mountRoot); err != nil {
+			t.Errorf("cleanup: %v", err)
+		}
 	})
 	f.lvm(t, "lvcreate", "-y", "-L", poolSize, "-T", f.vg+"/"+f.thinPool)
 	dir, err := os.MkdirTemp("", "thinlab-lvm-")
@@ -144,10 +151,12 @@ func (f *vmFixture) lvm(t testing.TB, args ...string) string {
 }
 
 func (f *vmFixture) lvmQuiet(args ...string) {
-	f.run.RunCmd(context.Background(), command.Cmd{Name: "lvm", Args: args, Env: []string{"DM_DISABLE_UDEV=1"}})
+	// Quiet on purpose: cleanup of what may already be gone; the next
+	// fixture starts from a fresh VG name either way.
+	_, _ = f.run.RunCmd(context.Background(), command.Cmd{Name: "lvm", Args: args, Env: []string{"DM_DISABLE_UDEV=1"}})
 }
 
-func (f *vmFixture) config(name string, owner *Owner) Config {
+func (f *vmFixture) config(name string, owner *storage.Owner) Config {
 	return Config{Name: name, VG: f.vg, ThinPool: f.thinPool, MountRoot: filepath.Join(f.mountRoot, name), Owner: owner, NoUdev: true}
 }
 
@@ -169,7 +178,7 @@ func TestInVMPostgresOnThinPool(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	owner := &Owner{UID: int(pgUser.UID), GID: int(pgUser.GID)}
+	owner := &storage.Owner{UID: int(pgUser.UID), GID: int(pgUser.GID)}
 	cfg := f.config("pg1", owner)
 	p, err := Open(ctx, cfg)
 	if err != nil {
@@ -323,7 +332,9 @@ func TestInVMPostgresOnThinPool(t *testing.T) {
 	if b, err := os.ReadFile(blocker); err != nil || string(b) != "not a directory" {
 		t.Fatalf("the file in the way was touched: %q %v", b, err)
 	}
-	os.Remove(blocker)
+	if err := os.Remove(blocker); err != nil {
+		t.Fatal(err)
+	}
 
 	// Forced destroy cascades to both clones.
 	if err := p2.DestroySnapshot(ctx, snap.ID, true); err != nil {
@@ -438,13 +449,13 @@ func startPG(t testing.TB, c *pgcluster.Cluster, port int) {
 	t.Helper()
 	// A clone of a running server carries its postmaster.pid, naming a
 	// process that is alive on this machine.
-	os.Remove(filepath.Join(c.DataDir, "postmaster.pid"))
+	if err := os.Remove(filepath.Join(c.DataDir, "postmaster.pid")); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		t.Fatal(err)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	settings := map[string]string{"shared_buffers": "16MB", "max_connections": "10", "dynamic_shared_memory_type": "posix"}
-	for k, v := range pgcluster.FastSettings {
-		settings[k] = v
-	}
+	maps.Copy(settings, pgcluster.FastSettings)
 	if err := c.Start(ctx, port, "", settings); err != nil {
 		t.Fatal(err)
 	}
@@ -491,7 +502,7 @@ func mountsBelow(root string) []string {
 		return nil
 	}
 	var out []string
-	for _, line := range strings.Split(string(b), "\n") {
+	for line := range strings.SplitSeq(string(b), "\n") {
 		fields := strings.Fields(line)
 		if len(fields) > 4 {
 			if m := unescapeMount(fields[4]); m == root || strings.HasPrefix(m, root+"/") {
@@ -500,9 +511,7 @@ func mountsBelow(root string) []string {
 		}
 	}
 	// Deepest first, so nested mounts come off before their parents.
-	for i, j := 0, len(out)-1; i < j; i, j = i+1, j-1 {
-		out[i], out[j] = out[j], out[i]
-	}
+	slices.Reverse(out)
 	return out
 }
 

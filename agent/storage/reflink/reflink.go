@@ -66,15 +66,10 @@ type Config struct {
 	ClonesDir string
 	// Owner, when set, owns each clone's root directory (the postgres OS
 	// user); PGDATA inside keeps the ownership it had in the snapshot.
-	Owner *Owner
+	Owner *storage.Owner
 	// Runner runs cp; Logger defaults to slog.Default().
 	Runner command.Runner
 	Logger *slog.Logger
-}
-
-// Owner is a numeric OS user and group.
-type Owner struct {
-	UID, GID int
 }
 
 // Temporary names start with a dot, which no snapshot or clone name can.
@@ -139,13 +134,13 @@ func Open(ctx context.Context, cfg Config) (*Pool, error) {
 	if err := probeReflink(cfg.Path); err != nil {
 		return nil, fmt.Errorf("reflink pool %s: %w", cfg.Name, err)
 	}
-	if err := os.MkdirAll(p.mainDir, 0o755); err != nil {
+	if err := os.MkdirAll(p.mainDir, 0o755); err != nil { //nolint:gosec // 0755: the postgres OS user traverses it to reach PGDATA
 		return nil, fmt.Errorf("reflink pool %s: main directory: %w", cfg.Name, err)
 	}
 	if err := os.MkdirAll(p.snapDir, 0o700); err != nil {
 		return nil, fmt.Errorf("reflink pool %s: snapshots directory: %w", cfg.Name, err)
 	}
-	if err := os.MkdirAll(cfg.ClonesDir, 0o755); err != nil {
+	if err := os.MkdirAll(cfg.ClonesDir, 0o755); err != nil { //nolint:gosec // 0755: the postgres OS user traverses it to reach PGDATA of a clone
 		return nil, fmt.Errorf("reflink pool %s: clonesDir: %w", cfg.Name, err)
 	}
 	if err := sameFilesystem(cfg.Path, cfg.ClonesDir); err != nil {
@@ -200,7 +195,7 @@ func (p *Pool) Snapshot(ctx context.Context, opt storage.SnapshotOptions) (stora
 		return storage.Snapshot{}, fmt.Errorf("snapshot %s: %w", id, err)
 	}
 	if err := p.copyTree(ctx, p.mainDir, dst, nil); err != nil {
-		os.Remove(dst + ".json")
+		_ = os.Remove(dst + ".json") // best effort: a sidecar without its directory is ignored
 		return storage.Snapshot{}, fmt.Errorf("snapshot %s: %w", id, err)
 	}
 	p.log.Info("snapshot created", "id", id)
@@ -209,7 +204,7 @@ func (p *Pool) Snapshot(ctx context.Context, opt storage.SnapshotOptions) (stora
 
 // copyTree reflink-copies src to dst through a temporary name, so dst
 // appears complete or not at all, and hands dst's root to owner.
-func (p *Pool) copyTree(ctx context.Context, src, dst string, owner *Owner) error {
+func (p *Pool) copyTree(ctx context.Context, src, dst string, owner *storage.Owner) error {
 	tmp := filepath.Join(filepath.Dir(dst), creatingPrefix+filepath.Base(dst)+"-"+randomSuffix())
 	_, err := p.cfg.Runner.Run(ctx, "cp", "-a", "--reflink=always", "--", src, tmp)
 	if err == nil && owner != nil {
@@ -352,7 +347,7 @@ func (p *Pool) Clone(ctx context.Context, snapshotID, name string) (storage.Clon
 		return storage.Clone{}, fmt.Errorf("clone %s: %w", name, err)
 	}
 	if err := p.copyTree(ctx, src, dst, p.cfg.Owner); err != nil {
-		os.Remove(dst + ".json")
+		_ = os.Remove(dst + ".json") // best effort: a sidecar without its directory is ignored
 		return storage.Clone{}, fmt.Errorf("clone %s from %s: %w", name, snapshotID, err)
 	}
 	p.log.Info("clone created", "clone", name, "snapshot", snapshotID)
@@ -386,7 +381,7 @@ func (p *Pool) DestroyClone(ctx context.Context, name string) error {
 		return fmt.Errorf("%w: clone %s is still being created", storage.ErrNotFound, name)
 	}
 	if !isDir(dir) {
-		os.Remove(dir + ".json") // a sidecar whose clone is gone
+		_ = os.Remove(dir + ".json") // best effort: a sidecar whose clone is gone; not found either way
 		return fmt.Errorf("%w: clone %s", storage.ErrNotFound, name)
 	}
 	if err := p.removeTree(dir); err != nil {
@@ -406,7 +401,7 @@ func (p *Pool) Usage(ctx context.Context) (storage.Usage, error) {
 	if err := unix.Statfs(p.cfg.Path, &st); err != nil {
 		return storage.Usage{}, fmt.Errorf("reflink pool %s: statfs: %w", p.cfg.Name, err)
 	}
-	bs := uint64(st.Bsize)
+	bs := uint64(st.Bsize) //nolint:gosec // G115: statfs f_bsize is a positive block size
 	u := storage.Usage{
 		Size:          st.Blocks * bs,
 		Free:          st.Bavail * bs,
@@ -454,7 +449,9 @@ func (p *Pool) removeLeftovers(dir string) {
 		if strings.HasPrefix(n, creatingPrefix) || strings.HasPrefix(n, deletingPrefix) || strings.Contains(n, ".json.tmp") {
 			path := filepath.Join(dir, n)
 			p.log.Warn("removing leftover of an interrupted operation", "path", path)
-			os.RemoveAll(path)
+			if err := os.RemoveAll(path); err != nil {
+				p.log.Error("remove leftover", "path", path, "err", err)
+			}
 		}
 	}
 }
@@ -466,8 +463,10 @@ func probeReflink(dir string) error {
 	if err != nil {
 		return fmt.Errorf("probe reflink support in %s: %w", dir, err)
 	}
-	defer os.Remove(src.Name())
-	defer src.Close()
+	// The probe files are scratch: a failed Close or Remove changes nothing
+	// about the answer.
+	defer func() { _ = os.Remove(src.Name()) }()
+	defer func() { _ = src.Close() }()
 	if _, err := src.Write(make([]byte, 4096)); err != nil {
 		return fmt.Errorf("probe reflink support in %s: %w", dir, classify(err))
 	}
@@ -475,11 +474,11 @@ func probeReflink(dir string) error {
 	if err != nil {
 		return fmt.Errorf("probe reflink support in %s: %w", dir, err)
 	}
-	defer os.Remove(dst.Name())
-	defer dst.Close()
+	defer func() { _ = os.Remove(dst.Name()) }()
+	defer func() { _ = dst.Close() }()
 	if err := unix.IoctlFileClone(int(dst.Fd()), int(src.Fd())); err != nil {
 		var st unix.Statfs_t
-		unix.Statfs(dir, &st)
+		_ = unix.Statfs(dir, &st) // only names the filesystem in the message; zero says "unknown"
 		return fmt.Errorf("the %s filesystem at %s cannot share extents between files (FICLONE: %v): use XFS made with `mkfs.xfs -m reflink=1`, or btrfs, or another mode", fsName(st.Type), dir, err)
 	}
 	return nil
@@ -503,8 +502,7 @@ func classify(err error) error {
 	if err == nil {
 		return nil
 	}
-	var ce *command.Error
-	if errors.As(err, &ce) {
+	if ce, ok := errors.AsType[*command.Error](err); ok {
 		// cp prints one line per file it could not copy: thousands on a
 		// full filesystem. The first says what happened.
 		lines := strings.Split(ce.Stderr, "\n")

@@ -39,15 +39,25 @@ func TestRefusesExt4(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { loopdev.Detach(context.Background(), r, dev) })
+	t.Cleanup(func() {
+		if err := loopdev.Detach(context.Background(), r, dev); err != nil {
+			t.Errorf("cleanup: detach %s: %v", dev, err)
+		}
+	})
 	if _, err := r.Run(ctx, "mkfs.ext4", "-q", dev); err != nil {
 		t.Fatal(err)
 	}
-	os.Mkdir(mnt, 0o755)
+	if err := os.Mkdir(mnt, 0o755); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := r.Run(ctx, "mount", dev, mnt); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { r.Run(context.Background(), "umount", mnt) })
+	t.Cleanup(func() {
+		if _, err := r.Run(context.Background(), "umount", mnt); err != nil {
+			t.Errorf("cleanup: %v", err)
+		}
+	})
 
 	_, err = reflink.Open(ctx, reflink.Config{Name: "ext", Path: mnt})
 	if err == nil || !strings.Contains(err.Error(), "ext4") || !strings.Contains(err.Error(), "reflink=1") {
@@ -68,7 +78,7 @@ func TestRefusesExt4(t *testing.T) {
 func TestFullFilesystemLeavesNothing(t *testing.T) {
 	p := storagetest.NewLoopPoolSize(t, storage.ModeReflink, 320<<20).(*reflink.Pool)
 	ctx := context.Background()
-	for i := 0; i < 3000; i++ {
+	for i := range 3000 {
 		if err := os.WriteFile(filepath.Join(p.MainDir(), fmt.Sprintf("f%04d", i)), []byte("x"), 0o644); err != nil {
 			t.Fatal(err)
 		}
@@ -83,7 +93,7 @@ func TestFullFilesystemLeavesNothing(t *testing.T) {
 			break
 		}
 	}
-	f.Close()
+	_ = f.Close() // ENOSPC here too is expected: the filesystem being full is the point
 	_, err = p.Snapshot(ctx, storage.SnapshotOptions{})
 	if err == nil {
 		t.Skip("XFS found room for 3000 inodes in a full filesystem; the no-space path is not reached here")

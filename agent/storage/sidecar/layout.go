@@ -7,7 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"sort"
+	"slices"
 	"strings"
 	"time"
 
@@ -191,7 +191,7 @@ func Clones(clones []CloneEntry, used func(dir string) uint64) []storage.Clone {
 			UsedBytes:  used(c.Dir),
 		})
 	}
-	sort.SliceStable(out, func(i, j int) bool { return out[i].CreatedAt.Before(out[j].CreatedAt) })
+	slices.SortStableFunc(out, func(a, b storage.Clone) int { return a.CreatedAt.Compare(b.CreatedAt) })
 	return out
 }
 

@@ -8,7 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sort"
+	"slices"
 	"syscall"
 	"testing"
 	"time"
@@ -53,9 +53,9 @@ func benchMode(b *testing.B, mode, data string, size int64) {
 		b.Fatal(err)
 	}
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	p, teardown, err := backend.CreateLoopPool(ctx, mode, backend.LoopOptions{Dir: dir, Size: 2*size + 4<<30, Owner: &u, Logger: logger})
+	p, teardown, err := backend.CreateLoopPool(ctx, mode, backend.LoopOptions{Dir: dir, Size: 2*size + 4<<30, Owner: &storage.Owner{UID: int(u.UID), GID: int(u.GID)}, Logger: logger})
 	if err != nil {
-		os.RemoveAll(dir)
+		_ = os.RemoveAll(dir) // best effort: the Fatal below is what matters
 		b.Fatal(err)
 	}
 	b.Cleanup(func() {
@@ -63,7 +63,9 @@ func benchMode(b *testing.B, mode, data string, size int64) {
 			b.Errorf("teardown: %v", err)
 			return
 		}
-		os.Remove(dir)
+		if err := os.Remove(dir); err != nil {
+			b.Errorf("cleanup: %v", err)
+		}
 	})
 	if err := os.Chown(p.MainDir(), int(u.UID), int(u.GID)); err != nil {
 		b.Fatal(err)
@@ -82,7 +84,7 @@ func benchMode(b *testing.B, mode, data string, size int64) {
 	base := time.Now().UTC().Truncate(time.Second)
 	var snapTimes, cloneTimes, readyTimes []time.Duration
 	var snap storage.Snapshot
-	for i := 0; i < rounds; i++ {
+	for i := range rounds {
 		t0 := time.Now()
 		s, err := p.Snapshot(ctx, storage.SnapshotOptions{DataStateAt: base.Add(time.Duration(i) * time.Second), Message: "bench"})
 		if err != nil {
@@ -133,13 +135,17 @@ func benchMode(b *testing.B, mode, data string, size int64) {
 // data directory on the host's own filesystem.
 func benchFullCopy(b *testing.B, data string) {
 	var times []time.Duration
-	for i := 0; i < 3; i++ {
+	for range 3 {
 		dst := filepath.Join(benchdata.Root, fmt.Sprintf("fullcopy-%d", os.Getpid()))
-		os.RemoveAll(dst)
+		if err := os.RemoveAll(dst); err != nil {
+			b.Fatal(err)
+		}
 		t0 := time.Now()
 		out, err := exec.Command("cp", "-a", data, dst).CombinedOutput()
 		d := time.Since(t0)
-		os.RemoveAll(dst)
+		if rerr := os.RemoveAll(dst); rerr != nil && err == nil {
+			err = rerr
+		}
 		if err != nil {
 			b.Fatalf("cp -a: %v: %s", err, out)
 		}
@@ -155,13 +161,13 @@ func query(ctx context.Context, c *pgcluster.Cluster, port int) error {
 	if err != nil {
 		return err
 	}
-	defer conn.Close(ctx)
+	defer func() { _ = conn.Close(ctx) }() // after a read: nothing to lose
 	var n int
 	return conn.QueryRow(ctx, "SELECT count(*) FROM pgbench_branches").Scan(&n)
 }
 
 func median(d []time.Duration) time.Duration {
 	s := append([]time.Duration(nil), d...)
-	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	slices.Sort(s)
 	return s[len(s)/2]
 }

@@ -79,7 +79,7 @@ func startPostgres(t *testing.T, ctx context.Context, dataDir string) (*pgcluste
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { conn.Close(context.Background()) })
+	t.Cleanup(func() { _ = conn.Close(context.Background()) }) // the server is killed next; its end of the socket may be gone
 	return c, conn
 }
 
@@ -107,7 +107,9 @@ func testPostgresLifecycle(t *testing.T, p storage.Pool) {
 	if _, err := conn.Exec(ctx, "CREATE TABLE items (id int PRIMARY KEY, note text); INSERT INTO items SELECT g, repeat('x', 200) FROM generate_series(1, 3000) g"); err != nil {
 		t.Fatal(err)
 	}
-	conn.Close(ctx)
+	if err := conn.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
 	// Stopped cleanly, as retrieval leaves the main dataset before a
 	// snapshot (a reflink copy of a running server is not atomic).
 	if err := origin.Stop(ctx, "fast"); err != nil {
@@ -236,9 +238,11 @@ func testPostgresLifecycle(t *testing.T, p storage.Pool) {
 	if _, err := p.GetSnapshot(ctx, snap.ID); err != nil {
 		t.Fatalf("snapshot gone after a refused destroy: %v", err)
 	}
-	connMain.Close(ctx)
-	conn1.Close(ctx)
-	conn2.Close(ctx)
+	for _, c := range []*pgx.Conn{connMain, conn1, conn2} {
+		if err := c.Close(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
 	for _, dir := range []string{mainData, filepath.Join(c1.Mountpoint, storage.DataSubdir), filepath.Join(c2.Mountpoint, storage.DataSubdir)} {
 		c := &pgcluster.Cluster{DataDir: dir, User: u}
 		if err := c.Stop(ctx, "fast"); err != nil {
@@ -281,7 +285,7 @@ func testRetention(t *testing.T, p storage.Pool) {
 	ctx := testCtx(t)
 	base := time.Date(2026, 5, 1, 0, 0, 0, 0, time.UTC)
 	var ids []string
-	for i := 0; i < 4; i++ {
+	for i := range 4 {
 		writeMarker(t, p, fmt.Sprint(i))
 		s, err := p.Snapshot(ctx, storage.SnapshotOptions{DataStateAt: base.Add(time.Duration(i) * time.Hour)})
 		if err != nil {
@@ -358,13 +362,11 @@ func testParallelClones(t *testing.T, p storage.Pool) {
 	const n = 20
 	errs := make(chan error, n)
 	var wg sync.WaitGroup
-	for i := 0; i < n; i++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+	for i := range n {
+		wg.Go(func() {
 			_, err := p.Clone(ctx, snap.ID, fmt.Sprintf("par%02d", i))
 			errs <- err
-		}()
+		})
 	}
 	wg.Wait()
 	close(errs)
@@ -386,11 +388,9 @@ func testParallelClones(t *testing.T, p storage.Pool) {
 	}
 	errs = make(chan error, n)
 	for _, c := range list {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			errs <- p.DestroyClone(ctx, c.Name)
-		}()
+		})
 	}
 	wg.Wait()
 	close(errs)
@@ -545,7 +545,7 @@ func fillUp(t *testing.T, path string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }() // may fail with ENOSPC like Sync below; the pool is full either way
 	buf := make([]byte, 4<<20)
 	rand.Read(buf)
 	var written int64
@@ -562,7 +562,7 @@ func fillUp(t *testing.T, path string) {
 			t.Fatalf("fill pool: %v", err)
 		}
 	}
-	f.Sync() // may fail with ENOSPC too; the pool is full either way
+	_ = f.Sync() // may fail with ENOSPC too; the pool is full either way
 	t.Logf("filled the pool with %d MiB", written>>20)
 }
 
@@ -599,7 +599,7 @@ func testMissingPath(t *testing.T, mode string) {
 		t.Fatalf("error for a missing path does not say so: %v", err)
 	}
 	if _, err := os.Stat(path); err == nil && mode != storage.ModeZFS && mode != storage.ModeLVM {
-		os.RemoveAll(path)
+		_ = os.RemoveAll(path) // best effort: the Fatal below reports the real failure
 		t.Fatalf("Open created %s", path)
 	}
 	t.Logf("missing path: %v", err)

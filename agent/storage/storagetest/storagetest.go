@@ -57,10 +57,11 @@ func NewLoopPoolSize(t testing.TB, mode string, size int64) storage.Pool {
 	if os.Getuid() != 0 {
 		t.Fatal("copy-on-write pools on loop files need root: run the tests as root (make test does)")
 	}
-	u, err := pgcluster.LookupUser("postgres")
+	pu, err := pgcluster.LookupUser("postgres")
 	if err != nil {
 		t.Fatal(err)
 	}
+	u := storage.Owner{UID: int(pu.UID), GID: int(pu.GID)}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	if mode == storage.ModeZFS {
@@ -81,7 +82,7 @@ func NewLoopPoolSize(t testing.TB, mode string, size int64) storage.Pool {
 	}
 	p, teardown, err := backend.CreateLoopPool(ctx, mode, backend.LoopOptions{Dir: dir, Size: size, Owner: &u, Logger: testLogger})
 	if err != nil {
-		os.RemoveAll(dir)
+		_ = os.RemoveAll(dir) // best effort: the Fatal below is what matters
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
@@ -89,7 +90,9 @@ func NewLoopPoolSize(t testing.TB, mode string, size int64) storage.Pool {
 			t.Errorf("cleanup of %s pool: %v", mode, err)
 			return
 		}
-		os.Remove(dir)
+		if err := os.Remove(dir); err != nil {
+			t.Errorf("cleanup: %v", err)
+		}
 	})
 	registry.Store(p, &loopInfo{
 		cfg:   backend.Config{Name: p.Name(), Mode: mode, Path: filepath.Dir(p.MainDir()), Owner: &u, Logger: testLogger},
@@ -147,7 +150,7 @@ func checkNoLeftovers(t *testing.T, infos []*loopInfo) {
 			t.Errorf("loop devices still attached to %s: %v", info.image, devs)
 		}
 		if info.zpool != "" {
-			for _, name := range strings.Fields(string(zpools)) {
+			for name := range strings.FieldsSeq(string(zpools)) {
 				if name == info.zpool {
 					t.Errorf("zpool %s still exists", name)
 				}

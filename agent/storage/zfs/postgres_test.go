@@ -86,7 +86,7 @@ func connect(t *testing.T, ctx context.Context, c *pgcluster.Cluster, port int) 
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { conn.Close(context.Background()) })
+	t.Cleanup(func() { _ = conn.Close(context.Background()) }) // the server may be stopped first; nothing to lose after the test
 	return conn
 }
 
@@ -98,13 +98,15 @@ func execSQL(t *testing.T, ctx context.Context, c *pgcluster.Cluster, port int, 
 			t.Fatalf("%s: %v", q, err)
 		}
 	}
-	conn.Close(ctx)
+	if err := conn.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
 }
 
 func count(t *testing.T, ctx context.Context, c *pgcluster.Cluster, port int) int {
 	t.Helper()
 	conn := connect(t, ctx, c, port)
-	defer conn.Close(ctx)
+	defer func() { _ = conn.Close(ctx) }() // after a read: nothing to lose
 	var n int
 	if err := conn.QueryRow(ctx, "SELECT count(*) FROM t").Scan(&n); err != nil {
 		t.Fatal(err)

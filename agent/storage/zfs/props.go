@@ -6,7 +6,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"sort"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -39,7 +39,7 @@ func (d *dataset) time(k string) time.Time {
 	if t, err := time.Parse(time.RFC3339Nano, d.user[k]); err == nil {
 		return t.UTC()
 	}
-	return time.Unix(int64(d.num("creation")), 0).UTC()
+	return time.Unix(int64(d.num("creation")), 0).UTC() //nolint:gosec // G115: a creation time in seconds fits int64 for 292 billion years
 }
 
 // getProps runs one `zfs get -H -p` over names (not recursive) and returns
@@ -82,11 +82,11 @@ func parseGet(out []byte) (map[string]*dataset, error) {
 		}
 		name, rest := line[:first], line[first+1:last]
 		source := line[last+1:]
-		second := strings.IndexByte(rest, '\t')
-		if second < 0 {
+		before, after, ok := strings.Cut(rest, "\t")
+		if !ok {
 			return nil, fmt.Errorf("zfs get: unexpected line %q", line)
 		}
-		prop, value := rest[:second], rest[second+1:]
+		prop, value := before, after
 		d := res[name]
 		if d == nil {
 			d = &dataset{name: name, props: map[string]string{}, user: map[string]string{}}
@@ -131,7 +131,7 @@ func (s *state) cloneDatasets() []string {
 			out = append(out, name)
 		}
 	}
-	sort.Strings(out)
+	slices.Sort(out)
 	return out
 }
 
@@ -161,7 +161,7 @@ func (s *state) clones() []storage.Clone {
 			UsedBytes:  d.num("used"),
 		})
 	}
-	sort.SliceStable(out, func(i, j int) bool { return out[i].CreatedAt.Before(out[j].CreatedAt) })
+	slices.SortStableFunc(out, func(a, b storage.Clone) int { return a.CreatedAt.Compare(b.CreatedAt) })
 	return out
 }
 

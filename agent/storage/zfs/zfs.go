@@ -32,6 +32,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -69,15 +70,10 @@ type Config struct {
 	ClonesDir string
 	// Owner, when set, owns each clone's root directory (the postgres OS
 	// user); PGDATA inside keeps the ownership it had in the snapshot.
-	Owner *Owner
+	Owner *storage.Owner
 	// Runner runs zfs; Logger defaults to slog.Default().
 	Runner command.Runner
 	Logger *slog.Logger
-}
-
-// Owner is a numeric OS user and group.
-type Owner struct {
-	UID, GID int
 }
 
 // Pool is a storage.Pool on ZFS. It holds no state besides its
@@ -146,7 +142,7 @@ func Open(ctx context.Context, cfg Config) (*Pool, error) {
 	if err := p.zfsOK(ctx, "create", "-o", "mountpoint=none", p.clonesDS); err != nil && !errors.Is(err, storage.ErrExists) {
 		return nil, fmt.Errorf("zfs pool %s: create clones dataset: %w", cfg.Name, err)
 	}
-	if err := os.MkdirAll(cfg.ClonesDir, 0o755); err != nil {
+	if err := os.MkdirAll(cfg.ClonesDir, 0o755); err != nil { //nolint:gosec // 0755: the postgres OS user traverses it to reach PGDATA of a clone
 		return nil, fmt.Errorf("zfs pool %s: clonesDir: %w", cfg.Name, err)
 	}
 
@@ -352,7 +348,9 @@ func (p *Pool) cleanupFailedClone(ds, mount string) {
 	if err := p.destroy(ctx, ds); err != nil && !errors.Is(err, storage.ErrNotFound) {
 		p.log.Error("cleanup of failed clone", "dataset", ds, "err", err)
 	}
-	os.Remove(mount)
+	if err := os.Remove(mount); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		p.log.Error("cleanup of failed clone's mountpoint", "path", mount, "err", err)
+	}
 }
 
 // Clones implements storage.Pool.
@@ -444,7 +442,7 @@ func (p *Pool) snapshotDataset(id string) (string, error) {
 func (p *Pool) destroy(ctx context.Context, ds string) error {
 	const attempts = 8
 	var err error
-	for i := 0; i < attempts; i++ {
+	for i := range attempts {
 		if i > 0 {
 			select {
 			case <-ctx.Done():
@@ -539,7 +537,7 @@ func validateDataset(ds string) error {
 	if ds == "" {
 		return fmt.Errorf("%w: zfs dataset (pool path) is empty: set it to a zpool or dataset name such as tank/thinlab", storage.ErrInvalidName)
 	}
-	for _, part := range strings.Split(ds, "/") {
+	for part := range strings.SplitSeq(ds, "/") {
 		if err := storage.ValidateName("zfs dataset component", part); err != nil {
 			return fmt.Errorf("zfs dataset (pool path) %q: %w", ds, err)
 		}

@@ -27,32 +27,36 @@ func CreateFilePool(ctx context.Context, r command.Runner, name, image string, s
 	if size < 64<<20 {
 		return fmt.Errorf("zpool %s: size %d bytes is too small; ZFS needs at least 64 MiB", name, size)
 	}
-	f, err := os.OpenFile(image, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	f, err := os.OpenFile(image, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600) //nolint:gosec // G304: the image path its caller (test, demo) chose; O_EXCL never reuses a file
 	if err != nil {
 		return fmt.Errorf("zpool %s: image file: %w", name, err)
 	}
 	err = f.Truncate(size)
-	f.Close()
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
 	if err != nil {
-		os.Remove(image)
+		_ = os.Remove(image) // best effort: the error returned is the one that matters
 		return fmt.Errorf("zpool %s: image file: %w", name, err)
 	}
-	if err := os.MkdirAll(mountDir, 0o755); err != nil {
-		os.Remove(image)
+	if err := os.MkdirAll(mountDir, 0o755); err != nil { //nolint:gosec // 0755: the postgres OS user traverses it to reach PGDATA
+		_ = os.Remove(image) // as above
 		return fmt.Errorf("zpool %s: mount directory: %w", name, err)
 	}
 	// cachefile=none: a throwaway pool is never re-imported by the next
 	// daemon, so one left behind by a crash cannot block its name later.
 	if _, err := r.Run(ctx, "zpool", "create", "-o", "cachefile=none", "-m", mountDir, name, image); err != nil {
-		os.Remove(image)
+		_ = os.Remove(image) // as above
 		return fmt.Errorf("zpool %s: %w", name, classify(err))
 	}
 	// The pool's root directory is reached by the postgres user on the way
 	// to PGDATA.
-	if err := os.Chmod(mountDir, 0o755); err != nil {
-		DestroyPool(context.Background(), r, name)
-		os.Remove(image)
-		return err
+	if err := os.Chmod(mountDir, 0o755); err != nil { //nolint:gosec // 0755: the postgres OS user traverses it to reach PGDATA
+		if derr := DestroyPool(context.Background(), r, name); derr != nil {
+			return fmt.Errorf("zpool %s: chmod %s: %w (and destroying the pool failed: %v; image %s is left)", name, mountDir, err, derr, image)
+		}
+		_ = os.Remove(image) // as above
+		return fmt.Errorf("zpool %s: chmod %s: %w", name, mountDir, err)
 	}
 	return nil
 }
@@ -65,7 +69,7 @@ func DestroyPool(ctx context.Context, r command.Runner, name string) error {
 		return err
 	}
 	var err error
-	for i := 0; i < 10; i++ {
+	for i := range 10 {
 		if i > 0 {
 			select {
 			case <-ctx.Done():

@@ -28,7 +28,10 @@ import (
 	"github.com/thinlab/thinlab/internal/pgcluster"
 )
 
-func main() {
+func main() { os.Exit(mainCode()) }
+
+// mainCode is main with an exit code, so that its deferred stop runs.
+func mainCode() int {
 	dir := flag.String("dir", "", "work directory (required; removed afterwards)")
 	sourceHost := flag.String("source-host", "", "source server's socket directory or host (required)")
 	sourcePort := flag.Int("source-port", 5432, "source server's port")
@@ -36,7 +39,7 @@ func main() {
 	flag.Parse()
 	if *dir == "" || *sourceHost == "" {
 		fmt.Fprintln(os.Stderr, "usage: thinlab-demo-roundtrip -dir DIR -source-host HOST [-source-port PORT]")
-		os.Exit(2)
+		return 2
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -44,7 +47,16 @@ func main() {
 	r := &roundTrip{dir: *dir, sourceHost: *sourceHost, sourcePort: *sourcePort, log: logger}
 	if err := r.run(ctx, strings.Split(*modes, ",")); err != nil {
 		fmt.Fprintln(os.Stderr, "round trip:", err)
-		os.Exit(1)
+		return 1
+	}
+	return 0
+}
+
+// logErr logs a failed cleanup step: the demo's result stands, but the
+// operator should know what may be left behind.
+func (r *roundTrip) logErr(what string, err error) {
+	if err != nil {
+		r.log.Error(what, "err", err)
 	}
 }
 
@@ -73,10 +85,10 @@ func (r *roundTrip) run(ctx context.Context, modes []string) error {
 		return err
 	}
 	r.user = u
-	if err := os.MkdirAll(r.dir, 0o755); err != nil {
+	if err := os.MkdirAll(r.dir, 0o755); err != nil { //nolint:gosec // 0755: the postgres OS user traverses it to reach PGDATA of the demo pools
 		return err
 	}
-	defer os.RemoveAll(r.dir)
+	defer func() { r.logErr("remove work directory", os.RemoveAll(r.dir)) }()
 
 	var results []result
 	var fullCopy time.Duration
@@ -96,16 +108,17 @@ func (r *roundTrip) run(ctx context.Context, modes []string) error {
 	}
 
 	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(w, "    BACKEND\tSNAPSHOT\tCLONE\tCLONE ANSWERS A QUERY\tCLONES ISOLATED")
+	// tabwriter buffers: a failed write surfaces from Flush below.
+	_, _ = fmt.Fprintln(w, "    BACKEND\tSNAPSHOT\tCLONE\tCLONE ANSWERS A QUERY\tCLONES ISOLATED")
 	for _, res := range results {
 		if res.skipped != "" {
-			fmt.Fprintf(w, "    %s\t-\t-\t-\t%s\n", res.mode, res.skipped)
+			_, _ = fmt.Fprintf(w, "    %s\t-\t-\t-\t%s\n", res.mode, res.skipped)
 			continue
 		}
-		fmt.Fprintf(w, "    %s\t%s\t%s\t%s\tyes (%d orders deleted in one, all there in the other)\n", res.mode, ms(res.snapshot), ms(res.clone), ms(res.ready), res.rows)
+		_, _ = fmt.Fprintf(w, "    %s\t%s\t%s\t%s\tyes (%d orders deleted in one, all there in the other)\n", res.mode, ms(res.snapshot), ms(res.clone), ms(res.ready), res.rows)
 	}
 	if fullCopy > 0 {
-		fmt.Fprintf(w, "    full copy (cp -a)\t-\t%s\t-\t-\n", ms(fullCopy))
+		_, _ = fmt.Fprintf(w, "    full copy (cp -a)\t-\t%s\t-\t-\n", ms(fullCopy))
 	}
 	return w.Flush()
 }
@@ -125,7 +138,7 @@ func (r *roundTrip) one(ctx context.Context, mode string) (result, time.Duration
 		Dir:    filepath.Join(r.dir, mode),
 		Size:   4 << 30,
 		Name:   fmt.Sprintf("demo%s%d", mode, os.Getpid()), // unique: a leaked pool of an earlier run cannot block it
-		Owner:  &r.user,
+		Owner:  &storage.Owner{UID: int(r.user.UID), GID: int(r.user.GID)},
 		Runner: &runner,
 		Logger: r.log,
 	})
@@ -133,7 +146,7 @@ func (r *roundTrip) one(ctx context.Context, mode string) (result, time.Duration
 		res.skipped = "skipped: " + firstLine(err.Error())
 		return res, 0, nil
 	}
-	defer teardown()
+	defer func() { r.logErr("tear down the "+mode+" pool", teardown()) }()
 
 	dataDir := filepath.Join(pool.MainDir(), storage.DataSubdir)
 	// Filling the main dataset is the caller's job (retrieval's, in the
@@ -163,7 +176,9 @@ func (r *roundTrip) one(ctx context.Context, mode string) (result, time.Duration
 			return res, 0, fmt.Errorf("full copy: %w", err)
 		}
 		copyTook = time.Since(t)
-		os.RemoveAll(dst)
+		if err := os.RemoveAll(dst); err != nil {
+			return res, 0, fmt.Errorf("remove the full copy: %w", err)
+		}
 	}
 
 	t := time.Now()
@@ -172,7 +187,7 @@ func (r *roundTrip) one(ctx context.Context, mode string) (result, time.Duration
 		return res, 0, fmt.Errorf("snapshot: %w", err)
 	}
 	res.snapshot = time.Since(t)
-	defer pool.DestroySnapshot(context.Background(), snap.ID, true)
+	defer func() { r.logErr("destroy snapshot", pool.DestroySnapshot(context.Background(), snap.ID, true)) }()
 
 	t = time.Now()
 	cl, err := pool.Clone(ctx, snap.ID, "roundtrip")
@@ -180,7 +195,7 @@ func (r *roundTrip) one(ctx context.Context, mode string) (result, time.Duration
 		return res, 0, fmt.Errorf("clone: %w", err)
 	}
 	res.clone = time.Since(t)
-	defer pool.DestroyClone(context.Background(), cl.Name)
+	defer func() { r.logErr("destroy clone", pool.DestroyClone(context.Background(), cl.Name)) }()
 
 	conn, cleanup, err := r.startClone(ctx, cl, runner)
 	if err != nil {
@@ -200,7 +215,7 @@ func (r *roundTrip) one(ctx context.Context, mode string) (result, time.Duration
 	if err != nil {
 		return res, 0, fmt.Errorf("second clone: %w", err)
 	}
-	defer pool.DestroyClone(context.Background(), cl2.Name)
+	defer func() { r.logErr("destroy clone", pool.DestroyClone(context.Background(), cl2.Name)) }()
 	conn2, cleanup2, err := r.startClone(ctx, cl2, runner)
 	if err != nil {
 		return res, 0, err
@@ -230,12 +245,12 @@ func (r *roundTrip) startClone(ctx context.Context, cl storage.Clone, runner com
 	}
 	conn, err := pgx.Connect(ctx, c.SocketConnString(port, "postgres", "shop"))
 	if err != nil {
-		c.Stop(context.Background(), "immediate")
+		r.logErr("stop clone postgres", c.Stop(context.Background(), "immediate"))
 		return nil, nil, fmt.Errorf("connect to clone %s: %w", cl.Name, err)
 	}
 	return conn, func() {
-		conn.Close(context.Background())
-		c.Stop(context.Background(), "immediate")
+		_ = conn.Close(context.Background()) // the server is stopped next
+		r.logErr("stop clone postgres", c.Stop(context.Background(), "immediate"))
 	}, nil
 }
 
@@ -244,13 +259,13 @@ func freePort() (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	defer l.Close()
+	defer func() { _ = l.Close() }() // only its port was wanted
 	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
 func firstLine(s string) string {
-	if i := strings.IndexByte(s, '\n'); i >= 0 {
-		return s[:i]
+	if before, _, ok := strings.Cut(s, "\n"); ok {
+		return before
 	}
 	return s
 }

@@ -22,6 +22,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/thinlab/thinlab/agent/storage"
 	"github.com/thinlab/thinlab/agent/storage/zfs"
 	"github.com/thinlab/thinlab/internal/command"
 	"github.com/thinlab/thinlab/internal/pgcluster"
@@ -70,12 +71,14 @@ func NewFilePool(t testing.TB, size int64) FilePool {
 		t.Fatal(err)
 	}
 	// MkdirTemp makes it 0700; the postgres user must reach PGDATA below.
-	os.Chmod(dir, 0o755)
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
 	fp := FilePool{Name: name, Image: filepath.Join(dir, "pool.img"), MountDir: filepath.Join(dir, "mnt"), Dir: dir}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	if err := zfs.CreateFilePool(ctx, command.Runner{}, name, fp.Image, size, fp.MountDir); err != nil {
-		os.RemoveAll(dir)
+		_ = os.RemoveAll(dir) // best effort: the Fatal below is what matters
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
@@ -85,7 +88,9 @@ func NewFilePool(t testing.TB, size int64) FilePool {
 			t.Errorf("cleanup: %v", err)
 			return // keep the image: removing it under a live pool wedges zfs-fuse
 		}
-		os.RemoveAll(dir)
+		if err := os.RemoveAll(dir); err != nil {
+			t.Errorf("cleanup: %v", err)
+		}
 	})
 	return fp
 }
@@ -102,7 +107,7 @@ func (fp FilePool) Open(t testing.TB) *zfs.Pool {
 		Name:      fp.Name,
 		Dataset:   fp.Name,
 		ClonesDir: filepath.Join(fp.Dir, "clones"),
-		Owner:     &zfs.Owner{UID: int(u.UID), GID: int(u.GID)},
+		Owner:     &storage.Owner{UID: int(u.UID), GID: int(u.GID)},
 	})
 	if err != nil {
 		t.Fatal(err)
