@@ -188,6 +188,7 @@ func TestServerAuthAndTLS(t *testing.T) {
 		{"tls cert only", "server: {verificationToken: " + testToken + ", tls: {certFile: " + files.Cert + "}}\n", []string{"server.tls.keyFile is empty but certFile is set"}},
 		{"tls missing file", "server: {verificationToken: " + testToken + ", tls: {certFile: /nonexistent/agent.pem, keyFile: " + files.Key + "}}\n", []string{`server.tls.certFile "/nonexistent/agent.pem"`, "no such file"}},
 		{"tls key of another cert", "server: {verificationToken: " + testToken + ", tls: {certFile: " + files.Cert + ", keyFile: " + files.OtherKey + "}}\n", []string{"server.tls: certFile and keyFile do not load as a pair"}},
+		{"tls key is a device", "server: {verificationToken: " + testToken + ", tls: {certFile: " + files.Cert + ", keyFile: /dev/zero}}\n", []string{`server.tls.keyFile "/dev/zero" is not a regular file`}},
 		{"tls cert as key", "server: {verificationToken: " + testToken + ", tls: {certFile: " + files.Cert + ", keyFile: " + files.Cert + "}}\n", []string{"server.tls: certFile and keyFile do not load as a pair"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -216,8 +216,13 @@ func (s Server) validate() []error {
 		default:
 			okFiles := true
 			for _, f := range []struct{ name, path string }{{"certFile", t.CertFile}, {"keyFile", t.KeyFile}} {
-				if _, err := os.Stat(f.path); err != nil {
+				// A regular file only: a FIFO or /dev/zero would hang the
+				// start (reading it never ends).
+				if st, err := os.Stat(f.path); err != nil {
 					bad("server.tls.%s %q: %v", f.name, f.path, err)
+					okFiles = false
+				} else if !st.Mode().IsRegular() {
+					bad("server.tls.%s %q is not a regular file: give a PEM file", f.name, f.path)
 					okFiles = false
 				}
 			}
