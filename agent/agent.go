@@ -7,6 +7,7 @@ package agent
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -37,6 +38,18 @@ const instanceIDFile = "instance_id"
 // shutdownTimeout bounds waiting for in-flight API requests at shutdown.
 const shutdownTimeout = 30 * time.Second
 
+// HTTP server timeouts. Request bodies are small (1 MiB at most), so
+// reading one is quick; the slowest answers are POST /snapshot and a
+// forced DELETE /snapshot (which waits for dependent clones to go), which
+// take seconds to minutes on a large pool, hence the long write timeout.
+// Idle keep-alive connections are closed after IdleTimeout.
+const (
+	ReadHeaderTimeout = 10 * time.Second
+	ReadTimeout       = time.Minute
+	WriteTimeout      = 10 * time.Minute
+	IdleTimeout       = 2 * time.Minute
+)
+
 // Options configure an agent beyond its config file.
 type Options struct {
 	Config *config.Config
@@ -59,6 +72,10 @@ type Agent struct {
 	api       *api.Server
 	listener  net.Listener
 	server    *http.Server
+	// metricsListener/metricsServer serve /metrics without a token on
+	// server.metricsAddress (nil when unset).
+	metricsListener net.Listener
+	metricsServer   *http.Server
 }
 
 // New opens everything cfg describes and listens on server.host:port; Run
@@ -77,12 +94,17 @@ func NewWithOptions(ctx context.Context, opt Options) (a *Agent, err error) {
 	if log == nil {
 		log = slog.Default()
 	}
+	// Validated again here: a config built in code must not start an API
+	// without authentication either.
+	if err := cfg.ValidateServer(); err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
 	a = &Agent{cfg: cfg, log: log}
 	// Undo what was built when a later step fails: clones keep running
 	// (the next start finds them), only this process lets go.
 	defer func() {
 		if err != nil {
-			a.close()
+			a.Close()
 		}
 	}()
 
@@ -128,14 +150,37 @@ func NewWithOptions(ctx context.Context, opt Options) (a *Agent, err error) {
 	if a.listener, err = net.Listen("tcp", addr); err != nil {
 		return nil, fmt.Errorf("server: listen on %s (server.host, server.port): %w", addr, err)
 	}
-	a.server = &http.Server{
-		Handler:           a.api.Handler(),
-		ReadHeaderTimeout: 10 * time.Second,
+	a.server = newHTTPServer(a.api.Handler(), log)
+	if t := cfg.Server.TLS; t.Enabled() {
+		cert, err := tls.LoadX509KeyPair(t.CertFile, t.KeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("server.tls: %w", err)
+		}
+		a.server.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+		a.listener = tls.NewListener(a.listener, a.server.TLSConfig)
+	}
+	if cfg.Server.MetricsAddress != "" {
+		if a.metricsListener, err = net.Listen("tcp", cfg.Server.MetricsAddress); err != nil {
+			return nil, fmt.Errorf("server.metricsAddress: listen on %s: %w", cfg.Server.MetricsAddress, err)
+		}
+		mux := http.NewServeMux()
+		mux.Handle("GET /metrics", a.api.MetricsHandler())
+		a.metricsServer = newHTTPServer(mux, log)
+	}
+	return a, nil
+}
+
+func newHTTPServer(h http.Handler, log *slog.Logger) *http.Server {
+	return &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: ReadHeaderTimeout,
+		ReadTimeout:       ReadTimeout,
+		WriteTimeout:      WriteTimeout,
+		IdleTimeout:       IdleTimeout,
 		// Errors of the HTTP server itself (TLS, bad requests) go to the
 		// agent's log.
 		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
-	return a, nil
 }
 
 // openPools opens every configured pool through the storage backends.
@@ -183,6 +228,15 @@ func loadInstanceID(stateDir string) (string, error) {
 // Addr is the address the API listens on.
 func (a *Agent) Addr() string { return a.listener.Addr().String() }
 
+// MetricsAddr is the address of the token-free metrics listener ("" when
+// server.metricsAddress is unset).
+func (a *Agent) MetricsAddr() string {
+	if a.metricsListener == nil {
+		return ""
+	}
+	return a.metricsListener.Addr().String()
+}
+
 // Clones is the clone manager (for tests and status pages).
 func (a *Agent) Clones() *clone.Manager { return a.clones }
 
@@ -196,9 +250,16 @@ func (a *Agent) Run(ctx context.Context) error {
 	for _, p := range a.pools {
 		names = append(names, p.Name()+" ("+p.Mode()+")")
 	}
-	a.log.Info("agent listening", "addr", a.Addr(), "pools", strings.Join(names, ", "), "clones", len(a.clones.List()), "auth", a.cfg.Server.VerificationToken != "")
-	serveErr := make(chan error, 1)
+	a.log.Info("agent listening", "addr", a.Addr(), "tls", a.cfg.Server.TLS.Enabled(), "pools", strings.Join(names, ", "), "clones", len(a.clones.List()), "auth", !a.cfg.Server.InsecureNoAuth)
+	if a.cfg.Server.InsecureNoAuth {
+		a.log.Warn("INSECURE: server.insecureNoAuth is set: the agent API accepts every request WITHOUT A TOKEN from anyone who can reach " + a.Addr() + "; for development only, set server.verificationToken instead")
+	}
+	serveErr := make(chan error, 2)
 	go func() { serveErr <- a.server.Serve(a.listener) }()
+	if a.metricsServer != nil {
+		a.log.Info("metrics listening without a token", "addr", a.metricsListener.Addr().String())
+		go func() { serveErr <- a.metricsServer.Serve(a.metricsListener) }()
+	}
 
 	var err error
 	select {
@@ -208,9 +269,16 @@ func (a *Agent) Run(ctx context.Context) error {
 		if serr := a.server.Shutdown(sctx); serr != nil {
 			a.log.Warn("API shutdown did not finish in time", "err", serr)
 		}
+		if a.metricsServer != nil {
+			a.metricsServer.Shutdown(sctx)
+		}
 		cancel()
 	case err = <-serveErr:
 		err = fmt.Errorf("API server: %w", err)
+		a.server.Close()
+		if a.metricsServer != nil {
+			a.metricsServer.Close()
+		}
 	}
 	a.close()
 	a.log.Info("agent stopped")
@@ -239,6 +307,9 @@ func (a *Agent) close() {
 func (a *Agent) Close() error {
 	if a.listener != nil {
 		a.listener.Close()
+	}
+	if a.metricsListener != nil {
+		a.metricsListener.Close()
 	}
 	a.close()
 	return nil

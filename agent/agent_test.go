@@ -17,14 +17,17 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/thinlab/thinlab/agent/clone/clonetest"
+	"github.com/thinlab/thinlab/agent/config"
 	"github.com/thinlab/thinlab/agent/storage"
 	"github.com/thinlab/thinlab/agent/storage/storagetest"
 	"github.com/thinlab/thinlab/internal/logtest"
 	"github.com/thinlab/thinlab/sdk/agentapi"
 )
 
+// token is the agents' API token (random: short tokens are refused).
+var token = config.GenerateToken()
+
 const (
-	token    = "kill9-token-7d1e"
 	password = "Vx9-kq2!Lm7#pz4Rw8"
 )
 

@@ -13,13 +13,16 @@ import (
 	"github.com/thinlab/thinlab/agent/api"
 	"github.com/thinlab/thinlab/agent/clone"
 	"github.com/thinlab/thinlab/agent/clone/clonetest"
+	"github.com/thinlab/thinlab/agent/config"
 	"github.com/thinlab/thinlab/agent/storage"
 	"github.com/thinlab/thinlab/cli/clientconfig"
 	"github.com/thinlab/thinlab/sdk/agentapi"
 )
 
+// itToken is the test agent's API token (random: short tokens are refused).
+var itToken = config.GenerateToken()
+
 const (
-	itToken    = "cli-test-token-9c1e"
 	itPassword = "Vx9-kq2!Lm7#pz4Rw8-cli"
 	realPsql   = "/usr/lib/postgresql/15/bin/psql"
 )

@@ -19,6 +19,11 @@ func TestAgentRunInputErrors(t *testing.T) {
 	if err := os.WriteFile(invalid, []byte("server:\n  port: 2345\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	// A complete config but for the token: the agent does not start.
+	noToken := filepath.Join(dir, "notoken.yml")
+	if err := os.WriteFile(noToken, []byte("pools: [{name: p, mode: btrfs, path: /nonexistent}]\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	t.Setenv("THINLAB_AGENT_CONFIG", "")
 	for _, tc := range []struct {
 		args []string
@@ -29,6 +34,7 @@ func TestAgentRunInputErrors(t *testing.T) {
 		{[]string{"agent", "run", "--config", bad}, `unknown key "prot" in server`},
 		{[]string{"agent", "run", "--config", invalid}, "pools is empty"},
 		{[]string{"agent", "run", "extra-arg", "--config", invalid}, "unknown command"},
+		{[]string{"agent", "run", "--config", noToken}, "server.verificationToken is empty"},
 	} {
 		root := NewRootCommand()
 		root.SetArgs(tc.args)

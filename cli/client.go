@@ -3,6 +3,7 @@ package cli
 import (
 	"bufio"
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -76,6 +77,7 @@ func groupCommand(cmd *cobra.Command) *cobra.Command {
 type clientFlags struct {
 	url     string
 	token   string
+	caFile  string
 	context string
 }
 
@@ -83,6 +85,7 @@ func (f *clientFlags) register(cmd *cobra.Command) {
 	pf := cmd.PersistentFlags()
 	pf.StringVar(&f.url, "url", "", "agent API URL, e.g. http://localhost:2345 (env THINLAB_URL; default: the current context)")
 	pf.StringVar(&f.token, "token", "", "agent verification token (env THINLAB_TOKEN; default: the current context's)")
+	pf.StringVar(&f.caFile, "ca-file", "", "PEM file of the CA that signed the agent's TLS certificate (env THINLAB_CA_FILE; default: the context's, else the system's roots)")
 	pf.StringVar(&f.context, "context", "", "use this context from the config file instead of the current one")
 }
 
@@ -98,12 +101,14 @@ func (f *clientFlags) endpoint() (clientconfig.Endpoint, *clientconfig.File, str
 		return clientconfig.Endpoint{}, nil, "", err
 	}
 	ep, err := clientconfig.Resolve(clientconfig.Inputs{
-		FlagURL:   f.url,
-		FlagToken: f.token,
-		EnvURL:    os.Getenv(clientconfig.EnvURL),
-		EnvToken:  os.Getenv(clientconfig.EnvToken),
-		Context:   f.context,
-		File:      file,
+		FlagURL:    f.url,
+		FlagToken:  f.token,
+		FlagCAFile: f.caFile,
+		EnvURL:     os.Getenv(clientconfig.EnvURL),
+		EnvToken:   os.Getenv(clientconfig.EnvToken),
+		EnvCAFile:  os.Getenv(clientconfig.EnvCAFile),
+		Context:    f.context,
+		File:       file,
 	})
 	if err != nil {
 		return clientconfig.Endpoint{}, nil, "", usageErrorf("%v", err)
@@ -183,8 +188,12 @@ func (f *clientFlags) connect() (*apiConn, error) {
 	if err != nil {
 		return nil, err
 	}
+	hc, err := agentapi.NewHTTPClient(ep.CAFile, requestTimeout)
+	if err != nil {
+		return nil, usageErrorf("%v (from --ca-file, %s or the context's ca-file)", err, clientconfig.EnvCAFile)
+	}
 	return &apiConn{
-		api:        &agentapi.Client{BaseURL: ep.URL, Token: ep.Token, HTTPClient: &http.Client{Timeout: requestTimeout}},
+		api:        &agentapi.Client{BaseURL: ep.URL, Token: ep.Token, HTTPClient: hc},
 		ep:         ep,
 		file:       file,
 		configPath: path,
@@ -234,6 +243,14 @@ func (a *apiConn) explain(err error) error {
 			msg += fmt.Sprintf("; the agent at %s refused the token: pass --token, set %s, or fix the context's token", a.ep.URL, clientconfig.EnvToken)
 		}
 		return fmt.Errorf("%s", msg)
+	}
+	var ua x509.UnknownAuthorityError
+	var hn x509.HostnameError
+	switch {
+	case errors.As(err, &ua):
+		return fmt.Errorf("%w; the agent's TLS certificate is not signed by a CA this machine trusts: pass --ca-file, set %s or the context's ca-file to the CA's PEM file", err, clientconfig.EnvCAFile)
+	case errors.As(err, &hn):
+		return fmt.Errorf("%w; the agent's certificate does not name %s: use a URL with a name the certificate holds", err, a.ep.URL)
 	}
 	var ue *url.Error
 	if errors.As(err, &ue) && !errors.Is(err, context.Canceled) {

@@ -44,7 +44,7 @@ func isolate(t *testing.T) string {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "thinlab", "config.yaml")
 	t.Setenv("THINLAB_CONFIG", path)
-	for _, k := range []string{"THINLAB_URL", "THINLAB_TOKEN", envClonePassword, envPsql} {
+	for _, k := range []string{"THINLAB_URL", "THINLAB_TOKEN", "THINLAB_CA_FILE", envClonePassword, envPsql} {
 		t.Setenv(k, "")
 	}
 	return path

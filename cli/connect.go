@@ -6,6 +6,7 @@ import (
 	"net/url"
 	"os"
 	"os/exec"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -86,7 +87,12 @@ else a prompt. Arguments after -- go to psql unchanged.`,
 					return err
 				}
 			}
-			argv := append([]string{"-h", host, "-p", cl.DB.Port, "-U", cl.DB.Username, "-d", dbName}, psqlArgs...)
+			// One conninfo string with every value quoted: psql takes a -d
+			// containing '=' as a conninfo, so a database name (from the
+			// agent or --dbname) such as "host=evil port=1" would
+			// otherwise choose the server the password is sent to.
+			info := conninfo([][2]string{{"host", host}, {"port", cl.DB.Port}, {"user", cl.DB.Username}, {"dbname", dbName}})
+			argv := append([]string{"-d", info}, psqlArgs...)
 			// Not CommandContext: Ctrl-C belongs to psql (it cancels the
 			// running query); the CLI itself ignores it while psql runs.
 			c := exec.Command(psql, argv...)
@@ -126,4 +132,17 @@ func connectHost(reported, agentURL string) string {
 		return u.Hostname()
 	}
 	return reported
+}
+
+// conninfo builds a libpq key/value connection string, each value in
+// single quotes with backslashes and quotes escaped, so that no value can
+// add or override a keyword.
+func conninfo(kv [][2]string) string {
+	parts := make([]string, 0, len(kv))
+	for _, p := range kv {
+		v := strings.ReplaceAll(p[1], `\`, `\\`)
+		v = strings.ReplaceAll(v, `'`, `\'`)
+		parts = append(parts, p[0]+"='"+v+"'")
+	}
+	return strings.Join(parts, " ")
 }

@@ -2,11 +2,13 @@ package cli
 
 import (
 	"fmt"
+	"path/filepath"
 	"sort"
 
 	"github.com/spf13/cobra"
 
 	"github.com/thinlab/thinlab/cli/clientconfig"
+	"github.com/thinlab/thinlab/sdk/agentapi"
 )
 
 func newContextCommand() *cobra.Command {
@@ -39,7 +41,7 @@ func loadConfig() (string, *clientconfig.File, error) {
 
 func newContextAddCommand() *cobra.Command {
 	var (
-		url, token            string
+		url, token, caFile    string
 		tokenStdin, use, over bool
 	)
 	cmd := &cobra.Command{
@@ -76,7 +78,16 @@ func newContextAddCommand() *cobra.Command {
 			if _, exists := f.Context(name); exists && !over {
 				return usageErrorf("context %q already exists; pass --overwrite to replace it", name)
 			}
-			f.Set(clientconfig.Context{Name: name, URL: url, Token: token})
+			if caFile != "" {
+				if _, err := agentapi.NewHTTPClient(caFile, 0); err != nil {
+					return usageErrorf("--ca-file: %v", err)
+				}
+				// Stored absolute: the CLI runs from any directory.
+				if abs, err := filepath.Abs(caFile); err == nil {
+					caFile = abs
+				}
+			}
+			f.Set(clientconfig.Context{Name: name, URL: url, Token: token, CAFile: caFile})
 			if use {
 				f.CurrentContext = name
 			}
@@ -93,6 +104,7 @@ func newContextAddCommand() *cobra.Command {
 	}
 	cmd.Flags().StringVar(&url, "url", "", "agent API URL, e.g. http://localhost:2345 (required)")
 	cmd.Flags().StringVar(&token, "token", "", "agent verification token (prefer --token-stdin: flags end up in shell history)")
+	cmd.Flags().StringVar(&caFile, "ca-file", "", "PEM file of the CA that signed the agent's TLS certificate (for an https:// URL with a private CA)")
 	cmd.Flags().BoolVar(&tokenStdin, "token-stdin", false, "read the token from the first line of stdin")
 	cmd.Flags().BoolVar(&use, "use", false, "make it the current context")
 	cmd.Flags().BoolVar(&over, "overwrite", false, "replace an existing context with the same name")

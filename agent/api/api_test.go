@@ -34,7 +34,7 @@ func TestAPI(t *testing.T) {
 func testAuth(e *env) {
 	t := e.t
 	for _, tok := range []string{"", "wrong-token", token + "x"} {
-		for _, path := range []string{"/status", "/clones", "/api/status", "/snapshots"} {
+		for _, path := range []string{"/status", "/clones", "/api/status", "/snapshots", "/metrics", "/api/metrics"} {
 			code, body := e.raw("GET", path, tok, "")
 			if code != 401 {
 				t.Fatalf("GET %s with token %q: %d", path, tok, code)
@@ -52,7 +52,7 @@ func testAuth(e *env) {
 	if list, _ := e.client.Clones(e.ctx); len(list) != 0 {
 		t.Fatal("an unauthorized create made a clone")
 	}
-	for _, path := range []string{"/healthz", "/api/healthz", "/metrics", "/openapi.yaml"} {
+	for _, path := range []string{"/healthz", "/api/healthz", "/openapi.yaml"} {
 		if code, body := e.raw("GET", path, "", ""); code != 200 {
 			t.Fatalf("GET %s without token: %d %s", path, code, body)
 		}
@@ -434,7 +434,8 @@ func testLifecycle(e *env) {
 	e.wantError(err, 404, agentapi.CodeNotFound, "", "")
 
 	// The creation-time histogram saw the clone; the gauges see no clone.
-	code, body = e.raw("GET", "/metrics", "", "")
+	e.srv.RefreshMetrics(ctx)
+	code, body = e.raw("GET", "/metrics", token, "")
 	text := string(body)
 	if code != 200 || !regexp.MustCompile(`(?m)^thinlab_agent_clone_creation_seconds_count [1-9]`).MatchString(text) ||
 		!strings.Contains(text, `thinlab_agent_clones{status="OK"} 0`) ||

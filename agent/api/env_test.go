@@ -25,8 +25,11 @@ import (
 	"github.com/thinlab/thinlab/sdk/agentapi"
 )
 
+// token is the API token of every test server (random: the agent
+// refuses short tokens).
+var token = config.GenerateToken()
+
 const (
-	token        = "test-token-4f8a2c"
 	goodPassword = "Vx9-kq2!Lm7#pz4Rw8"
 )
 

@@ -2,6 +2,8 @@ package api
 
 import (
 	"context"
+	"net/http"
+	"sync"
 	"time"
 
 	"github.com/gin-gonic/gin"
@@ -16,6 +18,10 @@ import (
 type metrics struct {
 	registry      *prometheus.Registry
 	cloneCreation prometheus.Histogram
+
+	// pools is the cached pool metrics (RefreshMetrics).
+	mu    sync.Mutex
+	pools []prometheus.Metric
 }
 
 var (
@@ -37,11 +43,66 @@ func newMetrics(s *Server) *metrics {
 	return m
 }
 
+// DefaultMetricsInterval is how often pool metrics (snapshot counts and
+// space, which run storage commands) are read in the background.
+const DefaultMetricsInterval = 15 * time.Second
+
 func (s *Server) metricsHandler(c *gin.Context) {
-	promhttp.HandlerFor(s.metrics.registry, promhttp.HandlerOpts{}).ServeHTTP(c.Writer, c.Request)
+	s.MetricsHandler().ServeHTTP(c.Writer, c.Request)
 }
 
-// stateCollector reads clones, snapshots and pool usage at scrape time.
+// MetricsHandler serves the Prometheus metrics without checking a token
+// (the agent mounts it on server.metricsAddress). A scrape reads the
+// clones from memory and the pools from the background cache: a flood of
+// scrapes never runs a storage command.
+func (s *Server) MetricsHandler() http.Handler {
+	return promhttp.HandlerFor(s.metrics.registry, promhttp.HandlerOpts{})
+}
+
+// RefreshMetrics reads every pool's snapshots and space into the cache
+// that scrapes serve. The background loop calls it; tests call it when
+// they disabled the loop.
+func (s *Server) RefreshMetrics(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	var out []prometheus.Metric
+	for _, p := range s.pools {
+		if snaps, err := p.Snapshots(ctx); err == nil {
+			out = append(out, prometheus.MustNewConstMetric(snapshotsDesc, prometheus.GaugeValue, float64(len(snaps)), p.Name()))
+		} else {
+			s.log.Warn("metrics: could not list snapshots", "pool", p.Name(), "err", err)
+		}
+		if u, err := p.Usage(ctx); err == nil {
+			for kind, v := range map[string]uint64{"size": u.Size, "free": u.Free, "used": u.Used, "used_by_snapshots": u.UsedBySnapshots, "used_by_clones": u.UsedByClones} {
+				out = append(out, prometheus.MustNewConstMetric(poolDesc, prometheus.GaugeValue, float64(v), p.Name(), kind))
+			}
+		} else {
+			s.log.Warn("metrics: could not read pool usage", "pool", p.Name(), "err", err)
+		}
+	}
+	s.metrics.mu.Lock()
+	s.metrics.pools = out
+	s.metrics.mu.Unlock()
+}
+
+// refreshMetricsLoop refreshes the pool metrics until the server closes.
+func (s *Server) refreshMetricsLoop(interval time.Duration) {
+	defer s.bgWG.Done()
+	s.RefreshMetrics(s.bg)
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.bg.Done():
+			return
+		case <-t.C:
+			s.RefreshMetrics(s.bg)
+		}
+	}
+}
+
+// stateCollector reads clones at scrape time (from memory) and pools from
+// the cache.
 type stateCollector struct{ s *Server }
 
 func (sc stateCollector) Describe(ch chan<- *prometheus.Desc) {
@@ -61,16 +122,11 @@ func (sc stateCollector) Collect(ch chan<- prometheus.Metric) {
 	for st, n := range counts {
 		ch <- prometheus.MustNewConstMetric(clonesDesc, prometheus.GaugeValue, float64(n), st)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	for _, p := range sc.s.pools {
-		if snaps, err := p.Snapshots(ctx); err == nil {
-			ch <- prometheus.MustNewConstMetric(snapshotsDesc, prometheus.GaugeValue, float64(len(snaps)), p.Name())
-		}
-		if u, err := p.Usage(ctx); err == nil {
-			for kind, v := range map[string]uint64{"size": u.Size, "free": u.Free, "used": u.Used, "used_by_snapshots": u.UsedBySnapshots, "used_by_clones": u.UsedByClones} {
-				ch <- prometheus.MustNewConstMetric(poolDesc, prometheus.GaugeValue, float64(v), p.Name(), kind)
-			}
-		}
+	m := sc.s.metrics
+	m.mu.Lock()
+	cached := m.pools
+	m.mu.Unlock()
+	for _, metric := range cached {
+		ch <- metric
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/gin-gonic/gin"
+	"github.com/rs/xid"
 
 	"github.com/thinlab/thinlab/agent/clone"
 	"github.com/thinlab/thinlab/sdk/agentapi"
@@ -35,11 +36,34 @@ func conflict(c *gin.Context, message string) {
 	writeError(c, http.StatusConflict, agentapi.CodeConflict, message, "")
 }
 
-// internalError logs the cause and answers 500 with its text (DLE sends
-// the error text too; none of these errors carry secrets).
+// RequestIDHeader carries the ID of every request in the answer; the log
+// lines of the request carry it as request_id.
+const RequestIDHeader = "X-Request-Id"
+
+const requestIDKey = "thinlab.requestID"
+
+// requestID gives every request an ID, answered in X-Request-Id before
+// the handler runs (so even a panic's answer has it).
+func (s *Server) requestID(c *gin.Context) {
+	id := xid.New().String()
+	c.Set(requestIDKey, id)
+	c.Header(RequestIDHeader, id)
+	c.Next()
+}
+
+func requestIDOf(c *gin.Context) string { return c.GetString(requestIDKey) }
+
+func internalMessage(c *gin.Context) string {
+	return "internal error, request id " + requestIDOf(c)
+}
+
+// internalError logs the cause with the request ID and answers 500 with
+// the ID only: the cause holds command lines, paths and stderr of storage
+// and postgres commands, which are the host's business, not the caller's
+// (DLE sends them; Thinlab does not, issue 8).
 func (s *Server) internalError(c *gin.Context, err error) {
-	s.log.Error("API request failed", "method", c.Request.Method, "route", c.FullPath(), "err", err)
-	writeError(c, http.StatusInternalServerError, agentapi.CodeInternal, err.Error(), "")
+	s.log.Error("API request failed", "method", c.Request.Method, "route", c.FullPath(), "request_id", requestIDOf(c), "err", err)
+	writeError(c, http.StatusInternalServerError, agentapi.CodeInternal, internalMessage(c), "")
 }
 
 // readJSON decodes an optional JSON body into v (DLE clients send no

@@ -13,6 +13,7 @@ import (
 	_ "embed"
 	"log/slog"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 
@@ -62,6 +63,10 @@ type Options struct {
 	// runs (one minute when zero; negative disables the loop, and tests
 	// call SweepSnapshots).
 	SweepInterval time.Duration
+	// MetricsInterval is how often pool metrics are refreshed in the
+	// background (DefaultMetricsInterval when zero; negative disables the
+	// loop, and tests call RefreshMetrics).
+	MetricsInterval time.Duration
 }
 
 // Server answers the agent API.
@@ -121,6 +126,14 @@ func New(opt Options) *Server {
 	}
 	s.bg, s.bgCancel = context.WithCancel(context.Background())
 	s.metrics = newMetrics(s)
+	if opt.MetricsInterval >= 0 {
+		interval := opt.MetricsInterval
+		if interval == 0 {
+			interval = DefaultMetricsInterval
+		}
+		s.bgWG.Add(1)
+		go s.refreshMetricsLoop(interval)
+	}
 	s.router = s.routes()
 	return s
 }
@@ -146,7 +159,7 @@ func (s *Server) routes() *gin.Engine {
 	// Path variables stay raw, as in DLE (clients send IDs unescaped).
 	r.UseRawPath = true
 	r.UnescapePathValues = false
-	r.Use(s.recoverPanic, s.logRequest)
+	r.Use(s.requestID, s.recoverPanic, s.logRequest)
 	r.NoRoute(func(c *gin.Context) {
 		writeError(c, http.StatusNotFound, agentapi.CodeNotFound, "Requested object does not exist. Specify your request.", "no route "+c.Request.Method+" "+c.Request.URL.Path)
 	})
@@ -165,13 +178,15 @@ func (s *Server) routes() *gin.Engine {
 
 // mount registers every route under g.
 func (s *Server) mount(g *gin.RouterGroup) {
-	// Without a token: health, metrics, the API description.
+	// Without a token: health and the API description.
 	g.GET("/healthz", s.healthz)
 	g.POST("/healthz", s.healthz)
-	g.GET("/metrics", s.metricsHandler)
 	g.GET("/openapi.yaml", s.openAPI)
 
 	a := g.Group("", s.requireToken)
+	// Metrics name clones and pools: behind the token (or, without it, on
+	// server.metricsAddress, see MetricsHandler).
+	a.GET("/metrics", s.metricsHandler)
 	a.GET("/status", s.status)
 	a.GET("/snapshots", s.listSnapshots)
 	a.POST("/snapshot", s.createSnapshot)
@@ -189,18 +204,27 @@ func (s *Server) mount(g *gin.RouterGroup) {
 	a.POST("/full-refresh", s.fullRefresh)
 }
 
-// requireToken checks the Verification-Token header in constant time. An
-// empty configured token disables auth, as in DLE.
+// requireToken checks the Verification-Token header (DLE's clients) or
+// Authorization: Bearer (Prometheus' authorization.credentials) in
+// constant time. Unlike DLE, an empty token does not turn authentication
+// off: only server.insecureNoAuth does (config validation allows it on
+// loopback only), so a config built in code without a token refuses every
+// request instead of serving them all.
 func (s *Server) requireToken(c *gin.Context) {
-	want := s.cfg.Server.VerificationToken
-	if want == "" {
+	if s.cfg.Server.InsecureNoAuth {
 		return
 	}
+	want := s.cfg.Server.VerificationToken
 	got := c.GetHeader(agentapi.VerificationTokenHeader)
+	if got == "" {
+		if h := c.GetHeader("Authorization"); len(h) > 7 && strings.EqualFold(h[:7], "bearer ") {
+			got = strings.TrimSpace(h[7:])
+		}
+	}
 	// Hashing first makes the comparison independent of the token's
 	// length too.
 	gotSum, wantSum := sha256.Sum256([]byte(got)), sha256.Sum256([]byte(want))
-	if got == "" || subtle.ConstantTimeCompare(gotSum[:], wantSum[:]) != 1 {
+	if got == "" || want == "" || subtle.ConstantTimeCompare(gotSum[:], wantSum[:]) != 1 {
 		writeError(c, http.StatusUnauthorized, agentapi.CodeUnauthorized, "Check your verification token.", "")
 		c.Abort()
 		return
@@ -212,9 +236,9 @@ func (s *Server) requireToken(c *gin.Context) {
 func (s *Server) recoverPanic(c *gin.Context) {
 	defer func() {
 		if v := recover(); v != nil {
-			s.log.Error("panic in API handler", "method", c.Request.Method, "path", c.FullPath(), "panic", v)
+			s.log.Error("panic in API handler", "method", c.Request.Method, "path", c.FullPath(), "request_id", requestIDOf(c), "panic", v)
 			if !c.Writer.Written() {
-				writeError(c, http.StatusInternalServerError, agentapi.CodeInternal, "internal error", "")
+				writeError(c, http.StatusInternalServerError, agentapi.CodeInternal, internalMessage(c), "")
 			}
 			c.Abort()
 		}
@@ -231,7 +255,7 @@ func (s *Server) logRequest(c *gin.Context) {
 	if route == "" {
 		route = "unmatched"
 	}
-	s.log.Debug("api request", "method", c.Request.Method, "route", route, "status", c.Writer.Status(), "took", time.Since(start))
+	s.log.Debug("api request", "method", c.Request.Method, "route", route, "status", c.Writer.Status(), "request_id", requestIDOf(c), "took", time.Since(start))
 }
 
 func (s *Server) openAPI(c *gin.Context) {

@@ -33,10 +33,33 @@ type Config struct {
 type Server struct {
 	Host string `yaml:"host"`
 	Port int    `yaml:"port"`
-	// VerificationToken is required in the Verification-Token header of
-	// every API request.
+	// VerificationToken is required in the Verification-Token header (or
+	// Authorization: Bearer) of every API request except /healthz and
+	// /openapi.yaml. At least MinTokenLength characters; generate one with
+	// `openssl rand -hex 32`.
 	VerificationToken string `yaml:"verificationToken"`
+	// InsecureNoAuth turns authentication off, for development only: it is
+	// accepted only when Host is a loopback address and no token is set.
+	InsecureNoAuth bool `yaml:"insecureNoAuth"`
+	// MetricsAddress, when set (host:port), serves /metrics without a
+	// token on a listener of its own, for a Prometheus that cannot send
+	// the token. /metrics on the API itself always needs the token.
+	MetricsAddress string `yaml:"metricsAddress"`
+	// TLS serves the API over HTTPS when both files are set.
+	TLS TLS `yaml:"tls"`
 }
+
+// TLS is the API's certificate and private key (PEM files).
+type TLS struct {
+	CertFile string `yaml:"certFile"`
+	KeyFile  string `yaml:"keyFile"`
+}
+
+// Enabled reports whether the API serves HTTPS.
+func (t TLS) Enabled() bool { return t.CertFile != "" || t.KeyFile != "" }
+
+// MinTokenLength is the shortest server.verificationToken accepted.
+const MinTokenLength = 32
 
 // Pool is one copy-on-write pool, opened with agent/storage/backend.
 type Pool struct {
@@ -329,6 +352,7 @@ func presentKeys(n *yaml.Node) map[string]bool {
 var typeSections = map[string]string{
 	"config.Config":        "top level",
 	"config.Server":        "server",
+	"config.TLS":           "server.tls",
 	"config.Pool":          "pools[]",
 	"config.Provision":     "provision",
 	"config.PortPool":      "provision.portPool",

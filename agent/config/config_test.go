@@ -5,13 +5,15 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/thinlab/thinlab/internal/tlstest"
 )
 
 const full = `
 server:
   host: 127.0.0.1
   port: 2345
-  verificationToken: secret
+  verificationToken: 0123456789abcdef0123456789abcdef
 pools:
   - name: main
     mode: btrfs
@@ -73,7 +75,7 @@ func TestParseFull(t *testing.T) {
 }
 
 func TestDefaults(t *testing.T) {
-	c, err := Parse([]byte("pools: [{name: p, mode: zfs, path: tank/p}]\n"), "agent.yaml")
+	c, err := Parse([]byte("server: {verificationToken: "+testToken+"}\npools: [{name: p, mode: zfs, path: tank/p}]\n"), "agent.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -157,5 +159,72 @@ func TestParseSize(t *testing.T) {
 	}
 	if _, err := ParseSize("lots"); err == nil {
 		t.Error("lots: no error")
+	}
+}
+
+const testToken = "4f8a2c4f8a2c4f8a2c4f8a2c4f8a2c4f8a2c"
+
+// TestServerAuthAndTLS: the agent does not start without a real token
+// (issue 8), the insecure development switch works on loopback only, and
+// TLS files are checked when the config loads.
+func TestServerAuthAndTLS(t *testing.T) {
+	files := tlstest.New(t)
+	pools := "pools: [{name: p, mode: btrfs, path: /p}]\n"
+	for _, tc := range []struct {
+		name, server string
+		want         []string // empty: valid
+	}{
+		{"no server section", "", []string{"server.verificationToken is empty", "at least 32 characters", "openssl rand -hex 32"}},
+		{"empty token", "server: {verificationToken: ''}\n", []string{"server.verificationToken is empty", "openssl rand -hex 32"}},
+		{"short token", "server: {verificationToken: short-secret-value}\n", []string{"server.verificationToken is 18 characters long, shorter than 32", "openssl rand -hex 32"}},
+		{"token of 32", "server: {verificationToken: " + testToken[:32] + "}\n", nil},
+		{"insecure on loopback", "server: {insecureNoAuth: true}\n", nil},
+		{"insecure on ::1", "server: {host: '::1', insecureNoAuth: true}\n", nil},
+		{"insecure on localhost", "server: {host: localhost, insecureNoAuth: true}\n", nil},
+		{"insecure on all addresses", "server: {host: 0.0.0.0, insecureNoAuth: true}\n", []string{"server.insecureNoAuth is only allowed when server.host is a loopback address", `not "0.0.0.0"`}},
+		{"insecure on a LAN address", "server: {host: 10.1.2.3, insecureNoAuth: true}\n", []string{"server.insecureNoAuth is only allowed", "server.verificationToken"}},
+		{"insecure with a token", "server: {insecureNoAuth: true, verificationToken: " + testToken + "}\n", []string{"server.insecureNoAuth is true but server.verificationToken is set"}},
+		{"metrics address", "server: {verificationToken: " + testToken + ", metricsAddress: '127.0.0.1:9187'}\n", nil},
+		{"metrics address without port", "server: {verificationToken: " + testToken + ", metricsAddress: '127.0.0.1'}\n", []string{"server.metricsAddress \"127.0.0.1\" must be host:port"}},
+		{"metrics address on the API port", "server: {verificationToken: " + testToken + ", metricsAddress: '127.0.0.1:2345'}\n", []string{"uses the API's own port 2345"}},
+		{"tls", "server: {verificationToken: " + testToken + ", tls: {certFile: " + files.Cert + ", keyFile: " + files.Key + "}}\n", nil},
+		{"tls cert only", "server: {verificationToken: " + testToken + ", tls: {certFile: " + files.Cert + "}}\n", []string{"server.tls.keyFile is empty but certFile is set"}},
+		{"tls missing file", "server: {verificationToken: " + testToken + ", tls: {certFile: /nonexistent/agent.pem, keyFile: " + files.Key + "}}\n", []string{`server.tls.certFile "/nonexistent/agent.pem"`, "no such file"}},
+		{"tls key of another cert", "server: {verificationToken: " + testToken + ", tls: {certFile: " + files.Cert + ", keyFile: " + files.OtherKey + "}}\n", []string{"server.tls: certFile and keyFile do not load as a pair"}},
+		{"tls key is a device", "server: {verificationToken: " + testToken + ", tls: {certFile: " + files.Cert + ", keyFile: /dev/zero}}\n", []string{`server.tls.keyFile "/dev/zero" is not a regular file`}},
+		{"tls cert as key", "server: {verificationToken: " + testToken + ", tls: {certFile: " + files.Cert + ", keyFile: " + files.Cert + "}}\n", []string{"server.tls: certFile and keyFile do not load as a pair"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := Parse([]byte(tc.server+pools), "agent.yaml")
+			if len(tc.want) == 0 {
+				if err != nil {
+					t.Fatalf("want a valid config, got %v", err)
+				}
+				if err := c.ValidateServer(); err != nil {
+					t.Fatalf("ValidateServer of a valid config: %v", err)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatalf("want an error containing %q, got a valid config", tc.want)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not contain %q", err, w)
+				}
+			}
+			if strings.Contains(err.Error(), "short-secret-value") {
+				t.Errorf("the error shows the token: %q", err)
+			}
+		})
+	}
+	// A config built in code (no Parse) is refused the same way.
+	c := Default()
+	if err := c.ValidateServer(); err == nil || !strings.Contains(err.Error(), "server.verificationToken is empty") {
+		t.Fatalf("Default() without a token: want a server.verificationToken error, got %v", err)
+	}
+	c.Server.VerificationToken = GenerateToken()
+	if err := c.ValidateServer(); err != nil || len(c.Server.VerificationToken) != 64 {
+		t.Fatalf("GenerateToken (%d characters): %v", len(c.Server.VerificationToken), err)
 	}
 }

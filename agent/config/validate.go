@@ -1,9 +1,14 @@
 package config
 
 import (
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"net"
 	"net/url"
+	"os"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -26,12 +31,7 @@ func (c *Config) Validate() error {
 	var errs []error
 	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
 
-	if c.Server.Host == "" {
-		bad("server.host is empty: set the address the API listens on, e.g. 127.0.0.1")
-	}
-	if c.Server.Port < 1 || c.Server.Port > 65535 {
-		bad("server.port (%d) must be between 1 and 65535", c.Server.Port)
-	}
+	errs = append(errs, c.Server.validate()...)
 
 	if len(c.Pools) == 0 {
 		bad("pools is empty: add at least one pool with name, mode and path")
@@ -183,6 +183,80 @@ func (c *Config) Validate() error {
 	return errors.Join(errs...)
 }
 
+// ValidateServer checks only the server section (listen address,
+// authentication, TLS). The agent calls it before serving even a
+// configuration built in code, so that no path starts an API without
+// authentication by accident.
+func (c *Config) ValidateServer() error { return errors.Join(c.Server.validate()...) }
+
+func (s Server) validate() []error {
+	var errs []error
+	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	if s.Host == "" {
+		bad("server.host is empty: set the address the API listens on, e.g. 127.0.0.1")
+	}
+	if s.Port < 1 || s.Port > 65535 {
+		bad("server.port (%d) must be between 1 and 65535", s.Port)
+	}
+	switch {
+	case s.InsecureNoAuth && s.VerificationToken != "":
+		bad("server.insecureNoAuth is true but server.verificationToken is set: remove insecureNoAuth to require the token")
+	case s.InsecureNoAuth && !IsLoopback(s.Host):
+		bad("server.insecureNoAuth is only allowed when server.host is a loopback address (127.0.0.1, ::1 or localhost), not %q: set server.verificationToken instead (generate one with `openssl rand -hex 32`)", s.Host)
+	case s.InsecureNoAuth:
+	case s.VerificationToken == "":
+		bad("server.verificationToken is empty: the API needs a token of at least %d characters; generate one with `openssl rand -hex 32`", MinTokenLength)
+	case len(s.VerificationToken) < MinTokenLength:
+		// Never echo the token: config errors reach logs and terminals.
+		bad("server.verificationToken is %d characters long, shorter than %d: generate one with `openssl rand -hex 32`", len(s.VerificationToken), MinTokenLength)
+	}
+	if s.MetricsAddress != "" {
+		host, port, err := net.SplitHostPort(s.MetricsAddress)
+		if n, perr := strconv.Atoi(port); err != nil || perr != nil || n < 1 || n > 65535 {
+			bad("server.metricsAddress %q must be host:port, e.g. 127.0.0.1:9187", s.MetricsAddress)
+		} else if (host == s.Host || host == "" || s.Host == "0.0.0.0" || s.Host == "::") && n == s.Port {
+			bad("server.metricsAddress %q uses the API's own port %d: pick another port", s.MetricsAddress, s.Port)
+		}
+	}
+	if t := s.TLS; t.Enabled() {
+		switch {
+		case t.CertFile == "":
+			bad("server.tls.certFile is empty but keyFile is set: set both (PEM certificate and key) or neither")
+		case t.KeyFile == "":
+			bad("server.tls.keyFile is empty but certFile is set: set both (PEM certificate and key) or neither")
+		default:
+			okFiles := true
+			for _, f := range []struct{ name, path string }{{"certFile", t.CertFile}, {"keyFile", t.KeyFile}} {
+				// A regular file only: a FIFO or /dev/zero would hang the
+				// start (reading it never ends).
+				if st, err := os.Stat(f.path); err != nil {
+					bad("server.tls.%s %q: %v", f.name, f.path, err)
+					okFiles = false
+				} else if !st.Mode().IsRegular() {
+					bad("server.tls.%s %q is not a regular file: give a PEM file", f.name, f.path)
+					okFiles = false
+				}
+			}
+			if okFiles {
+				if _, err := tls.LoadX509KeyPair(t.CertFile, t.KeyFile); err != nil {
+					bad("server.tls: certFile and keyFile do not load as a pair: %v (give PEM files, the key matching the certificate)", err)
+				}
+			}
+		}
+	}
+	return errs
+}
+
+// IsLoopback reports whether host (a name or address) can only be
+// reached from this machine.
+func IsLoopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
 var identRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_$-]{0,62}$`)
 
 func validIdent(s string) bool { return identRE.MatchString(s) }
@@ -194,4 +268,12 @@ func contains(list []string, s string) bool {
 		}
 	}
 	return false
+}
+
+// GenerateToken returns a random verification token (64 hex characters,
+// as `openssl rand -hex 32` prints), for tests and setup scripts.
+func GenerateToken() string {
+	b := make([]byte, 32)
+	_, _ = rand.Read(b) // crypto/rand.Read never fails on Linux
+	return hex.EncodeToString(b)
 }

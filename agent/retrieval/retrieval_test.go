@@ -39,6 +39,7 @@ func newRetriever(t *testing.T, p storage.Pool, src config.Source, dbs []string,
 	cfg.Pools = []config.Pool{{Name: p.Name(), Mode: p.Mode(), Path: p.MainDir()}}
 	cfg.Retrieval = config.Retrieval{Mode: "logical", Source: src, Databases: dbs, Jobs: 2, Pool: p.Name()}
 	cfg.StateDir = t.TempDir()
+	cfg.Server.VerificationToken = config.GenerateToken()
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}

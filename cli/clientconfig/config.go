@@ -23,6 +23,9 @@ type Context struct {
 	Name  string `yaml:"name"`
 	URL   string `yaml:"url"`
 	Token string `yaml:"token,omitempty"`
+	// CAFile is a PEM file with the CA that signed the agent's TLS
+	// certificate (empty: the system's roots).
+	CAFile string `yaml:"ca-file,omitempty"`
 }
 
 // ClonePassword is a clone password saved by `thinlab clone create`, keyed

@@ -10,13 +10,16 @@ import (
 const (
 	EnvURL   = "THINLAB_URL"
 	EnvToken = "THINLAB_TOKEN"
+	// EnvCAFile names a PEM file with the CA that signed the agent's
+	// certificate (for an https:// URL).
+	EnvCAFile = "THINLAB_CA_FILE"
 )
 
 // Inputs are everything that can name the agent, gathered by the caller so
 // that Resolve stays a pure function (and easy to test).
 type Inputs struct {
-	FlagURL, FlagToken string
-	EnvURL, EnvToken   string
+	FlagURL, FlagToken, FlagCAFile string
+	EnvURL, EnvToken, EnvCAFile    string
 	// Context is the --context flag; empty means the file's current context.
 	Context string
 	File    *File
@@ -31,6 +34,9 @@ type Endpoint struct {
 	URLFrom string
 	// Context is the context used, if any.
 	Context string
+	// CAFile is the PEM file of the CA to verify the agent's certificate
+	// with ("" means the system's roots).
+	CAFile string
 }
 
 // Resolve picks the URL and token, each by precedence flag > environment >
@@ -78,6 +84,14 @@ func Resolve(in Inputs) (Endpoint, error) {
 	}
 	if ctx != nil && sameURL(ctx.URL, ep.URL) {
 		ep.Context = ctx.Name
+	}
+	switch {
+	case in.FlagCAFile != "":
+		ep.CAFile = in.FlagCAFile
+	case in.EnvCAFile != "":
+		ep.CAFile = in.EnvCAFile
+	case ctx != nil && sameURL(ctx.URL, ep.URL):
+		ep.CAFile = ctx.CAFile
 	}
 	return ep, nil
 }

@@ -26,7 +26,9 @@ AGENT_PORT=${DEMO_AGENT_PORT:-2345}
 PLATFORM_PORT=${DEMO_PLATFORM_PORT:-8080}
 DEX_PORT=${DEMO_DEX_PORT:-5556}
 CLONE_PORTS_FROM=${DEMO_CLONE_PORTS_FROM:-6000}
-AGENT_TOKEN=demo-verification-token
+# A fresh random token per run: the agent refuses tokens shorter than 32
+# characters (head/od instead of openssl, which a minimal host may lack).
+AGENT_TOKEN=${DEMO_AGENT_TOKEN:-$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')}
 SOURCE_PASSWORD=demo-source-Pa55word
 CLONE_USER=demo
 CLONE_PASSWORD=Demo-Clone-Pa55word-2026
@@ -176,7 +178,8 @@ record loop "$DEMO/pool.img"
 mkfs.btrfs -q -f "$DEMO/pool.img" >/dev/null
 mount -o loop "$DEMO/pool.img" "$DEMO/pool"
 record mount "$DEMO/pool"
-cat >"$DEMO/agent.yaml" <<EOF
+# The config holds the token: readable by root only.
+(umask 077; cat >"$DEMO/agent.yaml") <<EOF
 server:
   host: 127.0.0.1
   port: $AGENT_PORT

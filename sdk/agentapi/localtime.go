@@ -31,6 +31,9 @@ func (t LocalTime) MarshalJSON() ([]byte, error) {
 	if t.IsZero() {
 		return []byte(`""`), nil
 	}
+	if !inRange(t.Time) {
+		return nil, fmt.Errorf("time %s: the year is outside 0-9999 in the local zone, which RFC 3339 cannot write", t.UTC())
+	}
 	return []byte(`"` + t.Local().Truncate(time.Second).Format(time.RFC3339) + `"`), nil
 }
 
@@ -48,6 +51,12 @@ func (t *LocalTime) UnmarshalJSON(b []byte) error {
 	s := string(b[1 : len(b)-1])
 	for _, layout := range []string{time.RFC3339Nano, legacyTimeLayout} {
 		if v, err := time.Parse(layout, s); err == nil {
+			// A year at the edge plus an offset can leave RFC 3339's
+			// range once shifted to the local zone (found by FuzzJSONTypes:
+			// "0000-01-01T00:00:00+23:59" encoded as "-0001-...").
+			if !inRange(v) {
+				return fmt.Errorf("time %q: out of range: use a year between 0001 and 9998", s)
+			}
 			t.Time = v
 			return nil
 		}
@@ -61,4 +70,15 @@ func TimeOf(t *LocalTime) time.Time {
 		return time.Time{}
 	}
 	return t.Time
+}
+
+// inRange reports whether t's year stays within 0-9999 in both the local
+// zone (what MarshalJSON writes) and UTC.
+func inRange(t time.Time) bool {
+	for _, y := range []int{t.Local().Year(), t.UTC().Year()} {
+		if y < 0 || y > 9999 {
+			return false
+		}
+	}
+	return true
 }

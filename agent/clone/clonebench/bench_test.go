@@ -110,6 +110,7 @@ func benchBackend(b *testing.B, be backend, measureRSS bool) {
 		from := 16000 + i*100
 		cfg.Provision.PortPool = config.PortPool{From: from, To: from + rssClones + 9}
 		cfg.StateDir = b.TempDir()
+		cfg.Server.VerificationToken = config.GenerateToken()
 		if err := cfg.Validate(); err != nil {
 			b.Fatal(err)
 		}

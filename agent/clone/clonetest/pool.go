@@ -99,5 +99,7 @@ func Config(t testing.TB, p storage.Pool, ports int) *config.Config {
 	from := 20000 + rand.IntN(120)*100
 	cfg.Provision.PortPool = config.PortPool{From: from, To: from + ports - 1}
 	cfg.StateDir = t.TempDir()
+	// The agent refuses to serve without a token (issue 8).
+	cfg.Server.VerificationToken = config.GenerateToken()
 	return cfg
 }
