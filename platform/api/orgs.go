@@ -63,10 +63,6 @@ func (a *API) createOrg(c *gin.Context) {
 		return
 	}
 	p := principal.From(c)
-	if p.TokenID != "" {
-		forbidden(c, "an API token acts inside one organization: create organizations while signed in")
-		return
-	}
 	if err := store.ValidSlug(req.Slug); err != nil {
 		invalid(c, err.Error(), "slug")
 		return
