@@ -124,14 +124,15 @@ func (g *Guard) Mount(r gin.IRoutes, routes []Route) error {
 		if rt.Action != "" {
 			chain = append(chain, g.Audit.Middleware(rt.Action, OrgID))
 		}
-		if rt.TokenRefused != "" {
-			chain = append(chain, refuseTokens(rt))
-		}
 		if rt.RateLimit == RateInvitationAccept {
 			chain = append(chain, g.limitInvitationAccept(rt))
 		}
 		if rt.OrgRoute() {
 			chain = append(chain, g.authorize(rt))
+		}
+		// After authorization: another organization stays a 404.
+		if rt.TokenRefused != "" {
+			chain = append(chain, refuseTokens(rt))
 		}
 		chain = append(chain, rt.Handler)
 		r.Handle(rt.Method, rt.Path, chain...)

@@ -90,7 +90,7 @@ func (a *API) acceptInvitation(c *gin.Context) {
 	case errors.Is(err, store.ErrNotFound):
 		notFound(c, "invitation")
 		return
-	case errors.Is(err, store.ErrInvitationEmail):
+	case errors.Is(err, store.ErrInvitationEmail), errors.Is(err, store.ErrEmailUnverified):
 		forbidden(c, err.Error())
 		return
 	case errors.Is(err, store.ErrInvitationUsed), errors.Is(err, store.ErrInvitationExpired), errors.Is(err, store.ErrConflict):

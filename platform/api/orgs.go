@@ -72,6 +72,10 @@ func (a *API) createOrg(c *gin.Context) {
 		return
 	}
 	org, err := a.Store.CreateOrganization(c.Request.Context(), req.Slug, req.Name, p.UserID)
+	if errors.Is(err, store.ErrSlugReserved) {
+		access.Error(c, http.StatusConflict, platformapi.CodeConflict, "slug "+req.Slug+" is reserved: an identity provider group mapping places people in this organization; choose another slug", "slug")
+		return
+	}
 	if errors.Is(err, store.ErrConflict) {
 		access.Error(c, http.StatusConflict, platformapi.CodeConflict, "slug "+req.Slug+" is taken: choose another", "slug")
 		return

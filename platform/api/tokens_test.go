@@ -176,13 +176,14 @@ func TestTokensCannotMintTokensOrAcceptInvitations(t *testing.T) {
 	ctx := context.Background()
 	owner := env.User("owner@example.com")
 	org := env.Org("tok", owner)
-	other := env.Org("other", env.User("boss@example.com"))
+	boss := env.User("boss@example.com")
+	other := env.Org("other", boss)
 	soon := time.Now().Add(time.Hour)
 	_, short, err := env.Store.CreateAPIToken(ctx, org.ID, owner.ID, "short-lived", &soon)
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, invSecret, err := env.Store.CreateInvitation(ctx, other.ID, "owner@example.com", rbac.Admin, other.ID)
+	_, invSecret, err := env.Store.CreateInvitation(ctx, other.ID, "owner@example.com", rbac.Admin, boss.ID)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -5,6 +5,7 @@
 package web
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
@@ -13,6 +14,7 @@ import (
 	"net/url"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/a-h/templ"
 	"github.com/gin-gonic/gin"
@@ -98,6 +100,12 @@ func Setup(cfg auth.Config) func(*server.Server) error {
 		a, err := auth.New(cfg, auth.Options{Users: users, Sessions: auth.GormSessions{DB: s.Store().Gorm()}, Logger: s.Logger()})
 		if err != nil {
 			return fmt.Errorf("sign-in configuration: %w", err)
+		}
+		// Validated by auth.New: now reserve the mapped organizations.
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		if err := auth.ReserveMappedOrganizations(ctx, s.Store(), cfg, s.Logger()); err != nil {
+			return err
 		}
 		w := &Web{Auth: a, Store: s.Store(), Audit: s.Audit(), BaseURL: strings.TrimRight(cfg.BaseURL, "/"), Logger: s.Logger()}
 		a.ErrorPage = w.errorPage
