@@ -15,9 +15,9 @@ import (
 
 // Organization is a tenant: it owns members, tokens, agents and audit events.
 type Organization struct {
-	ID        string `gorm:"primaryKey"`
-	Slug      string
-	Name      string
+	ID   string `gorm:"primaryKey"`
+	Slug string
+	Name string
 	// ManagedBy names the identity provider group mapping that reserved
 	// the organization ("idp:<provider>"); empty for ordinary ones.
 	ManagedBy string
