@@ -37,7 +37,7 @@ func (a *API) createInvitation(c *gin.Context) {
 	if !decode(c, &req) {
 		return
 	}
-	audit.SetTarget(c, req.Email)
+	audit.SetTarget(c, audit.MaskEmail(req.Email))
 	addr, err := mail.ParseAddress(strings.TrimSpace(req.Email))
 	if err != nil || addr.Name != "" {
 		invalid(c, "email must be a plain address such as ada@example.com", "email")
@@ -52,7 +52,7 @@ func (a *API) createInvitation(c *gin.Context) {
 		a.internal(c, "create the invitation", err)
 		return
 	}
-	audit.SetTarget(c, inv.ID)
+	audit.SetTarget(c, inv.ID+" "+audit.MaskEmail(inv.Email))
 	out := invitationJSON(*inv)
 	out.Token = secret
 	c.JSON(http.StatusCreated, out)
