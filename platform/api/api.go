@@ -112,6 +112,18 @@ func decode(c *gin.Context, dst any) bool {
 	return true
 }
 
+// fieldError is a validation failure of one request field.
+type fieldError struct{ field, message string }
+
+// reject answers 400 for fe and reports whether there was one.
+func reject(c *gin.Context, fe *fieldError) bool {
+	if fe == nil {
+		return false
+	}
+	invalid(c, fe.message, fe.field)
+	return true
+}
+
 func invalid(c *gin.Context, message, field string) {
 	access.Error(c, http.StatusBadRequest, platformapi.CodeInvalid, message, field)
 }

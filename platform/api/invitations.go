@@ -32,22 +32,30 @@ func (a *API) listInvitations(c *gin.Context) {
 	c.JSON(http.StatusOK, platformapi.List[platformapi.Invitation]{Items: out})
 }
 
+// checkInvitationEmail returns the plain address of an invitation request.
+func checkInvitationEmail(raw string) (string, *fieldError) {
+	addr, err := mail.ParseAddress(strings.TrimSpace(raw))
+	if err != nil || addr.Name != "" {
+		return "", &fieldError{"email", "email must be a plain address such as ada@example.com"}
+	}
+	return addr.Address, nil
+}
+
 func (a *API) createInvitation(c *gin.Context) {
 	var req platformapi.CreateInvitationRequest
 	if !decode(c, &req) {
 		return
 	}
 	audit.SetTarget(c, audit.MaskEmail(req.Email))
-	addr, err := mail.ParseAddress(strings.TrimSpace(req.Email))
-	if err != nil || addr.Name != "" {
-		invalid(c, "email must be a plain address such as ada@example.com", "email")
+	addr, fe := checkInvitationEmail(req.Email)
+	if reject(c, fe) {
 		return
 	}
 	role, ok := parseRole(c, req.Role)
 	if !ok {
 		return
 	}
-	inv, secret, err := a.Store.CreateInvitation(c.Request.Context(), access.OrgID(c), addr.Address, role, principal.From(c).UserID)
+	inv, secret, err := a.Store.CreateInvitation(c.Request.Context(), access.OrgID(c), addr, role, principal.From(c).UserID)
 	if err != nil {
 		a.internal(c, "create the invitation", err)
 		return
