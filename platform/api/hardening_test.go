@@ -3,6 +3,7 @@ package api_test
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -122,4 +123,29 @@ func dbName(dsn string) string {
 		}
 	}
 	return ""
+}
+
+// TestInvitationAcceptRateLimited guesses invitation secrets as one
+// signed-in user: after the configured burst the next accept is 429 with
+// Retry-After, before the secret is even looked up.
+func TestInvitationAcceptRateLimited(t *testing.T) {
+	const burst = 3
+	env := platformtest.New(t, platformtest.WithSetup(fakeSession), platformtest.WithConfig(func(c *server.Config) {
+		c.RateLimits.InvitationAccept.Burst = burst
+	}))
+	guesser := env.User("guess@example.com")
+	for i := range burst {
+		r := env.DoWithHeader(http.MethodPost, fmt.Sprintf("/api/v1/invitations/thinv_guess%d/accept", i), testUserHeader, guesser.ID, nil)
+		if r.Status != http.StatusNotFound {
+			t.Fatalf("guess %d: %d %s, want 404 (within the burst)", i+1, r.Status, r.Body)
+		}
+	}
+	r := env.DoWithHeader(http.MethodPost, "/api/v1/invitations/thinv_last/accept", testUserHeader, guesser.ID, nil)
+	if r.Status != http.StatusTooManyRequests || r.Header.Get("Retry-After") == "" || r.Error().Code != platformapi.CodeRateLimited {
+		t.Fatalf("guess %d: %d %s Retry-After=%q, want 429 with Retry-After", burst+1, r.Status, r.Body, r.Header.Get("Retry-After"))
+	}
+	// The refused attempt is in the audit log.
+	if n := env.QueryStrings("SELECT error FROM audit_events WHERE action = 'invitation.accept' AND error LIKE 'too many%'"); len(n) != 1 {
+		t.Fatalf("rate-limited accepts in the audit log: %v, want 1", n)
+	}
 }

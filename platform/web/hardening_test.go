@@ -155,3 +155,29 @@ func TestUnverifiedEmailCannotAcceptInvitation(t *testing.T) {
 		})
 	}
 }
+
+// TestSignInRateLimited starts sign-ins from one address until the
+// default burst (20) is spent: the next start is answered 429 with
+// Retry-After instead of a redirect to the IdP.
+func TestSignInRateLimited(t *testing.T) {
+	s := startSite(t)
+	const burst = 20 // server.DefaultConfig's rateLimits.signIn.burst
+	client := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	start := func() *http.Response {
+		resp, err := client.Get(s.p.URL + "/auth/login/mock")
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp
+	}
+	for i := range burst {
+		if r := start(); r.StatusCode != http.StatusFound {
+			t.Fatalf("sign-in start %d: %d, want 302 to the IdP", i+1, r.StatusCode)
+		}
+	}
+	r := start()
+	if r.StatusCode != http.StatusTooManyRequests || r.Header.Get("Retry-After") == "" {
+		t.Fatalf("sign-in start %d: %d Retry-After=%q, want 429 with Retry-After", burst+1, r.StatusCode, r.Header.Get("Retry-After"))
+	}
+}
