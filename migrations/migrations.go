@@ -7,6 +7,7 @@ import (
 	"database/sql"
 	"embed"
 	"fmt"
+	"strings"
 
 	"github.com/pressly/goose/v3"
 	"github.com/pressly/goose/v3/lock"
@@ -66,3 +67,31 @@ func provider(db *sql.DB) (*goose.Provider, error) {
 	}
 	return p, nil
 }
+
+// GrantRuntime gives the application's runtime role what it needs and no
+// more, on a database whose tables the connecting (migration owner) role
+// owns: read and write on the platform's tables, but on the audit log only
+// SELECT and INSERT. The runtime role does not own the tables, so it can
+// neither drop nor alter them nor disable the append-only triggers. Run it
+// after Up, as the owner; it is idempotent.
+func GrantRuntime(ctx context.Context, db *sql.DB, role string) error {
+	r := quoteIdent(role)
+	stmts := []string{
+		"GRANT USAGE ON SCHEMA public TO " + r,
+		"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO " + r,
+		"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO " + r,
+		"REVOKE ALL ON audit_events FROM " + r,
+		"GRANT SELECT, INSERT ON audit_events TO " + r,
+		"REVOKE ALL ON goose_db_version FROM " + r,
+		"GRANT SELECT ON goose_db_version TO " + r,
+	}
+	for _, q := range stmts {
+		if _, err := db.ExecContext(ctx, q); err != nil {
+			return fmt.Errorf("grant the runtime role %s its privileges (%s): %w", role, q, err)
+		}
+	}
+	return nil
+}
+
+// quoteIdent quotes a PostgreSQL identifier.
+func quoteIdent(s string) string { return `"` + strings.ReplaceAll(s, `"`, `""`) + `"` }

@@ -9,12 +9,15 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"strconv"
 	"strings"
+	"time"
 
 	"github.com/gin-gonic/gin"
 
 	"github.com/thinlab/thinlab/platform/audit"
 	"github.com/thinlab/thinlab/platform/principal"
+	"github.com/thinlab/thinlab/platform/ratelimit"
 	"github.com/thinlab/thinlab/platform/rbac"
 	"github.com/thinlab/thinlab/platform/store"
 	"github.com/thinlab/thinlab/sdk/platformapi"
@@ -33,9 +36,34 @@ type Route struct {
 	// name, such as "member.update". Every mutation sets it.
 	Action  string
 	Handler gin.HandlerFunc
-	// OnError renders a denial (401/403/404) for this route; JSON when nil.
-	// Web pages use it to redirect to sign-in instead.
+	// OnError renders a denial (401/403/404/429) for this route; JSON when
+	// nil. Web pages use it to redirect to sign-in instead.
 	OnError func(c *gin.Context, status int, body platformapi.ErrorBody)
+	// TokenRefused, when set, refuses API tokens with 403 and this
+	// message: a stolen token must not mint longer-lived credentials or
+	// join organizations (token creation, invitation acceptance).
+	TokenRefused string
+	// RateLimit names the rate limit class of the route ("" for none).
+	RateLimit RateClass
+}
+
+// RateClass is a group of routes that share a rate limit.
+type RateClass string
+
+// Rate limit classes.
+const (
+	// RateSignIn limits sign-in starts and callbacks per client IP.
+	RateSignIn RateClass = "signin"
+	// RateInvitationAccept limits invitation accepts per user and per
+	// client IP (guessing invitation secrets).
+	RateInvitationAccept RateClass = "invitation.accept"
+)
+
+// Limits are the rate limiters of the chain; a nil limiter allows all.
+type Limits struct {
+	SignIn           *ratelimit.Limiter
+	BearerFailures   *ratelimit.Limiter // failed bearer authentications per client IP
+	InvitationAccept *ratelimit.Limiter
 }
 
 // OrgRoute reports whether the route acts inside an organization.
@@ -59,6 +87,12 @@ func (r Route) Validate() error {
 		return fmt.Errorf("route %s %s: a public route cannot be an organization route", r.Method, r.Path)
 	case r.Mutation() && !r.Public && r.Action == "":
 		return fmt.Errorf("route %s %s: mutations must name an audit action", r.Method, r.Path)
+	case r.Public && r.TokenRefused != "":
+		return fmt.Errorf("route %s %s: a public route cannot refuse tokens", r.Method, r.Path)
+	case r.RateLimit != "" && r.RateLimit != RateSignIn && r.RateLimit != RateInvitationAccept:
+		return fmt.Errorf("route %s %s: unknown rate limit class %q", r.Method, r.Path, r.RateLimit)
+	case r.RateLimit == RateInvitationAccept && r.Public:
+		return fmt.Errorf("route %s %s: the invitation accept limit is per user and needs authentication", r.Method, r.Path)
 	}
 	return nil
 }
@@ -70,6 +104,7 @@ type Guard struct {
 	Store          *store.Store
 	Audit          *audit.Recorder
 	Logger         *slog.Logger
+	Limits         Limits
 }
 
 // Mount registers routes on r behind the chain. It fails on a route whose
@@ -80,14 +115,24 @@ func (g *Guard) Mount(r gin.IRoutes, routes []Route) error {
 			return err
 		}
 		var chain []gin.HandlerFunc
+		if rt.RateLimit == RateSignIn {
+			chain = append(chain, g.limitSignIn(rt))
+		}
 		if !rt.Public {
 			chain = append(chain, g.authenticate(rt))
 		}
 		if rt.Action != "" {
 			chain = append(chain, g.Audit.Middleware(rt.Action, OrgID))
 		}
+		if rt.RateLimit == RateInvitationAccept {
+			chain = append(chain, g.limitInvitationAccept(rt))
+		}
 		if rt.OrgRoute() {
 			chain = append(chain, g.authorize(rt))
+		}
+		// After authorization: another organization stays a 404.
+		if rt.TokenRefused != "" {
+			chain = append(chain, refuseTokens(rt))
 		}
 		chain = append(chain, rt.Handler)
 		r.Handle(rt.Method, rt.Path, chain...)
@@ -97,10 +142,22 @@ func (g *Guard) Mount(r gin.IRoutes, routes []Route) error {
 
 func (g *Guard) authenticate(rt Route) gin.HandlerFunc {
 	return func(c *gin.Context) {
+		// Failed bearer authentications are counted per client IP, so that
+		// token secrets cannot be guessed at the speed of the network.
+		bearer := c.GetHeader("Authorization") != ""
+		if bearer {
+			if ok, wait := g.Limits.BearerFailures.Check(c.ClientIP()); !ok {
+				tooMany(c, rt, wait, "too many failed authentications from your address")
+				return
+			}
+		}
 		for _, auth := range g.Authenticators {
 			p, err := auth(c)
 			if err != nil {
 				if rej, ok := principal.IsRejection(err); ok {
+					if bearer {
+						g.Limits.BearerFailures.Spend(c.ClientIP())
+					}
 					deny(c, rt, http.StatusUnauthorized, platformapi.CodeUnauthenticated, rej.Message)
 					return
 				}
@@ -116,6 +173,51 @@ func (g *Guard) authenticate(rt Route) gin.HandlerFunc {
 		}
 		deny(c, rt, http.StatusUnauthorized, platformapi.CodeUnauthenticated, "sign in or send Authorization: Bearer <api token>")
 	}
+}
+
+// refuseTokens answers 403 to API tokens on routes that only a person
+// signed in through the browser may call.
+func refuseTokens(rt Route) gin.HandlerFunc {
+	return func(c *gin.Context) {
+		if p := principal.From(c); p != nil && p.Method == principal.MethodToken {
+			deny(c, rt, http.StatusForbidden, platformapi.CodeForbidden, rt.TokenRefused)
+			return
+		}
+		c.Next()
+	}
+}
+
+func (g *Guard) limitSignIn(rt Route) gin.HandlerFunc {
+	return func(c *gin.Context) {
+		if ok, wait := g.Limits.SignIn.Allow(c.ClientIP()); !ok {
+			tooMany(c, rt, wait, "too many sign-in attempts from your address")
+			return
+		}
+		c.Next()
+	}
+}
+
+func (g *Guard) limitInvitationAccept(rt Route) gin.HandlerFunc {
+	return func(c *gin.Context) {
+		ok, wait := g.Limits.InvitationAccept.Allow("ip:" + c.ClientIP())
+		if ok {
+			if p := principal.From(c); p != nil {
+				ok, wait = g.Limits.InvitationAccept.Allow("user:" + p.UserID)
+			}
+		}
+		if !ok {
+			tooMany(c, rt, wait, "too many invitation accepts")
+			return
+		}
+		c.Next()
+	}
+}
+
+// tooMany answers 429 with Retry-After in whole seconds.
+func tooMany(c *gin.Context, rt Route, wait time.Duration, what string) {
+	secs := ratelimit.RetryAfterSeconds(wait)
+	c.Header("Retry-After", strconv.Itoa(secs))
+	deny(c, rt, http.StatusTooManyRequests, platformapi.CodeRateLimited, fmt.Sprintf("%s: try again in %d s", what, secs))
 }
 
 const (

@@ -45,21 +45,32 @@ func Routes(a *API) []access.Route {
 		{Method: get, Path: p + "/openapi.json", Public: true, Handler: a.openAPI},
 		{Method: get, Path: p + "/me", Handler: a.me},
 		{Method: get, Path: p + "/orgs", Handler: a.listOrgs},
-		{Method: post, Path: p + "/orgs", Action: "org.create", Handler: a.createOrg},
+		{Method: post, Path: p + "/orgs", Action: "org.create", Handler: a.createOrg, TokenRefused: "an API token acts inside one organization: sign in through the browser to create organizations"},
 		{Method: get, Path: p + "/orgs/:org/members", Permission: rbac.MemberRead, Handler: a.listMembers},
-		{Method: post, Path: p + "/orgs/:org/members", Permission: rbac.MemberManage, Action: "member.add", Handler: a.addMember},
+		// Adding an existing user by ID let anyone look up other tenants'
+		// users (the answer held their email): people join only through
+		// invitations they accept. The route answers 410 with that advice.
+		{Method: post, Path: p + "/orgs/:org/members", Permission: rbac.MemberManage, Action: "member.add", Handler: a.addMemberGone},
 		{Method: patch, Path: p + "/orgs/:org/members/:user", Permission: rbac.MemberManage, Action: "member.update", Handler: a.updateMember},
 		{Method: del, Path: p + "/orgs/:org/members/:user", Permission: rbac.MemberManage, Action: "member.remove", Handler: a.removeMember},
 		{Method: get, Path: p + "/orgs/:org/invitations", Permission: rbac.MemberManage, Handler: a.listInvitations},
 		{Method: post, Path: p + "/orgs/:org/invitations", Permission: rbac.MemberManage, Action: "invitation.create", Handler: a.createInvitation},
 		{Method: del, Path: p + "/orgs/:org/invitations/:invitation", Permission: rbac.MemberManage, Action: "invitation.delete", Handler: a.deleteInvitation},
-		{Method: post, Path: p + "/invitations/:token/accept", Action: "invitation.accept", Handler: a.acceptInvitation},
+		{Method: post, Path: p + "/invitations/:token/accept", Action: "invitation.accept", Handler: a.acceptInvitation,
+			TokenRefused: TokenRefusedAccept, RateLimit: access.RateInvitationAccept},
 		{Method: get, Path: p + "/orgs/:org/tokens", Permission: rbac.TokenManage, Handler: a.listTokens},
-		{Method: post, Path: p + "/orgs/:org/tokens", Permission: rbac.TokenManage, Action: "token.create", Handler: a.createToken},
+		{Method: post, Path: p + "/orgs/:org/tokens", Permission: rbac.TokenManage, Action: "token.create", Handler: a.createToken, TokenRefused: TokenRefusedCreate},
 		{Method: del, Path: p + "/orgs/:org/tokens/:token", Permission: rbac.TokenManage, Action: "token.revoke", Handler: a.revokeToken},
 		{Method: get, Path: p + "/orgs/:org/audit", Permission: rbac.AuditRead, Handler: a.listAudit},
 	}
 }
+
+// Refusals of API tokens on the routes only a signed-in person may call
+// (the web UI's routes give the same answers).
+const (
+	TokenRefusedCreate = "API tokens cannot create tokens: sign in through the browser to create tokens"
+	TokenRefusedAccept = "API tokens cannot accept invitations: sign in through the browser to accept an invitation"
+)
 
 func (a *API) openAPI(c *gin.Context) {
 	c.Data(http.StatusOK, "application/json", openAPIDoc)
@@ -98,6 +109,18 @@ func decode(c *gin.Context, dst any) bool {
 		}
 		return false
 	}
+	return true
+}
+
+// fieldError is a validation failure of one request field.
+type fieldError struct{ field, message string }
+
+// reject answers 400 for fe and reports whether there was one.
+func reject(c *gin.Context, fe *fieldError) bool {
+	if fe == nil {
+		return false
+	}
+	invalid(c, fe.message, fe.field)
 	return true
 }
 

@@ -39,7 +39,7 @@ type loadResult struct {
 // BenchmarkPlatformAPI starts a platform server (platformtest: real
 // PostgreSQL) and drives it from a second process (this test binary
 // re-executed as a load generator) at a fixed rate for a fixed time with a
-// mix of list calls (members, tokens, audit) and token creation over
+// mix of list calls (members, tokens, audit) and invitation creation over
 // loopback with a bearer token. Run with -benchtime 1x.
 func BenchmarkPlatformAPI(b *testing.B) {
 	env := platformtest.New(b)
@@ -102,7 +102,8 @@ func runLoadGenerator() bool {
 		Transport: &http.Transport{MaxIdleConns: 128, MaxIdleConnsPerHost: 128},
 	}
 	prefix := base + "/api/v1/orgs/" + org
-	// The mix, in tenths: 3 members, 2 tokens, 3 audit pages, 2 token creations.
+	// The mix, in tenths: 3 members, 2 tokens, 3 audit pages, 2 invitations
+	// created (API tokens cannot create tokens).
 	mix := []struct{ method, url, body string }{
 		{"GET", prefix + "/members", ""},
 		{"GET", prefix + "/members", ""},
@@ -112,8 +113,8 @@ func runLoadGenerator() bool {
 		{"GET", prefix + "/audit?limit=100", ""},
 		{"GET", prefix + "/audit?limit=100&action=token.", ""},
 		{"GET", prefix + "/audit?limit=100", ""},
-		{"POST", prefix + "/tokens", `{"name":"bench"}`},
-		{"POST", prefix + "/tokens", `{"name":"bench"}`},
+		{"POST", prefix + "/invitations", `{"email":"bench@example.com","role":"viewer"}`},
+		{"POST", prefix + "/invitations", `{"email":"bench@example.com","role":"viewer"}`},
 	}
 	var (
 		mu        sync.Mutex

@@ -32,27 +32,40 @@ func (a *API) listInvitations(c *gin.Context) {
 	c.JSON(http.StatusOK, platformapi.List[platformapi.Invitation]{Items: out})
 }
 
+// checkInvitationEmail returns the plain address of an invitation request.
+func checkInvitationEmail(raw string) (string, *fieldError) {
+	// RFC 5321 caps an address at 254 characters; checking that first
+	// also keeps megabyte inputs away from net/mail's parser.
+	if len(raw) > 254 {
+		return "", &fieldError{"email", "email is longer than 254 characters"}
+	}
+	addr, err := mail.ParseAddress(strings.TrimSpace(raw))
+	if err != nil || addr.Name != "" {
+		return "", &fieldError{"email", "email must be a plain address such as ada@example.com"}
+	}
+	return addr.Address, nil
+}
+
 func (a *API) createInvitation(c *gin.Context) {
 	var req platformapi.CreateInvitationRequest
 	if !decode(c, &req) {
 		return
 	}
-	audit.SetTarget(c, req.Email)
-	addr, err := mail.ParseAddress(strings.TrimSpace(req.Email))
-	if err != nil || addr.Name != "" {
-		invalid(c, "email must be a plain address such as ada@example.com", "email")
+	audit.SetTarget(c, audit.MaskEmail(req.Email))
+	addr, fe := checkInvitationEmail(req.Email)
+	if reject(c, fe) {
 		return
 	}
 	role, ok := parseRole(c, req.Role)
 	if !ok {
 		return
 	}
-	inv, secret, err := a.Store.CreateInvitation(c.Request.Context(), access.OrgID(c), addr.Address, role, principal.From(c).UserID)
+	inv, secret, err := a.Store.CreateInvitation(c.Request.Context(), access.OrgID(c), addr, role, principal.From(c).UserID)
 	if err != nil {
 		a.internal(c, "create the invitation", err)
 		return
 	}
-	audit.SetTarget(c, inv.ID)
+	audit.SetTarget(c, inv.ID+" "+audit.MaskEmail(inv.Email))
 	out := invitationJSON(*inv)
 	out.Token = secret
 	c.JSON(http.StatusCreated, out)
@@ -90,7 +103,7 @@ func (a *API) acceptInvitation(c *gin.Context) {
 	case errors.Is(err, store.ErrNotFound):
 		notFound(c, "invitation")
 		return
-	case errors.Is(err, store.ErrInvitationEmail):
+	case errors.Is(err, store.ErrInvitationEmail), errors.Is(err, store.ErrEmailUnverified):
 		forbidden(c, err.Error())
 		return
 	case errors.Is(err, store.ErrInvitationUsed), errors.Is(err, store.ErrInvitationExpired), errors.Is(err, store.ErrConflict):

@@ -3,7 +3,6 @@ package api
 import (
 	"errors"
 	"net/http"
-	"strings"
 
 	"github.com/gin-gonic/gin"
 
@@ -46,43 +45,11 @@ func parseRole(c *gin.Context, raw string) (rbac.Role, bool) {
 	return role, true
 }
 
-func (a *API) addMember(c *gin.Context) {
-	var req platformapi.AddMemberRequest
-	if !decode(c, &req) {
-		return
-	}
-	audit.SetTarget(c, req.UserID)
-	if strings.TrimSpace(req.UserID) == "" {
-		invalid(c, "user_id is required", "user_id")
-		return
-	}
-	role, ok := parseRole(c, req.Role)
-	if !ok {
-		return
-	}
-	ctx := c.Request.Context()
-	if _, err := a.Store.UserByID(ctx, req.UserID); errors.Is(err, store.ErrNotFound) {
-		invalid(c, "no user with id "+req.UserID+": invite people by email instead", "user_id")
-		return
-	} else if err != nil {
-		a.internal(c, "load the user", err)
-		return
-	}
-	err := a.Store.AddMember(ctx, access.OrgID(c), req.UserID, role)
-	if errors.Is(err, store.ErrConflict) {
-		access.Error(c, http.StatusConflict, platformapi.CodeConflict, "user "+req.UserID+" is already a member: change the role with PATCH instead", "user_id")
-		return
-	}
-	if err != nil {
-		a.internal(c, "add the member", err)
-		return
-	}
-	m, err := a.Store.Member(ctx, access.OrgID(c), req.UserID)
-	if err != nil {
-		a.internal(c, "load the member", err)
-		return
-	}
-	c.JSON(http.StatusCreated, memberJSON(*m))
+// addMemberGone refuses the old add-by-user-id call without reading the
+// body or looking anyone up.
+func (a *API) addMemberGone(c *gin.Context) {
+	access.Error(c, http.StatusGone, platformapi.CodeGone,
+		"adding members by user id was removed: invite people by email (POST /api/v1/orgs/"+c.Param("org")+"/invitations); they join when they accept", "")
 }
 
 // targetMember loads :user in the organization and checks the caller may

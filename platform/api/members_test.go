@@ -60,27 +60,17 @@ func TestLastOwnerCannotBeRemovedOrDemoted(t *testing.T) {
 	}
 }
 
-func TestMemberAddAndValidation(t *testing.T) {
+func TestMemberValidation(t *testing.T) {
 	env := platformtest.New(t)
-	ctx := context.Background()
 	owner := env.User("owner@example.com")
 	org := env.Org("mem", owner)
-	other := env.User("zed@example.com")
+	other := env.Member(org, "zed@example.com", rbac.Viewer)
 	tok := env.Token(org, owner)
-	c := env.Client(tok)
-
-	m, err := c.AddMember(ctx, "mem", platformapi.AddMemberRequest{UserID: other.ID, Role: "viewer"})
-	if err != nil || m.Role != "viewer" || m.Email != "zed@example.com" {
-		t.Fatalf("add: %+v %v", m, err)
-	}
 	cases := []struct {
 		method, path, body string
 		status             int
 		field              string
 	}{
-		{"POST", "/api/v1/orgs/mem/members", `{"user_id":"` + other.ID + `","role":"viewer"}`, 409, "user_id"},
-		{"POST", "/api/v1/orgs/mem/members", `{"user_id":"usr_nobody","role":"viewer"}`, 400, "user_id"},
-		{"POST", "/api/v1/orgs/mem/members", `{"user_id":"` + other.ID + `","role":"god"}`, 400, "role"},
 		{"PATCH", "/api/v1/orgs/mem/members/" + other.ID, `{"role":""}`, 400, "role"},
 		{"PATCH", "/api/v1/orgs/mem/members/usr_nobody", `{"role":"admin"}`, 404, ""},
 		{"POST", "/api/v1/orgs/mem/invitations", `{"email":"not an address","role":"viewer"}`, 400, "email"},
@@ -90,6 +80,59 @@ func TestMemberAddAndValidation(t *testing.T) {
 		if r.Status != tc.status || r.Error().Field != tc.field || r.Error().Message == "" {
 			t.Errorf("%s %s %s: %d %s, want %d naming %q", tc.method, tc.path, tc.body, r.Status, r.Body, tc.status, tc.field)
 		}
+	}
+}
+
+// TestMemberEnumerationRefused is the attack: the owner of organization A
+// feeds user IDs of organization B's members (and made-up ones) to every
+// members route of A, with an API token and signed in. Adding by user id
+// used to answer 201 with the user's email and name; now nothing joins A
+// and no answer carries B's emails or names.
+func TestMemberEnumerationRefused(t *testing.T) {
+	env := platformtest.New(t, platformtest.WithSetup(fakeSession))
+	ctx := context.Background()
+	ownerA := env.User("ann@a.example")
+	a := env.Org("org-a", ownerA)
+	b := env.Org("org-b", env.User("bob@b.example"))
+	victim := env.Member(b, "secret-person@b.example", rbac.Member)
+	tokA := env.Token(a, ownerA)
+	as := []struct {
+		name          string
+		header, value string
+	}{
+		{"token", "Authorization", "Bearer " + tokA},
+		{"session", testUserHeader, ownerA.ID},
+	}
+	for _, who := range as {
+		t.Run(who.name, func(t *testing.T) {
+			for _, id := range []string{victim.ID, "usr_doesnotexist"} {
+				for _, call := range []struct{ method, path, body string }{
+					{http.MethodPost, "/api/v1/orgs/org-a/members", `{"user_id":"` + id + `","role":"viewer"}`},
+					{http.MethodPost, "/api/v1/orgs/org-a/members", `{"user_id":"` + id + `","role":"owner"}`},
+					{http.MethodPatch, "/api/v1/orgs/org-a/members/" + id, `{"role":"viewer"}`},
+					{http.MethodDelete, "/api/v1/orgs/org-a/members/" + id, ""},
+					{http.MethodGet, "/api/v1/orgs/org-a/members", ""},
+				} {
+					var body any
+					if call.body != "" {
+						body = call.body
+					}
+					r := env.DoWithHeader(call.method, call.path, who.header, who.value, body)
+					if strings.Contains(string(r.Body), "secret-person") || strings.Contains(string(r.Body), "b.example") {
+						t.Errorf("%s %s as %s: %d %s: the answer carries B's member", call.method, call.path, who.name, r.Status, r.Body)
+					}
+					if call.method == http.MethodPost && (r.Status != http.StatusGone || !strings.Contains(r.Error().Message, "invite people by email")) {
+						t.Errorf("add by user id: %d %s, want 410 pointing to invitations", r.Status, r.Body)
+					}
+					if call.method != http.MethodGet && call.method != http.MethodPost && r.Status != http.StatusNotFound {
+						t.Errorf("%s %s: %d %s, want 404 (not a member of A)", call.method, call.path, r.Status, r.Body)
+					}
+				}
+			}
+		})
+	}
+	if _, err := env.Store.MembershipOf(ctx, a.ID, victim.ID); err == nil {
+		t.Fatal("B's member was added to A without an invitation")
 	}
 }
 

@@ -57,25 +57,31 @@ func (a *API) listOrgs(c *gin.Context) {
 	c.JSON(http.StatusOK, platformapi.List[platformapi.Org]{Items: orgs})
 }
 
+// checkCreateOrg validates a decoded CreateOrgRequest.
+func checkCreateOrg(req platformapi.CreateOrgRequest) *fieldError {
+	if err := store.ValidSlug(req.Slug); err != nil {
+		return &fieldError{"slug", err.Error()}
+	}
+	if len(req.Name) > 200 {
+		return &fieldError{"name", "name is longer than 200 characters"}
+	}
+	return nil
+}
+
 func (a *API) createOrg(c *gin.Context) {
 	var req platformapi.CreateOrgRequest
 	if !decode(c, &req) {
 		return
 	}
 	p := principal.From(c)
-	if p.TokenID != "" {
-		forbidden(c, "an API token acts inside one organization: create organizations while signed in")
-		return
-	}
-	if err := store.ValidSlug(req.Slug); err != nil {
-		invalid(c, err.Error(), "slug")
-		return
-	}
-	if len(req.Name) > 200 {
-		invalid(c, "name is longer than 200 characters", "name")
+	if reject(c, checkCreateOrg(req)) {
 		return
 	}
 	org, err := a.Store.CreateOrganization(c.Request.Context(), req.Slug, req.Name, p.UserID)
+	if errors.Is(err, store.ErrSlugReserved) {
+		access.Error(c, http.StatusConflict, platformapi.CodeConflict, "slug "+req.Slug+" is reserved: an identity provider group mapping places people in this organization; choose another slug", "slug")
+		return
+	}
 	if errors.Is(err, store.ErrConflict) {
 		access.Error(c, http.StatusConflict, platformapi.CodeConflict, "slug "+req.Slug+" is taken: choose another", "slug")
 		return

@@ -51,21 +51,26 @@ func (a *API) listTokens(c *gin.Context) {
 	c.JSON(http.StatusOK, platformapi.List[platformapi.Token]{Items: out})
 }
 
+// checkCreateToken trims and validates a decoded CreateTokenRequest.
+func checkCreateToken(req *platformapi.CreateTokenRequest, now time.Time) *fieldError {
+	req.Name = strings.TrimSpace(req.Name)
+	switch {
+	case req.Name == "":
+		return &fieldError{"name", "name is required: say what the token is for, such as \"ci\""}
+	case len(req.Name) > 100:
+		return &fieldError{"name", "name is longer than 100 characters"}
+	case req.ExpiresAt != nil && !req.ExpiresAt.After(now):
+		return &fieldError{"expires_at", "expires_at is in the past: give a future time or leave it out"}
+	}
+	return nil
+}
+
 func (a *API) createToken(c *gin.Context) {
 	var req platformapi.CreateTokenRequest
 	if !decode(c, &req) {
 		return
 	}
-	req.Name = strings.TrimSpace(req.Name)
-	switch {
-	case req.Name == "":
-		invalid(c, "name is required: say what the token is for, such as \"ci\"", "name")
-		return
-	case len(req.Name) > 100:
-		invalid(c, "name is longer than 100 characters", "name")
-		return
-	case req.ExpiresAt != nil && !req.ExpiresAt.After(time.Now()):
-		invalid(c, "expires_at is in the past: give a future time or leave it out", "expires_at")
+	if reject(c, checkCreateToken(&req, time.Now())) {
 		return
 	}
 	tok, secret, err := a.Store.CreateAPIToken(c.Request.Context(), access.OrgID(c), principal.From(c).UserID, req.Name, utc(req.ExpiresAt))

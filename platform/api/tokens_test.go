@@ -3,6 +3,7 @@ package api_test
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/json"
 	"net/http"
 	"strings"
 	"testing"
@@ -52,8 +53,20 @@ func TestTokenRejections(t *testing.T) {
 	}
 }
 
+// createToken creates a token as userID signed in (tokens cannot mint
+// tokens) and returns the answer.
+func createToken(t *testing.T, env *platformtest.Env, org, userID string, req platformapi.CreateTokenRequest) platformapi.CreatedToken {
+	t.Helper()
+	r := env.DoWithHeader(http.MethodPost, "/api/v1/orgs/"+org+"/tokens", testUserHeader, userID, req)
+	var out platformapi.CreatedToken
+	if err := json.Unmarshal(r.Body, &out); r.Status != http.StatusCreated || err != nil {
+		t.Fatalf("create token as a session: %d %s, want 201", r.Status, r.Body)
+	}
+	return out
+}
+
 func TestTokenShownOnceStoredHashed(t *testing.T) {
-	env := platformtest.New(t)
+	env := platformtest.New(t, platformtest.WithSetup(fakeSession))
 	ctx := context.Background()
 	owner := env.User("owner@example.com")
 	org := env.Org("tok", owner)
@@ -61,10 +74,7 @@ func TestTokenShownOnceStoredHashed(t *testing.T) {
 	c := env.Client(env.Token(org, owner))
 
 	exp := time.Now().Add(time.Hour).UTC().Truncate(time.Second)
-	created, err := c.CreateToken(ctx, "tok", platformapi.CreateTokenRequest{Name: "ci", ExpiresAt: &exp})
-	if err != nil {
-		t.Fatal(err)
-	}
+	created := createToken(t, env, "tok", owner.ID, platformapi.CreateTokenRequest{Name: "ci", ExpiresAt: &exp})
 	if !strings.HasPrefix(created.Secret, "thl_") || !strings.HasPrefix(created.Secret, created.Prefix) || created.ExpiresAt == nil || !created.ExpiresAt.Equal(exp) {
 		t.Fatalf("created token: %+v", created)
 	}
@@ -121,10 +131,9 @@ func TestTokenShownOnceStoredHashed(t *testing.T) {
 }
 
 func TestTokenValidation(t *testing.T) {
-	env := platformtest.New(t)
+	env := platformtest.New(t, platformtest.WithSetup(fakeSession))
 	owner := env.User("owner@example.com")
-	org := env.Org("tok", owner)
-	tok := env.Token(org, owner)
+	env.Org("tok", owner)
 	cases := []struct {
 		body  string
 		field string
@@ -137,7 +146,7 @@ func TestTokenValidation(t *testing.T) {
 		{`not json`, ""},
 	}
 	for _, tc := range cases {
-		r := env.Do(http.MethodPost, "/api/v1/orgs/tok/tokens", tok, tc.body)
+		r := env.DoWithHeader(http.MethodPost, "/api/v1/orgs/tok/tokens", testUserHeader, owner.ID, tc.body)
 		if r.Status != 400 || r.Error().Code != "invalid" || r.Error().Field != tc.field || r.Error().Message == "" {
 			t.Errorf("%s: %d %s, want 400 naming field %q", tc.body, r.Status, r.Body, tc.field)
 		}
@@ -156,4 +165,46 @@ func hexString(b []byte) string {
 func isStatus(err error, status int) bool {
 	apiErr, ok := err.(*platformapi.APIError)
 	return ok && apiErr.Status == status
+}
+
+// TestTokensCannotMintTokensOrAcceptInvitations: a leaked API token must
+// not turn into more (or longer-lived) credentials, nor join its user to
+// organizations. Both routes answer 403 with advice to sign in in the
+// browser, whatever the body, and nothing is created.
+func TestTokensCannotMintTokensOrAcceptInvitations(t *testing.T) {
+	env := platformtest.New(t, platformtest.WithSetup(fakeSession))
+	ctx := context.Background()
+	owner := env.User("owner@example.com")
+	org := env.Org("tok", owner)
+	boss := env.User("boss@example.com")
+	other := env.Org("other", boss)
+	soon := time.Now().Add(time.Hour)
+	_, short, err := env.Store.CreateAPIToken(ctx, org.ID, owner.ID, "short-lived", &soon)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, invSecret, err := env.Store.CreateInvitation(ctx, other.ID, "owner@example.com", rbac.Admin, boss.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	never := `{"name":"forever"}`
+	r := env.Do(http.MethodPost, "/api/v1/orgs/tok/tokens", short, never)
+	if r.Status != http.StatusForbidden || !strings.Contains(r.Error().Message, "sign in through the browser to create tokens") {
+		t.Fatalf("token minting a token: %d %s, want 403 telling to sign in through the browser", r.Status, r.Body)
+	}
+	r = env.Do(http.MethodPost, "/api/v1/invitations/"+invSecret+"/accept", short, nil)
+	if r.Status != http.StatusForbidden || !strings.Contains(r.Error().Message, "sign in through the browser") {
+		t.Fatalf("token accepting an invitation: %d %s, want 403", r.Status, r.Body)
+	}
+	if names := env.QueryStrings("SELECT name FROM api_tokens ORDER BY name"); strings.Join(names, ",") != "short-lived" {
+		t.Fatalf("tokens after the refused mint: %v, want only short-lived", names)
+	}
+	if _, err := env.Store.MembershipOf(ctx, other.ID, owner.ID); err == nil {
+		t.Fatal("the token joined its user to another organization")
+	}
+	// The person, signed in, still can do both.
+	createToken(t, env, "tok", owner.ID, platformapi.CreateTokenRequest{Name: "ci"})
+	if r := env.DoWithHeader(http.MethodPost, "/api/v1/invitations/"+invSecret+"/accept", testUserHeader, owner.ID, nil); r.Status != http.StatusOK {
+		t.Fatalf("signed-in accept: %d %s, want 200", r.Status, r.Body)
+	}
 }

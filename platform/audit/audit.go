@@ -8,7 +8,10 @@ import (
 	"context"
 	"log/slog"
 	"net/http"
+	"strconv"
+	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/gin-gonic/gin"
 
@@ -75,6 +78,23 @@ const (
 	keyOrg    = "thinlab.audit.org"
 	keyError  = "thinlab.audit.error"
 )
+
+// MaskEmail is how an invitation's address goes into the audit log: the
+// first character of the local part and the domain (a***@example.com).
+// The log is kept forever and exported; the full address is not needed to
+// tell invitations apart, and an invitation's ID identifies it exactly.
+func MaskEmail(s string) string {
+	local, domain, ok := strings.Cut(strings.TrimSpace(s), "@")
+	if !ok || local == "" {
+		// Not an address (a rejected request): keep a hint, not the text.
+		if s == "" {
+			return ""
+		}
+		return "(invalid address, " + strconv.Itoa(len(s)) + " bytes)"
+	}
+	r, _ := utf8.DecodeRuneInString(local)
+	return string(r) + "***@" + truncate(domain, 253)
+}
 
 // SetTarget names what the request acted on (a user ID, a token ID, ...).
 func SetTarget(c *gin.Context, target string) { c.Set(keyTarget, target) }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"io"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/thinlab/thinlab/platform/store"
@@ -58,10 +59,16 @@ func WriteJSON(w io.Writer, events []platformapi.AuditEvent) error {
 	return enc.Encode(platformapi.List[platformapi.AuditEvent]{Items: events})
 }
 
+// formulaStarts are the first characters that make a spreadsheet program
+// read a cell as a formula (OWASP "CSV injection"): tab and carriage return
+// too, since some programs strip them and then see the next character.
+const formulaStarts = "=+-@\t\r"
+
 // defuseFormula keeps spreadsheet programs from executing a cell that an
-// attacker controls (a user agent starting with "=").
+// attacker controls (a user agent starting with "="): such a cell gets a
+// leading single quote, which spreadsheets show as text.
 func defuseFormula(s string) string {
-	if s != "" && (s[0] == '=' || s[0] == '+' || s[0] == '-' || s[0] == '@') {
+	if s != "" && strings.IndexByte(formulaStarts, s[0]) >= 0 {
 		return "'" + s
 	}
 	return s

@@ -39,3 +39,43 @@ func TestExportCSVAndJSON(t *testing.T) {
 		t.Fatalf("JSON round trip: %s %v", buf.Bytes(), err)
 	}
 }
+
+// TestExportCSVNeutralisesFormulas puts attacker-controlled text that a
+// spreadsheet would run as a formula in every column an actor can
+// influence; each such cell must come out prefixed with a single quote.
+func TestExportCSVNeutralisesFormulas(t *testing.T) {
+	payloads := map[string]string{
+		"equals": "=cmd|' /C calc'!A0",
+		"plus":   "+1+cmd|' /C calc'!A0",
+		"minus":  "-2+3+cmd|' /C calc'!A0",
+		"at":     "@SUM(1+1)*cmd|' /C calc'!A0",
+		"tab":    "\t=1+1",
+		"cr":     "\r=1+1",
+	}
+	for name, p := range payloads {
+		t.Run(name, func(t *testing.T) {
+			ev := platformapi.AuditEvent{ID: 1, ActorID: p, Actor: p, Action: p, Target: p, IP: p, UserAgent: p, Result: p, Error: p}
+			var buf bytes.Buffer
+			if err := WriteCSV(&buf, []platformapi.AuditEvent{ev}); err != nil {
+				t.Fatal(err)
+			}
+			rows, err := csv.NewReader(&buf).ReadAll()
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i, cell := range rows[1][2:] {
+				if cell != "'"+p {
+					t.Errorf("column %s = %q, want %q (a leading single quote)", CSVHeader[i+2], cell, "'"+p)
+				}
+			}
+		})
+	}
+	t.Run("harmless text unchanged", func(t *testing.T) {
+		var buf bytes.Buffer
+		WriteCSV(&buf, []platformapi.AuditEvent{{ID: 1, Actor: "ann@example.com", Action: "a-b"}})
+		rows, _ := csv.NewReader(&buf).ReadAll()
+		if rows[1][3] != "ann@example.com" || rows[1][4] != "a-b" {
+			t.Fatalf("harmless cells changed: %q", rows[1])
+		}
+	})
+}

@@ -72,6 +72,9 @@ func New(cfg Config, opts Options) (*Auth, error) {
 		a.now = time.Now
 	}
 	for _, p := range cfg.Providers {
+		if !p.EmailVerificationRequired() {
+			a.log.Warn("requireEmailVerified is false: invitations trust this provider's email claims without email_verified; anyone who can pick an address at this IdP can accept invitations sent to it", "provider", p.Name)
+		}
 		a.providers[p.Name] = newProvider(p, cfg.BaseURL, client)
 	}
 	return a, nil

@@ -55,6 +55,18 @@ type ProviderConfig struct {
 	// GroupRoles grant organization roles to members of IdP groups at
 	// every sign-in.
 	GroupRoles []GroupRole `yaml:"groupRoles"`
+	// RequireEmailVerified (default true) trusts the email claim for
+	// invitations only when the ID token says email_verified: true. Set it
+	// to false only for an IdP that never sends the claim and verifies
+	// every address itself: anyone who can choose their address there can
+	// then accept invitations sent to that address.
+	RequireEmailVerified *bool `yaml:"requireEmailVerified"`
+}
+
+// EmailVerificationRequired reports whether email_verified must be true
+// (the default).
+func (p ProviderConfig) EmailVerificationRequired() bool {
+	return p.RequireEmailVerified == nil || *p.RequireEmailVerified
 }
 
 // GroupRole maps an IdP group to a role in an organization (by slug). The

@@ -37,8 +37,11 @@ type Identity struct {
 	Issuer   string
 	Subject  string
 	Email    string
-	Name     string
-	Groups   []string
+	// EmailVerified: the ID token's email_verified claim was true, or
+	// the provider is configured with requireEmailVerified: false.
+	EmailVerified bool
+	Name          string
+	Groups        []string
 	// OrgRoles are the roles the provider's groupRoles grant for Groups.
 	OrgRoles []OrgRole
 }
@@ -204,6 +207,17 @@ func identityFrom(p ProviderConfig, idt *oidc.IDToken) (Identity, error) {
 	}
 	ident := Identity{Provider: p.Name, Issuer: idt.Issuer, Subject: idt.Subject}
 	ident.Email, _ = claims["email"].(string)
+	// Invitations are bound to email addresses: an address the IdP did
+	// not verify (some let users type any) must not accept them.
+	switch v := claims["email_verified"].(type) {
+	case bool:
+		ident.EmailVerified = v
+	case string: // some IdPs send "true"
+		ident.EmailVerified = v == "true"
+	}
+	if !p.EmailVerificationRequired() {
+		ident.EmailVerified = true
+	}
 	ident.Name, _ = claims["name"].(string)
 	if ident.Name == "" {
 		ident.Name, _ = claims["preferred_username"].(string)

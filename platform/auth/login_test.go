@@ -3,6 +3,7 @@ package auth_test
 import (
 	"context"
 	"encoding/json"
+	"io"
 	"net/http"
 	"net/http/cookiejar"
 	"net/url"
@@ -173,13 +174,13 @@ func TestGroupsClaimMapsToOrgRole(t *testing.T) {
 		}
 	})
 	ctx := context.Background()
-	founder, err := e.p.Store.UpsertOIDCUser(ctx, "https://other", "founder", "founder@example.com", "Founder")
-	if err != nil {
-		t.Fatal(err)
+	// The mapped organizations exist from the start, without members.
+	eng, err := e.p.Store.OrganizationByRef(ctx, "eng")
+	if err != nil || eng.ManagedBy != "idp:mock" {
+		t.Fatalf("mapped organization eng at start: %+v %v, want reserved (managed by idp:mock)", eng, err)
 	}
-	eng, err := e.p.Store.CreateOrganization(ctx, "eng", "Engineering", founder.ID)
-	if err != nil {
-		t.Fatal(err)
+	if _, err := e.p.Store.OrganizationByRef(ctx, "money"); err != nil {
+		t.Fatalf("mapped organization money at start: %v", err)
 	}
 	b := webtest.NewBrowser(t)
 	pg := e.signIn(t, b, mockUser("lin@example.com", "engineering", "platform-admins", "unrelated"))
@@ -414,5 +415,47 @@ func TestSecureCookiesWhenConfigured(t *testing.T) {
 	}
 	if q.Get("redirect_uri") != p.URL+"/auth/callback/mock" {
 		t.Errorf("redirect_uri = %s", q.Get("redirect_uri"))
+	}
+}
+
+// TestMappedOrgSlugCannotBeSquatted: with a group mapping for "acme", a
+// signed-in user who is not in the group tries to register "acme" first
+// (API and web form). Both are refused with 409 naming the reservation;
+// the group's members then land in the real "acme", the squatter not.
+func TestMappedOrgSlugCannotBeSquatted(t *testing.T) {
+	e := start(t, func(pc *auth.ProviderConfig) {
+		pc.GroupsClaim = "groups"
+		pc.GroupRoles = []auth.GroupRole{{Group: "acme-staff", Org: "acme", Role: "member"}}
+	})
+	ctx := context.Background()
+	b := webtest.NewBrowser(t)
+	e.signIn(t, b, mockUser("mallory@example.com"))
+	home := b.Get(e.p.URL + "/")
+	pg := b.PostForm(e.p.URL+"/orgs", url.Values{"csrf_token": {webtest.CSRF(t, home.Body)}, "slug": {"acme"}, "name": {"Acme"}})
+	if pg.Status != http.StatusConflict || !strings.Contains(pg.Body, "reserved") {
+		t.Fatalf("web: squatting acme: HTTP %d, want 409 naming the reservation\n%s", pg.Status, pg.Body)
+	}
+	// Through the API, with the same session (CSRF header for JSON).
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, e.p.URL+"/api/v1/orgs", strings.NewReader(`{"slug":"acme","name":"Acme"}`))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("X-CSRF-Token", webtest.CSRF(t, home.Body))
+	resp, err := b.Client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusConflict || !strings.Contains(string(body), "reserved") || !strings.Contains(string(body), `"field":"slug"`) {
+		t.Fatalf("API: squatting acme: %d %s, want 409 naming the reservation", resp.StatusCode, body)
+	}
+	staff := webtest.NewBrowser(t)
+	if pg := e.signIn(t, staff, mockUser("sam@example.com", "acme-staff")); pg.URL.Path != "/o/acme" {
+		t.Fatalf("group member landed on %s, want /o/acme", pg.URL)
+	}
+	var emails []string
+	e.p.Store.Gorm().Table("memberships m").Joins("JOIN users u ON u.id = m.user_id").
+		Joins("JOIN organizations o ON o.id = m.org_id").Where("o.slug = ?", "acme").Order("u.email").Pluck("u.email", &emails)
+	if strings.Join(emails, ",") != "sam@example.com" {
+		t.Fatalf("members of acme: %v, want only the group member", emails)
 	}
 }

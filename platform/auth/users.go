@@ -1,6 +1,7 @@
 package auth
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -28,6 +29,27 @@ type StoreUsers struct {
 	Audit *audit.Recorder
 }
 
+// ReserveMappedOrganizations creates (or marks) every organization that a
+// provider's groupRoles name, before anyone can sign in, so that nobody can
+// register such a slug first and then receive the group's members.
+func ReserveMappedOrganizations(ctx context.Context, st *store.Store, cfg Config, log *slog.Logger) error {
+	for _, p := range cfg.Providers {
+		for i, g := range p.GroupRoles {
+			org, did, err := st.ReserveOrganization(ctx, g.Org, "idp:"+p.Name)
+			if err != nil {
+				return fmt.Errorf("auth.providers %s groupRoles[%d].org %s: reserve the organization: %w", p.Name, i, g.Org, err)
+			}
+			switch did {
+			case "created":
+				log.Info("organization reserved for a group mapping", "org", org.Slug, "provider", p.Name, "group", g.Group)
+			case "adopted":
+				log.Warn("a group mapping names an organization that already existed: its current members keep their access; check them, since the slug could have been registered by anyone", "org", org.Slug, "provider", p.Name, "group", g.Group)
+			}
+		}
+	}
+	return nil
+}
+
 // SignIn creates the user on first sign-in, refreshes email and name, and
 // applies group roles. Group roles only ever raise a role: a role granted
 // in the platform is never lowered by the IdP (demote people in the
@@ -42,7 +64,7 @@ func (u StoreUsers) SignIn(c *gin.Context, ident Identity) (string, error) {
 		return "", fmt.Errorf("look up user: %w", err)
 	}
 	first := existing.ID == ""
-	user, err := u.Store.UpsertOIDCUser(ctx, ident.Issuer, ident.Subject, ident.Email, ident.Name)
+	user, err := u.Store.UpsertOIDCUser(ctx, ident.Issuer, ident.Subject, ident.Email, ident.Name, ident.EmailVerified)
 	if err != nil {
 		return "", fmt.Errorf("upsert user: %w", err)
 	}

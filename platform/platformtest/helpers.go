@@ -19,10 +19,11 @@ import (
 // TestIssuer is the OIDC issuer of users made by User.
 const TestIssuer = "https://idp.platformtest.invalid"
 
-// User creates (or returns) the user with email at TestIssuer.
+// User creates (or returns) the user with email at TestIssuer, with the
+// email verified by the IdP.
 func (e *Env) User(email string) *store.User {
 	e.T.Helper()
-	u, err := e.Store.UpsertOIDCUser(context.Background(), TestIssuer, "sub-"+email, email, strings.Split(email, "@")[0])
+	u, err := e.Store.UpsertOIDCUser(context.Background(), TestIssuer, "sub-"+email, email, strings.Split(email, "@")[0], true)
 	if err != nil {
 		e.T.Fatal(err)
 	}

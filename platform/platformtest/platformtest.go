@@ -161,12 +161,18 @@ type Env struct {
 }
 
 // Option adjusts New.
-type Option func(*server.Options)
+type Option func(*server.Options, *server.Config)
 
 // WithSetup adds a server setup hook (such as platform/auth's session
 // authenticator and routes).
 func WithSetup(fn func(*server.Server) error) Option {
-	return func(o *server.Options) { o.Setup = append(o.Setup, fn) }
+	return func(o *server.Options, _ *server.Config) { o.Setup = append(o.Setup, fn) }
+}
+
+// WithConfig changes the server configuration before the start (rate
+// limits, public URL).
+func WithConfig(fn func(*server.Config)) Option {
+	return func(_ *server.Options, c *server.Config) { fn(c) }
 }
 
 // New starts a platform server on a fresh database, stopped at cleanup.
@@ -178,7 +184,7 @@ func New(t testing.TB, opts ...Option) *Env {
 	cfg.Listen = "127.0.0.1:0"
 	o := server.Options{Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))}
 	for _, opt := range opts {
-		opt(&o)
+		opt(&o, &cfg)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/thinlab/thinlab/platform/ratelimit"
 )
 
 // Config is the platform server's configuration: a YAML file, then
@@ -34,6 +36,21 @@ type Config struct {
 	// ShutdownTimeout bounds a graceful stop (env THINLAB_PLATFORM_SHUTDOWN_TIMEOUT).
 	ShutdownTimeout time.Duration `yaml:"shutdownTimeout"`
 	OIDC            OIDCConfig    `yaml:"oidc"`
+	// RateLimits bound sign-ins, failed bearer authentications and
+	// invitation accepts. Counted in memory per replica: with N replicas
+	// a client gets up to N times the limit.
+	RateLimits RateLimits `yaml:"rateLimits"`
+}
+
+// RateLimits are token buckets per key; perMinute 0 disables one.
+type RateLimits struct {
+	// SignIn: /auth/login and /auth/callback per client IP.
+	SignIn ratelimit.Limit `yaml:"signIn"`
+	// BearerFailures: failed "Authorization: Bearer" requests per client
+	// IP; once spent, every bearer request from that IP gets 429.
+	BearerFailures ratelimit.Limit `yaml:"bearerFailures"`
+	// InvitationAccept: accepts per user and per client IP.
+	InvitationAccept ratelimit.Limit `yaml:"invitationAccept"`
 }
 
 // DatabaseConfig chooses the platform database.
@@ -42,6 +59,13 @@ type DatabaseConfig struct {
 	// Empty: an embedded cluster under DataDir/pg, started and stopped with
 	// the server.
 	URL string `yaml:"url"`
+	// MigrationURL connects as the role that owns the schema and runs the
+	// migrations (env THINLAB_PLATFORM_DATABASE_MIGRATION_URL); URL is then
+	// the runtime role, which gets only the grants it needs (no UPDATE,
+	// DELETE or TRUNCATE on the audit log, no ownership). Empty: URL does
+	// both, and the audit log is not tamper-proof against the application
+	// role (a warning is logged).
+	MigrationURL string `yaml:"migrationURL"`
 	// PostgresBinDir overrides where initdb/postgres are found for the
 	// embedded cluster (env THINLAB_PLATFORM_DATABASE_POSTGRES_BIN_DIR).
 	PostgresBinDir string `yaml:"postgresBinDir"`
@@ -68,8 +92,13 @@ func DefaultConfig() Config {
 	return Config{
 		Listen:          DefaultListen,
 		DataDir:         DefaultDataDir,
-		Database:        DatabaseConfig{OSUser: "postgres"},
+		Database:        DatabaseConfig{OSUser: DefaultEmbeddedOSUser},
 		ShutdownTimeout: DefaultShutdownTimeout,
+		RateLimits: RateLimits{
+			SignIn:           ratelimit.Limit{PerMinute: 30, Burst: 20},
+			BearerFailures:   ratelimit.Limit{PerMinute: 10, Burst: 20},
+			InvitationAccept: ratelimit.Limit{PerMinute: 10, Burst: 10},
+		},
 	}
 }
 
@@ -108,6 +137,7 @@ func (c *Config) applyEnv(lookup func(string) (string, bool)) error {
 	str("PUBLIC_URL", &c.PublicURL)
 	str("DATA_DIR", &c.DataDir)
 	str("DATABASE_URL", &c.Database.URL)
+	str("DATABASE_MIGRATION_URL", &c.Database.MigrationURL)
 	str("DATABASE_POSTGRES_BIN_DIR", &c.Database.PostgresBinDir)
 	str("DATABASE_OS_USER", &c.Database.OSUser)
 	str("OIDC_ISSUER", &c.OIDC.Issuer)
@@ -138,6 +168,9 @@ func (c *Config) Validate() error {
 	} else if _, err := strconv.Atoi(port); err != nil {
 		return fmt.Errorf("listen %q: the port must be a number", c.Listen)
 	}
+	if c.Database.MigrationURL != "" && c.Database.URL == "" {
+		return errors.New("database.migrationURL is set without database.url: set url to the runtime role's connection (the embedded database sets up both roles itself)")
+	}
 	if c.Database.URL == "" {
 		if c.DataDir == "" {
 			return errors.New("dataDir is empty: the embedded database needs a directory (or set database.url)")
@@ -146,11 +179,16 @@ func (c *Config) Validate() error {
 			return fmt.Errorf("dataDir %q: use an absolute path", c.DataDir)
 		}
 		if c.Database.OSUser == "" {
-			return errors.New("database.osUser is empty: name the OS user that runs the embedded PostgreSQL (postgres)")
+			return errors.New("database.osUser is empty: name the OS user that runs the embedded PostgreSQL (default thinlab-platform, created when missing; not the shared postgres user)")
 		}
 	}
 	if c.ShutdownTimeout <= 0 {
 		return fmt.Errorf("shutdownTimeout %s: must be positive", c.ShutdownTimeout)
+	}
+	for name, l := range map[string]ratelimit.Limit{"signIn": c.RateLimits.SignIn, "bearerFailures": c.RateLimits.BearerFailures, "invitationAccept": c.RateLimits.InvitationAccept} {
+		if l.PerMinute < 0 || l.Burst < 0 || (l.PerMinute > 0 && l.Burst == 0) {
+			return fmt.Errorf("rateLimits.%s: perMinute and burst must be positive (perMinute: 0 disables the limit)", name)
+		}
 	}
 	for _, p := range c.TrustedProxies {
 		if net.ParseIP(p) == nil {

@@ -22,7 +22,7 @@ func TestLoadConfigEmptyFileGivesDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.Listen != DefaultListen || cfg.DataDir != DefaultDataDir || cfg.Database.URL != "" || cfg.Database.OSUser != "postgres" || cfg.ShutdownTimeout != DefaultShutdownTimeout {
+	if cfg.Listen != DefaultListen || cfg.DataDir != DefaultDataDir || cfg.Database.URL != "" || cfg.Database.OSUser != DefaultEmbeddedOSUser || cfg.ShutdownTimeout != DefaultShutdownTimeout {
 		t.Fatalf("defaults wrong: %+v", cfg)
 	}
 }

@@ -2,11 +2,16 @@ package server
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"fmt"
 	"log/slog"
 	"net"
 	"os"
+	"os/exec"
+	"os/user"
 	"path/filepath"
+	"strings"
 	"syscall"
 
 	"github.com/jackc/pgx/v5"
@@ -16,86 +21,237 @@ import (
 
 // embeddedDB is the PostgreSQL cluster the server runs itself when no
 // database URL is configured: DataDir/pg/data, reachable only through a
-// Unix socket in DataDir/pg/run, run as the postgres OS user.
+// Unix socket in DataDir/pg/run, run as its own OS user (not the shared
+// postgres user that clones and other servers run as), with both
+// directories 0700 for that user. Authentication is never trust: the
+// bootstrap superuser "postgres" is reachable only by peer authentication
+// mapped from the platform process's and the cluster's OS users, and the
+// two application roles log in with SCRAM passwords that are generated
+// afresh at every start and kept only in memory:
+//   - thinlab_owner owns the database and its tables and runs migrations;
+//   - thinlab_app is what the platform runs as: no superuser, no ownership,
+//     only SELECT and INSERT on the audit log.
 type embeddedDB struct {
-	cluster *pgcluster.Cluster
-	port    int
+	cluster    *pgcluster.Cluster
+	port       int
+	ownerDSN   string
+	runtimeDSN string
 }
 
-// embeddedDatabase is the database the platform uses inside the cluster.
-const embeddedDatabase = "thinlab"
+// Names inside the embedded cluster.
+const (
+	embeddedDatabase = "thinlab"
+	embeddedOwner    = "thinlab_owner"
+	embeddedRuntime  = "thinlab_app"
+	// DefaultEmbeddedOSUser runs the embedded cluster; created when missing.
+	DefaultEmbeddedOSUser = "thinlab-platform"
+)
 
-func startEmbedded(ctx context.Context, cfg Config, logger *slog.Logger) (*embeddedDB, string, error) {
-	u, err := pgcluster.LookupUser(cfg.Database.OSUser)
+// embeddedOSUser returns the configured OS user, creating the default one
+// (a system account without login) when it does not exist yet.
+func embeddedOSUser(name string, logger *slog.Logger) (pgcluster.OSUser, error) {
+	u, err := pgcluster.LookupUser(name)
+	if err == nil || name != DefaultEmbeddedOSUser {
+		return u, err
+	}
+	out, cerr := exec.Command("useradd", "--system", "--user-group", "--no-create-home",
+		"--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin", name).CombinedOutput()
+	if cerr != nil {
+		return u, fmt.Errorf("create OS user %s for the embedded database (useradd: %v: %s); create it yourself or set database.osUser", name, cerr, strings.TrimSpace(string(out)))
+	}
+	logger.Info("created the OS user of the embedded platform database", "user", name)
+	return pgcluster.LookupUser(name)
+}
+
+func startEmbedded(ctx context.Context, cfg Config, logger *slog.Logger) (*embeddedDB, error) {
+	u, err := embeddedOSUser(cfg.Database.OSUser, logger)
 	if err != nil {
-		return nil, "", fmt.Errorf("database.osUser: %w", err)
+		return nil, fmt.Errorf("database.osUser: %w", err)
+	}
+	me, err := user.Current()
+	if err != nil {
+		return nil, fmt.Errorf("who runs the platform: %w", err)
 	}
 	root := filepath.Join(cfg.DataDir, "pg")
 	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
-		return nil, "", fmt.Errorf("dataDir %s: %w", cfg.DataDir, err)
+		return nil, fmt.Errorf("dataDir %s: %w", cfg.DataDir, err)
 	}
 	if err := reachable(cfg.DataDir, u); err != nil {
-		return nil, "", err
+		return nil, err
 	}
 	runDir := filepath.Join(root, "run")
+	dataDir := filepath.Join(root, "data")
+	// A cluster from an older version ran as another OS user (postgres):
+	// hand it over once.
+	if fi, err := os.Stat(dataDir); err == nil {
+		if st, ok := fi.Sys().(*syscall.Stat_t); ok && st.Uid != u.UID {
+			logger.Warn("the embedded database belongs to another OS user: handing it to "+u.Name, "dir", dataDir, "uid", st.Uid)
+			if err := u.ChownR(root); err != nil {
+				return nil, fmt.Errorf("hand %s to OS user %s: %w", root, u.Name, err)
+			}
+		}
+	}
 	for _, dir := range []string{root, runDir} {
 		if err := os.MkdirAll(dir, 0o700); err != nil {
-			return nil, "", fmt.Errorf("dataDir %s: %w", cfg.DataDir, err)
+			return nil, fmt.Errorf("dataDir %s: %w", cfg.DataDir, err)
 		}
 		if err := os.Chown(dir, int(u.UID), int(u.GID)); err != nil {
-			return nil, "", fmt.Errorf("hand %s to OS user %s: %w", dir, u.Name, err)
+			return nil, fmt.Errorf("hand %s to OS user %s: %w", dir, u.Name, err)
+		}
+		if err := os.Chmod(dir, 0o700); err != nil {
+			return nil, err
 		}
 	}
 	// The socket path must fit sun_path (108 bytes).
 	if len(runDir)+len("/.s.PGSQL.65535") >= 108 {
-		return nil, "", fmt.Errorf("dataDir %s is too long for a Unix socket path: use a shorter directory", cfg.DataDir)
+		return nil, fmt.Errorf("dataDir %s is too long for a Unix socket path: use a shorter directory", cfg.DataDir)
+	}
+	// Authentication files live outside the data directory, owned by the
+	// platform's own user, so the database's OS user cannot loosen them.
+	confDir := filepath.Join(cfg.DataDir, "pg-auth")
+	if err := writeAuthConfig(confDir, u, me.Username); err != nil {
+		return nil, err
 	}
 	c := &pgcluster.Cluster{
-		DataDir: filepath.Join(root, "data"), BinDir: cfg.Database.PostgresBinDir,
+		DataDir: dataDir, BinDir: cfg.Database.PostgresBinDir,
 		User: u, SocketDir: runDir, Logger: logger,
 	}
 	if _, err := os.Stat(filepath.Join(c.DataDir, "PG_VERSION")); os.IsNotExist(err) {
 		logger.Info("initializing the embedded platform database", "dir", c.DataDir)
-		if err := c.Init(ctx, pgcluster.InitOptions{}); err != nil {
+		if err := c.Init(ctx, pgcluster.InitOptions{AuthLocal: "peer", AuthHost: "scram-sha-256"}); err != nil {
 			os.RemoveAll(c.DataDir)
-			return nil, "", fmt.Errorf("initialize the embedded database: %w", err)
+			return nil, fmt.Errorf("initialize the embedded database: %w", err)
 		}
 	}
 	if c.Running() {
-		return nil, "", fmt.Errorf("the embedded database in %s is already running: is another thinlab platform using dataDir %s?", c.DataDir, cfg.DataDir)
+		return nil, fmt.Errorf("the embedded database in %s is already running: is another thinlab platform using dataDir %s?", c.DataDir, cfg.DataDir)
 	}
 	port, err := freePort()
 	if err != nil {
-		return nil, "", err
+		return nil, err
 	}
 	// Socket only: the port number just names the socket file.
-	if err := c.Start(ctx, port, "", nil); err != nil {
-		return nil, "", fmt.Errorf("start the embedded database: %w", err)
+	settings := map[string]string{
+		"hba_file":                filepath.Join(confDir, "pg_hba.conf"),
+		"ident_file":              filepath.Join(confDir, "pg_ident.conf"),
+		"unix_socket_permissions": "0700",
+		"password_encryption":     "scram-sha-256",
+	}
+	if err := c.Start(ctx, port, "", settings); err != nil {
+		return nil, fmt.Errorf("start the embedded database: %w", err)
 	}
 	e := &embeddedDB{cluster: c, port: port}
-	if err := e.ensureDatabase(ctx); err != nil {
+	if err := e.setupRoles(ctx); err != nil {
 		e.stop(context.Background())
-		return nil, "", err
+		return nil, err
 	}
-	logger.Info("embedded platform database running", "dir", c.DataDir, "socket", runDir, "port", port)
-	return e, c.SocketConnString(port, "postgres", embeddedDatabase), nil
+	logger.Info("embedded platform database running", "dir", c.DataDir, "socket", runDir, "port", port, "os_user", u.Name)
+	return e, nil
 }
 
-func (e *embeddedDB) ensureDatabase(ctx context.Context) error {
+// writeAuthConfig writes pg_hba.conf (peer for the bootstrap superuser
+// through the "platform" map, SCRAM for every other role, nothing over
+// TCP) and pg_ident.conf (the platform's and the cluster's OS users may be
+// the superuser).
+func writeAuthConfig(dir string, u pgcluster.OSUser, processUser string) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("dataDir: %w", err)
+	}
+	os.Chmod(dir, 0o755)
+	hba := "# Written by thinlab at every start; edits are lost.\n" +
+		"local all postgres peer map=platform\n" +
+		"local all all scram-sha-256\n"
+	ident := "# Written by thinlab at every start; edits are lost.\n" +
+		"platform " + processUser + " postgres\n" +
+		"platform " + u.Name + " postgres\n"
+	for name, body := range map[string]string{"pg_hba.conf": hba, "pg_ident.conf": ident} {
+		p := filepath.Join(dir, name)
+		// Replace, never follow, whatever is at the path.
+		os.Remove(p)
+		f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW, 0o644)
+		if err != nil {
+			return fmt.Errorf("write %s: %w", p, err)
+		}
+		_, err = f.WriteString(body)
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return fmt.Errorf("write %s: %w", p, err)
+		}
+	}
+	return nil
+}
+
+func randomPassword() string {
+	b := make([]byte, 24)
+	if _, err := rand.Read(b); err != nil {
+		panic("crypto/rand failed: " + err.Error())
+	}
+	return hex.EncodeToString(b)
+}
+
+// setupRoles creates (or refreshes) the owner and runtime roles with new
+// passwords, the database owned by the owner, and hands objects an older
+// version created as the superuser to the owner.
+func (e *embeddedDB) setupRoles(ctx context.Context) error {
 	conn, err := pgx.Connect(ctx, e.cluster.SocketConnString(e.port, "postgres", "postgres"))
 	if err != nil {
-		return fmt.Errorf("connect to the embedded database: %w", err)
+		return fmt.Errorf("connect to the embedded database as its superuser: %w", err)
 	}
 	defer conn.Close(context.Background())
+	ownerPW, runtimePW := randomPassword(), randomPassword()
+	for role, pw := range map[string]string{embeddedOwner: ownerPW, embeddedRuntime: runtimePW} {
+		var exists bool
+		if err := conn.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)", role).Scan(&exists); err != nil {
+			return err
+		}
+		verb := "ALTER"
+		if !exists {
+			verb = "CREATE"
+		}
+		// Passwords are hex, so quoting them is safe; statements are not logged.
+		q := fmt.Sprintf("%s ROLE %s LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS PASSWORD '%s'", verb, role, pw)
+		if _, err := conn.Exec(ctx, q); err != nil {
+			return fmt.Errorf("set up role %s in the embedded database: %w", role, err)
+		}
+	}
 	var exists bool
 	if err := conn.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)", embeddedDatabase).Scan(&exists); err != nil {
 		return err
 	}
 	if !exists {
-		if _, err := conn.Exec(ctx, "CREATE DATABASE "+embeddedDatabase); err != nil {
+		if _, err := conn.Exec(ctx, "CREATE DATABASE "+embeddedDatabase+" OWNER "+embeddedOwner); err != nil {
 			return fmt.Errorf("create the embedded platform database: %w", err)
 		}
+	} else if _, err := conn.Exec(ctx, "ALTER DATABASE "+embeddedDatabase+" OWNER TO "+embeddedOwner); err != nil {
+		return err
 	}
+	// Objects made by an older version as the superuser go to the owner.
+	db, err := pgx.Connect(ctx, e.cluster.SocketConnString(e.port, "postgres", embeddedDatabase))
+	if err != nil {
+		return fmt.Errorf("connect to the embedded platform database: %w", err)
+	}
+	defer db.Close(context.Background())
+	_, err = db.Exec(ctx, `DO $$
+DECLARE r record;
+BEGIN
+  FOR r IN SELECT c.relname, c.relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+           WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p', 'v') AND pg_get_userbyid(c.relowner) <> '`+embeddedOwner+`' LOOP
+    EXECUTE format('ALTER TABLE public.%I OWNER TO `+embeddedOwner+`', r.relname);
+  END LOOP;
+  FOR r IN SELECT p.oid::regprocedure AS fn FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+           WHERE n.nspname = 'public' AND pg_get_userbyid(p.proowner) <> '`+embeddedOwner+`' LOOP
+    EXECUTE format('ALTER FUNCTION %s OWNER TO `+embeddedOwner+`', r.fn);
+  END LOOP;
+END $$`)
+	if err != nil {
+		return fmt.Errorf("hand the platform's tables to %s: %w", embeddedOwner, err)
+	}
+	dsn := func(role, pw string) string {
+		return e.cluster.SocketConnString(e.port, role, embeddedDatabase) + " password=" + pw
+	}
+	e.ownerDSN, e.runtimeDSN = dsn(embeddedOwner, ownerPW), dsn(embeddedRuntime, runtimePW)
 	return nil
 }
 

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 
@@ -21,6 +22,7 @@ import (
 	"github.com/thinlab/thinlab/platform/api"
 	"github.com/thinlab/thinlab/platform/audit"
 	"github.com/thinlab/thinlab/platform/principal"
+	"github.com/thinlab/thinlab/platform/ratelimit"
 	"github.com/thinlab/thinlab/platform/store"
 	"github.com/thinlab/thinlab/sdk/platformapi"
 )
@@ -65,13 +67,13 @@ func New(ctx context.Context, cfg Config, opts Options) (_ *Server, err error) {
 		}
 	}()
 
-	dsn := cfg.Database.URL
+	dsn, migrationDSN := cfg.Database.URL, cfg.Database.MigrationURL
 	if dsn == "" {
-		e, embeddedDSN, err := startEmbedded(ctx, cfg, logger)
+		e, err := startEmbedded(ctx, cfg, logger)
 		if err != nil {
 			return nil, err
 		}
-		s.embedded, dsn = e, embeddedDSN
+		s.embedded, dsn, migrationDSN = e, e.runtimeDSN, e.ownerDSN
 	}
 	if s.store, err = store.Open(dsn); err != nil {
 		return nil, err
@@ -79,7 +81,7 @@ func New(ctx context.Context, cfg Config, opts Options) (_ *Server, err error) {
 	if err := s.store.Ping(ctx); err != nil {
 		return nil, fmt.Errorf("platform database (database.url): %w", err)
 	}
-	version, err := migrations.Up(ctx, s.store.SQL())
+	version, err := migrateAndGrant(ctx, s.store, migrationDSN, logger)
 	if err != nil {
 		return nil, err
 	}
@@ -91,6 +93,11 @@ func New(ctx context.Context, cfg Config, opts Options) (_ *Server, err error) {
 		Store:          s.store,
 		Audit:          s.audit,
 		Logger:         logger,
+		Limits: access.Limits{
+			SignIn:           ratelimit.New(cfg.RateLimits.SignIn),
+			BearerFailures:   ratelimit.New(cfg.RateLimits.BearerFailures),
+			InvitationAccept: ratelimit.New(cfg.RateLimits.InvitationAccept),
+		},
 	}
 	if s.engine, err = s.newEngine(); err != nil {
 		return nil, err
@@ -115,11 +122,27 @@ func (s *Server) newEngine() (*gin.Engine, error) {
 	if err := e.SetTrustedProxies(s.cfg.TrustedProxies); err != nil {
 		return nil, fmt.Errorf("trustedProxies: %w", err)
 	}
-	e.Use(s.logRequests, gin.CustomRecoveryWithWriter(nil, s.recover))
+	e.Use(s.securityHeaders, s.logRequests, gin.CustomRecoveryWithWriter(nil, s.recover))
 	e.NoRoute(func(c *gin.Context) {
 		access.Error(c, http.StatusNotFound, platformapi.CodeNotFound, "no such route: "+c.Request.Method+" "+c.Request.URL.Path, "")
 	})
 	return e, nil
+}
+
+// securityHeaders go on every answer, errors and 404s included: no
+// sniffing, no framing (clickjacking), no full URLs in Referer (they can
+// carry invitation secrets), and HSTS when the platform is reached over
+// https.
+func (s *Server) securityHeaders(c *gin.Context) {
+	h := c.Writer.Header()
+	h.Set("X-Content-Type-Options", "nosniff")
+	h.Set("X-Frame-Options", "DENY")
+	h.Set("Content-Security-Policy", "frame-ancestors 'none'")
+	h.Set("Referrer-Policy", "strict-origin-when-cross-origin")
+	if c.Request.TLS != nil || strings.HasPrefix(s.cfg.PublicURL, "https://") {
+		h.Set("Strict-Transport-Security", "max-age=31536000; includeSubDomains")
+	}
+	c.Next()
 }
 
 // logRequests logs one line per request. It logs the route template
@@ -253,6 +276,45 @@ func (s *Server) Close() error {
 	return errors.Join(errs...)
 }
 
+// migrateAndGrant applies the migrations. With a migration owner DSN they
+// run as the owner, and the runtime role (the one rt is connected as) gets
+// its grants; without one they run as the runtime role, with a warning.
+func migrateAndGrant(ctx context.Context, rt *store.Store, ownerDSN string, logger *slog.Logger) (int64, error) {
+	var runtimeRole string
+	var super bool
+	if err := rt.SQL().QueryRowContext(ctx, "SELECT current_user, rolsuper FROM pg_roles WHERE rolname = current_user").Scan(&runtimeRole, &super); err != nil {
+		return 0, fmt.Errorf("platform database (database.url): %w", err)
+	}
+	if ownerDSN == "" {
+		logger.Warn("database.migrationURL is not set: the application role owns the schema and could alter or empty the audit log; the audit log is tamper-proof only with two roles (see docs/platform-config.md)", "role", runtimeRole)
+		return migrations.Up(ctx, rt.SQL())
+	}
+	owner, err := store.Open(ownerDSN)
+	if err != nil {
+		return 0, fmt.Errorf("database.migrationURL: %w", err)
+	}
+	defer owner.Close()
+	var ownerRole string
+	if err := owner.SQL().QueryRowContext(ctx, "SELECT current_user").Scan(&ownerRole); err != nil {
+		return 0, fmt.Errorf("database.migrationURL: %w", err)
+	}
+	version, err := migrations.Up(ctx, owner.SQL())
+	if err != nil {
+		return 0, err
+	}
+	switch {
+	case ownerRole == runtimeRole:
+		logger.Warn("database.url and database.migrationURL use the same role: the audit log is not tamper-proof; give the application its own role", "role", runtimeRole)
+	case super:
+		logger.Warn("the application's database role is a superuser: it can alter the audit log; use an ordinary role for database.url", "role", runtimeRole)
+	default:
+		if err := migrations.GrantRuntime(ctx, owner.SQL(), runtimeRole); err != nil {
+			return 0, err
+		}
+	}
+	return version, nil
+}
+
 // Migrate applies the migrations to the configured database (starting and
 // stopping the embedded cluster when no URL is set) and returns the
 // version reached.
@@ -263,19 +325,19 @@ func Migrate(ctx context.Context, cfg Config, logger *slog.Logger) (int64, error
 	if logger == nil {
 		logger = slog.Default()
 	}
-	dsn := cfg.Database.URL
+	dsn, ownerDSN := cfg.Database.URL, cfg.Database.MigrationURL
 	if dsn == "" {
-		e, embeddedDSN, err := startEmbedded(ctx, cfg, logger)
+		e, err := startEmbedded(ctx, cfg, logger)
 		if err != nil {
 			return 0, err
 		}
 		defer e.stop(context.Background())
-		dsn = embeddedDSN
+		dsn, ownerDSN = e.runtimeDSN, e.ownerDSN
 	}
 	st, err := store.Open(dsn)
 	if err != nil {
 		return 0, err
 	}
 	defer st.Close()
-	return migrations.Up(ctx, st.SQL())
+	return migrateAndGrant(ctx, st, ownerDSN, logger)
 }

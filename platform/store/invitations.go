@@ -17,6 +17,9 @@ var (
 	ErrInvitationUsed    = errors.New("invitation already accepted")
 	ErrInvitationExpired = errors.New("invitation expired: ask for a new one")
 	ErrInvitationEmail   = errors.New("invitation was sent to another email address: sign in with the invited address")
+	// ErrEmailUnverified: invitations are bound to an address, so the
+	// identity provider must have verified the user's.
+	ErrEmailUnverified = errors.New("your identity provider has not verified your email address (email_verified): verify it there, sign in again, then accept the invitation")
 )
 
 // InvitationTTL is how long an invitation can be accepted.
@@ -95,6 +98,8 @@ func (s *Store) AcceptInvitation(ctx context.Context, secret string, user *User)
 			return ErrInvitationUsed
 		case !s.now().Before(inv.ExpiresAt):
 			return ErrInvitationExpired
+		case !user.EmailVerified:
+			return ErrEmailUnverified
 		case !strings.EqualFold(strings.TrimSpace(user.Email), inv.Email):
 			return ErrInvitationEmail
 		}

@@ -30,8 +30,8 @@ func TestConcurrentDemotionsKeepAnOwner(t *testing.T) {
 	st := open(t)
 	ctx := context.Background()
 	for round := 0; round < 10; round++ {
-		a, _ := st.UpsertOIDCUser(ctx, "iss", "a", "a@example.com", "")
-		b, _ := st.UpsertOIDCUser(ctx, "iss", "b", "b@example.com", "")
+		a, _ := st.UpsertOIDCUser(ctx, "iss", "a", "a@example.com", "", true)
+		b, _ := st.UpsertOIDCUser(ctx, "iss", "b", "b@example.com", "", true)
 		org, err := st.CreateOrganization(ctx, "race-"+string(rune('a'+round)), "", a.ID)
 		if err != nil {
 			t.Fatal(err)
@@ -73,18 +73,18 @@ func TestConcurrentDemotionsKeepAnOwner(t *testing.T) {
 func TestUsersUniqueByIssuerAndSubject(t *testing.T) {
 	st := open(t)
 	ctx := context.Background()
-	u1, err := st.UpsertOIDCUser(ctx, "https://idp-a", "42", "old@example.com", "Old")
+	u1, err := st.UpsertOIDCUser(ctx, "https://idp-a", "42", "old@example.com", "Old", true)
 	if err != nil {
 		t.Fatal(err)
 	}
-	u2, err := st.UpsertOIDCUser(ctx, "https://idp-a", "42", "new@example.com", "New")
+	u2, err := st.UpsertOIDCUser(ctx, "https://idp-a", "42", "new@example.com", "New", true)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if u1.ID != u2.ID || u2.Email != "new@example.com" || u2.Name != "New" {
 		t.Fatalf("same identity gave %+v then %+v", u1, u2)
 	}
-	u3, err := st.UpsertOIDCUser(ctx, "https://idp-b", "42", "new@example.com", "")
+	u3, err := st.UpsertOIDCUser(ctx, "https://idp-b", "42", "new@example.com", "", true)
 	if err != nil || u3.ID == u1.ID {
 		t.Fatalf("another issuer's subject 42 must be another user: %+v %v", u3, err)
 	}
@@ -93,7 +93,7 @@ func TestUsersUniqueByIssuerAndSubject(t *testing.T) {
 func TestTokenLifecycle(t *testing.T) {
 	st := open(t)
 	ctx := context.Background()
-	u, _ := st.UpsertOIDCUser(ctx, "iss", "u", "u@example.com", "")
+	u, _ := st.UpsertOIDCUser(ctx, "iss", "u", "u@example.com", "", true)
 	org, _ := st.CreateOrganization(ctx, "tok", "", u.ID)
 	soon := time.Now().Add(time.Hour)
 	tok, secret, err := st.CreateAPIToken(ctx, org.ID, u.ID, "ci", &soon)

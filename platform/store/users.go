@@ -14,21 +14,25 @@ type User struct {
 	OIDCIssuer  string `gorm:"column:oidc_issuer"`
 	OIDCSubject string `gorm:"column:oidc_subject"`
 	Email       string
-	Name        string
-	CreatedAt   time.Time
+	// EmailVerified: the IdP vouched for Email at the last sign-in (or
+	// the provider is configured not to require it).
+	EmailVerified bool
+	Name          string
+	CreatedAt     time.Time
 }
 
 // UpsertOIDCUser returns the user for (issuer, subject), creating it on
-// first sign-in and refreshing email and name from the IdP's claims.
-func (s *Store) UpsertOIDCUser(ctx context.Context, issuer, subject, email, name string) (*User, error) {
+// first sign-in and refreshing email, name and whether the email is
+// verified from the IdP's claims.
+func (s *Store) UpsertOIDCUser(ctx context.Context, issuer, subject, email, name string, emailVerified bool) (*User, error) {
 	u := &User{
 		ID: newID("usr"), OIDCIssuer: issuer, OIDCSubject: subject,
-		Email: strings.TrimSpace(email), Name: strings.TrimSpace(name), CreatedAt: s.now(),
+		Email: strings.TrimSpace(email), Name: strings.TrimSpace(name), EmailVerified: emailVerified, CreatedAt: s.now(),
 	}
 	err := s.conn(ctx).Clauses(
 		clause.OnConflict{
 			Columns:   []clause.Column{{Name: "oidc_issuer"}, {Name: "oidc_subject"}},
-			DoUpdates: clause.AssignmentColumns([]string{"email", "name"}),
+			DoUpdates: clause.AssignmentColumns([]string{"email", "name", "email_verified"}),
 		},
 		clause.Returning{},
 	).Create(u).Error

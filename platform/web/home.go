@@ -45,6 +45,10 @@ func (w *Web) createOrg(c *gin.Context) {
 		return
 	}
 	org, err := w.Store.CreateOrganization(c.Request.Context(), slug, name, principal.From(c).UserID)
+	if errors.Is(err, store.ErrSlugReserved) {
+		w.fail(c, http.StatusConflict, "the slug "+slug+" is reserved: an identity provider group mapping places people in this organization; choose another", again)
+		return
+	}
 	if errors.Is(err, store.ErrConflict) {
 		w.fail(c, http.StatusConflict, "the slug "+slug+" is taken: choose another", again)
 		return

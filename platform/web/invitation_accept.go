@@ -63,7 +63,7 @@ func (w *Web) acceptInvitation(c *gin.Context) {
 		switch {
 		case errors.Is(err, store.ErrNotFound):
 			status, msg = http.StatusNotFound, "This invitation link is not valid. Ask for a new invitation."
-		case errors.Is(err, store.ErrInvitationEmail):
+		case errors.Is(err, store.ErrInvitationEmail), errors.Is(err, store.ErrEmailUnverified):
 			status = http.StatusForbidden
 		case errors.Is(err, store.ErrInvitationUsed), errors.Is(err, store.ErrInvitationExpired):
 			status = http.StatusGone

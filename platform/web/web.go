@@ -5,6 +5,7 @@
 package web
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
@@ -13,11 +14,13 @@ import (
 	"net/url"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/a-h/templ"
 	"github.com/gin-gonic/gin"
 
 	"github.com/thinlab/thinlab/platform/access"
+	"github.com/thinlab/thinlab/platform/api"
 	"github.com/thinlab/thinlab/platform/audit"
 	"github.com/thinlab/thinlab/platform/auth"
 	"github.com/thinlab/thinlab/platform/principal"
@@ -98,6 +101,12 @@ func Setup(cfg auth.Config) func(*server.Server) error {
 		if err != nil {
 			return fmt.Errorf("sign-in configuration: %w", err)
 		}
+		// Validated by auth.New: now reserve the mapped organizations.
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		if err := auth.ReserveMappedOrganizations(ctx, s.Store(), cfg, s.Logger()); err != nil {
+			return err
+		}
 		w := &Web{Auth: a, Store: s.Store(), Audit: s.Audit(), BaseURL: strings.TrimRight(cfg.BaseURL, "/"), Logger: s.Logger()}
 		a.ErrorPage = w.errorPage
 		s.AddAuthenticator(a.Authenticator(s.Store()))
@@ -111,14 +120,15 @@ func (w *Web) Routes() []access.Route {
 	rs := []access.Route{
 		{Method: get, Path: "/static/*filepath", Public: true, Handler: w.static},
 		{Method: get, Path: "/signin", Public: true, Handler: w.signIn},
-		{Method: get, Path: "/auth/login/:provider", Public: true, Handler: w.Auth.HandleLogin},
-		{Method: get, Path: "/auth/callback/:provider", Public: true, Handler: w.Auth.HandleCallback},
+		{Method: get, Path: "/auth/login/:provider", Public: true, Handler: w.Auth.HandleLogin, RateLimit: access.RateSignIn},
+		{Method: get, Path: "/auth/callback/:provider", Public: true, Handler: w.Auth.HandleCallback, RateLimit: access.RateSignIn},
 		{Method: post, Path: "/auth/logout", Action: "session.logout", Handler: w.Auth.HandleLogout},
 		{Method: get, Path: "/", Handler: w.home},
 		{Method: get, Path: "/switch", Handler: w.switchOrg},
-		{Method: post, Path: "/orgs", Action: "org.create", Handler: w.createOrg},
+		{Method: post, Path: "/orgs", Action: "org.create", Handler: w.createOrg, TokenRefused: "an API token acts inside one organization: sign in through the browser to create organizations"},
 		{Method: get, Path: "/invitations/accept", Handler: w.acceptInvitationPage},
-		{Method: post, Path: "/invitations/accept", Action: "invitation.accept", Handler: w.acceptInvitation},
+		{Method: post, Path: "/invitations/accept", Action: "invitation.accept", Handler: w.acceptInvitation,
+			TokenRefused: api.TokenRefusedAccept, RateLimit: access.RateInvitationAccept},
 		{Method: get, Path: "/o/:org", Permission: rbac.MemberRead, Handler: w.dashboard},
 		{Method: get, Path: "/o/:org/members", Permission: rbac.MemberRead, Handler: w.members},
 		{Method: post, Path: "/o/:org/members/:user/role", Permission: rbac.MemberManage, Action: "member.update", Handler: w.changeRole},
@@ -127,7 +137,7 @@ func (w *Web) Routes() []access.Route {
 		{Method: post, Path: "/o/:org/invitations", Permission: rbac.MemberManage, Action: "invitation.create", Handler: w.createInvitation},
 		{Method: post, Path: "/o/:org/invitations/:invitation/revoke", Permission: rbac.MemberManage, Action: "invitation.delete", Handler: w.revokeInvitation},
 		{Method: get, Path: "/o/:org/tokens", Permission: rbac.TokenManage, Handler: w.tokens},
-		{Method: post, Path: "/o/:org/tokens", Permission: rbac.TokenManage, Action: "token.create", Handler: w.createToken},
+		{Method: post, Path: "/o/:org/tokens", Permission: rbac.TokenManage, Action: "token.create", Handler: w.createToken, TokenRefused: api.TokenRefusedCreate},
 		{Method: post, Path: "/o/:org/tokens/:token/revoke", Permission: rbac.TokenManage, Action: "token.revoke", Handler: w.revokeToken},
 		{Method: get, Path: "/o/:org/audit", Permission: rbac.AuditRead, Handler: w.auditLog},
 	}

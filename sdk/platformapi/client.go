@@ -125,12 +125,6 @@ func (c *Client) Members(ctx context.Context, org string) ([]Member, error) {
 	return out.Items, c.do(ctx, http.MethodGet, "/orgs/"+esc(org)+"/members", nil, &out)
 }
 
-// AddMember adds an existing user.
-func (c *Client) AddMember(ctx context.Context, org string, req AddMemberRequest) (*Member, error) {
-	var out Member
-	return &out, c.do(ctx, http.MethodPost, "/orgs/"+esc(org)+"/members", req, &out)
-}
-
 // SetMemberRole changes a member's role.
 func (c *Client) SetMemberRole(ctx context.Context, org, userID, role string) (*Member, error) {
 	var out Member

@@ -28,6 +28,8 @@ const (
 	CodeConflict        = "conflict"
 	CodeLastOwner       = "last_owner"
 	CodeInternal        = "internal"
+	CodeRateLimited     = "rate_limited" // 429; Retry-After says when to try again
+	CodeGone            = "gone"         // 410: the route was removed; the message says what replaces it
 )
 
 // Org is an organization as seen by the caller.
@@ -57,12 +59,6 @@ type Member struct {
 	Name      string    `json:"name"`
 	Role      string    `json:"role"`
 	CreatedAt time.Time `json:"created_at"`
-}
-
-// AddMemberRequest adds an existing user to an organization.
-type AddMemberRequest struct {
-	UserID string `json:"user_id"`
-	Role   string `json:"role"`
 }
 
 // UpdateMemberRequest changes a member's role.
