@@ -16,12 +16,15 @@ const StateFile = "clones.json"
 
 // record is one clone as persisted.
 type record struct {
-	ID            string            `json:"id"`
-	Pool          string            `json:"pool"`
-	SnapshotID    string            `json:"snapshotId"`
-	Status        StatusCode        `json:"status"`
-	StatusMessage string            `json:"statusMessage"`
-	Port          int               `json:"port"`
+	ID            string     `json:"id"`
+	Pool          string     `json:"pool"`
+	SnapshotID    string     `json:"snapshotId"`
+	Status        StatusCode `json:"status"`
+	StatusMessage string     `json:"statusMessage"`
+	Port          int        `json:"port"`
+	// UID is the clone's own OS uid (and gid) from provision.cloneUIDs;
+	// kept across resets and restarts, freed with the clone.
+	UID           uint32            `json:"uid,omitempty"`
 	Mountpoint    string            `json:"mountpoint,omitempty"`
 	DBName        string            `json:"dbName"`
 	Username      string            `json:"username"`

@@ -23,6 +23,20 @@ func randName(prefix string) string {
 	return prefix + hex.EncodeToString(b)
 }
 
+// runDir is a root-owned runtime directory reachable by postgres (unlike
+// t.TempDir(), whose parent is 0700).
+func runDir(t *testing.T) string {
+	d, err := os.MkdirTemp("", "thinlab-run-*")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(d, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(d) })
+	return d
+}
+
 func ctxT(t *testing.T) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	t.Cleanup(cancel)
@@ -32,7 +46,7 @@ func ctxT(t *testing.T) context.Context {
 func TestStartAppliesSettingsAndHBA(t *testing.T) {
 	ctx := ctxT(t)
 	dir := pgtest.InitDataDir(t)
-	rt := New(Options{User: pgtest.OSUser(t), ListenAddresses: "127.0.0.1"})
+	rt := New(Options{User: pgtest.OSUser(t), RunDir: runDir(t), ListenAddresses: "127.0.0.1"})
 	inst := Instance{
 		Name:    randName("rt-"),
 		DataDir: dir,
@@ -45,7 +59,7 @@ func TestStartAppliesSettingsAndHBA(t *testing.T) {
 	if err := rt.Start(ctx, inst); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { rt.Kill(inst.Name, dir) })
+	t.Cleanup(func() { rt.Kill(inst) })
 	if err := rt.Start(ctx, inst); err == nil || !strings.Contains(err.Error(), "already running") {
 		t.Fatalf("second start: %v", err)
 	}
@@ -102,24 +116,31 @@ func TestStartAppliesSettingsAndHBA(t *testing.T) {
 		t.Fatalf("running=%v pid=%d not found among postmasters %v", running, pid, procs)
 	}
 
-	if err := rt.Stop(ctx, inst.Name, dir, "fast"); err != nil {
+	if err := rt.Stop(ctx, inst, "fast"); err != nil {
 		t.Fatal(err)
 	}
 	if _, running := rt.Running(dir); running {
 		t.Fatal("still running after Stop")
 	}
-	if err := rt.Stop(ctx, inst.Name, dir, "fast"); err != nil {
+	if err := rt.Stop(ctx, inst, "fast"); err != nil {
 		t.Fatalf("stopping a stopped instance: %v", err)
 	}
-	// A restart keeps the include line once, not once per start.
+	// Settings are arguments: the agent writes nothing into the data
+	// directory's configuration.
+	before, _ := os.ReadFile(filepath.Join(dir, "postgresql.conf"))
 	if err := rt.Start(ctx, inst); err != nil {
 		t.Fatal(err)
 	}
-	raw, _ := os.ReadFile(filepath.Join(dir, "postgresql.conf"))
-	if n := strings.Count(string(raw), SettingsFile); n != 1 {
-		t.Fatalf("include line appears %d times", n)
+	after, _ := os.ReadFile(filepath.Join(dir, "postgresql.conf"))
+	if string(before) != string(after) {
+		t.Fatalf("Start changed postgresql.conf:\n%s", after)
 	}
-	rt.Kill(inst.Name, dir)
+	for _, name := range []string{"postgresql.thinlab.conf", "pg_hba.conf.thinlab", "thinlab-postgres.log"} {
+		if _, err := os.Lstat(filepath.Join(dir, name)); err == nil {
+			t.Errorf("Start wrote %s into the data directory", name)
+		}
+	}
+	rt.Kill(inst)
 	if _, running := rt.Running(dir); running {
 		t.Fatal("still running after Kill")
 	}
@@ -128,7 +149,7 @@ func TestStartAppliesSettingsAndHBA(t *testing.T) {
 func TestStartFailureLeavesNoProcess(t *testing.T) {
 	ctx := ctxT(t)
 	dir := pgtest.InitDataDir(t)
-	rt := New(Options{User: pgtest.OSUser(t), ListenAddresses: "127.0.0.1"})
+	rt := New(Options{User: pgtest.OSUser(t), RunDir: runDir(t), ListenAddresses: "127.0.0.1"})
 	inst := Instance{Name: randName("rt-"), DataDir: dir, Port: pgtest.FreePort(t),
 		Settings: map[string]string{"no_such_setting": "1"}}
 	err := rt.Start(ctx, inst)
@@ -168,14 +189,6 @@ func TestValidateSetting(t *testing.T) {
 	}
 }
 
-func TestRenderSettingsQuotes(t *testing.T) {
-	got := renderSettings(map[string]string{"b": `a'b\c`, "a": "1"})
-	want := "a = '1'\nb = 'a''b\\\\c'\n"
-	if !strings.HasSuffix(got, want) {
-		t.Fatalf("got %q, want suffix %q", got, want)
-	}
-}
-
 // TestCgroupLimits runs on hosts whose cgroups the agent may write (this
 // project's hosts: cgroup v1 memory and cpu hierarchies). It checks that
 // the postmaster and its children land in the clone's group with the
@@ -186,7 +199,7 @@ func TestCgroupLimits(t *testing.T) {
 	}
 	ctx := ctxT(t)
 	dir := pgtest.InitDataDir(t)
-	rt := New(Options{User: pgtest.OSUser(t), ListenAddresses: "127.0.0.1", CPU: 1.5, MemoryBytes: 256 << 20})
+	rt := New(Options{User: pgtest.OSUser(t), RunDir: runDir(t), ListenAddresses: "127.0.0.1", CPU: 1.5, MemoryBytes: 256 << 20})
 	if !rt.LimitsActive() {
 		t.Fatal("limits not active although the probe succeeded")
 	}
@@ -194,7 +207,7 @@ func TestCgroupLimits(t *testing.T) {
 	if err := rt.Start(ctx, inst); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { rt.Kill(inst.Name, dir) })
+	t.Cleanup(func() { rt.Kill(inst) })
 	pid, _ := rt.Running(dir)
 	groups := cgroupsOf(pid, inst.Name)
 	if len(groups) == 0 {
@@ -227,7 +240,7 @@ func TestCgroupLimits(t *testing.T) {
 	if checked < 2 {
 		t.Fatalf("found %d limit files in %v, want memory and cpu", checked, groups)
 	}
-	if err := rt.Stop(ctx, inst.Name, dir, "immediate"); err != nil {
+	if err := rt.Stop(ctx, inst, "immediate"); err != nil {
 		t.Fatal(err)
 	}
 	for _, g := range groups {

@@ -15,6 +15,7 @@ import (
 	"github.com/thinlab/thinlab/agent/runtime"
 	"github.com/thinlab/thinlab/agent/storage"
 	"github.com/thinlab/thinlab/agent/storage/storagetest"
+	"github.com/thinlab/thinlab/internal/pgcluster"
 )
 
 // NewPool makes a 4 GiB btrfs pool on a fresh loop file and removes
@@ -74,12 +75,16 @@ func parseSize(s string) (int64, error) {
 func KillClones(p storage.Pool) {
 	procs, _ := runtime.Postmasters()
 	clones, _ := p.Clones(context.Background())
+	owner, _ := pgcluster.LookupUser("postgres")
 	for _, c := range clones {
 		for _, pr := range procs {
 			if strings.HasPrefix(pr.DataDir, c.Mountpoint+"/") {
-				runtime.New(runtime.Options{}).KillPID(pr.PID)
+				// The process runs in this pool's clone: its uid is a
+				// clone's own (or the pool owner's).
+				runtime.New(runtime.Options{User: owner, CloneUIDFrom: pr.UID, CloneUIDTo: pr.UID}).KillPID(pr)
 			}
 		}
+		runtime.Unmount(c.Mountpoint)
 		p.DestroyClone(context.Background(), c.Name)
 	}
 }
@@ -96,5 +101,9 @@ func Config(t testing.TB, p storage.Pool, ports int) *config.Config {
 	from := 20000 + rand.IntN(120)*100
 	cfg.Provision.PortPool = config.PortPool{From: from, To: from + ports - 1}
 	cfg.StateDir = t.TempDir()
+	// Clone uids are random too: parallel test agents on one host must
+	// not hand the same uid to two clones.
+	uidFrom := uint32(300000 + rand.IntN(100000)*100)
+	cfg.Provision.CloneUIDs = config.IDRange{From: uidFrom, To: uidFrom + 99}
 	return cfg
 }
