@@ -7,6 +7,7 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"os"
 	"strconv"
 	"strings"
 	"testing"
@@ -105,5 +106,6 @@ func Config(t testing.TB, p storage.Pool, ports int) *config.Config {
 	// not hand the same uid to two clones.
 	uidFrom := uint32(300000 + rand.IntN(100000)*100)
 	cfg.Provision.CloneUIDs = config.IDRange{From: uidFrom, To: uidFrom + 99}
+	t.Cleanup(func() { os.RemoveAll(runtime.RunDirFor(cfg.StateDir)) })
 	return cfg
 }
