@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -60,13 +61,16 @@ func query(t *testing.T, p storage.Pool, snap, db, sql string) string {
 		t.Fatal(err)
 	}
 	defer p.DestroyClone(ctx, name)
-	rt := runtime.New(runtime.Options{User: pgtest.OSUser(t)})
+	runDir := runtime.RunDirFor(t.TempDir())
+	defer os.RemoveAll(runDir)
+	rt := runtime.New(runtime.Options{User: pgtest.OSUser(t), RunDir: runDir})
 	dir := filepath.Join(c.Mountpoint, storage.DataSubdir)
 	port := pgtest.FreePort(t)
-	if err := rt.Start(ctx, runtime.Instance{Name: name, DataDir: dir, Port: port, Settings: runtime.DefaultSettings}); err != nil {
+	inst := runtime.Instance{Name: name, DataDir: dir, Port: port, Settings: runtime.DefaultSettings}
+	if err := rt.Start(ctx, inst); err != nil {
 		t.Fatal(err)
 	}
-	defer rt.Kill(name, dir)
+	defer rt.Kill(inst)
 	conn, err := pgx.Connect(ctx, rt.SocketConnString(dir, port, "postgres", db))
 	if err != nil {
 		t.Fatal(err)

@@ -417,23 +417,37 @@ func (r *Runtime) killUser(u pgcluster.OSUser) {
 	}
 }
 
-// processesOf lists live processes whose real or effective uid is uid.
+// processesOf lists live processes whose real or effective uid is uid
+// (from /proc/PID/status alone: this runs on every clone start).
 func processesOf(uid uint32) []int {
 	entries, err := os.ReadDir("/proc")
 	if err != nil {
 		return nil
 	}
+	want := strconv.FormatUint(uint64(uid), 10)
 	var out []int
 	for _, e := range entries {
 		pid, err := strconv.Atoi(e.Name())
 		if err != nil {
 			continue
 		}
-		p, err := pgcluster.ReadProc(pid)
-		if err != nil || p.Zombie {
+		raw, err := os.ReadFile("/proc/" + e.Name() + "/status")
+		if err != nil {
 			continue
 		}
-		if p.UIDs[0] == uid || p.UIDs[1] == uid {
+		mine, zombie := false, false
+		for _, line := range strings.Split(string(raw), "\n") {
+			if v, ok := strings.CutPrefix(line, "State:"); ok {
+				f := strings.Fields(v)
+				zombie = len(f) > 0 && (f[0] == "Z" || f[0] == "X")
+			}
+			if v, ok := strings.CutPrefix(line, "Uid:"); ok {
+				f := strings.Fields(v)
+				mine = len(f) > 1 && (f[0] == want || f[1] == want)
+				break
+			}
+		}
+		if mine && !zombie {
 			out = append(out, pid)
 		}
 	}
