@@ -63,6 +63,10 @@ func (m *Manager) restore(ctx context.Context) error {
 			r.Mountpoint = ds.Mountpoint
 			r.diffSize = ds.UsedBytes
 		}
+		if ids := m.cfg.Provision.CloneUIDs; r.UID != 0 && (r.UID < ids.From || r.UID > ids.To) {
+			m.log.Warn("clone's OS uid is outside provision.cloneUIDs; giving it a new one", "clone", r.ID, "uid", r.UID)
+			r.UID = 0
+		}
 		if r.UID != 0 {
 			if other, dup := usedUIDs[r.UID]; dup {
 				m.log.Error("two clones in the state share an OS uid; giving the second a new one", "uid", r.UID, "clone", r.ID, "other", other)

@@ -399,13 +399,20 @@ func (r *Runtime) Release(inst Instance) error {
 
 // killUser sends SIGKILL to every process of a clone's own user: kill(-1)
 // from a thread running as that user reaches exactly that user's
-// processes.
+// processes. It waits (up to 10 s: a process in uninterruptible sleep dies
+// only when its I/O ends) until none is left.
 func (r *Runtime) killUser(u pgcluster.OSUser) {
 	if !r.ownUser(u) {
 		return
 	}
-	for range 50 {
-		if len(processesOf(u.UID)) == 0 {
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		left := processesOf(u.UID)
+		if len(left) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			r.opt.Logger.Warn("processes of a clone's OS user survive SIGKILL", "uid", u.UID, "pids", left)
 			return
 		}
 		err := pgcluster.AsUser(u.UID, u.GID, func() error { return unix.Kill(-1, unix.SIGKILL) })
