@@ -16,15 +16,12 @@ const StateFile = "clones.json"
 
 // record is one clone as persisted.
 type record struct {
-	ID            string     `json:"id"`
-	Pool          string     `json:"pool"`
-	SnapshotID    string     `json:"snapshotId"`
-	Status        StatusCode `json:"status"`
-	StatusMessage string     `json:"statusMessage"`
-	Port          int        `json:"port"`
-	// UID is the clone's own OS uid (and gid) from provision.cloneUIDs;
-	// kept across resets and restarts, freed with the clone.
-	UID           uint32            `json:"uid,omitempty"`
+	ID            string            `json:"id"`
+	Pool          string            `json:"pool"`
+	SnapshotID    string            `json:"snapshotId"`
+	Status        StatusCode        `json:"status"`
+	StatusMessage string            `json:"statusMessage"`
+	Port          int               `json:"port"`
 	Mountpoint    string            `json:"mountpoint,omitempty"`
 	DBName        string            `json:"dbName"`
 	Username      string            `json:"username"`
@@ -38,6 +35,9 @@ type record struct {
 	CloningTime   time.Duration     `json:"cloningTime"`
 	ExtraConf     map[string]string `json:"extraConf,omitempty"`
 	LogicalSize   uint64            `json:"logicalSize"`
+	// UID is the clone's own OS uid (and gid) from provision.cloneUIDs;
+	// kept across resets and restarts, freed with the clone.
+	UID uint32 `json:"uid,omitempty"`
 	// opStart is when the running create/reset began (not persisted: an
 	// interrupted operation restarts its clock).
 	opStart time.Time
