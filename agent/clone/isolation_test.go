@@ -211,7 +211,10 @@ func TestCloneSuperuserCannotReachRoot(t *testing.T) {
 			t.Fatalf("attack script failed: %s", out)
 		}
 		waitDead(t, pm)
-		waitFor(t, func() bool { l, err := os.Readlink(fmt.Sprintf("%s/.s.PGSQL.%d.lock", dataDir, c.Port)); return err == nil && l == existing[0] })
+		waitFor(t, func() bool {
+			l, err := os.Readlink(fmt.Sprintf("%s/.s.PGSQL.%d.lock", dataDir, c.Port))
+			return err == nil && l == existing[0]
+		})
 		restart(t, "after planting symlinks")
 		checkUntouched(t, "after planting symlinks")
 	})
