@@ -109,6 +109,9 @@ func benchBackend(b *testing.B, be backend, measureRSS bool) {
 		cfg.Pools = []config.Pool{{Name: p.Name(), Mode: p.Mode(), Path: p.MainDir()}}
 		from := 16000 + i*100
 		cfg.Provision.PortPool = config.PortPool{From: from, To: from + rssClones + 9}
+		// One manager per size: each its own clone uids.
+		uidFrom := uint32(config.DefaultCloneUIDFrom + i*1000)
+		cfg.Provision.CloneUIDs = config.IDRange{From: uidFrom, To: uidFrom + 999}
 		cfg.StateDir = b.TempDir()
 		if err := cfg.Validate(); err != nil {
 			b.Fatal(err)
