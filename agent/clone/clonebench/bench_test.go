@@ -20,6 +20,7 @@ import (
 	"github.com/thinlab/thinlab/agent/clone"
 	"github.com/thinlab/thinlab/agent/clone/clonetest"
 	"github.com/thinlab/thinlab/agent/config"
+	"github.com/thinlab/thinlab/agent/runtime"
 	"github.com/thinlab/thinlab/agent/storage"
 	"github.com/thinlab/thinlab/internal/benchdata"
 	"github.com/thinlab/thinlab/internal/pgcluster"
@@ -113,6 +114,7 @@ func benchBackend(b *testing.B, be backend, measureRSS bool) {
 		uidFrom := uint32(config.DefaultCloneUIDFrom + i*1000)
 		cfg.Provision.CloneUIDs = config.IDRange{From: uidFrom, To: uidFrom + 999}
 		cfg.StateDir = b.TempDir()
+		b.Cleanup(func() { os.RemoveAll(runtime.RunDirFor(cfg.StateDir)) })
 		if err := cfg.Validate(); err != nil {
 			b.Fatal(err)
 		}
