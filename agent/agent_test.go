@@ -18,6 +18,7 @@ import (
 
 	"github.com/thinlab/thinlab/agent/clone/clonetest"
 	"github.com/thinlab/thinlab/agent/config"
+	"github.com/thinlab/thinlab/agent/runtime"
 	"github.com/thinlab/thinlab/agent/storage"
 	"github.com/thinlab/thinlab/agent/storage/storagetest"
 	"github.com/thinlab/thinlab/internal/logtest"
@@ -142,6 +143,8 @@ func TestAgentSurvivesKill9(t *testing.T) {
 	dir := t.TempDir()
 	apiPort := freePort(t)
 	from := 20000 + rand.IntN(120)*100
+	// Clone uids of their own: other test agents may run on this host.
+	uidFrom := 300000 + rand.IntN(100000)*100
 	cfgPath := filepath.Join(dir, "agent.yml")
 	cfgYAML := fmt.Sprintf(`server:
   host: 127.0.0.1
@@ -153,10 +156,12 @@ pools:
     path: %s
 provision:
   portPool: {from: %d, to: %d}
+  cloneUIDs: {from: %d, to: %d}
 cloning:
   maxIdleMinutes: 0
 stateDir: %s
-`, apiPort, token, pool.Name(), filepath.Dir(pool.MainDir()), from, from+9, filepath.Join(dir, "state"))
+`, apiPort, token, pool.Name(), filepath.Dir(pool.MainDir()), from, from+9, uidFrom, uidFrom+99, filepath.Join(dir, "state"))
+	t.Cleanup(func() { os.RemoveAll(runtime.RunDirFor(filepath.Join(dir, "state"))) })
 	if err := os.WriteFile(cfgPath, []byte(cfgYAML), 0o600); err != nil {
 		t.Fatal(err)
 	}

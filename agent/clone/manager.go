@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"os/user"
 	"path/filepath"
 	"regexp"
 	"sort"
@@ -101,6 +102,9 @@ func NewManager(ctx context.Context, opt Options) (*Manager, error) {
 	if err != nil {
 		return nil, fmt.Errorf("provision.osUser: %w", err)
 	}
+	if ids := cfg.Provision.CloneUIDs; osUser.UID >= ids.From && osUser.UID <= ids.To {
+		return nil, fmt.Errorf("provision.cloneUIDs (%d-%d) contains the uid %d of provision.osUser %s: clones would share its data; choose a range without it", ids.From, ids.To, osUser.UID, osUser.Name)
+	}
 	m := &Manager{
 		cfg:         cfg,
 		log:         log,
@@ -121,6 +125,9 @@ func NewManager(ctx context.Context, opt Options) (*Manager, error) {
 		BinRoot:         cfg.Provision.PgBinRoot,
 		User:            osUser,
 		ListenAddresses: cfg.Provision.ListenAddresses,
+		RunDir:          runtime.RunDirFor(cfg.StateDir),
+		CloneUIDFrom:    cfg.Provision.CloneUIDs.From,
+		CloneUIDTo:      cfg.Provision.CloneUIDs.To,
 		CPU:             cfg.Provision.Resources.CPUQuota(),
 		MemoryBytes:     cfg.Provision.Resources.MemoryBytes(),
 		CgroupRoot:      opt.CgroupRoot,
@@ -508,6 +515,29 @@ func (m *Manager) allocPortLocked() (int, error) {
 	return 0, fmt.Errorf("%w: all %d ports of provision.portPool (%d-%d) are in use; destroy clones or widen the range", ErrNoPorts, pp.Size(), pp.From, pp.To)
 }
 
+// allocUIDLocked picks the lowest uid of provision.cloneUIDs that no clone
+// holds, no process runs as (a clone of another agent on the host, or a
+// leftover) and no account of the host has.
+func (m *Manager) allocUIDLocked() (uint32, error) {
+	used := map[uint32]bool{}
+	for _, r := range m.clones {
+		if r.UID != 0 {
+			used[r.UID] = true
+		}
+	}
+	ids := m.cfg.Provision.CloneUIDs
+	for uid := ids.From; uid <= ids.To && uid >= ids.From; uid++ {
+		if used[uid] || runtime.UIDInUse(uid) {
+			continue
+		}
+		if _, err := user.LookupId(strconv.FormatUint(uint64(uid), 10)); err == nil {
+			continue
+		}
+		return uid, nil
+	}
+	return 0, fmt.Errorf("all %d uids of provision.cloneUIDs (%d-%d) are in use; destroy clones or widen the range", ids.To-ids.From+1, ids.From, ids.To)
+}
+
 // portFree tries to listen on port on every configured address.
 func (m *Manager) portFree(port int) bool {
 	for _, a := range strings.Split(m.cfg.Provision.ListenAddresses, ",") {
@@ -606,6 +636,10 @@ func (m *Manager) Create(ctx context.Context, r CreateRequest) (Clone, error) {
 		return Clone{}, err
 	}
 	rec.Port = port
+	if rec.UID, err = m.allocUIDLocked(); err != nil {
+		m.mu.Unlock()
+		return Clone{}, err
+	}
 	m.clones[id] = rec
 	m.changedLocked()
 	spec := *rec
@@ -640,7 +674,7 @@ func (m *Manager) runBuild(spec record, oldPool string) {
 	}
 	var err error
 	if oldPool != "" {
-		err = m.teardown(ctx, oldPool, spec.ID, spec.Mountpoint)
+		err = m.teardown(ctx, oldPool, spec.ID, spec.Mountpoint, spec.UID)
 		if err != nil {
 			err = fmt.Errorf("remove the old data: %w", err)
 		}
@@ -651,7 +685,7 @@ func (m *Manager) runBuild(spec record, oldPool string) {
 	}
 	if err != nil {
 		m.log.Error("clone failed", "clone", spec.ID, "snapshot", spec.SnapshotID, "err", err)
-		if rerr := m.teardown(context.Background(), spec.Pool, spec.ID, mount); rerr != nil {
+		if rerr := m.teardown(context.Background(), spec.Pool, spec.ID, mount, spec.UID); rerr != nil {
 			m.log.Error("clone rollback failed", "clone", spec.ID, "err", rerr)
 		}
 		reset := oldPool != ""
@@ -763,9 +797,17 @@ func (m *Manager) instance(spec record, dataDir string) runtime.Instance {
 	return runtime.Instance{
 		Name:     spec.ID,
 		DataDir:  dataDir,
+		Mount:    filepath.Dir(dataDir),
+		User:     cloneUser(spec.UID),
 		Port:     spec.Port,
 		Settings: runtime.MergeSettings(runtime.DefaultSettings, m.cfg.Provision.CloneDefaults.Settings, spec.ExtraConf),
 	}
+}
+
+// cloneUser is a clone's own OS user: uid and gid of the same number, no
+// account needed.
+func cloneUser(uid uint32) pgcluster.OSUser {
+	return pgcluster.OSUser{Name: strconv.FormatUint(uint64(uid), 10), UID: uid, GID: uid}
 }
 
 func (m *Manager) socketConnect(dataDir string, port int) func(ctx context.Context, db string) (*pgx.Conn, error) {
@@ -832,9 +874,10 @@ func (m *Manager) checkVerifierLogin(ctx context.Context, spec record, dataDir s
 	return nil
 }
 
-// teardown stops postgres in the clone's dataset and destroys the dataset
+// teardown stops postgres in the clone's dataset (and every process of the
+// clone's OS user uid), removes its idmapped mount and destroys the dataset
 // (if they exist). mount may be empty: the dataset is then found by name.
-func (m *Manager) teardown(ctx context.Context, poolName, id, mount string) error {
+func (m *Manager) teardown(ctx context.Context, poolName, id, mount string, uid uint32) error {
 	pool, ok := m.poolByName[poolName]
 	if !ok {
 		return fmt.Errorf("pool %q is not configured", poolName)
@@ -850,10 +893,13 @@ func (m *Manager) teardown(ctx context.Context, poolName, id, mount string) erro
 		return fmt.Errorf("list clones of pool %s: %w", poolName, err)
 	}
 	if mount != "" {
-		dataDir := filepath.Join(mount, storage.DataSubdir)
-		if err := m.rt.Stop(ctx, id, dataDir, "immediate"); err != nil {
+		inst := runtime.Instance{Name: id, DataDir: filepath.Join(mount, storage.DataSubdir), Mount: mount, User: cloneUser(uid)}
+		if err := m.rt.Stop(ctx, inst, "immediate"); err != nil {
 			m.log.Warn("stopping clone postgres failed; killing it", "clone", id, "err", err)
-			m.rt.Kill(id, dataDir)
+			m.rt.Kill(inst)
+		}
+		if err := m.rt.Release(inst); err != nil {
+			return fmt.Errorf("release clone %s: %w", id, err)
 		}
 	}
 	if !exists {
@@ -904,6 +950,14 @@ func (m *Manager) Reset(ctx context.Context, id string, r ResetRequest) (Clone, 
 			return Clone{}, err
 		}
 		rec.Port = port
+	}
+	if rec.UID == 0 {
+		uid, err := m.allocUIDLocked()
+		if err != nil {
+			m.mu.Unlock()
+			return Clone{}, err
+		}
+		rec.UID = uid
 	}
 	oldPool := rec.Pool
 	rec.Status = StatusResetting
@@ -964,7 +1018,7 @@ func (m *Manager) Destroy(ctx context.Context, id string) error {
 func (m *Manager) runDestroy(spec record) {
 	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
 	defer cancel()
-	if err := m.teardown(ctx, spec.Pool, spec.ID, spec.Mountpoint); err != nil {
+	if err := m.teardown(ctx, spec.Pool, spec.ID, spec.Mountpoint, spec.UID); err != nil {
 		m.log.Error("destroy clone failed", "clone", spec.ID, "err", err)
 		m.update(spec.ID, func(r *record) {
 			r.Status = StatusFatal

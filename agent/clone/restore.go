@@ -42,9 +42,9 @@ func (m *Manager) restore(ctx context.Context) error {
 	if err != nil {
 		m.log.Warn("cannot list postgres processes; orphan processes will not be cleaned up", "err", err)
 	}
-	running := map[string]int{} // data dir -> postmaster pid
+	running := map[string]runtime.Process{} // data dir -> postmaster
 	for _, p := range procs {
-		running[p.DataDir] = p.PID
+		running[p.DataDir] = p
 	}
 
 	// State files written before verifiers hold the plaintext password:
@@ -60,6 +60,7 @@ func (m *Manager) restore(ctx context.Context) error {
 
 	var restart, rebuild, finishDelete []*record
 	usedPorts := map[int]string{}
+	usedUIDs := map[uint32]string{}
 	for _, r := range recs {
 		if r.Mountpoint != "" {
 			cloneParents[filepath.Dir(filepath.Clean(r.Mountpoint))] = true
@@ -72,6 +73,18 @@ func (m *Manager) restore(ctx context.Context) error {
 		if has {
 			r.Mountpoint = ds.Mountpoint
 			r.diffSize = ds.UsedBytes
+		}
+		if ids := m.cfg.Provision.CloneUIDs; r.UID != 0 && (r.UID < ids.From || r.UID > ids.To) {
+			m.log.Warn("clone's OS uid is outside provision.cloneUIDs; giving it a new one", "clone", r.ID, "uid", r.UID)
+			r.UID = 0
+		}
+		if r.UID != 0 {
+			if other, dup := usedUIDs[r.UID]; dup {
+				m.log.Error("two clones in the state share an OS uid; giving the second a new one", "uid", r.UID, "clone", r.ID, "other", other)
+				r.UID = 0
+			} else {
+				usedUIDs[r.UID] = r.ID
+			}
 		}
 		if r.Port > 0 {
 			if other, dup := usedPorts[r.Port]; dup {
@@ -95,7 +108,15 @@ func (m *Manager) restore(ctx context.Context) error {
 				continue
 			}
 			dataDir := filepath.Join(ds.Mountpoint, storage.DataSubdir)
-			if _, ok := running[filepath.Clean(dataDir)]; !ok {
+			p, ok := running[filepath.Clean(dataDir)]
+			switch {
+			case !ok:
+				restart = append(restart, r)
+			case r.UID == 0 || p.UID != r.UID:
+				// Started by an agent without per-clone users (or as
+				// another user): restart it as the clone's own user.
+				m.log.Warn("clone's postgres runs as a shared OS user; restarting it as the clone's own", "clone", r.ID, "uid", p.UID)
+				m.rt.KillPID(p)
 				restart = append(restart, r)
 			}
 		case StatusFatal:
@@ -106,6 +127,16 @@ func (m *Manager) restore(ctx context.Context) error {
 			continue
 		}
 		m.clones[r.ID] = r
+	}
+	// Clones recorded before per-clone OS users get theirs now.
+	for _, r := range m.clones {
+		if r.UID == 0 {
+			uid, err := m.allocUIDLocked()
+			if err != nil {
+				return err
+			}
+			r.UID = uid
+		}
 	}
 
 	// Datasets that belong to no clone (names with ':' are the agent's own
@@ -122,7 +153,12 @@ func (m *Manager) restore(ctx context.Context) error {
 				continue
 			}
 			m.log.Warn("destroying a clone dataset that belongs to no clone", "pool", p.Name(), "dataset", name)
-			m.rt.Kill(name, filepath.Join(c.Mountpoint, storage.DataSubdir))
+			if pr, ok := running[filepath.Join(filepath.Clean(c.Mountpoint), storage.DataSubdir)]; ok {
+				m.rt.KillPID(pr)
+			}
+			if err := m.rt.Release(runtime.Instance{Name: name, Mount: c.Mountpoint}); err != nil {
+				m.log.Error("could not unmount an orphan dataset's idmapped mount", "pool", p.Name(), "dataset", name, "err", err)
+			}
 			if err := p.DestroyClone(ctx, name); err != nil {
 				m.log.Error("could not destroy orphan dataset", "pool", p.Name(), "dataset", name, "err", err)
 			}
@@ -141,7 +177,7 @@ func (m *Manager) restore(ctx context.Context) error {
 			continue
 		}
 		m.log.Warn("stopping a postgres that belongs to no clone", "pid", p.PID, "datadir", p.DataDir)
-		m.rt.KillPID(p.PID)
+		m.rt.KillPID(p)
 	}
 
 	// Restart dead clones on their own ports, a few at a time.
@@ -165,7 +201,7 @@ func (m *Manager) restore(ctx context.Context) error {
 
 	for _, r := range rebuild {
 		m.log.Info("finishing a clone operation interrupted by an agent restart", "clone", r.ID, "status", r.Status)
-		if err := m.teardown(ctx, r.Pool, r.ID, r.Mountpoint); err != nil {
+		if err := m.teardown(ctx, r.Pool, r.ID, r.Mountpoint, r.UID); err != nil {
 			m.log.Error("could not clear a half-made clone", "clone", r.ID, "err", err)
 		}
 		r.Mountpoint = ""

@@ -75,12 +75,21 @@ func TestRestoreAfterAbandonedManager(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	// gone4's dataset disappears (its postgres first, as an admin would).
-	rt, err := runtime.New(runtime.Options{User: mustUser(t)})
+	uids := e.cfg.Provision.CloneUIDs
+	rt, err := runtime.New(runtime.Options{User: mustUser(t), RunDir: runtime.RunDirFor(e.cfg.StateDir), CloneUIDFrom: uids.From, CloneUIDTo: uids.To})
 	if err != nil {
 		t.Fatal(err)
 	}
 	goneMount := mountOf(t, e, "gone4")
-	rt.Kill("gone4", filepath.Join(goneMount, storage.DataSubdir))
+	procs, _ := runtime.Postmasters()
+	for _, p := range procs {
+		if p.DataDir == filepath.Join(goneMount, storage.DataSubdir) {
+			rt.KillPID(p)
+		}
+	}
+	if err := runtime.Unmount(goneMount); err != nil {
+		t.Fatal(err)
+	}
 	if err := e.pool.DestroyClone(e.ctx, "gone4"); err != nil {
 		t.Fatal(err)
 	}

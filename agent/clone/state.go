@@ -45,6 +45,9 @@ type record struct {
 	// restore migrating an old state file) still has it: the readiness
 	// check then logs in with it instead of probing the verifier.
 	password string
+	// UID is the clone's own OS uid (and gid) from provision.cloneUIDs;
+	// kept across resets and restarts, freed with the clone.
+	UID uint32 `json:"uid,omitempty"`
 	// opStart is when the running create/reset began (not persisted: an
 	// interrupted operation restarts its clock).
 	opStart time.Time

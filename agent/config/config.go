@@ -79,8 +79,13 @@ type Provision struct {
 	PortPool PortPool `yaml:"portPool"`
 	// PgBinRoot holds one directory per major version (<root>/<major>/bin).
 	PgBinRoot string `yaml:"pgBinRoot"`
-	// OSUser runs postgres (it refuses to run as root).
+	// OSUser owns the pools' data on disk and runs the pool's own postgres
+	// (it refuses to run as root).
 	OSUser string `yaml:"osUser"`
+	// CloneUIDs is the range of OS uids (with gids of the same numbers)
+	// given to clones, one per clone, for isolation. No account needs to
+	// exist for them.
+	CloneUIDs IDRange `yaml:"cloneUIDs"`
 	// ListenAddresses is postgres' listen_addresses for every clone.
 	ListenAddresses string `yaml:"listenAddresses"`
 	// AccessHost is the host clients are told to connect to.
@@ -97,6 +102,12 @@ type PortPool struct {
 
 // Size is the number of ports in the range.
 func (p PortPool) Size() int { return p.To - p.From + 1 }
+
+// IDRange is an inclusive range of OS uids/gids.
+type IDRange struct {
+	From uint32 `yaml:"from"`
+	To   uint32 `yaml:"to"`
+}
 
 // CloneDefaults apply to every clone.
 type CloneDefaults struct {
@@ -211,6 +222,8 @@ const (
 	DefaultPortFrom        = 6000
 	DefaultPortTo          = 6099
 	DefaultOSUser          = "postgres"
+	DefaultCloneUIDFrom    = 200000
+	DefaultCloneUIDTo      = 265535
 	DefaultPgBinRoot       = "/usr/lib/postgresql"
 	DefaultListenAddresses = "127.0.0.1"
 	DefaultDBName          = "postgres"
@@ -275,6 +288,9 @@ func (c *Config) applyDefaults(present map[string]bool) {
 	}
 	if p.OSUser == "" {
 		p.OSUser = DefaultOSUser
+	}
+	if p.CloneUIDs.From == 0 && p.CloneUIDs.To == 0 {
+		p.CloneUIDs = IDRange{From: DefaultCloneUIDFrom, To: DefaultCloneUIDTo}
 	}
 	if p.ListenAddresses == "" {
 		p.ListenAddresses = DefaultListenAddresses
@@ -356,6 +372,7 @@ var typeSections = map[string]string{
 	"config.Pool":          "pools[]",
 	"config.Provision":     "provision",
 	"config.PortPool":      "provision.portPool",
+	"config.IDRange":       "provision.cloneUIDs",
 	"config.CloneDefaults": "provision.cloneDefaults",
 	"config.Resources":     "provision.resources",
 	"config.Cloning":       "cloning",

@@ -82,7 +82,7 @@ func TestDefaults(t *testing.T) {
 	if c.Server.Port != DefaultServerPort || c.Provision.PortPool.From != DefaultPortFrom ||
 		c.Cloning.MaxIdleMinutes != DefaultMaxIdleMinutes || c.Cloning.ProtectionLeaseDurationMinutes != DefaultLeaseMinutes ||
 		c.Cloning.ProtectionMaxDurationMinutes != DefaultMaxProtection || c.StateDir != DefaultStateDir ||
-		c.Provision.OSUser != "postgres" || c.Provision.CloneDefaults.DBName != "postgres" || c.Retrieval.Mode != "" ||
+		c.Provision.OSUser != "postgres" || c.Provision.CloneUIDs != (IDRange{From: 200000, To: 265535}) || c.Provision.CloneDefaults.DBName != "postgres" || c.Retrieval.Mode != "" ||
 		c.Retrieval.KeepSnapshots != 0 {
 		t.Fatalf("defaults: %+v", c)
 	}
@@ -104,6 +104,9 @@ func TestErrorsNameFieldAndFix(t *testing.T) {
 		{"dup pool", "pools: [{name: p, mode: zfs, path: a}, {name: p, mode: zfs, path: b}]\n", []string{"pools[1].name \"p\" is used by another pool"}},
 		{"bad pool name", "pools: [{name: 'a/b', mode: zfs, path: a}]\n", []string{"pools[0].name"}},
 		{"root user", base + "provision: {osUser: root}\n", []string{"provision.osUser", "root"}},
+		{"clone uids too low", base + "provision: {cloneUIDs: {from: 100, to: 200}}\n", []string{"provision.cloneUIDs (100-200)", "at least 1000"}},
+		{"clone uids reversed", base + "provision: {cloneUIDs: {from: 300000, to: 200000}}\n", []string{"provision.cloneUIDs (300000-200000)"}},
+		{"clone uids hold nobody", base + "provision: {cloneUIDs: {from: 60000, to: 70000}}\n", []string{"provision.cloneUIDs (60000-70000) contains 65534"}},
 		{"bad setting", base + "provision:\n  cloneDefaults:\n    settings: {port: '1'}\n", []string{"provision.cloneDefaults.settings.port"}},
 		{"bad cpu", base + "provision: {resources: {cpu: lots}}\n", []string{"provision.resources.cpu"}},
 		{"bad memory", base + "provision: {resources: {memory: 1Ki}}\n", []string{"provision.resources.memory", "at least 32Mi"}},

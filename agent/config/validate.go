@@ -76,6 +76,11 @@ func (c *Config) Validate() error {
 	if pr.OSUser == "" || pr.OSUser == "root" {
 		bad("provision.osUser %q: postgres refuses to run as root; use the postgres OS user", pr.OSUser)
 	}
+	if ids := pr.CloneUIDs; ids.From < 1000 || ids.To < ids.From || ids.To > 1<<31-1 {
+		bad("provision.cloneUIDs (%d-%d): give a range from at least 1000 (above system accounts) up to at most 2147483647, for example {from: %d, to: %d}", ids.From, ids.To, DefaultCloneUIDFrom, DefaultCloneUIDTo)
+	} else if ids.From <= 65534 && ids.To >= 65534 {
+		bad("provision.cloneUIDs (%d-%d) contains 65534 (nobody): start the range above it, for example {from: %d, to: %d}", ids.From, ids.To, DefaultCloneUIDFrom, DefaultCloneUIDTo)
+	}
 	if strings.ContainsAny(pr.ListenAddresses, "'\"\n\r\\ ") {
 		bad("provision.listenAddresses %q: use a comma-separated list of addresses without spaces or quotes", pr.ListenAddresses)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -72,16 +73,19 @@ func query(t *testing.T, p storage.Pool, snap, db, sql string) string {
 		t.Fatal(err)
 	}
 	defer p.DestroyClone(ctx, name)
-	rt, err := runtime.New(runtime.Options{User: pgtest.OSUser(t)})
+	runDir := runtime.RunDirFor(t.TempDir())
+	defer os.RemoveAll(runDir)
+	rt, err := runtime.New(runtime.Options{User: pgtest.OSUser(t), RunDir: runDir})
 	if err != nil {
 		t.Fatal(err)
 	}
 	dir := filepath.Join(c.Mountpoint, storage.DataSubdir)
 	port := pgtest.FreePort(t)
-	if err := rt.Start(ctx, runtime.Instance{Name: name, DataDir: dir, Port: port, Settings: runtime.DefaultSettings}); err != nil {
+	inst := runtime.Instance{Name: name, DataDir: dir, Port: port, Settings: runtime.DefaultSettings}
+	if err := rt.Start(ctx, inst); err != nil {
 		t.Fatal(err)
 	}
-	defer rt.Kill(name, dir)
+	defer rt.Kill(inst)
 	conn, err := connectDB(ctx, rt.SocketConnString(dir, port, "postgres", "postgres"), db)
 	if err != nil {
 		t.Fatal(err)

@@ -37,7 +37,7 @@ func TestCgroupLimits(t *testing.T) {
 	needRoot(t)
 	ctx := ctxT(t)
 	dir := pgtest.InitDataDir(t)
-	rt, err := New(Options{User: pgtest.OSUser(t), ListenAddresses: "127.0.0.1", CPU: 1.5, MemoryBytes: 256 << 20})
+	rt, err := New(Options{User: pgtest.OSUser(t), RunDir: runDir(t), ListenAddresses: "127.0.0.1", CPU: 1.5, MemoryBytes: 256 << 20})
 	if err != nil {
 		t.Fatalf("New with limits: %v\n(the test needs cgroup v1 memory and cpu hierarchies, or a cgroup v2 with cpu and memory delegated: systemd-run --scope -p Delegate=yes go test ...)", err)
 	}
@@ -48,7 +48,7 @@ func TestCgroupLimits(t *testing.T) {
 	if err := rt.Start(ctx, inst); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { rt.Kill(inst.Name, dir) })
+	t.Cleanup(func() { rt.Kill(inst) })
 	pid, _ := rt.Running(dir)
 	groups := cgroupsOf(pid, inst.Name)
 	if len(groups) == 0 {
@@ -81,7 +81,7 @@ func TestCgroupLimits(t *testing.T) {
 	if checked < 2 {
 		t.Fatalf("found %d limit files in %v, want memory and cpu", checked, groups)
 	}
-	if err := rt.Stop(ctx, inst.Name, dir, "immediate"); err != nil {
+	if err := rt.Stop(ctx, inst, "immediate"); err != nil {
 		t.Fatal(err)
 	}
 	for _, g := range groups {
@@ -142,7 +142,7 @@ func TestNewRefusesWhenLimitsCannotBeApplied(t *testing.T) {
 		{"cpu limit without a cpu hierarchy", roRoot, 1, 0, "cpu controller is not mounted"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			rt, err := New(Options{User: pgtest.OSUser(t), CPU: tc.cpu, MemoryBytes: tc.mem, CgroupRoot: tc.root})
+			rt, err := New(Options{User: pgtest.OSUser(t), RunDir: runDir(t), CPU: tc.cpu, MemoryBytes: tc.mem, CgroupRoot: tc.root})
 			if err == nil || rt != nil {
 				t.Fatalf("New = %v, %v; want a refusal", rt, err)
 			}
@@ -284,7 +284,7 @@ func cgroupV2VM(t *testing.T) {
 			t.Fatalf("mount cgroup2 read-only at %s: %v", ro, err)
 		}
 		defer syscall.Unmount(ro, 0)
-		rt, err := New(Options{User: pgtest.OSUser(t), CPU: 1, MemoryBytes: 64 << 20, CgroupRoot: ro})
+		rt, err := New(Options{User: pgtest.OSUser(t), RunDir: runDir(t), CPU: 1, MemoryBytes: 64 << 20, CgroupRoot: ro})
 		if err == nil || rt != nil || !strings.Contains(err.Error(), "read-only file system") {
 			t.Fatalf("New on a read-only cgroup2 = %v, %v; want a refusal naming the read-only file system", rt, err)
 		}
@@ -365,7 +365,7 @@ func openCgroupDir(t *testing.T, dir string) *os.File {
 // enables no controllers must refuse, and leave its cgroup as it was.
 func cgroupV2NoDelegation(t *testing.T) {
 	before := ownV2(t, os.Getpid())
-	rt, err := New(Options{User: pgtest.OSUser(t), CPU: 1, MemoryBytes: 128 << 20})
+	rt, err := New(Options{User: pgtest.OSUser(t), RunDir: runDir(t), CPU: 1, MemoryBytes: 128 << 20})
 	if err == nil || rt != nil {
 		t.Fatalf("New in %s without delegated controllers = %v, %v; want a refusal", before, rt, err)
 	}
@@ -426,7 +426,7 @@ func cgroupV2Agent(t *testing.T) {
 	if err := rt.Start(ctx, inst); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { rt.Kill(inst.Name, dir) })
+	t.Cleanup(func() { rt.Kill(inst) })
 	group := "/" + vmService + "/" + cgroupGroup + "/" + inst.Name
 	groupDir := filepath.Join(root, group)
 	for file, want := range map[string]string{"cpu.max": "150000 100000", "memory.max": strconv.Itoa(256 << 20)} {
@@ -493,7 +493,7 @@ func cgroupV2Agent(t *testing.T) {
 	}
 	conn.Close(ctx)
 
-	if err := rt.Stop(ctx, inst.Name, dir, "fast"); err != nil {
+	if err := rt.Stop(ctx, inst, "fast"); err != nil {
 		t.Fatal(err)
 	}
 	for _, d := range []string{groupDir, filepath.Dir(groupDir)} {

@@ -31,6 +31,20 @@ func newRuntime(t testing.TB, opt Options) *Runtime {
 	return rt
 }
 
+// runDir is a root-owned runtime directory reachable by postgres (unlike
+// t.TempDir(), whose parent is 0700).
+func runDir(t *testing.T) string {
+	d, err := os.MkdirTemp("", "thinlab-run-*")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(d, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(d) })
+	return d
+}
+
 func ctxT(t *testing.T) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	t.Cleanup(cancel)
@@ -40,7 +54,7 @@ func ctxT(t *testing.T) context.Context {
 func TestStartAppliesSettingsAndHBA(t *testing.T) {
 	ctx := ctxT(t)
 	dir := pgtest.InitDataDir(t)
-	rt := newRuntime(t, Options{User: pgtest.OSUser(t), ListenAddresses: "127.0.0.1"})
+	rt := newRuntime(t, Options{User: pgtest.OSUser(t), RunDir: runDir(t), ListenAddresses: "127.0.0.1"})
 	inst := Instance{
 		Name:    randName("rt-"),
 		DataDir: dir,
@@ -53,7 +67,7 @@ func TestStartAppliesSettingsAndHBA(t *testing.T) {
 	if err := rt.Start(ctx, inst); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { rt.Kill(inst.Name, dir) })
+	t.Cleanup(func() { rt.Kill(inst) })
 	if err := rt.Start(ctx, inst); err == nil || !strings.Contains(err.Error(), "already running") {
 		t.Fatalf("second start: %v", err)
 	}
@@ -110,24 +124,31 @@ func TestStartAppliesSettingsAndHBA(t *testing.T) {
 		t.Fatalf("running=%v pid=%d not found among postmasters %v", running, pid, procs)
 	}
 
-	if err := rt.Stop(ctx, inst.Name, dir, "fast"); err != nil {
+	if err := rt.Stop(ctx, inst, "fast"); err != nil {
 		t.Fatal(err)
 	}
 	if _, running := rt.Running(dir); running {
 		t.Fatal("still running after Stop")
 	}
-	if err := rt.Stop(ctx, inst.Name, dir, "fast"); err != nil {
+	if err := rt.Stop(ctx, inst, "fast"); err != nil {
 		t.Fatalf("stopping a stopped instance: %v", err)
 	}
-	// A restart keeps the include line once, not once per start.
+	// Settings are arguments: the agent writes nothing into the data
+	// directory's configuration.
+	before, _ := os.ReadFile(filepath.Join(dir, "postgresql.conf"))
 	if err := rt.Start(ctx, inst); err != nil {
 		t.Fatal(err)
 	}
-	raw, _ := os.ReadFile(filepath.Join(dir, "postgresql.conf"))
-	if n := strings.Count(string(raw), SettingsFile); n != 1 {
-		t.Fatalf("include line appears %d times", n)
+	after, _ := os.ReadFile(filepath.Join(dir, "postgresql.conf"))
+	if string(before) != string(after) {
+		t.Fatalf("Start changed postgresql.conf:\n%s", after)
 	}
-	rt.Kill(inst.Name, dir)
+	for _, name := range []string{"postgresql.thinlab.conf", "pg_hba.conf.thinlab", "thinlab-postgres.log"} {
+		if _, err := os.Lstat(filepath.Join(dir, name)); err == nil {
+			t.Errorf("Start wrote %s into the data directory", name)
+		}
+	}
+	rt.Kill(inst)
 	if _, running := rt.Running(dir); running {
 		t.Fatal("still running after Kill")
 	}
@@ -136,7 +157,7 @@ func TestStartAppliesSettingsAndHBA(t *testing.T) {
 func TestStartFailureLeavesNoProcess(t *testing.T) {
 	ctx := ctxT(t)
 	dir := pgtest.InitDataDir(t)
-	rt := newRuntime(t, Options{User: pgtest.OSUser(t), ListenAddresses: "127.0.0.1"})
+	rt := newRuntime(t, Options{User: pgtest.OSUser(t), RunDir: runDir(t), ListenAddresses: "127.0.0.1"})
 	inst := Instance{Name: randName("rt-"), DataDir: dir, Port: pgtest.FreePort(t),
 		Settings: map[string]string{"no_such_setting": "1"}}
 	err := rt.Start(ctx, inst)
@@ -145,13 +166,5 @@ func TestStartFailureLeavesNoProcess(t *testing.T) {
 	}
 	if _, running := rt.Running(dir); running {
 		t.Fatal("postgres left running after a failed start")
-	}
-}
-
-func TestRenderSettingsQuotes(t *testing.T) {
-	got := renderSettings(map[string]string{"b": `a'b\c`, "a": "1"})
-	want := "a = '1'\nb = 'a''b\\\\c'\n"
-	if !strings.HasSuffix(got, want) {
-		t.Fatalf("got %q, want suffix %q", got, want)
 	}
 }

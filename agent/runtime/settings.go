@@ -1,11 +1,5 @@
 package runtime
 
-import (
-	"fmt"
-	"sort"
-	"strings"
-)
-
 // DefaultSettings keep a clone small so that dozens fit one host, and fast:
 // a clone is disposable, so durability against an OS crash is not worth
 // fsyncs (a killed postgres loses nothing with fsync off; only a host crash
@@ -43,27 +37,4 @@ func MergeSettings(layers ...map[string]string) map[string]string {
 		}
 	}
 	return out
-}
-
-// quoteValue quotes a value for postgresql.conf: single quotes double,
-// backslashes escape themselves.
-func quoteValue(v string) string {
-	v = strings.ReplaceAll(v, `\`, `\\`)
-	v = strings.ReplaceAll(v, `'`, `''`)
-	return "'" + v + "'"
-}
-
-// renderSettings renders settings as postgresql.conf lines, sorted.
-func renderSettings(settings map[string]string) string {
-	keys := make([]string, 0, len(settings))
-	for k := range settings {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	var b strings.Builder
-	b.WriteString("# Written by the Thinlab agent for this clone; rewritten on every start.\n")
-	for _, k := range keys {
-		fmt.Fprintf(&b, "%s = %s\n", k, quoteValue(settings[k]))
-	}
-	return b.String()
 }

@@ -6,6 +6,7 @@ package pgcluster
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -132,8 +133,12 @@ type Cluster struct {
 	User    OSUser
 	// SocketDir holds the Unix socket; defaults to DataDir.
 	SocketDir string
-	Runner    command.Runner
-	Logger    *slog.Logger
+	// LogPath is where Start sends the server's output; defaults to
+	// thinlab-postgres.log in DataDir. The agent keeps clones' logs in a
+	// root-owned directory instead, handing postgres only the open file.
+	LogPath string
+	Runner  command.Runner
+	Logger  *slog.Logger
 }
 
 // InitOptions are passed to initdb.
@@ -186,7 +191,12 @@ func (c *Cluster) socketDir() string {
 }
 
 // LogFile is where Start sends the server's output.
-func (c *Cluster) LogFile() string { return filepath.Join(c.DataDir, "thinlab-postgres.log") }
+func (c *Cluster) LogFile() string {
+	if c.LogPath != "" {
+		return c.LogPath
+	}
+	return filepath.Join(c.DataDir, "thinlab-postgres.log")
+}
 
 // FastSettings are for throwaway clusters in tests: no durability.
 var FastSettings = map[string]string{
@@ -208,10 +218,13 @@ func (c *Cluster) Start(ctx context.Context, port int, listenAddr string, settin
 	}
 	// A pid file copied from a snapshot of a running server must go, or
 	// postgres may refuse to start.
-	if pid, err := c.PID(); err == nil && pid > 0 && processAlive(pid) {
+	if c.Running() {
+		pid, _ := c.PID()
 		return fmt.Errorf("postgres already running in %s (pid %d)", c.DataDir, pid)
 	}
-	os.Remove(filepath.Join(c.DataDir, "postmaster.pid"))
+	if err := RemoveStale(c.DataDir); err != nil {
+		return fmt.Errorf("remove stale postmaster.pid: %w", err)
+	}
 
 	args := []string{"-D", c.DataDir,
 		"-c", "port=" + strconv.Itoa(port),
@@ -226,12 +239,16 @@ func (c *Cluster) Start(ctx context.Context, port int, listenAddr string, settin
 	for _, k := range keys {
 		args = append(args, "-c", k+"="+settings[k])
 	}
-	logf, err := os.OpenFile(c.LogFile(), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	logf, err := OpenLog(c.LogFile(), c.LogPath != "")
 	if err != nil {
-		return fmt.Errorf("open postgres log: %w", err)
+		return err
 	}
 	defer logf.Close()
-	os.Chown(c.LogFile(), int(c.User.UID), int(c.User.GID))
+	if c.LogPath == "" {
+		// The legacy log lives in the data directory, which the server
+		// owns.
+		logf.Chown(int(c.User.UID), int(c.User.GID))
+	}
 
 	cmd := exec.Command(filepath.Join(c.BinDir, "postgres"), args...)
 	cmd.Dir = "/"
@@ -253,10 +270,10 @@ func (c *Cluster) Start(ctx context.Context, port int, listenAddr string, settin
 		}
 		select {
 		case err := <-exited:
-			return fmt.Errorf("postgres in %s exited during start (%v): %s", c.DataDir, err, tailLog(c.LogFile(), 10))
+			return fmt.Errorf("postgres in %s exited during start (%v): %s", c.DataDir, err, TailFile(c.LogFile(), 10))
 		case <-ctx.Done():
 			cmd.Process.Kill()
-			return fmt.Errorf("postgres in %s did not become ready: %w; log: %s", c.DataDir, ctx.Err(), tailLog(c.LogFile(), 10))
+			return fmt.Errorf("postgres in %s did not become ready: %w; log: %s", c.DataDir, ctx.Err(), TailFile(c.LogFile(), 10))
 		case <-tick.C:
 		}
 	}
@@ -287,45 +304,69 @@ func (c *Cluster) PID() (int, error) {
 	return strconv.Atoi(strings.TrimSpace(lines[0]))
 }
 
-// Running reports whether the postmaster recorded in the data directory is
-// alive.
-func (c *Cluster) Running() bool {
+// Postmaster pins the postmaster recorded in postmaster.pid after checking
+// that it really is this cluster's (its OS user, a postgres binary, -D this
+// data directory): the file is writable by whoever runs the server, who
+// may have written any pid into it. The caller closes it.
+func (c *Cluster) Postmaster() (*Postmaster, error) {
 	pid, err := c.PID()
-	return err == nil && pid > 0 && processAlive(pid)
+	if err != nil {
+		return nil, err
+	}
+	if pid <= 0 {
+		return nil, errors.New("no postmaster.pid")
+	}
+	return VerifyPostmaster(pid, c.User, c.BinDir, c.DataDir)
 }
 
-// Stop shuts the server down with pg_ctl (mode "fast" when empty) and waits.
+// Running reports whether this cluster's verified postmaster is alive.
+func (c *Cluster) Running() bool {
+	pm, err := c.Postmaster()
+	if err != nil {
+		return false
+	}
+	pm.Close()
+	return true
+}
+
+// Stop shuts the server down (mode "fast" when empty), signalling the
+// verified postmaster as the cluster's OS user like pg_ctl stop does, and
+// waits up to a minute for it to exit.
 func (c *Cluster) Stop(ctx context.Context, mode string) error {
-	if mode == "" {
-		mode = "fast"
+	sig, err := StopSignal(mode)
+	if err != nil {
+		return err
 	}
-	if !c.Running() {
-		return nil
+	pm, err := c.Postmaster()
+	if err != nil {
+		return nil // not running (or not ours to stop)
 	}
-	binDir := c.BinDir
-	if binDir == "" {
-		var err error
-		if binDir, err = BinDirFor("", c.DataDir); err != nil {
-			return err
-		}
+	defer pm.Close()
+	if err := pm.Signal(sig); err != nil {
+		return fmt.Errorf("stop postgres in %s: %w", c.DataDir, err)
 	}
-	_, err := c.Runner.RunCmd(ctx, command.Cmd{
-		Name:       filepath.Join(binDir, "pg_ctl"),
-		Args:       []string{"stop", "-D", c.DataDir, "-m", mode, "-w", "-t", "60"},
-		Credential: c.User.Credential(),
-		Dir:        "/",
-	})
-	return err
+	wait := time.Minute
+	if dl, ok := ctx.Deadline(); ok && time.Until(dl) < wait {
+		wait = time.Until(dl)
+	}
+	if !pm.Wait(wait) {
+		return fmt.Errorf("postgres in %s (pid %d) did not stop within %s (mode %s)", c.DataDir, pm.PID, wait.Round(time.Second), mode)
+	}
+	return nil
 }
 
-// Kill stops the server at once (SIGQUIT to the postmaster), for cleanup
-// paths where a clean shutdown does not matter.
+// Kill stops the server at once (SIGQUIT to the verified postmaster, then
+// SIGKILL), for cleanup paths where a clean shutdown does not matter.
 func (c *Cluster) Kill() {
-	if pid, err := c.PID(); err == nil && pid > 0 && processAlive(pid) {
-		syscall.Kill(pid, syscall.SIGQUIT)
-		for i := 0; i < 500 && processAlive(pid); i++ {
-			time.Sleep(10 * time.Millisecond)
-		}
+	pm, err := c.Postmaster()
+	if err != nil {
+		return
+	}
+	defer pm.Close()
+	pm.Signal(syscall.SIGQUIT)
+	if !pm.Wait(5 * time.Second) {
+		pm.Signal(syscall.SIGKILL)
+		pm.Wait(5 * time.Second)
 	}
 }
 
@@ -342,42 +383,16 @@ func (c *Cluster) logger() *slog.Logger {
 	return slog.Default()
 }
 
+// readPidFile reads postmaster.pid without following symlinks.
 func readPidFile(dataDir string) ([]string, error) {
-	f, err := os.Open(filepath.Join(dataDir, "postmaster.pid"))
+	raw, err := ReadDataFile(dataDir, "postmaster.pid", 64<<10)
 	if err != nil {
 		return nil, err
 	}
-	defer f.Close()
 	var lines []string
-	sc := bufio.NewScanner(f)
+	sc := bufio.NewScanner(bytes.NewReader(raw))
 	for sc.Scan() {
 		lines = append(lines, sc.Text())
 	}
 	return lines, sc.Err()
-}
-
-func processAlive(pid int) bool {
-	err := syscall.Kill(pid, 0)
-	if err != nil {
-		return false
-	}
-	// A zombie still answers kill(0); check /proc for state Z.
-	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return true
-	}
-	fields := strings.Fields(string(raw[strings.LastIndexByte(string(raw), ')')+1:]))
-	return len(fields) == 0 || fields[0] != "Z"
-}
-
-func tailLog(path string, n int) string {
-	raw, err := os.ReadFile(path)
-	if err != nil {
-		return ""
-	}
-	lines := strings.Split(strings.TrimSpace(string(raw)), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
 }

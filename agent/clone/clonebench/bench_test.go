@@ -20,6 +20,7 @@ import (
 	"github.com/thinlab/thinlab/agent/clone"
 	"github.com/thinlab/thinlab/agent/clone/clonetest"
 	"github.com/thinlab/thinlab/agent/config"
+	"github.com/thinlab/thinlab/agent/runtime"
 	"github.com/thinlab/thinlab/agent/storage"
 	"github.com/thinlab/thinlab/internal/benchdata"
 	"github.com/thinlab/thinlab/internal/pgcluster"
@@ -109,8 +110,12 @@ func benchBackend(b *testing.B, be backend, measureRSS bool) {
 		cfg.Pools = []config.Pool{{Name: p.Name(), Mode: p.Mode(), Path: p.MainDir()}}
 		from := 16000 + i*100
 		cfg.Provision.PortPool = config.PortPool{From: from, To: from + rssClones + 9}
+		// One manager per size: each its own clone uids.
+		uidFrom := uint32(config.DefaultCloneUIDFrom + i*1000)
+		cfg.Provision.CloneUIDs = config.IDRange{From: uidFrom, To: uidFrom + 999}
 		cfg.StateDir = b.TempDir()
 		cfg.Server.VerificationToken = config.GenerateToken()
+		b.Cleanup(func() { os.RemoveAll(runtime.RunDirFor(cfg.StateDir)) })
 		if err := cfg.Validate(); err != nil {
 			b.Fatal(err)
 		}

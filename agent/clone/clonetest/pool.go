@@ -7,6 +7,7 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"os"
 	"strconv"
 	"strings"
 	"testing"
@@ -15,6 +16,7 @@ import (
 	"github.com/thinlab/thinlab/agent/runtime"
 	"github.com/thinlab/thinlab/agent/storage"
 	"github.com/thinlab/thinlab/agent/storage/storagetest"
+	"github.com/thinlab/thinlab/internal/pgcluster"
 )
 
 // NewPool makes a 4 GiB btrfs pool on a fresh loop file and removes
@@ -74,15 +76,19 @@ func parseSize(s string) (int64, error) {
 func KillClones(p storage.Pool) {
 	procs, _ := runtime.Postmasters()
 	clones, _ := p.Clones(context.Background())
+	owner, _ := pgcluster.LookupUser("postgres")
 	for _, c := range clones {
 		for _, pr := range procs {
 			if strings.HasPrefix(pr.DataDir, c.Mountpoint+"/") {
-				// Without limits New cannot fail.
-				if rt, err := runtime.New(runtime.Options{}); err == nil {
-					rt.KillPID(pr.PID)
+				// The process runs in this pool's clone: its uid is a
+				// clone's own (or the pool owner's). Without limits New
+				// cannot fail.
+				if rt, err := runtime.New(runtime.Options{User: owner, CloneUIDFrom: pr.UID, CloneUIDTo: pr.UID}); err == nil {
+					rt.KillPID(pr)
 				}
 			}
 		}
+		runtime.Unmount(c.Mountpoint)
 		p.DestroyClone(context.Background(), c.Name)
 	}
 }
@@ -101,5 +107,10 @@ func Config(t testing.TB, p storage.Pool, ports int) *config.Config {
 	cfg.StateDir = t.TempDir()
 	// The agent refuses to serve without a token (issue 8).
 	cfg.Server.VerificationToken = config.GenerateToken()
+	// Clone uids are random too: parallel test agents on one host must
+	// not hand the same uid to two clones.
+	uidFrom := uint32(300000 + rand.IntN(100000)*100)
+	cfg.Provision.CloneUIDs = config.IDRange{From: uidFrom, To: uidFrom + 99}
+	t.Cleanup(func() { os.RemoveAll(runtime.RunDirFor(cfg.StateDir)) })
 	return cfg
 }

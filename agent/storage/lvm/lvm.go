@@ -587,6 +587,11 @@ func (p *Pool) mount(ctx context.Context, dev, dir string, clone bool) error {
 	// the pool fills with data, not with the history of deleted WAL
 	// segments and dropped tables.
 	opts := "discard"
+	if clone {
+		// A clone's data is written by an untrusted clone user: no
+		// setuid binaries, no device nodes from it.
+		opts += ",nosuid,nodev"
+	}
 	if clone && p.cfg.FSType == FSXFS {
 		// A clone's XFS has its origin's UUID, which XFS refuses
 		// twice.

@@ -413,6 +413,10 @@ func TestInVMExt4(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// A clone's filesystem carries no setuid binaries or device nodes.
+	if opts := mountOptions(t, c.Mountpoint); !slices.Contains(opts, "nosuid") || !slices.Contains(opts, "nodev") {
+		t.Errorf("clone mounted with %v, want nosuid and nodev", opts)
+	}
 	if err := os.WriteFile(filepath.Join(c.Mountpoint, "f"), []byte("clone"), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -443,6 +447,25 @@ func TestInVMExt4(t *testing.T) {
 	if names := strings.Join(f.lvNames(t), " "); strings.Contains(names, "pc_") {
 		t.Errorf("a failed Open created LVs: %s", names)
 	}
+}
+
+// mountOptions are the per-mount options of the topmost mount at dir.
+func mountOptions(t *testing.T, dir string) []string {
+	t.Helper()
+	raw, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var opts []string
+	for _, l := range strings.Split(string(raw), "\n") {
+		if f := strings.Fields(l); len(f) > 5 && unescapeMount(f[4]) == dir {
+			opts = strings.Split(f[5], ",")
+		}
+	}
+	if opts == nil {
+		t.Fatalf("%s is not a mountpoint", dir)
+	}
+	return opts
 }
 
 func startPG(t testing.TB, c *pgcluster.Cluster, port int) {

@@ -296,6 +296,11 @@ func (p *Pool) Clone(ctx context.Context, snapshotID, name string) (storage.Clon
 	}
 	err = p.zfsOK(ctx, "clone",
 		"-o", "mountpoint="+mount,
+		// A clone's data is written by an untrusted clone user: no setuid
+		// binaries, no device nodes (zfs-fuse accepts both properties but
+		// its FUSE mount does not apply them; OpenZFS does).
+		"-o", "setuid=off",
+		"-o", "devices=off",
 		"-o", propCreatedAt+"="+time.Now().UTC().Format(time.RFC3339Nano),
 		snapDS, ds)
 	switch {

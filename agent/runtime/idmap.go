@@ -1,0 +1,188 @@
+package runtime
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/thinlab/thinlab/internal/pgcluster"
+)
+
+// A clone's files stay owned by the pool's postgres user on disk (no
+// chown of a large data directory per clone); the clone's postgres, which
+// runs as the clone's own uid, sees them through an idmapped bind mount
+// stacked on the clone's mountpoint that shows the postgres uid as the
+// clone's uid (and stores files the clone creates as postgres). Other
+// clones' uids see 0700 directories of someone else; the pool's main data
+// and snapshots, reached without the mount, stay postgres-only.
+
+// ErrIdmapUnsupported means the clone's filesystem refuses idmapped mounts
+// (FUSE, old kernels).
+var ErrIdmapUnsupported = errors.New("the filesystem does not support idmapped mounts")
+
+// idmapAttrs are set on every clone's mount: a clone never gets setuid
+// binaries or device nodes from its data.
+const idmapAttrs = unix.MOUNT_ATTR_IDMAP | unix.MOUNT_ATTR_NOSUID | unix.MOUNT_ATTR_NODEV
+
+// userNS returns an open user namespace (O_RDONLY fd of /proc/PID/ns/user)
+// that maps owner to clone for both uid and gid. It is made by a
+// short-lived child started in a new user namespace and reaped at once;
+// the fd keeps the namespace alive for as long as it is open.
+func userNS(owner, clone pgcluster.OSUser) (*os.File, error) {
+	sleep, err := exec.LookPath("sleep")
+	if err != nil {
+		return nil, fmt.Errorf("idmapped mount: %w", err)
+	}
+	cmd := exec.Command(sleep, "60")
+	cmd.SysProcAttr = &syscall.SysProcAttr{
+		Cloneflags:  syscall.CLONE_NEWUSER,
+		UidMappings: []syscall.SysProcIDMap{{ContainerID: int(owner.UID), HostID: int(clone.UID), Size: 1}},
+		GidMappings: []syscall.SysProcIDMap{{ContainerID: int(owner.GID), HostID: int(clone.GID), Size: 1}},
+		Pdeathsig:   syscall.SIGKILL,
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("idmapped mount: start a process in a new user namespace: %w", err)
+	}
+	defer func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+	}()
+	// Start returns after the maps are written (before the child execs).
+	f, err := os.Open(fmt.Sprintf("/proc/%d/ns/user", cmd.Process.Pid))
+	if err != nil {
+		return nil, fmt.Errorf("idmapped mount: open the user namespace: %w", err)
+	}
+	return f, nil
+}
+
+// mountIdmapped stacks on path an idmapped, nosuid, nodev bind mount of
+// path itself that shows owner's files as clone's.
+func mountIdmapped(path string, owner, clone pgcluster.OSUser) error {
+	ns, err := userNS(owner, clone)
+	if err != nil {
+		return err
+	}
+	defer ns.Close()
+	tree, err := unix.OpenTree(unix.AT_FDCWD, path, unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC|unix.AT_SYMLINK_NOFOLLOW)
+	if err != nil {
+		return fmt.Errorf("idmapped mount of %s: open_tree: %w", path, err)
+	}
+	defer unix.Close(tree)
+	attr := unix.MountAttr{Attr_set: idmapAttrs, Userns_fd: uint64(ns.Fd())}
+	if err := unix.MountSetattr(tree, "", unix.AT_EMPTY_PATH, &attr); err != nil {
+		if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.ENOSYS) {
+			return fmt.Errorf("%w: %s: mount_setattr: %v", ErrIdmapUnsupported, path, err)
+		}
+		return fmt.Errorf("idmapped mount of %s: mount_setattr: %w", path, err)
+	}
+	if err := unix.MoveMount(tree, "", unix.AT_FDCWD, path, unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
+		return fmt.Errorf("idmapped mount of %s: move_mount: %w", path, err)
+	}
+	return nil
+}
+
+// mountEntry is one line of /proc/self/mountinfo.
+type mountEntry struct {
+	point string
+	opts  string // per-mount options
+}
+
+func mountsAt(path string) ([]mountEntry, error) {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	path = filepath.Clean(path)
+	var out []mountEntry
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) < 6 {
+			continue
+		}
+		if p := unescapeMount(fields[4]); p == path {
+			out = append(out, mountEntry{point: p, opts: fields[5]})
+		}
+	}
+	return out, sc.Err()
+}
+
+// unescapeMount undoes mountinfo's octal escapes (\040 for a space).
+func unescapeMount(s string) string {
+	if !strings.Contains(s, `\`) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+4 <= len(s) {
+			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
+				b.WriteByte(byte(n))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
+
+// idmapped reports whether the topmost mount at path is an idmapped one.
+func idmapped(path string) (bool, error) {
+	ms, err := mountsAt(path)
+	if err != nil || len(ms) == 0 {
+		return false, err
+	}
+	return hasOpt(ms[len(ms)-1].opts, "idmapped"), nil
+}
+
+func hasOpt(opts, o string) bool {
+	for _, x := range strings.Split(opts, ",") {
+		if x == o {
+			return true
+		}
+	}
+	return false
+}
+
+// Unmount removes the idmapped mounts stacked on a clone's mountpoint (all
+// of them, topmost first), leaving the backend's own mount there alone. The
+// storage backend can then destroy the dataset.
+func Unmount(path string) error {
+	for range 8 {
+		ok, err := idmapped(path)
+		if err != nil {
+			return fmt.Errorf("read mounts: %w", err)
+		}
+		if !ok {
+			return nil
+		}
+		if err := unix.Unmount(path, unix.UMOUNT_NOFOLLOW); err != nil {
+			if err := unix.Unmount(path, unix.UMOUNT_NOFOLLOW|unix.MNT_DETACH); err != nil {
+				return fmt.Errorf("unmount the idmapped mount at %s: %w", path, err)
+			}
+		}
+	}
+	return fmt.Errorf("idmapped mounts at %s do not go away", path)
+}
+
+// chownTree hands every file below root to u without following symlinks
+// (the fallback where idmapped mounts are not supported).
+func chownTree(root string, u pgcluster.OSUser) error {
+	return filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		return os.Lchown(p, int(u.UID), int(u.GID))
+	})
+}
