@@ -167,13 +167,13 @@ stateDir: %s
 
 	first := startAgent(t, bin, cfgPath, c, logs)
 	want := map[string]agentapi.Clone{}
-	for i := 0; i < 5; i++ {
+	for i := range 5 {
 		id := "k" + strconv.Itoa(i)
 		if _, err := c.CreateClone(ctx, agentapi.CreateCloneRequest{ID: id, DB: &agentapi.DatabaseRequest{Username: "dev" + strconv.Itoa(i), Password: password, Restricted: i%2 == 0}}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	for i := 0; i < 5; i++ {
+	for i := range 5 {
 		cl, err := c.WaitClone(ctx, "k"+strconv.Itoa(i))
 		if err != nil {
 			t.Fatal(err)

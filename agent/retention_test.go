@@ -32,7 +32,7 @@ func TestAgentRetentionAfterRefresh(t *testing.T) {
 	defer cancel()
 	base := time.Date(2026, 5, 1, 0, 0, 0, 0, time.UTC)
 	var ids []string
-	for i := 0; i < 3; i++ {
+	for i := range 3 {
 		s, err := pool.Snapshot(ctx, storage.SnapshotOptions{DataStateAt: base.Add(time.Duration(i) * time.Hour), Message: "old"})
 		if err != nil {
 			t.Fatal(err)

@@ -224,8 +224,7 @@ func (a *apiConn) explain(err error) error {
 	if err == nil {
 		return nil
 	}
-	var ae *agentapi.APIError
-	if errors.As(err, &ae) {
+	if ae, ok := errors.AsType[*agentapi.APIError](err); ok {
 		msg := ae.Message
 		if msg == "" {
 			msg = http.StatusText(ae.StatusCode)

@@ -30,8 +30,7 @@ func runCLI(t *testing.T, stdin string, args ...string) (int, string, string) {
 	if err != nil {
 		stderr.WriteString("error: " + err.Error() + "\n")
 		code = 1
-		var exit exitCodeError
-		if errors.As(err, &exit) {
+		if exit, ok := errors.AsType[exitCodeError](err); ok {
 			code = exit.code
 		}
 	}

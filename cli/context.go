@@ -3,7 +3,8 @@ package cli
 import (
 	"fmt"
 	"path/filepath"
-	"sort"
+	"slices"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -162,7 +163,7 @@ func newContextListCommand() *cobra.Command {
 			for _, c := range f.Contexts {
 				views = append(views, contextView{Name: c.Name, URL: c.URL, HasToken: c.Token != "", Current: c.Name == f.CurrentContext})
 			}
-			sort.Slice(views, func(i, j int) bool { return views[i].Name < views[j].Name })
+			slices.SortFunc(views, func(a, b contextView) int { return strings.Compare(a.Name, b.Name) })
 			if output == outputJSON {
 				return writeJSON(cmd.OutOrStdout(), views)
 			}

@@ -3,7 +3,8 @@ package cli
 import (
 	"fmt"
 	"io"
-	"sort"
+	"maps"
+	"slices"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -71,12 +72,7 @@ func renderStatus(w io.Writer, st *agentapi.InstanceStatus, now time.Time) error
 		retr += ", next " + t.Format(time.RFC3339)
 	}
 	row(tw, "Retrieval:", retr)
-	alertTypes := make([]string, 0, len(r.Alerts))
-	for k := range r.Alerts {
-		alertTypes = append(alertTypes, k)
-	}
-	sort.Strings(alertTypes)
-	for _, k := range alertTypes {
+	for _, k := range slices.Sorted(maps.Keys(r.Alerts)) {
 		al := r.Alerts[k]
 		row(tw, "Alert:", fmt.Sprintf("%s %s: %s (%d times)", al.Level, k, al.Message, al.Count))
 	}

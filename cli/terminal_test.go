@@ -119,7 +119,7 @@ func TestCloneCreatePromptsForPasswordOnTerminal(t *testing.T) {
 				prompts++
 				// Type only once the prompt turned echo off, as a person
 				// would after seeing it.
-				for i := 0; i < 500; i++ {
+				for range 500 {
 					tio, err := unix.IoctlGetTermios(int(tty.Fd()), unix.TCGETS)
 					if err == nil && tio.Lflag&unix.ECHO == 0 {
 						break

@@ -4,7 +4,7 @@ import (
 	"errors"
 	"net/http"
 	"regexp"
-	"sort"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -463,7 +463,7 @@ func testParallel20(e *env) {
 	const n = 20
 	var wg sync.WaitGroup
 	errs := make(chan error, n)
-	for i := 0; i < n; i++ {
+	for i := range n {
 		wg.Add(1)
 		go func(i int) {
 			defer wg.Done()
@@ -502,17 +502,17 @@ func testParallel20(e *env) {
 		}
 	}
 	// Newest first, as DLE lists them.
-	if !sort.SliceIsSorted(list, func(i, j int) bool {
-		return agentapi.TimeOf(list[i].CreatedAt).After(agentapi.TimeOf(list[j].CreatedAt))
+	if !slices.IsSortedFunc(list, func(a, b agentapi.Clone) int {
+		return agentapi.TimeOf(b.CreatedAt).Compare(agentapi.TimeOf(a.CreatedAt))
 	}) {
 		t.Fatal("clones are not sorted newest first")
 	}
-	for i := 0; i < n; i++ {
+	for i := range n {
 		if err := e.client.DestroyClone(e.ctx, "par"+strconv.Itoa(i)); err != nil {
 			t.Fatal(err)
 		}
 	}
-	for i := 0; i < n; i++ {
+	for i := range n {
 		if err := e.client.WaitCloneDestroyed(e.ctx, "par"+strconv.Itoa(i)); err != nil {
 			t.Fatal(err)
 		}
@@ -527,8 +527,7 @@ func TestPortRangeExhausted(t *testing.T) {
 	first := e.createOK(e.createReq("only", ""))
 	_, err := e.client.CreateClone(e.ctx, e.createReq("second", ""))
 	e.wantError(err, http.StatusConflict, agentapi.CodeConflict, "", "portPool")
-	var ae *agentapi.APIError
-	if !errors.As(err, &ae) {
+	if _, ok := errors.AsType[*agentapi.APIError](err); !ok {
 		t.Fatal(err)
 	}
 	list, _ := e.client.Clones(e.ctx)

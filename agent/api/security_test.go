@@ -73,7 +73,7 @@ func testInternalError(e *env) {
 	}
 	// The operator finds the cause in the log by the request id.
 	var line string
-	for _, l := range strings.Split(e.log.String(), "\n") {
+	for l := range strings.SplitSeq(e.log.String(), "\n") {
 		if strings.Contains(l, "request_id="+id) && strings.Contains(l, "API request failed") {
 			line = l
 		}

@@ -400,8 +400,8 @@ func ParseSize(s string) (uint64, error) {
 		suffix string
 		mult   uint64
 	}{{"Ki", 1 << 10}, {"Mi", 1 << 20}, {"Gi", 1 << 30}, {"Ti", 1 << 40}, {"K", 1e3}, {"M", 1e6}, {"G", 1e9}, {"T", 1e12}} {
-		if strings.HasSuffix(s, u.suffix) {
-			s = strings.TrimSuffix(s, u.suffix)
+		if before, ok := strings.CutSuffix(s, u.suffix); ok {
+			s = before
 			mult = u.mult
 			break
 		}

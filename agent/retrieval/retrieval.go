@@ -191,9 +191,7 @@ func (r *Retriever) Status() Status {
 	defer r.mu.Unlock()
 	s := r.status
 	s.Alerts = make(map[string]Alert, len(r.status.Alerts))
-	for k, v := range r.status.Alerts {
-		s.Alerts[k] = v
-	}
+	maps.Copy(s.Alerts, r.status.Alerts)
 	if r.sched != nil {
 		s.NextRefresh = r.sched.Next(time.Now())
 	}
@@ -207,11 +205,9 @@ func (r *Retriever) FullRefresh() error {
 	if err := r.begin(); err != nil {
 		return err
 	}
-	r.wg.Add(1)
-	go func() {
-		defer r.wg.Done()
+	r.wg.Go(func() {
 		r.run(r.ctx)
-	}()
+	})
 	return nil
 }
 
@@ -380,10 +376,7 @@ func (r *Retriever) restoreAll(ctx context.Context, c *pgcluster.Cluster, params
 	}
 	local.Close(ctx)
 
-	jobs := r.cfg.Jobs
-	if jobs < 1 {
-		jobs = 1
-	}
+	jobs := max(r.cfg.Jobs, 1)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	sem := make(chan struct{}, jobs)
