@@ -99,8 +99,8 @@ func newContextAddCommand() *cobra.Command {
 			if f.CurrentContext == name {
 				current = " (current)"
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "Context %q saved in %s%s\n", name, path, current)
-			return nil
+			_, err = fmt.Fprintf(cmd.OutOrStdout(), "Context %q saved in %s%s\n", name, path, current)
+			return err
 		},
 	}
 	cmd.Flags().StringVar(&url, "url", "", "agent API URL, e.g. http://localhost:2345 (required)")
@@ -129,8 +129,8 @@ func newContextUseCommand() *cobra.Command {
 			if err := clientconfig.Save(path, f); err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "Current context is %q\n", args[0])
-			return nil
+			_, err = fmt.Fprintf(cmd.OutOrStdout(), "Current context is %q\n", args[0])
+			return err
 		},
 	}
 }
@@ -204,8 +204,8 @@ func newContextRemoveCommand() *cobra.Command {
 			if err := clientconfig.Save(path, f); err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "Context %q removed\n", args[0])
-			return nil
+			_, err = fmt.Fprintf(cmd.OutOrStdout(), "Context %q removed\n", args[0])
+			return err
 		},
 	}
 }

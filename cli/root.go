@@ -96,8 +96,8 @@ func newVersionCommand() *cobra.Command {
 		Short: "Print the thinlab version",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			fmt.Fprintln(cmd.OutOrStdout(), "thinlab", Version)
-			return nil
+			_, err := fmt.Fprintln(cmd.OutOrStdout(), "thinlab", Version)
+			return err
 		},
 	}
 }

@@ -83,7 +83,9 @@ func renderStatus(w io.Writer, st *agentapi.InstanceStatus, now time.Time) error
 	if len(st.Pools) == 0 {
 		return nil
 	}
-	fmt.Fprintln(w)
+	if _, err := fmt.Fprintln(w); err != nil {
+		return err
+	}
 	tw = newTable(w)
 	row(tw, "POOL", "MODE", "STATUS", "DATA STATE AT", "SIZE", "FREE", "USED BY CLONES", "CLONES")
 	for _, p := range st.Pools {
