@@ -28,7 +28,7 @@ func TestAgentRetentionAfterRefresh(t *testing.T) {
 	t.Setenv("THINLAB_TEST_SOURCE_PW", src.Password)
 
 	pool := storagetest.NewLoopPool(t, storage.ModeBtrfs)
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
 	defer cancel()
 	base := time.Date(2026, 5, 1, 0, 0, 0, 0, time.UTC)
 	var ids []string
