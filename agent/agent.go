@@ -14,7 +14,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -104,7 +103,9 @@ func NewWithOptions(ctx context.Context, opt Options) (a *Agent, err error) {
 	// (the next start finds them), only this process lets go.
 	defer func() {
 		if err != nil {
-			a.Close()
+			if cerr := a.Close(); cerr != nil {
+				log.Warn("releasing a partly built agent failed", "err", cerr)
+			}
 		}
 	}()
 
@@ -210,8 +211,13 @@ func openPools(ctx context.Context, cfg *config.Config, log *slog.Logger) ([]sto
 // loadInstanceID reads the instance ID from the state directory, making
 // one on the first start.
 func loadInstanceID(stateDir string) (string, error) {
-	path := filepath.Join(stateDir, instanceIDFile)
-	raw, err := os.ReadFile(path)
+	// Opened through os.Root: the file cannot be a link out of stateDir.
+	dir, err := os.OpenRoot(stateDir)
+	if err != nil {
+		return "", fmt.Errorf("stateDir: %w", err)
+	}
+	defer func() { _ = dir.Close() }() // read-only use of a directory handle: nothing to flush
+	raw, err := dir.ReadFile(instanceIDFile)
 	if err == nil && strings.TrimSpace(string(raw)) != "" {
 		return strings.TrimSpace(string(raw)), nil
 	}
@@ -219,7 +225,7 @@ func loadInstanceID(stateDir string) (string, error) {
 		return "", fmt.Errorf("stateDir: %w", err)
 	}
 	id := xid.New().String()
-	if err := os.WriteFile(path, []byte(id+"\n"), 0o600); err != nil {
+	if err := dir.WriteFile(instanceIDFile, []byte(id+"\n"), 0o600); err != nil {
 		return "", fmt.Errorf("stateDir: %w", err)
 	}
 	return id, nil
@@ -270,14 +276,18 @@ func (a *Agent) Run(ctx context.Context) error {
 			a.log.Warn("API shutdown did not finish in time", "err", serr)
 		}
 		if a.metricsServer != nil {
-			a.metricsServer.Shutdown(sctx)
+			if serr := a.metricsServer.Shutdown(sctx); serr != nil {
+				a.log.Warn("metrics shutdown did not finish in time", "err", serr)
+			}
 		}
 		cancel()
 	case err = <-serveErr:
 		err = fmt.Errorf("API server: %w", err)
-		a.server.Close()
+		// The serve error is what Run reports; closing what is left is
+		// best effort.
+		_ = a.server.Close()
 		if a.metricsServer != nil {
-			a.metricsServer.Close()
+			_ = a.metricsServer.Close()
 		}
 	}
 	a.close()
@@ -291,7 +301,9 @@ func (a *Agent) close() {
 		a.api.Close()
 	}
 	if a.retrieval != nil {
-		a.retrieval.Close()
+		if err := a.retrieval.Close(); err != nil {
+			a.log.Error("stopping retrieval at shutdown failed", "err", err)
+		}
 	}
 	if a.snapshots != nil {
 		a.snapshots.Close()
@@ -305,12 +317,15 @@ func (a *Agent) close() {
 
 // Close releases an agent that was built but never Run.
 func (a *Agent) Close() error {
-	if a.listener != nil {
-		a.listener.Close()
-	}
-	if a.metricsListener != nil {
-		a.metricsListener.Close()
+	var errs []error
+	for _, l := range []net.Listener{a.listener, a.metricsListener} {
+		// Run's shutdown already closed them: that is not a failure.
+		if l != nil {
+			if err := l.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
+				errs = append(errs, err)
+			}
+		}
 	}
 	a.close()
-	return nil
+	return errors.Join(errs...)
 }

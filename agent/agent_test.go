@@ -49,8 +49,11 @@ func freePort(t *testing.T) int {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	port := l.Addr().(*net.TCPAddr).Port
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return port
 }
 
 // agentProc is one `thinlab agent run` process.
@@ -71,8 +74,10 @@ func startAgent(t *testing.T, bin, cfgPath string, c *agentapi.Client, logs *log
 	}
 	p := &agentProc{cmd: cmd, logs: logs, done: make(chan error, 1)}
 	go func() { p.done <- cmd.Wait() }()
-	t.Cleanup(func() { p.stop(t) })
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	// The exit status is checked where the test stops the agent itself;
+	// here the agent may have been killed on purpose.
+	t.Cleanup(func() { _ = p.stop(t) })
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 	defer cancel()
 	for {
 		if _, err := c.Healthz(ctx); err == nil {
@@ -98,13 +103,14 @@ func (p *agentProc) stop(t *testing.T) error {
 		return err
 	default:
 	}
-	p.cmd.Process.Signal(syscall.SIGTERM)
+	// An agent that exited meanwhile reports through p.done below.
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case err := <-p.done:
 		p.done <- err
 		return err
 	case <-time.After(time.Minute):
-		p.cmd.Process.Kill()
+		_ = p.cmd.Process.Kill() // the test already fails; Wait below reaps it
 		t.Errorf("agent did not stop within a minute of SIGTERM")
 		return <-p.done
 	}
@@ -120,7 +126,8 @@ func queryClone(ctx context.Context, c agentapi.Clone, sql string) (string, erro
 	if err != nil {
 		return "", err
 	}
-	defer conn.Close(ctx)
+	// The query's answer is the result; a failed goodbye changes nothing.
+	defer func() { _ = conn.Close(ctx) }()
 	var s string
 	err = conn.QueryRow(ctx, sql).Scan(&s)
 	return s, err
@@ -165,20 +172,20 @@ stateDir: %s
 	if err := os.WriteFile(cfgPath, []byte(cfgYAML), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	ctx, cancel := context.WithTimeout(t.Context(), 4*time.Minute)
 	defer cancel()
 	c := &agentapi.Client{BaseURL: "http://127.0.0.1:" + strconv.Itoa(apiPort), Token: token, PollInterval: 50 * time.Millisecond}
 	logs := &logtest.Buffer{}
 
 	first := startAgent(t, bin, cfgPath, c, logs)
 	want := map[string]agentapi.Clone{}
-	for i := 0; i < 5; i++ {
+	for i := range 5 {
 		id := "k" + strconv.Itoa(i)
 		if _, err := c.CreateClone(ctx, agentapi.CreateCloneRequest{ID: id, DB: &agentapi.DatabaseRequest{Username: "dev" + strconv.Itoa(i), Password: password, Restricted: i%2 == 0}}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	for i := 0; i < 5; i++ {
+	for i := range 5 {
 		cl, err := c.WaitClone(ctx, "k"+strconv.Itoa(i))
 		if err != nil {
 			t.Fatal(err)

@@ -28,11 +28,11 @@ func TestAgentRetentionAfterRefresh(t *testing.T) {
 	t.Setenv("THINLAB_TEST_SOURCE_PW", src.Password)
 
 	pool := storagetest.NewLoopPool(t, storage.ModeBtrfs)
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
 	defer cancel()
 	base := time.Date(2026, 5, 1, 0, 0, 0, 0, time.UTC)
 	var ids []string
-	for i := 0; i < 3; i++ {
+	for i := range 3 {
 		s, err := pool.Snapshot(ctx, storage.SnapshotOptions{DataStateAt: base.Add(time.Duration(i) * time.Hour), Message: "old"})
 		if err != nil {
 			t.Fatal(err)

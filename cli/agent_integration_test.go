@@ -37,6 +37,8 @@ func startAgent(t *testing.T, snapshots ...[]string) (string, storage.Pool, []st
 	if _, err := os.Stat(realPsql); err != nil {
 		t.Fatalf("needs PostgreSQL 15 client binaries (make deps installs them): %v", err)
 	}
+	// Not t.Context(): that ends before the cleanups below, and the
+	// manager built on ctx must still work while they close it.
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	p := clonetest.NewPool(t)
@@ -59,7 +61,11 @@ func startAgent(t *testing.T, snapshots ...[]string) (string, storage.Pool, []st
 	// Last in, first out: HTTP server, manager, then leftover clone
 	// processes and datasets, then (registered first) the pool.
 	t.Cleanup(func() { clonetest.KillClones(p) })
-	t.Cleanup(func() { m.Close() })
+	t.Cleanup(func() {
+		if err := m.Close(); err != nil {
+			t.Errorf("close the clone manager: %v", err)
+		}
+	})
 	t.Cleanup(func() { hs.Close(); srv.Close() })
 	return hs.URL, p, snaps
 }
@@ -225,7 +231,7 @@ func TestCLIAgainstRealAgent(t *testing.T) {
 		t.Errorf("--no-wait create: %s", out)
 	}
 	api := &agentapi.Client{BaseURL: url, Token: itToken, PollInterval: 100 * time.Millisecond}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
 	if _, err := api.WaitClone(ctx, "cli2"); err != nil {
 		t.Fatal(err)

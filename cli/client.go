@@ -134,9 +134,9 @@ func promptPassword(cmd *cobra.Command, prompt string, confirm bool, instead str
 		return "", usageErrorf("no password: stdin is not a terminal, so %s", instead)
 	}
 	read := func(p string) (string, error) {
-		fmt.Fprint(cmd.ErrOrStderr(), p)
+		warn(cmd, "%s", p)
 		b, err := term.ReadPassword(fd)
-		fmt.Fprintln(cmd.ErrOrStderr())
+		warn(cmd, "\n") // the user's Enter was not echoed
 		if err != nil {
 			return "", fmt.Errorf("read password: %w", err)
 		}
@@ -224,8 +224,7 @@ func (a *apiConn) explain(err error) error {
 	if err == nil {
 		return nil
 	}
-	var ae *agentapi.APIError
-	if errors.As(err, &ae) {
+	if ae, ok := errors.AsType[*agentapi.APIError](err); ok {
 		msg := ae.Message
 		if msg == "" {
 			msg = http.StatusText(ae.StatusCode)

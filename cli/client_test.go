@@ -2,10 +2,10 @@ package cli
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"errors"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -25,13 +25,12 @@ func runCLI(t *testing.T, stdin string, args ...string) (int, string, string) {
 	root.SetIn(strings.NewReader(stdin))
 	root.SetOut(&stdout)
 	root.SetErr(&stderr)
-	err := root.ExecuteContext(context.Background())
+	err := root.ExecuteContext(t.Context())
 	code := 0
 	if err != nil {
 		stderr.WriteString("error: " + err.Error() + "\n")
 		code = 1
-		var exit exitCodeError
-		if errors.As(err, &exit) {
+		if exit, ok := errors.AsType[exitCodeError](err); ok {
 			code = exit.code
 		}
 	}
@@ -126,7 +125,7 @@ func TestEndpointPrecedence(t *testing.T) {
 	var gotToken string
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		gotToken = r.Header.Get("Verification-Token")
-		w.Write([]byte(`[]`))
+		reply(t, w, http.StatusOK, `[]`)
 	}))
 	t.Cleanup(srv.Close)
 
@@ -233,21 +232,19 @@ func TestClonePasswordWithoutTerminalIsUsageError(t *testing.T) {
 func TestAPIErrorsShowServerMessageAndField(t *testing.T) {
 	isolate(t)
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		io.Copy(io.Discard, r.Body)
+		if _, err := io.Copy(io.Discard, r.Body); err != nil {
+			t.Errorf("read the request: %v", err)
+		}
 		w.Header().Set("Content-Type", "application/json; charset=utf-8")
 		switch {
 		case r.Header.Get("Verification-Token") != "good":
-			w.WriteHeader(http.StatusUnauthorized)
-			w.Write([]byte(`{"code":"UNAUTHORIZED","message":"Check your verification token."}`))
+			reply(t, w, http.StatusUnauthorized, `{"code":"UNAUTHORIZED","message":"Check your verification token."}`)
 		case r.Method == http.MethodPost && r.URL.Path == "/clone":
-			w.WriteHeader(http.StatusBadRequest)
-			w.Write([]byte(`{"code":"BAD_REQUEST","message":"password is too weak: add more characters","detail":"db.password"}`))
+			reply(t, w, http.StatusBadRequest, `{"code":"BAD_REQUEST","message":"password is too weak: add more characters","detail":"db.password"}`)
 		case r.URL.Path == "/clone/nope":
-			w.WriteHeader(http.StatusNotFound)
-			w.Write([]byte(`{"code":"NOT_FOUND","message":"Requested object does not exist. Specify your request."}`))
+			reply(t, w, http.StatusNotFound, `{"code":"NOT_FOUND","message":"Requested object does not exist. Specify your request."}`)
 		default:
-			w.WriteHeader(http.StatusInternalServerError)
-			w.Write([]byte(`{"code":"INTERNAL_ERROR","message":"boom"}`))
+			reply(t, w, http.StatusInternalServerError, `{"code":"INTERNAL_ERROR","message":"boom"}`)
 		}
 	}))
 	t.Cleanup(srv.Close)
@@ -272,4 +269,35 @@ func TestAPIErrorsShowServerMessageAndField(t *testing.T) {
 	if code != 1 || !strings.Contains(errOut, "is the agent running at http://127.0.0.1:1 (from THINLAB_URL)") {
 		t.Errorf("unreachable: %d %q", code, errOut)
 	}
+}
+
+// reply writes a canned answer. A failed write fails the test: the CLI
+// hung up before reading it.
+func reply(t *testing.T, w http.ResponseWriter, status int, body string) {
+	t.Helper()
+	w.WriteHeader(status)
+	if _, err := io.WriteString(w, body); err != nil {
+		t.Errorf("write the %d answer: %v", status, err)
+	}
+}
+
+// replyJSON writes v as a JSON answer, like reply.
+func replyJSON(t *testing.T, w http.ResponseWriter, status int, v any) {
+	t.Helper()
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	if err := json.NewEncoder(w).Encode(v); err != nil {
+		t.Errorf("write the %d answer: %v", status, err)
+	}
+}
+
+// closeAtCleanup closes c when the test ends and fails it when that
+// fails (a thing some other path closed already does not count).
+func closeAtCleanup(t *testing.T, c io.Closer, what string) {
+	t.Helper()
+	t.Cleanup(func() {
+		if err := c.Close(); err != nil && !errors.Is(err, net.ErrClosed) && !errors.Is(err, os.ErrClosed) {
+			t.Errorf("close %s: %v", what, err)
+		}
+	})
 }

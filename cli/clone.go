@@ -17,7 +17,7 @@ import (
 )
 
 // EnvClonePassword supplies a clone password without a flag or a prompt.
-const envClonePassword = "THINLAB_CLONE_PASSWORD"
+const envClonePassword = "THINLAB_CLONE_PASSWORD" //nolint:gosec // G101: the name of an environment variable, not a password
 
 // IDs go into URL paths unescaped (as DLE expects), so they are checked
 // here with DLE's own patterns before any request is sent.
@@ -41,11 +41,9 @@ func validateSnapshotID(what, id string) error {
 	return nil
 }
 
-// parseExtraConf turns repeated --extra-conf key=value into a map.
+// parseExtraConf turns repeated --extra-conf key=value into a map (empty,
+// and so left out of the request, without any).
 func parseExtraConf(pairs []string) (map[string]string, error) {
-	if len(pairs) == 0 {
-		return nil, nil
-	}
 	conf := make(map[string]string, len(pairs))
 	for _, p := range pairs {
 		k, v, ok := strings.Cut(p, "=")
@@ -102,9 +100,22 @@ func (w *waitFlags) register(cmd *cobra.Command) {
 // pollInterval is how often the CLI asks for a clone's state while waiting.
 const pollInterval = 500 * time.Millisecond
 
+// errCloneGone is how waitClone with gone set reports that the clone
+// disappeared; waitCloneGone turns it into success.
+var errCloneGone = errors.New("clone is gone")
+
+// waitCloneGone waits until the clone is destroyed.
+func waitCloneGone(ctx context.Context, a *apiConn, stderr io.Writer, id, label string) error {
+	if _, err := waitClone(ctx, a, stderr, id, label, true); !errors.Is(err, errCloneGone) {
+		return err
+	}
+	return nil
+}
+
 // waitClone polls until the clone leaves its transitional state, showing
 // progress on stderr. It returns the clone when OK and an error naming the
-// reason when it ends FATAL. With gone, success is the clone disappearing.
+// reason when it ends FATAL. With gone, success is the clone disappearing,
+// reported as errCloneGone (use waitCloneGone).
 func waitClone(ctx context.Context, a *apiConn, stderr io.Writer, id, label string, gone bool) (*agentapi.Clone, error) {
 	p := startProgress(stderr, label)
 	ctxErr := func(last string) error {
@@ -117,7 +128,7 @@ func waitClone(ctx context.Context, a *apiConn, stderr io.Writer, id, label stri
 		switch {
 		case gone && agentapi.IsNotFound(err):
 			p.Stop("done")
-			return nil, nil
+			return nil, errCloneGone
 		case err != nil && ctx.Err() != nil:
 			return nil, ctxErr(last)
 		case err != nil:
@@ -218,17 +229,16 @@ func cloneIDArg(output string, args []string) (string, error) {
 	return args[0], nil
 }
 
-// protectionMinutes is the value of a protection-length flag, nil when it
-// was not given (the agent's lease applies).
-func protectionMinutes(cmd *cobra.Command, flag string, minutes int) (*uint, error) {
+// protectionMinutes is the value of a protection-length flag; given is
+// false when the flag was not set (the agent's lease applies).
+func protectionMinutes(cmd *cobra.Command, flag string, minutes int) (m uint, given bool, err error) {
 	if !cmd.Flags().Changed(flag) {
-		return nil, nil
+		return 0, false, nil
 	}
 	if minutes < 0 {
-		return nil, usageErrorf("--%s must be 0 (no expiry) or more", flag)
+		return 0, false, usageErrorf("--%s must be 0 (no expiry) or more", flag)
 	}
-	m := uint(minutes)
-	return &m, nil
+	return uint(minutes), true, nil
 }
 
 func newCloneCreateCommand(cf *clientFlags) *cobra.Command {
@@ -289,8 +299,10 @@ prompt. It is saved (mode 0600) in the CLI config file so that
 				DB:        &agentapi.DatabaseRequest{Username: username, Restricted: restricted, DBName: dbName},
 				ExtraConf: conf,
 			}
-			if req.ProtectionDurationMinutes, err = protectionMinutes(cmd, "protection-minutes", protectMinutes); err != nil {
+			if m, given, err := protectionMinutes(cmd, "protection-minutes", protectMinutes); err != nil {
 				return err
+			} else if given {
+				req.ProtectionDurationMinutes = &m
 			}
 			if req.ProtectionDurationMinutes != nil && !protect {
 				return usageErrorf("--protection-minutes needs --protected")
@@ -325,7 +337,7 @@ prompt. It is saved (mode 0600) in the CLI config file so that
 			}
 			if savePassword {
 				if err := a.savePassword(cl.ID, password); err != nil {
-					fmt.Fprintf(cmd.ErrOrStderr(), "warning: clone password not saved: %v\n", err)
+					warn(cmd, "warning: clone password not saved: %v\n", err)
 				}
 			}
 			if !wf.noWait && cl.Status.Code != agentapi.StatusOK {
@@ -341,7 +353,7 @@ prompt. It is saved (mode 0600) in the CLI config file so that
 				return err
 			}
 			if output == outputTable && cl.Status.Code == agentapi.StatusOK {
-				fmt.Fprintf(cmd.ErrOrStderr(), "\nConnect with: thinlab connect %s\n", cl.ID)
+				warn(cmd, "\nConnect with: thinlab connect %s\n", cl.ID)
 			}
 			return nil
 		},
@@ -522,8 +534,10 @@ func newCloneProtectCommand(cf *clientFlags) *cobra.Command {
 			if off && cmd.Flags().Changed("minutes") {
 				return usageErrorf("--minutes does not go with --off")
 			}
-			if req.ProtectionDurationMinutes, err = protectionMinutes(cmd, "minutes", minutes); err != nil {
+			if m, given, err := protectionMinutes(cmd, "minutes", minutes); err != nil {
 				return err
+			} else if given {
+				req.ProtectionDurationMinutes = &m
 			}
 			cl, err := request(cf, func(c *agentapi.Client) (*agentapi.Clone, error) { return c.UpdateClone(cmd.Context(), id, req) })
 			if err != nil {
@@ -565,19 +579,19 @@ func newCloneDestroyCommand(cf *clientFlags) *cobra.Command {
 			if !wf.noWait {
 				ctx, cancel := withWaitTimeout(cmd.Context(), wf.timeout)
 				defer cancel()
-				if _, err := waitClone(ctx, a, cmd.ErrOrStderr(), id, "Destroying clone "+id, true); err != nil {
+				if err := waitCloneGone(ctx, a, cmd.ErrOrStderr(), id, "Destroying clone "+id); err != nil {
 					return err
 				}
 				msg = "Clone " + id + " destroyed"
 			}
 			if err := a.forgetPassword(id); err != nil && !errors.Is(err, os.ErrNotExist) {
-				fmt.Fprintf(cmd.ErrOrStderr(), "warning: saved password of %s not removed: %v\n", id, err)
+				warn(cmd, "warning: saved password of %s not removed: %v\n", id, err)
 			}
 			if output == outputJSON {
 				return writeJSON(cmd.OutOrStdout(), agentapi.Response{Status: "OK", Message: msg})
 			}
-			fmt.Fprintln(cmd.OutOrStdout(), msg)
-			return nil
+			_, err = fmt.Fprintln(cmd.OutOrStdout(), msg)
+			return err
 		},
 	}
 	wf.register(cmd)

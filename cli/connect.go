@@ -95,7 +95,7 @@ else a prompt. Arguments after -- go to psql unchanged.`,
 			argv := append([]string{"-d", info}, psqlArgs...)
 			// Not CommandContext: Ctrl-C belongs to psql (it cancels the
 			// running query); the CLI itself ignores it while psql runs.
-			c := exec.Command(psql, argv...)
+			c := exec.Command(psql, argv...) //nolint:gosec // G204: the user's own psql with the user's own arguments, no shell; the CLI runs with their rights
 			c.Stdin, c.Stdout, c.Stderr = cmd.InOrStdin(), cmd.OutOrStdout(), cmd.ErrOrStderr()
 			c.Env = append(os.Environ(), "PGPASSWORD="+password)
 			if err := c.Run(); err != nil {

@@ -3,7 +3,6 @@ package cli
 import (
 	"bytes"
 	"encoding/binary"
-	"encoding/json"
 	"io"
 	"net"
 	"net/http"
@@ -31,7 +30,7 @@ func listenPG(t *testing.T, addr string) *pgListener {
 		t.Fatalf("listen on %s: %v", addr, err)
 	}
 	l := &pgListener{ln: ln}
-	t.Cleanup(func() { ln.Close() })
+	closeAtCleanup(t, ln, "the fake postgres listener")
 	go func() {
 		for {
 			c, err := ln.Accept()
@@ -45,7 +44,9 @@ func listenPG(t *testing.T, addr string) *pgListener {
 }
 
 func (l *pgListener) serve(c net.Conn) {
-	defer c.Close()
+	// The fake server only records the startup; the client's own
+	// outcome is what the test checks.
+	defer func() { _ = c.Close() }()
 	params := map[string]string{"connected": "yes"}
 	defer func() {
 		l.mu.Lock()
@@ -63,7 +64,9 @@ func (l *pgListener) serve(c net.Conn) {
 		}
 		switch binary.BigEndian.Uint32(buf) {
 		case 80877103, 80877104: // SSLRequest, GSSENCRequest: not supported
-			c.Write([]byte{'N'})
+			if _, err := c.Write([]byte{'N'}); err != nil {
+				return
+			}
 			continue
 		}
 		kv := bytes.Split(bytes.TrimRight(buf[4:], "\x00"), []byte{0})
@@ -114,8 +117,7 @@ func TestConnectHostileNames(t *testing.T) {
 			cl := agentapi.Clone{ID: "c1", Status: agentapi.Status{Code: agentapi.StatusOK},
 				DB: agentapi.Database{Host: "127.0.0.1", Port: goodPort, Username: tc.user, DBName: tc.dbName}}
 			agent := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-				w.Header().Set("Content-Type", "application/json")
-				json.NewEncoder(w).Encode(cl)
+				replyJSON(t, w, http.StatusOK, cl)
 			}))
 			t.Cleanup(agent.Close)
 			args := []string{"connect", "c1", "--url", agent.URL, "--token", "tok", "--password", "pw"}

@@ -3,7 +3,8 @@ package cli
 import (
 	"fmt"
 	"path/filepath"
-	"sort"
+	"slices"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -98,8 +99,8 @@ func newContextAddCommand() *cobra.Command {
 			if f.CurrentContext == name {
 				current = " (current)"
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "Context %q saved in %s%s\n", name, path, current)
-			return nil
+			_, err = fmt.Fprintf(cmd.OutOrStdout(), "Context %q saved in %s%s\n", name, path, current)
+			return err
 		},
 	}
 	cmd.Flags().StringVar(&url, "url", "", "agent API URL, e.g. http://localhost:2345 (required)")
@@ -128,8 +129,8 @@ func newContextUseCommand() *cobra.Command {
 			if err := clientconfig.Save(path, f); err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "Current context is %q\n", args[0])
-			return nil
+			_, err = fmt.Fprintf(cmd.OutOrStdout(), "Current context is %q\n", args[0])
+			return err
 		},
 	}
 }
@@ -162,7 +163,7 @@ func newContextListCommand() *cobra.Command {
 			for _, c := range f.Contexts {
 				views = append(views, contextView{Name: c.Name, URL: c.URL, HasToken: c.Token != "", Current: c.Name == f.CurrentContext})
 			}
-			sort.Slice(views, func(i, j int) bool { return views[i].Name < views[j].Name })
+			slices.SortFunc(views, func(a, b contextView) int { return strings.Compare(a.Name, b.Name) })
 			if output == outputJSON {
 				return writeJSON(cmd.OutOrStdout(), views)
 			}
@@ -203,8 +204,8 @@ func newContextRemoveCommand() *cobra.Command {
 			if err := clientconfig.Save(path, f); err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "Context %q removed\n", args[0])
-			return nil
+			_, err = fmt.Fprintf(cmd.OutOrStdout(), "Context %q removed\n", args[0])
+			return err
 		},
 	}
 }

@@ -65,8 +65,9 @@ func newTable(w io.Writer) *tabwriter.Writer {
 }
 
 // row writes one tab-separated table row.
-func row(w io.Writer, cols ...string) {
-	fmt.Fprintln(w, strings.Join(cols, "\t"))
+func row(tw *tabwriter.Writer, cols ...string) {
+	// A tabwriter buffers until Flush, which reports any write error.
+	_, _ = fmt.Fprintln(tw, strings.Join(cols, "\t"))
 }
 
 // orDash shows "-" for empty table cells so columns stay readable.
@@ -143,9 +144,15 @@ func startProgress(w io.Writer, label string) *progress {
 		p.wg.Add(1)
 		go p.spin()
 	} else {
-		fmt.Fprintf(w, "%s...\n", label)
+		p.print("%s...\n", label)
 	}
 	return p
+}
+
+// print writes a progress line. Progress is best effort: a stderr that
+// cannot be written must not fail the command whose result goes to stdout.
+func (p *progress) print(format string, args ...any) {
+	_, _ = fmt.Fprintf(p.w, format, args...)
 }
 
 func (p *progress) elapsed() time.Duration {
@@ -163,7 +170,7 @@ func (p *progress) spin() {
 			line += " (" + p.state + ")"
 		}
 		line += " " + p.elapsed().String()
-		fmt.Fprint(p.w, line)
+		p.print("%s", line)
 		p.mu.Unlock()
 		select {
 		case <-p.done:
@@ -183,7 +190,7 @@ func (p *progress) Update(state string) {
 	}
 	p.state = state
 	if !p.tty {
-		fmt.Fprintf(p.w, "%s: %s (%s)\n", p.label, state, p.elapsed())
+		p.print("%s: %s (%s)\n", p.label, state, p.elapsed())
 	}
 }
 
@@ -199,8 +206,14 @@ func (p *progress) Stop(final string) {
 	p.mu.Unlock()
 	p.wg.Wait()
 	if p.tty {
-		fmt.Fprintf(p.w, "\r\033[K%s: %s in %s\n", p.label, final, p.elapsed())
+		p.print("\r\033[K%s: %s in %s\n", p.label, final, p.elapsed())
 	} else {
-		fmt.Fprintf(p.w, "%s: %s in %s\n", p.label, final, p.elapsed())
+		p.print("%s: %s in %s\n", p.label, final, p.elapsed())
 	}
+}
+
+// warn writes a prompt, hint or warning to stderr. It is best effort: a
+// stderr that cannot be written must not fail a command that did its work.
+func warn(cmd *cobra.Command, format string, args ...any) {
+	_, _ = fmt.Fprintf(cmd.ErrOrStderr(), format, args...)
 }

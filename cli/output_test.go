@@ -176,8 +176,8 @@ func TestParseExtraConf(t *testing.T) {
 	if conf["work_mem"] != "64MB" || conf["search_path"] != "a,b" || conf["x.y"] != " spaced value" {
 		t.Errorf("%v", conf)
 	}
-	if c, err := parseExtraConf(nil); c != nil || err != nil {
-		t.Errorf("empty: %v %v", c, err)
+	if c, err := parseExtraConf(nil); len(c) != 0 || err != nil {
+		t.Errorf("parseExtraConf(nil) = %v, %v; want no settings and no error", c, err)
 	}
 }
 

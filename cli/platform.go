@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"errors"
 	"fmt"
 	"log/slog"
 
@@ -29,7 +30,7 @@ func newPlatformServeCommand() *cobra.Command {
 		Use:   "serve",
 		Short: "Serve the web UI and /api/v1 (starts an embedded PostgreSQL when no database URL is set)",
 		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, args []string) error {
+		RunE: func(cmd *cobra.Command, args []string) (err error) {
 			cfg, err := server.LoadConfig(configPath)
 			if err != nil {
 				return err
@@ -39,7 +40,8 @@ func newPlatformServeCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			defer srv.Close()
+			// A database that did not stop cleanly is worth an exit status.
+			defer func() { err = errors.Join(err, srv.Close()) }()
 			return srv.ListenAndServe(ctx)
 		},
 	}
@@ -62,8 +64,8 @@ func newPlatformMigrateCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "platform database at schema version %d\n", version)
-			return nil
+			_, err = fmt.Fprintf(cmd.OutOrStdout(), "platform database at schema version %d\n", version)
+			return err
 		},
 	}
 	cmd.Flags().StringVar(&configPath, "config", envOr("THINLAB_PLATFORM_CONFIG", ""), "YAML config file (env THINLAB_PLATFORM_CONFIG)")

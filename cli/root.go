@@ -57,8 +57,7 @@ func Execute(args []string) int {
 	root.SetArgs(args)
 	if err := root.ExecuteContext(ctx); err != nil {
 		fmt.Fprintln(os.Stderr, "error:", err)
-		var exit exitCodeError
-		if errors.As(err, &exit) {
+		if exit, ok := errors.AsType[exitCodeError](err); ok {
 			return exit.code
 		}
 		return 1
@@ -97,8 +96,8 @@ func newVersionCommand() *cobra.Command {
 		Short: "Print the thinlab version",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			fmt.Fprintln(cmd.OutOrStdout(), "thinlab", Version)
-			return nil
+			_, err := fmt.Fprintln(cmd.OutOrStdout(), "thinlab", Version)
+			return err
 		},
 	}
 }

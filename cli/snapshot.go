@@ -87,8 +87,8 @@ func newSnapshotCreateCommand(cf *clientFlags) *cobra.Command {
 			if output == outputJSON {
 				return writeJSON(cmd.OutOrStdout(), s)
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "Snapshot %s created (pool %s, data state at %s)\n", s.ID, s.Pool, s.DataStateAt.Format(time.RFC3339))
-			return nil
+			_, err = fmt.Fprintf(cmd.OutOrStdout(), "Snapshot %s created (pool %s, data state at %s)\n", s.ID, s.Pool, s.DataStateAt.Format(time.RFC3339))
+			return err
 		},
 	}
 	cmd.Flags().StringVar(&pool, "pool", "", "pool to snapshot (default: the first pool)")
@@ -126,8 +126,8 @@ func newSnapshotDeleteCommand(cf *clientFlags) *cobra.Command {
 			if output == outputJSON {
 				return writeJSON(cmd.OutOrStdout(), agentapi.Response{Status: "OK", Message: msg})
 			}
-			fmt.Fprintln(cmd.OutOrStdout(), msg)
-			return nil
+			_, err = fmt.Fprintln(cmd.OutOrStdout(), msg)
+			return err
 		},
 	}
 	cmd.Flags().BoolVar(&force, "force", false, "also destroy the clones made from the snapshot")

@@ -3,7 +3,8 @@ package cli
 import (
 	"fmt"
 	"io"
-	"sort"
+	"maps"
+	"slices"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -71,12 +72,7 @@ func renderStatus(w io.Writer, st *agentapi.InstanceStatus, now time.Time) error
 		retr += ", next " + t.Format(time.RFC3339)
 	}
 	row(tw, "Retrieval:", retr)
-	alertTypes := make([]string, 0, len(r.Alerts))
-	for k := range r.Alerts {
-		alertTypes = append(alertTypes, k)
-	}
-	sort.Strings(alertTypes)
-	for _, k := range alertTypes {
+	for _, k := range slices.Sorted(maps.Keys(r.Alerts)) {
 		al := r.Alerts[k]
 		row(tw, "Alert:", fmt.Sprintf("%s %s: %s (%d times)", al.Level, k, al.Message, al.Count))
 	}
@@ -87,7 +83,9 @@ func renderStatus(w io.Writer, st *agentapi.InstanceStatus, now time.Time) error
 	if len(st.Pools) == 0 {
 		return nil
 	}
-	fmt.Fprintln(w)
+	if _, err := fmt.Fprintln(w); err != nil {
+		return err
+	}
 	tw = newTable(w)
 	row(tw, "POOL", "MODE", "STATUS", "DATA STATE AT", "SIZE", "FREE", "USED BY CLONES", "CLONES")
 	for _, p := range st.Pools {

@@ -27,21 +27,19 @@ func openPTY(t *testing.T) (ptmx, tty *os.File) {
 	if err != nil {
 		t.Fatalf("no pseudo-terminals here (/dev/ptmx): %v", err)
 	}
+	closeAtCleanup(t, m, "the pty master")
 	if err := unix.IoctlSetPointerInt(int(m.Fd()), unix.TIOCSPTLCK, 0); err != nil {
-		m.Close()
 		t.Fatalf("unlock pty: %v", err)
 	}
 	n, err := unix.IoctlGetInt(int(m.Fd()), unix.TIOCGPTN)
 	if err != nil {
-		m.Close()
 		t.Fatalf("pty number: %v", err)
 	}
 	s, err := os.OpenFile(fmt.Sprintf("/dev/pts/%d", n), os.O_RDWR|syscall.O_NOCTTY, 0)
 	if err != nil {
-		m.Close()
 		t.Fatalf("open pty: %v", err)
 	}
-	t.Cleanup(func() { s.Close(); m.Close() })
+	closeAtCleanup(t, s, "the pty")
 	return m, s
 }
 
@@ -94,9 +92,10 @@ func TestCloneCreatePromptsForPasswordOnTerminal(t *testing.T) {
 	isolate(t)
 	var got agentapi.CreateCloneRequest
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		json.NewDecoder(r.Body).Decode(&got)
-		w.WriteHeader(http.StatusCreated)
-		json.NewEncoder(w).Encode(agentapi.Clone{ID: "c1", Status: agentapi.Status{Code: agentapi.StatusOK}, DB: agentapi.Database{Username: got.DB.Username}})
+		if err := json.NewDecoder(r.Body).Decode(&got); err != nil {
+			t.Errorf("decode the create request: %v", err)
+		}
+		replyJSON(t, w, http.StatusCreated, agentapi.Clone{ID: "c1", Status: agentapi.Status{Code: agentapi.StatusOK}, DB: agentapi.Database{Username: got.DB.Username}})
 	}))
 	t.Cleanup(srv.Close)
 	t.Setenv("THINLAB_URL", srv.URL)
@@ -119,14 +118,17 @@ func TestCloneCreatePromptsForPasswordOnTerminal(t *testing.T) {
 				prompts++
 				// Type only once the prompt turned echo off, as a person
 				// would after seeing it.
-				for i := 0; i < 500; i++ {
+				for range 500 {
 					tio, err := unix.IoctlGetTermios(int(tty.Fd()), unix.TCGETS)
 					if err == nil && tio.Lflag&unix.ECHO == 0 {
 						break
 					}
 					time.Sleep(10 * time.Millisecond)
 				}
-				ptmx.Write([]byte("Typed-Pa55word-xyz!\n"))
+				if _, err := ptmx.Write([]byte("Typed-Pa55word-xyz!\n")); err != nil {
+					t.Errorf("type the password: %v", err)
+					return
+				}
 			}
 		}
 	}()

@@ -28,8 +28,11 @@ func freeAddr(t *testing.T) (string, int) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
-	return l.Addr().String(), l.Addr().(*net.TCPAddr).Port
+	addr, port := l.Addr().String(), l.Addr().(*net.TCPAddr).Port
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return addr, port
 }
 
 // TestAgentTLSAndMetricsAddress runs the real agent (agent.New: its own
@@ -118,8 +121,13 @@ func TestAgentTLSAndMetricsAddress(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
+		b, err := io.ReadAll(resp.Body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := resp.Body.Close(); err != nil {
+			t.Fatal(err)
+		}
 		return resp.StatusCode, string(b)
 	}
 	if code, _ := get(hc, url+"/metrics", ""); code != http.StatusUnauthorized {

@@ -4,7 +4,7 @@ import (
 	"errors"
 	"net/http"
 	"regexp"
-	"sort"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -35,8 +35,8 @@ func testAuth(e *env) {
 	t := e.t
 	for _, tok := range []string{"", "wrong-token", token + "x"} {
 		for _, path := range []string{"/status", "/clones", "/api/status", "/snapshots", "/metrics", "/api/metrics"} {
-			code, body := e.raw("GET", path, tok, "")
-			if code != 401 {
+			code, body := e.raw(http.MethodGet, path, tok, "")
+			if code != http.StatusUnauthorized {
 				t.Fatalf("GET %s with token %q: %d", path, tok, code)
 			}
 			m := decodeMap(t, body)
@@ -45,25 +45,25 @@ func testAuth(e *env) {
 			}
 		}
 	}
-	code, _ := e.raw("POST", "/clone", "", `{"db":{"username":"x","password":"`+goodPassword+`"}}`)
-	if code != 401 {
+	code, _ := e.raw(http.MethodPost, "/clone", "", `{"db":{"username":"x","password":"`+goodPassword+`"}}`)
+	if code != http.StatusUnauthorized {
 		t.Fatalf("POST /clone without token: %d", code)
 	}
 	if list, _ := e.client.Clones(e.ctx); len(list) != 0 {
 		t.Fatal("an unauthorized create made a clone")
 	}
 	for _, path := range []string{"/healthz", "/api/healthz", "/openapi.yaml"} {
-		if code, body := e.raw("GET", path, "", ""); code != 200 {
+		if code, body := e.raw(http.MethodGet, path, "", ""); code != http.StatusOK {
 			t.Fatalf("GET %s without token: %d %s", path, code, body)
 		}
 	}
-	code, body := e.raw("POST", "/healthz", "", "")
-	if code != 200 || string(body) != `{"version":"test","edition":"community","instanceID":"inst1"}` {
+	code, body := e.raw(http.MethodPost, "/healthz", "", "")
+	if code != http.StatusOK || string(body) != `{"version":"test","edition":"community","instanceID":"inst1"}` {
 		t.Fatalf("POST /healthz: %d %s", code, body)
 	}
 	bad := &agentapi.Client{BaseURL: e.http.URL, Token: "nope"}
 	_, err := bad.Status(e.ctx)
-	e.wantError(err, 401, agentapi.CodeUnauthorized, "", "verification token")
+	e.wantError(err, http.StatusUnauthorized, agentapi.CodeUnauthorized, "", "verification token")
 	if _, err := e.client.Status(e.ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -75,18 +75,18 @@ func testAuth(e *env) {
 
 func testRouting(e *env) {
 	t := e.t
-	code, body := e.raw("GET", "/no/such/route", token, "")
-	if code != 404 || decodeMap(t, body)["code"] != "NOT_FOUND" {
+	code, body := e.raw(http.MethodGet, "/no/such/route", token, "")
+	if code != http.StatusNotFound || decodeMap(t, body)["code"] != "NOT_FOUND" {
 		t.Fatalf("unknown route: %d %s", code, body)
 	}
-	code, body = e.raw("PUT", "/clones", token, "")
-	if code != 405 || len(body) != 0 {
+	code, body = e.raw(http.MethodPut, "/clones", token, "")
+	if code != http.StatusMethodNotAllowed || len(body) != 0 {
 		t.Fatalf("wrong method: %d %q", code, body)
 	}
 	// Snapshot IDs go into the path unescaped ('@' literal), as DLE's
 	// clients send them.
-	code, body = e.raw("GET", "/snapshot/"+e.snaps[0].ID, token, "")
-	if code != 200 || decodeMap(t, body)["id"] != e.snaps[0].ID {
+	code, body = e.raw(http.MethodGet, "/snapshot/"+e.snaps[0].ID, token, "")
+	if code != http.StatusOK || decodeMap(t, body)["id"] != e.snaps[0].ID {
 		t.Fatalf("GET snapshot: %d %s", code, body)
 	}
 }
@@ -97,82 +97,82 @@ func testBadRequests(e *env) {
 	ctx := e.ctx
 	r := e.createReq("bad1", e.snaps[0].Pool+"@snapshot_20000101000000")
 	_, err := c.CreateClone(ctx, r)
-	e.wantError(err, 400, agentapi.CodeBadRequest, "snapshot.id", "not found")
+	e.wantError(err, http.StatusBadRequest, agentapi.CodeBadRequest, "snapshot.id", "not found")
 
 	_, err = c.CreateClone(ctx, e.createReq("bad1", "not-a-snapshot"))
-	e.wantError(err, 400, agentapi.CodeBadRequest, "snapshot.id", "not a snapshot id")
+	e.wantError(err, http.StatusBadRequest, agentapi.CodeBadRequest, "snapshot.id", "not a snapshot id")
 
 	r = e.createReq("bad1", "")
 	r.DB.Username = "bad name;"
 	_, err = c.CreateClone(ctx, r)
-	e.wantError(err, 400, agentapi.CodeBadRequest, "db.username", "not a valid user name")
+	e.wantError(err, http.StatusBadRequest, agentapi.CodeBadRequest, "db.username", "not a valid user name")
 
 	r = e.createReq("bad1", "")
 	r.DB.Password = "abc123"
 	_, err = c.CreateClone(ctx, r)
-	e.wantError(err, 400, agentapi.CodeBadRequest, "db.password", "insecure password")
+	e.wantError(err, http.StatusBadRequest, agentapi.CodeBadRequest, "db.password", "insecure password")
 
 	r = e.createReq("bad1", "")
 	r.DB.Password = ""
 	_, err = c.CreateClone(ctx, r)
-	e.wantError(err, 400, agentapi.CodeBadRequest, "db.password", "required")
+	e.wantError(err, http.StatusBadRequest, agentapi.CodeBadRequest, "db.password", "required")
 
 	_, err = c.CreateClone(ctx, agentapi.CreateCloneRequest{ID: "bad1"})
-	e.wantError(err, 400, agentapi.CodeBadRequest, "db.username", "required")
+	e.wantError(err, http.StatusBadRequest, agentapi.CodeBadRequest, "db.username", "required")
 
 	r = e.createReq("bad id!", "")
 	_, err = c.CreateClone(ctx, r)
-	e.wantError(err, 400, agentapi.CodeBadRequest, "id", "not a valid clone id")
+	e.wantError(err, http.StatusBadRequest, agentapi.CodeBadRequest, "id", "not a valid clone id")
 
 	r = e.createReq("bad1", "")
 	r.ExtraConf = map[string]string{"archive_command": "cp %p /elsewhere"}
 	_, err = c.CreateClone(ctx, r)
-	e.wantError(err, 400, agentapi.CodeBadRequest, "extra_conf.archive_command", "never archives")
+	e.wantError(err, http.StatusBadRequest, agentapi.CodeBadRequest, "extra_conf.archive_command", "never archives")
 
 	r = e.createReq("bad1", "")
 	r.Branch = "feature"
 	_, err = c.CreateClone(ctx, r)
-	e.wantError(err, 400, agentapi.CodeBadRequest, "branch", "not found")
+	e.wantError(err, http.StatusBadRequest, agentapi.CodeBadRequest, "branch", "not found")
 
 	for _, body := range []string{`{"db": {"username": "alice"`, `not json at all`, `[1,2]`} {
-		code, b := e.raw("POST", "/clone", token, body)
+		code, b := e.raw(http.MethodPost, "/clone", token, body)
 		m := decodeMap(t, b)
-		if code != 400 || m["code"] != "BAD_REQUEST" || !strings.Contains(m["message"].(string), "not JSON") && !strings.Contains(m["message"].(string), "want a JSON") {
+		if code != http.StatusBadRequest || m["code"] != "BAD_REQUEST" || !strings.Contains(m["message"].(string), "not JSON") && !strings.Contains(m["message"].(string), "want a JSON") {
 			t.Fatalf("body %q: %d %s", body, code, b)
 		}
 	}
-	code, b := e.raw("POST", "/clone", token, `{"protected":"yes","db":{"username":"alice","password":"x"}}`)
-	if m := decodeMap(t, b); code != 400 || m["detail"] != "protected" {
+	code, b := e.raw(http.MethodPost, "/clone", token, `{"protected":"yes","db":{"username":"alice","password":"x"}}`)
+	if m := decodeMap(t, b); code != http.StatusBadRequest || m["detail"] != "protected" {
 		t.Fatalf("wrong type: %d %s", code, b)
 	}
 
 	// Duplicate ID: the first clone stays, the second is refused.
 	first := e.createOK(e.createReq("dup", ""))
 	_, err = c.CreateClone(ctx, e.createReq("dup", ""))
-	e.wantError(err, 400, agentapi.CodeBadRequest, "id", "already exists")
+	e.wantError(err, http.StatusBadRequest, agentapi.CodeBadRequest, "id", "already exists")
 	if got := query(ctx, t, first, goodPassword, "SELECT v FROM t"); got != "two" {
 		t.Fatalf("latest snapshot data = %q", got)
 	}
 	err = c.ResetClone(ctx, "dup", agentapi.ResetCloneRequest{SnapshotID: e.snaps[0].ID, Latest: true})
-	e.wantError(err, 400, agentapi.CodeBadRequest, "snapshotID", "not both")
+	e.wantError(err, http.StatusBadRequest, agentapi.CodeBadRequest, "snapshotID", "not both")
 	err = c.ResetClone(ctx, "dup", agentapi.ResetCloneRequest{SnapshotID: e.snaps[0].Pool + "@snapshot_20000101000000"})
-	e.wantError(err, 400, agentapi.CodeBadRequest, "snapshotID", "not found")
+	e.wantError(err, http.StatusBadRequest, agentapi.CodeBadRequest, "snapshotID", "not found")
 	e.destroy("dup")
 
 	_, err = c.Clone(ctx, "nope")
-	e.wantError(err, 404, agentapi.CodeNotFound, "", "nope")
-	e.wantError(c.DestroyClone(ctx, "nope"), 404, agentapi.CodeNotFound, "", "not found")
-	e.wantError(c.ResetClone(ctx, "nope", agentapi.ResetCloneRequest{}), 404, agentapi.CodeNotFound, "", "not found")
+	e.wantError(err, http.StatusNotFound, agentapi.CodeNotFound, "", "nope")
+	e.wantError(c.DestroyClone(ctx, "nope"), http.StatusNotFound, agentapi.CodeNotFound, "", "not found")
+	e.wantError(c.ResetClone(ctx, "nope", agentapi.ResetCloneRequest{}), http.StatusNotFound, agentapi.CodeNotFound, "", "not found")
 	_, err = c.UpdateClone(ctx, "nope", agentapi.PatchCloneRequest{Protected: true})
-	e.wantError(err, 404, agentapi.CodeNotFound, "", "not found")
+	e.wantError(err, http.StatusNotFound, agentapi.CodeNotFound, "", "not found")
 	_, err = c.Snapshot(ctx, e.snaps[0].Pool+"@snapshot_20000101000000")
-	e.wantError(err, 404, agentapi.CodeNotFound, "", "not found")
+	e.wantError(err, http.StatusNotFound, agentapi.CodeNotFound, "", "not found")
 	_, err = c.Snapshot(ctx, "garbage")
-	e.wantError(err, 400, agentapi.CodeBadRequest, "id", "not a snapshot id")
+	e.wantError(err, http.StatusBadRequest, agentapi.CodeBadRequest, "id", "not a snapshot id")
 	_, err = c.CreateSnapshot(ctx, "nosuchpool")
-	e.wantError(err, 400, agentapi.CodeBadRequest, "poolName", "not found")
+	e.wantError(err, http.StatusBadRequest, agentapi.CodeBadRequest, "poolName", "not found")
 	_, err = c.FullRefresh(ctx)
-	e.wantError(err, 400, agentapi.CodeBadRequest, "retrieval.mode", "not configured")
+	e.wantError(err, http.StatusBadRequest, agentapi.CodeBadRequest, "retrieval.mode", "not configured")
 
 	e.assertNothingLeft()
 }
@@ -265,22 +265,22 @@ func checkSnapshot(t testing.TB, obj any) {
 // field names with DLE's (DLE-API.md §6), while clone id is OK.
 func testDLEShapes(e *env, id string) {
 	t := e.t
-	code, b := e.raw("GET", "/clone/"+id, token, "")
-	if code != 200 {
+	code, b := e.raw(http.MethodGet, "/clone/"+id, token, "")
+	if code != http.StatusOK {
 		t.Fatalf("GET /clone: %d", code)
 	}
 	checkClone(t, decodeMap(t, b), true)
 
-	code, b = e.raw("GET", "/clones", token, "")
+	code, b = e.raw(http.MethodGet, "/clones", token, "")
 	var arr []any
-	if err := jsonUnmarshal(b, &arr); code != 200 || err != nil || len(arr) != 1 {
+	if err := jsonUnmarshal(b, &arr); code != http.StatusOK || err != nil || len(arr) != 1 {
 		t.Fatalf("GET /clones: %d %v %s", code, err, b)
 	}
 	checkClone(t, arr[0], true)
 
-	code, b = e.raw("GET", "/snapshots", token, "")
+	code, b = e.raw(http.MethodGet, "/snapshots", token, "")
 	arr = nil
-	if err := jsonUnmarshal(b, &arr); code != 200 || err != nil || len(arr) != 2 {
+	if err := jsonUnmarshal(b, &arr); code != http.StatusOK || err != nil || len(arr) != 2 {
 		t.Fatalf("GET /snapshots: %d %v %s", code, err, b)
 	}
 	for _, s := range arr {
@@ -291,8 +291,8 @@ func testDLEShapes(e *env, id string) {
 		t.Fatalf("snapshots not newest first: %s", b)
 	}
 
-	code, b = e.raw("GET", "/status", token, "")
-	if code != 200 {
+	code, b = e.raw(http.MethodGet, "/status", token, "")
+	if code != http.StatusOK {
 		t.Fatalf("GET /status: %d", code)
 	}
 	st := checkKeys(t, "status", decodeMap(t, b), []string{"status", "engine", "pools", "cloning", "retrieving", "provisioner", "synchronization"}, nil)
@@ -327,8 +327,8 @@ func testDLEShapes(e *env, id string) {
 	sync := checkKeys(t, "synchronization", st["synchronization"], []string{"status", "lastReplayedLsn", "lastReplayedLsnAt", "replicationLag", "replicationUptime"}, []string{"startedAt"})
 	checkKeys(t, "synchronization.status", sync["status"], []string{"code", "message"}, nil)
 
-	code, b = e.raw("GET", "/instance/retrieval", token, "")
-	if code != 200 {
+	code, b = e.raw(http.MethodGet, "/instance/retrieval", token, "")
+	if code != http.StatusOK {
 		t.Fatalf("GET /instance/retrieval: %d", code)
 	}
 	checkKeys(t, "retrieval", decodeMap(t, b), []string{"mode", "status", "lastRefresh", "nextRefresh", "alerts", "activity"}, nil)
@@ -341,8 +341,8 @@ func testLifecycle(e *env) {
 	a, b := e.snaps[0], e.snaps[1]
 
 	// The raw create answer: 201, CREATING, no address yet.
-	code, body := e.raw("POST", "/clone", token, `{"id":"life","protected":false,"db":{"username":"alice","password":"`+goodPassword+`","db_name":"postgres"},"snapshot":{"id":"`+a.ID+`"},"unknownField":1}`)
-	if code != 201 {
+	code, body := e.raw(http.MethodPost, "/clone", token, `{"id":"life","protected":false,"db":{"username":"alice","password":"`+goodPassword+`","db_name":"postgres"},"snapshot":{"id":"`+a.ID+`"},"unknownField":1}`)
+	if code != http.StatusCreated {
 		t.Fatalf("create: %d %s", code, body)
 	}
 	m := decodeMap(t, body)
@@ -370,13 +370,13 @@ func testLifecycle(e *env) {
 	if err != nil || !pc.Protected || pc.ProtectedTill == nil {
 		t.Fatalf("protect: %+v %v", pc, err)
 	}
-	e.wantError(c.DestroyClone(ctx, "life"), 409, agentapi.CodeConflict, "", "protected")
-	code, body = e.raw("DELETE", "/snapshot/"+a.ID, token, "")
-	if code != 409 || !strings.Contains(string(body), "life") {
+	e.wantError(c.DestroyClone(ctx, "life"), http.StatusConflict, agentapi.CodeConflict, "", "protected")
+	code, body = e.raw(http.MethodDelete, "/snapshot/"+a.ID, token, "")
+	if code != http.StatusConflict || !strings.Contains(string(body), "life") {
 		t.Fatalf("delete snapshot with a clone: %d %s", code, body)
 	}
-	code, body = e.raw("DELETE", "/snapshot/"+a.ID+"?force=true", token, "")
-	if code != 409 || !strings.Contains(string(body), "protected") {
+	code, body = e.raw(http.MethodDelete, "/snapshot/"+a.ID+"?force=true", token, "")
+	if code != http.StatusConflict || !strings.Contains(string(body), "protected") {
 		t.Fatalf("force-delete snapshot with a protected clone: %d %s", code, body)
 	}
 	if got := query(ctx, t, cl, goodPassword, "SELECT v FROM t"); got != "one" {
@@ -423,21 +423,21 @@ func testLifecycle(e *env) {
 	}
 
 	// Destroy: DELETING, then 404 NOT_FOUND (what DLE's CLI waits for).
-	code, body = e.raw("DELETE", "/clone/life", token, "")
-	if code != 200 || len(body) != 0 {
+	code, body = e.raw(http.MethodDelete, "/clone/life", token, "")
+	if code != http.StatusOK || len(body) != 0 {
 		t.Fatalf("destroy: %d %q", code, body)
 	}
 	if err := c.WaitCloneDestroyed(ctx, "life"); err != nil {
 		t.Fatal(err)
 	}
 	_, err = c.Clone(ctx, "life")
-	e.wantError(err, 404, agentapi.CodeNotFound, "", "")
+	e.wantError(err, http.StatusNotFound, agentapi.CodeNotFound, "", "")
 
 	// The creation-time histogram saw the clone; the gauges see no clone.
 	e.srv.RefreshMetrics(ctx)
-	code, body = e.raw("GET", "/metrics", token, "")
+	code, body = e.raw(http.MethodGet, "/metrics", token, "")
 	text := string(body)
-	if code != 200 || !regexp.MustCompile(`(?m)^thinlab_agent_clone_creation_seconds_count [1-9]`).MatchString(text) ||
+	if code != http.StatusOK || !regexp.MustCompile(`(?m)^thinlab_agent_clone_creation_seconds_count [1-9]`).MatchString(text) ||
 		!strings.Contains(text, `thinlab_agent_clones{status="OK"} 0`) ||
 		!strings.Contains(text, `thinlab_agent_snapshots{pool="`+a.Pool+`"} 2`) ||
 		!strings.Contains(text, `thinlab_agent_pool_bytes{kind="size",pool="`+a.Pool+`"}`) {
@@ -454,7 +454,7 @@ func testLifecycle(e *env) {
 		t.Fatal(err)
 	}
 	_, err = c.Snapshot(ctx, ps.ID)
-	e.wantError(err, 404, agentapi.CodeNotFound, "", "not found")
+	e.wantError(err, http.StatusNotFound, agentapi.CodeNotFound, "", "not found")
 	e.assertNothingLeft()
 }
 
@@ -463,7 +463,7 @@ func testParallel20(e *env) {
 	const n = 20
 	var wg sync.WaitGroup
 	errs := make(chan error, n)
-	for i := 0; i < n; i++ {
+	for i := range n {
 		wg.Add(1)
 		go func(i int) {
 			defer wg.Done()
@@ -502,17 +502,17 @@ func testParallel20(e *env) {
 		}
 	}
 	// Newest first, as DLE lists them.
-	if !sort.SliceIsSorted(list, func(i, j int) bool {
-		return agentapi.TimeOf(list[i].CreatedAt).After(agentapi.TimeOf(list[j].CreatedAt))
+	if !slices.IsSortedFunc(list, func(a, b agentapi.Clone) int {
+		return agentapi.TimeOf(b.CreatedAt).Compare(agentapi.TimeOf(a.CreatedAt))
 	}) {
 		t.Fatal("clones are not sorted newest first")
 	}
-	for i := 0; i < n; i++ {
+	for i := range n {
 		if err := e.client.DestroyClone(e.ctx, "par"+strconv.Itoa(i)); err != nil {
 			t.Fatal(err)
 		}
 	}
-	for i := 0; i < n; i++ {
+	for i := range n {
 		if err := e.client.WaitCloneDestroyed(e.ctx, "par"+strconv.Itoa(i)); err != nil {
 			t.Fatal(err)
 		}
@@ -527,8 +527,7 @@ func TestPortRangeExhausted(t *testing.T) {
 	first := e.createOK(e.createReq("only", ""))
 	_, err := e.client.CreateClone(e.ctx, e.createReq("second", ""))
 	e.wantError(err, http.StatusConflict, agentapi.CodeConflict, "", "portPool")
-	var ae *agentapi.APIError
-	if !errors.As(err, &ae) {
+	if _, ok := errors.AsType[*agentapi.APIError](err); !ok {
 		t.Fatal(err)
 	}
 	list, _ := e.client.Clones(e.ctx)
@@ -553,11 +552,11 @@ func testSnapshotProtection(e *env) {
 	id := ps.ID
 	yes, no := true, false
 	_, err = c.UpdateSnapshot(ctx, id, agentapi.PatchSnapshotRequest{})
-	e.wantError(err, 400, agentapi.CodeBadRequest, "protected", "nothing to update")
+	e.wantError(err, http.StatusBadRequest, agentapi.CodeBadRequest, "protected", "nothing to update")
 	_, err = c.UpdateSnapshot(ctx, id, agentapi.PatchSnapshotRequest{Protected: &yes, DeleteAt: agentapi.NewLocalTime(time.Now().Add(time.Hour))})
-	e.wantError(err, 400, agentapi.CodeBadRequest, "deleteAt", "cannot be protected and scheduled")
+	e.wantError(err, http.StatusBadRequest, agentapi.CodeBadRequest, "deleteAt", "cannot be protected and scheduled")
 	_, err = c.UpdateSnapshot(ctx, e.snaps[0].Pool+"@snapshot_20000101000000", agentapi.PatchSnapshotRequest{Protected: &yes})
-	e.wantError(err, 404, agentapi.CodeNotFound, "", "not found")
+	e.wantError(err, http.StatusNotFound, agentapi.CodeNotFound, "", "not found")
 
 	// Without a duration: capped by protectionMaxDurationMinutes (120).
 	sn, err := c.UpdateSnapshot(ctx, id, agentapi.PatchSnapshotRequest{Protected: &yes})
@@ -569,9 +568,9 @@ func testSnapshotProtection(e *env) {
 	if err != nil || !sn.Protected || time.Until(sn.ProtectedTill.Time) > 31*time.Minute {
 		t.Fatalf("protect 30 min: %+v %v", sn, err)
 	}
-	e.wantError(c.DeleteSnapshot(ctx, id, true), 409, agentapi.CodeConflict, "", "protected")
+	e.wantError(c.DeleteSnapshot(ctx, id, true), http.StatusConflict, agentapi.CodeConflict, "", "protected")
 	_, err = c.UpdateSnapshot(ctx, id, agentapi.PatchSnapshotRequest{DeleteAt: agentapi.NewLocalTime(time.Now())})
-	e.wantError(err, 400, agentapi.CodeBadRequest, "deleteAt", "protected")
+	e.wantError(err, http.StatusBadRequest, agentapi.CodeBadRequest, "deleteAt", "protected")
 	if got, err := c.Snapshot(ctx, id); err != nil || !got.Protected {
 		t.Fatalf("GET after protect: %+v %v", got, err)
 	}
@@ -591,5 +590,5 @@ func testSnapshotProtection(e *env) {
 		t.Fatalf("sweep deleted %v, want %s", got, id)
 	}
 	_, err = c.Snapshot(ctx, id)
-	e.wantError(err, 404, agentapi.CodeNotFound, "", "not found")
+	e.wantError(err, http.StatusNotFound, agentapi.CodeNotFound, "", "not found")
 }

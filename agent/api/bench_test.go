@@ -2,7 +2,7 @@ package api_test
 
 import (
 	"fmt"
-	"sort"
+	"slices"
 	"strconv"
 	"testing"
 	"time"
@@ -18,16 +18,16 @@ func BenchmarkCloneReadyOverAPI(b *testing.B) {
 	const n = 10
 	for i := 0; i < b.N; i++ {
 		var took []time.Duration
-		for j := 0; j < n; j++ {
+		for j := range n {
 			id := "bench" + strconv.Itoa(i) + "x" + strconv.Itoa(j)
 			start := time.Now()
 			e.createOK(e.createReq(id, ""))
 			took = append(took, time.Since(start))
 		}
-		for j := 0; j < n; j++ {
+		for j := range n {
 			e.destroy("bench" + strconv.Itoa(i) + "x" + strconv.Itoa(j))
 		}
-		sort.Slice(took, func(a, b int) bool { return took[a] < took[b] })
+		slices.Sort(took)
 		fmt.Printf("BENCH api_clone_ready_p50 %.0f ms\n", float64(took[n/2].Microseconds())/1000)
 		fmt.Printf("BENCH api_clone_ready_max %.0f ms\n", float64(took[n-1].Microseconds())/1000)
 	}

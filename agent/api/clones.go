@@ -75,14 +75,12 @@ func (s *Server) createClone(c *gin.Context) {
 
 // watchCreation feeds the creation-time histogram once the clone is ready.
 func (s *Server) watchCreation(id string) {
-	s.bgWG.Add(1)
-	go func() {
-		defer s.bgWG.Done()
+	s.bgWG.Go(func() {
 		cl, err := s.clones.Wait(s.bg, id)
 		if err == nil && cl.Status == clone.StatusOK {
 			s.metrics.cloneCreation.Observe(cl.CloningTime.Seconds())
 		}
-	}()
+	})
 }
 
 // updateClone is PATCH /clone/{id}: protection only.

@@ -52,6 +52,8 @@ type env struct {
 // with a private range of ports, and the API server.
 func newEnv(t testing.TB, ports int, snapshots ...[]string) *env {
 	t.Helper()
+	// Not t.Context(): that ends before the cleanups below, and the
+	// manager built on ctx must still work while they close it.
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	t.Cleanup(cancel)
 	p := storagetest.NewLoopPool(t, storage.ModeBtrfs)
@@ -86,7 +88,11 @@ func newEnv(t testing.TB, ports int, snapshots ...[]string) *env {
 			}
 		}
 	})
-	t.Cleanup(func() { m.Close() })
+	t.Cleanup(func() {
+		if err := m.Close(); err != nil {
+			t.Errorf("close the clone manager: %v", err)
+		}
+	})
 	t.Cleanup(func() { e.http.Close(); e.srv.Close() })
 	return e
 }
@@ -110,9 +116,7 @@ func (e *env) raw(method, path, tok string, body string) (int, []byte) {
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, b
+	return resp.StatusCode, readAll(e.t, resp)
 }
 
 // wantError checks an error answer's status, code and that its message
@@ -187,7 +191,8 @@ func tryQuery(ctx context.Context, c *agentapi.Clone, password, sql string) (str
 	if err != nil {
 		return "", err
 	}
-	defer conn.Close(ctx)
+	// The query's answer is the result; a failed goodbye changes nothing.
+	defer func() { _ = conn.Close(ctx) }()
 	var s string
 	if err := conn.QueryRow(ctx, sql).Scan(&s); err != nil {
 		return "", fmt.Errorf("%s: %w", sql, err)

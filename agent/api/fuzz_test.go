@@ -76,7 +76,11 @@ func FuzzRequests(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
-	f.Cleanup(func() { m.Close() })
+	f.Cleanup(func() {
+		if err := m.Close(); err != nil {
+			f.Errorf("close the clone manager: %v", err)
+		}
+	})
 	srv := api.New(api.Options{Config: cfg, Clones: m, Pools: []storage.Pool{pool}, Logger: log, SweepInterval: -1, MetricsInterval: -1, StartedAt: time.Now()})
 	f.Cleanup(srv.Close)
 	h := srv.Handler()

@@ -52,7 +52,7 @@ func TestOpenAPICoversEveryRoute(t *testing.T) {
 	}
 	rec := httptest.NewRecorder()
 	s.Handler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/openapi.yaml", nil))
-	if rec.Code != 200 || !strings.Contains(rec.Body.String(), "openapi: 3.0.3") {
+	if rec.Code != http.StatusOK || !strings.Contains(rec.Body.String(), "openapi: 3.0.3") {
 		t.Fatalf("GET /openapi.yaml: %d", rec.Code)
 	}
 }

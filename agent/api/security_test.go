@@ -53,7 +53,6 @@ func testInternalError(e *env) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer resp.Body.Close()
 	body := readAll(t, resp)
 	if resp.StatusCode != http.StatusInternalServerError {
 		t.Fatalf("POST /snapshot with a failing btrfs: want 500, got %d %s", resp.StatusCode, body)
@@ -73,7 +72,7 @@ func testInternalError(e *env) {
 	}
 	// The operator finds the cause in the log by the request id.
 	var line string
-	for _, l := range strings.Split(e.log.String(), "\n") {
+	for l := range strings.SplitSeq(e.log.String(), "\n") {
 		if strings.Contains(l, "request_id="+id) && strings.Contains(l, "API request failed") {
 			line = l
 		}
@@ -86,7 +85,7 @@ func testInternalError(e *env) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	hr.Body.Close()
+	readAll(t, hr)
 	if hr.Header.Get(api.RequestIDHeader) == "" || hr.Header.Get(api.RequestIDHeader) == id {
 		t.Fatalf("healthz: want a fresh %s, got %q", api.RequestIDHeader, hr.Header.Get(api.RequestIDHeader))
 	}
@@ -133,8 +132,14 @@ func testMetricsCache(e *env) {
 					errs <- err.Error()
 					continue
 				}
-				b, _ := io.ReadAll(resp.Body)
-				resp.Body.Close()
+				b, rerr := io.ReadAll(resp.Body)
+				if cerr := resp.Body.Close(); rerr == nil {
+					rerr = cerr
+				}
+				if rerr != nil {
+					errs <- "scrape: read the answer: " + rerr.Error()
+					continue
+				}
 				if resp.StatusCode != http.StatusOK || !strings.Contains(string(b), `thinlab_agent_snapshots{pool="`+e.pool.Name()+`"} 1`) {
 					errs <- "scrape: " + resp.Status + " " + string(b)
 					continue
@@ -184,7 +189,7 @@ func testBearer(e *env) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		resp.Body.Close()
+		readAll(t, resp)
 		if resp.StatusCode != tc.want {
 			t.Errorf("GET /metrics with Authorization %q: want %d, got %d", strings.SplitN(tc.header, " ", 2)[0]+" ...", tc.want, resp.StatusCode)
 		}
@@ -211,7 +216,7 @@ func testNoToken(e *env) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			resp.Body.Close()
+			readAll(t, resp)
 			if resp.StatusCode != http.StatusUnauthorized {
 				t.Errorf("GET %s on a server without a token (sent %q): want 401, got %d", path, tok, resp.StatusCode)
 			}
@@ -230,11 +235,15 @@ func testNoToken(e *env) {
 	}
 }
 
+// readAll reads and closes the answer's body.
 func readAll(t testing.TB, resp *http.Response) []byte {
 	t.Helper()
 	b, err := io.ReadAll(resp.Body)
+	if cerr := resp.Body.Close(); err == nil {
+		err = cerr
+	}
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("read the answer to %s %s: %v", resp.Request.Method, resp.Request.URL.Path, err)
 	}
 	return b
 }

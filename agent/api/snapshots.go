@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -56,19 +57,15 @@ func (s *Server) listSnapshots(c *gin.Context) {
 	c.JSON(http.StatusOK, out)
 }
 
+// sortSnapshots orders newest first; equal times fall back to the ID
+// (descending) so the order is total and the listing stable.
 func sortSnapshots(out []agentapi.Snapshot) {
-	less := func(a, b agentapi.Snapshot) bool {
-		ta, tb := agentapi.TimeOf(a.CreatedAt), agentapi.TimeOf(b.CreatedAt)
-		if !ta.Equal(tb) {
-			return ta.After(tb)
+	slices.SortFunc(out, func(a, b agentapi.Snapshot) int {
+		if c := agentapi.TimeOf(b.CreatedAt).Compare(agentapi.TimeOf(a.CreatedAt)); c != 0 {
+			return c
 		}
-		return a.ID > b.ID
-	}
-	for i := 1; i < len(out); i++ {
-		for j := i; j > 0 && less(out[j], out[j-1]); j-- {
-			out[j], out[j-1] = out[j-1], out[j]
-		}
-	}
+		return strings.Compare(b.ID, a.ID)
+	})
 }
 
 // findSnapshot resolves id to its pool and snapshot, answering 400 for a

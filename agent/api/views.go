@@ -2,7 +2,7 @@ package api
 
 import (
 	"context"
-	"sort"
+	"slices"
 	"strconv"
 
 	"github.com/thinlab/thinlab/agent/clone"
@@ -49,7 +49,7 @@ func clonesBySnapshot(clones []clone.Clone, snaps snapshotIndex) map[string][]st
 		}
 	}
 	for _, ids := range out {
-		sort.Strings(ids)
+		slices.Sort(ids)
 	}
 	return out
 }

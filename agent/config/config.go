@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"regexp"
 	"strconv"
@@ -243,7 +244,7 @@ func Default() *Config {
 
 // Load reads and validates the YAML file at path.
 func Load(path string) (*Config, error) {
-	raw, err := os.ReadFile(path)
+	raw, err := os.ReadFile(path) //nolint:gosec // G304: the operator names the agent's config file (flag or env); reading it is the point
 	if err != nil {
 		return nil, fmt.Errorf("read config: %w", err)
 	}
@@ -417,8 +418,8 @@ func ParseSize(s string) (uint64, error) {
 		suffix string
 		mult   uint64
 	}{{"Ki", 1 << 10}, {"Mi", 1 << 20}, {"Gi", 1 << 30}, {"Ti", 1 << 40}, {"K", 1e3}, {"M", 1e6}, {"G", 1e9}, {"T", 1e12}} {
-		if strings.HasSuffix(s, u.suffix) {
-			s = strings.TrimSuffix(s, u.suffix)
+		if before, ok := strings.CutSuffix(s, u.suffix); ok {
+			s = before
 			mult = u.mult
 			break
 		}
@@ -434,5 +435,9 @@ func ParseSize(s string) (uint64, error) {
 
 // Lease is the default protection duration (0 = no expiry).
 func (c Cloning) Lease() time.Duration {
-	return time.Duration(c.ProtectionLeaseDurationMinutes) * time.Minute
+	// More minutes than a Duration holds (some 292 years) would wrap
+	// around to a negative lease; they mean "practically forever".
+	const maxMinutes = uint64(math.MaxInt64 / int64(time.Minute))
+	m := min(uint64(c.ProtectionLeaseDurationMinutes), maxMinutes)
+	return time.Duration(m) * time.Minute
 }

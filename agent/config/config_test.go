@@ -1,10 +1,12 @@
 package config
 
 import (
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/thinlab/thinlab/internal/tlstest"
 )
@@ -145,7 +147,9 @@ func TestErrorsNameFieldAndFix(t *testing.T) {
 
 func TestLoadFile(t *testing.T) {
 	p := filepath.Join(t.TempDir(), "agent.yaml")
-	os.WriteFile(p, []byte(full), 0o600)
+	if err := os.WriteFile(p, []byte(full), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := Load(p); err != nil {
 		t.Fatal(err)
 	}
@@ -229,5 +233,26 @@ func TestServerAuthAndTLS(t *testing.T) {
 	c.Server.VerificationToken = GenerateToken()
 	if err := c.ValidateServer(); err != nil || len(c.Server.VerificationToken) != 64 {
 		t.Fatalf("GenerateToken (%d characters): %v", len(c.Server.VerificationToken), err)
+	}
+}
+
+// More lease minutes than a time.Duration holds must not wrap around to a
+// negative (already expired) lease.
+func TestLeaseDoesNotOverflow(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		minutes uint
+		want    time.Duration
+	}{
+		{"default", DefaultLeaseMinutes, time.Duration(DefaultLeaseMinutes) * time.Minute},
+		{"none", 0, 0},
+		{"largest uint", math.MaxUint, time.Duration(math.MaxInt64 / int64(time.Minute) * int64(time.Minute))},
+		{"just over a Duration", uint(math.MaxInt64/int64(time.Minute)) + 1, time.Duration(math.MaxInt64 / int64(time.Minute) * int64(time.Minute))},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := (Cloning{ProtectionLeaseDurationMinutes: tc.minutes}).Lease(); got != tc.want {
+				t.Errorf("Lease() with %d minutes = %v; want %v", tc.minutes, got, tc.want)
+			}
+		})
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -45,7 +46,7 @@ func (c *Config) Validate() error {
 			bad("%s.name %q is used by another pool: pool names must be unique", f, p.Name)
 		}
 		seen[p.Name] = true
-		if !contains(poolModes, p.Mode) {
+		if !slices.Contains(poolModes, p.Mode) {
 			bad("%s.mode %q is not supported: use one of %s", f, p.Mode, strings.Join(poolModes, ", "))
 		}
 		if p.Path == "" {
@@ -178,7 +179,7 @@ func (c *Config) Validate() error {
 
 	if c.Platform.URL != "" {
 		u, err := url.Parse(c.Platform.URL)
-		if err != nil || u.Host == "" || !contains([]string{"http", "https", "ws", "wss"}, u.Scheme) {
+		if err != nil || u.Host == "" || !slices.Contains([]string{"http", "https", "ws", "wss"}, u.Scheme) {
 			bad("platform.url %q must be an http(s) URL such as https://thinlab.example.com", c.Platform.URL)
 		}
 		if c.Platform.Token == "" {
@@ -265,15 +266,6 @@ func IsLoopback(host string) bool {
 var identRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_$-]{0,62}$`)
 
 func validIdent(s string) bool { return identRE.MatchString(s) }
-
-func contains(list []string, s string) bool {
-	for _, v := range list {
-		if v == s {
-			return true
-		}
-	}
-	return false
-}
 
 // GenerateToken returns a random verification token (64 hex characters,
 // as `openssl rand -hex 32` prints), for tests and setup scripts.

@@ -180,7 +180,9 @@ func (r *Retriever) Start(ctx context.Context) {
 	}
 	if r.cfg.RefreshOnStart {
 		if snaps, err := r.pool.Snapshots(ctx); err == nil && len(snaps) == 0 {
-			r.FullRefresh()
+			if err := r.FullRefresh(); err != nil {
+				r.log.Warn("refresh on start skipped", "err", err)
+			}
 		}
 	}
 }
@@ -191,9 +193,7 @@ func (r *Retriever) Status() Status {
 	defer r.mu.Unlock()
 	s := r.status
 	s.Alerts = make(map[string]Alert, len(r.status.Alerts))
-	for k, v := range r.status.Alerts {
-		s.Alerts[k] = v
-	}
+	maps.Copy(s.Alerts, r.status.Alerts)
 	if r.sched != nil {
 		s.NextRefresh = r.sched.Next(time.Now())
 	}
@@ -207,11 +207,10 @@ func (r *Retriever) FullRefresh() error {
 	if err := r.begin(); err != nil {
 		return err
 	}
-	r.wg.Add(1)
-	go func() {
-		defer r.wg.Done()
-		r.run(r.ctx)
-	}()
+	r.wg.Go(func() {
+		// refreshAndRecord logs the outcome and keeps it in the status.
+		_, _ = r.run(r.ctx)
+	})
 	return nil
 }
 
@@ -369,21 +368,27 @@ func (r *Retriever) restoreAll(ctx context.Context, c *pgcluster.Cluster, params
 	if err != nil {
 		return err
 	}
-	for _, db := range dbs {
-		if db == "postgres" {
-			continue
+	createErr := func() error {
+		for _, db := range dbs {
+			if db == "postgres" {
+				continue
+			}
+			if _, err := local.Exec(ctx, "CREATE DATABASE "+pgx.Identifier{db}.Sanitize()+" TEMPLATE template0"); err != nil {
+				return fmt.Errorf("create database %s in the pool: %w", db, err)
+			}
 		}
-		if _, err := local.Exec(ctx, "CREATE DATABASE "+pgx.Identifier{db}.Sanitize()+" TEMPLATE template0"); err != nil {
-			local.Close(ctx)
-			return fmt.Errorf("create database %s in the pool: %w", db, err)
-		}
+		return nil
+	}()
+	// The databases exist (or the error says why not): a failed goodbye
+	// on this session loses nothing.
+	if err := local.Close(ctx); err != nil {
+		r.log.Warn("closing the session to the pool's postgres failed", "err", err)
 	}
-	local.Close(ctx)
+	if createErr != nil {
+		return createErr
+	}
 
-	jobs := r.cfg.Jobs
-	if jobs < 1 {
-		jobs = 1
-	}
+	jobs := max(r.cfg.Jobs, 1)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	sem := make(chan struct{}, jobs)
@@ -416,10 +421,12 @@ func (r *Retriever) restoreAll(ctx context.Context, c *pgcluster.Cluster, params
 // database names only as a quoted dbname in a connection string; both
 // programs run as the unprivileged OS user, never as root.
 func (r *Retriever) copyDatabase(ctx context.Context, c *pgcluster.Cluster, params map[string]string, db string) (int64, error) {
+	//nolint:gosec // G204: the configured PostgreSQL's own pg_dump, arguments built here (the database as a quoted conninfo), no shell
 	dump := exec.CommandContext(ctx, filepath.Join(r.binDir, "pg_dump"), "-Fc", "--no-sync", "-d", conninfo(map[string]string{"dbname": db}))
 	dump.Env = append(r.baseEnv(), env(params)...)
 	dump.Dir = "/"
 	dump.SysProcAttr = &syscall.SysProcAttr{Credential: r.user.Credential()}
+	//nolint:gosec // G204: the configured PostgreSQL's own pg_restore, arguments built here (the database as a quoted conninfo), no shell
 	restore := exec.CommandContext(ctx, filepath.Join(r.binDir, "pg_restore"),
 		"--no-owner", "--no-acl", "--exit-on-error",
 		"-d", conninfo(map[string]string{"host": c.DataDir, "port": fmt.Sprint(localPort), "user": "postgres", "dbname": db}))
@@ -443,8 +450,9 @@ func (r *Retriever) copyDatabase(ctx context.Context, c *pgcluster.Cluster, para
 		return 0, fmt.Errorf("start pg_restore: %w", err)
 	}
 	if err := dump.Start(); err != nil {
-		restoreIn.Close()
-		restore.Wait()
+		// EOF ends pg_restore; its exit adds nothing to the start error.
+		_ = restoreIn.Close()
+		_ = restore.Wait()
 		return 0, fmt.Errorf("start pg_dump: %w", err)
 	}
 	if r.onStart != nil {
@@ -452,7 +460,9 @@ func (r *Retriever) copyDatabase(ctx context.Context, c *pgcluster.Cluster, para
 		r.onStart("pg_dump", dump.Process.Pid)
 	}
 	n, copyErr := io.Copy(restoreIn, dumpOut)
-	restoreIn.Close()
+	// The EOF pg_restore waits for; a restore that did not get it all
+	// fails, and restore.Wait reports that.
+	_ = restoreIn.Close()
 	dumpWait := dump.Wait()
 	restoreWait := restore.Wait()
 	r.log.Debug("database copied", "db", db, "bytes", n, "elapsed", time.Since(start))
@@ -478,7 +488,8 @@ func listDatabases(ctx context.Context, params map[string]string) ([]string, err
 	if err != nil {
 		return nil, fmt.Errorf("connect to the source: %w", err)
 	}
-	defer conn.Close(context.Background())
+	// A read-only session: nothing is lost when its goodbye fails.
+	defer func() { _ = conn.Close(context.Background()) }()
 	rows, err := conn.Query(ctx, `SELECT datname FROM pg_catalog.pg_database WHERE datallowconn AND NOT datistemplate ORDER BY datname`)
 	if err != nil {
 		return nil, fmt.Errorf("list source databases: %w", err)
@@ -559,7 +570,12 @@ func (r *Retriever) privateCopies(params map[string]string) (map[string]string, 
 	if err != nil {
 		return nil, nil, err
 	}
-	cleanup := func() { os.RemoveAll(dir) }
+	cleanup := func() {
+		// The copies may hold a private key: say so when one stays behind.
+		if err := os.RemoveAll(dir); err != nil {
+			r.log.Warn("removing the copied source TLS files failed; remove the directory by hand", "dir", dir, "err", err)
+		}
+	}
 	for _, k := range files {
 		data, err := os.ReadFile(params[k])
 		if err != nil {
@@ -567,7 +583,7 @@ func (r *Retriever) privateCopies(params map[string]string) (map[string]string, 
 			return nil, nil, fmt.Errorf("retrieval.source %s: %w", k, err)
 		}
 		dst := filepath.Join(dir, k)
-		f, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW, 0o600)
+		f, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW, 0o600) //nolint:gosec // G304: a fixed name in the directory MkdirTemp just made, created exclusively without following links
 		if err == nil {
 			_, err = f.Write(data)
 			if err == nil {

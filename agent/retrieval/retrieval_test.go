@@ -48,7 +48,11 @@ func newRetriever(t *testing.T, p storage.Pool, src config.Source, dbs []string,
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { r.Close() })
+	t.Cleanup(func() {
+		if err := r.Close(); err != nil {
+			t.Errorf("close the retriever: %v", err)
+		}
+	})
 	return r
 }
 
@@ -66,13 +70,17 @@ func connectDB(ctx context.Context, connString, db string) (*pgx.Conn, error) {
 // query starts postgres on a throwaway clone of snap and runs sql in db.
 func query(t *testing.T, p storage.Pool, snap, db, sql string) string {
 	t.Helper()
-	ctx := context.Background()
+	ctx := t.Context()
 	name := fmt.Sprintf("q%d", time.Now().UnixNano())
 	c, err := p.Clone(ctx, snap, name)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer p.DestroyClone(ctx, name)
+	defer func() {
+		if err := p.DestroyClone(ctx, name); err != nil {
+			t.Errorf("destroy the query clone %s: %v", name, err)
+		}
+	}()
 	runDir := runtime.RunDirFor(t.TempDir())
 	defer os.RemoveAll(runDir)
 	rt, err := runtime.New(runtime.Options{User: pgtest.OSUser(t), RunDir: runDir})
@@ -90,7 +98,8 @@ func query(t *testing.T, p storage.Pool, snap, db, sql string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer conn.Close(ctx)
+	// The query's answer is the result; a failed goodbye changes nothing.
+	defer func() { _ = conn.Close(ctx) }()
 	var out string
 	if err := conn.QueryRow(ctx, sql).Scan(&out); err != nil {
 		t.Fatalf("%s: %v", sql, err)
@@ -107,7 +116,7 @@ func TestLogicalRefresh(t *testing.T) {
 	if st := r.Status(); st.Mode != ModeLogical || st.Status != StatusInactive || !st.LastRefresh.IsZero() {
 		t.Fatalf("initial status %+v", st)
 	}
-	ctx := context.Background()
+	ctx := t.Context()
 	before := time.Now().UTC().Truncate(time.Second)
 	res, err := r.Refresh(ctx)
 	if err != nil {
@@ -202,10 +211,10 @@ func TestRefreshFailureAlertsAndRefusesConcurrent(t *testing.T) {
 	if r.mainCluster().Running() {
 		t.Fatal("the pool's postgres still runs after a failed refresh")
 	}
-	if snaps, _ := p.Snapshots(context.Background()); len(snaps) != 0 {
+	if snaps, _ := p.Snapshots(t.Context()); len(snaps) != 0 {
 		t.Fatalf("a failed refresh made snapshots: %v", snaps)
 	}
-	if _, err := r.Refresh(context.Background()); err == nil {
+	if _, err := r.Refresh(t.Context()); err == nil {
 		t.Fatal("refresh with a wrong password succeeded")
 	}
 	if a := r.Status().Alerts[AlertRefreshFailed]; a.Count != 2 {
@@ -236,8 +245,12 @@ func TestNotConfiguredAndSchedule(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer r.Close()
-	r.Start(context.Background())
+	defer func() {
+		if err := r.Close(); err != nil {
+			t.Errorf("close the retriever: %v", err)
+		}
+	}()
+	r.Start(t.Context())
 	next := r.Status().NextRefresh
 	if next.IsZero() || next.Hour() != 3 || next.Minute() != 0 {
 		t.Fatalf("nextRefresh = %v", next)

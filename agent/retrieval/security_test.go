@@ -1,8 +1,6 @@
 package retrieval
 
 import (
-	"bufio"
-	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -34,14 +32,12 @@ import (
 // procUID reads the real and effective uid of a running (or not yet
 // reaped) process from the kernel.
 func procUID(pid int) (string, error) {
-	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		return "", err
 	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if uids, ok := strings.CutPrefix(sc.Text(), "Uid:"); ok {
+	for line := range strings.Lines(string(status)) {
+		if uids, ok := strings.CutPrefix(line, "Uid:"); ok {
 			return strings.Join(strings.Fields(uids)[:2], " "), nil
 		}
 	}
@@ -60,7 +56,11 @@ func TestHostileDatabaseNameIsNotDialled(t *testing.T) {
 	if err != nil {
 		t.Fatalf("listen on 127.0.0.2 (the loopback /8 is needed): %v", err)
 	}
-	defer trap.Close()
+	t.Cleanup(func() {
+		if err := trap.Close(); err != nil {
+			t.Errorf("close the trap listener: %v", err)
+		}
+	})
 	var dialled atomic.Int32
 	go func() {
 		for {
@@ -69,7 +69,7 @@ func TestHostileDatabaseNameIsNotDialled(t *testing.T) {
 				return
 			}
 			dialled.Add(1)
-			c.Close()
+			_ = c.Close() // only the count matters
 		}
 	}()
 	hostile := fmt.Sprintf("host=127.0.0.2 port=%d dbname=postgres", trap.Addr().(*net.TCPAddr).Port)
@@ -83,7 +83,9 @@ func TestHostileDatabaseNameIsNotDialled(t *testing.T) {
 	if _, err := conn.Exec(t.Context(), "CREATE TABLE marker AS SELECT 'copied from the hostile name'::text AS v"); err != nil {
 		t.Fatal(err)
 	}
-	conn.Close(t.Context())
+	if err := conn.Close(t.Context()); err != nil {
+		t.Fatal(err)
+	}
 
 	p := clonetest.NewPool(t)
 	t.Setenv("THINLAB_TEST_SOURCE_PW", src.Password)
@@ -100,7 +102,7 @@ func TestHostileDatabaseNameIsNotDialled(t *testing.T) {
 		uids[name] = append(uids[name], uid)
 		mu.Unlock()
 	}
-	res, err := r.Refresh(context.Background())
+	res, err := r.Refresh(t.Context())
 	if n := dialled.Load(); n != 0 {
 		t.Fatalf("the database name was used as a connection string: %d connection(s) reached 127.0.0.2 (refresh error: %v)", n, err)
 	}
@@ -266,7 +268,7 @@ func TestSourceVerifyFull(t *testing.T) {
 	p := clonetest.NewPool(t)
 	log := &logtest.Buffer{}
 	r := newRetriever(t, p, config.Source{Host: "127.0.0.1", Port: port, Username: "postgres", PasswordEnv: "THINLAB_TEST_SOURCE_PW", SSLRootCert: caFile}, []string{"app"}, log)
-	res, err := r.Refresh(context.Background())
+	res, err := r.Refresh(t.Context())
 	if err != nil {
 		t.Fatalf("refresh with sslRootCert (verify-full) against a server with a certificate from that CA: %v", err)
 	}
@@ -278,7 +280,7 @@ func TestSourceVerifyFull(t *testing.T) {
 	}
 
 	r2 := newRetriever(t, p, config.Source{Host: "127.0.0.1", Port: port, Username: "postgres", PasswordEnv: "THINLAB_TEST_SOURCE_PW", SSLRootCert: otherFile}, []string{"app"}, log)
-	if _, err := r2.Refresh(context.Background()); err == nil || !strings.Contains(err.Error(), "certificate") {
+	if _, err := r2.Refresh(t.Context()); err == nil || !strings.Contains(err.Error(), "certificate") {
 		t.Fatalf("refresh against a server whose certificate another CA signed: err = %v, want a certificate verification error", err)
 	}
 }

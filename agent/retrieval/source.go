@@ -2,8 +2,9 @@ package retrieval
 
 import (
 	"fmt"
+	"maps"
 	"net/url"
-	"sort"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -96,11 +97,7 @@ func insecureSSL(p map[string]string) string {
 // env turns parameters into libpq environment variables; dbname is left
 // to the caller (pg_dump is told each database with -d).
 func env(p map[string]string) []string {
-	keys := make([]string, 0, len(p))
-	for k := range p {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
+	keys := slices.Sorted(maps.Keys(p))
 	out := []string{"PGPASSFILE=/dev/null"} // only the configured password counts
 	for _, k := range keys {
 		if k == "dbname" {
@@ -132,11 +129,7 @@ func pgxConnString(p map[string]string, db string) string {
 // agent hands a database to pg_dump, pg_restore or psql: a bare -d NAME
 // containing "=" would itself be read as a connection string.
 func conninfo(p map[string]string) string {
-	keys := make([]string, 0, len(p))
-	for k := range p {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
+	keys := slices.Sorted(maps.Keys(p))
 	parts := make([]string, 0, len(keys))
 	for _, k := range keys {
 		parts = append(parts, k+"="+quoteConnValue(p[k]))

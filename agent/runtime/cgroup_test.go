@@ -394,7 +394,7 @@ func cgroupV2Agent(t *testing.T) {
 	if got := ownV2(t, os.Getpid()); got != "/"+vmService {
 		t.Fatalf("the agent starts in %s, want /%s", got, vmService)
 	}
-	opt := Options{User: pgtest.OSUser(t), CPU: 1.5, MemoryBytes: 256 << 20}
+	opt := Options{User: pgtest.OSUser(t), RunDir: runDir(t), CPU: 1.5, MemoryBytes: 256 << 20}
 	rt, err := New(opt)
 	if err != nil {
 		t.Fatalf("New in a delegated service cgroup: %v", err)

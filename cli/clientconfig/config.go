@@ -62,7 +62,7 @@ func Path() (string, error) {
 // Load reads the file at path. A missing file is an empty File, not an
 // error: a fresh machine simply has no contexts yet.
 func Load(path string) (*File, error) {
-	data, err := os.ReadFile(path)
+	data, err := os.ReadFile(path) //nolint:gosec // G304: the CLI user's own config file, named by them; read with their rights
 	if errors.Is(err, fs.ErrNotExist) {
 		return &File{}, nil
 	}
@@ -91,28 +91,33 @@ func Save(path string, f *File) error {
 	if err != nil {
 		return fmt.Errorf("write config: %w", err)
 	}
-	defer os.Remove(tmp.Name()) // no-op after a successful rename
-	// CreateTemp already uses 0600; Chmod makes it explicit and survives
-	// an unusual umask.
-	if err := tmp.Chmod(0o600); err != nil {
-		tmp.Close()
-		return fmt.Errorf("write config: %w", err)
+	// Removing the temp file fails (harmlessly) after a successful rename;
+	// after a failed write it is cleanup whose error adds nothing.
+	defer func() { _ = os.Remove(tmp.Name()) }()
+	err = writeSynced(tmp, data)
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
 	}
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return fmt.Errorf("write config: %w", err)
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return fmt.Errorf("write config: %w", err)
-	}
-	if err := tmp.Close(); err != nil {
+	if err != nil {
 		return fmt.Errorf("write config: %w", err)
 	}
 	if err := os.Rename(tmp.Name(), path); err != nil {
 		return fmt.Errorf("write config: %w", err)
 	}
 	return nil
+}
+
+// writeSynced writes data to f with mode 0600 and syncs it to disk.
+func writeSynced(f *os.File, data []byte) error {
+	// CreateTemp already uses 0600; Chmod makes it explicit and survives
+	// an unusual umask.
+	if err := f.Chmod(0o600); err != nil {
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		return err
+	}
+	return f.Sync()
 }
 
 var nameRe = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]*$`)

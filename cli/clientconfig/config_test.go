@@ -115,7 +115,9 @@ func TestUseRemoveErrors(t *testing.T) {
 
 func TestLoadRejectsBadYAML(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "config.yaml")
-	os.WriteFile(path, []byte("contexts: [unclosed"), 0o600)
+	if err := os.WriteFile(path, []byte("contexts: [unclosed"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	_, err := Load(path)
 	if err == nil || !strings.Contains(err.Error(), path) {
 		t.Errorf("bad YAML error should name the file: %v", err)

@@ -9,7 +9,7 @@ import (
 // Environment variables read by Resolve.
 const (
 	EnvURL   = "THINLAB_URL"
-	EnvToken = "THINLAB_TOKEN"
+	EnvToken = "THINLAB_TOKEN" //nolint:gosec // G101: the name of an environment variable, not a token
 	// EnvCAFile names a PEM file with the CA that signed the agent's
 	// certificate (for an https:// URL).
 	EnvCAFile = "THINLAB_CA_FILE"

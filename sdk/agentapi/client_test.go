@@ -1,9 +1,9 @@
 package agentapi
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -51,8 +51,7 @@ func TestClientRequestsAndErrors(t *testing.T) {
 	var polls atomic.Int32
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Header.Get(VerificationTokenHeader) != "tok" {
-			w.WriteHeader(401)
-			w.Write([]byte(`{"code":"UNAUTHORIZED","message":"Check your verification token."}`))
+			reply(t, w, http.StatusUnauthorized, `{"code":"UNAUTHORIZED","message":"Check your verification token."}`)
 			return
 		}
 		switch {
@@ -61,28 +60,24 @@ func TestClientRequestsAndErrors(t *testing.T) {
 			if polls.Add(1) >= 3 {
 				st = StatusOK
 			}
-			json.NewEncoder(w).Encode(Clone{ID: "c1", Status: Status{Code: st}, DB: Database{Port: "6001"}})
+			replyJSON(t, w, http.StatusOK, Clone{ID: "c1", Status: Status{Code: st}, DB: Database{Port: "6001"}})
 		case r.Method == "GET" && r.URL.Path == "/api/clone/gone":
-			w.WriteHeader(404)
-			w.Write([]byte(`{"code":"NOT_FOUND","message":"Requested object does not exist. Specify your request."}`))
+			reply(t, w, http.StatusNotFound, `{"code":"NOT_FOUND","message":"Requested object does not exist. Specify your request."}`)
 		case r.Method == "GET" && r.URL.Path == "/api/snapshot/p@snapshot_20240101000000":
-			json.NewEncoder(w).Encode(Snapshot{ID: "p@snapshot_20240101000000"})
+			replyJSON(t, w, http.StatusOK, Snapshot{ID: "p@snapshot_20240101000000"})
 		case r.Method == "POST" && r.URL.Path == "/api/clone":
 			var req CreateCloneRequest
 			if err := json.NewDecoder(r.Body).Decode(&req); err != nil || req.DB == nil || req.DB.DBName != "app" {
-				w.WriteHeader(400)
-				w.Write([]byte(`{"code":"BAD_REQUEST","message":"db.db_name: wrong","detail":"db.db_name"}`))
+				reply(t, w, http.StatusBadRequest, `{"code":"BAD_REQUEST","message":"db.db_name: wrong","detail":"db.db_name"}`)
 				return
 			}
-			w.WriteHeader(201)
-			json.NewEncoder(w).Encode(Clone{ID: "c1", Status: Status{Code: StatusCreating}})
+			replyJSON(t, w, http.StatusCreated, Clone{ID: "c1", Status: Status{Code: StatusCreating}})
 		default:
-			w.WriteHeader(500)
-			w.Write([]byte("plain text failure"))
+			reply(t, w, http.StatusInternalServerError, "plain text failure")
 		}
 	}))
 	defer srv.Close()
-	ctx := context.Background()
+	ctx := t.Context()
 	c := &Client{BaseURL: srv.URL + "/api/", Token: "tok", PollInterval: time.Millisecond}
 
 	if _, err := c.CreateClone(ctx, CreateCloneRequest{DB: &DatabaseRequest{Username: "u", Password: "p", DBName: "app"}}); err != nil {
@@ -90,7 +85,7 @@ func TestClientRequestsAndErrors(t *testing.T) {
 	}
 	_, err := c.CreateClone(ctx, CreateCloneRequest{DB: &DatabaseRequest{Username: "u"}})
 	var ae *APIError
-	if !errors.As(err, &ae) || ae.StatusCode != 400 || ae.Code != CodeBadRequest || ae.Detail != "db.db_name" {
+	if !errors.As(err, &ae) || ae.StatusCode != http.StatusBadRequest || ae.Code != CodeBadRequest || ae.Detail != "db.db_name" {
 		t.Fatalf("want 400 APIError, got %#v", err)
 	}
 	cl, err := c.WaitClone(ctx, "c1")
@@ -107,12 +102,32 @@ func TestClientRequestsAndErrors(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, err = c.Status(ctx)
-	if !errors.As(err, &ae) || ae.StatusCode != 500 || !strings.Contains(ae.Message, "plain text failure") {
+	if !errors.As(err, &ae) || ae.StatusCode != http.StatusInternalServerError || !strings.Contains(ae.Message, "plain text failure") {
 		t.Fatalf("non-JSON error: %v", err)
 	}
 	bad := &Client{BaseURL: srv.URL, Token: "nope"}
 	_, err = bad.Clones(ctx)
-	if !errors.As(err, &ae) || ae.StatusCode != 401 || ae.Code != CodeUnauthorized {
+	if !errors.As(err, &ae) || ae.StatusCode != http.StatusUnauthorized || ae.Code != CodeUnauthorized {
 		t.Fatalf("want 401, got %v", err)
+	}
+}
+
+// reply writes a canned answer. A failed write fails the test: the client
+// hung up before reading it.
+func reply(t *testing.T, w http.ResponseWriter, status int, body string) {
+	t.Helper()
+	w.WriteHeader(status)
+	if _, err := io.WriteString(w, body); err != nil {
+		t.Errorf("write the %d answer: %v", status, err)
+	}
+}
+
+// replyJSON writes v as a JSON answer, like reply.
+func replyJSON(t *testing.T, w http.ResponseWriter, status int, v any) {
+	t.Helper()
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	if err := json.NewEncoder(w).Encode(v); err != nil {
+		t.Errorf("write the %d answer: %v", status, err)
 	}
 }
