@@ -426,18 +426,14 @@ func TestExpiredSessionIsNoSession(t *testing.T) {
 }
 
 func TestSecureCookiesWhenConfigured(t *testing.T) {
-	idp, err := mockoidc.Run()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { idp.Shutdown() })
-	p := webtest.Start(t, func(string) auth.Config {
+	p := webtest.Start(t, func(base string) auth.Config {
+		dex := dextest.Start(t, dextest.Options{RedirectURIs: []string{base + "/auth/callback/dex"}})
 		return auth.Config{SecureCookies: true, Providers: []auth.ProviderConfig{{
-			Name: "mock", Issuer: idp.Issuer(), ClientID: idp.ClientID, ClientSecret: idp.ClientSecret,
+			Name: "dex", Issuer: dex.Issuer, ClientID: dex.ClientID, ClientSecret: dex.ClientSecret,
 		}}}
 	})
 	client := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
-	resp, err := client.Get(p.URL + "/auth/login/mock")
+	resp, err := client.Get(p.URL + "/auth/login/dex")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -453,7 +449,7 @@ func TestSecureCookiesWhenConfigured(t *testing.T) {
 	if q.Get("code_challenge_method") != "S256" || q.Get("code_challenge") == "" || q.Get("nonce") == "" || q.Get("state") == "" {
 		t.Errorf("authorization request lacks PKCE S256, nonce or state: %s", loc)
 	}
-	if q.Get("redirect_uri") != p.URL+"/auth/callback/mock" {
+	if q.Get("redirect_uri") != p.URL+"/auth/callback/dex" {
 		t.Errorf("redirect_uri = %s", q.Get("redirect_uri"))
 	}
 }
