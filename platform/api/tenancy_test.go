@@ -25,7 +25,7 @@ const annEmail = "ann@a.example"
 // through Dex in a browser (a real session cookie and CSRF token).
 type tenants struct {
 	p       *webtest.Platform
-	env     *platformtest.Env // helpers on the same server and store
+	env     *platformtest.Env // User, Org, Member, Token, Do on the same server (no DSN: Exec is unused)
 	a, b    *store.Organization
 	ownerA  *store.User
 	ownerB  *store.User
