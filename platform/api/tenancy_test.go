@@ -1,153 +1,413 @@
 package api_test
 
 import (
-	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"maps"
 	"net/http"
+	"net/url"
 	"strings"
+	"sync/atomic"
 	"testing"
 
-	"github.com/gin-gonic/gin"
-
+	"github.com/thinlab/thinlab/platform/auth"
 	"github.com/thinlab/thinlab/platform/platformtest"
-	"github.com/thinlab/thinlab/platform/principal"
 	"github.com/thinlab/thinlab/platform/rbac"
-	"github.com/thinlab/thinlab/platform/server"
 	"github.com/thinlab/thinlab/platform/store"
+	"github.com/thinlab/thinlab/platform/web/webtest"
 )
 
-// testUserHeader is read by a FAKE session authenticator used only in these
-// tests: the real one (platform/auth) needs an OIDC sign-in. Unlike an API
-// token, a session is not bound to one organization, so it exercises the
-// membership check rather than the token's organization binding.
-const testUserHeader = "X-Platformtest-User"
+const annEmail = "ann@a.example"
 
-func fakeSession(s *server.Server) error {
-	s.AddAuthenticator(func(c *gin.Context) (*principal.Principal, error) {
-		id := c.GetHeader(testUserHeader)
-		if id == "" {
-			return nil, nil
-		}
-		u, err := s.Store().UserByID(c.Request.Context(), id)
-		if err != nil {
-			return nil, principal.Reject("unknown test user")
-		}
-		return &principal.Principal{UserID: u.ID, Email: u.Email, Method: principal.MethodSession}, nil
-	})
-	return nil
-}
-
-// tenants is two organizations with something of everything in each.
+// tenants is two organizations with something of everything in each, on a
+// platform with the web UI and the real Dex, and A's owner signed in
+// through Dex in a browser (a real session cookie and CSRF token).
 type tenants struct {
-	env                 *platformtest.Env
-	a, b                *store.Organization
-	ownerA, ownerB      *store.User
-	tokenA              string // ownerA's token in A
-	tokenB              string
-	memberB             *store.User
-	tokenIDB            string
-	invitationB         string // ID
-	invitationSecretB   string
-	invitationSecretBTo string // the invited email
+	p       *webtest.Platform
+	env     *platformtest.Env // User, Org, Member, Token, Do on the same server (no DSN: Exec is unused)
+	a, b    *store.Organization
+	ownerA  *store.User
+	ownerB  *store.User
+	memberB *store.User
+	tokenA  string // ownerA's API token in A
+	tokenB  string
+	// tokenIDB, invitationB: B's resources, named in paths under A and B.
+	tokenIDB          string
+	invitationB       string
+	invitationSecretB string
+	invitationBTo     string
+	// session is ann's signed-in browser; csrf its session's token.
+	session   *webtest.Browser
+	csrf      string
+	signInAnn func(*webtest.Browser) (webtest.Page, string) // through Dex; the landing page and its CSRF token
+	seq       atomic.Int64
 }
 
 func newTenants(t *testing.T) *tenants {
-	env := platformtest.New(t, platformtest.WithSetup(fakeSession))
-	ctx := context.Background()
-	tt := &tenants{env: env}
-	tt.ownerA = env.User("ann@a.example")
-	tt.ownerB = env.User("bob@b.example")
-	tt.a = env.Org("org-a", tt.ownerA)
-	tt.b = env.Org("org-b", tt.ownerB)
-	tt.tokenA = env.Token(tt.a, tt.ownerA)
-	tt.memberB = env.Member(tt.b, "bea@b.example", rbac.Member)
-	tok, secret, err := env.Store.CreateAPIToken(ctx, tt.b.ID, tt.memberB.ID, "b-ci", nil)
+	t.Helper()
+	ctx := t.Context()
+	p, dex := webtest.StartDex(t, []string{annEmail}, nil)
+	tt := &tenants{p: p, env: &platformtest.Env{T: t, Server: p.Server, Store: p.Store, URL: p.URL}}
+	tt.signInAnn = func(b *webtest.Browser) (webtest.Page, string) {
+		pg, _ := b.SignIn(dex, p.URL+"/auth/login/dex", annEmail)
+		if pg.Status != http.StatusOK || !strings.HasPrefix(pg.URL.Path, "/o/") {
+			t.Fatalf("sign-in of %s through Dex: HTTP %d at %s, want 200 on the personal organization", annEmail, pg.Status, pg.URL)
+		}
+		return pg, webtest.CSRF(t, pg.Body)
+	}
+	// A is ann's personal organization, made by her first sign-in.
+	tt.session = webtest.NewBrowser(t)
+	var home webtest.Page
+	home, tt.csrf = tt.signInAnn(tt.session)
+	var err error
+	if tt.a, err = p.Store.OrganizationByRef(ctx, strings.TrimPrefix(home.URL.Path, "/o/")); err != nil {
+		t.Fatalf("ann's personal organization %s: %v", home.URL.Path, err)
+	}
+	members, err := p.Store.ListMembers(ctx, tt.a.ID)
+	if err != nil || len(members) != 1 || members[0].Email != annEmail || members[0].Role != rbac.Owner {
+		t.Fatalf("members of ann's personal organization: %+v %v, want ann as the only owner", members, err)
+	}
+	if tt.ownerA, err = p.Store.UserByID(ctx, members[0].UserID); err != nil {
+		t.Fatal(err)
+	}
+	tt.tokenA = tt.env.Token(tt.a, tt.ownerA)
+
+	tt.ownerB = tt.env.User("bob@b.example")
+	tt.b = tt.env.Org("org-b", tt.ownerB)
+	tt.memberB = tt.env.Member(tt.b, "bea@b.example", rbac.Member)
+	tok, secret, err := p.Store.CreateAPIToken(ctx, tt.b.ID, tt.memberB.ID, "b-ci", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	tt.tokenB, tt.tokenIDB = secret, tok.ID
-	inv, invSecret, err := env.Store.CreateInvitation(ctx, tt.b.ID, "new@b.example", rbac.Admin, tt.ownerB.ID)
+	inv, invSecret, err := p.Store.CreateInvitation(ctx, tt.b.ID, "new@b.example", rbac.Admin, tt.ownerB.ID)
 	if err != nil {
 		t.Fatal(err)
 	}
-	tt.invitationB, tt.invitationSecretB, tt.invitationSecretBTo = inv.ID, invSecret, inv.Email
+	tt.invitationB, tt.invitationSecretB, tt.invitationBTo = inv.ID, invSecret, inv.Email
 	return tt
 }
 
-// fill replaces path parameters with org's slug and B's resources.
-func (tt *tenants) fill(path, org string) string {
-	r := strings.NewReplacer(
+// fillB replaces path parameters with org and B's resources.
+func (tt *tenants) fillB(path, org string) string {
+	return strings.NewReplacer(
 		":org", org,
 		":user", tt.memberB.ID,
 		":invitation", tt.invitationB,
-		"/invitations/:token/accept", "/invitations/"+tt.invitationSecretB+"/accept",
 		":token", tt.tokenIDB,
-	)
-	return r.Replace(path)
+	).Replace(path)
 }
 
-// bodies are valid requests, so a 4xx cannot come from validation.
-func bodyFor(method, path string, tt *tenants) any {
+// fillA replaces path parameters with A and fresh resources of A (a
+// member, a token, an invitation), made for this one call so that
+// removing or revoking them answers as it would the first time.
+func (tt *tenants) fillA(t *testing.T, path string) string {
+	t.Helper()
+	ctx := t.Context()
+	n := tt.seq.Add(1)
+	r := []string{":org", tt.a.Slug}
+	if strings.Contains(path, ":user") {
+		m := tt.env.Member(tt.a, fmt.Sprintf("m%d@a.example", n), rbac.Member)
+		r = append(r, ":user", m.ID)
+	}
+	if strings.Contains(path, ":invitation") {
+		inv, _, err := tt.p.Store.CreateInvitation(ctx, tt.a.ID, fmt.Sprintf("i%d@a.example", n), rbac.Viewer, tt.ownerA.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r = append(r, ":invitation", inv.ID)
+	}
+	if strings.Contains(path, ":token") {
+		tok, _, err := tt.p.Store.CreateAPIToken(ctx, tt.a.ID, tt.ownerA.ID, fmt.Sprintf("walk-%d", n), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r = append(r, ":token", tok.ID)
+	}
+	return strings.NewReplacer(r...).Replace(path)
+}
+
+// bodyFor is a valid request for the route, so that an answer cannot come
+// from validation: JSON for the API, form values for the web UI.
+func (tt *tenants) bodyFor(method, path string) any {
+	n := tt.seq.Add(1)
+	if !strings.HasPrefix(path, "/api/") {
+		switch {
+		case strings.HasSuffix(path, "/role"):
+			return url.Values{"role": {"viewer"}}
+		case strings.HasSuffix(path, "/invitations") && method == http.MethodPost:
+			return url.Values{"email": {fmt.Sprintf("x%d@a.example", n)}, "role": {"viewer"}}
+		case strings.HasSuffix(path, "/tokens") && method == http.MethodPost:
+			return url.Values{"name": {fmt.Sprintf("leak-%d", n)}}
+		}
+		return url.Values{}
+	}
 	switch {
 	case method == http.MethodPost && strings.HasSuffix(path, "/members"):
 		return map[string]string{"user_id": tt.memberB.ID, "role": "viewer"}
 	case method == http.MethodPatch && strings.Contains(path, "/members/"):
 		return map[string]string{"role": "viewer"}
 	case method == http.MethodPost && strings.HasSuffix(path, "/invitations"):
-		return map[string]string{"email": "x@a.example", "role": "viewer"}
+		return map[string]string{"email": fmt.Sprintf("x%d@a.example", n), "role": "viewer"}
 	case method == http.MethodPost && strings.HasSuffix(path, "/tokens"):
-		return map[string]string{"name": "leak"}
-	case method == http.MethodPost && strings.HasSuffix(path, "/orgs"):
-		return map[string]string{"slug": "org-a2"}
+		return map[string]string{"name": fmt.Sprintf("leak-%d", n)}
 	}
 	return nil
 }
 
-// TestTenantIsolation walks EVERY route of the route table as the owner of
-// organization A against organization B and B's resources, with A's API
-// token and with a session. Every attempt must be 404 (or 403 where B's
-// existence is already known to the caller, such as B's invitation secret).
+// caller is one way of authenticating in the walk: A's API token, or
+// ann's browser session (cookie jar) with its CSRF token.
+type caller struct {
+	name    string
+	token   string
+	browser *webtest.Browser
+	csrf    string
+}
+
+func (c caller) session() bool { return c.browser != nil }
+
+// answer is one raw HTTP answer.
+type answer struct {
+	Status int
+	Header http.Header
+	Body   string
+}
+
+// do sends one request without following redirects. A session sends its
+// cookie from the jar and, when csrf is set, its CSRF token the way its
+// client would: the X-CSRF-Token header for the API, the csrf_token form
+// field for the web UI.
+func (tt *tenants) do(t *testing.T, as caller, method, path string, body any, csrf bool) answer {
+	t.Helper()
+	var rd io.Reader
+	contentType := ""
+	web := !strings.HasPrefix(path, "/api/")
+	switch b := body.(type) {
+	case nil:
+	case url.Values:
+		if as.session() && csrf && web {
+			b = maps.Clone(b) // Set replaces the slice: the caller's values stay as they were
+			b.Set(auth.CSRFField, as.csrf)
+		}
+		rd, contentType = strings.NewReader(b.Encode()), "application/x-www-form-urlencoded"
+	default:
+		raw, err := json.Marshal(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rd, contentType = strings.NewReader(string(raw)), "application/json"
+	}
+	if rd == nil && web && method == http.MethodPost {
+		form := url.Values{}
+		if as.session() && csrf {
+			form.Set(auth.CSRFField, as.csrf)
+		}
+		rd, contentType = strings.NewReader(form.Encode()), "application/x-www-form-urlencoded"
+	}
+	req, err := http.NewRequestWithContext(t.Context(), method, tt.p.URL+path, rd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if contentType != "" {
+		req.Header.Set("Content-Type", contentType)
+	}
+	client := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	if as.session() {
+		client.Jar = as.browser.Jar
+		if csrf && !web {
+			req.Header.Set(auth.CSRFHeader, as.csrf)
+		}
+	} else {
+		req.Header.Set("Authorization", "Bearer "+as.token)
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return answer{Status: resp.StatusCode, Header: resp.Header, Body: string(raw)}
+}
+
+// status is what a route answers A's owner in A, per caller.
+type status struct{ session, token int }
+
+// ownStatus is the exact answer of every organization route to A's owner
+// in A, with a valid request and A's own resources: the walk fails on a
+// route missing here. Token creation refuses API tokens (403); the
+// retired add-by-user-id route is 410 for everyone.
+var ownStatus = map[string]status{
+	"GET /api/v1/orgs/:org/members":                    {http.StatusOK, http.StatusOK},
+	"POST /api/v1/orgs/:org/members":                   {http.StatusGone, http.StatusGone},
+	"PATCH /api/v1/orgs/:org/members/:user":            {http.StatusOK, http.StatusOK},
+	"DELETE /api/v1/orgs/:org/members/:user":           {http.StatusNoContent, http.StatusNoContent},
+	"GET /api/v1/orgs/:org/invitations":                {http.StatusOK, http.StatusOK},
+	"POST /api/v1/orgs/:org/invitations":               {http.StatusCreated, http.StatusCreated},
+	"DELETE /api/v1/orgs/:org/invitations/:invitation": {http.StatusNoContent, http.StatusNoContent},
+	"GET /api/v1/orgs/:org/tokens":                     {http.StatusOK, http.StatusOK},
+	"POST /api/v1/orgs/:org/tokens":                    {http.StatusCreated, http.StatusForbidden},
+	"DELETE /api/v1/orgs/:org/tokens/:token":           {http.StatusNoContent, http.StatusNoContent},
+	"GET /api/v1/orgs/:org/audit":                      {http.StatusOK, http.StatusOK},
+	"GET /o/:org":                                      {http.StatusOK, http.StatusOK},
+	"GET /o/:org/members":                              {http.StatusOK, http.StatusOK},
+	"POST /o/:org/members/:user/role":                  {http.StatusSeeOther, http.StatusSeeOther},
+	"POST /o/:org/members/:user/remove":                {http.StatusSeeOther, http.StatusSeeOther},
+	"GET /o/:org/invitations":                          {http.StatusOK, http.StatusOK},
+	"POST /o/:org/invitations":                         {http.StatusOK, http.StatusOK},
+	"POST /o/:org/invitations/:invitation/revoke":      {http.StatusSeeOther, http.StatusSeeOther},
+	"GET /o/:org/tokens":                               {http.StatusOK, http.StatusOK},
+	"POST /o/:org/tokens":                              {http.StatusOK, http.StatusForbidden},
+	"POST /o/:org/tokens/:token/revoke":                {http.StatusSeeOther, http.StatusSeeOther},
+	"GET /o/:org/audit":                                {http.StatusOK, http.StatusOK},
+}
+
+// TestTenantIsolation walks EVERY route of the route table (API and web
+// UI) as the owner of organization A, with A's API token and with a real
+// browser session (signed in through Dex; its cookie and CSRF token):
+//   - against organization B and B's resources every attempt is 404, B's
+//     existence never confirmed (403 only where the caller holds B's
+//     invitation secret);
+//   - in A itself, each route answers exactly its expected status, so that
+//     the 404s above come from the membership check and not from a broken
+//     route (a 500 fails);
+//   - a session mutation without the CSRF token is refused on every route.
+//
 // A route the walk does not know how to cover fails the test.
 func TestTenantIsolation(t *testing.T) {
 	tt := newTenants(t)
-	env := tt.env
-	// Routes that are not organization-scoped, and how each is checked.
-	global := map[string]func(t *testing.T, as caller){
-		"GET /healthz":             nil, // public
-		"GET /api/v1/openapi.json": nil, // public
-		"GET /api/v1/me": func(t *testing.T, as caller) {
-			r := as.do(env, http.MethodGet, "/api/v1/me", nil)
-			if r.Status != 200 || strings.Contains(string(r.Body), tt.b.ID) || strings.Contains(string(r.Body), "org-b") {
-				t.Errorf("/me leaks B: %d %s", r.Status, r.Body)
+	// noLeak fails when an answer names B or its resources, except what
+	// the request itself sent (a "no such token: ID" echo is no leak).
+	noLeak := func(t *testing.T, what string, a answer) {
+		t.Helper()
+		for _, secret := range []string{tt.b.ID, tt.b.Slug, tt.memberB.Email, tt.memberB.ID, tt.tokenIDB} {
+			if strings.Contains(what, secret) {
+				continue
 			}
+			if strings.Contains(a.Body, secret) || strings.Contains(a.Header.Get("Location"), secret) {
+				t.Errorf("%s leaks B (%s): HTTP %d %s", what, secret, a.Status, a.Body)
+			}
+		}
+	}
+	expect := func(t *testing.T, as caller, method, path string, body any, want int) answer {
+		t.Helper()
+		a := tt.do(t, as, method, path, body, true)
+		if a.Status != want {
+			t.Errorf("%s: %s %s = %d, want %d\n%s", as.name, method, path, a.Status, want, snippet(a.Body))
+		}
+		return a
+	}
+	// Routes outside any organization: the exact answer per caller.
+	global := map[string]func(t *testing.T, as caller){
+		"GET /healthz": func(t *testing.T, as caller) {
+			expect(t, as, http.MethodGet, "/healthz", nil, http.StatusOK)
+		},
+		"GET /api/v1/openapi.json": func(t *testing.T, as caller) {
+			expect(t, as, http.MethodGet, "/api/v1/openapi.json", nil, http.StatusOK)
+		},
+		"GET /api/v1/me": func(t *testing.T, as caller) {
+			noLeak(t, "/me", expect(t, as, http.MethodGet, "/api/v1/me", nil, http.StatusOK))
 		},
 		"GET /api/v1/orgs": func(t *testing.T, as caller) {
-			r := as.do(env, http.MethodGet, "/api/v1/orgs", nil)
-			if r.Status != 200 || strings.Contains(string(r.Body), tt.b.ID) || strings.Contains(string(r.Body), "org-b") {
-				t.Errorf("/orgs leaks B: %d %s", r.Status, r.Body)
+			a := expect(t, as, http.MethodGet, "/api/v1/orgs", nil, http.StatusOK)
+			noLeak(t, "/orgs", a)
+			if !strings.Contains(a.Body, tt.a.ID) {
+				t.Errorf("%s: /orgs lacks A: %s", as.name, a.Body)
 			}
 		},
 		"POST /api/v1/orgs": func(t *testing.T, as caller) {
-			// Creating an organization touches no other tenant; slugs are
-			// global names, so a taken slug is a plain conflict.
-			r := as.do(env, http.MethodPost, "/api/v1/orgs", map[string]string{"slug": "org-b"})
-			if r.Status != http.StatusConflict && r.Status != http.StatusForbidden {
-				t.Errorf("POST /orgs with B's slug: %d %s", r.Status, r.Body)
+			// Slugs are global names: B's is a plain conflict. Tokens act
+			// inside one organization and create none.
+			want := http.StatusConflict
+			if !as.session() {
+				want = http.StatusForbidden
 			}
+			expect(t, as, http.MethodPost, "/api/v1/orgs", map[string]string{"slug": tt.b.Slug, "name": "Mine"}, want)
 		},
 		"POST /api/v1/invitations/:token/accept": func(t *testing.T, as caller) {
-			r := as.do(env, http.MethodPost, tt.fill("/api/v1/invitations/:token/accept", ""), nil)
-			if r.Status != http.StatusForbidden {
-				t.Errorf("accepting B's invitation for %s as ann: %d %s", tt.invitationSecretBTo, r.Status, r.Body)
+			// B's invitation is for another address (session: 403); a token
+			// joins nothing (403).
+			a := expect(t, as, http.MethodPost, "/api/v1/invitations/"+tt.invitationSecretB+"/accept", nil, http.StatusForbidden)
+			noLeak(t, "accepting B's invitation for "+tt.invitationBTo, a)
+		},
+		"GET /static/*filepath": func(t *testing.T, as caller) {
+			expect(t, as, http.MethodGet, "/static/style.css", nil, http.StatusOK)
+		},
+		"GET /signin": func(t *testing.T, as caller) {
+			// A signed-in browser goes home; the sign-in page reads no token.
+			want := http.StatusOK
+			if as.session() {
+				want = http.StatusSeeOther
 			}
+			expect(t, as, http.MethodGet, "/signin", nil, want)
+		},
+		"GET /auth/login/:provider": func(t *testing.T, as caller) {
+			a := expect(t, as, http.MethodGet, "/auth/login/dex", nil, http.StatusFound)
+			if !strings.Contains(a.Header.Get("Location"), "/dex/auth?") {
+				t.Errorf("%s: sign-in start goes to %q, want Dex's authorization endpoint", as.name, a.Header.Get("Location"))
+			}
+		},
+		"GET /auth/callback/:provider": func(t *testing.T, as caller) {
+			// No sign-in was started in this request's cookies: refused.
+			expect(t, as, http.MethodGet, "/auth/callback/dex?state=forged&code=forged", nil, http.StatusBadRequest)
+		},
+		"POST /auth/logout": func(t *testing.T, as caller) {
+			if !as.session() {
+				expect(t, as, http.MethodPost, "/auth/logout", nil, http.StatusSeeOther)
+				return
+			}
+			// Logging out ends the session: use a second session of ann,
+			// and check that only that one ended.
+			other := webtest.NewBrowser(t)
+			_, csrf := tt.signInAnn(other)
+			oc := caller{name: "second session", browser: other, csrf: csrf}
+			if a := expect(t, oc, http.MethodPost, "/auth/logout", nil, http.StatusSeeOther); !strings.HasPrefix(a.Header.Get("Location"), "/signin") {
+				t.Errorf("logout redirects to %q, want /signin", a.Header.Get("Location"))
+			}
+			expect(t, oc, http.MethodGet, "/api/v1/me", nil, http.StatusUnauthorized)
+			expect(t, as, http.MethodGet, "/api/v1/me", nil, http.StatusOK)
+		},
+		"GET /": func(t *testing.T, as caller) {
+			a := expect(t, as, http.MethodGet, "/", nil, http.StatusSeeOther)
+			if a.Header.Get("Location") != "/o/"+tt.a.Slug {
+				t.Errorf("%s: home goes to %q, want /o/%s", as.name, a.Header.Get("Location"), tt.a.Slug)
+			}
+		},
+		"GET /switch": func(t *testing.T, as caller) {
+			// The switcher only redirects; B's page itself is walked below.
+			a := expect(t, as, http.MethodGet, "/switch?org="+tt.b.Slug, nil, http.StatusSeeOther)
+			if a.Header.Get("Location") != "/o/"+tt.b.Slug {
+				t.Errorf("%s: switch goes to %q", as.name, a.Header.Get("Location"))
+			}
+		},
+		"POST /orgs": func(t *testing.T, as caller) {
+			want := http.StatusConflict
+			if !as.session() {
+				want = http.StatusForbidden
+			}
+			expect(t, as, http.MethodPost, "/orgs", url.Values{"slug": {tt.b.Slug}, "name": {"Mine"}}, want)
+		},
+		"GET /invitations/accept": func(t *testing.T, as caller) {
+			// The link holder sees the invitation, but it is for another
+			// address.
+			expect(t, as, http.MethodGet, "/invitations/accept?secret="+url.QueryEscape(tt.invitationSecretB), nil, http.StatusForbidden)
+		},
+		"POST /invitations/accept": func(t *testing.T, as caller) {
+			a := expect(t, as, http.MethodPost, "/invitations/accept", url.Values{"secret": {tt.invitationSecretB}}, http.StatusForbidden)
+			noLeak(t, "accepting B's invitation in the UI", a)
 		},
 	}
 
 	callers := []caller{
 		{name: "api token of A", token: tt.tokenA},
-		{name: "session of A's owner", userID: tt.ownerA.ID},
+		{name: "session of A's owner", browser: tt.session, csrf: tt.csrf},
 	}
+	routes := tt.p.Server.Routes()
 	covered := map[string]bool{}
-	for _, rt := range env.Server.Routes() {
+	for _, rt := range routes {
 		key := rt.Method + " " + rt.Path
 		if !rt.OrgRoute() {
 			check, ok := global[key]
@@ -156,34 +416,37 @@ func TestTenantIsolation(t *testing.T) {
 				continue
 			}
 			covered[key] = true
-			if check != nil {
-				for _, as := range callers {
-					t.Run(as.name+"/"+key, func(t *testing.T) { check(t, as) })
-				}
+			for _, as := range callers {
+				t.Run(as.name+"/"+key, func(t *testing.T) { check(t, as) })
 			}
+			continue
+		}
+		want, ok := ownStatus[key]
+		if !ok {
+			t.Errorf("organization route %s has no expected status in A: add it to ownStatus", key)
 			continue
 		}
 		covered[key] = true
 		for _, as := range callers {
-			// B's organization, by slug and by ID: not a member -> 404.
-			for _, ref := range []string{tt.b.Slug, tt.b.ID} {
-				path := tt.fill(rt.Path, ref)
-				r := as.do(env, rt.Method, path, bodyFor(rt.Method, rt.Path, tt))
-				if r.Status != http.StatusNotFound {
-					t.Errorf("%s: %s %s = %d %s, want 404", as.name, rt.Method, path, r.Status, r.Body)
+			t.Run(as.name+"/"+key, func(t *testing.T) {
+				// B's organization, by slug and by ID: not a member -> 404.
+				for _, ref := range []string{tt.b.Slug, tt.b.ID} {
+					path := tt.fillB(rt.Path, ref)
+					a := expect(t, as, rt.Method, path, tt.bodyFor(rt.Method, rt.Path), http.StatusNotFound)
+					noLeak(t, rt.Method+" "+path, a)
 				}
-				if strings.Contains(string(r.Body), tt.memberB.Email) {
-					t.Errorf("%s: %s %s leaks B's data: %s", as.name, rt.Method, path, r.Body)
+				// A's own organization, but B's resources in the path.
+				if strings.Count(rt.Path, ":") > 1 {
+					path := tt.fillB(rt.Path, tt.a.Slug)
+					noLeak(t, rt.Method+" "+path, expect(t, as, rt.Method, path, tt.bodyFor(rt.Method, rt.Path), http.StatusNotFound))
 				}
-			}
-			// A's own organization, but B's resources in the path.
-			if strings.Count(rt.Path, ":") > 1 {
-				path := tt.fill(rt.Path, tt.a.Slug)
-				r := as.do(env, rt.Method, path, bodyFor(rt.Method, rt.Path, tt))
-				if r.Status != http.StatusNotFound {
-					t.Errorf("%s: %s %s (B's resource under A) = %d %s, want 404", as.name, rt.Method, path, r.Status, r.Body)
+				// A itself: exactly the route's answer.
+				wantA := want.token
+				if as.session() {
+					wantA = want.session
 				}
-			}
+				expect(t, as, rt.Method, tt.fillA(t, rt.Path), tt.bodyFor(rt.Method, rt.Path), wantA)
+			})
 		}
 	}
 	for key := range global {
@@ -191,42 +454,68 @@ func TestTenantIsolation(t *testing.T) {
 			t.Errorf("isolation table lists %s, which is not a route any more", key)
 		}
 	}
+	for key := range ownStatus {
+		if !covered[key] {
+			t.Errorf("ownStatus lists %s, which is not an organization route any more", key)
+		}
+	}
+
+	// The session's CSRF token is checked on every mutation: without it,
+	// in A, with A's resources, the session is refused (the API with 401
+	// and the reason, the UI with a 403 page).
+	session := callers[1]
+	for _, rt := range routes {
+		if rt.Public || !rt.Mutation() {
+			continue
+		}
+		path := "/api/v1/invitations/" + tt.invitationSecretB + "/accept"
+		if rt.Path != "/api/v1/invitations/:token/accept" {
+			path = tt.fillA(t, rt.Path)
+		}
+		t.Run("session without CSRF token/"+rt.Method+" "+rt.Path, func(t *testing.T) {
+			a := tt.do(t, session, rt.Method, path, tt.bodyFor(rt.Method, rt.Path), false)
+			want := http.StatusUnauthorized
+			if !strings.HasPrefix(rt.Path, "/api/") {
+				want = http.StatusForbidden
+			}
+			if a.Status != want || !strings.Contains(a.Body, auth.CSRFRefusal) {
+				t.Errorf("%s %s without the CSRF token = %d, want %d %q\n%s", rt.Method, path, a.Status, want, auth.CSRFRefusal, snippet(a.Body))
+			}
+		})
+	}
 
 	// B is untouched.
-	ctx := context.Background()
-	members, _ := env.Store.ListMembers(ctx, tt.b.ID)
-	if len(members) != 2 || members[1].Role != rbac.Member && members[0].Role != rbac.Member {
-		t.Errorf("B's members changed: %+v", members)
+	ctx := t.Context()
+	members, err := tt.p.Store.ListMembers(ctx, tt.b.ID)
+	roles := map[string]rbac.Role{}
+	for _, m := range members {
+		roles[m.Email] = m.Role
 	}
-	tok, err := env.Store.APITokenByID(ctx, tt.b.ID, tt.tokenIDB)
+	if err != nil || len(members) != 2 || roles["bob@b.example"] != rbac.Owner || roles["bea@b.example"] != rbac.Member {
+		t.Errorf("B's members changed: %+v %v; want bob owner and bea member", members, err)
+	}
+	tok, err := tt.p.Store.APITokenByID(ctx, tt.b.ID, tt.tokenIDB)
 	if err != nil || tok.RevokedAt != nil {
-		t.Errorf("B's token changed: %+v %v", tok, err)
+		t.Errorf("B's token changed: %+v %v; want it unrevoked", tok, err)
 	}
-	invs, _ := env.Store.ListInvitations(ctx, tt.b.ID)
-	if len(invs) != 1 {
-		t.Errorf("B's invitation changed: %+v", invs)
+	invs, err := tt.p.Store.ListInvitations(ctx, tt.b.ID)
+	if err != nil || len(invs) != 1 || invs[0].ID != tt.invitationB || invs[0].AcceptedAt != nil {
+		t.Errorf("B's invitations changed: %+v %v; want the one open invitation", invs, err)
 	}
 	// B's token still works in B, and only there.
-	if r := env.Do(http.MethodGet, "/api/v1/orgs/org-b/members", tt.tokenB, nil); r.Status != 200 {
-		t.Errorf("B's token in B: %d %s", r.Status, r.Body)
+	if r := tt.env.Do(http.MethodGet, "/api/v1/orgs/org-b/members", tt.tokenB, nil); r.Status != http.StatusOK {
+		t.Errorf("B's token in B: %d %s, want 200", r.Status, r.Body)
 	}
-	if r := env.Do(http.MethodGet, "/api/v1/orgs/org-a/members", tt.tokenB, nil); r.Status != 404 {
-		t.Errorf("B's token in A: %d %s", r.Status, r.Body)
+	if r := tt.env.Do(http.MethodGet, "/api/v1/orgs/"+tt.a.Slug+"/members", tt.tokenB, nil); r.Status != http.StatusNotFound {
+		t.Errorf("B's token in A: %d %s, want 404", r.Status, r.Body)
 	}
 }
 
-// caller is one way of authenticating in the walk.
-type caller struct {
-	name   string
-	token  string
-	userID string
-}
-
-func (c caller) do(env *platformtest.Env, method, path string, body any) platformtest.Response {
-	if c.token != "" {
-		return env.Do(method, path, c.token, body)
+func snippet(s string) string {
+	if len(s) > 600 {
+		return s[:600] + "..."
 	}
-	return env.DoWithHeader(method, path, testUserHeader, c.userID, body)
+	return s
 }
 
 // TestPermissionsEnforcedOnEveryRoute calls every organization route with

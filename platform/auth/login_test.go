@@ -14,14 +14,19 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 	"github.com/oauth2-proxy/mockoidc"
 
+	"github.com/thinlab/thinlab/internal/dextest"
 	"github.com/thinlab/thinlab/platform/auth"
 	"github.com/thinlab/thinlab/platform/rbac"
 	"github.com/thinlab/thinlab/platform/web/webtest"
 )
 
-// These tests run the whole sign-in flow against mockoidc, an in-process
-// OIDC provider (no login page: it signs in whichever user is queued), and
-// a real platform server on a real PostgreSQL database.
+// These tests run the whole sign-in flow against a real platform server on
+// a real PostgreSQL database. The happy paths sign in through the real Dex
+// (bin/dex) and its login form. mockoidc, an in-process provider that
+// signs in whichever user is queued with whatever claims the test bends,
+// is kept for what Dex cannot produce: ID tokens with a wrong audience, an
+// expiry in the past or another nonce, and a groups claim (Dex's static
+// password users have no groups).
 
 type env struct {
 	idp *mockoidc.MockOIDC
@@ -73,45 +78,74 @@ func (e *env) signIn(t *testing.T, b *webtest.Browser, u mockoidc.User) webtest.
 	return b.Get(e.p.URL + "/auth/login/mock")
 }
 
+// dexEnv is the platform with the real Dex (bin/dex) as its only provider:
+// the happy sign-in paths go through Dex's own login form.
+type dexEnv struct {
+	dex *dextest.Dex
+	p   *webtest.Platform
+}
+
+func startDex(t *testing.T, emails ...string) *dexEnv {
+	t.Helper()
+	p, dex := webtest.StartDex(t, emails, nil)
+	return &dexEnv{dex: dex, p: p}
+}
+
+// signIn signs email in through Dex from the platform's login URL.
+func (e *dexEnv) signIn(b *webtest.Browser, email string) (webtest.Page, *dextest.SignInResult) {
+	b.T.Helper()
+	return b.SignIn(e.dex, e.p.URL+"/auth/login/dex", email)
+}
+
 func TestSignInCreatesUserAndPersonalOrg(t *testing.T) {
-	e := start(t, nil)
+	e := startDex(t, "grace@example.com")
 	b := webtest.NewBrowser(t)
 
 	// Before sign-in, pages send the browser to the sign-in page.
 	pg := b.Get(e.p.URL + "/o/anything/members")
 	if pg.URL.Path != "/signin" || pg.URL.Query().Get("return_to") != "/o/anything/members" {
-		t.Fatalf("unauthenticated page landed on %s", pg.URL)
+		t.Fatalf("unauthenticated page landed on %s, want /signin?return_to=/o/anything/members", pg.URL)
 	}
-	pg.Contains(t, "Continue with Mock IdP", `href="/auth/login/mock?return_to=`)
+	pg.Contains(t, "Continue with Dex", `href="/auth/login/dex?return_to=`)
 
-	pg = e.signIn(t, b, mockUser("grace@example.com"))
+	pg, res := e.signIn(b, "grace@example.com")
 	if pg.Status != http.StatusOK || !strings.HasPrefix(pg.URL.Path, "/o/grace") {
-		t.Fatalf("after sign-in: HTTP %d at %s\n%s", pg.Status, pg.URL, pg.Body)
+		t.Fatalf("after sign-in: HTTP %d at %s, want 200 on the personal organization /o/grace...\n%s", pg.Status, pg.URL, pg.Body)
 	}
 	pg.Contains(t, "grace@example.com", "owner", "Members", "API tokens", "Audit log")
 
 	u := e.p.Store
-	var n int64
-	if err := u.Gorm().Table("users").Where("oidc_issuer = ? AND oidc_subject = ? AND email = ?", e.idp.Issuer(), "sub-grace@example.com", "grace@example.com").Count(&n).Error; err != nil || n != 1 {
-		t.Fatalf("users row for the first sign-in: count %d, err %v", n, err)
+	sub, err := webtest.DexUser(t, e.dex, "grace@example.com").Subject()
+	if err != nil {
+		t.Fatal(err)
 	}
-	actions := auditActions(t, e)
+	var n int64
+	if err := u.Gorm().Table("users").Where("oidc_issuer = ? AND oidc_subject = ? AND email = ?", e.dex.Issuer, sub, "grace@example.com").Count(&n).Error; err != nil || n != 1 {
+		t.Fatalf("users row for the first sign-in (issuer %s, subject %s): count %d, err %v; want 1", e.dex.Issuer, sub, n, err)
+	}
+	actions := auditActions(t, e.p)
 	for _, want := range []string{"user.create", "org.create"} {
 		if !strings.Contains(actions, want) {
 			t.Errorf("audit log lacks %s: %s", want, actions)
 		}
 	}
-	// The session cookie is HttpOnly and SameSite=Lax.
-	resp := loginResponseCookies(t, e)
-	if !strings.Contains(resp, "HttpOnly") || !strings.Contains(resp, "SameSite=Lax") {
-		t.Errorf("session cookie attributes: %s", resp)
+	// The session cookie the callback sets is HttpOnly and SameSite=Lax.
+	cb, ok := res.Hop("/auth/callback/")
+	if !ok {
+		t.Fatalf("the sign-in never reached the platform's callback: %+v", res.Hops)
+	}
+	sc := sessionSetCookie(cb.Header)
+	if !strings.Contains(sc, "HttpOnly") || !strings.Contains(sc, "SameSite=Lax") {
+		t.Errorf("session cookie attributes: %q, want HttpOnly and SameSite=Lax", sc)
 	}
 
 	// A second sign-in reuses the user and creates nothing new.
 	var before, after int64
 	u.Gorm().Table("organizations").Count(&before)
 	b2 := webtest.NewBrowser(t)
-	e.signIn(t, b2, mockUser("grace@example.com"))
+	if pg, _ := e.signIn(b2, "grace@example.com"); pg.Status != http.StatusOK {
+		t.Fatalf("second sign-in: HTTP %d at %s, want 200", pg.Status, pg.URL)
+	}
 	u.Gorm().Table("users").Where("email = ?", "grace@example.com").Count(&n)
 	u.Gorm().Table("organizations").Count(&after)
 	if n != 1 || after != before {
@@ -119,46 +153,20 @@ func TestSignInCreatesUserAndPersonalOrg(t *testing.T) {
 	}
 }
 
-// loginResponseCookies runs a sign-in without following the final redirect
-// and returns its Set-Cookie headers.
-func loginResponseCookies(t *testing.T, e *env) string {
-	t.Helper()
-	b := webtest.NewBrowser(t)
-	var setCookies []string
-	b.Client.CheckRedirect = func(req *http.Request, via []*http.Request) error {
-		if last := via[len(via)-1]; last.Response != nil && strings.HasPrefix(last.URL.Path, "/auth/callback/") {
-			setCookies = last.Response.Header.Values("Set-Cookie")
-		}
-		if strings.HasPrefix(req.URL.Path, "/auth/callback/") {
-			return nil
-		}
-		if len(via) > 0 && strings.HasPrefix(via[len(via)-1].URL.Path, "/auth/callback/") {
-			return http.ErrUseLastResponse
-		}
-		return nil
-	}
-	e.idp.QueueUser(mockUser("cookie@example.com"))
-	resp, err := b.Client.Get(e.p.URL + "/auth/login/mock")
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if setCookies == nil {
-		setCookies = resp.Header.Values("Set-Cookie")
-	}
-	for _, c := range setCookies {
+// sessionSetCookie returns the Set-Cookie header of the session cookie.
+func sessionSetCookie(h http.Header) string {
+	for _, c := range h.Values("Set-Cookie") {
 		if strings.HasPrefix(c, auth.SessionCookie+"=") {
 			return c
 		}
 	}
-	t.Fatalf("no session cookie set by the callback: %v", setCookies)
 	return ""
 }
 
-func auditActions(t *testing.T, e *env) string {
+func auditActions(t *testing.T, p *webtest.Platform) string {
 	t.Helper()
 	var acts []string
-	if err := e.p.Store.Gorm().Table("audit_events").Order("id").Pluck("action", &acts).Error; err != nil {
+	if err := p.Store.Gorm().Table("audit_events").Order("id").Pluck("action", &acts).Error; err != nil {
 		t.Fatal(err)
 	}
 	return strings.Join(acts, ",")
@@ -194,7 +202,7 @@ func TestGroupsClaimMapsToOrgRole(t *testing.T) {
 	if role != string(rbac.Admin) {
 		t.Fatalf("role in eng = %q, want admin (strongest mapped group)", role)
 	}
-	if acts := auditActions(t, e); !strings.Contains(acts, "member.add") {
+	if acts := auditActions(t, e.p); !strings.Contains(acts, "member.add") {
 		t.Errorf("audit log lacks member.add: %s", acts)
 	}
 }
@@ -224,17 +232,20 @@ func (e *env) callbackURL(t *testing.T, b *webtest.Browser, u mockoidc.User) *ur
 	return cb
 }
 
-func TestSignInRefusals(t *testing.T) {
-	e := start(t, nil)
+// TestSignInRefusedCallbackState runs the real Dex sign-in up to Dex's
+// redirect back to the platform and tampers with what the platform
+// checks itself: the state parameter and the login cookie.
+func TestSignInRefusedCallbackState(t *testing.T) {
+	e := startDex(t, "s@example.com", "c@example.com")
 	cases := []struct {
 		name   string
-		user   mockoidc.User
+		email  string
 		tamper func(u *url.URL, b *webtest.Browser)
 		want   string
 	}{
 		{
-			name: "bad state",
-			user: mockUser("s@example.com"),
+			name:  "bad state",
+			email: "s@example.com",
 			tamper: func(u *url.URL, _ *webtest.Browser) {
 				q := u.Query()
 				q.Set("state", "forged")
@@ -244,10 +255,47 @@ func TestSignInRefusals(t *testing.T) {
 		},
 		{
 			name:   "missing login cookie",
-			user:   mockUser("c@example.com"),
+			email:  "c@example.com",
 			tamper: func(_ *url.URL, b *webtest.Browser) { b.Client.Jar = emptyJar() },
 			want:   "sign-in state cookie is missing",
 		},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			b := webtest.NewBrowser(t)
+			cb, res, err := e.dex.SignInUntil(t.Context(), b.Client, e.p.URL+"/auth/login/dex", webtest.DexUser(t, e.dex, tc.email), "/auth/callback/")
+			if err != nil {
+				t.Fatalf("sign-in up to the callback: %v (hops %+v)", err, res.Hops)
+			}
+			tc.tamper(cb, b)
+			expectRefused(t, e.p, b, cb, tc.want)
+		})
+	}
+}
+
+// expectRefused sends the callback and expects the refusal page with want.
+func expectRefused(t *testing.T, p *webtest.Platform, b *webtest.Browser, cb *url.URL, want string) {
+	t.Helper()
+	pg := b.Get(cb.String())
+	if pg.Status != http.StatusBadRequest {
+		t.Fatalf("HTTP %d, want 400:\n%s", pg.Status, pg.Body)
+	}
+	pg.Contains(t, "Sign-in failed", want)
+	if b.Cookie(p.URL, auth.SessionCookie) != "" {
+		t.Fatal("a refused sign-in set a session cookie")
+	}
+}
+
+// TestSignInRefusesBentIDTokens needs ID tokens no honest provider
+// issues (Dex cannot be made to): the in-process mock IdP signs a token
+// for another audience, an expired one, and one with another nonce.
+func TestSignInRefusesBentIDTokens(t *testing.T) {
+	e := start(t, nil)
+	cases := []struct {
+		name string
+		user mockoidc.User
+		want string
+	}{
 		{
 			name: "wrong audience",
 			user: user{MockUser: mockUser("a@example.com"), bend: func(c *mockoidc.IDTokenClaims) { c.Audience = jwt.ClaimStrings{"someone-else"} }},
@@ -270,26 +318,15 @@ func TestSignInRefusals(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			b := webtest.NewBrowser(t)
-			cb := e.callbackURL(t, b, tc.user)
-			if tc.tamper != nil {
-				tc.tamper(cb, b)
-			}
-			pg := b.Get(cb.String())
-			if pg.Status != http.StatusBadRequest {
-				t.Fatalf("HTTP %d, want 400:\n%s", pg.Status, pg.Body)
-			}
-			pg.Contains(t, "Sign-in failed", tc.want)
-			if b.Cookie(e.p.URL, auth.SessionCookie) != "" {
-				t.Fatal("a refused sign-in set a session cookie")
-			}
+			expectRefused(t, e.p, b, e.callbackURL(t, b, tc.user), tc.want)
 		})
 	}
 }
 
 func TestCSRFTamperedCookieAndLogout(t *testing.T) {
-	e := start(t, nil)
+	e := startDex(t, "kim@example.com")
 	b := webtest.NewBrowser(t)
-	pg := e.signIn(t, b, mockUser("kim@example.com"))
+	pg, _ := e.signIn(b, "kim@example.com")
 	slug := strings.TrimPrefix(pg.URL.Path, "/o/")
 	tokens := e.p.URL + "/o/" + slug + "/tokens"
 	csrf := webtest.CSRF(t, b.Get(tokens).Body)
@@ -315,10 +352,10 @@ func TestCSRFTamperedCookieAndLogout(t *testing.T) {
 	var body struct {
 		Error struct{ Message string } `json:"error"`
 	}
-	json.NewDecoder(resp.Body).Decode(&body)
+	err = json.NewDecoder(resp.Body).Decode(&body)
 	resp.Body.Close()
-	if resp.StatusCode < 400 || body.Error.Message != auth.CSRFRefusal {
-		t.Fatalf("API POST with session cookie and no CSRF token: HTTP %d %q", resp.StatusCode, body.Error.Message)
+	if err != nil || resp.StatusCode != http.StatusUnauthorized || body.Error.Message != auth.CSRFRefusal {
+		t.Fatalf("API POST with session cookie and no CSRF token: HTTP %d %q (decode: %v), want 401 %q", resp.StatusCode, body.Error.Message, err, auth.CSRFRefusal)
 	}
 	var n int64
 	e.p.Store.Gorm().Table("api_tokens").Count(&n)
@@ -351,7 +388,7 @@ func TestCSRFTamperedCookieAndLogout(t *testing.T) {
 	if pg := b.Get(tokens); pg.URL.Path != "/signin" {
 		t.Fatalf("the cookie of a logged-out session still reaches %s", pg.URL)
 	}
-	if acts := auditActions(t, e); !strings.Contains(acts, "session.logout") || !strings.Contains(acts, "token.create") {
+	if acts := auditActions(t, e.p); !strings.Contains(acts, "session.logout") || !strings.Contains(acts, "token.create") {
 		t.Errorf("audit log: %s", acts)
 	}
 }
@@ -374,9 +411,12 @@ func emptyJar() http.CookieJar {
 }
 
 func TestExpiredSessionIsNoSession(t *testing.T) {
-	e := start(t, nil)
+	e := startDex(t, "old@example.com")
 	b := webtest.NewBrowser(t)
-	pg := e.signIn(t, b, mockUser("old@example.com"))
+	pg, _ := e.signIn(b, "old@example.com")
+	if pg.Status != http.StatusOK || !strings.HasPrefix(pg.URL.Path, "/o/") {
+		t.Fatalf("sign-in: HTTP %d at %s, want 200 on an organization page", pg.Status, pg.URL)
+	}
 	if err := e.p.Store.Gorm().Exec("UPDATE web_sessions SET expires_at = now() - interval '1 second'").Error; err != nil {
 		t.Fatal(err)
 	}
@@ -386,18 +426,14 @@ func TestExpiredSessionIsNoSession(t *testing.T) {
 }
 
 func TestSecureCookiesWhenConfigured(t *testing.T) {
-	idp, err := mockoidc.Run()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { idp.Shutdown() })
-	p := webtest.Start(t, func(string) auth.Config {
+	p := webtest.Start(t, func(base string) auth.Config {
+		dex := dextest.Start(t, dextest.Options{RedirectURIs: []string{base + "/auth/callback/dex"}})
 		return auth.Config{SecureCookies: true, Providers: []auth.ProviderConfig{{
-			Name: "mock", Issuer: idp.Issuer(), ClientID: idp.ClientID, ClientSecret: idp.ClientSecret,
+			Name: "dex", Issuer: dex.Issuer, ClientID: dex.ClientID, ClientSecret: dex.ClientSecret,
 		}}}
 	})
 	client := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
-	resp, err := client.Get(p.URL + "/auth/login/mock")
+	resp, err := client.Get(p.URL + "/auth/login/dex")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -413,7 +449,7 @@ func TestSecureCookiesWhenConfigured(t *testing.T) {
 	if q.Get("code_challenge_method") != "S256" || q.Get("code_challenge") == "" || q.Get("nonce") == "" || q.Get("state") == "" {
 		t.Errorf("authorization request lacks PKCE S256, nonce or state: %s", loc)
 	}
-	if q.Get("redirect_uri") != p.URL+"/auth/callback/mock" {
+	if q.Get("redirect_uri") != p.URL+"/auth/callback/dex" {
 		t.Errorf("redirect_uri = %s", q.Get("redirect_uri"))
 	}
 }

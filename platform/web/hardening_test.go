@@ -18,7 +18,7 @@ import (
 // answer, a web page, a public page, API and web errors and an unknown
 // route: each carries the same protective headers.
 func TestSecurityHeadersOnEveryResponse(t *testing.T) {
-	s := startSite(t)
+	s := startSite(t, "hedy@example.com")
 	b, _ := s.signIn(t, "hedy@example.com")
 	want := map[string]string{
 		"X-Content-Type-Options":  "nosniff",
@@ -58,7 +58,7 @@ func TestSecurityHeadersOnEveryResponse(t *testing.T) {
 // the configured burst of failures (default 20) the next request is
 // answered 429 with Retry-After, even with a well-formed guess.
 func TestBearerFailuresRateLimited(t *testing.T) {
-	s := startSite(t)
+	s := startSite(t, "ok@example.com")
 	const burst = 20 // server.DefaultConfig's rateLimits.bearerFailures.burst
 	guess := func() *http.Response {
 		req, _ := http.NewRequestWithContext(t.Context(), http.MethodGet, s.p.URL+"/api/v1/me", nil)
@@ -164,7 +164,7 @@ func TestSignInRateLimited(t *testing.T) {
 	const burst = 20 // server.DefaultConfig's rateLimits.signIn.burst
 	client := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 	start := func() *http.Response {
-		resp, err := client.Get(s.p.URL + "/auth/login/mock")
+		resp, err := client.Get(s.p.URL + "/auth/login/dex")
 		if err != nil {
 			t.Fatal(err)
 		}

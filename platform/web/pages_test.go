@@ -8,47 +8,35 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/oauth2-proxy/mockoidc"
-
-	"github.com/thinlab/thinlab/platform/auth"
+	"github.com/thinlab/thinlab/internal/dextest"
 	"github.com/thinlab/thinlab/platform/store"
 	"github.com/thinlab/thinlab/platform/web/webtest"
 )
 
-// The IdP here is mockoidc, in process (no login page); the platform,
-// database and HTTP are real. The browser is a cookie-jar HTTP client: no
-// JavaScript at all, which is the point.
+// The IdP here is the real Dex (bin/dex) with its login form; the
+// platform, database and HTTP are real. The browser is a cookie-jar HTTP
+// client: no JavaScript at all, which is the point.
 
 type site struct {
-	idp *mockoidc.MockOIDC
+	dex *dextest.Dex
 	p   *webtest.Platform
 }
 
-func startSite(t *testing.T) *site {
+// startSite runs the platform with Dex, which knows the given users.
+func startSite(t *testing.T, emails ...string) *site {
 	t.Helper()
-	idp, err := mockoidc.Run()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { idp.Shutdown() })
-	p := webtest.Start(t, func(string) auth.Config {
-		return auth.Config{Providers: []auth.ProviderConfig{{
-			Name: "mock", DisplayName: "Mock IdP", Issuer: idp.Issuer(),
-			ClientID: idp.ClientID, ClientSecret: idp.ClientSecret,
-		}}}
-	})
-	return &site{idp: idp, p: p}
+	p, dex := webtest.StartDex(t, emails, nil)
+	return &site{dex: dex, p: p}
 }
 
 // signIn signs email in with a fresh browser and returns it and the page
 // it landed on.
 func (s *site) signIn(t *testing.T, email string) (*webtest.Browser, webtest.Page) {
 	t.Helper()
-	s.idp.QueueUser(&mockoidc.MockUser{Subject: "sub-" + email, Email: email, EmailVerified: true, PreferredUsername: strings.Split(email, "@")[0]})
 	b := webtest.NewBrowser(t)
-	pg := b.Get(s.p.URL + "/auth/login/mock")
+	pg, _ := b.SignIn(s.dex, s.p.URL+"/auth/login/dex", email)
 	if pg.Status != http.StatusOK {
-		t.Fatalf("sign-in of %s: HTTP %d at %s\n%s", email, pg.Status, pg.URL, pg.Body)
+		t.Fatalf("sign-in of %s: HTTP %d at %s, want 200\n%s", email, pg.Status, pg.URL, pg.Body)
 	}
 	return b, pg
 }
@@ -71,7 +59,7 @@ func (s *site) auditActions(t *testing.T) []string {
 }
 
 func TestEveryPageRendersWithoutJavaScript(t *testing.T) {
-	s := startSite(t)
+	s := startSite(t, "ada@example.com")
 	b, home := s.signIn(t, "ada@example.com")
 	slug := strings.TrimPrefix(home.URL.Path, "/o/")
 	o := s.p.URL + "/o/" + slug
@@ -109,7 +97,7 @@ func TestEveryPageRendersWithoutJavaScript(t *testing.T) {
 	if pg := b.Get(s.p.URL + "/signin"); pg.URL.Path != "/o/"+slug {
 		t.Errorf("signed-in /signin went to %s", pg.URL)
 	}
-	webtest.NewBrowser(t).Get(s.p.URL+"/signin").Contains(t, "Continue with Mock IdP")
+	webtest.NewBrowser(t).Get(s.p.URL+"/signin").Contains(t, "Continue with Dex")
 	// An organization the user is not in looks like one that does not exist.
 	if pg := b.Get(s.p.URL + "/o/someone-elses"); pg.Status != http.StatusNotFound {
 		t.Errorf("foreign organization: HTTP %d", pg.Status)
@@ -121,7 +109,7 @@ func TestEveryPageRendersWithoutJavaScript(t *testing.T) {
 var linkRE = regexp.MustCompile(`id="invitation-link">([^<]+)<`)
 
 func TestMembersInvitationsTokensAndAuditActions(t *testing.T) {
-	s := startSite(t)
+	s := startSite(t, "owner@example.com", "bob@example.com")
 	owner, home := s.signIn(t, "owner@example.com")
 	slug := strings.TrimPrefix(home.URL.Path, "/o/")
 	o := s.p.URL + "/o/" + slug
@@ -139,14 +127,20 @@ func TestMembersInvitationsTokensAndAuditActions(t *testing.T) {
 	pg.Contains(t, "is not an email address")
 
 	// Bob follows the link: sign-in first, then back to the invitation.
+	// Dex says bob's address is verified, which accepting requires.
 	bob := webtest.NewBrowser(t)
-	s.idp.QueueUser(&mockoidc.MockUser{Subject: "sub-bob", Email: "bob@example.com", EmailVerified: true})
 	pg = bob.Get(link)
 	if pg.URL.Path != "/signin" {
-		t.Fatalf("invitation link without a session went to %s", pg.URL)
+		t.Fatalf("invitation link without a session went to %s, want /signin", pg.URL)
 	}
-	loginURL := regexp.MustCompile(`href="(/auth/login/mock[^"]*)"`).FindStringSubmatch(pg.Body)[1]
-	pg = bob.Get(s.p.URL + strings.ReplaceAll(loginURL, "&amp;", "&"))
+	login := regexp.MustCompile(`href="(/auth/login/dex[^"]*)"`).FindStringSubmatch(pg.Body)
+	if login == nil {
+		t.Fatalf("sign-in page lacks the Dex link:\n%s", pg.Body)
+	}
+	pg, _ = bob.SignIn(s.dex, s.p.URL+strings.ReplaceAll(login[1], "&amp;", "&"), "bob@example.com")
+	if pg.URL.Path != "/invitations/accept" {
+		t.Fatalf("after sign-in from the invitation link: at %s, want back at /invitations/accept", pg.URL)
+	}
 	pg.Contains(t, "Accept invitation", "admin")
 	pg = bob.PostForm(s.p.URL+"/invitations/accept", url.Values{"csrf_token": {webtest.CSRF(t, pg.Body)}, "secret": {mustQuery(t, link, "secret")}})
 	if pg.URL.Path != "/o/"+slug {

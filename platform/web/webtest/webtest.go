@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/thinlab/thinlab/internal/dextest"
 	"github.com/thinlab/thinlab/platform/auth"
 	"github.com/thinlab/thinlab/platform/platformtest"
 	"github.com/thinlab/thinlab/platform/server"
@@ -175,4 +176,69 @@ func (p Page) Contains(t testing.TB, want ...string) {
 			t.Fatalf("page %s (HTTP %d) lacks %q:\n%s", p.URL, p.Status, w, snippet(p.Body))
 		}
 	}
+}
+
+// Password is the password of every Dex user made by StartDex.
+const Password = "webtest-password-0123"
+
+// StartDex runs the real Dex (bin/dex) with a static password user for
+// each email and a platform whose only provider ("dex") is that Dex.
+// mutate, when not nil, adjusts the provider configuration.
+func StartDex(t testing.TB, emails []string, mutate func(*auth.ProviderConfig)) (*Platform, *dextest.Dex) {
+	t.Helper()
+	users := make([]dextest.User, 0, len(emails))
+	for _, e := range emails {
+		users = append(users, dextest.User{Email: e, Password: Password})
+	}
+	var dex *dextest.Dex
+	p := Start(t, func(base string) auth.Config {
+		dex = dextest.Start(t, dextest.Options{RedirectURIs: []string{base + "/auth/callback/dex"}, Users: users})
+		pc := auth.ProviderConfig{
+			Name: "dex", DisplayName: "Dex", Issuer: dex.Issuer,
+			ClientID: dex.ClientID, ClientSecret: dex.ClientSecret,
+		}
+		if mutate != nil {
+			mutate(&pc)
+		}
+		return auth.Config{Providers: []auth.ProviderConfig{pc}}
+	})
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("dex log:\n%s", tail(dex.LogContent(), 4000))
+		}
+	})
+	return p, dex
+}
+
+// DexUser returns the Dex user with email.
+func DexUser(t testing.TB, dex *dextest.Dex, email string) dextest.User {
+	t.Helper()
+	for _, u := range dex.Users {
+		if u.Email == email {
+			return u
+		}
+	}
+	t.Fatalf("webtest: %s is not a Dex user of this test: pass it to StartDex", email)
+	return dextest.User{}
+}
+
+// SignIn signs email in through Dex, starting at loginURL (the platform's
+// /auth/login/dex, perhaps with a return_to), submitting Dex's login form
+// like a browser without JavaScript. It returns the page landed on and
+// every hop; it fails the test when the sign-in does not end on a page.
+func (b *Browser) SignIn(dex *dextest.Dex, loginURL, email string) (Page, *dextest.SignInResult) {
+	b.T.Helper()
+	res, err := dex.SignIn(b.T.Context(), b.Client, loginURL, DexUser(b.T, dex, email))
+	if err != nil {
+		b.T.Fatalf("sign-in of %s through Dex from %s: %v", email, loginURL, err)
+	}
+	last := res.Final()
+	return Page{Status: last.Status, URL: last.URL, Body: res.Body, Header: last.Header}, res
+}
+
+func tail(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return "..." + s[len(s)-n:]
 }
