@@ -130,7 +130,7 @@ func dbName(dsn string) string {
 // Retry-After, before the secret is even looked up.
 func TestInvitationAcceptRateLimited(t *testing.T) {
 	const burst = 3
-	env := platformtest.New(t, platformtest.WithSetup(fakeSession), platformtest.WithConfig(func(c *server.Config) {
+	env := platformtest.New(t, platformtest.WithAuthenticator(fakeSession), platformtest.WithConfig(func(c *server.Config) {
 		c.RateLimits.InvitationAccept.Burst = burst
 	}))
 	guesser := env.User("guess@example.com")

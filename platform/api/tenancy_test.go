@@ -11,7 +11,6 @@ import (
 	"github.com/thinlab/thinlab/platform/platformtest"
 	"github.com/thinlab/thinlab/platform/principal"
 	"github.com/thinlab/thinlab/platform/rbac"
-	"github.com/thinlab/thinlab/platform/server"
 	"github.com/thinlab/thinlab/platform/store"
 )
 
@@ -21,19 +20,18 @@ import (
 // membership check rather than the token's organization binding.
 const testUserHeader = "X-Platformtest-User"
 
-func fakeSession(s *server.Server) error {
-	s.AddAuthenticator(func(c *gin.Context) (*principal.Principal, error) {
+func fakeSession(st *store.Store) principal.Authenticator {
+	return func(c *gin.Context) (*principal.Principal, error) {
 		id := c.GetHeader(testUserHeader)
 		if id == "" {
 			return nil, nil
 		}
-		u, err := s.Store().UserByID(c.Request.Context(), id)
+		u, err := st.UserByID(c.Request.Context(), id)
 		if err != nil {
 			return nil, principal.Reject("unknown test user")
 		}
 		return &principal.Principal{UserID: u.ID, Email: u.Email, Method: principal.MethodSession}, nil
-	})
-	return nil
+	}
 }
 
 // tenants is two organizations with something of everything in each.
@@ -51,7 +49,7 @@ type tenants struct {
 }
 
 func newTenants(t *testing.T) *tenants {
-	env := platformtest.New(t, platformtest.WithSetup(fakeSession))
+	env := platformtest.New(t, platformtest.WithAuthenticator(fakeSession))
 	ctx := context.Background()
 	tt := &tenants{env: env}
 	tt.ownerA = env.User("ann@a.example")
@@ -147,7 +145,7 @@ func TestTenantIsolation(t *testing.T) {
 		{name: "session of A's owner", userID: tt.ownerA.ID},
 	}
 	covered := map[string]bool{}
-	for _, rt := range env.Server.Routes() {
+	for _, rt := range env.APIRoutes() {
 		key := rt.Method + " " + rt.Path
 		if !rt.OrgRoute() {
 			check, ok := global[key]
@@ -241,7 +239,7 @@ func TestPermissionsEnforcedOnEveryRoute(t *testing.T) {
 			u = env.Member(org, string(role)+"@example.com", role)
 		}
 		token := env.Token(org, u)
-		for _, rt := range env.Server.Routes() {
+		for _, rt := range env.APIRoutes() {
 			if !rt.OrgRoute() {
 				continue
 			}

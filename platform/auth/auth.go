@@ -147,3 +147,7 @@ func (a *Auth) setCookie(c *gin.Context, ck *http.Cookie) {
 	ck.Secure = a.secure(c.Request)
 	http.SetCookie(c.Writer, ck)
 }
+
+// BaseURL is the platform's external URL (publicURL), without a trailing
+// slash; links in pages start with it.
+func (a *Auth) BaseURL() string { return a.cfg.BaseURL }

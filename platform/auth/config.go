@@ -5,24 +5,22 @@
 package auth
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
-	"io"
 	"net/url"
 	"os"
 	"regexp"
 	"strings"
 	"time"
-
-	"gopkg.in/yaml.v3"
 )
 
-// Config is the sign-in part of the platform configuration.
+// Config is the sign-in part of the platform configuration: the auth:
+// section of the platform's config file (platform/server.Config).
 type Config struct {
-	// BaseURL is the platform's external URL (https://thinlab.example.com).
-	// Callback URLs are BaseURL + "/auth/callback/" + provider name.
-	BaseURL string `yaml:"baseURL"`
+	// BaseURL is the platform's external URL (https://thinlab.example.com):
+	// the platform's publicURL, filled in by the server, not a key of its
+	// own. Callback URLs are BaseURL + "/auth/callback/" + provider name.
+	BaseURL string `yaml:"-"`
 	// CookieSecret signs the short-lived login cookie (state, nonce, PKCE
 	// verifier). Every replica needs the same value; at least 32 bytes.
 	CookieSecret string `yaml:"cookieSecret"`
@@ -92,7 +90,7 @@ func (c *Config) Validate() error {
 	var errs []error
 	u, err := url.Parse(c.BaseURL)
 	if c.BaseURL == "" || err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		errs = append(errs, fmt.Errorf("auth.baseURL %q: set the platform's external URL, e.g. https://thinlab.example.com", c.BaseURL))
+		errs = append(errs, fmt.Errorf("publicURL %q: set the platform's external URL, e.g. https://thinlab.example.com", c.BaseURL))
 	}
 	c.BaseURL = strings.TrimRight(c.BaseURL, "/")
 	if len(c.CookieSecret) < 32 {
@@ -153,27 +151,6 @@ func (c *Config) Validate() error {
 		}
 	}
 	return errors.Join(errs...)
-}
-
-// LoadConfigFile reads the sign-in configuration from a YAML file (the
-// keys of Config: baseURL, cookieSecret, secureCookies, sessionTTL,
-// providers). An empty path gives an empty configuration. Unknown keys are
-// errors, so a typo does not pass silently.
-func LoadConfigFile(path string) (Config, error) {
-	var c Config
-	if path == "" {
-		return c, nil
-	}
-	raw, err := os.ReadFile(path)
-	if err != nil {
-		return c, fmt.Errorf("read sign-in config: %w", err)
-	}
-	dec := yaml.NewDecoder(bytes.NewReader(raw))
-	dec.KnownFields(true)
-	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) {
-		return c, fmt.Errorf("sign-in config %s: %w", path, err)
-	}
-	return c, nil
 }
 
 // Provider returns the provider configuration by name.

@@ -1,7 +1,6 @@
 package auth
 
 import (
-	"context"
 	"crypto/rand"
 	"crypto/subtle"
 	"encoding/base64"
@@ -108,12 +107,8 @@ func (a *Auth) handleCallback(c *gin.Context) {
 	a.log.Info("signed in", "provider", ident.Provider, "user", userID)
 	// Sign-ins are rare next to requests: a good moment to drop sessions
 	// that ended (indexed by expires_at).
-	if gs, ok := a.sessions.(interface {
-		DeleteExpiredSessions(context.Context, time.Time) (int64, error)
-	}); ok {
-		if _, err := gs.DeleteExpiredSessions(c.Request.Context(), a.now().UTC()); err != nil {
-			a.log.Warn("delete expired sessions", "err", err)
-		}
+	if _, err := a.sessions.DeleteExpiredSessions(c.Request.Context(), a.now().UTC()); err != nil {
+		a.log.Warn("delete expired sessions", "err", err)
 	}
 	c.Redirect(http.StatusSeeOther, returnTo)
 }

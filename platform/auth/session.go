@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/gin-gonic/gin"
-	"gorm.io/gorm"
 
 	"github.com/thinlab/thinlab/platform/principal"
 	"github.com/thinlab/thinlab/platform/store"
@@ -20,63 +19,19 @@ import (
 // SHA-256, so a stolen database does not yield live sessions.
 const SessionCookie = "thinlab_session"
 
-// Session is a signed-in browser.
-type Session struct {
-	IDHash    []byte `gorm:"primaryKey;column:id_hash"`
-	UserID    string
-	Provider  string
-	CSRFToken string `gorm:"column:csrf_token"`
-	IP        string `gorm:"column:ip"`
-	UserAgent string
-	CreatedAt time.Time
-	ExpiresAt time.Time
-}
-
-// TableName is the sessions table (migrations/ creates it).
-func (Session) TableName() string { return "web_sessions" }
-
-// ErrNoSession means the cookie names no live session.
-var ErrNoSession = errors.New("no such session")
+// Session is a signed-in browser (a row of the platform database).
+type Session = store.Session
 
 // SessionStore keeps sessions server-side, so logout and expiry take effect
-// at once on every replica.
+// at once on every replica. *store.Store is the one the platform uses.
 type SessionStore interface {
 	CreateSession(ctx context.Context, s *Session) error
-	// LookupSession returns the live session with idHash, or ErrNoSession.
+	// LookupSession returns the live session with idHash, or
+	// store.ErrNotFound.
 	LookupSession(ctx context.Context, idHash []byte, now time.Time) (*Session, error)
 	DeleteSession(ctx context.Context, idHash []byte) error
-}
-
-// GormSessions stores sessions in the platform database.
-type GormSessions struct{ DB *gorm.DB }
-
-// CreateSession inserts s.
-func (g GormSessions) CreateSession(ctx context.Context, s *Session) error {
-	return g.DB.WithContext(ctx).Create(s).Error
-}
-
-// LookupSession finds a session that has not expired.
-func (g GormSessions) LookupSession(ctx context.Context, idHash []byte, now time.Time) (*Session, error) {
-	var s Session
-	err := g.DB.WithContext(ctx).Where("id_hash = ? AND expires_at > ?", idHash, now).Take(&s).Error
-	if errors.Is(err, gorm.ErrRecordNotFound) {
-		return nil, ErrNoSession
-	}
-	if err != nil {
-		return nil, err
-	}
-	return &s, nil
-}
-
-// DeleteSession removes a session (logout); deleting twice is a no-op.
-func (g GormSessions) DeleteSession(ctx context.Context, idHash []byte) error {
-	return g.DB.WithContext(ctx).Where("id_hash = ?", idHash).Delete(&Session{}).Error
-}
-
-// DeleteExpiredSessions removes sessions that ended before now.
-func (g GormSessions) DeleteExpiredSessions(ctx context.Context, now time.Time) (int64, error) {
-	res := g.DB.WithContext(ctx).Where("expires_at <= ?", now).Delete(&Session{})
-	return res.RowsAffected, res.Error
+	// DeleteExpiredSessions removes sessions that ended before now.
+	DeleteExpiredSessions(ctx context.Context, now time.Time) (int64, error)
 }
 
 func hashSessionID(id string) []byte {
@@ -133,7 +88,7 @@ func (a *Auth) CurrentSession(c *gin.Context) (*Session, error) {
 		return nil, nil
 	}
 	s, err := a.sessions.LookupSession(c.Request.Context(), hashSessionID(id), a.now().UTC())
-	if errors.Is(err, ErrNoSession) {
+	if errors.Is(err, store.ErrNotFound) {
 		return nil, nil
 	}
 	if err != nil {

@@ -18,6 +18,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -27,6 +28,9 @@ import (
 
 	"github.com/thinlab/thinlab/internal/pgcluster"
 	"github.com/thinlab/thinlab/migrations"
+	"github.com/thinlab/thinlab/platform/access"
+	"github.com/thinlab/thinlab/platform/api"
+	"github.com/thinlab/thinlab/platform/principal"
 	"github.com/thinlab/thinlab/platform/server"
 	"github.com/thinlab/thinlab/platform/store"
 )
@@ -163,11 +167,14 @@ type Env struct {
 // Option adjusts New.
 type Option func(*server.Options, *server.Config)
 
-// WithSetup adds a server setup hook (such as platform/auth's session
-// authenticator and routes).
-func WithSetup(fn func(*server.Server) error) Option {
-	return func(o *server.Options, _ *server.Config) { o.Setup = append(o.Setup, fn) }
+// WithAuthenticator adds an authenticator, tried after the API token and
+// the session cookie (such as one that turns a test header into a user).
+func WithAuthenticator(fn func(*store.Store) principal.Authenticator) Option {
+	return func(o *server.Options, _ *server.Config) { o.Authenticators = append(o.Authenticators, fn) }
 }
+
+// CookieSecret signs the login cookies of test servers.
+const CookieSecret = "platformtest-cookie-secret-0123456789abcdef"
 
 // WithConfig changes the server configuration before the start (rate
 // limits, public URL).
@@ -179,9 +186,16 @@ func WithConfig(fn func(*server.Config)) Option {
 func New(t testing.TB, opts ...Option) *Env {
 	t.Helper()
 	dsn := Database(t)
+	// Listen first, so that the server knows its public URL.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
 	cfg := server.DefaultConfig()
 	cfg.Database.URL = dsn
-	cfg.Listen = "127.0.0.1:0"
+	cfg.Listen = ln.Addr().String()
+	cfg.PublicURL = "http://" + cfg.Listen
+	cfg.Auth.CookieSecret = CookieSecret
 	o := server.Options{Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))}
 	for _, opt := range opts {
 		opt(&o, &cfg)
@@ -190,9 +204,13 @@ func New(t testing.TB, opts ...Option) *Env {
 	defer cancel()
 	srv, err := server.New(ctx, cfg, o)
 	if err != nil {
+		ln.Close()
 		t.Fatalf("platformtest: start server: %v", err)
 	}
-	hs := httptest.NewServer(srv.Handler())
+	hs := httptest.NewUnstartedServer(srv.Handler())
+	hs.Listener.Close()
+	hs.Listener = ln
+	hs.Start()
 	t.Cleanup(func() {
 		hs.Close()
 		srv.Close()
@@ -207,4 +225,17 @@ func freePort() (int, error) {
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// APIRoutes is the part of the server's route table a program calls: the
+// JSON API under /api/v1 and /healthz (not the web UI's pages), for tests
+// that walk every API route.
+func (e *Env) APIRoutes() []access.Route {
+	var out []access.Route
+	for _, rt := range e.Server.Routes() {
+		if strings.HasPrefix(rt.Path, api.Prefix+"/") || rt.Path == "/healthz" {
+			out = append(out, rt)
+		}
+	}
+	return out
 }

@@ -60,9 +60,6 @@ func (s *Store) SQL() *sql.DB {
 	return d
 }
 
-// Gorm returns the gorm handle for packages that add their own tables.
-func (s *Store) Gorm() *gorm.DB { return s.db }
-
 // Close closes the connection pool.
 func (s *Store) Close() error { return s.SQL().Close() }
 

@@ -143,9 +143,7 @@ func TestUnverifiedEmailCannotAcceptInvitation(t *testing.T) {
 			if pg.Status != tc.want {
 				t.Fatalf("accept: HTTP %d, want %d\n%s", pg.Status, tc.want, pg.Body)
 			}
-			var members []string
-			p.Store.Gorm().Table("memberships m").Joins("JOIN users u ON u.id = m.user_id").
-				Where("m.org_id = ? AND u.email = ?", org.ID, "eve@example.com").Pluck("m.role", &members)
+			members := p.QueryStrings("SELECT m.role FROM memberships m JOIN users u ON u.id = m.user_id WHERE m.org_id = $1 AND u.email = $2", org.ID, "eve@example.com")
 			if joined := len(members) == 1; joined != (tc.want == http.StatusSeeOther) {
 				t.Fatalf("eve member of target: %v; want %v", members, tc.want == http.StatusSeeOther)
 			}

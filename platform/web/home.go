@@ -44,7 +44,7 @@ func (w *Web) createOrg(c *gin.Context) {
 		w.fail(c, http.StatusBadRequest, err.Error(), again)
 		return
 	}
-	org, err := w.Store.CreateOrganization(c.Request.Context(), slug, name, principal.From(c).UserID)
+	org, err := w.store.CreateOrganization(c.Request.Context(), slug, name, principal.From(c).UserID)
 	if errors.Is(err, store.ErrSlugReserved) {
 		w.fail(c, http.StatusConflict, "the slug "+slug+" is reserved: an identity provider group mapping places people in this organization; choose another", again)
 		return

@@ -19,7 +19,7 @@ func (w *Web) acceptInvitationPage(c *gin.Context) {
 	secret := c.Query("secret")
 	p := w.page(c, "Invitation")
 	v := ui.AcceptInvitation{Secret: secret}
-	inv, err := w.Store.InvitationBySecret(c.Request.Context(), secret)
+	inv, err := w.store.InvitationBySecret(c.Request.Context(), secret)
 	switch {
 	case errors.Is(err, store.ErrNotFound) || secret == "":
 		v.Error = "This invitation link is not valid. Ask for a new invitation."
@@ -33,7 +33,7 @@ func (w *Web) acceptInvitationPage(c *gin.Context) {
 	default:
 		v.Email, v.Role = inv.Email, string(inv.Role)
 		v.OrgName = inv.OrgID
-		if org, err := w.Store.OrganizationByRef(c.Request.Context(), inv.OrgID); err == nil {
+		if org, err := w.store.OrganizationByRef(c.Request.Context(), inv.OrgID); err == nil {
 			v.OrgName = org.Name
 		}
 		if !strings.EqualFold(inv.Email, principal.From(c).Email) {
@@ -47,12 +47,12 @@ func (w *Web) acceptInvitationPage(c *gin.Context) {
 // acceptInvitation makes the signed-in person a member.
 func (w *Web) acceptInvitation(c *gin.Context) {
 	secret := c.PostForm("secret")
-	u, err := w.Store.UserByID(c.Request.Context(), principal.From(c).UserID)
+	u, err := w.store.UserByID(c.Request.Context(), principal.From(c).UserID)
 	if err != nil {
 		w.internal(c, "load your account", err)
 		return
 	}
-	inv, err := w.Store.AcceptInvitation(c.Request.Context(), secret, u)
+	inv, err := w.store.AcceptInvitation(c.Request.Context(), secret, u)
 	if inv != nil && inv.ID != "" {
 		audit.SetOrg(c, inv.OrgID)
 		audit.SetTarget(c, inv.ID)
@@ -78,7 +78,7 @@ func (w *Web) acceptInvitation(c *gin.Context) {
 		w.render(c, status, ui.AcceptInvitationPage(p, ui.AcceptInvitation{Error: msg}))
 		return
 	}
-	org, err := w.Store.OrganizationByRef(c.Request.Context(), inv.OrgID)
+	org, err := w.store.OrganizationByRef(c.Request.Context(), inv.OrgID)
 	if err != nil {
 		w.internal(c, "load the organization", err)
 		return

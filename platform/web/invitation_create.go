@@ -32,7 +32,7 @@ func (w *Web) createInvitation(c *gin.Context) {
 		w.fail(c, http.StatusForbidden, "your role "+string(access.Role(c))+" cannot grant role "+string(role), w.renderInvitationsAgain)
 		return
 	}
-	inv, secret, err := w.Store.CreateInvitation(c.Request.Context(), access.OrgID(c), email, role, principal.From(c).UserID)
+	inv, secret, err := w.store.CreateInvitation(c.Request.Context(), access.OrgID(c), email, role, principal.From(c).UserID)
 	if err != nil {
 		w.internal(c, "create the invitation", err)
 		return
@@ -42,6 +42,6 @@ func (w *Web) createInvitation(c *gin.Context) {
 	p.Flash = append(p.Flash, ui.Flash{Kind: "success", Text: "Invitation created for " + email + "."})
 	w.renderInvitations(c, p, ui.Invitations{
 		NewEmail: email,
-		NewLink:  w.BaseURL + "/invitations/accept?secret=" + url.QueryEscape(secret),
+		NewLink:  w.auth.BaseURL() + "/invitations/accept?secret=" + url.QueryEscape(secret),
 	})
 }

@@ -13,7 +13,7 @@ func (w *Web) removeMember(c *gin.Context) {
 	if !ok {
 		return
 	}
-	err := w.Store.RemoveMember(c.Request.Context(), access.OrgID(c), m.UserID)
+	err := w.store.RemoveMember(c.Request.Context(), access.OrgID(c), m.UserID)
 	if w.memberChangeFailed(c, err, "remove the member") {
 		return
 	}

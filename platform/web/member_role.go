@@ -28,7 +28,7 @@ func (w *Web) changeRole(c *gin.Context) {
 		w.fail(c, http.StatusForbidden, "your role "+string(access.Role(c))+" cannot grant role "+string(role), w.renderMembers)
 		return
 	}
-	err = w.Store.SetMemberRole(c.Request.Context(), access.OrgID(c), m.UserID, role)
+	err = w.store.SetMemberRole(c.Request.Context(), access.OrgID(c), m.UserID, role)
 	if w.memberChangeFailed(c, err, "change the role") {
 		return
 	}
@@ -40,7 +40,7 @@ func (w *Web) changeRole(c *gin.Context) {
 func (w *Web) targetMember(c *gin.Context) (*store.Member, bool) {
 	userID := c.Param("user")
 	audit.SetTarget(c, userID)
-	m, err := w.Store.Member(c.Request.Context(), access.OrgID(c), userID)
+	m, err := w.store.Member(c.Request.Context(), access.OrgID(c), userID)
 	if errors.Is(err, store.ErrNotFound) {
 		w.fail(c, http.StatusNotFound, "no such member: "+userID, w.renderMembers)
 		return nil, false

@@ -16,7 +16,7 @@ func (w *Web) members(c *gin.Context) {
 
 func (w *Web) renderMembers(c *gin.Context, p ui.Page) {
 	p.Title = "Members"
-	members, err := w.Store.ListMembers(c.Request.Context(), access.OrgID(c))
+	members, err := w.store.ListMembers(c.Request.Context(), access.OrgID(c))
 	if err != nil {
 		w.internal(c, "list members", err)
 		return

@@ -36,7 +36,7 @@ func (w *Web) createToken(c *gin.Context) {
 		t := time.Now().UTC().Add(time.Duration(days) * 24 * time.Hour)
 		expiresAt = &t
 	}
-	tok, secret, err := w.Store.CreateAPIToken(c.Request.Context(), access.OrgID(c), principal.From(c).UserID, name, expiresAt)
+	tok, secret, err := w.store.CreateAPIToken(c.Request.Context(), access.OrgID(c), principal.From(c).UserID, name, expiresAt)
 	if err != nil {
 		w.internal(c, "create the token", err)
 		return

@@ -18,7 +18,7 @@ func (w *Web) revokeToken(c *gin.Context) {
 	id := c.Param("token")
 	audit.SetTarget(c, id)
 	ctx := c.Request.Context()
-	tok, err := w.Store.APITokenByID(ctx, access.OrgID(c), id)
+	tok, err := w.store.APITokenByID(ctx, access.OrgID(c), id)
 	if errors.Is(err, store.ErrNotFound) || (err == nil && !seesAllTokens(c) && tok.UserID != principal.From(c).UserID) {
 		w.fail(c, http.StatusNotFound, "no such token: "+id, w.renderTokensAgain)
 		return
@@ -27,7 +27,7 @@ func (w *Web) revokeToken(c *gin.Context) {
 		w.internal(c, "load the token", err)
 		return
 	}
-	if err := w.Store.RevokeAPIToken(ctx, access.OrgID(c), id); err != nil {
+	if err := w.store.RevokeAPIToken(ctx, access.OrgID(c), id); err != nil {
 		w.internal(c, "revoke the token", err)
 		return
 	}

@@ -16,7 +16,7 @@ func seesAllTokens(c *gin.Context) bool { return rbac.Can(access.Role(c), rbac.M
 
 // visibleTokens lists the tokens the caller may see.
 func (w *Web) visibleTokens(c *gin.Context) ([]store.APIToken, error) {
-	toks, err := w.Store.ListAPITokens(c.Request.Context(), access.OrgID(c))
+	toks, err := w.store.ListAPITokens(c.Request.Context(), access.OrgID(c))
 	if err != nil {
 		return nil, err
 	}
@@ -43,13 +43,13 @@ func (w *Web) renderTokens(c *gin.Context, p ui.Page, v ui.Tokens) {
 		return
 	}
 	owners := map[string]string{}
-	if members, err := w.Store.ListMembers(c.Request.Context(), access.OrgID(c)); err == nil {
+	if members, err := w.store.ListMembers(c.Request.Context(), access.OrgID(c)); err == nil {
 		for _, m := range members {
 			owners[m.UserID] = m.Email
 		}
 	}
 	v.CanManage = true // the route requires token:manage
-	v.APIBase = w.BaseURL + "/api/v1"
+	v.APIBase = w.auth.BaseURL() + "/api/v1"
 	for _, t := range toks {
 		owner := owners[t.UserID]
 		if owner == "" {

@@ -5,16 +5,10 @@
 package web
 
 import (
-	"context"
-	"crypto/rand"
-	"encoding/hex"
-	"fmt"
 	"log/slog"
 	"net/http"
 	"net/url"
-	"os"
 	"strings"
-	"time"
 
 	"github.com/a-h/templ"
 	"github.com/gin-gonic/gin"
@@ -25,93 +19,27 @@ import (
 	"github.com/thinlab/thinlab/platform/auth"
 	"github.com/thinlab/thinlab/platform/principal"
 	"github.com/thinlab/thinlab/platform/rbac"
-	"github.com/thinlab/thinlab/platform/server"
 	"github.com/thinlab/thinlab/platform/store"
 	"github.com/thinlab/thinlab/sdk/platformapi"
 	"github.com/thinlab/thinlab/ui"
 )
 
-// Web serves the UI.
+// Web serves the UI. platform/server builds it with New.
 type Web struct {
-	Auth    *auth.Auth
-	Store   *store.Store
-	Audit   *audit.Recorder
-	BaseURL string
-	Logger  *slog.Logger
+	auth   *auth.Auth
+	store  *store.Store
+	logger *slog.Logger
 }
 
-// CookieSecretEnv holds the login-cookie signing secret when the auth
-// configuration does not set one.
-const CookieSecretEnv = "THINLAB_PLATFORM_COOKIE_SECRET"
-
-// AuthConfigEnv names the sign-in configuration file (see
-// docs/platform-config.md) read by SetupFromEnv.
-const AuthConfigEnv = "THINLAB_PLATFORM_AUTH_CONFIG"
-
-// SetupFromEnv is Setup with the sign-in configuration read from the file
-// named by THINLAB_PLATFORM_AUTH_CONFIG (none: everything comes from the
-// server configuration). thinlab platform serve uses it.
-func SetupFromEnv() func(*server.Server) error {
-	return func(s *server.Server) error {
-		cfg, err := auth.LoadConfigFile(os.Getenv(AuthConfigEnv))
-		if err != nil {
-			return fmt.Errorf("%s: %w", AuthConfigEnv, err)
-		}
-		return Setup(cfg)(s)
+// New returns the UI over a's sign-in and st; its pages render a's
+// refusals too.
+func New(a *auth.Auth, st *store.Store, logger *slog.Logger) *Web {
+	if logger == nil {
+		logger = slog.Default()
 	}
-}
-
-// Setup is the server.Options.Setup hook that adds sign-in and the web UI.
-// Empty fields of cfg are filled from the server configuration: BaseURL
-// from publicURL, a provider named "sso" from oidc.issuer/clientID/
-// clientSecret, the cookie secret from THINLAB_PLATFORM_COOKIE_SECRET (or
-// a random one, which only works with a single replica).
-func Setup(cfg auth.Config) func(*server.Server) error {
-	return func(s *server.Server) error {
-		sc := s.Config()
-		if cfg.BaseURL == "" {
-			cfg.BaseURL = sc.PublicURL
-		}
-		if cfg.BaseURL == "" {
-			cfg.BaseURL = "http://" + sc.Listen
-			s.Logger().Warn("publicURL is not set: OIDC callbacks use " + cfg.BaseURL + "; set publicURL to the address browsers use")
-		}
-		if len(cfg.Providers) == 0 && sc.OIDC.Issuer != "" {
-			cfg.Providers = []auth.ProviderConfig{{
-				Name: "sso", DisplayName: "single sign-on", Issuer: sc.OIDC.Issuer,
-				ClientID: sc.OIDC.ClientID, ClientSecret: sc.OIDC.ClientSecret,
-			}}
-		}
-		if cfg.CookieSecret == "" {
-			cfg.CookieSecret = os.Getenv(CookieSecretEnv)
-		}
-		if cfg.CookieSecret == "" {
-			b := make([]byte, 32)
-			if _, err := rand.Read(b); err != nil {
-				return err
-			}
-			cfg.CookieSecret = hex.EncodeToString(b)
-			s.Logger().Warn("no cookie secret configured: using a random one; with several replicas set " + CookieSecretEnv + " to the same value everywhere")
-		}
-		if len(cfg.Providers) == 0 {
-			s.Logger().Warn("no OIDC identity provider configured: nobody can sign in to the web UI (set oidc.issuer or " + AuthConfigEnv + ")")
-		}
-		users := auth.StoreUsers{Store: s.Store(), PersonalOrg: true, Audit: s.Audit()}
-		a, err := auth.New(cfg, auth.Options{Users: users, Sessions: auth.GormSessions{DB: s.Store().Gorm()}, Logger: s.Logger()})
-		if err != nil {
-			return fmt.Errorf("sign-in configuration: %w", err)
-		}
-		// Validated by auth.New: now reserve the mapped organizations.
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		defer cancel()
-		if err := auth.ReserveMappedOrganizations(ctx, s.Store(), cfg, s.Logger()); err != nil {
-			return err
-		}
-		w := &Web{Auth: a, Store: s.Store(), Audit: s.Audit(), BaseURL: strings.TrimRight(cfg.BaseURL, "/"), Logger: s.Logger()}
-		a.ErrorPage = w.errorPage
-		s.AddAuthenticator(a.Authenticator(s.Store()))
-		return s.Handle(w.Routes()...)
-	}
+	w := &Web{auth: a, store: st, logger: logger}
+	a.ErrorPage = w.errorPage
+	return w
 }
 
 // Routes is the UI's part of the route table.
@@ -120,9 +48,9 @@ func (w *Web) Routes() []access.Route {
 	rs := []access.Route{
 		{Method: get, Path: "/static/*filepath", Public: true, Handler: w.static},
 		{Method: get, Path: "/signin", Public: true, Handler: w.signIn},
-		{Method: get, Path: "/auth/login/:provider", Public: true, Handler: w.Auth.HandleLogin, RateLimit: access.RateSignIn},
-		{Method: get, Path: "/auth/callback/:provider", Public: true, Handler: w.Auth.HandleCallback, RateLimit: access.RateSignIn},
-		{Method: post, Path: "/auth/logout", Action: "session.logout", Handler: w.Auth.HandleLogout},
+		{Method: get, Path: "/auth/login/:provider", Public: true, Handler: w.auth.HandleLogin, RateLimit: access.RateSignIn},
+		{Method: get, Path: "/auth/callback/:provider", Public: true, Handler: w.auth.HandleCallback, RateLimit: access.RateSignIn},
+		{Method: post, Path: "/auth/logout", Action: "session.logout", Handler: w.auth.HandleLogout},
 		{Method: get, Path: "/", Handler: w.home},
 		{Method: get, Path: "/switch", Handler: w.switchOrg},
 		{Method: post, Path: "/orgs", Action: "org.create", Handler: w.createOrg, TokenRefused: "an API token acts inside one organization: sign in through the browser to create organizations"},
@@ -191,7 +119,7 @@ func (w *Web) render(c *gin.Context, status int, comp templ.Component) {
 	c.Header("Content-Security-Policy", "default-src 'self'; script-src 'none'; frame-ancestors 'none'; form-action 'self'")
 	c.Status(status)
 	if err := comp.Render(c.Request.Context(), c.Writer); err != nil {
-		w.logger().Error("render page", "path", c.FullPath(), "err", err)
+		w.logger.Error("render page", "path", c.FullPath(), "err", err)
 	}
 }
 
@@ -206,15 +134,8 @@ func (w *Web) fail(c *gin.Context, status int, message string, again func(c *gin
 }
 
 func (w *Web) internal(c *gin.Context, what string, err error) {
-	w.logger().Error(what, "err", err)
+	w.logger.Error(what, "err", err)
 	w.errorPage(c, http.StatusInternalServerError, "Could not "+what+" because of a server error. Try again.")
-}
-
-func (w *Web) logger() *slog.Logger {
-	if w.Logger != nil {
-		return w.Logger
-	}
-	return slog.Default()
 }
 
 // basePage is the layout data every page has: user, organizations, the
@@ -226,9 +147,9 @@ func (w *Web) basePage(c *gin.Context, title string) ui.Page {
 		return p
 	}
 	p.User = &ui.User{ID: pr.UserID, Email: pr.Email, Name: pr.Name}
-	orgs, err := w.Store.OrganizationsOfUser(c.Request.Context(), pr.UserID)
+	orgs, err := w.store.OrganizationsOfUser(c.Request.Context(), pr.UserID)
 	if err != nil {
-		w.logger().Error("list organizations of user", "err", err)
+		w.logger.Error("list organizations of user", "err", err)
 	}
 	for _, o := range orgs {
 		p.Orgs = append(p.Orgs, ui.Org{ID: o.ID, Slug: o.Slug, Name: o.Name, Role: string(o.Role)})
