@@ -122,7 +122,7 @@ func (g *Guard) Mount(r gin.IRoutes, routes []Route) error {
 			chain = append(chain, g.authenticate(rt))
 		}
 		if rt.Action != "" {
-			chain = append(chain, g.Audit.Middleware(rt.Action, OrgID))
+			chain = append(chain, g.Audit.Middleware(rt.Action, orgIDIfAny))
 		}
 		if rt.RateLimit == RateInvitationAccept {
 			chain = append(chain, g.limitInvitationAccept(rt))
@@ -289,27 +289,55 @@ func deny(c *gin.Context, rt Route, status int, code, message string) {
 	c.PureJSON(status, platformapi.ErrorResponse{Error: body})
 }
 
-// Org returns the organization authorized for this request (nil outside
-// organization routes).
+// Org returns the organization the route acts on, which the chain loaded
+// (once) when it authorized the caller. It panics on a route without an
+// :org in its path, or a handler mounted without the chain: a handler
+// must never run its tenant queries without the organization it was
+// authorized for. The server's recovery answers 500 and logs the panic.
 func Org(c *gin.Context) *store.Organization {
+	o := OrgIfAny(c)
+	if o == nil {
+		panic(fmt.Sprintf("access.Org: %s %s ran without the access chain's organization check; declare the route with :org in the access table (platform/server mounts it)", c.Request.Method, c.FullPath()))
+	}
+	return o
+}
+
+// OrgID is Org's ID; it panics as Org does.
+func OrgID(c *gin.Context) string { return Org(c).ID }
+
+// OrgIfAny returns the authorized organization, or nil outside
+// organization routes (the page layout, the audit log's organization).
+func OrgIfAny(c *gin.Context) *store.Organization {
 	v, _ := c.Get(keyOrg)
 	o, _ := v.(*store.Organization)
 	return o
 }
 
-// OrgID returns Org's ID, or "".
-func OrgID(c *gin.Context) string {
-	if o := Org(c); o != nil {
+func orgIDIfAny(c *gin.Context) string {
+	if o := OrgIfAny(c); o != nil {
 		return o.ID
 	}
 	return ""
 }
 
-// Role returns the caller's role in Org.
+// Role returns the caller's role in Org; it panics as Org does.
 func Role(c *gin.Context) rbac.Role {
 	v, _ := c.Get(keyRole)
-	r, _ := v.(rbac.Role)
+	r, ok := v.(rbac.Role)
+	if !ok {
+		panic(fmt.Sprintf("access.Role: %s %s ran without the access chain's organization check; declare the route with :org in the access table", c.Request.Method, c.FullPath()))
+	}
 	return r
+}
+
+// Caller returns the authenticated caller. It panics on a public route or
+// a handler mounted without the chain, instead of handing it a nil.
+func Caller(c *gin.Context) *principal.Principal {
+	p := principal.From(c)
+	if p == nil {
+		panic(fmt.Sprintf("access.Caller: %s %s ran without authentication; only routes that are not Public have a caller", c.Request.Method, c.FullPath()))
+	}
+	return p
 }
 
 // Error answers a failed request with the API's error shape and tells the

@@ -17,6 +17,7 @@ import (
 	"github.com/gin-gonic/gin"
 
 	"github.com/thinlab/thinlab/platform/access"
+	"github.com/thinlab/thinlab/platform/orgrules"
 	"github.com/thinlab/thinlab/platform/rbac"
 	"github.com/thinlab/thinlab/platform/store"
 	"github.com/thinlab/thinlab/sdk/platformapi"
@@ -112,15 +113,38 @@ func decode(c *gin.Context, dst any) bool {
 	return true
 }
 
-// fieldError is a validation failure of one request field.
-type fieldError struct{ field, message string }
-
-// reject answers 400 for fe and reports whether there was one.
-func reject(c *gin.Context, fe *fieldError) bool {
-	if fe == nil {
+// refused answers err and reports whether there was one: a broken
+// organization rule (orgrules) with its status, code and field, anything
+// else as a server failure while doing what.
+func (a *API) refused(c *gin.Context, what string, err error) bool {
+	if err == nil {
 		return false
 	}
-	invalid(c, fe.message, fe.field)
+	if !reject(c, err) {
+		a.internal(c, what, err)
+	}
+	return true
+}
+
+// reject answers a broken organization rule and reports whether err was
+// one (nil and other errors answer nothing).
+func reject(c *gin.Context, err error) bool {
+	var re *orgrules.Error
+	if !errors.As(err, &re) {
+		return false
+	}
+	status, code := http.StatusBadRequest, platformapi.CodeInvalid
+	switch {
+	case errors.Is(err, orgrules.ErrForbidden):
+		status, code = http.StatusForbidden, platformapi.CodeForbidden
+	case errors.Is(err, orgrules.ErrNotFound):
+		status, code = http.StatusNotFound, platformapi.CodeNotFound
+	case errors.Is(err, orgrules.ErrLastOwner):
+		status, code = http.StatusConflict, platformapi.CodeLastOwner
+	case errors.Is(err, orgrules.ErrConflict):
+		status, code = http.StatusConflict, platformapi.CodeConflict
+	}
+	access.Error(c, status, code, re.Message, re.Field)
 	return true
 }
 

@@ -7,8 +7,8 @@ import (
 
 	"github.com/gin-gonic/gin"
 
+	"github.com/thinlab/thinlab/platform/access"
 	"github.com/thinlab/thinlab/platform/audit"
-	"github.com/thinlab/thinlab/platform/principal"
 	"github.com/thinlab/thinlab/platform/store"
 	"github.com/thinlab/thinlab/ui"
 )
@@ -36,8 +36,8 @@ func (w *Web) acceptInvitationPage(c *gin.Context) {
 		if org, err := w.store.OrganizationByRef(c.Request.Context(), inv.OrgID); err == nil {
 			v.OrgName = org.Name
 		}
-		if !strings.EqualFold(inv.Email, principal.From(c).Email) {
-			v.Error = store.ErrInvitationEmail.Error() + " (you are signed in as " + principal.From(c).Email + ")."
+		if !strings.EqualFold(inv.Email, access.Caller(c).Email) {
+			v.Error = store.ErrInvitationEmail.Error() + " (you are signed in as " + access.Caller(c).Email + ")."
 			p.Status = http.StatusForbidden
 		}
 	}
@@ -47,7 +47,7 @@ func (w *Web) acceptInvitationPage(c *gin.Context) {
 // acceptInvitation makes the signed-in person a member.
 func (w *Web) acceptInvitation(c *gin.Context) {
 	secret := c.PostForm("secret")
-	u, err := w.store.UserByID(c.Request.Context(), principal.From(c).UserID)
+	u, err := w.store.UserByID(c.Request.Context(), access.Caller(c).UserID)
 	if err != nil {
 		w.internal(c, "load your account", err)
 		return

@@ -4,6 +4,7 @@ import (
 	"github.com/gin-gonic/gin"
 
 	"github.com/thinlab/thinlab/platform/access"
+	"github.com/thinlab/thinlab/platform/orgrules"
 )
 
 // removeMember removes a member and revokes their tokens in the
@@ -14,7 +15,7 @@ func (w *Web) removeMember(c *gin.Context) {
 		return
 	}
 	err := w.store.RemoveMember(c.Request.Context(), access.OrgID(c), m.UserID)
-	if w.memberChangeFailed(c, err, "remove the member") {
+	if w.refused(c, "remove the member", orgrules.MemberChangeFailed(err, ""), w.renderMembers) {
 		return
 	}
 	redirectWithFlash(c, "/o/"+access.Org(c).Slug+"/members", m.Email+" was removed from the organization.")

@@ -8,7 +8,7 @@ import (
 
 	"github.com/thinlab/thinlab/platform/access"
 	"github.com/thinlab/thinlab/platform/audit"
-	"github.com/thinlab/thinlab/platform/rbac"
+	"github.com/thinlab/thinlab/platform/orgrules"
 	"github.com/thinlab/thinlab/platform/store"
 )
 
@@ -19,17 +19,12 @@ func (w *Web) changeRole(c *gin.Context) {
 	if !ok {
 		return
 	}
-	role, err := rbac.ParseRole(c.PostForm("role"))
-	if err != nil {
-		w.fail(c, http.StatusBadRequest, err.Error(), w.renderMembers)
-		return
-	}
-	if !rbac.AtLeast(access.Role(c), role) {
-		w.fail(c, http.StatusForbidden, "your role "+string(access.Role(c))+" cannot grant role "+string(role), w.renderMembers)
+	role, err := orgrules.GrantRole(access.Role(c), c.PostForm("role"))
+	if w.refused(c, "change the role", err, w.renderMembers) {
 		return
 	}
 	err = w.store.SetMemberRole(c.Request.Context(), access.OrgID(c), m.UserID, role)
-	if w.memberChangeFailed(c, err, "change the role") {
+	if w.refused(c, "change the role", orgrules.MemberChangeFailed(err, "role"), w.renderMembers) {
 		return
 	}
 	redirectWithFlash(c, "/o/"+access.Org(c).Slug+"/members", m.Email+" is now "+string(role)+".")
@@ -49,23 +44,8 @@ func (w *Web) targetMember(c *gin.Context) (*store.Member, bool) {
 		w.internal(c, "load the member", err)
 		return nil, false
 	}
-	if !rbac.AtLeast(access.Role(c), m.Role) {
-		w.fail(c, http.StatusForbidden, "your role "+string(access.Role(c))+" cannot change a member whose role is "+string(m.Role), w.renderMembers)
+	if w.refused(c, "change the member", orgrules.MayChangeMember(access.Role(c), m.Role), w.renderMembers) {
 		return nil, false
 	}
 	return m, true
-}
-
-func (w *Web) memberChangeFailed(c *gin.Context, err error, what string) bool {
-	switch {
-	case err == nil:
-		return false
-	case errors.Is(err, store.ErrLastOwner):
-		w.fail(c, http.StatusConflict, store.ErrLastOwner.Error(), w.renderMembers)
-	case errors.Is(err, store.ErrNotFound):
-		w.fail(c, http.StatusNotFound, "no such member", w.renderMembers)
-	default:
-		w.internal(c, what, err)
-	}
-	return true
 }

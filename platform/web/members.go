@@ -4,7 +4,6 @@ import (
 	"github.com/gin-gonic/gin"
 
 	"github.com/thinlab/thinlab/platform/access"
-	"github.com/thinlab/thinlab/platform/principal"
 	"github.com/thinlab/thinlab/platform/rbac"
 	"github.com/thinlab/thinlab/ui"
 )
@@ -23,7 +22,7 @@ func (w *Web) renderMembers(c *gin.Context, p ui.Page) {
 	}
 	role := access.Role(c)
 	v := ui.Members{CanManage: rbac.Can(role, rbac.MemberManage)}
-	me := principal.From(c).UserID
+	me := access.Caller(c).UserID
 	for _, m := range members {
 		row := ui.Member{
 			UserID: m.UserID, Email: m.Email, Name: m.Name, Role: string(m.Role), Since: m.CreatedAt,

@@ -8,7 +8,7 @@ import (
 
 	"github.com/thinlab/thinlab/platform/access"
 	"github.com/thinlab/thinlab/platform/audit"
-	"github.com/thinlab/thinlab/platform/principal"
+	"github.com/thinlab/thinlab/platform/orgrules"
 	"github.com/thinlab/thinlab/platform/store"
 )
 
@@ -19,12 +19,15 @@ func (w *Web) revokeToken(c *gin.Context) {
 	audit.SetTarget(c, id)
 	ctx := c.Request.Context()
 	tok, err := w.store.APITokenByID(ctx, access.OrgID(c), id)
-	if errors.Is(err, store.ErrNotFound) || (err == nil && !seesAllTokens(c) && tok.UserID != principal.From(c).UserID) {
+	if errors.Is(err, store.ErrNotFound) {
 		w.fail(c, http.StatusNotFound, "no such token: "+id, w.renderTokensAgain)
 		return
 	}
 	if err != nil {
 		w.internal(c, "load the token", err)
+		return
+	}
+	if w.refused(c, "revoke the token", orgrules.MayRevokeToken(tok, access.Role(c), access.Caller(c).UserID), w.renderTokensAgain) {
 		return
 	}
 	if err := w.store.RevokeAPIToken(ctx, access.OrgID(c), id); err != nil {

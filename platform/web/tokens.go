@@ -4,15 +4,10 @@ import (
 	"github.com/gin-gonic/gin"
 
 	"github.com/thinlab/thinlab/platform/access"
-	"github.com/thinlab/thinlab/platform/principal"
-	"github.com/thinlab/thinlab/platform/rbac"
+	"github.com/thinlab/thinlab/platform/orgrules"
 	"github.com/thinlab/thinlab/platform/store"
 	"github.com/thinlab/thinlab/ui"
 )
-
-// seesAllTokens mirrors the API's rule: people who manage members manage
-// everyone's tokens; others see and revoke only their own.
-func seesAllTokens(c *gin.Context) bool { return rbac.Can(access.Role(c), rbac.MemberManage) }
 
 // visibleTokens lists the tokens the caller may see.
 func (w *Web) visibleTokens(c *gin.Context) ([]store.APIToken, error) {
@@ -20,14 +15,7 @@ func (w *Web) visibleTokens(c *gin.Context) ([]store.APIToken, error) {
 	if err != nil {
 		return nil, err
 	}
-	me, all := principal.From(c).UserID, seesAllTokens(c)
-	var out []store.APIToken
-	for _, t := range toks {
-		if all || t.UserID == me {
-			out = append(out, t)
-		}
-	}
-	return out, nil
+	return orgrules.VisibleTokens(toks, access.Role(c), access.Caller(c).UserID), nil
 }
 
 // tokens lists API tokens and the create form.

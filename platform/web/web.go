@@ -5,6 +5,7 @@
 package web
 
 import (
+	"errors"
 	"log/slog"
 	"net/http"
 	"net/url"
@@ -17,6 +18,7 @@ import (
 	"github.com/thinlab/thinlab/platform/api"
 	"github.com/thinlab/thinlab/platform/audit"
 	"github.com/thinlab/thinlab/platform/auth"
+	"github.com/thinlab/thinlab/platform/orgrules"
 	"github.com/thinlab/thinlab/platform/principal"
 	"github.com/thinlab/thinlab/platform/rbac"
 	"github.com/thinlab/thinlab/platform/store"
@@ -133,6 +135,31 @@ func (w *Web) fail(c *gin.Context, status int, message string, again func(c *gin
 	again(c, p)
 }
 
+// refused shows err on the page again (again) and reports whether there
+// was one: a broken organization rule (orgrules) with its status and
+// message, anything else as a server failure while doing what.
+func (w *Web) refused(c *gin.Context, what string, err error, again func(c *gin.Context, p ui.Page)) bool {
+	if err == nil {
+		return false
+	}
+	var re *orgrules.Error
+	if !errors.As(err, &re) {
+		w.internal(c, what, err)
+		return true
+	}
+	status := http.StatusBadRequest
+	switch {
+	case errors.Is(err, orgrules.ErrForbidden):
+		status = http.StatusForbidden
+	case errors.Is(err, orgrules.ErrNotFound):
+		status = http.StatusNotFound
+	case errors.Is(err, orgrules.ErrConflict):
+		status = http.StatusConflict
+	}
+	w.fail(c, status, re.Message, again)
+	return true
+}
+
 func (w *Web) internal(c *gin.Context, what string, err error) {
 	w.logger.Error(what, "err", err)
 	w.errorPage(c, http.StatusInternalServerError, "Could not "+what+" because of a server error. Try again.")
@@ -142,7 +169,7 @@ func (w *Web) internal(c *gin.Context, what string, err error) {
 // current organization with its navigation, CSRF token and flashes.
 func (w *Web) basePage(c *gin.Context, title string) ui.Page {
 	p := ui.Page{Title: title, CSRF: auth.CSRFToken(c), Status: http.StatusOK}
-	pr := principal.From(c)
+	pr := principal.From(c) // nil on public pages (sign-in)
 	if pr == nil {
 		return p
 	}
@@ -154,7 +181,7 @@ func (w *Web) basePage(c *gin.Context, title string) ui.Page {
 	for _, o := range orgs {
 		p.Orgs = append(p.Orgs, ui.Org{ID: o.ID, Slug: o.Slug, Name: o.Name, Role: string(o.Role)})
 	}
-	if org := access.Org(c); org != nil {
+	if org := access.OrgIfAny(c); org != nil {
 		p.Org = &ui.Org{ID: org.ID, Slug: org.Slug, Name: org.Name, Role: string(access.Role(c))}
 		p.Nav = nav(p.Org, access.Role(c), c.FullPath())
 	}
