@@ -71,7 +71,7 @@ func (a *Auth) handleLogin(c *gin.Context) {
 		a.fail(c, http.StatusInternalServerError, "Could not start sign-in.")
 		return
 	}
-	a.setCookie(c, &http.Cookie{Name: loginCookie, Value: val, Path: "/auth/", MaxAge: int(loginTTL.Seconds())})
+	a.SetCookie(c, loginCookie, val, "/auth/", int(loginTTL.Seconds()))
 	c.Redirect(http.StatusFound, oc.AuthCodeURL(st.State, oidc.Nonce(st.Nonce), oauth2.S256ChallengeOption(st.Verifier)))
 }
 
@@ -81,10 +81,9 @@ func (a *Auth) handleLogin(c *gin.Context) {
 func (a *Auth) handleCallback(c *gin.Context) {
 	ident, returnTo, err := a.finishLogin(c)
 	// The login cookie is single-use whatever happened.
-	a.setCookie(c, &http.Cookie{Name: loginCookie, Value: "", Path: "/auth/", MaxAge: -1})
+	a.SetCookie(c, loginCookie, "", "/auth/", -1)
 	if err != nil {
-		var le *loginError
-		if errors.As(err, &le) {
+		if le, ok := errors.AsType[*loginError](err); ok {
 			a.log.Warn("sign-in refused", "provider", c.Param("provider"), "reason", le.msg, "err", le.err)
 			a.fail(c, le.status, "Sign-in failed: "+le.msg)
 			return

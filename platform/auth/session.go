@@ -59,7 +59,7 @@ func (a *Auth) startSession(c *gin.Context, userID, provider string) error {
 	if err := a.sessions.CreateSession(c.Request.Context(), s); err != nil {
 		return err
 	}
-	a.setCookie(c, &http.Cookie{Name: SessionCookie, Value: id, Path: "/", MaxAge: int(a.cfg.SessionTTL.Seconds())})
+	a.SetCookie(c, SessionCookie, id, "/", int(a.cfg.SessionTTL.Seconds()))
 	return nil
 }
 
@@ -70,26 +70,30 @@ const sessionKey = "thinlab.auth.session"
 // outside the access chain (the sign-in page) use it.
 func (a *Auth) LoadSession() gin.HandlerFunc {
 	return func(c *gin.Context) {
-		if _, err := a.CurrentSession(c); err != nil {
+		if _, err := a.CurrentSession(c); err != nil && !errors.Is(err, ErrNoSession) {
 			a.log.Error("session lookup failed", "err", err)
 		}
 		c.Next()
 	}
 }
 
-// CurrentSession returns the live session named by the cookie (nil without one)
-// and remembers it in the context.
+// ErrNoSession: the request has no session cookie, or its cookie names no
+// live session (expired, logged out, tampered).
+var ErrNoSession = errors.New("no session")
+
+// CurrentSession returns the live session named by the cookie, or
+// ErrNoSession, and remembers it in the context.
 func (a *Auth) CurrentSession(c *gin.Context) (*Session, error) {
 	if s, ok := SessionFrom(c); ok {
 		return s, nil
 	}
 	id, err := c.Cookie(SessionCookie)
 	if err != nil || id == "" {
-		return nil, nil
+		return nil, ErrNoSession
 	}
 	s, err := a.sessions.LookupSession(c.Request.Context(), hashSessionID(id), a.now().UTC())
 	if errors.Is(err, store.ErrNotFound) {
-		return nil, nil
+		return nil, ErrNoSession
 	}
 	if err != nil {
 		return nil, err
@@ -117,7 +121,10 @@ func SessionFrom(c *gin.Context) (*Session, bool) {
 func (a *Auth) Authenticator(st *store.Store) principal.Authenticator {
 	return func(c *gin.Context) (*principal.Principal, error) {
 		s, err := a.CurrentSession(c)
-		if err != nil || s == nil {
+		if errors.Is(err, ErrNoSession) {
+			return nil, nil // no session: the next authenticator is tried
+		}
+		if err != nil {
 			return nil, err
 		}
 		if !csrfOK(c, s) {
@@ -145,7 +152,7 @@ func (a *Auth) handleLogout(c *gin.Context) {
 			return
 		}
 	}
-	a.setCookie(c, &http.Cookie{Name: SessionCookie, Value: "", Path: "/", MaxAge: -1})
+	a.SetCookie(c, SessionCookie, "", "/", -1)
 	c.Redirect(http.StatusSeeOther, "/signin?signed_out=1")
 }
 

@@ -133,7 +133,7 @@ func (u StoreUsers) createPersonalOrg(c *gin.Context, user *store.User) error {
 		base = "user"
 	}
 	slug := base
-	for attempt := 0; attempt < 5; attempt++ {
+	for range 5 {
 		org, err := u.Store.CreateOrganization(ctx, slug, personalOrgName(user), user.ID)
 		if errors.Is(err, store.ErrConflict) {
 			slug = base + "-" + xid.New().String()[12:]

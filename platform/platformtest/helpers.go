@@ -76,7 +76,7 @@ type Response struct {
 // Error decodes the API error body.
 func (r Response) Error() platformapi.ErrorBody {
 	var er platformapi.ErrorResponse
-	json.Unmarshal(r.Body, &er)
+	_ = json.Unmarshal(r.Body, &er) // a body that is not an API error gives the zero ErrorBody, which the caller's check reports
 	return er.Error
 }
 
@@ -119,7 +119,7 @@ func (e *Env) do(method, path, token string, body any, header, value string) Res
 	if err != nil {
 		e.T.Fatal(err)
 	}
-	defer resp.Body.Close()
+	defer func() { _ = resp.Body.Close() }()
 	raw, err := io.ReadAll(resp.Body)
 	if err != nil {
 		e.T.Fatal(err)
@@ -155,7 +155,7 @@ func Exec(dsn, sql string, args ...any) error {
 	if err != nil {
 		return err
 	}
-	defer conn.Close(context.Background())
+	defer func() { _ = conn.Close(context.Background()) }()
 	_, err = conn.Exec(ctx, sql, args...)
 	return err
 }
@@ -184,7 +184,7 @@ func query[T any](t testing.TB, dsn string, row pgx.RowToFunc[T], sql string, ar
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer conn.Close(context.Background())
+	defer func() { _ = conn.Close(context.Background()) }()
 	rows, err := conn.Query(ctx, sql, args...)
 	if err != nil {
 		t.Fatalf("%s: %v", sql, err)

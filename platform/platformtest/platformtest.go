@@ -14,6 +14,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http/httptest"
 	"os"
@@ -64,7 +65,7 @@ func Main(m *testing.M) {
 func Stop() {
 	if shared != nil {
 		shared.c.Kill()
-		os.RemoveAll(shared.dir)
+		_ = os.RemoveAll(shared.dir) // best effort after the tests: a leftover temporary directory fails nothing
 		shared = nil
 	}
 }
@@ -83,7 +84,7 @@ func startShared() (*cluster, error) {
 	defer cancel()
 	fail := func(err error) (*cluster, error) {
 		cl.c.Kill()
-		os.RemoveAll(dir)
+		_ = os.RemoveAll(dir) // best effort: the start already failed, and that error is returned
 		return nil, err
 	}
 	if err := cl.c.Init(ctx, pgcluster.InitOptions{}); err != nil {
@@ -93,9 +94,7 @@ func startShared() (*cluster, error) {
 		return fail(err)
 	}
 	settings := map[string]string{"max_connections": "300"}
-	for k, v := range pgcluster.FastSettings {
-		settings[k] = v
-	}
+	maps.Copy(settings, pgcluster.FastSettings)
 	if err := cl.c.Start(ctx, cl.port, "", settings); err != nil {
 		return fail(err)
 	}
@@ -107,7 +106,9 @@ func startShared() (*cluster, error) {
 		return fail(err)
 	}
 	_, err = migrations.Up(ctx, st.SQL())
-	st.Close()
+	if cerr := st.Close(); err == nil {
+		err = cerr
+	}
 	if err != nil {
 		return fail(err)
 	}
@@ -121,7 +122,7 @@ func (cl *cluster) exec(ctx context.Context, db, sql string) error {
 	if err != nil {
 		return err
 	}
-	defer conn.Close(context.Background())
+	defer func() { _ = conn.Close(context.Background()) }()
 	_, err = conn.Exec(ctx, sql)
 	return err
 }
@@ -204,16 +205,18 @@ func New(t testing.TB, opts ...Option) *Env {
 	defer cancel()
 	srv, err := server.New(ctx, cfg, o)
 	if err != nil {
-		ln.Close()
+		_ = ln.Close() // the start failed; that error is reported
 		t.Fatalf("platformtest: start server: %v", err)
 	}
 	hs := httptest.NewUnstartedServer(srv.Handler())
-	hs.Listener.Close()
+	_ = hs.Listener.Close() // httptest's own listener, replaced by ours before it served anything
 	hs.Listener = ln
 	hs.Start()
 	t.Cleanup(func() {
 		hs.Close()
-		srv.Close()
+		if err := srv.Close(); err != nil {
+			t.Errorf("platformtest: close the server: %v", err)
+		}
 	})
 	return &Env{T: t, Server: srv, Store: srv.Store(), HTTP: hs, URL: hs.URL, DSN: dsn}
 }
@@ -223,7 +226,7 @@ func freePort() (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	defer l.Close()
+	defer func() { _ = l.Close() }()
 	return l.Addr().(*net.TCPAddr).Port, nil
 }
 

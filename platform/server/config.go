@@ -115,7 +115,7 @@ func DefaultConfig() Config {
 func LoadConfig(path string) (Config, error) {
 	cfg := DefaultConfig()
 	if path != "" {
-		raw, err := os.ReadFile(path)
+		raw, err := os.ReadFile(path) //nolint:gosec // G304: the operator names the config file (--config or THINLAB_PLATFORM_CONFIG)
 		if err != nil {
 			return cfg, fmt.Errorf("read platform config: %w", err)
 		}
@@ -159,7 +159,7 @@ func (c *Config) applyEnv(lookup func(string) (string, bool)) error {
 	str("OIDC_CLIENT_SECRET", &c.OIDC.ClientSecret)
 	if v, ok := lookup(EnvPrefix + "TRUSTED_PROXIES"); ok {
 		c.TrustedProxies = nil
-		for _, p := range strings.Split(v, ",") {
+		for p := range strings.SplitSeq(v, ",") {
 			if p = strings.TrimSpace(p); p != "" {
 				c.TrustedProxies = append(c.TrustedProxies, p)
 			}

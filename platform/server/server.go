@@ -66,7 +66,7 @@ func New(ctx context.Context, cfg Config, opts Options) (_ *Server, err error) {
 	s := &Server{cfg: cfg, logger: logger}
 	defer func() {
 		if err != nil {
-			s.Close()
+			err = errors.Join(err, s.Close())
 		}
 	}()
 
@@ -313,7 +313,7 @@ func migrateAndGrant(ctx context.Context, rt *store.Store, ownerDSN string, logg
 	if err != nil {
 		return 0, fmt.Errorf("database.migrationURL: %w", err)
 	}
-	defer owner.Close()
+	defer func() { _ = owner.Close() }() // a pool used only for migrating; nothing to lose at close
 	var ownerRole string
 	if err := owner.SQL().QueryRowContext(ctx, "SELECT current_user").Scan(&ownerRole); err != nil {
 		return 0, fmt.Errorf("database.migrationURL: %w", err)
@@ -351,13 +351,17 @@ func Migrate(ctx context.Context, cfg Config, logger *slog.Logger) (int64, error
 		if err != nil {
 			return 0, err
 		}
-		defer e.stop(context.Background())
+		defer func() {
+			if err := e.stop(context.Background()); err != nil {
+				logger.Error("stop the embedded database", "err", err)
+			}
+		}()
 		dsn, ownerDSN = e.runtimeDSN, e.ownerDSN
 	}
 	st, err := store.Open(dsn)
 	if err != nil {
 		return 0, err
 	}
-	defer st.Close()
+	defer func() { _ = st.Close() }() // a pool used only for migrating; nothing to lose at close
 	return migrateAndGrant(ctx, st, ownerDSN, logger)
 }

@@ -77,7 +77,7 @@ const secretAlphabet = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123
 func randomString(n int) string {
 	var b strings.Builder
 	max := big.NewInt(int64(len(secretAlphabet)))
-	for i := 0; i < n; i++ {
+	for range n {
 		v, err := rand.Int(rand.Reader, max)
 		if err != nil {
 			panic("crypto/rand failed: " + err.Error())

@@ -49,5 +49,5 @@ func (w *Web) createOrg(c *gin.Context) {
 	}
 	audit.SetOrg(c, org.ID)
 	audit.SetTarget(c, org.ID)
-	redirectWithFlash(c, "/o/"+org.Slug, "Organization "+org.Name+" created.")
+	w.redirectWithFlash(c, "/o/"+org.Slug, "Organization "+org.Name+" created.")
 }

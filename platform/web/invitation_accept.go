@@ -58,7 +58,7 @@ func (w *Web) acceptInvitation(c *gin.Context) {
 		audit.SetTarget(c, inv.ID)
 	}
 	if err != nil {
-		status := http.StatusBadRequest
+		var status int
 		msg := err.Error()
 		switch {
 		case errors.Is(err, store.ErrNotFound):
@@ -83,5 +83,5 @@ func (w *Web) acceptInvitation(c *gin.Context) {
 		w.internal(c, "load the organization", err)
 		return
 	}
-	redirectWithFlash(c, "/o/"+org.Slug, "Welcome to "+org.Name+": you joined as "+string(inv.Role)+".")
+	w.redirectWithFlash(c, "/o/"+org.Slug, "Welcome to "+org.Name+": you joined as "+string(inv.Role)+".")
 }

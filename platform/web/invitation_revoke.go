@@ -24,5 +24,5 @@ func (w *Web) revokeInvitation(c *gin.Context) {
 		w.internal(c, "revoke the invitation", err)
 		return
 	}
-	redirectWithFlash(c, "/o/"+access.Org(c).Slug+"/invitations", "Invitation revoked.")
+	w.redirectWithFlash(c, "/o/"+access.Org(c).Slug+"/invitations", "Invitation revoked.")
 }

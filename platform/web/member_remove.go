@@ -18,5 +18,5 @@ func (w *Web) removeMember(c *gin.Context) {
 	if w.refused(c, "remove the member", orgrules.MemberChangeFailed(err, ""), w.renderMembers) {
 		return
 	}
-	redirectWithFlash(c, "/o/"+access.Org(c).Slug+"/members", m.Email+" was removed from the organization.")
+	w.redirectWithFlash(c, "/o/"+access.Org(c).Slug+"/members", m.Email+" was removed from the organization.")
 }

@@ -27,7 +27,7 @@ func (w *Web) changeRole(c *gin.Context) {
 	if w.refused(c, "change the role", orgrules.MemberChangeFailed(err, "role"), w.renderMembers) {
 		return
 	}
-	redirectWithFlash(c, "/o/"+access.Org(c).Slug+"/members", m.Email+" is now "+string(role)+".")
+	w.redirectWithFlash(c, "/o/"+access.Org(c).Slug+"/members", m.Email+" is now "+string(role)+".")
 }
 
 // targetMember loads :user and checks the caller may change them: only

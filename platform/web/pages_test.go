@@ -30,7 +30,7 @@ func startSite(t *testing.T) *site {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { idp.Shutdown() })
+	t.Cleanup(func() { _ = idp.Shutdown() }) // the test is over; a slow IdP shutdown fails nothing
 	p := webtest.Start(t, func(string) auth.Config {
 		return auth.Config{Providers: []auth.ProviderConfig{{
 			Name: "mock", DisplayName: "Mock IdP", Issuer: idp.Issuer(),
@@ -257,6 +257,6 @@ func apiGet(t *testing.T, u, token string) int {
 	if err != nil {
 		t.Fatal(err)
 	}
-	resp.Body.Close()
+	_ = resp.Body.Close()
 	return resp.StatusCode
 }

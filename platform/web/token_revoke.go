@@ -34,5 +34,5 @@ func (w *Web) revokeToken(c *gin.Context) {
 		w.internal(c, "revoke the token", err)
 		return
 	}
-	redirectWithFlash(c, "/o/"+access.Org(c).Slug+"/tokens", "Token "+tok.Name+" revoked.")
+	w.redirectWithFlash(c, "/o/"+access.Org(c).Slug+"/tokens", "Token "+tok.Name+" revoked.")
 }

@@ -55,7 +55,7 @@ func (w *Web) Routes() []access.Route {
 		{Method: post, Path: "/auth/logout", Action: "session.logout", Handler: w.auth.HandleLogout},
 		{Method: get, Path: "/", Handler: w.home},
 		{Method: get, Path: "/switch", Handler: w.switchOrg},
-		{Method: post, Path: "/orgs", Action: "org.create", Handler: w.createOrg, TokenRefused: "an API token acts inside one organization: sign in through the browser to create organizations"},
+		{Method: post, Path: "/orgs", Action: "org.create", Handler: w.createOrg, TokenRefused: api.TokenRefusedCreateOrg},
 		{Method: get, Path: "/invitations/accept", Handler: w.acceptInvitationPage},
 		{Method: post, Path: "/invitations/accept", Action: "invitation.accept", Handler: w.acceptInvitation,
 			TokenRefused: api.TokenRefusedAccept, RateLimit: access.RateInvitationAccept},
@@ -185,7 +185,7 @@ func (w *Web) basePage(c *gin.Context, title string) ui.Page {
 		p.Org = &ui.Org{ID: org.ID, Slug: org.Slug, Name: org.Name, Role: string(access.Role(c))}
 		p.Nav = nav(p.Org, access.Role(c), c.FullPath())
 	}
-	p.Flash = takeFlash(c)
+	p.Flash = w.takeFlash(c)
 	return p
 }
 

@@ -79,19 +79,23 @@ func Start(t testing.TB, authConfig func(baseURL string) auth.Config) *Platform 
 	defer cancel()
 	srv, err := server.New(ctx, cfg, server.Options{Logger: logger})
 	if err != nil {
-		ln.Close()
+		_ = ln.Close() // the start failed; that error is reported
 		t.Fatalf("webtest: start platform: %v", err)
 	}
 	sctx, stop := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		srv.Serve(sctx, ln)
+		if err := srv.Serve(sctx, ln); err != nil {
+			t.Errorf("webtest: serve: %v", err)
+		}
 	}()
 	t.Cleanup(func() {
 		stop()
 		<-done
-		srv.Close()
+		if err := srv.Close(); err != nil {
+			t.Errorf("webtest: close the platform: %v", err)
+		}
 	})
 	return &Platform{T: t, URL: base, Server: srv, Store: srv.Store(), DSN: cfg.Database.URL}
 }
@@ -140,8 +144,10 @@ func (b *Browser) PostForm(u string, form url.Values) Page {
 
 func read(t testing.TB, resp *http.Response) Page {
 	t.Helper()
-	defer resp.Body.Close()
 	body, err := io.ReadAll(resp.Body)
+	if cerr := resp.Body.Close(); err == nil {
+		err = cerr
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -162,7 +168,10 @@ func (b *Browser) Cookie(base, name string) string {
 // SetCookie replaces a cookie in the jar.
 func (b *Browser) SetCookie(base, name, value string) {
 	u, _ := url.Parse(base)
-	b.Jar.SetCookies(u, []*http.Cookie{{Name: name, Value: value, Path: "/"}})
+	// The jar only stores it: the attributes a server sets do not matter
+	// here, and a Secure cookie would not be sent to the http test server.
+	b.Jar.SetCookies(u, []*http.Cookie{{Name: name, Value: value, Path: "/", HttpOnly: true, SameSite: http.SameSiteLaxMode}}) //nolint:gosec // G124: see above
+
 }
 
 var csrfRE = regexp.MustCompile(`name="csrf_token" value="([^"]+)"`)
