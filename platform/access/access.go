@@ -221,8 +221,10 @@ func tooMany(c *gin.Context, rt Route, wait time.Duration, what string) {
 }
 
 const (
-	keyOrg  = "thinlab.org"
-	keyRole = "thinlab.role"
+	keyOrg    = "thinlab.org"
+	keyRole   = "thinlab.role"
+	keyMember = "thinlab.member"
+	keyToken  = "thinlab.token"
 )
 
 // errNoOrg is the answer for an organization the caller cannot see: the
@@ -266,8 +268,52 @@ func (g *Guard) authorize(rt Route) gin.HandlerFunc {
 				fmt.Sprintf("your role %s lacks permission %s", m.Role, rt.Permission))
 			return
 		}
+		// After the permission check: a caller who may not act gets 403
+		// before anyone looks the resource up.
+		if !g.loadResources(c, rt, org) {
+			return
+		}
 		c.Next()
 	}
+}
+
+// loadResources loads what an organization route's path names besides
+// the organization, inside that organization: the member (:user) and the
+// API token (:token). Another organization's is "not found".
+func (g *Guard) loadResources(c *gin.Context, rt Route, org *store.Organization) bool {
+	ctx := c.Request.Context()
+	if strings.Contains(rt.Path, "/:user") {
+		id := c.Param("user")
+		audit.SetTarget(c, id)
+		m, err := g.Store.Member(ctx, org.ID, id)
+		if !g.loaded(c, rt, err, "member") {
+			return false
+		}
+		c.Set(keyMember, m)
+	}
+	if strings.Contains(rt.Path, "/:token") {
+		id := c.Param("token")
+		audit.SetTarget(c, id)
+		tok, err := g.Store.APITokenByID(ctx, org.ID, id)
+		if !g.loaded(c, rt, err, "token") {
+			return false
+		}
+		c.Set(keyToken, tok)
+	}
+	return true
+}
+
+func (g *Guard) loaded(c *gin.Context, rt Route, err error, what string) bool {
+	switch {
+	case err == nil:
+		return true
+	case errors.Is(err, store.ErrNotFound):
+		deny(c, rt, http.StatusNotFound, platformapi.CodeNotFound, what+" not found")
+	default:
+		g.logger().Error("load the "+what, "err", err)
+		deny(c, rt, http.StatusInternalServerError, platformapi.CodeInternal, "could not load the "+what+"; try again")
+	}
+	return false
 }
 
 func (g *Guard) logger() *slog.Logger {
@@ -328,6 +374,28 @@ func Role(c *gin.Context) rbac.Role {
 		panic(fmt.Sprintf("access.Role: %s %s ran without the access chain's organization check; declare the route with :org in the access table", c.Request.Method, c.FullPath()))
 	}
 	return r
+}
+
+// Member returns the member a /:user route acts on, loaded by the chain;
+// it panics as Org does when the chain did not load one.
+func Member(c *gin.Context) *store.Member {
+	v, _ := c.Get(keyMember)
+	m, ok := v.(*store.Member)
+	if !ok {
+		panic(fmt.Sprintf("access.Member: %s %s ran without the access chain loading :user; declare the route with :org and :user in the access table", c.Request.Method, c.FullPath()))
+	}
+	return m
+}
+
+// Token returns the API token a /:token organization route acts on,
+// loaded by the chain; it panics as Org does when the chain did not load one.
+func Token(c *gin.Context) *store.APIToken {
+	v, _ := c.Get(keyToken)
+	t, ok := v.(*store.APIToken)
+	if !ok {
+		panic(fmt.Sprintf("access.Token: %s %s ran without the access chain loading :token; declare the route with :org and :token in the access table", c.Request.Method, c.FullPath()))
+	}
+	return t
 }
 
 // Caller returns the authenticated caller. It panics on a public route or

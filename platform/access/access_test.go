@@ -60,6 +60,8 @@ func TestHandlerWithoutItsChainFailsLoudly(t *testing.T) {
 		"OrgID":  func(c *gin.Context) { _ = OrgID(c) },
 		"Role":   func(c *gin.Context) { _ = Role(c) },
 		"Caller": func(c *gin.Context) { _ = Caller(c) },
+		"Member": func(c *gin.Context) { _ = Member(c) },
+		"Token":  func(c *gin.Context) { _ = Token(c) },
 	} {
 		t.Run(name, func(t *testing.T) {
 			var recovered string

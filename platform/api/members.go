@@ -1,13 +1,11 @@
 package api
 
 import (
-	"errors"
 	"net/http"
 
 	"github.com/gin-gonic/gin"
 
 	"github.com/thinlab/thinlab/platform/access"
-	"github.com/thinlab/thinlab/platform/audit"
 	"github.com/thinlab/thinlab/platform/orgrules"
 	"github.com/thinlab/thinlab/platform/store"
 	"github.com/thinlab/thinlab/sdk/platformapi"
@@ -37,20 +35,10 @@ func (a *API) addMemberGone(c *gin.Context) {
 		"adding members by user id was removed: invite people by email (POST /api/v1/orgs/"+c.Param("org")+"/invitations); they join when they accept", "")
 }
 
-// targetMember loads :user in the organization and checks the caller may
-// change that member: only owners change owners.
+// targetMember is the :user the chain loaded, if the caller may change
+// that member: only owners change owners.
 func (a *API) targetMember(c *gin.Context) (*store.Member, bool) {
-	userID := c.Param("user")
-	audit.SetTarget(c, userID)
-	m, err := a.Store.Member(c.Request.Context(), access.OrgID(c), userID)
-	if errors.Is(err, store.ErrNotFound) {
-		notFound(c, "member")
-		return nil, false
-	}
-	if err != nil {
-		a.internal(c, "load the member", err)
-		return nil, false
-	}
+	m := access.Member(c)
 	if reject(c, orgrules.MayChangeMember(access.Role(c), m.Role)) {
 		return nil, false
 	}

@@ -1,7 +1,6 @@
 package api
 
 import (
-	"errors"
 	"net/http"
 	"time"
 
@@ -70,22 +69,11 @@ func (a *API) createToken(c *gin.Context) {
 }
 
 func (a *API) revokeToken(c *gin.Context) {
-	id := c.Param("token")
-	audit.SetTarget(c, id)
-	ctx := c.Request.Context()
-	tok, err := a.Store.APITokenByID(ctx, access.OrgID(c), id)
-	if errors.Is(err, store.ErrNotFound) {
-		notFound(c, "token")
-		return
-	}
-	if err != nil {
-		a.internal(c, "load the token", err)
-		return
-	}
+	tok := access.Token(c)
 	if reject(c, orgrules.MayRevokeToken(tok, access.Role(c), access.Caller(c).UserID)) {
 		return
 	}
-	if err := a.Store.RevokeAPIToken(ctx, access.OrgID(c), id); err != nil {
+	if err := a.Store.RevokeAPIToken(c.Request.Context(), access.OrgID(c), tok.ID); err != nil {
 		a.internal(c, "revoke the token", err)
 		return
 	}

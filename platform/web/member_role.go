@@ -1,13 +1,9 @@
 package web
 
 import (
-	"errors"
-	"net/http"
-
 	"github.com/gin-gonic/gin"
 
 	"github.com/thinlab/thinlab/platform/access"
-	"github.com/thinlab/thinlab/platform/audit"
 	"github.com/thinlab/thinlab/platform/orgrules"
 	"github.com/thinlab/thinlab/platform/store"
 )
@@ -30,20 +26,10 @@ func (w *Web) changeRole(c *gin.Context) {
 	w.redirectWithFlash(c, "/o/"+access.Org(c).Slug+"/members", m.Email+" is now "+string(role)+".")
 }
 
-// targetMember loads :user and checks the caller may change them: only
-// someone at least as strong as the member's role.
+// targetMember is the :user the chain loaded, if the caller may change
+// them: only someone at least as strong as the member's role.
 func (w *Web) targetMember(c *gin.Context) (*store.Member, bool) {
-	userID := c.Param("user")
-	audit.SetTarget(c, userID)
-	m, err := w.store.Member(c.Request.Context(), access.OrgID(c), userID)
-	if errors.Is(err, store.ErrNotFound) {
-		w.fail(c, http.StatusNotFound, "no such member: "+userID, w.renderMembers)
-		return nil, false
-	}
-	if err != nil {
-		w.internal(c, "load the member", err)
-		return nil, false
-	}
+	m := access.Member(c)
 	if w.refused(c, "change the member", orgrules.MayChangeMember(access.Role(c), m.Role), w.renderMembers) {
 		return nil, false
 	}

@@ -260,3 +260,32 @@ func apiGet(t *testing.T, u, token string) int {
 	_ = resp.Body.Close()
 	return resp.StatusCode
 }
+
+// TestMissingMemberAndTokenAreNotFound: the chain loads the member and the
+// token a form acts on, in the caller's organization; one that does not
+// exist there (or belongs to another organization) is a 404 page.
+func TestMissingMemberAndTokenAreNotFound(t *testing.T) {
+	s := startSite(t)
+	owner, home := s.signIn(t, "owner@example.com")
+	_, other := s.signIn(t, "other@example.com")
+	o := s.p.URL + home.URL.Path
+	csrf := webtest.CSRF(t, owner.Get(o+"/members").Body)
+	otherID := s.userID(t, "other@example.com")
+	n := s.p.Count("SELECT count(*) FROM organizations WHERE slug = $1", strings.TrimPrefix(other.URL.Path, "/o/"))
+	if n != 1 {
+		t.Fatalf("the other user's personal organization %s does not exist", other.URL.Path)
+	}
+	for _, tc := range []struct{ name, path, want string }{
+		{"no such member", o + "/members/usr_none/role", "member not found"},
+		{"member of another organization", o + "/members/" + otherID + "/remove", "member not found"},
+		{"no such token", o + "/tokens/tok_none/revoke", "token not found"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			pg := owner.PostForm(tc.path, url.Values{"csrf_token": {csrf}, "role": {"viewer"}})
+			if pg.Status != http.StatusNotFound {
+				t.Fatalf("HTTP %d, want 404\n%s", pg.Status, pg.Body)
+			}
+			pg.Contains(t, tc.want)
+		})
+	}
+}
