@@ -10,8 +10,12 @@ import (
 	"net/url"
 	"os"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
+
+	"github.com/thinlab/thinlab/platform/rbac"
+	"github.com/thinlab/thinlab/platform/store"
 )
 
 // Config is the sign-in part of the platform configuration: the auth:
@@ -75,11 +79,7 @@ type GroupRole struct {
 	Role  string `yaml:"role"`
 }
 
-// Roles a group mapping may grant, strongest first.
-var validRoles = []string{"owner", "admin", "member", "viewer"}
-
 var providerNameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,31}$`)
-var orgSlugRE = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{1,62}$`)
 
 // DefaultSessionTTL applies when Config.SessionTTL is zero.
 const DefaultSessionTTL = 12 * time.Hour
@@ -142,11 +142,11 @@ func (c *Config) Validate() error {
 			if g.Group == "" {
 				errs = append(errs, fmt.Errorf("%s.group: set the IdP group name", gf))
 			}
-			if !orgSlugRE.MatchString(g.Org) {
+			if store.ValidSlug(g.Org) != nil {
 				errs = append(errs, fmt.Errorf("%s.org %q: use an organization slug (2-63 lowercase letters, digits or -)", gf, g.Org))
 			}
 			if roleRank(g.Role) < 0 {
-				errs = append(errs, fmt.Errorf("%s.role %q: use one of %s", gf, g.Role, strings.Join(validRoles, ", ")))
+				errs = append(errs, fmt.Errorf("%s.role %q: use one of %s", gf, g.Role, roleNames()))
 			}
 		}
 	}
@@ -163,14 +163,17 @@ func (c *Config) Provider(name string) (ProviderConfig, bool) {
 	return ProviderConfig{}, false
 }
 
-// roleRank orders roles: 0 is the strongest; -1 means unknown.
-func roleRank(role string) int {
-	for i, r := range validRoles {
-		if r == role {
-			return i
-		}
+// roleRank orders roles as rbac does: 0 is the strongest; -1 means
+// unknown (group mappings name roles exactly, without ParseRole's folding).
+func roleRank(role string) int { return slices.Index(rbac.Roles, rbac.Role(role)) }
+
+// roleNames lists the roles a group mapping may grant, strongest first.
+func roleNames() string {
+	names := make([]string, len(rbac.Roles))
+	for i, r := range rbac.Roles {
+		names[i] = string(r)
 	}
-	return -1
+	return strings.Join(names, ", ")
 }
 
 // OrgRole is a role in an organization (by slug).
