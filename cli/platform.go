@@ -10,11 +10,6 @@ import (
 	"github.com/thinlab/thinlab/platform/server"
 )
 
-// platformSetup lists hooks that add to the platform server before it
-// serves (the session authenticator and web routes register here from
-// their own files, with init).
-var platformSetup []func(*server.Server) error
-
 func newPlatformCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "platform",
@@ -36,7 +31,7 @@ func newPlatformServeCommand() *cobra.Command {
 				return err
 			}
 			ctx := cmd.Context()
-			srv, err := server.New(ctx, cfg, server.Options{Logger: slog.Default(), Setup: platformSetup})
+			srv, err := server.New(ctx, cfg, server.Options{Logger: slog.Default()})
 			if err != nil {
 				return err
 			}

@@ -122,7 +122,7 @@ func (g *Guard) Mount(r gin.IRoutes, routes []Route) error {
 			chain = append(chain, g.authenticate(rt))
 		}
 		if rt.Action != "" {
-			chain = append(chain, g.Audit.Middleware(rt.Action, OrgID))
+			chain = append(chain, g.Audit.Middleware(rt.Action, orgIDIfAny))
 		}
 		if rt.RateLimit == RateInvitationAccept {
 			chain = append(chain, g.limitInvitationAccept(rt))
@@ -221,8 +221,10 @@ func tooMany(c *gin.Context, rt Route, wait time.Duration, what string) {
 }
 
 const (
-	keyOrg  = "thinlab.org"
-	keyRole = "thinlab.role"
+	keyOrg    = "thinlab.org"
+	keyRole   = "thinlab.role"
+	keyMember = "thinlab.member"
+	keyToken  = "thinlab.token"
 )
 
 // errNoOrg is the answer for an organization the caller cannot see: the
@@ -266,8 +268,52 @@ func (g *Guard) authorize(rt Route) gin.HandlerFunc {
 				fmt.Sprintf("your role %s lacks permission %s", m.Role, rt.Permission))
 			return
 		}
+		// After the permission check: a caller who may not act gets 403
+		// before anyone looks the resource up.
+		if !g.loadResources(c, rt, org) {
+			return
+		}
 		c.Next()
 	}
+}
+
+// loadResources loads what an organization route's path names besides
+// the organization, inside that organization: the member (:user) and the
+// API token (:token). Another organization's is "not found".
+func (g *Guard) loadResources(c *gin.Context, rt Route, org *store.Organization) bool {
+	ctx := c.Request.Context()
+	if strings.Contains(rt.Path, "/:user") {
+		id := c.Param("user")
+		audit.SetTarget(c, id)
+		m, err := g.Store.Member(ctx, org.ID, id)
+		if !g.loaded(c, rt, err, "member") {
+			return false
+		}
+		c.Set(keyMember, m)
+	}
+	if strings.Contains(rt.Path, "/:token") {
+		id := c.Param("token")
+		audit.SetTarget(c, id)
+		tok, err := g.Store.APITokenByID(ctx, org.ID, id)
+		if !g.loaded(c, rt, err, "token") {
+			return false
+		}
+		c.Set(keyToken, tok)
+	}
+	return true
+}
+
+func (g *Guard) loaded(c *gin.Context, rt Route, err error, what string) bool {
+	switch {
+	case err == nil:
+		return true
+	case errors.Is(err, store.ErrNotFound):
+		deny(c, rt, http.StatusNotFound, platformapi.CodeNotFound, what+" not found")
+	default:
+		g.logger().Error("load the "+what, "err", err)
+		deny(c, rt, http.StatusInternalServerError, platformapi.CodeInternal, "could not load the "+what+"; try again")
+	}
+	return false
 }
 
 func (g *Guard) logger() *slog.Logger {
@@ -289,27 +335,77 @@ func deny(c *gin.Context, rt Route, status int, code, message string) {
 	c.PureJSON(status, platformapi.ErrorResponse{Error: body})
 }
 
-// Org returns the organization authorized for this request (nil outside
-// organization routes).
+// Org returns the organization the route acts on, which the chain loaded
+// (once) when it authorized the caller. It panics on a route without an
+// :org in its path, or a handler mounted without the chain: a handler
+// must never run its tenant queries without the organization it was
+// authorized for. The server's recovery answers 500 and logs the panic.
 func Org(c *gin.Context) *store.Organization {
+	o := OrgIfAny(c)
+	if o == nil {
+		panic(fmt.Sprintf("access.Org: %s %s ran without the access chain's organization check; declare the route with :org in the access table (platform/server mounts it)", c.Request.Method, c.FullPath()))
+	}
+	return o
+}
+
+// OrgID is Org's ID; it panics as Org does.
+func OrgID(c *gin.Context) string { return Org(c).ID }
+
+// OrgIfAny returns the authorized organization, or nil outside
+// organization routes (the page layout, the audit log's organization).
+func OrgIfAny(c *gin.Context) *store.Organization {
 	v, _ := c.Get(keyOrg)
 	o, _ := v.(*store.Organization)
 	return o
 }
 
-// OrgID returns Org's ID, or "".
-func OrgID(c *gin.Context) string {
-	if o := Org(c); o != nil {
+func orgIDIfAny(c *gin.Context) string {
+	if o := OrgIfAny(c); o != nil {
 		return o.ID
 	}
 	return ""
 }
 
-// Role returns the caller's role in Org.
+// Role returns the caller's role in Org; it panics as Org does.
 func Role(c *gin.Context) rbac.Role {
 	v, _ := c.Get(keyRole)
-	r, _ := v.(rbac.Role)
+	r, ok := v.(rbac.Role)
+	if !ok {
+		panic(fmt.Sprintf("access.Role: %s %s ran without the access chain's organization check; declare the route with :org in the access table", c.Request.Method, c.FullPath()))
+	}
 	return r
+}
+
+// Member returns the member a /:user route acts on, loaded by the chain;
+// it panics as Org does when the chain did not load one.
+func Member(c *gin.Context) *store.Member {
+	v, _ := c.Get(keyMember)
+	m, ok := v.(*store.Member)
+	if !ok {
+		panic(fmt.Sprintf("access.Member: %s %s ran without the access chain loading :user; declare the route with :org and :user in the access table", c.Request.Method, c.FullPath()))
+	}
+	return m
+}
+
+// Token returns the API token a /:token organization route acts on,
+// loaded by the chain; it panics as Org does when the chain did not load one.
+func Token(c *gin.Context) *store.APIToken {
+	v, _ := c.Get(keyToken)
+	t, ok := v.(*store.APIToken)
+	if !ok {
+		panic(fmt.Sprintf("access.Token: %s %s ran without the access chain loading :token; declare the route with :org and :token in the access table", c.Request.Method, c.FullPath()))
+	}
+	return t
+}
+
+// Caller returns the authenticated caller. It panics on a public route or
+// a handler mounted without the chain, instead of handing it a nil.
+func Caller(c *gin.Context) *principal.Principal {
+	p := principal.From(c)
+	if p == nil {
+		panic(fmt.Sprintf("access.Caller: %s %s ran without authentication; only routes that are not Public have a caller", c.Request.Method, c.FullPath()))
+	}
+	return p
 }
 
 // Error answers a failed request with the API's error shape and tells the

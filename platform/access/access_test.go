@@ -1,7 +1,9 @@
 package access
 
 import (
+	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 
@@ -44,5 +46,42 @@ func TestMountRefusesIncompleteRoutes(t *testing.T) {
 		if err := r.Validate(); err != nil {
 			t.Errorf("%s %s: %v", r.Method, r.Path, err)
 		}
+	}
+}
+
+// TestHandlerWithoutItsChainFailsLoudly: a handler that reads the
+// organization, role or caller on a route the chain did not authorize gets
+// a panic naming the route (answered 500 by the recovery), never a nil it
+// could run tenant queries with.
+func TestHandlerWithoutItsChainFailsLoudly(t *testing.T) {
+	gin.SetMode(gin.ReleaseMode)
+	for name, read := range map[string]func(*gin.Context){
+		"Org":    func(c *gin.Context) { _ = Org(c) },
+		"OrgID":  func(c *gin.Context) { _ = OrgID(c) },
+		"Role":   func(c *gin.Context) { _ = Role(c) },
+		"Caller": func(c *gin.Context) { _ = Caller(c) },
+		"Member": func(c *gin.Context) { _ = Member(c) },
+		"Token":  func(c *gin.Context) { _ = Token(c) },
+	} {
+		t.Run(name, func(t *testing.T) {
+			var recovered string
+			e := gin.New()
+			e.Use(gin.CustomRecoveryWithWriter(nil, func(c *gin.Context, v any) {
+				recovered = fmt.Sprint(v)
+				c.AbortWithStatus(http.StatusInternalServerError)
+			}))
+			e.GET("/o/:org/things", func(c *gin.Context) {
+				read(c)
+				c.Status(http.StatusOK)
+			})
+			w := httptest.NewRecorder()
+			e.ServeHTTP(w, httptest.NewRequest(http.MethodGet, "/o/acme/things", nil))
+			if w.Code != http.StatusInternalServerError {
+				t.Fatalf("HTTP %d, want 500 from the panic", w.Code)
+			}
+			if !strings.Contains(recovered, "/o/:org/things") || !strings.Contains(recovered, "access") {
+				t.Fatalf("panic %q does not name the route and the access chain", recovered)
+			}
+		})
 	}
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/gin-gonic/gin"
 
 	"github.com/thinlab/thinlab/platform/access"
+	"github.com/thinlab/thinlab/platform/orgrules"
 	"github.com/thinlab/thinlab/platform/rbac"
 	"github.com/thinlab/thinlab/platform/store"
 	"github.com/thinlab/thinlab/sdk/platformapi"
@@ -45,7 +46,7 @@ func Routes(a *API) []access.Route {
 		{Method: get, Path: p + "/openapi.json", Public: true, Handler: a.openAPI},
 		{Method: get, Path: p + "/me", Handler: a.me},
 		{Method: get, Path: p + "/orgs", Handler: a.listOrgs},
-		{Method: post, Path: p + "/orgs", Action: "org.create", Handler: a.createOrg, TokenRefused: "an API token acts inside one organization: sign in through the browser to create organizations"},
+		{Method: post, Path: p + "/orgs", Action: "org.create", Handler: a.createOrg, TokenRefused: TokenRefusedCreateOrg},
 		{Method: get, Path: p + "/orgs/:org/members", Permission: rbac.MemberRead, Handler: a.listMembers},
 		// Adding an existing user by ID let anyone look up other tenants'
 		// users (the answer held their email): people join only through
@@ -67,9 +68,12 @@ func Routes(a *API) []access.Route {
 
 // Refusals of API tokens on the routes only a signed-in person may call
 // (the web UI's routes give the same answers).
+//
+//nolint:gosec // G101: messages that mention tokens, not credentials
 const (
-	TokenRefusedCreate = "API tokens cannot create tokens: sign in through the browser to create tokens"
-	TokenRefusedAccept = "API tokens cannot accept invitations: sign in through the browser to accept an invitation"
+	TokenRefusedCreateOrg = "an API token acts inside one organization: sign in through the browser to create organizations"
+	TokenRefusedCreate    = "API tokens cannot create tokens: sign in through the browser to create tokens"
+	TokenRefusedAccept    = "API tokens cannot accept invitations: sign in through the browser to accept an invitation"
 )
 
 func (a *API) openAPI(c *gin.Context) {
@@ -112,15 +116,38 @@ func decode(c *gin.Context, dst any) bool {
 	return true
 }
 
-// fieldError is a validation failure of one request field.
-type fieldError struct{ field, message string }
-
-// reject answers 400 for fe and reports whether there was one.
-func reject(c *gin.Context, fe *fieldError) bool {
-	if fe == nil {
+// refused answers err and reports whether there was one: a broken
+// organization rule (orgrules) with its status, code and field, anything
+// else as a server failure while doing what.
+func (a *API) refused(c *gin.Context, what string, err error) bool {
+	if err == nil {
 		return false
 	}
-	invalid(c, fe.message, fe.field)
+	if !reject(c, err) {
+		a.internal(c, what, err)
+	}
+	return true
+}
+
+// reject answers a broken organization rule and reports whether err was
+// one (nil and other errors answer nothing).
+func reject(c *gin.Context, err error) bool {
+	var re *orgrules.Error
+	if !errors.As(err, &re) {
+		return false
+	}
+	status, code := http.StatusBadRequest, platformapi.CodeInvalid
+	switch {
+	case errors.Is(err, orgrules.ErrForbidden):
+		status, code = http.StatusForbidden, platformapi.CodeForbidden
+	case errors.Is(err, orgrules.ErrNotFound):
+		status, code = http.StatusNotFound, platformapi.CodeNotFound
+	case errors.Is(err, orgrules.ErrLastOwner):
+		status, code = http.StatusConflict, platformapi.CodeLastOwner
+	case errors.Is(err, orgrules.ErrConflict):
+		status, code = http.StatusConflict, platformapi.CodeConflict
+	}
+	access.Error(c, status, code, re.Message, re.Field)
 	return true
 }
 

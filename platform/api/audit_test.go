@@ -18,18 +18,14 @@ import (
 
 func allEvents(t *testing.T, env *platformtest.Env) []store.AuditEvent {
 	t.Helper()
-	var out []store.AuditEvent
-	if err := env.Store.Gorm().Order("id").Find(&out).Error; err != nil {
-		t.Fatal(err)
-	}
-	return out
+	return env.AuditEvents()
 }
 
 // TestEveryMutationIsAudited calls every mutating route of the route table
 // once as it should succeed and once as it must fail, and expects exactly
 // one new audit event each time, with the route's action and the result.
 func TestEveryMutationIsAudited(t *testing.T) {
-	env := platformtest.New(t, platformtest.WithSetup(fakeSession))
+	env := platformtest.New(t, platformtest.WithAuthenticator(fakeSession))
 	ctx := context.Background()
 	owner := env.User("owner@example.com")
 	org := env.Org("aud", owner)
@@ -87,7 +83,7 @@ func TestEveryMutationIsAudited(t *testing.T) {
 			{"/api/v1/orgs/aud/tokens/" + victimTok.ID, "", "Authorization", "Bearer " + ownerTok, true},
 		},
 	}
-	for _, rt := range env.Server.Routes() {
+	for _, rt := range env.APIRoutes() {
 		if !rt.Mutation() {
 			continue
 		}
@@ -150,7 +146,7 @@ func TestAuditLogIsAppendOnly(t *testing.T) {
 }
 
 func TestAuditFiltersAndExport(t *testing.T) {
-	env := platformtest.New(t, platformtest.WithSetup(fakeSession))
+	env := platformtest.New(t, platformtest.WithAuthenticator(fakeSession))
 	ctx := context.Background()
 	owner := env.User("owner@example.com")
 	org := env.Org("aud", owner)

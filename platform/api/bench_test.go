@@ -9,7 +9,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
-	"sort"
+	"slices"
 	"strconv"
 	"sync"
 	"testing"
@@ -45,7 +45,7 @@ func BenchmarkPlatformAPI(b *testing.B) {
 	env := platformtest.New(b)
 	owner := env.User("owner@bench.example")
 	org := env.Org("bench", owner)
-	for i := 0; i < 20; i++ {
+	for i := range 20 {
 		env.Member(org, fmt.Sprintf("m%02d@bench.example", i), rbac.Member)
 	}
 	token := env.Token(org, owner)
@@ -57,7 +57,7 @@ func BenchmarkPlatformAPI(b *testing.B) {
 		duration = v
 	}
 	for i := 0; i < b.N; i++ {
-		cmd := exec.Command(os.Args[0], "-test.run=^$")
+		cmd := exec.Command(os.Args[0], "-test.run=^$") //nolint:gosec // G702: re-runs this test binary as the load generator
 		cmd.Env = append(os.Environ(), envLoadURL+"="+env.URL, envLoadToken+"="+token, envLoadOrg+"="+org.Slug,
 			envLoadRate+"="+rate, envLoadDuration+"="+duration)
 		var stdout bytes.Buffer
@@ -138,8 +138,8 @@ func runLoadGenerator() bool {
 		resp, err := client.Do(req)
 		ok := err == nil && resp.StatusCode < 300
 		if err == nil {
-			io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
+			_, _ = io.Copy(io.Discard, resp.Body) // drained to reuse the connection; the status was counted
+			_ = resp.Body.Close()
 		}
 		d := time.Since(start)
 		mu.Lock()
@@ -162,7 +162,7 @@ func runLoadGenerator() bool {
 	tick.Stop()
 	wg.Wait()
 	elapsed := time.Since(start)
-	sort.Slice(latencies, func(i, j int) bool { return latencies[i] < latencies[j] })
+	slices.Sort(latencies)
 	pct := func(p float64) float64 {
 		if len(latencies) == 0 {
 			return 0
@@ -170,9 +170,12 @@ func runLoadGenerator() bool {
 		idx := int(p * float64(len(latencies)-1))
 		return float64(latencies[idx].Microseconds()) / 1000
 	}
-	json.NewEncoder(os.Stdout).Encode(loadResult{
+	if err := json.NewEncoder(os.Stdout).Encode(loadResult{
 		Requests: len(latencies), Errors: errors, P50ms: pct(0.50), P99ms: pct(0.99), Seconds: elapsed.Seconds(),
-	})
+	}); err != nil {
+		fmt.Fprintln(os.Stderr, "load generator: write the result:", err)
+		os.Exit(1)
+	}
 	os.Exit(0)
 	return true
 }

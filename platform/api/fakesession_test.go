@@ -4,7 +4,7 @@ import (
 	"github.com/gin-gonic/gin"
 
 	"github.com/thinlab/thinlab/platform/principal"
-	"github.com/thinlab/thinlab/platform/server"
+	"github.com/thinlab/thinlab/platform/store"
 )
 
 // testUserHeader is read by a FAKE session authenticator used only by the
@@ -15,17 +15,16 @@ import (
 // token.
 const testUserHeader = "X-Platformtest-User"
 
-func fakeSession(s *server.Server) error {
-	s.AddAuthenticator(func(c *gin.Context) (*principal.Principal, error) {
+func fakeSession(st *store.Store) principal.Authenticator {
+	return func(c *gin.Context) (*principal.Principal, error) {
 		id := c.GetHeader(testUserHeader)
 		if id == "" {
-			return nil, nil
+			return nil, nil //nolint:nilnil // no header: not this authenticator's request
 		}
-		u, err := s.Store().UserByID(c.Request.Context(), id)
+		u, err := st.UserByID(c.Request.Context(), id)
 		if err != nil {
 			return nil, principal.Reject("unknown test user")
 		}
 		return &principal.Principal{UserID: u.ID, Email: u.Email, Method: principal.MethodSession}, nil
-	})
-	return nil
+	}
 }

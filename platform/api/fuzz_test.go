@@ -12,6 +12,7 @@ import (
 
 	"github.com/gin-gonic/gin"
 
+	"github.com/thinlab/thinlab/platform/orgrules"
 	"github.com/thinlab/thinlab/platform/rbac"
 	"github.com/thinlab/thinlab/platform/store"
 	"github.com/thinlab/thinlab/sdk/platformapi"
@@ -73,8 +74,8 @@ func FuzzAPIRequestDecoding(f *testing.F) {
 		case 2:
 			var req platformapi.CreateInvitationRequest
 			if ok = decode(c, &req); ok {
-				addr, fe := checkInvitationEmail(req.Email)
-				ok = !reject(c, fe)
+				addr, err := orgrules.InvitationEmail(req.Email)
+				ok = !reject(c, err)
 				if ok {
 					if a, err := mail.ParseAddress(addr); err != nil || a.Name != "" || a.Address != addr {
 						t.Fatalf("accepted address %q from %q", addr, req.Email)

@@ -51,7 +51,7 @@ func TestAuditLogTamperProofWithTwoRoles(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer su.Close(context.Background())
+	defer func() { _ = su.Close(context.Background()) }()
 	for _, q := range []string{
 		"CREATE ROLE " + owner + " LOGIN", "CREATE ROLE " + app + " LOGIN",
 		"CREATE DATABASE " + db + " OWNER " + owner,
@@ -65,10 +65,12 @@ func TestAuditLogTamperProofWithTwoRoles(t *testing.T) {
 		if err != nil {
 			return
 		}
-		defer c.Close(context.Background())
-		c.Exec(context.Background(), "DROP DATABASE IF EXISTS "+db+" WITH (FORCE)")
-		c.Exec(context.Background(), "DROP ROLE IF EXISTS "+app)
-		c.Exec(context.Background(), "DROP ROLE IF EXISTS "+owner)
+		defer func() { _ = c.Close(context.Background()) }()
+		for _, q := range []string{"DROP DATABASE IF EXISTS " + db + " WITH (FORCE)", "DROP ROLE IF EXISTS " + app, "DROP ROLE IF EXISTS " + owner} {
+			if _, err := c.Exec(context.Background(), q); err != nil {
+				t.Errorf("cleanup %s: %v", q, err)
+			}
+		}
 	})
 	dsnAs := func(role string) string {
 		return strings.NewReplacer("user=postgres", "user="+role, "dbname="+dbName(superDSN), "dbname="+db).Replace(superDSN)
@@ -80,7 +82,7 @@ func TestAuditLogTamperProofWithTwoRoles(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer srv.Close()
+	defer func() { _ = srv.Close() }()
 	u, err := srv.Store().UpsertOIDCUser(ctx, "iss", "sub", "a@example.com", "A", true)
 	if err != nil {
 		t.Fatalf("the runtime role cannot write users: %v", err)
@@ -92,7 +94,7 @@ func TestAuditLogTamperProofWithTwoRoles(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer conn.Close(context.Background())
+	defer func() { _ = conn.Close(context.Background()) }()
 	if _, err := conn.Exec(ctx, "INSERT INTO audit_events (action, result) VALUES ('probe', 'success')"); err != nil {
 		t.Fatalf("the runtime role cannot append to the audit log: %v", err)
 	}
@@ -117,7 +119,7 @@ func TestAuditLogTamperProofWithTwoRoles(t *testing.T) {
 }
 
 func dbName(dsn string) string {
-	for _, kv := range strings.Fields(dsn) {
+	for kv := range strings.FieldsSeq(dsn) {
 		if v, ok := strings.CutPrefix(kv, "dbname="); ok {
 			return v
 		}
@@ -130,7 +132,7 @@ func dbName(dsn string) string {
 // Retry-After, before the secret is even looked up.
 func TestInvitationAcceptRateLimited(t *testing.T) {
 	const burst = 3
-	env := platformtest.New(t, platformtest.WithSetup(fakeSession), platformtest.WithConfig(func(c *server.Config) {
+	env := platformtest.New(t, platformtest.WithAuthenticator(fakeSession), platformtest.WithConfig(func(c *server.Config) {
 		c.RateLimits.InvitationAccept.Burst = burst
 	}))
 	guesser := env.User("guess@example.com")

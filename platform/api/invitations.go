@@ -3,14 +3,12 @@ package api
 import (
 	"errors"
 	"net/http"
-	"net/mail"
-	"strings"
 
 	"github.com/gin-gonic/gin"
 
 	"github.com/thinlab/thinlab/platform/access"
 	"github.com/thinlab/thinlab/platform/audit"
-	"github.com/thinlab/thinlab/platform/principal"
+	"github.com/thinlab/thinlab/platform/orgrules"
 	"github.com/thinlab/thinlab/platform/store"
 	"github.com/thinlab/thinlab/sdk/platformapi"
 )
@@ -32,35 +30,21 @@ func (a *API) listInvitations(c *gin.Context) {
 	c.JSON(http.StatusOK, platformapi.List[platformapi.Invitation]{Items: out})
 }
 
-// checkInvitationEmail returns the plain address of an invitation request.
-func checkInvitationEmail(raw string) (string, *fieldError) {
-	// RFC 5321 caps an address at 254 characters; checking that first
-	// also keeps megabyte inputs away from net/mail's parser.
-	if len(raw) > 254 {
-		return "", &fieldError{"email", "email is longer than 254 characters"}
-	}
-	addr, err := mail.ParseAddress(strings.TrimSpace(raw))
-	if err != nil || addr.Name != "" {
-		return "", &fieldError{"email", "email must be a plain address such as ada@example.com"}
-	}
-	return addr.Address, nil
-}
-
 func (a *API) createInvitation(c *gin.Context) {
 	var req platformapi.CreateInvitationRequest
 	if !decode(c, &req) {
 		return
 	}
 	audit.SetTarget(c, audit.MaskEmail(req.Email))
-	addr, fe := checkInvitationEmail(req.Email)
-	if reject(c, fe) {
+	addr, err := orgrules.InvitationEmail(req.Email)
+	if reject(c, err) {
 		return
 	}
-	role, ok := parseRole(c, req.Role)
-	if !ok {
+	role, err := orgrules.GrantRole(access.Role(c), req.Role)
+	if reject(c, err) {
 		return
 	}
-	inv, secret, err := a.Store.CreateInvitation(c.Request.Context(), access.OrgID(c), addr, role, principal.From(c).UserID)
+	inv, secret, err := a.Store.CreateInvitation(c.Request.Context(), access.OrgID(c), addr, role, access.Caller(c).UserID)
 	if err != nil {
 		a.internal(c, "create the invitation", err)
 		return
@@ -88,7 +72,7 @@ func (a *API) deleteInvitation(c *gin.Context) {
 
 func (a *API) acceptInvitation(c *gin.Context) {
 	ctx := c.Request.Context()
-	user, err := a.Store.UserByID(ctx, principal.From(c).UserID)
+	user, err := a.Store.UserByID(ctx, access.Caller(c).UserID)
 	if err != nil {
 		a.internal(c, "load your account", err)
 		return

@@ -89,7 +89,7 @@ func TestMemberValidation(t *testing.T) {
 // used to answer 201 with the user's email and name; now nothing joins A
 // and no answer carries B's emails or names.
 func TestMemberEnumerationRefused(t *testing.T) {
-	env := platformtest.New(t, platformtest.WithSetup(fakeSession))
+	env := platformtest.New(t, platformtest.WithAuthenticator(fakeSession))
 	ctx := context.Background()
 	ownerA := env.User("ann@a.example")
 	a := env.Org("org-a", ownerA)
@@ -137,7 +137,7 @@ func TestMemberEnumerationRefused(t *testing.T) {
 }
 
 func TestInvitationAcceptedByInvitedEmailOnly(t *testing.T) {
-	env := platformtest.New(t, platformtest.WithSetup(fakeSession))
+	env := platformtest.New(t, platformtest.WithAuthenticator(fakeSession))
 	ctx := context.Background()
 	owner := env.User("owner@example.com")
 	org := env.Org("inv", owner)

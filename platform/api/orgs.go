@@ -1,14 +1,13 @@
 package api
 
 import (
-	"errors"
 	"net/http"
 
 	"github.com/gin-gonic/gin"
 
 	"github.com/thinlab/thinlab/platform/access"
 	"github.com/thinlab/thinlab/platform/audit"
-	"github.com/thinlab/thinlab/platform/principal"
+	"github.com/thinlab/thinlab/platform/orgrules"
 	"github.com/thinlab/thinlab/platform/store"
 	"github.com/thinlab/thinlab/sdk/platformapi"
 )
@@ -19,7 +18,7 @@ func orgJSON(o store.OrganizationWithRole) platformapi.Org {
 
 // visibleOrgs lists the caller's organizations; a token sees only its own.
 func (a *API) visibleOrgs(c *gin.Context) ([]platformapi.Org, error) {
-	p := principal.From(c)
+	p := access.Caller(c)
 	orgs, err := a.Store.OrganizationsOfUser(c.Request.Context(), p.UserID)
 	if err != nil {
 		return nil, err
@@ -34,7 +33,7 @@ func (a *API) visibleOrgs(c *gin.Context) ([]platformapi.Org, error) {
 }
 
 func (a *API) me(c *gin.Context) {
-	p := principal.From(c)
+	p := access.Caller(c)
 	u, err := a.Store.UserByID(c.Request.Context(), p.UserID)
 	if err != nil {
 		a.internal(c, "load your account", err)
@@ -58,14 +57,8 @@ func (a *API) listOrgs(c *gin.Context) {
 }
 
 // checkCreateOrg validates a decoded CreateOrgRequest.
-func checkCreateOrg(req platformapi.CreateOrgRequest) *fieldError {
-	if err := store.ValidSlug(req.Slug); err != nil {
-		return &fieldError{"slug", err.Error()}
-	}
-	if len(req.Name) > 200 {
-		return &fieldError{"name", "name is longer than 200 characters"}
-	}
-	return nil
+func checkCreateOrg(req platformapi.CreateOrgRequest) error {
+	return orgrules.NewOrganization(req.Slug, req.Name)
 }
 
 func (a *API) createOrg(c *gin.Context) {
@@ -73,21 +66,12 @@ func (a *API) createOrg(c *gin.Context) {
 	if !decode(c, &req) {
 		return
 	}
-	p := principal.From(c)
+	p := access.Caller(c)
 	if reject(c, checkCreateOrg(req)) {
 		return
 	}
 	org, err := a.Store.CreateOrganization(c.Request.Context(), req.Slug, req.Name, p.UserID)
-	if errors.Is(err, store.ErrSlugReserved) {
-		access.Error(c, http.StatusConflict, platformapi.CodeConflict, "slug "+req.Slug+" is reserved: an identity provider group mapping places people in this organization; choose another slug", "slug")
-		return
-	}
-	if errors.Is(err, store.ErrConflict) {
-		access.Error(c, http.StatusConflict, platformapi.CodeConflict, "slug "+req.Slug+" is taken: choose another", "slug")
-		return
-	}
-	if err != nil {
-		a.internal(c, "create the organization", err)
+	if a.refused(c, "create the organization", orgrules.CreateOrganizationFailed(err, req.Slug)) {
 		return
 	}
 	audit.SetOrg(c, org.ID)

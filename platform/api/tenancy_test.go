@@ -530,7 +530,7 @@ func TestPermissionsEnforcedOnEveryRoute(t *testing.T) {
 			u = env.Member(org, string(role)+"@example.com", role)
 		}
 		token := env.Token(org, u)
-		for _, rt := range env.Server.Routes() {
+		for _, rt := range env.APIRoutes() {
 			if !rt.OrgRoute() {
 				continue
 			}

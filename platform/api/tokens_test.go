@@ -66,7 +66,7 @@ func createToken(t *testing.T, env *platformtest.Env, org, userID string, req pl
 }
 
 func TestTokenShownOnceStoredHashed(t *testing.T) {
-	env := platformtest.New(t, platformtest.WithSetup(fakeSession))
+	env := platformtest.New(t, platformtest.WithAuthenticator(fakeSession))
 	ctx := context.Background()
 	owner := env.User("owner@example.com")
 	org := env.Org("tok", owner)
@@ -131,7 +131,7 @@ func TestTokenShownOnceStoredHashed(t *testing.T) {
 }
 
 func TestTokenValidation(t *testing.T) {
-	env := platformtest.New(t, platformtest.WithSetup(fakeSession))
+	env := platformtest.New(t, platformtest.WithAuthenticator(fakeSession))
 	owner := env.User("owner@example.com")
 	env.Org("tok", owner)
 	cases := []struct {
@@ -172,7 +172,7 @@ func isStatus(err error, status int) bool {
 // organizations. Both routes answer 403 with advice to sign in in the
 // browser, whatever the body, and nothing is created.
 func TestTokensCannotMintTokensOrAcceptInvitations(t *testing.T) {
-	env := platformtest.New(t, platformtest.WithSetup(fakeSession))
+	env := platformtest.New(t, platformtest.WithAuthenticator(fakeSession))
 	ctx := context.Background()
 	owner := env.User("owner@example.com")
 	org := env.Org("tok", owner)

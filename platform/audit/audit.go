@@ -123,7 +123,7 @@ func (r *Recorder) Middleware(action string, orgOf func(*gin.Context) string) gi
 				ev.Err = http.StatusText(status)
 			}
 		}
-		r.Record(c, ev)
+		_ = r.Record(c, ev) // logged by Record; the answer has been sent already
 	}
 }
 

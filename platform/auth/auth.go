@@ -141,9 +141,18 @@ func (a *Auth) secure(r *http.Request) bool {
 	return a.cfg.SecureCookies || r.TLS != nil || strings.HasPrefix(a.cfg.BaseURL, "https://")
 }
 
-func (a *Auth) setCookie(c *gin.Context, ck *http.Cookie) {
-	ck.HttpOnly = true
-	ck.SameSite = http.SameSiteLaxMode
-	ck.Secure = a.secure(c.Request)
-	http.SetCookie(c.Writer, ck)
+// SetCookie sets (maxAge > 0) or deletes (maxAge < 0) a cookie with the
+// platform's one cookie policy: HttpOnly, SameSite=Lax, and Secure
+// whenever the platform is reached over https. The web UI's flash cookie
+// uses it too.
+func (a *Auth) SetCookie(c *gin.Context, name, value, path string, maxAge int) {
+	//nolint:gosec // G124: Secure is not constant on purpose: it is set whenever publicURL is https, the request came over TLS or auth.secureCookies is on; over plain http (a local trial) a Secure cookie would never come back
+	http.SetCookie(c.Writer, &http.Cookie{
+		Name: name, Value: value, Path: path, MaxAge: maxAge,
+		HttpOnly: true, SameSite: http.SameSiteLaxMode, Secure: a.secure(c.Request),
+	})
 }
+
+// BaseURL is the platform's external URL (publicURL), without a trailing
+// slash; links in pages start with it.
+func (a *Auth) BaseURL() string { return a.cfg.BaseURL }

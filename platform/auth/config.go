@@ -5,24 +5,26 @@
 package auth
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
-	"io"
 	"net/url"
 	"os"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 
-	"gopkg.in/yaml.v3"
+	"github.com/thinlab/thinlab/platform/rbac"
+	"github.com/thinlab/thinlab/platform/store"
 )
 
-// Config is the sign-in part of the platform configuration.
+// Config is the sign-in part of the platform configuration: the auth:
+// section of the platform's config file (platform/server.Config).
 type Config struct {
-	// BaseURL is the platform's external URL (https://thinlab.example.com).
-	// Callback URLs are BaseURL + "/auth/callback/" + provider name.
-	BaseURL string `yaml:"baseURL"`
+	// BaseURL is the platform's external URL (https://thinlab.example.com):
+	// the platform's publicURL, filled in by the server, not a key of its
+	// own. Callback URLs are BaseURL + "/auth/callback/" + provider name.
+	BaseURL string `yaml:"-"`
 	// CookieSecret signs the short-lived login cookie (state, nonce, PKCE
 	// verifier). Every replica needs the same value; at least 32 bytes.
 	CookieSecret string `yaml:"cookieSecret"`
@@ -77,11 +79,7 @@ type GroupRole struct {
 	Role  string `yaml:"role"`
 }
 
-// Roles a group mapping may grant, strongest first.
-var validRoles = []string{"owner", "admin", "member", "viewer"}
-
 var providerNameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,31}$`)
-var orgSlugRE = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{1,62}$`)
 
 // DefaultSessionTTL applies when Config.SessionTTL is zero.
 const DefaultSessionTTL = 12 * time.Hour
@@ -92,7 +90,7 @@ func (c *Config) Validate() error {
 	var errs []error
 	u, err := url.Parse(c.BaseURL)
 	if c.BaseURL == "" || err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		errs = append(errs, fmt.Errorf("auth.baseURL %q: set the platform's external URL, e.g. https://thinlab.example.com", c.BaseURL))
+		errs = append(errs, fmt.Errorf("publicURL %q: set the platform's external URL, e.g. https://thinlab.example.com", c.BaseURL))
 	}
 	c.BaseURL = strings.TrimRight(c.BaseURL, "/")
 	if len(c.CookieSecret) < 32 {
@@ -144,36 +142,15 @@ func (c *Config) Validate() error {
 			if g.Group == "" {
 				errs = append(errs, fmt.Errorf("%s.group: set the IdP group name", gf))
 			}
-			if !orgSlugRE.MatchString(g.Org) {
+			if store.ValidSlug(g.Org) != nil {
 				errs = append(errs, fmt.Errorf("%s.org %q: use an organization slug (2-63 lowercase letters, digits or -)", gf, g.Org))
 			}
 			if roleRank(g.Role) < 0 {
-				errs = append(errs, fmt.Errorf("%s.role %q: use one of %s", gf, g.Role, strings.Join(validRoles, ", ")))
+				errs = append(errs, fmt.Errorf("%s.role %q: use one of %s", gf, g.Role, roleNames()))
 			}
 		}
 	}
 	return errors.Join(errs...)
-}
-
-// LoadConfigFile reads the sign-in configuration from a YAML file (the
-// keys of Config: baseURL, cookieSecret, secureCookies, sessionTTL,
-// providers). An empty path gives an empty configuration. Unknown keys are
-// errors, so a typo does not pass silently.
-func LoadConfigFile(path string) (Config, error) {
-	var c Config
-	if path == "" {
-		return c, nil
-	}
-	raw, err := os.ReadFile(path)
-	if err != nil {
-		return c, fmt.Errorf("read sign-in config: %w", err)
-	}
-	dec := yaml.NewDecoder(bytes.NewReader(raw))
-	dec.KnownFields(true)
-	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) {
-		return c, fmt.Errorf("sign-in config %s: %w", path, err)
-	}
-	return c, nil
 }
 
 // Provider returns the provider configuration by name.
@@ -186,14 +163,17 @@ func (c *Config) Provider(name string) (ProviderConfig, bool) {
 	return ProviderConfig{}, false
 }
 
-// roleRank orders roles: 0 is the strongest; -1 means unknown.
-func roleRank(role string) int {
-	for i, r := range validRoles {
-		if r == role {
-			return i
-		}
+// roleRank orders roles as rbac does: 0 is the strongest; -1 means
+// unknown (group mappings name roles exactly, without ParseRole's folding).
+func roleRank(role string) int { return slices.Index(rbac.Roles, rbac.Role(role)) }
+
+// roleNames lists the roles a group mapping may grant, strongest first.
+func roleNames() string {
+	names := make([]string, len(rbac.Roles))
+	for i, r := range rbac.Roles {
+		names[i] = string(r)
 	}
-	return -1
+	return strings.Join(names, ", ")
 }
 
 // OrgRole is a role in an organization (by slug).

@@ -1,7 +1,6 @@
 package auth
 
 import (
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -28,7 +27,7 @@ func TestConfigValidateFillsDefaults(t *testing.T) {
 func TestConfigValidateNamesTheField(t *testing.T) {
 	t.Setenv("THINLAB_TEST_EMPTY_SECRET", "")
 	cases := map[string]func(*Config){
-		"auth.baseURL":               func(c *Config) { c.BaseURL = "thinlab.example.com" },
+		"publicURL":                  func(c *Config) { c.BaseURL = "thinlab.example.com" },
 		"auth.cookieSecret":          func(c *Config) { c.CookieSecret = "short" },
 		"auth.providers[0].name":     func(c *Config) { c.Providers[0].Name = "Bad Name" },
 		"auth.providers[0].issuer":   func(c *Config) { c.Providers[0].Issuer = "" },
@@ -113,44 +112,5 @@ func TestSafeReturnTo(t *testing.T) {
 		if got := safeReturnTo(in); got != want {
 			t.Errorf("safeReturnTo(%q) = %q, want %q", in, got, want)
 		}
-	}
-}
-
-func TestLoadConfigFile(t *testing.T) {
-	path := t.TempDir() + "/auth.yaml"
-	yml := `baseURL: https://thinlab.example.com
-cookieSecret: 0123456789abcdef0123456789abcdef
-sessionTTL: 8h
-providers:
-  - name: corp
-    displayName: Corp SSO
-    issuer: https://idp.example.com
-    clientID: thinlab
-    clientSecretEnv: CORP_SECRET
-    scopes: [email, profile, groups]
-    groupsClaim: groups
-    groupRoles:
-      - {group: dba, org: acme, role: admin}
-`
-	if err := os.WriteFile(path, []byte(yml), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	t.Setenv("CORP_SECRET", "s3cret")
-	c, err := LoadConfigFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := c.Validate(); err != nil {
-		t.Fatal(err)
-	}
-	p := c.Providers[0]
-	if c.SessionTTL != 8*time.Hour || p.ClientSecret != "s3cret" || p.GroupRoles[0].Role != "admin" {
-		t.Fatalf("loaded %+v", c)
-	}
-	if err := os.WriteFile(path, []byte("providers: []\ntypo: 1\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := LoadConfigFile(path); err == nil || !strings.Contains(err.Error(), "typo") {
-		t.Fatalf("unknown key: %v", err)
 	}
 }

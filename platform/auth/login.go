@@ -1,7 +1,6 @@
 package auth
 
 import (
-	"context"
 	"crypto/rand"
 	"crypto/subtle"
 	"encoding/base64"
@@ -72,7 +71,7 @@ func (a *Auth) handleLogin(c *gin.Context) {
 		a.fail(c, http.StatusInternalServerError, "Could not start sign-in.")
 		return
 	}
-	a.setCookie(c, &http.Cookie{Name: loginCookie, Value: val, Path: "/auth/", MaxAge: int(loginTTL.Seconds())})
+	a.SetCookie(c, loginCookie, val, "/auth/", int(loginTTL.Seconds()))
 	c.Redirect(http.StatusFound, oc.AuthCodeURL(st.State, oidc.Nonce(st.Nonce), oauth2.S256ChallengeOption(st.Verifier)))
 }
 
@@ -82,10 +81,9 @@ func (a *Auth) handleLogin(c *gin.Context) {
 func (a *Auth) handleCallback(c *gin.Context) {
 	ident, returnTo, err := a.finishLogin(c)
 	// The login cookie is single-use whatever happened.
-	a.setCookie(c, &http.Cookie{Name: loginCookie, Value: "", Path: "/auth/", MaxAge: -1})
+	a.SetCookie(c, loginCookie, "", "/auth/", -1)
 	if err != nil {
-		var le *loginError
-		if errors.As(err, &le) {
+		if le, ok := errors.AsType[*loginError](err); ok {
 			a.log.Warn("sign-in refused", "provider", c.Param("provider"), "reason", le.msg, "err", le.err)
 			a.fail(c, le.status, "Sign-in failed: "+le.msg)
 			return
@@ -108,12 +106,8 @@ func (a *Auth) handleCallback(c *gin.Context) {
 	a.log.Info("signed in", "provider", ident.Provider, "user", userID)
 	// Sign-ins are rare next to requests: a good moment to drop sessions
 	// that ended (indexed by expires_at).
-	if gs, ok := a.sessions.(interface {
-		DeleteExpiredSessions(context.Context, time.Time) (int64, error)
-	}); ok {
-		if _, err := gs.DeleteExpiredSessions(c.Request.Context(), a.now().UTC()); err != nil {
-			a.log.Warn("delete expired sessions", "err", err)
-		}
+	if _, err := a.sessions.DeleteExpiredSessions(c.Request.Context(), a.now().UTC()); err != nil {
+		a.log.Warn("delete expired sessions", "err", err)
 	}
 	c.Redirect(http.StatusSeeOther, returnTo)
 }

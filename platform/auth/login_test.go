@@ -114,14 +114,13 @@ func TestSignInCreatesUserAndPersonalOrg(t *testing.T) {
 	}
 	pg.Contains(t, "grace@example.com", "owner", "Members", "API tokens", "Audit log")
 
-	u := e.p.Store
 	sub, err := webtest.DexUser(t, e.dex, "grace@example.com").Subject()
 	if err != nil {
 		t.Fatal(err)
 	}
-	var n int64
-	if err := u.Gorm().Table("users").Where("oidc_issuer = ? AND oidc_subject = ? AND email = ?", e.dex.Issuer, sub, "grace@example.com").Count(&n).Error; err != nil || n != 1 {
-		t.Fatalf("users row for the first sign-in (issuer %s, subject %s): count %d, err %v; want 1", e.dex.Issuer, sub, n, err)
+	n := e.p.Count("SELECT count(*) FROM users WHERE oidc_issuer = $1 AND oidc_subject = $2 AND email = $3", e.dex.Issuer, sub, "grace@example.com")
+	if n != 1 {
+		t.Fatalf("users row for the first sign-in (issuer %s, subject %s): count %d; want 1", e.dex.Issuer, sub, n)
 	}
 	actions := auditActions(t, e.p)
 	for _, want := range []string{"user.create", "org.create"} {
@@ -140,14 +139,13 @@ func TestSignInCreatesUserAndPersonalOrg(t *testing.T) {
 	}
 
 	// A second sign-in reuses the user and creates nothing new.
-	var before, after int64
-	u.Gorm().Table("organizations").Count(&before)
+	before := e.p.Count("SELECT count(*) FROM organizations")
 	b2 := webtest.NewBrowser(t)
 	if pg, _ := e.signIn(b2, "grace@example.com"); pg.Status != http.StatusOK {
 		t.Fatalf("second sign-in: HTTP %d at %s, want 200", pg.Status, pg.URL)
 	}
-	u.Gorm().Table("users").Where("email = ?", "grace@example.com").Count(&n)
-	u.Gorm().Table("organizations").Count(&after)
+	n = e.p.Count("SELECT count(*) FROM users WHERE email = $1", "grace@example.com")
+	after := e.p.Count("SELECT count(*) FROM organizations")
 	if n != 1 || after != before {
 		t.Fatalf("second sign-in: %d users, organizations %d -> %d; want 1 user and no new organization", n, before, after)
 	}
@@ -165,11 +163,7 @@ func sessionSetCookie(h http.Header) string {
 
 func auditActions(t *testing.T, p *webtest.Platform) string {
 	t.Helper()
-	var acts []string
-	if err := p.Store.Gorm().Table("audit_events").Order("id").Pluck("action", &acts).Error; err != nil {
-		t.Fatal(err)
-	}
-	return strings.Join(acts, ",")
+	return strings.Join(p.QueryStrings("SELECT action FROM audit_events ORDER BY id"), ",")
 }
 
 func TestGroupsClaimMapsToOrgRole(t *testing.T) {
@@ -196,9 +190,7 @@ func TestGroupsClaimMapsToOrgRole(t *testing.T) {
 		t.Fatalf("landed on %s, want /o/eng (no personal org when a group places the user)", pg.URL)
 	}
 	pg.Contains(t, `id="my-role">admin<`)
-	var role string
-	e.p.Store.Gorm().Table("memberships m").Joins("JOIN users u ON u.id = m.user_id").
-		Where("m.org_id = ? AND u.email = ?", eng.ID, "lin@example.com").Pluck("m.role", &role)
+	role := strings.Join(e.p.QueryStrings("SELECT m.role FROM memberships m JOIN users u ON u.id = m.user_id WHERE m.org_id = $1 AND u.email = $2", eng.ID, "lin@example.com"), ",")
 	if role != string(rbac.Admin) {
 		t.Fatalf("role in eng = %q, want admin (strongest mapped group)", role)
 	}
@@ -357,9 +349,7 @@ func TestCSRFTamperedCookieAndLogout(t *testing.T) {
 	if err != nil || resp.StatusCode != http.StatusUnauthorized || body.Error.Message != auth.CSRFRefusal {
 		t.Fatalf("API POST with session cookie and no CSRF token: HTTP %d %q (decode: %v), want 401 %q", resp.StatusCode, body.Error.Message, err, auth.CSRFRefusal)
 	}
-	var n int64
-	e.p.Store.Gorm().Table("api_tokens").Count(&n)
-	if n != 0 {
+	if n := e.p.Count("SELECT count(*) FROM api_tokens"); n != 0 {
 		t.Fatalf("%d tokens created by refused requests", n)
 	}
 
@@ -417,9 +407,7 @@ func TestExpiredSessionIsNoSession(t *testing.T) {
 	if pg.Status != http.StatusOK || !strings.HasPrefix(pg.URL.Path, "/o/") {
 		t.Fatalf("sign-in: HTTP %d at %s, want 200 on an organization page", pg.Status, pg.URL)
 	}
-	if err := e.p.Store.Gorm().Exec("UPDATE web_sessions SET expires_at = now() - interval '1 second'").Error; err != nil {
-		t.Fatal(err)
-	}
+	e.p.Exec("UPDATE web_sessions SET expires_at = now() - interval '1 second'")
 	if again := b.Get(pg.URL.String()); again.URL.Path != "/signin" {
 		t.Fatalf("expired session reached %s", again.URL)
 	}
@@ -488,9 +476,7 @@ func TestMappedOrgSlugCannotBeSquatted(t *testing.T) {
 	if pg := e.signIn(t, staff, mockUser("sam@example.com", "acme-staff")); pg.URL.Path != "/o/acme" {
 		t.Fatalf("group member landed on %s, want /o/acme", pg.URL)
 	}
-	var emails []string
-	e.p.Store.Gorm().Table("memberships m").Joins("JOIN users u ON u.id = m.user_id").
-		Joins("JOIN organizations o ON o.id = m.org_id").Where("o.slug = ?", "acme").Order("u.email").Pluck("u.email", &emails)
+	emails := e.p.QueryStrings("SELECT u.email FROM memberships m JOIN users u ON u.id = m.user_id JOIN organizations o ON o.id = m.org_id WHERE o.slug = $1 ORDER BY u.email", "acme")
 	if strings.Join(emails, ",") != "sam@example.com" {
 		t.Fatalf("members of acme: %v, want only the group member", emails)
 	}

@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/gin-gonic/gin"
-	"gorm.io/gorm"
 
 	"github.com/thinlab/thinlab/platform/principal"
 	"github.com/thinlab/thinlab/platform/store"
@@ -20,63 +19,19 @@ import (
 // SHA-256, so a stolen database does not yield live sessions.
 const SessionCookie = "thinlab_session"
 
-// Session is a signed-in browser.
-type Session struct {
-	IDHash    []byte `gorm:"primaryKey;column:id_hash"`
-	UserID    string
-	Provider  string
-	CSRFToken string `gorm:"column:csrf_token"`
-	IP        string `gorm:"column:ip"`
-	UserAgent string
-	CreatedAt time.Time
-	ExpiresAt time.Time
-}
-
-// TableName is the sessions table (migrations/ creates it).
-func (Session) TableName() string { return "web_sessions" }
-
-// ErrNoSession means the cookie names no live session.
-var ErrNoSession = errors.New("no such session")
+// Session is a signed-in browser (a row of the platform database).
+type Session = store.Session
 
 // SessionStore keeps sessions server-side, so logout and expiry take effect
-// at once on every replica.
+// at once on every replica. *store.Store is the one the platform uses.
 type SessionStore interface {
 	CreateSession(ctx context.Context, s *Session) error
-	// LookupSession returns the live session with idHash, or ErrNoSession.
+	// LookupSession returns the live session with idHash, or
+	// store.ErrNotFound.
 	LookupSession(ctx context.Context, idHash []byte, now time.Time) (*Session, error)
 	DeleteSession(ctx context.Context, idHash []byte) error
-}
-
-// GormSessions stores sessions in the platform database.
-type GormSessions struct{ DB *gorm.DB }
-
-// CreateSession inserts s.
-func (g GormSessions) CreateSession(ctx context.Context, s *Session) error {
-	return g.DB.WithContext(ctx).Create(s).Error
-}
-
-// LookupSession finds a session that has not expired.
-func (g GormSessions) LookupSession(ctx context.Context, idHash []byte, now time.Time) (*Session, error) {
-	var s Session
-	err := g.DB.WithContext(ctx).Where("id_hash = ? AND expires_at > ?", idHash, now).Take(&s).Error
-	if errors.Is(err, gorm.ErrRecordNotFound) {
-		return nil, ErrNoSession
-	}
-	if err != nil {
-		return nil, err
-	}
-	return &s, nil
-}
-
-// DeleteSession removes a session (logout); deleting twice is a no-op.
-func (g GormSessions) DeleteSession(ctx context.Context, idHash []byte) error {
-	return g.DB.WithContext(ctx).Where("id_hash = ?", idHash).Delete(&Session{}).Error
-}
-
-// DeleteExpiredSessions removes sessions that ended before now.
-func (g GormSessions) DeleteExpiredSessions(ctx context.Context, now time.Time) (int64, error) {
-	res := g.DB.WithContext(ctx).Where("expires_at <= ?", now).Delete(&Session{})
-	return res.RowsAffected, res.Error
+	// DeleteExpiredSessions removes sessions that ended before now.
+	DeleteExpiredSessions(ctx context.Context, now time.Time) (int64, error)
 }
 
 func hashSessionID(id string) []byte {
@@ -104,7 +59,7 @@ func (a *Auth) startSession(c *gin.Context, userID, provider string) error {
 	if err := a.sessions.CreateSession(c.Request.Context(), s); err != nil {
 		return err
 	}
-	a.setCookie(c, &http.Cookie{Name: SessionCookie, Value: id, Path: "/", MaxAge: int(a.cfg.SessionTTL.Seconds())})
+	a.SetCookie(c, SessionCookie, id, "/", int(a.cfg.SessionTTL.Seconds()))
 	return nil
 }
 
@@ -115,26 +70,30 @@ const sessionKey = "thinlab.auth.session"
 // outside the access chain (the sign-in page) use it.
 func (a *Auth) LoadSession() gin.HandlerFunc {
 	return func(c *gin.Context) {
-		if _, err := a.CurrentSession(c); err != nil {
+		if _, err := a.CurrentSession(c); err != nil && !errors.Is(err, ErrNoSession) {
 			a.log.Error("session lookup failed", "err", err)
 		}
 		c.Next()
 	}
 }
 
-// CurrentSession returns the live session named by the cookie (nil without one)
-// and remembers it in the context.
+// ErrNoSession: the request has no session cookie, or its cookie names no
+// live session (expired, logged out, tampered).
+var ErrNoSession = errors.New("no session")
+
+// CurrentSession returns the live session named by the cookie, or
+// ErrNoSession, and remembers it in the context.
 func (a *Auth) CurrentSession(c *gin.Context) (*Session, error) {
 	if s, ok := SessionFrom(c); ok {
 		return s, nil
 	}
 	id, err := c.Cookie(SessionCookie)
 	if err != nil || id == "" {
-		return nil, nil
+		return nil, ErrNoSession
 	}
 	s, err := a.sessions.LookupSession(c.Request.Context(), hashSessionID(id), a.now().UTC())
-	if errors.Is(err, ErrNoSession) {
-		return nil, nil
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, ErrNoSession
 	}
 	if err != nil {
 		return nil, err
@@ -162,7 +121,10 @@ func SessionFrom(c *gin.Context) (*Session, bool) {
 func (a *Auth) Authenticator(st *store.Store) principal.Authenticator {
 	return func(c *gin.Context) (*principal.Principal, error) {
 		s, err := a.CurrentSession(c)
-		if err != nil || s == nil {
+		if errors.Is(err, ErrNoSession) {
+			return nil, nil // no session: the next authenticator is tried
+		}
+		if err != nil {
 			return nil, err
 		}
 		if !csrfOK(c, s) {
@@ -190,7 +152,7 @@ func (a *Auth) handleLogout(c *gin.Context) {
 			return
 		}
 	}
-	a.setCookie(c, &http.Cookie{Name: SessionCookie, Value: "", Path: "/", MaxAge: -1})
+	a.SetCookie(c, SessionCookie, "", "/", -1)
 	c.Redirect(http.StatusSeeOther, "/signin?signed_out=1")
 }
 

@@ -56,14 +56,11 @@ func ReserveMappedOrganizations(ctx context.Context, st *store.Store, cfg Config
 // platform, or remove them from the organization).
 func (u StoreUsers) SignIn(c *gin.Context, ident Identity) (string, error) {
 	ctx := c.Request.Context()
-	var existing store.User
-	err := u.Store.Gorm().WithContext(ctx).
-		Where("oidc_issuer = ? AND oidc_subject = ?", ident.Issuer, ident.Subject).
-		Limit(1).Find(&existing).Error
-	if err != nil {
+	_, err := u.Store.UserByOIDC(ctx, ident.Issuer, ident.Subject)
+	first := errors.Is(err, store.ErrNotFound)
+	if err != nil && !first {
 		return "", fmt.Errorf("look up user: %w", err)
 	}
-	first := existing.ID == ""
 	user, err := u.Store.UpsertOIDCUser(ctx, ident.Issuer, ident.Subject, ident.Email, ident.Name, ident.EmailVerified)
 	if err != nil {
 		return "", fmt.Errorf("upsert user: %w", err)
@@ -136,7 +133,7 @@ func (u StoreUsers) createPersonalOrg(c *gin.Context, user *store.User) error {
 		base = "user"
 	}
 	slug := base
-	for attempt := 0; attempt < 5; attempt++ {
+	for range 5 {
 		org, err := u.Store.CreateOrganization(ctx, slug, personalOrgName(user), user.ID)
 		if errors.Is(err, store.ErrConflict) {
 			slug = base + "-" + xid.New().String()[12:]

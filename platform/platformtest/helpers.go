@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"strings"
+	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -75,7 +76,7 @@ type Response struct {
 // Error decodes the API error body.
 func (r Response) Error() platformapi.ErrorBody {
 	var er platformapi.ErrorResponse
-	json.Unmarshal(r.Body, &er)
+	_ = json.Unmarshal(r.Body, &er) // a body that is not an API error gives the zero ErrorBody, which the caller's check reports
 	return er.Error
 }
 
@@ -118,7 +119,7 @@ func (e *Env) do(method, path, token string, body any, header, value string) Res
 	if err != nil {
 		e.T.Fatal(err)
 	}
-	defer resp.Body.Close()
+	defer func() { _ = resp.Body.Close() }()
 	raw, err := io.ReadAll(resp.Body)
 	if err != nil {
 		e.T.Fatal(err)
@@ -128,35 +129,69 @@ func (e *Env) do(method, path, token string, body any, header, value string) Res
 
 // Exec runs SQL as the database superuser in the test database and returns
 // the error (tests of database rules want it).
-func (e *Env) Exec(sql string, args ...any) error {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	conn, err := pgx.Connect(ctx, e.DSN)
-	if err != nil {
-		return err
-	}
-	defer conn.Close(context.Background())
-	_, err = conn.Exec(ctx, sql, args...)
-	return err
-}
+func (e *Env) Exec(sql string, args ...any) error { return Exec(e.DSN, sql, args...) }
 
 // QueryStrings runs a query returning one text column.
 func (e *Env) QueryStrings(sql string, args ...any) []string {
 	e.T.Helper()
+	return QueryStrings(e.T, e.DSN, sql, args...)
+}
+
+// AuditEvents returns the whole audit log of the test database, every
+// organization's, oldest first.
+func (e *Env) AuditEvents() []store.AuditEvent {
+	e.T.Helper()
+	return query(e.T, e.DSN, pgx.RowToStructByPos[store.AuditEvent],
+		"SELECT id, org_id, actor_id, actor, action, target, ip, user_agent, result, error, created_at FROM audit_events ORDER BY id")
+}
+
+// Exec runs SQL as the superuser in the database at dsn. Tests look at
+// and change the database this way, beside the store, whose queries are
+// all the application's.
+func Exec(dsn, sql string, args ...any) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	conn, err := pgx.Connect(ctx, e.DSN)
+	conn, err := pgx.Connect(ctx, dsn)
 	if err != nil {
-		e.T.Fatal(err)
+		return err
 	}
-	defer conn.Close(context.Background())
+	defer func() { _ = conn.Close(context.Background()) }()
+	_, err = conn.Exec(ctx, sql, args...)
+	return err
+}
+
+// QueryStrings runs a query returning one text column in the database at dsn.
+func QueryStrings(t testing.TB, dsn, sql string, args ...any) []string {
+	t.Helper()
+	return query(t, dsn, pgx.RowTo[string], sql, args...)
+}
+
+// Count runs a query returning one number (SELECT count(*) ...).
+func Count(t testing.TB, dsn, sql string, args ...any) int64 {
+	t.Helper()
+	n := query(t, dsn, pgx.RowTo[int64], sql, args...)
+	if len(n) != 1 {
+		t.Fatalf("%s: %d rows, want one count", sql, len(n))
+	}
+	return n[0]
+}
+
+func query[T any](t testing.TB, dsn string, row pgx.RowToFunc[T], sql string, args ...any) []T {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = conn.Close(context.Background()) }()
 	rows, err := conn.Query(ctx, sql, args...)
 	if err != nil {
-		e.T.Fatal(err)
+		t.Fatalf("%s: %v", sql, err)
 	}
-	out, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	out, err := pgx.CollectRows(rows, row)
 	if err != nil {
-		e.T.Fatal(err)
+		t.Fatalf("%s: %v", sql, err)
 	}
 	return out
 }

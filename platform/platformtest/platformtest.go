@@ -14,10 +14,12 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -27,6 +29,9 @@ import (
 
 	"github.com/thinlab/thinlab/internal/pgcluster"
 	"github.com/thinlab/thinlab/migrations"
+	"github.com/thinlab/thinlab/platform/access"
+	"github.com/thinlab/thinlab/platform/api"
+	"github.com/thinlab/thinlab/platform/principal"
 	"github.com/thinlab/thinlab/platform/server"
 	"github.com/thinlab/thinlab/platform/store"
 )
@@ -60,7 +65,7 @@ func Main(m *testing.M) {
 func Stop() {
 	if shared != nil {
 		shared.c.Kill()
-		os.RemoveAll(shared.dir)
+		_ = os.RemoveAll(shared.dir) // best effort after the tests: a leftover temporary directory fails nothing
 		shared = nil
 	}
 }
@@ -79,7 +84,7 @@ func startShared() (*cluster, error) {
 	defer cancel()
 	fail := func(err error) (*cluster, error) {
 		cl.c.Kill()
-		os.RemoveAll(dir)
+		_ = os.RemoveAll(dir) // best effort: the start already failed, and that error is returned
 		return nil, err
 	}
 	if err := cl.c.Init(ctx, pgcluster.InitOptions{}); err != nil {
@@ -89,9 +94,7 @@ func startShared() (*cluster, error) {
 		return fail(err)
 	}
 	settings := map[string]string{"max_connections": "300"}
-	for k, v := range pgcluster.FastSettings {
-		settings[k] = v
-	}
+	maps.Copy(settings, pgcluster.FastSettings)
 	if err := cl.c.Start(ctx, cl.port, "", settings); err != nil {
 		return fail(err)
 	}
@@ -103,7 +106,9 @@ func startShared() (*cluster, error) {
 		return fail(err)
 	}
 	_, err = migrations.Up(ctx, st.SQL())
-	st.Close()
+	if cerr := st.Close(); err == nil {
+		err = cerr
+	}
 	if err != nil {
 		return fail(err)
 	}
@@ -117,7 +122,7 @@ func (cl *cluster) exec(ctx context.Context, db, sql string) error {
 	if err != nil {
 		return err
 	}
-	defer conn.Close(context.Background())
+	defer func() { _ = conn.Close(context.Background()) }()
 	_, err = conn.Exec(ctx, sql)
 	return err
 }
@@ -163,11 +168,14 @@ type Env struct {
 // Option adjusts New.
 type Option func(*server.Options, *server.Config)
 
-// WithSetup adds a server setup hook (such as platform/auth's session
-// authenticator and routes).
-func WithSetup(fn func(*server.Server) error) Option {
-	return func(o *server.Options, _ *server.Config) { o.Setup = append(o.Setup, fn) }
+// WithAuthenticator adds an authenticator, tried after the API token and
+// the session cookie (such as one that turns a test header into a user).
+func WithAuthenticator(fn func(*store.Store) principal.Authenticator) Option {
+	return func(o *server.Options, _ *server.Config) { o.Authenticators = append(o.Authenticators, fn) }
 }
+
+// CookieSecret signs the login cookies of test servers.
+const CookieSecret = "platformtest-cookie-secret-0123456789abcdef"
 
 // WithConfig changes the server configuration before the start (rate
 // limits, public URL).
@@ -179,9 +187,16 @@ func WithConfig(fn func(*server.Config)) Option {
 func New(t testing.TB, opts ...Option) *Env {
 	t.Helper()
 	dsn := Database(t)
+	// Listen first, so that the server knows its public URL.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
 	cfg := server.DefaultConfig()
 	cfg.Database.URL = dsn
-	cfg.Listen = "127.0.0.1:0"
+	cfg.Listen = ln.Addr().String()
+	cfg.PublicURL = "http://" + cfg.Listen
+	cfg.Auth.CookieSecret = CookieSecret
 	o := server.Options{Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))}
 	for _, opt := range opts {
 		opt(&o, &cfg)
@@ -190,12 +205,18 @@ func New(t testing.TB, opts ...Option) *Env {
 	defer cancel()
 	srv, err := server.New(ctx, cfg, o)
 	if err != nil {
+		_ = ln.Close() // the start failed; that error is reported
 		t.Fatalf("platformtest: start server: %v", err)
 	}
-	hs := httptest.NewServer(srv.Handler())
+	hs := httptest.NewUnstartedServer(srv.Handler())
+	_ = hs.Listener.Close() // httptest's own listener, replaced by ours before it served anything
+	hs.Listener = ln
+	hs.Start()
 	t.Cleanup(func() {
 		hs.Close()
-		srv.Close()
+		if err := srv.Close(); err != nil {
+			t.Errorf("platformtest: close the server: %v", err)
+		}
 	})
 	return &Env{T: t, Server: srv, Store: srv.Store(), HTTP: hs, URL: hs.URL, DSN: dsn}
 }
@@ -205,6 +226,19 @@ func freePort() (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	defer l.Close()
+	defer func() { _ = l.Close() }()
 	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// APIRoutes is the part of the server's route table a program calls: the
+// JSON API under /api/v1 and /healthz (not the web UI's pages), for tests
+// that walk every API route.
+func (e *Env) APIRoutes() []access.Route {
+	var out []access.Route
+	for _, rt := range e.Server.Routes() {
+		if strings.HasPrefix(rt.Path, api.Prefix+"/") || rt.Path == "/healthz" {
+			out = append(out, rt)
+		}
+	}
+	return out
 }

@@ -4,6 +4,7 @@ package rbac
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 )
 
@@ -92,10 +93,8 @@ func Grants(role Role) []Permission {
 // ParseRole validates a role name from user input.
 func ParseRole(s string) (Role, error) {
 	r := Role(strings.ToLower(strings.TrimSpace(s)))
-	for _, known := range Roles {
-		if r == known {
-			return r, nil
-		}
+	if slices.Contains(Roles, r) {
+		return r, nil
 	}
 	return "", fmt.Errorf("unknown role %q: use owner, admin, member or viewer", s)
 }

@@ -14,6 +14,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/thinlab/thinlab/platform/auth"
 	"github.com/thinlab/thinlab/platform/ratelimit"
 )
 
@@ -35,7 +36,14 @@ type Config struct {
 	TrustedProxies []string `yaml:"trustedProxies"`
 	// ShutdownTimeout bounds a graceful stop (env THINLAB_PLATFORM_SHUTDOWN_TIMEOUT).
 	ShutdownTimeout time.Duration `yaml:"shutdownTimeout"`
-	OIDC            OIDCConfig    `yaml:"oidc"`
+	// OIDC is the short form of one identity provider, named "sso"; used
+	// when auth.providers is empty.
+	OIDC OIDCConfig `yaml:"oidc"`
+	// Auth is sign-in: identity providers, group mapping, cookies and
+	// sessions (env THINLAB_PLATFORM_AUTH_COOKIE_SECRET,
+	// THINLAB_PLATFORM_AUTH_SESSION_TTL, THINLAB_PLATFORM_AUTH_SECURE_COOKIES).
+	// Its base URL is publicURL.
+	Auth auth.Config `yaml:"auth"`
 	// RateLimits bound sign-ins, failed bearer authentications and
 	// invitation accepts. Counted in memory per replica: with N replicas
 	// a client gets up to N times the limit.
@@ -107,7 +115,7 @@ func DefaultConfig() Config {
 func LoadConfig(path string) (Config, error) {
 	cfg := DefaultConfig()
 	if path != "" {
-		raw, err := os.ReadFile(path)
+		raw, err := os.ReadFile(path) //nolint:gosec // G304: the operator names the config file (--config or THINLAB_PLATFORM_CONFIG)
 		if err != nil {
 			return cfg, fmt.Errorf("read platform config: %w", err)
 		}
@@ -125,6 +133,12 @@ func LoadConfig(path string) (Config, error) {
 
 // EnvPrefix starts every environment variable of the platform.
 const EnvPrefix = "THINLAB_PLATFORM_"
+
+// movedEnv are variables that were replaced, with where their setting went.
+var movedEnv = map[string]string{
+	EnvPrefix + "AUTH_CONFIG":   "move the keys of that file (except baseURL, which is publicURL) under auth: in the platform config file (see docs/platform-config.md)",
+	EnvPrefix + "COOKIE_SECRET": "set " + EnvPrefix + "AUTH_COOKIE_SECRET (or auth.cookieSecret in the platform config) instead",
+}
 
 // applyEnv overlays THINLAB_PLATFORM_* variables.
 func (c *Config) applyEnv(lookup func(string) (string, bool)) error {
@@ -145,10 +159,32 @@ func (c *Config) applyEnv(lookup func(string) (string, bool)) error {
 	str("OIDC_CLIENT_SECRET", &c.OIDC.ClientSecret)
 	if v, ok := lookup(EnvPrefix + "TRUSTED_PROXIES"); ok {
 		c.TrustedProxies = nil
-		for _, p := range strings.Split(v, ",") {
+		for p := range strings.SplitSeq(v, ",") {
 			if p = strings.TrimSpace(p); p != "" {
 				c.TrustedProxies = append(c.TrustedProxies, p)
 			}
+		}
+	}
+	str("AUTH_COOKIE_SECRET", &c.Auth.CookieSecret)
+	if v, ok := lookup(EnvPrefix + "AUTH_SESSION_TTL"); ok {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			return fmt.Errorf("%sAUTH_SESSION_TTL=%q: use a duration such as 8h", EnvPrefix, v)
+		}
+		c.Auth.SessionTTL = d
+	}
+	if v, ok := lookup(EnvPrefix + "AUTH_SECURE_COOKIES"); ok {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			return fmt.Errorf("%sAUTH_SECURE_COOKIES=%q: use true or false", EnvPrefix, v)
+		}
+		c.Auth.SecureCookies = b
+	}
+	// The sign-in settings had a file and a secret variable of their own;
+	// refuse them rather than silently ignore a deployment's settings.
+	for old, now := range movedEnv {
+		if _, ok := lookup(old); ok {
+			return fmt.Errorf("%s is no longer read: %s", old, now)
 		}
 	}
 	if v, ok := lookup(EnvPrefix + "SHUTDOWN_TIMEOUT"); ok {

@@ -81,7 +81,77 @@ func TestLoadConfigErrorsNameTheField(t *testing.T) {
 		}
 		if tc.env != "" {
 			k, _, _ := strings.Cut(tc.env, "=")
-			os.Unsetenv(k)
+			_ = os.Unsetenv(k) // cannot fail for a valid name; t.Setenv restores it
 		}
+	}
+}
+
+// TestLoadConfigAuthSection reads sign-in from the auth: section of the one
+// config file, with the environment over it.
+func TestLoadConfigAuthSection(t *testing.T) {
+	p := writeConfig(t, `
+publicURL: https://thinlab.example.com
+auth:
+  cookieSecret: 0123456789abcdef0123456789abcdef
+  sessionTTL: 8h
+  providers:
+    - name: corp
+      displayName: Corp SSO
+      issuer: https://idp.example.com
+      clientID: thinlab
+      clientSecretEnv: CORP_SECRET
+      scopes: [email, profile, groups]
+      groupsClaim: groups
+      groupRoles:
+        - {group: dba, org: acme, role: admin}
+`)
+	t.Setenv("CORP_SECRET", "s3cret")
+	t.Setenv("THINLAB_PLATFORM_AUTH_SESSION_TTL", "2h")
+	t.Setenv("THINLAB_PLATFORM_AUTH_SECURE_COOKIES", "true")
+	cfg, err := LoadConfig(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := cfg.Auth
+	a.BaseURL = cfg.PublicURL
+	if err := a.Validate(); err != nil {
+		t.Fatalf("the auth section does not validate: %v", err)
+	}
+	if a.SessionTTL != 2*time.Hour || !a.SecureCookies {
+		t.Errorf("env did not override auth: sessionTTL %s (want 2h), secureCookies %v (want true)", a.SessionTTL, a.SecureCookies)
+	}
+	if len(a.Providers) != 1 || a.Providers[0].ClientSecret != "s3cret" || a.Providers[0].GroupRoles[0].Role != "admin" {
+		t.Errorf("providers = %+v, want corp with the secret from CORP_SECRET and the dba->admin mapping", a.Providers)
+	}
+
+	t.Run("unknown key", func(t *testing.T) {
+		_, err := LoadConfig(writeConfig(t, "auth:\n  typo: 1\n"))
+		if err == nil || !strings.Contains(err.Error(), "typo") {
+			t.Fatalf("error = %v, want one naming the unknown key typo", err)
+		}
+	})
+	t.Run("baseURL is publicURL", func(t *testing.T) {
+		_, err := LoadConfig(writeConfig(t, "auth:\n  baseURL: https://x.example.com\n"))
+		if err == nil || !strings.Contains(err.Error(), "baseURL") {
+			t.Fatalf("error = %v, want auth.baseURL refused (it is publicURL)", err)
+		}
+	})
+}
+
+// TestLoadConfigRefusesMovedVariables: the old second file and cookie
+// secret variable fail with where their settings went, instead of being
+// ignored.
+func TestLoadConfigRefusesMovedVariables(t *testing.T) {
+	for name, want := range map[string]string{
+		"THINLAB_PLATFORM_AUTH_CONFIG":   "under auth:",
+		"THINLAB_PLATFORM_COOKIE_SECRET": "THINLAB_PLATFORM_AUTH_COOKIE_SECRET",
+	} {
+		t.Run(name, func(t *testing.T) {
+			t.Setenv(name, "/etc/thinlab/auth.yaml")
+			_, err := LoadConfig("")
+			if err == nil || !strings.Contains(err.Error(), name) || !strings.Contains(err.Error(), want) {
+				t.Fatalf("error = %v, want one naming %s and %q", err, name, want)
+			}
+		})
 	}
 }

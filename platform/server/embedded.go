@@ -4,7 +4,9 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
 	"os"
@@ -54,6 +56,7 @@ func embeddedOSUser(name string, logger *slog.Logger) (pgcluster.OSUser, error) 
 	if err == nil || name != DefaultEmbeddedOSUser {
 		return u, err
 	}
+	//nolint:gosec // G204: a fixed program with separate arguments, no shell; the name is database.osUser from the operator's config
 	out, cerr := exec.Command("useradd", "--system", "--user-group", "--no-create-home",
 		"--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin", name).CombinedOutput()
 	if cerr != nil {
@@ -73,7 +76,7 @@ func startEmbedded(ctx context.Context, cfg Config, logger *slog.Logger) (*embed
 		return nil, fmt.Errorf("who runs the platform: %w", err)
 	}
 	root := filepath.Join(cfg.DataDir, "pg")
-	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
+	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil { //nolint:gosec // G301: database.osUser must traverse dataDir to reach dataDir/pg (checked by reachable below); the data itself is in 0700 directories
 		return nil, fmt.Errorf("dataDir %s: %w", cfg.DataDir, err)
 	}
 	if err := reachable(cfg.DataDir, u); err != nil {
@@ -98,7 +101,7 @@ func startEmbedded(ctx context.Context, cfg Config, logger *slog.Logger) (*embed
 		if err := os.Chown(dir, int(u.UID), int(u.GID)); err != nil {
 			return nil, fmt.Errorf("hand %s to OS user %s: %w", dir, u.Name, err)
 		}
-		if err := os.Chmod(dir, 0o700); err != nil {
+		if err := os.Chmod(dir, 0o700); err != nil { //nolint:gosec // G302: a directory, 0700 is owner-only (G302 expects file modes)
 			return nil, err
 		}
 	}
@@ -119,7 +122,7 @@ func startEmbedded(ctx context.Context, cfg Config, logger *slog.Logger) (*embed
 	if _, err := os.Stat(filepath.Join(c.DataDir, "PG_VERSION")); os.IsNotExist(err) {
 		logger.Info("initializing the embedded platform database", "dir", c.DataDir)
 		if err := c.Init(ctx, pgcluster.InitOptions{AuthLocal: "peer", AuthHost: "scram-sha-256"}); err != nil {
-			os.RemoveAll(c.DataDir)
+			_ = os.RemoveAll(c.DataDir) // a half-made data directory; the initdb error is what is returned
 			return nil, fmt.Errorf("initialize the embedded database: %w", err)
 		}
 	}
@@ -131,6 +134,7 @@ func startEmbedded(ctx context.Context, cfg Config, logger *slog.Logger) (*embed
 		return nil, err
 	}
 	// Socket only: the port number just names the socket file.
+	//nolint:gosec // G101: postgres setting names (password_encryption), no credentials
 	settings := map[string]string{
 		"hba_file":                filepath.Join(confDir, "pg_hba.conf"),
 		"ident_file":              filepath.Join(confDir, "pg_ident.conf"),
@@ -142,8 +146,7 @@ func startEmbedded(ctx context.Context, cfg Config, logger *slog.Logger) (*embed
 	}
 	e := &embeddedDB{cluster: c, port: port}
 	if err := e.setupRoles(ctx); err != nil {
-		e.stop(context.Background())
-		return nil, err
+		return nil, errors.Join(err, e.stop(context.Background()))
 	}
 	logger.Info("embedded platform database running", "dir", c.DataDir, "socket", runDir, "port", port, "os_user", u.Name)
 	return e, nil
@@ -154,10 +157,12 @@ func startEmbedded(ctx context.Context, cfg Config, logger *slog.Logger) (*embed
 // TCP) and pg_ident.conf (the platform's and the cluster's OS users may be
 // the superuser).
 func writeAuthConfig(dir string, u pgcluster.OSUser, processUser string) error {
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	if err := os.MkdirAll(dir, 0o755); err != nil { //nolint:gosec // G301: the database OS user reads pg_hba.conf and pg_ident.conf in it; it is owned by the platform's user, so the database cannot loosen them
 		return fmt.Errorf("dataDir: %w", err)
 	}
-	os.Chmod(dir, 0o755)
+	if err := os.Chmod(dir, 0o755); err != nil { //nolint:gosec // the database OS user reads the files in it; they are owned by the platform's user, so it cannot change them
+		return fmt.Errorf("dataDir: %w", err)
+	}
 	hba := "# Written by thinlab at every start; edits are lost.\n" +
 		"local all postgres peer map=platform\n" +
 		"local all all scram-sha-256\n"
@@ -167,8 +172,10 @@ func writeAuthConfig(dir string, u pgcluster.OSUser, processUser string) error {
 	for name, body := range map[string]string{"pg_hba.conf": hba, "pg_ident.conf": ident} {
 		p := filepath.Join(dir, name)
 		// Replace, never follow, whatever is at the path.
-		os.Remove(p)
-		f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW, 0o644)
+		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("replace %s: %w", p, err)
+		}
+		f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW, 0o644) //nolint:gosec // G302, G304: a fixed name under dataDir, never following a link; 0644 so the database OS user can read it, not write it
 		if err != nil {
 			return fmt.Errorf("write %s: %w", p, err)
 		}
@@ -199,7 +206,7 @@ func (e *embeddedDB) setupRoles(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("connect to the embedded database as its superuser: %w", err)
 	}
-	defer conn.Close(context.Background())
+	defer func() { _ = conn.Close(context.Background()) }()
 	ownerPW, runtimePW := randomPassword(), randomPassword()
 	for role, pw := range map[string]string{embeddedOwner: ownerPW, embeddedRuntime: runtimePW} {
 		var exists bool
@@ -232,7 +239,7 @@ func (e *embeddedDB) setupRoles(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("connect to the embedded platform database: %w", err)
 	}
-	defer db.Close(context.Background())
+	defer func() { _ = db.Close(context.Background()) }()
 	_, err = db.Exec(ctx, `DO $$
 DECLARE r record;
 BEGIN
@@ -289,6 +296,6 @@ func freePort() (int, error) {
 	if err != nil {
 		return 0, fmt.Errorf("find a free port for the embedded database: %w", err)
 	}
-	defer l.Close()
+	defer func() { _ = l.Close() }()
 	return l.Addr().(*net.TCPAddr).Port, nil
 }

@@ -25,11 +25,15 @@ func TestEmbeddedDatabase(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	os.Chmod(dir, 0o755)
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
 	cluster := &pgcluster.Cluster{DataDir: filepath.Join(dir, "pg", "data"), User: u}
 	t.Cleanup(func() {
 		cluster.Kill()
-		os.RemoveAll(dir)
+		if err := os.RemoveAll(dir); err != nil {
+			t.Errorf("remove %s: %v", dir, err)
+		}
 	})
 
 	cfg := DefaultConfig()
@@ -57,8 +61,11 @@ func TestEmbeddedDatabase(t *testing.T) {
 			t.Fatal(err)
 		}
 		var body map[string]string
-		json.NewDecoder(resp.Body).Decode(&body)
-		resp.Body.Close()
+		derr := json.NewDecoder(resp.Body).Decode(&body)
+		_ = resp.Body.Close() // read to the end already
+		if derr != nil {
+			t.Fatalf("healthz body: %v", derr)
+		}
 		if resp.StatusCode != 200 || body["status"] != "ok" {
 			t.Fatalf("healthz: %d %v", resp.StatusCode, body)
 		}

@@ -44,11 +44,15 @@ func TestEmbeddedDatabaseIsolation(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	os.Chmod(dir, 0o755)
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
 	cluster := &pgcluster.Cluster{DataDir: filepath.Join(dir, "pg", "data")}
 	t.Cleanup(func() {
 		cluster.Kill()
-		os.RemoveAll(dir)
+		if err := os.RemoveAll(dir); err != nil {
+			t.Errorf("remove %s: %v", dir, err)
+		}
 	})
 	cfg := DefaultConfig()
 	cfg.DataDir = dir
@@ -58,7 +62,11 @@ func TestEmbeddedDatabaseIsolation(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { srv.Close() })
+	t.Cleanup(func() {
+		if err := srv.Close(); err != nil {
+			t.Errorf("close the server: %v", err)
+		}
+	})
 	e := srv.embedded
 
 	pu, err := pgcluster.LookupUser(DefaultEmbeddedOSUser)
@@ -81,7 +89,7 @@ func TestEmbeddedDatabaseIsolation(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer conn.Close(context.Background())
+		defer func() { _ = conn.Close(context.Background()) }()
 		if _, err := conn.Exec(ctx, "INSERT INTO audit_events (action, result) VALUES ('probe', 'success')"); err != nil {
 			t.Fatalf("runtime role cannot append: %v", err)
 		}
@@ -97,7 +105,9 @@ func TestEmbeddedDatabaseIsolation(t *testing.T) {
 			t.Logf("%s: %v", q, err)
 		}
 		var super bool
-		conn.QueryRow(ctx, "SELECT rolsuper FROM pg_roles WHERE rolname = current_user").Scan(&super)
+		if err := conn.QueryRow(ctx, "SELECT rolsuper FROM pg_roles WHERE rolname = current_user").Scan(&super); err != nil {
+			t.Fatalf("read rolsuper: %v", err)
+		}
 		if super {
 			t.Error("the runtime role is a superuser")
 		}
@@ -110,7 +120,7 @@ func TestEmbeddedDatabaseIsolation(t *testing.T) {
 		for _, role := range []string{embeddedRuntime, embeddedOwner} {
 			conn, err := pgx.Connect(ctx, e.cluster.SocketConnString(e.port, role, embeddedDatabase))
 			if err == nil {
-				conn.Close(context.Background())
+				_ = conn.Close(context.Background()) // the login should not have happened at all; that is the failure
 				t.Errorf("role %s logged in without a password", role)
 			}
 		}

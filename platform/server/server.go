@@ -1,18 +1,21 @@
-// Package server composes the platform: configuration, the database
-// (external or embedded), migrations, the gin engine with logging,
-// recovery and the access chain, and the route table every package adds
-// its routes to.
+// Package server is the platform's composition root: from one Config it
+// opens (or starts) the database, applies migrations, and builds every
+// part, the access chain, sign-in (platform/auth), the JSON API
+// (platform/api) and the web UI (platform/web), into one route table on
+// one gin engine. No other package registers routes or authenticators.
 package server
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
+	"slices"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/gin-gonic/gin"
@@ -21,19 +24,21 @@ import (
 	"github.com/thinlab/thinlab/platform/access"
 	"github.com/thinlab/thinlab/platform/api"
 	"github.com/thinlab/thinlab/platform/audit"
+	"github.com/thinlab/thinlab/platform/auth"
 	"github.com/thinlab/thinlab/platform/principal"
 	"github.com/thinlab/thinlab/platform/ratelimit"
 	"github.com/thinlab/thinlab/platform/store"
+	"github.com/thinlab/thinlab/platform/web"
 	"github.com/thinlab/thinlab/sdk/platformapi"
 )
 
 // Options are what the caller adds to a configuration.
 type Options struct {
 	Logger *slog.Logger
-	// Setup runs after the database is ready and the core routes are
-	// mounted, before serving. platform/auth and platform/web use it to add
-	// the session authenticator (AddAuthenticator) and their routes (Handle).
-	Setup []func(*Server) error
+	// Authenticators are tried after the API token and the session
+	// cookie; each is built once the store is open. Tests use one to act
+	// as a user without a browser sign-in.
+	Authenticators []func(*store.Store) principal.Authenticator
 }
 
 // Server is one platform replica.
@@ -45,9 +50,7 @@ type Server struct {
 	guard    *access.Guard
 	engine   *gin.Engine
 	embedded *embeddedDB
-
-	mu     sync.Mutex
-	routes []access.Route
+	routes   []access.Route
 }
 
 // New opens (or starts) the database, applies migrations and builds the
@@ -63,7 +66,7 @@ func New(ctx context.Context, cfg Config, opts Options) (_ *Server, err error) {
 	s := &Server{cfg: cfg, logger: logger}
 	defer func() {
 		if err != nil {
-			s.Close()
+			err = errors.Join(err, s.Close())
 		}
 	}()
 
@@ -88,8 +91,16 @@ func New(ctx context.Context, cfg Config, opts Options) (_ *Server, err error) {
 	logger.Info("platform database ready", "schema_version", version)
 
 	s.audit = &audit.Recorder{Store: s.store, Logger: logger}
+	signIn, err := s.newAuth(ctx)
+	if err != nil {
+		return nil, err
+	}
+	authenticators := []principal.Authenticator{access.BearerToken(s.store), signIn.Authenticator(s.store)}
+	for _, mk := range opts.Authenticators {
+		authenticators = append(authenticators, mk(s.store))
+	}
 	s.guard = &access.Guard{
-		Authenticators: []principal.Authenticator{access.BearerToken(s.store)},
+		Authenticators: authenticators,
 		Store:          s.store,
 		Audit:          s.audit,
 		Logger:         logger,
@@ -102,17 +113,55 @@ func New(ctx context.Context, cfg Config, opts Options) (_ *Server, err error) {
 	if s.engine, err = s.newEngine(); err != nil {
 		return nil, err
 	}
-	core := []access.Route{{Method: http.MethodGet, Path: "/healthz", Public: true, Handler: s.healthz}}
-	core = append(core, api.Routes(&api.API{Store: s.store, Logger: logger})...)
-	if err := s.Handle(core...); err != nil {
+	// The whole route table, in one place.
+	routes := []access.Route{{Method: http.MethodGet, Path: "/healthz", Public: true, Handler: s.healthz}}
+	routes = append(routes, api.Routes(&api.API{Store: s.store, Logger: logger})...)
+	routes = append(routes, web.New(signIn, s.store, logger).Routes()...)
+	if err := s.guard.Mount(s.engine, routes); err != nil {
 		return nil, err
 	}
-	for _, setup := range opts.Setup {
-		if err := setup(s); err != nil {
+	s.routes = routes
+	return s, nil
+}
+
+// newAuth builds sign-in from the auth: section, filling what it leaves
+// empty: the base URL from publicURL, a provider named "sso" from oidc.*,
+// and a random cookie secret (which only works with a single replica).
+// It then reserves the organizations that group mappings name.
+func (s *Server) newAuth(ctx context.Context) (*auth.Auth, error) {
+	cfg := s.cfg.Auth
+	cfg.BaseURL = s.cfg.PublicURL
+	if cfg.BaseURL == "" {
+		cfg.BaseURL = "http://" + s.cfg.Listen
+		s.logger.Warn("publicURL is not set: OIDC callbacks use " + cfg.BaseURL + "; set publicURL to the address browsers use")
+	}
+	if len(cfg.Providers) == 0 && s.cfg.OIDC.Issuer != "" {
+		cfg.Providers = []auth.ProviderConfig{{
+			Name: "sso", DisplayName: "single sign-on", Issuer: s.cfg.OIDC.Issuer,
+			ClientID: s.cfg.OIDC.ClientID, ClientSecret: s.cfg.OIDC.ClientSecret,
+		}}
+	}
+	if cfg.CookieSecret == "" {
+		b := make([]byte, 32)
+		if _, err := rand.Read(b); err != nil {
 			return nil, err
 		}
+		cfg.CookieSecret = hex.EncodeToString(b)
+		s.logger.Warn("auth.cookieSecret is not set: using a random one; with several replicas set it (or " + EnvPrefix + "AUTH_COOKIE_SECRET) to the same value everywhere")
 	}
-	return s, nil
+	if len(cfg.Providers) == 0 {
+		s.logger.Warn("no OIDC identity provider configured: nobody can sign in to the web UI (set oidc.issuer or auth.providers)")
+	}
+	users := auth.StoreUsers{Store: s.store, PersonalOrg: true, Audit: s.audit}
+	a, err := auth.New(cfg, auth.Options{Users: users, Sessions: s.store, Logger: s.logger})
+	if err != nil {
+		return nil, fmt.Errorf("sign-in configuration: %w", err)
+	}
+	// Validated by auth.New: now reserve the mapped organizations.
+	if err := auth.ReserveMappedOrganizations(ctx, s.store, cfg, s.logger); err != nil {
+		return nil, err
+	}
+	return a, nil
 }
 
 func (s *Server) newEngine() (*gin.Engine, error) {
@@ -185,43 +234,14 @@ func (s *Server) healthz(c *gin.Context) {
 	c.JSON(http.StatusOK, gin.H{"status": "ok"})
 }
 
-// Handle declares and mounts routes behind the access chain. A route whose
-// declaration is incomplete (an organization route without a permission, a
-// mutation without an audit action) is refused.
-func (s *Server) Handle(routes ...access.Route) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if err := s.guard.Mount(s.engine, routes); err != nil {
-		return err
-	}
-	s.routes = append(s.routes, routes...)
-	return nil
-}
-
-// AddAuthenticator appends an authenticator, tried after the API token
-// one. Call it before serving.
-func (s *Server) AddAuthenticator(a principal.Authenticator) {
-	s.guard.Authenticators = append(s.guard.Authenticators, a)
-}
-
 // Routes returns the route table, for tests that walk every route.
-func (s *Server) Routes() []access.Route {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return append([]access.Route(nil), s.routes...)
-}
+func (s *Server) Routes() []access.Route { return slices.Clone(s.routes) }
 
 // Config returns the configuration the server runs with.
 func (s *Server) Config() Config { return s.cfg }
 
 // Store is the platform database.
 func (s *Server) Store() *store.Store { return s.store }
-
-// Audit is the audit recorder, for packages that record outside a route.
-func (s *Server) Audit() *audit.Recorder { return s.audit }
-
-// Logger is the server's logger.
-func (s *Server) Logger() *slog.Logger { return s.logger }
 
 // Handler is the HTTP handler.
 func (s *Server) Handler() http.Handler { return s.engine }
@@ -293,7 +313,7 @@ func migrateAndGrant(ctx context.Context, rt *store.Store, ownerDSN string, logg
 	if err != nil {
 		return 0, fmt.Errorf("database.migrationURL: %w", err)
 	}
-	defer owner.Close()
+	defer func() { _ = owner.Close() }() // a pool used only for migrating; nothing to lose at close
 	var ownerRole string
 	if err := owner.SQL().QueryRowContext(ctx, "SELECT current_user").Scan(&ownerRole); err != nil {
 		return 0, fmt.Errorf("database.migrationURL: %w", err)
@@ -331,13 +351,17 @@ func Migrate(ctx context.Context, cfg Config, logger *slog.Logger) (int64, error
 		if err != nil {
 			return 0, err
 		}
-		defer e.stop(context.Background())
+		defer func() {
+			if err := e.stop(context.Background()); err != nil {
+				logger.Error("stop the embedded database", "err", err)
+			}
+		}()
 		dsn, ownerDSN = e.runtimeDSN, e.ownerDSN
 	}
 	st, err := store.Open(dsn)
 	if err != nil {
 		return 0, err
 	}
-	defer st.Close()
+	defer func() { _ = st.Close() }() // a pool used only for migrating; nothing to lose at close
 	return migrateAndGrant(ctx, st, ownerDSN, logger)
 }

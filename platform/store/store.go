@@ -60,9 +60,6 @@ func (s *Store) SQL() *sql.DB {
 	return d
 }
 
-// Gorm returns the gorm handle for packages that add their own tables.
-func (s *Store) Gorm() *gorm.DB { return s.db }
-
 // Close closes the connection pool.
 func (s *Store) Close() error { return s.SQL().Close() }
 
@@ -80,7 +77,7 @@ const secretAlphabet = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123
 func randomString(n int) string {
 	var b strings.Builder
 	max := big.NewInt(int64(len(secretAlphabet)))
-	for i := 0; i < n; i++ {
+	for range n {
 		v, err := rand.Int(rand.Reader, max)
 		if err != nil {
 			panic("crypto/rand failed: " + err.Error())

@@ -20,7 +20,11 @@ func open(t *testing.T) *store.Store {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { st.Close() })
+	t.Cleanup(func() {
+		if err := st.Close(); err != nil {
+			t.Errorf("close the store: %v", err)
+		}
+	})
 	return st
 }
 
@@ -29,9 +33,15 @@ func open(t *testing.T) *store.Store {
 func TestConcurrentDemotionsKeepAnOwner(t *testing.T) {
 	st := open(t)
 	ctx := context.Background()
-	for round := 0; round < 10; round++ {
-		a, _ := st.UpsertOIDCUser(ctx, "iss", "a", "a@example.com", "", true)
-		b, _ := st.UpsertOIDCUser(ctx, "iss", "b", "b@example.com", "", true)
+	for round := range 10 {
+		a, err := st.UpsertOIDCUser(ctx, "iss", "a", "a@example.com", "", true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := st.UpsertOIDCUser(ctx, "iss", "b", "b@example.com", "", true)
+		if err != nil {
+			t.Fatal(err)
+		}
 		org, err := st.CreateOrganization(ctx, "race-"+string(rune('a'+round)), "", a.ID)
 		if err != nil {
 			t.Fatal(err)
@@ -42,11 +52,7 @@ func TestConcurrentDemotionsKeepAnOwner(t *testing.T) {
 		var wg sync.WaitGroup
 		errs := make([]error, 2)
 		for i, u := range []*store.User{a, b} {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				errs[i] = st.SetMemberRole(ctx, org.ID, u.ID, rbac.Admin)
-			}()
+			wg.Go(func() { errs[i] = st.SetMemberRole(ctx, org.ID, u.ID, rbac.Admin) })
 		}
 		wg.Wait()
 		failed := 0

@@ -50,3 +50,12 @@ func (s *Store) UserByID(ctx context.Context, id string) (*User, error) {
 	}
 	return &u, nil
 }
+
+// UserByOIDC finds the user for (issuer, subject), or ErrNotFound.
+func (s *Store) UserByOIDC(ctx context.Context, issuer, subject string) (*User, error) {
+	var u User
+	if err := s.conn(ctx).Where("oidc_issuer = ? AND oidc_subject = ?", issuer, subject).Take(&u).Error; err != nil {
+		return nil, notFound(err)
+	}
+	return &u, nil
+}

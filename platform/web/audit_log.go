@@ -47,7 +47,7 @@ func (w *Web) auditLog(c *gin.Context) {
 		*d.dst = t.Add(d.plus)
 		api.Set(d.name, d.dst.Format(time.RFC3339))
 	}
-	events, err := w.Store.ListAuditEvents(c.Request.Context(), access.OrgID(c), f)
+	events, err := w.store.ListAuditEvents(c.Request.Context(), access.OrgID(c), f)
 	if err != nil {
 		w.internal(c, "read the audit log", err)
 		return

@@ -14,14 +14,14 @@ import (
 func (w *Web) dashboard(c *gin.Context) {
 	ctx, orgID, role := c.Request.Context(), access.OrgID(c), access.Role(c)
 	var d ui.Dashboard
-	members, err := w.Store.ListMembers(ctx, orgID)
+	members, err := w.store.ListMembers(ctx, orgID)
 	if err != nil {
 		w.internal(c, "list members", err)
 		return
 	}
 	d.Members = len(members)
 	if rbac.Can(role, rbac.MemberManage) {
-		invs, err := w.Store.ListInvitations(ctx, orgID)
+		invs, err := w.store.ListInvitations(ctx, orgID)
 		if err != nil {
 			w.internal(c, "list invitations", err)
 			return

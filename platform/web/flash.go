@@ -15,19 +15,16 @@ import (
 // only the message; templ escapes it when shown.
 const flashCookie = "thinlab_flash"
 
-func setFlash(c *gin.Context, kind, text string) {
-	http.SetCookie(c.Writer, &http.Cookie{
-		Name: flashCookie, Value: url.QueryEscape(kind + ":" + text), Path: "/",
-		MaxAge: 60, HttpOnly: true, SameSite: http.SameSiteLaxMode, Secure: c.Request.TLS != nil,
-	})
+func (w *Web) setFlash(c *gin.Context, kind, text string) {
+	w.auth.SetCookie(c, flashCookie, url.QueryEscape(kind+":"+text), "/", 60)
 }
 
-func takeFlash(c *gin.Context) []ui.Flash {
+func (w *Web) takeFlash(c *gin.Context) []ui.Flash {
 	raw, err := c.Cookie(flashCookie)
 	if err != nil || raw == "" {
 		return nil
 	}
-	http.SetCookie(c.Writer, &http.Cookie{Name: flashCookie, Value: "", Path: "/", MaxAge: -1, HttpOnly: true, SameSite: http.SameSiteLaxMode})
+	w.auth.SetCookie(c, flashCookie, "", "/", -1)
 	kind, text, ok := strings.Cut(raw, ":")
 	if !ok {
 		return nil
@@ -41,7 +38,7 @@ func takeFlash(c *gin.Context) []ui.Flash {
 }
 
 // redirectWithFlash ends a successful form post.
-func redirectWithFlash(c *gin.Context, to, text string) {
-	setFlash(c, "success", text)
+func (w *Web) redirectWithFlash(c *gin.Context, to, text string) {
+	w.setFlash(c, "success", text)
 	c.Redirect(http.StatusSeeOther, to)
 }

@@ -1,14 +1,14 @@
 package web
 
 import (
-	"errors"
 	"net/http"
 	"strings"
 
 	"github.com/gin-gonic/gin"
 
+	"github.com/thinlab/thinlab/platform/access"
 	"github.com/thinlab/thinlab/platform/audit"
-	"github.com/thinlab/thinlab/platform/principal"
+	"github.com/thinlab/thinlab/platform/orgrules"
 	"github.com/thinlab/thinlab/platform/store"
 	"github.com/thinlab/thinlab/ui"
 )
@@ -40,24 +40,14 @@ func (w *Web) createOrg(c *gin.Context) {
 	slug := strings.TrimSpace(c.PostForm("slug"))
 	name := strings.TrimSpace(c.PostForm("name"))
 	again := func(c *gin.Context, p ui.Page) { w.render(c, p.Status, ui.NoOrgPage(p)) }
-	if err := store.ValidSlug(slug); err != nil {
-		w.fail(c, http.StatusBadRequest, err.Error(), again)
+	if w.refused(c, "create the organization", orgrules.NewOrganization(slug, name), again) {
 		return
 	}
-	org, err := w.Store.CreateOrganization(c.Request.Context(), slug, name, principal.From(c).UserID)
-	if errors.Is(err, store.ErrSlugReserved) {
-		w.fail(c, http.StatusConflict, "the slug "+slug+" is reserved: an identity provider group mapping places people in this organization; choose another", again)
-		return
-	}
-	if errors.Is(err, store.ErrConflict) {
-		w.fail(c, http.StatusConflict, "the slug "+slug+" is taken: choose another", again)
-		return
-	}
-	if err != nil {
-		w.internal(c, "create the organization", err)
+	org, err := w.store.CreateOrganization(c.Request.Context(), slug, name, access.Caller(c).UserID)
+	if w.refused(c, "create the organization", orgrules.CreateOrganizationFailed(err, slug), again) {
 		return
 	}
 	audit.SetOrg(c, org.ID)
 	audit.SetTarget(c, org.ID)
-	redirectWithFlash(c, "/o/"+org.Slug, "Organization "+org.Name+" created.")
+	w.redirectWithFlash(c, "/o/"+org.Slug, "Organization "+org.Name+" created.")
 }

@@ -7,8 +7,8 @@ import (
 
 	"github.com/gin-gonic/gin"
 
+	"github.com/thinlab/thinlab/platform/access"
 	"github.com/thinlab/thinlab/platform/audit"
-	"github.com/thinlab/thinlab/platform/principal"
 	"github.com/thinlab/thinlab/platform/store"
 	"github.com/thinlab/thinlab/ui"
 )
@@ -19,7 +19,7 @@ func (w *Web) acceptInvitationPage(c *gin.Context) {
 	secret := c.Query("secret")
 	p := w.page(c, "Invitation")
 	v := ui.AcceptInvitation{Secret: secret}
-	inv, err := w.Store.InvitationBySecret(c.Request.Context(), secret)
+	inv, err := w.store.InvitationBySecret(c.Request.Context(), secret)
 	switch {
 	case errors.Is(err, store.ErrNotFound) || secret == "":
 		v.Error = "This invitation link is not valid. Ask for a new invitation."
@@ -33,11 +33,11 @@ func (w *Web) acceptInvitationPage(c *gin.Context) {
 	default:
 		v.Email, v.Role = inv.Email, string(inv.Role)
 		v.OrgName = inv.OrgID
-		if org, err := w.Store.OrganizationByRef(c.Request.Context(), inv.OrgID); err == nil {
+		if org, err := w.store.OrganizationByRef(c.Request.Context(), inv.OrgID); err == nil {
 			v.OrgName = org.Name
 		}
-		if !strings.EqualFold(inv.Email, principal.From(c).Email) {
-			v.Error = store.ErrInvitationEmail.Error() + " (you are signed in as " + principal.From(c).Email + ")."
+		if !strings.EqualFold(inv.Email, access.Caller(c).Email) {
+			v.Error = store.ErrInvitationEmail.Error() + " (you are signed in as " + access.Caller(c).Email + ")."
 			p.Status = http.StatusForbidden
 		}
 	}
@@ -47,18 +47,18 @@ func (w *Web) acceptInvitationPage(c *gin.Context) {
 // acceptInvitation makes the signed-in person a member.
 func (w *Web) acceptInvitation(c *gin.Context) {
 	secret := c.PostForm("secret")
-	u, err := w.Store.UserByID(c.Request.Context(), principal.From(c).UserID)
+	u, err := w.store.UserByID(c.Request.Context(), access.Caller(c).UserID)
 	if err != nil {
 		w.internal(c, "load your account", err)
 		return
 	}
-	inv, err := w.Store.AcceptInvitation(c.Request.Context(), secret, u)
+	inv, err := w.store.AcceptInvitation(c.Request.Context(), secret, u)
 	if inv != nil && inv.ID != "" {
 		audit.SetOrg(c, inv.OrgID)
 		audit.SetTarget(c, inv.ID)
 	}
 	if err != nil {
-		status := http.StatusBadRequest
+		var status int
 		msg := err.Error()
 		switch {
 		case errors.Is(err, store.ErrNotFound):
@@ -78,10 +78,10 @@ func (w *Web) acceptInvitation(c *gin.Context) {
 		w.render(c, status, ui.AcceptInvitationPage(p, ui.AcceptInvitation{Error: msg}))
 		return
 	}
-	org, err := w.Store.OrganizationByRef(c.Request.Context(), inv.OrgID)
+	org, err := w.store.OrganizationByRef(c.Request.Context(), inv.OrgID)
 	if err != nil {
 		w.internal(c, "load the organization", err)
 		return
 	}
-	redirectWithFlash(c, "/o/"+org.Slug, "Welcome to "+org.Name+": you joined as "+string(inv.Role)+".")
+	w.redirectWithFlash(c, "/o/"+org.Slug, "Welcome to "+org.Name+": you joined as "+string(inv.Role)+".")
 }

@@ -15,7 +15,7 @@ import (
 func (w *Web) revokeInvitation(c *gin.Context) {
 	id := c.Param("invitation")
 	audit.SetTarget(c, id)
-	err := w.Store.DeleteInvitation(c.Request.Context(), access.OrgID(c), id)
+	err := w.store.DeleteInvitation(c.Request.Context(), access.OrgID(c), id)
 	if errors.Is(err, store.ErrNotFound) {
 		w.fail(c, http.StatusNotFound, "no open invitation "+id+" (already accepted or revoked)", w.renderInvitationsAgain)
 		return
@@ -24,5 +24,5 @@ func (w *Web) revokeInvitation(c *gin.Context) {
 		w.internal(c, "revoke the invitation", err)
 		return
 	}
-	redirectWithFlash(c, "/o/"+access.Org(c).Slug+"/invitations", "Invitation revoked.")
+	w.redirectWithFlash(c, "/o/"+access.Org(c).Slug+"/invitations", "Invitation revoked.")
 }

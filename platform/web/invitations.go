@@ -15,7 +15,7 @@ func (w *Web) invitations(c *gin.Context) {
 
 func (w *Web) renderInvitations(c *gin.Context, p ui.Page, v ui.Invitations) {
 	p.Title = "Invitations"
-	invs, err := w.Store.ListInvitations(c.Request.Context(), access.OrgID(c))
+	invs, err := w.store.ListInvitations(c.Request.Context(), access.OrgID(c))
 	if err != nil {
 		w.internal(c, "list invitations", err)
 		return

@@ -4,6 +4,7 @@ import (
 	"github.com/gin-gonic/gin"
 
 	"github.com/thinlab/thinlab/platform/access"
+	"github.com/thinlab/thinlab/platform/orgrules"
 )
 
 // removeMember removes a member and revokes their tokens in the
@@ -13,9 +14,9 @@ func (w *Web) removeMember(c *gin.Context) {
 	if !ok {
 		return
 	}
-	err := w.Store.RemoveMember(c.Request.Context(), access.OrgID(c), m.UserID)
-	if w.memberChangeFailed(c, err, "remove the member") {
+	err := w.store.RemoveMember(c.Request.Context(), access.OrgID(c), m.UserID)
+	if w.refused(c, "remove the member", orgrules.MemberChangeFailed(err, ""), w.renderMembers) {
 		return
 	}
-	redirectWithFlash(c, "/o/"+access.Org(c).Slug+"/members", m.Email+" was removed from the organization.")
+	w.redirectWithFlash(c, "/o/"+access.Org(c).Slug+"/members", m.Email+" was removed from the organization.")
 }

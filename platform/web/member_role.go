@@ -1,14 +1,10 @@
 package web
 
 import (
-	"errors"
-	"net/http"
-
 	"github.com/gin-gonic/gin"
 
 	"github.com/thinlab/thinlab/platform/access"
-	"github.com/thinlab/thinlab/platform/audit"
-	"github.com/thinlab/thinlab/platform/rbac"
+	"github.com/thinlab/thinlab/platform/orgrules"
 	"github.com/thinlab/thinlab/platform/store"
 )
 
@@ -19,53 +15,23 @@ func (w *Web) changeRole(c *gin.Context) {
 	if !ok {
 		return
 	}
-	role, err := rbac.ParseRole(c.PostForm("role"))
-	if err != nil {
-		w.fail(c, http.StatusBadRequest, err.Error(), w.renderMembers)
+	role, err := orgrules.GrantRole(access.Role(c), c.PostForm("role"))
+	if w.refused(c, "change the role", err, w.renderMembers) {
 		return
 	}
-	if !rbac.AtLeast(access.Role(c), role) {
-		w.fail(c, http.StatusForbidden, "your role "+string(access.Role(c))+" cannot grant role "+string(role), w.renderMembers)
+	err = w.store.SetMemberRole(c.Request.Context(), access.OrgID(c), m.UserID, role)
+	if w.refused(c, "change the role", orgrules.MemberChangeFailed(err, "role"), w.renderMembers) {
 		return
 	}
-	err = w.Store.SetMemberRole(c.Request.Context(), access.OrgID(c), m.UserID, role)
-	if w.memberChangeFailed(c, err, "change the role") {
-		return
-	}
-	redirectWithFlash(c, "/o/"+access.Org(c).Slug+"/members", m.Email+" is now "+string(role)+".")
+	w.redirectWithFlash(c, "/o/"+access.Org(c).Slug+"/members", m.Email+" is now "+string(role)+".")
 }
 
-// targetMember loads :user and checks the caller may change them: only
-// someone at least as strong as the member's role.
+// targetMember is the :user the chain loaded, if the caller may change
+// them: only someone at least as strong as the member's role.
 func (w *Web) targetMember(c *gin.Context) (*store.Member, bool) {
-	userID := c.Param("user")
-	audit.SetTarget(c, userID)
-	m, err := w.Store.Member(c.Request.Context(), access.OrgID(c), userID)
-	if errors.Is(err, store.ErrNotFound) {
-		w.fail(c, http.StatusNotFound, "no such member: "+userID, w.renderMembers)
-		return nil, false
-	}
-	if err != nil {
-		w.internal(c, "load the member", err)
-		return nil, false
-	}
-	if !rbac.AtLeast(access.Role(c), m.Role) {
-		w.fail(c, http.StatusForbidden, "your role "+string(access.Role(c))+" cannot change a member whose role is "+string(m.Role), w.renderMembers)
+	m := access.Member(c)
+	if w.refused(c, "change the member", orgrules.MayChangeMember(access.Role(c), m.Role), w.renderMembers) {
 		return nil, false
 	}
 	return m, true
-}
-
-func (w *Web) memberChangeFailed(c *gin.Context, err error, what string) bool {
-	switch {
-	case err == nil:
-		return false
-	case errors.Is(err, store.ErrLastOwner):
-		w.fail(c, http.StatusConflict, store.ErrLastOwner.Error(), w.renderMembers)
-	case errors.Is(err, store.ErrNotFound):
-		w.fail(c, http.StatusNotFound, "no such member", w.renderMembers)
-	default:
-		w.internal(c, what, err)
-	}
-	return true
 }

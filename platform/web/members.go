@@ -4,7 +4,6 @@ import (
 	"github.com/gin-gonic/gin"
 
 	"github.com/thinlab/thinlab/platform/access"
-	"github.com/thinlab/thinlab/platform/principal"
 	"github.com/thinlab/thinlab/platform/rbac"
 	"github.com/thinlab/thinlab/ui"
 )
@@ -16,14 +15,14 @@ func (w *Web) members(c *gin.Context) {
 
 func (w *Web) renderMembers(c *gin.Context, p ui.Page) {
 	p.Title = "Members"
-	members, err := w.Store.ListMembers(c.Request.Context(), access.OrgID(c))
+	members, err := w.store.ListMembers(c.Request.Context(), access.OrgID(c))
 	if err != nil {
 		w.internal(c, "list members", err)
 		return
 	}
 	role := access.Role(c)
 	v := ui.Members{CanManage: rbac.Can(role, rbac.MemberManage)}
-	me := principal.From(c).UserID
+	me := access.Caller(c).UserID
 	for _, m := range members {
 		row := ui.Member{
 			UserID: m.UserID, Email: m.Email, Name: m.Name, Role: string(m.Role), Since: m.CreatedAt,

@@ -43,19 +43,16 @@ func (s *site) signIn(t *testing.T, email string) (*webtest.Browser, webtest.Pag
 
 func (s *site) userID(t *testing.T, email string) string {
 	t.Helper()
-	var id string
-	s.p.Store.Gorm().Table("users").Where("email = ?", email).Pluck("id", &id)
-	if id == "" {
-		t.Fatalf("no user %s", email)
+	ids := s.p.QueryStrings("SELECT id FROM users WHERE email = $1", email)
+	if len(ids) != 1 {
+		t.Fatalf("users with email %s: %v, want one", email, ids)
 	}
-	return id
+	return ids[0]
 }
 
 func (s *site) auditActions(t *testing.T) []string {
 	t.Helper()
-	var acts []string
-	s.p.Store.Gorm().Table("audit_events").Where("result = ?", store.ResultSuccess).Order("id").Pluck("action", &acts)
-	return acts
+	return s.p.QueryStrings("SELECT action FROM audit_events WHERE result = $1 ORDER BY id", store.ResultSuccess)
 }
 
 func TestEveryPageRendersWithoutJavaScript(t *testing.T) {
@@ -187,8 +184,7 @@ func TestMembersInvitationsTokensAndAuditActions(t *testing.T) {
 	if again := owner.Get(o + "/tokens"); strings.Contains(again.Body, secret) {
 		t.Fatal("the token secret is shown again after creation")
 	}
-	var tokID string
-	s.p.Store.Gorm().Table("api_tokens").Where("name = ?", "ci-main").Pluck("id", &tokID)
+	tokID := s.p.QueryStrings("SELECT id FROM api_tokens WHERE name = $1", "ci-main")[0]
 	pg = owner.PostForm(o+"/tokens/"+tokID+"/revoke", url.Values{"csrf_token": {csrf}})
 	pg.Contains(t, "Token ci-main revoked.", "revoked")
 	if resp := apiGet(t, s.p.URL+"/api/v1/me", secret); resp != http.StatusUnauthorized {
@@ -197,8 +193,7 @@ func TestMembersInvitationsTokensAndAuditActions(t *testing.T) {
 
 	// Invitations: revoke an open one.
 	owner.PostForm(o+"/invitations", url.Values{"csrf_token": {csrf}, "email": {"carol@example.com"}, "role": {"member"}})
-	var invID string
-	s.p.Store.Gorm().Table("invitations").Where("email = ?", "carol@example.com").Pluck("id", &invID)
+	invID := s.p.QueryStrings("SELECT id FROM invitations WHERE email = $1", "carol@example.com")[0]
 	pg = owner.PostForm(o+"/invitations/"+invID+"/revoke", url.Values{"csrf_token": {csrf}})
 	pg.Contains(t, "Invitation revoked.", "No open invitations.")
 
@@ -256,6 +251,35 @@ func apiGet(t *testing.T, u, token string) int {
 	if err != nil {
 		t.Fatal(err)
 	}
-	resp.Body.Close()
+	_ = resp.Body.Close()
 	return resp.StatusCode
+}
+
+// TestMissingMemberAndTokenAreNotFound: the chain loads the member and the
+// token a form acts on, in the caller's organization; one that does not
+// exist there (or belongs to another organization) is a 404 page.
+func TestMissingMemberAndTokenAreNotFound(t *testing.T) {
+	s := startSite(t)
+	owner, home := s.signIn(t, "owner@example.com")
+	_, other := s.signIn(t, "other@example.com")
+	o := s.p.URL + home.URL.Path
+	csrf := webtest.CSRF(t, owner.Get(o+"/members").Body)
+	otherID := s.userID(t, "other@example.com")
+	n := s.p.Count("SELECT count(*) FROM organizations WHERE slug = $1", strings.TrimPrefix(other.URL.Path, "/o/"))
+	if n != 1 {
+		t.Fatalf("the other user's personal organization %s does not exist", other.URL.Path)
+	}
+	for _, tc := range []struct{ name, path, want string }{
+		{"no such member", o + "/members/usr_none/role", "member not found"},
+		{"member of another organization", o + "/members/" + otherID + "/remove", "member not found"},
+		{"no such token", o + "/tokens/tok_none/revoke", "token not found"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			pg := owner.PostForm(tc.path, url.Values{"csrf_token": {csrf}, "role": {"viewer"}})
+			if pg.Status != http.StatusNotFound {
+				t.Fatalf("HTTP %d, want 404\n%s", pg.Status, pg.Body)
+			}
+			pg.Contains(t, tc.want)
+		})
+	}
 }

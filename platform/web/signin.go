@@ -10,12 +10,12 @@ import (
 
 // signIn lists the identity providers; a signed-in browser goes home.
 func (w *Web) signIn(c *gin.Context) {
-	if s, _ := w.Auth.CurrentSession(c); s != nil {
+	if s, _ := w.auth.CurrentSession(c); s != nil {
 		c.Redirect(http.StatusSeeOther, "/")
 		return
 	}
 	var v ui.SignIn
-	for _, p := range w.Auth.Providers(c.Query("return_to")) {
+	for _, p := range w.auth.Providers(c.Query("return_to")) {
 		v.Providers = append(v.Providers, ui.Provider{DisplayName: p.DisplayName, LoginURL: p.LoginURL})
 	}
 	v.SignedOut = c.Query("signed_out") != ""

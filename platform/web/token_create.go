@@ -3,27 +3,21 @@ package web
 import (
 	"net/http"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/gin-gonic/gin"
 
 	"github.com/thinlab/thinlab/platform/access"
 	"github.com/thinlab/thinlab/platform/audit"
-	"github.com/thinlab/thinlab/platform/principal"
+	"github.com/thinlab/thinlab/platform/orgrules"
 	"github.com/thinlab/thinlab/ui"
 )
 
 // createToken creates an API token for the caller and shows its secret
 // once, in this response (it is never stored, so it cannot be shown again).
 func (w *Web) createToken(c *gin.Context) {
-	name := strings.TrimSpace(c.PostForm("name"))
-	switch {
-	case name == "":
-		w.fail(c, http.StatusBadRequest, "name is required: say what the token is for, such as \"ci\"", w.renderTokensAgain)
-		return
-	case len(name) > 100:
-		w.fail(c, http.StatusBadRequest, "name is longer than 100 characters", w.renderTokensAgain)
+	name, err := orgrules.TokenName(c.PostForm("name"))
+	if w.refused(c, "create the token", err, w.renderTokensAgain) {
 		return
 	}
 	var expiresAt *time.Time
@@ -36,7 +30,7 @@ func (w *Web) createToken(c *gin.Context) {
 		t := time.Now().UTC().Add(time.Duration(days) * 24 * time.Hour)
 		expiresAt = &t
 	}
-	tok, secret, err := w.Store.CreateAPIToken(c.Request.Context(), access.OrgID(c), principal.From(c).UserID, name, expiresAt)
+	tok, secret, err := w.store.CreateAPIToken(c.Request.Context(), access.OrgID(c), access.Caller(c).UserID, name, expiresAt)
 	if err != nil {
 		w.internal(c, "create the token", err)
 		return

@@ -1,35 +1,22 @@
 package web
 
 import (
-	"errors"
-	"net/http"
-
 	"github.com/gin-gonic/gin"
 
 	"github.com/thinlab/thinlab/platform/access"
-	"github.com/thinlab/thinlab/platform/audit"
-	"github.com/thinlab/thinlab/platform/principal"
-	"github.com/thinlab/thinlab/platform/store"
+	"github.com/thinlab/thinlab/platform/orgrules"
 )
 
 // revokeToken revokes a token the caller may see (their own, or anyone's
 // for member managers), as DELETE /api/v1/orgs/:org/tokens/:token does.
 func (w *Web) revokeToken(c *gin.Context) {
-	id := c.Param("token")
-	audit.SetTarget(c, id)
-	ctx := c.Request.Context()
-	tok, err := w.Store.APITokenByID(ctx, access.OrgID(c), id)
-	if errors.Is(err, store.ErrNotFound) || (err == nil && !seesAllTokens(c) && tok.UserID != principal.From(c).UserID) {
-		w.fail(c, http.StatusNotFound, "no such token: "+id, w.renderTokensAgain)
+	tok := access.Token(c)
+	if w.refused(c, "revoke the token", orgrules.MayRevokeToken(tok, access.Role(c), access.Caller(c).UserID), w.renderTokensAgain) {
 		return
 	}
-	if err != nil {
-		w.internal(c, "load the token", err)
-		return
-	}
-	if err := w.Store.RevokeAPIToken(ctx, access.OrgID(c), id); err != nil {
+	if err := w.store.RevokeAPIToken(c.Request.Context(), access.OrgID(c), tok.ID); err != nil {
 		w.internal(c, "revoke the token", err)
 		return
 	}
-	redirectWithFlash(c, "/o/"+access.Org(c).Slug+"/tokens", "Token "+tok.Name+" revoked.")
+	w.redirectWithFlash(c, "/o/"+access.Org(c).Slug+"/tokens", "Token "+tok.Name+" revoked.")
 }

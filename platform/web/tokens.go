@@ -4,30 +4,18 @@ import (
 	"github.com/gin-gonic/gin"
 
 	"github.com/thinlab/thinlab/platform/access"
-	"github.com/thinlab/thinlab/platform/principal"
-	"github.com/thinlab/thinlab/platform/rbac"
+	"github.com/thinlab/thinlab/platform/orgrules"
 	"github.com/thinlab/thinlab/platform/store"
 	"github.com/thinlab/thinlab/ui"
 )
 
-// seesAllTokens mirrors the API's rule: people who manage members manage
-// everyone's tokens; others see and revoke only their own.
-func seesAllTokens(c *gin.Context) bool { return rbac.Can(access.Role(c), rbac.MemberManage) }
-
 // visibleTokens lists the tokens the caller may see.
 func (w *Web) visibleTokens(c *gin.Context) ([]store.APIToken, error) {
-	toks, err := w.Store.ListAPITokens(c.Request.Context(), access.OrgID(c))
+	toks, err := w.store.ListAPITokens(c.Request.Context(), access.OrgID(c))
 	if err != nil {
 		return nil, err
 	}
-	me, all := principal.From(c).UserID, seesAllTokens(c)
-	var out []store.APIToken
-	for _, t := range toks {
-		if all || t.UserID == me {
-			out = append(out, t)
-		}
-	}
-	return out, nil
+	return orgrules.VisibleTokens(toks, access.Role(c), access.Caller(c).UserID), nil
 }
 
 // tokens lists API tokens and the create form.
@@ -43,13 +31,13 @@ func (w *Web) renderTokens(c *gin.Context, p ui.Page, v ui.Tokens) {
 		return
 	}
 	owners := map[string]string{}
-	if members, err := w.Store.ListMembers(c.Request.Context(), access.OrgID(c)); err == nil {
+	if members, err := w.store.ListMembers(c.Request.Context(), access.OrgID(c)); err == nil {
 		for _, m := range members {
 			owners[m.UserID] = m.Email
 		}
 	}
 	v.CanManage = true // the route requires token:manage
-	v.APIBase = w.BaseURL + "/api/v1"
+	v.APIBase = w.auth.BaseURL() + "/api/v1"
 	for _, t := range toks {
 		owner := owners[t.UserID]
 		if owner == "" {

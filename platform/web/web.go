@@ -5,16 +5,11 @@
 package web
 
 import (
-	"context"
-	"crypto/rand"
-	"encoding/hex"
-	"fmt"
+	"errors"
 	"log/slog"
 	"net/http"
 	"net/url"
-	"os"
 	"strings"
-	"time"
 
 	"github.com/a-h/templ"
 	"github.com/gin-gonic/gin"
@@ -23,95 +18,30 @@ import (
 	"github.com/thinlab/thinlab/platform/api"
 	"github.com/thinlab/thinlab/platform/audit"
 	"github.com/thinlab/thinlab/platform/auth"
+	"github.com/thinlab/thinlab/platform/orgrules"
 	"github.com/thinlab/thinlab/platform/principal"
 	"github.com/thinlab/thinlab/platform/rbac"
-	"github.com/thinlab/thinlab/platform/server"
 	"github.com/thinlab/thinlab/platform/store"
 	"github.com/thinlab/thinlab/sdk/platformapi"
 	"github.com/thinlab/thinlab/ui"
 )
 
-// Web serves the UI.
+// Web serves the UI. platform/server builds it with New.
 type Web struct {
-	Auth    *auth.Auth
-	Store   *store.Store
-	Audit   *audit.Recorder
-	BaseURL string
-	Logger  *slog.Logger
+	auth   *auth.Auth
+	store  *store.Store
+	logger *slog.Logger
 }
 
-// CookieSecretEnv holds the login-cookie signing secret when the auth
-// configuration does not set one.
-const CookieSecretEnv = "THINLAB_PLATFORM_COOKIE_SECRET"
-
-// AuthConfigEnv names the sign-in configuration file (see
-// docs/platform-config.md) read by SetupFromEnv.
-const AuthConfigEnv = "THINLAB_PLATFORM_AUTH_CONFIG"
-
-// SetupFromEnv is Setup with the sign-in configuration read from the file
-// named by THINLAB_PLATFORM_AUTH_CONFIG (none: everything comes from the
-// server configuration). thinlab platform serve uses it.
-func SetupFromEnv() func(*server.Server) error {
-	return func(s *server.Server) error {
-		cfg, err := auth.LoadConfigFile(os.Getenv(AuthConfigEnv))
-		if err != nil {
-			return fmt.Errorf("%s: %w", AuthConfigEnv, err)
-		}
-		return Setup(cfg)(s)
+// New returns the UI over a's sign-in and st; its pages render a's
+// refusals too.
+func New(a *auth.Auth, st *store.Store, logger *slog.Logger) *Web {
+	if logger == nil {
+		logger = slog.Default()
 	}
-}
-
-// Setup is the server.Options.Setup hook that adds sign-in and the web UI.
-// Empty fields of cfg are filled from the server configuration: BaseURL
-// from publicURL, a provider named "sso" from oidc.issuer/clientID/
-// clientSecret, the cookie secret from THINLAB_PLATFORM_COOKIE_SECRET (or
-// a random one, which only works with a single replica).
-func Setup(cfg auth.Config) func(*server.Server) error {
-	return func(s *server.Server) error {
-		sc := s.Config()
-		if cfg.BaseURL == "" {
-			cfg.BaseURL = sc.PublicURL
-		}
-		if cfg.BaseURL == "" {
-			cfg.BaseURL = "http://" + sc.Listen
-			s.Logger().Warn("publicURL is not set: OIDC callbacks use " + cfg.BaseURL + "; set publicURL to the address browsers use")
-		}
-		if len(cfg.Providers) == 0 && sc.OIDC.Issuer != "" {
-			cfg.Providers = []auth.ProviderConfig{{
-				Name: "sso", DisplayName: "single sign-on", Issuer: sc.OIDC.Issuer,
-				ClientID: sc.OIDC.ClientID, ClientSecret: sc.OIDC.ClientSecret,
-			}}
-		}
-		if cfg.CookieSecret == "" {
-			cfg.CookieSecret = os.Getenv(CookieSecretEnv)
-		}
-		if cfg.CookieSecret == "" {
-			b := make([]byte, 32)
-			if _, err := rand.Read(b); err != nil {
-				return err
-			}
-			cfg.CookieSecret = hex.EncodeToString(b)
-			s.Logger().Warn("no cookie secret configured: using a random one; with several replicas set " + CookieSecretEnv + " to the same value everywhere")
-		}
-		if len(cfg.Providers) == 0 {
-			s.Logger().Warn("no OIDC identity provider configured: nobody can sign in to the web UI (set oidc.issuer or " + AuthConfigEnv + ")")
-		}
-		users := auth.StoreUsers{Store: s.Store(), PersonalOrg: true, Audit: s.Audit()}
-		a, err := auth.New(cfg, auth.Options{Users: users, Sessions: auth.GormSessions{DB: s.Store().Gorm()}, Logger: s.Logger()})
-		if err != nil {
-			return fmt.Errorf("sign-in configuration: %w", err)
-		}
-		// Validated by auth.New: now reserve the mapped organizations.
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		defer cancel()
-		if err := auth.ReserveMappedOrganizations(ctx, s.Store(), cfg, s.Logger()); err != nil {
-			return err
-		}
-		w := &Web{Auth: a, Store: s.Store(), Audit: s.Audit(), BaseURL: strings.TrimRight(cfg.BaseURL, "/"), Logger: s.Logger()}
-		a.ErrorPage = w.errorPage
-		s.AddAuthenticator(a.Authenticator(s.Store()))
-		return s.Handle(w.Routes()...)
-	}
+	w := &Web{auth: a, store: st, logger: logger}
+	a.ErrorPage = w.errorPage
+	return w
 }
 
 // Routes is the UI's part of the route table.
@@ -120,12 +50,12 @@ func (w *Web) Routes() []access.Route {
 	rs := []access.Route{
 		{Method: get, Path: "/static/*filepath", Public: true, Handler: w.static},
 		{Method: get, Path: "/signin", Public: true, Handler: w.signIn},
-		{Method: get, Path: "/auth/login/:provider", Public: true, Handler: w.Auth.HandleLogin, RateLimit: access.RateSignIn},
-		{Method: get, Path: "/auth/callback/:provider", Public: true, Handler: w.Auth.HandleCallback, RateLimit: access.RateSignIn},
-		{Method: post, Path: "/auth/logout", Action: "session.logout", Handler: w.Auth.HandleLogout},
+		{Method: get, Path: "/auth/login/:provider", Public: true, Handler: w.auth.HandleLogin, RateLimit: access.RateSignIn},
+		{Method: get, Path: "/auth/callback/:provider", Public: true, Handler: w.auth.HandleCallback, RateLimit: access.RateSignIn},
+		{Method: post, Path: "/auth/logout", Action: "session.logout", Handler: w.auth.HandleLogout},
 		{Method: get, Path: "/", Handler: w.home},
 		{Method: get, Path: "/switch", Handler: w.switchOrg},
-		{Method: post, Path: "/orgs", Action: "org.create", Handler: w.createOrg, TokenRefused: "an API token acts inside one organization: sign in through the browser to create organizations"},
+		{Method: post, Path: "/orgs", Action: "org.create", Handler: w.createOrg, TokenRefused: api.TokenRefusedCreateOrg},
 		{Method: get, Path: "/invitations/accept", Handler: w.acceptInvitationPage},
 		{Method: post, Path: "/invitations/accept", Action: "invitation.accept", Handler: w.acceptInvitation,
 			TokenRefused: api.TokenRefusedAccept, RateLimit: access.RateInvitationAccept},
@@ -191,7 +121,7 @@ func (w *Web) render(c *gin.Context, status int, comp templ.Component) {
 	c.Header("Content-Security-Policy", "default-src 'self'; script-src 'none'; frame-ancestors 'none'; form-action 'self'")
 	c.Status(status)
 	if err := comp.Render(c.Request.Context(), c.Writer); err != nil {
-		w.logger().Error("render page", "path", c.FullPath(), "err", err)
+		w.logger.Error("render page", "path", c.FullPath(), "err", err)
 	}
 }
 
@@ -205,39 +135,57 @@ func (w *Web) fail(c *gin.Context, status int, message string, again func(c *gin
 	again(c, p)
 }
 
-func (w *Web) internal(c *gin.Context, what string, err error) {
-	w.logger().Error(what, "err", err)
-	w.errorPage(c, http.StatusInternalServerError, "Could not "+what+" because of a server error. Try again.")
+// refused shows err on the page again (again) and reports whether there
+// was one: a broken organization rule (orgrules) with its status and
+// message, anything else as a server failure while doing what.
+func (w *Web) refused(c *gin.Context, what string, err error, again func(c *gin.Context, p ui.Page)) bool {
+	if err == nil {
+		return false
+	}
+	var re *orgrules.Error
+	if !errors.As(err, &re) {
+		w.internal(c, what, err)
+		return true
+	}
+	status := http.StatusBadRequest
+	switch {
+	case errors.Is(err, orgrules.ErrForbidden):
+		status = http.StatusForbidden
+	case errors.Is(err, orgrules.ErrNotFound):
+		status = http.StatusNotFound
+	case errors.Is(err, orgrules.ErrConflict):
+		status = http.StatusConflict
+	}
+	w.fail(c, status, re.Message, again)
+	return true
 }
 
-func (w *Web) logger() *slog.Logger {
-	if w.Logger != nil {
-		return w.Logger
-	}
-	return slog.Default()
+func (w *Web) internal(c *gin.Context, what string, err error) {
+	w.logger.Error(what, "err", err)
+	w.errorPage(c, http.StatusInternalServerError, "Could not "+what+" because of a server error. Try again.")
 }
 
 // basePage is the layout data every page has: user, organizations, the
 // current organization with its navigation, CSRF token and flashes.
 func (w *Web) basePage(c *gin.Context, title string) ui.Page {
 	p := ui.Page{Title: title, CSRF: auth.CSRFToken(c), Status: http.StatusOK}
-	pr := principal.From(c)
+	pr := principal.From(c) // nil on public pages (sign-in)
 	if pr == nil {
 		return p
 	}
 	p.User = &ui.User{ID: pr.UserID, Email: pr.Email, Name: pr.Name}
-	orgs, err := w.Store.OrganizationsOfUser(c.Request.Context(), pr.UserID)
+	orgs, err := w.store.OrganizationsOfUser(c.Request.Context(), pr.UserID)
 	if err != nil {
-		w.logger().Error("list organizations of user", "err", err)
+		w.logger.Error("list organizations of user", "err", err)
 	}
 	for _, o := range orgs {
 		p.Orgs = append(p.Orgs, ui.Org{ID: o.ID, Slug: o.Slug, Name: o.Name, Role: string(o.Role)})
 	}
-	if org := access.Org(c); org != nil {
+	if org := access.OrgIfAny(c); org != nil {
 		p.Org = &ui.Org{ID: org.ID, Slug: org.Slug, Name: org.Name, Role: string(access.Role(c))}
 		p.Nav = nav(p.Org, access.Role(c), c.FullPath())
 	}
-	p.Flash = takeFlash(c)
+	p.Flash = w.takeFlash(c)
 	return p
 }
 

@@ -18,12 +18,12 @@ func TestClientErrorsAndRequests(t *testing.T) {
 		switch r.URL.Path {
 		case "/api/v1/orgs/acme/tokens":
 			w.WriteHeader(http.StatusBadRequest)
-			w.Write([]byte(`{"error":{"code":"invalid","message":"name is required","field":"name"}}`))
+			_, _ = w.Write([]byte(`{"error":{"code":"invalid","message":"name is required","field":"name"}}`))
 		case "/api/v1/orgs/acme/audit":
-			w.Write([]byte(`{"items":[{"id":7,"action":"token.create","result":"success"}]}`))
+			_, _ = w.Write([]byte(`{"items":[{"id":7,"action":"token.create","result":"success"}]}`))
 		default:
 			w.WriteHeader(http.StatusBadGateway)
-			w.Write([]byte("upstream down"))
+			_, _ = w.Write([]byte("upstream down"))
 		}
 	}))
 	defer srv.Close()

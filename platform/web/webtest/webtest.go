@@ -24,7 +24,6 @@ import (
 	"github.com/thinlab/thinlab/platform/platformtest"
 	"github.com/thinlab/thinlab/platform/server"
 	"github.com/thinlab/thinlab/platform/store"
-	"github.com/thinlab/thinlab/platform/web"
 )
 
 // CookieSecret signs login cookies in tests.
@@ -36,10 +35,31 @@ type Platform struct {
 	URL    string
 	Server *server.Server
 	Store  *store.Store
+	DSN    string // superuser DSN of the test database
 }
 
-// Start runs a platform whose sign-in configuration is made by authConfig
-// from the server's base URL. The test binary must run platformtest.Main.
+// QueryStrings runs a query returning one text column, as the superuser.
+func (p *Platform) QueryStrings(sql string, args ...any) []string {
+	p.T.Helper()
+	return platformtest.QueryStrings(p.T, p.DSN, sql, args...)
+}
+
+// Count runs a query returning one number (SELECT count(*) ...).
+func (p *Platform) Count(sql string, args ...any) int64 {
+	p.T.Helper()
+	return platformtest.Count(p.T, p.DSN, sql, args...)
+}
+
+// Exec runs SQL as the superuser and fails the test on an error.
+func (p *Platform) Exec(sql string, args ...any) {
+	p.T.Helper()
+	if err := platformtest.Exec(p.DSN, sql, args...); err != nil {
+		p.T.Fatalf("%s: %v", sql, err)
+	}
+}
+
+// Start runs a platform whose sign-in configuration (the auth: section)
+// is made by authConfig from the server's base URL (its publicURL). The test binary must run platformtest.Main.
 func Start(t testing.TB, authConfig func(baseURL string) auth.Config) *Platform {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -51,33 +71,34 @@ func Start(t testing.TB, authConfig func(baseURL string) auth.Config) *Platform 
 	cfg.Database.URL = platformtest.Database(t)
 	cfg.Listen = ln.Addr().String()
 	cfg.PublicURL = base
-	ac := authConfig(base)
-	if ac.BaseURL == "" {
-		ac.BaseURL = base
-	}
-	if ac.CookieSecret == "" {
-		ac.CookieSecret = CookieSecret
+	cfg.Auth = authConfig(base)
+	if cfg.Auth.CookieSecret == "" {
+		cfg.Auth.CookieSecret = CookieSecret
 	}
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	srv, err := server.New(ctx, cfg, server.Options{Logger: logger, Setup: []func(*server.Server) error{web.Setup(ac)}})
+	srv, err := server.New(ctx, cfg, server.Options{Logger: logger})
 	if err != nil {
-		ln.Close()
+		_ = ln.Close() // the start failed; that error is reported
 		t.Fatalf("webtest: start platform: %v", err)
 	}
 	sctx, stop := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		srv.Serve(sctx, ln)
+		if err := srv.Serve(sctx, ln); err != nil {
+			t.Errorf("webtest: serve: %v", err)
+		}
 	}()
 	t.Cleanup(func() {
 		stop()
 		<-done
-		srv.Close()
+		if err := srv.Close(); err != nil {
+			t.Errorf("webtest: close the platform: %v", err)
+		}
 	})
-	return &Platform{T: t, URL: base, Server: srv, Store: srv.Store()}
+	return &Platform{T: t, URL: base, Server: srv, Store: srv.Store(), DSN: cfg.Database.URL}
 }
 
 // Browser is an HTTP client with a cookie jar that follows redirects, like
@@ -124,8 +145,10 @@ func (b *Browser) PostForm(u string, form url.Values) Page {
 
 func read(t testing.TB, resp *http.Response) Page {
 	t.Helper()
-	defer resp.Body.Close()
 	body, err := io.ReadAll(resp.Body)
+	if cerr := resp.Body.Close(); err == nil {
+		err = cerr
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -146,7 +169,10 @@ func (b *Browser) Cookie(base, name string) string {
 // SetCookie replaces a cookie in the jar.
 func (b *Browser) SetCookie(base, name, value string) {
 	u, _ := url.Parse(base)
-	b.Jar.SetCookies(u, []*http.Cookie{{Name: name, Value: value, Path: "/"}})
+	// The jar only stores it: the attributes a server sets do not matter
+	// here, and a Secure cookie would not be sent to the http test server.
+	b.Jar.SetCookies(u, []*http.Cookie{{Name: name, Value: value, Path: "/", HttpOnly: true, SameSite: http.SameSiteLaxMode}}) //nolint:gosec // G124: see above
+
 }
 
 var csrfRE = regexp.MustCompile(`name="csrf_token" value="([^"]+)"`)
