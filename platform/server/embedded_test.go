@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/thinlab/thinlab/internal/pgcluster"
+	"github.com/thinlab/thinlab/internal/version"
 )
 
 // TestEmbeddedDatabase starts the server with no database URL: it must run
@@ -59,8 +60,8 @@ func TestEmbeddedDatabase(t *testing.T) {
 		var body map[string]string
 		json.NewDecoder(resp.Body).Decode(&body)
 		resp.Body.Close()
-		if resp.StatusCode != 200 || body["status"] != "ok" {
-			t.Fatalf("healthz: %d %v", resp.StatusCode, body)
+		if resp.StatusCode != http.StatusOK || body["status"] != "ok" || body["version"] != version.Version {
+			t.Fatalf("healthz: %d %v, want 200 with status ok and version %q", resp.StatusCode, body, version.Version)
 		}
 		stop()
 		if err := <-done; err != nil {
