@@ -20,6 +20,7 @@ import (
 	"github.com/thinlab/thinlab/agent/storage"
 	"github.com/thinlab/thinlab/agent/storage/storagetest"
 	"github.com/thinlab/thinlab/internal/logtest"
+	"github.com/thinlab/thinlab/internal/testenv"
 	"github.com/thinlab/thinlab/sdk/agentapi"
 )
 
@@ -157,9 +158,7 @@ func TestVersionStamped(t *testing.T) {
 }
 
 func TestAgentSurvivesKill9(t *testing.T) {
-	if os.Getuid() != 0 {
-		t.Fatal("needs root (loop devices, mounts, the postgres OS user): run the tests as root (make test does)")
-	}
+	testenv.NeedsRoot(t, "root, for loop devices, mounts and the postgres OS user")
 	bin := buildThinlab(t)
 	pool := storagetest.NewLoopPool(t, storage.ModeBtrfs)
 	t.Cleanup(func() { clonetest.KillClones(pool) })

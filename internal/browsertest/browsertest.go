@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/chromedp/chromedp"
+
+	"github.com/thinlab/thinlab/internal/testenv"
 )
 
 // ExecPath is the Chromium binary (apt-get install chromium).
@@ -40,6 +42,7 @@ func Options(userDataDir string) []chromedp.ExecAllocatorOption {
 // (never skips) when Chromium is missing.
 func New(t testing.TB) context.Context {
 	t.Helper()
+	testenv.NeedsSystem(t, "Chromium")
 	if _, err := os.Stat(ExecPath); err != nil {
 		t.Fatalf("%s is missing: run make deps (apt-get install chromium)", ExecPath)
 	}

@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/thinlab/thinlab/internal/pgcluster"
+	"github.com/thinlab/thinlab/internal/testenv"
 )
 
 // Server is a running throwaway cluster listening on 127.0.0.1:Port with a
@@ -42,6 +43,7 @@ func FreePort(t testing.TB) int {
 // OSUser returns the postgres OS user or fails the test.
 func OSUser(t testing.TB) pgcluster.OSUser {
 	t.Helper()
+	testenv.NeedsSystem(t, "root and PostgreSQL (run as the postgres OS user)")
 	u, err := pgcluster.LookupUser("postgres")
 	if err != nil {
 		t.Fatal(err)

@@ -34,6 +34,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/thinlab/thinlab/internal/testenv"
 )
 
 // DefaultModules are loaded by the initramfs before anything else: what
@@ -93,6 +95,7 @@ const (
 // when the test ends, whatever happened.
 func Run(t testing.TB, opt Options) Result {
 	t.Helper()
+	testenv.NeedsSystem(t, "the QEMU VM")
 	res, err := run(t, opt)
 	if err != nil {
 		t.Fatalf("vmtest: %v", err)

@@ -26,6 +26,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/thinlab/thinlab/internal/pgcluster"
+	"github.com/thinlab/thinlab/internal/testenv"
 	"github.com/thinlab/thinlab/migrations"
 	"github.com/thinlab/thinlab/platform/server"
 	"github.com/thinlab/thinlab/platform/store"
@@ -126,6 +127,7 @@ func (cl *cluster) exec(ctx context.Context, db, sql string) error {
 // (superuser over the Unix socket). It is dropped at cleanup.
 func Database(t testing.TB) string {
 	t.Helper()
+	testenv.NeedsSystem(t, "PostgreSQL (the shared test cluster)")
 	if !mainCalled.Load() {
 		t.Fatal("platformtest: call platformtest.Main(m) from TestMain so the shared PostgreSQL cluster is stopped")
 	}

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/thinlab/thinlab/internal/pgcluster"
+	"github.com/thinlab/thinlab/internal/testenv"
 	"github.com/thinlab/thinlab/internal/version"
 )
 
@@ -80,9 +81,7 @@ func TestEmbeddedDatabase(t *testing.T) {
 }
 
 func TestEmbeddedDatabaseUnreachableDataDir(t *testing.T) {
-	if os.Getuid() != 0 {
-		t.Fatal("needs root to run PostgreSQL as another user: run the tests as root (make test does)")
-	}
+	testenv.NeedsRoot(t, "root, to run PostgreSQL as the postgres user")
 	dir := t.TempDir() // 0700 root: the postgres user cannot enter it
 	cfg := DefaultConfig()
 	cfg.DataDir = filepath.Join(dir, "platform")

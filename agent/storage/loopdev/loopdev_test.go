@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/thinlab/thinlab/internal/command"
+	"github.com/thinlab/thinlab/internal/testenv"
 )
 
 func TestParseList(t *testing.T) {
@@ -23,9 +24,7 @@ func TestParseList(t *testing.T) {
 }
 
 func TestAttachDetach(t *testing.T) {
-	if os.Getuid() != 0 {
-		t.Fatal("loop devices need root: run the tests as root (make test does)")
-	}
+	testenv.NeedsRoot(t, "root, for loop devices")
 	ctx := context.Background()
 	r := command.Runner{}
 	img := filepath.Join(t.TempDir(), "x.img")

@@ -14,6 +14,7 @@ import (
 	"github.com/thinlab/thinlab/agent/storage/reflink"
 	"github.com/thinlab/thinlab/agent/storage/storagetest"
 	"github.com/thinlab/thinlab/internal/command"
+	"github.com/thinlab/thinlab/internal/testenv"
 )
 
 func TestConformance(t *testing.T) {
@@ -25,9 +26,7 @@ func TestConformance(t *testing.T) {
 // An ext4 filesystem cannot share extents: Open must say so before
 // creating anything.
 func TestRefusesExt4(t *testing.T) {
-	if os.Getuid() != 0 {
-		t.Fatal("needs root for a loop device: run the tests as root (make test does)")
-	}
+	testenv.NeedsRoot(t, "root, for a loop device")
 	ctx := context.Background()
 	r := command.Runner{}
 	dir := t.TempDir()

@@ -19,6 +19,7 @@ import (
 	"github.com/thinlab/thinlab/agent/storage/backend"
 	"github.com/thinlab/thinlab/internal/benchdata"
 	"github.com/thinlab/thinlab/internal/pgcluster"
+	"github.com/thinlab/thinlab/internal/testenv"
 )
 
 const (
@@ -29,9 +30,7 @@ const (
 var modes = []string{storage.ModeBtrfs, storage.ModeReflink, storage.ModeZFS}
 
 func BenchmarkStorage(b *testing.B) {
-	if os.Getuid() != 0 {
-		b.Fatal("needs root for loop devices and zfs: run the tests as root (make test does)")
-	}
+	testenv.NeedsRoot(b, "root, for loop devices and zfs")
 	data := benchdata.PGBench(b, scale)
 	size := benchdata.Size(b, data)
 	b.Logf("data directory: %.2f GiB (pgbench -s %d)", float64(size)/(1<<30), scale)

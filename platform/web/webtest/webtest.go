@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/thinlab/thinlab/internal/testenv"
 	"github.com/thinlab/thinlab/platform/auth"
 	"github.com/thinlab/thinlab/platform/platformtest"
 	"github.com/thinlab/thinlab/platform/server"
@@ -41,6 +42,7 @@ type Platform struct {
 // from the server's base URL. The test binary must run platformtest.Main.
 func Start(t testing.TB, authConfig func(baseURL string) auth.Config) *Platform {
 	t.Helper()
+	testenv.NeedsSystem(t, "PostgreSQL and a running platform")
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
