@@ -194,9 +194,16 @@ func TestTenantIsolation(t *testing.T) {
 
 	// B is untouched.
 	ctx := context.Background()
-	members, _ := env.Store.ListMembers(ctx, tt.b.ID)
-	if len(members) != 2 || members[1].Role != rbac.Member && members[0].Role != rbac.Member {
-		t.Errorf("B's members changed: %+v", members)
+	members, err := env.Store.ListMembers(ctx, tt.b.ID)
+	if err != nil {
+		t.Fatalf("list B's members: %v", err)
+	}
+	roles := map[string]rbac.Role{}
+	for _, m := range members {
+		roles[m.UserID] = m.Role
+	}
+	if len(members) != 2 || roles[tt.ownerB.ID] != rbac.Owner || roles[tt.memberB.ID] != rbac.Member {
+		t.Errorf("B's members changed: %+v, want %s owner and %s member", members, tt.ownerB.Email, tt.memberB.Email)
 	}
 	tok, err := env.Store.APITokenByID(ctx, tt.b.ID, tt.tokenIDB)
 	if err != nil || tok.RevokedAt != nil {

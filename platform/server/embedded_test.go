@@ -19,6 +19,7 @@ import (
 // TestEmbeddedDatabase starts the server with no database URL: it must run
 // its own PostgreSQL under dataDir/pg, answer /healthz, and stop it again.
 func TestEmbeddedDatabase(t *testing.T) {
+	testenv.NeedsRoot(t, "root and PostgreSQL (the embedded cluster runs as the postgres OS user)")
 	u, err := pgcluster.LookupUser("postgres")
 	if err != nil {
 		t.Fatalf("the postgres OS user is missing (make deps installs postgresql-15): %v", err)
