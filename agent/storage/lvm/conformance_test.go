@@ -66,7 +66,7 @@ func TestInVMConformance(t *testing.T) {
 	quiet := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 
 	var n atomic.Int32
-	storagetest.RunConformance(t, func(t *testing.T) storage.Pool {
+	storagetest.RunConformance(t, storage.ModeLVM, func(t *testing.T) storage.Pool {
 		name := fmt.Sprintf("cf%d", n.Add(1))
 		cfg := lvm.Config{Name: name, VG: vg, ThinPool: "tpool", MountRoot: filepath.Join(root, name), MainSize: "320M",
 			Owner: &lvm.Owner{UID: int(u.UID), GID: int(u.GID)}, NoUdev: true, Logger: quiet}
