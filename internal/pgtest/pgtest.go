@@ -61,7 +61,7 @@ func InitDataDir(t testing.TB) string {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	c := &pgcluster.Cluster{DataDir: filepath.Join(dir, "data"), User: u}
+	c := &pgcluster.Cluster{DieWithParent: true, DataDir: filepath.Join(dir, "data"), User: u}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	if err := c.Init(ctx, pgcluster.InitOptions{}); err != nil {
@@ -74,7 +74,7 @@ func InitDataDir(t testing.TB) string {
 // "postgres", stopped at cleanup.
 func Start(t testing.TB) *Server {
 	t.Helper()
-	c := &pgcluster.Cluster{DataDir: InitDataDir(t), User: OSUser(t)}
+	c := &pgcluster.Cluster{DieWithParent: true, DataDir: InitDataDir(t), User: OSUser(t)}
 	port := FreePort(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()

@@ -75,7 +75,7 @@ func startShared() (*cluster, error) {
 	if err != nil {
 		return nil, err
 	}
-	cl := &cluster{dir: dir, c: &pgcluster.Cluster{DataDir: filepath.Join(dir, "data"), SocketDir: dir, User: u}}
+	cl := &cluster{dir: dir, c: &pgcluster.Cluster{DieWithParent: true, DataDir: filepath.Join(dir, "data"), SocketDir: dir, User: u}}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	fail := func(err error) (*cluster, error) {

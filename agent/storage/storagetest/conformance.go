@@ -87,7 +87,7 @@ func postgresUser(t *testing.T) pgcluster.OSUser {
 // cleanup (registered after the pool's, so it runs first).
 func startPostgres(t *testing.T, ctx context.Context, dataDir string) (*pgcluster.Cluster, *pgx.Conn) {
 	t.Helper()
-	c := &pgcluster.Cluster{DataDir: dataDir, User: postgresUser(t)}
+	c := &pgcluster.Cluster{DieWithParent: true, DataDir: dataDir, User: postgresUser(t)}
 	port := 20000 + mrand.IntN(12000)
 	if err := c.Start(ctx, port, "", pgcluster.FastSettings); err != nil {
 		t.Fatal(err)
@@ -117,7 +117,7 @@ func testPostgresLifecycle(t *testing.T, p storage.Pool) {
 		t.Fatal(err)
 	}
 	mainData := filepath.Join(p.MainDir(), storage.DataSubdir)
-	origin := &pgcluster.Cluster{DataDir: mainData, User: u}
+	origin := &pgcluster.Cluster{DieWithParent: true, DataDir: mainData, User: u}
 	if err := origin.Init(ctx, pgcluster.InitOptions{}); err != nil {
 		t.Fatal(err)
 	}
@@ -258,7 +258,7 @@ func testPostgresLifecycle(t *testing.T, p storage.Pool) {
 	conn1.Close(ctx)
 	conn2.Close(ctx)
 	for _, dir := range []string{mainData, filepath.Join(c1.Mountpoint, storage.DataSubdir), filepath.Join(c2.Mountpoint, storage.DataSubdir)} {
-		c := &pgcluster.Cluster{DataDir: dir, User: u}
+		c := &pgcluster.Cluster{DieWithParent: true, DataDir: dir, User: u}
 		if err := c.Stop(ctx, "fast"); err != nil {
 			t.Fatal(err)
 		}

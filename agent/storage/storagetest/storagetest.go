@@ -74,7 +74,8 @@ func NewLoopPoolSize(t testing.TB, mode string, size int64) storage.Pool {
 		})
 		return p
 	}
-	dir, err := os.MkdirTemp("", "thinlab-st-")
+	sweepCrashed(t)
+	dir, err := os.MkdirTemp("", poolDirPattern())
 	if err != nil {
 		t.Fatal(err)
 	}
