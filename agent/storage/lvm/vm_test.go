@@ -381,8 +381,12 @@ func startPG(t testing.TB, c *pgcluster.Cluster, port int) {
 // unaligned output.
 func psql(t testing.TB, c *pgcluster.Cluster, port int, sql string) string {
 	t.Helper()
+	binDir, err := pgcluster.NewestBinDir("")
+	if err != nil {
+		t.Fatal(err)
+	}
 	out, err := (command.Runner{}).RunCmd(context.Background(), command.Cmd{
-		Name:       "/usr/lib/postgresql/15/bin/psql",
+		Name:       filepath.Join(binDir, "psql"),
 		Args:       []string{"-X", "-v", "ON_ERROR_STOP=1", "-At", "-h", c.DataDir, "-p", fmt.Sprint(port), "-U", "postgres", "-d", "postgres", "-c", sql},
 		Credential: c.User.Credential(),
 		Dir:        "/",

@@ -148,7 +148,9 @@ func benchFullCopy(b *testing.B, data string) {
 	b.Logf("full copies: %v", times)
 }
 
-// query connects over the clone's socket and runs one statement.
+// query connects over the clone's socket and counts pgbench's branches,
+// which must be the scale the data was made with: a clone that answers
+// with other data is not a clone of the snapshot.
 func query(ctx context.Context, c *pgcluster.Cluster, port int) error {
 	conn, err := pgx.Connect(ctx, c.SocketConnString(port, "postgres", "postgres"))
 	if err != nil {
@@ -156,7 +158,13 @@ func query(ctx context.Context, c *pgcluster.Cluster, port int) error {
 	}
 	defer conn.Close(ctx)
 	var n int
-	return conn.QueryRow(ctx, "SELECT count(*) FROM pgbench_branches").Scan(&n)
+	if err := conn.QueryRow(ctx, "SELECT count(*) FROM pgbench_branches").Scan(&n); err != nil {
+		return err
+	}
+	if n != scale {
+		return fmt.Errorf("the clone has %d pgbench branches, want %d (pgbench -s %d)", n, scale, scale)
+	}
+	return nil
 }
 
 func median(d []time.Duration) time.Duration {
