@@ -249,7 +249,7 @@ func (a *Agent) Close() error {
 }
 
 // warnUnusedPlatform says at start that the platform: section is checked
-// but not acted on: the agent does not connect to a platform yet (issue 7),
+// but not acted on: the agent does not connect to a platform yet,
 // and an operator who configured one should not believe it does.
 func warnUnusedPlatform(cfg *config.Config, log *slog.Logger) {
 	if cfg.Platform.URL == "" && cfg.Platform.Token == "" {

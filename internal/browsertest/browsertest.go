@@ -1,7 +1,8 @@
 // Package browsertest starts a headless Chromium (/usr/bin/chromium) for UI
 // tests through chromedp, with the flags that work on the project's
-// machines (see ENVIRONMENT.md): no sandbox, no GPU, no background
-// networking, no component updates, no sync, no first-run, no /dev/shm.
+// machines (Debian 12, tests run as root): no sandbox, no GPU, no
+// background networking, no component updates, no sync, no first-run, no
+// /dev/shm.
 // Each browser gets a new empty profile; cleanup kills the browser.
 package browsertest
 
