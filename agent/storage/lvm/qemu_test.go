@@ -83,7 +83,7 @@ func compileTestBinary(t testing.TB) string {
 	bin := filepath.Join(t.TempDir(), "lvm.test")
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	if _, err := (command.Runner{}).Run(ctx, goBin, "test", "-c", "-o", bin, "."); err != nil {
+	if _, err := (command.Runner{}).Run(ctx, goBin, "test", "-c", "-tags", "lvmvm", "-o", bin, "."); err != nil {
 		t.Fatalf("compile the test binary: %v", err)
 	}
 	return bin
