@@ -36,10 +36,10 @@ func TestLVMInQEMU(t *testing.T) {
 	testenv.NeedsRoot(t, "root and the QEMU VM (the VM reads the host's root filesystem as root)")
 	bin := compileTestBinary(t)
 	res := vmtest.Run(t, vmtest.Options{
-		Command:  []string{bin, "-test.run", "^TestInVM", "-test.v", "-test.timeout", "420s"},
+		Command:  []string{bin, "-test.run", "^TestInVM", "-test.v", "-test.timeout", "600s"},
 		Env:      []string{inVMEnv + "=1"},
 		DiskSize: "2G",
-		Timeout:  450 * time.Second,
+		Timeout:  630 * time.Second,
 	})
 	t.Logf("in-VM test output:\n%s", res.Stdout)
 	if os.Getenv("THINLAB_LVM_CAPTURE") != "" {
