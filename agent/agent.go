@@ -6,6 +6,7 @@
 package agent
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -28,6 +29,7 @@ import (
 	"github.com/thinlab/thinlab/agent/storage"
 	"github.com/thinlab/thinlab/agent/storage/backend"
 	"github.com/thinlab/thinlab/internal/pgcluster"
+	"github.com/thinlab/thinlab/internal/version"
 )
 
 // instanceIDFile keeps the agent's instance ID (DLE's instanceID) stable
@@ -53,7 +55,8 @@ const (
 type Options struct {
 	Config *config.Config
 	Logger *slog.Logger
-	// Version is reported by /healthz and /status.
+	// Version is reported by /healthz and /status; empty means the version
+	// stamped into the binary (internal/version).
 	Version string
 	// Pools, when set, are used instead of opening cfg.Pools (tests that
 	// bring their own pool); they must match cfg.Pools by name.
@@ -99,6 +102,7 @@ func NewWithOptions(ctx context.Context, opt Options) (a *Agent, err error) {
 		return nil, fmt.Errorf("config: %w", err)
 	}
 	a = &Agent{cfg: cfg, log: log}
+	warnUnusedPlatform(cfg, log)
 	// Undo what was built when a later step fails: clones keep running
 	// (the next start finds them), only this process lets go.
 	defer func() {
@@ -143,7 +147,7 @@ func NewWithOptions(ctx context.Context, opt Options) (a *Agent, err error) {
 		Snapshots:  a.snapshots,
 		Pools:      a.pools,
 		Logger:     log,
-		Version:    opt.Version,
+		Version:    cmp.Or(opt.Version, version.Version),
 		InstanceID: instanceID,
 		StartedAt:  time.Now(),
 	})
@@ -328,4 +332,14 @@ func (a *Agent) Close() error {
 	}
 	a.close()
 	return errors.Join(errs...)
+}
+
+// warnUnusedPlatform says at start that the platform: section is checked
+// but not acted on: the agent does not connect to a platform yet,
+// and an operator who configured one should not believe it does.
+func warnUnusedPlatform(cfg *config.Config, log *slog.Logger) {
+	if cfg.Platform.URL == "" && cfg.Platform.Token == "" {
+		return
+	}
+	log.Warn("config: the platform section is validated but not used yet: this agent does not connect to a platform", "platform.url", cfg.Platform.URL)
 }

@@ -22,6 +22,7 @@ import (
 	"github.com/thinlab/thinlab/agent/storage"
 	"github.com/thinlab/thinlab/agent/storage/storagetest"
 	"github.com/thinlab/thinlab/internal/logtest"
+	"github.com/thinlab/thinlab/internal/testenv"
 	"github.com/thinlab/thinlab/sdk/agentapi"
 )
 
@@ -32,11 +33,17 @@ const (
 	password = "Vx9-kq2!Lm7#pz4Rw8"
 )
 
-// buildThinlab builds the real binary into a temporary directory.
+// stampedVersion is what buildThinlab stamps into the binary, as make
+// build does with its git version.
+const stampedVersion = "v0.0.0-agent-test"
+
+// buildThinlab builds the real binary into a temporary directory, with the
+// version stamped the way make build stamps it.
 func buildThinlab(t *testing.T) string {
 	t.Helper()
 	bin := filepath.Join(t.TempDir(), "thinlab")
-	out, err := exec.Command("go", "build", "-o", bin, "github.com/thinlab/thinlab/cmd/thinlab").CombinedOutput()
+	out, err := exec.Command("go", "build", "-ldflags", "-X github.com/thinlab/thinlab/internal/version.Version="+stampedVersion,
+		"-o", bin, "github.com/thinlab/thinlab/cmd/thinlab").CombinedOutput()
 	if err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
@@ -69,6 +76,13 @@ func startAgent(t *testing.T, bin, cfgPath string, c *agentapi.Client, logs *log
 	cmd.Env = append(os.Environ(), "THINLAB_AGENT_CONFIG="+cfgPath)
 	cmd.Stdout = logs
 	cmd.Stderr = logs
+	// The agent dies with this test binary (a crash or -timeout would
+	// otherwise leave it holding the pool's mounts). Pdeathsig follows the
+	// OS thread that started the child; Go does not end threads of
+	// goroutines that are not locked, so it lasts as long as the binary.
+	// The clones' postgres, started by the agent in their own sessions,
+	// are swept by storagetest on the next run.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -80,7 +94,10 @@ func startAgent(t *testing.T, bin, cfgPath string, c *agentapi.Client, logs *log
 	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 	defer cancel()
 	for {
-		if _, err := c.Healthz(ctx); err == nil {
+		if h, err := c.Healthz(ctx); err == nil {
+			if h.Version != stampedVersion {
+				t.Fatalf("/healthz version = %q, want %q (stamped with -ldflags -X)", h.Version, stampedVersion)
+			}
 			return p
 		}
 		select {
@@ -138,10 +155,21 @@ func queryClone(ctx context.Context, c agentapi.Clone, sql string) (string, erro
 // starts it again: every clone is listed OK and answers with its old
 // credentials. Then SIGTERM stops the agent gracefully (exit 0) and the
 // clones keep running.
-func TestAgentSurvivesKill9(t *testing.T) {
-	if os.Getuid() != 0 {
-		t.Fatal("needs root (loop devices, mounts, the postgres OS user): run the tests as root (make test does)")
+// TestVersionStamped: the version given to the linker is what `thinlab
+// version` prints (the agent's /healthz is checked by startAgent).
+func TestVersionStamped(t *testing.T) {
+	bin := buildThinlab(t)
+	out, err := exec.CommandContext(t.Context(), bin, "version").CombinedOutput()
+	if err != nil {
+		t.Fatalf("thinlab version: %v\n%s", err, out)
 	}
+	if got, want := strings.TrimSpace(string(out)), "thinlab "+stampedVersion; got != want {
+		t.Fatalf("thinlab version printed %q, want %q", got, want)
+	}
+}
+
+func TestAgentSurvivesKill9(t *testing.T) {
+	testenv.NeedsRoot(t, "root, for loop devices, mounts and the postgres OS user")
 	bin := buildThinlab(t)
 	pool := storagetest.NewLoopPool(t, storage.ModeBtrfs)
 	t.Cleanup(func() { clonetest.KillClones(pool) })

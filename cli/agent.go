@@ -9,6 +9,7 @@ import (
 
 	"github.com/thinlab/thinlab/agent"
 	"github.com/thinlab/thinlab/agent/config"
+	"github.com/thinlab/thinlab/internal/version"
 )
 
 func newAgentCommand() *cobra.Command {
@@ -37,7 +38,7 @@ keep running when the agent stops; the next start finds them again.`,
 			if err != nil {
 				return err
 			}
-			a, err := agent.NewWithOptions(cmd.Context(), agent.Options{Config: cfg, Logger: slog.Default(), Version: Version})
+			a, err := agent.NewWithOptions(cmd.Context(), agent.Options{Config: cfg, Logger: slog.Default(), Version: version.Version})
 			if err != nil {
 				return err
 			}

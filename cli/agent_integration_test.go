@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net/http/httptest"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -16,6 +17,8 @@ import (
 	"github.com/thinlab/thinlab/agent/config"
 	"github.com/thinlab/thinlab/agent/storage"
 	"github.com/thinlab/thinlab/cli/clientconfig"
+	"github.com/thinlab/thinlab/internal/pgcluster"
+	"github.com/thinlab/thinlab/internal/testenv"
 	"github.com/thinlab/thinlab/sdk/agentapi"
 )
 
@@ -24,19 +27,28 @@ var itToken = config.GenerateToken()
 
 const (
 	itPassword = "Vx9-kq2!Lm7#pz4Rw8-cli"
-	realPsql   = "/usr/lib/postgresql/15/bin/psql"
 )
+
+// realPsql is the psql of the newest installed PostgreSQL.
+func realPsql(t *testing.T) string {
+	t.Helper()
+	dir, err := pgcluster.NewestBinDir("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	psql := filepath.Join(dir, "psql")
+	if _, err := os.Stat(psql); err != nil {
+		t.Fatalf("needs the PostgreSQL client binaries (make deps installs them): %v", err)
+	}
+	return psql
+}
 
 // startAgent runs the real agent API (agent/api over clone.Manager) on a
 // real btrfs loop pool holding one snapshot per SQL list, behind httptest.
 func startAgent(t *testing.T, snapshots ...[]string) (string, storage.Pool, []storage.Snapshot) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Fatal("needs root: loop devices, mounts and the postgres OS user: run the tests as root (make test does)")
-	}
-	if _, err := os.Stat(realPsql); err != nil {
-		t.Fatalf("needs PostgreSQL 15 client binaries (make deps installs them): %v", err)
-	}
+	testenv.NeedsRoot(t, "root, for loop devices, mounts and the postgres OS user")
+	realPsql(t)
 	// Not t.Context(): that ends before the cleanups below, and the
 	// manager built on ctx must still work while they close it.
 	ctx, cancel := context.WithCancel(context.Background())
@@ -99,7 +111,7 @@ func TestCLIAgainstRealAgent(t *testing.T) {
 		[]string{"INSERT INTO t VALUES ('two')"},
 	)
 	older, newer := snaps[0].ID, snaps[1].ID
-	t.Setenv("THINLAB_PSQL", realPsql)
+	t.Setenv("THINLAB_PSQL", realPsql(t))
 
 	// A context holds the URL and token; nothing else is configured.
 	mustRun(t, "context", "add", "it", "--url", url, "--token", itToken)

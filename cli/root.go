@@ -1,5 +1,6 @@
-// Package cli holds the thinlab command tree (cobra). Each command lives in
-// its own file; this file wires them together and holds the global flags.
+// Package cli holds the thinlab command tree (cobra). Commands are grouped
+// by subject, one file per group (agent.go, clone.go, snapshot.go, ...);
+// this file wires them together and holds the global flags.
 package cli
 
 import (
@@ -12,10 +13,9 @@ import (
 	"syscall"
 
 	"github.com/spf13/cobra"
-)
 
-// Version is set at build time with -ldflags "-X .../cli.Version=...".
-var Version = "dev"
+	"github.com/thinlab/thinlab/internal/version"
+)
 
 // globalFlags are shared by every command.
 type globalFlags struct {
@@ -96,7 +96,7 @@ func newVersionCommand() *cobra.Command {
 		Short: "Print the thinlab version",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			_, err := fmt.Fprintln(cmd.OutOrStdout(), "thinlab", Version)
+			_, err := fmt.Fprintln(cmd.OutOrStdout(), "thinlab", version.Version)
 			return err
 		},
 	}

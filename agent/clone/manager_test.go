@@ -58,7 +58,10 @@ func TestLifecycle(t *testing.T) {
 	if _, err := m.UpdateProtection("life1", true, nil); err != nil {
 		t.Fatal(err)
 	}
-	got, _ := m.Get("life1")
+	got, err := m.Get("life1")
+	if err != nil {
+		t.Fatal(err)
+	}
 	if !got.Protected || !got.ProtectedTill.Equal(e.clock.Now().Add(60*time.Minute)) || !got.DeleteAt.IsZero() {
 		t.Fatalf("protection: %+v", got)
 	}
@@ -89,12 +92,17 @@ func TestProtectionDurations(t *testing.T) {
 	if !c.Protected || !c.ProtectedTill.Equal(e.clock.Now().Add(120*time.Minute)) {
 		t.Fatalf("protectedTill = %v", c.ProtectedTill)
 	}
-	c, _ = m.UpdateProtection("prot1", true, uintp(30))
+	c, err := m.UpdateProtection("prot1", true, uintp(30))
+	if err != nil {
+		t.Fatal(err)
+	}
 	if !c.ProtectedTill.Equal(e.clock.Now().Add(30 * time.Minute)) {
 		t.Fatalf("protectedTill = %v", c.ProtectedTill)
 	}
 	e.clock.Advance(31 * time.Minute)
-	c, _ = m.Get("prot1")
+	if c, err = m.Get("prot1"); err != nil {
+		t.Fatal(err)
+	}
 	if c.Protected {
 		t.Fatal("protection did not expire")
 	}
@@ -298,7 +306,10 @@ func TestBadRequestsLeaveNothing(t *testing.T) {
 	if !strings.Contains(c.StatusMessage, "work_mem") {
 		t.Fatalf("fatal clone: %+v", c)
 	}
-	clones, _ := e.pool.Clones(e.ctx)
+	clones, err := e.pool.Clones(e.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
 	if len(clones) != 0 {
 		t.Fatalf("failed clones left datasets: %+v", clones)
 	}

@@ -52,3 +52,4 @@ build_tool templ github.com/a-h/templ/cmd/templ
 build_tool dex github.com/dexidp/dex/cmd/dex
 build_tool stripe-mock github.com/stripe/stripe-mock
 build_tool golangci-lint github.com/golangci/golangci-lint/v2/cmd/golangci-lint   # make lint
+build_tool oapi-codegen github.com/oapi-codegen/oapi-codegen/v2/cmd/oapi-codegen  # the OpenAPI client compile tests

@@ -54,7 +54,7 @@ func PGBench(tb testing.TB, scale int) string {
 		tb.Fatal(err)
 	}
 	ctx := context.Background()
-	c := &pgcluster.Cluster{DataDir: filepath.Join(tmp, "pgdata"), User: u}
+	c := &pgcluster.Cluster{DieWithParent: true, DataDir: filepath.Join(tmp, "pgdata"), User: u}
 	if err := c.Init(ctx, pgcluster.InitOptions{}); err != nil {
 		tb.Fatal(err)
 	}

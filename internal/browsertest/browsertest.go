@@ -1,7 +1,8 @@
 // Package browsertest starts a headless Chromium (/usr/bin/chromium) for UI
 // tests through chromedp, with the flags that work on the project's
-// machines (see ENVIRONMENT.md): no sandbox, no GPU, no background
-// networking, no component updates, no sync, no first-run, no /dev/shm.
+// machines (Debian 12, tests run as root): no sandbox, no GPU, no
+// background networking, no component updates, no sync, no first-run, no
+// /dev/shm.
 // Each browser gets a new empty profile; cleanup kills the browser.
 package browsertest
 
@@ -12,6 +13,8 @@ import (
 	"time"
 
 	"github.com/chromedp/chromedp"
+
+	"github.com/thinlab/thinlab/internal/testenv"
 )
 
 // ExecPath is the Chromium binary (apt-get install chromium).
@@ -40,6 +43,7 @@ func Options(userDataDir string) []chromedp.ExecAllocatorOption {
 // (never skips) when Chromium is missing.
 func New(t testing.TB) context.Context {
 	t.Helper()
+	testenv.NeedsSystem(t, "Chromium")
 	if _, err := os.Stat(ExecPath); err != nil {
 		t.Fatalf("%s is missing: run make deps (apt-get install chromium)", ExecPath)
 	}

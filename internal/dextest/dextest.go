@@ -22,6 +22,8 @@ import (
 
 	"golang.org/x/crypto/bcrypt"
 	"gopkg.in/yaml.v3"
+
+	"github.com/thinlab/thinlab/internal/testenv"
 )
 
 // User is a static password user of the Dex password database. Dex signs
@@ -91,6 +93,7 @@ func Binary() (string, error) {
 // (never skips) when bin/dex is missing.
 func Start(t testing.TB, opts Options) *Dex {
 	t.Helper()
+	testenv.NeedsSystem(t, "the Dex daemon")
 	bin, err := Binary()
 	if err != nil {
 		t.Fatal(err)

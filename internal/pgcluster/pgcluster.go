@@ -139,6 +139,13 @@ type Cluster struct {
 	LogPath string
 	Runner  command.Runner
 	Logger  *slog.Logger
+	// DieWithParent makes postgres get SIGKILL when the process that
+	// started it dies (Pdeathsig), for servers started by tests: a test
+	// binary killed by -timeout must not leave them holding mounts. Never
+	// for clones, which outlive the agent by design. Pdeathsig follows the
+	// OS thread that started the child; Go ends a thread only when a
+	// goroutine locked to it exits, which no caller of Start does.
+	DieWithParent bool
 }
 
 // InitOptions are passed to initdb.
@@ -255,6 +262,9 @@ func (c *Cluster) Start(ctx context.Context, port int, listenAddr string, settin
 	cmd.Stdout = logf
 	cmd.Stderr = logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Credential: c.User.Credential()}
+	if c.DieWithParent {
+		cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
+	}
 	c.logger().Debug("start postgres", "datadir", c.DataDir, "port", port)
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("start postgres in %s: %w", c.DataDir, err)

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/thinlab/thinlab/internal/testenv"
 )
 
 // FreePort asks the kernel for a free TCP port on loopback.
@@ -23,6 +25,7 @@ func freePort(t *testing.T) int {
 }
 
 func TestInitStartQueryStop(t *testing.T) {
+	testenv.NeedsRoot(t, "root and PostgreSQL (run as the postgres OS user)")
 	u, err := LookupUser("postgres")
 	if err != nil {
 		t.Fatal(err)

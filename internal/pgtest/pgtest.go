@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/thinlab/thinlab/internal/pgcluster"
+	"github.com/thinlab/thinlab/internal/testenv"
 )
 
 // Server is a running throwaway cluster listening on 127.0.0.1:Port with a
@@ -42,6 +43,7 @@ func FreePort(t testing.TB) int {
 // OSUser returns the postgres OS user or fails the test.
 func OSUser(t testing.TB) pgcluster.OSUser {
 	t.Helper()
+	testenv.NeedsSystem(t, "root and PostgreSQL (run as the postgres OS user)")
 	u, err := pgcluster.LookupUser("postgres")
 	if err != nil {
 		t.Fatal(err)
@@ -63,7 +65,7 @@ func InitDataDir(t testing.TB) string {
 			t.Errorf("cleanup: %v", err)
 		}
 	})
-	c := &pgcluster.Cluster{DataDir: filepath.Join(dir, "data"), User: u}
+	c := &pgcluster.Cluster{DataDir: filepath.Join(dir, "data"), User: u, DieWithParent: true}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	if err := c.Init(ctx, pgcluster.InitOptions{}); err != nil {
@@ -76,7 +78,7 @@ func InitDataDir(t testing.TB) string {
 // "postgres", stopped at cleanup.
 func Start(t testing.TB) *Server {
 	t.Helper()
-	c := &pgcluster.Cluster{DataDir: InitDataDir(t), User: OSUser(t)}
+	c := &pgcluster.Cluster{DieWithParent: true, DataDir: InitDataDir(t), User: OSUser(t)}
 	port := FreePort(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()

@@ -7,15 +7,15 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/thinlab/thinlab/internal/testenv"
 )
 
 // TestRunInVM boots a real VM (software emulation) and checks that the
 // command's stdout, stderr, exit code, environment, scratch disk and
 // device-mapper thin support all come through.
 func TestRunInVM(t *testing.T) {
-	if os.Getuid() != 0 {
-		t.Fatal("vmtest needs root (the shared host root must be readable as root inside the VM)")
-	}
+	testenv.NeedsRoot(t, "root and the QEMU VM (the shared host root is read as root inside the VM)")
 	res := Run(t, Options{
 		Command: []string{"/bin/sh", "-c", `echo "hello $GREETING"; echo oops >&2; ` +
 			`test -b "$VMTEST_DISK" && echo disk-ok; ` +
@@ -82,9 +82,7 @@ func TestRunScriptQuotes(t *testing.T) {
 // TestTimeoutKillsVM runs a command that outlives the timeout: run must
 // report it and no qemu process may survive.
 func TestTimeoutKillsVM(t *testing.T) {
-	if os.Getuid() != 0 {
-		t.Fatal("vmtest needs root")
-	}
+	testenv.NeedsRoot(t, "root and the QEMU VM (the shared host root is read as root inside the VM)")
 	res, err := run(t, Options{Command: []string{"sleep", "600"}, Timeout: 25 * time.Second})
 	if err == nil || !strings.Contains(err.Error(), "did not finish within 25s") {
 		t.Fatalf("err = %v", err)

@@ -34,9 +34,18 @@ func TestEveryMutationIsAudited(t *testing.T) {
 	outsider := env.User("out@example.com")
 	leaver := env.Member(org, "lea@example.com", rbac.Member)
 	ownerTok, viewerTok := env.Token(org, owner), env.Token(org, viewer)
-	victimTok, _, _ := env.Store.CreateAPIToken(ctx, org.ID, target.ID, "victim", nil)
-	_, invSecret, _ := env.Store.CreateInvitation(ctx, org.ID, "out@example.com", rbac.Viewer, owner.ID)
-	inv2, _, _ := env.Store.CreateInvitation(ctx, org.ID, "gone@example.com", rbac.Viewer, owner.ID)
+	victimTok, _, err := env.Store.CreateAPIToken(ctx, org.ID, target.ID, "victim", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, invSecret, err := env.Store.CreateInvitation(ctx, org.ID, "out@example.com", rbac.Viewer, owner.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	inv2, _, err := env.Store.CreateInvitation(ctx, org.ID, "gone@example.com", rbac.Viewer, owner.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
 
 	type call struct {
 		path, body, header, value string

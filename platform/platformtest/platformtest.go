@@ -28,6 +28,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/thinlab/thinlab/internal/pgcluster"
+	"github.com/thinlab/thinlab/internal/testenv"
 	"github.com/thinlab/thinlab/migrations"
 	"github.com/thinlab/thinlab/platform/access"
 	"github.com/thinlab/thinlab/platform/api"
@@ -79,7 +80,7 @@ func startShared() (*cluster, error) {
 	if err != nil {
 		return nil, err
 	}
-	cl := &cluster{dir: dir, c: &pgcluster.Cluster{DataDir: filepath.Join(dir, "data"), SocketDir: dir, User: u}}
+	cl := &cluster{dir: dir, c: &pgcluster.Cluster{DieWithParent: true, DataDir: filepath.Join(dir, "data"), SocketDir: dir, User: u}}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	fail := func(err error) (*cluster, error) {
@@ -131,6 +132,7 @@ func (cl *cluster) exec(ctx context.Context, db, sql string) error {
 // (superuser over the Unix socket). It is dropped at cleanup.
 func Database(t testing.TB) string {
 	t.Helper()
+	testenv.NeedsSystem(t, "PostgreSQL (the shared test cluster)")
 	if !mainCalled.Load() {
 		t.Fatal("platformtest: call platformtest.Main(m) from TestMain so the shared PostgreSQL cluster is stopped")
 	}

@@ -12,11 +12,14 @@ import (
 	"time"
 
 	"github.com/thinlab/thinlab/internal/pgcluster"
+	"github.com/thinlab/thinlab/internal/testenv"
+	"github.com/thinlab/thinlab/internal/version"
 )
 
 // TestEmbeddedDatabase starts the server with no database URL: it must run
 // its own PostgreSQL under dataDir/pg, answer /healthz, and stop it again.
 func TestEmbeddedDatabase(t *testing.T) {
+	testenv.NeedsRoot(t, "root and PostgreSQL (the embedded cluster runs as the postgres OS user)")
 	u, err := pgcluster.LookupUser("postgres")
 	if err != nil {
 		t.Fatalf("the postgres OS user is missing (make deps installs postgresql-15): %v", err)
@@ -66,8 +69,8 @@ func TestEmbeddedDatabase(t *testing.T) {
 		if derr != nil {
 			t.Fatalf("healthz body: %v", derr)
 		}
-		if resp.StatusCode != 200 || body["status"] != "ok" {
-			t.Fatalf("healthz: %d %v", resp.StatusCode, body)
+		if resp.StatusCode != http.StatusOK || body["status"] != "ok" || body["version"] != version.Version {
+			t.Fatalf("healthz: %d %v, want 200 with status ok and version %q", resp.StatusCode, body, version.Version)
 		}
 		stop()
 		if err := <-done; err != nil {
@@ -86,9 +89,7 @@ func TestEmbeddedDatabase(t *testing.T) {
 }
 
 func TestEmbeddedDatabaseUnreachableDataDir(t *testing.T) {
-	if os.Getuid() != 0 {
-		t.Fatal("needs root to run PostgreSQL as another user: run the tests as root (make test does)")
-	}
+	testenv.NeedsRoot(t, "root, to run PostgreSQL as the postgres user")
 	dir := t.TempDir() // 0700 root: the postgres user cannot enter it
 	cfg := DefaultConfig()
 	cfg.DataDir = filepath.Join(dir, "platform")

@@ -20,6 +20,7 @@ import (
 
 	"github.com/gin-gonic/gin"
 
+	"github.com/thinlab/thinlab/internal/version"
 	"github.com/thinlab/thinlab/migrations"
 	"github.com/thinlab/thinlab/platform/access"
 	"github.com/thinlab/thinlab/platform/api"
@@ -228,10 +229,10 @@ func (s *Server) healthz(c *gin.Context) {
 	defer cancel()
 	if err := s.store.Ping(ctx); err != nil {
 		s.logger.Warn("health check: database", "err", err)
-		c.JSON(http.StatusServiceUnavailable, gin.H{"status": "unavailable", "database": "unreachable"})
+		c.JSON(http.StatusServiceUnavailable, gin.H{"status": "unavailable", "database": "unreachable", "version": version.Version})
 		return
 	}
-	c.JSON(http.StatusOK, gin.H{"status": "ok"})
+	c.JSON(http.StatusOK, gin.H{"status": "ok", "version": version.Version})
 }
 
 // Routes returns the route table, for tests that walk every route.

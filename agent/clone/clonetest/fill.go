@@ -32,7 +32,7 @@ func Fill(t testing.TB, p storage.Pool, sql ...string) storage.Snapshot {
 	if err := os.Chown(p.MainDir(), int(u.UID), int(u.GID)); err != nil {
 		t.Fatal(err)
 	}
-	c := &pgcluster.Cluster{DataDir: filepath.Join(p.MainDir(), storage.DataSubdir), User: u}
+	c := &pgcluster.Cluster{DieWithParent: true, DataDir: filepath.Join(p.MainDir(), storage.DataSubdir), User: u}
 	if _, err := os.Stat(filepath.Join(c.DataDir, "PG_VERSION")); err != nil {
 		if err := c.Init(ctx, pgcluster.InitOptions{}); err != nil {
 			t.Fatal(err)

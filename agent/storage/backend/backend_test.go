@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/thinlab/thinlab/agent/storage"
+	"github.com/thinlab/thinlab/internal/testenv"
 )
 
 func TestOpenErrorsNameTheField(t *testing.T) {
@@ -61,9 +62,7 @@ func TestOpenRefusesWrongFilesystem(t *testing.T) {
 // benchmark and the zfs package's tests: one zfs-fuse daemon per host
 // must not be started by two test binaries at once.)
 func TestCreateLoopPool(t *testing.T) {
-	if os.Getuid() != 0 {
-		t.Fatal("needs root: run the tests as root (make test does)")
-	}
+	testenv.NeedsRoot(t, "root, for loop devices and mounts")
 	for _, mode := range []string{storage.ModeBtrfs, storage.ModeReflink} {
 		t.Run(mode, func(t *testing.T) {
 			ctx := context.Background()

@@ -8,7 +8,7 @@ import (
 )
 
 func TestConformance(t *testing.T) {
-	storagetest.RunConformance(t, func(t *testing.T) storage.Pool {
+	storagetest.RunConformance(t, storage.ModeBtrfs, func(t *testing.T) storage.Pool {
 		return storagetest.NewLoopPool(t, storage.ModeBtrfs)
 	})
 }

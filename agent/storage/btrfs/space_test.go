@@ -11,6 +11,7 @@ import (
 	"github.com/thinlab/thinlab/agent/storage/loopdev"
 	"github.com/thinlab/thinlab/agent/storage/spacecache"
 	"github.com/thinlab/thinlab/internal/command"
+	"github.com/thinlab/thinlab/internal/testenv"
 )
 
 func TestParseDu(t *testing.T) {
@@ -41,9 +42,7 @@ func TestParseQgroups(t *testing.T) {
 // With quotas enabled, sizes come from qgroups: after a sync a clone's
 // own writes show up as its exclusive bytes.
 func TestQgroupSizes(t *testing.T) {
-	if os.Getuid() != 0 {
-		t.Fatal("needs root: run the tests as root (make test does)")
-	}
+	testenv.NeedsRoot(t, "root, for a btrfs loop pool")
 	ctx := context.Background()
 	r := command.Runner{}
 	dir := t.TempDir()

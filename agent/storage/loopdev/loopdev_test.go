@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/thinlab/thinlab/internal/command"
+	"github.com/thinlab/thinlab/internal/testenv"
 )
 
 func TestParseList(t *testing.T) {
@@ -23,9 +24,7 @@ func TestParseList(t *testing.T) {
 }
 
 func TestAttachDetach(t *testing.T) {
-	if os.Getuid() != 0 {
-		t.Fatal("loop devices need root: run the tests as root (make test does)")
-	}
+	testenv.NeedsRoot(t, "root, for loop devices")
 	ctx := context.Background()
 	r := command.Runner{}
 	img := filepath.Join(t.TempDir(), "x.img")
@@ -36,8 +35,11 @@ func TestAttachDetach(t *testing.T) {
 		t.Fatal("CreateImage overwrote an existing image")
 	}
 	st, err := os.Stat(img)
-	if err != nil || st.Size() != 64<<20 {
-		t.Fatalf("image: %v size %d", err, st.Size())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Size() != 64<<20 {
+		t.Fatalf("image size %d, want %d", st.Size(), 64<<20)
 	}
 	dev, err := Attach(ctx, r, img)
 	if err != nil {
@@ -56,7 +58,11 @@ func TestAttachDetach(t *testing.T) {
 	if err := Detach(ctx, r, dev); err != nil {
 		t.Fatalf("second detach: %v", err)
 	}
-	if devs, _ := DevicesFor(ctx, r, img); len(devs) != 0 {
-		t.Fatalf("still attached: %v", devs)
+	devs, err = DevicesFor(ctx, r, img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(devs) != 0 {
+		t.Fatalf("still attached after detach: %v, want none", devs)
 	}
 }

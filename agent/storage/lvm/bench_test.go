@@ -1,8 +1,8 @@
+//go:build lvmvm
+
 package lvm
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
@@ -17,35 +17,7 @@ import (
 	"github.com/thinlab/thinlab/agent/storage"
 	"github.com/thinlab/thinlab/internal/command"
 	"github.com/thinlab/thinlab/internal/pgcluster"
-	"github.com/thinlab/thinlab/internal/vmtest"
 )
-
-// BenchmarkLVMInQEMU measures snapshot, clone and clone-ready times of the
-// LVM backend inside the QEMU VM (software emulation, so every number is
-// several times what real hardware gives) and, for scale, a full `cp -a`
-// of the same data directory in the same VM. It relays the in-VM
-// benchmark's BENCH lines.
-func BenchmarkLVMInQEMU(b *testing.B) {
-	if os.Getenv(inVMEnv) != "" {
-		b.Skip("inside the VM: BenchmarkInVMLVM runs here")
-	}
-	bin := compileTestBinary(b)
-	res := vmtest.Run(b, vmtest.Options{
-		Command:  []string{bin, "-test.run", "^$", "-test.bench", "^BenchmarkInVMLVM$", "-test.benchtime", "1x", "-test.timeout", "540s"},
-		Env:      []string{inVMEnv + "=1"},
-		DiskSize: "4G",
-		Timeout:  580 * time.Second,
-	})
-	if res.ExitCode != 0 {
-		b.Fatalf("in-VM benchmark failed (exit %d):\n%s\n%s", res.ExitCode, res.Stdout, res.Stderr)
-	}
-	sc := bufio.NewScanner(bytes.NewReader(res.Stdout))
-	for sc.Scan() {
-		if strings.HasPrefix(sc.Text(), "BENCH ") {
-			fmt.Printf("%s\n", sc.Text())
-		}
-	}
-}
 
 // BenchmarkInVMLVM runs inside the VM: a pgbench -i -s 30 data directory
 // (about 450 MiB, cleanly stopped) on main; median of 5 snapshots and 5
@@ -69,8 +41,12 @@ func BenchmarkInVMLVM(b *testing.B) {
 	}
 	port := 20000 + rand.IntN(10000)
 	startPG(b, origin, port)
+	binDir, err := pgcluster.NewestBinDir("")
+	if err != nil {
+		b.Fatal(err)
+	}
 	if _, err := (command.Runner{}).RunCmd(ctx, command.Cmd{
-		Name: "/usr/lib/postgresql/15/bin/pgbench", Args: []string{"-i", "-q", "-s", "30", "-h", data, "-p", fmt.Sprint(port), "-U", "postgres", "postgres"},
+		Name: filepath.Join(binDir, "pgbench"), Args: []string{"-i", "-q", "-s", "30", "-h", data, "-p", fmt.Sprint(port), "-U", "postgres", "postgres"},
 		Credential: pgUser.Credential(), Dir: "/",
 	}); err != nil {
 		b.Fatal(err)

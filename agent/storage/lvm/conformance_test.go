@@ -1,3 +1,5 @@
+//go:build lvmvm
+
 // The conformance suite lives in an external test package: storagetest
 // imports the backend selector, which may import this package.
 package lvm_test
@@ -28,9 +30,6 @@ import (
 // thin pool (a full thin pool stalls writes for a minute and then fails
 // them, which no filesystem survives cleanly).
 func TestInVMConformance(t *testing.T) {
-	if os.Getenv("THINLAB_LVM_IN_VM") == "" {
-		t.Skip("runs inside the QEMU VM started by TestLVMInQEMU (this kernel has no device-mapper)")
-	}
 	disk := os.Getenv("VMTEST_DISK")
 	if disk == "" {
 		t.Fatal("VMTEST_DISK is not set")
@@ -77,7 +76,7 @@ func TestInVMConformance(t *testing.T) {
 	quiet := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 
 	var n atomic.Int32
-	storagetest.RunConformance(t, func(t *testing.T) storage.Pool {
+	storagetest.RunConformance(t, storage.ModeLVM, func(t *testing.T) storage.Pool {
 		name := fmt.Sprintf("cf%d", n.Add(1))
 		cfg := lvm.Config{Name: name, VG: vg, ThinPool: "tpool", MountRoot: filepath.Join(root, name), MainSize: "320M",
 			Owner: &storage.Owner{UID: int(u.UID), GID: int(u.GID)}, NoUdev: true, Logger: quiet}

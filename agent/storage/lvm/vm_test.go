@@ -1,3 +1,5 @@
+//go:build lvmvm
+
 package lvm
 
 import (
@@ -8,7 +10,6 @@ import (
 	"maps"
 	"math/rand/v2"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -19,79 +20,7 @@ import (
 	"github.com/thinlab/thinlab/agent/storage"
 	"github.com/thinlab/thinlab/internal/command"
 	"github.com/thinlab/thinlab/internal/pgcluster"
-	"github.com/thinlab/thinlab/internal/vmtest"
 )
-
-// inVMEnv is set by TestLVMInQEMU for the copy of this package's test
-// binary it runs inside the VM; the TestInVM* tests run only there, because
-// this host's kernel has no device-mapper.
-const inVMEnv = "THINLAB_LVM_IN_VM"
-
-// TestLVMInQEMU compiles this package's tests and runs the TestInVM* ones
-// in a QEMU VM (software emulation, Debian kernel with dm-thin-pool), on a
-// fresh 2 GiB scratch disk. It fails, never skips, when qemu or the kernel
-// are missing: `make deps` installs them.
-func TestLVMInQEMU(t *testing.T) {
-	if os.Getenv(inVMEnv) != "" {
-		t.Skip("inside the VM: only the TestInVM* tests run here")
-	}
-	if os.Getuid() != 0 {
-		t.Fatal("TestLVMInQEMU needs root (the VM reads the host's root filesystem as root)")
-	}
-	bin := compileTestBinary(t)
-	res := vmtest.Run(t, vmtest.Options{
-		Command:  []string{bin, "-test.run", "^TestInVM", "-test.v", "-test.timeout", "420s"},
-		Env:      []string{inVMEnv + "=1"},
-		DiskSize: "2G",
-		Timeout:  450 * time.Second,
-	})
-	t.Logf("in-VM test output:\n%s", res.Stdout)
-	if os.Getenv("THINLAB_LVM_CAPTURE") != "" {
-		// Refresh testdata/ with the reports the in-VM test saved.
-		files, _ := filepath.Glob(filepath.Join(res.Dir, "lvs-*.json"))
-		for _, src := range files {
-			b, err := os.ReadFile(src)
-			if err == nil {
-				err = os.WriteFile(filepath.Join("testdata", filepath.Base(src)), b, 0o644)
-			}
-			if err != nil {
-				t.Error(err)
-			}
-		}
-	}
-	if len(res.Stderr) > 0 {
-		t.Logf("in-VM stderr:\n%s", res.Stderr)
-	}
-	if res.ExitCode != 0 {
-		t.Fatalf("in-VM tests failed (exit %d)", res.ExitCode)
-	}
-	out := string(res.Stdout)
-	for _, name := range []string{"TestInVMPostgresOnThinPool", "TestInVMExt4", "TestInVMConformance"} {
-		if !strings.Contains(out, "--- PASS: "+name+" ") {
-			t.Errorf("%s did not pass inside the VM", name)
-		}
-	}
-	if strings.Contains(out, "--- SKIP") {
-		t.Errorf("an in-VM test skipped")
-	}
-}
-
-// compileTestBinary builds this package's tests into a binary the VM runs
-// from the shared host filesystem.
-func compileTestBinary(t testing.TB) string {
-	t.Helper()
-	goBin, err := exec.LookPath("go")
-	if err != nil {
-		goBin = "/usr/local/go/bin/go"
-	}
-	bin := filepath.Join(t.TempDir(), "lvm.test")
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	if _, err := (command.Runner{}).Run(ctx, goBin, "test", "-c", "-o", bin, "."); err != nil {
-		t.Fatalf("compile the test binary: %v", err)
-	}
-	return bin
-}
 
 // vmFixture is a VG with a thin pool on the VM's scratch disk, removed
 // (with everything in it) when the test ends.
@@ -103,9 +32,6 @@ type vmFixture struct {
 
 func newVMFixture(t testing.TB, poolSize string) *vmFixture {
 	t.Helper()
-	if os.Getenv(inVMEnv) == "" {
-		t.Skip("runs inside the QEMU VM started by TestLVMInQEMU (this kernel has no device-mapper)")
-	}
 	disk := os.Getenv("VMTEST_DISK")
 	if disk == "" {
 		t.Fatal("VMTEST_DISK is not set")
@@ -489,8 +415,12 @@ func startPG(t testing.TB, c *pgcluster.Cluster, port int) {
 // unaligned output.
 func psql(t testing.TB, c *pgcluster.Cluster, port int, sql string) string {
 	t.Helper()
+	binDir, err := pgcluster.NewestBinDir("")
+	if err != nil {
+		t.Fatal(err)
+	}
 	out, err := (command.Runner{}).RunCmd(context.Background(), command.Cmd{
-		Name:       "/usr/lib/postgresql/15/bin/psql",
+		Name:       filepath.Join(binDir, "psql"),
 		Args:       []string{"-X", "-v", "ON_ERROR_STOP=1", "-At", "-h", c.DataDir, "-p", fmt.Sprint(port), "-U", "postgres", "-d", "postgres", "-c", sql},
 		Credential: c.User.Credential(),
 		Dir:        "/",

@@ -14,10 +14,11 @@ import (
 	"github.com/thinlab/thinlab/agent/storage/reflink"
 	"github.com/thinlab/thinlab/agent/storage/storagetest"
 	"github.com/thinlab/thinlab/internal/command"
+	"github.com/thinlab/thinlab/internal/testenv"
 )
 
 func TestConformance(t *testing.T) {
-	storagetest.RunConformance(t, func(t *testing.T) storage.Pool {
+	storagetest.RunConformance(t, storage.ModeReflink, func(t *testing.T) storage.Pool {
 		return storagetest.NewLoopPool(t, storage.ModeReflink)
 	})
 }
@@ -25,9 +26,7 @@ func TestConformance(t *testing.T) {
 // An ext4 filesystem cannot share extents: Open must say so before
 // creating anything.
 func TestRefusesExt4(t *testing.T) {
-	if os.Getuid() != 0 {
-		t.Fatal("needs root for a loop device: run the tests as root (make test does)")
-	}
+	testenv.NeedsRoot(t, "root, for a loop device")
 	ctx := context.Background()
 	r := command.Runner{}
 	dir := t.TempDir()
@@ -73,30 +72,21 @@ func TestRefusesExt4(t *testing.T) {
 }
 
 // A snapshot needs new inodes for every file it copies. With the
-// filesystem full, cp fails part-way: the error must be ErrNoSpace and the
-// half-made copy must be gone.
+// filesystem full (data and inodes: storagetest.FillUp keeps filling until
+// even an empty file cannot be created after a sync), cp fails part-way:
+// the error must be ErrNoSpace and the half-made copy must be gone.
 func TestFullFilesystemLeavesNothing(t *testing.T) {
 	p := storagetest.NewLoopPoolSize(t, storage.ModeReflink, 320<<20).(*reflink.Pool)
-	ctx := context.Background()
-	for i := range 3000 {
+	ctx := t.Context()
+	for i := range 100 { // files for the snapshot to copy
 		if err := os.WriteFile(filepath.Join(p.MainDir(), fmt.Sprintf("f%04d", i)), []byte("x"), 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}
-	f, err := os.Create(filepath.Join(p.MainDir(), "filler"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	buf := make([]byte, 1<<20)
-	for {
-		if _, err := f.Write(buf); err != nil {
-			break
-		}
-	}
-	_ = f.Close() // ENOSPC here too is expected: the filesystem being full is the point
-	_, err = p.Snapshot(ctx, storage.SnapshotOptions{})
+	storagetest.FillUp(t, filepath.Join(p.MainDir(), "filler"))
+	_, err := p.Snapshot(ctx, storage.SnapshotOptions{})
 	if err == nil {
-		t.Skip("XFS found room for 3000 inodes in a full filesystem; the no-space path is not reached here")
+		t.Fatal("snapshot of a full filesystem succeeded, want ErrNoSpace (FillUp left no room for a single file)")
 	}
 	if !errors.Is(err, storage.ErrNoSpace) {
 		t.Fatalf("snapshot in a full filesystem: %v, want ErrNoSpace", err)

@@ -19,6 +19,7 @@ import (
 	"github.com/thinlab/thinlab/agent/storage/backend"
 	"github.com/thinlab/thinlab/internal/benchdata"
 	"github.com/thinlab/thinlab/internal/pgcluster"
+	"github.com/thinlab/thinlab/internal/testenv"
 )
 
 const (
@@ -29,9 +30,7 @@ const (
 var modes = []string{storage.ModeBtrfs, storage.ModeReflink, storage.ModeZFS}
 
 func BenchmarkStorage(b *testing.B) {
-	if os.Getuid() != 0 {
-		b.Fatal("needs root for loop devices and zfs: run the tests as root (make test does)")
-	}
+	testenv.NeedsRoot(b, "root, for loop devices and zfs")
 	data := benchdata.PGBench(b, scale)
 	size := benchdata.Size(b, data)
 	b.Logf("data directory: %.2f GiB (pgbench -s %d)", float64(size)/(1<<30), scale)
@@ -155,7 +154,9 @@ func benchFullCopy(b *testing.B, data string) {
 	b.Logf("full copies: %v", times)
 }
 
-// query connects over the clone's socket and runs one statement.
+// query connects over the clone's socket and counts pgbench's branches,
+// which must be the scale the data was made with: a clone that answers
+// with other data is not a clone of the snapshot.
 func query(ctx context.Context, c *pgcluster.Cluster, port int) error {
 	conn, err := pgx.Connect(ctx, c.SocketConnString(port, "postgres", "postgres"))
 	if err != nil {
@@ -163,7 +164,13 @@ func query(ctx context.Context, c *pgcluster.Cluster, port int) error {
 	}
 	defer func() { _ = conn.Close(ctx) }() // after a read: nothing to lose
 	var n int
-	return conn.QueryRow(ctx, "SELECT count(*) FROM pgbench_branches").Scan(&n)
+	if err := conn.QueryRow(ctx, "SELECT count(*) FROM pgbench_branches").Scan(&n); err != nil {
+		return err
+	}
+	if n != scale {
+		return fmt.Errorf("the clone has %d pgbench branches, want %d (pgbench -s %d)", n, scale, scale)
+	}
+	return nil
 }
 
 func median(d []time.Duration) time.Duration {

@@ -25,18 +25,22 @@ import (
 )
 
 // RunConformance checks that the pools newPool makes behave as
-// storage.Pool promises. Each subtest takes a fresh pool. Pools made with
-// NewLoopPool are also reopened from scratch and, at the end, checked for
-// leftovers (mounts, loop devices, zpools, processes, files).
-func RunConformance(t *testing.T, newPool func(t *testing.T) storage.Pool) {
+// storage.Pool promises. mode is the backend under test (storage.ModeBtrfs,
+// ...): every pool newPool makes must be of it, and the subtests that need
+// it (MissingPath) take it from here, not from an earlier subtest. Each
+// subtest takes a fresh pool. Pools made with NewLoopPool are also reopened
+// from scratch and, at the end, checked for leftovers (mounts, loop
+// devices, zpools, processes, files).
+func RunConformance(t *testing.T, mode string, newPool func(t *testing.T) storage.Pool) {
 	var mu sync.Mutex
 	var made []*loopInfo
-	var mode string
 	tracked := func(t *testing.T) storage.Pool {
 		p := newPool(t)
+		if p.Mode() != mode {
+			t.Fatalf("newPool made a %s pool, want %s", p.Mode(), mode)
+		}
 		mu.Lock()
 		defer mu.Unlock()
-		mode = p.Mode()
 		if v, ok := registry.Load(p); ok {
 			made = append(made, v.(*loopInfo))
 		}
@@ -48,7 +52,21 @@ func RunConformance(t *testing.T, newPool func(t *testing.T) storage.Pool) {
 	t.Run("BadInput", func(t *testing.T) { testBadInput(t, tracked(t)) })
 	t.Run("FullPool", func(t *testing.T) { testFullPool(t, tracked(t)) })
 	t.Run("MissingPath", func(t *testing.T) { testMissingPath(t, mode) })
-	t.Run("NoLeftovers", func(t *testing.T) { checkNoLeftovers(t, made) })
+	t.Run("NoLeftovers", func(t *testing.T) {
+		// One pool of its own (removed when the inner subtest ends), so
+		// the check never depends on which subtests ran before.
+		t.Run("pool", func(t *testing.T) {
+			p := tracked(t)
+			writeMarker(t, p, "leftover check")
+		})
+		if len(made) == 0 {
+			if mode == storage.ModeLVM {
+				return // LVM pools live in the VM's VG; TestInVMConformance removes the VG and checks it is gone
+			}
+			t.Fatalf("no %s pool was made by storagetest.NewLoopPool: nothing to check for leftovers", mode)
+		}
+		checkNoLeftovers(t, made)
+	})
 }
 
 func testCtx(t *testing.T) context.Context {
@@ -69,7 +87,7 @@ func postgresUser(t *testing.T) pgcluster.OSUser {
 // cleanup (registered after the pool's, so it runs first).
 func startPostgres(t *testing.T, ctx context.Context, dataDir string) (*pgcluster.Cluster, *pgx.Conn) {
 	t.Helper()
-	c := &pgcluster.Cluster{DataDir: dataDir, User: postgresUser(t)}
+	c := &pgcluster.Cluster{DieWithParent: true, DataDir: dataDir, User: postgresUser(t)}
 	port := 20000 + mrand.IntN(12000)
 	if err := c.Start(ctx, port, "", pgcluster.FastSettings); err != nil {
 		t.Fatal(err)
@@ -99,7 +117,7 @@ func testPostgresLifecycle(t *testing.T, p storage.Pool) {
 		t.Fatal(err)
 	}
 	mainData := filepath.Join(p.MainDir(), storage.DataSubdir)
-	origin := &pgcluster.Cluster{DataDir: mainData, User: u}
+	origin := &pgcluster.Cluster{DieWithParent: true, DataDir: mainData, User: u}
 	if err := origin.Init(ctx, pgcluster.InitOptions{}); err != nil {
 		t.Fatal(err)
 	}
@@ -244,7 +262,7 @@ func testPostgresLifecycle(t *testing.T, p storage.Pool) {
 		}
 	}
 	for _, dir := range []string{mainData, filepath.Join(c1.Mountpoint, storage.DataSubdir), filepath.Join(c2.Mountpoint, storage.DataSubdir)} {
-		c := &pgcluster.Cluster{DataDir: dir, User: u}
+		c := &pgcluster.Cluster{DieWithParent: true, DataDir: dir, User: u}
 		if err := c.Stop(ctx, "fast"); err != nil {
 			t.Fatal(err)
 		}
@@ -460,11 +478,20 @@ func testBadInput(t *testing.T, p storage.Pool) {
 	}
 }
 
-// testFullPool fills the pool's filesystem, then snapshots and clones.
-// Copy-on-write snapshots and clones need little or no data space, so a
-// backend may still make them (ZFS keeps a reserve, btrfs has metadata
-// room); what it must not do is fail with anything but ErrNoSpace or leave
-// half a snapshot or clone behind.
+// fullPoolSnapshotsSucceed names the backends whose snapshots and clones
+// succeed in a full pool by design: ZFS keeps a slice of the pool (the
+// "slop space") that user writes cannot fill and snapshot and clone may
+// use; an LVM snapshot or clone is a thin LV whose metadata are LV tags, so
+// it takes nothing from the main LV's full filesystem (the thin pool
+// itself is never filled in tests: a full thin pool stalls all writes).
+func fullPoolSnapshotsSucceed(mode string) bool {
+	return mode == storage.ModeZFS || mode == storage.ModeLVM
+}
+
+// testFullPool fills the pool's filesystem (data and metadata: FillUp),
+// then snapshots and clones: both must fail with ErrNoSpace, which proves
+// the backend's mapping of its tools' "no space" errors, and leave no half
+// snapshot or clone behind.
 func testFullPool(t *testing.T, p storage.Pool) {
 	ctx := testCtx(t)
 	writeMarker(t, p, "before full")
@@ -477,35 +504,39 @@ func testFullPool(t *testing.T, p storage.Pool) {
 		t.Fatal(err)
 	}
 	clonesDir := filepath.Dir(c0.Mountpoint)
-	fillUp(t, filepath.Join(p.MainDir(), "filler"))
+	FillUp(t, filepath.Join(p.MainDir(), "filler"))
 
 	entriesBefore := dirNames(clonesDir)
 	s2, err := p.Snapshot(ctx, storage.SnapshotOptions{DataStateAt: snap.DataStateAt.Add(time.Second)})
 	switch {
-	case err == nil:
-		t.Logf("%s: snapshot of a full pool succeeded (needs no data space)", p.Mode())
+	case err == nil && fullPoolSnapshotsSucceed(p.Mode()):
+		t.Logf("%s: snapshot of a full pool succeeded (its reserve is meant for this)", p.Mode())
 		if err := p.DestroySnapshot(ctx, s2.ID, false); err != nil {
 			t.Fatal(err)
 		}
-	case errors.Is(err, storage.ErrNoSpace):
-		t.Logf("%s: snapshot of a full pool: %v", p.Mode(), err)
+	case err == nil:
+		t.Fatalf("%s: snapshot of a full pool succeeded, want ErrNoSpace (the pool was filled until nothing more fit)", p.Mode())
+	case !errors.Is(err, storage.ErrNoSpace):
+		t.Fatalf("snapshot of a full pool: %v, want ErrNoSpace", err)
 	default:
-		t.Fatalf("snapshot of a full pool: %v, want success or ErrNoSpace", err)
+		t.Logf("%s: snapshot of a full pool: %v", p.Mode(), err)
 	}
 	c1, err := p.Clone(ctx, snap.ID, "during")
 	switch {
-	case err == nil:
-		t.Logf("%s: clone in a full pool succeeded (needs no data space)", p.Mode())
+	case err == nil && fullPoolSnapshotsSucceed(p.Mode()):
+		t.Logf("%s: clone in a full pool succeeded (its reserve is meant for this)", p.Mode())
 		if err := p.DestroyClone(ctx, c1.Name); err != nil {
 			t.Fatal(err)
 		}
-	case errors.Is(err, storage.ErrNoSpace):
+	case err == nil:
+		t.Fatalf("%s: clone in a full pool succeeded, want ErrNoSpace", p.Mode())
+	case !errors.Is(err, storage.ErrNoSpace):
+		t.Fatalf("clone in a full pool: %v, want ErrNoSpace", err)
+	default:
 		t.Logf("%s: clone in a full pool: %v", p.Mode(), err)
 		if !strings.Contains(err.Error(), "during") {
 			t.Errorf("error does not name the clone: %v", err)
 		}
-	default:
-		t.Fatalf("clone in a full pool: %v, want success or ErrNoSpace", err)
 	}
 	if after := dirNames(clonesDir); !reflect.DeepEqual(after, entriesBefore) {
 		t.Fatalf("clones directory changed from %v to %v: something half-made was left", entriesBefore, after)
@@ -518,7 +549,7 @@ func testFullPool(t *testing.T, p storage.Pool) {
 	}
 
 	// Freed space makes it work again (btrfs and ZFS free asynchronously).
-	if err := os.Remove(filepath.Join(p.MainDir(), "filler")); err != nil {
+	if err := os.RemoveAll(filepath.Join(p.MainDir(), "filler")); err != nil {
 		t.Fatal(err)
 	}
 	syscall.Sync()
@@ -538,32 +569,79 @@ func testFullPool(t *testing.T, p storage.Pool) {
 	}
 }
 
-// fillUp writes incompressible data to path until the filesystem is full.
-func fillUp(t *testing.T, path string) {
+// FillUp fills the filesystem holding dir until nothing more fits: data
+// (incompressible files) and metadata (empty files, for the inodes and
+// directory entries a snapshot or clone needs), repeated after each sync,
+// since a filesystem may find room again once delayed allocations and
+// reserves are settled. Everything goes into dir, which it creates; remove
+// dir to free the space. It fails t when the filesystem still takes writes
+// after many rounds.
+func FillUp(t testing.TB, dir string) {
 	t.Helper()
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o644)
-	if err != nil {
+	if err := os.Mkdir(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	defer func() { _ = f.Close() }() // may fail with ENOSPC like Sync below; the pool is full either way
+	full := func(err error) bool { return errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) }
 	buf := make([]byte, 4<<20)
 	rand.Read(buf)
 	var written int64
-	for {
-		// A fresh prefix per chunk keeps deduplicating or compressing
-		// filesystems from shrinking it.
-		copy(buf, fmt.Sprintf("%020d", written))
-		n, err := f.Write(buf)
-		written += int64(n)
+	files := 0
+	// writeData writes a new file until the filesystem refuses; it reports
+	// whether anything at all was written.
+	writeData := func(round int) bool {
+		f, err := os.OpenFile(filepath.Join(dir, fmt.Sprintf("data%d", round)), os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o644)
 		if err != nil {
-			if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
-				break
+			if full(err) {
+				return false
 			}
-			t.Fatalf("fill pool: %v", err)
+			t.Fatalf("fill %s: %v", dir, err)
+		}
+		before := written
+		for size := len(buf); size >= 4096; {
+			// A fresh prefix per chunk keeps deduplicating or
+			// compressing filesystems from shrinking it.
+			copy(buf, fmt.Sprintf("%020d", written))
+			n, err := f.Write(buf[:size])
+			written += int64(n)
+			if err != nil {
+				if !full(err) {
+					t.Fatalf("fill %s: %v", dir, err)
+				}
+				size /= 2 // the last free blocks
+			}
+		}
+		_ = f.Sync()  // may fail with ENOSPC: the data is full either way
+		_ = f.Close() // likewise
+		return written > before
+	}
+	// makeFiles creates empty files until the filesystem refuses.
+	makeFiles := func() bool {
+		made := 0
+		for {
+			f, err := os.Create(filepath.Join(dir, fmt.Sprintf("f%07d", files)))
+			if err != nil {
+				if !full(err) {
+					t.Fatalf("fill %s with files: %v", dir, err)
+				}
+				return made > 0
+			}
+			f.Close()
+			files++
+			made++
 		}
 	}
-	_ = f.Sync() // may fail with ENOSPC too; the pool is full either way
-	t.Logf("filled the pool with %d MiB", written>>20)
+	for round := 0; ; round++ {
+		if round == 20 {
+			t.Fatalf("the filesystem of %s still takes writes after %d rounds (%d MiB, %d files)", dir, round, written>>20, files)
+		}
+		grew := writeData(round)
+		grew = makeFiles() || grew
+		syscall.Sync()
+		if !grew && round > 0 {
+			break
+		}
+	}
+	t.Logf("filled the pool with %d MiB and %d files", written>>20, files)
 }
 
 func dirNames(dir string) []string {
@@ -576,9 +654,6 @@ func dirNames(dir string) []string {
 }
 
 func testMissingPath(t *testing.T, mode string) {
-	if mode == "" {
-		t.Skip("no pool was made")
-	}
 	b := make([]byte, 4)
 	rand.Read(b)
 	path := "/nonexistent-thinlab-" + hex.EncodeToString(b)

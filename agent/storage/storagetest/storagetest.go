@@ -24,6 +24,7 @@ import (
 	"github.com/thinlab/thinlab/agent/storage/zfs/zfstest"
 	"github.com/thinlab/thinlab/internal/command"
 	"github.com/thinlab/thinlab/internal/pgcluster"
+	"github.com/thinlab/thinlab/internal/testenv"
 )
 
 // DefaultSize is the image size of NewLoopPool: room for a few PostgreSQL
@@ -54,9 +55,7 @@ func NewLoopPool(t testing.TB, mode string) storage.Pool {
 // NewLoopPoolSize is NewLoopPool with an image of size bytes (sparse).
 func NewLoopPoolSize(t testing.TB, mode string, size int64) storage.Pool {
 	t.Helper()
-	if os.Getuid() != 0 {
-		t.Fatal("copy-on-write pools on loop files need root: run the tests as root (make test does)")
-	}
+	testenv.NeedsRoot(t, "root, for copy-on-write pools on loop files")
 	pu, err := pgcluster.LookupUser("postgres")
 	if err != nil {
 		t.Fatal(err)
@@ -76,7 +75,8 @@ func NewLoopPoolSize(t testing.TB, mode string, size int64) storage.Pool {
 		})
 		return p
 	}
-	dir, err := os.MkdirTemp("", "thinlab-st-")
+	sweepCrashed(t)
+	dir, err := os.MkdirTemp("", poolDirPattern())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/thinlab/thinlab/internal/dextest"
+	"github.com/thinlab/thinlab/internal/testenv"
 	"github.com/thinlab/thinlab/platform/auth"
 	"github.com/thinlab/thinlab/platform/platformtest"
 	"github.com/thinlab/thinlab/platform/server"
@@ -62,6 +63,7 @@ func (p *Platform) Exec(sql string, args ...any) {
 // is made by authConfig from the server's base URL (its publicURL). The test binary must run platformtest.Main.
 func Start(t testing.TB, authConfig func(baseURL string) auth.Config) *Platform {
 	t.Helper()
+	testenv.NeedsSystem(t, "PostgreSQL and a running platform")
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

@@ -16,6 +16,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"flag"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -26,11 +27,13 @@ import (
 	"github.com/thinlab/thinlab/agent/storage/zfs"
 	"github.com/thinlab/thinlab/internal/command"
 	"github.com/thinlab/thinlab/internal/pgcluster"
+	"github.com/thinlab/thinlab/internal/testenv"
 )
 
 // EnsureDaemon makes the zfs/zpool CLI usable until t ends.
 func EnsureDaemon(t testing.TB) {
 	t.Helper()
+	testenv.NeedsSystem(t, "root and the zfs-fuse daemon")
 	if err := zfs.AcquireDaemon(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -42,6 +45,10 @@ func EnsureDaemon(t testing.TB) {
 //
 //	func TestMain(m *testing.M) { os.Exit(zfstest.Main(m)) }
 func Main(m *testing.M) int {
+	flag.Parse() // testing.Short needs the flags parsed
+	if testing.Short() {
+		return m.Run() // the tests skip in zfstest's helpers
+	}
 	if err := zfs.AcquireDaemon(context.Background()); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
