@@ -19,11 +19,7 @@ import (
 // TestEmbeddedDatabase starts the server with no database URL: it must run
 // its own PostgreSQL under dataDir/pg, answer /healthz, and stop it again.
 func TestEmbeddedDatabase(t *testing.T) {
-	testenv.NeedsRoot(t, "root and PostgreSQL (the embedded cluster runs as the postgres OS user)")
-	u, err := pgcluster.LookupUser("postgres")
-	if err != nil {
-		t.Fatalf("the postgres OS user is missing (make deps installs postgresql-15): %v", err)
-	}
+	testenv.NeedsRoot(t, "root and PostgreSQL (the embedded cluster runs as its own OS user)")
 	dir, err := os.MkdirTemp("", "platform-embedded-*")
 	if err != nil {
 		t.Fatal(err)
@@ -31,9 +27,13 @@ func TestEmbeddedDatabase(t *testing.T) {
 	if err := os.Chmod(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	cluster := &pgcluster.Cluster{DataDir: filepath.Join(dir, "pg", "data"), User: u}
+	// The cluster runs as the embedded database's own OS user, which the
+	// first New creates when it is missing.
+	var cluster *pgcluster.Cluster
 	t.Cleanup(func() {
-		cluster.Kill()
+		if cluster != nil {
+			cluster.Kill()
+		}
 		if err := os.RemoveAll(dir); err != nil {
 			t.Errorf("remove %s: %v", dir, err)
 		}
@@ -48,6 +48,13 @@ func TestEmbeddedDatabase(t *testing.T) {
 		srv, err := New(ctx, cfg, Options{})
 		if err != nil {
 			t.Fatalf("round %d: %v", round, err)
+		}
+		if cluster == nil {
+			u, err := pgcluster.LookupUser(cfg.Database.OSUser)
+			if err != nil {
+				t.Fatalf("the embedded database's OS user %s: %v", cfg.Database.OSUser, err)
+			}
+			cluster = &pgcluster.Cluster{DataDir: filepath.Join(dir, "pg", "data"), User: u}
 		}
 		if !cluster.Running() {
 			t.Fatal("embedded cluster not running")

@@ -259,7 +259,7 @@ func apiGet(t *testing.T, u, token string) int {
 // token a form acts on, in the caller's organization; one that does not
 // exist there (or belongs to another organization) is a 404 page.
 func TestMissingMemberAndTokenAreNotFound(t *testing.T) {
-	s := startSite(t)
+	s := startSite(t, "owner@example.com", "other@example.com")
 	owner, home := s.signIn(t, "owner@example.com")
 	_, other := s.signIn(t, "other@example.com")
 	o := s.p.URL + home.URL.Path
