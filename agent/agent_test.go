@@ -196,7 +196,11 @@ cloning:
   maxIdleMinutes: 0
 stateDir: %s
 `, apiPort, token, pool.Name(), filepath.Dir(pool.MainDir()), from, from+9, uidFrom, uidFrom+99, filepath.Join(dir, "state"))
-	t.Cleanup(func() { os.RemoveAll(runtime.RunDirFor(filepath.Join(dir, "state"))) })
+	t.Cleanup(func() {
+		if err := os.RemoveAll(runtime.RunDirFor(filepath.Join(dir, "state"))); err != nil {
+			t.Errorf("remove the agent's run directory: %v", err)
+		}
+	})
 	if err := os.WriteFile(cfgPath, []byte(cfgYAML), 0o600); err != nil {
 		t.Fatal(err)
 	}

@@ -82,7 +82,11 @@ func query(t *testing.T, p storage.Pool, snap, db, sql string) string {
 		}
 	}()
 	runDir := runtime.RunDirFor(t.TempDir())
-	defer os.RemoveAll(runDir)
+	defer func() {
+		if err := os.RemoveAll(runDir); err != nil {
+			t.Errorf("remove the run directory %s: %v", runDir, err)
+		}
+	}()
 	rt, err := runtime.New(runtime.Options{User: pgtest.OSUser(t), RunDir: runDir})
 	if err != nil {
 		t.Fatal(err)

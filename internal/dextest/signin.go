@@ -157,10 +157,22 @@ func (u User) Subject() (string, error) {
 	if u.UserID == "" {
 		return "", errors.New("dextest: the user has no UserID yet (Start assigns one)")
 	}
-	if len(u.UserID) > 127 {
-		return "", errors.New("dextest: UserID longer than 127 bytes (Subject encodes one-byte lengths only)")
+	// A protobuf length below 128 is one varint byte; longer ones are not
+	// encoded here.
+	field := func(n byte, name, s string) ([]byte, error) {
+		l := len(s)
+		if l > 127 {
+			return nil, fmt.Errorf("dextest: %s is %d bytes, longer than 127 (Subject encodes one-byte lengths only)", name, l)
+		}
+		return append([]byte{n<<3 | 2, byte(l)}, s...), nil
 	}
-	field := func(n byte, s string) []byte { return append([]byte{n<<3 | 2, byte(len(s))}, s...) }
-	msg := append(field(1, u.UserID), field(2, "local")...)
-	return base64.RawURLEncoding.EncodeToString(msg), nil
+	id, err := field(1, "UserID", u.UserID)
+	if err != nil {
+		return "", err
+	}
+	conn, err := field(2, "connector ID", "local")
+	if err != nil {
+		return "", err
+	}
+	return base64.RawURLEncoding.EncodeToString(append(id, conn...)), nil
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"os"
 	"os/exec"
@@ -93,7 +94,11 @@ func (a *attackClone) connect(t *testing.T) *pgx.Conn {
 func (a *attackClone) shell(t *testing.T, script string) string {
 	t.Helper()
 	conn := a.connect(t)
-	defer conn.Close(context.Background())
+	defer func() {
+		if err := conn.Close(context.Background()); err != nil {
+			t.Errorf("close the connection to the clone: %v", err)
+		}
+	}()
 	// COPY's text format splits on tabs and unescapes backslashes: neither
 	// may reach it, and the script travels base64-encoded.
 	enc := base64.StdEncoding.EncodeToString([]byte("out=$( (\n" + script + "\n) 2>&1 ); rc=$?\nprintf '%s\\n' \"$out\" | tr '\\t\\\\' '  '\necho rc=$rc\n"))
@@ -129,11 +134,15 @@ func startPlatform(t *testing.T, osUser string) (string, int) {
 		t.Fatal(err)
 	}
 	// Like /var/lib: every user may traverse it; the platform locks pg/.
-	os.Chmod(dir, 0o755)
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
 	leftover := &pgcluster.Cluster{DataDir: filepath.Join(dir, "pg", "data")}
 	t.Cleanup(func() {
 		leftover.Kill()
-		os.RemoveAll(dir)
+		if err := os.RemoveAll(dir); err != nil {
+			t.Errorf("remove the platform's data directory: %v", err)
+		}
 	})
 	cfg := server.DefaultConfig()
 	cfg.DataDir = dir
@@ -178,13 +187,17 @@ func startOpenCluster(t *testing.T, binDir string) (string, int) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	os.Chmod(dir, 0o755)
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
 	// Like Debian's /var/run/postgresql: postgres' own, open to everyone.
 	sock := filepath.Join(dir, "run")
 	c := &pgcluster.Cluster{DataDir: filepath.Join(dir, "data"), BinDir: binDir, User: pg, SocketDir: sock}
 	t.Cleanup(func() {
 		c.Kill()
-		os.RemoveAll(dir)
+		if err := os.RemoveAll(dir); err != nil {
+			t.Errorf("remove the open cluster's directory: %v", err)
+		}
 	})
 	if err := os.Mkdir(sock, 0o755); err != nil {
 		t.Fatal(err)
@@ -200,11 +213,11 @@ func startOpenCluster(t *testing.T, binDir string) (string, int) {
 		t.Fatal(err)
 	}
 	port := l.Addr().(*net.TCPAddr).Port
-	l.Close()
-	settings := map[string]string{"unix_socket_permissions": "0777"}
-	for k, v := range pgcluster.FastSettings {
-		settings[k] = v
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
 	}
+	settings := map[string]string{"unix_socket_permissions": "0777"}
+	maps.Copy(settings, pgcluster.FastSettings)
 	if err := c.Start(t.Context(), port, "", settings); err != nil {
 		t.Fatal(err)
 	}
@@ -234,7 +247,9 @@ func TestCloneCannotReachPlatformDatabase(t *testing.T) {
 		conn := a.connect(t)
 		var super bool
 		err := conn.QueryRow(a.ctx, "SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user").Scan(&super)
-		conn.Close(context.Background())
+		if cerr := conn.Close(context.Background()); cerr != nil {
+			t.Errorf("close the connection to the clone: %v", cerr)
+		}
 		if err != nil || !super {
 			t.Fatalf("the clone's user is superuser=%v (%v), want a superuser: the attack assumes the default", super, err)
 		}

@@ -19,7 +19,7 @@ func fakeSession(st *store.Store) principal.Authenticator {
 	return func(c *gin.Context) (*principal.Principal, error) {
 		id := c.GetHeader(testUserHeader)
 		if id == "" {
-			return nil, nil //nolint:nilnil // no header: not this authenticator's request
+			return nil, nil // no header: not this authenticator's request
 		}
 		u, err := st.UserByID(c.Request.Context(), id)
 		if err != nil {

@@ -39,7 +39,11 @@ func start(t *testing.T, mutate func(*auth.ProviderConfig)) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { idp.Shutdown() })
+	t.Cleanup(func() {
+		if err := idp.Shutdown(); err != nil {
+			t.Errorf("shut the mock IdP down: %v", err)
+		}
+	})
 	p := webtest.Start(t, func(base string) auth.Config {
 		pc := auth.ProviderConfig{
 			Name: "mock", DisplayName: "Mock IdP", Issuer: idp.Issuer(),
@@ -216,7 +220,7 @@ func (e *env) callbackURL(t *testing.T, b *webtest.Browser, u mockoidc.User) *ur
 	if err != nil {
 		t.Fatal(err)
 	}
-	resp.Body.Close()
+	_ = resp.Body.Close() // CheckRedirect captured the callback; the body is not needed
 	b.Client.CheckRedirect = nil
 	if cb == nil {
 		t.Fatalf("the IdP did not redirect back (HTTP %d)", resp.StatusCode)
@@ -345,7 +349,7 @@ func TestCSRFTamperedCookieAndLogout(t *testing.T) {
 		Error struct{ Message string } `json:"error"`
 	}
 	err = json.NewDecoder(resp.Body).Decode(&body)
-	resp.Body.Close()
+	_ = resp.Body.Close() // decoded above; a close error changes nothing
 	if err != nil || resp.StatusCode != http.StatusUnauthorized || body.Error.Message != auth.CSRFRefusal {
 		t.Fatalf("API POST with session cookie and no CSRF token: HTTP %d %q (decode: %v), want 401 %q", resp.StatusCode, body.Error.Message, err, auth.CSRFRefusal)
 	}
@@ -425,7 +429,7 @@ func TestSecureCookiesWhenConfigured(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	resp.Body.Close()
+	_ = resp.Body.Close() // a redirect: only its status and cookies matter
 	sc := resp.Header.Get("Set-Cookie")
 	for _, attr := range []string{"thinlab_login=", "Secure", "HttpOnly", "SameSite=Lax", "Path=/auth/"} {
 		if !strings.Contains(sc, attr) {
@@ -468,7 +472,7 @@ func TestMappedOrgSlugCannotBeSquatted(t *testing.T) {
 		t.Fatal(err)
 	}
 	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
+	_ = resp.Body.Close() // read in full above
 	if resp.StatusCode != http.StatusConflict || !strings.Contains(string(body), "reserved") || !strings.Contains(string(body), `"field":"slug"`) {
 		t.Fatalf("API: squatting acme: %d %s, want 409 naming the reservation", resp.StatusCode, body)
 	}

@@ -625,7 +625,9 @@ func FillUp(t testing.TB, dir string) {
 				}
 				return made > 0
 			}
-			f.Close()
+			if err := f.Close(); err != nil && !full(err) {
+				t.Fatalf("close %s: %v", f.Name(), err)
+			}
 			files++
 			made++
 		}

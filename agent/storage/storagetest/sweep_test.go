@@ -31,7 +31,7 @@ func TestSweepCrashedBinary(t *testing.T) {
 		return
 	}
 	testenv.NeedsRoot(t, "root, for loop devices and mounts")
-	cmd := exec.CommandContext(t.Context(), os.Args[0], "-test.run", "^TestSweepCrashedBinary$", "-test.v")
+	cmd := exec.CommandContext(t.Context(), os.Args[0], "-test.run", "^TestSweepCrashedBinary$", "-test.v") //nolint:gosec // G702: os.Args[0] is this test binary, run again as the crashing child
 	cmd.Env = append(os.Environ(), sweepChildEnv+"=1")
 	out, err := cmd.StdoutPipe()
 	if err != nil {
@@ -50,13 +50,16 @@ func TestSweepCrashedBinary(t *testing.T) {
 		}
 	}
 	if dir == "" {
-		cmd.Process.Kill()
-		cmd.Wait()
+		_ = cmd.Process.Kill() // it may have exited already; Wait reaps it either way
+		_ = cmd.Wait()         // it ends killed or failed: the report below is what matters
 		t.Fatal("the child test binary did not report its pool")
 	}
 	t.Cleanup(func() { _ = sweepDir(dir) }) // should the sweep fail
-	cmd.Process.Kill()
-	cmd.Wait()
+	// The crash under test: SIGKILL, so none of the child's cleanup runs.
+	if err := cmd.Process.Kill(); err != nil {
+		t.Fatalf("kill the child test binary: %v", err)
+	}
+	_ = cmd.Wait() // "signal: killed", by design
 	if len(mountsBelow(dir)) == 0 || syscall.Kill(sleeper, 0) != nil {
 		t.Fatalf("the killed child left no mount in %s or no running process %d: nothing to sweep", dir, sleeper)
 	}

@@ -18,6 +18,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -72,7 +73,11 @@ func main() {
 		fmt.Fprintf(os.Stderr, "testreport: %v\n", err)
 		os.Exit(2)
 	}
-	os.Exit(r.finish())
+	code := r.finish()
+	if r.writeErr != nil {
+		fmt.Fprintf(os.Stderr, "testreport: write the report: %v\n", r.writeErr)
+	}
+	os.Exit(code)
 }
 
 type report struct {
@@ -85,16 +90,24 @@ type report struct {
 	unexpected []testKey // skips not in the allowlist
 	expected   []testKey
 	skippedAll int
+	writeErr   error // the first failed write to out
+}
+
+// printf writes to the report's output and keeps the first write error,
+// which makes the run fail: a truncated report must not read as a pass.
+func (r *report) printf(format string, args ...any) {
+	if _, err := fmt.Fprintf(r.out, format, args...); err != nil && r.writeErr == nil {
+		r.writeErr = err
+	}
 }
 
 func readAllow(path string) (map[testKey]string, error) {
-	f, err := os.Open(path)
+	data, err := os.ReadFile(path) //nolint:gosec // G304: reading the allowlist the operator names with -allow is the point
 	if err != nil {
 		return nil, err
 	}
-	defer f.Close()
 	out := map[testKey]string{}
-	sc := bufio.NewScanner(f)
+	sc := bufio.NewScanner(bytes.NewReader(data))
 	for n := 1; sc.Scan(); n++ {
 		line := strings.TrimSpace(sc.Text())
 		if line == "" || strings.HasPrefix(line, "#") {
@@ -126,7 +139,7 @@ func (r *report) read(in io.Reader) error {
 		var ev event
 		if len(line) == 0 || line[0] != '{' || json.Unmarshal(line, &ev) != nil {
 			// Not an event (go vet or the go command itself): pass it on.
-			fmt.Fprintf(r.out, "%s\n", line)
+			r.printf("%s\n", line)
 			continue
 		}
 		r.handle(ev)
@@ -137,7 +150,7 @@ func (r *report) read(in io.Reader) error {
 func (r *report) handle(ev event) {
 	switch ev.Action {
 	case "build-output":
-		fmt.Fprint(r.out, ev.Output)
+		r.printf("%s", ev.Output)
 		return
 	case "build-fail":
 		r.failures++
@@ -200,38 +213,40 @@ func (r *report) endPackage(ev event, p *pkgState) {
 			unexpectedHere = append(unexpectedHere, name)
 		}
 	}
-	if ev.Action == "fail" {
+	switch ev.Action {
+	case "fail":
 		r.failures++
 		for _, l := range p.lines {
 			// A test without a result was running when the binary died
 			// (a panic or the -timeout): its output says where.
 			if (p.failed[l.test] || !p.ended[l.test]) && (!noise(l.text) || strings.Contains(l.text, "--- FAIL")) {
-				fmt.Fprint(r.out, l.text)
+				r.printf("%s", l.text)
 			}
 		}
 		for _, l := range p.output {
 			if !noise(l) {
-				fmt.Fprint(r.out, l)
+				r.printf("%s", l)
 			}
 		}
-		fmt.Fprintf(r.out, "FAIL\t%s\t%.3fs\n", ev.Package, ev.Elapsed)
-	} else if ev.Action == "skip" {
-		fmt.Fprintf(r.out, "?   \t%s\t[no test files]\n", ev.Package)
-	} else {
-		fmt.Fprintf(r.out, "ok  \t%s\t%.3fs\n", ev.Package, ev.Elapsed)
+		r.printf("FAIL\t%s\t%.3fs\n", ev.Package, ev.Elapsed)
+	case "skip":
+		r.printf("?   \t%s\t[no test files]\n", ev.Package)
+	default:
+		r.printf("ok  \t%s\t%.3fs\n", ev.Package, ev.Elapsed)
 	}
 	for _, name := range unexpectedHere {
-		fmt.Fprintf(r.out, "--- UNEXPECTED SKIP: %s\n", name)
+		r.printf("--- UNEXPECTED SKIP: %s\n", name)
 		for _, l := range p.tests[name] {
 			if !noise(l) && !strings.HasPrefix(strings.TrimSpace(l), "--- SKIP") {
-				fmt.Fprint(r.out, l)
+				r.printf("%s", l)
 			}
 		}
 	}
 	delete(r.pkgs, ev.Package)
 }
 
-// finish prints the summary and returns the exit code.
+// finish prints the summary and returns the exit code: 2 when the
+// report could not be written.
 func (r *report) finish() int {
 	// Packages that never ended (the go command or a test binary died).
 	for _, name := range slices.Sorted(maps.Keys(r.pkgs)) {
@@ -240,27 +255,31 @@ func (r *report) finish() int {
 			continue
 		}
 		r.failures++
-		fmt.Fprintf(r.out, "FAIL\t%s\t(no result: the test binary did not finish)\n", name)
+		r.printf("FAIL\t%s\t(no result: the test binary did not finish)\n", name)
 		for _, l := range p.output {
-			fmt.Fprint(r.out, l)
+			r.printf("%s", l)
 		}
 	}
 	if len(r.expected) > 0 {
-		fmt.Fprintf(r.out, "testreport: %d expected skip(s) (listed in the allowlist)\n", len(r.expected))
+		r.printf("testreport: %d expected skip(s) (listed in the allowlist)\n", len(r.expected))
 	}
 	if r.shortOK && r.skippedAll > 0 {
-		fmt.Fprintf(r.out, "testreport: %d test(s) skipped under -short (they need root or daemons: run make test)\n", r.skippedAll)
+		r.printf("testreport: %d test(s) skipped under -short (they need root or daemons: run make test)\n", r.skippedAll)
 	}
 	code := 0
 	if len(r.unexpected) > 0 {
-		fmt.Fprintf(r.out, "testreport: %d test(s) skipped without being declared expected; fix the precondition, or list them with a reason in the allowlist:\n", len(r.unexpected))
+		r.printf("testreport: %d test(s) skipped without being declared expected; fix the precondition, or list them with a reason in the allowlist:\n", len(r.unexpected))
 		for _, k := range r.unexpected {
-			fmt.Fprintf(r.out, "  %s %s\n", k.pkg, k.test)
+			r.printf("  %s %s\n", k.pkg, k.test)
 		}
 		code = 1
 	}
 	if r.failures > 0 {
 		code = 1
+	}
+	if r.writeErr != nil {
+		// A report cut short (a closed pipe, a full disk) must not pass.
+		code = 2
 	}
 	return code
 }

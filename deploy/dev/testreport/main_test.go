@@ -106,3 +106,41 @@ func TestReadAllowNeedsReason(t *testing.T) {
 }
 
 func writeFile(path, content string) error { return os.WriteFile(path, []byte(content), 0o644) }
+
+// failAfter accepts n writes, then fails every write as a closed pipe does.
+type failAfter struct {
+	n      int
+	writes int
+}
+
+func (w *failAfter) Write(p []byte) (int, error) {
+	w.writes++
+	if w.writes > w.n {
+		return 0, os.ErrClosed
+	}
+	return len(p), nil
+}
+
+// TestWriteErrorFails: a passing run whose report cannot be written exits
+// 2, not 0, and keeps the first error.
+func TestWriteErrorFails(t *testing.T) {
+	in := `{"Action":"run","Package":"x","Test":"TestPass"}
+{"Action":"pass","Package":"x","Test":"TestPass"}
+{"Action":"pass","Package":"x","Elapsed":0.01}
+{"Action":"pass","Package":"y","Elapsed":0.01}
+`
+	w := &failAfter{n: 1}
+	r := &report{out: w, pkgs: map[string]*pkgState{}}
+	if err := r.read(strings.NewReader(in)); err != nil {
+		t.Fatal(err)
+	}
+	if code := r.finish(); code != 2 {
+		t.Errorf("finish() = %d after a failed write, want 2", code)
+	}
+	if r.writeErr != os.ErrClosed {
+		t.Errorf("writeErr = %v, want the first write error %v", r.writeErr, os.ErrClosed)
+	}
+	if w.writes != 2 {
+		t.Errorf("%d writes, want 2 (ok x, then the failing ok y)", w.writes)
+	}
+}
