@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"path/filepath"
 	"strconv"
@@ -68,7 +69,7 @@ func (m *Manager) Create(ctx context.Context, r CreateRequest) (Clone, error) {
 		CreatedAt:     now,
 		LastActivity:  now,
 		MaxIdle:       m.cfg.Cloning.MaxIdleMinutes,
-		ExtraConf:     copyMap(r.ExtraConf),
+		ExtraConf:     maps.Clone(r.ExtraConf),
 		LogicalSize:   snap.LogicalSize,
 		opStart:       time.Now(),
 	}

@@ -2,7 +2,8 @@ package clone
 
 import (
 	"fmt"
-	"sort"
+	"maps"
+	"slices"
 )
 
 // changedLocked records a change: wakes waiters and bumps the version the
@@ -41,10 +42,10 @@ func (m *Manager) recordsLocked(id string, next *record) []*record {
 		if cid == id && next != nil {
 			c = *next
 		}
-		c.ExtraConf = copyMap(c.ExtraConf)
+		c.ExtraConf = maps.Clone(c.ExtraConf)
 		recs = append(recs, &c)
 	}
-	sort.Slice(recs, func(i, j int) bool { return recs[i].CreatedAt.Before(recs[j].CreatedAt) })
+	slices.SortFunc(recs, func(a, b *record) int { return a.CreatedAt.Compare(b.CreatedAt) })
 	return recs
 }
 
@@ -70,7 +71,7 @@ func (m *Manager) update(id string, f func(r *record)) bool {
 		return false
 	}
 	next := *r
-	next.ExtraConf = copyMap(r.ExtraConf)
+	next.ExtraConf = maps.Clone(r.ExtraConf)
 	f(&next)
 	recs := m.recordsLocked(id, &next)
 	before := m.version

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"time"
 )
 
@@ -58,7 +59,7 @@ func (m *Manager) Reset(ctx context.Context, id string, r ResetRequest) (Clone, 
 	rec.opStart = time.Now()
 	m.changedLocked()
 	spec := *rec
-	spec.ExtraConf = copyMap(rec.ExtraConf)
+	spec.ExtraConf = maps.Clone(rec.ExtraConf)
 	view := m.view(rec)
 	m.ops.Add(1)
 	m.mu.Unlock()

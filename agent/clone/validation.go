@@ -4,8 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"regexp"
-	"sort"
+	"slices"
 	"strings"
 
 	passwordvalidator "github.com/wagslane/go-password-validator"
@@ -40,12 +41,7 @@ func validatePassword(pw string) error {
 }
 
 func validateExtraConf(conf map[string]string) error {
-	keys := make([]string, 0, len(conf))
-	for k := range conf {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	for _, k := range keys {
+	for _, k := range slices.Sorted(maps.Keys(conf)) {
 		if err := runtime.ValidateSetting(k, conf[k]); err != nil {
 			return &ValidationError{Field: "extra_conf." + k, Message: err.Error()}
 		}

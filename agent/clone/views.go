@@ -3,7 +3,9 @@ package clone
 import (
 	"context"
 	"fmt"
-	"sort"
+	"maps"
+	"slices"
+	"strings"
 	"time"
 )
 
@@ -26,7 +28,7 @@ func (m *Manager) view(r *record) Clone {
 		CloningTime:    r.CloningTime,
 		DiffSize:       r.diffSize,
 		LogicalSize:    r.LogicalSize,
-		ExtraConf:      copyMap(r.ExtraConf),
+		ExtraConf:      maps.Clone(r.ExtraConf),
 	}
 	if c.Protected {
 		c.ProtectedTill = r.ProtectedTill
@@ -56,11 +58,11 @@ func (m *Manager) List() []Clone {
 		out = append(out, m.view(r))
 	}
 	m.mu.Unlock()
-	sort.Slice(out, func(i, j int) bool {
-		if !out[i].CreatedAt.Equal(out[j].CreatedAt) {
-			return out[i].CreatedAt.After(out[j].CreatedAt)
+	slices.SortFunc(out, func(a, b Clone) int {
+		if c := b.CreatedAt.Compare(a.CreatedAt); c != 0 {
+			return c
 		}
-		return out[i].ID < out[j].ID
+		return strings.Compare(a.ID, b.ID)
 	})
 	return out
 }
@@ -107,15 +109,4 @@ func (m *Manager) ExpectedCloningTime() time.Duration {
 		sum += t
 	}
 	return sum / time.Duration(len(m.times))
-}
-
-func copyMap(in map[string]string) map[string]string {
-	if in == nil {
-		return nil
-	}
-	out := make(map[string]string, len(in))
-	for k, v := range in {
-		out[k] = v
-	}
-	return out
 }

@@ -2,8 +2,9 @@ package runtime
 
 import (
 	"fmt"
+	"maps"
 	"regexp"
-	"sort"
+	"slices"
 )
 
 // settingKind is the type of a setting's value, as PostgreSQL describes it
@@ -242,10 +243,5 @@ func validateNameValue(name, value string) error {
 // CloneSettingNames lists the allowlist, sorted (for documentation and
 // tests).
 func CloneSettingNames() []string {
-	names := make([]string, 0, len(cloneSettings))
-	for n := range cloneSettings {
-		names = append(names, n)
-	}
-	sort.Strings(names)
-	return names
+	return slices.Sorted(maps.Keys(cloneSettings))
 }

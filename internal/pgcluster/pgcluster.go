@@ -12,11 +12,12 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"maps"
 	"os"
 	"os/exec"
 	"os/user"
 	"path/filepath"
-	"sort"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -122,8 +123,7 @@ func NewestBinDir(root string) (string, error) {
 	if len(majors) == 0 {
 		return "", fmt.Errorf("no PostgreSQL server binaries under %s (install postgresql-15)", root)
 	}
-	sort.Ints(majors)
-	return filepath.Join(root, strconv.Itoa(majors[len(majors)-1]), "bin"), nil
+	return filepath.Join(root, strconv.Itoa(slices.Max(majors)), "bin"), nil
 }
 
 // Cluster is one PostgreSQL data directory and how to run it.
@@ -231,12 +231,7 @@ func (c *Cluster) Start(ctx context.Context, port int, listenAddr string, settin
 		"-c", "listen_addresses=" + listenAddr,
 		"-c", "unix_socket_directories=" + c.socketDir(),
 	}
-	keys := make([]string, 0, len(settings))
-	for k := range settings {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	for _, k := range keys {
+	for _, k := range slices.Sorted(maps.Keys(settings)) {
 		args = append(args, "-c", k+"="+settings[k])
 	}
 	logf, err := OpenLog(c.LogFile(), c.LogPath != "")
