@@ -215,7 +215,7 @@ func (m *Manager) build(ctx context.Context, spec record, fresh bool) (string, e
 		}
 		m.log.Warn("clone port was taken by another program; trying another", "clone", spec.ID, "old_port", spec.Port, "port", port)
 		spec.Port = port
-		m.save()
+		_ = m.save() // save logs a failure, and the next change writes the state again
 	}
 	t2 := time.Now()
 	if err := setupUser(ctx, m.socketConnect(dataDir, spec.Port), spec.Username, spec.Verifier, spec.Restricted); err != nil {
@@ -267,12 +267,12 @@ func (m *Manager) checkLogin(ctx context.Context, spec record, dataDir string) e
 	}
 	cc.Password = spec.password
 	var lastErr error
-	for attempt := 0; attempt < 20; attempt++ {
+	for range 20 {
 		conn, err := pgx.ConnectConfig(ctx, cc)
 		if err == nil {
 			var one int
 			err = conn.QueryRow(ctx, "SELECT 1").Scan(&one)
-			conn.Close(context.Background())
+			_ = conn.Close(context.Background()) // a failed goodbye loses nothing
 			if err == nil {
 				return nil
 			}
@@ -294,9 +294,9 @@ func (m *Manager) checkVerifierLogin(ctx context.Context, spec record, dataDir s
 	if err != nil {
 		return fmt.Errorf("clone database %s is not reachable: %w", spec.DBName, err)
 	}
-	conn.Close(context.Background())
+	_ = conn.Close(context.Background()) // a failed goodbye loses nothing
 	var lastErr error
-	for attempt := 0; attempt < 20; attempt++ {
+	for range 20 {
 		lastErr = probeSCRAM(cctx, net.JoinHostPort(m.connectHost, strconv.Itoa(spec.Port)), spec.Username, spec.DBName, spec.Verifier)
 		var ne net.Error
 		if lastErr == nil || !errors.As(lastErr, &ne) || cctx.Err() != nil {

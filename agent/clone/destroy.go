@@ -34,7 +34,7 @@ func (m *Manager) Destroy(ctx context.Context, id string) error {
 	spec := *rec
 	m.ops.Add(1)
 	m.mu.Unlock()
-	m.save()
+	_ = m.save() // save logs a failure, and the next change writes the state again
 	m.log.Info("destroying clone", "clone", id)
 	go func() {
 		defer m.ops.Done()
@@ -90,7 +90,7 @@ func (m *Manager) teardown(ctx context.Context, poolName, id, mount string, uid 
 		return nil
 	}
 	var err error
-	for attempt := 0; attempt < 5; attempt++ {
+	for attempt := range 5 {
 		if err = pool.DestroyClone(ctx, id); err == nil || errors.Is(err, storage.ErrNotFound) {
 			return nil
 		}

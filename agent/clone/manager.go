@@ -125,7 +125,7 @@ func NewManager(ctx context.Context, opt Options) (*Manager, error) {
 		return nil, fmt.Errorf("stateDir: %w", err)
 	}
 	// The state holds password verifiers.
-	if err := os.Chmod(cfg.StateDir, 0o700); err != nil {
+	if err := os.Chmod(cfg.StateDir, 0o700); err != nil { //nolint:gosec // a directory: 0700 is owner-only
 		return nil, fmt.Errorf("stateDir: %w", err)
 	}
 	if err := m.restore(ctx); err != nil {

@@ -92,7 +92,7 @@ func (m *Manager) update(id string, f func(r *record)) bool {
 	m.mu.Unlock()
 	m.saveMu.Unlock()
 	if behind || !written {
-		m.save()
+		_ = m.save() // save logs a failure, and the next change writes the state again
 	}
 	return ok
 }
@@ -102,5 +102,5 @@ func (m *Manager) remove(id string) {
 	delete(m.clones, id)
 	m.changedLocked()
 	m.mu.Unlock()
-	m.save()
+	_ = m.save() // save logs a failure, and the next change writes the state again
 }

@@ -31,7 +31,7 @@ func (m *Manager) allocPortLocked() (int, error) {
 
 // portFree tries to listen on port on every configured address.
 func (m *Manager) portFree(port int) bool {
-	for _, a := range strings.Split(m.cfg.Provision.ListenAddresses, ",") {
+	for a := range strings.SplitSeq(m.cfg.Provision.ListenAddresses, ",") {
 		a = strings.TrimSpace(a)
 		if a == "*" {
 			a = ""
@@ -40,7 +40,7 @@ func (m *Manager) portFree(port int) bool {
 		if err != nil {
 			return false
 		}
-		l.Close()
+		_ = l.Close() // only probing that the port is free
 	}
 	return true
 }

@@ -2,6 +2,7 @@ package clone
 
 import (
 	"fmt"
+	"math"
 	"time"
 )
 
@@ -47,9 +48,17 @@ func (m *Manager) protectionTill(now time.Time, minutes *uint) time.Time {
 	if d == 0 {
 		return time.Time{}
 	}
-	return now.Add(time.Duration(d) * time.Minute)
+	return now.Add(inMinutes(d))
 }
 
 func (m *Manager) protectedNow(r *record, now time.Time) bool {
 	return r.Protected && (r.ProtectedTill.IsZero() || now.Before(r.ProtectedTill))
+}
+
+// inMinutes converts a configured or requested number of minutes, capped so
+// that an absurd value means "practically never" instead of overflowing
+// into the past.
+func inMinutes(n uint) time.Duration {
+	const maxMinutes = uint(math.MaxInt64 / int64(time.Minute))
+	return time.Duration(min(n, maxMinutes)) * time.Minute
 }

@@ -63,7 +63,7 @@ func (m *Manager) Reset(ctx context.Context, id string, r ResetRequest) (Clone, 
 	view := m.view(rec)
 	m.ops.Add(1)
 	m.mu.Unlock()
-	m.save()
+	_ = m.save() // save logs a failure, and the next change writes the state again
 	m.log.Info("resetting clone", "clone", id, "snapshot", snap.ID)
 	go func() {
 		defer m.ops.Done()

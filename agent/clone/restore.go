@@ -338,11 +338,9 @@ func (m *Manager) resumeBuild(r *record) {
 		r.Port = port
 	}
 	spec := *r
-	m.ops.Add(1)
-	go func() {
-		defer m.ops.Done()
+	m.ops.Go(func() {
 		m.runBuild(spec, "")
-	}()
+	})
 }
 
 // restartClone starts the postgres of a clone whose process died, on the
@@ -389,7 +387,7 @@ func (m *Manager) migratePassword(ctx context.Context, r *record) error {
 				if conn.QueryRow(cctx, `SELECT rolpassword FROM pg_catalog.pg_authid WHERE rolname OPERATOR(pg_catalog.=) $1`, r.Username).Scan(&v) == nil && verifierMatches(v, r.password) {
 					r.Verifier = v
 				}
-				conn.Close(context.Background())
+				_ = conn.Close(context.Background()) // a failed goodbye loses nothing
 			}
 			cancel()
 		}

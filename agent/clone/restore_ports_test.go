@@ -3,6 +3,7 @@ package clone_test
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"testing"
@@ -47,9 +48,7 @@ func TestRestoreRebuildsOnOwnPorts(t *testing.T) {
 	for i := range n {
 		id := fmt.Sprintf("rebuild%d", i)
 		rec := map[string]any{}
-		for k, v := range tmpl {
-			rec[k] = v
-		}
+		maps.Copy(rec, tmpl)
 		rec["id"] = id
 		rec["status"] = "CREATING"
 		rec["port"] = 0 // needs a new port
@@ -70,7 +69,7 @@ func TestRestoreRebuildsOnOwnPorts(t *testing.T) {
 	}
 
 	m2 := e.manager()
-	defer m2.Close()
+	defer closeManager(t, m2)
 	ports := map[int]string{keep.Port: "keep"}
 	for i := range n {
 		id := fmt.Sprintf("rebuild%d", i)

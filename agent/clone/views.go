@@ -34,7 +34,7 @@ func (m *Manager) view(r *record) Clone {
 		c.ProtectedTill = r.ProtectedTill
 	}
 	if r.Status == StatusOK && !c.Protected && r.MaxIdle > 0 {
-		c.DeleteAt = r.LastActivity.Add(time.Duration(r.MaxIdle) * time.Minute)
+		c.DeleteAt = r.LastActivity.Add(inMinutes(r.MaxIdle))
 	}
 	return c
 }

@@ -152,7 +152,7 @@ var forbiddenSettings = map[string]string{
 // dangerousSettings are refused for requests with the reason (they are
 // outside the allowlist anyway); the operator may still set them in
 // provision.cloneDefaults.settings.
-var dangerousSettings = map[string]string{
+var dangerousSettings = map[string]string{ //nolint:gosec // setting names and reasons, no credentials
 	"shared_preload_libraries":  "it loads a library into the server",
 	"session_preload_libraries": "it loads a library into the server",
 	"local_preload_libraries":   "it loads a library into the server",
