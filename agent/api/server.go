@@ -35,11 +35,28 @@ const Edition = "community"
 //go:embed openapi.yaml
 var openAPISpec []byte
 
+// Clones is what the API needs of the clone engine (clone.Manager). It is
+// declared here, by its consumer, so that tests can serve the API over an
+// in-memory fake without root or a pool.
+type Clones interface {
+	List() []clone.Clone
+	Get(id string) (clone.Clone, error)
+	Wait(ctx context.Context, id string) (clone.Clone, error)
+	Create(ctx context.Context, r clone.CreateRequest) (clone.Clone, error)
+	Reset(ctx context.Context, id string, r clone.ResetRequest) (clone.Clone, error)
+	Destroy(ctx context.Context, id string) error
+	UpdateProtection(id string, protected bool, durationMinutes *uint) (clone.Clone, error)
+	ExpectedCloningTime() time.Duration
+	Pool(name string) (storage.Pool, bool)
+}
+
+var _ Clones = (*clone.Manager)(nil)
+
 // Options configure a Server.
 type Options struct {
 	// Config supplies the verification token and the cloning policy.
 	Config *config.Config
-	Clones *clone.Manager
+	Clones Clones
 	// Retrieval may be nil (then retrieval is reported inactive).
 	Retrieval *retrieval.Retriever
 	// Pools are the agent's pools in config order.
@@ -72,7 +89,7 @@ type Options struct {
 // Server answers the agent API.
 type Server struct {
 	cfg       *config.Config
-	clones    *clone.Manager
+	clones    Clones
 	retrieval *retrieval.Retriever
 	pools     []storage.Pool
 	log       *slog.Logger

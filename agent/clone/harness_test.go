@@ -139,7 +139,7 @@ func (e *env) assertNoLeaks(m *clone.Manager) {
 			e.t.Errorf("port %d still in use: %v", port, err)
 			continue
 		}
-		l.Close()
+		_ = l.Close() // only probing that the port is free
 	}
 }
 
@@ -198,7 +198,7 @@ func (e *env) query(c clone.Clone, sql string) string {
 	if err != nil {
 		e.t.Fatalf("connect to clone %s: %v", c.ID, err)
 	}
-	defer conn.Close(e.ctx)
+	defer func() { _ = conn.Close(e.ctx) }() // a failed goodbye loses nothing
 	var s string
 	if err := conn.QueryRow(e.ctx, sql).Scan(&s); err != nil {
 		e.t.Fatalf("clone %s: %s: %v", c.ID, sql, err)
@@ -212,12 +212,20 @@ func (e *env) exec(c clone.Clone, sql string) {
 	if err != nil {
 		e.t.Fatalf("connect to clone %s: %v", c.ID, err)
 	}
-	defer conn.Close(e.ctx)
+	defer func() { _ = conn.Close(e.ctx) }() // a failed goodbye loses nothing
 	if _, err := conn.Exec(e.ctx, sql); err != nil {
 		e.t.Fatalf("clone %s: %s: %v", c.ID, sql, err)
 	}
 }
 
-func uintp(v uint) *uint { return &v }
+//go:fix inline
 
 var _ = os.Getpid
+
+// closeManager closes m and fails the test if its last state write fails.
+func closeManager(t testing.TB, m *clone.Manager) {
+	t.Helper()
+	if err := m.Close(); err != nil {
+		t.Errorf("close manager: %v", err)
+	}
+}

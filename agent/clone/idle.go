@@ -69,7 +69,7 @@ func (m *Manager) CheckIdle(ctx context.Context) []string {
 					m.mu.Lock()
 					r.busy = false
 					m.mu.Unlock()
-					m.save()
+					_ = m.save() // save logs a failure, and the next change writes the state again
 				}
 				continue
 			}
@@ -86,7 +86,7 @@ func (m *Manager) CheckIdle(ctx context.Context) []string {
 		if it.protected || s.MaxIdle == 0 {
 			continue
 		}
-		if now.Sub(s.LastActivity) < time.Duration(s.MaxIdle)*time.Minute {
+		if now.Sub(s.LastActivity) < inMinutes(s.MaxIdle) {
 			continue
 		}
 		m.log.Info("deleting idle clone", "clone", s.ID, "idle_since", s.LastActivity, "max_idle_minutes", s.MaxIdle)
@@ -96,7 +96,7 @@ func (m *Manager) CheckIdle(ctx context.Context) []string {
 		}
 		deleted = append(deleted, s.ID)
 	}
-	m.save()
+	_ = m.save() // save logs a failure, and the next change writes the state again
 	return deleted
 }
 
@@ -111,7 +111,7 @@ func (m *Manager) clientConnections(ctx context.Context, dataDir string, port in
 			return 0, err
 		}
 	}
-	defer conn.Close(context.Background())
+	defer func() { _ = conn.Close(context.Background()) }() // a failed goodbye loses nothing
 	var n int
 	err = conn.QueryRow(cctx, `SELECT pg_catalog.count(*) FROM pg_catalog.pg_stat_activity
 	  WHERE backend_type OPERATOR(pg_catalog.=) 'client backend' AND pid OPERATOR(pg_catalog.<>) pg_catalog.pg_backend_pid()`).Scan(&n)

@@ -15,7 +15,7 @@ func freePort(t *testing.T) int {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
+	defer func() { _ = l.Close() }() // a listener the test only holds
 	return l.Addr().(*net.TCPAddr).Port
 }
 
@@ -26,18 +26,18 @@ func freePort(t *testing.T) int {
 func TestIdleCleanup(t *testing.T) {
 	e := newEnv(t, 5)
 	m := e.manager()
-	defer m.Close()
+	defer closeManager(t, m)
 	idle := e.create(m, e.req("idle1"))
 	pr := e.req("prot2")
 	pr.Protected = true
-	pr.ProtectionDurationMinutes = uintp(30)
+	pr.ProtectionDurationMinutes = new(uint(30))
 	e.create(m, pr)
 	busy := e.create(m, e.req("busy3"))
 	conn, err := e.connect(busy, "alice", goodPassword, "postgres")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer conn.Close(e.ctx)
+	defer func() { _ = conn.Close(e.ctx) }() // a failed goodbye loses nothing
 
 	e.clock.Advance(9 * time.Minute)
 	if got := m.CheckIdle(e.ctx); len(got) != 0 {
@@ -74,7 +74,7 @@ func TestIdleCleanup(t *testing.T) {
 	if _, err := m.Wait(e.ctx, "prot2"); !errors.Is(err, clone.ErrNotFound) {
 		t.Fatalf("prot2: %v", err)
 	}
-	conn.Close(e.ctx)
+	_ = conn.Close(e.ctx) // a failed goodbye loses nothing
 	e.waitNoClients(busy)
 	e.clock.Advance(9 * time.Minute)
 	if got := m.CheckIdle(e.ctx); len(got) != 0 {
@@ -84,7 +84,9 @@ func TestIdleCleanup(t *testing.T) {
 	if got := m.CheckIdle(e.ctx); len(got) != 1 || got[0] != "busy3" {
 		t.Fatalf("deleted %v, want [busy3]", got)
 	}
-	m.Wait(e.ctx, "busy3")
+	if _, err := m.Wait(e.ctx, "busy3"); !errors.Is(err, clone.ErrNotFound) {
+		t.Fatalf("busy3 after idle cleanup: %v, want ErrNotFound", err)
+	}
 	e.assertNoLeaks(m)
 }
 
@@ -93,7 +95,7 @@ func TestIdleCleanup(t *testing.T) {
 // asynchronously.
 func (e *env) waitNoClients(c clone.Clone) {
 	e.t.Helper()
-	for i := 0; i < 500; i++ {
+	for range 500 {
 		if e.query(c, "SELECT count(*)::text FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()") == "0" {
 			return
 		}
@@ -109,7 +111,7 @@ func TestIdleKeepsProtectedForever(t *testing.T) {
 	e.cfg.Cloning.ProtectionMaxDurationMinutes = 0
 	e.cfg.Cloning.ProtectionLeaseDurationMinutes = 0
 	m := e.manager()
-	defer m.Close()
+	defer closeManager(t, m)
 	r := e.req("forever1")
 	r.Protected = true
 	c := e.create(m, r)
@@ -123,7 +125,9 @@ func TestIdleKeepsProtectedForever(t *testing.T) {
 	if err := m.Destroy(e.ctx, "forever1"); !errors.Is(err, clone.ErrProtected) {
 		t.Fatalf("destroy: %v", err)
 	}
-	m.UpdateProtection("forever1", false, nil)
+	if _, err := m.UpdateProtection("forever1", false, nil); err != nil {
+		t.Fatalf("unprotect forever1: %v", err)
+	}
 	e.destroy(m, "forever1")
 	e.assertNoLeaks(m)
 }
@@ -133,13 +137,15 @@ func TestIdleKeepsProtectedForever(t *testing.T) {
 func TestLoopRestartsDeadPostgres(t *testing.T) {
 	e := newEnv(t, 2)
 	m := e.manager()
-	defer m.Close()
+	defer closeManager(t, m)
 	c := e.create(m, e.req("crash1"))
 	pid := postmasterOf(t, mountOf(t, e, "crash1"))
 	if pid == 0 {
 		t.Fatal("no postmaster")
 	}
-	syscall.Kill(pid, syscall.SIGKILL)
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatalf("kill postgres %d: %v", pid, err)
+	}
 	for i := 0; i < 500 && syscall.Kill(pid, 0) == nil; i++ {
 		time.Sleep(10 * time.Millisecond)
 	}

@@ -33,7 +33,7 @@ func (e *env) shell(t *testing.T, c clone.Clone, script string) string {
 	if err != nil {
 		t.Fatalf("connect to clone %s: %v", c.ID, err)
 	}
-	defer conn.Close(e.ctx)
+	defer func() { _ = conn.Close(e.ctx) }() // a failed goodbye loses nothing
 	// COPY's text format splits on tabs and unescapes backslashes: neither
 	// may reach it.
 	enc := base64.StdEncoding.EncodeToString([]byte("out=$( (\n" + script + "\n) 2>&1 ); rc=$?\nprintf '%s\\n' \"$out\" | tr '\\t\\\\' '  '\necho rc=$rc\n"))
@@ -79,7 +79,11 @@ func rootTargets(t *testing.T) (dir string, existing, missing []string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
+	t.Cleanup(func() {
+		if err := os.RemoveAll(dir); err != nil {
+			t.Errorf("remove %s: %v", dir, err)
+		}
+	})
 	if err := os.Chmod(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -91,7 +95,9 @@ func rootTargets(t *testing.T) (dir string, existing, missing []string) {
 			t.Fatal(err)
 		}
 		past := time.Now().Add(-time.Hour)
-		os.Chtimes(p, past, past)
+		if err := os.Chtimes(p, past, past); err != nil {
+			t.Fatal(err)
+		}
 		existing = append(existing, p)
 	}
 	for _, n := range []string{"new-log", "new-conf"} {
@@ -108,8 +114,8 @@ func rootSleep(t *testing.T) *exec.Cmd {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		cmd.Process.Kill()
-		cmd.Wait()
+		_ = cmd.Process.Kill() // fails only when it has exited, which Wait reports
+		_ = cmd.Wait()         // killed: it exits with an error by design
 	})
 	return cmd
 }
@@ -156,7 +162,7 @@ func waitDead(t *testing.T, pid int) {
 func TestCloneSuperuserCannotReachRoot(t *testing.T) {
 	e := newEnv(t, 3)
 	m := e.manager()
-	defer m.Close()
+	defer closeManager(t, m)
 	c := e.create(m, e.req("atk"))
 	dataDir := filepath.Join(mountOf(t, e, "atk"), storage.DataSubdir)
 	_, existing, missing := rootTargets(t)
@@ -187,7 +193,7 @@ func TestCloneSuperuserCannotReachRoot(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s: the clone does not accept connections after the agent's restart: %v", step, err)
 		}
-		conn.Close(e.ctx)
+		_ = conn.Close(e.ctx) // a failed goodbye loses nothing
 	}
 
 	// killLater kills the postmaster (then runs more) in the background,
@@ -254,7 +260,7 @@ func TestCloneSuperuserCannotReachRoot(t *testing.T) {
 func TestCloneUsersAreIsolated(t *testing.T) {
 	e := newEnv(t, 3)
 	m := e.manager()
-	defer m.Close()
+	defer closeManager(t, m)
 	a := e.create(m, e.req("isoa"))
 	b := e.create(m, e.req("isob"))
 	mountA, mountB := mountOf(t, e, "isoa"), mountOf(t, e, "isob")
@@ -265,7 +271,7 @@ func TestCloneUsersAreIsolated(t *testing.T) {
 		if err != nil {
 			t.Fatalf("no postmaster in %s: %v", mount, err)
 		}
-		for _, l := range strings.Split(string(raw), "\n") {
+		for l := range strings.SplitSeq(string(raw), "\n") {
 			if f := strings.Fields(l); len(f) > 1 && f[0] == "Uid:" {
 				u, _ := strconv.ParseUint(f[1], 10, 32)
 				return uint32(u)
@@ -330,7 +336,7 @@ func TestCloneUsersAreIsolated(t *testing.T) {
 			t.Fatal(err)
 		}
 		err = conn.QueryRow(e.ctx, "SELECT pg_relation_filepath('written_by_a')").Scan(&rel)
-		conn.Close(e.ctx)
+		_ = conn.Close(e.ctx) // a failed goodbye loses nothing
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -341,7 +347,7 @@ func TestCloneUsersAreIsolated(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer unix.Close(tree)
+		defer func() { _ = unix.Close(tree) }() // a detached mount tree fd: nothing to flush
 		for _, f := range []string{"made_by_a", rel} {
 			var raw unix.Stat_t
 			rp := filepath.Join(filepath.Base(mountA), storage.DataSubdir, f)

@@ -25,7 +25,7 @@ func TestManagerRefusesLimitsItCannotApply(t *testing.T) {
 	root := filepath.Join(t.TempDir(), "no-cgroups")
 	m, err := clone.NewManager(t.Context(), clone.Options{Config: cfg, Pools: []storage.Pool{p}, CheckInterval: -1, CgroupRoot: root})
 	if err == nil {
-		m.Close()
+		closeManager(t, m)
 		t.Fatal("the manager started with limits configured and no cgroups to apply them")
 	}
 	for _, want := range []string{"provision.resources", root} {

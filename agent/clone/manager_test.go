@@ -14,7 +14,7 @@ import (
 func TestLifecycle(t *testing.T) {
 	e := newEnv(t, 5)
 	m := e.manager()
-	defer m.Close()
+	defer closeManager(t, m)
 
 	r := e.req("life1")
 	r.ExtraConf = map[string]string{"statement_timeout": "4321"}
@@ -40,14 +40,14 @@ func TestLifecycle(t *testing.T) {
 	}
 	// Production passwords do not work on the clone.
 	if conn, err := e.connect(c, "app", prodPassword, "postgres"); err == nil {
-		conn.Close(e.ctx)
+		_ = conn.Close(e.ctx) // a failed goodbye loses nothing
 		t.Fatal("the production password of role app works on the clone")
 	} else if !strings.Contains(err.Error(), "password authentication failed") {
 		t.Fatalf("app login: %v", err)
 	}
 	// A wrong password for the clone user fails too.
 	if conn, err := e.connect(c, "alice", "not-it", "postgres"); err == nil {
-		conn.Close(e.ctx)
+		_ = conn.Close(e.ctx) // a failed goodbye loses nothing
 		t.Fatal("wrong password accepted")
 	}
 	if list := m.List(); len(list) != 1 || list[0].ID != "life1" {
@@ -84,15 +84,15 @@ func TestLifecycle(t *testing.T) {
 func TestProtectionDurations(t *testing.T) {
 	e := newEnv(t, 2)
 	m := e.manager()
-	defer m.Close()
+	defer closeManager(t, m)
 	r := e.req("prot1")
 	r.Protected = true
-	r.ProtectionDurationMinutes = uintp(0) // forever, capped at the maximum (120)
+	r.ProtectionDurationMinutes = new(uint(0)) // forever, capped at the maximum (120)
 	c := e.create(m, r)
 	if !c.Protected || !c.ProtectedTill.Equal(e.clock.Now().Add(120*time.Minute)) {
 		t.Fatalf("protectedTill = %v", c.ProtectedTill)
 	}
-	c, err := m.UpdateProtection("prot1", true, uintp(30))
+	c, err := m.UpdateProtection("prot1", true, new(uint(30)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -114,7 +114,7 @@ func TestResetKeepsPortAndCredentials(t *testing.T) {
 	e := newEnv(t, 3)
 	s2 := e.addSnapshot("UPDATE t SET v = 'two'")
 	m := e.manager()
-	defer m.Close()
+	defer closeManager(t, m)
 
 	r := e.req("reset1")
 	r.SnapshotID = e.snaps[0].ID
@@ -168,7 +168,7 @@ func TestResetKeepsPortAndCredentials(t *testing.T) {
 func TestRestrictedUser(t *testing.T) {
 	e := newEnv(t, 2)
 	m := e.manager()
-	defer m.Close()
+	defer closeManager(t, m)
 	r := e.req("restr1")
 	r.Username = "bob"
 	r.Restricted = true
@@ -203,7 +203,7 @@ func TestRestrictedUser(t *testing.T) {
 	if _, err := conn.Exec(e.ctx, "CREATE ROLE mallory SUPERUSER"); err == nil {
 		t.Fatal("restricted user created a superuser")
 	}
-	conn.Close(e.ctx)
+	_ = conn.Close(e.ctx) // a failed goodbye loses nothing
 	e.destroy(m, "restr1")
 	e.assertNoLeaks(m)
 }
@@ -211,11 +211,10 @@ func TestRestrictedUser(t *testing.T) {
 func TestBadRequestsLeaveNothing(t *testing.T) {
 	e := newEnv(t, 2)
 	m := e.manager()
-	defer m.Close()
+	defer closeManager(t, m)
 
 	field := func(err error) string {
-		var ve *clone.ValidationError
-		if errors.As(err, &ve) {
+		if ve, ok := errors.AsType[*clone.ValidationError](err); ok {
 			return ve.Field
 		}
 		return ""
@@ -325,7 +324,7 @@ func TestNoSnapshotsYet(t *testing.T) {
 		t.Fatal(err)
 	}
 	m := e.manager()
-	defer m.Close()
+	defer closeManager(t, m)
 	if _, err := m.Create(e.ctx, e.req("x")); !errors.Is(err, clone.ErrNoSnapshots) {
 		t.Fatalf("create without snapshots: %v", err)
 	}
@@ -334,11 +333,11 @@ func TestNoSnapshotsYet(t *testing.T) {
 func TestParallelCreate20(t *testing.T) {
 	e := newEnv(t, 25)
 	m := e.manager()
-	defer m.Close()
+	defer closeManager(t, m)
 	const n = 20
 	var wg sync.WaitGroup
 	errs := make(chan error, n)
-	for i := 0; i < n; i++ {
+	for i := range n {
 		wg.Add(1)
 		go func(i int) {
 			defer wg.Done()
@@ -357,7 +356,7 @@ func TestParallelCreate20(t *testing.T) {
 		t.Fatal(err)
 	}
 	ports := map[int]string{}
-	for i := 0; i < n; i++ {
+	for i := range n {
 		c := e.wait(m, "par"+strconv.Itoa(i), clone.StatusOK)
 		if other, dup := ports[c.Port]; dup {
 			t.Fatalf("clones %s and %s share port %d", c.ID, other, c.Port)
@@ -370,12 +369,12 @@ func TestParallelCreate20(t *testing.T) {
 	if list := m.List(); len(list) != n {
 		t.Fatalf("list has %d clones", len(list))
 	}
-	for i := 0; i < n; i++ {
+	for i := range n {
 		if err := m.Destroy(e.ctx, "par"+strconv.Itoa(i)); err != nil {
 			t.Fatal(err)
 		}
 	}
-	for i := 0; i < n; i++ {
+	for i := range n {
 		if _, err := m.Wait(e.ctx, "par"+strconv.Itoa(i)); !errors.Is(err, clone.ErrNotFound) {
 			t.Fatalf("par%d after destroy: %v", i, err)
 		}

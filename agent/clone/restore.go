@@ -14,62 +14,124 @@ import (
 
 // restore rebuilds the picture after a start (clean or after kill -9):
 // the state file says what should exist, the pools and /proc say what
-// does.
+// does. It runs in phases: inventory (what exists), adopt (which recorded
+// clones are kept and what each needs), reap orphans (datasets and
+// postmasters of no clone), resume (restart, rebuild, finish deletes).
 func (m *Manager) restore(ctx context.Context) error {
 	recs, err := loadState(m.cfg.StateDir)
 	if err != nil {
 		return err
 	}
-	datasets := map[string]map[string]storage.Clone{} // pool -> name -> clone
-	cloneParents := map[string]bool{}
+	inv, err := m.inventory(ctx)
+	if err != nil {
+		return err
+	}
+	plan, err := m.adopt(recs, inv)
+	if err != nil {
+		return err
+	}
+	m.reapOrphans(ctx, inv)
+	if err := m.resume(ctx, plan); err != nil {
+		return err
+	}
+	m.mu.Lock()
+	for _, r := range recs {
+		r.password = ""
+	}
+	m.changedLocked()
+	n := len(m.clones)
+	m.mu.Unlock()
+	if err := m.save(); err != nil {
+		return err
+	}
+	m.log.Info("clones restored", "clones", n, "restarted", len(plan.restart), "resumed", len(plan.rebuild)+len(plan.finishDelete))
+	return nil
+}
+
+// inventory is what exists at start, whatever the state file says.
+type inventory struct {
+	datasets map[string]map[string]storage.Clone // pool -> name -> clone
+	// cloneParents are the directories clone datasets are mounted in: a
+	// postmaster there that no clone owns is an orphan.
+	cloneParents map[string]bool
+	procs        []runtime.Process
+	running      map[string]runtime.Process // data dir -> postmaster
+}
+
+// inventory lists the clone datasets of every pool and the running
+// postmasters.
+func (m *Manager) inventory(ctx context.Context) (*inventory, error) {
+	inv := &inventory{
+		datasets:     map[string]map[string]storage.Clone{},
+		cloneParents: map[string]bool{},
+		running:      map[string]runtime.Process{},
+	}
 	for _, pc := range m.cfg.Pools {
 		if pc.ClonesDir != "" {
-			cloneParents[filepath.Clean(pc.ClonesDir)] = true
+			inv.cloneParents[filepath.Clean(pc.ClonesDir)] = true
 		}
 	}
 	for _, p := range m.pools {
 		list, err := p.Clones(ctx)
 		if err != nil {
-			return fmt.Errorf("list clones of pool %s: %w", p.Name(), err)
+			return nil, fmt.Errorf("list clones of pool %s: %w", p.Name(), err)
 		}
-		datasets[p.Name()] = map[string]storage.Clone{}
+		inv.datasets[p.Name()] = map[string]storage.Clone{}
 		for _, c := range list {
-			datasets[p.Name()][c.Name] = c
-			cloneParents[filepath.Dir(filepath.Clean(c.Mountpoint))] = true
+			inv.datasets[p.Name()][c.Name] = c
+			inv.cloneParents[filepath.Dir(filepath.Clean(c.Mountpoint))] = true
 		}
 	}
 	procs, err := runtime.Postmasters()
 	if err != nil {
 		m.log.Warn("cannot list postgres processes; orphan processes will not be cleaned up", "err", err)
 	}
-	running := map[string]runtime.Process{} // data dir -> postmaster
+	inv.procs = procs
 	for _, p := range procs {
-		running[p.DataDir] = p
+		inv.running[p.DataDir] = p
 	}
+	return inv, nil
+}
 
+// restorePlan is what adopt decided the recorded clones need.
+type restorePlan struct {
+	// restart: OK clones whose postgres is not running (as their own user).
+	restart []*record
+	// rebuild: creates and resets the agent died in the middle of.
+	rebuild []*record
+	// finishDelete: deletes the agent died in the middle of.
+	finishDelete []*record
+	// migrate: records read with a plaintext password.
+	migrate []*record
+}
+
+// adopt takes the recorded clones that can still be served into the
+// manager (fixing duplicate ports and uids, giving each its own OS uid)
+// and sorts them by what they need to run again.
+func (m *Manager) adopt(recs []*record, inv *inventory) (restorePlan, error) {
+	var plan restorePlan
 	// State files written before verifiers hold the plaintext password:
 	// keep it in memory for this restore (readiness checks log in with it)
 	// and store only a verifier from now on.
-	var migrate []*record
 	for _, r := range recs {
 		if r.Password != "" {
 			r.password, r.Password = r.Password, ""
-			migrate = append(migrate, r)
+			plan.migrate = append(plan.migrate, r)
 		}
 	}
 
-	var restart, rebuild, finishDelete []*record
+	var kept []*record
 	usedPorts := map[int]string{}
 	usedUIDs := map[uint32]string{}
 	for _, r := range recs {
 		if r.Mountpoint != "" {
-			cloneParents[filepath.Dir(filepath.Clean(r.Mountpoint))] = true
+			inv.cloneParents[filepath.Dir(filepath.Clean(r.Mountpoint))] = true
 		}
 		if _, ok := m.poolByName[r.Pool]; !ok {
 			m.log.Warn("dropping clone of a pool that is no longer configured (its dataset, if any, is left alone)", "clone", r.ID, "pool", r.Pool)
 			continue
 		}
-		ds, has := datasets[r.Pool][r.ID]
+		ds, has := inv.datasets[r.Pool][r.ID]
 		if has {
 			r.Mountpoint = ds.Mountpoint
 			r.diffSize = ds.UsedBytes
@@ -99,25 +161,25 @@ func (m *Manager) restore(ctx context.Context) error {
 			// The agent died mid-operation: clear what was half made and
 			// build it again (the record has everything, including the
 			// password verifier).
-			rebuild = append(rebuild, r)
+			plan.rebuild = append(plan.rebuild, r)
 		case StatusDeleting:
-			finishDelete = append(finishDelete, r)
+			plan.finishDelete = append(plan.finishDelete, r)
 		case StatusOK:
 			if !has {
 				m.log.Warn("dropping clone: its dataset is gone", "clone", r.ID, "pool", r.Pool)
 				continue
 			}
 			dataDir := filepath.Join(ds.Mountpoint, storage.DataSubdir)
-			p, ok := running[filepath.Clean(dataDir)]
+			p, ok := inv.running[filepath.Clean(dataDir)]
 			switch {
 			case !ok:
-				restart = append(restart, r)
+				plan.restart = append(plan.restart, r)
 			case r.UID == 0 || p.UID != r.UID:
 				// Started by an agent without per-clone users (or as
 				// another user): restart it as the clone's own user.
 				m.log.Warn("clone's postgres runs as a shared OS user; restarting it as the clone's own", "clone", r.ID, "uid", p.UID)
 				m.rt.KillPID(p)
-				restart = append(restart, r)
+				plan.restart = append(plan.restart, r)
 			}
 		case StatusFatal:
 			// A failed create or reset left nothing behind but the record
@@ -126,34 +188,50 @@ func (m *Manager) restore(ctx context.Context) error {
 			m.log.Warn("dropping clone with an unknown status", "clone", r.ID, "status", r.Status)
 			continue
 		}
+		kept = append(kept, r)
+	}
+
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, r := range kept {
 		m.clones[r.ID] = r
 	}
 	// Clones recorded before per-clone OS users get theirs now.
-	for _, r := range m.clones {
+	for _, r := range kept {
 		if r.UID == 0 {
 			uid, err := m.allocUIDLocked()
 			if err != nil {
-				return err
+				return plan, err
 			}
 			r.UID = uid
 		}
 	}
+	return plan, nil
+}
 
-	// Datasets that belong to no clone (names with ':' are the agent's own
-	// internal datasets, never clones).
+// reapOrphans destroys the clone datasets that belong to no clone (names
+// with ':' are the agent's own internal datasets, never clones) and stops
+// the postmasters running in a clone location that no clone owns (for
+// example, a dataset destroyed under a running server).
+func (m *Manager) reapOrphans(ctx context.Context, inv *inventory) {
+	m.mu.Lock()
+	ids := map[string]bool{}
 	owned := map[string]bool{}
-	for _, r := range m.clones {
+	for id, r := range m.clones {
+		ids[id] = true
 		if r.Mountpoint != "" {
 			owned[filepath.Join(filepath.Clean(r.Mountpoint), storage.DataSubdir)] = true
 		}
 	}
+	m.mu.Unlock()
+
 	for _, p := range m.pools {
-		for name, c := range datasets[p.Name()] {
-			if _, ok := m.clones[name]; ok || strings.Contains(name, ":") {
+		for name, c := range inv.datasets[p.Name()] {
+			if ids[name] || strings.Contains(name, ":") {
 				continue
 			}
 			m.log.Warn("destroying a clone dataset that belongs to no clone", "pool", p.Name(), "dataset", name)
-			if pr, ok := running[filepath.Join(filepath.Clean(c.Mountpoint), storage.DataSubdir)]; ok {
+			if pr, ok := inv.running[filepath.Join(filepath.Clean(c.Mountpoint), storage.DataSubdir)]; ok {
 				m.rt.KillPID(pr)
 			}
 			if err := m.rt.Release(runtime.Instance{Name: name, Mount: c.Mountpoint}); err != nil {
@@ -164,23 +242,58 @@ func (m *Manager) restore(ctx context.Context) error {
 			}
 		}
 	}
-	// Postmasters running in a clone location that no clone owns (for
-	// example, a dataset destroyed under a running server).
-	for _, p := range procs {
+	for _, p := range inv.procs {
 		if owned[p.DataDir] || filepath.Base(p.DataDir) != storage.DataSubdir {
 			continue
 		}
-		if !cloneParents[filepath.Dir(filepath.Dir(p.DataDir))] {
+		if !inv.cloneParents[filepath.Dir(filepath.Dir(p.DataDir))] {
 			continue
 		}
-		if _, isClone := m.clones[filepath.Base(filepath.Dir(p.DataDir))]; isClone {
+		if ids[filepath.Base(filepath.Dir(p.DataDir))] {
 			continue
 		}
 		m.log.Warn("stopping a postgres that belongs to no clone", "pid", p.PID, "datadir", p.DataDir)
 		m.rt.KillPID(p)
 	}
+}
 
-	// Restart dead clones on their own ports, a few at a time.
+// resume restarts dead clones (and waits for them), migrates plaintext
+// passwords, clears what interrupted creates and resets made, then starts
+// in the background the rebuilds and deletes the agent died in the middle
+// of.
+func (m *Manager) resume(ctx context.Context, plan restorePlan) error {
+	m.restartDead(ctx, plan.restart)
+	// No build runs yet: the records may be changed without the lock.
+	for _, r := range plan.migrate {
+		if err := m.migratePassword(ctx, r); err != nil {
+			return err
+		}
+	}
+	// Every half-made clone is cleared before the first build starts: a
+	// teardown lists the pool's clones, and measuring a clone while a build
+	// mounts it can fail the listing (and leave the half-made dataset in
+	// the way of its rebuild).
+	for _, r := range plan.rebuild {
+		m.clearHalfMade(ctx, r)
+	}
+	for _, r := range plan.finishDelete {
+		m.mu.Lock()
+		spec := *r
+		m.ops.Add(1)
+		m.mu.Unlock()
+		go func() {
+			defer m.ops.Done()
+			m.runDestroy(spec)
+		}()
+	}
+	for _, r := range plan.rebuild {
+		m.resumeBuild(r)
+	}
+	return nil
+}
+
+// restartDead restarts dead clones on their own ports, a few at a time.
+func (m *Manager) restartDead(ctx context.Context, restart []*record) {
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, 4)
 	for _, r := range restart {
@@ -193,53 +306,41 @@ func (m *Manager) restore(ctx context.Context) error {
 		}(r)
 	}
 	wg.Wait()
-	for _, r := range migrate {
-		if err := m.migratePassword(ctx, r); err != nil {
-			return err
-		}
-	}
+}
 
-	for _, r := range rebuild {
-		m.log.Info("finishing a clone operation interrupted by an agent restart", "clone", r.ID, "status", r.Status)
-		if err := m.teardown(ctx, r.Pool, r.ID, r.Mountpoint, r.UID); err != nil {
-			m.log.Error("could not clear a half-made clone", "clone", r.ID, "err", err)
-		}
-		r.Mountpoint = ""
-		r.opStart = time.Now()
-		if r.Port == 0 {
-			port, err := m.allocPortLocked()
-			if err != nil {
-				r.Status, r.StatusMessage = StatusFatal, err.Error()
-				continue
-			}
-			r.Port = port
-		}
-		spec := *r
-		m.ops.Add(1)
-		go func() {
-			defer m.ops.Done()
-			m.runBuild(spec, "")
-		}()
-	}
-	for _, r := range finishDelete {
-		spec := *r
-		m.ops.Add(1)
-		go func() {
-			defer m.ops.Done()
-			m.runDestroy(spec)
-		}()
-	}
+// clearHalfMade removes what an interrupted create or reset made.
+func (m *Manager) clearHalfMade(ctx context.Context, r *record) {
 	m.mu.Lock()
-	for _, r := range recs {
-		r.password = ""
-	}
-	m.changedLocked()
+	pool, id, mount, uid, status := r.Pool, r.ID, r.Mountpoint, r.UID, r.Status
 	m.mu.Unlock()
-	if err := m.save(); err != nil {
-		return err
+	m.log.Info("finishing a clone operation interrupted by an agent restart", "clone", id, "status", status)
+	if err := m.teardown(ctx, pool, id, mount, uid); err != nil {
+		m.log.Error("could not clear a half-made clone", "clone", id, "err", err)
 	}
-	m.log.Info("clones restored", "clones", len(m.clones), "restarted", len(restart), "resumed", len(rebuild)+len(finishDelete))
-	return nil
+}
+
+// resumeBuild builds a cleared clone again in the background. The builds
+// started before it read and write the records (their saves copy every
+// record, a port move allocates), so the record and the port allocation
+// are changed under the lock.
+func (m *Manager) resumeBuild(r *record) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	r.Mountpoint = ""
+	r.opStart = time.Now()
+	if r.Port == 0 {
+		port, err := m.allocPortLocked()
+		if err != nil {
+			r.Status, r.StatusMessage = StatusFatal, err.Error()
+			m.changedLocked()
+			return
+		}
+		r.Port = port
+	}
+	spec := *r
+	m.ops.Go(func() {
+		m.runBuild(spec, "")
+	})
 }
 
 // restartClone starts the postgres of a clone whose process died, on the
@@ -286,7 +387,7 @@ func (m *Manager) migratePassword(ctx context.Context, r *record) error {
 				if conn.QueryRow(cctx, `SELECT rolpassword FROM pg_catalog.pg_authid WHERE rolname OPERATOR(pg_catalog.=) $1`, r.Username).Scan(&v) == nil && verifierMatches(v, r.password) {
 					r.Verifier = v
 				}
-				conn.Close(context.Background())
+				_ = conn.Close(context.Background()) // a failed goodbye loses nothing
 			}
 			cancel()
 		}

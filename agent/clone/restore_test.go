@@ -3,6 +3,7 @@ package clone_test
 import (
 	"encoding/json"
 	"errors"
+	"maps"
 	"os"
 	"path/filepath"
 	"sort"
@@ -74,7 +75,9 @@ func TestRestoreAfterAbandonedManager(t *testing.T) {
 	if pid == 0 {
 		t.Fatal("no postmaster for dead2")
 	}
-	syscall.Kill(pid, syscall.SIGKILL)
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatalf("kill postgres %d: %v", pid, err)
+	}
 	for i := 0; i < 200 && syscall.Kill(pid, 0) == nil; i++ {
 		time.Sleep(10 * time.Millisecond)
 	}
@@ -133,9 +136,7 @@ func TestRestoreAfterAbandonedManager(t *testing.T) {
 	resume := map[string]any{}
 	for _, x := range recs {
 		if x.(map[string]any)["id"] == "keep1" {
-			for k, v := range x.(map[string]any) {
-				resume[k] = v
-			}
+			maps.Copy(resume, x.(map[string]any))
 		}
 	}
 	resume["id"] = "resume7"
@@ -152,7 +153,7 @@ func TestRestoreAfterAbandonedManager(t *testing.T) {
 	}
 
 	m2 := e.manager()
-	defer m2.Close()
+	defer closeManager(t, m2)
 
 	// keep1 untouched, same port and password.
 	c := e.wait(m2, "keep1", clone.StatusOK)
@@ -206,9 +207,9 @@ func TestRestoreAfterAbandonedManager(t *testing.T) {
 	}
 
 	// A third Manager after a clean Close finds the same clones running.
-	m2.Close()
+	closeManager(t, m2)
 	m3 := e.manager()
-	defer m3.Close()
+	defer closeManager(t, m3)
 	ids := []string{}
 	for _, c := range m3.List() {
 		ids = append(ids, c.ID)
@@ -227,7 +228,9 @@ func TestRestoreAfterAbandonedManager(t *testing.T) {
 	if len(restarts) != 1 || !strings.Contains(restarts[0], "clone=dead2") {
 		t.Fatalf("restarts logged: %q; want one, for dead2 (a running clone must not be restarted)", restarts)
 	}
-	m3.UpdateProtection("prot3", false, nil)
+	if _, err := m3.UpdateProtection("prot3", false, nil); err != nil {
+		t.Fatalf("unprotect prot3: %v", err)
+	}
 	for _, id := range ids {
 		e.destroy(m3, id)
 	}

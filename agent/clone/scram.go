@@ -165,12 +165,14 @@ func probeSCRAM(ctx context.Context, addr, user, db, verifier string) error {
 	if err != nil {
 		return err
 	}
-	defer conn.Close()
+	defer func() { _ = conn.Close() }() // a probe: nothing written is lost on close
 	deadline := time.Now().Add(10 * time.Second)
 	if dl, ok := ctx.Deadline(); ok && dl.Before(deadline) {
 		deadline = dl
 	}
-	conn.SetDeadline(deadline)
+	if err := conn.SetDeadline(deadline); err != nil {
+		return err
+	}
 	f := pgproto3.NewFrontend(conn, conn)
 	f.Send(&pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersionNumber, Parameters: map[string]string{"user": user, "database": db}})
 	if err := f.Flush(); err != nil {
@@ -207,7 +209,7 @@ func probeSCRAM(ctx context.Context, addr, user, db, verifier string) error {
 		return fmt.Errorf("unexpected answer to the SCRAM first message: %T", msg)
 	}
 	var salt, iter, serverNonce string
-	for _, attr := range strings.Split(string(cont.Data), ",") {
+	for attr := range strings.SplitSeq(string(cont.Data), ",") {
 		k, v, _ := strings.Cut(attr, "=")
 		switch k {
 		case "r":

@@ -62,7 +62,7 @@ func TestSearchPathTrapIsHarmless(t *testing.T) {
 	e := newEnv(t, 3)
 	trapped := e.addSnapshot(searchPathTrap...)
 	m := e.manager()
-	defer m.Close()
+	defer closeManager(t, m)
 
 	isSuper := func(c clone.Clone) string {
 		t.Helper()
@@ -94,7 +94,7 @@ func TestSearchPathTrapIsHarmless(t *testing.T) {
 	if _, err := conn.Exec(e.ctx, "SELECT pg_backend_pid()"); !errors.As(err, &pgErr) || pgErr.Code != "42501" {
 		t.Fatalf("the trap is not armed: unqualified pg_backend_pid() as bob gave %v, want permission denied (42501) from evil.escalate", err)
 	}
-	conn.Close(e.ctx)
+	_ = conn.Close(e.ctx) // a failed goodbye loses nothing
 
 	// Idle check (counts client backends as superuser).
 	if got := m.CheckIdle(e.ctx); len(got) != 0 {
@@ -107,7 +107,9 @@ func TestSearchPathTrapIsHarmless(t *testing.T) {
 	if pid == 0 {
 		t.Fatal("no postmaster for clone trap1")
 	}
-	syscall.Kill(pid, syscall.SIGKILL)
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatalf("kill postgres %d: %v", pid, err)
+	}
 	for i := 0; i < 500 && syscall.Kill(pid, 0) == nil; i++ {
 		time.Sleep(10 * time.Millisecond)
 	}
@@ -145,7 +147,7 @@ func TestSearchPathTrapIsHarmless(t *testing.T) {
 func TestExtraConfAllowlist(t *testing.T) {
 	e := newEnv(t, 3)
 	m := e.manager()
-	defer m.Close()
+	defer closeManager(t, m)
 	conf := map[string]string{
 		"work_mem":                   "7MB",
 		"random_page_cost":           "1.1",
@@ -214,9 +216,9 @@ func (e *env) assertLogin(m *clone.Manager, id, after string) {
 	if err != nil {
 		e.t.Fatalf("after %s the clone's password no longer logs in: %v", after, err)
 	}
-	conn.Close(e.ctx)
+	_ = conn.Close(e.ctx) // a failed goodbye loses nothing
 	if conn, err := e.connect(c, c.Username, goodPassword+"x", c.DBName); err == nil {
-		conn.Close(e.ctx)
+		_ = conn.Close(e.ctx) // a failed goodbye loses nothing
 		e.t.Fatalf("after %s a wrong password logs in", after)
 	}
 }
@@ -227,7 +229,9 @@ func killPostmaster(t *testing.T, e *env, id string) {
 	if pid == 0 {
 		t.Fatalf("no postmaster for clone %s", id)
 	}
-	syscall.Kill(pid, syscall.SIGKILL)
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatalf("kill postgres %d: %v", pid, err)
+	}
 	for i := 0; i < 500 && syscall.Kill(pid, 0) == nil; i++ {
 		time.Sleep(10 * time.Millisecond)
 	}
@@ -258,7 +262,7 @@ func TestStateHoldsVerifiersOnly(t *testing.T) {
 	// A new agent finds the clone's postgres dead and restarts it.
 	killPostmaster(t, e, "pw1")
 	m = e.manager()
-	defer m.Close()
+	defer closeManager(t, m)
 	e.assertLogin(m, "pw1", "an agent restart")
 	e.assertNoPlaintext("an agent restart")
 	killPostmaster(t, e, "pw1")
@@ -303,7 +307,7 @@ func TestStateMigratesPlaintextPasswords(t *testing.T) {
 	killPostmaster(t, e, "old2") // restored from the old state while dead
 
 	m = e.manager()
-	defer m.Close()
+	defer closeManager(t, m)
 	e.assertNoPlaintext("migration")
 	e.assertLogin(m, "old1", "migration")
 	e.assertLogin(m, "old2", "migration")

@@ -64,7 +64,7 @@ type stateDoc struct {
 }
 
 func loadState(dir string) ([]*record, error) {
-	raw, err := os.ReadFile(filepath.Join(dir, StateFile))
+	raw, err := os.ReadFile(filepath.Join(dir, StateFile)) //nolint:gosec // the configured stateDir
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil
 	}
@@ -89,17 +89,11 @@ func writeState(dir string, recs []*record) error {
 	if err != nil {
 		return err
 	}
-	defer os.Remove(tmp.Name())
-	if err := tmp.Chmod(0o600); err != nil {
-		tmp.Close()
-		return err
-	}
-	if _, err := tmp.Write(raw); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
+	// After the rename there is nothing left to remove; before it, a
+	// leftover temporary file would only be clutter.
+	defer func() { _ = os.Remove(tmp.Name()) }()
+	if err := writeSynced(tmp, raw); err != nil {
+		_ = tmp.Close() // the write error is the one to report
 		return err
 	}
 	if err := tmp.Close(); err != nil {
@@ -108,10 +102,24 @@ func writeState(dir string, recs []*record) error {
 	if err := os.Rename(tmp.Name(), filepath.Join(dir, StateFile)); err != nil {
 		return err
 	}
-	d, err := os.Open(dir)
+	d, err := os.Open(dir) //nolint:gosec // the configured stateDir
 	if err != nil {
 		return err
 	}
-	defer d.Close()
-	return d.Sync()
+	err = d.Sync()
+	if cerr := d.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// writeSynced makes f private to the agent, writes raw and syncs it.
+func writeSynced(f *os.File, raw []byte) error {
+	if err := f.Chmod(0o600); err != nil {
+		return err
+	}
+	if _, err := f.Write(raw); err != nil {
+		return err
+	}
+	return f.Sync()
 }

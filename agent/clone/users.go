@@ -70,7 +70,7 @@ func setupUser(ctx context.Context, connect func(ctx context.Context, db string)
 			return fmt.Errorf("connect to the clone as %s: %w", bootstrapSuperuser, err)
 		}
 	}
-	defer conn.Close(context.Background())
+	defer func() { _ = conn.Close(context.Background()) }() // a failed goodbye loses nothing
 
 	su := "SUPERUSER"
 	if restricted {
@@ -139,13 +139,13 @@ $do$`); err != nil {
 		}
 		if dbc != conn {
 			if _, err := dbc.Exec(ctx, `SET synchronous_commit = on`); err != nil {
-				dbc.Close(context.Background())
+				_ = dbc.Close(context.Background()) // a failed goodbye loses nothing
 				return err
 			}
 		}
 		err := reassignObjects(ctx, dbc, username)
 		if dbc != conn {
-			dbc.Close(context.Background())
+			_ = dbc.Close(context.Background()) // a failed goodbye loses nothing
 		}
 		if err != nil {
 			return fmt.Errorf("give %s the objects of database %s: %w", username, db, err)

@@ -2,8 +2,9 @@ package runtime
 
 import (
 	"fmt"
+	"maps"
 	"regexp"
-	"sort"
+	"slices"
 )
 
 // settingKind is the type of a setting's value, as PostgreSQL describes it
@@ -151,7 +152,7 @@ var forbiddenSettings = map[string]string{
 // dangerousSettings are refused for requests with the reason (they are
 // outside the allowlist anyway); the operator may still set them in
 // provision.cloneDefaults.settings.
-var dangerousSettings = map[string]string{
+var dangerousSettings = map[string]string{ //nolint:gosec // setting names and reasons, no credentials
 	"shared_preload_libraries":  "it loads a library into the server",
 	"session_preload_libraries": "it loads a library into the server",
 	"local_preload_libraries":   "it loads a library into the server",
@@ -242,10 +243,5 @@ func validateNameValue(name, value string) error {
 // CloneSettingNames lists the allowlist, sorted (for documentation and
 // tests).
 func CloneSettingNames() []string {
-	names := make([]string, 0, len(cloneSettings))
-	for n := range cloneSettings {
-		names = append(names, n)
-	}
-	sort.Strings(names)
-	return names
+	return slices.Sorted(maps.Keys(cloneSettings))
 }

@@ -42,7 +42,7 @@ func readCgroupMounts() ([]cgroupMount, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }() // read only
 	var out []cgroupMount
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
@@ -71,12 +71,12 @@ func readCgroupMounts() ([]cgroupMount, error) {
 // procCgroups maps "memory", "cpu" (v1 controllers) and "" (v2) to the
 // process's path in that hierarchy.
 func procCgroups(pid string) (map[string]string, error) {
-	raw, err := os.ReadFile(filepath.Join("/proc", pid, "cgroup"))
+	raw, err := os.ReadFile(filepath.Join("/proc", pid, "cgroup")) //nolint:gosec // pid is a number the agent formatted
 	if err != nil {
 		return nil, err
 	}
 	out := map[string]string{}
-	for _, line := range strings.Split(strings.TrimSpace(string(raw)), "\n") {
+	for line := range strings.SplitSeq(strings.TrimSpace(string(raw)), "\n") {
 		parts := strings.SplitN(line, ":", 3)
 		if len(parts) != 3 {
 			continue
@@ -85,7 +85,7 @@ func procCgroups(pid string) (map[string]string, error) {
 			out[""] = parts[2]
 			continue
 		}
-		for _, c := range strings.Split(parts[1], ",") {
+		for c := range strings.SplitSeq(parts[1], ",") {
 			out[c] = parts[2]
 		}
 	}
@@ -154,7 +154,8 @@ func newLimiter(root string, cpu float64, mem uint64) (*limiter, error) {
 		}
 	}
 	needMem, needCPU := mem > 0, cpu > 0
-	if (needMem && memMount != nil) || (needCPU && cpuMount != nil) || (v2Mount == nil && (memMount != nil || cpuMount != nil)) {
+	switch {
+	case (needMem && memMount != nil) || (needCPU && cpuMount != nil) || (v2Mount == nil && (memMount != nil || cpuMount != nil)):
 		// cgroup v1 (or hybrid): the controllers have their own hierarchies,
 		// where a group with processes may have children.
 		if needMem {
@@ -169,7 +170,7 @@ func newLimiter(root string, cpu float64, mem uint64) (*limiter, error) {
 			}
 			l.cpuDir = filepath.Join(cpuMount.dirFor(own["cpu"]), cgroupGroup)
 		}
-	} else if v2Mount != nil {
+	case v2Mount != nil:
 		l.v2 = true
 		path, ok := own[""]
 		if !ok {
@@ -180,7 +181,7 @@ func newLimiter(root string, cpu float64, mem uint64) (*limiter, error) {
 			return nil, fmt.Errorf("cgroup v2: %w", err)
 		}
 		l.v2Dir = filepath.Join(dir, cgroupGroup)
-	} else {
+	default:
 		return nil, fmt.Errorf("no cgroup filesystem is mounted at or below %s", root)
 	}
 	if err := l.probe(); err != nil {
@@ -201,7 +202,7 @@ func (l *limiter) prepareV2(ownDir string) (string, error) {
 		ownDir = filepath.Dir(ownDir)
 	}
 	want := wantedV2(l.cpu > 0, l.mem > 0)
-	raw, err := os.ReadFile(filepath.Join(ownDir, "cgroup.controllers"))
+	raw, err := os.ReadFile(filepath.Join(ownDir, "cgroup.controllers")) //nolint:gosec // the agent's own cgroup from /proc/self/cgroup
 	if err != nil {
 		return "", err
 	}
@@ -229,11 +230,11 @@ func (l *limiter) prepareV2(ownDir string) (string, error) {
 // needed). Processes that exit meanwhile are skipped; it repeats until dir
 // is empty, since a process may fork while it runs.
 func moveAllInto(dir, leaf string) error {
-	if err := os.Mkdir(leaf, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
+	if err := os.Mkdir(leaf, 0o755); err != nil && !errors.Is(err, os.ErrExist) { //nolint:gosec // cgroup directories are readable by all, as the rest of /sys/fs/cgroup; only root writes
 		return fmt.Errorf("create the agent's leaf cgroup %s: %w", leaf, err)
 	}
 	for range 10 {
-		raw, err := os.ReadFile(filepath.Join(dir, "cgroup.procs"))
+		raw, err := os.ReadFile(filepath.Join(dir, "cgroup.procs")) //nolint:gosec // the agent's own cgroup from /proc/self/cgroup
 		if err != nil {
 			return err
 		}
@@ -242,7 +243,7 @@ func moveAllInto(dir, leaf string) error {
 			return nil
 		}
 		for _, p := range pids {
-			err := os.WriteFile(filepath.Join(leaf, "cgroup.procs"), []byte(p), 0)
+			err := os.WriteFile(filepath.Join(leaf, "cgroup.procs"), []byte(p), 0) //nolint:gosec // the agent's own cgroup from /proc/self/cgroup
 			if err != nil && !errors.Is(err, syscall.ESRCH) {
 				return fmt.Errorf("move pid %s from %s into %s: %w", p, dir, leaf, err)
 			}
@@ -330,7 +331,7 @@ func (l *limiter) create(name string) ([]string, error) {
 
 // mkGroup creates dir below parent with the limit files set.
 func (l *limiter) mkGroup(parent, dir string, files map[string]string) error {
-	if err := os.MkdirAll(parent, 0o755); err != nil {
+	if err := os.MkdirAll(parent, 0o755); err != nil { //nolint:gosec // cgroup directories are readable by all, as the rest of /sys/fs/cgroup; only root writes
 		return fmt.Errorf("create cgroup %s: %w", parent, err)
 	}
 	if l.v2 {
@@ -340,7 +341,7 @@ func (l *limiter) mkGroup(parent, dir string, files map[string]string) error {
 			return fmt.Errorf("enable %s in %s: %w", ctl, parent, err)
 		}
 	}
-	if err := os.Mkdir(dir, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
+	if err := os.Mkdir(dir, 0o755); err != nil && !errors.Is(err, os.ErrExist) { //nolint:gosec // cgroup directories are readable by all, as the rest of /sys/fs/cgroup; only root writes
 		return fmt.Errorf("create cgroup %s: %w", dir, err)
 	}
 	for _, f := range slices.Sorted(maps.Keys(files)) {
@@ -432,7 +433,7 @@ func cgroupsOf(pid int, name string) []string {
 // empty (rmdir refuses while other clones' groups are in it).
 func removeCgroups(dirs []string) {
 	for _, d := range dirs {
-		for i := 0; i < 50; i++ {
+		for range 50 {
 			err := os.Remove(d)
 			if err == nil || errors.Is(err, os.ErrNotExist) {
 				break
@@ -440,7 +441,7 @@ func removeCgroups(dirs []string) {
 			time.Sleep(20 * time.Millisecond)
 		}
 		if parent := filepath.Dir(d); filepath.Base(parent) == cgroupGroup {
-			os.Remove(parent)
+			_ = os.Remove(parent) // fails while another clone's group is in it; the last one removes it
 		}
 	}
 }

@@ -259,7 +259,11 @@ func cgroupV2VM(t *testing.T) {
 	}
 	// Unmounted last (cleanups run in reverse), after the processes in it
 	// are gone; the VM is thrown away anyway.
-	t.Cleanup(func() { syscall.Unmount(root, syscall.MNT_DETACH) })
+	t.Cleanup(func() {
+		if err := syscall.Unmount(root, syscall.MNT_DETACH); err != nil {
+			t.Errorf("unmount %s: %v", root, err)
+		}
+	})
 	mounts, err := readCgroupMounts()
 	if err != nil {
 		t.Fatal(err)
@@ -283,7 +287,11 @@ func cgroupV2VM(t *testing.T) {
 		if err := syscall.Mount("cgroup2", ro, "cgroup2", syscall.MS_RDONLY, ""); err != nil {
 			t.Fatalf("mount cgroup2 read-only at %s: %v", ro, err)
 		}
-		defer syscall.Unmount(ro, 0)
+		defer func() {
+			if err := syscall.Unmount(ro, 0); err != nil {
+				t.Errorf("unmount %s: %v", ro, err)
+			}
+		}()
 		rt, err := New(Options{User: pgtest.OSUser(t), RunDir: runDir(t), CPU: 1, MemoryBytes: 64 << 20, CgroupRoot: ro})
 		if err == nil || rt != nil || !strings.Contains(err.Error(), "read-only file system") {
 			t.Fatalf("New on a read-only cgroup2 = %v, %v; want a refusal naming the read-only file system", rt, err)
@@ -312,7 +320,10 @@ func cgroupV2VM(t *testing.T) {
 		if err := helper.Start(); err != nil {
 			t.Fatalf("start a helper in %s: %v", svc, err)
 		}
-		t.Cleanup(func() { helper.Process.Kill(); helper.Wait() })
+		t.Cleanup(func() {
+			_ = helper.Process.Kill() // fails only when it has exited
+			_ = helper.Wait()         // killed: it exits with an error by design
+		})
 		out := runRole(t, "agent", svc, []string{helperPIDEnv + "=" + strconv.Itoa(helper.Process.Pid)})
 		t.Logf("agent:\n%s", out)
 		if !strings.Contains(out, cgroupV2OK) {
@@ -357,7 +368,7 @@ func openCgroupDir(t *testing.T, dir string) *os.File {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { f.Close() })
+	t.Cleanup(func() { _ = f.Close() }) // read only
 	return f
 }
 
@@ -466,7 +477,7 @@ func cgroupV2Agent(t *testing.T) {
 	var inGroup []int
 	for range 10 {
 		inGroup = inGroup[:0]
-		for _, f := range strings.Fields(readCg(t, filepath.Join(groupDir, "cgroup.procs"))) {
+		for f := range strings.FieldsSeq(readCg(t, filepath.Join(groupDir, "cgroup.procs"))) {
 			p, _ := strconv.Atoi(f)
 			inGroup = append(inGroup, p)
 		}
@@ -491,7 +502,7 @@ func cgroupV2Agent(t *testing.T) {
 	if stat := readCg(t, filepath.Join(groupDir, "cpu.stat")); !strings.Contains(stat, "nr_periods") {
 		t.Errorf("cpu.stat of the clone's group has no bandwidth statistics (the cpu controller is not enabled for it):\n%s", stat)
 	}
-	conn.Close(ctx)
+	_ = conn.Close(ctx) // a failed goodbye loses nothing
 
 	if err := rt.Stop(ctx, inst, "fast"); err != nil {
 		t.Fatal(err)
@@ -513,9 +524,11 @@ func cgroupV2Agent(t *testing.T) {
 	mkdirCg(t, filepath.Join(blocked, "inner"))
 	writeCg(t, filepath.Join(blocked, "cgroup.subtree_control"), "+memory")
 	t.Cleanup(func() {
-		os.Remove(filepath.Join(blocked, "inner"))
-		os.Remove(blocked)
-		os.Remove(parent)
+		// Best effort, innermost first: what the test left behind fails the
+		// next run's mkdir loudly.
+		_ = os.Remove(filepath.Join(blocked, "inner"))
+		_ = os.Remove(blocked)
+		_ = os.Remove(parent)
 	})
 	err = rt.Start(ctx, Instance{Name: "c2", DataDir: dir, Port: 5434, Settings: DefaultSettings})
 	if err == nil || !strings.Contains(err.Error(), "could not be put into its cgroup") {

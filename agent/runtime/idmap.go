@@ -4,10 +4,10 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
-	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -42,7 +42,7 @@ func userNS(owner, clone pgcluster.OSUser) (*os.File, error) {
 	if err != nil {
 		return nil, fmt.Errorf("idmapped mount: %w", err)
 	}
-	cmd := exec.Command(sleep, "60")
+	cmd := exec.Command(sleep, "60") //nolint:gosec // sleep is found by exec.LookPath, with a fixed argument
 	cmd.SysProcAttr = &syscall.SysProcAttr{
 		Cloneflags:  syscall.CLONE_NEWUSER,
 		UidMappings: []syscall.SysProcIDMap{{ContainerID: int(owner.UID), HostID: int(clone.UID), Size: 1}},
@@ -53,8 +53,8 @@ func userNS(owner, clone pgcluster.OSUser) (*os.File, error) {
 		return nil, fmt.Errorf("idmapped mount: start a process in a new user namespace: %w", err)
 	}
 	defer func() {
-		cmd.Process.Kill()
-		cmd.Wait()
+		_ = cmd.Process.Kill() // the helper only held the namespace open; it may be gone
+		_ = cmd.Wait()         // reaps it: killed, it exits with an error by design
 	}()
 	// Start returns after the maps are written (before the child execs).
 	f, err := os.Open(fmt.Sprintf("/proc/%d/ns/user", cmd.Process.Pid))
@@ -71,12 +71,12 @@ func mountIdmapped(path string, owner, clone pgcluster.OSUser) error {
 	if err != nil {
 		return err
 	}
-	defer ns.Close()
+	defer func() { _ = ns.Close() }() // read only
 	tree, err := unix.OpenTree(unix.AT_FDCWD, path, unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC|unix.AT_SYMLINK_NOFOLLOW)
 	if err != nil {
 		return fmt.Errorf("idmapped mount of %s: open_tree: %w", path, err)
 	}
-	defer unix.Close(tree)
+	defer func() { _ = unix.Close(tree) }() // a detached mount tree fd: nothing to flush
 	attr := unix.MountAttr{Attr_set: idmapAttrs, Userns_fd: uint64(ns.Fd())}
 	if err := unix.MountSetattr(tree, "", unix.AT_EMPTY_PATH, &attr); err != nil {
 		if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.ENOSYS) {
@@ -101,7 +101,7 @@ func mountsAt(path string) ([]mountEntry, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }() // read only
 	path = filepath.Clean(path)
 	var out []mountEntry
 	sc := bufio.NewScanner(f)
@@ -147,12 +147,7 @@ func idmapped(path string) (bool, error) {
 }
 
 func hasOpt(opts, o string) bool {
-	for _, x := range strings.Split(opts, ",") {
-		if x == o {
-			return true
-		}
-	}
-	return false
+	return slices.Contains(strings.Split(opts, ","), o)
 }
 
 // Unmount removes the idmapped mounts stacked on a clone's mountpoint (all
@@ -179,10 +174,5 @@ func Unmount(path string) error {
 // chownTree hands every file below root to u without following symlinks
 // (the fallback where idmapped mounts are not supported).
 func chownTree(root string, u pgcluster.OSUser) error {
-	return filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		return os.Lchown(p, int(u.UID), int(u.GID))
-	})
+	return u.ChownR(root)
 }

@@ -33,11 +33,15 @@ func fsMount(t *testing.T, fstype string) string {
 		t.Fatalf("mount %s on %s: %v: %s (the tests need root)", fstype, dir, err, out)
 	}
 	t.Cleanup(func() {
-		Unmount(filepath.Join(dir, "clone"))
+		if err := Unmount(filepath.Join(dir, "clone")); err != nil {
+			t.Errorf("unmount the clone: %v", err)
+		}
 		if err := unix.Unmount(dir, 0); err != nil {
 			t.Errorf("unmount %s: %v", dir, err)
 		}
-		os.Remove(dir)
+		if err := os.Remove(dir); err != nil {
+			t.Errorf("remove %s: %v", dir, err)
+		}
 	})
 	mount := filepath.Join(dir, "clone")
 	if out, err := exec.Command("cp", "-a", src, filepath.Join(dir, "clone")).CombinedOutput(); err != nil {
@@ -53,14 +57,16 @@ func fsMount(t *testing.T, fstype string) string {
 		t.Fatal(err)
 	}
 	u := pgtest.OSUser(t)
-	os.Chown(mount, int(u.UID), int(u.GID))
+	if err := os.Chown(mount, int(u.UID), int(u.GID)); err != nil {
+		t.Fatal(err)
+	}
 	if err := os.Rename(tmp, filepath.Join(mount, "data")); err != nil {
 		t.Fatal(err)
 	}
 	return mount
 }
 
-func cloneUID() uint32 { return uint32(5_000_000 + rand.IntN(1_000_000)) }
+func cloneUID() uint32 { return 5_000_000 + rand.Uint32N(1_000_000) }
 
 func ownerOf(t *testing.T, path string) uint32 {
 	t.Helper()
@@ -86,7 +92,12 @@ func TestOwnUserOnIdmappedMount(t *testing.T) {
 	if err := rt.Start(ctx, inst); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { rt.Kill(inst); rt.Release(inst) })
+	t.Cleanup(func() {
+		rt.Kill(inst)
+		if err := rt.Release(inst); err != nil {
+			t.Errorf("release %s: %v", inst.Name, err)
+		}
+	})
 	pid, running := rt.Running(inst.DataDir)
 	if !running {
 		t.Fatal("not running after Start")
@@ -108,7 +119,7 @@ func TestOwnUserOnIdmappedMount(t *testing.T) {
 	if _, err := conn.Exec(ctx, "COPY (SELECT 1) TO '"+filepath.Join(inst.DataDir, "made_by_clone")+"'"); err != nil {
 		t.Fatal(err)
 	}
-	conn.Close(ctx)
+	_ = conn.Close(ctx) // a failed goodbye loses nothing
 	if err := rt.Stop(ctx, inst, "fast"); err != nil {
 		t.Fatal(err)
 	}
@@ -150,13 +161,20 @@ func TestChownFallbackWhereIdmapRefused(t *testing.T) {
 	inst := Instance{Name: randName("rt-fb-"), DataDir: filepath.Join(mount, "data"), Mount: mount, Port: pgtest.FreePort(t),
 		User: pgcluster.OSUser{UID: uid, GID: uid}, Settings: DefaultSettings}
 	files := 0
-	filepath.WalkDir(mount, func(string, os.DirEntry, error) error { files++; return nil })
+	if err := filepath.WalkDir(mount, func(string, os.DirEntry, error) error { files++; return nil }); err != nil {
+		t.Fatal(err)
+	}
 	t0 := time.Now()
 	if err := rt.Start(ctx, inst); err != nil {
 		t.Fatal(err)
 	}
 	took := time.Since(t0)
-	t.Cleanup(func() { rt.Kill(inst); rt.Release(inst) })
+	t.Cleanup(func() {
+		rt.Kill(inst)
+		if err := rt.Release(inst); err != nil {
+			t.Errorf("release %s: %v", inst.Name, err)
+		}
+	})
 	if !strings.Contains(log.String(), "does not support idmapped mounts") {
 		t.Fatalf("no warning about the chown fallback in the log:\n%s", log.String())
 	}
@@ -168,7 +186,7 @@ func TestChownFallbackWhereIdmapRefused(t *testing.T) {
 		t.Fatalf("postmaster %d (running %v) runs as %v, want uid %d", pid, running, p.UIDs, uid)
 	}
 	t.Logf("start with the chown fallback on %d files: %s (see the log line for the chown alone)", files, took)
-	for _, l := range strings.Split(log.String(), "\n") {
+	for l := range strings.SplitSeq(log.String(), "\n") {
 		if strings.Contains(l, "idmapped") {
 			t.Log(l)
 		}
@@ -186,8 +204,8 @@ func TestKillUserSparesOthers(t *testing.T) {
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
-		go cmd.Wait()
-		t.Cleanup(func() { cmd.Process.Kill() })
+		go func() { _ = cmd.Wait() }()               // reaps it; killed at cleanup, it exits with an error by design
+		t.Cleanup(func() { _ = cmd.Process.Kill() }) // fails only when it has exited
 		return cmd
 	}
 	victim := start(&syscall.Credential{Uid: uid, Gid: uid})

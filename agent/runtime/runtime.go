@@ -232,10 +232,8 @@ func (r *Runtime) Start(ctx context.Context, inst Instance) error {
 	if r.limits != nil {
 		// Only a verified postmaster goes into the clone's cgroup: the
 		// clone's user can write any pid into postmaster.pid.
-		err := errors.New("postmaster not verified")
-		if pm, perr := c.Postmaster(); perr != nil {
-			err = perr
-		} else {
+		pm, err := c.Postmaster()
+		if err == nil {
 			err = r.limits.attach(inst.Name, pm.PID)
 			pm.Close()
 		}
@@ -253,7 +251,7 @@ func (r *Runtime) Start(ctx context.Context, inst Instance) error {
 // path.
 func (r *Runtime) writeRunFiles(name string) (string, error) {
 	dir := r.instanceDir(name)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	if err := os.MkdirAll(dir, 0o755); err != nil { //nolint:gosec // clone users (their own uids) must reach their run directory; only root writes it
 		return "", fmt.Errorf("runtime directory: %w", err)
 	}
 	// MkdirAll keeps an existing directory as is: make sure it is root's
@@ -264,17 +262,17 @@ func (r *Runtime) writeRunFiles(name string) (string, error) {
 			return "", err
 		}
 		sys := st.Sys().(*syscall.Stat_t)
-		if !st.IsDir() || sys.Uid != uint32(os.Geteuid()) {
+		if !st.IsDir() || sys.Uid != uint32(os.Geteuid()) { //nolint:gosec // a uid is never negative
 			return "", fmt.Errorf("runtime directory %s is not a directory owned by the agent's user", d)
 		}
 		if st.Mode().Perm() != 0o755 {
-			if err := os.Chmod(d, 0o755); err != nil {
+			if err := os.Chmod(d, 0o755); err != nil { //nolint:gosec // clone users (their own uids) must reach their run directory; only root writes it
 				return "", err
 			}
 		}
 	}
 	hba := filepath.Join(dir, "pg_hba.conf")
-	f, err := os.OpenFile(hba, os.O_CREATE|os.O_WRONLY|os.O_TRUNC|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o644)
+	f, err := os.OpenFile(hba, os.O_CREATE|os.O_WRONLY|os.O_TRUNC|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o644) //nolint:gosec // the clone's postgres, under its own uid, reads it; it holds no secret
 	if err != nil {
 		return "", fmt.Errorf("write pg_hba.conf: %w", err)
 	}
@@ -402,7 +400,12 @@ func (r *Runtime) Release(inst Instance) error {
 		err = Unmount(inst.Mount)
 	}
 	if r.opt.RunDir != "" && inst.Name != "" {
-		os.RemoveAll(r.instanceDir(inst.Name))
+		if rerr := os.RemoveAll(r.instanceDir(inst.Name)); rerr != nil {
+			// Not fatal to the release: the directory holds only this
+			// instance's socket and lock files, made again by the next
+			// Start of the name.
+			r.opt.Logger.Warn("could not remove a clone's runtime directory", "clone", inst.Name, "err", rerr)
+		}
 	}
 	return err
 }
@@ -453,7 +456,7 @@ func processesOf(uid uint32) []int {
 			continue
 		}
 		mine, zombie := false, false
-		for _, line := range strings.Split(string(raw), "\n") {
+		for line := range strings.SplitSeq(string(raw), "\n") {
 			if v, ok := strings.CutPrefix(line, "State:"); ok {
 				f := strings.Fields(v)
 				zombie = len(f) > 0 && (f[0] == "Z" || f[0] == "X")
@@ -556,9 +559,9 @@ func (r *Runtime) KillPID(p Process) {
 	}
 	defer pm.Close()
 	groups := cgroupsOf(p.PID, "")
-	pm.Signal(syscall.SIGQUIT)
+	_ = pm.Signal(syscall.SIGQUIT) // it may have exited already; Wait tells
 	if !pm.Wait(5 * time.Second) {
-		pm.Signal(syscall.SIGKILL)
+		_ = pm.Signal(syscall.SIGKILL) // as above
 		pm.Wait(5 * time.Second)
 	}
 	r.killUser(u)

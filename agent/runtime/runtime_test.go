@@ -41,7 +41,11 @@ func runDir(t *testing.T) string {
 	if err := os.Chmod(d, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { os.RemoveAll(d) })
+	t.Cleanup(func() {
+		if err := os.RemoveAll(d); err != nil {
+			t.Errorf("remove %s: %v", d, err)
+		}
+	})
 	return d
 }
 
@@ -92,13 +96,13 @@ func TestStartAppliesSettingsAndHBA(t *testing.T) {
 	if _, err := conn.Exec(ctx, "CREATE ROLE tcpuser LOGIN PASSWORD 'Right-Horse-Battery-9'"); err != nil {
 		t.Fatal(err)
 	}
-	conn.Close(ctx)
+	_ = conn.Close(ctx) // a failed goodbye loses nothing
 
 	// pg_hba: password (SCRAM) over TCP, wrong password refused.
 	tcp := func(pw string) error {
 		c, err := pgx.Connect(ctx, fmt.Sprintf("host=127.0.0.1 port=%d user=tcpuser dbname=postgres password=%s sslmode=disable", inst.Port, pw))
 		if err == nil {
-			c.Close(ctx)
+			_ = c.Close(ctx) // a failed goodbye loses nothing
 		}
 		return err
 	}

@@ -1,11 +1,13 @@
 package runtime
 
+import "maps"
+
 // DefaultSettings keep a clone small so that dozens fit one host, and fast:
 // a clone is disposable, so durability against an OS crash is not worth
 // fsyncs (a killed postgres loses nothing with fsync off; only a host crash
 // would). Configured clone defaults and a request's extra settings override
 // them.
-var DefaultSettings = map[string]string{
+var DefaultSettings = map[string]string{ //nolint:gosec // postgres settings (password_encryption), no credentials
 	"shared_buffers":                  "32MB",
 	"max_connections":                 "40",
 	"work_mem":                        "4MB",
@@ -32,9 +34,7 @@ var DefaultSettings = map[string]string{
 func MergeSettings(layers ...map[string]string) map[string]string {
 	out := map[string]string{}
 	for _, l := range layers {
-		for k, v := range l {
-			out[k] = v
-		}
+		maps.Copy(out, l)
 	}
 	return out
 }

@@ -12,11 +12,12 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"maps"
 	"os"
 	"os/exec"
 	"os/user"
 	"path/filepath"
-	"sort"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -49,19 +50,26 @@ func LookupUser(name string) (OSUser, error) {
 // Credential returns the credential for running a process as u, or nil when
 // the current process already is u (so tests can run unprivileged too).
 func (u OSUser) Credential() *syscall.Credential {
-	if uint32(os.Getuid()) == u.UID {
+	if uint32(os.Getuid()) == u.UID { //nolint:gosec // a uid is never negative
 		return nil
 	}
 	return &syscall.Credential{Uid: u.UID, Gid: u.GID}
 }
 
-// ChownR hands path and everything below it to u.
+// ChownR hands path and everything below it to u, without following
+// symlinks. The walk runs in an os.Root: a directory swapped for a symlink
+// during the walk cannot lead it outside path.
 func (u OSUser) ChownR(path string) error {
-	return filepath.WalkDir(path, func(p string, d fs.DirEntry, err error) error {
+	root, err := os.OpenRoot(path)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = root.Close() }() // only a directory handle
+	return fs.WalkDir(root.FS(), ".", func(p string, _ fs.DirEntry, err error) error {
 		if err != nil {
 			return err
 		}
-		return os.Lchown(p, int(u.UID), int(u.GID))
+		return root.Lchown(p, int(u.UID), int(u.GID))
 	})
 }
 
@@ -73,11 +81,11 @@ func MkdirTemp(pattern string, u OSUser) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	if err := os.Chmod(dir, 0o700); err != nil {
+	if err := os.Chmod(dir, 0o700); err != nil { //nolint:gosec // a directory: 0700 is owner-only
 		return "", err
 	}
 	if err := os.Chown(dir, int(u.UID), int(u.GID)); err != nil {
-		os.RemoveAll(dir)
+		_ = os.RemoveAll(dir) // undo; the chown error is the one to report
 		return "", err
 	}
 	return dir, nil
@@ -89,13 +97,13 @@ func BinDirFor(root, dataDir string) (string, error) {
 	if root == "" {
 		root = DefaultBinRoot
 	}
-	raw, err := os.ReadFile(filepath.Join(dataDir, "PG_VERSION"))
+	raw, err := os.ReadFile(filepath.Join(dataDir, "PG_VERSION")) //nolint:gosec // a configured data directory
 	if err != nil {
 		return "", fmt.Errorf("read PG_VERSION of %s (is it a PostgreSQL data directory?): %w", dataDir, err)
 	}
 	major := strings.TrimSpace(string(raw))
 	dir := filepath.Join(root, major, "bin")
-	if _, err := os.Stat(filepath.Join(dir, "postgres")); err != nil {
+	if _, err := os.Stat(filepath.Join(dir, "postgres")); err != nil { //nolint:gosec // the configured PostgreSQL binary directory
 		return "", fmt.Errorf("data directory %s needs PostgreSQL %s, but %s/postgres is missing (install postgresql-%s)", dataDir, major, dir, major)
 	}
 	return dir, nil
@@ -122,8 +130,7 @@ func NewestBinDir(root string) (string, error) {
 	if len(majors) == 0 {
 		return "", fmt.Errorf("no PostgreSQL server binaries under %s (install postgresql-15)", root)
 	}
-	sort.Ints(majors)
-	return filepath.Join(root, strconv.Itoa(majors[len(majors)-1]), "bin"), nil
+	return filepath.Join(root, strconv.Itoa(slices.Max(majors)), "bin"), nil
 }
 
 // Cluster is one PostgreSQL data directory and how to run it.
@@ -238,26 +245,23 @@ func (c *Cluster) Start(ctx context.Context, port int, listenAddr string, settin
 		"-c", "listen_addresses=" + listenAddr,
 		"-c", "unix_socket_directories=" + c.socketDir(),
 	}
-	keys := make([]string, 0, len(settings))
-	for k := range settings {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	for _, k := range keys {
+	for _, k := range slices.Sorted(maps.Keys(settings)) {
 		args = append(args, "-c", k+"="+settings[k])
 	}
 	logf, err := OpenLog(c.LogFile(), c.LogPath != "")
 	if err != nil {
 		return err
 	}
-	defer logf.Close()
+	defer func() { _ = logf.Close() }() // the server writes through its own descriptor
 	if c.LogPath == "" {
 		// The legacy log lives in the data directory, which the server
 		// owns.
-		logf.Chown(int(c.User.UID), int(c.User.GID))
+		if err := logf.Chown(int(c.User.UID), int(c.User.GID)); err != nil {
+			return fmt.Errorf("give the postgres log to %s: %w", c.User.Name, err)
+		}
 	}
 
-	cmd := exec.Command(filepath.Join(c.BinDir, "postgres"), args...)
+	cmd := exec.Command(filepath.Join(c.BinDir, "postgres"), args...) //nolint:gosec // runs the configured postgres binary; the arguments are settings, not a shell
 	cmd.Dir = "/"
 	cmd.Stdout = logf
 	cmd.Stderr = logf
@@ -282,7 +286,7 @@ func (c *Cluster) Start(ctx context.Context, port int, listenAddr string, settin
 		case err := <-exited:
 			return fmt.Errorf("postgres in %s exited during start (%v): %s", c.DataDir, err, TailFile(c.LogFile(), 10))
 		case <-ctx.Done():
-			cmd.Process.Kill()
+			_ = cmd.Process.Kill() // it may have exited meanwhile; the timeout is the error
 			return fmt.Errorf("postgres in %s did not become ready: %w; log: %s", c.DataDir, ctx.Err(), TailFile(c.LogFile(), 10))
 		case <-tick.C:
 		}
@@ -373,9 +377,9 @@ func (c *Cluster) Kill() {
 		return
 	}
 	defer pm.Close()
-	pm.Signal(syscall.SIGQUIT)
+	_ = pm.Signal(syscall.SIGQUIT) // it may have exited already; Wait tells
 	if !pm.Wait(5 * time.Second) {
-		pm.Signal(syscall.SIGKILL)
+		_ = pm.Signal(syscall.SIGKILL) // as above
 		pm.Wait(5 * time.Second)
 	}
 }

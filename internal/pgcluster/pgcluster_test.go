@@ -20,7 +20,7 @@ func freePort(t *testing.T) int {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
+	defer func() { _ = l.Close() }() // a listener the test only holds
 	return l.Addr().(*net.TCPAddr).Port
 }
 
@@ -34,7 +34,11 @@ func TestInitStartQueryStop(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
+	t.Cleanup(func() {
+		if err := os.RemoveAll(dir); err != nil {
+			t.Errorf("remove %s: %v", dir, err)
+		}
+	})
 	c := &Cluster{DataDir: filepath.Join(dir, "data"), User: u}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -54,7 +58,7 @@ func TestInitStartQueryStop(t *testing.T) {
 	if err := conn.QueryRow(ctx, "show fsync").Scan(&v); err != nil || v != "off" {
 		t.Fatalf("fsync = %q, %v", v, err)
 	}
-	conn.Close(ctx)
+	_ = conn.Close(ctx) // a failed goodbye loses nothing
 	if err := c.Start(ctx, port, "", nil); err == nil || !strings.Contains(err.Error(), "already running") {
 		t.Fatalf("second start: %v", err)
 	}
@@ -68,7 +72,9 @@ func TestInitStartQueryStop(t *testing.T) {
 
 func TestBinDirForNamesMissingVersion(t *testing.T) {
 	dir := t.TempDir()
-	os.WriteFile(filepath.Join(dir, "PG_VERSION"), []byte("9\n"), 0o644)
+	if err := os.WriteFile(filepath.Join(dir, "PG_VERSION"), []byte("9\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	_, err := BinDirFor("", dir)
 	if err == nil || !strings.Contains(err.Error(), "postgresql-9") {
 		t.Fatalf("err = %v", err)

@@ -34,7 +34,7 @@ func openDataDir(dataDir string) (*os.File, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer parent.Close()
+	defer func() { _ = parent.Close() }() // read only
 	fd, err := unix.Openat2(int(parent.Fd()), filepath.Base(dataDir), &unix.OpenHow{
 		Flags:   unix.O_RDONLY | unix.O_DIRECTORY | unix.O_CLOEXEC,
 		Resolve: beneath,
@@ -52,7 +52,7 @@ func ReadDataFile(dataDir, name string, limit int64) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer d.Close()
+	defer func() { _ = d.Close() }() // read only
 	fd, err := unix.Openat2(int(d.Fd()), name, &unix.OpenHow{
 		Flags:   unix.O_RDONLY | unix.O_NOFOLLOW | unix.O_NONBLOCK | unix.O_CLOEXEC,
 		Resolve: beneath,
@@ -61,7 +61,7 @@ func ReadDataFile(dataDir, name string, limit int64) ([]byte, error) {
 		return nil, &os.PathError{Op: "open", Path: filepath.Join(dataDir, name), Err: err}
 	}
 	f := os.NewFile(uintptr(fd), filepath.Join(dataDir, name))
-	defer f.Close()
+	defer func() { _ = f.Close() }() // read only
 	// A FIFO or device planted under a known name must not block or be read.
 	if st, err := f.Stat(); err != nil || !st.Mode().IsRegular() {
 		return nil, fmt.Errorf("%s is not a regular file", f.Name())
@@ -78,7 +78,7 @@ func RemoveStale(dataDir string) error {
 	if err != nil {
 		return err
 	}
-	defer d.Close()
+	defer func() { _ = d.Close() }() // read only
 	names, err := d.Readdirnames(-1)
 	if err != nil {
 		return err
@@ -101,12 +101,12 @@ func OpenLog(path string, truncate bool) (*os.File, error) {
 	if truncate {
 		flags |= os.O_TRUNC
 	}
-	f, err := os.OpenFile(path, flags, 0o600)
+	f, err := os.OpenFile(path, flags, 0o600) //nolint:gosec // a configured log path, opened without following symlinks
 	if err != nil {
 		return nil, fmt.Errorf("open postgres log: %w", err)
 	}
 	if st, err := f.Stat(); err != nil || !st.Mode().IsRegular() {
-		f.Close()
+		_ = f.Close() // refused before any write
 		return nil, fmt.Errorf("postgres log %s is not a regular file", path)
 	}
 	return f, nil
@@ -114,17 +114,19 @@ func OpenLog(path string, truncate bool) (*os.File, error) {
 
 // TailFile returns the last n lines of the file at path, refusing symlinks.
 func TailFile(path string, n int) string {
-	f, err := os.OpenFile(path, os.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+	f, err := os.OpenFile(path, os.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC, 0) //nolint:gosec // read only, without following symlinks
 	if err != nil {
 		return ""
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }() // read only
 	if st, err := f.Stat(); err != nil || !st.Mode().IsRegular() {
 		return ""
 	}
 	// The tail of a large log is enough.
 	if st, _ := f.Stat(); st.Size() > 1<<20 {
-		f.Seek(st.Size()-1<<20, io.SeekStart)
+		if _, err := f.Seek(st.Size()-1<<20, io.SeekStart); err != nil {
+			return ""
+		}
 	}
 	raw, _ := io.ReadAll(f)
 	lines := strings.Split(strings.TrimSpace(string(raw)), "\n")
@@ -150,11 +152,11 @@ type ProcInfo struct {
 func ReadProc(pid int) (ProcInfo, error) {
 	p := ProcInfo{PID: pid}
 	dir := "/proc/" + strconv.Itoa(pid)
-	status, err := os.ReadFile(dir + "/status")
+	status, err := os.ReadFile(dir + "/status") //nolint:gosec // dir is /proc/<pid>, the pid a number
 	if err != nil {
 		return p, err
 	}
-	for _, line := range strings.Split(string(status), "\n") {
+	for line := range strings.SplitSeq(string(status), "\n") {
 		k, v, ok := strings.Cut(line, ":")
 		if !ok {
 			continue
@@ -180,7 +182,7 @@ func ReadProc(pid int) (ProcInfo, error) {
 	if err == nil {
 		p.Exe = strings.TrimSuffix(exe, " (deleted)")
 	}
-	raw, err := os.ReadFile(dir + "/cmdline")
+	raw, err := os.ReadFile(dir + "/cmdline") //nolint:gosec // dir is /proc/<pid>, the pid a number
 	if err != nil {
 		return p, err
 	}
@@ -251,7 +253,7 @@ func VerifyPostmaster(pid int, u OSUser, binDir, dataDir string) (*Postmaster, e
 		err = info.IsPostmasterOf(u.UID, binDir, dataDir)
 	}
 	if err != nil {
-		unix.Close(fd)
+		_ = unix.Close(fd) // a pidfd: nothing to flush; the check's error is the one to report
 		return nil, err
 	}
 	return &Postmaster{PID: pid, UID: u.UID, GID: u.GID, pidfd: fd}, nil
@@ -260,7 +262,7 @@ func VerifyPostmaster(pid int, u OSUser, binDir, dataDir string) (*Postmaster, e
 // Close releases the pidfd.
 func (p *Postmaster) Close() {
 	if p.pidfd >= 0 {
-		unix.Close(p.pidfd)
+		_ = unix.Close(p.pidfd) // a pidfd: nothing to flush
 		p.pidfd = -1
 	}
 }
@@ -278,11 +280,8 @@ func (p *Postmaster) Signal(sig syscall.Signal) error {
 func (p *Postmaster) Wait(d time.Duration) bool {
 	deadline := time.Now().Add(d)
 	for {
-		left := time.Until(deadline)
-		if left < 0 {
-			left = 0
-		}
-		fds := []unix.PollFd{{Fd: int32(p.pidfd), Events: unix.POLLIN}}
+		left := max(time.Until(deadline), 0)
+		fds := []unix.PollFd{{Fd: int32(p.pidfd), Events: unix.POLLIN}} //nolint:gosec // a file descriptor fits in int32 (the kernel's own type)
 		n, err := unix.Poll(fds, int(left.Milliseconds()))
 		if err == nil && n > 0 {
 			return true
@@ -302,7 +301,7 @@ func (p *Postmaster) Wait(d time.Duration) bool {
 // runs with the dropped credentials. When the agent already runs as uid, f
 // runs as is.
 func AsUser(uid, gid uint32, f func() error) error {
-	if uint32(os.Geteuid()) == uid {
+	if uint32(os.Geteuid()) == uid { //nolint:gosec // a uid is never negative
 		return f()
 	}
 	done := make(chan error, 1)

@@ -3,6 +3,7 @@ package pgcluster
 import (
 	"context"
 	"fmt"
+	"maps"
 	"strings"
 
 	"github.com/jackc/pgx/v5"
@@ -51,9 +52,7 @@ func SessionConfig(connString string) (*pgx.ConnConfig, error) {
 	// A database owner can also set these for everyone who connects;
 	// they would stall or break the agent's own work (idle checks that
 	// always fail keep a clone from ever being idle-deleted).
-	for k, v := range pinnedSettings {
-		cc.RuntimeParams[k] = v
-	}
+	maps.Copy(cc.RuntimeParams, pinnedSettings)
 	return cc, nil
 }
 

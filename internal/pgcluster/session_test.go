@@ -39,7 +39,7 @@ func TestSessionPinsSettings(t *testing.T) {
 			t.Fatalf("as the database owner: %s: %v", q, err)
 		}
 	}
-	own.Close(ctx)
+	_ = own.Close(ctx) // a failed goodbye loses nothing
 
 	// Without pinning, a plain connection gets the owner's settings (the
 	// trap is real).
@@ -57,13 +57,13 @@ func TestSessionPinsSettings(t *testing.T) {
 	if role != "owner" || path != "evil, pg_catalog" {
 		t.Fatalf("a plain superuser session runs as %q with search_path %q; the trap did not take", role, path)
 	}
-	plain.Close(ctx)
+	_ = plain.Close(ctx) // a failed goodbye loses nothing
 
 	conn, err := pgcluster.Connect(ctx, src.Cluster.SocketConnString(src.Port, "postgres", "owned"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer conn.Close(ctx)
+	defer func() { _ = conn.Close(ctx) }() // a failed goodbye loses nothing
 	for q, want := range map[string]string{
 		"SHOW search_path":                   "pg_catalog,pg_temp",
 		"SELECT current_user::text":          "postgres",

@@ -86,7 +86,7 @@ func resolveModules(modDir string, names []string) ([]string, error) {
 	}
 	builtin := map[string]bool{}
 	if b, err := os.ReadFile(filepath.Join(modDir, "modules.builtin")); err == nil {
-		for _, line := range strings.Split(string(b), "\n") {
+		for line := range strings.SplitSeq(string(b), "\n") {
 			if line != "" {
 				builtin[moduleName(line)] = true
 			}
@@ -130,7 +130,7 @@ func readModulesDep(path string) (map[string][]string, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read module dependencies: %w", err)
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }() // read only
 	deps := map[string][]string{}
 	sc := bufio.NewScanner(f)
 	sc.Buffer(make([]byte, 64*1024), 1024*1024)

@@ -182,7 +182,7 @@ func run(t testing.TB, opt Options) (Result, error) {
 	if err != nil {
 		return Result{}, err
 	}
-	defer logf.Close()
+	defer func() { _ = logf.Close() }() // closed below on the normal path; this is for early returns
 
 	// qemu runs through os/exec rather than internal/command: the test
 	// must own the process (its PID, to kill it at cleanup) and stream the
@@ -206,11 +206,13 @@ func run(t testing.TB, opt Options) (Result, error) {
 		// Normally qemu has exited and been waited for, and Kill does
 		// nothing (the Process handle never signals a reused PID);
 		// this is for a test that panicked mid-run.
-		proc.Kill()
+		_ = proc.Kill() // fails when qemu has exited, which is the normal case
 	})
 	waitErr := cmd.Wait()
 	elapsed := time.Since(start)
-	logf.Close()
+	if err := logf.Close(); err != nil {
+		return Result{}, fmt.Errorf("console log: %w", err)
+	}
 
 	res := Result{Dir: out, ExitCode: -1}
 	cb, _ := os.ReadFile(console)
@@ -358,7 +360,7 @@ func findStaticBusybox() (string, error) {
 				static = false
 			}
 		}
-		f.Close()
+		_ = f.Close() // read only
 		if static {
 			return p, nil
 		}
@@ -390,7 +392,7 @@ func makeSparse(path string, size int64) error {
 		return err
 	}
 	if err := f.Truncate(size); err != nil {
-		f.Close()
+		_ = f.Close() // the truncate error is the one to report
 		return err
 	}
 	return f.Close()

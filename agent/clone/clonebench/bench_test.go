@@ -2,13 +2,14 @@ package clonebench
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sort"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -50,7 +51,7 @@ func scales() []int {
 		raw = "100,400"
 	}
 	var out []int
-	for _, f := range strings.Split(raw, ",") {
+	for f := range strings.SplitSeq(raw, ",") {
 		if n, err := strconv.Atoi(strings.TrimSpace(f)); err == nil && n > 0 {
 			out = append(out, n)
 		}
@@ -90,7 +91,9 @@ func benchBackend(b *testing.B, be backend, measureRSS bool) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		os.Chown(p.MainDir(), int(u.UID), int(u.GID))
+		if err := os.Chown(p.MainDir(), int(u.UID), int(u.GID)); err != nil {
+			b.Fatal(err)
+		}
 		start := time.Now()
 		if out, err := exec.Command("cp", "-a", data, filepath.Join(p.MainDir(), storage.DataSubdir)).CombinedOutput(); err != nil {
 			b.Fatalf("copy data into the pool: %v: %s", err, out)
@@ -116,7 +119,11 @@ func benchBackend(b *testing.B, be backend, measureRSS bool) {
 		cfg.Provision.CloneUIDs = config.IDRange{From: uidFrom, To: uidFrom + 999}
 		cfg.StateDir = b.TempDir()
 		cfg.Server.VerificationToken = config.GenerateToken()
-		b.Cleanup(func() { os.RemoveAll(runtime.RunDirFor(cfg.StateDir)) })
+		b.Cleanup(func() {
+			if err := os.RemoveAll(runtime.RunDirFor(cfg.StateDir)); err != nil {
+				b.Errorf("remove the run directory: %v", err)
+			}
+		})
 		if err := cfg.Validate(); err != nil {
 			b.Fatal(err)
 		}
@@ -127,12 +134,18 @@ func benchBackend(b *testing.B, be backend, measureRSS bool) {
 		s.m = m
 		b.Cleanup(func() {
 			for _, id := range s.ids {
-				m.Destroy(context.Background(), id)
+				if err := m.Destroy(context.Background(), id); err != nil {
+					b.Errorf("destroy %s: %v", id, err)
+				}
 			}
 			for _, id := range s.ids {
-				m.Wait(context.Background(), id)
+				if _, err := m.Wait(context.Background(), id); !errors.Is(err, clone.ErrNotFound) {
+					b.Errorf("%s after destroy: %v, want ErrNotFound", id, err)
+				}
 			}
-			m.Close()
+			if err := m.Close(); err != nil {
+				b.Errorf("close manager: %v", err)
+			}
 		})
 		// One unmeasured clone warms the binaries and the snapshot's
 		// metadata into the cache.
@@ -144,7 +157,7 @@ func benchBackend(b *testing.B, be backend, measureRSS bool) {
 	}
 
 	b.ResetTimer()
-	for i := 0; i < clones; i++ {
+	for i := range clones {
 		for _, s := range sets {
 			id := fmt.Sprintf("bench%d", i)
 			t0 := time.Now()
@@ -157,7 +170,7 @@ func benchBackend(b *testing.B, be backend, measureRSS bool) {
 	}
 	b.StopTimer()
 	for _, s := range sets {
-		sort.Slice(s.lat, func(i, j int) bool { return s.lat[i] < s.lat[j] })
+		slices.Sort(s.lat)
 		fmt.Printf("BENCH clone_ready_p50_%s_%s %.3f s\n", be.name, s.label, pct(s.lat, 50).Seconds())
 		fmt.Printf("BENCH clone_ready_p95_%s_%s %.3f s\n", be.name, s.label, pct(s.lat, 95).Seconds())
 	}
@@ -202,7 +215,7 @@ func createAndQuery(ctx context.Context, m *clone.Manager, snap, id string, scal
 	if err != nil {
 		return err
 	}
-	defer conn.Close(ctx)
+	defer func() { _ = conn.Close(ctx) }() // a failed goodbye loses nothing
 	var n int
 	if err := conn.QueryRow(ctx, "SELECT count(*) FROM pgbench_branches").Scan(&n); err != nil {
 		return err
@@ -215,10 +228,7 @@ func createAndQuery(ctx context.Context, m *clone.Manager, snap, id string, scal
 
 // pct is the nearest-rank percentile of sorted durations.
 func pct(sorted []time.Duration, p float64) time.Duration {
-	i := int(math.Ceil(p/100*float64(len(sorted)))) - 1
-	if i < 0 {
-		i = 0
-	}
+	i := max(int(math.Ceil(p/100*float64(len(sorted))))-1, 0)
 	return sorted[i]
 }
 
@@ -227,7 +237,7 @@ func rss(b *testing.B) uint64 {
 	if err != nil {
 		b.Fatal(err)
 	}
-	for _, line := range strings.Split(string(raw), "\n") {
+	for line := range strings.SplitSeq(string(raw), "\n") {
 		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmRSS:" {
 			kb, _ := strconv.ParseUint(f[1], 10, 64)
 			return kb << 10

@@ -48,11 +48,13 @@ func Fill(t testing.TB, p storage.Pool, sql ...string) storage.Snapshot {
 	}
 	for _, q := range sql {
 		if _, err := conn.Exec(ctx, q, pgx.QueryExecModeSimpleProtocol); err != nil {
-			conn.Close(ctx)
+			_ = conn.Close(ctx) // a failed goodbye loses nothing
 			t.Fatalf("%s: %v", q, err)
 		}
 	}
-	conn.Close(ctx)
+	if err := conn.Close(ctx); err != nil {
+		t.Fatalf("close the fill session: %v", err)
+	}
 	if err := c.Stop(ctx, "fast"); err != nil {
 		t.Fatal(err)
 	}

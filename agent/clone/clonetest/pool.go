@@ -88,8 +88,10 @@ func KillClones(p storage.Pool) {
 				}
 			}
 		}
-		runtime.Unmount(c.Mountpoint)
-		p.DestroyClone(context.Background(), c.Name)
+		// Best effort, as everything here: the pool's own cleanup fails on
+		// what is left mounted.
+		_ = runtime.Unmount(c.Mountpoint)
+		_ = p.DestroyClone(context.Background(), c.Name)
 	}
 }
 
@@ -109,8 +111,12 @@ func Config(t testing.TB, p storage.Pool, ports int) *config.Config {
 	cfg.Server.VerificationToken = config.GenerateToken()
 	// Clone uids are random too: parallel test agents on one host must
 	// not hand the same uid to two clones.
-	uidFrom := uint32(300000 + rand.IntN(100000)*100)
+	uidFrom := 300000 + rand.Uint32N(100000)*100
 	cfg.Provision.CloneUIDs = config.IDRange{From: uidFrom, To: uidFrom + 99}
-	t.Cleanup(func() { os.RemoveAll(runtime.RunDirFor(cfg.StateDir)) })
+	t.Cleanup(func() {
+		if err := os.RemoveAll(runtime.RunDirFor(cfg.StateDir)); err != nil {
+			t.Errorf("remove the run directory: %v", err)
+		}
+	})
 	return cfg
 }

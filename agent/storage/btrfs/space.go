@@ -9,6 +9,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -79,8 +80,23 @@ func (p *Pool) measure(ctx context.Context, paths []string) (map[string]spacecac
 		}
 	}
 	args := append([]string{"filesystem", "du", "-s", "--raw", "--"}, paths...)
-	stdout, err := p.cfg.Runner.Run(ctx, "btrfs", args...)
-	parsed := parseDu(stdout)
+	var stdout []byte
+	var err error
+	var parsed map[string]spacecache.Use
+	// du walks every file: while a clone's idmapped mount is attached or
+	// its postgres starts, the walk can fail on files that come and go
+	// ("cannot check space of ...: No such file or directory"). That is
+	// transient, and a short pause gets the numbers.
+	for attempt := range 3 {
+		if attempt > 0 {
+			time.Sleep(100 * time.Millisecond)
+		}
+		stdout, err = p.cfg.Runner.Run(ctx, "btrfs", args...)
+		parsed = parseDu(stdout)
+		if err == nil || len(parsed) > 0 || ctx.Err() != nil {
+			break
+		}
+	}
 	for _, path := range paths {
 		if u, ok := parsed[path]; ok {
 			out[path] = u

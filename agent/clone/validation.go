@@ -1,0 +1,88 @@
+package clone
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"regexp"
+	"slices"
+	"strings"
+
+	passwordvalidator "github.com/wagslane/go-password-validator"
+
+	"github.com/thinlab/thinlab/agent/runtime"
+	"github.com/thinlab/thinlab/agent/storage"
+)
+
+// MinPasswordEntropy is DLE's minimum password strength (bits, as computed
+// by go-password-validator).
+const MinPasswordEntropy = 60
+
+var cloneIDRE = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]*$`)
+
+var dbNameRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_$-]{0,62}$`)
+
+func validateID(id string) error {
+	if len(id) > 63 || !cloneIDRE.MatchString(id) || strings.Contains(id, "..") {
+		return &ValidationError{Field: "id", Message: fmt.Sprintf("%q is not a valid clone id: use up to 63 letters, digits, '_', '.' or '-', starting with a letter or digit", id)}
+	}
+	return nil
+}
+
+func validatePassword(pw string) error {
+	if pw == "" {
+		return &ValidationError{Field: "db.password", Message: "is required: give a password for the clone's database user"}
+	}
+	if err := passwordvalidator.Validate(pw, MinPasswordEntropy); err != nil {
+		return &ValidationError{Field: "db.password", Message: err.Error()}
+	}
+	return nil
+}
+
+func validateExtraConf(conf map[string]string) error {
+	for _, k := range slices.Sorted(maps.Keys(conf)) {
+		if err := runtime.ValidateSetting(k, conf[k]); err != nil {
+			return &ValidationError{Field: "extra_conf." + k, Message: err.Error()}
+		}
+	}
+	return nil
+}
+
+// resolveSnapshot finds the snapshot (and its pool) for id, or the newest
+// snapshot of any pool when id is empty.
+func (m *Manager) resolveSnapshot(ctx context.Context, id string) (storage.Snapshot, error) {
+	if id == "" {
+		var latest storage.Snapshot
+		found := false
+		for _, p := range m.pools {
+			snaps, err := p.Snapshots(ctx)
+			if err != nil {
+				return storage.Snapshot{}, fmt.Errorf("list snapshots of pool %s: %w", p.Name(), err)
+			}
+			if len(snaps) > 0 && (!found || snaps[0].DataStateAt.After(latest.DataStateAt)) {
+				latest, found = snaps[0], true
+			}
+		}
+		if !found {
+			return storage.Snapshot{}, fmt.Errorf("%w: no pool has a snapshot (run a data refresh first)", ErrNoSnapshots)
+		}
+		return latest, nil
+	}
+	poolName, _, err := storage.ParseSnapshotID(id)
+	if err != nil {
+		return storage.Snapshot{}, &ValidationError{Field: "snapshot.id", Message: fmt.Sprintf("%q is not a snapshot id (want <pool>@snapshot_<YYYYMMDDhhmmss>; list them with GET /snapshots)", id), Err: ErrSnapshotNotFound}
+	}
+	p, ok := m.poolByName[poolName]
+	if !ok {
+		return storage.Snapshot{}, &ValidationError{Field: "snapshot.id", Message: fmt.Sprintf("snapshot %q not found: there is no pool %q", id, poolName), Err: ErrSnapshotNotFound}
+	}
+	s, err := p.GetSnapshot(ctx, id)
+	if errors.Is(err, storage.ErrNotFound) {
+		return storage.Snapshot{}, &ValidationError{Field: "snapshot.id", Message: fmt.Sprintf("snapshot %q not found (list snapshots with GET /snapshots)", id), Err: ErrSnapshotNotFound}
+	}
+	if err != nil {
+		return storage.Snapshot{}, fmt.Errorf("get snapshot %s: %w", id, err)
+	}
+	return s, nil
+}
