@@ -220,7 +220,7 @@ func TestRestoreAfterAbandonedManager(t *testing.T) {
 	}
 	// Exactly one restart over m2 and m3: dead2, whose postgres was killed.
 	var restarts []string
-	for _, line := range strings.Split(e.log.String(), "\n") {
+	for line := range strings.SplitSeq(e.log.String(), "\n") {
 		if strings.Contains(line, "restarting it") {
 			restarts = append(restarts, line)
 		}

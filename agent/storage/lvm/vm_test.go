@@ -383,7 +383,7 @@ func mountOptions(t *testing.T, dir string) []string {
 		t.Fatal(err)
 	}
 	var opts []string
-	for _, l := range strings.Split(string(raw), "\n") {
+	for l := range strings.SplitSeq(string(raw), "\n") {
 		if f := strings.Fields(l); len(f) > 5 && unescapeMount(f[4]) == dir {
 			opts = strings.Split(f[5], ",")
 		}
