@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -72,6 +73,47 @@ func mountIdmapped(path string, owner, clone pgcluster.OSUser) error {
 		return err
 	}
 	defer func() { _ = ns.Close() }() // read only
+	return mountIdmappedNS(path, ns)
+}
+
+// userNamespaces caches open user namespaces by mapping. A namespace that
+// maps owner to clone is immutable, so it is safe to reuse for every mount
+// with the same mapping; the cache is bounded (it is emptied when full).
+type userNamespaces struct {
+	mu sync.Mutex
+	ns map[[4]uint32]*os.File
+}
+
+const maxCachedNamespaces = 1024
+
+// mount is mountIdmapped with a cached namespace.
+func (c *userNamespaces) mount(path string, owner, clone pgcluster.OSUser) error {
+	key := [4]uint32{owner.UID, owner.GID, clone.UID, clone.GID}
+	c.mu.Lock()
+	ns, ok := c.ns[key]
+	if !ok {
+		var err error
+		if ns, err = userNS(owner, clone); err != nil {
+			c.mu.Unlock()
+			return err
+		}
+		if c.ns == nil || len(c.ns) >= maxCachedNamespaces {
+			for _, f := range c.ns {
+				_ = f.Close() // read only
+			}
+			c.ns = map[[4]uint32]*os.File{}
+		}
+		c.ns[key] = ns
+	}
+	// Held during the mount: a concurrent eviction must not close ns
+	// under it (mounts take milliseconds).
+	defer c.mu.Unlock()
+	return mountIdmappedNS(path, ns)
+}
+
+// mountIdmappedNS stacks the idmapped bind mount of path on path, mapped
+// through the user namespace ns.
+func mountIdmappedNS(path string, ns *os.File) error {
 	tree, err := unix.OpenTree(unix.AT_FDCWD, path, unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC|unix.AT_SYMLINK_NOFOLLOW)
 	if err != nil {
 		return fmt.Errorf("idmapped mount of %s: open_tree: %w", path, err)
