@@ -80,7 +80,7 @@ func TestBinDirForNamesMissingVersion(t *testing.T) {
 // goroutine ends its OS thread; when that was the thread that had started
 // the DieWithParent server, the thread's death sent the server SIGKILL
 // (Pdeathsig) in the middle of its clean shutdown, so rows committed with
-// FastSettings (no synchronous commit) never reached the disk. Each round
+// FastSettings (no synchronous commit) never reached the disk. Each of 25 rounds
 // commits a row, stops cleanly and restarts: every row must be there.
 func TestDieWithParentSurvivesStop(t *testing.T) {
 	testenv.NeedsRoot(t, "root and PostgreSQL (run as the postgres OS user)")
@@ -100,7 +100,7 @@ func TestDieWithParentSurvivesStop(t *testing.T) {
 	}
 	t.Cleanup(c.Kill)
 	const port = 5432 // socket only, in the data directory
-	for round := 1; round <= 10; round++ {
+	for round := 1; round <= 25; round++ {
 		if err := c.Start(ctx, port, "", FastSettings); err != nil {
 			t.Fatal(err)
 		}
