@@ -22,6 +22,7 @@ import (
 	"github.com/thinlab/thinlab/agent/storage"
 	"github.com/thinlab/thinlab/agent/storage/storagetest"
 	"github.com/thinlab/thinlab/internal/logtest"
+	"github.com/thinlab/thinlab/internal/pgcluster"
 	"github.com/thinlab/thinlab/internal/testenv"
 	"github.com/thinlab/thinlab/sdk/agentapi"
 )
@@ -78,12 +79,12 @@ func startAgent(t *testing.T, bin, cfgPath string, c *agentapi.Client, logs *log
 	cmd.Stderr = logs
 	// The agent dies with this test binary (a crash or -timeout would
 	// otherwise leave it holding the pool's mounts). Pdeathsig follows the
-	// OS thread that started the child; Go does not end threads of
-	// goroutines that are not locked, so it lasts as long as the binary.
-	// The clones' postgres, started by the agent in their own sessions,
-	// are swept by storagetest on the next run.
+	// OS thread that started the child, and pgcluster.AsUser ends
+	// threads: StartOnLastingThread forks from one that lasts as long as
+	// the binary. The clones' postgres, started by the agent in their own
+	// sessions, are swept by storagetest on the next run.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
+	if err := pgcluster.StartOnLastingThread(cmd); err != nil {
 		t.Fatal(err)
 	}
 	p := &agentProc{cmd: cmd, logs: logs, done: make(chan error, 1)}

@@ -50,7 +50,10 @@ func userNS(owner, clone pgcluster.OSUser) (*os.File, error) {
 		GidMappings: []syscall.SysProcIDMap{{ContainerID: int(owner.GID), HostID: int(clone.GID), Size: 1}},
 		Pdeathsig:   syscall.SIGKILL,
 	}
-	if err := cmd.Start(); err != nil {
+	// From a lasting thread: Pdeathsig would kill the child as soon as the
+	// forking thread ends (AsUser ends threads), before its namespace is
+	// opened.
+	if err := pgcluster.StartOnLastingThread(cmd); err != nil {
 		return nil, fmt.Errorf("idmapped mount: start a process in a new user namespace: %w", err)
 	}
 	defer func() {

@@ -150,8 +150,10 @@ type Cluster struct {
 	// started it dies (Pdeathsig), for servers started by tests: a test
 	// binary killed by -timeout must not leave them holding mounts. Never
 	// for clones, which outlive the agent by design. Pdeathsig follows the
-	// OS thread that started the child; Go ends a thread only when a
-	// goroutine locked to it exits, which no caller of Start does.
+	// OS thread that started the child, and Go ends a thread when a
+	// goroutine locked to it exits (AsUser does, on every Signal), so
+	// such servers are started from a thread that never ends
+	// (StartOnLastingThread).
 	DieWithParent bool
 }
 
@@ -270,7 +272,11 @@ func (c *Cluster) Start(ctx context.Context, port int, listenAddr string, settin
 		cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
 	}
 	c.logger().Debug("start postgres", "datadir", c.DataDir, "port", port)
-	if err := cmd.Start(); err != nil {
+	start := cmd.Start
+	if c.DieWithParent {
+		start = func() error { return StartOnLastingThread(cmd) }
+	}
+	if err := start(); err != nil {
 		return fmt.Errorf("start postgres in %s: %w", c.DataDir, err)
 	}
 	exited := make(chan error, 1)

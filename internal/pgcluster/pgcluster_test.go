@@ -80,3 +80,57 @@ func TestBinDirForNamesMissingVersion(t *testing.T) {
 		t.Fatalf("err = %v", err)
 	}
 }
+
+// TestDieWithParentSurvivesStop is the regression test for test servers
+// losing their data: Stop signals the postmaster through AsUser, whose
+// goroutine ends its OS thread; when that was the thread that had started
+// the DieWithParent server, the thread's death sent the server SIGKILL
+// (Pdeathsig) in the middle of its clean shutdown, so rows committed with
+// FastSettings (no synchronous commit) never reached the disk. Each of 25 rounds
+// commits a row, stops cleanly and restarts: every row must be there.
+func TestDieWithParentSurvivesStop(t *testing.T) {
+	testenv.NeedsRoot(t, "root and PostgreSQL (run as the postgres OS user)")
+	u, err := LookupUser("postgres")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir, err := MkdirTemp("pgcluster-*", u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	c := &Cluster{DieWithParent: true, DataDir: filepath.Join(dir, "data"), User: u}
+	ctx := t.Context()
+	if err := c.Init(ctx, InitOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Kill)
+	const port = 5432 // socket only, in the data directory
+	for round := 1; round <= 25; round++ {
+		if err := c.Start(ctx, port, "", FastSettings); err != nil {
+			t.Fatal(err)
+		}
+		conn, err := pgx.Connect(ctx, c.SocketConnString(port, "postgres", "postgres"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var rows int
+		_, err = conn.Exec(ctx, "CREATE TABLE IF NOT EXISTS t (v int)")
+		if err == nil {
+			err = conn.QueryRow(ctx, "SELECT count(*) FROM t").Scan(&rows)
+		}
+		if err == nil {
+			_, err = conn.Exec(ctx, "INSERT INTO t VALUES (1)")
+		}
+		conn.Close(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rows != round-1 {
+			t.Fatalf("round %d: %d rows after restart, want the %d committed before the clean stop; log:\n%s", round, rows, round-1, TailFile(c.LogFile(), 20))
+		}
+		if err := c.Stop(ctx, "fast"); err != nil {
+			t.Fatal(err)
+		}
+	}
+}

@@ -6,10 +6,12 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -336,4 +338,29 @@ func StopSignal(mode string) (syscall.Signal, error) {
 		return syscall.SIGQUIT, nil
 	}
 	return 0, fmt.Errorf("unknown shutdown mode %q (want smart, fast or immediate)", mode)
+}
+
+// lastingThread runs functions on one OS thread that lives as long as the
+// process: the goroutine locked to it never exits.
+var lastingThread = sync.OnceValue(func() chan<- func() {
+	ch := make(chan func())
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread must not end
+		for f := range ch {
+			f()
+		}
+	}()
+	return ch
+})
+
+// StartOnLastingThread starts cmd from an OS thread that never ends. A
+// child's Pdeathsig fires when the thread that forked it ends, not the
+// process, and any thread may end under the caller: AsUser's goroutine
+// locks the thread it lands on and ends it, which killed test servers
+// during their clean shutdown (rows lost). Use it for every cmd with
+// SysProcAttr.Pdeathsig set.
+func StartOnLastingThread(cmd *exec.Cmd) error {
+	errc := make(chan error, 1)
+	lastingThread() <- func() { errc <- cmd.Start() }
+	return <-errc
 }

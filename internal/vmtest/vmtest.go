@@ -35,6 +35,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/thinlab/thinlab/internal/pgcluster"
 	"github.com/thinlab/thinlab/internal/testenv"
 )
 
@@ -194,10 +195,12 @@ func run(t testing.TB, opt Options) (Result, error) {
 	cmd.Stderr = logf
 	cmd.WaitDelay = 5 * time.Second
 	// If the test binary dies without running its cleanups (go test's
-	// -timeout panic, a kill), the kernel kills qemu with it.
+	// -timeout panic, a kill), the kernel kills qemu with it. Pdeathsig
+	// follows the forking thread, which pgcluster.AsUser may end: fork
+	// from a thread that lasts.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	start := time.Now()
-	if err := cmd.Start(); err != nil {
+	if err := pgcluster.StartOnLastingThread(cmd); err != nil {
 		return Result{}, fmt.Errorf("start qemu: %w", err)
 	}
 	pid := cmd.Process.Pid
