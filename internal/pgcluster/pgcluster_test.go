@@ -98,7 +98,11 @@ func TestDieWithParentSurvivesStop(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
+	t.Cleanup(func() {
+		if err := os.RemoveAll(dir); err != nil {
+			t.Errorf("remove %s: %v", dir, err)
+		}
+	})
 	c := &Cluster{DieWithParent: true, DataDir: filepath.Join(dir, "data"), User: u}
 	ctx := t.Context()
 	if err := c.Init(ctx, InitOptions{}); err != nil {
@@ -122,7 +126,9 @@ func TestDieWithParentSurvivesStop(t *testing.T) {
 		if err == nil {
 			_, err = conn.Exec(ctx, "INSERT INTO t VALUES (1)")
 		}
-		conn.Close(ctx)
+		if cerr := conn.Close(ctx); err == nil {
+			err = cerr
+		}
 		if err != nil {
 			t.Fatal(err)
 		}
