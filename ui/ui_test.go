@@ -2,7 +2,6 @@ package ui
 
 import (
 	"bytes"
-	"context"
 	"io/fs"
 	"strings"
 	"testing"
@@ -14,7 +13,7 @@ import (
 func render(t *testing.T, c templ.Component) string {
 	t.Helper()
 	var b bytes.Buffer
-	if err := c.Render(context.Background(), &b); err != nil {
+	if err := c.Render(t.Context(), &b); err != nil {
 		t.Fatal(err)
 	}
 	return b.String()

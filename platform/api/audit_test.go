@@ -1,7 +1,6 @@
 package api_test
 
 import (
-	"context"
 	"encoding/csv"
 	"encoding/json"
 	"net/http"
@@ -26,7 +25,7 @@ func allEvents(t *testing.T, env *platformtest.Env) []store.AuditEvent {
 // one new audit event each time, with the route's action and the result.
 func TestEveryMutationIsAudited(t *testing.T) {
 	env := platformtest.New(t, platformtest.WithAuthenticator(fakeSession))
-	ctx := context.Background()
+	ctx := t.Context()
 	owner := env.User("owner@example.com")
 	org := env.Org("aud", owner)
 	viewer := env.Member(org, "vic@example.com", rbac.Viewer)
@@ -156,7 +155,7 @@ func TestAuditLogIsAppendOnly(t *testing.T) {
 
 func TestAuditFiltersAndExport(t *testing.T) {
 	env := platformtest.New(t, platformtest.WithAuthenticator(fakeSession))
-	ctx := context.Background()
+	ctx := t.Context()
 	owner := env.User("owner@example.com")
 	org := env.Org("aud", owner)
 	admin := env.Member(org, "adm@example.com", rbac.Admin)

@@ -1,7 +1,6 @@
 package api_test
 
 import (
-	"context"
 	"net/http"
 	"strings"
 	"testing"
@@ -13,7 +12,7 @@ import (
 
 func TestLastOwnerCannotBeRemovedOrDemoted(t *testing.T) {
 	env := platformtest.New(t)
-	ctx := context.Background()
+	ctx := t.Context()
 	owner := env.User("owner@example.com")
 	org := env.Org("own", owner)
 	admin := env.Member(org, "adm@example.com", rbac.Admin)
@@ -90,7 +89,7 @@ func TestMemberValidation(t *testing.T) {
 // and no answer carries B's emails or names.
 func TestMemberEnumerationRefused(t *testing.T) {
 	env := platformtest.New(t, platformtest.WithAuthenticator(fakeSession))
-	ctx := context.Background()
+	ctx := t.Context()
 	ownerA := env.User("ann@a.example")
 	a := env.Org("org-a", ownerA)
 	b := env.Org("org-b", env.User("bob@b.example"))
@@ -138,7 +137,7 @@ func TestMemberEnumerationRefused(t *testing.T) {
 
 func TestInvitationAcceptedByInvitedEmailOnly(t *testing.T) {
 	env := platformtest.New(t, platformtest.WithAuthenticator(fakeSession))
-	ctx := context.Background()
+	ctx := t.Context()
 	owner := env.User("owner@example.com")
 	org := env.Org("inv", owner)
 	c := env.Client(env.Token(org, owner))

@@ -1,7 +1,6 @@
 package api_test
 
 import (
-	"context"
 	"crypto/sha256"
 	"encoding/json"
 	"net/http"
@@ -16,7 +15,7 @@ import (
 
 func TestTokenRejections(t *testing.T) {
 	env := platformtest.New(t)
-	ctx := context.Background()
+	ctx := t.Context()
 	owner := env.User("owner@example.com")
 	org := env.Org("tok", owner)
 
@@ -67,7 +66,7 @@ func createToken(t *testing.T, env *platformtest.Env, org, userID string, req pl
 
 func TestTokenShownOnceStoredHashed(t *testing.T) {
 	env := platformtest.New(t, platformtest.WithAuthenticator(fakeSession))
-	ctx := context.Background()
+	ctx := t.Context()
 	owner := env.User("owner@example.com")
 	org := env.Org("tok", owner)
 	member := env.Member(org, "mia@example.com", rbac.Member)
@@ -173,7 +172,7 @@ func isStatus(err error, status int) bool {
 // browser, whatever the body, and nothing is created.
 func TestTokensCannotMintTokensOrAcceptInvitations(t *testing.T) {
 	env := platformtest.New(t, platformtest.WithAuthenticator(fakeSession))
-	ctx := context.Background()
+	ctx := t.Context()
 	owner := env.User("owner@example.com")
 	org := env.Org("tok", owner)
 	boss := env.User("boss@example.com")

@@ -100,7 +100,7 @@ func TestEmbeddedDatabaseUnreachableDataDir(t *testing.T) {
 	dir := t.TempDir() // 0700 root: the postgres user cannot enter it
 	cfg := DefaultConfig()
 	cfg.DataDir = filepath.Join(dir, "platform")
-	_, err := New(context.Background(), cfg, Options{})
+	_, err := New(t.Context(), cfg, Options{})
 	if err == nil || !strings.Contains(err.Error(), "chmod o+x") {
 		t.Fatalf("error %v, want advice to chmod o+x", err)
 	}

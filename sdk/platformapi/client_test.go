@@ -1,7 +1,6 @@
 package platformapi
 
 import (
-	"context"
 	"errors"
 	"net/http"
 	"net/http/httptest"
@@ -28,7 +27,7 @@ func TestClientErrorsAndRequests(t *testing.T) {
 	}))
 	defer srv.Close()
 	c := NewClient(srv.URL+"/", "thl_secret")
-	ctx := context.Background()
+	ctx := t.Context()
 
 	_, err := c.CreateToken(ctx, "acme", CreateTokenRequest{})
 	var apiErr *APIError

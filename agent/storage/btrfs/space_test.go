@@ -43,7 +43,7 @@ func TestParseQgroups(t *testing.T) {
 // own writes show up as its exclusive bytes.
 func TestQgroupSizes(t *testing.T) {
 	testenv.NeedsRoot(t, "root, for a btrfs loop pool")
-	ctx := context.Background()
+	ctx := t.Context()
 	r := command.Runner{}
 	dir := t.TempDir()
 	img, mnt := filepath.Join(dir, "q.img"), filepath.Join(dir, "mnt")

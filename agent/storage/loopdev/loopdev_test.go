@@ -25,7 +25,7 @@ func TestParseList(t *testing.T) {
 
 func TestAttachDetach(t *testing.T) {
 	testenv.NeedsRoot(t, "root, for loop devices")
-	ctx := context.Background()
+	ctx := t.Context()
 	r := command.Runner{}
 	img := filepath.Join(t.TempDir(), "x.img")
 	if err := CreateImage(img, 64<<20); err != nil {

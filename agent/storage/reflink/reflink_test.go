@@ -27,7 +27,7 @@ func TestConformance(t *testing.T) {
 // creating anything.
 func TestRefusesExt4(t *testing.T) {
 	testenv.NeedsRoot(t, "root, for a loop device")
-	ctx := context.Background()
+	ctx := t.Context()
 	r := command.Runner{}
 	dir := t.TempDir()
 	img, mnt := filepath.Join(dir, "ext4.img"), filepath.Join(dir, "mnt")
