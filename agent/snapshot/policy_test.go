@@ -165,6 +165,7 @@ func TestRetention(t *testing.T) {
 	if _, err := p.Clone(ctx, ids[0], "keepme"); err != nil {
 		t.Fatal(err)
 	}
+	// Background inside: t.Context() is already cancelled when cleanups run.
 	t.Cleanup(func() {
 		if err := p.DestroyClone(context.Background(), "keepme"); err != nil {
 			t.Errorf("cleanup: destroy clone keepme: %v", err)
@@ -233,6 +234,7 @@ func TestSweepDeleteAt(t *testing.T) {
 	if _, err := p.Clone(ctx, ids[2], "user"); err != nil {
 		t.Fatal(err)
 	}
+	// Background inside: t.Context() is already cancelled when cleanups run.
 	t.Cleanup(func() {
 		if err := p.DestroyClone(context.Background(), "user"); err != nil {
 			t.Errorf("cleanup: destroy clone user: %v", err)

@@ -129,6 +129,7 @@ func runLoadGenerator() bool {
 		if m.body != "" {
 			body = bytes.NewReader([]byte(m.body))
 		}
+		// Background: the load generator is its own process, without a testing.TB.
 		req, _ := http.NewRequestWithContext(context.Background(), m.method, m.url, body)
 		req.Header.Set("Authorization", "Bearer "+token)
 		if body != nil {

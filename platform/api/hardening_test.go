@@ -60,6 +60,7 @@ func TestAuditLogTamperProofWithTwoRoles(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// Background inside: t.Context() is already cancelled when cleanups run.
 	t.Cleanup(func() {
 		c, err := pgx.Connect(context.Background(), superDSN)
 		if err != nil {

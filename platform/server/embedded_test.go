@@ -42,7 +42,7 @@ func TestEmbeddedDatabase(t *testing.T) {
 	cfg := DefaultConfig()
 	cfg.DataDir = dir
 	cfg.Listen = "127.0.0.1:0"
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
 	for round := 1; round <= 2; round++ { // the second start reuses the cluster
 		srv, err := New(ctx, cfg, Options{})

@@ -54,6 +54,7 @@ func TestQgroupSizes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Background inside: t.Context() is already cancelled when cleanups run.
 	t.Cleanup(func() {
 		if err := loopdev.Detach(context.Background(), r, dev); err != nil {
 			t.Errorf("cleanup: detach %s: %v", dev, err)
@@ -68,6 +69,7 @@ func TestQgroupSizes(t *testing.T) {
 	if _, err := r.Run(ctx, "mount", dev, mnt); err != nil {
 		t.Fatal(err)
 	}
+	// Background inside: t.Context() is already cancelled when cleanups run.
 	t.Cleanup(func() {
 		if _, err := r.Run(context.Background(), "umount", mnt); err != nil {
 			t.Errorf("cleanup: %v", err)
