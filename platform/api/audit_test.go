@@ -104,7 +104,7 @@ func TestEveryMutationIsAudited(t *testing.T) {
 		for _, c := range cs {
 			before := len(allEvents(t, env))
 			r := env.DoWithHeader(rt.Method, c.path, c.header, c.value, c.body)
-			if ok := r.Status < 400; ok != c.wantOK {
+			if ok := r.Status < http.StatusBadRequest; ok != c.wantOK {
 				t.Fatalf("%s %s: %d %s, want success=%v", key, c.path, r.Status, r.Body, c.wantOK)
 			}
 			events := allEvents(t, env)
@@ -230,7 +230,7 @@ func TestAuditFiltersAndExport(t *testing.T) {
 	}
 	// Members without audit:read are refused.
 	viewer := env.Member(org, "v@example.com", rbac.Viewer)
-	if _, err := env.Client(env.Token(org, viewer)).Audit(ctx, "aud", platformapi.AuditQuery{}); !isStatus(err, 403) {
+	if _, err := env.Client(env.Token(org, viewer)).Audit(ctx, "aud", platformapi.AuditQuery{}); !isStatus(err, http.StatusForbidden) {
 		t.Fatalf("viewer reading audit: %v", err)
 	}
 }

@@ -137,7 +137,7 @@ func runLoadGenerator() bool {
 		}
 		start := time.Now()
 		resp, err := client.Do(req)
-		ok := err == nil && resp.StatusCode < 300
+		ok := err == nil && resp.StatusCode < http.StatusMultipleChoices
 		if err == nil {
 			_, _ = io.Copy(io.Discard, resp.Body) // drained to reuse the connection; the status was counted
 			_ = resp.Body.Close()

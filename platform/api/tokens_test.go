@@ -47,7 +47,7 @@ func TestTokenRejections(t *testing.T) {
 			t.Errorf("%s: %d %s, want 401 %q", tc.name, r.Status, r.Body, tc.want)
 		}
 	}
-	if r := env.Do(http.MethodGet, "/api/v1/orgs/tok/members", good, nil); r.Status != 200 {
+	if r := env.Do(http.MethodGet, "/api/v1/orgs/tok/members", good, nil); r.Status != http.StatusOK {
 		t.Fatalf("good token: %d %s", r.Status, r.Body)
 	}
 }
@@ -117,14 +117,14 @@ func TestTokenShownOnceStoredHashed(t *testing.T) {
 	if err != nil || len(mine) != 1 || mine[0].UserID != member.ID {
 		t.Fatalf("member's token list: %+v %v", mine, err)
 	}
-	if err := mc.RevokeToken(ctx, "tok", created.ID); !isStatus(err, 404) {
+	if err := mc.RevokeToken(ctx, "tok", created.ID); !isStatus(err, http.StatusNotFound) {
 		t.Fatalf("member revoking the owner's token: %v", err)
 	}
 	// The owner revokes it; it stops working with "token revoked".
 	if err := c.RevokeToken(ctx, "tok", created.ID); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c2.Tokens(ctx, "tok"); !isStatus(err, 401) || !strings.Contains(err.Error(), "token revoked") {
+	if _, err := c2.Tokens(ctx, "tok"); !isStatus(err, http.StatusUnauthorized) || !strings.Contains(err.Error(), "token revoked") {
 		t.Fatalf("revoked token: %v", err)
 	}
 }
@@ -146,7 +146,7 @@ func TestTokenValidation(t *testing.T) {
 	}
 	for _, tc := range cases {
 		r := env.DoWithHeader(http.MethodPost, "/api/v1/orgs/tok/tokens", testUserHeader, owner.ID, tc.body)
-		if r.Status != 400 || r.Error().Code != "invalid" || r.Error().Field != tc.field || r.Error().Message == "" {
+		if r.Status != http.StatusBadRequest || r.Error().Code != "invalid" || r.Error().Field != tc.field || r.Error().Message == "" {
 			t.Errorf("%s: %d %s, want 400 naming field %q", tc.body, r.Status, r.Body, tc.field)
 		}
 	}

@@ -31,7 +31,7 @@ func TestClientErrorsAndRequests(t *testing.T) {
 
 	_, err := c.CreateToken(ctx, "acme", CreateTokenRequest{})
 	var apiErr *APIError
-	if !errors.As(err, &apiErr) || apiErr.Status != 400 || apiErr.Field != "name" || apiErr.Code != CodeInvalid {
+	if !errors.As(err, &apiErr) || apiErr.Status != http.StatusBadRequest || apiErr.Field != "name" || apiErr.Code != CodeInvalid {
 		t.Fatalf("error: %#v", err)
 	}
 	if gotAuth != "Bearer thl_secret" {
@@ -45,7 +45,7 @@ func TestClientErrorsAndRequests(t *testing.T) {
 		t.Fatalf("query %q", gotQuery)
 	}
 	err = c.RemoveMember(ctx, "a/b", "usr_1")
-	if !errors.As(err, &apiErr) || apiErr.Status != 502 || apiErr.Message != "upstream down" {
+	if !errors.As(err, &apiErr) || apiErr.Status != http.StatusBadGateway || apiErr.Message != "upstream down" {
 		t.Fatalf("non-JSON error: %#v", err)
 	}
 	if gotPath != "/api/v1/orgs/a%2Fb/members/usr_1" {
