@@ -1,7 +1,6 @@
 package migrations_test
 
 import (
-	"context"
 	"database/sql"
 	"strings"
 	"testing"
@@ -56,7 +55,7 @@ func TestUpOnEmptyDatabaseThenAgain(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { _ = db.Close() }() // the test's own pool; the server is dropped next
-	ctx := context.Background()
+	ctx := t.Context()
 
 	if v, err := migrations.Version(ctx, db); err != nil || v != 0 {
 		t.Fatalf("empty database at version %d (%v), want 0", v, err)

@@ -2,8 +2,8 @@ package ui
 
 import (
 	"bytes"
-	"context"
 	"io/fs"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -14,7 +14,7 @@ import (
 func render(t *testing.T, c templ.Component) string {
 	t.Helper()
 	var b bytes.Buffer
-	if err := c.Render(context.Background(), &b); err != nil {
+	if err := c.Render(t.Context(), &b); err != nil {
 		t.Fatal(err)
 	}
 	return b.String()
@@ -39,7 +39,7 @@ func TestPagesRenderEscapedWithoutScripts(t *testing.T) {
 		"audit":       AuditPage(page(), Audit{CSVURL: "/o/acme/audit/export.csv", JSONURL: "/o/acme/audit/export.json", Events: []AuditEvent{{Time: now, Action: "token.create", Result: "error", Error: "boom"}}}),
 		"dashboard":   DashboardPage(page(), Dashboard{Members: 2, Permissions: []string{"audit:read"}}),
 		"signin":      SignInPage(Page{Title: "Sign in"}, SignIn{Providers: []Provider{{DisplayName: "Dex", LoginURL: "/auth/login/dex"}}}),
-		"error":       ErrorPage(Page{Title: "Forbidden"}, Error{Status: 403, Title: "Forbidden", Message: "CSRF token missing or invalid"}),
+		"error":       ErrorPage(Page{Title: "Forbidden"}, Error{Status: http.StatusForbidden, Title: "Forbidden", Message: "CSRF token missing or invalid"}),
 	}
 	for name, c := range pages {
 		html := render(t, c)

@@ -3,6 +3,7 @@ package api_test
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"net/http/httptest"
 	"slices"
 	"strings"
@@ -169,7 +170,7 @@ func TestDLEShapes(t *testing.T) {
 
 	// The raw create answer: 201, CREATING, no address checked yet.
 	code, body := e.raw("POST", "/clone", token, `{"id":"new","protected":false,"db":{"username":"alice","password":"`+goodPassword+`","db_name":"postgres"},"snapshot":{"id":"`+fakeSnapshots[1].ID+`"}}`)
-	if code != 201 {
+	if code != http.StatusCreated {
 		t.Fatalf("POST /clone: status %d (%s), want 201", code, body)
 	}
 	m := decodeMap(t, body)

@@ -76,7 +76,7 @@ var sourceSQL = []string{
 // with a private port range of size ports.
 func newEnv(t *testing.T, ports int) *env {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
 	t.Cleanup(cancel)
 	p := clonetest.NewPool(t)
 	e := &env{t: t, ctx: ctx, pool: p, log: &logtest.Buffer{}, clock: &fakeClock{t: time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)}}

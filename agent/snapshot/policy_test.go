@@ -43,7 +43,7 @@ func (c *clock) Add(d time.Duration) {
 func poolWithSnapshots(t *testing.T, n int) (storage.Pool, []string) {
 	t.Helper()
 	p := storagetest.NewLoopPool(t, storage.ModeBtrfs)
-	ctx := context.Background()
+	ctx := t.Context()
 	base := time.Date(2026, 5, 1, 0, 0, 0, 0, time.UTC)
 	var ids []string
 	for i := range n {
@@ -62,7 +62,7 @@ func poolWithSnapshots(t *testing.T, n int) (storage.Pool, []string) {
 // snapshotIDs lists the pool's snapshots, newest first.
 func snapshotIDs(t *testing.T, p storage.Pool) []string {
 	t.Helper()
-	snaps, err := p.Snapshots(context.Background())
+	snaps, err := p.Snapshots(t.Context())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -145,10 +145,10 @@ func TestStorePersistsAndRefusesUnreadableState(t *testing.T) {
 		t.Fatal("Set with unreadable state succeeded")
 	}
 	b.Forget("p@snapshot_20260101000000")
-	if got := b.Sweep(context.Background()); got != nil {
+	if got := b.Sweep(t.Context()); got != nil {
 		t.Fatalf("sweep with unreadable state deleted %v", got)
 	}
-	if _, err := b.Retain(context.Background(), nil); err == nil || !strings.Contains(err.Error(), "retention skipped") {
+	if _, err := b.Retain(t.Context(), nil); err == nil || !strings.Contains(err.Error(), "retention skipped") {
 		t.Fatalf("retention with unreadable state: %v", err)
 	}
 	if raw, _ := os.ReadFile(filepath.Join(dir, snapshot.MetaFile)); string(raw) != "{not json" {
@@ -161,10 +161,11 @@ func TestStorePersistsAndRefusesUnreadableState(t *testing.T) {
 // protection no longer keeps a snapshot.
 func TestRetention(t *testing.T) {
 	p, ids := poolWithSnapshots(t, 5)
-	ctx := context.Background()
+	ctx := t.Context()
 	if _, err := p.Clone(ctx, ids[0], "keepme"); err != nil {
 		t.Fatal(err)
 	}
+	// Background inside: t.Context() is already cancelled when cleanups run.
 	t.Cleanup(func() {
 		if err := p.DestroyClone(context.Background(), "keepme"); err != nil {
 			t.Errorf("cleanup: destroy clone keepme: %v", err)
@@ -229,10 +230,11 @@ func TestRetention(t *testing.T) {
 // protected or a clone uses it; a future deleteAt waits.
 func TestSweepDeleteAt(t *testing.T) {
 	p, ids := poolWithSnapshots(t, 4)
-	ctx := context.Background()
+	ctx := t.Context()
 	if _, err := p.Clone(ctx, ids[2], "user"); err != nil {
 		t.Fatal(err)
 	}
+	// Background inside: t.Context() is already cancelled when cleanups run.
 	t.Cleanup(func() {
 		if err := p.DestroyClone(context.Background(), "user"); err != nil {
 			t.Errorf("cleanup: destroy clone user: %v", err)

@@ -1,7 +1,6 @@
 package snapshot_test
 
 import (
-	"context"
 	"reflect"
 	"strings"
 	"testing"
@@ -49,7 +48,7 @@ func TestRefreshThenRetention(t *testing.T) {
 			t.Errorf("close retrieval: %v", err)
 		}
 	})
-	ctx := context.Background()
+	ctx := t.Context()
 
 	res, err := r.Refresh(ctx)
 	if err != nil {

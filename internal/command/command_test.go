@@ -1,14 +1,13 @@
 package command
 
 import (
-	"context"
 	"errors"
 	"strings"
 	"testing"
 )
 
 func TestRunReturnsStdout(t *testing.T) {
-	out, err := Runner{}.Run(context.Background(), "echo", "hello")
+	out, err := Runner{}.Run(t.Context(), "echo", "hello")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -18,7 +17,7 @@ func TestRunReturnsStdout(t *testing.T) {
 }
 
 func TestRunErrorCarriesStderr(t *testing.T) {
-	_, err := Runner{}.Run(context.Background(), "ls", "/does/not/exist")
+	_, err := Runner{}.Run(t.Context(), "ls", "/does/not/exist")
 	var cmdErr *Error
 	if !errors.As(err, &cmdErr) {
 		t.Fatalf("err = %v, want *Error", err)
@@ -29,7 +28,7 @@ func TestRunErrorCarriesStderr(t *testing.T) {
 }
 
 func TestSecretArgsAreMasked(t *testing.T) {
-	_, err := Runner{}.RunCmd(context.Background(), Cmd{Name: "false", Args: []string{"user", "hunter2"}, SecretArgs: []int{1}})
+	_, err := Runner{}.RunCmd(t.Context(), Cmd{Name: "false", Args: []string{"user", "hunter2"}, SecretArgs: []int{1}})
 	if err == nil || strings.Contains(err.Error(), "hunter2") || !strings.Contains(err.Error(), "***") {
 		t.Fatalf("err = %v", err)
 	}

@@ -40,7 +40,7 @@ func TestInitStartQueryStop(t *testing.T) {
 		}
 	})
 	c := &Cluster{DataDir: filepath.Join(dir, "data"), User: u}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 	defer cancel()
 	if err := c.Init(ctx, InitOptions{}); err != nil {
 		t.Fatal(err)

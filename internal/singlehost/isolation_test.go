@@ -95,7 +95,7 @@ func (a *attackClone) shell(t *testing.T, script string) string {
 	t.Helper()
 	conn := a.connect(t)
 	defer func() {
-		if err := conn.Close(context.Background()); err != nil {
+		if err := conn.Close(t.Context()); err != nil {
 			t.Errorf("close the connection to the clone: %v", err)
 		}
 	}()
@@ -247,7 +247,7 @@ func TestCloneCannotReachPlatformDatabase(t *testing.T) {
 		conn := a.connect(t)
 		var super bool
 		err := conn.QueryRow(a.ctx, "SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user").Scan(&super)
-		if cerr := conn.Close(context.Background()); cerr != nil {
+		if cerr := conn.Close(t.Context()); cerr != nil {
 			t.Errorf("close the connection to the clone: %v", cerr)
 		}
 		if err != nil || !super {

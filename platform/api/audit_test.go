@@ -1,7 +1,6 @@
 package api_test
 
 import (
-	"context"
 	"encoding/csv"
 	"encoding/json"
 	"net/http"
@@ -26,7 +25,7 @@ func allEvents(t *testing.T, env *platformtest.Env) []store.AuditEvent {
 // one new audit event each time, with the route's action and the result.
 func TestEveryMutationIsAudited(t *testing.T) {
 	env := platformtest.New(t, platformtest.WithAuthenticator(fakeSession))
-	ctx := context.Background()
+	ctx := t.Context()
 	owner := env.User("owner@example.com")
 	org := env.Org("aud", owner)
 	viewer := env.Member(org, "vic@example.com", rbac.Viewer)
@@ -105,7 +104,7 @@ func TestEveryMutationIsAudited(t *testing.T) {
 		for _, c := range cs {
 			before := len(allEvents(t, env))
 			r := env.DoWithHeader(rt.Method, c.path, c.header, c.value, c.body)
-			if ok := r.Status < 400; ok != c.wantOK {
+			if ok := r.Status < http.StatusBadRequest; ok != c.wantOK {
 				t.Fatalf("%s %s: %d %s, want success=%v", key, c.path, r.Status, r.Body, c.wantOK)
 			}
 			events := allEvents(t, env)
@@ -156,7 +155,7 @@ func TestAuditLogIsAppendOnly(t *testing.T) {
 
 func TestAuditFiltersAndExport(t *testing.T) {
 	env := platformtest.New(t, platformtest.WithAuthenticator(fakeSession))
-	ctx := context.Background()
+	ctx := t.Context()
 	owner := env.User("owner@example.com")
 	org := env.Org("aud", owner)
 	admin := env.Member(org, "adm@example.com", rbac.Admin)
@@ -231,7 +230,7 @@ func TestAuditFiltersAndExport(t *testing.T) {
 	}
 	// Members without audit:read are refused.
 	viewer := env.Member(org, "v@example.com", rbac.Viewer)
-	if _, err := env.Client(env.Token(org, viewer)).Audit(ctx, "aud", platformapi.AuditQuery{}); !isStatus(err, 403) {
+	if _, err := env.Client(env.Token(org, viewer)).Audit(ctx, "aud", platformapi.AuditQuery{}); !isStatus(err, http.StatusForbidden) {
 		t.Fatalf("viewer reading audit: %v", err)
 	}
 }

@@ -51,7 +51,7 @@ func TestAuditLogTamperProofWithTwoRoles(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer func() { _ = su.Close(context.Background()) }()
+	defer func() { _ = su.Close(t.Context()) }()
 	for _, q := range []string{
 		"CREATE ROLE " + owner + " LOGIN", "CREATE ROLE " + app + " LOGIN",
 		"CREATE DATABASE " + db + " OWNER " + owner,
@@ -60,6 +60,7 @@ func TestAuditLogTamperProofWithTwoRoles(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// Background inside: t.Context() is already cancelled when cleanups run.
 	t.Cleanup(func() {
 		c, err := pgx.Connect(context.Background(), superDSN)
 		if err != nil {
@@ -94,7 +95,7 @@ func TestAuditLogTamperProofWithTwoRoles(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer func() { _ = conn.Close(context.Background()) }()
+	defer func() { _ = conn.Close(t.Context()) }()
 	if _, err := conn.Exec(ctx, "INSERT INTO audit_events (action, result) VALUES ('probe', 'success')"); err != nil {
 		t.Fatalf("the runtime role cannot append to the audit log: %v", err)
 	}

@@ -1,7 +1,6 @@
 package api_test
 
 import (
-	"context"
 	"net/http"
 	"strings"
 	"testing"
@@ -13,7 +12,7 @@ import (
 
 func TestLastOwnerCannotBeRemovedOrDemoted(t *testing.T) {
 	env := platformtest.New(t)
-	ctx := context.Background()
+	ctx := t.Context()
 	owner := env.User("owner@example.com")
 	org := env.Org("own", owner)
 	admin := env.Member(org, "adm@example.com", rbac.Admin)
@@ -34,10 +33,10 @@ func TestLastOwnerCannotBeRemovedOrDemoted(t *testing.T) {
 		}
 	}
 	// An admin cannot touch an owner, nor make anyone owner.
-	if _, err := ac.SetMemberRole(ctx, "own", owner.ID, "viewer"); !isStatus(err, 403) {
+	if _, err := ac.SetMemberRole(ctx, "own", owner.ID, "viewer"); !isStatus(err, http.StatusForbidden) {
 		t.Fatalf("admin demoting the owner: %v", err)
 	}
-	if _, err := ac.SetMemberRole(ctx, "own", admin.ID, "owner"); !isStatus(err, 403) {
+	if _, err := ac.SetMemberRole(ctx, "own", admin.ID, "owner"); !isStatus(err, http.StatusForbidden) {
 		t.Fatalf("admin promoting self to owner: %v", err)
 	}
 	// With a second owner, the first can step down and then be removed.
@@ -55,7 +54,7 @@ func TestLastOwnerCannotBeRemovedOrDemoted(t *testing.T) {
 		t.Fatalf("members: %+v %v", members, err)
 	}
 	// The removed member's token stopped working.
-	if _, err := oc.Members(ctx, "own"); !isStatus(err, 401) {
+	if _, err := oc.Members(ctx, "own"); !isStatus(err, http.StatusUnauthorized) {
 		t.Fatalf("removed member's token: %v", err)
 	}
 }
@@ -90,7 +89,7 @@ func TestMemberValidation(t *testing.T) {
 // and no answer carries B's emails or names.
 func TestMemberEnumerationRefused(t *testing.T) {
 	env := platformtest.New(t, platformtest.WithAuthenticator(fakeSession))
-	ctx := context.Background()
+	ctx := t.Context()
 	ownerA := env.User("ann@a.example")
 	a := env.Org("org-a", ownerA)
 	b := env.Org("org-b", env.User("bob@b.example"))
@@ -138,7 +137,7 @@ func TestMemberEnumerationRefused(t *testing.T) {
 
 func TestInvitationAcceptedByInvitedEmailOnly(t *testing.T) {
 	env := platformtest.New(t, platformtest.WithAuthenticator(fakeSession))
-	ctx := context.Background()
+	ctx := t.Context()
 	owner := env.User("owner@example.com")
 	org := env.Org("inv", owner)
 	c := env.Client(env.Token(org, owner))
@@ -158,26 +157,26 @@ func TestInvitationAcceptedByInvitedEmailOnly(t *testing.T) {
 
 	intruder := env.User("intruder@example.com")
 	r := env.DoWithHeader("POST", accept, testUserHeader, intruder.ID, nil)
-	if r.Status != 403 || !strings.Contains(r.Error().Message, "another email") {
+	if r.Status != http.StatusForbidden || !strings.Contains(r.Error().Message, "another email") {
 		t.Fatalf("accept by another address: %d %s", r.Status, r.Body)
 	}
 	if _, err := env.Store.MembershipOf(ctx, org.ID, intruder.ID); err == nil {
 		t.Fatal("intruder became a member")
 	}
-	if r := env.DoWithHeader("POST", "/api/v1/invitations/thinv_wrong/accept", testUserHeader, intruder.ID, nil); r.Status != 404 {
+	if r := env.DoWithHeader("POST", "/api/v1/invitations/thinv_wrong/accept", testUserHeader, intruder.ID, nil); r.Status != http.StatusNotFound {
 		t.Fatalf("unknown invitation: %d %s", r.Status, r.Body)
 	}
 
 	newcomer := env.User("newcomer@example.com") // same address, other case
 	r = env.DoWithHeader("POST", accept, testUserHeader, newcomer.ID, nil)
-	if r.Status != 200 || !strings.Contains(string(r.Body), `"slug":"inv"`) {
+	if r.Status != http.StatusOK || !strings.Contains(string(r.Body), `"slug":"inv"`) {
 		t.Fatalf("accept by the invited address: %d %s", r.Status, r.Body)
 	}
 	m, err := env.Store.MembershipOf(ctx, org.ID, newcomer.ID)
 	if err != nil || m.Role != rbac.Member {
 		t.Fatalf("membership after accept: %+v %v", m, err)
 	}
-	if r := env.DoWithHeader("POST", accept, testUserHeader, newcomer.ID, nil); r.Status != 409 {
+	if r := env.DoWithHeader("POST", accept, testUserHeader, newcomer.ID, nil); r.Status != http.StatusConflict {
 		t.Fatalf("second accept: %d %s", r.Status, r.Body)
 	}
 	if listed, _ := c.Invitations(ctx, "inv"); len(listed) != 0 {
@@ -193,12 +192,12 @@ func TestInvitationAcceptedByInvitedEmailOnly(t *testing.T) {
 		t.Fatal(err)
 	}
 	late := env.User("late@example.com")
-	if r := env.DoWithHeader("POST", "/api/v1/invitations/"+inv2.Token+"/accept", testUserHeader, late.ID, nil); r.Status != 404 {
+	if r := env.DoWithHeader("POST", "/api/v1/invitations/"+inv2.Token+"/accept", testUserHeader, late.ID, nil); r.Status != http.StatusNotFound {
 		t.Fatalf("accept withdrawn: %d %s", r.Status, r.Body)
 	}
 	// A member manager cannot invite above their own role.
 	admin := env.Member(org, "adm@example.com", rbac.Admin)
-	if _, err := env.Client(env.Token(org, admin)).Invite(ctx, "inv", platformapi.CreateInvitationRequest{Email: "boss@example.com", Role: "owner"}); !isStatus(err, 403) {
+	if _, err := env.Client(env.Token(org, admin)).Invite(ctx, "inv", platformapi.CreateInvitationRequest{Email: "boss@example.com", Role: "owner"}); !isStatus(err, http.StatusForbidden) {
 		t.Fatalf("admin inviting an owner: %v", err)
 	}
 }

@@ -30,7 +30,7 @@ var ginParam = regexp.MustCompile(`:([a-z]+)`)
 func TestOpenAPICoversEveryRoute(t *testing.T) {
 	env := platformtest.New(t)
 	r := env.Do(http.MethodGet, "/api/v1/openapi.json", "", nil)
-	if r.Status != 200 || string(r.Body) != string(api.OpenAPI()) {
+	if r.Status != http.StatusOK || string(r.Body) != string(api.OpenAPI()) {
 		t.Fatalf("GET /api/v1/openapi.json: %d", r.Status)
 	}
 	var doc openAPIDoc

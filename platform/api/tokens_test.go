@@ -1,7 +1,6 @@
 package api_test
 
 import (
-	"context"
 	"crypto/sha256"
 	"encoding/json"
 	"net/http"
@@ -16,7 +15,7 @@ import (
 
 func TestTokenRejections(t *testing.T) {
 	env := platformtest.New(t)
-	ctx := context.Background()
+	ctx := t.Context()
 	owner := env.User("owner@example.com")
 	org := env.Org("tok", owner)
 
@@ -48,7 +47,7 @@ func TestTokenRejections(t *testing.T) {
 			t.Errorf("%s: %d %s, want 401 %q", tc.name, r.Status, r.Body, tc.want)
 		}
 	}
-	if r := env.Do(http.MethodGet, "/api/v1/orgs/tok/members", good, nil); r.Status != 200 {
+	if r := env.Do(http.MethodGet, "/api/v1/orgs/tok/members", good, nil); r.Status != http.StatusOK {
 		t.Fatalf("good token: %d %s", r.Status, r.Body)
 	}
 }
@@ -67,7 +66,7 @@ func createToken(t *testing.T, env *platformtest.Env, org, userID string, req pl
 
 func TestTokenShownOnceStoredHashed(t *testing.T) {
 	env := platformtest.New(t, platformtest.WithAuthenticator(fakeSession))
-	ctx := context.Background()
+	ctx := t.Context()
 	owner := env.User("owner@example.com")
 	org := env.Org("tok", owner)
 	member := env.Member(org, "mia@example.com", rbac.Member)
@@ -118,14 +117,14 @@ func TestTokenShownOnceStoredHashed(t *testing.T) {
 	if err != nil || len(mine) != 1 || mine[0].UserID != member.ID {
 		t.Fatalf("member's token list: %+v %v", mine, err)
 	}
-	if err := mc.RevokeToken(ctx, "tok", created.ID); !isStatus(err, 404) {
+	if err := mc.RevokeToken(ctx, "tok", created.ID); !isStatus(err, http.StatusNotFound) {
 		t.Fatalf("member revoking the owner's token: %v", err)
 	}
 	// The owner revokes it; it stops working with "token revoked".
 	if err := c.RevokeToken(ctx, "tok", created.ID); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c2.Tokens(ctx, "tok"); !isStatus(err, 401) || !strings.Contains(err.Error(), "token revoked") {
+	if _, err := c2.Tokens(ctx, "tok"); !isStatus(err, http.StatusUnauthorized) || !strings.Contains(err.Error(), "token revoked") {
 		t.Fatalf("revoked token: %v", err)
 	}
 }
@@ -147,7 +146,7 @@ func TestTokenValidation(t *testing.T) {
 	}
 	for _, tc := range cases {
 		r := env.DoWithHeader(http.MethodPost, "/api/v1/orgs/tok/tokens", testUserHeader, owner.ID, tc.body)
-		if r.Status != 400 || r.Error().Code != "invalid" || r.Error().Field != tc.field || r.Error().Message == "" {
+		if r.Status != http.StatusBadRequest || r.Error().Code != "invalid" || r.Error().Field != tc.field || r.Error().Message == "" {
 			t.Errorf("%s: %d %s, want 400 naming field %q", tc.body, r.Status, r.Body, tc.field)
 		}
 	}
@@ -173,7 +172,7 @@ func isStatus(err error, status int) bool {
 // browser, whatever the body, and nothing is created.
 func TestTokensCannotMintTokensOrAcceptInvitations(t *testing.T) {
 	env := platformtest.New(t, platformtest.WithAuthenticator(fakeSession))
-	ctx := context.Background()
+	ctx := t.Context()
 	owner := env.User("owner@example.com")
 	org := env.Org("tok", owner)
 	boss := env.User("boss@example.com")

@@ -1,7 +1,6 @@
 package auth_test
 
 import (
-	"context"
 	"encoding/json"
 	"io"
 	"net/http"
@@ -179,7 +178,7 @@ func TestGroupsClaimMapsToOrgRole(t *testing.T) {
 			{Group: "finance", Org: "money", Role: "viewer"},
 		}
 	})
-	ctx := context.Background()
+	ctx := t.Context()
 	// The mapped organizations exist from the start, without members.
 	eng, err := e.p.Store.OrganizationByRef(ctx, "eng")
 	if err != nil || eng.ManagedBy != "idp:mock" {
@@ -455,7 +454,7 @@ func TestMappedOrgSlugCannotBeSquatted(t *testing.T) {
 		pc.GroupsClaim = "groups"
 		pc.GroupRoles = []auth.GroupRole{{Group: "acme-staff", Org: "acme", Role: "member"}}
 	})
-	ctx := context.Background()
+	ctx := t.Context()
 	b := webtest.NewBrowser(t)
 	e.signIn(t, b, mockUser("mallory@example.com"))
 	home := b.Get(e.p.URL + "/")

@@ -42,7 +42,7 @@ func TestEmbeddedDatabase(t *testing.T) {
 	cfg := DefaultConfig()
 	cfg.DataDir = dir
 	cfg.Listen = "127.0.0.1:0"
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
 	for round := 1; round <= 2; round++ { // the second start reuses the cluster
 		srv, err := New(ctx, cfg, Options{})
@@ -100,7 +100,7 @@ func TestEmbeddedDatabaseUnreachableDataDir(t *testing.T) {
 	dir := t.TempDir() // 0700 root: the postgres user cannot enter it
 	cfg := DefaultConfig()
 	cfg.DataDir = filepath.Join(dir, "platform")
-	_, err := New(context.Background(), cfg, Options{})
+	_, err := New(t.Context(), cfg, Options{})
 	if err == nil || !strings.Contains(err.Error(), "chmod o+x") {
 		t.Fatalf("error %v, want advice to chmod o+x", err)
 	}

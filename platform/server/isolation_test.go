@@ -1,7 +1,6 @@
 package server
 
 import (
-	"context"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -89,7 +88,7 @@ func TestEmbeddedDatabaseIsolation(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer func() { _ = conn.Close(context.Background()) }()
+		defer func() { _ = conn.Close(t.Context()) }()
 		if _, err := conn.Exec(ctx, "INSERT INTO audit_events (action, result) VALUES ('probe', 'success')"); err != nil {
 			t.Fatalf("runtime role cannot append: %v", err)
 		}
@@ -120,7 +119,7 @@ func TestEmbeddedDatabaseIsolation(t *testing.T) {
 		for _, role := range []string{embeddedRuntime, embeddedOwner} {
 			conn, err := pgx.Connect(ctx, e.cluster.SocketConnString(e.port, role, embeddedDatabase))
 			if err == nil {
-				_ = conn.Close(context.Background()) // the login should not have happened at all; that is the failure
+				_ = conn.Close(t.Context()) // the login should not have happened at all; that is the failure
 				t.Errorf("role %s logged in without a password", role)
 			}
 		}

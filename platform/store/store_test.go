@@ -1,7 +1,6 @@
 package store_test
 
 import (
-	"context"
 	"errors"
 	"sync"
 	"testing"
@@ -32,7 +31,7 @@ func open(t *testing.T) *store.Store {
 // are locked, so exactly one succeeds and the organization keeps an owner.
 func TestConcurrentDemotionsKeepAnOwner(t *testing.T) {
 	st := open(t)
-	ctx := context.Background()
+	ctx := t.Context()
 	for round := range 10 {
 		a, err := st.UpsertOIDCUser(ctx, "iss", "a", "a@example.com", "", true)
 		if err != nil {
@@ -78,7 +77,7 @@ func TestConcurrentDemotionsKeepAnOwner(t *testing.T) {
 
 func TestUsersUniqueByIssuerAndSubject(t *testing.T) {
 	st := open(t)
-	ctx := context.Background()
+	ctx := t.Context()
 	u1, err := st.UpsertOIDCUser(ctx, "https://idp-a", "42", "old@example.com", "Old", true)
 	if err != nil {
 		t.Fatal(err)
@@ -98,7 +97,7 @@ func TestUsersUniqueByIssuerAndSubject(t *testing.T) {
 
 func TestTokenLifecycle(t *testing.T) {
 	st := open(t)
-	ctx := context.Background()
+	ctx := t.Context()
 	u, _ := st.UpsertOIDCUser(ctx, "iss", "u", "u@example.com", "", true)
 	org, _ := st.CreateOrganization(ctx, "tok", "", u.ID)
 	soon := time.Now().Add(time.Hour)

@@ -1,7 +1,6 @@
 package platformapi
 
 import (
-	"context"
 	"errors"
 	"net/http"
 	"net/http/httptest"
@@ -28,11 +27,11 @@ func TestClientErrorsAndRequests(t *testing.T) {
 	}))
 	defer srv.Close()
 	c := NewClient(srv.URL+"/", "thl_secret")
-	ctx := context.Background()
+	ctx := t.Context()
 
 	_, err := c.CreateToken(ctx, "acme", CreateTokenRequest{})
 	var apiErr *APIError
-	if !errors.As(err, &apiErr) || apiErr.Status != 400 || apiErr.Field != "name" || apiErr.Code != CodeInvalid {
+	if !errors.As(err, &apiErr) || apiErr.Status != http.StatusBadRequest || apiErr.Field != "name" || apiErr.Code != CodeInvalid {
 		t.Fatalf("error: %#v", err)
 	}
 	if gotAuth != "Bearer thl_secret" {
@@ -46,7 +45,7 @@ func TestClientErrorsAndRequests(t *testing.T) {
 		t.Fatalf("query %q", gotQuery)
 	}
 	err = c.RemoveMember(ctx, "a/b", "usr_1")
-	if !errors.As(err, &apiErr) || apiErr.Status != 502 || apiErr.Message != "upstream down" {
+	if !errors.As(err, &apiErr) || apiErr.Status != http.StatusBadGateway || apiErr.Message != "upstream down" {
 		t.Fatalf("non-JSON error: %#v", err)
 	}
 	if gotPath != "/api/v1/orgs/a%2Fb/members/usr_1" {

@@ -79,7 +79,7 @@ type sized struct {
 // sizes interleaved (one of each in turn), so that whatever else the host
 // does affects every size alike and only the size differs.
 func benchBackend(b *testing.B, be backend, measureRSS bool) {
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Minute)
+	ctx, cancel := context.WithTimeout(b.Context(), 60*time.Minute)
 	defer cancel()
 	var sets []*sized
 	for i, scale := range scales() {
@@ -132,6 +132,7 @@ func benchBackend(b *testing.B, be backend, measureRSS bool) {
 			b.Fatal(err)
 		}
 		s.m = m
+		// Background inside: b.Context() is already cancelled when cleanups run.
 		b.Cleanup(func() {
 			for _, id := range s.ids {
 				if err := m.Destroy(context.Background(), id); err != nil {

@@ -1,7 +1,6 @@
 package backend
 
 import (
-	"context"
 	"os"
 	"path/filepath"
 	"strings"
@@ -12,7 +11,7 @@ import (
 )
 
 func TestOpenErrorsNameTheField(t *testing.T) {
-	ctx := context.Background()
+	ctx := t.Context()
 	for _, tc := range []struct {
 		cfg  Config
 		want []string
@@ -48,7 +47,7 @@ func TestOpenErrorsNameTheField(t *testing.T) {
 // temp dir) is refused without creating anything.
 func TestOpenRefusesWrongFilesystem(t *testing.T) {
 	dir := t.TempDir()
-	_, err := Open(context.Background(), Config{Name: "p", Mode: storage.ModeBtrfs, Path: dir})
+	_, err := Open(t.Context(), Config{Name: "p", Mode: storage.ModeBtrfs, Path: dir})
 	if err == nil || !strings.Contains(err.Error(), "not btrfs") {
 		t.Fatalf("btrfs on %s: %v, want 'not btrfs'", dir, err)
 	}
@@ -65,7 +64,7 @@ func TestCreateLoopPool(t *testing.T) {
 	testenv.NeedsRoot(t, "root, for loop devices and mounts")
 	for _, mode := range []string{storage.ModeBtrfs, storage.ModeReflink} {
 		t.Run(mode, func(t *testing.T) {
-			ctx := context.Background()
+			ctx := t.Context()
 			dir := filepath.Join(t.TempDir(), "pool")
 			p, teardown, err := CreateLoopPool(ctx, mode, LoopOptions{Dir: dir, Size: 512 << 20})
 			if err != nil {
@@ -107,7 +106,7 @@ func TestCreateLoopPool(t *testing.T) {
 			}
 		})
 	}
-	if _, _, err := CreateLoopPool(context.Background(), "lvm", LoopOptions{Dir: filepath.Join(t.TempDir(), "x")}); err == nil || !strings.Contains(err.Error(), "device-mapper") {
+	if _, _, err := CreateLoopPool(t.Context(), "lvm", LoopOptions{Dir: filepath.Join(t.TempDir(), "x")}); err == nil || !strings.Contains(err.Error(), "device-mapper") {
 		t.Fatalf("lvm loop pool: %v", err)
 	}
 }

@@ -43,7 +43,7 @@ func TestParseQgroups(t *testing.T) {
 // own writes show up as its exclusive bytes.
 func TestQgroupSizes(t *testing.T) {
 	testenv.NeedsRoot(t, "root, for a btrfs loop pool")
-	ctx := context.Background()
+	ctx := t.Context()
 	r := command.Runner{}
 	dir := t.TempDir()
 	img, mnt := filepath.Join(dir, "q.img"), filepath.Join(dir, "mnt")
@@ -54,6 +54,7 @@ func TestQgroupSizes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Background inside: t.Context() is already cancelled when cleanups run.
 	t.Cleanup(func() {
 		if err := loopdev.Detach(context.Background(), r, dev); err != nil {
 			t.Errorf("cleanup: detach %s: %v", dev, err)
@@ -68,6 +69,7 @@ func TestQgroupSizes(t *testing.T) {
 	if _, err := r.Run(ctx, "mount", dev, mnt); err != nil {
 		t.Fatal(err)
 	}
+	// Background inside: t.Context() is already cancelled when cleanups run.
 	t.Cleanup(func() {
 		if _, err := r.Run(context.Background(), "umount", mnt); err != nil {
 			t.Errorf("cleanup: %v", err)

@@ -25,7 +25,7 @@ func TestParseList(t *testing.T) {
 
 func TestAttachDetach(t *testing.T) {
 	testenv.NeedsRoot(t, "root, for loop devices")
-	ctx := context.Background()
+	ctx := t.Context()
 	r := command.Runner{}
 	img := filepath.Join(t.TempDir(), "x.img")
 	if err := CreateImage(img, 64<<20); err != nil {
@@ -46,7 +46,8 @@ func TestAttachDetach(t *testing.T) {
 		t.Fatal(err)
 	}
 	// A fallback for a failure before the test's own Detach below, after
-	// which this one fails harmlessly: the device is already gone.
+	// which this one fails harmlessly: the device is already gone. Background:
+	// t.Context() is already cancelled when cleanups run.
 	t.Cleanup(func() { _ = Detach(context.Background(), r, dev) })
 	devs, err := DevicesFor(ctx, r, img)
 	if err != nil || len(devs) != 1 || devs[0] != dev {

@@ -3,7 +3,6 @@
 package lvm
 
 import (
-	"context"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
@@ -23,7 +22,7 @@ import (
 // clones; clone ready = Clone until the clone's postgres answers a query.
 func BenchmarkInVMLVM(b *testing.B) {
 	f := newVMFixture(b, "3584M")
-	ctx := context.Background()
+	ctx := b.Context()
 	pgUser, err := pgcluster.LookupUser("postgres")
 	if err != nil {
 		b.Fatal(err)
@@ -138,7 +137,7 @@ func quietLogger() *slog.Logger {
 }
 
 func syncAll(t testing.TB) {
-	if _, err := (command.Runner{}).Run(context.Background(), "sync"); err != nil {
+	if _, err := (command.Runner{}).Run(t.Context(), "sync"); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -34,6 +34,8 @@ func TestInVMConformance(t *testing.T) {
 	if disk == "" {
 		t.Fatal("VMTEST_DISK is not set")
 	}
+	// Not t.Context(): ctx is used by the cleanups below (lvmCmd, umount),
+	// which run after t.Context() is cancelled.
 	ctx := context.Background()
 	run := &command.Runner{}
 	lvmCmd := func(args ...string) (string, error) {

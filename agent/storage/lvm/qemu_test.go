@@ -81,7 +81,7 @@ func compileTestBinary(t testing.TB) string {
 		goBin = "/usr/local/go/bin/go"
 	}
 	bin := filepath.Join(t.TempDir(), "lvm.test")
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
 	defer cancel()
 	if _, err := (command.Runner{}).Run(ctx, goBin, "test", "-c", "-tags", "lvmvm", "-o", bin, "."); err != nil {
 		t.Fatalf("compile the test binary: %v", err)

@@ -37,14 +37,14 @@ func newVMFixture(t testing.TB, poolSize string) *vmFixture {
 		t.Fatal("VMTEST_DISK is not set")
 	}
 	f := &vmFixture{vg: fmt.Sprintf("tlvg%d", rand.IntN(1e6)), thinPool: "tpool", run: &command.Runner{}}
-	ctx := context.Background()
 	f.lvm(t, "pvcreate", "-y", disk)
 	f.lvm(t, "vgcreate", f.vg, disk)
 	t.Cleanup(func() {
 		// Unmount whatever is still mounted below mountRoot, then drop
 		// the VG and the PV label.
 		for _, m := range mountsBelow(f.mountRoot) {
-			if _, err := f.run.Run(ctx, "umount", m); err != nil {
+			// Background: t.Context() is already cancelled when cleanups run.
+			if _, err := f.run.Run(context.Background(), "umount", m); err != nil {
 				t.Errorf("cleanup: %v", err)
 			}
 		}
@@ -69,7 +69,7 @@ func newVMFixture(t testing.TB, poolSize string) *vmFixture {
 
 func (f *vmFixture) lvm(t testing.TB, args ...string) string {
 	t.Helper()
-	out, err := f.run.RunCmd(context.Background(), command.Cmd{Name: "lvm", Args: args, Env: []string{"DM_DISABLE_UDEV=1"}})
+	out, err := f.run.RunCmd(t.Context(), command.Cmd{Name: "lvm", Args: args, Env: []string{"DM_DISABLE_UDEV=1"}})
 	if err != nil {
 		t.Fatalf("lvm %s: %v", strings.Join(args, " "), err)
 	}
@@ -78,7 +78,8 @@ func (f *vmFixture) lvm(t testing.TB, args ...string) string {
 
 func (f *vmFixture) lvmQuiet(args ...string) {
 	// Quiet on purpose: cleanup of what may already be gone; the next
-	// fixture starts from a fresh VG name either way.
+	// fixture starts from a fresh VG name either way. Background: it runs
+	// in cleanups, after t.Context() is cancelled, and has no testing.TB.
 	_, _ = f.run.RunCmd(context.Background(), command.Cmd{Name: "lvm", Args: args, Env: []string{"DM_DISABLE_UDEV=1"}})
 }
 
@@ -99,7 +100,7 @@ func (f *vmFixture) lvNames(t testing.TB) []string {
 // reopen, the refusals, forced cascade and a clean teardown.
 func TestInVMPostgresOnThinPool(t *testing.T) {
 	f := newVMFixture(t, "1536M")
-	ctx := context.Background()
+	ctx := t.Context()
 	pgUser, err := pgcluster.LookupUser("postgres")
 	if err != nil {
 		t.Fatal(err)
@@ -319,7 +320,7 @@ func TestInVMPostgresOnThinPool(t *testing.T) {
 // postgres), to keep the VM run short.
 func TestInVMExt4(t *testing.T) {
 	f := newVMFixture(t, "512M")
-	ctx := context.Background()
+	ctx := t.Context()
 	pa, err := Open(ctx, Config{Name: "pa", VG: f.vg, ThinPool: f.thinPool, MountRoot: filepath.Join(f.mountRoot, "pa"), FSType: FSExt4, MainSize: "256M", NoUdev: true})
 	if err != nil {
 		t.Fatal(err)
@@ -401,7 +402,7 @@ func startPG(t testing.TB, c *pgcluster.Cluster, port int) {
 	if err := os.Remove(filepath.Join(c.DataDir, "postmaster.pid")); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 	defer cancel()
 	settings := map[string]string{"shared_buffers": "16MB", "max_connections": "10", "dynamic_shared_memory_type": "posix"}
 	maps.Copy(settings, pgcluster.FastSettings)
@@ -419,7 +420,7 @@ func psql(t testing.TB, c *pgcluster.Cluster, port int, sql string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	out, err := (command.Runner{}).RunCmd(context.Background(), command.Cmd{
+	out, err := (command.Runner{}).RunCmd(t.Context(), command.Cmd{
 		Name:       filepath.Join(binDir, "psql"),
 		Args:       []string{"-X", "-v", "ON_ERROR_STOP=1", "-At", "-h", c.DataDir, "-p", fmt.Sprint(port), "-U", "postgres", "-d", "postgres", "-c", sql},
 		Credential: c.User.Credential(),

@@ -27,7 +27,7 @@ func TestConformance(t *testing.T) {
 // creating anything.
 func TestRefusesExt4(t *testing.T) {
 	testenv.NeedsRoot(t, "root, for a loop device")
-	ctx := context.Background()
+	ctx := t.Context()
 	r := command.Runner{}
 	dir := t.TempDir()
 	img, mnt := filepath.Join(dir, "ext4.img"), filepath.Join(dir, "mnt")
@@ -38,6 +38,7 @@ func TestRefusesExt4(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Background inside: t.Context() is already cancelled when cleanups run.
 	t.Cleanup(func() {
 		if err := loopdev.Detach(context.Background(), r, dev); err != nil {
 			t.Errorf("cleanup: detach %s: %v", dev, err)
@@ -52,6 +53,7 @@ func TestRefusesExt4(t *testing.T) {
 	if _, err := r.Run(ctx, "mount", dev, mnt); err != nil {
 		t.Fatal(err)
 	}
+	// Background inside: t.Context() is already cancelled when cleanups run.
 	t.Cleanup(func() {
 		if _, err := r.Run(context.Background(), "umount", mnt); err != nil {
 			t.Errorf("cleanup: %v", err)

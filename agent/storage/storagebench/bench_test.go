@@ -41,7 +41,7 @@ func BenchmarkStorage(b *testing.B) {
 }
 
 func benchMode(b *testing.B, mode, data string, size int64) {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
+	ctx, cancel := context.WithTimeout(b.Context(), 30*time.Minute)
 	defer cancel()
 	u, err := pgcluster.LookupUser("postgres")
 	if err != nil {

@@ -19,7 +19,7 @@ import (
 // mode), and a clone of it starts as its own server that sees the data and
 // whose writes stay its own.
 func TestPostgresOnZFS(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
 	defer cancel()
 	p := zfstest.NewPool(t, 512<<20)
 	u, err := pgcluster.LookupUser("postgres")
@@ -86,7 +86,7 @@ func connect(t *testing.T, ctx context.Context, c *pgcluster.Cluster, port int) 
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = conn.Close(context.Background()) }) // the server may be stopped first; nothing to lose after the test
+	t.Cleanup(func() { _ = conn.Close(context.Background()) }) // the server may be stopped first; nothing to lose after the test. Background: t.Context() is cancelled before cleanups
 	return conn
 }
 

@@ -1,7 +1,6 @@
 package zfs_test
 
 import (
-	"context"
 	"errors"
 	"os"
 	"os/exec"
@@ -53,7 +52,7 @@ func readFile(t *testing.T, path string) string {
 // (newline, tab, quotes, non-ASCII) and labels survive a fresh Open, which
 // reads everything back from the pool's user properties.
 func TestMetadataRoundTrip(t *testing.T) {
-	ctx := context.Background()
+	ctx := t.Context()
 	fp := zfstest.NewFilePool(t, testPoolSize)
 	p := fp.Open(t)
 	writeFile(t, filepath.Join(p.MainDir(), storage.DataSubdir, "f"), "v1")
@@ -98,7 +97,7 @@ func TestMetadataRoundTrip(t *testing.T) {
 // and a thinlab: property set on main (inherited by every snapshot) is not
 // mistaken for a snapshot's own metadata.
 func TestHandMadeAndInherited(t *testing.T) {
-	ctx := context.Background()
+	ctx := t.Context()
 	fp := zfstest.NewFilePool(t, testPoolSize)
 	p := fp.Open(t)
 	zfsCmd(t, "set", `thinlab:message="inherited"`, fp.Name+"/main")
@@ -128,7 +127,7 @@ func TestHandMadeAndInherited(t *testing.T) {
 // mountpoint, are owned by the owner, are found again after an unmount and
 // a fresh Open, hold their snapshot, and leave nothing behind.
 func TestCloneLifecycle(t *testing.T) {
-	ctx := context.Background()
+	ctx := t.Context()
 	fp := zfstest.NewFilePool(t, testPoolSize)
 	p := fp.Open(t)
 	data := filepath.Join(p.MainDir(), storage.DataSubdir)
@@ -228,7 +227,7 @@ func TestCloneLifecycle(t *testing.T) {
 // TestParallelClonesAndDestroys: 20 clones made and destroyed at once
 // through one zfs-fuse daemon (whose destroys fail "busy" at random).
 func TestParallelClonesAndDestroys(t *testing.T) {
-	ctx := context.Background()
+	ctx := t.Context()
 	fp := zfstest.NewFilePool(t, testPoolSize)
 	p := fp.Open(t)
 	writeFile(t, filepath.Join(p.MainDir(), storage.DataSubdir, "f"), "v1")
@@ -281,7 +280,7 @@ func TestParallelClonesAndDestroys(t *testing.T) {
 
 // TestBadInput: every bad input names its field and creates nothing.
 func TestBadInput(t *testing.T) {
-	ctx := context.Background()
+	ctx := t.Context()
 	fp := zfstest.NewFilePool(t, testPoolSize)
 	p := fp.Open(t)
 	s, err := p.Snapshot(ctx, storage.SnapshotOptions{})
@@ -329,7 +328,7 @@ func TestBadInput(t *testing.T) {
 
 // TestOpenErrors: configuration mistakes name the field and the fix.
 func TestOpenErrors(t *testing.T) {
-	ctx := context.Background()
+	ctx := t.Context()
 	fp := zfstest.NewFilePool(t, testPoolSize)
 	zfsCmd(t, "create", "-o", "mountpoint=none", fp.Name+"/unmounted")
 	cases := []struct {
@@ -359,7 +358,7 @@ func TestOpenErrors(t *testing.T) {
 // TestNoSpace: a full pool makes zfs fail "out of space", which callers
 // see as storage.ErrNoSpace; destroying data makes room again.
 func TestNoSpace(t *testing.T) {
-	ctx := context.Background()
+	ctx := t.Context()
 	fp := zfstest.NewFilePool(t, 96<<20)
 	p := fp.Open(t)
 	big := filepath.Join(p.MainDir(), "fill")
