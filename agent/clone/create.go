@@ -190,7 +190,15 @@ func (m *Manager) build(ctx context.Context, spec record, fresh bool) (string, e
 		return "", fmt.Errorf("pool %q is not configured", spec.Pool)
 	}
 	t0 := time.Now()
+	// The runtime's preparation forks a process: it overlaps with the
+	// dataset's creation, which waits on the filesystem.
+	prepared := make(chan struct{})
+	go func() {
+		defer close(prepared)
+		m.rt.Prepare(m.instance(spec, ""))
+	}()
 	cl, err := pool.Clone(ctx, spec.SnapshotID, spec.ID)
+	<-prepared
 	if err != nil {
 		return "", fmt.Errorf("clone snapshot %s: %w", spec.SnapshotID, err)
 	}

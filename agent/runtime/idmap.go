@@ -91,27 +91,43 @@ const maxCachedNamespaces = 1024
 
 // mount is mountIdmapped with a cached namespace.
 func (c *userNamespaces) mount(path string, owner, clone pgcluster.OSUser) error {
-	key := [4]uint32{owner.UID, owner.GID, clone.UID, clone.GID}
 	c.mu.Lock()
-	ns, ok := c.ns[key]
-	if !ok {
-		var err error
-		if ns, err = userNS(owner, clone); err != nil {
-			c.mu.Unlock()
-			return err
-		}
-		if c.ns == nil || len(c.ns) >= maxCachedNamespaces {
-			for _, f := range c.ns {
-				_ = f.Close() // read only
-			}
-			c.ns = map[[4]uint32]*os.File{}
-		}
-		c.ns[key] = ns
-	}
 	// Held during the mount: a concurrent eviction must not close ns
 	// under it (mounts take milliseconds).
 	defer c.mu.Unlock()
+	ns, err := c.getLocked(owner, clone)
+	if err != nil {
+		return err
+	}
 	return mountIdmappedNS(path, ns)
+}
+
+// prepare makes the namespace for owner -> clone ahead of its mount, so
+// that a clone's start finds it made (creating one forks a process).
+func (c *userNamespaces) prepare(owner, clone pgcluster.OSUser) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	_, err := c.getLocked(owner, clone)
+	return err
+}
+
+func (c *userNamespaces) getLocked(owner, clone pgcluster.OSUser) (*os.File, error) {
+	key := [4]uint32{owner.UID, owner.GID, clone.UID, clone.GID}
+	if ns, ok := c.ns[key]; ok {
+		return ns, nil
+	}
+	ns, err := userNS(owner, clone)
+	if err != nil {
+		return nil, err
+	}
+	if c.ns == nil || len(c.ns) >= maxCachedNamespaces {
+		for _, f := range c.ns {
+			_ = f.Close() // read only
+		}
+		c.ns = map[[4]uint32]*os.File{}
+	}
+	c.ns[key] = ns
+	return ns, nil
 }
 
 // mountIdmappedNS stacks the idmapped bind mount of path on path, mapped

@@ -250,6 +250,20 @@ func (r *Runtime) Start(ctx context.Context, inst Instance) error {
 	return nil
 }
 
+// Prepare does ahead of Start what can be done before inst's data exists
+// (the user namespace of its idmapped mount), so that callers can overlap
+// it with making the dataset. It is optional: Start does whatever is left.
+func (r *Runtime) Prepare(inst Instance) {
+	u := r.user(inst)
+	if !r.ownUser(u) {
+		return
+	}
+	if err := r.namespaces.prepare(r.opt.User, u); err != nil {
+		// Start makes it again and reports the error there.
+		r.opt.Logger.Debug("user namespace for a clone not prepared", "clone", inst.Name, "err", err)
+	}
+}
+
 // writeRunFiles makes the instance's root-owned directory and its
 // pg_hba.conf (readable by the clone's postgres); it returns the file's
 // path.
@@ -424,6 +438,9 @@ func (r *Runtime) killUser(u pgcluster.OSUser) {
 	}
 	deadline := time.Now().Add(10 * time.Second)
 	for {
+		if !anyProcessOf(u) {
+			return
+		}
 		left := processesOf(u.UID)
 		if len(left) == 0 {
 			return
@@ -480,7 +497,19 @@ func processesOf(uid uint32) []int {
 
 // UIDInUse reports whether any process runs as uid (the allocator skips
 // such uids).
-func UIDInUse(uid uint32) bool { return len(processesOf(uid)) > 0 }
+func UIDInUse(uid uint32) bool {
+	return anyProcessOf(pgcluster.OSUser{UID: uid, GID: uid}) && len(processesOf(uid)) > 0
+}
+
+// anyProcessOf is the quick first check for processes of u: kill(-1, 0)
+// sent as u reaches every process u may signal (those whose real or saved
+// uid is u's) but the agent itself, and costs one syscall where a /proc
+// scan reads every process's status. ESRCH means there is none; anything
+// else (including a zombie) is confirmed by processesOf.
+func anyProcessOf(u pgcluster.OSUser) bool {
+	err := pgcluster.AsUser(u.UID, u.GID, func() error { return unix.Kill(-1, 0) })
+	return !errors.Is(err, unix.ESRCH)
+}
 
 // Running reports the postmaster's pid and whether it is alive: a
 // postgres process serving dataDir (a pid the clone wrote into

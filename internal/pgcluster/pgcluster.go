@@ -282,8 +282,14 @@ func (c *Cluster) Start(ctx context.Context, port int, listenAddr string, settin
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }() // reap the child when it ends
 
-	tick := time.NewTicker(10 * time.Millisecond)
+	// Small data starts in tens of milliseconds: a short tick keeps the
+	// wait for readiness from adding much to a clone's start. After the
+	// first 100 ms the tick slows down, so that a slow start (a large
+	// recovery, a loaded or emulated host) is not slowed further by polls.
+	const fastPolls = 50
+	tick := time.NewTicker(2 * time.Millisecond)
 	defer tick.Stop()
+	polls := 0
 	for {
 		if c.ready(cmd.Process.Pid) {
 			return nil
@@ -295,6 +301,9 @@ func (c *Cluster) Start(ctx context.Context, port int, listenAddr string, settin
 			_ = cmd.Process.Kill() // it may have exited meanwhile; the timeout is the error
 			return fmt.Errorf("postgres in %s did not become ready: %w; log: %s", c.DataDir, ctx.Err(), TailFile(c.LogFile(), 10))
 		case <-tick.C:
+			if polls++; polls == fastPolls {
+				tick.Reset(10 * time.Millisecond)
+			}
 		}
 	}
 }
