@@ -233,7 +233,82 @@ func Unmount(path string) error {
 }
 
 // chownTree hands every file below root to u without following symlinks
-// (the fallback where idmapped mounts are not supported).
+// (the fallback where idmapped mounts are not supported). Names are
+// resolved one level at a time against directory handles opened with
+// O_NOFOLLOW, so a symlink anywhere is changed itself, never its target,
+// and the directories are walked by a few workers at once: on FUSE
+// (zfs-fuse) each change is a round trip to the daemon, which serves
+// several at a time.
 func chownTree(root string, u pgcluster.OSUser) error {
-	return u.ChownR(root)
+	fd, err := unix.Open(root, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("chown %s: %w", root, err)
+	}
+	if err := unix.Fchown(fd, int(u.UID), int(u.GID)); err != nil {
+		_ = unix.Close(fd) // read only
+		return fmt.Errorf("chown %s: %w", root, err)
+	}
+	w := &chownWalk{u: u, slots: make(chan struct{}, chownWorkers)}
+	w.dir(fd, root)
+	w.wg.Wait()
+	return w.err
+}
+
+// chownWorkers bounds the directories changed at once.
+const chownWorkers = 8
+
+type chownWalk struct {
+	u     pgcluster.OSUser
+	slots chan struct{}
+	wg    sync.WaitGroup
+	mu    sync.Mutex
+	err   error
+}
+
+func (w *chownWalk) fail(err error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.err == nil {
+		w.err = err
+	}
+}
+
+// dir changes the entries of the open directory fd (closing it) and
+// descends into its subdirectories, in another worker when one is free.
+func (w *chownWalk) dir(fd int, path string) {
+	f := os.NewFile(uintptr(fd), path)
+	entries, err := f.ReadDir(-1)
+	if err != nil {
+		_ = f.Close() // read only
+		w.fail(fmt.Errorf("chown: list %s: %w", path, err))
+		return
+	}
+	var subdirs []string
+	for _, e := range entries {
+		if err := unix.Fchownat(fd, e.Name(), int(w.u.UID), int(w.u.GID), unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			w.fail(fmt.Errorf("chown %s: %w", filepath.Join(path, e.Name()), err))
+			continue
+		}
+		if e.IsDir() {
+			subdirs = append(subdirs, e.Name())
+		}
+	}
+	for _, name := range subdirs {
+		sub, err := unix.Openat(fd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		if err != nil {
+			w.fail(fmt.Errorf("chown: open %s: %w", filepath.Join(path, name), err))
+			continue
+		}
+		subPath := filepath.Join(path, name)
+		select {
+		case w.slots <- struct{}{}:
+			w.wg.Go(func() {
+				defer func() { <-w.slots }()
+				w.dir(sub, subPath)
+			})
+		default:
+			w.dir(sub, subPath)
+		}
+	}
+	_ = f.Close() // read only
 }
