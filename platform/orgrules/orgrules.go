@@ -16,6 +16,7 @@ import (
 	"net/mail"
 	"strings"
 	"time"
+	"unicode"
 
 	"github.com/thinlab/thinlab/platform/rbac"
 	"github.com/thinlab/thinlab/platform/store"
@@ -191,4 +192,61 @@ func MayRevokeToken(tok *store.APIToken, role rbac.Role, userID string) error {
 		return refuse(ErrNotFound, "", "token not found")
 	}
 	return nil
+}
+
+// Limits of agents and enrollment tokens.
+const (
+	MaxAgentName = store.MaxAgentName
+	// DefaultEnrollmentTTL is how long an enrollment token works when its
+	// creator gives no expiry; MaxEnrollmentTTL caps a given one.
+	DefaultEnrollmentTTL = 24 * time.Hour
+	MaxEnrollmentTTL     = 365 * 24 * time.Hour
+)
+
+// AgentName checks a new name for an agent and returns it trimmed.
+func AgentName(raw string) (string, error) {
+	name := strings.TrimSpace(raw)
+	switch {
+	case name == "":
+		return "", refuse(ErrInvalid, "name", "name is required: say which host or environment the agent is, such as \"staging-db\"")
+	case len(name) > MaxAgentName:
+		return "", refuse(ErrInvalid, "name", "name is longer than %d bytes", MaxAgentName)
+	case strings.IndexFunc(name, unicode.IsControl) >= 0:
+		return "", refuse(ErrInvalid, "name", "name contains control characters: use letters, digits and punctuation")
+	}
+	return name, nil
+}
+
+// AgentRenameFailed translates the store's answer to a rename.
+func AgentRenameFailed(err error, name string) error {
+	if errors.Is(err, store.ErrConflict) {
+		return refuse(ErrConflict, "name", "another agent of the organization is named %q: choose another name", name)
+	}
+	return err
+}
+
+// EnrollmentTokenName checks an enrollment token's optional name.
+func EnrollmentTokenName(raw string) (string, error) {
+	name := strings.TrimSpace(raw)
+	if len(name) > MaxTokenName {
+		return "", refuse(ErrInvalid, "name", "name is longer than %d characters", MaxTokenName)
+	}
+	return name, nil
+}
+
+// EnrollmentExpiry returns when a new enrollment token expires: the
+// requested time, or DefaultEnrollmentTTL from now; refused in the past
+// or more than MaxEnrollmentTTL ahead (a long-lived token that mints
+// agent credentials is a standing risk).
+func EnrollmentExpiry(expiresAt *time.Time, now time.Time) (time.Time, error) {
+	if expiresAt == nil {
+		return now.Add(DefaultEnrollmentTTL).UTC(), nil
+	}
+	switch {
+	case !expiresAt.After(now):
+		return time.Time{}, refuse(ErrInvalid, "expires_at", "expires_at is in the past: give a future time or leave it out (24 hours)")
+	case expiresAt.Sub(now) > MaxEnrollmentTTL:
+		return time.Time{}, refuse(ErrInvalid, "expires_at", "expires_at is more than a year ahead: enrollment tokens are short-lived, create a new one when needed")
+	}
+	return expiresAt.UTC(), nil
 }

@@ -376,3 +376,16 @@ func (s *Store) ListAgentEvents(ctx context.Context, orgID, agentID string, limi
 	err := q.Order("time DESC, id DESC").Limit(limit).Find(&out).Error
 	return out, err
 }
+
+// LatestAgentEvents returns, per agent of orgID, its newest event of kind
+// (the agent's last health summary, say), keyed by agent ID.
+func (s *Store) LatestAgentEvents(ctx context.Context, orgID, kind string) (map[string]AgentEvent, error) {
+	var rows []AgentEvent
+	err := s.conn(ctx).Raw(`SELECT DISTINCT ON (agent_id) * FROM agent_events
+		WHERE org_id = ? AND kind = ? ORDER BY agent_id, time DESC, id DESC`, orgID, kind).Scan(&rows).Error
+	out := make(map[string]AgentEvent, len(rows))
+	for _, r := range rows {
+		out[r.AgentID] = r
+	}
+	return out, err
+}
