@@ -81,7 +81,7 @@ func TestEnrollmentWithAnAPIToken(t *testing.T) {
 	}
 
 	facts := tunnel.AgentFacts{Name: "db-host-1", Version: "v0.9.0", PostgresVersions: []string{"16", "17"},
-		Pools: []tunnel.PoolFact{{Name: "main", Backend: "zfs", UsedBytes: 1 << 30, FreeBytes: 9 << 30, Snapshots: 3, Clones: 2}},
+		Pools:     []tunnel.PoolFact{{Name: "main", Backend: "zfs", UsedBytes: 1 << 30, FreeBytes: 9 << 30, Snapshots: 3, Clones: 2}},
 		Retrieval: tunnel.RetrievalFact{Mode: "logical", Status: "finished"}}
 	status, enrolled, _ := enrollAgent(t, env, created.Secret, facts)
 	if status != http.StatusCreated || enrolled.OrganizationID != org.ID || enrolled.Name != "db-host-1" || !strings.HasPrefix(enrolled.Credential, store.AgentCredentialPrefix) {

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -216,7 +217,7 @@ func TestAgentEventsStoredOnce(t *testing.T) {
 		t.Fatalf("first delivery: %d %v, want 2 new", n, err)
 	}
 	// Redelivered after a reconnect, with one new event: only that one is new.
-	again := append(batch, store.NewAgentEvent{EventID: "e3", Kind: "usage", Time: at.Add(2 * time.Second)})
+	again := append(slices.Clone(batch), store.NewAgentEvent{EventID: "e3", Kind: "usage", Time: at.Add(2 * time.Second)})
 	if n, err := st.InsertAgentEvents(ctx, a1.ID, again); err != nil || n != 1 {
 		t.Fatalf("redelivery: %d %v, want 1 new", n, err)
 	}
