@@ -106,7 +106,12 @@ const maxBody = 1 << 20
 
 // decode reads a JSON body into dst strictly (unknown fields are errors)
 // and answers 400 naming the field on failure.
-func decode(c *gin.Context, dst any) bool {
+func decode(c *gin.Context, dst any) bool { return decodeJSON(c, dst, true) }
+
+// decodeJSON is decode; strict=false ignores unknown fields, for bodies
+// that programs of another version send (an agent newer than the
+// platform reports facts this platform does not know yet).
+func decodeJSON(c *gin.Context, dst any, strict bool) bool {
 	body, err := io.ReadAll(io.LimitReader(c.Request.Body, maxBody+1))
 	if err != nil {
 		invalid(c, "could not read the request body", "")
@@ -117,7 +122,9 @@ func decode(c *gin.Context, dst any) bool {
 		return false
 	}
 	dec := json.NewDecoder(bytes.NewReader(body))
-	dec.DisallowUnknownFields()
+	if strict {
+		dec.DisallowUnknownFields()
+	}
 	if err := dec.Decode(dst); err != nil {
 		var typeErr *json.UnmarshalTypeError
 		var syntaxErr *json.SyntaxError

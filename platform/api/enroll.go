@@ -41,7 +41,9 @@ func checkFacts(f tunnel.AgentFacts) (string, string) {
 // client IP (rateLimits.enrollFailures).
 func (a *API) enroll(c *gin.Context) {
 	var req tunnel.EnrollRequest
-	if !decode(c, &req) {
+	// Lenient: agents are upgraded apart from the platform, and a newer
+	// one may report facts this platform does not know yet.
+	if !decodeJSON(c, &req, false) {
 		return
 	}
 	if req.Token == "" {

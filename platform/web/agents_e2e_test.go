@@ -115,6 +115,14 @@ func TestE2EEnrollAgentInBrowser(t *testing.T) {
 		t.Errorf("enrollment tokens table: %q (used once, secret never listed)", tokens)
 	}
 
+	browsertest.Step(t, ctx, "rename the agent",
+		chromedp.SetValue(row+" input.agent-rename-name", "primary-db"),
+		chromedp.Submit(row+" input.agent-rename-name"),
+		chromedp.WaitVisible(".flash"),
+	)
+	if name := browsertest.Get(t, ctx, "renamed", chromedp.Text(row+" .agent-name")); name != "primary-db" {
+		t.Fatalf("agent name after rename: %q", name)
+	}
 	browsertest.Step(t, ctx, "revoke the agent",
 		chromedp.Submit(row+" button.agent-revoke"),
 		chromedp.WaitVisible(row+`[data-state="revoked"]`),
