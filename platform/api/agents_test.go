@@ -201,6 +201,10 @@ func TestEnrollRefusalsAreAlikeAndRateLimited(t *testing.T) {
 		}
 	}
 	// Malformed requests name the field.
+	tooMany := tunnel.AgentFacts{Pools: make([]tunnel.PoolFact, 65)}
+	if r := env.Do(http.MethodPost, tunnel.EnrollPath, "", tunnel.EnrollRequest{Token: good, Facts: tooMany}); r.Status != http.StatusBadRequest || r.Error().Field != "facts.pools" {
+		t.Errorf("65 pools: %d %s", r.Status, r.Body)
+	}
 	if r := env.Do(http.MethodPost, tunnel.EnrollPath, "", `{"facts":{}}`); r.Status != http.StatusBadRequest || r.Error().Field != "token" {
 		t.Errorf("no token: %d %s", r.Status, r.Body)
 	}

@@ -2,13 +2,13 @@ package api
 
 import (
 	"errors"
-	"fmt"
 	"net/http"
 
 	"github.com/gin-gonic/gin"
 
 	"github.com/thinlab/thinlab/platform/access"
 	"github.com/thinlab/thinlab/platform/audit"
+	"github.com/thinlab/thinlab/platform/orgrules"
 	"github.com/thinlab/thinlab/platform/store"
 	"github.com/thinlab/thinlab/sdk/platformapi"
 	"github.com/thinlab/thinlab/sdk/tunnel"
@@ -18,22 +18,6 @@ import (
 // that a guesser learns nothing about which tokens exist; the platform
 // logs (and for a real token of an organization, audits) the reason.
 const EnrollRefusal = "enrollment token refused: it is unknown, expired, revoked or used up; ask an admin of your organization for a new one"
-
-// Bounds on the facts an enrolling agent reports.
-const (
-	maxFactPools    = 64
-	maxFactVersions = 32
-)
-
-func checkFacts(f tunnel.AgentFacts) (string, string) {
-	switch {
-	case len(f.Pools) > maxFactPools:
-		return fmt.Sprintf("facts.pools has %d entries, at most %d are accepted", len(f.Pools), maxFactPools), "facts.pools"
-	case len(f.PostgresVersions) > maxFactVersions:
-		return fmt.Sprintf("facts.postgresVersions has %d entries, at most %d are accepted", len(f.PostgresVersions), maxFactVersions), "facts.postgresVersions"
-	}
-	return "", ""
-}
 
 // enroll is POST tunnel.EnrollPath: an agent exchanges its enrollment
 // token (in the body, never in the URL, which is logged) for its agent
@@ -50,8 +34,7 @@ func (a *API) enroll(c *gin.Context) {
 		invalid(c, "token is required: pass the enrollment token from the platform's Agents page (--enroll-token)", "token")
 		return
 	}
-	if msg, field := checkFacts(req.Facts); msg != "" {
-		invalid(c, msg, field)
+	if reject(c, orgrules.AgentFacts(req.Facts)) {
 		return
 	}
 	agent, credential, tok, err := a.Store.Enroll(c.Request.Context(), req.Token, req.Facts)

@@ -1,7 +1,8 @@
 // Package orgrules holds the organization's rules: which organizations,
 // invitations and tokens may be created, who may see and revoke which
 // tokens, which member a caller may change, to which role, and why a
-// member change fails. The JSON API (platform/api) and the web UI
+// member change fails, and what agent names, agent facts and enrollment
+// tokens are accepted. The JSON API (platform/api) and the web UI
 // (platform/web) both call it and only map its errors to answers (a JSON
 // error body or a page), so the two cannot drift apart.
 //
@@ -20,6 +21,7 @@ import (
 
 	"github.com/thinlab/thinlab/platform/rbac"
 	"github.com/thinlab/thinlab/platform/store"
+	"github.com/thinlab/thinlab/sdk/tunnel"
 )
 
 // Kinds of refusal; test with errors.Is.
@@ -249,4 +251,23 @@ func EnrollmentExpiry(expiresAt *time.Time, now time.Time) (time.Time, error) {
 		return time.Time{}, refuse(ErrInvalid, "expires_at", "expires_at is more than a year ahead: enrollment tokens are short-lived, create a new one when needed")
 	}
 	return expiresAt.UTC(), nil
+}
+
+// Bounds on the facts an agent reports (at enrollment and on every tunnel
+// connect); the request body is bounded too, these keep lists sane.
+const (
+	MaxFactPools    = 64
+	MaxFactVersions = 32
+)
+
+// AgentFacts checks the facts an agent reports. The tunnel hub calls it
+// too before UpdateAgentFacts.
+func AgentFacts(f tunnel.AgentFacts) error {
+	switch {
+	case len(f.Pools) > MaxFactPools:
+		return refuse(ErrInvalid, "facts.pools", "facts.pools has %d entries, at most %d are accepted", len(f.Pools), MaxFactPools)
+	case len(f.PostgresVersions) > MaxFactVersions:
+		return refuse(ErrInvalid, "facts.postgresVersions", "facts.postgresVersions has %d entries, at most %d are accepted", len(f.PostgresVersions), MaxFactVersions)
+	}
+	return nil
 }
