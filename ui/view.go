@@ -5,6 +5,7 @@ package ui
 
 import (
 	"embed"
+	"strconv"
 	"time"
 )
 
@@ -209,4 +210,93 @@ func fmtTimePtr(t *time.Time) string {
 		return "never"
 	}
 	return fmtTime(*t)
+}
+
+// AgentPool is one pool of an agent, as the agent last reported it.
+type AgentPool struct {
+	Name      string
+	Backend   string
+	Mode      string
+	UsedBytes uint64
+	FreeBytes uint64
+	Snapshots int
+	Clones    int
+}
+
+// Agent is one row of the agents page. The connection (the platform's
+// view of the tunnel) and the health (the agent's own last report) are
+// kept apart: a connected agent may be unhealthy and the other way round.
+type Agent struct {
+	ID                string
+	Name              string
+	Version           string
+	State             string // connected, stale, disconnected, never_connected, revoked
+	ConnectedSince    *time.Time
+	LastHeartbeat     *time.Time
+	DisconnectedSince *time.Time
+	Enrolled          time.Time
+	Revoked           *time.Time
+	// Health is the severity of the agent's last health report ("" when
+	// none arrived yet) and HealthMessage its text.
+	Health           string
+	HealthMessage    string
+	HealthAt         *time.Time
+	Pools            []AgentPool
+	PostgresVersions []string
+	Retrieval        string // mode and status, "" when unknown
+	LastRefresh      *time.Time
+	CanManage        bool
+}
+
+// EnrollmentToken is one row of the enrollment tokens table.
+type EnrollmentToken struct {
+	ID      string
+	Name    string
+	Prefix  string
+	Uses    int
+	MaxUses *int
+	Created time.Time
+	Expires time.Time
+	Revoked *time.Time
+	Usable  bool
+}
+
+// Agents is the agents page.
+type Agents struct {
+	Agents    []Agent
+	Tokens    []EnrollmentToken
+	CanManage bool
+	// NewSecret is an enrollment token just created (shown once) and
+	// NewCommand the command that enrolls an agent with it.
+	NewSecret  string
+	NewName    string
+	NewCommand string
+}
+
+// fmtBytes shows a byte count in binary units.
+func fmtBytes(n uint64) string {
+	const unit = 1024
+	if n < unit {
+		return strconv.FormatUint(n, 10) + " B"
+	}
+	div, exp := uint64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return strconv.FormatFloat(float64(n)/float64(div), 'f', 1, 64) + " " + string("KMGTPE"[exp]) + "iB"
+}
+
+func fmtUses(uses int, maxUses *int) string {
+	if maxUses == nil {
+		return strconv.Itoa(uses) + " (multi-use)"
+	}
+	return strconv.Itoa(uses) + " of " + strconv.Itoa(*maxUses)
+}
+
+func plural(n int, what string) string {
+	if n == 1 {
+		return "1 " + what
+	}
+	return strconv.Itoa(n) + " " + what + "s"
 }

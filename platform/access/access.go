@@ -57,6 +57,9 @@ const (
 	// RateInvitationAccept limits invitation accepts per user and per
 	// client IP (guessing invitation secrets).
 	RateInvitationAccept RateClass = "invitation.accept"
+	// RateEnrollFailures limits refused agent enrollments per client IP
+	// (guessing enrollment tokens); successful ones are not counted.
+	RateEnrollFailures RateClass = "enroll.failures"
 )
 
 // Limits are the rate limiters of the chain; a nil limiter allows all.
@@ -64,6 +67,7 @@ type Limits struct {
 	SignIn           *ratelimit.Limiter
 	BearerFailures   *ratelimit.Limiter // failed bearer authentications per client IP
 	InvitationAccept *ratelimit.Limiter
+	EnrollFailures   *ratelimit.Limiter // refused agent enrollments per client IP
 }
 
 // OrgRoute reports whether the route acts inside an organization.
@@ -89,7 +93,7 @@ func (r Route) Validate() error {
 		return fmt.Errorf("route %s %s: mutations must name an audit action", r.Method, r.Path)
 	case r.Public && r.TokenRefused != "":
 		return fmt.Errorf("route %s %s: a public route cannot refuse tokens", r.Method, r.Path)
-	case r.RateLimit != "" && r.RateLimit != RateSignIn && r.RateLimit != RateInvitationAccept:
+	case r.RateLimit != "" && r.RateLimit != RateSignIn && r.RateLimit != RateInvitationAccept && r.RateLimit != RateEnrollFailures:
 		return fmt.Errorf("route %s %s: unknown rate limit class %q", r.Method, r.Path, r.RateLimit)
 	case r.RateLimit == RateInvitationAccept && r.Public:
 		return fmt.Errorf("route %s %s: the invitation accept limit is per user and needs authentication", r.Method, r.Path)
@@ -115,8 +119,11 @@ func (g *Guard) Mount(r gin.IRoutes, routes []Route) error {
 			return err
 		}
 		var chain []gin.HandlerFunc
-		if rt.RateLimit == RateSignIn {
+		switch rt.RateLimit {
+		case RateSignIn:
 			chain = append(chain, g.limitSignIn(rt))
+		case RateEnrollFailures:
+			chain = append(chain, g.limitEnrollFailures(rt))
 		}
 		if !rt.Public {
 			chain = append(chain, g.authenticate(rt))
@@ -197,6 +204,21 @@ func (g *Guard) limitSignIn(rt Route) gin.HandlerFunc {
 	}
 }
 
+// limitEnrollFailures refuses an address whose refused enrollments used
+// up its bucket, and spends from it on every refusal (401).
+func (g *Guard) limitEnrollFailures(rt Route) gin.HandlerFunc {
+	return func(c *gin.Context) {
+		if ok, wait := g.Limits.EnrollFailures.Check(c.ClientIP()); !ok {
+			tooMany(c, rt, wait, "too many refused enrollments from your address")
+			return
+		}
+		c.Next()
+		if c.Writer.Status() == http.StatusUnauthorized {
+			g.Limits.EnrollFailures.Spend(c.ClientIP())
+		}
+	}
+}
+
 func (g *Guard) limitInvitationAccept(rt Route) gin.HandlerFunc {
 	return func(c *gin.Context) {
 		ok, wait := g.Limits.InvitationAccept.Allow("ip:" + c.ClientIP())
@@ -225,6 +247,8 @@ const (
 	keyRole   = "thinlab.role"
 	keyMember = "thinlab.member"
 	keyToken  = "thinlab.token"
+	keyAgent  = "thinlab.agent"
+	keyEnroll = "thinlab.enrollment"
 )
 
 // errNoOrg is the answer for an organization the caller cannot see: the
@@ -278,8 +302,9 @@ func (g *Guard) authorize(rt Route) gin.HandlerFunc {
 }
 
 // loadResources loads what an organization route's path names besides
-// the organization, inside that organization: the member (:user) and the
-// API token (:token). Another organization's is "not found".
+// the organization, inside that organization: the member (:user), the
+// API token (:token), the agent (:agent) and the enrollment token
+// (:enrollment). Another organization's is "not found".
 func (g *Guard) loadResources(c *gin.Context, rt Route, org *store.Organization) bool {
 	ctx := c.Request.Context()
 	if strings.Contains(rt.Path, "/:user") {
@@ -299,6 +324,24 @@ func (g *Guard) loadResources(c *gin.Context, rt Route, org *store.Organization)
 			return false
 		}
 		c.Set(keyToken, tok)
+	}
+	if strings.Contains(rt.Path, "/:agent") {
+		id := c.Param("agent")
+		audit.SetTarget(c, id)
+		a, err := g.Store.AgentByID(ctx, org.ID, id)
+		if !g.loaded(c, rt, err, "agent") {
+			return false
+		}
+		c.Set(keyAgent, a)
+	}
+	if strings.Contains(rt.Path, "/:enrollment") {
+		id := c.Param("enrollment")
+		audit.SetTarget(c, id)
+		tok, err := g.Store.EnrollmentTokenByID(ctx, org.ID, id)
+		if !g.loaded(c, rt, err, "enrollment token") {
+			return false
+		}
+		c.Set(keyEnroll, tok)
 	}
 	return true
 }
@@ -415,4 +458,27 @@ func Error(c *gin.Context, status int, code, message, field string) {
 	// PureJSON: messages quote things like "<api token>"; keep them readable.
 	c.Abort()
 	c.PureJSON(status, platformapi.ErrorResponse{Error: platformapi.ErrorBody{Code: code, Message: message, Field: field}})
+}
+
+// Agent returns the agent an /:agent organization route acts on, loaded
+// by the chain; it panics as Org does when the chain did not load one.
+func Agent(c *gin.Context) *store.Agent {
+	v, _ := c.Get(keyAgent)
+	a, ok := v.(*store.Agent)
+	if !ok {
+		panic(fmt.Sprintf("access.Agent: %s %s ran without the access chain loading :agent; declare the route with :org and :agent in the access table", c.Request.Method, c.FullPath()))
+	}
+	return a
+}
+
+// EnrollmentToken returns the enrollment token an /:enrollment
+// organization route acts on, loaded by the chain; it panics as Org does
+// when the chain did not load one.
+func EnrollmentToken(c *gin.Context) *store.EnrollmentToken {
+	v, _ := c.Get(keyEnroll)
+	t, ok := v.(*store.EnrollmentToken)
+	if !ok {
+		panic(fmt.Sprintf("access.EnrollmentToken: %s %s ran without the access chain loading :enrollment; declare the route with :org and :enrollment in the access table", c.Request.Method, c.FullPath()))
+	}
+	return t
 }

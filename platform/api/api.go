@@ -17,10 +17,12 @@ import (
 	"github.com/gin-gonic/gin"
 
 	"github.com/thinlab/thinlab/platform/access"
+	"github.com/thinlab/thinlab/platform/audit"
 	"github.com/thinlab/thinlab/platform/orgrules"
 	"github.com/thinlab/thinlab/platform/rbac"
 	"github.com/thinlab/thinlab/platform/store"
 	"github.com/thinlab/thinlab/sdk/platformapi"
+	"github.com/thinlab/thinlab/sdk/tunnel"
 )
 
 // Prefix is where the API is mounted.
@@ -30,6 +32,13 @@ const Prefix = "/api/v1"
 type API struct {
 	Store  *store.Store
 	Logger *slog.Logger
+	// Audit records enrollments, which no access chain audits (the route
+	// is public; the organization is known only from the token).
+	Audit *audit.Recorder
+	// Disconnector closes revoked agents' tunnels; nil without a hub.
+	Disconnector AgentDisconnector
+	// BaseURL is the platform's address, for the enrollment command.
+	BaseURL string
 }
 
 //go:embed openapi.json
@@ -63,6 +72,18 @@ func Routes(a *API) []access.Route {
 		{Method: post, Path: p + "/orgs/:org/tokens", Permission: rbac.TokenManage, Action: "token.create", Handler: a.createToken, TokenRefused: TokenRefusedCreate},
 		{Method: del, Path: p + "/orgs/:org/tokens/:token", Permission: rbac.TokenManage, Action: "token.revoke", Handler: a.revokeToken},
 		{Method: get, Path: p + "/orgs/:org/audit", Permission: rbac.AuditRead, Handler: a.listAudit},
+		// Enrollment tokens and agents. API tokens may create enrollment
+		// tokens: Terraform and scripts provision agents.
+		{Method: get, Path: p + "/orgs/:org/enrollment-tokens", Permission: rbac.AgentManage, Handler: a.listEnrollmentTokens},
+		{Method: post, Path: p + "/orgs/:org/enrollment-tokens", Permission: rbac.AgentManage, Action: "enrollment_token.create", Handler: a.createEnrollmentToken},
+		{Method: del, Path: p + "/orgs/:org/enrollment-tokens/:enrollment", Permission: rbac.AgentManage, Action: "enrollment_token.revoke", Handler: a.revokeEnrollmentToken},
+		{Method: get, Path: p + "/orgs/:org/agents", Permission: rbac.AgentRead, Handler: a.listAgents},
+		{Method: get, Path: p + "/orgs/:org/agents/:agent", Permission: rbac.AgentRead, Handler: a.getAgent},
+		{Method: patch, Path: p + "/orgs/:org/agents/:agent", Permission: rbac.AgentManage, Action: "agent.rename", Handler: a.renameAgent},
+		{Method: del, Path: p + "/orgs/:org/agents/:agent", Permission: rbac.AgentManage, Action: "agent.revoke", Handler: a.revokeAgent},
+		// Agents enroll with the enrollment token in the body; the
+		// handler audits into the token's organization.
+		{Method: post, Path: tunnel.EnrollPath, Public: true, Handler: a.enroll, RateLimit: access.RateEnrollFailures},
 	}
 }
 
@@ -85,7 +106,12 @@ const maxBody = 1 << 20
 
 // decode reads a JSON body into dst strictly (unknown fields are errors)
 // and answers 400 naming the field on failure.
-func decode(c *gin.Context, dst any) bool {
+func decode(c *gin.Context, dst any) bool { return decodeJSON(c, dst, true) }
+
+// decodeJSON is decode; strict=false ignores unknown fields, for bodies
+// that programs of another version send (an agent newer than the
+// platform reports facts this platform does not know yet).
+func decodeJSON(c *gin.Context, dst any, strict bool) bool {
 	body, err := io.ReadAll(io.LimitReader(c.Request.Body, maxBody+1))
 	if err != nil {
 		invalid(c, "could not read the request body", "")
@@ -96,7 +122,9 @@ func decode(c *gin.Context, dst any) bool {
 		return false
 	}
 	dec := json.NewDecoder(bytes.NewReader(body))
-	dec.DisallowUnknownFields()
+	if strict {
+		dec.DisallowUnknownFields()
+	}
 	if err := dec.Decode(dst); err != nil {
 		var typeErr *json.UnmarshalTypeError
 		var syntaxErr *json.SyntaxError

@@ -13,6 +13,7 @@ import (
 	"github.com/thinlab/thinlab/platform/rbac"
 	"github.com/thinlab/thinlab/platform/store"
 	"github.com/thinlab/thinlab/sdk/platformapi"
+	"github.com/thinlab/thinlab/sdk/tunnel"
 )
 
 func allEvents(t *testing.T, env *platformtest.Env) []store.AuditEvent {
@@ -42,6 +43,14 @@ func TestEveryMutationIsAudited(t *testing.T) {
 		t.Fatal(err)
 	}
 	inv2, _, err := env.Store.CreateInvitation(ctx, org.ID, "gone@example.com", rbac.Viewer, owner.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	enr, enrSecret, err := env.Store.CreateEnrollmentToken(ctx, org.ID, owner.ID, "hosts", time.Now().Add(time.Hour), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ag, _, _, err := env.Store.Enroll(ctx, enrSecret, tunnel.AgentFacts{Name: "db"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -85,6 +94,22 @@ func TestEveryMutationIsAudited(t *testing.T) {
 			{"/api/v1/orgs/aud/tokens", `{"name":"ci"}`, "Authorization", "Bearer " + ownerTok, false},
 			{"/api/v1/orgs/aud/tokens", `{"name":""}`, testUserHeader, owner.ID, false},
 			{"/api/v1/orgs/aud/tokens", `{"name":"ci"}`, testUserHeader, owner.ID, true},
+		},
+		"POST /api/v1/orgs/:org/enrollment-tokens": {
+			{"/api/v1/orgs/aud/enrollment-tokens", `{"name":"x"}`, "Authorization", "Bearer " + viewerTok, false},
+			{"/api/v1/orgs/aud/enrollment-tokens", `{"name":"tf","single_use":true}`, "Authorization", "Bearer " + ownerTok, true},
+		},
+		"DELETE /api/v1/orgs/:org/enrollment-tokens/:enrollment": {
+			{"/api/v1/orgs/aud/enrollment-tokens/enr_nope", "", "Authorization", "Bearer " + ownerTok, false},
+			{"/api/v1/orgs/aud/enrollment-tokens/" + enr.ID, "", "Authorization", "Bearer " + ownerTok, true},
+		},
+		"PATCH /api/v1/orgs/:org/agents/:agent": {
+			{"/api/v1/orgs/aud/agents/" + ag.ID, `{"name":""}`, "Authorization", "Bearer " + ownerTok, false},
+			{"/api/v1/orgs/aud/agents/" + ag.ID, `{"name":"primary"}`, "Authorization", "Bearer " + ownerTok, true},
+		},
+		"DELETE /api/v1/orgs/:org/agents/:agent": {
+			{"/api/v1/orgs/aud/agents/" + ag.ID, "", "Authorization", "Bearer " + viewerTok, false},
+			{"/api/v1/orgs/aud/agents/" + ag.ID, "", "Authorization", "Bearer " + ownerTok, true},
 		},
 		"DELETE /api/v1/orgs/:org/tokens/:token": {
 			{"/api/v1/orgs/aud/tokens/" + victimTok.ID, "", "Authorization", "Bearer " + viewerTok, false},

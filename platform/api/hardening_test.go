@@ -12,7 +12,9 @@ import (
 
 	"github.com/thinlab/thinlab/platform/platformtest"
 	"github.com/thinlab/thinlab/platform/server"
+	"github.com/thinlab/thinlab/platform/store"
 	"github.com/thinlab/thinlab/sdk/platformapi"
+	"github.com/thinlab/thinlab/sdk/tunnel"
 )
 
 // TestInvitationAuditTargetMasked: the audit log (kept forever, exported)
@@ -88,8 +90,25 @@ func TestAuditLogTamperProofWithTwoRoles(t *testing.T) {
 	if err != nil {
 		t.Fatalf("the runtime role cannot write users: %v", err)
 	}
-	if _, err := srv.Store().CreateOrganization(ctx, "two", "Two", u.ID); err != nil {
+	org, err := srv.Store().CreateOrganization(ctx, "two", "Two", u.ID)
+	if err != nil {
 		t.Fatalf("the runtime role cannot write organizations: %v", err)
+	}
+	// The agent registry (migration 00004) works as the runtime role:
+	// enrollment tokens, enrollment, connection state, events.
+	_, enrSecret, err := srv.Store().CreateEnrollmentToken(ctx, org.ID, u.ID, "", time.Now().Add(time.Hour), nil)
+	if err != nil {
+		t.Fatalf("the runtime role cannot create enrollment tokens: %v", err)
+	}
+	agent, _, _, err := srv.Store().Enroll(ctx, enrSecret, tunnel.AgentFacts{Name: "two-db"})
+	if err != nil {
+		t.Fatalf("the runtime role cannot enroll agents: %v", err)
+	}
+	if err := srv.Store().MarkAgentConnected(ctx, agent.ID, "r1", time.Now()); err != nil {
+		t.Fatalf("the runtime role cannot record connections: %v", err)
+	}
+	if _, err := srv.Store().InsertAgentEvents(ctx, agent.ID, []store.NewAgentEvent{{EventID: "e1", Kind: "agent.health", Time: time.Now()}}); err != nil {
+		t.Fatalf("the runtime role cannot store agent events: %v", err)
 	}
 	conn, err := pgx.Connect(ctx, dsnAs(app))
 	if err != nil {

@@ -10,12 +10,14 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/thinlab/thinlab/platform/auth"
 	"github.com/thinlab/thinlab/platform/platformtest"
 	"github.com/thinlab/thinlab/platform/rbac"
 	"github.com/thinlab/thinlab/platform/store"
 	"github.com/thinlab/thinlab/platform/web/webtest"
+	"github.com/thinlab/thinlab/sdk/tunnel"
 )
 
 const annEmail = "ann@a.example"
@@ -37,6 +39,9 @@ type tenants struct {
 	invitationB       string
 	invitationSecretB string
 	invitationBTo     string
+	// agentB and enrollmentB: B's agent (enrolled with B's multi-use
+	// enrollment token) and that token.
+	agentB, agentNameB, enrollmentB string
 	// session is ann's signed-in browser; csrf its session's token.
 	session   *webtest.Browser
 	csrf      string
@@ -86,6 +91,15 @@ func newTenants(t *testing.T) *tenants {
 		t.Fatal(err)
 	}
 	tt.invitationB, tt.invitationSecretB, tt.invitationBTo = inv.ID, invSecret, inv.Email
+	enr, enrSecret, err := p.Store.CreateEnrollmentToken(ctx, tt.b.ID, tt.ownerB.ID, "b-hosts", time.Now().Add(time.Hour), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	agentB, _, _, err := p.Store.Enroll(ctx, enrSecret, tunnel.AgentFacts{Name: "b-secret-db", Version: "v1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tt.agentB, tt.agentNameB, tt.enrollmentB = agentB.ID, agentB.Name, enr.ID
 	return tt
 }
 
@@ -96,6 +110,8 @@ func (tt *tenants) fillB(path, org string) string {
 		":user", tt.memberB.ID,
 		":invitation", tt.invitationB,
 		":token", tt.tokenIDB,
+		":agent", tt.agentB,
+		":enrollment", tt.enrollmentB,
 	).Replace(path)
 }
 
@@ -125,6 +141,17 @@ func (tt *tenants) fillA(t *testing.T, path string) string {
 		}
 		r = append(r, ":token", tok.ID)
 	}
+	if strings.Contains(path, ":agent") || strings.Contains(path, ":enrollment") {
+		enr, secret, err := tt.p.Store.CreateEnrollmentToken(ctx, tt.a.ID, tt.ownerA.ID, fmt.Sprintf("walk-%d", n), time.Now().Add(time.Hour), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ag, _, _, err := tt.p.Store.Enroll(ctx, secret, tunnel.AgentFacts{Name: fmt.Sprintf("walk-%d", n)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		r = append(r, ":agent", ag.ID, ":enrollment", enr.ID)
+	}
 	return strings.NewReplacer(r...).Replace(path)
 }
 
@@ -140,6 +167,10 @@ func (tt *tenants) bodyFor(method, path string) any {
 			return url.Values{"email": {fmt.Sprintf("x%d@a.example", n)}, "role": {"viewer"}}
 		case strings.HasSuffix(path, "/tokens") && method == http.MethodPost:
 			return url.Values{"name": {fmt.Sprintf("leak-%d", n)}}
+		case strings.HasSuffix(path, "/rename"):
+			return url.Values{"name": {fmt.Sprintf("renamed-%d", n)}}
+		case strings.HasSuffix(path, "/enrollment-tokens") && method == http.MethodPost:
+			return url.Values{"name": {fmt.Sprintf("leak-%d", n)}, "uses": {"multi"}}
 		}
 		return url.Values{}
 	}
@@ -151,6 +182,10 @@ func (tt *tenants) bodyFor(method, path string) any {
 	case method == http.MethodPost && strings.HasSuffix(path, "/invitations"):
 		return map[string]string{"email": fmt.Sprintf("x%d@a.example", n), "role": "viewer"}
 	case method == http.MethodPost && strings.HasSuffix(path, "/tokens"):
+		return map[string]string{"name": fmt.Sprintf("leak-%d", n)}
+	case method == http.MethodPatch && strings.Contains(path, "/agents/"):
+		return map[string]string{"name": fmt.Sprintf("renamed-%d", n)}
+	case method == http.MethodPost && strings.HasSuffix(path, "/enrollment-tokens"):
 		return map[string]string{"name": fmt.Sprintf("leak-%d", n)}
 	}
 	return nil
@@ -263,6 +298,20 @@ var ownStatus = map[string]status{
 	"POST /o/:org/tokens":                              {http.StatusOK, http.StatusForbidden},
 	"POST /o/:org/tokens/:token/revoke":                {http.StatusSeeOther, http.StatusSeeOther},
 	"GET /o/:org/audit":                                {http.StatusOK, http.StatusOK},
+	// Agents and enrollment tokens; API tokens may create enrollment
+	// tokens (Terraform provisions agents).
+	"GET /api/v1/orgs/:org/enrollment-tokens":                {http.StatusOK, http.StatusOK},
+	"POST /api/v1/orgs/:org/enrollment-tokens":               {http.StatusCreated, http.StatusCreated},
+	"DELETE /api/v1/orgs/:org/enrollment-tokens/:enrollment": {http.StatusNoContent, http.StatusNoContent},
+	"GET /api/v1/orgs/:org/agents":                           {http.StatusOK, http.StatusOK},
+	"GET /api/v1/orgs/:org/agents/:agent":                    {http.StatusOK, http.StatusOK},
+	"PATCH /api/v1/orgs/:org/agents/:agent":                  {http.StatusOK, http.StatusOK},
+	"DELETE /api/v1/orgs/:org/agents/:agent":                 {http.StatusNoContent, http.StatusNoContent},
+	"GET /o/:org/agents":                                     {http.StatusOK, http.StatusOK},
+	"POST /o/:org/agents/:agent/rename":                      {http.StatusSeeOther, http.StatusSeeOther},
+	"POST /o/:org/agents/:agent/revoke":                      {http.StatusSeeOther, http.StatusSeeOther},
+	"POST /o/:org/enrollment-tokens":                         {http.StatusOK, http.StatusOK},
+	"POST /o/:org/enrollment-tokens/:enrollment/revoke":      {http.StatusSeeOther, http.StatusSeeOther},
 }
 
 // TestTenantIsolation walks EVERY route of the route table (API and web
@@ -283,7 +332,7 @@ func TestTenantIsolation(t *testing.T) {
 	// the request itself sent (a "no such token: ID" echo is no leak).
 	noLeak := func(t *testing.T, what string, a answer) {
 		t.Helper()
-		for _, secret := range []string{tt.b.ID, tt.b.Slug, tt.memberB.Email, tt.memberB.ID, tt.tokenIDB} {
+		for _, secret := range []string{tt.b.ID, tt.b.Slug, tt.memberB.Email, tt.memberB.ID, tt.tokenIDB, tt.agentB, tt.agentNameB, tt.enrollmentB} {
 			if strings.Contains(what, secret) {
 				continue
 			}
@@ -332,6 +381,14 @@ func TestTenantIsolation(t *testing.T) {
 			// joins nothing (403).
 			a := expect(t, as, http.MethodPost, "/api/v1/invitations/"+tt.invitationSecretB+"/accept", nil, http.StatusForbidden)
 			noLeak(t, "accepting B's invitation for "+tt.invitationBTo, a)
+		},
+		"POST " + tunnel.EnrollPath: func(t *testing.T, as caller) {
+			// Public: only the enrollment token in the body counts, and a
+			// forged one is refused without naming anything of B.
+			a := expect(t, as, http.MethodPost, tunnel.EnrollPath, tunnel.EnrollRequest{
+				Token: store.EnrollmentTokenPrefix + "forged" + tt.enrollmentB, Facts: tunnel.AgentFacts{Name: "intruder"},
+			}, http.StatusUnauthorized)
+			noLeak(t, "enrolling with a forged token", a)
 		},
 		"GET /static/*filepath": func(t *testing.T, as caller) {
 			expect(t, as, http.MethodGet, "/static/style.css", nil, http.StatusOK)
@@ -502,6 +559,14 @@ func TestTenantIsolation(t *testing.T) {
 	if err != nil || len(invs) != 1 || invs[0].ID != tt.invitationB || invs[0].AcceptedAt != nil {
 		t.Errorf("B's invitations changed: %+v %v; want the one open invitation", invs, err)
 	}
+	agB, err := tt.p.Store.AgentByID(ctx, tt.b.ID, tt.agentB)
+	if err != nil || agB.RevokedAt != nil || agB.Name != tt.agentNameB {
+		t.Errorf("B's agent changed: %+v %v; want it unrevoked and named %s", agB, err, tt.agentNameB)
+	}
+	enrB, err := tt.p.Store.EnrollmentTokenByID(ctx, tt.b.ID, tt.enrollmentB)
+	if err != nil || enrB.RevokedAt != nil {
+		t.Errorf("B's enrollment token changed: %+v %v; want it unrevoked", enrB, err)
+	}
 	// B's token still works in B, and only there.
 	if r := tt.env.Do(http.MethodGet, "/api/v1/orgs/org-b/members", tt.tokenB, nil); r.Status != http.StatusOK {
 		t.Errorf("B's token in B: %d %s, want 200", r.Status, r.Body)
@@ -536,7 +601,7 @@ func TestPermissionsEnforcedOnEveryRoute(t *testing.T) {
 			}
 			// Resource IDs that do not exist: an allowed call answers 404
 			// for the resource, a denied one 403 before looking.
-			path := strings.NewReplacer(":org", org.Slug, ":user", "usr_none", ":invitation", "inv_none", ":token", "tok_none").Replace(rt.Path)
+			path := strings.NewReplacer(":org", org.Slug, ":user", "usr_none", ":invitation", "inv_none", ":token", "tok_none", ":agent", "agt_none", ":enrollment", "enr_none").Replace(rt.Path)
 			r := env.Do(rt.Method, path, token, "{}")
 			denied := r.Status == http.StatusForbidden && r.Error().Code == "forbidden"
 			// Routes that refuse API tokens deny every role's token.

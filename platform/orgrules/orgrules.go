@@ -1,7 +1,8 @@
 // Package orgrules holds the organization's rules: which organizations,
 // invitations and tokens may be created, who may see and revoke which
 // tokens, which member a caller may change, to which role, and why a
-// member change fails. The JSON API (platform/api) and the web UI
+// member change fails, and what agent names, agent facts and enrollment
+// tokens are accepted. The JSON API (platform/api) and the web UI
 // (platform/web) both call it and only map its errors to answers (a JSON
 // error body or a page), so the two cannot drift apart.
 //
@@ -16,9 +17,11 @@ import (
 	"net/mail"
 	"strings"
 	"time"
+	"unicode"
 
 	"github.com/thinlab/thinlab/platform/rbac"
 	"github.com/thinlab/thinlab/platform/store"
+	"github.com/thinlab/thinlab/sdk/tunnel"
 )
 
 // Kinds of refusal; test with errors.Is.
@@ -189,6 +192,82 @@ func VisibleTokens(toks []store.APIToken, role rbac.Role, userID string) []store
 func MayRevokeToken(tok *store.APIToken, role rbac.Role, userID string) error {
 	if !SeesAllTokens(role) && tok.UserID != userID {
 		return refuse(ErrNotFound, "", "token not found")
+	}
+	return nil
+}
+
+// Limits of agents and enrollment tokens.
+const (
+	MaxAgentName = store.MaxAgentName
+	// DefaultEnrollmentTTL is how long an enrollment token works when its
+	// creator gives no expiry; MaxEnrollmentTTL caps a given one.
+	DefaultEnrollmentTTL = 24 * time.Hour
+	MaxEnrollmentTTL     = 365 * 24 * time.Hour
+)
+
+// AgentName checks a new name for an agent and returns it trimmed.
+func AgentName(raw string) (string, error) {
+	name := strings.TrimSpace(raw)
+	switch {
+	case name == "":
+		return "", refuse(ErrInvalid, "name", "name is required: say which host or environment the agent is, such as \"staging-db\"")
+	case len(name) > MaxAgentName:
+		return "", refuse(ErrInvalid, "name", "name is longer than %d bytes", MaxAgentName)
+	case strings.IndexFunc(name, unicode.IsControl) >= 0:
+		return "", refuse(ErrInvalid, "name", "name contains control characters: use letters, digits and punctuation")
+	}
+	return name, nil
+}
+
+// AgentRenameFailed translates the store's answer to a rename.
+func AgentRenameFailed(err error, name string) error {
+	if errors.Is(err, store.ErrConflict) {
+		return refuse(ErrConflict, "name", "another agent of the organization is named %q: choose another name", name)
+	}
+	return err
+}
+
+// EnrollmentTokenName checks an enrollment token's optional name.
+func EnrollmentTokenName(raw string) (string, error) {
+	name := strings.TrimSpace(raw)
+	if len(name) > MaxTokenName {
+		return "", refuse(ErrInvalid, "name", "name is longer than %d characters", MaxTokenName)
+	}
+	return name, nil
+}
+
+// EnrollmentExpiry returns when a new enrollment token expires: the
+// requested time, or DefaultEnrollmentTTL from now; refused in the past
+// or more than MaxEnrollmentTTL ahead (a long-lived token that mints
+// agent credentials is a standing risk).
+func EnrollmentExpiry(expiresAt *time.Time, now time.Time) (time.Time, error) {
+	if expiresAt == nil {
+		return now.Add(DefaultEnrollmentTTL).UTC(), nil
+	}
+	switch {
+	case !expiresAt.After(now):
+		return time.Time{}, refuse(ErrInvalid, "expires_at", "expires_at is in the past: give a future time or leave it out (24 hours)")
+	case expiresAt.Sub(now) > MaxEnrollmentTTL:
+		return time.Time{}, refuse(ErrInvalid, "expires_at", "expires_at is more than a year ahead: enrollment tokens are short-lived, create a new one when needed")
+	}
+	return expiresAt.UTC(), nil
+}
+
+// Bounds on the facts an agent reports (at enrollment and on every tunnel
+// connect); the request body is bounded too, these keep lists sane.
+const (
+	MaxFactPools    = 64
+	MaxFactVersions = 32
+)
+
+// AgentFacts checks the facts an agent reports. The tunnel hub calls it
+// too before UpdateAgentFacts.
+func AgentFacts(f tunnel.AgentFacts) error {
+	switch {
+	case len(f.Pools) > MaxFactPools:
+		return refuse(ErrInvalid, "facts.pools", "facts.pools has %d entries, at most %d are accepted", len(f.Pools), MaxFactPools)
+	case len(f.PostgresVersions) > MaxFactVersions:
+		return refuse(ErrInvalid, "facts.postgresVersions", "facts.postgresVersions has %d entries, at most %d are accepted", len(f.PostgresVersions), MaxFactVersions)
 	}
 	return nil
 }

@@ -176,6 +176,12 @@ func WithAuthenticator(fn func(*store.Store) principal.Authenticator) Option {
 	return func(o *server.Options, _ *server.Config) { o.Authenticators = append(o.Authenticators, fn) }
 }
 
+// WithOptions changes the server options before the start (the agent
+// disconnector of a test hub, say).
+func WithOptions(fn func(*server.Options)) Option {
+	return func(o *server.Options, _ *server.Config) { fn(o) }
+}
+
 // CookieSecret signs the login cookies of test servers.
 const CookieSecret = "platformtest-cookie-secret-0123456789abcdef"
 

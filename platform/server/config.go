@@ -59,6 +59,10 @@ type RateLimits struct {
 	BearerFailures ratelimit.Limit `yaml:"bearerFailures"`
 	// InvitationAccept: accepts per user and per client IP.
 	InvitationAccept ratelimit.Limit `yaml:"invitationAccept"`
+	// EnrollFailures: refused agent enrollments per client IP; once
+	// spent, every enrollment from that IP gets 429 (successful ones do
+	// not count, so a fleet behind one NAT address enrolls freely).
+	EnrollFailures ratelimit.Limit `yaml:"enrollFailures"`
 }
 
 // DatabaseConfig chooses the platform database.
@@ -106,6 +110,7 @@ func DefaultConfig() Config {
 			SignIn:           ratelimit.Limit{PerMinute: 30, Burst: 20},
 			BearerFailures:   ratelimit.Limit{PerMinute: 10, Burst: 20},
 			InvitationAccept: ratelimit.Limit{PerMinute: 10, Burst: 10},
+			EnrollFailures:   ratelimit.Limit{PerMinute: 10, Burst: 20},
 		},
 	}
 }
@@ -221,7 +226,7 @@ func (c *Config) Validate() error {
 	if c.ShutdownTimeout <= 0 {
 		return fmt.Errorf("shutdownTimeout %s: must be positive", c.ShutdownTimeout)
 	}
-	for name, l := range map[string]ratelimit.Limit{"signIn": c.RateLimits.SignIn, "bearerFailures": c.RateLimits.BearerFailures, "invitationAccept": c.RateLimits.InvitationAccept} {
+	for name, l := range map[string]ratelimit.Limit{"signIn": c.RateLimits.SignIn, "bearerFailures": c.RateLimits.BearerFailures, "invitationAccept": c.RateLimits.InvitationAccept, "enrollFailures": c.RateLimits.EnrollFailures} {
 		if l.PerMinute < 0 || l.Burst < 0 || (l.PerMinute > 0 && l.Burst == 0) {
 			return fmt.Errorf("rateLimits.%s: perMinute and burst must be positive (perMinute: 0 disables the limit)", name)
 		}

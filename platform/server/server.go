@@ -40,6 +40,10 @@ type Options struct {
 	// cookie; each is built once the store is open. Tests use one to act
 	// as a user without a browser sign-in.
 	Authenticators []func(*store.Store) principal.Authenticator
+	// AgentDisconnector closes a revoked agent's tunnel at once (the
+	// tunnel hub); nil when no hub runs, then revocation only stops the
+	// credential from working for the next connection.
+	AgentDisconnector api.AgentDisconnector
 }
 
 // Server is one platform replica.
@@ -109,6 +113,7 @@ func New(ctx context.Context, cfg Config, opts Options) (_ *Server, err error) {
 			SignIn:           ratelimit.New(cfg.RateLimits.SignIn),
 			BearerFailures:   ratelimit.New(cfg.RateLimits.BearerFailures),
 			InvitationAccept: ratelimit.New(cfg.RateLimits.InvitationAccept),
+			EnrollFailures:   ratelimit.New(cfg.RateLimits.EnrollFailures),
 		},
 	}
 	if s.engine, err = s.newEngine(); err != nil {
@@ -116,8 +121,8 @@ func New(ctx context.Context, cfg Config, opts Options) (_ *Server, err error) {
 	}
 	// The whole route table, in one place.
 	routes := []access.Route{{Method: http.MethodGet, Path: "/healthz", Public: true, Handler: s.healthz}}
-	routes = append(routes, api.Routes(&api.API{Store: s.store, Logger: logger})...)
-	routes = append(routes, web.New(signIn, s.store, logger).Routes()...)
+	routes = append(routes, api.Routes(&api.API{Store: s.store, Logger: logger, Audit: s.audit, Disconnector: opts.AgentDisconnector, BaseURL: signIn.BaseURL()})...)
+	routes = append(routes, web.New(signIn, s.store, logger, opts.AgentDisconnector).Routes()...)
 	if err := s.guard.Mount(s.engine, routes); err != nil {
 		return nil, err
 	}

@@ -66,6 +66,7 @@ func TestEveryPageRendersWithoutJavaScript(t *testing.T) {
 		o + "/invitations":            {`id="invitations"`, `id="invite-email"`, "No open invitations."},
 		o + "/tokens":                 {`id="tokens"`, `id="token-name"`, "No tokens yet."},
 		o + "/audit":                  {`id="audit"`, "org.create", `id="export-csv"`, "format=csv"},
+		o + "/agents":                 {`id="agents"`, "No agents enrolled yet.", `id="enrollment-name"`, "No enrollment tokens yet."},
 		s.p.URL + "/static/style.css": {".topbar"},
 	}
 	for u, want := range pages {

@@ -28,18 +28,19 @@ import (
 
 // Web serves the UI. platform/server builds it with New.
 type Web struct {
-	auth   *auth.Auth
-	store  *store.Store
-	logger *slog.Logger
+	auth         *auth.Auth
+	store        *store.Store
+	logger       *slog.Logger
+	disconnector api.AgentDisconnector
 }
 
 // New returns the UI over a's sign-in and st; its pages render a's
-// refusals too.
-func New(a *auth.Auth, st *store.Store, logger *slog.Logger) *Web {
+// refusals too. d closes revoked agents' tunnels (nil without a hub).
+func New(a *auth.Auth, st *store.Store, logger *slog.Logger, d api.AgentDisconnector) *Web {
 	if logger == nil {
 		logger = slog.Default()
 	}
-	w := &Web{auth: a, store: st, logger: logger}
+	w := &Web{auth: a, store: st, logger: logger, disconnector: d}
 	a.ErrorPage = w.errorPage
 	return w
 }
@@ -70,6 +71,11 @@ func (w *Web) Routes() []access.Route {
 		{Method: post, Path: "/o/:org/tokens", Permission: rbac.TokenManage, Action: "token.create", Handler: w.createToken, TokenRefused: api.TokenRefusedCreate},
 		{Method: post, Path: "/o/:org/tokens/:token/revoke", Permission: rbac.TokenManage, Action: "token.revoke", Handler: w.revokeToken},
 		{Method: get, Path: "/o/:org/audit", Permission: rbac.AuditRead, Handler: w.auditLog},
+		{Method: get, Path: "/o/:org/agents", Permission: rbac.AgentRead, Handler: w.agents},
+		{Method: post, Path: "/o/:org/agents/:agent/rename", Permission: rbac.AgentManage, Action: "agent.rename", Handler: w.renameAgent},
+		{Method: post, Path: "/o/:org/agents/:agent/revoke", Permission: rbac.AgentManage, Action: "agent.revoke", Handler: w.revokeAgent},
+		{Method: post, Path: "/o/:org/enrollment-tokens", Permission: rbac.AgentManage, Action: "enrollment_token.create", Handler: w.createEnrollmentToken},
+		{Method: post, Path: "/o/:org/enrollment-tokens/:enrollment/revoke", Permission: rbac.AgentManage, Action: "enrollment_token.revoke", Handler: w.revokeEnrollmentToken},
 	}
 	for i := range rs {
 		if !rs[i].Public {
@@ -204,6 +210,7 @@ func nav(org *ui.Org, role rbac.Role, route string) []ui.NavItem {
 		{"Members", "/members", rbac.MemberRead},
 		{"Invitations", "/invitations", rbac.MemberManage},
 		{"API tokens", "/tokens", rbac.TokenManage},
+		{"Agents", "/agents", rbac.AgentRead},
 		{"Audit log", "/audit", rbac.AuditRead},
 	}
 	var out []ui.NavItem
@@ -213,7 +220,7 @@ func nav(org *ui.Org, role rbac.Role, route string) []ui.NavItem {
 		}
 		out = append(out, ui.NavItem{Label: it.label, Href: base + it.path, Active: route == "/o/:org"+it.path})
 	}
-	for _, soon := range []string{"Agents", "Clones", "Billing"} {
+	for _, soon := range []string{"Clones", "Billing"} {
 		out = append(out, ui.NavItem{Label: soon, Soon: true})
 	}
 	return out

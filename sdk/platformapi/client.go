@@ -176,6 +176,49 @@ func (c *Client) RevokeToken(ctx context.Context, org, id string) error {
 	return c.do(ctx, http.MethodDelete, "/orgs/"+esc(org)+"/tokens/"+esc(id), nil, nil)
 }
 
+// EnrollmentTokens lists an organization's enrollment tokens.
+func (c *Client) EnrollmentTokens(ctx context.Context, org string) ([]EnrollmentToken, error) {
+	var out List[EnrollmentToken]
+	return out.Items, c.do(ctx, http.MethodGet, "/orgs/"+esc(org)+"/enrollment-tokens", nil, &out)
+}
+
+// CreateEnrollmentToken creates an enrollment token; the secret is in the
+// answer only.
+func (c *Client) CreateEnrollmentToken(ctx context.Context, org string, req CreateEnrollmentTokenRequest) (*CreatedEnrollmentToken, error) {
+	var out CreatedEnrollmentToken
+	return &out, c.do(ctx, http.MethodPost, "/orgs/"+esc(org)+"/enrollment-tokens", req, &out)
+}
+
+// RevokeEnrollmentToken revokes an enrollment token; agents it enrolled
+// stay enrolled.
+func (c *Client) RevokeEnrollmentToken(ctx context.Context, org, id string) error {
+	return c.do(ctx, http.MethodDelete, "/orgs/"+esc(org)+"/enrollment-tokens/"+esc(id), nil, nil)
+}
+
+// Agents lists an organization's agents, revoked ones included.
+func (c *Client) Agents(ctx context.Context, org string) ([]Agent, error) {
+	var out List[Agent]
+	return out.Items, c.do(ctx, http.MethodGet, "/orgs/"+esc(org)+"/agents", nil, &out)
+}
+
+// Agent returns one agent.
+func (c *Client) Agent(ctx context.Context, org, id string) (*Agent, error) {
+	var out Agent
+	return &out, c.do(ctx, http.MethodGet, "/orgs/"+esc(org)+"/agents/"+esc(id), nil, &out)
+}
+
+// RenameAgent renames an agent.
+func (c *Client) RenameAgent(ctx context.Context, org, id, name string) (*Agent, error) {
+	var out Agent
+	return &out, c.do(ctx, http.MethodPatch, "/orgs/"+esc(org)+"/agents/"+esc(id), UpdateAgentRequest{Name: name}, &out)
+}
+
+// RevokeAgent revokes an agent: its credential stops working and its
+// tunnel is closed.
+func (c *Client) RevokeAgent(ctx context.Context, org, id string) error {
+	return c.do(ctx, http.MethodDelete, "/orgs/"+esc(org)+"/agents/"+esc(id), nil, nil)
+}
+
 func (q AuditQuery) values(format string) url.Values {
 	v := url.Values{}
 	set := func(k, val string) {

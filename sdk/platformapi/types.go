@@ -3,7 +3,11 @@
 // jobs and tests link only this.
 package platformapi
 
-import "time"
+import (
+	"time"
+
+	"github.com/thinlab/thinlab/sdk/tunnel"
+)
 
 // ErrorBody is the one error shape of the API:
 // {"error":{"code":"...","message":"...","field":"..."}}.
@@ -144,5 +148,74 @@ type List[T any] struct {
 // CreateOrgRequest creates an organization with the caller as owner.
 type CreateOrgRequest struct {
 	Slug string `json:"slug"`
+	Name string `json:"name"`
+}
+
+// EnrollmentToken is an enrollment token's metadata; the secret is never
+// listed. MaxUses is absent for a token that enrolls any number of agents
+// until it expires.
+type EnrollmentToken struct {
+	ID        string     `json:"id"`
+	Name      string     `json:"name"`
+	Prefix    string     `json:"prefix"`
+	MaxUses   *int       `json:"max_uses,omitempty"`
+	Uses      int        `json:"uses"`
+	CreatedBy string     `json:"created_by,omitempty"`
+	CreatedAt time.Time  `json:"created_at"`
+	ExpiresAt time.Time  `json:"expires_at"`
+	RevokedAt *time.Time `json:"revoked_at,omitempty"`
+	// Usable is false once the token is revoked, expired or used up.
+	Usable bool `json:"usable"`
+}
+
+// CreateEnrollmentTokenRequest creates an enrollment token. ExpiresAt
+// defaults to 24 hours from now (at most a year ahead); SingleUse makes
+// the token enroll one agent only.
+type CreateEnrollmentTokenRequest struct {
+	Name      string     `json:"name,omitempty"`
+	ExpiresAt *time.Time `json:"expires_at,omitempty"`
+	SingleUse bool       `json:"single_use,omitempty"`
+}
+
+// CreatedEnrollmentToken carries the secret, shown this once, and the
+// command that enrolls an agent with it.
+type CreatedEnrollmentToken struct {
+	EnrollmentToken
+	Secret  string `json:"secret"`
+	Command string `json:"command"`
+}
+
+// Connection states of an agent's tunnel, as the platform last recorded.
+const (
+	AgentConnected    = "connected"
+	AgentStale        = "stale" // recorded as connected, but no heartbeat lately
+	AgentDisconnected = "disconnected"
+	AgentNeverSeen    = "never_connected"
+	AgentRevoked      = "revoked"
+)
+
+// AgentConnection is the state of an agent's tunnel. It is the platform's
+// view, apart from the agent's own health (in its facts and events).
+type AgentConnection struct {
+	State             string     `json:"state"`
+	ConnectedSince    *time.Time `json:"connected_since,omitempty"`
+	LastHeartbeatAt   *time.Time `json:"last_heartbeat_at,omitempty"`
+	DisconnectedSince *time.Time `json:"disconnected_since,omitempty"`
+}
+
+// Agent is an enrolled agent with what it last reported about itself.
+type Agent struct {
+	ID             string            `json:"id"`
+	Name           string            `json:"name"`
+	Version        string            `json:"version"`
+	EnrolledAt     time.Time         `json:"enrolled_at"`
+	RevokedAt      *time.Time        `json:"revoked_at,omitempty"`
+	Connection     AgentConnection   `json:"connection"`
+	Facts          tunnel.AgentFacts `json:"facts"`
+	FactsUpdatedAt time.Time         `json:"facts_updated_at"`
+}
+
+// UpdateAgentRequest renames an agent.
+type UpdateAgentRequest struct {
 	Name string `json:"name"`
 }

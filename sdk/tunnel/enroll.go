@@ -50,6 +50,18 @@ type AgentFacts struct {
 	MaxClones          int        `json:"maxClones"` // 0 means unlimited
 	CloneUIDsAvailable int        `json:"cloneUidsAvailable"`
 	StartedAt          time.Time  `json:"startedAt"`
+	// Retrieval is the state of the agent's data retrieval, as its DLE
+	// API reports it under "retrieving" (empty when it has none).
+	Retrieval RetrievalFact `json:"retrieval"`
+}
+
+// RetrievalFact is how the agent gets its data: mode (logical, physical),
+// status (finished, refreshing, failed, ...) and the refresh times.
+type RetrievalFact struct {
+	Mode        string     `json:"mode,omitempty"`
+	Status      string     `json:"status,omitempty"`
+	LastRefresh *time.Time `json:"lastRefresh,omitempty"`
+	NextRefresh *time.Time `json:"nextRefresh,omitempty"`
 }
 
 // PoolFact is one pool of an agent.
