@@ -27,11 +27,11 @@ func (a *Agent) newPlatformTunnel(version, instanceID string, startedAt time.Tim
 	if pc.URL == "" {
 		return nil, nil //nolint:nilnil // no platform configured is not an error: the agent runs on its own
 	}
-	cred, err := agenttunnel.LoadCredential(a.cfg.StateDir)
-	if err != nil {
+	_, err := agenttunnel.LoadCredential(a.cfg.StateDir)
+	if err != nil && !errors.Is(err, agenttunnel.ErrNoCredential) {
 		return nil, err
 	}
-	if cred == nil && pc.EnrollToken == "" {
+	if err != nil && pc.EnrollToken == "" {
 		return nil, errors.New("platform.enrollToken is empty and this agent has no platform credential yet: set platform.enrollToken (or --enroll-token) to the enrollment token created on the platform")
 	}
 	client, err := agenttunnel.New(agenttunnel.Options{

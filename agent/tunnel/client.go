@@ -216,14 +216,13 @@ func (c *Client) credential(ctx context.Context) (*Credential, error) {
 		return cred, nil
 	}
 	cred, err := LoadCredential(c.opt.StateDir)
-	if err != nil {
-		return nil, err
-	}
-	if cred == nil {
+	if errors.Is(err, ErrNoCredential) {
 		if cred, err = Enroll(ctx, c.ep, c.opt.EnrollToken, c.opt.StateDir, c.opt.Facts()); err != nil {
 			return nil, err
 		}
 		c.log.Info("platform tunnel: enrolled", "agentId", cred.AgentID, "name", cred.Name)
+	} else if err != nil {
+		return nil, err
 	}
 	c.mu.Lock()
 	c.cred = cred

@@ -58,7 +58,7 @@ func ParseEndpoint(raw, caFile string, insecure bool) (*Endpoint, error) {
 	if u.Scheme == "https" {
 		ep.TLS = &tls.Config{MinVersion: tls.VersionTLS12}
 		if caFile != "" {
-			pem, err := os.ReadFile(caFile)
+			pem, err := os.ReadFile(caFile) //nolint:gosec // G304: the operator names the CA file (platform.caFile); reading it is the point
 			if err != nil {
 				return nil, fmt.Errorf("platform.caFile: %w", err)
 			}
@@ -156,11 +156,15 @@ type Credential struct {
 	Credential     string `json:"credential"`
 }
 
-// LoadCredential reads the credential file; (nil, nil) when there is none.
+// ErrNoCredential is returned by LoadCredential before enrollment.
+var ErrNoCredential = errors.New("this agent has no platform credential yet")
+
+// LoadCredential reads the credential file; ErrNoCredential when there is
+// none.
 func LoadCredential(stateDir string) (*Credential, error) {
-	raw, err := os.ReadFile(filepath.Join(stateDir, tunnel.CredentialFile))
+	raw, err := os.ReadFile(filepath.Join(stateDir, tunnel.CredentialFile)) //nolint:gosec // G304: a fixed name in the agent's root-owned state directory
 	if errors.Is(err, os.ErrNotExist) {
-		return nil, nil
+		return nil, ErrNoCredential
 	}
 	if err != nil {
 		return nil, fmt.Errorf("platform credential: %w", err)

@@ -120,13 +120,17 @@ type platform struct {
 }
 
 // startPlatform starts a replica on addr ("" for a fresh port).
-func startPlatform(t *testing.T, db *platformDB, files tlstest.Files, addr string) *platform {
+func startPlatform(t testing.TB, db *platformDB, files tlstest.Files, addr string) *platform {
 	t.Helper()
 	p := &platform{db: db, tls: files, logs: &logtest.Buffer{}}
 	h, err := hub.New(hub.Options{
-		Authenticate:      db.authenticate,
-		OnEvents:          db.storeEvents,
-		OnConnect:         func(_ context.Context, _ hub.AgentIdentity, f tunnel.AgentFacts) { db.mu.Lock(); db.facts = append(db.facts, f); db.mu.Unlock() },
+		Authenticate: db.authenticate,
+		OnEvents:     db.storeEvents,
+		OnConnect: func(_ context.Context, _ hub.AgentIdentity, f tunnel.AgentFacts) {
+			db.mu.Lock()
+			db.facts = append(db.facts, f)
+			db.mu.Unlock()
+		},
 		OnDisconnect:      func(hub.AgentIdentity) { db.mu.Lock(); db.disconnects++; db.mu.Unlock() },
 		Logger:            p.logs.Logger(),
 		HeartbeatInterval: testHeartbeat,
@@ -206,7 +210,7 @@ type agentConfig struct {
 	proxy    func(*http.Request) (*url.URL, error)
 }
 
-func startAgent(t *testing.T, cfg agentConfig) *agentSide {
+func startAgent(t testing.TB, cfg agentConfig) *agentSide {
 	t.Helper()
 	a := &agentSide{bus: events.NewBus(), logs: &logtest.Buffer{}, done: make(chan struct{})}
 	c, err := agenttunnel.New(agenttunnel.Options{
@@ -247,7 +251,7 @@ func (a *agentSide) stop() {
 
 // waitFor polls cond until it holds or a generous bound passes (the bound
 // only keeps a broken test from hanging; no timing is asserted).
-func waitFor(t *testing.T, what string, cond func() bool) {
+func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for !cond() {
@@ -259,7 +263,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 }
 
 // agentID is the id the platform gave the (only) enrolled agent.
-func (db *platformDB) agentID(t *testing.T) string {
+func (db *platformDB) agentID(t testing.TB) string {
 	t.Helper()
 	db.mu.Lock()
 	defer db.mu.Unlock()

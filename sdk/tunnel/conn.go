@@ -41,8 +41,7 @@ func (c *wsConn) Read(p []byte) (int, error) {
 		if c.r == nil {
 			typ, r, err := c.ws.NextReader()
 			if err != nil {
-				var ce *websocket.CloseError
-				if errors.As(err, &ce) {
+				if _, ok := errors.AsType[*websocket.CloseError](err); ok {
 					return 0, io.EOF
 				}
 				return 0, err
