@@ -24,10 +24,12 @@ import (
 	"github.com/thinlab/thinlab/agent/api"
 	"github.com/thinlab/thinlab/agent/clone"
 	"github.com/thinlab/thinlab/agent/config"
+	"github.com/thinlab/thinlab/agent/events"
 	"github.com/thinlab/thinlab/agent/retrieval"
 	"github.com/thinlab/thinlab/agent/snapshot"
 	"github.com/thinlab/thinlab/agent/storage"
 	"github.com/thinlab/thinlab/agent/storage/backend"
+	agenttunnel "github.com/thinlab/thinlab/agent/tunnel"
 	"github.com/thinlab/thinlab/internal/pgcluster"
 	"github.com/thinlab/thinlab/internal/version"
 )
@@ -78,6 +80,11 @@ type Agent struct {
 	// server.metricsAddress (nil when unset).
 	metricsListener net.Listener
 	metricsServer   *http.Server
+	// events is where clones (and later retrieval and snapshots) announce
+	// what happened; tunnel delivers them to the platform (nil without
+	// platform.url).
+	events *events.Bus
+	tunnel *agenttunnel.Client
 }
 
 // New opens everything cfg describes and listens on server.host:port; Run
@@ -101,8 +108,7 @@ func NewWithOptions(ctx context.Context, opt Options) (a *Agent, err error) {
 	if err := cfg.ValidateServer(); err != nil {
 		return nil, fmt.Errorf("config: %w", err)
 	}
-	a = &Agent{cfg: cfg, log: log}
-	warnUnusedPlatform(cfg, log)
+	a = &Agent{cfg: cfg, log: log, events: events.NewBus()}
 	// Undo what was built when a later step fails: clones keep running
 	// (the next start finds them), only this process lets go.
 	defer func() {
@@ -119,7 +125,7 @@ func NewWithOptions(ctx context.Context, opt Options) (a *Agent, err error) {
 			return nil, err
 		}
 	}
-	if a.clones, err = clone.NewManager(ctx, clone.Options{Config: cfg, Pools: a.pools, Logger: log}); err != nil {
+	if a.clones, err = clone.NewManager(ctx, clone.Options{Config: cfg, Pools: a.pools, Logger: log, Events: a.events}); err != nil {
 		return nil, fmt.Errorf("clones: %w", err)
 	}
 	var retrievalPool storage.Pool
@@ -140,6 +146,7 @@ func NewWithOptions(ctx context.Context, opt Options) (a *Agent, err error) {
 	if err != nil {
 		return nil, err
 	}
+	startedAt, ver := time.Now(), cmp.Or(opt.Version, version.Version)
 	a.api = api.New(api.Options{
 		Config:     cfg,
 		Clones:     a.clones,
@@ -147,10 +154,13 @@ func NewWithOptions(ctx context.Context, opt Options) (a *Agent, err error) {
 		Snapshots:  a.snapshots,
 		Pools:      a.pools,
 		Logger:     log,
-		Version:    cmp.Or(opt.Version, version.Version),
+		Version:    ver,
 		InstanceID: instanceID,
-		StartedAt:  time.Now(),
+		StartedAt:  startedAt,
 	})
+	if a.tunnel, err = a.newPlatformTunnel(ver, instanceID, startedAt); err != nil {
+		return nil, err
+	}
 	addr := net.JoinHostPort(cfg.Server.Host, strconv.Itoa(cfg.Server.Port))
 	if a.listener, err = net.Listen("tcp", addr); err != nil {
 		return nil, fmt.Errorf("server: listen on %s (server.host, server.port): %w", addr, err)
@@ -271,6 +281,16 @@ func (a *Agent) Run(ctx context.Context) error {
 		go func() { serveErr <- a.metricsServer.Serve(a.metricsListener) }()
 	}
 
+	tunnelCtx, stopTunnel := context.WithCancel(ctx)
+	tunnelDone := make(chan struct{})
+	go func() {
+		defer close(tunnelDone)
+		if a.tunnel != nil {
+			a.log.Info("connecting to the platform", "url", a.cfg.Platform.URL)
+			_ = a.tunnel.Run(tunnelCtx) // retries until its context ends, then returns nil
+		}
+	}()
+
 	var err error
 	select {
 	case <-ctx.Done():
@@ -294,6 +314,8 @@ func (a *Agent) Run(ctx context.Context) error {
 			_ = a.metricsServer.Close()
 		}
 	}
+	stopTunnel()
+	<-tunnelDone
 	a.close()
 	a.log.Info("agent stopped")
 	return err
@@ -301,6 +323,12 @@ func (a *Agent) Run(ctx context.Context) error {
 
 // close releases everything in reverse order of New. Clones keep running.
 func (a *Agent) close() {
+	if a.tunnel != nil {
+		if err := a.tunnel.Close(); err != nil {
+			a.log.Warn("closing the platform event journal failed", "err", err)
+		}
+		a.tunnel = nil
+	}
 	if a.api != nil {
 		a.api.Close()
 	}
@@ -332,14 +360,4 @@ func (a *Agent) Close() error {
 	}
 	a.close()
 	return errors.Join(errs...)
-}
-
-// warnUnusedPlatform says at start that the platform: section is checked
-// but not acted on: the agent does not connect to a platform yet,
-// and an operator who configured one should not believe it does.
-func warnUnusedPlatform(cfg *config.Config, log *slog.Logger) {
-	if cfg.Platform.URL == "" && cfg.Platform.Token == "" {
-		return
-	}
-	log.Warn("config: the platform section is validated but not used yet: this agent does not connect to a platform", "platform.url", cfg.Platform.URL)
 }

@@ -3,31 +3,19 @@ package agent
 import (
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/thinlab/thinlab/agent/config"
-	"github.com/thinlab/thinlab/internal/logtest"
 )
 
-func TestWarnUnusedPlatform(t *testing.T) {
-	const secret = "enroll-secret-4f2a"
-	for _, tc := range []struct {
-		name     string
-		platform config.Platform
-		warn     bool
-	}{
-		{"unset", config.Platform{}, false},
-		{"set", config.Platform{URL: "https://thinlab.example.com", Token: secret}, true},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			logs := &logtest.Buffer{}
-			warnUnusedPlatform(&config.Config{Platform: tc.platform}, logs.Logger())
-			got := strings.Contains(logs.String(), "platform section is validated but not used")
-			if got != tc.warn {
-				t.Fatalf("warning logged = %v, want %v; log:\n%s", got, tc.warn, logs.String())
-			}
-			if strings.Contains(logs.String(), secret) {
-				t.Fatalf("the platform token reached the log:\n%s", logs.String())
-			}
-		})
+func TestPlatformTunnelNeedsEnrollTokenOrCredential(t *testing.T) {
+	a := &Agent{cfg: &config.Config{StateDir: t.TempDir(), Platform: config.Platform{URL: "https://thinlab.example.com"}}}
+	_, err := a.newPlatformTunnel("test", "inst", time.Now())
+	if err == nil || !strings.Contains(err.Error(), "platform.enrollToken") {
+		t.Fatalf("err = %v, want one naming platform.enrollToken", err)
+	}
+	a.cfg.Platform.URL = ""
+	if c, err := a.newPlatformTunnel("test", "inst", time.Now()); c != nil || err != nil {
+		t.Fatalf("without platform.url: %v %v, want no tunnel and no error", c, err)
 	}
 }

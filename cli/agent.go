@@ -2,6 +2,7 @@ package cli
 
 import (
 	"errors"
+	"fmt"
 	"log/slog"
 	"os"
 
@@ -22,7 +23,7 @@ func newAgentCommand() *cobra.Command {
 }
 
 func newAgentRunCommand() *cobra.Command {
-	var configPath string
+	var configPath, platformURL, enrollToken string
 	cmd := &cobra.Command{
 		Use:   "run",
 		Short: "Run the agent: pools, clones, retrieval and the DLE-compatible API",
@@ -38,6 +39,9 @@ keep running when the agent stops; the next start finds them again.`,
 			if err != nil {
 				return err
 			}
+			if err := applyPlatformFlags(cfg, configPath, platformURL, enrollToken); err != nil {
+				return err
+			}
 			a, err := agent.NewWithOptions(cmd.Context(), agent.Options{Config: cfg, Logger: slog.Default(), Version: version.Version})
 			if err != nil {
 				return err
@@ -46,5 +50,25 @@ keep running when the agent stops; the next start finds them again.`,
 		},
 	}
 	cmd.Flags().StringVar(&configPath, "config", os.Getenv("THINLAB_AGENT_CONFIG"), "agent configuration file (env THINLAB_AGENT_CONFIG)")
+	cmd.Flags().StringVar(&platformURL, "platform", "", "platform URL to connect to (overrides platform.url)")
+	cmd.Flags().StringVar(&enrollToken, "enroll-token", os.Getenv("THINLAB_ENROLL_TOKEN"), "enrollment token, used once to get the agent's credential (overrides platform.enrollToken; env THINLAB_ENROLL_TOKEN)")
 	return cmd
+}
+
+// applyPlatformFlags lets --platform and --enroll-token override the
+// config file, and validates the result like the file itself.
+func applyPlatformFlags(cfg *config.Config, configPath, platformURL, enrollToken string) error {
+	if platformURL == "" && enrollToken == "" {
+		return nil
+	}
+	if platformURL != "" {
+		cfg.Platform.URL = platformURL
+	}
+	if enrollToken != "" {
+		cfg.Platform.EnrollToken = enrollToken
+	}
+	if err := cfg.Validate(); err != nil {
+		return fmt.Errorf("%s with --platform/--enroll-token: %w", configPath, err)
+	}
+	return nil
 }

@@ -24,6 +24,11 @@ func TestAgentRunInputErrors(t *testing.T) {
 	if err := os.WriteFile(noToken, []byte("pools: [{name: p, mode: btrfs, path: /nonexistent}]\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	// Complete with a token: --platform is validated like platform.url.
+	withToken := filepath.Join(dir, "token.yml")
+	if err := os.WriteFile(withToken, []byte("server: {verificationToken: 0123456789abcdef0123456789abcdef}\npools: [{name: p, mode: btrfs, path: /nonexistent}]\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	t.Setenv("THINLAB_AGENT_CONFIG", "")
 	for _, tc := range []struct {
 		args []string
@@ -35,6 +40,8 @@ func TestAgentRunInputErrors(t *testing.T) {
 		{[]string{"agent", "run", "--config", invalid}, "pools is empty"},
 		{[]string{"agent", "run", "extra-arg", "--config", invalid}, "unknown command"},
 		{[]string{"agent", "run", "--config", noToken}, "server.verificationToken is empty"},
+		{[]string{"agent", "run", "--config", withToken, "--platform", "http://platform.example.com", "--enroll-token", "t"}, "platform.insecure"},
+		{[]string{"agent", "run", "--config", withToken, "--enroll-token", "t"}, "platform.url is empty"},
 	} {
 		root := NewRootCommand()
 		root.SetArgs(tc.args)

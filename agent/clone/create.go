@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/rs/xid"
+	"github.com/thinlab/thinlab/agent/events"
 	"github.com/thinlab/thinlab/agent/runtime"
 	"github.com/thinlab/thinlab/agent/storage"
 	"github.com/thinlab/thinlab/internal/pgcluster"
@@ -117,6 +118,7 @@ func (m *Manager) Create(ctx context.Context, r CreateRequest) (Clone, error) {
 		return Clone{}, err
 	}
 	m.log.Info("creating clone", "clone", id, "snapshot", snap.ID, "port", port, "user", r.Username, "restricted", r.Restricted)
+	m.emit(events.CloneCreating, spec, events.Info, MessageCreating)
 	go func() {
 		defer m.ops.Done()
 		m.runBuild(spec, "")
@@ -151,6 +153,7 @@ func (m *Manager) runBuild(spec record, oldPool string) {
 			m.log.Error("clone rollback failed", "clone", spec.ID, "err", rerr)
 		}
 		reset := oldPool != ""
+		m.emit(events.CloneFailed, spec, events.Error, err.Error())
 		m.update(spec.ID, func(r *record) {
 			r.Status = StatusFatal
 			r.StatusMessage = err.Error()
@@ -165,6 +168,7 @@ func (m *Manager) runBuild(spec record, oldPool string) {
 		return
 	}
 	took := time.Since(start)
+	m.emit(events.CloneReady, spec, events.Info, MessageOK)
 	m.update(spec.ID, func(r *record) {
 		r.Status = StatusOK
 		r.StatusMessage = MessageOK

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/thinlab/thinlab/agent/events"
 	"github.com/thinlab/thinlab/agent/runtime"
 	"github.com/thinlab/thinlab/agent/storage"
 )
@@ -48,12 +49,16 @@ func (m *Manager) runDestroy(spec record) {
 	defer cancel()
 	if err := m.teardown(ctx, spec.Pool, spec.ID, spec.Mountpoint, spec.UID); err != nil {
 		m.log.Error("destroy clone failed", "clone", spec.ID, "err", err)
+		m.emit(events.CloneFailed, spec, events.Error, "delete failed: "+err.Error())
 		m.update(spec.ID, func(r *record) {
 			r.Status = StatusFatal
 			r.StatusMessage = "delete failed: " + err.Error()
 		})
 		return
 	}
+	// Announced before the clone leaves the list: whoever sees it gone
+	// has the event already.
+	m.emit(events.CloneDestroyed, spec, events.Info, "")
 	m.remove(spec.ID)
 	m.log.Info("clone destroyed", "clone", spec.ID)
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/thinlab/thinlab/agent/clone"
 	"github.com/thinlab/thinlab/agent/clone/clonetest"
 	"github.com/thinlab/thinlab/agent/config"
+	"github.com/thinlab/thinlab/agent/events"
 	"github.com/thinlab/thinlab/agent/runtime"
 	"github.com/thinlab/thinlab/agent/storage"
 	"github.com/thinlab/thinlab/internal/logtest"
@@ -54,6 +55,17 @@ type env struct {
 	log   *logtest.Buffer
 	clock *fakeClock
 	snaps []storage.Snapshot
+	// bus receives the managers' events; kinds records them per clone.
+	bus   *events.Bus
+	evMu  sync.Mutex
+	kinds map[string][]events.Kind
+}
+
+// eventKinds is the kinds of events emitted for clone id, in order.
+func (e *env) eventKinds(id string) []events.Kind {
+	e.evMu.Lock()
+	defer e.evMu.Unlock()
+	return append([]events.Kind(nil), e.kinds[id]...)
 }
 
 // sourceSQL is the "production" data of the first snapshot: a table, an
@@ -79,7 +91,12 @@ func newEnv(t *testing.T, ports int) *env {
 	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
 	t.Cleanup(cancel)
 	p := clonetest.NewPool(t)
-	e := &env{t: t, ctx: ctx, pool: p, log: &logtest.Buffer{}, clock: &fakeClock{t: time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)}}
+	e := &env{t: t, ctx: ctx, pool: p, log: &logtest.Buffer{}, clock: &fakeClock{t: time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)}, bus: events.NewBus(), kinds: map[string][]events.Kind{}}
+	e.bus.Subscribe(func(ev events.Event) {
+		e.evMu.Lock()
+		defer e.evMu.Unlock()
+		e.kinds[ev.Clone] = append(e.kinds[ev.Clone], ev.Kind)
+	})
 	e.snaps = append(e.snaps, clonetest.Fill(t, p, sourceSQL...))
 	cfg := clonetest.Config(t, p, ports)
 	cfg.Cloning.MaxIdleMinutes = 10
@@ -109,7 +126,7 @@ func (e *env) addSnapshot(sql ...string) storage.Snapshot {
 func (e *env) manager() *clone.Manager {
 	e.t.Helper()
 	logger := e.log.Logger()
-	m, err := clone.NewManager(e.ctx, clone.Options{Config: e.cfg, Pools: []storage.Pool{e.pool}, Logger: logger, Now: e.clock.Now, CheckInterval: -1})
+	m, err := clone.NewManager(e.ctx, clone.Options{Config: e.cfg, Pools: []storage.Pool{e.pool}, Logger: logger, Now: e.clock.Now, CheckInterval: -1, Events: e.bus})
 	if err != nil {
 		e.t.Fatal(err)
 	}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/thinlab/thinlab/agent/config"
+	"github.com/thinlab/thinlab/agent/events"
 	"github.com/thinlab/thinlab/agent/runtime"
 	"github.com/thinlab/thinlab/agent/storage"
 	"github.com/thinlab/thinlab/internal/pgcluster"
@@ -37,6 +38,9 @@ type Options struct {
 	// CgroupRoot is where the cgroup filesystems are mounted (the
 	// runtime's default when empty); tests point it elsewhere.
 	CgroupRoot string
+	// Events, when set, receives the clones' lifecycle events (creating,
+	// ready, failed, reset, destroyed, protected).
+	Events *events.Bus
 }
 
 // Manager owns every clone of the agent. It is safe for concurrent use.
@@ -49,6 +53,7 @@ type Manager struct {
 	poolByName map[string]storage.Pool
 	// connectHost is where the agent checks readiness over TCP.
 	connectHost string
+	events      *events.Bus
 
 	mu      sync.Mutex
 	clones  map[string]*record
@@ -97,6 +102,7 @@ func NewManager(ctx context.Context, opt Options) (*Manager, error) {
 		pools:       opt.Pools,
 		poolByName:  map[string]storage.Pool{},
 		connectHost: connectHost(cfg.Provision.ListenAddresses),
+		events:      opt.Events,
 		clones:      map[string]*record{},
 		changed:     make(chan struct{}),
 	}

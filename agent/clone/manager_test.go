@@ -2,6 +2,7 @@ package clone_test
 
 import (
 	"errors"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -9,6 +10,7 @@ import (
 	"time"
 
 	"github.com/thinlab/thinlab/agent/clone"
+	"github.com/thinlab/thinlab/agent/events"
 )
 
 func TestLifecycle(t *testing.T) {
@@ -77,6 +79,10 @@ func TestLifecycle(t *testing.T) {
 	}
 	if err := m.Destroy(e.ctx, "life1"); !errors.Is(err, clone.ErrNotFound) {
 		t.Fatalf("destroy again: %v", err)
+	}
+	want := []events.Kind{events.CloneCreating, events.CloneReady, events.CloneProtected, events.CloneProtected, events.CloneDestroyed}
+	if got := e.eventKinds("life1"); !slices.Equal(got, want) {
+		t.Fatalf("events = %v, want %v", got, want)
 	}
 	e.assertNoLeaks(m)
 }

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"math"
 	"time"
+
+	"github.com/thinlab/thinlab/agent/events"
 )
 
 // UpdateProtection protects or unprotects a clone. durationMinutes nil
@@ -27,10 +29,12 @@ func (m *Manager) UpdateProtection(id string, protected bool, durationMinutes *u
 	}
 	m.changedLocked()
 	view := m.view(rec)
+	spec := *rec
 	m.mu.Unlock()
 	if err := m.save(); err != nil {
 		return Clone{}, err
 	}
+	m.bus().Emit(cloneEvent(events.CloneProtected, spec, events.Info, "").WithData(protectionData{Protected: protected, Till: view.ProtectedTill}))
 	m.log.Info("clone protection changed", "clone", id, "protected", protected, "till", view.ProtectedTill)
 	return view, nil
 }

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"maps"
 	"time"
+
+	"github.com/thinlab/thinlab/agent/events"
 )
 
 // Reset re-creates the clone from another snapshot (or the latest)
@@ -65,6 +67,7 @@ func (m *Manager) Reset(ctx context.Context, id string, r ResetRequest) (Clone, 
 	m.mu.Unlock()
 	_ = m.save() // save logs a failure, and the next change writes the state again
 	m.log.Info("resetting clone", "clone", id, "snapshot", snap.ID)
+	m.emit(events.CloneReset, spec, events.Info, MessageResetting)
 	go func() {
 		defer m.ops.Done()
 		m.runBuild(spec, oldPool)

@@ -210,10 +210,24 @@ func (s Source) ResolvedPassword() string {
 	return ""
 }
 
-// Platform is the control plane the agent may connect to (later issue).
+// Platform is the control plane the agent connects to (optional): the
+// agent dials out to URL over a websocket tunnel (agent/tunnel).
 type Platform struct {
-	URL   string `yaml:"url"`
-	Token string `yaml:"token"`
+	// URL is the platform's address, https://... (plain http only to a
+	// loopback address or with Insecure).
+	URL string `yaml:"url"`
+	// EnrollToken is exchanged once for the agent's credential, which is
+	// then kept in stateDir (platform-credential.json, mode 0600); the
+	// token is not needed after that.
+	EnrollToken string `yaml:"enrollToken"`
+	// Name is the agent's name on the platform (default: the host name).
+	Name string `yaml:"name"`
+	// CAFile, when set, is the only CA trusted for the platform's
+	// certificate (default: the system roots).
+	CAFile string `yaml:"caFile"`
+	// Insecure allows plain http to a non-loopback platform (development
+	// only: the tunnel carries the agent's credential and API).
+	Insecure bool `yaml:"insecure"`
 }
 
 // Defaults.

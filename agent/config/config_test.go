@@ -47,7 +47,9 @@ retrieval:
 stateDir: /var/lib/thinlab/state
 platform:
   url: https://thinlab.example.com
-  token: tok
+  enrollToken: tok
+  name: db-host-1
+  caFile: /etc/thinlab/platform-ca.pem
 `
 
 func TestParseFull(t *testing.T) {
@@ -124,8 +126,10 @@ func TestErrorsNameFieldAndFix(t *testing.T) {
 		{"retrieval relative CA", base + "retrieval: {mode: logical, source: {host: x, username: u, sslRootCert: ca.pem}}\n", []string{`retrieval.source.sslRootCert "ca.pem" must be an absolute path`}},
 		{"retrieval physical", base + "retrieval: {mode: physical}\n", []string{"not supported yet"}},
 		{"state dir", base + "stateDir: relative\n", []string{"stateDir \"relative\" must be an absolute path"}},
-		{"platform url", base + "platform: {url: 'ftp://x', token: t}\n", []string{"platform.url"}},
-		{"platform token", base + "platform: {url: 'https://x'}\n", []string{"platform.token is empty"}},
+		{"platform url", base + "platform: {url: 'ftp://x', enrollToken: t}\n", []string{"platform.url"}},
+		{"platform plain http", base + "platform: {url: 'http://platform.example.com'}\n", []string{"platform.url", "platform.insecure"}},
+		{"platform relative CA", base + "platform: {url: 'https://x', caFile: ca.pem}\n", []string{`platform.caFile "ca.pem" must be an absolute path`}},
+		{"platform token without url", base + "platform: {enrollToken: t}\n", []string{"platform.url is empty"}},
 		{"type error", base + "server: {port: abc}\n", []string{"line 2", "abc"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

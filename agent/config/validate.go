@@ -177,14 +177,19 @@ func (c *Config) Validate() error {
 		bad("stateDir %q must be an absolute path (e.g. /var/lib/thinlab)", c.StateDir)
 	}
 
-	if c.Platform.URL != "" {
-		u, err := url.Parse(c.Platform.URL)
-		if err != nil || u.Host == "" || !slices.Contains([]string{"http", "https", "ws", "wss"}, u.Scheme) {
-			bad("platform.url %q must be an http(s) URL such as https://thinlab.example.com", c.Platform.URL)
+	if pl := c.Platform; pl.URL != "" {
+		u, err := url.Parse(pl.URL)
+		switch {
+		case err != nil || u.Host == "" || !slices.Contains([]string{"http", "https", "ws", "wss"}, u.Scheme):
+			bad("platform.url %q must be an https URL such as https://thinlab.example.com", pl.URL)
+		case (u.Scheme == "http" || u.Scheme == "ws") && !pl.Insecure && !isLoopbackHost(u.Hostname()):
+			bad("platform.url %q is plain http: use https, or set platform.insecure: true (development only; the tunnel carries the agent's credential and API)", pl.URL)
 		}
-		if c.Platform.Token == "" {
-			bad("platform.token is empty: set the enrollment or agent token given by the platform")
+		if pl.CAFile != "" && !filepath.IsAbs(pl.CAFile) {
+			bad("platform.caFile %q must be an absolute path", pl.CAFile)
 		}
+	} else if c.Platform.EnrollToken != "" || c.Platform.CAFile != "" || c.Platform.Name != "" {
+		bad("platform.url is empty but other platform keys are set: set platform.url to connect the agent to a platform, or remove the platform section")
 	}
 	return errors.Join(errs...)
 }
@@ -273,4 +278,12 @@ func GenerateToken() string {
 	b := make([]byte, 32)
 	_, _ = rand.Read(b) // crypto/rand.Read never fails on Linux
 	return hex.EncodeToString(b)
+}
+
+func isLoopbackHost(h string) bool {
+	if h == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(h)
+	return ip != nil && ip.IsLoopback()
 }

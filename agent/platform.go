@@ -1,0 +1,122 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"time"
+
+	"github.com/thinlab/thinlab/agent/clone"
+	"github.com/thinlab/thinlab/agent/config"
+	agenttunnel "github.com/thinlab/thinlab/agent/tunnel"
+	"github.com/thinlab/thinlab/sdk/tunnel"
+)
+
+// DLEAPIVersion is the Database Lab Engine API version the agent's API
+// follows (sent to the platform in the agent's facts).
+const DLEAPIVersion = "v3"
+
+// newPlatformTunnel builds the tunnel to the platform when platform.url
+// is set (nil otherwise). Without a credential in the state directory it
+// needs platform.enrollToken.
+func (a *Agent) newPlatformTunnel(version, instanceID string, startedAt time.Time) (*agenttunnel.Client, error) {
+	pc := a.cfg.Platform
+	if pc.URL == "" {
+		return nil, nil //nolint:nilnil // no platform configured is not an error: the agent runs on its own
+	}
+	_, err := agenttunnel.LoadCredential(a.cfg.StateDir)
+	if err != nil && !errors.Is(err, agenttunnel.ErrNoCredential) {
+		return nil, err
+	}
+	if err != nil && pc.EnrollToken == "" {
+		return nil, errors.New("platform.enrollToken is empty and this agent has no platform credential yet: set platform.enrollToken (or --enroll-token) to the enrollment token created on the platform")
+	}
+	client, err := agenttunnel.New(agenttunnel.Options{
+		URL:         pc.URL,
+		CAFile:      pc.CAFile,
+		Insecure:    pc.Insecure,
+		EnrollToken: pc.EnrollToken,
+		StateDir:    a.cfg.StateDir,
+		API:         a.api.Handler(),
+		APIToken:    a.cfg.Server.VerificationToken,
+		CloneTarget: liveClonePort(a.clones),
+		Facts:       func() tunnel.AgentFacts { return a.facts(version, instanceID, startedAt) },
+		Events:      a.events,
+		Logger:      a.log,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("platform: %w", err)
+	}
+	if pc.Insecure {
+		a.log.Warn("INSECURE: platform.insecure is set: the tunnel to the platform may run without TLS; for development only")
+	}
+	return client, nil
+}
+
+// liveClonePort allows TCP streams only to ports of clones that are
+// ready (status OK): never the API, never a clone being created, reset or
+// deleted, never another process on the host.
+func liveClonePort(m *clone.Manager) agenttunnel.CloneTarget {
+	return func(port int) bool {
+		return slices.ContainsFunc(m.List(), func(c clone.Clone) bool {
+			return c.Port == port && c.Status == clone.StatusOK
+		})
+	}
+}
+
+// facts describe the agent to the platform.
+func (a *Agent) facts(version, instanceID string, startedAt time.Time) tunnel.AgentFacts {
+	name := a.cfg.Platform.Name
+	if name == "" {
+		name, _ = os.Hostname() // an empty name is shown as the agent id by the platform
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	clones := a.clones.List()
+	f := tunnel.AgentFacts{
+		Name:             name,
+		Version:          version,
+		InstanceID:       instanceID,
+		DLEAPIVersion:    DLEAPIVersion,
+		PostgresVersions: postgresVersions(a.cfg),
+		StartedAt:        startedAt,
+	}
+	for _, p := range a.pools {
+		pf := tunnel.PoolFact{Name: p.Name(), Backend: p.Mode(), Mode: "active"}
+		if u, err := p.Usage(ctx); err == nil {
+			pf.TotalBytes, pf.FreeBytes, pf.UsedBytes = u.Size, u.Free, u.Used
+		}
+		if snaps, err := p.Snapshots(ctx); err == nil {
+			pf.Snapshots = len(snaps)
+			if len(snaps) == 0 {
+				pf.Mode = "empty"
+			}
+		}
+		for _, c := range clones {
+			if c.Pool == p.Name() {
+				pf.Clones++
+			}
+		}
+		f.Pools = append(f.Pools, pf)
+	}
+	return f
+}
+
+// postgresVersions lists the major versions installed under
+// provision.pgBinRoot (directories with a bin/postgres).
+func postgresVersions(cfg *config.Config) []string {
+	entries, err := os.ReadDir(cfg.Provision.PgBinRoot)
+	if err != nil {
+		return nil
+	}
+	var out []string
+	for _, e := range entries {
+		if _, err := os.Stat(filepath.Join(cfg.Provision.PgBinRoot, e.Name(), "bin", "postgres")); err == nil {
+			out = append(out, e.Name())
+		}
+	}
+	return out
+}

@@ -1,0 +1,464 @@
+// Package hub is the platform's end of the agent tunnels (sdk/tunnel):
+// an http.Handler that accepts agents' websockets at tunnel.TunnelPath,
+// holds one session per agent and lets the rest of the platform call an
+// agent's API (RoundTripper, Do) and open TCP streams to its clones
+// (DialClone). Who an agent is, what happens when it connects and where
+// its events go are pluggable functions, so the hub knows no database.
+//
+// The hub is one replica's view: an agent is connected to exactly one
+// replica at a time; routing between replicas is the caller's business.
+package hub
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"github.com/hashicorp/yamux"
+
+	"github.com/thinlab/thinlab/sdk/tunnel"
+)
+
+// AgentIdentity is who a tunnel belongs to, as established by
+// Authenticate from the agent's credential.
+type AgentIdentity struct {
+	AgentID string
+	OrgID   string
+}
+
+// Options configure a Hub. Authenticate is required.
+type Options struct {
+	// Authenticate checks the agent's credential (Authorization: Bearer)
+	// and says who it is. An error answers 401 and no session is made;
+	// it must not reveal why (the error is logged, never the credential).
+	Authenticate func(ctx context.Context, r *http.Request) (AgentIdentity, error)
+	// OnConnect is called when an agent's session is established, with the
+	// facts it sent (and again with ControlFacts updates). It must return
+	// quickly.
+	OnConnect func(ctx context.Context, agent AgentIdentity, facts tunnel.AgentFacts)
+	// OnDisconnect is called once when a session ends (not when it was
+	// replaced by a newer one of the same agent: that one's OnConnect
+	// comes first).
+	OnDisconnect func(agent AgentIdentity)
+	// OnEvents stores a batch of the agent's events; the agent gets its ack
+	// only after it returns nil. It must drop events whose ID it already
+	// holds (a batch may come again after a reconnect). Nil drops events
+	// without acking them.
+	OnEvents func(ctx context.Context, agentID string, events []tunnel.Event) error
+	Logger   *slog.Logger
+	// HeartbeatInterval is how often the hub pings each agent; an
+	// unanswered ping (after the same time again) ends the session.
+	// tunnel.HeartbeatInterval when zero; tests shorten it.
+	HeartbeatInterval time.Duration
+	// MaxIdleAPIConns bounds the idle HTTP connections (streams) kept per
+	// agent for API calls (4 when zero).
+	MaxIdleAPIConns int
+}
+
+// Hub holds the agents' sessions of this replica.
+type Hub struct {
+	opt      Options
+	log      *slog.Logger
+	upgrader websocket.Upgrader
+
+	mu       sync.Mutex
+	sessions map[string]*session
+}
+
+// New returns a hub; mount it at tunnel.TunnelPath.
+func New(opt Options) (*Hub, error) {
+	if opt.Authenticate == nil {
+		return nil, errors.New("hub: Options.Authenticate is required")
+	}
+	if opt.Logger == nil {
+		opt.Logger = slog.Default()
+	}
+	if opt.HeartbeatInterval <= 0 {
+		opt.HeartbeatInterval = tunnel.HeartbeatInterval
+	}
+	if opt.MaxIdleAPIConns <= 0 {
+		opt.MaxIdleAPIConns = 4
+	}
+	return &Hub{
+		opt:      opt,
+		log:      opt.Logger,
+		sessions: map[string]*session{},
+		upgrader: websocket.Upgrader{
+			HandshakeTimeout: 10 * time.Second,
+			ReadBufferSize:   32 << 10,
+			WriteBufferSize:  32 << 10,
+			// Agents are programs, not browsers: there is no Origin to
+			// check, and authentication is by credential.
+			CheckOrigin: func(*http.Request) bool { return true },
+		},
+	}, nil
+}
+
+// ErrNotConnected is returned for an agent without a session here.
+var ErrNotConnected = errors.New("hub: agent is not connected")
+
+// session is one agent's live tunnel.
+type session struct {
+	id        AgentIdentity
+	mux       *yamux.Session
+	since     time.Time
+	transport *http.Transport
+
+	mu            sync.Mutex
+	lastHeartbeat time.Time
+
+	done chan struct{} // closed when the session has ended
+}
+
+func (s *session) heartbeat() time.Time {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.lastHeartbeat
+}
+
+func (s *session) beat(t time.Time) {
+	s.mu.Lock()
+	s.lastHeartbeat = t
+	s.mu.Unlock()
+}
+
+// ServeHTTP authenticates the agent, upgrades to a websocket and serves
+// the session until it ends.
+func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet {
+		http.Error(w, "the tunnel is a websocket: use GET with Upgrade", http.StatusMethodNotAllowed)
+		return
+	}
+	id, err := h.opt.Authenticate(r.Context(), r)
+	if err != nil || id.AgentID == "" {
+		h.log.Warn("tunnel: agent authentication refused", "remote", r.RemoteAddr, "err", err)
+		http.Error(w, "agent credential refused", http.StatusUnauthorized)
+		return
+	}
+	if v := r.Header.Get(tunnel.VersionHeader); v != strconv.Itoa(tunnel.ProtocolVersion) {
+		http.Error(w, fmt.Sprintf("tunnel protocol version %q is not supported: this platform speaks %d", v, tunnel.ProtocolVersion), http.StatusBadRequest)
+		return
+	}
+	ws, err := h.upgrader.Upgrade(w, r, nil)
+	if err != nil {
+		return // the upgrader has answered
+	}
+	// The session outlives the request's context only as long as the
+	// connection: ServeHTTP returns when the session ends.
+	h.serve(context.WithoutCancel(r.Context()), id, tunnel.NewConn(ws))
+}
+
+func (h *Hub) serve(ctx context.Context, id AgentIdentity, conn net.Conn) {
+	log := h.log.With("agent", id.AgentID)
+	cfg := tunnel.YamuxConfig(h.opt.HeartbeatInterval, io.Discard)
+	// The hub pings itself (heartbeat below) to record the last answer.
+	cfg.EnableKeepAlive = false
+	mux, err := yamux.Server(conn, cfg)
+	if err != nil {
+		_ = conn.Close()
+		log.Error("tunnel: starting the multiplexer failed", "err", err)
+		return
+	}
+	defer func() { _ = mux.Close() }()
+
+	// The first stream is the agent's control stream with its Hello.
+	hsCtx, cancel := context.WithTimeout(ctx, 2*h.opt.HeartbeatInterval+10*time.Second)
+	ctrl, hello, err := acceptHello(hsCtx, mux)
+	cancel()
+	if err != nil {
+		log.Warn("tunnel: handshake failed", "err", err)
+		return
+	}
+	s := &session{id: id, mux: mux, since: time.Now(), done: make(chan struct{})}
+	s.lastHeartbeat = s.since
+	s.transport = h.newTransport(s)
+	if err := tunnel.WriteLine(ctrl, tunnel.Welcome{V: tunnel.ProtocolVersion, AgentID: id.AgentID, OrganizationID: id.OrgID}); err != nil {
+		log.Warn("tunnel: handshake failed", "err", err)
+		return
+	}
+
+	h.mu.Lock()
+	old := h.sessions[id.AgentID]
+	h.sessions[id.AgentID] = s
+	h.mu.Unlock()
+	if old != nil {
+		log.Info("tunnel: a newer connection replaces the agent's previous one")
+		_ = old.mux.Close()
+	}
+	if h.opt.OnConnect != nil {
+		h.opt.OnConnect(ctx, id, hello.Facts)
+	}
+	log.Info("tunnel: agent connected", "version", hello.Facts.Version, "name", hello.Facts.Name)
+
+	go h.heartbeat(s)
+	go h.readControl(ctx, s, ctrl)
+	go h.acceptStreams(ctx, s)
+
+	<-mux.CloseChan()
+	close(s.done)
+	s.transport.CloseIdleConnections()
+
+	h.mu.Lock()
+	replaced := h.sessions[id.AgentID] != s
+	if !replaced {
+		delete(h.sessions, id.AgentID)
+	}
+	h.mu.Unlock()
+	if !replaced {
+		log.Info("tunnel: agent disconnected")
+		if h.opt.OnDisconnect != nil {
+			h.opt.OnDisconnect(id)
+		}
+	}
+}
+
+func acceptHello(ctx context.Context, mux *yamux.Session) (net.Conn, tunnel.Hello, error) {
+	var hello tunnel.Hello
+	st, err := mux.AcceptStreamWithContext(ctx)
+	if err != nil {
+		return nil, hello, fmt.Errorf("no control stream: %w", err)
+	}
+	deadline, _ := ctx.Deadline()
+	_ = st.SetReadDeadline(deadline)
+	var hdr tunnel.StreamHeader
+	if err := tunnel.ReadLine(st, &hdr); err != nil {
+		_ = tunnel.Refuse(st, err.Error())
+		return nil, hello, err
+	}
+	if hdr.Kind != tunnel.KindControl {
+		_ = tunnel.Refuse(st, "the first stream must be the control stream")
+		return nil, hello, fmt.Errorf("first stream is %q, not control", hdr.Kind)
+	}
+	if err := tunnel.Accept(st); err != nil {
+		return nil, hello, err
+	}
+	if err := tunnel.ReadLine(st, &hello); err != nil {
+		return nil, hello, fmt.Errorf("hello: %w", err)
+	}
+	_ = st.SetReadDeadline(time.Time{})
+	return st, hello, nil
+}
+
+// heartbeat pings the agent; a ping unanswered in time ends the session,
+// so a silently lost agent is marked disconnected within two intervals.
+func (h *Hub) heartbeat(s *session) {
+	t := time.NewTicker(h.opt.HeartbeatInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.done:
+			return
+		case <-t.C:
+		}
+		if _, err := s.mux.Ping(); err != nil {
+			h.log.Warn("tunnel: agent stopped answering heartbeats", "agent", s.id.AgentID, "err", err)
+			_ = s.mux.Close()
+			return
+		}
+		s.beat(time.Now())
+	}
+}
+
+// readControl applies the agent's control messages (facts updates).
+func (h *Hub) readControl(ctx context.Context, s *session, ctrl net.Conn) {
+	defer func() { _ = ctrl.Close() }()
+	br := bufio.NewReader(ctrl)
+	for {
+		var m tunnel.ControlMessage
+		if err := tunnel.ReadLineBuffered(br, &m); err != nil {
+			return
+		}
+		if m.Type == tunnel.ControlFacts && m.Facts != nil && h.opt.OnConnect != nil {
+			h.opt.OnConnect(ctx, s.id, *m.Facts)
+		}
+	}
+}
+
+// acceptStreams serves the streams the agent opens: only events.
+func (h *Hub) acceptStreams(ctx context.Context, s *session) {
+	for {
+		st, err := s.mux.AcceptStream()
+		if err != nil {
+			return
+		}
+		go h.serveStream(ctx, s, st)
+	}
+}
+
+func (h *Hub) serveStream(ctx context.Context, s *session, st *yamux.Stream) {
+	defer func() { _ = st.Close() }()
+	_ = st.SetReadDeadline(time.Now().Add(10 * time.Second))
+	var hdr tunnel.StreamHeader
+	if err := tunnel.ReadLine(st, &hdr); err != nil {
+		_ = tunnel.Refuse(st, err.Error())
+		return
+	}
+	_ = st.SetReadDeadline(time.Time{})
+	if hdr.Kind != tunnel.KindEvents {
+		_ = tunnel.Refuse(st, fmt.Sprintf("stream kind %q cannot be opened by an agent", hdr.Kind))
+		return
+	}
+	if err := tunnel.Accept(st); err != nil {
+		return
+	}
+	h.serveEvents(ctx, s, st)
+}
+
+// serveEvents stores each batch through OnEvents and acks it only then.
+// One batch at a time: the agent waits for the ack before the next, so
+// nothing queues here.
+func (h *Hub) serveEvents(ctx context.Context, s *session, st *yamux.Stream) {
+	br := bufio.NewReader(st)
+	for {
+		var b tunnel.EventBatch
+		if err := tunnel.ReadLineBuffered(br, &b); err != nil {
+			return
+		}
+		ack := tunnel.EventAck{V: tunnel.ProtocolVersion, Seq: b.Seq}
+		switch {
+		case len(b.Events) > tunnel.MaxEventsPerBatch:
+			ack.Error = fmt.Sprintf("batch of %d events is over the limit of %d", len(b.Events), tunnel.MaxEventsPerBatch)
+		case h.opt.OnEvents == nil:
+			ack.Error = "this platform does not store events"
+		default:
+			if err := h.opt.OnEvents(ctx, s.id.AgentID, b.Events); err != nil {
+				h.log.Error("tunnel: storing agent events failed", "agent", s.id.AgentID, "err", err)
+				ack.Error = "storing the events failed; retry later"
+			}
+		}
+		if err := tunnel.WriteLine(st, ack); err != nil {
+			return
+		}
+	}
+}
+
+func (h *Hub) get(agentID string) (*session, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	s, ok := h.sessions[agentID]
+	if !ok {
+		return nil, ErrNotConnected
+	}
+	return s, nil
+}
+
+// open opens a stream of kind to the agent and waits for its answer.
+func (s *session) open(ctx context.Context, h tunnel.StreamHeader) (net.Conn, error) {
+	st, err := s.mux.OpenStream()
+	if err != nil {
+		return nil, fmt.Errorf("hub: opening a stream to agent %s: %w", s.id.AgentID, err)
+	}
+	if d, ok := ctx.Deadline(); ok {
+		_ = st.SetDeadline(d)
+	}
+	stop := context.AfterFunc(ctx, func() { _ = st.Close() })
+	err = tunnel.Open(st, h)
+	stop()
+	if err != nil {
+		_ = st.Close()
+		return nil, err
+	}
+	_ = st.SetDeadline(time.Time{})
+	return st, nil
+}
+
+// DialClone opens a TCP stream to port on the agent's host; the agent
+// refuses (a *tunnel.RefusedError) unless port belongs to a live clone.
+func (h *Hub) DialClone(ctx context.Context, agentID string, port int) (net.Conn, error) {
+	s, err := h.get(agentID)
+	if err != nil {
+		return nil, err
+	}
+	return s.open(ctx, tunnel.StreamHeader{Kind: tunnel.KindTCP, Port: port})
+}
+
+// apiHost is the host name API requests are sent to; the agent ignores it.
+const apiHost = "agent.tunnel"
+
+func (h *Hub) newTransport(s *session) *http.Transport {
+	return &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return s.open(ctx, tunnel.StreamHeader{Kind: tunnel.KindAPI})
+		},
+		MaxIdleConns:          h.opt.MaxIdleAPIConns,
+		MaxIdleConnsPerHost:   h.opt.MaxIdleAPIConns,
+		IdleConnTimeout:       time.Minute,
+		ResponseHeaderTimeout: 10 * time.Minute, // POST /snapshot may take minutes
+		DisableCompression:    true,
+	}
+}
+
+// RoundTripper returns an http.RoundTripper that sends requests to the
+// agent's API through its current session (whichever connection is live
+// at the time of each request). The request's scheme and host are
+// ignored; its path is the agent API path (e.g. /status).
+func (h *Hub) RoundTripper(agentID string) http.RoundTripper {
+	return roundTripper{h: h, agentID: agentID}
+}
+
+type roundTripper struct {
+	h       *Hub
+	agentID string
+}
+
+func (rt roundTripper) RoundTrip(r *http.Request) (*http.Response, error) {
+	s, err := rt.h.get(rt.agentID)
+	if err != nil {
+		return nil, err
+	}
+	r2 := r.Clone(r.Context())
+	u := *r.URL
+	u.Scheme, u.Host = "http", apiHost
+	r2.URL = &u
+	r2.Host = apiHost
+	return s.transport.RoundTrip(r2)
+}
+
+// Do sends r to the agent's API (see RoundTripper).
+func (h *Hub) Do(agentID string, r *http.Request) (*http.Response, error) {
+	return h.RoundTripper(agentID).RoundTrip(r)
+}
+
+// Disconnect closes the agent's session at once (revocation). The agent
+// reconnects unless its credential is refused from now on.
+func (h *Hub) Disconnect(agentID string) {
+	s, err := h.get(agentID)
+	if err != nil {
+		return
+	}
+	_ = s.mux.Close()
+	<-s.done
+}
+
+// Connected reports whether the agent has a session here, since when and
+// when it last answered a heartbeat.
+func (h *Hub) Connected(agentID string) (since, lastHeartbeat time.Time, ok bool) {
+	s, err := h.get(agentID)
+	if err != nil {
+		return time.Time{}, time.Time{}, false
+	}
+	return s.since, s.heartbeat(), true
+}
+
+// Close ends every session.
+func (h *Hub) Close() {
+	h.mu.Lock()
+	all := make([]*session, 0, len(h.sessions))
+	for _, s := range h.sessions {
+		all = append(all, s)
+	}
+	h.mu.Unlock()
+	for _, s := range all {
+		_ = s.mux.Close()
+		<-s.done
+	}
+}
