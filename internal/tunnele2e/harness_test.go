@@ -120,10 +120,10 @@ type platform struct {
 }
 
 // startPlatform starts a replica on addr ("" for a fresh port).
-func startPlatform(t testing.TB, db *platformDB, files tlstest.Files, addr string) *platform {
+func startPlatform(t testing.TB, db *platformDB, files tlstest.Files, addr string, configure ...func(*hub.Options)) *platform {
 	t.Helper()
 	p := &platform{db: db, tls: files, logs: &logtest.Buffer{}}
-	h, err := hub.New(hub.Options{
+	opt := hub.Options{
 		Authenticate: db.authenticate,
 		OnEvents:     db.storeEvents,
 		OnConnect: func(_ context.Context, _ hub.AgentIdentity, f tunnel.AgentFacts) {
@@ -134,13 +134,18 @@ func startPlatform(t testing.TB, db *platformDB, files tlstest.Files, addr strin
 		OnDisconnect:      func(hub.AgentIdentity) { db.mu.Lock(); db.disconnects++; db.mu.Unlock() },
 		Logger:            p.logs.Logger(),
 		HeartbeatInterval: testHeartbeat,
-	})
+	}
+	for _, f := range configure {
+		f(&opt)
+	}
+	h, err := hub.New(opt)
 	if err != nil {
 		t.Fatal(err)
 	}
 	p.hub = h
 	mux := http.NewServeMux()
 	mux.Handle(tunnel.TunnelPath, h)
+	mux.Handle(hub.RelayPath, h.RelayHandler())
 	mux.HandleFunc("POST "+tunnel.EnrollPath, db.enroll)
 	srv := httptest.NewUnstartedServer(mux)
 	if addr == "" {

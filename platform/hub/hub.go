@@ -6,12 +6,14 @@
 // its events go are pluggable functions, so the hub knows no database.
 //
 // The hub is one replica's view: an agent is connected to exactly one
-// replica at a time; routing between replicas is the caller's business.
+// replica at a time. With Options.Locate, streams for an agent held by
+// another replica are relayed through it (relay.go).
 package hub
 
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -62,6 +64,19 @@ type Options struct {
 	// MaxIdleAPIConns bounds the idle HTTP connections (streams) kept per
 	// agent for API calls (4 when zero).
 	MaxIdleAPIConns int
+
+	// Locate, with several replicas, returns the relay base URL of the
+	// replica holding agentID's tunnel ("" when none); streams for agents
+	// not connected here are relayed there (relay.go). Nil: one replica.
+	Locate func(ctx context.Context, agentID string) (string, error)
+	// RelayURL is this replica's own base URL as other replicas reach it
+	// (what Locate returns for agents held here).
+	RelayURL string
+	// RelaySecret signs relayed requests between replicas; required when
+	// Locate is set (every replica has the same).
+	RelaySecret []byte
+	// RelayTLS configures TLS towards other replicas (nil: system roots).
+	RelayTLS *tls.Config
 }
 
 // Hub holds the agents' sessions of this replica.
@@ -72,6 +87,9 @@ type Hub struct {
 
 	mu       sync.Mutex
 	sessions map[string]*session
+
+	relayMu         sync.Mutex
+	relayTransports map[string]*http.Transport
 }
 
 // New returns a hub; mount it at tunnel.TunnelPath.
@@ -87,6 +105,9 @@ func New(opt Options) (*Hub, error) {
 	}
 	if opt.MaxIdleAPIConns <= 0 {
 		opt.MaxIdleAPIConns = 4
+	}
+	if opt.Locate != nil && len(opt.RelaySecret) < 32 {
+		return nil, errors.New("hub: Options.RelaySecret of at least 32 bytes is required with Locate (several replicas)")
 	}
 	return &Hub{
 		opt:      opt,
@@ -374,11 +395,12 @@ func (s *session) open(ctx context.Context, h tunnel.StreamHeader) (net.Conn, er
 // DialClone opens a TCP stream to port on the agent's host; the agent
 // refuses (a *tunnel.RefusedError) unless port belongs to a live clone.
 func (h *Hub) DialClone(ctx context.Context, agentID string, port int) (net.Conn, error) {
+	hdr := tunnel.StreamHeader{Kind: tunnel.KindTCP, Port: port}
 	s, err := h.get(agentID)
 	if err != nil {
-		return nil, err
+		return h.relay(ctx, agentID, hdr)
 	}
-	return s.open(ctx, tunnel.StreamHeader{Kind: tunnel.KindTCP, Port: port})
+	return s.open(ctx, hdr)
 }
 
 // apiHost is the host name API requests are sent to; the agent ignores it.
@@ -411,8 +433,12 @@ type roundTripper struct {
 }
 
 func (rt roundTripper) RoundTrip(r *http.Request) (*http.Response, error) {
-	s, err := rt.h.get(rt.agentID)
-	if err != nil {
+	var t *http.Transport
+	if s, err := rt.h.get(rt.agentID); err == nil {
+		t = s.transport
+	} else if rt.h.opt.Locate != nil {
+		t = rt.h.relayTransport(rt.agentID)
+	} else {
 		return nil, err
 	}
 	r2 := r.Clone(r.Context())
@@ -420,7 +446,7 @@ func (rt roundTripper) RoundTrip(r *http.Request) (*http.Response, error) {
 	u.Scheme, u.Host = "http", apiHost
 	r2.URL = &u
 	r2.Host = apiHost
-	return s.transport.RoundTrip(r2)
+	return t.RoundTrip(r2)
 }
 
 // Do sends r to the agent's API (see RoundTripper).
