@@ -227,6 +227,7 @@ func startAgent(t testing.TB, cfg agentConfig) *agentSide {
 		Proxy:             cfg.proxy,
 		Backoff:           testBackoff,
 		HeartbeatInterval: testHeartbeat,
+		FactsInterval:     testHeartbeat,
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -20,6 +20,7 @@ import (
 	"testing"
 
 	"github.com/gorilla/websocket"
+	"github.com/hashicorp/yamux"
 	"github.com/jackc/pgx/v5"
 
 	"github.com/thinlab/thinlab/agent/events"
@@ -72,6 +73,15 @@ func TestEnrollConnectAndCallAPIThroughTunnel(t *testing.T) {
 	if !ok || since.IsZero() || beat.Before(since) {
 		t.Fatalf("Connected = %v %v %v", since, beat, ok)
 	}
+	// Facts came at enrollment, on connect and as periodic updates.
+	waitFor(t, "a facts update", func() bool { db.mu.Lock(); defer db.mu.Unlock(); return len(db.facts) >= 3 })
+	db.mu.Lock()
+	for _, f := range db.facts {
+		if f.Name != "test-agent" || f.Version != "test" {
+			t.Errorf("facts %+v", f)
+		}
+	}
+	db.mu.Unlock()
 
 	fi, err := os.Stat(filepath.Join(state, tunnel.CredentialFile))
 	if err != nil {
@@ -102,6 +112,71 @@ func TestEnrollConnectAndCallAPIThroughTunnel(t *testing.T) {
 	})
 	if connected(p, id) {
 		t.Fatal("a revoked agent connected again")
+	}
+}
+
+// rawSession speaks the protocol by hand (sdk/tunnel and yamux, as the
+// agent does) with the given credential.
+func rawSession(t *testing.T, p *platform, cred string) *yamux.Session {
+	t.Helper()
+	dialer := websocket.Dialer{TLSClientConfig: p.srv.Client().Transport.(*http.Transport).TLSClientConfig}
+	hdr := http.Header{"Authorization": {"Bearer " + cred}, tunnel.VersionHeader: {"1"}}
+	ws, resp, err := dialer.DialContext(t.Context(), "wss://"+p.addr+tunnel.TunnelPath, hdr)
+	if resp != nil {
+		_ = resp.Body.Close()
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	mux, err := yamux.Client(tunnel.NewConn(ws), tunnel.YamuxConfig(testHeartbeat, io.Discard))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = mux.Close() })
+	ctrl, err := mux.OpenStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tunnel.Open(ctrl, tunnel.StreamHeader{Kind: tunnel.KindControl}); err != nil {
+		t.Fatal(err)
+	}
+	if err := tunnel.WriteLine(ctrl, tunnel.Hello{V: tunnel.ProtocolVersion, Facts: tunnel.AgentFacts{Name: "raw"}}); err != nil {
+		t.Fatal(err)
+	}
+	var w tunnel.Welcome
+	if err := tunnel.ReadLine(ctrl, &w); err != nil {
+		t.Fatal(err)
+	}
+	return mux
+}
+
+func TestNewerConnectionReplacesOlder(t *testing.T) {
+	files := tlstest.New(t)
+	db := newPlatformDB()
+	p := startPlatform(t, db, files, "")
+	state := t.TempDir()
+	startAgent(t, agentConfig{url: p.URL, stateDir: state, caFile: files.CA})
+	waitFor(t, "enrollment", func() bool { db.mu.Lock(); defer db.mu.Unlock(); return len(db.creds) == 1 })
+	id := db.agentID(t)
+	waitFor(t, "the session", func() bool { return connected(p, id) })
+	first, _, _ := p.hub.Connected(id)
+
+	// A second connection with the same credential takes over...
+	cred, err := agenttunnel.LoadCredential(state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw := rawSession(t, p, cred.Credential)
+	if since, _, ok := p.hub.Connected(id); !ok || !since.After(first) {
+		t.Fatalf("the newer connection did not replace the older: since %v (first %v) ok %v", since, first, ok)
+	}
+	// ...until the agent, cut off, reconnects and replaces it in turn.
+	<-raw.CloseChan()
+	waitFor(t, "the agent's session", func() bool { return connected(p, id) })
+	db.mu.Lock()
+	defer db.mu.Unlock()
+	if db.disconnects != 0 {
+		t.Fatalf("OnDisconnect called %d times for replaced sessions, want 0", db.disconnects)
 	}
 }
 

@@ -64,6 +64,10 @@ type Options struct {
 	MaxIdleAPIConns int
 }
 
+// maxAPIConns bounds the API streams open to one agent at a time; more
+// requests wait for one (back-pressure instead of a pile of streams).
+const maxAPIConns = 32
+
 // Hub holds the agents' sessions of this replica.
 type Hub struct {
 	opt      Options
@@ -181,11 +185,6 @@ func (h *Hub) serve(ctx context.Context, id AgentIdentity, conn net.Conn) {
 	s := &session{id: id, mux: mux, since: time.Now(), done: make(chan struct{})}
 	s.lastHeartbeat = s.since
 	s.transport = h.newTransport(s)
-	if err := tunnel.WriteLine(ctrl, tunnel.Welcome{V: tunnel.ProtocolVersion, AgentID: id.AgentID, OrganizationID: id.OrgID}); err != nil {
-		log.Warn("tunnel: handshake failed", "err", err)
-		return
-	}
-
 	h.mu.Lock()
 	old := h.sessions[id.AgentID]
 	h.sessions[id.AgentID] = s
@@ -198,6 +197,12 @@ func (h *Hub) serve(ctx context.Context, id AgentIdentity, conn net.Conn) {
 		h.opt.OnConnect(ctx, id, hello.Facts)
 	}
 	log.Info("tunnel: agent connected", "version", hello.Facts.Version, "name", hello.Facts.Name)
+	// Welcome goes out once the session is registered: an agent that has
+	// it can be reached.
+	if err := tunnel.WriteLine(ctrl, tunnel.Welcome{V: tunnel.ProtocolVersion, AgentID: id.AgentID, OrganizationID: id.OrgID}); err != nil {
+		log.Warn("tunnel: handshake failed", "err", err)
+		_ = mux.Close()
+	}
 
 	go h.heartbeat(s)
 	go h.readControl(ctx, s, ctrl)
@@ -391,6 +396,7 @@ func (h *Hub) newTransport(s *session) *http.Transport {
 		},
 		MaxIdleConns:          h.opt.MaxIdleAPIConns,
 		MaxIdleConnsPerHost:   h.opt.MaxIdleAPIConns,
+		MaxConnsPerHost:       maxAPIConns,
 		IdleConnTimeout:       time.Minute,
 		ResponseHeaderTimeout: 10 * time.Minute, // POST /snapshot may take minutes
 		DisableCompression:    true,
