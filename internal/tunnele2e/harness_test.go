@@ -134,6 +134,7 @@ func startPlatform(t testing.TB, db *platformDB, files tlstest.Files, addr strin
 		OnDisconnect:      func(hub.AgentIdentity) { db.mu.Lock(); db.disconnects++; db.mu.Unlock() },
 		Logger:            p.logs.Logger(),
 		HeartbeatInterval: testHeartbeat,
+		RequireTLS:        true,
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -27,6 +27,7 @@ import (
 	agenttunnel "github.com/thinlab/thinlab/agent/tunnel"
 	"github.com/thinlab/thinlab/internal/pgtest"
 	"github.com/thinlab/thinlab/internal/tlstest"
+	"github.com/thinlab/thinlab/platform/hub"
 	"github.com/thinlab/thinlab/sdk/agentapi"
 	"github.com/thinlab/thinlab/sdk/tunnel"
 )
@@ -522,5 +523,39 @@ func TestUnknownProtocolVersionRefused(t *testing.T) {
 	var h tunnel.StreamHeader
 	if err := tunnel.ReadLineBuffered(r, &h); err == nil || !strings.Contains(err.Error(), "version 2") {
 		t.Fatalf("unknown version: %v", err)
+	}
+}
+
+// A platform that requires TLS refuses a plain websocket, even from an
+// agent that would allow it (loopback), before looking at the credential.
+func TestPlainTunnelRefusedWhenPlatformRequiresTLS(t *testing.T) {
+	db := newPlatformDB()
+	var authenticated atomic.Int32
+	h, err := hub.New(hub.Options{
+		Authenticate: func(ctx context.Context, r *http.Request) (hub.AgentIdentity, error) {
+			authenticated.Add(1)
+			return db.authenticate(ctx, r)
+		},
+		RequireTLS:        true,
+		HeartbeatInterval: testHeartbeat,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle(tunnel.TunnelPath, h)
+	mux.HandleFunc("POST "+tunnel.EnrollPath, db.enroll)
+	srv := httptest.NewServer(mux)
+	t.Cleanup(srv.Close)
+	t.Cleanup(h.Close)
+
+	a := startAgent(t, agentConfig{url: srv.URL, stateDir: t.TempDir()})
+	waitFor(t, "the refusal", func() bool { return strings.Contains(a.logs.String(), "403") })
+	id := db.agentID(t) // enrollment is the platform's other endpoint
+	if _, _, ok := h.Connected(id); ok {
+		t.Fatal("a plain tunnel got a session")
+	}
+	if authenticated.Load() != 0 {
+		t.Fatal("the credential was checked on a plain connection")
 	}
 }

@@ -59,6 +59,11 @@ type Options struct {
 	// unanswered ping (after the same time again) ends the session.
 	// tunnel.HeartbeatInterval when zero; tests shorten it.
 	HeartbeatInterval time.Duration
+	// RequireTLS refuses tunnels that did not arrive over TLS at this
+	// server (r.TLS is nil) with 403, before authentication, so that no
+	// credential is accepted in clear. Leave it off only behind a proxy
+	// that terminates TLS, or for development.
+	RequireTLS bool
 	// MaxIdleAPIConns bounds the idle HTTP connections (streams) kept per
 	// agent for API calls (4 when zero).
 	MaxIdleAPIConns int
@@ -140,6 +145,11 @@ func (s *session) beat(t time.Time) {
 func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.Method != http.MethodGet {
 		http.Error(w, "the tunnel is a websocket: use GET with Upgrade", http.StatusMethodNotAllowed)
+		return
+	}
+	if h.opt.RequireTLS && r.TLS == nil {
+		h.log.Warn("tunnel: refused a connection without TLS", "remote", r.RemoteAddr)
+		http.Error(w, "the agent tunnel requires TLS: use an https platform URL", http.StatusForbidden)
 		return
 	}
 	id, err := h.opt.Authenticate(r.Context(), r)
