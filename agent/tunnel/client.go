@@ -195,7 +195,18 @@ func (c *Client) writeJournal(ctx context.Context) {
 		var batch []tunnel.Event
 		select {
 		case <-ctx.Done():
-			return
+			// What was emitted before the end is kept for the next start.
+			for {
+				select {
+				case e := <-c.queue:
+					batch = append(batch, e)
+				default:
+					if _, err := c.journal.Append(batch); err != nil {
+						c.log.Error("platform tunnel: writing the event journal failed; events lost", "err", err, "events", len(batch))
+					}
+					return
+				}
+			}
 		case e := <-c.queue:
 			batch = append(batch, e)
 		}

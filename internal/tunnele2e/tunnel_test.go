@@ -263,16 +263,18 @@ func TestEventsBufferedWhileDisconnectedAreDeliveredOnce(t *testing.T) {
 	emit(a.bus, "b", 40)
 	waitFor(t, "the journal to hold the events", func() bool { return pending(a.client) == 40 })
 
-	// The agent is killed and started again from the same journal; more
-	// events arrive while still disconnected.
+	// The agent is stopped right after more events (still queued, not yet
+	// journalled: stopping must keep them) and started again from the
+	// same journal; more events arrive while still disconnected.
+	emit(a.bus, "q", 5)
 	a.stop()
 	a2 := startAgent(t, agentConfig{url: p.URL, stateDir: state, caFile: files.CA})
 	emit(a2.bus, "c", 10)
-	waitFor(t, "the new journal to hold both", func() bool { return pending(a2.client) == 50 })
+	waitFor(t, "the new journal to hold all", func() bool { return pending(a2.client) == 55 })
 
 	// The platform comes back on the same address.
 	p2 := startPlatform(t, db, files, addr)
-	waitFor(t, "all events stored", func() bool { return db.stored() == 200 })
+	waitFor(t, "all events stored", func() bool { return db.stored() == 205 })
 	waitFor(t, "all acked", func() bool { return pending(a2.client) == 0 })
 	waitFor(t, "the session", func() bool { return connected(p2, id) })
 
