@@ -561,3 +561,32 @@ func TestPlainTunnelRefusedWhenPlatformRequiresTLS(t *testing.T) {
 		t.Fatal("the credential was checked on a plain connection")
 	}
 }
+
+// An agent may open one events stream and nothing that is the
+// platform's to open.
+func TestHubRefusesStreamsAnAgentMayNotOpen(t *testing.T) {
+	files := tlstest.New(t)
+	db := newPlatformDB()
+	db.creds["cred-raw"] = hub.AgentIdentity{AgentID: "agent-raw", OrgID: "org-1"}
+	p := startPlatform(t, db, files, "")
+	mux := rawSession(t, p, "cred-raw")
+	open := func(h tunnel.StreamHeader) error {
+		st, err := mux.OpenStream()
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = st.Close() })
+		return tunnel.Open(st, h)
+	}
+	for _, h := range []tunnel.StreamHeader{{Kind: tunnel.KindAPI}, {Kind: tunnel.KindTCP, Port: 5432}, {Kind: tunnel.KindControl}, {Kind: "shell"}} {
+		if _, ok := errors.AsType[*tunnel.RefusedError](open(h)); !ok {
+			t.Errorf("agent-opened %q stream not refused", h.Kind)
+		}
+	}
+	if err := open(tunnel.StreamHeader{Kind: tunnel.KindEvents}); err != nil {
+		t.Fatalf("events stream: %v", err)
+	}
+	if _, ok := errors.AsType[*tunnel.RefusedError](open(tunnel.StreamHeader{Kind: tunnel.KindEvents})); !ok {
+		t.Error("a second events stream was accepted")
+	}
+}

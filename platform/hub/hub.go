@@ -51,8 +51,10 @@ type Options struct {
 	OnDisconnect func(agent AgentIdentity)
 	// OnEvents stores a batch of the agent's events; the agent gets its ack
 	// only after it returns nil. It must drop events whose ID it already
-	// holds (a batch may come again after a reconnect). Nil drops events
-	// without acking them.
+	// holds for this agent (a batch may come again after a reconnect).
+	// Event IDs are chosen by the agent: deduplicate per agent, never
+	// across agents, or one agent could suppress another's events. Nil
+	// refuses events (never acked, the agent keeps them).
 	OnEvents func(ctx context.Context, agentID string, events []tunnel.Event) error
 	Logger   *slog.Logger
 	// HeartbeatInterval is how often the hub pings each agent; an
@@ -124,6 +126,7 @@ type session struct {
 
 	mu            sync.Mutex
 	lastHeartbeat time.Time
+	eventsOpen    bool // one events stream per session
 
 	done chan struct{} // closed when the session has ended
 }
@@ -320,6 +323,14 @@ func (h *Hub) serveStream(ctx context.Context, s *session, st *yamux.Stream) {
 	_ = st.SetReadDeadline(time.Time{})
 	if hdr.Kind != tunnel.KindEvents {
 		_ = tunnel.Refuse(st, fmt.Sprintf("stream kind %q cannot be opened by an agent", hdr.Kind))
+		return
+	}
+	s.mu.Lock()
+	second := s.eventsOpen
+	s.eventsOpen = true
+	s.mu.Unlock()
+	if second {
+		_ = tunnel.Refuse(st, "this session already has an events stream")
 		return
 	}
 	if err := tunnel.Accept(st); err != nil {
