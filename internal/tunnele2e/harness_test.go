@@ -1,6 +1,7 @@
 package tunnele2e
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"crypto/tls"
@@ -208,6 +209,7 @@ type agentConfig struct {
 	stateDir string
 	caFile   string
 	target   agenttunnel.CloneTarget
+	token    string // enrollToken when empty
 	proxy    func(*http.Request) (*url.URL, error)
 }
 
@@ -217,7 +219,7 @@ func startAgent(t testing.TB, cfg agentConfig) *agentSide {
 	c, err := agenttunnel.New(agenttunnel.Options{
 		URL:               cfg.url,
 		CAFile:            cfg.caFile,
-		EnrollToken:       enrollToken,
+		EnrollToken:       cmp.Or(cfg.token, enrollToken),
 		StateDir:          cfg.stateDir,
 		API:               echoAPI(),
 		APIToken:          agentAPIToken,

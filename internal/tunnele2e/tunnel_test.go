@@ -590,3 +590,19 @@ func TestHubRefusesStreamsAnAgentMayNotOpen(t *testing.T) {
 		t.Error("a second events stream was accepted")
 	}
 }
+
+func TestForgedEnrollTokenRefused(t *testing.T) {
+	files := tlstest.New(t)
+	db := newPlatformDB()
+	p := startPlatform(t, db, files, "")
+	state := t.TempDir()
+	const forged = "enroll-token-forged-0000"
+	a := startAgent(t, agentConfig{url: p.URL, stateDir: state, caFile: files.CA, token: forged})
+	waitFor(t, "the refusal", func() bool { return strings.Contains(a.logs.String(), "refused the enrollment token") })
+	if _, err := agenttunnel.LoadCredential(state); !errors.Is(err, agenttunnel.ErrNoCredential) {
+		t.Fatalf("credential after a refused enrollment: %v", err)
+	}
+	if strings.Contains(a.logs.String(), forged) {
+		t.Fatal("the enrollment token reached the log")
+	}
+}
