@@ -83,6 +83,7 @@ type Hub struct {
 
 	mu       sync.Mutex
 	sessions map[string]*session
+	closed   bool // after Close no session is registered
 }
 
 // New returns a hub; mount it at tunnel.TunnelPath.
@@ -199,6 +200,11 @@ func (h *Hub) serve(ctx context.Context, id AgentIdentity, conn net.Conn) {
 	s.lastHeartbeat = s.since
 	s.transport = h.newTransport(s)
 	h.mu.Lock()
+	if h.closed {
+		h.mu.Unlock()
+		log.Info("tunnel: hub closed; connection refused")
+		return
+	}
 	old := h.sessions[id.AgentID]
 	h.sessions[id.AgentID] = s
 	h.mu.Unlock()
@@ -476,9 +482,11 @@ func (h *Hub) Connected(agentID string) (since, lastHeartbeat time.Time, ok bool
 	return s.since, s.heartbeat(), true
 }
 
-// Close ends every session.
+// Close ends every session and refuses new ones (the replica is going
+// away; its agents reconnect to another).
 func (h *Hub) Close() {
 	h.mu.Lock()
+	h.closed = true
 	all := make([]*session, 0, len(h.sessions))
 	for _, s := range h.sessions {
 		all = append(all, s)
