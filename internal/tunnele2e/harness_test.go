@@ -1,6 +1,7 @@
 package tunnele2e
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"crypto/tls"
@@ -134,6 +135,7 @@ func startPlatform(t testing.TB, db *platformDB, files tlstest.Files, addr strin
 		OnDisconnect:      func(hub.AgentIdentity) { db.mu.Lock(); db.disconnects++; db.mu.Unlock() },
 		Logger:            p.logs.Logger(),
 		HeartbeatInterval: testHeartbeat,
+		RequireTLS:        true,
 	}
 	for _, f := range configure {
 		f(&opt)
@@ -212,6 +214,7 @@ type agentConfig struct {
 	stateDir string
 	caFile   string
 	target   agenttunnel.CloneTarget
+	token    string // enrollToken when empty
 	proxy    func(*http.Request) (*url.URL, error)
 }
 
@@ -221,7 +224,7 @@ func startAgent(t testing.TB, cfg agentConfig) *agentSide {
 	c, err := agenttunnel.New(agenttunnel.Options{
 		URL:               cfg.url,
 		CAFile:            cfg.caFile,
-		EnrollToken:       enrollToken,
+		EnrollToken:       cmp.Or(cfg.token, enrollToken),
 		StateDir:          cfg.stateDir,
 		API:               echoAPI(),
 		APIToken:          agentAPIToken,
@@ -232,6 +235,7 @@ func startAgent(t testing.TB, cfg agentConfig) *agentSide {
 		Proxy:             cfg.proxy,
 		Backoff:           testBackoff,
 		HeartbeatInterval: testHeartbeat,
+		FactsInterval:     testHeartbeat,
 	})
 	if err != nil {
 		t.Fatal(err)
