@@ -2,6 +2,7 @@ package tunnele2e
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -16,7 +17,9 @@ import (
 	"github.com/thinlab/thinlab/agent"
 	"github.com/thinlab/thinlab/agent/clone/clonetest"
 	"github.com/thinlab/thinlab/agent/config"
+	"github.com/thinlab/thinlab/agent/events"
 	"github.com/thinlab/thinlab/agent/storage"
+	"github.com/thinlab/thinlab/agent/usage"
 	"github.com/thinlab/thinlab/internal/logtest"
 	"github.com/thinlab/thinlab/internal/pgtest"
 	"github.com/thinlab/thinlab/internal/tlstest"
@@ -45,7 +48,7 @@ func TestRealAgentThroughTunnel(t *testing.T) {
 	logs := &logtest.Buffer{}
 	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
 	defer cancel()
-	a, err := agent.NewWithOptions(ctx, agent.Options{Config: cfg, Logger: logs.Logger(), Pools: []storage.Pool{pool}, Version: "e2e"})
+	a, err := agent.NewWithOptions(ctx, agent.Options{Config: cfg, Logger: logs.Logger(), Pools: []storage.Pool{pool}, Version: "e2e", ReportInterval: 200 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -133,4 +136,54 @@ func TestRealAgentThroughTunnel(t *testing.T) {
 	}
 	want := []string{"clone.creating", "clone.destroyed", "clone.ready"}
 	waitFor(t, "the clone's events", func() bool { return slices.Equal(kinds(), want) })
+
+	// Usage samples account for the clone until it was destroyed, in
+	// periods without gaps; health summaries arrive too.
+	var samples []usage.Sample
+	waitFor(t, "a usage sample with the destroyed clone", func() bool {
+		db.mu.Lock()
+		defer db.mu.Unlock()
+		samples = samples[:0]
+		done := false
+		for _, e := range db.events {
+			if e.Kind != string(events.Usage) {
+				continue
+			}
+			var s usage.Sample
+			if err := json.Unmarshal(e.Data, &s); err != nil {
+				t.Errorf("usage sample: %v", err)
+				return true
+			}
+			samples = append(samples, s)
+			for _, c := range s.Clones {
+				done = done || (c.ID == "tun1" && c.Destroyed)
+			}
+		}
+		return done
+	})
+	slices.SortFunc(samples, func(a, b usage.Sample) int { return a.From.Compare(b.From) })
+	var seconds float64
+	for i, s := range samples {
+		if i > 0 && !s.From.Equal(samples[i-1].To) {
+			t.Fatalf("usage periods %d and %d leave a gap or overlap: %v then %v", i-1, i, samples[i-1].To, s.From)
+		}
+		for _, c := range s.Clones {
+			if c.ID == "tun1" {
+				seconds += c.Seconds
+			}
+		}
+	}
+	if seconds <= 0 {
+		t.Fatalf("clone tun1 accounted %v s, want its lifetime", seconds)
+	}
+	waitFor(t, "a health event", func() bool {
+		db.mu.Lock()
+		defer db.mu.Unlock()
+		for _, e := range db.events {
+			if e.Kind == string(events.Health) {
+				return true
+			}
+		}
+		return false
+	})
 }
