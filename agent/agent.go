@@ -30,8 +30,8 @@ import (
 	"github.com/thinlab/thinlab/agent/snapshot"
 	"github.com/thinlab/thinlab/agent/storage"
 	"github.com/thinlab/thinlab/agent/storage/backend"
-	"github.com/thinlab/thinlab/agent/usage"
 	agenttunnel "github.com/thinlab/thinlab/agent/tunnel"
+	"github.com/thinlab/thinlab/agent/usage"
 	"github.com/thinlab/thinlab/internal/pgcluster"
 	"github.com/thinlab/thinlab/internal/version"
 )
@@ -75,14 +75,14 @@ type Agent struct {
 	cfg            *config.Config
 	instanceID     string
 	reportInterval time.Duration
-	log        *slog.Logger
-	pools      []storage.Pool
-	clones     *clone.Manager
-	retrieval  *retrieval.Retriever
-	snapshots  *snapshot.Policy
-	api        *api.Server
-	listener   net.Listener
-	server     *http.Server
+	log            *slog.Logger
+	pools          []storage.Pool
+	clones         *clone.Manager
+	retrieval      *retrieval.Retriever
+	snapshots      *snapshot.Policy
+	api            *api.Server
+	listener       net.Listener
+	server         *http.Server
 	// metricsListener/metricsServer serve /metrics without a token on
 	// server.metricsAddress (nil when unset).
 	metricsListener net.Listener
