@@ -177,6 +177,11 @@ type Retrieval struct {
 	// deleted, except those clones use or that are protected (they count
 	// towards the number). 0 keeps every snapshot.
 	KeepSnapshots int `yaml:"keepSnapshots"`
+	// Logical tunes the logical mode (format, filters, extra options).
+	Logical Logical `yaml:"logical"`
+	// Preprocess runs SQL and scripts against the pool before each
+	// snapshot (masking).
+	Preprocess Preprocess `yaml:"preprocess"`
 }
 
 // Source is the database logical retrieval copies from. Give either
@@ -379,6 +384,8 @@ var typeSections = map[string]string{
 	"config.Cloning":       "cloning",
 	"config.Retrieval":     "retrieval",
 	"config.Source":        "retrieval.source",
+	"config.Logical":       "retrieval.logical",
+	"config.Preprocess":    "retrieval.preprocess",
 	"config.Platform":      "platform",
 }
 

@@ -167,6 +167,8 @@ func (c *Config) Validate() error {
 				bad("retrieval.refreshSchedule %q: %v (use 5 cron fields, e.g. \"0 3 * * *\")", r.RefreshSchedule, err)
 			}
 		}
+		r.Logical.validate(bad)
+		r.Preprocess.validate(bad)
 	case "physical":
 		bad("retrieval.mode \"physical\" is not supported yet: use \"logical\" or leave it empty")
 	default:

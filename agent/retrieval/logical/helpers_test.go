@@ -54,9 +54,14 @@ func fill(t *testing.T, j *Job, p storage.Pool) (job.Outcome, storage.Snapshot, 
 	if err != nil {
 		return out, storage.Snapshot{}, err
 	}
-	snap, err := p.Snapshot(t.Context(), storage.SnapshotOptions{DataStateAt: out.DataStateAt, Message: Mode + " refresh"})
+	snap, err := p.Snapshot(t.Context(), snapshotOptions(out))
 	if err != nil {
 		t.Fatal(err)
 	}
 	return out, snap, nil
+}
+
+// snapshotOptions are the core's options for a snapshot of out.
+func snapshotOptions(out job.Outcome) storage.SnapshotOptions {
+	return storage.SnapshotOptions{DataStateAt: out.DataStateAt, Message: Mode + " refresh"}
 }

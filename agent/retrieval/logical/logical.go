@@ -82,13 +82,19 @@ func mainCluster(t job.Target, log *slog.Logger) *pgcluster.Cluster {
 }
 
 // Recover stops a postgres left running in the pool's main dataset by a
-// refresh the agent did not finish. The half-restored PGDATA itself is
-// harmless (snapshots are separate) and the next refresh removes it.
+// refresh the agent did not finish and removes its dump directory. The
+// half-restored PGDATA itself is harmless (snapshots are separate) and
+// the next refresh removes it.
 func (j *Job) Recover(_ context.Context, t job.Target) error {
 	c := mainCluster(t, j.log)
 	if c.Running() {
 		j.log.Warn("stopping the pool's postgres left by an interrupted refresh", "datadir", c.DataDir)
 		c.Kill()
+	}
+	// A dump left by the interrupted refresh would fill the pool (and
+	// land in the next snapshot): remove it now.
+	if err := removeDumpRoot(t.Pool.MainDir()); err != nil {
+		return fmt.Errorf("remove the interrupted refresh's dump directory: %w", err)
 	}
 	return nil
 }
@@ -126,6 +132,9 @@ func (j *Job) Run(ctx context.Context, t job.Target) (job.Outcome, error) {
 	}
 	// A full refresh starts from an empty cluster, so objects dropped at
 	// the source disappear; earlier data lives on in the snapshots.
+	if err := removeDumpRoot(main); err != nil {
+		return out, fmt.Errorf("clear the dump directory: %w", err)
+	}
 	if err := os.RemoveAll(c.DataDir); err != nil {
 		return out, fmt.Errorf("clear the pool's data directory: %w", err)
 	}
@@ -159,6 +168,18 @@ func (j *Job) Run(ctx context.Context, t job.Target) (job.Outcome, error) {
 	defer cleanup()
 	out.DataStateAt = time.Now().UTC().Truncate(time.Second)
 	r := &run{job: j, t: t, c: c, params: dumpParams, log: log}
+	if j.directory() {
+		if err := r.prepareDumpRoot(); err != nil {
+			return out, err
+		}
+		// Removed before the core snapshots the main dataset: no dump in
+		// the snapshot or its clones.
+		defer func() {
+			if err := removeDumpRoot(main); err != nil {
+				log.Warn("removing the dump directory failed; the next refresh removes it", "dir", r.dumpRoot(), "err", err)
+			}
+		}()
+	}
 	if err := r.restoreAll(ctx, dbs, &out.Bytes); err != nil {
 		return out, err
 	}

@@ -55,8 +55,12 @@ func (r *run) restoreAll(ctx context.Context, dbs []string, total *int64) error 
 		return createErr
 	}
 
-	r.t.Progress.Phase("dump and restore", job.UnitBytes, 0)
-	jobs := max(r.job.cfg.Jobs, 1)
+	if r.job.directory() {
+		r.t.Progress.Phase("dump and restore", job.UnitRelations, 0)
+	} else {
+		r.t.Progress.Phase("dump and restore", job.UnitBytes, 0)
+	}
+	jobs := r.job.parallelDatabases()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	sem := make(chan struct{}, jobs)
@@ -69,7 +73,13 @@ func (r *run) restoreAll(ctx context.Context, dbs []string, total *int64) error 
 		go func(db string) {
 			defer wg.Done()
 			defer func() { <-sem }()
-			n, err := r.copyDatabase(ctx, db)
+			var n int64
+			var err error
+			if r.job.directory() {
+				n, err = r.copyDatabaseDir(ctx, db)
+			} else {
+				n, err = r.copyDatabase(ctx, db)
+			}
 			mu.Lock()
 			defer mu.Unlock()
 			*total += n
@@ -105,9 +115,8 @@ func (r *run) localConninfo(db string) string {
 // database names only as a quoted dbname in a connection string; both
 // programs run as the unprivileged OS user, never as root.
 func (r *run) copyDatabase(ctx context.Context, db string) (int64, error) {
-	dump := r.tool(ctx, "pg_dump", pgsource.Env(r.params), "-Fc", "--no-sync", "-d", pgsource.Conninfo(map[string]string{"dbname": db}))
-	restore := r.tool(ctx, "pg_restore", []string{"PGPASSFILE=/dev/null"},
-		"--no-owner", "--no-acl", "--exit-on-error", "-d", r.localConninfo(db))
+	dump := r.tool(ctx, "pg_dump", pgsource.Env(r.params), r.job.dumpArgs(db, "-Fc")...)
+	restore := r.tool(ctx, "pg_restore", []string{"PGPASSFILE=/dev/null"}, r.job.restoreArgs(r.localConninfo(db))...)
 	var dumpErr, restoreErr tailBuffer
 	dump.Stderr = &dumpErr
 	restore.Stderr = &restoreErr

@@ -1,0 +1,159 @@
+package config
+
+import (
+	"fmt"
+	"path/filepath"
+	"slices"
+	"strings"
+)
+
+// Logical dump formats (retrieval.logical.format).
+const (
+	// FormatPiped streams pg_dump -Fc into pg_restore: no dump on disk,
+	// one process pair per database.
+	FormatPiped = "piped"
+	// FormatDirectory writes pg_dump -Fd --jobs N to a directory on the
+	// pool (outside PGDATA, removed before the snapshot) and restores it
+	// with pg_restore --jobs N.
+	FormatDirectory = "directory"
+)
+
+// Logical tunes retrieval.mode logical.
+type Logical struct {
+	// Format is FormatPiped (default) or FormatDirectory.
+	Format string `yaml:"format"`
+	// ParallelDatabases is how many databases are copied at once. Default:
+	// retrieval.jobs with format piped (a piped archive restores serially),
+	// 1 with directory (there retrieval.jobs is each pg_dump's and
+	// pg_restore's --jobs).
+	ParallelDatabases int `yaml:"parallelDatabases"`
+	// IncludeTables, ExcludeTables, IncludeSchemas, ExcludeSchemas are
+	// pg_dump --table, --exclude-table, --schema and --exclude-schema
+	// patterns, applied to every copied database.
+	IncludeTables  []string `yaml:"includeTables"`
+	ExcludeTables  []string `yaml:"excludeTables"`
+	IncludeSchemas []string `yaml:"includeSchemas"`
+	ExcludeSchemas []string `yaml:"excludeSchemas"`
+	// DumpOptions and RestoreOptions are extra pg_dump and pg_restore
+	// options, each one argument in --name=value (or -xVALUE) form.
+	// Options that choose the connection, the output or the format are
+	// refused: the agent sets those.
+	DumpOptions    []string `yaml:"dumpOptions"`
+	RestoreOptions []string `yaml:"restoreOptions"`
+}
+
+// Preprocess is what runs against the freshly filled pool's postgres
+// before each snapshot: the hook for masking and patching.
+type Preprocess struct {
+	// SQLDir holds the SQL steps: each sub-folder is a group, groups run
+	// in name order, the *.sql files of one group run in parallel (one
+	// session each). *.sql files directly in SQLDir form a group that runs
+	// first.
+	SQLDir string `yaml:"sqlDir"`
+	// DBName is the database the SQL files run in ("postgres" if empty).
+	DBName string `yaml:"dbName"`
+	// Scripts run after the SQL, in order, as provision.osUser (never
+	// root), with PGHOST, PGPORT, PGUSER and PGDATABASE naming the pool's
+	// postgres. Each must be an absolute path to an executable file.
+	Scripts []string `yaml:"scripts"`
+}
+
+// Enabled says whether anything is configured.
+func (p Preprocess) Enabled() bool { return p.SQLDir != "" || len(p.Scripts) > 0 }
+
+// Options the agent sets itself, refused in dumpOptions/restoreOptions.
+// Short options are single letters; long ones are matched also as
+// getopt's unambiguous abbreviations.
+var (
+	dumpShortRefused    = map[byte]string{'f': "output file", 'h': "connection", 'd': "connection", 'p': "connection", 'U': "connection", 'F': "format", 'j': "jobs"}
+	dumpLongRefused     = map[string]string{"file": "output file", "host": "connection", "dbname": "connection", "port": "connection", "username": "connection", "format": "format", "jobs": "jobs"}
+	restoreShortRefused = map[byte]string{'f': "output file", 'h': "connection", 'd': "connection", 'p': "connection", 'U': "connection", 'F': "format", 'j': "jobs", 'l': "output (list instead of restore)"}
+	restoreLongRefused  = map[string]string{"file": "output file", "host": "connection", "dbname": "connection", "port": "connection", "username": "connection", "format": "format", "jobs": "jobs", "list": "output (list instead of restore)"}
+)
+
+// Short options that take a value (the rest of a bundled argument is
+// that value).
+const (
+	dumpShortValued    = "dEefFhjnNpStTUZ"
+	restoreShortValued = "dfFhIjLnNPpStTU"
+)
+
+// checkToolOption says why opt may not be an extra option ("" if it may).
+func checkToolOption(opt string, short map[byte]string, valued string, long map[string]string) string {
+	switch {
+	case opt == "" || opt == "-" || opt == "--":
+		return "is not an option"
+	case strings.HasPrefix(opt, "--"):
+		name, _, _ := strings.Cut(opt[2:], "=")
+		for full, why := range long {
+			if strings.HasPrefix(full, name) {
+				return fmt.Sprintf("sets the %s (--%s), which the agent chooses", why, full)
+			}
+		}
+		return ""
+	case strings.HasPrefix(opt, "-"):
+		// Short options may be bundled (-vOx): any refused letter up to
+		// the first one that takes a value refuses the whole argument.
+		for i := 1; i < len(opt); i++ {
+			if why, ok := short[opt[i]]; ok {
+				return fmt.Sprintf("sets the %s (-%c), which the agent chooses", why, opt[i])
+			}
+			if strings.IndexByte(valued, opt[i]) >= 0 {
+				if i == len(opt)-1 {
+					return "takes a value: join it (-xVALUE or --name=value), since a separate argument would be read as a database"
+				}
+				return ""
+			}
+		}
+		return ""
+	default:
+		// pg_dump reads a bare argument as the database (a connection
+		// string even): values must be joined to their option.
+		return "is not an option: give values as --name=value, since a separate argument would be read as a database"
+	}
+}
+
+func (l Logical) validate(bad func(string, ...any)) {
+	switch l.Format {
+	case "", FormatPiped, FormatDirectory:
+	default:
+		bad("retrieval.logical.format %q: use %q (pg_dump | pg_restore, no dump on disk) or %q (pg_dump -Fd --jobs)", l.Format, FormatPiped, FormatDirectory)
+	}
+	if l.ParallelDatabases < 0 || l.ParallelDatabases > 64 {
+		bad("retrieval.logical.parallelDatabases (%d) must be between 1 and 64 (0: the default)", l.ParallelDatabases)
+	}
+	for key, list := range map[string][]string{"includeTables": l.IncludeTables, "excludeTables": l.ExcludeTables, "includeSchemas": l.IncludeSchemas, "excludeSchemas": l.ExcludeSchemas} {
+		for i, p := range list {
+			if strings.TrimSpace(p) == "" || strings.ContainsAny(p, "\x00\n") {
+				bad("retrieval.logical.%s[%d] %q is not a pattern: give a table or schema name (pg_dump pattern, e.g. public.users or audit_*)", key, i, p)
+			}
+		}
+	}
+	for i, o := range l.DumpOptions {
+		if why := checkToolOption(o, dumpShortRefused, dumpShortValued, dumpLongRefused); why != "" {
+			bad("retrieval.logical.dumpOptions[%d] %q %s: remove it", i, o, why)
+		}
+	}
+	for i, o := range l.RestoreOptions {
+		if why := checkToolOption(o, restoreShortRefused, restoreShortValued, restoreLongRefused); why != "" {
+			bad("retrieval.logical.restoreOptions[%d] %q %s: remove it", i, o, why)
+		}
+	}
+}
+
+func (p Preprocess) validate(bad func(string, ...any)) {
+	if p.SQLDir != "" && !filepath.IsAbs(p.SQLDir) {
+		bad("retrieval.preprocess.sqlDir %q must be an absolute path", p.SQLDir)
+	}
+	if p.DBName != "" && !validIdent(p.DBName) {
+		bad("retrieval.preprocess.dbName %q is not a valid database name", p.DBName)
+	}
+	for i, s := range p.Scripts {
+		if !filepath.IsAbs(s) {
+			bad("retrieval.preprocess.scripts[%d] %q must be an absolute path to an executable", i, s)
+		}
+	}
+	if slices.Contains(p.Scripts, "") {
+		bad("retrieval.preprocess.scripts has an empty entry: remove it")
+	}
+}
