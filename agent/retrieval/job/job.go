@@ -85,6 +85,7 @@ type Outcome struct {
 const (
 	UnitBytes     = "bytes"
 	UnitRelations = "relations"
+	UnitSteps     = "steps" // pre-processing SQL files and scripts
 )
 
 // Progress is a running job's progress, updated by the job and read by

@@ -1,6 +1,7 @@
 package logical
 
 import (
+	"path/filepath"
 	"testing"
 
 	"github.com/thinlab/thinlab/agent/config"
@@ -64,4 +65,10 @@ func fill(t *testing.T, j *Job, p storage.Pool) (job.Outcome, storage.Snapshot, 
 // snapshotOptions are the core's options for a snapshot of out.
 func snapshotOptions(out job.Outcome) storage.SnapshotOptions {
 	return storage.SnapshotOptions{DataStateAt: out.DataStateAt, Message: Mode + " refresh"}
+}
+
+// mainRunning says whether a postgres runs on the pool's main dataset.
+func mainRunning(t *testing.T, p storage.Pool) bool {
+	t.Helper()
+	return (&pgcluster.Cluster{DataDir: filepath.Join(p.MainDir(), storage.DataSubdir), User: pgtest.OSUser(t)}).Running()
 }

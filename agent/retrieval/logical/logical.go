@@ -19,6 +19,7 @@ import (
 	"github.com/thinlab/thinlab/agent/config"
 	"github.com/thinlab/thinlab/agent/retrieval/job"
 	"github.com/thinlab/thinlab/agent/retrieval/pgsource"
+	"github.com/thinlab/thinlab/agent/retrieval/preprocess"
 	"github.com/thinlab/thinlab/agent/storage"
 	"github.com/thinlab/thinlab/internal/pgcluster"
 )
@@ -181,6 +182,12 @@ func (j *Job) Run(ctx context.Context, t job.Target) (job.Outcome, error) {
 		}()
 	}
 	if err := r.restoreAll(ctx, dbs, &out.Bytes); err != nil {
+		return out, err
+	}
+	// Masking and patching before anything is snapshotted: a failing
+	// step fails the refresh, and no snapshot holds unmasked data.
+	pg := preprocess.Postgres{BinDir: t.BinDir, User: t.User, SocketDir: c.DataDir, Port: localPort}
+	if err := preprocess.Run(ctx, j.cfg.Preprocess, pg, t.Progress, log); err != nil {
 		return out, err
 	}
 	if err := c.Stop(ctx, "fast"); err != nil {
