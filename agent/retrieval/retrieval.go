@@ -70,7 +70,8 @@ type Retriever struct {
 	mu       sync.Mutex
 	status   Status
 	running  bool
-	progress *job.Progress // of the running refresh, nil when none
+	current  *JobStatus    // the running refresh, nil when none
+	progress *job.Progress // its progress
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -165,19 +166,22 @@ func (r *Retriever) Start(ctx context.Context) {
 	}
 	if r.sched != nil {
 		r.cron = cron.New()
-		r.cron.Schedule(r.sched, cron.FuncJob(func() {
-			if err := r.FullRefresh(); err != nil {
-				r.log.Warn("scheduled refresh skipped", "err", err)
-			}
-		}))
+		r.cron.Schedule(r.sched, cron.FuncJob(r.scheduledRefresh))
 		r.cron.Start()
 	}
 	if r.cfg.RefreshOnStart {
 		if snaps, err := r.pool.Snapshots(ctx); err == nil && len(snaps) == 0 {
 			if err := r.FullRefresh(); err != nil {
-				r.log.Warn("refresh on start skipped", "err", err)
+				r.skipped("refresh on start skipped: " + err.Error())
 			}
 		}
+	}
+}
+
+// scheduledRefresh is the schedule's job: a refresh, or a skip recorded.
+func (r *Retriever) scheduledRefresh() {
+	if err := r.FullRefresh(); err != nil {
+		r.skipped("scheduled refresh skipped: " + err.Error())
 	}
 }
 
@@ -190,6 +194,11 @@ func (r *Retriever) Status() Status {
 	maps.Copy(s.Alerts, r.status.Alerts)
 	if r.sched != nil {
 		s.NextRefresh = r.sched.Next(time.Now())
+	}
+	if r.current != nil {
+		js := *r.current
+		js.Progress = r.progress.State()
+		s.Job = &js
 	}
 	return s
 }
@@ -245,12 +254,46 @@ func (r *Retriever) run(ctx context.Context) (Result, error) {
 	return res, err
 }
 
-// refreshAndRecord runs one refresh and records its outcome in the status.
+// skipped records a refresh that did not start: an alert, the log and a
+// refresh.skipped event.
+func (r *Retriever) skipped(why string) {
+	r.mu.Lock()
+	a := r.status.Alerts[AlertRefreshSkipped]
+	a.Level = "warning"
+	a.Message = why
+	a.LastSeen = time.Now()
+	a.Count++
+	r.status.Alerts[AlertRefreshSkipped] = a
+	r.mu.Unlock()
+	r.log.Warn(why)
+	r.events.Emit(events.Event{Kind: events.RefreshSkipped, Severity: events.Warning, Pool: r.pool.Name(), Message: why})
+}
+
+// eventData is the payload of retrieval and refresh events.
+type eventData struct {
+	Mode           string    `json:"mode"`
+	Databases      []string  `json:"databases,omitempty"`
+	Bytes          int64     `json:"bytes,omitempty"`
+	DataStateAt    time.Time `json:"dataStateAt,omitzero"`
+	ElapsedSeconds float64   `json:"elapsedSeconds,omitempty"`
+}
+
+// refreshAndRecord runs one refresh and records its outcome in the
+// status, the log and events.
 func (r *Retriever) refreshAndRecord(ctx context.Context) (Result, error) {
 	start := time.Now()
 	mode := r.job.Mode()
-	r.log.Info(mode+" refresh started", "pool", r.pool.Name())
+	pool := r.pool.Name()
+	r.log.Info(mode+" refresh started", "pool", pool)
+	r.events.Emit(events.Event{Kind: events.RefreshStarted, Pool: pool, Message: mode + " refresh started"}.WithData(eventData{Mode: mode}))
 	res, err := r.refresh(ctx)
+	data := eventData{Mode: mode, Databases: res.Databases, Bytes: res.Bytes, DataStateAt: res.DumpStartedAt, ElapsedSeconds: time.Since(start).Seconds()}
+	if err != nil {
+		r.events.Emit(events.Event{Kind: events.RetrievalFailed, Severity: events.Error, Pool: pool, Message: err.Error()}.WithData(data))
+	} else {
+		r.events.Emit(events.Event{Kind: events.SnapshotCreated, Pool: pool, Snapshot: res.Snapshot.ID, Message: SnapshotMessage(mode)})
+		r.events.Emit(events.Event{Kind: events.RefreshFinished, Pool: pool, Snapshot: res.Snapshot.ID, Message: mode + " refresh finished"}.WithData(data))
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.running = false
@@ -279,10 +322,11 @@ func (r *Retriever) refresh(ctx context.Context) (Result, error) {
 	progress := &job.Progress{}
 	r.mu.Lock()
 	r.progress = progress
+	r.current = &JobStatus{Mode: r.job.Mode(), Pool: r.pool.Name(), StartedAt: time.Now()}
 	r.mu.Unlock()
 	defer func() {
 		r.mu.Lock()
-		r.progress = nil
+		r.progress, r.current = nil, nil
 		r.mu.Unlock()
 	}()
 	t := r.target(r.pool, progress)
@@ -295,6 +339,8 @@ func (r *Retriever) refresh(ctx context.Context) (Result, error) {
 	if len(snaps) > 0 {
 		t.NotBefore = snaps[0].DataStateAt
 	}
+	mode := r.job.Mode()
+	r.events.Emit(events.Event{Kind: events.RetrievalStarted, Pool: r.pool.Name(), Message: mode + " retrieval started"}.WithData(eventData{Mode: mode}))
 	out, err := r.job.Run(ctx, t)
 	res.DumpStartedAt = out.DataStateAt
 	res.Databases = out.Databases
@@ -302,6 +348,7 @@ func (r *Retriever) refresh(ctx context.Context) (Result, error) {
 	if err != nil {
 		return res, err
 	}
+	r.events.Emit(events.Event{Kind: events.RetrievalFinished, Pool: r.pool.Name(), Message: mode + " retrieval finished"}.WithData(eventData{Mode: mode, Databases: out.Databases, Bytes: out.Bytes, DataStateAt: out.DataStateAt}))
 	if out.Snapshot != nil {
 		res.Snapshot = *out.Snapshot
 		return res, nil

@@ -8,6 +8,8 @@ package retrieval
 import (
 	"errors"
 	"time"
+
+	"github.com/thinlab/thinlab/agent/retrieval/job"
 )
 
 // Mode and status values, as DLE reports them.
@@ -21,8 +23,12 @@ const (
 	StatusFailed     = "failed"
 )
 
-// AlertRefreshFailed is the alert key of a failed refresh (level "error").
-const AlertRefreshFailed = "refresh_failed"
+// Alert keys: a failed refresh (level "error"); a refresh skipped because
+// another ran or no pool could take it (level "warning").
+const (
+	AlertRefreshFailed  = "refresh_failed"
+	AlertRefreshSkipped = "refresh_skipped"
+)
 
 // ErrRefreshRunning is returned when a full refresh is requested while one
 // runs.
@@ -50,4 +56,14 @@ type Status struct {
 	Alerts      map[string]Alert
 	// SnapshotID is the snapshot the last successful refresh made.
 	SnapshotID string
+	// Job is the running refresh, nil when none runs.
+	Job *JobStatus
+}
+
+// JobStatus is a running refresh and its progress.
+type JobStatus struct {
+	Mode      string
+	Pool      string
+	StartedAt time.Time
+	Progress  job.ProgressState
 }
