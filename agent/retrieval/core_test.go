@@ -73,6 +73,7 @@ func fakeRetriever(t *testing.T, p storage.Pool, j job.Job, bus *events.Bus) *Re
 	cfg := config.Default()
 	cfg.Pools = []config.Pool{{Name: p.Name(), Mode: p.Mode(), Path: p.MainDir()}}
 	cfg.Retrieval = config.Retrieval{Mode: "logical", Source: config.Source{Host: "127.0.0.1", Username: "x"}, Jobs: 1, Pool: p.Name(), RefreshSchedule: "0 3 * * *"}
+	cfg.StateDir = t.TempDir()
 	r, err := New(Options{Config: cfg, Pool: p, Logger: (&logtest.Buffer{}).Logger(), Events: bus, Job: j})
 	if err != nil {
 		t.Fatal(err)

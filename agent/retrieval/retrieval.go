@@ -66,6 +66,8 @@ type Retriever struct {
 	sched  cron.Schedule
 	retain Retention
 	events *events.Bus
+	// stateDir keeps the marker of a running refresh (runningFile).
+	stateDir string
 
 	mu       sync.Mutex
 	status   Status
@@ -100,7 +102,7 @@ func New(opt Options) (*Retriever, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	r := &Retriever{cfg: opt.Config.Retrieval, pool: opt.Pool, retain: opt.Retention, events: opt.Events, log: log.With("component", "retrieval")}
+	r := &Retriever{cfg: opt.Config.Retrieval, pool: opt.Pool, retain: opt.Retention, events: opt.Events, stateDir: opt.Config.StateDir, log: log.With("component", "retrieval")}
 	r.status = Status{Mode: ModeUnknown, Status: StatusInactive, Alerts: map[string]Alert{}}
 	r.ctx, r.cancel = context.WithCancel(context.Background())
 	if r.cfg.Mode == "" {
@@ -143,6 +145,13 @@ func New(opt Options) (*Retriever, error) {
 				break
 			}
 		}
+	}
+	// A refresh the agent did not finish (killed, host crash) left its
+	// marker: it failed, and the status says so until the next refresh.
+	if m, ok := r.readMarker(); ok {
+		r.status.Status = StatusFailed
+		r.status.Alerts[AlertRefreshFailed] = Alert{Level: "error", Count: 1, LastSeen: m.StartedAt,
+			Message: fmt.Sprintf("the %s refresh of pool %s started at %s was interrupted: the agent stopped before it finished", m.Mode, m.Pool, m.StartedAt.Format(time.RFC3339))}
 	}
 	return r, nil
 }
@@ -329,6 +338,8 @@ func (r *Retriever) refresh(ctx context.Context) (Result, error) {
 		r.progress, r.current = nil, nil
 		r.mu.Unlock()
 	}()
+	r.writeMarker(runningMarker{Pool: r.pool.Name(), Mode: r.job.Mode(), StartedAt: time.Now().UTC().Truncate(time.Second)})
+	defer r.removeMarker()
 	t := r.target(r.pool, progress)
 	// Snapshot IDs have second precision: the new data must be dated
 	// after the newest snapshot's.

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/thinlab/thinlab/agent/retrieval/pgsource"
+	"github.com/thinlab/thinlab/internal/pgcluster"
 )
 
 // dumpDirName is the directory in the pool's main dataset, beside PGDATA,
@@ -67,7 +68,7 @@ func (r *run) copyDatabaseDir(ctx context.Context, db string) (int64, error) {
 	var dumpErr tailBuffer
 	dump.Stderr = &dumpErr
 	r.log.Debug("command", "cmd", strings.Join(dump.Args, " "))
-	if err := dump.Start(); err != nil {
+	if err := pgcluster.StartOnLastingThread(dump); err != nil {
 		return 0, fmt.Errorf("start pg_dump: %w", err)
 	}
 	if r.job.onStart != nil {
@@ -100,7 +101,7 @@ func (r *run) copyDatabaseDir(ctx context.Context, db string) (int64, error) {
 		}
 		_, _ = io.Copy(io.Discard, pr) // a line over the scanner's limit: keep draining
 	}()
-	if err := restore.Start(); err != nil {
+	if err := pgcluster.StartOnLastingThread(restore); err != nil {
 		_ = pw.Close()
 		<-done
 		return size, fmt.Errorf("start pg_restore: %w", err)
@@ -132,12 +133,17 @@ func tableRestored(line string, parallel bool) bool {
 // contents (pg_restore --list).
 func (r *run) countTableData(ctx context.Context, dir string) (int64, error) {
 	list := r.tool(ctx, "pg_restore", nil, "--list", dir)
-	out, err := list.Output()
+	var out strings.Builder
+	list.Stdout = &out
+	err := pgcluster.StartOnLastingThread(list)
+	if err == nil {
+		err = list.Wait()
+	}
 	if err != nil {
 		return 0, err
 	}
 	var n int64
-	for line := range strings.Lines(string(out)) {
+	for line := range strings.Lines(out.String()) {
 		if !strings.HasPrefix(line, ";") && strings.Contains(line, " TABLE DATA ") {
 			n++
 		}

@@ -79,7 +79,9 @@ func New(cfg config.Retrieval, log *slog.Logger) (*Job, error) {
 func (j *Job) Mode() string { return Mode }
 
 func mainCluster(t job.Target, log *slog.Logger) *pgcluster.Cluster {
-	return &pgcluster.Cluster{DataDir: filepath.Join(t.Pool.MainDir(), storage.DataSubdir), BinDir: t.BinDir, User: t.User, Logger: log}
+	// DieWithParent: the cluster only lives for a refresh; a killed agent
+	// takes it along instead of leaving it running on the pool.
+	return &pgcluster.Cluster{DataDir: filepath.Join(t.Pool.MainDir(), storage.DataSubdir), BinDir: t.BinDir, User: t.User, Logger: log, DieWithParent: true}
 }
 
 // Recover stops a postgres left running in the pool's main dataset by a

@@ -100,7 +100,10 @@ func (r *run) tool(ctx context.Context, name string, env []string, args ...strin
 	cmd := exec.CommandContext(ctx, filepath.Join(r.t.BinDir, name), args...)
 	cmd.Env = append(pgsource.BaseEnv(r.t.User), env...)
 	cmd.Dir = "/"
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: r.t.User.Credential()}
+	// Pdeathsig: a tool must not outlive an agent that was killed (it
+	// would keep writing into the pool while the next start cleans up).
+	// Such commands are started with pgcluster.StartOnLastingThread.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: r.t.User.Credential(), Pdeathsig: syscall.SIGKILL}
 	return cmd
 }
 
@@ -130,10 +133,10 @@ func (r *run) copyDatabase(ctx context.Context, db string) (int64, error) {
 	}
 	r.log.Debug("command", "cmd", strings.Join(dump.Args, " ")+" | "+strings.Join(restore.Args, " "))
 	start := time.Now()
-	if err := restore.Start(); err != nil {
+	if err := pgcluster.StartOnLastingThread(restore); err != nil {
 		return 0, fmt.Errorf("start pg_restore: %w", err)
 	}
-	if err := dump.Start(); err != nil {
+	if err := pgcluster.StartOnLastingThread(dump); err != nil {
 		// EOF ends pg_restore; its exit adds nothing to the start error.
 		_ = restoreIn.Close()
 		_ = restore.Wait()

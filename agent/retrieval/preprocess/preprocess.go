@@ -186,12 +186,17 @@ func runSQL(ctx context.Context, file, groupName string, pg Postgres, env []stri
 func runStep(cmd *exec.Cmd, step string, pg Postgres, env []string, log *slog.Logger) error {
 	cmd.Env = env
 	cmd.Dir = "/"
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: pg.User.Credential()}
+	// Pdeathsig: a step must not outlive a killed agent.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: pg.User.Credential(), Pdeathsig: syscall.SIGKILL}
 	var out tail
 	cmd.Stdout = &out
 	cmd.Stderr = &out
 	log.Info("pre-processing step started", "step", step)
-	if err := cmd.Run(); err != nil {
+	err := pgcluster.StartOnLastingThread(cmd)
+	if err == nil {
+		err = cmd.Wait()
+	}
+	if err != nil {
 		log.Error("pre-processing step failed", "step", step, "err", err, "output", out.String())
 		return &StepError{Step: step, Err: err, Output: out.String()}
 	}
