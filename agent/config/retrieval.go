@@ -40,6 +40,30 @@ type Logical struct {
 	// refused: the agent sets those.
 	DumpOptions    []string `yaml:"dumpOptions"`
 	RestoreOptions []string `yaml:"restoreOptions"`
+	// Dumps, when set, are restored instead of dumping retrieval.source
+	// (which is then not needed): existing pg_dump output on disk.
+	Dumps []Dump `yaml:"dumps"`
+}
+
+// Dump formats (retrieval.logical.dumps[].format).
+const (
+	DumpAuto      = "auto"
+	DumpCustom    = "custom"
+	DumpDirectory = "directory"
+	DumpPlain     = "plain"
+)
+
+// Dump is one existing dump restored into one database.
+type Dump struct {
+	// Path is a custom-format file (pg_dump -Fc), a directory-format
+	// directory (-Fd; readable by provision.osUser) or a plain SQL file,
+	// uncompressed or compressed with gzip, bzip2 or zstd.
+	Path string `yaml:"path"`
+	// DBName is the database the dump is restored into.
+	DBName string `yaml:"dbName"`
+	// Format is auto (default: recognised from the content), custom,
+	// directory or plain.
+	Format string `yaml:"format"`
 }
 
 // Preprocess is what runs against the freshly filled pool's postgres
@@ -114,6 +138,23 @@ func checkToolOption(opt string, short map[byte]string, valued string, long map[
 }
 
 func (l Logical) validate(bad func(string, ...any)) {
+	seenDB := map[string]bool{}
+	for i, d := range l.Dumps {
+		if !filepath.IsAbs(d.Path) {
+			bad("retrieval.logical.dumps[%d].path %q must be an absolute path to a dump file or directory", i, d.Path)
+		}
+		if !validIdent(d.DBName) {
+			bad("retrieval.logical.dumps[%d].dbName %q is not a valid database name: name the database to restore into", i, d.DBName)
+		} else if seenDB[d.DBName] {
+			bad("retrieval.logical.dumps[%d].dbName %q is restored twice: give each dump its own database", i, d.DBName)
+		}
+		seenDB[d.DBName] = true
+		switch d.Format {
+		case "", DumpAuto, DumpCustom, DumpDirectory, DumpPlain:
+		default:
+			bad("retrieval.logical.dumps[%d].format %q: use auto, custom, directory or plain", i, d.Format)
+		}
+	}
 	switch l.Format {
 	case "", FormatPiped, FormatDirectory:
 	default:

@@ -125,8 +125,8 @@ func (c *Config) Validate() error {
 	case "":
 	case "logical":
 		s := r.Source
-		if s.ConnStr == "" && (s.Host == "" || s.Username == "") {
-			bad("retrieval.source: set connStr, or host and username (plus port, dbname, passwordEnv)")
+		if s.ConnStr == "" && (s.Host == "" || s.Username == "") && len(r.Logical.Dumps) == 0 {
+			bad("retrieval.source: set connStr, or host and username (plus port, dbname, passwordEnv), or restore existing dumps (retrieval.logical.dumps)")
 		}
 		if s.ConnStr != "" && (s.Host != "" || s.Username != "" || s.DBName != "") {
 			bad("retrieval.source: connStr and host/username/dbname are both set: use one or the other")

@@ -65,6 +65,9 @@ func New(cfg config.Retrieval, log *slog.Logger) (*Job, error) {
 	if log == nil {
 		log = slog.Default()
 	}
+	if len(cfg.Logical.Dumps) > 0 {
+		return &Job{cfg: cfg, log: log}, nil
+	}
 	params, err := pgsource.Params(cfg.Source)
 	if err != nil {
 		return nil, err
@@ -110,18 +113,27 @@ func (j *Job) Run(ctx context.Context, t job.Target) (job.Outcome, error) {
 	if log == nil {
 		log = j.log
 	}
-	params, err := pgsource.Params(j.cfg.Source)
-	if err != nil {
-		return out, err
-	}
-	dbs := j.cfg.Databases
-	if len(dbs) == 0 {
-		if dbs, err = listDatabases(ctx, params); err != nil {
+	dumps := j.cfg.Logical.Dumps
+	var params map[string]string
+	var dbs []string
+	if len(dumps) > 0 {
+		for _, d := range dumps {
+			dbs = append(dbs, d.DBName)
+		}
+	} else {
+		var err error
+		if params, err = pgsource.Params(j.cfg.Source); err != nil {
 			return out, err
 		}
-	}
-	if len(dbs) == 0 {
-		return out, errors.New("the source has no databases to copy")
+		dbs = j.cfg.Databases
+		if len(dbs) == 0 {
+			if dbs, err = listDatabases(ctx, params); err != nil {
+				return out, err
+			}
+		}
+		if len(dbs) == 0 {
+			return out, errors.New("the source has no databases to copy")
+		}
 	}
 	out.Databases = dbs
 
@@ -162,28 +174,13 @@ func (j *Job) Run(ctx context.Context, t job.Target) (job.Outcome, error) {
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
-	// pg_dump runs as the unprivileged OS user: the TLS files it needs
-	// are handed to it as private copies.
-	dumpParams, cleanup, err := pgsource.PrivateCopies(params, t.User, log)
-	if err != nil {
-		return out, err
-	}
-	defer cleanup()
-	out.DataStateAt = time.Now().UTC().Truncate(time.Second)
-	r := &run{job: j, t: t, c: c, params: dumpParams, log: log}
-	if j.directory() {
-		if err := r.prepareDumpRoot(); err != nil {
+	if len(dumps) > 0 {
+		r := &run{job: j, t: t, c: c, log: log}
+		var err error
+		if out.DataStateAt, err = r.restoreDumps(ctx, dumps, &out.Bytes); err != nil {
 			return out, err
 		}
-		// Removed before the core snapshots the main dataset: no dump in
-		// the snapshot or its clones.
-		defer func() {
-			if err := removeDumpRoot(main); err != nil {
-				log.Warn("removing the dump directory failed; the next refresh removes it", "dir", r.dumpRoot(), "err", err)
-			}
-		}()
-	}
-	if err := r.restoreAll(ctx, dbs, &out.Bytes); err != nil {
+	} else if err := j.copySource(ctx, t, c, params, dbs, &out, log); err != nil {
 		return out, err
 	}
 	// Masking and patching before anything is snapshotted: a failing
@@ -198,6 +195,34 @@ func (j *Job) Run(ctx context.Context, t job.Target) (job.Outcome, error) {
 	stopped = true
 	syscall.Sync()
 	return out, nil
+}
+
+// copySource dumps the source's databases into the started cluster c;
+// out.DataStateAt is the dump's start.
+func (j *Job) copySource(ctx context.Context, t job.Target, c *pgcluster.Cluster, params map[string]string, dbs []string, out *job.Outcome, log *slog.Logger) error {
+	main := t.Pool.MainDir()
+	// pg_dump runs as the unprivileged OS user: the TLS files it needs
+	// are handed to it as private copies.
+	dumpParams, cleanup, err := pgsource.PrivateCopies(params, t.User, log)
+	if err != nil {
+		return err
+	}
+	defer cleanup()
+	out.DataStateAt = time.Now().UTC().Truncate(time.Second)
+	r := &run{job: j, t: t, c: c, params: dumpParams, log: log}
+	if j.directory() {
+		if err := r.prepareDumpRoot(); err != nil {
+			return err
+		}
+		// Removed before the core snapshots the main dataset: no dump in
+		// the snapshot or its clones.
+		defer func() {
+			if err := removeDumpRoot(main); err != nil {
+				log.Warn("removing the dump directory failed; the next refresh removes it", "dir", r.dumpRoot(), "err", err)
+			}
+		}()
+	}
+	return r.restoreAll(ctx, dbs, &out.Bytes)
 }
 
 // listDatabases asks the source for its non-template databases.

@@ -31,28 +31,8 @@ type run struct {
 
 // restoreAll copies the databases, retrieval.jobs at a time.
 func (r *run) restoreAll(ctx context.Context, dbs []string, total *int64) error {
-	local, err := pgcluster.Connect(ctx, r.c.SocketConnString(localPort, "postgres", "postgres"))
-	if err != nil {
+	if err := r.createDatabases(ctx, dbs); err != nil {
 		return err
-	}
-	createErr := func() error {
-		for _, db := range dbs {
-			if db == "postgres" {
-				continue
-			}
-			if _, err := local.Exec(ctx, "CREATE DATABASE "+pgx.Identifier{db}.Sanitize()+" TEMPLATE template0"); err != nil {
-				return fmt.Errorf("create database %s in the pool: %w", db, err)
-			}
-		}
-		return nil
-	}()
-	// The databases exist (or the error says why not): a failed goodbye
-	// on this session loses nothing.
-	if err := local.Close(ctx); err != nil {
-		r.log.Warn("closing the session to the pool's postgres failed", "err", err)
-	}
-	if createErr != nil {
-		return createErr
 	}
 
 	if r.job.directory() {
@@ -91,6 +71,31 @@ func (r *run) restoreAll(ctx context.Context, dbs []string, total *int64) error 
 	}
 	wg.Wait()
 	return firstErr
+}
+
+// createDatabases makes the databases to restore into (postgres exists).
+func (r *run) createDatabases(ctx context.Context, dbs []string) error {
+	local, err := pgcluster.Connect(ctx, r.c.SocketConnString(localPort, "postgres", "postgres"))
+	if err != nil {
+		return err
+	}
+	createErr := func() error {
+		for _, db := range dbs {
+			if db == "postgres" {
+				continue
+			}
+			if _, err := local.Exec(ctx, "CREATE DATABASE "+pgx.Identifier{db}.Sanitize()+" TEMPLATE template0"); err != nil {
+				return fmt.Errorf("create database %s in the pool: %w", db, err)
+			}
+		}
+		return nil
+	}()
+	// The databases exist (or the error says why not): a failed goodbye
+	// on this session loses nothing.
+	if err := local.Close(ctx); err != nil {
+		r.log.Warn("closing the session to the pool's postgres failed", "err", err)
+	}
+	return createErr
 }
 
 // tool builds a PostgreSQL tool's command running as the unprivileged OS
