@@ -65,7 +65,7 @@ func (s *Server) status(c *gin.Context) {
 			entry.Status = agentapi.PoolEmpty
 			entry.DataStateAt = &agentapi.LocalTime{}
 		}
-		if ret.Status == agentapi.RetrievalRefreshing && s.cfg.Retrieval.Pool == p.Name() {
+		if ret.Job != nil && ret.Job.Pool == p.Name() {
 			entry.Status = agentapi.PoolRefreshing
 		}
 		for _, cl := range clones {

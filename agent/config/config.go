@@ -157,8 +157,17 @@ type Retrieval struct {
 	// Mode is "logical" (pg_dump | pg_restore), or empty for none.
 	Mode   string `yaml:"mode"`
 	Source Source `yaml:"source"`
-	// Pool is the pool to fill; the first pool when empty.
+	// Pool is the pool to fill; the first pool when empty and Pools is
+	// unset. Set it to pin an agent to one pool (agents sharing a host).
 	Pool string `yaml:"pool"`
+	// Pools, instead of Pool, are two or more pools a full refresh rotates
+	// between: each refresh fills an idle one (not the one with the newest
+	// snapshot, preferably one without clones); clones default to the
+	// newest snapshot, so the active pool switches when it is ready.
+	Pools []string `yaml:"pools"`
+	// BusyPool says when a refresh may fill a pool that still has clones
+	// (only with Pools, when every idle pool has clones).
+	BusyPool BusyPool `yaml:"busyPool"`
 	// Databases to copy; all non-template databases of the source when
 	// empty.
 	Databases []string `yaml:"databases"`
@@ -319,7 +328,7 @@ func (c *Config) applyDefaults(present map[string]bool) {
 	if c.Retrieval.Mode != "" && c.Retrieval.Jobs == 0 {
 		c.Retrieval.Jobs = 1
 	}
-	if c.Retrieval.Mode != "" && c.Retrieval.Pool == "" && len(c.Pools) > 0 {
+	if c.Retrieval.Mode != "" && c.Retrieval.Pool == "" && len(c.Retrieval.Pools) == 0 && len(c.Pools) > 0 {
 		c.Retrieval.Pool = c.Pools[0].Name
 	}
 	if c.Retrieval.Source.Port == 0 && c.Retrieval.Source.ConnStr == "" && c.Retrieval.Mode != "" {
@@ -386,6 +395,7 @@ var typeSections = map[string]string{
 	"config.Source":        "retrieval.source",
 	"config.Logical":       "retrieval.logical",
 	"config.Preprocess":    "retrieval.preprocess",
+	"config.BusyPool":      "retrieval.busyPool",
 	"config.Platform":      "platform",
 }
 

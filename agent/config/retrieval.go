@@ -198,3 +198,39 @@ func (p Preprocess) validate(bad func(string, ...any)) {
 		bad("retrieval.preprocess.scripts has an empty entry: remove it")
 	}
 }
+
+// BusyPool is the refresh policy for pools that still have clones. While
+// every idle pool has clones a refresh is skipped (a refresh.skipped
+// event and alert name the pool and when it will be forced); it fills the
+// least recently refreshed of them once either limit is reached. Clones on
+// a pool that is refreshed keep working: they live on their own datasets.
+type BusyPool struct {
+	// ForceAfterMinutes forces the refresh this long after the first skip
+	// (the warning period); 0 never forces by time.
+	ForceAfterMinutes int `yaml:"forceAfterMinutes"`
+	// ForceAfterRetries forces the refresh after this many skipped
+	// attempts; 0 never forces by count.
+	ForceAfterRetries int `yaml:"forceAfterRetries"`
+}
+
+func (r Retrieval) validatePools(bad func(string, ...any), seen map[string]bool) {
+	if len(r.Pools) > 0 && r.Pool != "" {
+		bad("retrieval.pool %q and retrieval.pools are both set: pool pins one pool, pools rotates between several; keep one", r.Pool)
+	}
+	if len(r.Pools) == 1 {
+		bad("retrieval.pools has one pool: rotation needs two or more (or set retrieval.pool)")
+	}
+	dup := map[string]bool{}
+	for i, name := range r.Pools {
+		if !seen[name] {
+			bad("retrieval.pools[%d] %q is not one of pools[].name", i, name)
+		}
+		if dup[name] {
+			bad("retrieval.pools[%d] %q is listed twice", i, name)
+		}
+		dup[name] = true
+	}
+	if r.BusyPool.ForceAfterMinutes < 0 || r.BusyPool.ForceAfterRetries < 0 {
+		bad("retrieval.busyPool: forceAfterMinutes and forceAfterRetries must not be negative (0 = never force)")
+	}
+}

@@ -65,3 +65,23 @@ func TestPreprocessValidation(t *testing.T) {
 		}
 	}
 }
+
+func TestRetrievalPoolsValidation(t *testing.T) {
+	base := "server: {verificationToken: 0123456789abcdef0123456789abcdef}\npools: [{name: a, mode: btrfs, path: /a}, {name: b, mode: btrfs, path: /b}]\nretrieval:\n  mode: logical\n  source: {connStr: 'host=x'}\n"
+	for yaml, want := range map[string]string{
+		"  pools: [a, b]\n":            "",
+		"  pools: [a, b]\n  pool: a\n": `retrieval.pool "a" and retrieval.pools are both set`,
+		"  pools: [a]\n":               "retrieval.pools has one pool",
+		"  pools: [a, c]\n":            `retrieval.pools[1] "c" is not one of pools[].name`,
+		"  pools: [a, a]\n":            `retrieval.pools[1] "a" is listed twice`,
+		"  pools: [a, b]\n  busyPool: {forceAfterMinutes: -1}\n": "retrieval.busyPool",
+	} {
+		c, err := Parse([]byte(base+yaml), "agent.yaml")
+		if want == "" && err != nil || want != "" && (err == nil || !strings.Contains(err.Error(), want)) {
+			t.Errorf("%s: error %v, want %q", yaml, err, want)
+		}
+		if want == "" && err == nil && c.Retrieval.Pool != "" {
+			t.Errorf("%s: retrieval.pool defaulted to %q although pools rotate", yaml, c.Retrieval.Pool)
+		}
+	}
+}

@@ -168,6 +168,7 @@ func (c *Config) Validate() error {
 			}
 		}
 		r.Logical.validate(bad)
+		r.validatePools(bad, seen)
 		r.Preprocess.validate(bad)
 	case "physical":
 		bad("retrieval.mode \"physical\" is not supported yet: use \"logical\" or leave it empty")

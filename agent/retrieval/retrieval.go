@@ -32,7 +32,10 @@ type Retention interface {
 type Options struct {
 	Config *config.Config
 	// Pool is the pool named by retrieval.pool.
-	Pool   storage.Pool
+	Pool storage.Pool
+	// Pools, with retrieval.pools, are the pools a refresh rotates
+	// between (Pool is then unused).
+	Pools  []storage.Pool
 	Logger *slog.Logger
 	// Retention, when set, runs after every successful refresh; its
 	// errors are logged and never fail the refresh.
@@ -59,9 +62,9 @@ func newJob(cfg config.Retrieval, log *slog.Logger) (job.Job, error) {
 type Retriever struct {
 	cfg    config.Retrieval
 	job    job.Job
-	binDir string // newest installed PostgreSQL (pg_dump must not be older than the source)
+	pools  []storage.Pool // the pools a refresh may fill (one unless rotating)
+	binDir string         // newest installed PostgreSQL (pg_dump must not be older than the source)
 	user   pgcluster.OSUser
-	pool   storage.Pool
 	log    *slog.Logger
 	sched  cron.Schedule
 	retain Retention
@@ -69,11 +72,16 @@ type Retriever struct {
 	// stateDir keeps the marker of a running refresh (runningFile).
 	stateDir string
 
-	mu       sync.Mutex
-	status   Status
-	running  bool
-	current  *JobStatus    // the running refresh, nil when none
-	progress *job.Progress // its progress
+	mu      sync.Mutex
+	status  Status
+	running bool
+	before  string // the status before the running refresh (restored on a skip)
+	// busySince and busySkips count refreshes skipped because every idle
+	// pool had clones (retrieval.busyPool); reset when one runs.
+	busySince time.Time
+	busySkips int
+	current   *JobStatus    // the running refresh, nil when none
+	progress  *job.Progress // its progress
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -81,8 +89,14 @@ type Retriever struct {
 	cron   *cron.Cron
 }
 
+// ErrAllPoolsBusy is returned when every pool a refresh could fill still
+// has clones and retrieval.busyPool does not force it yet.
+var ErrAllPoolsBusy = errors.New("every idle pool still has clones")
+
 // Result describes one finished refresh.
 type Result struct {
+	// Pool is the pool the refresh filled.
+	Pool     string
 	Snapshot storage.Snapshot
 	// DumpStartedAt is the snapshot's DataStateAt: for logical, when
 	// pg_dump started (second precision).
@@ -102,13 +116,17 @@ func New(opt Options) (*Retriever, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	r := &Retriever{cfg: opt.Config.Retrieval, pool: opt.Pool, retain: opt.Retention, events: opt.Events, stateDir: opt.Config.StateDir, log: log.With("component", "retrieval")}
+	r := &Retriever{cfg: opt.Config.Retrieval, retain: opt.Retention, events: opt.Events, stateDir: opt.Config.StateDir, log: log.With("component", "retrieval")}
 	r.status = Status{Mode: ModeUnknown, Status: StatusInactive, Alerts: map[string]Alert{}}
 	r.ctx, r.cancel = context.WithCancel(context.Background())
 	if r.cfg.Mode == "" {
 		return r, nil
 	}
-	if opt.Pool == nil {
+	r.pools = opt.Pools
+	if len(r.pools) == 0 && opt.Pool != nil {
+		r.pools = []storage.Pool{opt.Pool}
+	}
+	if len(r.pools) == 0 {
 		return nil, errors.New("retrieval: no pool to fill (retrieval.pool)")
 	}
 	r.job = opt.Job
@@ -132,16 +150,22 @@ func New(opt Options) (*Retriever, error) {
 			return nil, fmt.Errorf("retrieval.refreshSchedule: %w", err)
 		}
 	}
-	// The last refresh is known from the pool itself: its newest snapshot
-	// made by a refresh of this mode.
+	// The last refresh is known from the pools themselves: the newest
+	// snapshot made by a refresh of this mode.
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	if snaps, err := r.pool.Snapshots(ctx); err == nil {
+	for _, p := range r.pools {
+		snaps, err := p.Snapshots(ctx)
+		if err != nil {
+			continue
+		}
 		for _, s := range snaps {
 			if s.Message == SnapshotMessage(r.job.Mode()) {
-				r.status.Status = StatusFinished
-				r.status.LastRefresh = s.CreatedAt
-				r.status.SnapshotID = s.ID
+				if s.CreatedAt.After(r.status.LastRefresh) {
+					r.status.Status = StatusFinished
+					r.status.LastRefresh = s.CreatedAt
+					r.status.SnapshotID = s.ID
+				}
 				break
 			}
 		}
@@ -169,8 +193,10 @@ func (r *Retriever) Start(ctx context.Context) {
 		return
 	}
 	if rec, ok := r.job.(job.Recoverer); ok {
-		if err := rec.Recover(ctx, r.target(r.pool, nil)); err != nil {
-			r.log.Warn("cleaning up after an interrupted refresh failed", "pool", r.pool.Name(), "err", err)
+		for _, p := range r.pools {
+			if err := rec.Recover(ctx, r.target(p, nil)); err != nil {
+				r.log.Warn("cleaning up after an interrupted refresh failed", "pool", p.Name(), "err", err)
+			}
 		}
 	}
 	if r.sched != nil {
@@ -179,12 +205,25 @@ func (r *Retriever) Start(ctx context.Context) {
 		r.cron.Start()
 	}
 	if r.cfg.RefreshOnStart {
-		if snaps, err := r.pool.Snapshots(ctx); err == nil && len(snaps) == 0 {
+		empty := true
+		for _, p := range r.pools {
+			if snaps, err := p.Snapshots(ctx); err != nil || len(snaps) > 0 {
+				empty = false
+			}
+		}
+		if empty {
 			if err := r.FullRefresh(); err != nil {
 				r.skipped("refresh on start skipped: " + err.Error())
 			}
 		}
 	}
+}
+
+// Refreshing says whether a refresh is filling the pool named pool.
+func (r *Retriever) Refreshing(pool string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.current != nil && r.current.Pool == pool
 }
 
 // scheduledRefresh is the schedule's job: a refresh, or a skip recorded.
@@ -247,6 +286,7 @@ func (r *Retriever) begin() error {
 		return errors.New("retrieval is shutting down")
 	}
 	r.running = true
+	r.before = r.status.Status
 	r.status.Status = StatusRefreshing
 	return nil
 }
@@ -256,8 +296,13 @@ func (r *Retriever) run(ctx context.Context) (Result, error) {
 	// Retention runs once the refresh is recorded as finished: its new
 	// snapshot is the newest, so it is always kept.
 	if err == nil && r.retain != nil {
-		if _, rerr := r.retain.Retain(ctx, r.pool); rerr != nil {
-			r.log.Warn("snapshot retention after the refresh failed", "pool", r.pool.Name(), "err", rerr)
+		for _, p := range r.pools {
+			if p.Name() != res.Pool {
+				continue
+			}
+			if _, rerr := r.retain.Retain(ctx, p); rerr != nil {
+				r.log.Warn("snapshot retention after the refresh failed", "pool", p.Name(), "err", rerr)
+			}
 		}
 	}
 	return res, err
@@ -265,7 +310,9 @@ func (r *Retriever) run(ctx context.Context) (Result, error) {
 
 // skipped records a refresh that did not start: an alert, the log and a
 // refresh.skipped event.
-func (r *Retriever) skipped(why string) {
+func (r *Retriever) skipped(why string) { r.skippedPool("", why) }
+
+func (r *Retriever) skippedPool(pool, why string) {
 	r.mu.Lock()
 	a := r.status.Alerts[AlertRefreshSkipped]
 	a.Level = "warning"
@@ -275,7 +322,7 @@ func (r *Retriever) skipped(why string) {
 	r.status.Alerts[AlertRefreshSkipped] = a
 	r.mu.Unlock()
 	r.log.Warn(why)
-	r.events.Emit(events.Event{Kind: events.RefreshSkipped, Severity: events.Warning, Pool: r.pool.Name(), Message: why})
+	r.events.Emit(events.Event{Kind: events.RefreshSkipped, Severity: events.Warning, Pool: pool, Message: why})
 }
 
 // eventData is the payload of retrieval and refresh events.
@@ -292,10 +339,24 @@ type eventData struct {
 func (r *Retriever) refreshAndRecord(ctx context.Context) (Result, error) {
 	start := time.Now()
 	mode := r.job.Mode()
-	pool := r.pool.Name()
+	p, busy, err := r.choosePool(ctx)
+	if err != nil || p == nil {
+		r.mu.Lock()
+		r.running = false
+		r.status.Status = r.before
+		r.mu.Unlock()
+		if err == nil {
+			r.skippedPool(busy, "refresh skipped: "+r.busyMessage(busy))
+			return Result{}, ErrAllPoolsBusy
+		}
+		r.skipped("refresh skipped: " + err.Error())
+		return Result{}, err
+	}
+	pool := p.Name()
 	r.log.Info(mode+" refresh started", "pool", pool)
 	r.events.Emit(events.Event{Kind: events.RefreshStarted, Pool: pool, Message: mode + " refresh started"}.WithData(eventData{Mode: mode}))
-	res, err := r.refresh(ctx)
+	res, err := r.refresh(ctx, p)
+	res.Pool = pool
 	data := eventData{Mode: mode, Databases: res.Databases, Bytes: res.Bytes, DataStateAt: res.DumpStartedAt, ElapsedSeconds: time.Since(start).Seconds()}
 	if err != nil {
 		r.events.Emit(events.Event{Kind: events.RetrievalFailed, Severity: events.Error, Pool: pool, Message: err.Error()}.WithData(data))
@@ -314,36 +375,36 @@ func (r *Retriever) refreshAndRecord(ctx context.Context) (Result, error) {
 		a.LastSeen = time.Now()
 		a.Count++
 		r.status.Alerts[AlertRefreshFailed] = a
-		r.log.Error(mode+" refresh failed", "pool", r.pool.Name(), "err", err, "elapsed", time.Since(start))
+		r.log.Error(mode+" refresh failed", "pool", pool, "err", err, "elapsed", time.Since(start))
 		return res, err
 	}
 	r.status.Status = StatusFinished
 	r.status.LastRefresh = time.Now()
 	r.status.SnapshotID = res.Snapshot.ID
 	delete(r.status.Alerts, AlertRefreshFailed)
-	r.log.Info(mode+" refresh finished", "pool", r.pool.Name(), "snapshot", res.Snapshot.ID, "databases", res.Databases, "bytes", res.Bytes, "elapsed", time.Since(start))
+	r.log.Info(mode+" refresh finished", "pool", pool, "snapshot", res.Snapshot.ID, "databases", res.Databases, "bytes", res.Bytes, "elapsed", time.Since(start))
 	return res, nil
 }
 
-// refresh has the job fill the pool and snapshots the result.
-func (r *Retriever) refresh(ctx context.Context) (Result, error) {
+// refresh has the job fill pool p and snapshots the result.
+func (r *Retriever) refresh(ctx context.Context, p storage.Pool) (Result, error) {
 	var res Result
 	progress := &job.Progress{}
 	r.mu.Lock()
 	r.progress = progress
-	r.current = &JobStatus{Mode: r.job.Mode(), Pool: r.pool.Name(), StartedAt: time.Now()}
+	r.current = &JobStatus{Mode: r.job.Mode(), Pool: p.Name(), StartedAt: time.Now()}
 	r.mu.Unlock()
 	defer func() {
 		r.mu.Lock()
 		r.progress, r.current = nil, nil
 		r.mu.Unlock()
 	}()
-	r.writeMarker(runningMarker{Pool: r.pool.Name(), Mode: r.job.Mode(), StartedAt: time.Now().UTC().Truncate(time.Second)})
+	r.writeMarker(runningMarker{Pool: p.Name(), Mode: r.job.Mode(), StartedAt: time.Now().UTC().Truncate(time.Second)})
 	defer r.removeMarker()
-	t := r.target(r.pool, progress)
+	t := r.target(p, progress)
 	// Snapshot IDs have second precision: the new data must be dated
 	// after the newest snapshot's.
-	snaps, err := r.pool.Snapshots(ctx)
+	snaps, err := p.Snapshots(ctx)
 	if err != nil {
 		return res, fmt.Errorf("list the pool's snapshots: %w", err)
 	}
@@ -351,7 +412,7 @@ func (r *Retriever) refresh(ctx context.Context) (Result, error) {
 		t.NotBefore = snaps[0].DataStateAt
 	}
 	mode := r.job.Mode()
-	r.events.Emit(events.Event{Kind: events.RetrievalStarted, Pool: r.pool.Name(), Message: mode + " retrieval started"}.WithData(eventData{Mode: mode}))
+	r.events.Emit(events.Event{Kind: events.RetrievalStarted, Pool: p.Name(), Message: mode + " retrieval started"}.WithData(eventData{Mode: mode}))
 	out, err := r.job.Run(ctx, t)
 	res.DumpStartedAt = out.DataStateAt
 	res.Databases = out.Databases
@@ -359,12 +420,12 @@ func (r *Retriever) refresh(ctx context.Context) (Result, error) {
 	if err != nil {
 		return res, err
 	}
-	r.events.Emit(events.Event{Kind: events.RetrievalFinished, Pool: r.pool.Name(), Message: mode + " retrieval finished"}.WithData(eventData{Mode: mode, Databases: out.Databases, Bytes: out.Bytes, DataStateAt: out.DataStateAt}))
+	r.events.Emit(events.Event{Kind: events.RetrievalFinished, Pool: p.Name(), Message: mode + " retrieval finished"}.WithData(eventData{Mode: mode, Databases: out.Databases, Bytes: out.Bytes, DataStateAt: out.DataStateAt}))
 	if out.Snapshot != nil {
 		res.Snapshot = *out.Snapshot
 		return res, nil
 	}
-	snap, err := r.pool.Snapshot(ctx, storage.SnapshotOptions{DataStateAt: out.DataStateAt, Message: SnapshotMessage(r.job.Mode())})
+	snap, err := p.Snapshot(ctx, storage.SnapshotOptions{DataStateAt: out.DataStateAt, Message: SnapshotMessage(r.job.Mode())})
 	if err != nil {
 		return res, fmt.Errorf("snapshot the pool: %w", err)
 	}

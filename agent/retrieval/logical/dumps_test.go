@@ -30,7 +30,7 @@ func TestRestoreDumpsFromDisk(t *testing.T) {
 	dir := t.TempDir()
 	pgDump := func(args ...string) {
 		t.Helper()
-		cmd := exec.CommandContext(t.Context(), filepath.Join(bin, "pg_dump"), append([]string{"-h", "127.0.0.1", "-p", strconv.Itoa(src.Port), "-U", "postgres"}, args...)...) //nolint:gosec // G204: the test's own pg_dump
+		cmd := exec.CommandContext(t.Context(), filepath.Join(bin, "pg_dump"), append([]string{"-h", "127.0.0.1", "-p", strconv.Itoa(src.Port), "-U", "postgres"}, args...)...)
 		cmd.Env = append(os.Environ(), "PGPASSWORD="+src.Password)
 		if out, err := cmd.CombinedOutput(); err != nil {
 			t.Fatalf("pg_dump %v: %v: %s", args, err, out)
@@ -38,7 +38,7 @@ func TestRestoreDumpsFromDisk(t *testing.T) {
 	}
 	sh := func(name string, args ...string) {
 		t.Helper()
-		if out, err := exec.CommandContext(t.Context(), name, args...).CombinedOutput(); err != nil { //nolint:gosec // G204: the test's compressors
+		if out, err := exec.CommandContext(t.Context(), name, args...).CombinedOutput(); err != nil {
 			t.Fatalf("%s %v: %v: %s", name, args, err, out)
 		}
 	}

@@ -96,3 +96,43 @@ func TryQuery(t *testing.T, p storage.Pool, snap, db, sql string) (string, error
 	err = conn.QueryRow(ctx, sql).Scan(&out)
 	return out, err
 }
+
+// StartClone makes a clone of snap, starts postgres on it and returns a
+// session to db in it; everything is stopped and destroyed at cleanup.
+func StartClone(t *testing.T, p storage.Pool, snap, db string) *pgx.Conn {
+	t.Helper()
+	ctx := context.Background()
+	name := fmt.Sprintf("c%d", time.Now().UnixNano())
+	c, err := p.Clone(ctx, snap, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := p.DestroyClone(ctx, name); err != nil {
+			t.Errorf("destroy the clone %s: %v", name, err)
+		}
+	})
+	runDir := runtime.RunDirFor(t.TempDir())
+	t.Cleanup(func() {
+		if err := os.RemoveAll(runDir); err != nil {
+			t.Errorf("remove the run directory %s: %v", runDir, err)
+		}
+	})
+	rt, err := runtime.New(runtime.Options{User: pgtest.OSUser(t), RunDir: runDir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(c.Mountpoint, storage.DataSubdir)
+	port := pgtest.FreePort(t)
+	inst := runtime.Instance{Name: name, DataDir: dir, Port: port, Settings: runtime.DefaultSettings}
+	if err := rt.Start(ctx, inst); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rt.Kill(inst) })
+	conn, err := ConnectDB(ctx, rt.SocketConnString(dir, port, "postgres", "postgres"), db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = conn.Close(ctx) }) // the clone is killed next
+	return conn
+}
