@@ -180,7 +180,7 @@ func (r *run) restoreDumpStream(ctx context.Context, d config.Dump, compression,
 	// The decompressed stream goes to the tool as it comes, never into
 	// memory or onto disk: its size bounds nothing here.
 	_, copyErr := io.Copy(stdin, in) //nolint:gosec // G110: a stream into a pipe, not a buffer
-	_ = stdin.Close() // the EOF the tool waits for
+	_ = stdin.Close()                // the EOF the tool waits for
 	waitErr := cmd.Wait()
 	switch {
 	case waitErr != nil:
