@@ -2,6 +2,7 @@ package config
 
 import (
 	"fmt"
+	"net/url"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -41,8 +42,25 @@ type Logical struct {
 	DumpOptions    []string `yaml:"dumpOptions"`
 	RestoreOptions []string `yaml:"restoreOptions"`
 	// Dumps, when set, are restored instead of dumping retrieval.source
-	// (which is then not needed): existing pg_dump output on disk.
+	// (which is then not needed): existing pg_dump output on disk or in S3.
 	Dumps []Dump `yaml:"dumps"`
+	// S3 is the storage of dumps whose path is s3://bucket/key.
+	S3 S3 `yaml:"s3"`
+}
+
+// S3 is an S3-compatible object storage (AWS S3, MinIO, ...), addressed
+// path-style (endpoint/bucket/key) and signed with AWS Signature V4.
+type S3 struct {
+	// Endpoint is the storage's URL, e.g. https://s3.eu-west-1.amazonaws.com
+	// or http://127.0.0.1:9000.
+	Endpoint string `yaml:"endpoint"`
+	// Region signs the requests ("us-east-1" if empty).
+	Region string `yaml:"region"`
+	// AccessKeyIDEnv and SecretAccessKeyEnv name the environment variables
+	// holding the key (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY if
+	// empty; AWS_SESSION_TOKEN is used when set).
+	AccessKeyIDEnv     string `yaml:"accessKeyIDEnv"`
+	SecretAccessKeyEnv string `yaml:"secretAccessKeyEnv"`
 }
 
 // Dump formats (retrieval.logical.dumps[].format).
@@ -57,7 +75,8 @@ const (
 type Dump struct {
 	// Path is a custom-format file (pg_dump -Fc), a directory-format
 	// directory (-Fd; readable by provision.osUser) or a plain SQL file,
-	// uncompressed or compressed with gzip, bzip2 or zstd.
+	// uncompressed or compressed with gzip, bzip2 or zstd; or the same in
+	// S3 as s3://bucket/key (a directory: s3://bucket/prefix/).
 	Path string `yaml:"path"`
 	// DBName is the database the dump is restored into.
 	DBName string `yaml:"dbName"`
@@ -138,10 +157,28 @@ func checkToolOption(opt string, short map[byte]string, valued string, long map[
 }
 
 func (l Logical) validate(bad func(string, ...any)) {
+	if l.S3.Endpoint != "" {
+		if u, err := url.Parse(l.S3.Endpoint); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			bad("retrieval.logical.s3.endpoint %q must be an http(s) URL such as https://s3.eu-west-1.amazonaws.com", l.S3.Endpoint)
+		}
+	}
+	for _, k := range []struct{ key, v string }{{"accessKeyIDEnv", l.S3.AccessKeyIDEnv}, {"secretAccessKeyEnv", l.S3.SecretAccessKeyEnv}} {
+		if k.v != "" && !envNameRE.MatchString(k.v) {
+			bad("retrieval.logical.s3.%s %q is not an environment variable name", k.key, k.v)
+		}
+	}
 	seenDB := map[string]bool{}
 	for i, d := range l.Dumps {
-		if !filepath.IsAbs(d.Path) {
-			bad("retrieval.logical.dumps[%d].path %q must be an absolute path to a dump file or directory", i, d.Path)
+		if rest, ok := strings.CutPrefix(d.Path, "s3://"); ok {
+			bucket, key, _ := strings.Cut(rest, "/")
+			if bucket == "" || key == "" {
+				bad("retrieval.logical.dumps[%d].path %q: an S3 dump is s3://bucket/key (a directory dump s3://bucket/prefix/)", i, d.Path)
+			}
+			if l.S3.Endpoint == "" {
+				bad("retrieval.logical.dumps[%d].path %q is in S3 but retrieval.logical.s3.endpoint is empty: set the storage's URL", i, d.Path)
+			}
+		} else if !filepath.IsAbs(d.Path) {
+			bad("retrieval.logical.dumps[%d].path %q must be an absolute path to a dump file or directory, or s3://bucket/key", i, d.Path)
 		}
 		if !validIdent(d.DBName) {
 			bad("retrieval.logical.dumps[%d].dbName %q is not a valid database name: name the database to restore into", i, d.DBName)

@@ -123,3 +123,91 @@ func TestRestoreDumpsFromDisk(t *testing.T) {
 		t.Fatalf("mislabelled dump: %v", err)
 	}
 }
+
+// TestRestoreDumpsFromMinIO: a plain gzip dump and a directory-format
+// dump stored in a real MinIO bucket are restored: the gzip one streamed
+// through the agent, the directory one fetched into the pool's dump
+// directory (gone afterwards). Credentials come from the configured
+// environment variables.
+func TestRestoreDumpsFromMinIO(t *testing.T) {
+	src := retrievaltest.Source(t)
+	m := retrievaltest.StartMinIO(t)
+	bin, err := pgcluster.NewestBinDir(config.Default().Provision.PgBinRoot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	pgDump := func(args ...string) {
+		t.Helper()
+		cmd := exec.CommandContext(t.Context(), filepath.Join(bin, "pg_dump"), append([]string{"-h", "127.0.0.1", "-p", strconv.Itoa(src.Port), "-U", "postgres"}, args...)...)
+		cmd.Env = append(os.Environ(), "PGPASSWORD="+src.Password)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("pg_dump %v: %v: %s", args, err, out)
+		}
+	}
+	plain := filepath.Join(dir, "app.sql")
+	pgDump("-Fp", "--no-owner", "--no-acl", "-f", plain, "app")
+	if out, err := exec.CommandContext(t.Context(), "gzip", plain).CombinedOutput(); err != nil {
+		t.Fatalf("gzip: %v: %s", err, out)
+	}
+	gz, err := os.ReadFile(plain + ".gz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Put(t, "dumps", "nightly/app.sql.gz", gz)
+	shopDir := filepath.Join(dir, "shop.dir")
+	pgDump("-Fd", "-f", shopDir, "shop")
+	files, err := os.ReadDir(shopDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range files {
+		b, err := os.ReadFile(filepath.Join(shopDir, f.Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		m.Put(t, "dumps", "nightly/shop/"+f.Name(), b)
+	}
+
+	t.Setenv("THINLAB_TEST_S3_ID", m.Creds.AccessKeyID)
+	t.Setenv("THINLAB_TEST_S3_SECRET", m.Creds.SecretAccessKey)
+	p := clonetest.NewPool(t)
+	cfg := testConfig(t, config.Source{}, nil)
+	cfg.Logical.S3 = config.S3{Endpoint: m.Endpoint, AccessKeyIDEnv: "THINLAB_TEST_S3_ID", SecretAccessKeyEnv: "THINLAB_TEST_S3_SECRET"}
+	cfg.Logical.Dumps = []config.Dump{
+		{Path: "s3://dumps/nightly/app.sql.gz", DBName: "app"},
+		{Path: "s3://dumps/nightly/shop/", DBName: "shop"},
+	}
+	j, err := New(cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var dumpDirSeen bool
+	j.onStart = func(name string, _ int) {
+		if _, err := os.Stat(filepath.Join(p.MainDir(), dumpDirName)); err == nil && name == "pg_restore" {
+			dumpDirSeen = true
+		}
+	}
+	_, snap, err := fill(t, j, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !dumpDirSeen {
+		t.Fatal("the directory dump was not restored from the pool's dump directory")
+	}
+	if _, err := os.Stat(filepath.Join(p.MainDir(), dumpDirName)); !os.IsNotExist(err) {
+		t.Fatalf("the dump directory is still there: %v", err)
+	}
+	if got := retrievaltest.Query(t, p, snap.ID, "app", "SELECT count(*)::text FROM users"); got != "1000" {
+		t.Fatalf("app users %s", got)
+	}
+	if got := retrievaltest.Query(t, p, snap.ID, "shop", "SELECT count(*)::text FROM orders"); got != "500" {
+		t.Fatalf("shop orders %s", got)
+	}
+
+	// Wrong credentials: the refresh fails with S3's answer.
+	t.Setenv("THINLAB_TEST_S3_SECRET", "wrong")
+	if _, _, err := fill(t, j, p); err == nil || !strings.Contains(err.Error(), "403") {
+		t.Fatalf("wrong S3 secret: %v", err)
+	}
+}
