@@ -5,6 +5,7 @@ import (
 	"encoding/xml"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"net/url"
 	"os"
@@ -67,9 +68,7 @@ func (c *s3Client) do(ctx context.Context, u *url.URL, header http.Header) (*htt
 	if err != nil {
 		return nil, err
 	}
-	for k, v := range header {
-		req.Header[k] = v
-	}
+	maps.Copy(req.Header, header)
 	sigv4.SignRequest(req, c.creds, time.Now(), c.region, "s3", sigv4.EmptyHash)
 	resp, err := c.http.Do(req)
 	if err != nil {
@@ -96,7 +95,7 @@ func (c *s3Client) get(ctx context.Context, bucket, key string, rangeEnd int64) 
 	if rangeEnd >= 0 {
 		h.Set("Range", fmt.Sprintf("bytes=0-%d", rangeEnd))
 	}
-	resp, err := c.do(ctx, c.url(bucket, key, nil), h)
+	resp, err := c.do(ctx, c.url(bucket, key, nil), h) //nolint:bodyclose // the body is the returned object's, closed by the caller
 	if err != nil {
 		return object{}, err
 	}

@@ -33,7 +33,7 @@ func FromEnv(idVar, secretVar string) (Credentials, error) {
 		idVar = "AWS_ACCESS_KEY_ID"
 	}
 	if secretVar == "" {
-		secretVar = "AWS_SECRET_ACCESS_KEY"
+		secretVar = "AWS_SECRET_ACCESS_KEY" //nolint:gosec // G101: the variable's name, not a secret
 	}
 	c := Credentials{AccessKeyID: os.Getenv(idVar), SecretAccessKey: os.Getenv(secretVar), SessionToken: os.Getenv("AWS_SESSION_TOKEN")}
 	if c.AccessKeyID == "" || c.SecretAccessKey == "" {
