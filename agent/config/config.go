@@ -211,6 +211,13 @@ type Source struct {
 	// else libpq's prefer, which the agent logs as insecure (an attacker
 	// on the path can pose as the source and receive the password).
 	SSLMode string `yaml:"sslMode"`
+	// IAM, "aws-rds", authenticates with an AWS RDS IAM token (SigV4
+	// presigned, 15 minutes, made fresh for every refresh) instead of a
+	// password: the key comes from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY
+	// (and AWS_SESSION_TOKEN) in the agent's environment.
+	IAM string `yaml:"iam"`
+	// Region is the AWS region of the RDS instance (with IAM aws-rds).
+	Region string `yaml:"region"`
 }
 
 // ResolvedPassword is Password, or the value of PasswordEnv.

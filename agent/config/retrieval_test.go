@@ -85,3 +85,19 @@ func TestRetrievalPoolsValidation(t *testing.T) {
 		}
 	}
 }
+
+func TestSourceIAMValidation(t *testing.T) {
+	base := "server: {verificationToken: 0123456789abcdef0123456789abcdef}\npools: [{name: a, mode: btrfs, path: /a}]\nretrieval:\n  mode: logical\n  source: "
+	for yaml, want := range map[string]string{
+		"{host: db, username: u, iam: aws-rds, region: eu-west-1, sslMode: require}\n": "",
+		"{host: db, username: u, iam: aws-rds}\n":                                      "needs host, username and region",
+		"{host: db, username: u, iam: aws-rds, region: r, passwordEnv: PW}\n":          "replaces the password",
+		"{host: db, username: u, iam: aws-rds, region: r, sslMode: disable}\n":         "would send the token without TLS",
+		"{host: db, username: u, iam: gcp}\n":                                          `retrieval.source.iam "gcp"`,
+	} {
+		_, err := Parse([]byte(base+yaml), "agent.yaml")
+		if want == "" && err != nil || want != "" && (err == nil || !strings.Contains(err.Error(), want)) {
+			t.Errorf("%s: error %v, want %q", yaml, err, want)
+		}
+	}
+}

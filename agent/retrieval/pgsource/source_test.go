@@ -4,10 +4,12 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
 	"github.com/thinlab/thinlab/agent/config"
+	"github.com/thinlab/thinlab/agent/retrieval/sigv4"
 )
 
 func TestSourceSSLDefaults(t *testing.T) {
@@ -85,5 +87,36 @@ func TestSourceParamsKeepSecretsOutOfArgs(t *testing.T) {
 	u, err := Params(config.Source{ConnStr: "postgres://me:s3cret@h:7/db?sslmode=disable"})
 	if err != nil || u["password"] != "s3cret" || u["host"] != "h" || u["port"] != "7" || u["dbname"] != "db" || u["sslmode"] != "disable" {
 		t.Fatalf("uri params %v %v", u, err)
+	}
+}
+
+// TestRDSIAMPassword: with iam aws-rds the password is an RDS IAM token
+// for host:port, the user and the region, signed with the key from the
+// environment at the (fixed) current time; without a key the error says
+// which variables to set.
+func TestRDSIAMPassword(t *testing.T) {
+	fixed := time.Date(2026, 12, 3, 12, 0, 0, 0, time.UTC)
+	now = func() time.Time { return fixed }
+	t.Cleanup(func() { now = time.Now })
+	t.Setenv("AWS_ACCESS_KEY_ID", "AKIAIOSFODNN7EXAMPLE")
+	t.Setenv("AWS_SECRET_ACCESS_KEY", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY")
+	t.Setenv("AWS_SESSION_TOKEN", "")
+	src := config.Source{Host: "db.abc.eu-west-1.rds.amazonaws.com", Port: 5432, Username: "reader", IAM: "aws-rds", Region: "eu-west-1", SSLMode: "require"}
+	p, err := Params(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := sigv4.RDSAuthToken("db.abc.eu-west-1.rds.amazonaws.com:5432", "eu-west-1", "reader",
+		sigv4.Credentials{AccessKeyID: "AKIAIOSFODNN7EXAMPLE", SecretAccessKey: "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"}, fixed)
+	if p["password"] != want || !strings.HasPrefix(want, "db.abc.eu-west-1.rds.amazonaws.com:5432/?Action=connect&DBUser=reader&") ||
+		!strings.Contains(want, "X-Amz-Credential=AKIAIOSFODNN7EXAMPLE%2F20261203%2Feu-west-1%2Frds-db%2Faws4_request") || !strings.Contains(want, "X-Amz-Expires=900") {
+		t.Fatalf("password %q, want the token %q", p["password"], want)
+	}
+	if e := strings.Join(Env(p), "\n"); !strings.Contains(e, "PGPASSWORD="+want) {
+		t.Fatal("the token does not reach pg_dump as PGPASSWORD")
+	}
+	t.Setenv("AWS_ACCESS_KEY_ID", "")
+	if _, err := Params(src); err == nil || !strings.Contains(err.Error(), "AWS_ACCESS_KEY_ID") {
+		t.Fatalf("without a key: %v", err)
 	}
 }
