@@ -18,6 +18,7 @@ import (
 
 	"github.com/thinlab/thinlab/agent/clone/clonetest"
 	"github.com/thinlab/thinlab/agent/config"
+	"github.com/thinlab/thinlab/agent/events"
 	"github.com/thinlab/thinlab/agent/retrieval/retrievaltest"
 	"github.com/thinlab/thinlab/agent/storage"
 	"github.com/thinlab/thinlab/agent/storage/btrfs"
@@ -339,4 +340,59 @@ func TestAgentKilledMidRefresh(t *testing.T) {
 		t.Fatalf("status after the good refresh %+v", st)
 	}
 	waitNoLeftovers(t, p)
+}
+
+// TestPreprocessFailureInStatus: a pre-processing script that fails
+// fails the refresh: the status is failed with the step and its output in
+// the refresh_failed alert, a retrieval.failed event carries it, no
+// snapshot is made and nothing is left running.
+func TestPreprocessFailureInStatus(t *testing.T) {
+	src := retrievaltest.Source(t)
+	t.Setenv("THINLAB_TEST_SOURCE_PW", src.Password)
+	p := clonetest.NewPool(t)
+	old := clonetest.Fill(t, p, "SELECT 1")
+	dir := t.TempDir()
+	script := filepath.Join(dir, "mask.sh")
+	if err := os.WriteFile(script, []byte("#!/bin/sh\necho 'column users.ssn does not exist' >&2\nexit 4\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range []string{dir, filepath.Dir(dir)} {
+		if err := os.Chmod(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cfg := faultConfig(p, t.TempDir(), src.Port)
+	cfg.Retrieval.Preprocess = config.Preprocess{Scripts: []string{script}}
+	bus := events.NewBus()
+	var failed []events.Event
+	var mu sync.Mutex
+	bus.Subscribe(func(e events.Event) {
+		if e.Kind == events.RetrievalFailed {
+			mu.Lock()
+			failed = append(failed, e)
+			mu.Unlock()
+		}
+	})
+	r, err := New(Options{Config: cfg, Pool: p, Logger: (&logtest.Buffer{}).Logger(), Events: bus})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = r.Close() }) // nothing runs by then
+	if _, err := r.Refresh(t.Context()); err == nil {
+		t.Fatal("a refresh with a failing pre-processing script succeeded")
+	}
+	st := r.Status()
+	a := st.Alerts[AlertRefreshFailed]
+	if st.Status != StatusFailed || !strings.Contains(a.Message, "mask.sh") || !strings.Contains(a.Message, "column users.ssn does not exist") {
+		t.Fatalf("status %+v", st)
+	}
+	mu.Lock()
+	if len(failed) != 1 || !strings.Contains(failed[0].Message, "column users.ssn does not exist") {
+		t.Fatalf("retrieval.failed events %+v", failed)
+	}
+	mu.Unlock()
+	waitNoLeftovers(t, p)
+	if snaps, err := p.Snapshots(t.Context()); err != nil || len(snaps) != 1 || snaps[0].ID != old.ID {
+		t.Fatalf("snapshots %v (%v), want only %s", snaps, err, old.ID)
+	}
 }
