@@ -154,7 +154,8 @@ type Cloning struct {
 
 // Retrieval fills a pool with data.
 type Retrieval struct {
-	// Mode is "logical" (pg_dump | pg_restore), or empty for none.
+	// Mode is "logical" (pg_dump and pg_restore, or existing dumps), or
+	// empty for none.
 	Mode   string `yaml:"mode"`
 	Source Source `yaml:"source"`
 	// Pool is the pool to fill; the first pool when empty and Pools is
@@ -171,9 +172,9 @@ type Retrieval struct {
 	// Databases to copy; all non-template databases of the source when
 	// empty.
 	Databases []string `yaml:"databases"`
-	// Jobs is pg_restore's parallelism (1 when unset; parallel restore
-	// needs a seekable archive, so >1 only affects index builds via
-	// maintenance settings).
+	// Jobs is the parallelism (1 when unset): with logical.format piped
+	// the number of databases copied at once (a piped archive restores
+	// serially); with directory pg_dump's and pg_restore's --jobs.
 	Jobs int `yaml:"jobs"`
 	// RefreshSchedule is a cron expression (5 fields) for full refreshes;
 	// empty means only on demand.
