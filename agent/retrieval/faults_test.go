@@ -289,9 +289,10 @@ func TestAgentKilledMidRefresh(t *testing.T) {
 	killed := make(chan struct{})
 	proxy := newCutProxy(t, src.Port, 1<<20, func() {
 		// The agent dies first; dropping the source connections after
-		// it only makes sure no orphan could finish the dump.
-		_ = child.Process.Signal(syscall.SIGKILL)
+		// it only makes sure no orphan could finish the dump. killed is
+		// closed before the signal, so that it is closed when Wait returns.
 		close(killed)
+		_ = child.Process.Signal(syscall.SIGKILL)
 	})
 	spec := childSpec{PoolName: p.Name(), PoolPath: bp.Path(), ClonesDir: bp.ClonesDir(), StateDir: stateDir, SourcePort: proxy.port()}
 	child = exec.CommandContext(t.Context(), os.Args[0], "-test.run=^$") //nolint:gosec // G702: this test binary itself, re-run as the child agent
