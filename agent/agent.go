@@ -136,17 +136,27 @@ func NewWithOptions(ctx context.Context, opt Options) (a *Agent, err error) {
 		return nil, fmt.Errorf("clones: %w", err)
 	}
 	var retrievalPool storage.Pool
+	var rotation []storage.Pool // retrieval.pools
 	if cfg.Retrieval.Mode != "" {
-		p, ok := a.clones.Pool(cfg.Retrieval.Pool)
-		if !ok {
-			return nil, fmt.Errorf("retrieval.pool %q is not one of the configured pools", cfg.Retrieval.Pool)
+		for i, name := range cfg.Retrieval.Pools {
+			p, ok := a.clones.Pool(name)
+			if !ok {
+				return nil, fmt.Errorf("retrieval.pools[%d] %q is not one of the configured pools", i, name)
+			}
+			rotation = append(rotation, p)
 		}
-		retrievalPool = p
+		if len(rotation) == 0 {
+			p, ok := a.clones.Pool(cfg.Retrieval.Pool)
+			if !ok {
+				return nil, fmt.Errorf("retrieval.pool %q is not one of the configured pools", cfg.Retrieval.Pool)
+			}
+			retrievalPool = p
+		}
 	}
 	// One snapshot policy for the API (protection, deleteAt), its sweep
 	// and retention after every refresh.
 	a.snapshots = snapshot.New(snapshot.Options{Config: cfg, Pools: a.pools, Clones: a.clones, Logger: log})
-	if a.retrieval, err = retrieval.New(retrieval.Options{Config: cfg, Pool: retrievalPool, Logger: log, Retention: a.snapshots}); err != nil {
+	if a.retrieval, err = retrieval.New(retrieval.Options{Config: cfg, Pool: retrievalPool, Pools: rotation, Logger: log, Retention: a.snapshots}); err != nil {
 		return nil, fmt.Errorf("retrieval: %w", err)
 	}
 	instanceID, err := loadInstanceID(cfg.StateDir)
