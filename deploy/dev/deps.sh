@@ -10,6 +10,7 @@ packages=(
   zfs-fuse btrfs-progs xfsprogs util-linux                # copy-on-write pools on loop files
   qemu-system-x86 linux-image-amd64 lvm2 thin-provisioning-tools busybox-static cpio  # LVM thin tests in a VM
   chromium chromium-driver                                # UI tests in a real browser
+  pgbackrest barman rsync                                 # physical retrieval from backup tools
   ca-certificates git make gcc curl procps               # the demo script
 )
 missing=()

@@ -65,7 +65,8 @@ func (r *Retriever) tool() (toolPlan, error) {
 			}
 			return append(a, "--pg1-path="+dataDir, "--type=standby", "--archive-mode=off", "--log-level-console=warn", "restore")
 		}
-		p.restoreCommand = shJoin(append(append([]string{env, tool}, opts...), "archive-get")) + ` %f "%p"`
+		// archive-get checks that it runs for the cluster in pg1-path.
+		p.restoreCommand = shJoin(append(append([]string{env, tool}, opts...), "--pg1-path="+r.dataDir(), "archive-get")) + ` %f "%p"`
 	case config.ToolBarman:
 		tool := bin("barman")
 		var opts []string
@@ -333,7 +334,7 @@ func (r *Retriever) writePrivate() error {
 // writePrivateFile replaces name in the private directory atomically.
 func (r *Retriever) writePrivateFile(name, content string, mode os.FileMode, gid int, uid ...int) error {
 	tmp := filepath.Join(r.priv, "."+name+".tmp")
-	_ = os.Remove(tmp)                                                                     // a leftover of a crash
+	_ = os.Remove(tmp)                                                                   // a leftover of a crash
 	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL|unix.O_NOFOLLOW, 0o600) //nolint:gosec // G304: a fixed name in the root-owned private directory
 	if err != nil {
 		return err

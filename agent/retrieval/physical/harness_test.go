@@ -4,6 +4,9 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"maps"
+	"os/exec"
+	"syscall"
 	"os"
 	"path/filepath"
 	"slices"
@@ -267,4 +270,75 @@ func (h *harness) checkNoLeftovers() {
 
 func containsSecret(raw []byte) bool {
 	return strings.Contains(string(raw), pgtest.Password)
+}
+
+// restartSource restarts the source with extra settings (archiving).
+func (h *harness) restartSource(settings map[string]string) {
+	t := h.t
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	c := h.src.Cluster
+	if err := c.Stop(ctx, "fast"); err != nil {
+		t.Fatal(err)
+	}
+	all := maps.Clone(pgcluster.FastSettings)
+	maps.Copy(all, settings)
+	if err := c.Start(ctx, h.src.Port, "127.0.0.1", all); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// toolDir is a directory the postgres OS user owns, for a tool's
+// repository and configuration; removed at cleanup.
+func toolDir(t *testing.T) string {
+	t.Helper()
+	dir, err := pgcluster.MkdirTemp("physical-tool-*", pgtest.OSUser(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.RemoveAll(dir) })
+	return dir
+}
+
+// writeAs writes a file owned by the postgres OS user.
+func writeAs(t *testing.T, path, content string) {
+	t.Helper()
+	u := pgtest.OSUser(t)
+	if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(path, int(u.UID), int(u.GID)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// runAs runs a program as the postgres OS user and fails on error.
+func runAs(t *testing.T, env []string, name string, args ...string) string {
+	t.Helper()
+	u := pgtest.OSUser(t)
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, name, args...)
+	cmd.Dir = "/"
+	cmd.Env = append([]string{"PATH=/usr/local/bin:/usr/bin:/bin", "HOME=/var/lib/postgresql"}, env...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: u.Credential()}
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %s: %v: %s", name, strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+// lookTool finds a backup tool or fails with how to install it.
+func lookTool(t *testing.T, name string) string {
+	t.Helper()
+	p, err := exec.LookPath(name)
+	if err != nil {
+		t.Fatalf("%s is not installed: run make deps (%v)", name, err)
+	}
+	return p
 }
