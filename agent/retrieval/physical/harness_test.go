@@ -32,6 +32,9 @@ type harness struct {
 	cfg  *config.Config
 	r    *Retriever
 	priv string
+	// afterSwitch, when set, runs after each WAL switch on the source
+	// (Barman: move the archived WAL from incoming into its archive).
+	afterSwitch func()
 }
 
 // keepN is a Retention keeping the newest n snapshots through
@@ -107,6 +110,9 @@ func (h *harness) insert(note string) time.Time {
 func (h *harness) switchWAL() {
 	h.t.Helper()
 	h.src.Exec(h.t, "postgres", "SELECT pg_switch_wal()")
+	if h.afterSwitch != nil {
+		h.afterSwitch()
+	}
 }
 
 // waitReplayed waits until the standby has replayed a row with note.
