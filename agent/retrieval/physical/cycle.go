@@ -22,6 +22,9 @@ import (
 // since the newest snapshot: a snapshot would repeat it (and its ID).
 var ErrNoNewData = errors.New("no transaction replayed since the newest snapshot")
 
+// errSimulatedKill ends a cycle the way a killed agent does (tests).
+var errSimulatedKill = errors.New("simulated kill of the agent mid-cycle")
+
 // cycle makes one snapshot of the standby's state; the standby keeps
 // running and replaying throughout.
 func (r *Retriever) cycle(ctx context.Context) (storage.Snapshot, error) {
@@ -105,7 +108,11 @@ func (r *Retriever) promotedSnapshot(ctx context.Context, latest time.Time) (sto
 	}
 	// Whatever happens below, the temporary clone and snapshot go; on a
 	// fresh context, since ctx may be what ended the cycle.
+	cleanup := true
 	defer func() {
+		if !cleanup {
+			return
+		}
 		cctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 		defer cancel()
 		if err := r.recoverLeftovers(cctx); err != nil {
@@ -132,7 +139,15 @@ func (r *Retriever) promotedSnapshot(ctx context.Context, latest time.Time) (sto
 	if err != nil {
 		return storage.Snapshot{}, fmt.Errorf("start postgres on the temporary clone: %w", err)
 	}
-	defer c.Kill() // a no-op once it stopped cleanly
+	defer func() {
+		if cleanup {
+			c.Kill() // a no-op once it stopped cleanly
+		}
+	}()
+	if r.simulateKill {
+		cleanup = false
+		return storage.Snapshot{}, errSimulatedKill
+	}
 	at, err := r.promote(ctx, c)
 	if err != nil {
 		return storage.Snapshot{}, err

@@ -348,3 +348,5 @@ func lookTool(t *testing.T, name string) string {
 	}
 	return p
 }
+
+func itoa(n int) string { return fmt.Sprint(n) }

@@ -187,6 +187,10 @@ type Retriever struct {
 	// Pdeathsig, so a killed test binary leaves no server on its pool.
 	dieWithParent bool
 
+	// simulateKill (tests) stops a cycle once the throwaway postgres is
+	// up, with no cleanup at all: what a killed agent leaves behind.
+	simulateKill bool
+
 	// beforePromote, when set (tests), runs in the cycle once the
 	// throwaway postgres is up, before it is promoted.
 	beforePromote func()
