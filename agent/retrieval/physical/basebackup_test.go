@@ -3,6 +3,7 @@ package physical
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -59,11 +60,9 @@ func TestStandbyReplaysDuringCycle(t *testing.T) {
 		h.insert("during")
 		deadline := time.Now().Add(time.Minute)
 		for time.Now().Before(deadline) {
-			for _, n := range h.standbyNotes() {
-				if n == "during" {
-					during.Store(true)
-					return
-				}
+			if slices.Contains(h.standbyNotes(), "during") {
+				during.Store(true)
+				return
 			}
 			time.Sleep(100 * time.Millisecond)
 		}

@@ -379,7 +379,7 @@ func (r *Retriever) sourceParams() map[string]string {
 	s := r.src
 	p := map[string]string{}
 	if s.ConnStr != "" {
-		for _, kv := range strings.Fields(s.ConnStr) {
+		for kv := range strings.FieldsSeq(s.ConnStr) {
 			if k, v, ok := strings.Cut(kv, "="); ok {
 				p[k] = strings.Trim(v, "'")
 			}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -130,9 +131,7 @@ func (r *Retriever) promotedSnapshot(ctx context.Context, latest time.Time) (sto
 		"primary_conninfo": "",
 		"restore_command":  "",
 	}
-	for k, v := range r.cfg.Settings {
-		settings[k] = v
-	}
+	maps.Copy(settings, r.cfg.Settings)
 	startCtx, cancel := context.WithTimeout(ctx, r.startTO)
 	err = c.Start(startCtx, promotePort, "", settings)
 	cancel()

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -69,7 +70,7 @@ func testWALG(t *testing.T, walg string, storageEnv map[string]string) {
 		h.src.Exec(t, "postgres",
 			`CREATE FUNCTION public.pg_start_backup(label text, fast boolean, exclusive boolean) RETURNS pg_lsn LANGUAGE sql AS 'SELECT pg_catalog.pg_backup_start(label, fast)'`,
 			`CREATE FUNCTION public.pg_stop_backup(exclusive boolean, OUT lsn pg_lsn, OUT labelfile text, OUT spcmapfile text) RETURNS record LANGUAGE sql AS 'SELECT * FROM pg_catalog.pg_backup_stop(true)'`)
-		pgEnv := append(env, "PGHOST="+sock, fmt.Sprintf("PGPORT=%d", h.src.Port), "PGUSER=postgres", "PGDATABASE=postgres")
+		pgEnv := append(slices.Clone(env), "PGHOST="+sock, fmt.Sprintf("PGPORT=%d", h.src.Port), "PGUSER=postgres", "PGDATABASE=postgres")
 		runAs(t, pgEnv, walg, "backup-push", h.src.Cluster.DataDir)
 		h.cfg.Retrieval.Source = config.Source{}
 		h.cfg.Retrieval.Physical.ToolPath = walg
