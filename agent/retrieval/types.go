@@ -1,7 +1,8 @@
-// Package retrieval fills a pool with data. This is the minimal logical
-// mode: pg_dump of the source piped through the agent into pg_restore on the
-// pool's own postgres (no dump on disk), then a snapshot whose dataStateAt
-// is the time the dump started.
+// Package retrieval is the retrieval core: it fills a pool with data on a
+// schedule and on demand, one refresh at a time, and reports status,
+// progress and events. How data gets into the pool is a mode's business:
+// a job.Job (agent/retrieval/job) chosen by retrieval.mode in newJob,
+// today agent/retrieval/logical; the physical mode plugs in the same way.
 package retrieval
 
 import (

@@ -1,0 +1,62 @@
+package logical
+
+import (
+	"testing"
+
+	"github.com/thinlab/thinlab/agent/config"
+	"github.com/thinlab/thinlab/agent/retrieval/job"
+	"github.com/thinlab/thinlab/agent/storage"
+	"github.com/thinlab/thinlab/internal/logtest"
+	"github.com/thinlab/thinlab/internal/pgcluster"
+	"github.com/thinlab/thinlab/internal/pgtest"
+)
+
+// testConfig is a valid retrieval configuration for src.
+func testConfig(t *testing.T, src config.Source, dbs []string) config.Retrieval {
+	t.Helper()
+	return config.Retrieval{Mode: Mode, Source: src, Databases: dbs, Jobs: 2}
+}
+
+func newTestJob(t *testing.T, src config.Source, dbs []string, log *logtest.Buffer) *Job {
+	t.Helper()
+	j, err := New(testConfig(t, src, dbs), log.Logger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return j
+}
+
+// target is what the retrieval core would hand the job for pool p.
+func target(t *testing.T, p storage.Pool, log *logtest.Buffer) job.Target {
+	t.Helper()
+	bin, err := pgcluster.NewestBinDir(config.Default().Provision.PgBinRoot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tg := job.Target{Pool: p, BinDir: bin, User: pgtest.OSUser(t), Progress: &job.Progress{}}
+	if log != nil {
+		tg.Logger = log.Logger()
+	}
+	snaps, err := p.Snapshots(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(snaps) > 0 {
+		tg.NotBefore = snaps[0].DataStateAt
+	}
+	return tg
+}
+
+// fill runs the job into p as the core does and snapshots the result.
+func fill(t *testing.T, j *Job, p storage.Pool) (job.Outcome, storage.Snapshot, error) {
+	t.Helper()
+	out, err := j.Run(t.Context(), target(t, p, nil))
+	if err != nil {
+		return out, storage.Snapshot{}, err
+	}
+	snap, err := p.Snapshot(t.Context(), storage.SnapshotOptions{DataStateAt: out.DataStateAt, Message: Mode + " refresh"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out, snap, nil
+}
