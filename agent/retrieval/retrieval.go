@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"maps"
 	"sync"
@@ -15,6 +16,7 @@ import (
 	"github.com/thinlab/thinlab/agent/events"
 	"github.com/thinlab/thinlab/agent/retrieval/job"
 	"github.com/thinlab/thinlab/agent/retrieval/logical"
+	"github.com/thinlab/thinlab/agent/retrieval/physical"
 	"github.com/thinlab/thinlab/agent/storage"
 	"github.com/thinlab/thinlab/internal/pgcluster"
 )
@@ -46,9 +48,11 @@ type Options struct {
 // newJob is the one place a retrieval mode plugs in: retrieval.mode
 // selects the job.Job that fills the pool.
 func newJob(cfg config.Retrieval, log *slog.Logger) (job.Job, error) {
-	switch cfg.Mode { //nolint:gocritic // one case per mode: physical joins here
+	switch cfg.Mode {
 	case logical.Mode:
 		return logical.New(cfg, log)
+	case physical.Mode:
+		return physical.NewJob(cfg, log)
 	}
 	return nil, fmt.Errorf("retrieval.mode %q is not supported", cfg.Mode)
 }
@@ -321,5 +325,9 @@ func (r *Retriever) Close() error {
 	}
 	r.cancel()
 	r.wg.Wait()
+	// A mode with its own schedule (physical's snapshot cycles) stops it.
+	if c, ok := r.job.(io.Closer); ok {
+		return c.Close()
+	}
 	return nil
 }

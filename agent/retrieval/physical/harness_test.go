@@ -80,7 +80,7 @@ func newHarness(t *testing.T, tool string, setup func(h *harness)) *harness {
 func (h *harness) newRetriever() *Retriever {
 	t := h.t
 	t.Helper()
-	r, err := New(Options{Config: h.cfg, Pool: h.pool, PrivateDir: h.priv, StartTimeout: 2 * time.Minute,
+	r, err := New(Options{Retrieval: h.cfg.Retrieval, User: pgtest.OSUser(t), Pool: h.pool, PrivateDir: h.priv, StartTimeout: 2 * time.Minute,
 		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})), Retention: keepN(10)})
 	if err != nil {
 		t.Fatal(err)

@@ -146,15 +146,21 @@ type Status struct {
 
 // Options configure a Retriever.
 type Options struct {
-	Config *config.Config
+	// Retrieval is the retrieval section (mode physical).
+	Retrieval config.Retrieval
+	// User is provision.osUser: every tool and postgres runs as it.
+	User pgcluster.OSUser
+	// BinRoot is provision.pgBinRoot (DefaultBinRoot when empty).
+	BinRoot string
 	// Pool is the pool named by retrieval.pool; it must implement
 	// storage.CloneSnapshotter (btrfs).
 	Pool      storage.Pool
 	Logger    *slog.Logger
 	Retention Retention
 	// PrivateDir holds the tools' environment and the source's password
-	// file; default /run/thinlab/physical-<hash of stateDir>-<pool> (the
-	// state directory is 0700 root: provision.osUser cannot reach into it).
+	// file; default /run/thinlab/physical-<hash of the pool's main
+	// dataset>-<pool> (the agent's state directory is 0700 root:
+	// provision.osUser cannot reach into it).
 	PrivateDir string
 	// StartTimeout bounds how long a postgres (standby or throwaway) may
 	// take to become ready; default 10 minutes.
@@ -203,9 +209,6 @@ type Retriever struct {
 
 // New builds a Retriever from the agent's config.
 func New(opt Options) (*Retriever, error) {
-	if opt.Config == nil {
-		return nil, errors.New("physical retrieval: no config")
-	}
 	if opt.Pool == nil {
 		return nil, errors.New("physical retrieval: no pool to fill (retrieval.pool)")
 	}
@@ -217,29 +220,28 @@ func New(opt Options) (*Retriever, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	c := opt.Config
 	r := &Retriever{
-		cfg:     c.Retrieval.Physical,
-		src:     c.Retrieval.Source,
+		cfg:     opt.Retrieval.Physical,
+		src:     opt.Retrieval.Source,
 		pool:    opt.Pool,
 		snapper: snapper,
-		binRoot: c.Provision.PgBinRoot,
+		user:    opt.User,
+		binRoot: opt.BinRoot,
 		priv:    opt.PrivateDir,
 		log:     log.With("component", "retrieval", "mode", Mode, "pool", opt.Pool.Name()),
 		retain:  opt.Retention,
 		startTO: opt.StartTimeout,
 	}
 	if r.priv == "" {
-		r.priv = defaultPrivateDir(c.StateDir, opt.Pool.Name())
+		r.priv = defaultPrivateDir(opt.Pool.MainDir(), opt.Pool.Name())
 	}
 	if r.startTO == 0 {
 		r.startTO = 10 * time.Minute
 	}
-	u, err := pgcluster.LookupUser(c.Provision.OSUser)
-	if err != nil {
-		return nil, fmt.Errorf("provision.osUser: %w", err)
+	if r.user.UID == 0 {
+		return nil, errors.New("physical retrieval: provision.osUser must not be root: postgres and the tools run as it")
 	}
-	r.user = u
+	var err error
 	if r.cfg.SnapshotSchedule != "" {
 		if r.sched, err = cron.ParseStandard(r.cfg.SnapshotSchedule); err != nil {
 			return nil, fmt.Errorf("retrieval.physical.snapshotSchedule: %w", err)
@@ -268,8 +270,9 @@ func New(opt Options) (*Retriever, error) {
 
 // Start cleans up what a killed agent left of a snapshot cycle, starts the
 // standby when the pool holds a copy and it is not running (a standby
-// outlives the agent: a running one is kept), and begins the schedule.
-// With no copy in the pool yet, it starts the first copy in the background.
+// outlives the agent: a running one is kept), and begins the snapshot
+// schedule and the lag check. The first copy is a refresh (Refresh,
+// FullRefresh, or the core's refreshOnStart), never started here.
 func (r *Retriever) Start(ctx context.Context) error {
 	r.op.Lock()
 	err := r.recoverLeftovers(ctx)
@@ -301,9 +304,6 @@ func (r *Retriever) Start(ctx context.Context) error {
 			}
 		}
 	})
-	if !r.hasCopy() {
-		return r.FullRefresh()
-	}
 	return nil
 }
 
@@ -481,11 +481,12 @@ func (r *Retriever) standby() *pgcluster.Cluster {
 
 // defaultPrivateDir is under /run like the clones' runtime files: the
 // state directory is 0700 root, and the directory is rewritten at every
-// start, so losing it at a reboot loses nothing.
-func defaultPrivateDir(stateDir, pool string) string {
-	abs, err := filepath.Abs(stateDir)
+// start, so losing it at a reboot loses nothing. The hash of the pool's
+// main dataset keeps two agents on one host apart.
+func defaultPrivateDir(mainDir, pool string) string {
+	abs, err := filepath.Abs(mainDir)
 	if err != nil {
-		abs = stateDir
+		abs = mainDir
 	}
 	sum := sha256.Sum256([]byte(abs))
 	return filepath.Join("/run/thinlab", "physical-"+hex.EncodeToString(sum[:6])+"-"+pool)
