@@ -1,6 +1,7 @@
 package physical
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"log/slog"
@@ -35,6 +36,8 @@ type harness struct {
 	// afterSwitch, when set, runs after each WAL switch on the source
 	// (Barman: move the archived WAL from incoming into its archive).
 	afterSwitch func()
+	// keep is the retention's number of snapshots (10 when 0).
+	keep int
 }
 
 // keepN is a Retention keeping the newest n snapshots through
@@ -81,7 +84,7 @@ func (h *harness) newRetriever() *Retriever {
 	t := h.t
 	t.Helper()
 	r, err := New(Options{Retrieval: h.cfg.Retrieval, User: pgtest.OSUser(t), Pool: h.pool, PrivateDir: h.priv, StartTimeout: 2 * time.Minute,
-		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})), Retention: keepN(10)})
+		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})), Retention: keepN(cmp.Or(h.keep, 10))})
 	if err != nil {
 		t.Fatal(err)
 	}
