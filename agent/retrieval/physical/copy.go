@@ -7,10 +7,8 @@ import (
 	"maps"
 	"os"
 	"os/exec"
-	"os/user"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -18,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/thinlab/thinlab/agent/config"
+	"github.com/thinlab/thinlab/agent/retrieval/pgsource"
 	"github.com/thinlab/thinlab/internal/pgcluster"
 )
 
@@ -159,7 +158,7 @@ func (r *Retriever) refresh(ctx context.Context) error {
 func (r *Retriever) runTool(ctx context.Context, argv []string, dataDir string) error {
 	full := append([]string{filepath.Join(r.priv, envScript)}, argv...)
 	cmd := exec.CommandContext(ctx, full[0], full[1:]...) //nolint:gosec // G204: the configured tool, arguments built here, run as the unprivileged OS user
-	cmd.Env = append(r.baseEnv(), "PGDATA="+dataDir)
+	cmd.Env = append(pgsource.BaseEnv(r.user), "PGDATA="+dataDir)
 	cmd.Dir = "/"
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: r.user.Credential(), Setpgid: true}
 	// A cancelled copy ends the tool and whatever it started.
@@ -260,24 +259,6 @@ func (r *Retriever) startStandby(ctx context.Context) error {
 	return nil
 }
 
-// baseEnv is the agent's environment without libpq variables and with
-// the OS user's home: the tools get their own settings only from the
-// private environment file.
-func (r *Retriever) baseEnv() []string {
-	var out []string
-	for _, kv := range os.Environ() {
-		if strings.HasPrefix(kv, "PG") || strings.HasPrefix(kv, "HOME=") {
-			continue
-		}
-		out = append(out, kv)
-	}
-	home := "/"
-	if u, err := user.LookupId(strconv.Itoa(int(r.user.UID))); err == nil && u.HomeDir != "" {
-		home = u.HomeDir
-	}
-	return append(out, "HOME="+home)
-}
-
 // Private files: the tools' environment wrapper and the source's password.
 const (
 	envScript = "env.sh"
@@ -370,53 +351,18 @@ func (r *Retriever) replicationConnInfo() string {
 	delete(p, "password")
 	p["passfile"] = filepath.Join(r.priv, passFile)
 	p["application_name"] = "thinlab_" + r.pool.Name()
-	return conninfo(p)
+	return pgsource.Conninfo(p)
 }
 
 // sourceParams are the libpq parameters of retrieval.source, password
-// included.
+// included (shared with logical retrieval: the same keys, the same
+// connStr parsing).
 func (r *Retriever) sourceParams() map[string]string {
-	s := r.src
-	p := map[string]string{}
-	if s.ConnStr != "" {
-		for kv := range strings.FieldsSeq(s.ConnStr) {
-			if k, v, ok := strings.Cut(kv, "="); ok {
-				p[k] = strings.Trim(v, "'")
-			}
-		}
-	} else {
-		p["host"] = s.Host
-		if s.Port != 0 {
-			p["port"] = strconv.Itoa(s.Port)
-		}
-		p["user"] = s.Username
-		if s.DBName != "" {
-			p["dbname"] = s.DBName
-		}
-	}
-	if s.SSLMode != "" {
-		p["sslmode"] = s.SSLMode
-	}
-	if s.SSLRootCert != "" {
-		p["sslrootcert"] = s.SSLRootCert
-		if p["sslmode"] == "" {
-			p["sslmode"] = "verify-full"
-		}
-	}
-	if pw := s.ResolvedPassword(); pw != "" {
-		p["password"] = pw
+	p, err := pgsource.Params(r.src)
+	if err != nil {
+		return map[string]string{} // New refused such a source already
 	}
 	return p
-}
-
-// conninfo renders libpq key/value parameters, each value quoted.
-func conninfo(p map[string]string) string {
-	var parts []string
-	for _, k := range slices.Sorted(maps.Keys(p)) {
-		v := strings.ReplaceAll(strings.ReplaceAll(p[k], `\`, `\\`), `'`, `\'`)
-		parts = append(parts, k+"='"+v+"'")
-	}
-	return strings.Join(parts, " ")
 }
 
 // pgpassEscape escapes ':' and '\' for a .pgpass field.

@@ -8,6 +8,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgtype"
 
+	"github.com/thinlab/thinlab/agent/retrieval/pgsource"
 	"github.com/thinlab/thinlab/internal/pgcluster"
 )
 
@@ -88,16 +89,11 @@ func (r *Retriever) sourceLSN(ctx context.Context) (string, error) {
 		return "", fmt.Errorf("no retrieval.source")
 	}
 	p := r.sourceParams()
-	if p["dbname"] == "" {
-		p["dbname"] = "postgres"
-	}
-	pw := p["password"]
-	delete(p, "password")
-	cc, err := pgcluster.SessionConfig(conninfo(p))
+	cc, err := pgcluster.SessionConfig(pgsource.PgxConnString(p, p["dbname"]))
 	if err != nil {
 		return "", fmt.Errorf("retrieval.source: %w", err)
 	}
-	cc.Password = pw
+	cc.Password = p["password"]
 	cc.ConnectTimeout = 10 * time.Second
 	conn, err := pgx.ConnectConfig(ctx, cc)
 	if err != nil {

@@ -37,6 +37,7 @@ import (
 	"github.com/robfig/cron/v3"
 
 	"github.com/thinlab/thinlab/agent/config"
+	"github.com/thinlab/thinlab/agent/retrieval/pgsource"
 	"github.com/thinlab/thinlab/agent/storage"
 	"github.com/thinlab/thinlab/internal/pgcluster"
 )
@@ -249,6 +250,15 @@ func New(opt Options) (*Retriever, error) {
 	}
 	if _, err := r.tool(); err != nil {
 		return nil, err
+	}
+	if r.src.SourceSet() {
+		p, err := pgsource.Params(r.src)
+		if err != nil {
+			return nil, err
+		}
+		if why := pgsource.InsecureSSL(p); why != "" {
+			r.log.Warn("the physical retrieval source connection is insecure: set retrieval.source.sslRootCert (sslMode verify-full)", "reason", why)
+		}
 	}
 	r.status = Status{Mode: Mode, Status: StatusInactive, Alerts: map[string]Alert{}}
 	r.ctx, r.cancel = context.WithCancel(context.Background())
