@@ -108,7 +108,7 @@ func TestStandbyReplaysDuringCycle(t *testing.T) {
 	}
 }
 
-func checkNoPasswordInData(t *testing.T, h *harness) {
+func checkNoPasswordInData(t testing.TB, h *harness) {
 	t.Helper()
 	for _, f := range []string{"postgresql.auto.conf", "postgresql.conf", "thinlab-postgres.log"} {
 		raw, err := pgcluster.ReadDataFile(h.r.dataDir(), f, 1<<20)

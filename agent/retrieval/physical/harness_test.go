@@ -27,7 +27,7 @@ import (
 // harness is one physical retrieval under test: a real source on
 // loopback, a btrfs pool on a loop file, and the Retriever.
 type harness struct {
-	t    *testing.T
+	t    testing.TB
 	src  *pgtest.Server
 	pool storage.Pool
 	cfg  *config.Config
@@ -50,7 +50,7 @@ func (k keepN) Retain(ctx context.Context, p storage.Pool) ([]string, error) {
 
 // newHarness makes a source with table t, a pool and a config for tool;
 // setup adjusts the config before the Retriever is built.
-func newHarness(t *testing.T, tool string, setup func(h *harness)) *harness {
+func newHarness(t testing.TB, tool string, setup func(h *harness)) *harness {
 	t.Helper()
 	h := &harness{t: t}
 	h.src = pgtest.Start(t)
@@ -162,7 +162,7 @@ func (h *harness) replayLSN() string {
 	return lsn
 }
 
-func queryNotes(t *testing.T, conn *pgx.Conn) []string {
+func queryNotes(t testing.TB, conn *pgx.Conn) []string {
 	t.Helper()
 	rows, err := conn.Query(t.Context(), "SELECT note FROM public.t ORDER BY id")
 	if err != nil {
@@ -300,7 +300,7 @@ func (h *harness) restartSource(settings map[string]string) {
 
 // toolDir is a directory the postgres OS user owns, for a tool's
 // repository and configuration; removed at cleanup.
-func toolDir(t *testing.T) string {
+func toolDir(t testing.TB) string {
 	t.Helper()
 	dir, err := pgcluster.MkdirTemp("physical-tool-*", pgtest.OSUser(t))
 	if err != nil {
@@ -314,7 +314,7 @@ func toolDir(t *testing.T) string {
 }
 
 // writeAs writes a file owned by the postgres OS user.
-func writeAs(t *testing.T, path, content string) {
+func writeAs(t testing.TB, path, content string) {
 	t.Helper()
 	u := pgtest.OSUser(t)
 	if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
@@ -326,7 +326,7 @@ func writeAs(t *testing.T, path, content string) {
 }
 
 // runAs runs a program as the postgres OS user and fails on error.
-func runAs(t *testing.T, env []string, name string, args ...string) string {
+func runAs(t testing.TB, env []string, name string, args ...string) string {
 	t.Helper()
 	u := pgtest.OSUser(t)
 	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
@@ -343,7 +343,7 @@ func runAs(t *testing.T, env []string, name string, args ...string) string {
 }
 
 // lookTool finds a backup tool or fails with how to install it.
-func lookTool(t *testing.T, name string) string {
+func lookTool(t testing.TB, name string) string {
 	t.Helper()
 	p, err := exec.LookPath(name)
 	if err != nil {
