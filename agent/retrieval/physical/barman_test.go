@@ -7,11 +7,13 @@ import (
 	"time"
 
 	"github.com/thinlab/thinlab/agent/config"
+	"github.com/thinlab/thinlab/internal/testenv"
 )
 
 // TestBarman: the first copy by Barman recover from a local Barman
 // server, a standby fed by barman get-wal.
 func TestBarman(t *testing.T) {
+	testenv.NeedsSystem(t, "root, PostgreSQL and the backup tools (run make deps)")
 	tool := lookTool(t, "barman")
 	dir := toolDir(t)
 	conf := filepath.Join(dir, "barman.conf")

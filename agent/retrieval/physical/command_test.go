@@ -8,12 +8,14 @@ import (
 	"testing"
 
 	"github.com/thinlab/thinlab/agent/config"
+	"github.com/thinlab/thinlab/internal/testenv"
 )
 
 // TestCommandRsync: the first copy by a configured command (rsync of a
 // base backup) run as provision.osUser, never root; the standby streams
 // from the source.
 func TestCommandRsync(t *testing.T) {
+	testenv.NeedsSystem(t, "root, PostgreSQL and the backup tools (run make deps)")
 	rsync := lookTool(t, "rsync")
 	dir := toolDir(t)
 	backup := filepath.Join(dir, "backup")

@@ -19,11 +19,13 @@ import (
 	"github.com/thinlab/thinlab/agent/config"
 	"github.com/thinlab/thinlab/internal/pgcluster"
 	"github.com/thinlab/thinlab/internal/pgtest"
+	"github.com/thinlab/thinlab/internal/testenv"
 )
 
 // TestWALG: the first copy by WAL-G backup-fetch and a standby fed by
 // wal-fetch, from file storage and from a real MinIO (S3).
 func TestWALG(t *testing.T) {
+	testenv.NeedsSystem(t, "root, PostgreSQL and the backup tools (run make deps)")
 	walg := pinnedTool(t, "wal-g")
 	t.Run("file", func(t *testing.T) {
 		store := filepath.Join(toolDir(t), "walg")
