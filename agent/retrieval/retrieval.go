@@ -195,6 +195,13 @@ func (r *Retriever) Status() Status {
 	if r.sched != nil {
 		s.NextRefresh = r.sched.Next(time.Now())
 	}
+	// Physical retrieval's own alerts (lag_high, source_unreachable, a
+	// failed scheduled snapshot cycle) join the refresh's.
+	if pj, ok := r.job.(*physical.Job); ok && r.pool != nil {
+		for k, a := range pj.Alerts(r.pool) {
+			s.Alerts[k] = Alert(a)
+		}
+	}
 	return s
 }
 

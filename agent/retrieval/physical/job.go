@@ -111,6 +111,16 @@ func (j *Job) Status(pool storage.Pool) (Status, bool) {
 	return r.Status(), true
 }
 
+// Alerts are the pool's physical alerts (lag_high, source_unreachable,
+// snapshot_failed, refresh_failed), for the core's status.
+func (j *Job) Alerts(pool storage.Pool) map[string]Alert {
+	st, ok := j.Status(pool)
+	if !ok {
+		return nil
+	}
+	return st.Alerts
+}
+
 // Close stops every pool's schedule and lag check; the standbys keep
 // running.
 func (j *Job) Close() error {

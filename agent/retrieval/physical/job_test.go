@@ -60,4 +60,16 @@ func TestCoreRunsPhysical(t *testing.T) {
 	if st := r.Status(); st.Mode != physical.Mode || st.Status != retrieval.StatusFinished || st.SnapshotID != res.Snapshot.ID {
 		t.Errorf("status %+v: want mode physical, finished, snapshot %s", st, res.Snapshot.ID)
 	}
+	// The standby's alerts reach the core's status: with the source gone,
+	// the next lag check (every 10 s) reports it unreachable.
+	if err := src.Cluster.Stop(ctx, "immediate"); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(time.Minute)
+	for r.Status().Alerts[physical.AlertSourceUnreachable].Count == 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("status alerts %+v a minute after the source stopped: want %s", r.Status().Alerts, physical.AlertSourceUnreachable)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
 }
