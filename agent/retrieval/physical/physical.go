@@ -164,7 +164,8 @@ type Options struct {
 	// provision.osUser cannot reach into it).
 	PrivateDir string
 	// StartTimeout bounds how long a postgres (standby or throwaway) may
-	// take to become ready; default 10 minutes.
+	// take to become ready (a standby replays up to a consistent state
+	// first); default an hour.
 	StartTimeout time.Duration
 }
 
@@ -237,7 +238,7 @@ func New(opt Options) (*Retriever, error) {
 		r.priv = defaultPrivateDir(opt.Pool.MainDir(), opt.Pool.Name())
 	}
 	if r.startTO == 0 {
-		r.startTO = 10 * time.Minute
+		r.startTO = time.Hour
 	}
 	if r.user.UID == 0 {
 		return nil, errors.New("physical retrieval: provision.osUser must not be root: postgres and the tools run as it")
