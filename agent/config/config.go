@@ -192,6 +192,74 @@ type Retrieval struct {
 	// Preprocess runs SQL and scripts against the pool before each
 	// snapshot (masking).
 	Preprocess Preprocess `yaml:"preprocess"`
+	// Physical configures retrieval.mode "physical".
+	Physical Physical `yaml:"physical"`
+}
+
+// Physical is retrieval.mode "physical": a first copy of the source's
+// data directory into the pool's main dataset, a standby there that keeps
+// replaying, and snapshots of its state on a schedule.
+type Physical struct {
+	// Tool makes the first copy: "basebackup" (pg_basebackup from
+	// retrieval.source), "command" (Command), "pgbackrest", "barman" or
+	// "walg".
+	Tool string `yaml:"tool"`
+	// Command is run by /bin/sh -c as provision.osUser with PGDATA set to
+	// the (empty) data directory to fill, e.g. "rsync -a /backup/ $PGDATA/".
+	Command string `yaml:"command"`
+	// Env is the environment of the tool, of Command and of the standby's
+	// restore_command (e.g. WALG_S3_PREFIX, AWS_ENDPOINT). Values are kept
+	// in a file only provision.osUser reads, never in the data directory.
+	Env map[string]string `yaml:"env"`
+	// EnvFromAgent names variables of the agent's own environment passed
+	// on the same way (secrets such as AWS_SECRET_ACCESS_KEY).
+	EnvFromAgent []string `yaml:"envFromAgent"`
+	// ToolPath is the tool's binary (pgbackrest, barman, wal-g); found in
+	// PATH when empty.
+	ToolPath   string             `yaml:"toolPath"`
+	PgBackRest PhysicalPgBackRest `yaml:"pgbackrest"`
+	Barman     PhysicalBarman     `yaml:"barman"`
+	WALG       PhysicalWALG       `yaml:"walg"`
+	// Standby is how the standby keeps up: "streaming" (primary_conninfo
+	// from retrieval.source), "restoreCommand" (the tool's archive), or
+	// "none". Default: streaming for basebackup and command with a
+	// source, restoreCommand for the backup tools.
+	Standby string `yaml:"standby"`
+	// RestoreCommand overrides the tool's restore_command ("%f", "%p").
+	RestoreCommand string `yaml:"restoreCommand"`
+	// Settings are extra postgres settings of the standby.
+	Settings map[string]string `yaml:"settings"`
+	// SnapshotSchedule is a cron expression (5 fields) for the snapshot
+	// cycle; empty means only on demand.
+	SnapshotSchedule string `yaml:"snapshotSchedule"`
+	// PreSnapshot makes the scheduled snapshots of the unpromoted standby
+	// state: clones of them run as read-only hot standbys.
+	PreSnapshot bool `yaml:"preSnapshot"`
+	// LagAlertSeconds raises the lag_high alert when the standby is this
+	// far behind (default 300).
+	LagAlertSeconds int `yaml:"lagAlertSeconds"`
+}
+
+// PhysicalPgBackRest is the pgBackRest repository to restore from.
+type PhysicalPgBackRest struct {
+	Stanza     string `yaml:"stanza"`
+	ConfigFile string `yaml:"configFile"`
+	// Set is the backup set to restore; the latest when empty.
+	Set string `yaml:"set"`
+}
+
+// PhysicalBarman is the Barman server to recover from.
+type PhysicalBarman struct {
+	Server     string `yaml:"server"`
+	ConfigFile string `yaml:"configFile"`
+	// BackupID is the backup to recover; "latest" when empty.
+	BackupID string `yaml:"backupID"`
+}
+
+// PhysicalWALG is the WAL-G backup to fetch (storage from Env).
+type PhysicalWALG struct {
+	// BackupName is the backup to fetch; "LATEST" when empty.
+	BackupName string `yaml:"backupName"`
 }
 
 // Source is the database logical retrieval copies from. Give either
@@ -414,6 +482,7 @@ var typeSections = map[string]string{
 	"config.Resources":     "provision.resources",
 	"config.Cloning":       "cloning",
 	"config.Retrieval":     "retrieval",
+	"config.Physical":      "retrieval.physical",
 	"config.Source":        "retrieval.source",
 	"config.Logical":       "retrieval.logical",
 	"config.Preprocess":    "retrieval.preprocess",

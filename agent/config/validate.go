@@ -186,9 +186,12 @@ func (c *Config) Validate() error {
 		r.validatePools(bad, seen)
 		r.Preprocess.validate(bad)
 	case "physical":
-		bad("retrieval.mode \"physical\" is not supported yet: use \"logical\" or leave it empty")
+		if r.Pool != "" && !seen[r.Pool] {
+			bad("retrieval.pool %q is not one of pools[].name", r.Pool)
+		}
+		errs = append(errs, validatePhysical(r)...)
 	default:
-		bad("retrieval.mode %q is unknown: use \"logical\" or leave it empty", r.Mode)
+		bad("retrieval.mode %q is unknown: use \"logical\", \"physical\" or leave it empty", r.Mode)
 	}
 
 	if !filepath.IsAbs(c.StateDir) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"maps"
 	"sync"
@@ -15,6 +16,7 @@ import (
 	"github.com/thinlab/thinlab/agent/events"
 	"github.com/thinlab/thinlab/agent/retrieval/job"
 	"github.com/thinlab/thinlab/agent/retrieval/logical"
+	"github.com/thinlab/thinlab/agent/retrieval/physical"
 	"github.com/thinlab/thinlab/agent/storage"
 	"github.com/thinlab/thinlab/internal/pgcluster"
 )
@@ -49,9 +51,11 @@ type Options struct {
 // newJob is the one place a retrieval mode plugs in: retrieval.mode
 // selects the job.Job that fills the pool.
 func newJob(cfg config.Retrieval, log *slog.Logger) (job.Job, error) {
-	switch cfg.Mode { //nolint:gocritic // one case per mode: physical joins here
+	switch cfg.Mode {
 	case logical.Mode:
 		return logical.New(cfg, log)
+	case physical.Mode:
+		return physical.NewJob(cfg, log)
 	}
 	return nil, fmt.Errorf("retrieval.mode %q is not supported", cfg.Mode)
 }
@@ -248,6 +252,14 @@ func (r *Retriever) Status() Status {
 		js.Progress = r.progress.State()
 		s.Job = &js
 	}
+	// Physical retrieval's own alerts (lag_high, source_unreachable, a
+	// failed scheduled snapshot cycle) join the refresh's.
+	// Physical mode fills one pool (retrieval.pools is refused for it).
+	if pj, ok := r.job.(*physical.Job); ok && len(r.pools) > 0 {
+		for k, a := range pj.Alerts(r.pools[0]) {
+			s.Alerts[k] = Alert(a)
+		}
+	}
 	return s
 }
 
@@ -440,5 +452,9 @@ func (r *Retriever) Close() error {
 	}
 	r.cancel()
 	r.wg.Wait()
+	// A mode with its own schedule (physical's snapshot cycles) stops it.
+	if c, ok := r.job.(io.Closer); ok {
+		return c.Close()
+	}
 	return nil
 }
