@@ -156,7 +156,7 @@ func NewWithOptions(ctx context.Context, opt Options) (a *Agent, err error) {
 	// One snapshot policy for the API (protection, deleteAt), its sweep
 	// and retention after every refresh.
 	a.snapshots = snapshot.New(snapshot.Options{Config: cfg, Pools: a.pools, Clones: a.clones, Logger: log})
-	if a.retrieval, err = retrieval.New(retrieval.Options{Config: cfg, Pool: retrievalPool, Pools: rotation, Logger: log, Retention: a.snapshots}); err != nil {
+	if a.retrieval, err = retrieval.New(retrieval.Options{Config: cfg, Pool: retrievalPool, Pools: rotation, Logger: log, Retention: a.snapshots, Events: a.events}); err != nil {
 		return nil, fmt.Errorf("retrieval: %w", err)
 	}
 	instanceID, err := loadInstanceID(cfg.StateDir)
