@@ -32,6 +32,9 @@ type Web struct {
 	store        *store.Store
 	logger       *slog.Logger
 	disconnector api.AgentDisconnector
+	// Agents reaches agents' APIs through their tunnels (clones and
+	// snapshots pages); nil without a hub.
+	Agents api.AgentTransports
 }
 
 // New returns the UI over a's sign-in and st; its pages render a's
