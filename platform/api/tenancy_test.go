@@ -171,6 +171,11 @@ func (tt *tenants) bodyFor(method, path string) any {
 			return url.Values{"name": {fmt.Sprintf("renamed-%d", n)}}
 		case strings.HasSuffix(path, "/enrollment-tokens") && method == http.MethodPost:
 			return url.Values{"name": {fmt.Sprintf("leak-%d", n)}, "uses": {"multi"}}
+		case strings.HasSuffix(path, "/clones") && method == http.MethodPost:
+			// B's agent named in a form field, not the path: still B's.
+			return url.Values{"agent": {tt.agentB}, "username": {"u"}, "password": {"Vx9-kq2!Lm7#pz4Rw8"}}
+		case strings.HasSuffix(path, "/protect"):
+			return url.Values{"protected": {"true"}}
 		}
 		return url.Values{}
 	}
@@ -330,6 +335,15 @@ var ownStatus = map[string]status{
 	"PATCH /api/v1/orgs/:org/agents/:agent/engine/clone/:id":        {http.StatusServiceUnavailable, http.StatusServiceUnavailable},
 	"DELETE /api/v1/orgs/:org/agents/:agent/engine/clone/:id":       {http.StatusServiceUnavailable, http.StatusServiceUnavailable},
 	"POST /api/v1/orgs/:org/agents/:agent/engine/clone/:id/reset":   {http.StatusServiceUnavailable, http.StatusServiceUnavailable},
+	// The clone pages: the list shows A's agents (not connected: said so
+	// on the page); a clone of A's unconnected agent is 503; creating one
+	// with B's agent in the form is "agent not found".
+	"GET /o/:org/clones":                               {http.StatusOK, http.StatusOK},
+	"POST /o/:org/clones":                              {http.StatusNotFound, http.StatusNotFound},
+	"GET /o/:org/agents/:agent/clones/:clone":          {http.StatusServiceUnavailable, http.StatusServiceUnavailable},
+	"POST /o/:org/agents/:agent/clones/:clone/reset":   {http.StatusServiceUnavailable, http.StatusServiceUnavailable},
+	"POST /o/:org/agents/:agent/clones/:clone/protect": {http.StatusServiceUnavailable, http.StatusServiceUnavailable},
+	"POST /o/:org/agents/:agent/clones/:clone/destroy": {http.StatusServiceUnavailable, http.StatusServiceUnavailable},
 }
 
 // TestTenantIsolation walks EVERY route of the route table (API and web
