@@ -1,0 +1,124 @@
+package fleete2e
+
+import (
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/chromedp/chromedp"
+
+	"github.com/thinlab/thinlab/internal/browsertest"
+	"github.com/thinlab/thinlab/platform/web/webtest"
+)
+
+var (
+	portRE = regexp.MustCompile(`port=(\d+)`)
+	userRE = regexp.MustCompile(`user=(\S+)`)
+)
+
+// TestE2ECloneInBrowser: sign in through the real Dex in headless
+// Chromium; a real agent enrolls into the personal organization; on the
+// Clones page create a clone with a user and password; the clone's page
+// shows its progress and reloads itself (no script) until the connection
+// string and the thinlab connect line appear; the database answers on
+// that port with that user; destroy it from the page. Both actions are in
+// the audit log with the agent's answer.
+func TestE2ECloneInBrowser(t *testing.T) {
+	const email = "ann@a.example"
+	p, dex := webtest.StartDex(t, []string{email}, nil)
+	user := webtest.DexUser(t, dex, email)
+	ctx := browsertest.New(t)
+	browsertest.Step(t, ctx, "sign in through Dex",
+		chromedp.Navigate(p.URL+"/"),
+		chromedp.WaitVisible(`a[href^="/auth/login/dex"]`),
+		chromedp.Click(`a[href^="/auth/login/dex"]`),
+		chromedp.WaitVisible("#login"),
+		chromedp.SendKeys("#login", user.Email),
+		chromedp.SendKeys("#password", user.Password),
+		chromedp.Submit("#password"),
+		chromedp.WaitVisible("#my-role"),
+	)
+	loc := browsertest.Get(t, ctx, "location", chromedp.Location())
+	slug := strings.TrimPrefix(loc, p.URL+"/o/")
+	org, err := p.Store.OrganizationByRef(t.Context(), slug)
+	if err != nil {
+		t.Fatalf("the personal organization at %s: %v", loc, err)
+	}
+	members, err := p.Store.ListMembers(t.Context(), org.ID)
+	if err != nil || len(members) != 1 {
+		t.Fatalf("members of %s: %+v %v", slug, members, err)
+	}
+	_, secret, err := p.Store.CreateEnrollmentToken(t.Context(), org.ID, members[0].UserID, "hosts", time.Now().Add(time.Hour), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	startAgent(t, p.URL, secret, "e2e-db")
+	waitFor(t, "the agent to connect", func() bool {
+		agents, err := p.Store.ListAgents(t.Context(), org.ID)
+		return err == nil && len(agents) == 1 && agents[0].Connected()
+	})
+
+	browsertest.Step(t, ctx, "open Clones",
+		chromedp.Click(`nav a[href$="/clones"]`),
+		chromedp.WaitVisible("#clone-form"),
+		chromedp.WaitVisible(`#snapshots tbody tr[data-snapshot]`),
+	)
+	browsertest.Step(t, ctx, "create a clone",
+		chromedp.SendKeys("#clone-id", "browser-clone"),
+		chromedp.SendKeys("#clone-username", "dev"),
+		chromedp.SendKeys("#clone-password", clonePassword),
+		chromedp.Submit("#clone-username"),
+		chromedp.WaitVisible("#clone-state"),
+	)
+	// The first view of the clone is its progress: the agent answered the
+	// create at once and starts PostgreSQL in the background.
+	state := browsertest.Get(t, ctx, "the clone's state", chromedp.OuterHTML("#clone-state"))
+	head := browsertest.Get(t, ctx, "the page head", chromedp.OuterHTML("head"))
+	if !contains(state, `data-status="CREATING"`, "creating", "reloads") || !strings.Contains(head, `http-equiv="refresh"`) {
+		t.Fatalf("the clone's page right after create: %s\n%s\nwant CREATING with a reloading page", state, head)
+	}
+	// No reload by the test: the page reloads itself until the clone is ready.
+	browsertest.Step(t, ctx, "wait for the connection string", chromedp.WaitVisible("#clone-connstr"))
+	connStr := browsertest.Get(t, ctx, "connection string", chromedp.Text("#clone-connstr"))
+	command := browsertest.Get(t, ctx, "connect command", chromedp.Text("#clone-connect-command"))
+	note := browsertest.Get(t, ctx, "host note", chromedp.Text("#clone-host-note"))
+	if want := "thinlab connect browser-clone --agent e2e-db"; command != want {
+		t.Errorf("connect line %q, want %q", command, want)
+	}
+	if !contains(connStr, "host=AGENT_HOST", "user=dev") || !strings.Contains(note, "AGENT_HOST") {
+		t.Errorf("connection string %q (note %q): want the placeholder host explained and user dev", connStr, note)
+	}
+	if head := browsertest.Get(t, ctx, "head when ready", chromedp.OuterHTML("head")); strings.Contains(head, `http-equiv="refresh"`) {
+		t.Error("the ready clone's page still reloads itself")
+	}
+	// The agent host is this host: the string, with its address, works.
+	port, u := portRE.FindStringSubmatch(connStr), userRE.FindStringSubmatch(connStr)
+	if port == nil || u == nil {
+		t.Fatalf("connection string %q has no port or user", connStr)
+	}
+	if v := queryClone(t, "host=127.0.0.1 port="+port[1]+" user="+u[1]+" dbname=postgres", "SELECT v FROM t"); v != "through the platform" {
+		t.Fatalf("the clone answers %q", v)
+	}
+
+	browsertest.Step(t, ctx, "destroy it",
+		chromedp.Submit("#clone-destroy"),
+		chromedp.WaitVisible(".flash"),
+		chromedp.WaitVisible("#clone-form"),
+	)
+	if flash := browsertest.Get(t, ctx, "flash", chromedp.Text(".flash")); !strings.Contains(flash, "browser-clone destroyed") {
+		t.Errorf("after destroy: flash %q", flash)
+	}
+	got := p.QueryStrings(`SELECT action || ' ' || target || ' ' || result FROM audit_events WHERE action LIKE 'clone.%' ORDER BY id`)
+	agents, err := p.Store.ListAgents(t.Context(), org.ID)
+	if err != nil || len(agents) != 1 {
+		t.Fatal(err)
+	}
+	want := []string{
+		"clone.create " + agents[0].ID + "/clone/browser-clone (agent answered 201) success",
+		"clone.destroy " + agents[0].ID + "/clone/browser-clone (agent answered 200) success",
+	}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("clone audit events:\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}
