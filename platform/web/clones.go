@@ -72,8 +72,7 @@ func auditAgentAnswer(c *gin.Context, agentID, cloneID string, okStatus int, err
 		target += "/" + cloneID
 	}
 	status := okStatus
-	var ae *agentapi.APIError
-	if errors.As(err, &ae) {
+	if ae, ok := errors.AsType[*agentapi.APIError](err); ok {
 		status = ae.StatusCode
 		audit.SetError(c, fmt.Sprintf("agent answered %d %s: %s", ae.StatusCode, ae.Code, ae.Message))
 	} else if err != nil {
