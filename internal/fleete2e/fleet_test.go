@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -13,9 +14,11 @@ import (
 
 	"github.com/thinlab/thinlab/platform/platformtest"
 	"github.com/thinlab/thinlab/platform/rbac"
+	"github.com/thinlab/thinlab/platform/server"
 	"github.com/thinlab/thinlab/platform/store"
 	"github.com/thinlab/thinlab/sdk/agentapi"
 	"github.com/thinlab/thinlab/sdk/platformapi"
+	"github.com/thinlab/thinlab/sdk/tunnel"
 )
 
 // bearer adds a platform API token to every request, as the CLI does when
@@ -45,7 +48,8 @@ func engineClient(env *platformtest.Env, org, agentID, token string) *agentapi.C
 // and waits until the platform records its tunnel.
 func enrolled(t *testing.T) (*platformtest.Env, *store.Organization, *store.User, *runningAgent, *store.Agent) {
 	t.Helper()
-	env := platformtest.New(t)
+	// Short heartbeats, so that they are written while the test runs.
+	env := platformtest.New(t, platformtest.WithConfig(func(c *server.Config) { c.Tunnel.HeartbeatInterval = 200 * time.Millisecond }))
 	owner := env.User("owner@acme.example")
 	org := env.Org("acme", owner)
 	_, secret, err := env.Store.CreateEnrollmentToken(t.Context(), org.ID, owner.ID, "hosts", time.Now().Add(time.Hour), nil)
@@ -81,6 +85,10 @@ func TestAgentEnrollsConnectsAndRevocationClosesTunnel(t *testing.T) {
 	if _, _, ok := env.Server.Hub().Connected(ag.ID); !ok {
 		t.Fatal("the hub holds no session of the agent the database records as connected")
 	}
+	waitFor(t, "a heartbeat recorded after the connection", func() bool {
+		a, err := env.Store.AgentByID(t.Context(), org.ID, ag.ID)
+		return err == nil && a.LastHeartbeatAt != nil && a.ConnectedSince != nil && a.LastHeartbeatAt.After(*a.ConnectedSince)
+	})
 	tok := env.Token(org, owner)
 	var got platformapi.Agent
 	r := env.Do(http.MethodGet, "/api/v1/orgs/acme/agents/"+ag.ID, tok, nil)
@@ -288,4 +296,46 @@ func queryClone(t *testing.T, connStr, sql string) string {
 		t.Fatal(err)
 	}
 	return s
+}
+
+// TestReplicaStartMarksItsAgentsDisconnected: a replica starting with the
+// ID of a previous run marks the agents that run left as connected as
+// disconnected; another replica's agents stay as they are.
+func TestReplicaStartMarksItsAgentsDisconnected(t *testing.T) {
+	env := platformtest.New(t, platformtest.WithConfig(func(c *server.Config) { c.Tunnel.ReplicaID = "replica-b" }))
+	ctx := t.Context()
+	owner := env.User("owner@acme.example")
+	org := env.Org("acme", owner)
+	_, secret, err := env.Store.CreateEnrollmentToken(ctx, org.ID, owner.ID, "hosts", time.Now().Add(time.Hour), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	for i, replica := range []string{"replica-a", "replica-b"} {
+		ag, _, _, err := env.Store.Enroll(ctx, secret, tunnel.AgentFacts{Name: "db" + strconv.Itoa(i)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := env.Store.MarkAgentConnected(ctx, ag.ID, replica, time.Now()); err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, ag.ID)
+	}
+	if env.Server.ReplicaID() != "replica-b" {
+		t.Fatalf("replica id %q, want the configured replica-b", env.Server.ReplicaID())
+	}
+	// A second start of replica-a on the same database.
+	cfg := env.Server.Config()
+	cfg.Tunnel.ReplicaID = "replica-a"
+	cfg.Listen = "127.0.0.1:0"
+	srv, err := server.New(ctx, cfg, server.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = srv.Close() })
+	a, errA := env.Store.AgentByID(ctx, org.ID, ids[0])
+	b, errB := env.Store.AgentByID(ctx, org.ID, ids[1])
+	if errA != nil || errB != nil || a.Connected() || a.DisconnectedSince == nil || !b.Connected() {
+		t.Fatalf("after replica-a restarted: its agent %+v (%v), want disconnected; replica-b's %+v (%v), want still connected", a, errA, b, errB)
+	}
 }

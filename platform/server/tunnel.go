@@ -22,7 +22,8 @@ import (
 
 // heartbeatWriteEvery bounds how often an agent's heartbeat is written to
 // the database: the hub pings every few seconds, the database needs to
-// know only that the agent is alive well within api.StaleAfter.
+// know only that the agent is alive well within api.StaleAfter. With a
+// shorter heartbeat interval (tests) it is three intervals.
 const heartbeatWriteEvery = 15 * time.Second
 
 // tunnelHooks connect the hub (which knows no database) to the store: who
@@ -30,6 +31,8 @@ const heartbeatWriteEvery = 15 * time.Second
 type tunnelHooks struct {
 	store     *store.Store
 	replicaID string
+	// writeEvery is how often a heartbeat is written per agent.
+	writeEvery time.Duration
 	hub       *hub.Hub
 	logger    interface {
 		Warn(string, ...any)
@@ -77,7 +80,10 @@ func (s *Server) newHub(ctx context.Context) error {
 	} else if n > 0 {
 		s.logger.Warn("agents left marked as connected to this replica by its previous run are now disconnected", "replica", id, "agents", n)
 	}
-	hooks := &tunnelHooks{store: s.store, replicaID: id, logger: s.logger, sessions: map[string]*recorded{}}
+	hooks := &tunnelHooks{store: s.store, replicaID: id, logger: s.logger, sessions: map[string]*recorded{}, writeEvery: heartbeatWriteEvery}
+	if hb := s.cfg.Tunnel.HeartbeatInterval; hb > 0 && 3*hb < heartbeatWriteEvery {
+		hooks.writeEvery = 3 * hb
+	}
 	h, err := hub.New(hub.Options{
 		Authenticate:      hooks.authenticate,
 		OnConnect:         hooks.onConnect,
@@ -146,7 +152,7 @@ func (t *tunnelHooks) onConnect(ctx context.Context, a hub.AgentIdentity, facts 
 func (t *tunnelHooks) onHeartbeat(a hub.AgentIdentity, at time.Time) {
 	t.mu.Lock()
 	r := t.sessions[a.AgentID]
-	due := r != nil && at.Sub(r.lastWrite) >= heartbeatWriteEvery
+	due := r != nil && at.Sub(r.lastWrite) >= t.writeEvery
 	if due {
 		r.lastWrite = at
 	}
