@@ -276,7 +276,6 @@ func TestEngineProxyThroughRealTunnel(t *testing.T) {
 	}
 }
 
-
 func queryClone(t *testing.T, connStr, sql string) string {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)

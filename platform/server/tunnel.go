@@ -33,8 +33,8 @@ type tunnelHooks struct {
 	replicaID string
 	// writeEvery is how often a heartbeat is written per agent.
 	writeEvery time.Duration
-	hub       *hub.Hub
-	logger    interface {
+	hub        *hub.Hub
+	logger     interface {
 		Warn(string, ...any)
 		Error(string, ...any)
 	}
