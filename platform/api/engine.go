@@ -14,6 +14,7 @@ import (
 
 	"github.com/thinlab/thinlab/platform/access"
 	"github.com/thinlab/thinlab/platform/audit"
+	"github.com/thinlab/thinlab/platform/hub"
 	"github.com/thinlab/thinlab/platform/rbac"
 	"github.com/thinlab/thinlab/platform/store"
 	"github.com/thinlab/thinlab/sdk/platformapi"
@@ -171,6 +172,11 @@ func (a *API) engineProxy(er EngineRoute) gin.HandlerFunc {
 		}
 		path := enginePath(c.Request)
 		resp, err := CallAgent(c, a.Agents, ag.ID, er.Method, path, c.Request.URL.RawQuery, c.Request.Header, body)
+		if errors.Is(err, hub.ErrNotConnected) {
+			// The tunnel ended between the check above and the call.
+			engineError(c, http.StatusServiceUnavailable, CodeAgentUnavailable, AgentUnavailableMessage(ag, a.ReplicaID))
+			return
+		}
 		if err != nil {
 			a.Logger.Warn("engine proxy: the agent did not answer", "agent", ag.ID, "route", er.Path, "err", err)
 			engineError(c, http.StatusBadGateway, CodeAgentUnavailable, fmt.Sprintf("agent %s (%s) did not answer: %v", ag.Name, ag.ID, errors.Unwrap(err)))

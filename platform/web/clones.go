@@ -15,6 +15,7 @@ import (
 	"github.com/thinlab/thinlab/platform/access"
 	"github.com/thinlab/thinlab/platform/api"
 	"github.com/thinlab/thinlab/platform/audit"
+	"github.com/thinlab/thinlab/platform/hub"
 	"github.com/thinlab/thinlab/platform/rbac"
 	"github.com/thinlab/thinlab/platform/store"
 	"github.com/thinlab/thinlab/sdk/agentapi"
@@ -53,6 +54,8 @@ func agentFailure(ag *store.Agent, err error) (int, string) {
 	switch {
 	case errors.Is(err, errAgentUnavailable):
 		return http.StatusServiceUnavailable, strings.TrimPrefix(err.Error(), errAgentUnavailable.Error()+": ")
+	case errors.Is(err, hub.ErrNotConnected):
+		return http.StatusServiceUnavailable, api.AgentUnavailableMessage(ag, "")
 	case errors.As(err, &ae):
 		msg := ae.Message
 		if msg == "" {
