@@ -7,6 +7,9 @@ import "time"
 type Clones struct {
 	Agents    []CloneAgent
 	CanCreate bool
+	// CanSnapshot and CanDeleteSnapshot show the snapshot forms.
+	CanSnapshot       bool
+	CanDeleteSnapshot bool
 	// Form keeps what was entered when creating failed (never the
 	// password).
 	Form CloneForm

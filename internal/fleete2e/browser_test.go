@@ -1,6 +1,7 @@
 package fleete2e
 
 import (
+	"context"
 	"regexp"
 	"strings"
 	"testing"
@@ -101,15 +102,27 @@ func TestE2ECloneInBrowser(t *testing.T) {
 		t.Fatalf("the clone answers %q", v)
 	}
 
-	browsertest.Step(t, ctx, "destroy it",
-		chromedp.Submit("#clone-destroy"),
-		chromedp.WaitVisible(".flash"),
-		chromedp.WaitVisible("#clone-form"),
-	)
-	if flash := browsertest.Get(t, ctx, "flash", chromedp.Text(".flash")); !strings.Contains(flash, "browser-clone destroyed") {
-		t.Errorf("after destroy: flash %q", flash)
+	browsertest.Step(t, ctx, "destroy it", chromedp.Submit("#clone-destroy"))
+	waitText(t, ctx, ".flash", "browser-clone destroyed")
+
+	// Snapshots from the same page: take one, then delete it.
+	browsertest.Step(t, ctx, "take a snapshot", chromedp.Submit(`button.snapshot-create`))
+	flash := waitText(t, ctx, ".flash", "Snapshot ")
+	m := regexp.MustCompile(`Snapshot (\S+) created on e2e-db`).FindStringSubmatch(flash)
+	if m == nil {
+		t.Fatalf("after taking a snapshot: flash %q", flash)
 	}
-	got := p.QueryStrings(`SELECT action || ' ' || target || ' ' || result FROM audit_events WHERE action LIKE 'clone.%' ORDER BY id`)
+	row := `#snapshots tr[data-snapshot="` + m[1] + `"]`
+	browsertest.Step(t, ctx, "delete it",
+		chromedp.WaitVisible(row),
+		chromedp.Submit(row+` button.snapshot-delete`),
+	)
+	waitText(t, ctx, ".flash", m[1]+" deleted")
+	if snaps := browsertest.Get(t, ctx, "snapshots", chromedp.Text("#snapshots tbody")); strings.Contains(snaps, m[1]) {
+		t.Errorf("deleted snapshot still listed: %q", snaps)
+	}
+
+	got := p.QueryStrings(`SELECT action || ' ' || target || ' ' || result FROM audit_events WHERE action LIKE 'clone.%' OR action LIKE 'snapshot.%' ORDER BY id`)
 	agents, err := p.Store.ListAgents(t.Context(), org.ID)
 	if err != nil || len(agents) != 1 {
 		t.Fatal(err)
@@ -117,8 +130,24 @@ func TestE2ECloneInBrowser(t *testing.T) {
 	want := []string{
 		"clone.create " + agents[0].ID + "/clone/browser-clone (agent answered 201) success",
 		"clone.destroy " + agents[0].ID + "/clone/browser-clone (agent answered 200) success",
+		"snapshot.create " + agents[0].ID + "/snapshot/" + m[1] + " (agent answered 200) success",
+		"snapshot.delete " + agents[0].ID + "/snapshot/" + m[1] + " (agent answered 200) success",
 	}
 	if strings.Join(got, "\n") != strings.Join(want, "\n") {
 		t.Errorf("clone audit events:\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
+}
+
+// waitText waits until the text of sel holds want (the page the last
+// form submission leads to has loaded) and returns it.
+func waitText(t *testing.T, ctx context.Context, sel, want string) string {
+	t.Helper()
+	var text string
+	waitFor(t, sel+" saying "+want, func() bool {
+		sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		text, _ = chromedp.Run(sctx, chromedp.Text(sel)) // not there yet: try again
+		return strings.Contains(text, want)
+	})
+	return text
 }

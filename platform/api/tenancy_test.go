@@ -176,6 +176,8 @@ func (tt *tenants) bodyFor(method, path string) any {
 			return url.Values{"agent": {tt.agentB}, "username": {"u"}, "password": {"Vx9-kq2!Lm7#pz4Rw8"}}
 		case strings.HasSuffix(path, "/protect"):
 			return url.Values{"protected": {"true"}}
+		case strings.HasSuffix(path, "/snapshots/delete"):
+			return url.Values{"id": {"pool@snapshot_20260101000000"}}
 		}
 		return url.Values{}
 	}

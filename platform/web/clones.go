@@ -70,9 +70,14 @@ func agentFailure(ag *store.Agent, err error) (int, string) {
 // engine proxy does: target AGENT/clone/ID with the agent's status, its
 // refusal as the error.
 func auditAgentAnswer(c *gin.Context, agentID, cloneID string, okStatus int, err error) {
-	target := agentID + "/clone"
-	if cloneID != "" {
-		target += "/" + cloneID
+	auditAnswer(c, agentID, "clone", cloneID, okStatus, err)
+}
+
+// auditAnswer is auditAgentAnswer for a clone or a snapshot (kind).
+func auditAnswer(c *gin.Context, agentID, kind, id string, okStatus int, err error) {
+	target := agentID + "/" + kind
+	if id != "" {
+		target += "/" + id
 	}
 	status := okStatus
 	if ae, ok := errors.AsType[*agentapi.APIError](err); ok {
@@ -101,7 +106,10 @@ func (w *Web) renderClones(c *gin.Context, p ui.Page, form ui.CloneForm) {
 		return
 	}
 	role := access.Role(c)
-	v := ui.Clones{CanCreate: rbac.Can(role, rbac.CloneCreate), Form: form}
+	v := ui.Clones{
+		CanCreate: rbac.Can(role, rbac.CloneCreate), Form: form,
+		CanSnapshot: rbac.Can(role, rbac.SnapshotCreate), CanDeleteSnapshot: rbac.Can(role, rbac.SnapshotDelete),
+	}
 	for i := range agents {
 		ag := &agents[i]
 		if ag.RevokedAt != nil {
@@ -336,4 +344,56 @@ func localTime(t *agentapi.LocalTime) string {
 		return ""
 	}
 	return t.UTC().Format("2006-01-02 15:04:05 UTC")
+}
+
+// createSnapshot takes a snapshot of the route's agent's first pool.
+func (w *Web) createSnapshot(c *gin.Context) {
+	w.snapshotAction(c, "", func(ctx context.Context, cl *agentapi.Client) (string, error) {
+		s, err := cl.CreateSnapshot(ctx, strings.TrimSpace(c.PostForm("pool")))
+		if err != nil {
+			return "", err
+		}
+		return s.ID, nil
+	}, "created")
+}
+
+// deleteSnapshot deletes the form's snapshot on the route's agent (the
+// agent refuses one that clones depend on).
+func (w *Web) deleteSnapshot(c *gin.Context) {
+	id := strings.TrimSpace(c.PostForm("id"))
+	if id == "" {
+		w.fail(c, http.StatusBadRequest, "id: name the snapshot to delete", func(c *gin.Context, p ui.Page) { w.renderClones(c, p, ui.CloneForm{}) })
+		return
+	}
+	w.snapshotAction(c, id, func(ctx context.Context, cl *agentapi.Client) (string, error) {
+		return id, cl.DeleteSnapshot(ctx, id, false)
+	}, "deleted")
+}
+
+func (w *Web) snapshotAction(c *gin.Context, id string, call func(ctx context.Context, cl *agentapi.Client) (string, error), done string) {
+	org, ag := access.Org(c), access.Agent(c)
+	again := func(c *gin.Context, p ui.Page) { w.renderClones(c, p, ui.CloneForm{}) }
+	audit.SetTarget(c, ag.ID+"/snapshot/"+id)
+	cl, err := w.agentClient(ag)
+	if err == nil {
+		// Snapshots of a large pool take longer than a page's call.
+		ctx, cancel := context.WithTimeout(c.Request.Context(), 10*time.Minute)
+		var got string
+		got, err = call(ctx, cl)
+		cancel()
+		if got != "" {
+			id = got
+		}
+		auditAnswer(c, ag.ID, "snapshot", id, http.StatusOK, err)
+	}
+	if err != nil {
+		status, msg := agentFailure(ag, err)
+		if status == http.StatusServiceUnavailable {
+			w.errorPage(c, status, msg)
+			return
+		}
+		w.fail(c, status, msg, again)
+		return
+	}
+	w.redirectWithFlash(c, "/o/"+org.Slug+"/clones", "Snapshot "+id+" "+done+" on "+ag.Name+".")
 }
