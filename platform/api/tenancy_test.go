@@ -346,6 +346,8 @@ var ownStatus = map[string]status{
 	"POST /o/:org/agents/:agent/clones/:clone/reset":   {http.StatusServiceUnavailable, http.StatusServiceUnavailable},
 	"POST /o/:org/agents/:agent/clones/:clone/protect": {http.StatusServiceUnavailable, http.StatusServiceUnavailable},
 	"POST /o/:org/agents/:agent/clones/:clone/destroy": {http.StatusServiceUnavailable, http.StatusServiceUnavailable},
+	"POST /o/:org/agents/:agent/snapshots":             {http.StatusServiceUnavailable, http.StatusServiceUnavailable},
+	"POST /o/:org/agents/:agent/snapshots/delete":      {http.StatusServiceUnavailable, http.StatusServiceUnavailable},
 }
 
 // TestTenantIsolation walks EVERY route of the route table (API and web
