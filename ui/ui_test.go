@@ -38,8 +38,13 @@ func TestPagesRenderEscapedWithoutScripts(t *testing.T) {
 		"tokens":      TokensPage(page(), Tokens{CanManage: true, NewSecret: "thl_secret", NewName: "ci", Tokens: []Token{{ID: "tok_1", Name: "ci", Prefix: "thl_ab", Created: now, CanEdit: true}}}),
 		"audit":       AuditPage(page(), Audit{CSVURL: "/o/acme/audit/export.csv", JSONURL: "/o/acme/audit/export.json", Events: []AuditEvent{{Time: now, Action: "token.create", Result: "error", Error: "boom"}}}),
 		"dashboard":   DashboardPage(page(), Dashboard{Members: 2, Permissions: []string{"audit:read"}}),
-		"signin":      SignInPage(Page{Title: "Sign in"}, SignIn{Providers: []Provider{{DisplayName: "Dex", LoginURL: "/auth/login/dex"}}}),
-		"error":       ErrorPage(Page{Title: "Forbidden"}, Error{Status: http.StatusForbidden, Title: "Forbidden", Message: "CSRF token missing or invalid"}),
+		"clones": ClonesPage(page(), Clones{CanCreate: true, Agents: []CloneAgent{{ID: "agt_1", Name: "db<x>", Connected: true,
+			Clones:    []CloneRow{{AgentID: "agt_1", ID: "c<b>", Status: "CREATING", Href: "/o/acme/agents/agt_1/clones/c"}},
+			Snapshots: []SnapshotRow{{ID: "pool@snapshot_<x>", Pool: "pool"}}}, {ID: "agt_2", Name: "off", Error: "agent <b> is not connected"}}}),
+		"clone": ClonePage(page(), CloneDetail{AgentID: "agt_1", AgentName: "db<x>", ID: "c<b>", Status: "OK", ConnStr: "host=AGENT_HOST user=<b>",
+			HostNote: "<b>", ConnectCommand: "thinlab connect c<b> --agent db<x>", CanUpdate: true, CanDelete: true, Base: "/o/acme/agents/agt_1/clones/c"}),
+		"signin": SignInPage(Page{Title: "Sign in"}, SignIn{Providers: []Provider{{DisplayName: "Dex", LoginURL: "/auth/login/dex"}}}),
+		"error":  ErrorPage(Page{Title: "Forbidden"}, Error{Status: http.StatusForbidden, Title: "Forbidden", Message: "CSRF token missing or invalid"}),
 	}
 	for name, c := range pages {
 		html := render(t, c)
@@ -55,6 +60,11 @@ func TestPagesRenderEscapedWithoutScripts(t *testing.T) {
 	}
 	if html := render(t, pages["members"]); !strings.Contains(html, `name="csrf_token" value="tok&lt;en&gt;"`) {
 		t.Errorf("members: forms lack the CSRF field:\n%s", html)
+	}
+	pg := page()
+	pg.RefreshSeconds = 2
+	if html := render(t, ClonePage(pg, CloneDetail{ID: "c1", Status: "CREATING", InProgress: true})); !strings.Contains(html, `http-equiv="refresh" content="2"`) || !strings.Contains(html, `id="clone-progress"`) || strings.Contains(html, `id="clone-connstr"`) {
+		t.Errorf("clone in progress: want a self-reloading page with the progress and no connection string:\n%s", html)
 	}
 	if html := render(t, pages["tokens"]); !strings.Contains(html, `id="token-secret">thl_secret<`) {
 		t.Errorf("tokens: the new secret is not shown")

@@ -29,6 +29,9 @@ type Page struct {
 	CSRF   string
 	Flash  []Flash
 	Status int
+	// RefreshSeconds, when positive, reloads the page after that many
+	// seconds (a clone in progress; no JavaScript needed).
+	RefreshSeconds int
 }
 
 // User is the signed-in person.

@@ -39,6 +39,11 @@ type API struct {
 	Disconnector AgentDisconnector
 	// BaseURL is the platform's address, for the enrollment command.
 	BaseURL string
+	// Agents reaches agents' APIs through their tunnels (the engine
+	// proxy); nil without a hub: every agent is then unavailable.
+	Agents AgentTransports
+	// ReplicaID names this replica, to tell "connected elsewhere" apart.
+	ReplicaID string
 }
 
 //go:embed openapi.json
@@ -51,7 +56,7 @@ func OpenAPI() []byte { return openAPIDoc }
 func Routes(a *API) []access.Route {
 	const p = Prefix
 	get, post, patch, del := http.MethodGet, http.MethodPost, http.MethodPatch, http.MethodDelete
-	return []access.Route{
+	return append([]access.Route{
 		{Method: get, Path: p + "/openapi.json", Public: true, Handler: a.openAPI},
 		{Method: get, Path: p + "/me", Handler: a.me},
 		{Method: get, Path: p + "/orgs", Handler: a.listOrgs},
@@ -84,7 +89,7 @@ func Routes(a *API) []access.Route {
 		// Agents enroll with the enrollment token in the body; the
 		// handler audits into the token's organization.
 		{Method: post, Path: tunnel.EnrollPath, Public: true, Handler: a.enroll, RateLimit: access.RateEnrollFailures},
-	}
+	}, a.engineRoutes()...)
 }
 
 // Refusals of API tokens on the routes only a signed-in person may call

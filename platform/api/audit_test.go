@@ -55,10 +55,7 @@ func TestEveryMutationIsAudited(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	type call struct {
-		path, body, header, value string
-		wantOK                    bool
-	}
+	type call = auditCall
 	// Per mutation route: a failing call, then a succeeding one.
 	calls := map[string][]call{
 		"POST /api/v1/orgs": {
@@ -111,6 +108,18 @@ func TestEveryMutationIsAudited(t *testing.T) {
 			{"/api/v1/orgs/aud/agents/" + ag.ID, "", "Authorization", "Bearer " + viewerTok, false},
 			{"/api/v1/orgs/aud/agents/" + ag.ID, "", "Authorization", "Bearer " + ownerTok, true},
 		},
+		// The engine proxy's mutations: refused by permission (viewer) and
+		// by the agent's state (enrolled, never connected: 503). Calls the
+		// agent answers are audited in internal/fleete2e
+		// (TestEngineProxyThroughRealTunnel).
+		"POST /api/v1/orgs/:org/agents/:agent/engine/full-refresh":    engineRefusals(ag.ID, "/full-refresh", viewerTok, ownerTok),
+		"POST /api/v1/orgs/:org/agents/:agent/engine/snapshot":        engineRefusals(ag.ID, "/snapshot", viewerTok, ownerTok),
+		"PATCH /api/v1/orgs/:org/agents/:agent/engine/snapshot/*id":   engineRefusals(ag.ID, "/snapshot/pool@snapshot_20260101000000", viewerTok, ownerTok),
+		"DELETE /api/v1/orgs/:org/agents/:agent/engine/snapshot/*id":  engineRefusals(ag.ID, "/snapshot/pool@snapshot_20260101000000", viewerTok, ownerTok),
+		"POST /api/v1/orgs/:org/agents/:agent/engine/clone":           engineRefusals(ag.ID, "/clone", viewerTok, ownerTok),
+		"PATCH /api/v1/orgs/:org/agents/:agent/engine/clone/:id":      engineRefusals(ag.ID, "/clone/c1", viewerTok, ownerTok),
+		"DELETE /api/v1/orgs/:org/agents/:agent/engine/clone/:id":     engineRefusals(ag.ID, "/clone/c1", viewerTok, ownerTok),
+		"POST /api/v1/orgs/:org/agents/:agent/engine/clone/:id/reset": engineRefusals(ag.ID, "/clone/c1/reset", viewerTok, ownerTok),
 		"DELETE /api/v1/orgs/:org/tokens/:token": {
 			{"/api/v1/orgs/aud/tokens/" + victimTok.ID, "", "Authorization", "Bearer " + viewerTok, false},
 			{"/api/v1/orgs/aud/tokens/" + victimTok.ID, "", "Authorization", "Bearer " + ownerTok, true},
@@ -151,6 +160,22 @@ func TestEveryMutationIsAudited(t *testing.T) {
 				t.Errorf("%s: successful event lacks org or target: %+v", key, ev)
 			}
 		}
+	}
+}
+
+type auditCall struct {
+	path, body, header, value string
+	wantOK                    bool
+}
+
+// engineRefusals are two failing calls of an engine proxy mutation: a
+// viewer (403; the revoke test below revokes ag later) and the owner to
+// an agent that is not connected (503).
+func engineRefusals(agentID, path, viewerTok, ownerTok string) []auditCall {
+	p := "/api/v1/orgs/aud/agents/" + agentID + "/engine" + path
+	return []auditCall{
+		{p, `{}`, "Authorization", "Bearer " + viewerTok, false},
+		{p, `{}`, "Authorization", "Bearer " + ownerTok, false},
 	}
 }
 

@@ -22,7 +22,7 @@ type openAPIOp struct {
 	Permission  string `json:"x-permission"`
 }
 
-var ginParam = regexp.MustCompile(`:([a-z]+)`)
+var ginParam = regexp.MustCompile(`[:*]([a-z]+)`)
 
 // TestOpenAPICoversEveryRoute: every /api/v1 route of the route table is in
 // the embedded OpenAPI document with the same permission, and the document

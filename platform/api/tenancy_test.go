@@ -171,6 +171,13 @@ func (tt *tenants) bodyFor(method, path string) any {
 			return url.Values{"name": {fmt.Sprintf("renamed-%d", n)}}
 		case strings.HasSuffix(path, "/enrollment-tokens") && method == http.MethodPost:
 			return url.Values{"name": {fmt.Sprintf("leak-%d", n)}, "uses": {"multi"}}
+		case strings.HasSuffix(path, "/clones") && method == http.MethodPost:
+			// B's agent named in a form field, not the path: still B's.
+			return url.Values{"agent": {tt.agentB}, "username": {"u"}, "password": {"Vx9-kq2!Lm7#pz4Rw8"}}
+		case strings.HasSuffix(path, "/protect"):
+			return url.Values{"protected": {"true"}}
+		case strings.HasSuffix(path, "/snapshots/delete"):
+			return url.Values{"id": {"pool@snapshot_20260101000000"}}
 		}
 		return url.Values{}
 	}
@@ -312,6 +319,35 @@ var ownStatus = map[string]status{
 	"POST /o/:org/agents/:agent/revoke":                      {http.StatusSeeOther, http.StatusSeeOther},
 	"POST /o/:org/enrollment-tokens":                         {http.StatusOK, http.StatusOK},
 	"POST /o/:org/enrollment-tokens/:enrollment/revoke":      {http.StatusSeeOther, http.StatusSeeOther},
+	// The engine proxy: A's agent made for the call is enrolled but not
+	// connected, so each call gets through the access chain and answers
+	// 503 naming the agent (calls through a real tunnel: internal/fleete2e).
+	"GET /api/v1/orgs/:org/agents/:agent/engine/healthz":            {http.StatusServiceUnavailable, http.StatusServiceUnavailable},
+	"GET /api/v1/orgs/:org/agents/:agent/engine/status":             {http.StatusServiceUnavailable, http.StatusServiceUnavailable},
+	"GET /api/v1/orgs/:org/agents/:agent/engine/instance/retrieval": {http.StatusServiceUnavailable, http.StatusServiceUnavailable},
+	"POST /api/v1/orgs/:org/agents/:agent/engine/full-refresh":      {http.StatusServiceUnavailable, http.StatusServiceUnavailable},
+	"GET /api/v1/orgs/:org/agents/:agent/engine/snapshots":          {http.StatusServiceUnavailable, http.StatusServiceUnavailable},
+	"POST /api/v1/orgs/:org/agents/:agent/engine/snapshot":          {http.StatusServiceUnavailable, http.StatusServiceUnavailable},
+	"GET /api/v1/orgs/:org/agents/:agent/engine/snapshot/*id":       {http.StatusServiceUnavailable, http.StatusServiceUnavailable},
+	"PATCH /api/v1/orgs/:org/agents/:agent/engine/snapshot/*id":     {http.StatusServiceUnavailable, http.StatusServiceUnavailable},
+	"DELETE /api/v1/orgs/:org/agents/:agent/engine/snapshot/*id":    {http.StatusServiceUnavailable, http.StatusServiceUnavailable},
+	"GET /api/v1/orgs/:org/agents/:agent/engine/clones":             {http.StatusServiceUnavailable, http.StatusServiceUnavailable},
+	"POST /api/v1/orgs/:org/agents/:agent/engine/clone":             {http.StatusServiceUnavailable, http.StatusServiceUnavailable},
+	"GET /api/v1/orgs/:org/agents/:agent/engine/clone/:id":          {http.StatusServiceUnavailable, http.StatusServiceUnavailable},
+	"PATCH /api/v1/orgs/:org/agents/:agent/engine/clone/:id":        {http.StatusServiceUnavailable, http.StatusServiceUnavailable},
+	"DELETE /api/v1/orgs/:org/agents/:agent/engine/clone/:id":       {http.StatusServiceUnavailable, http.StatusServiceUnavailable},
+	"POST /api/v1/orgs/:org/agents/:agent/engine/clone/:id/reset":   {http.StatusServiceUnavailable, http.StatusServiceUnavailable},
+	// The clone pages: the list shows A's agents (not connected: said so
+	// on the page); a clone of A's unconnected agent is 503; creating one
+	// with B's agent in the form is "agent not found".
+	"GET /o/:org/clones":                               {http.StatusOK, http.StatusOK},
+	"POST /o/:org/clones":                              {http.StatusNotFound, http.StatusNotFound},
+	"GET /o/:org/agents/:agent/clones/:clone":          {http.StatusServiceUnavailable, http.StatusServiceUnavailable},
+	"POST /o/:org/agents/:agent/clones/:clone/reset":   {http.StatusServiceUnavailable, http.StatusServiceUnavailable},
+	"POST /o/:org/agents/:agent/clones/:clone/protect": {http.StatusServiceUnavailable, http.StatusServiceUnavailable},
+	"POST /o/:org/agents/:agent/clones/:clone/destroy": {http.StatusServiceUnavailable, http.StatusServiceUnavailable},
+	"POST /o/:org/agents/:agent/snapshots":             {http.StatusServiceUnavailable, http.StatusServiceUnavailable},
+	"POST /o/:org/agents/:agent/snapshots/delete":      {http.StatusServiceUnavailable, http.StatusServiceUnavailable},
 }
 
 // TestTenantIsolation walks EVERY route of the route table (API and web
@@ -389,6 +425,11 @@ func TestTenantIsolation(t *testing.T) {
 				Token: store.EnrollmentTokenPrefix + "forged" + tt.enrollmentB, Facts: tunnel.AgentFacts{Name: "intruder"},
 			}, http.StatusUnauthorized)
 			noLeak(t, "enrolling with a forged token", a)
+		},
+		"GET " + tunnel.TunnelPath: func(t *testing.T, as caller) {
+			// Only an agent credential opens a tunnel: a user's token or
+			// session is refused.
+			noLeak(t, "the tunnel", expect(t, as, http.MethodGet, tunnel.TunnelPath, nil, http.StatusUnauthorized))
 		},
 		"GET /static/*filepath": func(t *testing.T, as caller) {
 			expect(t, as, http.MethodGet, "/static/style.css", nil, http.StatusOK)

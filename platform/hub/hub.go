@@ -51,6 +51,9 @@ type Options struct {
 	// replaced by a newer one of the same agent: that one's OnConnect
 	// comes first).
 	OnDisconnect func(agent AgentIdentity)
+	// OnHeartbeat is called after each answered heartbeat (every
+	// HeartbeatInterval per agent); it must return quickly. Nil: none.
+	OnHeartbeat func(agent AgentIdentity, at time.Time)
 	// OnEvents stores a batch of the agent's events; the agent gets its ack
 	// only after it returns nil. It must drop events whose ID it already
 	// holds for this agent (a batch may come again after a reconnect).
@@ -309,7 +312,11 @@ func (h *Hub) heartbeat(s *session) {
 			_ = s.mux.Close()
 			return
 		}
-		s.beat(time.Now())
+		now := time.Now()
+		s.beat(now)
+		if h.opt.OnHeartbeat != nil {
+			h.opt.OnHeartbeat(s.id, now)
+		}
 	}
 }
 

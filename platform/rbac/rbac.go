@@ -27,24 +27,31 @@ type Permission string
 
 // The permissions.
 const (
+	CloneRead      Permission = "clone:read"
 	CloneCreate    Permission = "clone:create"
+	CloneUpdate    Permission = "clone:update" // reset, protect/unprotect
 	CloneDelete    Permission = "clone:delete"
+	SnapshotRead   Permission = "snapshot:read"
 	SnapshotCreate Permission = "snapshot:create"
+	SnapshotUpdate Permission = "snapshot:update" // protect/unprotect, deleteAt
 	SnapshotDelete Permission = "snapshot:delete"
-	AgentManage    Permission = "agent:manage"
-	AgentRead      Permission = "agent:read"
-	MemberManage   Permission = "member:manage"
-	MemberRead     Permission = "member:read"
-	TokenManage    Permission = "token:manage"
-	BillingManage  Permission = "billing:manage"
-	AuditRead      Permission = "audit:read"
-	OrgManage      Permission = "org:manage"
+	// AgentRefresh starts a full refresh of an agent's data (retrieval).
+	AgentRefresh  Permission = "agent:refresh"
+	AgentManage   Permission = "agent:manage"
+	AgentRead     Permission = "agent:read"
+	MemberManage  Permission = "member:manage"
+	MemberRead    Permission = "member:read"
+	TokenManage   Permission = "token:manage"
+	BillingManage Permission = "billing:manage"
+	AuditRead     Permission = "audit:read"
+	OrgManage     Permission = "org:manage"
 )
 
 // Permissions lists every permission.
 var Permissions = []Permission{
-	CloneCreate, CloneDelete, SnapshotCreate, SnapshotDelete,
-	AgentManage, AgentRead, MemberManage, MemberRead,
+	CloneRead, CloneCreate, CloneUpdate, CloneDelete,
+	SnapshotRead, SnapshotCreate, SnapshotUpdate, SnapshotDelete,
+	AgentManage, AgentRead, AgentRefresh, MemberManage, MemberRead,
 	TokenManage, BillingManage, AuditRead, OrgManage,
 }
 
@@ -52,15 +59,22 @@ var Permissions = []Permission{
 var grants = map[Role][]Permission{
 	Owner: Permissions,
 	Admin: {
-		CloneCreate, CloneDelete, SnapshotCreate, SnapshotDelete,
-		AgentManage, AgentRead, MemberManage, MemberRead,
+		CloneRead, CloneCreate, CloneUpdate, CloneDelete,
+		SnapshotRead, SnapshotCreate, SnapshotUpdate, SnapshotDelete,
+		AgentManage, AgentRead, AgentRefresh, MemberManage, MemberRead,
 		TokenManage, AuditRead,
 	},
+	// Members work with clones (their own and others': clones are
+	// shared within the organization) and take snapshots; deleting or
+	// protecting snapshots and refreshing data are for admins.
 	Member: {
-		CloneCreate, CloneDelete, SnapshotCreate,
+		CloneRead, CloneCreate, CloneUpdate, CloneDelete,
+		SnapshotRead, SnapshotCreate,
 		AgentRead, MemberRead, TokenManage,
 	},
-	Viewer: {AgentRead, MemberRead},
+	// Viewers see clones and snapshots (connection strings hold no
+	// passwords) but change nothing.
+	Viewer: {CloneRead, SnapshotRead, AgentRead, MemberRead},
 }
 
 var lookup = func() map[Role]map[Permission]bool {

@@ -8,12 +8,17 @@ func TestMatrix(t *testing.T) {
 	const y, n = true, false
 	want := map[Permission]map[Role]bool{
 		//                 owner      admin      member     viewer
+		CloneRead:      {Owner: y, Admin: y, Member: y, Viewer: y},
 		CloneCreate:    {Owner: y, Admin: y, Member: y, Viewer: n},
+		CloneUpdate:    {Owner: y, Admin: y, Member: y, Viewer: n},
 		CloneDelete:    {Owner: y, Admin: y, Member: y, Viewer: n},
+		SnapshotRead:   {Owner: y, Admin: y, Member: y, Viewer: y},
 		SnapshotCreate: {Owner: y, Admin: y, Member: y, Viewer: n},
+		SnapshotUpdate: {Owner: y, Admin: y, Member: n, Viewer: n},
 		SnapshotDelete: {Owner: y, Admin: y, Member: n, Viewer: n},
 		AgentManage:    {Owner: y, Admin: y, Member: n, Viewer: n},
 		AgentRead:      {Owner: y, Admin: y, Member: y, Viewer: y},
+		AgentRefresh:   {Owner: y, Admin: y, Member: n, Viewer: n},
 		MemberManage:   {Owner: y, Admin: y, Member: n, Viewer: n},
 		MemberRead:     {Owner: y, Admin: y, Member: y, Viewer: y},
 		TokenManage:    {Owner: y, Admin: y, Member: y, Viewer: n},

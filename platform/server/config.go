@@ -51,6 +51,8 @@ type Config struct {
 	RateLimits RateLimits `yaml:"rateLimits"`
 	// Bootstrap prepares a fresh install for scripts, without a browser.
 	Bootstrap Bootstrap `yaml:"bootstrap"`
+	// Tunnel is the agent hub: where agents' tunnels end on this replica.
+	Tunnel TunnelConfig `yaml:"tunnel"`
 }
 
 // Bootstrap makes, at start, what a scripted install (make demo, a VM
@@ -65,6 +67,20 @@ type Bootstrap struct {
 	// URL --enroll-token "$(cat FILE)"`. Delete the file to get a new one
 	// at the next start; revoke tokens on the Agents page.
 	EnrollmentTokenFile string `yaml:"enrollmentTokenFile"`
+}
+
+// TunnelConfig configures this replica's end of the agents' tunnels.
+type TunnelConfig struct {
+	// ReplicaID names this replica in the platform database (which replica
+	// holds which agent's tunnel) (env THINLAB_PLATFORM_TUNNEL_REPLICA_ID).
+	// Empty: the host name and a random suffix, new at every start. Set a
+	// stable one per replica so that a restarted replica clears what its
+	// previous run left marked as connected.
+	ReplicaID string `yaml:"replicaID"`
+	// HeartbeatInterval is how often the replica pings each agent; an agent
+	// that misses a ping for as long again is disconnected (env
+	// THINLAB_PLATFORM_TUNNEL_HEARTBEAT_INTERVAL). Default 5s.
+	HeartbeatInterval time.Duration `yaml:"heartbeatInterval"`
 }
 
 // RateLimits are token buckets per key; perMinute 0 disables one.
@@ -176,6 +192,14 @@ func (c *Config) applyEnv(lookup func(string) (string, bool)) error {
 	str("DATABASE_MIGRATION_URL", &c.Database.MigrationURL)
 	str("DATABASE_POSTGRES_BIN_DIR", &c.Database.PostgresBinDir)
 	str("DATABASE_OS_USER", &c.Database.OSUser)
+	str("TUNNEL_REPLICA_ID", &c.Tunnel.ReplicaID)
+	if v, ok := lookup(EnvPrefix + "TUNNEL_HEARTBEAT_INTERVAL"); ok {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			return fmt.Errorf("%sTUNNEL_HEARTBEAT_INTERVAL=%q: use a duration such as 5s", EnvPrefix, v)
+		}
+		c.Tunnel.HeartbeatInterval = d
+	}
 	str("OIDC_ISSUER", &c.OIDC.Issuer)
 	str("OIDC_CLIENT_ID", &c.OIDC.ClientID)
 	str("OIDC_CLIENT_SECRET", &c.OIDC.ClientSecret)
@@ -239,6 +263,12 @@ func (c *Config) Validate() error {
 		if c.Database.OSUser == "" {
 			return errors.New("database.osUser is empty: name the OS user that runs the embedded PostgreSQL (default thinlab-platform, created when missing; not the shared postgres user)")
 		}
+	}
+	if c.Tunnel.HeartbeatInterval < 0 || (c.Tunnel.HeartbeatInterval > 0 && c.Tunnel.HeartbeatInterval < 100*time.Millisecond) {
+		return fmt.Errorf("tunnel.heartbeatInterval %s: use at least 100ms (or leave it unset for 5s)", c.Tunnel.HeartbeatInterval)
+	}
+	if len(c.Tunnel.ReplicaID) > 100 || strings.ContainsFunc(c.Tunnel.ReplicaID, func(r rune) bool { return r < 0x21 || r > 0x7e }) {
+		return fmt.Errorf("tunnel.replicaID %q: use at most 100 printable ASCII characters without spaces", c.Tunnel.ReplicaID)
 	}
 	if c.ShutdownTimeout <= 0 {
 		return fmt.Errorf("shutdownTimeout %s: must be positive", c.ShutdownTimeout)

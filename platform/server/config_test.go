@@ -43,6 +43,8 @@ oidc:
 	t.Setenv("THINLAB_PLATFORM_LISTEN", "127.0.0.1:9100")
 	t.Setenv("THINLAB_PLATFORM_OIDC_CLIENT_SECRET", "s3cret")
 	t.Setenv("THINLAB_PLATFORM_TRUSTED_PROXIES", "10.1.0.0/16, 192.168.0.1")
+	t.Setenv("THINLAB_PLATFORM_TUNNEL_REPLICA_ID", "replica-1")
+	t.Setenv("THINLAB_PLATFORM_TUNNEL_HEARTBEAT_INTERVAL", "2s")
 	cfg, err := LoadConfig(p)
 	if err != nil {
 		t.Fatal(err)
@@ -55,6 +57,9 @@ oidc:
 	}
 	if cfg.ShutdownTimeout != 30*time.Second || cfg.OIDC.Issuer != "https://idp.example.com" || cfg.OIDC.ClientID != "thinlab" || cfg.OIDC.ClientSecret != "s3cret" {
 		t.Errorf("values wrong: %+v", cfg)
+	}
+	if cfg.Tunnel.ReplicaID != "replica-1" || cfg.Tunnel.HeartbeatInterval != 2*time.Second {
+		t.Errorf("tunnel from the environment: %+v", cfg.Tunnel)
 	}
 	if strings.Join(cfg.TrustedProxies, ",") != "10.1.0.0/16,192.168.0.1" {
 		t.Errorf("trustedProxies = %v", cfg.TrustedProxies)
@@ -69,6 +74,9 @@ func TestLoadConfigErrorsNameTheField(t *testing.T) {
 		{"trustedProxies: [bogus]\n", "", "trustedProxies"},
 		{"", "THINLAB_PLATFORM_SHUTDOWN_TIMEOUT=soon", "THINLAB_PLATFORM_SHUTDOWN_TIMEOUT"},
 		{"shutdownTimeout: -1s\n", "", "shutdownTimeout"},
+		{"tunnel: {heartbeatInterval: 10ms}\n", "", "tunnel.heartbeatInterval"},
+		{"tunnel: {replicaID: \"two words\"}\n", "", "tunnel.replicaID"},
+		{"", "THINLAB_PLATFORM_TUNNEL_HEARTBEAT_INTERVAL=often", "THINLAB_PLATFORM_TUNNEL_HEARTBEAT_INTERVAL"},
 	}
 	for _, tc := range cases {
 		if tc.env != "" {

@@ -26,6 +26,7 @@ import (
 	"github.com/thinlab/thinlab/platform/api"
 	"github.com/thinlab/thinlab/platform/audit"
 	"github.com/thinlab/thinlab/platform/auth"
+	"github.com/thinlab/thinlab/platform/hub"
 	"github.com/thinlab/thinlab/platform/principal"
 	"github.com/thinlab/thinlab/platform/ratelimit"
 	"github.com/thinlab/thinlab/platform/store"
@@ -56,6 +57,10 @@ type Server struct {
 	engine   *gin.Engine
 	embedded *embeddedDB
 	routes   []access.Route
+	// hub holds the agents' tunnels of this replica, recorded in the
+	// database under replicaID.
+	hub       *hub.Hub
+	replicaID string
 }
 
 // New opens (or starts) the database, applies migrations and builds the
@@ -122,10 +127,20 @@ func New(ctx context.Context, cfg Config, opts Options) (_ *Server, err error) {
 	if s.engine, err = s.newEngine(); err != nil {
 		return nil, err
 	}
+	if err := s.newHub(ctx); err != nil {
+		return nil, err
+	}
+	// Revocation closes the tunnel held here (and, in tests, elsewhere).
+	disconnect := disconnectors{s.hub}
+	if opts.AgentDisconnector != nil {
+		disconnect = append(disconnect, opts.AgentDisconnector)
+	}
 	// The whole route table, in one place.
-	routes := []access.Route{{Method: http.MethodGet, Path: "/healthz", Public: true, Handler: s.healthz}}
-	routes = append(routes, api.Routes(&api.API{Store: s.store, Logger: logger, Audit: s.audit, Disconnector: opts.AgentDisconnector, BaseURL: signIn.BaseURL()})...)
-	routes = append(routes, web.New(signIn, s.store, logger, opts.AgentDisconnector).Routes()...)
+	routes := []access.Route{{Method: http.MethodGet, Path: "/healthz", Public: true, Handler: s.healthz}, s.tunnelRoute()}
+	routes = append(routes, api.Routes(&api.API{Store: s.store, Logger: logger, Audit: s.audit, Disconnector: disconnect, Agents: s.hub, ReplicaID: s.replicaID, BaseURL: signIn.BaseURL()})...)
+	wb := web.New(signIn, s.store, logger, disconnect)
+	wb.Agents = s.hub
+	routes = append(routes, wb.Routes()...)
 	if err := s.guard.Mount(s.engine, routes); err != nil {
 		return nil, err
 	}
@@ -246,6 +261,12 @@ func (s *Server) healthz(c *gin.Context) {
 // Routes returns the route table, for tests that walk every route.
 func (s *Server) Routes() []access.Route { return slices.Clone(s.routes) }
 
+// Hub is this replica's end of the agents' tunnels.
+func (s *Server) Hub() *hub.Hub { return s.hub }
+
+// ReplicaID names this replica in the platform database.
+func (s *Server) ReplicaID() string { return s.replicaID }
+
 // Config returns the configuration the server runs with.
 func (s *Server) Config() Config { return s.cfg }
 
@@ -290,6 +311,12 @@ func (s *Server) ListenAndServe(ctx context.Context) error {
 // Close closes the database and stops the embedded cluster, if any.
 func (s *Server) Close() error {
 	var errs []error
+	if s.hub != nil {
+		// Tunnels are hijacked connections: a graceful HTTP shutdown does
+		// not end them. Agents reconnect (to another replica, if any).
+		s.hub.Close()
+		s.hub = nil
+	}
 	if s.store != nil {
 		errs = append(errs, s.store.Close())
 		s.store = nil

@@ -67,6 +67,7 @@ func TestEveryPageRendersWithoutJavaScript(t *testing.T) {
 		o + "/tokens":                 {`id="tokens"`, `id="token-name"`, "No tokens yet."},
 		o + "/audit":                  {`id="audit"`, "org.create", `id="export-csv"`, "format=csv"},
 		o + "/agents":                 {`id="agents"`, "No agents enrolled yet.", `id="enrollment-name"`, "No enrollment tokens yet."},
+		o + "/clones":                 {`id="clones"`, "No clones yet.", `id="clone-form"`, `id="snapshots"`},
 		s.p.URL + "/static/style.css": {".topbar"},
 	}
 	for u, want := range pages {

@@ -32,6 +32,9 @@ type Web struct {
 	store        *store.Store
 	logger       *slog.Logger
 	disconnector api.AgentDisconnector
+	// Agents reaches agents' APIs through their tunnels (clones and
+	// snapshots pages); nil without a hub.
+	Agents api.AgentTransports
 }
 
 // New returns the UI over a's sign-in and st; its pages render a's
@@ -76,6 +79,18 @@ func (w *Web) Routes() []access.Route {
 		{Method: post, Path: "/o/:org/agents/:agent/revoke", Permission: rbac.AgentManage, Action: "agent.revoke", Handler: w.revokeAgent},
 		{Method: post, Path: "/o/:org/enrollment-tokens", Permission: rbac.AgentManage, Action: "enrollment_token.create", Handler: w.createEnrollmentToken},
 		{Method: post, Path: "/o/:org/enrollment-tokens/:enrollment/revoke", Permission: rbac.AgentManage, Action: "enrollment_token.revoke", Handler: w.revokeEnrollmentToken},
+		// Clones and snapshots of the organization's agents, through
+		// their tunnels; the agent of a form is loaded inside the route's
+		// organization. Audited with the agent's answer, as the engine
+		// proxy of the API is.
+		{Method: get, Path: "/o/:org/clones", Permission: rbac.CloneRead, Handler: w.clones},
+		{Method: post, Path: "/o/:org/clones", Permission: rbac.CloneCreate, Action: "clone.create", Handler: w.createClone},
+		{Method: get, Path: "/o/:org/agents/:agent/clones/:clone", Permission: rbac.CloneRead, Handler: w.clonePage},
+		{Method: post, Path: "/o/:org/agents/:agent/clones/:clone/reset", Permission: rbac.CloneUpdate, Action: "clone.reset", Handler: w.resetClone},
+		{Method: post, Path: "/o/:org/agents/:agent/clones/:clone/protect", Permission: rbac.CloneUpdate, Action: "clone.update", Handler: w.protectClone},
+		{Method: post, Path: "/o/:org/agents/:agent/clones/:clone/destroy", Permission: rbac.CloneDelete, Action: "clone.destroy", Handler: w.destroyClone},
+		{Method: post, Path: "/o/:org/agents/:agent/snapshots", Permission: rbac.SnapshotCreate, Action: "snapshot.create", Handler: w.createSnapshot},
+		{Method: post, Path: "/o/:org/agents/:agent/snapshots/delete", Permission: rbac.SnapshotDelete, Action: "snapshot.delete", Handler: w.deleteSnapshot},
 	}
 	for i := range rs {
 		if !rs[i].Public {
@@ -211,6 +226,7 @@ func nav(org *ui.Org, role rbac.Role, route string) []ui.NavItem {
 		{"Invitations", "/invitations", rbac.MemberManage},
 		{"API tokens", "/tokens", rbac.TokenManage},
 		{"Agents", "/agents", rbac.AgentRead},
+		{"Clones", "/clones", rbac.CloneRead},
 		{"Audit log", "/audit", rbac.AuditRead},
 	}
 	var out []ui.NavItem
@@ -220,7 +236,7 @@ func nav(org *ui.Org, role rbac.Role, route string) []ui.NavItem {
 		}
 		out = append(out, ui.NavItem{Label: it.label, Href: base + it.path, Active: route == "/o/:org"+it.path})
 	}
-	for _, soon := range []string{"Clones", "Billing"} {
+	for _, soon := range []string{"Billing"} {
 		out = append(out, ui.NavItem{Label: soon, Soon: true})
 	}
 	return out

@@ -1,0 +1,9 @@
+package fleete2e
+
+import (
+	"testing"
+
+	"github.com/thinlab/thinlab/platform/platformtest"
+)
+
+func TestMain(m *testing.M) { platformtest.Main(m) }

@@ -1,0 +1,202 @@
+package server
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/gin-gonic/gin"
+
+	"github.com/thinlab/thinlab/platform/access"
+	"github.com/thinlab/thinlab/platform/hub"
+	"github.com/thinlab/thinlab/platform/store"
+	"github.com/thinlab/thinlab/sdk/tunnel"
+)
+
+// heartbeatWriteEvery bounds how often an agent's heartbeat is written to
+// the database: the hub pings every few seconds, the database needs to
+// know only that the agent is alive well within api.StaleAfter. With a
+// shorter heartbeat interval (tests) it is three intervals.
+const heartbeatWriteEvery = 15 * time.Second
+
+// tunnelHooks connect the hub (which knows no database) to the store: who
+// an agent is, where its tunnel is held, its facts and its events.
+type tunnelHooks struct {
+	store     *store.Store
+	replicaID string
+	// writeEvery is how often a heartbeat is written per agent.
+	writeEvery time.Duration
+	hub        *hub.Hub
+	logger     interface {
+		Warn(string, ...any)
+		Error(string, ...any)
+	}
+
+	mu sync.Mutex
+	// sessions is, per agent, the start of the session recorded as
+	// connected and when its heartbeat was last written.
+	sessions map[string]*recorded
+}
+
+type recorded struct{ since, lastWrite time.Time }
+
+// defaultReplicaID is the host name and a random suffix.
+func defaultReplicaID() (string, error) {
+	host, err := os.Hostname()
+	if err != nil || host == "" {
+		host = "replica"
+	}
+	b := make([]byte, 4)
+	if _, err := rand.Read(b); err != nil {
+		return "", err
+	}
+	if len(host) > 80 {
+		host = host[:80]
+	}
+	return host + "-" + hex.EncodeToString(b), nil
+}
+
+// newHub builds this replica's hub and marks what a previous run of the
+// same replica ID left as connected as disconnected: those tunnels ended
+// with that run.
+func (s *Server) newHub(ctx context.Context) error {
+	id := s.cfg.Tunnel.ReplicaID
+	if id == "" {
+		var err error
+		if id, err = defaultReplicaID(); err != nil {
+			return err
+		}
+	}
+	s.replicaID = id
+	if n, err := s.store.MarkReplicaAgentsDisconnected(ctx, id, time.Now()); err != nil {
+		return fmt.Errorf("mark the agents of replica %s disconnected: %w", id, err)
+	} else if n > 0 {
+		s.logger.Warn("agents left marked as connected to this replica by its previous run are now disconnected", "replica", id, "agents", n)
+	}
+	hooks := &tunnelHooks{store: s.store, replicaID: id, logger: s.logger, sessions: map[string]*recorded{}, writeEvery: heartbeatWriteEvery}
+	if hb := s.cfg.Tunnel.HeartbeatInterval; hb > 0 && 3*hb < heartbeatWriteEvery {
+		hooks.writeEvery = 3 * hb
+	}
+	h, err := hub.New(hub.Options{
+		Authenticate:      hooks.authenticate,
+		OnConnect:         hooks.onConnect,
+		OnDisconnect:      hooks.onDisconnect,
+		OnHeartbeat:       hooks.onHeartbeat,
+		OnEvents:          hooks.onEvents,
+		Logger:            s.logger,
+		HeartbeatInterval: s.cfg.Tunnel.HeartbeatInterval,
+	})
+	if err != nil {
+		return err
+	}
+	hooks.hub = h
+	s.hub = h
+	return nil
+}
+
+// tunnelRoute mounts the hub. It is public to the access chain (no user
+// or API token): the hub itself authenticates the agent's credential and
+// answers 401 to anything else, and refused credentials count against the
+// enrollment failure limit of the caller's address, like enrollments.
+func (s *Server) tunnelRoute() access.Route {
+	h := s.hub
+	return access.Route{
+		Method: http.MethodGet, Path: tunnel.TunnelPath, Public: true, RateLimit: access.RateEnrollFailures,
+		Handler: func(c *gin.Context) { h.ServeHTTP(c.Writer, c.Request) },
+	}
+}
+
+func (t *tunnelHooks) authenticate(ctx context.Context, r *http.Request) (hub.AgentIdentity, error) {
+	cred, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	if !ok {
+		return hub.AgentIdentity{}, errors.New("no agent credential (Authorization: Bearer)")
+	}
+	id, err := t.store.AuthenticateAgent(ctx, strings.TrimSpace(cred))
+	if err != nil {
+		return hub.AgentIdentity{}, err
+	}
+	return hub.AgentIdentity{AgentID: id.AgentID, OrgID: id.OrgID}, nil
+}
+
+// onConnect stores the facts; on the first call of a session (not on a
+// later facts update) it also records the tunnel as held here.
+func (t *tunnelHooks) onConnect(ctx context.Context, a hub.AgentIdentity, facts tunnel.AgentFacts) {
+	if err := t.store.UpdateAgentFacts(ctx, a.AgentID, facts); err != nil {
+		t.logger.Error("tunnel: store the agent's facts", "agent", a.AgentID, "err", err)
+	}
+	since, _, ok := t.hub.Connected(a.AgentID)
+	if !ok {
+		return
+	}
+	t.mu.Lock()
+	r := t.sessions[a.AgentID]
+	fresh := r == nil || !r.since.Equal(since)
+	if fresh {
+		t.sessions[a.AgentID] = &recorded{since: since, lastWrite: since}
+	}
+	t.mu.Unlock()
+	if fresh {
+		if err := t.store.MarkAgentConnected(ctx, a.AgentID, t.replicaID, since); err != nil {
+			t.logger.Error("tunnel: record the agent as connected", "agent", a.AgentID, "err", err)
+		}
+	}
+}
+
+func (t *tunnelHooks) onHeartbeat(a hub.AgentIdentity, at time.Time) {
+	t.mu.Lock()
+	r := t.sessions[a.AgentID]
+	due := r != nil && at.Sub(r.lastWrite) >= t.writeEvery
+	if due {
+		r.lastWrite = at
+	}
+	t.mu.Unlock()
+	if !due {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := t.store.AgentHeartbeat(ctx, a.AgentID, t.replicaID, at); err != nil {
+		t.logger.Warn("tunnel: record the agent's heartbeat", "agent", a.AgentID, "err", err)
+	}
+}
+
+func (t *tunnelHooks) onDisconnect(a hub.AgentIdentity) {
+	t.mu.Lock()
+	delete(t.sessions, a.AgentID)
+	t.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := t.store.MarkAgentDisconnected(ctx, a.AgentID, t.replicaID, time.Now()); err != nil {
+		t.logger.Error("tunnel: record the agent as disconnected", "agent", a.AgentID, "err", err)
+	}
+}
+
+// onEvents stores a batch; the store skips events it holds already (a
+// batch comes again when its ack was lost).
+func (t *tunnelHooks) onEvents(ctx context.Context, agentID string, events []tunnel.Event) error {
+	rows := make([]store.NewAgentEvent, 0, len(events))
+	for _, e := range events {
+		rows = append(rows, store.NewAgentEvent{
+			EventID: e.ID, Kind: e.Kind, Severity: e.Severity, Time: e.Time, Clone: e.Clone,
+			Snapshot: e.Snapshot, Pool: e.Pool, Message: e.Message, Data: e.Data,
+		})
+	}
+	_, err := t.store.InsertAgentEvents(ctx, agentID, rows)
+	return err
+}
+
+// disconnectors closes a revoked agent's tunnel on every one given.
+type disconnectors []interface{ Disconnect(agentID string) }
+
+func (d disconnectors) Disconnect(agentID string) {
+	for _, x := range d {
+		x.Disconnect(agentID)
+	}
+}
