@@ -119,6 +119,17 @@ func TestRequestsReachAgentThroughTheReplicaHoldingItsTunnel(t *testing.T) {
 		t.Fatalf("A did not log the refused relay:\n%s", a.logs.String())
 	}
 
+	// A revocation made on B closes the tunnel A holds, at once.
+	db.mu.Lock()
+	before := db.disconnects
+	db.mu.Unlock()
+	b.hub.Disconnect(id)
+	waitFor(t, "A to close the tunnel B asked it to close", func() bool {
+		db.mu.Lock()
+		defer db.mu.Unlock()
+		return db.disconnects > before
+	})
+
 	// An agent nobody holds is not connected, on every replica.
 	if _, err := b.hub.DialClone(t.Context(), "no-such-agent", pg.Port); !errors.Is(err, hub.ErrNotConnected) {
 		t.Fatalf("unknown agent: %v, want ErrNotConnected", err)

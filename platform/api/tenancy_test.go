@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/thinlab/thinlab/platform/auth"
+	"github.com/thinlab/thinlab/platform/hub"
 	"github.com/thinlab/thinlab/platform/platformtest"
 	"github.com/thinlab/thinlab/platform/rbac"
 	"github.com/thinlab/thinlab/platform/store"
@@ -430,6 +431,11 @@ func TestTenantIsolation(t *testing.T) {
 			// Only an agent credential opens a tunnel: a user's token or
 			// session is refused.
 			noLeak(t, "the tunnel", expect(t, as, http.MethodGet, tunnel.TunnelPath, nil, http.StatusUnauthorized))
+		},
+		"GET " + hub.RelayPath: func(t *testing.T, as caller) {
+			// Only a replica with the relay secret relays: a user's token
+			// or session, for B's agent, is refused.
+			noLeak(t, "the relay", expect(t, as, http.MethodGet, hub.RelayPath+"?agent="+tt.agentB+"&kind=api&port=0&ts=1", nil, http.StatusUnauthorized))
 		},
 		"GET /static/*filepath": func(t *testing.T, as caller) {
 			expect(t, as, http.MethodGet, "/static/style.css", nil, http.StatusOK)

@@ -499,6 +499,8 @@ func (h *Hub) Do(agentID string, r *http.Request) (*http.Response, error) {
 func (h *Hub) Disconnect(agentID string) {
 	s, err := h.get(agentID)
 	if err != nil {
+		// Held by another replica: ask it to close the tunnel.
+		h.disconnectRemote(agentID)
 		return
 	}
 	_ = s.mux.Close()

@@ -50,32 +50,30 @@ func relaySignature(secret []byte, agentID string, h tunnel.StreamHeader, ts int
 	return hex.EncodeToString(m.Sum(nil))
 }
 
-// relay opens a stream to agentID through the replica that holds its
-// tunnel. ErrNotConnected when no replica does.
-func (h *Hub) relay(ctx context.Context, agentID string, hdr tunnel.StreamHeader) (net.Conn, error) {
+// kindDisconnect asks the holding replica to close an agent's tunnel (a
+// revocation made on another replica). It is no stream kind of the
+// tunnel: only replicas send it, signed like a relay.
+const kindDisconnect tunnel.Kind = "disconnect"
+
+// relayURL is the signed relay URL at the replica holding agentID, or
+// "" when no other replica holds it.
+func (h *Hub) relayURL(ctx context.Context, agentID string, hdr tunnel.StreamHeader, websocket bool) (string, http.Header, error) {
 	if h.opt.Locate == nil {
-		return nil, ErrNotConnected
+		return "", nil, nil
 	}
 	base, err := h.opt.Locate(ctx, agentID)
 	if err != nil {
-		return nil, fmt.Errorf("hub: locating agent %s: %w", agentID, err)
+		return "", nil, fmt.Errorf("hub: locating agent %s: %w", agentID, err)
 	}
 	if base == "" || base == h.opt.RelayURL {
-		// Nobody else holds it; this replica does not either (the caller
-		// looked here first).
-		return nil, ErrNotConnected
+		return "", nil, nil
 	}
 	u, err := url.Parse(base)
-	if err != nil {
-		return nil, fmt.Errorf("hub: replica address %q of agent %s: %w", base, agentID, err)
+	if err != nil || (u.Scheme != "https" && u.Scheme != "http") {
+		return "", nil, fmt.Errorf("hub: replica address %q of agent %s is not an http(s) URL", base, agentID)
 	}
-	switch u.Scheme {
-	case "https":
-		u.Scheme = "wss"
-	case "http":
-		u.Scheme = "ws"
-	default:
-		return nil, fmt.Errorf("hub: replica address %q of agent %s is not http(s)", base, agentID)
+	if websocket {
+		u.Scheme = map[string]string{"https": "wss", "http": "ws"}[u.Scheme]
 	}
 	u.Path = strings.TrimSuffix(u.Path, "/") + RelayPath
 	ts := time.Now().Unix()
@@ -85,13 +83,59 @@ func (h *Hub) relay(ctx context.Context, agentID string, hdr tunnel.StreamHeader
 		"port":  {strconv.Itoa(hdr.Port)},
 		"ts":    {strconv.FormatInt(ts, 10)},
 	}.Encode()
+	// The signature travels in a header, which request logs leave out.
+	return u.String(), http.Header{relaySignatureHeader: {relaySignature(h.opt.RelaySecret, agentID, hdr, ts)}}, nil
+}
+
+// disconnectRemote asks the replica holding agentID's tunnel to close it
+// (best effort: logged; the credential is refused from now on anyway).
+func (h *Hub) disconnectRemote(agentID string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	target, sig, err := h.relayURL(ctx, agentID, tunnel.StreamHeader{Kind: kindDisconnect}, false)
+	if err != nil || target == "" {
+		if err != nil {
+			h.log.Warn("hub: asking the holding replica to close a tunnel failed", "agent", agentID, "err", err)
+		}
+		return
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, target, nil)
+	if err != nil {
+		return
+	}
+	req.Header = sig
+	client := &http.Client{Transport: &http.Transport{TLSClientConfig: h.opt.RelayTLS}, Timeout: 10 * time.Second}
+	resp, err := client.Do(req)
+	if err != nil {
+		h.log.Warn("hub: asking the holding replica to close a tunnel failed", "agent", agentID, "err", err)
+		return
+	}
+	_ = resp.Body.Close() // 204: nothing to read
+	if resp.StatusCode != http.StatusNoContent {
+		h.log.Warn("hub: the holding replica refused to close a tunnel", "agent", agentID, "status", resp.Status)
+	}
+}
+
+// relay opens a stream to agentID through the replica that holds its
+// tunnel. ErrNotConnected when no replica does.
+func (h *Hub) relay(ctx context.Context, agentID string, hdr tunnel.StreamHeader) (net.Conn, error) {
+	target, sig, err := h.relayURL(ctx, agentID, hdr, true)
+	if err != nil {
+		return nil, err
+	}
+	if target == "" {
+		// Nobody else holds it; this replica does not either (the caller
+		// looked here first).
+		return nil, ErrNotConnected
+	}
+	base := strings.SplitN(target, RelayPath, 2)[0]
 	d := websocket.Dialer{
 		TLSClientConfig:  h.opt.RelayTLS,
 		HandshakeTimeout: 10 * time.Second,
 		ReadBufferSize:   32 << 10,
 		WriteBufferSize:  32 << 10,
 	}
-	ws, resp, err := d.DialContext(ctx, u.String(), http.Header{relaySignatureHeader: {relaySignature(h.opt.RelaySecret, agentID, hdr, ts)}})
+	ws, resp, err := d.DialContext(ctx, target, sig)
 	if err != nil {
 		if resp == nil {
 			return nil, fmt.Errorf("hub: relay to replica %s for agent %s: %w", base, agentID, err)
@@ -141,6 +185,13 @@ func (h *Hub) serveRelay(w http.ResponseWriter, r *http.Request) {
 	if age := time.Since(time.Unix(ts, 0)); age > relayMaxSkew || age < -relayMaxSkew {
 		h.log.Warn("hub: relay refused: stale request", "remote", r.RemoteAddr, "age", age)
 		http.Error(w, "relay signature refused", http.StatusUnauthorized)
+		return
+	}
+	if hdr.Kind == kindDisconnect {
+		if _, err := h.get(agentID); err == nil {
+			h.Disconnect(agentID)
+		}
+		w.WriteHeader(http.StatusNoContent)
 		return
 	}
 	if hdr.Kind != tunnel.KindAPI && hdr.Kind != tunnel.KindTCP {

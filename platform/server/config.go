@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -81,6 +82,18 @@ type TunnelConfig struct {
 	// that misses a ping for as long again is disconnected (env
 	// THINLAB_PLATFORM_TUNNEL_HEARTBEAT_INTERVAL). Default 5s.
 	HeartbeatInterval time.Duration `yaml:"heartbeatInterval"`
+	// RelayURL, with several replicas, is this replica's base URL as the
+	// other replicas reach it (env THINLAB_PLATFORM_TUNNEL_RELAY_URL); it
+	// is then also the replica ID. A request for an agent whose tunnel
+	// another replica holds is relayed there (docs/architecture.md).
+	RelayURL string `yaml:"relayURL"`
+	// RelaySecret signs relays between replicas, the same on every replica,
+	// at least 32 characters (env THINLAB_PLATFORM_TUNNEL_RELAY_SECRET:
+	// keep it out of the file).
+	RelaySecret string `yaml:"relaySecret"`
+	// RelayCAFile verifies the other replicas' https certificates (system
+	// roots when empty).
+	RelayCAFile string `yaml:"relayCAFile"`
 }
 
 // RateLimits are token buckets per key; perMinute 0 disables one.
@@ -193,6 +206,9 @@ func (c *Config) applyEnv(lookup func(string) (string, bool)) error {
 	str("DATABASE_POSTGRES_BIN_DIR", &c.Database.PostgresBinDir)
 	str("DATABASE_OS_USER", &c.Database.OSUser)
 	str("TUNNEL_REPLICA_ID", &c.Tunnel.ReplicaID)
+	str("TUNNEL_RELAY_URL", &c.Tunnel.RelayURL)
+	str("TUNNEL_RELAY_SECRET", &c.Tunnel.RelaySecret)
+	str("TUNNEL_RELAY_CA_FILE", &c.Tunnel.RelayCAFile)
 	if v, ok := lookup(EnvPrefix + "TUNNEL_HEARTBEAT_INTERVAL"); ok {
 		d, err := time.ParseDuration(v)
 		if err != nil {
@@ -276,6 +292,17 @@ func (c *Config) Validate() error {
 	for name, l := range map[string]ratelimit.Limit{"signIn": c.RateLimits.SignIn, "bearerFailures": c.RateLimits.BearerFailures, "invitationAccept": c.RateLimits.InvitationAccept, "enrollFailures": c.RateLimits.EnrollFailures} {
 		if l.PerMinute < 0 || l.Burst < 0 || (l.PerMinute > 0 && l.Burst == 0) {
 			return fmt.Errorf("rateLimits.%s: perMinute and burst must be positive (perMinute: 0 disables the limit)", name)
+		}
+	}
+	if t := c.Tunnel; t.RelayURL != "" || t.RelaySecret != "" {
+		if u, err := url.Parse(t.RelayURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return fmt.Errorf("tunnel.relayURL %q: set this replica's base URL as the other replicas reach it, such as https://10.0.0.5:8443", t.RelayURL)
+		}
+		if len(t.RelaySecret) < 32 {
+			return fmt.Errorf("tunnel.relaySecret: set a secret of at least 32 characters, the same on every replica (env %sTUNNEL_RELAY_SECRET)", EnvPrefix)
+		}
+		if t.ReplicaID != "" && t.ReplicaID != t.RelayURL {
+			return errors.New("tunnel.replicaID: leave it empty with tunnel.relayURL (the relay URL names the replica)")
 		}
 	}
 	if b := c.Bootstrap; b.Organization != "" || b.EnrollmentTokenFile != "" {

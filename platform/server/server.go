@@ -136,7 +136,7 @@ func New(ctx context.Context, cfg Config, opts Options) (_ *Server, err error) {
 		disconnect = append(disconnect, opts.AgentDisconnector)
 	}
 	// The whole route table, in one place.
-	routes := []access.Route{{Method: http.MethodGet, Path: "/healthz", Public: true, Handler: s.healthz}, s.tunnelRoute()}
+	routes := []access.Route{{Method: http.MethodGet, Path: "/healthz", Public: true, Handler: s.healthz}, s.tunnelRoute(), s.relayRoute()}
 	routes = append(routes, api.Routes(&api.API{Store: s.store, Logger: logger, Audit: s.audit, Disconnector: disconnect, Agents: s.hub, ReplicaID: s.replicaID, BaseURL: signIn.BaseURL()})...)
 	wb := web.New(signIn, s.store, logger, disconnect)
 	wb.Agents = s.hub

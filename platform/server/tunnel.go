@@ -1,8 +1,11 @@
 package server
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -67,7 +70,7 @@ func defaultReplicaID() (string, error) {
 // same replica ID left as connected as disconnected: those tunnels ended
 // with that run.
 func (s *Server) newHub(ctx context.Context) error {
-	id := s.cfg.Tunnel.ReplicaID
+	id := cmp.Or(s.cfg.Tunnel.RelayURL, s.cfg.Tunnel.ReplicaID)
 	if id == "" {
 		var err error
 		if id, err = defaultReplicaID(); err != nil {
@@ -84,7 +87,7 @@ func (s *Server) newHub(ctx context.Context) error {
 	if hb := s.cfg.Tunnel.HeartbeatInterval; hb > 0 && 3*hb < heartbeatWriteEvery {
 		hooks.writeEvery = 3 * hb
 	}
-	h, err := hub.New(hub.Options{
+	opt := hub.Options{
 		Authenticate:      hooks.authenticate,
 		OnConnect:         hooks.onConnect,
 		OnDisconnect:      hooks.onDisconnect,
@@ -92,13 +95,53 @@ func (s *Server) newHub(ctx context.Context) error {
 		OnEvents:          hooks.onEvents,
 		Logger:            s.logger,
 		HeartbeatInterval: s.cfg.Tunnel.HeartbeatInterval,
-	})
+	}
+	if t := s.cfg.Tunnel; t.RelayURL != "" {
+		relayTLS, err := tlsWithCA(t.RelayCAFile)
+		if err != nil {
+			return fmt.Errorf("tunnel.relayCAFile: %w", err)
+		}
+		opt.Locate = s.store.AgentReplica
+		opt.RelayURL = t.RelayURL
+		opt.RelaySecret = []byte(t.RelaySecret)
+		opt.RelayTLS = relayTLS
+	}
+	h, err := hub.New(opt)
 	if err != nil {
 		return err
 	}
 	hooks.hub = h
 	s.hub = h
 	return nil
+}
+
+// relayRoute mounts the relay between replicas. It is public to the
+// access chain: the hub refuses every request not signed with the
+// replicas' shared secret (and all of them without tunnel.relayURL).
+func (s *Server) relayRoute() access.Route {
+	h := s.hub
+	return access.Route{
+		Method: http.MethodGet, Path: hub.RelayPath, Public: true, RateLimit: access.RateEnrollFailures,
+		Handler: func(c *gin.Context) { h.RelayHandler().ServeHTTP(c.Writer, c.Request) },
+	}
+}
+
+// tlsWithCA is a client TLS configuration trusting caFile only, or the
+// system roots when it is empty.
+func tlsWithCA(caFile string) (*tls.Config, error) {
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
+	if caFile == "" {
+		return cfg, nil
+	}
+	pem, err := os.ReadFile(caFile) //nolint:gosec // an administrator-configured path
+	if err != nil {
+		return nil, err
+	}
+	cfg.RootCAs = x509.NewCertPool()
+	if !cfg.RootCAs.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("%s holds no PEM certificate", caFile)
+	}
+	return cfg, nil
 }
 
 // tunnelRoute mounts the hub. It is public to the access chain (no user

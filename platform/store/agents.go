@@ -389,3 +389,23 @@ func (s *Store) LatestAgentEvents(ctx context.Context, orgID, kind string) (map[
 	}
 	return out, err
 }
+
+// AgentReplica returns the replica recorded as holding agentID's tunnel,
+// or "" when none does (never connected, disconnected or revoked). It is
+// the hub's lookup for relaying between replicas: it reveals nothing but
+// a replica's address, and only to the platform itself.
+func (s *Store) AgentReplica(ctx context.Context, agentID string) (string, error) {
+	var a Agent
+	err := s.conn(ctx).Select("connected_replica", "disconnected_since", "revoked_at", "connected_since").
+		Where("id = ?", agentID).Take(&a).Error
+	if errors.Is(err, gorm.ErrRecordNotFound) {
+		return "", nil
+	}
+	if err != nil {
+		return "", err
+	}
+	if a.RevokedAt != nil || a.DisconnectedSince != nil || a.ConnectedSince == nil {
+		return "", nil
+	}
+	return a.ConnectedReplica, nil
+}
