@@ -233,6 +233,23 @@ func TestEngineProxyThroughRealTunnel(t *testing.T) {
 		return kinds["clone.ready"] >= 1 && kinds["clone.destroyed"] == 1
 	})
 
+	// The agent by name, as the CLI's --agent NAME says it; another
+	// organization's owner gets 404 for the same name.
+	if h, err := engineClient(env, "acme", "e2e-db", tok).Healthz(ctx); err != nil || h.Version != "e2e" {
+		t.Fatalf("healthz by the agent's name: %+v %v", h, err)
+	}
+	other := env.User("mallory@other.example")
+	env.Org("other", other)
+	otherTok := env.Token(env.Org("other-2", other), other)
+	for _, ref := range []string{"e2e-db", ag.ID} {
+		if r := env.Do(http.MethodGet, "/api/v1/orgs/other-2/agents/"+ref+"/engine/clones", otherTok, nil); r.Status != http.StatusNotFound {
+			t.Errorf("another organization's owner, agent %s: %d %s, want 404", ref, r.Status, r.Body)
+		}
+		if r := env.Do(http.MethodGet, "/api/v1/orgs/acme/agents/"+ref+"/engine/clones", otherTok, nil); r.Status != http.StatusNotFound {
+			t.Errorf("another organization's token in acme, agent %s: %d %s, want 404", ref, r.Status, r.Body)
+		}
+	}
+
 	// Off the allowlist: 404, even for the owner.
 	for _, p := range []string{"/metrics", "/openapi.yaml", "/admin/config", "/observation/start", "/clone/x/y"} {
 		for _, m := range []string{http.MethodGet, http.MethodPost} {

@@ -328,10 +328,12 @@ func (g *Guard) loadResources(c *gin.Context, rt Route, org *store.Organization)
 	if strings.Contains(rt.Path, "/:agent") {
 		id := c.Param("agent")
 		audit.SetTarget(c, id)
-		a, err := g.Store.AgentByID(ctx, org.ID, id)
+		// By ID or by name: the CLI's --agent NAME.
+		a, err := g.Store.AgentByRef(ctx, org.ID, id)
 		if !g.loaded(c, rt, err, "agent") {
 			return false
 		}
+		audit.SetTarget(c, a.ID)
 		c.Set(keyAgent, a)
 	}
 	if strings.Contains(rt.Path, "/:enrollment") {

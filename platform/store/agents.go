@@ -220,6 +220,21 @@ func (s *Store) AgentByID(ctx context.Context, orgID, id string) (*Agent, error)
 	return &a, nil
 }
 
+// AgentByRef returns one of orgID's agents by its ID or, failing that,
+// its name (unique in the organization), so that people and the CLI can
+// say --agent NAME.
+func (s *Store) AgentByRef(ctx context.Context, orgID, ref string) (*Agent, error) {
+	a, err := s.AgentByID(ctx, orgID, ref)
+	if !errors.Is(err, ErrNotFound) {
+		return a, err
+	}
+	var byName Agent
+	if err := s.conn(ctx).Where("org_id = ? AND name = ?", orgID, ref).Take(&byName).Error; err != nil {
+		return nil, notFound(err)
+	}
+	return &byName, nil
+}
+
 // RenameAgent renames one of orgID's agents; ErrConflict when another
 // agent of the organization has the name.
 func (s *Store) RenameAgent(ctx context.Context, orgID, id, name string) error {

@@ -283,3 +283,33 @@ func TestAgentConnectionState(t *testing.T) {
 		t.Fatalf("facts not updated: %+v", got)
 	}
 }
+
+// An agent is found by ID or by name, only inside its organization.
+func TestAgentByRef(t *testing.T) {
+	st := open(t)
+	ctx := t.Context()
+	enroll := func(slug, name string) (*store.Organization, *store.Agent) {
+		org, owner := enrollOrg(t, st, slug)
+		_, secret, err := st.CreateEnrollmentToken(ctx, org.ID, owner.ID, "", time.Now().Add(time.Hour), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ag, _, _, err := st.Enroll(ctx, secret, facts(name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return org, ag
+	}
+	a, agA := enroll("ref-a", "db")
+	_, agB := enroll("ref-b", "other-db")
+	for _, ref := range []string{agA.ID, "db"} {
+		if got, err := st.AgentByRef(ctx, a.ID, ref); err != nil || got.ID != agA.ID {
+			t.Errorf("AgentByRef(A, %s) = %+v %v, want A's agent", ref, got, err)
+		}
+	}
+	for _, ref := range []string{agB.ID, "other-db", "nope"} {
+		if got, err := st.AgentByRef(ctx, a.ID, ref); !errors.Is(err, store.ErrNotFound) {
+			t.Errorf("AgentByRef(A, %s) = %+v %v, want not found", ref, got, err)
+		}
+	}
+}
