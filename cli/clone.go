@@ -399,12 +399,12 @@ func latestSnapshotOfPool(ctx context.Context, a *apiConn, pool string) (string,
 }
 
 func (a *apiConn) savePassword(cloneID, password string) error {
-	a.file.SetClonePassword(a.ep.URL, cloneID, password)
+	a.file.SetClonePassword(a.passwordKey(), cloneID, password)
 	return clientconfig.Save(a.configPath, a.file)
 }
 
 func (a *apiConn) forgetPassword(cloneID string) error {
-	if !a.file.ForgetClonePassword(a.ep.URL, cloneID) {
+	if !a.file.ForgetClonePassword(a.passwordKey(), cloneID) {
 		return nil
 	}
 	return clientconfig.Save(a.configPath, a.file)

@@ -39,6 +39,8 @@ type API struct {
 	Disconnector AgentDisconnector
 	// BaseURL is the platform's address, for the enrollment command.
 	BaseURL string
+	// Tunnels reaches into connected agents; nil without a hub.
+	Tunnels Tunnels
 }
 
 //go:embed openapi.json
@@ -81,6 +83,9 @@ func Routes(a *API) []access.Route {
 		{Method: get, Path: p + "/orgs/:org/agents/:agent", Permission: rbac.AgentRead, Handler: a.getAgent},
 		{Method: patch, Path: p + "/orgs/:org/agents/:agent", Permission: rbac.AgentManage, Action: "agent.rename", Handler: a.renameAgent},
 		{Method: del, Path: p + "/orgs/:org/agents/:agent", Permission: rbac.AgentManage, Action: "agent.revoke", Handler: a.revokeAgent},
+		// A websocket carrying one TCP stream to a clone's postgres;
+		// audited when opened and when closed.
+		{Method: get, Path: p + "/orgs/:org/agents/:agent/clones/:clone/connect", Permission: rbac.CloneConnect, Action: ActionCloneConnect, Handler: a.connectClone},
 		// Agents enroll with the enrollment token in the body; the
 		// handler audits into the token's organization.
 		{Method: post, Path: tunnel.EnrollPath, Public: true, Handler: a.enroll, RateLimit: access.RateEnrollFailures},

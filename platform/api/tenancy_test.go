@@ -112,6 +112,7 @@ func (tt *tenants) fillB(path, org string) string {
 		":token", tt.tokenIDB,
 		":agent", tt.agentB,
 		":enrollment", tt.enrollmentB,
+		":clone", "b-clone",
 	).Replace(path)
 }
 
@@ -122,7 +123,7 @@ func (tt *tenants) fillA(t *testing.T, path string) string {
 	t.Helper()
 	ctx := t.Context()
 	n := tt.seq.Add(1)
-	r := []string{":org", tt.a.Slug}
+	r := []string{":org", tt.a.Slug, ":clone", "a-clone"}
 	if strings.Contains(path, ":user") {
 		m := tt.env.Member(tt.a, fmt.Sprintf("m%d@a.example", n), rbac.Member)
 		r = append(r, ":user", m.ID)
@@ -307,11 +308,14 @@ var ownStatus = map[string]status{
 	"GET /api/v1/orgs/:org/agents/:agent":                    {http.StatusOK, http.StatusOK},
 	"PATCH /api/v1/orgs/:org/agents/:agent":                  {http.StatusOK, http.StatusOK},
 	"DELETE /api/v1/orgs/:org/agents/:agent":                 {http.StatusNoContent, http.StatusNoContent},
-	"GET /o/:org/agents":                                     {http.StatusOK, http.StatusOK},
-	"POST /o/:org/agents/:agent/rename":                      {http.StatusSeeOther, http.StatusSeeOther},
-	"POST /o/:org/agents/:agent/revoke":                      {http.StatusSeeOther, http.StatusSeeOther},
-	"POST /o/:org/enrollment-tokens":                         {http.StatusOK, http.StatusOK},
-	"POST /o/:org/enrollment-tokens/:enrollment/revoke":      {http.StatusSeeOther, http.StatusSeeOther},
+	// A plain GET, not a websocket: refused after authorization, before
+	// any agent is asked (TestCloneConnectRefusals covers the websocket).
+	"GET /api/v1/orgs/:org/agents/:agent/clones/:clone/connect": {http.StatusBadRequest, http.StatusBadRequest},
+	"GET /o/:org/agents":                                {http.StatusOK, http.StatusOK},
+	"POST /o/:org/agents/:agent/rename":                 {http.StatusSeeOther, http.StatusSeeOther},
+	"POST /o/:org/agents/:agent/revoke":                 {http.StatusSeeOther, http.StatusSeeOther},
+	"POST /o/:org/enrollment-tokens":                    {http.StatusOK, http.StatusOK},
+	"POST /o/:org/enrollment-tokens/:enrollment/revoke": {http.StatusSeeOther, http.StatusSeeOther},
 }
 
 // TestTenantIsolation walks EVERY route of the route table (API and web

@@ -27,8 +27,11 @@ type Permission string
 
 // The permissions.
 const (
-	CloneCreate    Permission = "clone:create"
-	CloneDelete    Permission = "clone:delete"
+	CloneCreate Permission = "clone:create"
+	CloneDelete Permission = "clone:delete"
+	// CloneConnect opens a TCP stream to a clone's postgres through the
+	// agent's tunnel (`thinlab connect`, `thinlab port-forward`).
+	CloneConnect   Permission = "clone:connect"
 	SnapshotCreate Permission = "snapshot:create"
 	SnapshotDelete Permission = "snapshot:delete"
 	AgentManage    Permission = "agent:manage"
@@ -43,7 +46,7 @@ const (
 
 // Permissions lists every permission.
 var Permissions = []Permission{
-	CloneCreate, CloneDelete, SnapshotCreate, SnapshotDelete,
+	CloneCreate, CloneDelete, CloneConnect, SnapshotCreate, SnapshotDelete,
 	AgentManage, AgentRead, MemberManage, MemberRead,
 	TokenManage, BillingManage, AuditRead, OrgManage,
 }
@@ -52,12 +55,12 @@ var Permissions = []Permission{
 var grants = map[Role][]Permission{
 	Owner: Permissions,
 	Admin: {
-		CloneCreate, CloneDelete, SnapshotCreate, SnapshotDelete,
+		CloneCreate, CloneDelete, CloneConnect, SnapshotCreate, SnapshotDelete,
 		AgentManage, AgentRead, MemberManage, MemberRead,
 		TokenManage, AuditRead,
 	},
 	Member: {
-		CloneCreate, CloneDelete, SnapshotCreate,
+		CloneCreate, CloneDelete, CloneConnect, SnapshotCreate,
 		AgentRead, MemberRead, TokenManage,
 	},
 	Viewer: {AgentRead, MemberRead},

@@ -10,6 +10,7 @@ func TestMatrix(t *testing.T) {
 		//                 owner      admin      member     viewer
 		CloneCreate:    {Owner: y, Admin: y, Member: y, Viewer: n},
 		CloneDelete:    {Owner: y, Admin: y, Member: y, Viewer: n},
+		CloneConnect:   {Owner: y, Admin: y, Member: y, Viewer: n},
 		SnapshotCreate: {Owner: y, Admin: y, Member: y, Viewer: n},
 		SnapshotDelete: {Owner: y, Admin: y, Member: n, Viewer: n},
 		AgentManage:    {Owner: y, Admin: y, Member: n, Viewer: n},

@@ -44,6 +44,10 @@ type Options struct {
 	// tunnel hub); nil when no hub runs, then revocation only stops the
 	// credential from working for the next connection.
 	AgentDisconnector api.AgentDisconnector
+	// Tunnels reaches into connected agents (the tunnel hub): clone
+	// connections (`thinlab connect`). Nil when no hub runs here: those
+	// routes answer 503.
+	Tunnels api.Tunnels
 }
 
 // Server is one platform replica.
@@ -121,7 +125,7 @@ func New(ctx context.Context, cfg Config, opts Options) (_ *Server, err error) {
 	}
 	// The whole route table, in one place.
 	routes := []access.Route{{Method: http.MethodGet, Path: "/healthz", Public: true, Handler: s.healthz}}
-	routes = append(routes, api.Routes(&api.API{Store: s.store, Logger: logger, Audit: s.audit, Disconnector: opts.AgentDisconnector, BaseURL: signIn.BaseURL()})...)
+	routes = append(routes, api.Routes(&api.API{Store: s.store, Logger: logger, Audit: s.audit, Disconnector: opts.AgentDisconnector, BaseURL: signIn.BaseURL(), Tunnels: opts.Tunnels})...)
 	routes = append(routes, web.New(signIn, s.store, logger, opts.AgentDisconnector).Routes()...)
 	if err := s.guard.Mount(s.engine, routes); err != nil {
 		return nil, err
