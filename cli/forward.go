@@ -44,8 +44,7 @@ func startForward(port int, dial dialFunc, onErr func(error)) (*forwarder, error
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	f := &forwarder{ln: ln, dial: dial, onErr: onErr, ctx: ctx, cancel: cancel}
-	f.wg.Add(1)
-	go f.accept()
+	f.wg.Go(f.accept)
 	return f, nil
 }
 
@@ -53,17 +52,12 @@ func startForward(port int, dial dialFunc, onErr func(error)) (*forwarder, error
 func (f *forwarder) Port() int { return f.ln.Addr().(*net.TCPAddr).Port }
 
 func (f *forwarder) accept() {
-	defer f.wg.Done()
 	for {
 		local, err := f.ln.Accept()
 		if err != nil {
 			return // closed
 		}
-		f.wg.Add(1)
-		go func() {
-			defer f.wg.Done()
-			f.forward(local)
-		}()
+		f.wg.Go(func() { f.forward(local) })
 	}
 }
 

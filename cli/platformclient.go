@@ -135,8 +135,7 @@ func defaultOrg(ctx context.Context, platformURL, token, caFile string) (string,
 		if pe, ok := errors.AsType[*platformapi.APIError](err); ok {
 			return "", explainPlatform(pe, clientconfig.Endpoint{URL: platformURL})
 		}
-		var ue *url.Error
-		if errors.As(err, &ue) {
+		if _, ok := errors.AsType[*url.Error](err); ok {
 			return "", fmt.Errorf("%w; is the platform reachable at %s (--platform)? Or pass --org SLUG to add the context without asking it", err, platformURL)
 		}
 		return "", err

@@ -201,4 +201,5 @@ func pipe(client, clone net.Conn) (toClone, fromClone int64) {
 	wg.Wait()
 	return up.Load(), down.Load()
 }
+
 var _ Tunnels = (*hub.Hub)(nil)
