@@ -35,12 +35,13 @@ type API struct {
 	// Audit records enrollments, which no access chain audits (the route
 	// is public; the organization is known only from the token).
 	Audit *audit.Recorder
+	// Tunnels reaches into connected agents (clone connections); nil
+	// without a hub.
+	Tunnels Tunnels
 	// Disconnector closes revoked agents' tunnels; nil without a hub.
 	Disconnector AgentDisconnector
 	// BaseURL is the platform's address, for the enrollment command.
 	BaseURL string
-	// Tunnels reaches into connected agents; nil without a hub.
-	Tunnels Tunnels
 }
 
 //go:embed openapi.json
@@ -81,11 +82,11 @@ func Routes(a *API) []access.Route {
 		{Method: del, Path: p + "/orgs/:org/enrollment-tokens/:enrollment", Permission: rbac.AgentManage, Action: "enrollment_token.revoke", Handler: a.revokeEnrollmentToken},
 		{Method: get, Path: p + "/orgs/:org/agents", Permission: rbac.AgentRead, Handler: a.listAgents},
 		{Method: get, Path: p + "/orgs/:org/agents/:agent", Permission: rbac.AgentRead, Handler: a.getAgent},
-		{Method: patch, Path: p + "/orgs/:org/agents/:agent", Permission: rbac.AgentManage, Action: "agent.rename", Handler: a.renameAgent},
-		{Method: del, Path: p + "/orgs/:org/agents/:agent", Permission: rbac.AgentManage, Action: "agent.revoke", Handler: a.revokeAgent},
 		// A websocket carrying one TCP stream to a clone's postgres;
 		// audited when opened and when closed.
 		{Method: get, Path: p + "/orgs/:org/agents/:agent/clones/:clone/connect", Permission: rbac.CloneConnect, Action: ActionCloneConnect, Handler: a.connectClone},
+		{Method: patch, Path: p + "/orgs/:org/agents/:agent", Permission: rbac.AgentManage, Action: "agent.rename", Handler: a.renameAgent},
+		{Method: del, Path: p + "/orgs/:org/agents/:agent", Permission: rbac.AgentManage, Action: "agent.revoke", Handler: a.revokeAgent},
 		// Agents enroll with the enrollment token in the body; the
 		// handler audits into the token's organization.
 		{Method: post, Path: tunnel.EnrollPath, Public: true, Handler: a.enroll, RateLimit: access.RateEnrollFailures},

@@ -299,6 +299,10 @@ var ownStatus = map[string]status{
 	"POST /o/:org/tokens":                              {http.StatusOK, http.StatusForbidden},
 	"POST /o/:org/tokens/:token/revoke":                {http.StatusSeeOther, http.StatusSeeOther},
 	"GET /o/:org/audit":                                {http.StatusOK, http.StatusOK},
+	// Clone connections: a plain GET, not a websocket, is refused after
+	// authorization and before any agent is asked (the websocket itself,
+	// through a real tunnel: TestCLIThroughPlatform in cli).
+	"GET /api/v1/orgs/:org/agents/:agent/clones/:clone/connect": {http.StatusBadRequest, http.StatusBadRequest},
 	// Agents and enrollment tokens; API tokens may create enrollment
 	// tokens (Terraform provisions agents).
 	"GET /api/v1/orgs/:org/enrollment-tokens":                {http.StatusOK, http.StatusOK},
@@ -308,14 +312,11 @@ var ownStatus = map[string]status{
 	"GET /api/v1/orgs/:org/agents/:agent":                    {http.StatusOK, http.StatusOK},
 	"PATCH /api/v1/orgs/:org/agents/:agent":                  {http.StatusOK, http.StatusOK},
 	"DELETE /api/v1/orgs/:org/agents/:agent":                 {http.StatusNoContent, http.StatusNoContent},
-	// A plain GET, not a websocket: refused after authorization, before
-	// any agent is asked (TestCloneConnectRefusals covers the websocket).
-	"GET /api/v1/orgs/:org/agents/:agent/clones/:clone/connect": {http.StatusBadRequest, http.StatusBadRequest},
-	"GET /o/:org/agents":                                {http.StatusOK, http.StatusOK},
-	"POST /o/:org/agents/:agent/rename":                 {http.StatusSeeOther, http.StatusSeeOther},
-	"POST /o/:org/agents/:agent/revoke":                 {http.StatusSeeOther, http.StatusSeeOther},
-	"POST /o/:org/enrollment-tokens":                    {http.StatusOK, http.StatusOK},
-	"POST /o/:org/enrollment-tokens/:enrollment/revoke": {http.StatusSeeOther, http.StatusSeeOther},
+	"GET /o/:org/agents":                                     {http.StatusOK, http.StatusOK},
+	"POST /o/:org/agents/:agent/rename":                      {http.StatusSeeOther, http.StatusSeeOther},
+	"POST /o/:org/agents/:agent/revoke":                      {http.StatusSeeOther, http.StatusSeeOther},
+	"POST /o/:org/enrollment-tokens":                         {http.StatusOK, http.StatusOK},
+	"POST /o/:org/enrollment-tokens/:enrollment/revoke":      {http.StatusSeeOther, http.StatusSeeOther},
 }
 
 // TestTenantIsolation walks EVERY route of the route table (API and web
