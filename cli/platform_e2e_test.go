@@ -50,13 +50,24 @@ type tunnelPlatform struct {
 	CA  string
 }
 
-// startTunnelPlatform starts the platform with its hub plugged in through
-// server.Options.Tunnels. The hub authenticates agents by the credential
-// the platform's enrollment issued and records their connection state in
-// the platform database, as platform/server does once it mounts the hub.
+// startTunnelPlatform starts the platform with a hub. Until platform/server
+// mounts its own hub (the other half of issue 10), the test builds one and
+// plugs it in through server.Options.Tunnels: it authenticates agents by
+// the credential the platform's enrollment issued and records their
+// connection state in the platform database, as platform/server will.
 func startTunnelPlatform(t *testing.T) *tunnelPlatform {
 	t.Helper()
 	tp := &tunnelPlatform{}
+	if _, own := any((*server.Server)(nil)).(interface{ Hub() *hub.Hub }); own {
+		// The platform mounts its own hub and engine proxy (platform/
+		// server wires them once both halves of issue 10 are merged): the
+		// test then runs against those, and the clone connection route
+		// must reach agents through the same hub.
+		tp.env = platformtest.New(t)
+		tp.hub = any(tp.env.Server).(interface{ Hub() *hub.Hub }).Hub()
+		tp.serveTLS(t, tp.env.HTTP.Config.Handler)
+		return tp
+	}
 	var st *store.Store // set below, before any agent connects
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	h, err := hub.New(hub.Options{
@@ -91,22 +102,30 @@ func startTunnelPlatform(t *testing.T) *tunnelPlatform {
 		o.AgentDisconnector = h
 	}))
 	st = tp.env.Store
-	files := tlstest.New(t)
-	tp.CA = files.CA
+	t.Cleanup(h.Close) // after the server below
 	mux := http.NewServeMux()
 	mux.Handle(tunnel.TunnelPath, h)
 	mux.Handle("/api/v1/orgs/{org}/agents/{agent}/engine/{rest...}", engineProxyStandIn(tp.env.URL, h))
 	mux.Handle("/", tp.env.HTTP.Config.Handler)
-	srv := httptest.NewUnstartedServer(mux)
+	tp.serveTLS(t, mux)
+	return tp
+}
+
+// serveTLS serves handler on https with a certificate of a test CA: the
+// agents' tunnels and the CLI verify it.
+func (tp *tunnelPlatform) serveTLS(t *testing.T, handler http.Handler) {
+	t.Helper()
+	files := tlstest.New(t)
+	tp.CA = files.CA
+	srv := httptest.NewUnstartedServer(handler)
 	cert, err := tls.LoadX509KeyPair(files.Cert, files.Key)
 	if err != nil {
 		t.Fatal(err)
 	}
 	srv.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	srv.StartTLS()
-	t.Cleanup(func() { h.Close(); srv.Close() })
+	t.Cleanup(srv.Close)
 	tp.URL = srv.URL
-	return tp
 }
 
 // engineProxyStandIn stands in for the platform's engine proxy
