@@ -197,6 +197,12 @@ func TestCLIAgainstRealAgent(t *testing.T) {
 	if got := psql("select current_user"); got != "alice" {
 		t.Errorf("user: %q", got)
 	}
+	// port-forward with an agent context forwards straight to the clone.
+	port, stopPF := startPortForward(t, "cli1")
+	if got := queryThroughForward(t, port, "select current_user::text"); got != "alice" {
+		t.Errorf("user through port-forward: %q", got)
+	}
+	stopPF()
 	// A wrong password fails with psql's own exit code, not 0.
 	code, _, errOut = runCLI(t, "", "connect", "cli1", "--password", "wrong-password", "--", "-XAtc", "select 1")
 	if code != 2 || !strings.Contains(errOut, "password authentication failed") {

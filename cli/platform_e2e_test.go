@@ -334,49 +334,15 @@ func TestCLIThroughPlatform(t *testing.T) {
 		t.Fatalf("psql through the platform: %q", got)
 	}
 
-	// port-forward until cancelled, used by pgx.
-	pfCtx, stopPF := context.WithCancel(ctx)
-	var pfOut, pfErr lockedBuffer
-	pfDone := make(chan error, 1)
-	go func() {
-		root := NewRootCommand()
-		root.SetArgs([]string{"port-forward", "c1"})
-		root.SetIn(strings.NewReader(""))
-		root.SetOut(&pfOut)
-		root.SetErr(&pfErr)
-		pfDone <- root.ExecuteContext(pfCtx)
-	}()
-	portRe := regexp.MustCompile(`Forwarding 127\.0\.0\.1:(\d+) to clone c1`)
-	var port string
-	waitUntil(t, "port-forward to print its port", func() bool {
-		select {
-		case err := <-pfDone:
-			t.Fatalf("port-forward ended early: %v\n%s", err, pfErr.String())
-		default:
+	// port-forward until cancelled, used by pgx: two connections, each
+	// over its own websocket.
+	port, stopPF := startPortForward(t, "c1")
+	for range 2 {
+		if v := queryThroughForward(t, port, "select v from t"); v != "through the platform" {
+			t.Fatalf("query through port-forward: %q", v)
 		}
-		if m := portRe.FindStringSubmatch(pfOut.String()); m != nil {
-			port = m[1]
-		}
-		return port != ""
-	})
-	if !strings.Contains(pfOut.String(), "host='127.0.0.1' port='"+port+"' user='alice'") {
-		t.Errorf("port-forward prints no connection string:\n%s", pfOut.String())
-	}
-	for i := range 2 { // two connections, each over its own websocket
-		conn, err := pgx.Connect(ctx, "host=127.0.0.1 port="+port+" user=alice dbname=postgres sslmode=disable password="+itPassword)
-		if err != nil {
-			t.Fatalf("pgx through port-forward (%d): %v\n%s", i, err, pfErr.String())
-		}
-		var v string
-		if err := conn.QueryRow(ctx, "select v from t").Scan(&v); err != nil || v != "through the platform" {
-			t.Fatalf("query through port-forward: %q %v", v, err)
-		}
-		_ = conn.Close(ctx)
 	}
 	stopPF()
-	if err := <-pfDone; err != nil {
-		t.Fatalf("port-forward after Ctrl-C: %v", err)
-	}
 
 	// The connections are audited when opened and when closed.
 	var opened, closed int
@@ -482,6 +448,70 @@ func TestCLIThroughPlatform(t *testing.T) {
 	if raw, err := os.ReadFile(cfgPath); err != nil || strings.Contains(string(raw), itPassword) {
 		t.Errorf("saved password left after destroy (%v)", err)
 	}
+}
+
+// startPortForward runs `thinlab port-forward CLONE args...` in-process
+// until stop (as Ctrl-C does) and returns the port it printed.
+func startPortForward(t *testing.T, clone string, args ...string) (string, func()) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(t.Context())
+	var out, errOut lockedBuffer
+	done := make(chan error, 1)
+	go func() {
+		root := NewRootCommand()
+		root.SetArgs(append([]string{"port-forward", clone}, args...))
+		root.SetIn(strings.NewReader(""))
+		root.SetOut(&out)
+		root.SetErr(&errOut)
+		done <- root.ExecuteContext(ctx)
+	}()
+	portRe := regexp.MustCompile(`Forwarding 127\.0\.0\.1:(\d+) to clone ` + regexp.QuoteMeta(clone))
+	var port string
+	waitUntil(t, "port-forward to print its port", func() bool {
+		select {
+		case err := <-done:
+			cancel()
+			t.Fatalf("port-forward ended early: %v\n%s", err, errOut.String())
+		default:
+		}
+		if m := portRe.FindStringSubmatch(out.String()); m != nil {
+			port = m[1]
+		}
+		return port != ""
+	})
+	if !strings.Contains(out.String(), "host='127.0.0.1' port='"+port+"' user=") {
+		t.Errorf("port-forward prints no connection string:\n%s", out.String())
+	}
+	stopped := false
+	stop := func() {
+		if stopped {
+			return
+		}
+		stopped = true
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("port-forward after Ctrl-C: %v\n%s", err, errOut.String())
+		}
+	}
+	t.Cleanup(stop)
+	return port, stop
+}
+
+// queryThroughForward runs sql with pgx as alice through a forwarded port
+// and returns the one text value.
+func queryThroughForward(t *testing.T, port, sql string) string {
+	t.Helper()
+	ctx := t.Context()
+	conn, err := pgx.Connect(ctx, "host=127.0.0.1 port="+port+" user=alice dbname=postgres sslmode=disable password="+itPassword)
+	if err != nil {
+		t.Fatalf("pgx through port-forward: %v", err)
+	}
+	defer func() { _ = conn.Close(ctx) }()
+	var v string
+	if err := conn.QueryRow(ctx, sql).Scan(&v); err != nil {
+		t.Fatalf("query through port-forward: %v", err)
+	}
+	return v
 }
 
 // tlsClient trusts the test CA.
