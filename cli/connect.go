@@ -66,11 +66,15 @@ else a prompt. Arguments after -- go to psql unchanged.`,
 			if a.platform != nil {
 				// The laptop cannot reach the agent's host: psql talks to
 				// a local forward over the platform instead.
-				if err := probe(cmd.Context(), dial); err != nil {
+				// psql's connection uses the stream opened here, which
+				// also shows a refusal before psql starts.
+				first, err := openFirst(cmd.Context(), dial)
+				if err != nil {
 					return err
 				}
-				f, err := startForward(0, dial, func(err error) { warn(cmd, "forward a connection to clone %s: %v\n", id, err) })
+				f, err := startForward(0, dial, func(err error) { warn(cmd, "forward a connection to clone %s: %v\n", id, err) }, first)
 				if err != nil {
+					_ = first.Close()
 					return err
 				}
 				defer f.Close()

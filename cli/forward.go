@@ -24,6 +24,10 @@ type dialFunc func(ctx context.Context) (net.Conn, error)
 type forwarder struct {
 	ln     net.Listener
 	dial   dialFunc
+	// first is a stream opened already (the probe of `connect`), used by
+	// the first connection instead of a new one.
+	firstMu sync.Mutex
+	first   net.Conn
 	onErr  func(error)
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -35,7 +39,7 @@ const dialTimeout = 30 * time.Second
 
 // startForward listens on 127.0.0.1:port (0: a free port) and forwards
 // until Close. onErr hears about connections that could not be forwarded.
-func startForward(port int, dial dialFunc, onErr func(error)) (*forwarder, error) {
+func startForward(port int, dial dialFunc, onErr func(error), first net.Conn) (*forwarder, error) {
 	// Loopback only: the forward carries the clone's postgres to whoever
 	// connects, so nobody else on the network may.
 	ln, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
@@ -43,7 +47,7 @@ func startForward(port int, dial dialFunc, onErr func(error)) (*forwarder, error
 		return nil, fmt.Errorf("--port %d: listen on 127.0.0.1: %w; pick another port (0 picks a free one)", port, err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	f := &forwarder{ln: ln, dial: dial, onErr: onErr, ctx: ctx, cancel: cancel}
+	f := &forwarder{ln: ln, dial: dial, onErr: onErr, ctx: ctx, cancel: cancel, first: first}
 	f.wg.Go(f.accept)
 	return f, nil
 }
@@ -61,10 +65,23 @@ func (f *forwarder) accept() {
 	}
 }
 
+// takeFirst returns the stream opened before listening, once.
+func (f *forwarder) takeFirst() net.Conn {
+	f.firstMu.Lock()
+	defer f.firstMu.Unlock()
+	c := f.first
+	f.first = nil
+	return c
+}
+
 func (f *forwarder) forward(local net.Conn) {
-	ctx, cancel := context.WithTimeout(f.ctx, dialTimeout)
-	remote, err := f.dial(ctx)
-	cancel()
+	remote := f.takeFirst()
+	var err error
+	if remote == nil {
+		ctx, cancel := context.WithTimeout(f.ctx, dialTimeout)
+		remote, err = f.dial(ctx)
+		cancel()
+	}
 	if err != nil {
 		_ = local.Close()
 		if f.ctx.Err() == nil {
@@ -92,6 +109,9 @@ func (f *forwarder) Close() {
 	_ = f.ln.Close()
 	f.cancel()
 	f.wg.Wait()
+	if c := f.takeFirst(); c != nil {
+		_ = c.Close()
+	}
 }
 
 // cloneDialer checks that the clone is ready and returns how to reach its
@@ -126,17 +146,13 @@ func cloneDialer(ctx context.Context, a *apiConn, id string) (*agentapi.Clone, d
 	}, nil
 }
 
-// probe opens one stream and closes it at once, so that a refusal (no
-// such clone, no permission, agent gone) is reported before psql or the
-// user's tool sees a closed connection.
-func probe(ctx context.Context, dial dialFunc) error {
+// openFirst opens one stream before anything listens, so that a refusal
+// (no such clone, no permission, agent gone) is reported as such before
+// psql or the user's tool sees a closed connection.
+func openFirst(ctx context.Context, dial dialFunc) (net.Conn, error) {
 	ctx, cancel := context.WithTimeout(ctx, dialTimeout)
 	defer cancel()
-	c, err := dial(ctx)
-	if err != nil {
-		return err
-	}
-	return c.Close()
+	return dial(ctx)
 }
 
 func newPortForwardCommand() *cobra.Command {
@@ -173,10 +189,14 @@ any PostgreSQL client can use the clone from this machine.`,
 			if err != nil {
 				return err
 			}
-			if err := probe(ctx, dial); err != nil {
+			// The check stream is closed at once: the first client may
+			// come much later than the clone's startup packet timeout.
+			c, err := openFirst(ctx, dial)
+			if err != nil {
 				return err
 			}
-			f, err := startForward(port, dial, func(err error) { warn(cmd, "forward a connection to clone %s: %v\n", id, err) })
+			_ = c.Close() // only a check
+			f, err := startForward(port, dial, func(err error) { warn(cmd, "forward a connection to clone %s: %v\n", id, err) }, nil)
 			if err != nil {
 				return err
 			}
