@@ -22,16 +22,16 @@ type dialFunc func(ctx context.Context) (net.Conn, error)
 // the clone over a stream of its own (through the platform: one websocket
 // per connection).
 type forwarder struct {
-	ln     net.Listener
-	dial   dialFunc
+	ln   net.Listener
+	dial dialFunc
 	// first is a stream opened already (the probe of `connect`), used by
 	// the first connection instead of a new one.
 	firstMu sync.Mutex
 	first   net.Conn
-	onErr  func(error)
-	ctx    context.Context
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
+	onErr   func(error)
+	ctx     context.Context
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
 }
 
 // dialTimeout bounds opening one stream.
