@@ -112,7 +112,9 @@ func (a *API) connectClone(c *gin.Context) {
 	_ = a.Audit.Record(c, audit.Event{OrgID: access.OrgID(c), Action: ActionCloneConnect, Target: ag.ID + "/" + id})
 	audit.SetAction(c, ActionCloneDisconnect)
 	start := time.Now()
+	stopPings := keepAlive(ws)
 	toClone, fromClone := pipe(tunnel.NewConn(ws), conn)
+	stopPings()
 	a.Logger.Info("clone connection closed", "org", access.OrgID(c), "agent", ag.ID, "clone", id,
 		"bytes_to_clone", toClone, "bytes_from_clone", fromClone, "duration_s", time.Since(start).Seconds())
 }
@@ -176,6 +178,34 @@ func (a *API) agentUnreachable(c *gin.Context, agentName, what string, err error
 	}
 	a.Logger.Warn("reach the agent", "agent", agentName, "what", what, "err", err)
 	access.Error(c, http.StatusBadGateway, codeAgentUnavailable, "could not "+what+" on agent "+agentName+"; try again", "")
+}
+
+// connectPingInterval is how often an open clone connection is pinged:
+// load balancers and proxies cut websockets idle for a minute or so, and
+// a psql session may well sit idle longer.
+const connectPingInterval = 25 * time.Second
+
+// keepAlive pings ws until the returned stop is called. The client's
+// websocket library answers on its own while it reads.
+func keepAlive(ws *websocket.Conn) (stop func()) {
+	done := make(chan struct{})
+	go func() {
+		t := time.NewTicker(connectPingInterval)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				// WriteControl may run alongside the data writes; a failed
+				// ping means the connection is gone, which the copy notices.
+				if ws.WriteControl(websocket.PingMessage, nil, time.Now().Add(10*time.Second)) != nil {
+					return
+				}
+			}
+		}
+	}()
+	return func() { close(done) }
 }
 
 // pipe copies both ways until either side ends, then closes both, and
