@@ -8,8 +8,10 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"regexp"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -58,11 +60,20 @@ const codeAgentUnavailable = "agent_unavailable"
 // keeps it.
 const cloneLookupTimeout = 30 * time.Second
 
-// connectUpgrader turns the request into a websocket. CheckOrigin is
-// gorilla's default (an Origin header must match the Host): a session
+// connectUpgrader turns the request into a websocket.
+var connectUpgrader = websocket.Upgrader{ReadBufferSize: 32 << 10, WriteBufferSize: 32 << 10, CheckOrigin: sameOrigin}
+
+// sameOrigin refuses a handshake whose Origin is another site: a session
 // cookie rides along on websocket handshakes, so another site's page must
-// not open one in a signed-in browser.
-var connectUpgrader = websocket.Upgrader{ReadBufferSize: 32 << 10, WriteBufferSize: 32 << 10}
+// not open one in a signed-in browser. Programs (the CLI) send no Origin.
+func sameOrigin(r *http.Request) bool {
+	origin := r.Header.Get("Origin")
+	if origin == "" {
+		return true
+	}
+	u, err := url.Parse(origin)
+	return err == nil && strings.EqualFold(u.Host, r.Host)
+}
 
 // connectClone is GET /orgs/{org}/agents/{agent}/clones/{clone}/connect:
 // a websocket that carries one raw TCP byte stream to the clone's
@@ -75,6 +86,12 @@ func (a *API) connectClone(c *gin.Context) {
 	audit.SetTarget(c, ag.ID+"/"+id)
 	if !cloneIDRe.MatchString(id) {
 		invalid(c, "clone: use the clone's ID (letters, digits, '_', '.' and '-'; `thinlab clone list` shows them)", "clone")
+		return
+	}
+	// Checked before the agent is asked anything (the upgrader checks
+	// again).
+	if !sameOrigin(c.Request) {
+		forbidden(c, "websocket from another site (Origin "+c.Request.Header.Get("Origin")+") refused")
 		return
 	}
 	if !websocket.IsWebSocketUpgrade(c.Request) {

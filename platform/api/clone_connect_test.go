@@ -15,8 +15,8 @@ import (
 
 // The clone connection route's answers that need no agent: a replica
 // without a hub (503, after authorization), a viewer (403 naming
-// clone:connect), a request that is not a websocket (400), a clone ID that
-// is not one (400 naming the field). Through a real tunnel and agent:
+// clone:connect), another site's Origin (403), a request that is not a
+// websocket (400), a clone ID that is not one (400 naming the field). Through a real tunnel and agent:
 // TestCLIThroughPlatform in cli.
 func TestCloneConnectWithoutAgent(t *testing.T) {
 	env := platformtest.New(t)
@@ -51,6 +51,22 @@ func TestCloneConnectWithoutAgent(t *testing.T) {
 	if r.Status != http.StatusBadRequest || !strings.Contains(r.Error().Message, "websocket") {
 		t.Errorf("plain GET: %d %s, want 400 saying it is a websocket", r.Status, r.Body)
 	}
+	// Another site's page cannot open one (a browser would send the
+	// session cookie along).
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, env.URL+"/api/v1/orgs/conn/agents/"+ag.ID+"/clones/c1/connect", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+ownerTok)
+	req.Header.Set("Origin", "https://evil.example")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = resp.Body.Close()
+	if resp.StatusCode != http.StatusForbidden {
+		t.Errorf("foreign Origin: %d, want 403", resp.StatusCode)
+	}
 	// Refusals are audited under clone.connect with the reason.
 	var refused int
 	for _, ev := range env.AuditEvents() {
@@ -58,7 +74,7 @@ func TestCloneConnectWithoutAgent(t *testing.T) {
 			refused++
 		}
 	}
-	if refused != 2 { // no hub, plain GET (the viewer is refused before the clone is named)
-		t.Errorf("%d refused clone.connect events for %s/c1, want 2", refused, ag.ID)
+	if refused != 3 { // no hub, plain GET, foreign Origin (the viewer is refused before the clone is named)
+		t.Errorf("%d refused clone.connect events for %s/c1, want 3", refused, ag.ID)
 	}
 }
