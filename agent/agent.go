@@ -17,6 +17,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/rs/xid"
@@ -30,6 +31,7 @@ import (
 	"github.com/thinlab/thinlab/agent/storage"
 	"github.com/thinlab/thinlab/agent/storage/backend"
 	agenttunnel "github.com/thinlab/thinlab/agent/tunnel"
+	"github.com/thinlab/thinlab/agent/usage"
 	"github.com/thinlab/thinlab/internal/pgcluster"
 	"github.com/thinlab/thinlab/internal/version"
 )
@@ -63,19 +65,24 @@ type Options struct {
 	// Pools, when set, are used instead of opening cfg.Pools (tests that
 	// bring their own pool); they must match cfg.Pools by name.
 	Pools []storage.Pool
+	// ReportInterval is how often usage samples and health go to the
+	// platform (usage.DefaultInterval when zero; tests shorten it).
+	ReportInterval time.Duration
 }
 
 // Agent is one running engine.
 type Agent struct {
-	cfg       *config.Config
-	log       *slog.Logger
-	pools     []storage.Pool
-	clones    *clone.Manager
-	retrieval *retrieval.Retriever
-	snapshots *snapshot.Policy
-	api       *api.Server
-	listener  net.Listener
-	server    *http.Server
+	cfg            *config.Config
+	instanceID     string
+	reportInterval time.Duration
+	log            *slog.Logger
+	pools          []storage.Pool
+	clones         *clone.Manager
+	retrieval      *retrieval.Retriever
+	snapshots      *snapshot.Policy
+	api            *api.Server
+	listener       net.Listener
+	server         *http.Server
 	// metricsListener/metricsServer serve /metrics without a token on
 	// server.metricsAddress (nil when unset).
 	metricsListener net.Listener
@@ -129,17 +136,27 @@ func NewWithOptions(ctx context.Context, opt Options) (a *Agent, err error) {
 		return nil, fmt.Errorf("clones: %w", err)
 	}
 	var retrievalPool storage.Pool
+	var rotation []storage.Pool // retrieval.pools
 	if cfg.Retrieval.Mode != "" {
-		p, ok := a.clones.Pool(cfg.Retrieval.Pool)
-		if !ok {
-			return nil, fmt.Errorf("retrieval.pool %q is not one of the configured pools", cfg.Retrieval.Pool)
+		for i, name := range cfg.Retrieval.Pools {
+			p, ok := a.clones.Pool(name)
+			if !ok {
+				return nil, fmt.Errorf("retrieval.pools[%d] %q is not one of the configured pools", i, name)
+			}
+			rotation = append(rotation, p)
 		}
-		retrievalPool = p
+		if len(rotation) == 0 {
+			p, ok := a.clones.Pool(cfg.Retrieval.Pool)
+			if !ok {
+				return nil, fmt.Errorf("retrieval.pool %q is not one of the configured pools", cfg.Retrieval.Pool)
+			}
+			retrievalPool = p
+		}
 	}
 	// One snapshot policy for the API (protection, deleteAt), its sweep
 	// and retention after every refresh.
 	a.snapshots = snapshot.New(snapshot.Options{Config: cfg, Pools: a.pools, Clones: a.clones, Logger: log})
-	if a.retrieval, err = retrieval.New(retrieval.Options{Config: cfg, Pool: retrievalPool, Logger: log, Retention: a.snapshots}); err != nil {
+	if a.retrieval, err = retrieval.New(retrieval.Options{Config: cfg, Pool: retrievalPool, Pools: rotation, Logger: log, Retention: a.snapshots, Events: a.events}); err != nil {
 		return nil, fmt.Errorf("retrieval: %w", err)
 	}
 	instanceID, err := loadInstanceID(cfg.StateDir)
@@ -158,6 +175,8 @@ func NewWithOptions(ctx context.Context, opt Options) (a *Agent, err error) {
 		InstanceID: instanceID,
 		StartedAt:  startedAt,
 	})
+	a.instanceID = instanceID
+	a.reportInterval = cmp.Or(opt.ReportInterval, usage.DefaultInterval)
 	if a.tunnel, err = a.newPlatformTunnel(ver, instanceID, startedAt); err != nil {
 		return nil, err
 	}
@@ -285,10 +304,14 @@ func (a *Agent) Run(ctx context.Context) error {
 	tunnelDone := make(chan struct{})
 	go func() {
 		defer close(tunnelDone)
-		if a.tunnel != nil {
-			a.log.Info("connecting to the platform", "url", a.cfg.Platform.URL)
-			_ = a.tunnel.Run(tunnelCtx) // retries until its context ends, then returns nil
+		if a.tunnel == nil {
+			return
 		}
+		a.log.Info("connecting to the platform", "url", a.cfg.Platform.URL)
+		var wg sync.WaitGroup
+		wg.Go(func() { _ = a.tunnel.Run(tunnelCtx) }) // retries until its context ends, then returns nil
+		wg.Go(func() { a.reportToPlatform(tunnelCtx) })
+		wg.Wait()
 	}()
 
 	var err error

@@ -7,11 +7,14 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/thinlab/thinlab/agent/clone"
 	"github.com/thinlab/thinlab/agent/config"
+	"github.com/thinlab/thinlab/agent/events"
 	agenttunnel "github.com/thinlab/thinlab/agent/tunnel"
+	"github.com/thinlab/thinlab/agent/usage"
 	"github.com/thinlab/thinlab/sdk/tunnel"
 )
 
@@ -119,4 +122,106 @@ func postgresVersions(cfg *config.Config) []string {
 		}
 	}
 	return out
+}
+
+// reportToPlatform sends usage samples and a health summary every minute
+// while the agent runs with a platform (through the event bus, so both
+// are journaled when the platform is unreachable).
+func (a *Agent) reportToPlatform(ctx context.Context) {
+	sampler, err := usage.New(usage.Options{
+		StateDir:   a.cfg.StateDir,
+		InstanceID: a.instanceID,
+		Events:     a.events,
+		Logger:     a.log,
+		Clones:     a.usageClones,
+		Pools:      a.usagePools,
+		Interval:   a.reportInterval,
+	})
+	if err != nil {
+		a.log.Error("usage sampling is off", "err", err)
+		return
+	}
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		if err := sampler.Run(ctx); err != nil {
+			a.log.Error("usage sampling stopped", "err", err)
+		}
+	})
+	wg.Go(func() {
+		t := time.NewTicker(a.reportInterval)
+		defer t.Stop()
+		for {
+			a.events.Emit(a.health(ctx))
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+		}
+	})
+	wg.Wait()
+}
+
+// usageClones are the clones for usage: every clone that holds a dataset
+// (a failed one does not).
+func (a *Agent) usageClones() []usage.Clone {
+	var out []usage.Clone
+	for _, c := range a.clones.List() {
+		out = append(out, usage.Clone{
+			ID: c.ID, Pool: c.Pool, CreatedAt: c.CreatedAt, DiffBytes: c.DiffSize,
+			Running: c.Status != clone.StatusFatal,
+		})
+	}
+	return out
+}
+
+func (a *Agent) usagePools(ctx context.Context) []usage.Pool {
+	clones := a.clones.List()
+	var out []usage.Pool
+	for _, p := range a.pools {
+		up := usage.Pool{Name: p.Name()}
+		if u, err := p.Usage(ctx); err == nil {
+			up.SizeBytes, up.UsedBytes, up.FreeBytes = u.Size, u.Used, u.Free
+		}
+		if snaps, err := p.Snapshots(ctx); err == nil {
+			up.Snapshots = len(snaps)
+		}
+		for _, c := range clones {
+			if c.Pool == p.Name() {
+				up.Clones++
+			}
+		}
+		out = append(out, up)
+	}
+	return out
+}
+
+// Health is the payload of an events.Health event.
+type Health struct {
+	Status string         `json:"status"` // ok, or degraded with Problems
+	Clones map[string]int `json:"clones"` // by status
+	Pools  []usage.Pool   `json:"pools"`
+	// Problems say what is wrong, one line each.
+	Problems []string `json:"problems,omitempty"`
+}
+
+// health summarises the agent for the platform's Agents page.
+func (a *Agent) health(ctx context.Context) events.Event {
+	h := Health{Status: "ok", Clones: map[string]int{}, Pools: a.usagePools(ctx)}
+	for _, c := range a.clones.List() {
+		h.Clones[string(c.Status)]++
+		if c.Status == clone.StatusFatal {
+			h.Problems = append(h.Problems, "clone "+c.ID+" failed: "+c.StatusMessage)
+		}
+	}
+	for _, p := range h.Pools {
+		if p.SizeBytes > 0 && p.FreeBytes < p.SizeBytes/20 {
+			h.Problems = append(h.Problems, fmt.Sprintf("pool %s is nearly full (%d of %d bytes free)", p.Name, p.FreeBytes, p.SizeBytes))
+		}
+	}
+	sev := events.Info
+	if len(h.Problems) > 0 {
+		h.Status, sev = "degraded", events.Warning
+	}
+	return events.Event{Kind: events.Health, Severity: sev, Message: h.Status}.WithData(h)
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -18,7 +19,61 @@ func newAgentCommand() *cobra.Command {
 		Use:   "agent",
 		Short: "Run the Thinlab agent (the engine on a database host)",
 	}
-	cmd.AddCommand(newAgentRunCommand())
+	cmd.AddCommand(newAgentRunCommand(), newAgentConfigCommand())
+	return cmd
+}
+
+func newAgentConfigCommand() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "config",
+		Short: "Work with agent configuration files",
+	}
+	cmd.AddCommand(newImportDLECommand())
+	return cmd
+}
+
+func newImportDLECommand() *cobra.Command {
+	var outPath string
+	cmd := &cobra.Command{
+		Use:   "import-dle SERVER_YML",
+		Short: "Turn a Database Lab Engine server.yml into a Thinlab agent configuration",
+		Long: `Read a Database Lab Engine 3.x/4.x configuration (server.yml) and print the
+Thinlab agent configuration it corresponds to (logical retrieval, pools,
+ports, cloning, refresh schedule, pre-processing). Every DLE option that
+could not be carried over is named on stderr, with what to review.`,
+		Example: `  thinlab agent config import-dle /root/.dblab/engine/configs/server.yml -o /etc/thinlab/agent.yaml`,
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			raw, err := os.ReadFile(args[0])
+			if err != nil {
+				return err
+			}
+			res, err := config.ImportDLE(raw)
+			if err != nil {
+				return fmt.Errorf("%s: %w", args[0], err)
+			}
+			if outPath == "" {
+				if _, err := cmd.OutOrStdout().Write(res.YAML); err != nil {
+					return err
+				}
+			} else if err := os.WriteFile(outPath, res.YAML, 0o600); err != nil { //nolint:gosec // G703: the path the user asked for; 0600 since it may hold the token and a password
+				return err
+			}
+			var notes []string
+			for _, c := range res.Check {
+				notes = append(notes, "review: "+c)
+			}
+			for _, n := range res.NotCarried {
+				notes = append(notes, "not carried over: "+n)
+			}
+			if _, err := config.Parse(res.YAML, "the imported configuration"); err != nil {
+				notes = append(notes, "review: "+err.Error())
+			}
+			_, err = fmt.Fprintln(cmd.ErrOrStderr(), strings.Join(notes, "\n"))
+			return err
+		},
+	}
+	cmd.Flags().StringVarP(&outPath, "output", "o", "", "write the configuration to this file (mode 0600) instead of stdout")
 	return cmd
 }
 

@@ -60,3 +60,34 @@ func TestAgentRunInputErrors(t *testing.T) {
 		t.Errorf("THINLAB_AGENT_CONFIG: got %v", err)
 	}
 }
+
+// TestImportDLECommand: `thinlab agent config import-dle` writes the
+// configuration (mode 0600) and names on stderr what to review and what
+// was not carried over.
+func TestImportDLECommand(t *testing.T) {
+	dir := t.TempDir()
+	in := filepath.Join(dir, "server.yml")
+	dle := "server: {verificationToken: 0123456789abcdef0123456789abcdef}\nretrieval:\n  jobs: [logicalDump, logicalRestore, logicalSnapshot]\n  spec:\n    logicalDump:\n      options:\n        source: {connection: {host: prod, port: 5432, username: r, dbname: app}}\n        dockerImage: x\n"
+	if err := os.WriteFile(in, []byte(dle), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(dir, "agent.yaml")
+	root := NewRootCommand()
+	var stderr strings.Builder
+	root.SetErr(&stderr)
+	root.SetArgs([]string{"agent", "config", "import-dle", in, "-o", out})
+	if err := root.Execute(); err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Stat(out)
+	if err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("output file %v (%v), want mode 0600", fi, err)
+	}
+	b, _ := os.ReadFile(out)
+	if !strings.Contains(string(b), "host: prod") || !strings.Contains(string(b), "mode: logical") {
+		t.Fatalf("imported config:\n%s", b)
+	}
+	if !strings.Contains(stderr.String(), "not carried over: retrieval.spec.logicalDump.options.dockerImage: no Thinlab counterpart") || !strings.Contains(stderr.String(), "review: pools[0]") {
+		t.Fatalf("stderr:\n%s", stderr.String())
+	}
+}

@@ -12,6 +12,8 @@ import (
 
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
+
+	"github.com/thinlab/thinlab/sdk/agentapi"
 )
 
 // Output formats of the client commands: tables for people, JSON (the SDK
@@ -216,4 +218,37 @@ func (p *progress) Stop(final string) {
 // stderr that cannot be written must not fail a command that did its work.
 func warn(cmd *cobra.Command, format string, args ...any) {
 	_, _ = fmt.Fprintf(cmd.ErrOrStderr(), format, args...)
+}
+
+// formatProgress renders a running retrieval's progress as one line: a
+// bar and percentage when the total is known, the amount done, the rate
+// and the ETA, then the phase and pool.
+func formatProgress(j *agentapi.RetrievalJob) string {
+	amount := func(n int64) string {
+		if j.Unit == "bytes" {
+			return formatBytes(uint64(max(n, 0)))
+		}
+		return fmt.Sprintf("%d %s", n, j.Unit)
+	}
+	var b strings.Builder
+	if j.Total > 0 {
+		frac := min(max(float64(j.Done)/float64(j.Total), 0), 1)
+		const width = 20
+		filled := int(frac * width)
+		fmt.Fprintf(&b, "[%s%s] %3.0f%% %s of %s", strings.Repeat("#", filled), strings.Repeat("-", width-filled), frac*100, amount(j.Done), amount(j.Total))
+	} else {
+		fmt.Fprintf(&b, "%s done", amount(j.Done))
+	}
+	if j.RatePerSecond > 0 {
+		if j.Unit == "bytes" {
+			fmt.Fprintf(&b, ", %s/s", formatBytes(uint64(j.RatePerSecond)))
+		} else {
+			fmt.Fprintf(&b, ", %.1f/s", j.RatePerSecond)
+		}
+	}
+	if j.ETASeconds > 0 {
+		fmt.Fprintf(&b, ", ETA %s", (time.Duration(j.ETASeconds) * time.Second).String())
+	}
+	fmt.Fprintf(&b, " (%s, pool %s)", orDash(j.Phase), orDash(j.Pool))
+	return b.String()
 }

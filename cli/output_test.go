@@ -100,6 +100,24 @@ pool1@snapshot_20240102100000  pool1  2024-01-02T10:00:00Z  2h       1       2.0
 	}
 }
 
+func TestFormatProgress(t *testing.T) {
+	for _, tc := range []struct {
+		job  agentapi.RetrievalJob
+		want string
+	}{
+		{agentapi.RetrievalJob{Pool: "p1", Phase: "dump and restore", Unit: "bytes", Done: 512 << 20, Total: 2 << 30, RatePerSecond: 32 << 20, ETASeconds: 48},
+			"[#####---------------]  25% 512.0 MiB of 2.0 GiB, 32.0 MiB/s, ETA 48s (dump and restore, pool p1)"},
+		{agentapi.RetrievalJob{Pool: "p1", Phase: "dump and restore", Unit: "relations", Done: 3, Total: 3},
+			"[####################] 100% 3 relations of 3 relations (dump and restore, pool p1)"},
+		{agentapi.RetrievalJob{Pool: "p1", Phase: "dump and restore", Unit: "bytes", Done: 1536, RatePerSecond: 100},
+			"1.5 KiB done, 100 B/s (dump and restore, pool p1)"},
+	} {
+		if got := formatProgress(&tc.job); got != tc.want {
+			t.Errorf("got  %q\nwant %q", got, tc.want)
+		}
+	}
+}
+
 func TestRenderStatus(t *testing.T) {
 	st := &agentapi.InstanceStatus{
 		Status: &agentapi.Status{Code: "WARNING", Message: "Subsystems that need attention: retrieving"},

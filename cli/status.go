@@ -72,6 +72,9 @@ func renderStatus(w io.Writer, st *agentapi.InstanceStatus, now time.Time) error
 		retr += ", next " + t.Format(time.RFC3339)
 	}
 	row(tw, "Retrieval:", retr)
+	if r.Job != nil {
+		row(tw, "Progress:", formatProgress(r.Job))
+	}
 	for _, k := range slices.Sorted(maps.Keys(r.Alerts)) {
 		al := r.Alerts[k]
 		row(tw, "Alert:", fmt.Sprintf("%s %s: %s (%d times)", al.Level, k, al.Message, al.Count))

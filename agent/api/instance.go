@@ -3,6 +3,7 @@ package api
 import (
 	"errors"
 	"net/http"
+	"time"
 
 	"github.com/gin-gonic/gin"
 
@@ -64,7 +65,7 @@ func (s *Server) status(c *gin.Context) {
 			entry.Status = agentapi.PoolEmpty
 			entry.DataStateAt = &agentapi.LocalTime{}
 		}
-		if ret.Status == agentapi.RetrievalRefreshing && s.cfg.Retrieval.Pool == p.Name() {
+		if ret.Job != nil && ret.Job.Pool == p.Name() {
 			entry.Status = agentapi.PoolRefreshing
 		}
 		for _, cl := range clones {
@@ -111,6 +112,16 @@ func (s *Server) retrievingView() agentapi.Retrieving {
 	out.NextRefresh = agentapi.NewLocalTime(st.NextRefresh)
 	for k, a := range st.Alerts {
 		out.Alerts[k] = agentapi.Alert{Level: a.Level, Message: a.Message, LastSeen: a.LastSeen, Count: a.Count}
+	}
+	if j := st.Job; j != nil {
+		now := time.Now()
+		p := j.Progress
+		rj := &agentapi.RetrievalJob{Mode: j.Mode, Pool: j.Pool, StartedAt: agentapi.NewLocalTime(j.StartedAt),
+			Phase: p.Phase, Unit: p.Unit, Done: p.Done, Total: p.Total, RatePerSecond: p.Rate(now)}
+		if rj.RatePerSecond > 0 && p.Total > p.Done {
+			rj.ETASeconds = float64(p.Total-p.Done) / rj.RatePerSecond
+		}
+		out.Job = rj
 	}
 	return out
 }

@@ -15,7 +15,6 @@ import (
 	"github.com/gin-gonic/gin"
 
 	"github.com/thinlab/thinlab/agent/clone"
-	"github.com/thinlab/thinlab/agent/retrieval"
 	"github.com/thinlab/thinlab/agent/storage"
 	"github.com/thinlab/thinlab/sdk/agentapi"
 )
@@ -124,7 +123,7 @@ func (s *Server) createSnapshot(c *gin.Context) {
 	}
 	// A refresh rewrites the main dataset; a snapshot now would catch it
 	// half-written.
-	if s.retrieval != nil && s.cfg.Retrieval.Pool == p.Name() && s.retrieval.Status().Status == retrieval.StatusRefreshing {
+	if s.retrieval != nil && s.retrieval.Refreshing(p.Name()) {
 		conflict(c, fmt.Sprintf("pool %q is being refreshed: snapshot it when the refresh has finished", p.Name()))
 		return
 	}

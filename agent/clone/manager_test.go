@@ -168,6 +168,19 @@ func TestResetKeepsPortAndCredentials(t *testing.T) {
 		t.Fatalf("reset unknown clone: %v", err)
 	}
 	e.destroy(m, "reset1")
+	// Each reset is announced, and its end is a ready again.
+	resets, readies := 0, 0
+	for _, k := range e.eventKinds("reset1") {
+		switch k {
+		case events.CloneReset:
+			resets++
+		case events.CloneReady:
+			readies++
+		}
+	}
+	if resets < 2 || readies != resets+1 {
+		t.Fatalf("events %v: want every reset followed by a ready", e.eventKinds("reset1"))
+	}
 	e.assertNoLeaks(m)
 }
 

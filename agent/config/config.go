@@ -154,17 +154,27 @@ type Cloning struct {
 
 // Retrieval fills a pool with data.
 type Retrieval struct {
-	// Mode is "logical" (pg_dump | pg_restore), or empty for none.
+	// Mode is "logical" (pg_dump and pg_restore, or existing dumps), or
+	// empty for none.
 	Mode   string `yaml:"mode"`
 	Source Source `yaml:"source"`
-	// Pool is the pool to fill; the first pool when empty.
+	// Pool is the pool to fill; the first pool when empty and Pools is
+	// unset. Set it to pin an agent to one pool (agents sharing a host).
 	Pool string `yaml:"pool"`
+	// Pools, instead of Pool, are two or more pools a full refresh rotates
+	// between: each refresh fills an idle one (not the one with the newest
+	// snapshot, preferably one without clones); clones default to the
+	// newest snapshot, so the active pool switches when it is ready.
+	Pools []string `yaml:"pools"`
+	// BusyPool says when a refresh may fill a pool that still has clones
+	// (only with Pools, when every idle pool has clones).
+	BusyPool BusyPool `yaml:"busyPool"`
 	// Databases to copy; all non-template databases of the source when
 	// empty.
 	Databases []string `yaml:"databases"`
-	// Jobs is pg_restore's parallelism (1 when unset; parallel restore
-	// needs a seekable archive, so >1 only affects index builds via
-	// maintenance settings).
+	// Jobs is the parallelism (1 when unset): with logical.format piped
+	// the number of databases copied at once (a piped archive restores
+	// serially); with directory pg_dump's and pg_restore's --jobs.
 	Jobs int `yaml:"jobs"`
 	// RefreshSchedule is a cron expression (5 fields) for full refreshes;
 	// empty means only on demand.
@@ -177,6 +187,79 @@ type Retrieval struct {
 	// deleted, except those clones use or that are protected (they count
 	// towards the number). 0 keeps every snapshot.
 	KeepSnapshots int `yaml:"keepSnapshots"`
+	// Logical tunes the logical mode (format, filters, extra options).
+	Logical Logical `yaml:"logical"`
+	// Preprocess runs SQL and scripts against the pool before each
+	// snapshot (masking).
+	Preprocess Preprocess `yaml:"preprocess"`
+	// Physical configures retrieval.mode "physical".
+	Physical Physical `yaml:"physical"`
+}
+
+// Physical is retrieval.mode "physical": a first copy of the source's
+// data directory into the pool's main dataset, a standby there that keeps
+// replaying, and snapshots of its state on a schedule.
+type Physical struct {
+	// Tool makes the first copy: "basebackup" (pg_basebackup from
+	// retrieval.source), "command" (Command), "pgbackrest", "barman" or
+	// "walg".
+	Tool string `yaml:"tool"`
+	// Command is run by /bin/sh -c as provision.osUser with PGDATA set to
+	// the (empty) data directory to fill, e.g. "rsync -a /backup/ $PGDATA/".
+	Command string `yaml:"command"`
+	// Env is the environment of the tool, of Command and of the standby's
+	// restore_command (e.g. WALG_S3_PREFIX, AWS_ENDPOINT). Values are kept
+	// in a file only provision.osUser reads, never in the data directory.
+	Env map[string]string `yaml:"env"`
+	// EnvFromAgent names variables of the agent's own environment passed
+	// on the same way (secrets such as AWS_SECRET_ACCESS_KEY).
+	EnvFromAgent []string `yaml:"envFromAgent"`
+	// ToolPath is the tool's binary (pgbackrest, barman, wal-g); found in
+	// PATH when empty.
+	ToolPath   string             `yaml:"toolPath"`
+	PgBackRest PhysicalPgBackRest `yaml:"pgbackrest"`
+	Barman     PhysicalBarman     `yaml:"barman"`
+	WALG       PhysicalWALG       `yaml:"walg"`
+	// Standby is how the standby keeps up: "streaming" (primary_conninfo
+	// from retrieval.source), "restoreCommand" (the tool's archive), or
+	// "none". Default: streaming for basebackup and command with a
+	// source, restoreCommand for the backup tools.
+	Standby string `yaml:"standby"`
+	// RestoreCommand overrides the tool's restore_command ("%f", "%p").
+	RestoreCommand string `yaml:"restoreCommand"`
+	// Settings are extra postgres settings of the standby.
+	Settings map[string]string `yaml:"settings"`
+	// SnapshotSchedule is a cron expression (5 fields) for the snapshot
+	// cycle; empty means only on demand.
+	SnapshotSchedule string `yaml:"snapshotSchedule"`
+	// PreSnapshot makes the scheduled snapshots of the unpromoted standby
+	// state: clones of them run as read-only hot standbys.
+	PreSnapshot bool `yaml:"preSnapshot"`
+	// LagAlertSeconds raises the lag_high alert when the standby is this
+	// far behind (default 300).
+	LagAlertSeconds int `yaml:"lagAlertSeconds"`
+}
+
+// PhysicalPgBackRest is the pgBackRest repository to restore from.
+type PhysicalPgBackRest struct {
+	Stanza     string `yaml:"stanza"`
+	ConfigFile string `yaml:"configFile"`
+	// Set is the backup set to restore; the latest when empty.
+	Set string `yaml:"set"`
+}
+
+// PhysicalBarman is the Barman server to recover from.
+type PhysicalBarman struct {
+	Server     string `yaml:"server"`
+	ConfigFile string `yaml:"configFile"`
+	// BackupID is the backup to recover; "latest" when empty.
+	BackupID string `yaml:"backupID"`
+}
+
+// PhysicalWALG is the WAL-G backup to fetch (storage from Env).
+type PhysicalWALG struct {
+	// BackupName is the backup to fetch; "LATEST" when empty.
+	BackupName string `yaml:"backupName"`
 }
 
 // Source is the database logical retrieval copies from. Give either
@@ -197,6 +280,13 @@ type Source struct {
 	// else libpq's prefer, which the agent logs as insecure (an attacker
 	// on the path can pose as the source and receive the password).
 	SSLMode string `yaml:"sslMode"`
+	// IAM, "aws-rds", authenticates with an AWS RDS IAM token (SigV4
+	// presigned, 15 minutes, made fresh for every refresh) instead of a
+	// password: the key comes from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY
+	// (and AWS_SESSION_TOKEN) in the agent's environment.
+	IAM string `yaml:"iam"`
+	// Region is the AWS region of the RDS instance (with IAM aws-rds).
+	Region string `yaml:"region"`
 }
 
 // ResolvedPassword is Password, or the value of PasswordEnv.
@@ -328,7 +418,7 @@ func (c *Config) applyDefaults(present map[string]bool) {
 	if c.Retrieval.Mode != "" && c.Retrieval.Jobs == 0 {
 		c.Retrieval.Jobs = 1
 	}
-	if c.Retrieval.Mode != "" && c.Retrieval.Pool == "" && len(c.Pools) > 0 {
+	if c.Retrieval.Mode != "" && c.Retrieval.Pool == "" && len(c.Retrieval.Pools) == 0 && len(c.Pools) > 0 {
 		c.Retrieval.Pool = c.Pools[0].Name
 	}
 	if c.Retrieval.Source.Port == 0 && c.Retrieval.Source.ConnStr == "" && c.Retrieval.Mode != "" {
@@ -392,7 +482,11 @@ var typeSections = map[string]string{
 	"config.Resources":     "provision.resources",
 	"config.Cloning":       "cloning",
 	"config.Retrieval":     "retrieval",
+	"config.Physical":      "retrieval.physical",
 	"config.Source":        "retrieval.source",
+	"config.Logical":       "retrieval.logical",
+	"config.Preprocess":    "retrieval.preprocess",
+	"config.BusyPool":      "retrieval.busyPool",
 	"config.Platform":      "platform",
 }
 

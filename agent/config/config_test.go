@@ -124,7 +124,18 @@ func TestErrorsNameFieldAndFix(t *testing.T) {
 		{"retrieval bad sslMode", base + "retrieval: {mode: logical, source: {connStr: 'host=x', sslMode: verify}}\n", []string{`retrieval.source.sslMode "verify"`, "verify-full"}},
 		{"retrieval verify without CA", base + "retrieval: {mode: logical, source: {host: x, username: u, sslMode: verify-full}}\n", []string{"retrieval.source.sslMode verify-full needs retrieval.source.sslRootCert"}},
 		{"retrieval relative CA", base + "retrieval: {mode: logical, source: {host: x, username: u, sslRootCert: ca.pem}}\n", []string{`retrieval.source.sslRootCert "ca.pem" must be an absolute path`}},
-		{"retrieval physical", base + "retrieval: {mode: physical}\n", []string{"not supported yet"}},
+		{"physical no tool", base + "retrieval: {mode: physical}\n", []string{"retrieval.physical.tool is empty"}},
+		{"physical bad tool", base + "retrieval: {mode: physical, physical: {tool: pg_probackup}}\n", []string{`retrieval.physical.tool "pg_probackup" is unknown`}},
+		{"physical basebackup no source", base + "retrieval: {mode: physical, physical: {tool: basebackup}}\n", []string{"retrieval.physical.tool basebackup needs retrieval.source"}},
+		{"physical no command", base + "retrieval: {mode: physical, physical: {tool: command}}\n", []string{"retrieval.physical.command is empty"}},
+		{"physical bad stanza", base + "retrieval: {mode: physical, physical: {tool: pgbackrest, pgbackrest: {stanza: '--x'}}}\n", []string{`retrieval.physical.pgbackrest.stanza "--x"`}},
+		{"physical no barman server", base + "retrieval: {mode: physical, physical: {tool: barman}}\n", []string{"retrieval.physical.barman.server"}},
+		{"physical relative tool", base + "retrieval: {mode: physical, physical: {tool: walg, toolPath: wal-g}}\n", []string{`retrieval.physical.toolPath "wal-g" must be an absolute path`}},
+		{"physical PG env", base + "retrieval: {mode: physical, physical: {tool: walg, env: {PGHOST: x}}}\n", []string{`retrieval.physical.env: "PGHOST"`}},
+		{"physical streaming without source", base + "retrieval: {mode: physical, physical: {tool: walg, standby: streaming}}\n", []string{"retrieval.physical.standby streaming needs retrieval.source"}},
+		{"physical bad standby", base + "retrieval: {mode: physical, physical: {tool: walg, standby: logical}}\n", []string{`retrieval.physical.standby "logical"`}},
+		{"physical bad schedule", base + "retrieval: {mode: physical, physical: {tool: walg, snapshotSchedule: hourly}}\n", []string{`retrieval.physical.snapshotSchedule "hourly"`}},
+		{"physical unknown key", base + "retrieval: {mode: physical, physical: {tool: walg, stanza: x}}\n", []string{"retrieval.physical"}},
 		{"state dir", base + "stateDir: relative\n", []string{"stateDir \"relative\" must be an absolute path"}},
 		{"platform url", base + "platform: {url: 'ftp://x', enrollToken: t}\n", []string{"platform.url"}},
 		{"platform plain http", base + "platform: {url: 'http://platform.example.com'}\n", []string{"platform.url", "platform.insecure"}},
@@ -146,6 +157,25 @@ func TestErrorsNameFieldAndFix(t *testing.T) {
 				t.Errorf("error %q does not name the file", err)
 			}
 		})
+	}
+}
+
+func TestParsePhysical(t *testing.T) {
+	base := "server: {verificationToken: 0123456789abcdef0123456789abcdef}\npools: [{name: p, mode: btrfs, path: /p}]\n"
+	c, err := Parse([]byte(base+`retrieval:
+  mode: physical
+  physical:
+    tool: walg
+    env: {WALG_S3_PREFIX: "s3://b/p", AWS_ENDPOINT: "http://127.0.0.1:9000"}
+    envFromAgent: [AWS_SECRET_ACCESS_KEY]
+    snapshotSchedule: "*/5 * * * *"
+`), "agent.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := c.Retrieval.Physical
+	if p.StandbyKind(c.Retrieval.Source) != StandbyRestoreCommand || p.LagAlert() != DefaultLagAlertSeconds || c.Retrieval.Pool != "p" {
+		t.Errorf("physical defaults: standby %q, lag alert %d, pool %q", p.StandbyKind(c.Retrieval.Source), p.LagAlert(), c.Retrieval.Pool)
 	}
 }
 

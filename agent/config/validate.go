@@ -125,14 +125,29 @@ func (c *Config) Validate() error {
 	case "":
 	case "logical":
 		s := r.Source
-		if s.ConnStr == "" && (s.Host == "" || s.Username == "") {
-			bad("retrieval.source: set connStr, or host and username (plus port, dbname, passwordEnv)")
+		if s.ConnStr == "" && (s.Host == "" || s.Username == "") && len(r.Logical.Dumps) == 0 {
+			bad("retrieval.source: set connStr, or host and username (plus port, dbname, passwordEnv), or restore existing dumps (retrieval.logical.dumps)")
 		}
 		if s.ConnStr != "" && (s.Host != "" || s.Username != "" || s.DBName != "") {
 			bad("retrieval.source: connStr and host/username/dbname are both set: use one or the other")
 		}
 		if s.Port < 0 || s.Port > 65535 {
 			bad("retrieval.source.port (%d) must be between 1 and 65535", s.Port)
+		}
+		switch s.IAM {
+		case "":
+		case "aws-rds":
+			if s.Host == "" || s.Username == "" || s.Region == "" {
+				bad("retrieval.source.iam aws-rds needs host, username and region (the token is signed for them)")
+			}
+			if s.Password != "" || s.PasswordEnv != "" {
+				bad("retrieval.source.iam aws-rds replaces the password: remove password/passwordEnv")
+			}
+			if s.SSLMode == "disable" || s.SSLMode == "allow" || s.SSLMode == "prefer" {
+				bad("retrieval.source.iam aws-rds: sslMode %s would send the token without TLS: RDS requires verify-full (with sslRootCert, the RDS CA bundle) or require", s.SSLMode)
+			}
+		default:
+			bad("retrieval.source.iam %q: use aws-rds or leave it empty", s.IAM)
 		}
 		if s.Password != "" && s.PasswordEnv != "" {
 			bad("retrieval.source: password and passwordEnv are both set: keep passwordEnv")
@@ -167,10 +182,16 @@ func (c *Config) Validate() error {
 				bad("retrieval.refreshSchedule %q: %v (use 5 cron fields, e.g. \"0 3 * * *\")", r.RefreshSchedule, err)
 			}
 		}
+		r.Logical.validate(bad)
+		r.validatePools(bad, seen)
+		r.Preprocess.validate(bad)
 	case "physical":
-		bad("retrieval.mode \"physical\" is not supported yet: use \"logical\" or leave it empty")
+		if r.Pool != "" && !seen[r.Pool] {
+			bad("retrieval.pool %q is not one of pools[].name", r.Pool)
+		}
+		errs = append(errs, validatePhysical(r)...)
 	default:
-		bad("retrieval.mode %q is unknown: use \"logical\" or leave it empty", r.Mode)
+		bad("retrieval.mode %q is unknown: use \"logical\", \"physical\" or leave it empty", r.Mode)
 	}
 
 	if !filepath.IsAbs(c.StateDir) {

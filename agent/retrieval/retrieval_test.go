@@ -1,39 +1,21 @@
 package retrieval
 
 import (
-	"context"
 	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-
 	"github.com/thinlab/thinlab/agent/clone/clonetest"
 	"github.com/thinlab/thinlab/agent/config"
-	"github.com/thinlab/thinlab/agent/runtime"
+	"github.com/thinlab/thinlab/agent/retrieval/retrievaltest"
 	"github.com/thinlab/thinlab/agent/storage"
 	"github.com/thinlab/thinlab/internal/logtest"
+	"github.com/thinlab/thinlab/internal/pgcluster"
 	"github.com/thinlab/thinlab/internal/pgtest"
 )
-
-// source starts a throwaway "production" server with two databases.
-func source(t *testing.T) *pgtest.Server {
-	src := pgtest.Start(t)
-	src.Exec(t, "postgres", "CREATE DATABASE app", "CREATE DATABASE shop")
-	src.Exec(t, "app",
-		"CREATE TABLE users (id serial PRIMARY KEY, email text UNIQUE NOT NULL)",
-		"INSERT INTO users (email) SELECT 'u' || g || '@example.com' FROM generate_series(1, 1000) g",
-		"CREATE INDEX users_email_lower ON users (lower(email))",
-		"CREATE VIEW user_count AS SELECT count(*) AS n FROM users")
-	src.Exec(t, "shop",
-		"CREATE TABLE orders (id bigserial PRIMARY KEY, user_id int, total numeric(10,2))",
-		"INSERT INTO orders (user_id, total) SELECT g % 100, g * 1.5 FROM generate_series(1, 500) g")
-	return src
-}
 
 func newRetriever(t *testing.T, p storage.Pool, src config.Source, dbs []string, log *logtest.Buffer) *Retriever {
 	cfg := config.Default()
@@ -56,63 +38,8 @@ func newRetriever(t *testing.T, p storage.Pool, src config.Source, dbs []string,
 	return r
 }
 
-// connectDB connects to database db, whatever its name (it may look like
-// a connection string).
-func connectDB(ctx context.Context, connString, db string) (*pgx.Conn, error) {
-	cc, err := pgx.ParseConfig(connString)
-	if err != nil {
-		return nil, err
-	}
-	cc.Database = db
-	return pgx.ConnectConfig(ctx, cc)
-}
-
-// query starts postgres on a throwaway clone of snap and runs sql in db.
-func query(t *testing.T, p storage.Pool, snap, db, sql string) string {
-	t.Helper()
-	ctx := t.Context()
-	name := fmt.Sprintf("q%d", time.Now().UnixNano())
-	c, err := p.Clone(ctx, snap, name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		if err := p.DestroyClone(ctx, name); err != nil {
-			t.Errorf("destroy the query clone %s: %v", name, err)
-		}
-	}()
-	runDir := runtime.RunDirFor(t.TempDir())
-	defer func() {
-		if err := os.RemoveAll(runDir); err != nil {
-			t.Errorf("remove the run directory %s: %v", runDir, err)
-		}
-	}()
-	rt, err := runtime.New(runtime.Options{User: pgtest.OSUser(t), RunDir: runDir})
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := filepath.Join(c.Mountpoint, storage.DataSubdir)
-	port := pgtest.FreePort(t)
-	inst := runtime.Instance{Name: name, DataDir: dir, Port: port, Settings: runtime.DefaultSettings}
-	if err := rt.Start(ctx, inst); err != nil {
-		t.Fatal(err)
-	}
-	defer rt.Kill(inst)
-	conn, err := connectDB(ctx, rt.SocketConnString(dir, port, "postgres", "postgres"), db)
-	if err != nil {
-		t.Fatal(err)
-	}
-	// The query's answer is the result; a failed goodbye changes nothing.
-	defer func() { _ = conn.Close(ctx) }()
-	var out string
-	if err := conn.QueryRow(ctx, sql).Scan(&out); err != nil {
-		t.Fatalf("%s: %v", sql, err)
-	}
-	return out
-}
-
 func TestLogicalRefresh(t *testing.T) {
-	src := source(t)
+	src := retrievaltest.Source(t)
 	p := clonetest.NewPool(t)
 	t.Setenv("THINLAB_TEST_SOURCE_PW", src.Password)
 	log := &logtest.Buffer{}
@@ -134,7 +61,7 @@ func TestLogicalRefresh(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !snap.DataStateAt.Equal(res.DumpStartedAt) || res.DumpStartedAt.Before(before) || res.DumpStartedAt.After(after) || snap.Message != SnapshotMessage {
+	if !snap.DataStateAt.Equal(res.DumpStartedAt) || res.DumpStartedAt.Before(before) || res.DumpStartedAt.After(after) || snap.Message != SnapshotMessage(ModeLogical) {
 		t.Fatalf("snapshot %+v, dump started %v (refresh ran %v..%v)", snap, res.DumpStartedAt, before, after)
 	}
 	if snap.ID != storage.SnapshotID(p.Name(), res.DumpStartedAt) {
@@ -151,14 +78,14 @@ func TestLogicalRefresh(t *testing.T) {
 		{"app", "SELECT nextval('users_id_seq')::text", "1001"},
 		{"shop", "SELECT sum(total)::text FROM orders", "187875.00"},
 	} {
-		if got := query(t, p, snap.ID, q.db, q.sql); got != q.want {
+		if got := retrievaltest.Query(t, p, snap.ID, q.db, q.sql); got != q.want {
 			t.Errorf("%s: %s = %s, want %s", q.db, q.sql, got, q.want)
 		}
 	}
 	if strings.Contains(log.String(), src.Password) {
 		t.Fatal("the source password appears in the log")
 	}
-	if c := (&runtimeCheck{}).mainRunning(r); c {
+	if mainRunning(t, p) {
 		t.Fatal("the pool's postgres still runs after the refresh")
 	}
 
@@ -177,13 +104,13 @@ func TestLogicalRefresh(t *testing.T) {
 	if !res2.DumpStartedAt.After(res.DumpStartedAt) {
 		t.Fatalf("second dump time %v not after %v", res2.DumpStartedAt, res.DumpStartedAt)
 	}
-	if got := query(t, p, res2.Snapshot.ID, "app", "SELECT count(*)::text FROM pg_tables WHERE tablename IN ('users','newer')"); got != "1" {
+	if got := retrievaltest.Query(t, p, res2.Snapshot.ID, "app", "SELECT count(*)::text FROM pg_tables WHERE tablename IN ('users','newer')"); got != "1" {
 		t.Fatalf("new snapshot has %s of users/newer, want only newer", got)
 	}
-	if got := query(t, p, res2.Snapshot.ID, "postgres", "SELECT count(*)::text FROM pg_database WHERE datname = 'shop'"); got != "0" {
+	if got := retrievaltest.Query(t, p, res2.Snapshot.ID, "postgres", "SELECT count(*)::text FROM pg_database WHERE datname = 'shop'"); got != "0" {
 		t.Fatal("database shop copied although only app was chosen")
 	}
-	if got := query(t, p, snap.ID, "app", "SELECT count(*)::text FROM users"); got != "1000" {
+	if got := retrievaltest.Query(t, p, snap.ID, "app", "SELECT count(*)::text FROM users"); got != "1000" {
 		t.Fatalf("old snapshot changed: %s", got)
 	}
 	if strings.Contains(log.String(), src.Password) {
@@ -191,12 +118,14 @@ func TestLogicalRefresh(t *testing.T) {
 	}
 }
 
-type runtimeCheck struct{}
-
-func (runtimeCheck) mainRunning(r *Retriever) bool { return r.mainCluster().Running() }
+// mainRunning says whether a postgres runs on the pool's main dataset.
+func mainRunning(t *testing.T, p storage.Pool) bool {
+	t.Helper()
+	return (&pgcluster.Cluster{DataDir: filepath.Join(p.MainDir(), storage.DataSubdir), User: pgtest.OSUser(t)}).Running()
+}
 
 func TestRefreshFailureAlertsAndRefusesConcurrent(t *testing.T) {
-	src := source(t)
+	src := retrievaltest.Source(t)
 	p := clonetest.NewPool(t)
 	log := &logtest.Buffer{}
 	r := newRetriever(t, p, config.Source{Host: "127.0.0.1", Port: src.Port, Username: "postgres", Password: "wrong-password"}, []string{"app"}, log)
@@ -212,7 +141,7 @@ func TestRefreshFailureAlertsAndRefusesConcurrent(t *testing.T) {
 	if st.Status != StatusFailed || !ok || a.Level != "error" || a.Count != 1 || !strings.Contains(a.Message, "password authentication failed") {
 		t.Fatalf("status %+v", st)
 	}
-	if r.mainCluster().Running() {
+	if mainRunning(t, p) {
 		t.Fatal("the pool's postgres still runs after a failed refresh")
 	}
 	if snaps, _ := p.Snapshots(t.Context()); len(snaps) != 0 {
@@ -258,32 +187,5 @@ func TestNotConfiguredAndSchedule(t *testing.T) {
 	next := r.Status().NextRefresh
 	if next.IsZero() || next.Hour() != 3 || next.Minute() != 0 {
 		t.Fatalf("nextRefresh = %v", next)
-	}
-}
-
-func TestSourceParamsKeepSecretsOutOfArgs(t *testing.T) {
-	p, err := sourceParams(config.Source{ConnStr: "host=db.example.com port=5433 user='u ser' password='p w\\'d' dbname=app sslmode=require"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if p["password"] != "p w'd" || p["user"] != "u ser" || p["port"] != "5433" || p["sslmode"] != "require" {
-		t.Fatalf("params %v", p)
-	}
-	e := strings.Join(env(p), "\n")
-	if !strings.Contains(e, "PGPASSWORD=p w'd") || !strings.Contains(e, "PGSSLMODE=require") || strings.Contains(e, "PGDATABASE") {
-		t.Fatalf("env %q", e)
-	}
-	if cs := pgxConnString(p, "shop"); strings.Contains(cs, "p w") || !strings.Contains(cs, "dbname='shop'") || !strings.Contains(cs, "user='u ser'") {
-		t.Fatalf("pgx conn string %q", cs)
-	}
-	if _, err := sourceParams(config.Source{ConnStr: "host=x bogus=1"}); err == nil || !strings.Contains(err.Error(), `"bogus"`) {
-		t.Fatalf("unknown parameter: %v", err)
-	}
-	if _, err := sourceParams(config.Source{ConnStr: "host='x"}); err == nil {
-		t.Fatal("unterminated quote accepted")
-	}
-	u, err := sourceParams(config.Source{ConnStr: "postgres://me:s3cret@h:7/db?sslmode=disable"})
-	if err != nil || u["password"] != "s3cret" || u["host"] != "h" || u["port"] != "7" || u["dbname"] != "db" || u["sslmode"] != "disable" {
-		t.Fatalf("uri params %v %v", u, err)
 	}
 }

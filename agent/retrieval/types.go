@@ -1,12 +1,15 @@
-// Package retrieval fills a pool with data. This is the minimal logical
-// mode: pg_dump of the source piped through the agent into pg_restore on the
-// pool's own postgres (no dump on disk), then a snapshot whose dataStateAt
-// is the time the dump started.
+// Package retrieval is the retrieval core: it fills a pool with data on a
+// schedule and on demand, one refresh at a time, and reports status,
+// progress and events. How data gets into the pool is a mode's business:
+// a job.Job (agent/retrieval/job) chosen by retrieval.mode in newJob,
+// today agent/retrieval/logical; the physical mode plugs in the same way.
 package retrieval
 
 import (
 	"errors"
 	"time"
+
+	"github.com/thinlab/thinlab/agent/retrieval/job"
 )
 
 // Mode and status values, as DLE reports them.
@@ -20,8 +23,12 @@ const (
 	StatusFailed     = "failed"
 )
 
-// AlertRefreshFailed is the alert key of a failed refresh (level "error").
-const AlertRefreshFailed = "refresh_failed"
+// Alert keys: a failed refresh (level "error"); a refresh skipped because
+// another ran or no pool could take it (level "warning").
+const (
+	AlertRefreshFailed  = "refresh_failed"
+	AlertRefreshSkipped = "refresh_skipped"
+)
 
 // ErrRefreshRunning is returned when a full refresh is requested while one
 // runs.
@@ -49,4 +56,14 @@ type Status struct {
 	Alerts      map[string]Alert
 	// SnapshotID is the snapshot the last successful refresh made.
 	SnapshotID string
+	// Job is the running refresh, nil when none runs.
+	Job *JobStatus
+}
+
+// JobStatus is a running refresh and its progress.
+type JobStatus struct {
+	Mode      string
+	Pool      string
+	StartedAt time.Time
+	Progress  job.ProgressState
 }

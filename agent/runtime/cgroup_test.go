@@ -175,6 +175,14 @@ const cgroupV2RoleEnv = "THINLAB_CGROUP_V2_ROLE"
 // (it must move into the agent's leaf too).
 const helperPIDEnv = "THINLAB_CGROUP_V2_HELPER"
 
+// cgroupV2DataDirEnv passes the data directory the agent role runs its
+// clones on. The host's test makes it with initdb before the VM boots:
+// inside the VM initdb runs under software emulation and took 113 s of
+// the agent's 120 s on a host with load 16-38 on 2 cores (0.4 s natively),
+// leaving the clones too little time; the VM sees the host's directory
+// through its root overlay and writes only to its own copy.
+const cgroupV2DataDirEnv = "THINLAB_CGROUP_V2_DATADIR"
+
 // vmService is the service cgroup, as systemd names it, relative to the
 // cgroup2 root.
 const vmService = "system.slice/thinlab-agent.service"
@@ -206,9 +214,10 @@ func TestCgroupV2InQEMU(t *testing.T) {
 	}
 	needRoot(t)
 	bin := compileTestBinary(t)
+	dataDir := pgtest.InitDataDir(t)
 	res := vmtest.Run(t, vmtest.Options{
 		Command: []string{bin, "-test.run", "^TestCgroupV2InQEMU$", "-test.v", "-test.count=1", "-test.timeout", "200s"},
-		Env:     []string{cgroupV2RoleEnv + "=vm"},
+		Env:     []string{cgroupV2RoleEnv + "=vm", cgroupV2DataDirEnv + "=" + dataDir},
 		Timeout: 240 * time.Second,
 	})
 	t.Logf("in-VM test output:\n%s", res.Stdout)
@@ -395,6 +404,15 @@ func cgroupV2NoDelegation(t *testing.T) {
 // next to a helper process.
 func cgroupV2Agent(t *testing.T) {
 	ctx := ctxT(t)
+	// When each step began and the time left: under software emulation
+	// on a loaded host a step takes up to a hundred times its native time,
+	// and a failure must show which step used the budget.
+	began := time.Now()
+	step := func(name string) {
+		dl, _ := ctx.Deadline()
+		t.Logf("step %q at %s, %s left", name, time.Since(began).Round(time.Millisecond), time.Until(dl).Round(time.Millisecond))
+	}
+	defer step("end")
 	root := DefaultCgroupRoot
 	svc := filepath.Join(root, vmService)
 	leaf := "/" + vmService + "/" + agentLeaf
@@ -406,6 +424,7 @@ func cgroupV2Agent(t *testing.T) {
 		t.Fatalf("the agent starts in %s, want /%s", got, vmService)
 	}
 	opt := Options{User: pgtest.OSUser(t), RunDir: runDir(t), CPU: 1.5, MemoryBytes: 256 << 20}
+	step("New")
 	rt, err := New(opt)
 	if err != nil {
 		t.Fatalf("New in a delegated service cgroup: %v", err)
@@ -432,8 +451,12 @@ func cgroupV2Agent(t *testing.T) {
 		t.Errorf("after a second New the agent is in %s, want %s", got, leaf)
 	}
 
-	dir := pgtest.InitDataDir(t)
+	dir := os.Getenv(cgroupV2DataDirEnv)
+	if dir == "" {
+		t.Fatalf("%s is not set (the host side makes the data directory)", cgroupV2DataDirEnv)
+	}
 	inst := Instance{Name: "c1", DataDir: dir, Port: 5433, Settings: DefaultSettings}
+	step("start c1")
 	if err := rt.Start(ctx, inst); err != nil {
 		t.Fatal(err)
 	}
@@ -445,6 +468,7 @@ func cgroupV2Agent(t *testing.T) {
 			t.Errorf("%s/%s = %q, want %q", groupDir, file, got, want)
 		}
 	}
+	step("query c1")
 	conn, err := pgx.Connect(ctx, rt.SocketConnString(dir, inst.Port, "postgres", "postgres"))
 	if err != nil {
 		t.Fatal(err)
@@ -504,6 +528,7 @@ func cgroupV2Agent(t *testing.T) {
 	}
 	_ = conn.Close(ctx) // a failed goodbye loses nothing
 
+	step("stop c1")
 	if err := rt.Stop(ctx, inst, "fast"); err != nil {
 		t.Fatal(err)
 	}
@@ -530,6 +555,7 @@ func cgroupV2Agent(t *testing.T) {
 		_ = os.Remove(blocked)
 		_ = os.Remove(parent)
 	})
+	step("start c2 into an unusable group")
 	err = rt.Start(ctx, Instance{Name: "c2", DataDir: dir, Port: 5434, Settings: DefaultSettings})
 	if err == nil || !strings.Contains(err.Error(), "could not be put into its cgroup") {
 		t.Fatalf("Start into an unusable group = %v, want a refusal", err)

@@ -126,3 +126,14 @@ type Pool interface {
 	// Usage reports space accounting.
 	Usage(ctx context.Context) (Usage, error)
 }
+
+// CloneSnapshotter is a Pool that can also snapshot one of its clones: the
+// new snapshot holds the clone's current data and is listed, cloned and
+// destroyed like a snapshot of main, independent of the clone (which may
+// be destroyed right after). Physical retrieval needs it: it promotes the
+// standby's data in a temporary clone and snapshots that, while main keeps
+// replaying. Backends where a snapshot of a clone would pin the clone
+// (ZFS: a snapshot depends on its dataset) do not implement it yet.
+type CloneSnapshotter interface {
+	SnapshotClone(ctx context.Context, clone string, opt SnapshotOptions) (Snapshot, error)
+}

@@ -62,6 +62,9 @@ type Options struct {
 	Backoff Backoff
 	// HeartbeatInterval is tunnel.HeartbeatInterval when zero.
 	HeartbeatInterval time.Duration
+	// FactsInterval is how often updated facts are sent while connected
+	// (DefaultFactsInterval when zero).
+	FactsInterval time.Duration
 	// Journal bounds (defaults when zero).
 	JournalSegmentBytes int64
 	JournalMaxSegments  int
@@ -82,6 +85,14 @@ type Client struct {
 	connected bool
 	cred      *Credential
 }
+
+// DefaultFactsInterval is how often a connected agent refreshes its facts
+// on the platform (pools fill, clones come and go).
+const DefaultFactsInterval = time.Minute
+
+// maxTCPStreams bounds the clone connections one session carries at a
+// time; more are refused with a reason.
+const maxTCPStreams = 256
 
 // queueSize bounds events waiting to be journalled (the bus must never
 // block on the tunnel).
@@ -104,6 +115,9 @@ func New(opt Options) (*Client, error) {
 	}
 	if opt.HeartbeatInterval <= 0 {
 		opt.HeartbeatInterval = tunnel.HeartbeatInterval
+	}
+	if opt.FactsInterval <= 0 {
+		opt.FactsInterval = DefaultFactsInterval
 	}
 	if opt.Facts == nil {
 		opt.Facts = func() tunnel.AgentFacts { return tunnel.AgentFacts{} }
@@ -181,7 +195,18 @@ func (c *Client) writeJournal(ctx context.Context) {
 		var batch []tunnel.Event
 		select {
 		case <-ctx.Done():
-			return
+			// What was emitted before the end is kept for the next start.
+			for {
+				select {
+				case e := <-c.queue:
+					batch = append(batch, e)
+				default:
+					if _, err := c.journal.Append(batch); err != nil {
+						c.log.Error("platform tunnel: writing the event journal failed; events lost", "err", err, "events", len(batch))
+					}
+					return
+				}
+			}
 		case e := <-c.queue:
 			batch = append(batch, e)
 		}
@@ -284,6 +309,7 @@ func (c *Client) connectOnce(ctx context.Context) (connected bool, err error) {
 	c.log.Info("platform tunnel: connected", "agentId", welcome.AgentID)
 
 	api := newStreamListener(mux.Addr())
+	tcpSlots := make(chan struct{}, maxTCPStreams)
 	srv := &http.Server{
 		Handler:           apiHandler(c.opt.API, c.opt.APIToken),
 		ReadHeaderTimeout: 10 * time.Second,
@@ -292,8 +318,9 @@ func (c *Client) connectOnce(ctx context.Context) (connected bool, err error) {
 	}
 	var wg sync.WaitGroup
 	wg.Go(func() { _ = srv.Serve(api) }) // ends with ErrServerClosed or the listener's close
-	wg.Go(func() { c.acceptStreams(mux, api) })
+	wg.Go(func() { c.acceptStreams(mux, api, tcpSlots) })
 	wg.Go(func() { c.sendEvents(mux) })
+	wg.Go(func() { c.sendFacts(mux, ctrl) })
 
 	<-mux.CloseChan()
 	_ = api.Close()
@@ -331,18 +358,36 @@ func (c *Client) hello(mux *yamux.Session) (net.Conn, tunnel.Welcome, error) {
 	return st, w, nil
 }
 
+// sendFacts refreshes the agent's facts on the platform periodically; the
+// control stream has no other writer after the handshake.
+func (c *Client) sendFacts(mux *yamux.Session, ctrl net.Conn) {
+	t := time.NewTicker(c.opt.FactsInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-mux.CloseChan():
+			return
+		case <-t.C:
+		}
+		f := c.opt.Facts()
+		if err := tunnel.WriteLine(ctrl, tunnel.ControlMessage{V: tunnel.ProtocolVersion, Type: tunnel.ControlFacts, Facts: &f}); err != nil {
+			return
+		}
+	}
+}
+
 // acceptStreams serves what the platform opens: api and tcp only.
-func (c *Client) acceptStreams(mux *yamux.Session, api *streamListener) {
+func (c *Client) acceptStreams(mux *yamux.Session, api *streamListener, tcpSlots chan struct{}) {
 	for {
 		st, err := mux.AcceptStream()
 		if err != nil {
 			return
 		}
-		go c.serveStream(st, api)
+		go c.serveStream(st, api, tcpSlots)
 	}
 }
 
-func (c *Client) serveStream(st *yamux.Stream, api *streamListener) {
+func (c *Client) serveStream(st *yamux.Stream, api *streamListener, tcpSlots chan struct{}) {
 	_ = st.SetReadDeadline(time.Now().Add(10 * time.Second))
 	var h tunnel.StreamHeader
 	if err := tunnel.ReadLine(st, &h); err != nil {
@@ -365,7 +410,13 @@ func (c *Client) serveStream(st *yamux.Stream, api *streamListener) {
 			_ = st.Close()
 		}
 	case tunnel.KindTCP:
-		c.serveTCP(st, h)
+		select {
+		case tcpSlots <- struct{}{}:
+			defer func() { <-tcpSlots }()
+			c.serveTCP(st, h)
+		default:
+			c.refuse(st, h, fmt.Sprintf("too many clone connections over the tunnel (%d)", maxTCPStreams))
+		}
 	default:
 		c.refuse(st, h, fmt.Sprintf("stream kind %q cannot be opened by the platform", h.Kind))
 	}

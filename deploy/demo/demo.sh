@@ -4,10 +4,10 @@
 #   1. a sample source database (PostgreSQL 15, "shop"),
 #   2. a snapshot and clone round trip with timings on a pool of every
 #      copy-on-write backend that works on this host (loop files),
-#   3. an agent on a btrfs pool on a loop file that retrieves the source
-#      (pg_dump | pg_restore) and snapshots it, and a thin clone a user can
-#      psql into,
-#   4. the platform with its own local PostgreSQL and a local IdP (Dex).
+#   3. the platform with its own local PostgreSQL and a local IdP (Dex),
+#   4. an agent on a btrfs pool on a loop file that enrolls into the
+#      platform, retrieves the source (pg_dump | pg_restore) and snapshots
+#      it, and a thin clone a user can psql into (and see in the browser).
 #
 # `make demo-stop` (or Ctrl-C when the demo runs in a terminal) stops every
 # process it started and leaves nothing mounted or attached. Everything
@@ -170,8 +170,13 @@ say "2/4 Snapshot and clone round trip on every copy-on-write backend"
 "$BIN/thinlab-demo-roundtrip" -dir "$DEMO/roundtrip" -source-host "$DEMO/run" -source-port "$SOURCE_PORT" \
   2>"$DEMO/logs/roundtrip.log" || die "round trip failed (see $DEMO/logs/roundtrip.log)"
 
-# 3. The agent on a btrfs pool that retrieves the source.
-say "3/4 Agent on a btrfs pool (loop file) retrieving the source with pg_dump | pg_restore"
+# 3. The platform with its own PostgreSQL and Dex.
+say "3/4 Platform on http://127.0.0.1:$PLATFORM_PORT with a local IdP (Dex)"
+"$REPO/deploy/demo/platform.sh" "$DEMO" "$PLATFORM_PORT" "$DEX_PORT" "$DEX_USER" "$DEX_PASSWORD" "$STATE"
+ENROLL_TOKEN=$(cat "$DEMO/platform/enroll-token")
+
+# 4. The agent on a btrfs pool that enrolls and retrieves the source.
+say "4/4 Agent on a btrfs pool (loop file), enrolled into the platform, retrieving the source with pg_dump | pg_restore"
 mkdir -p "$DEMO/pool"
 truncate -s 4G "$DEMO/pool.img"
 record loop "$DEMO/pool.img"
@@ -203,6 +208,10 @@ retrieval:
     username: app
     passwordEnv: DEMO_SOURCE_PASSWORD
 stateDir: $DEMO/agent-state
+platform:
+  url: http://127.0.0.1:$PLATFORM_PORT
+  name: demo-agent
+  enrollToken: $ENROLL_TOKEN
 EOF
 chmod 600 "$DEMO/agent.yaml"
 record clones "$DEMO/pool"
@@ -230,9 +239,6 @@ note "clone demo-clone ready in $(since "$start") (create call to the clone's us
 "$BIN/thinlab" clone list | sed 's/^/    /'
 clone_port=$("$BIN/thinlab" clone status demo-clone -o json | sed -n 's/.*"port": *"\{0,1\}\([0-9]*\).*/\1/p' | head -1)
 
-# 4. The platform with its own PostgreSQL and Dex.
-say "4/4 Platform on http://127.0.0.1:$PLATFORM_PORT with a local IdP (Dex)"
-"$REPO/deploy/demo/platform.sh" "$DEMO" "$PLATFORM_PORT" "$DEX_PORT" "$DEX_USER" "$DEX_PASSWORD" "$STATE"
 
 cat <<EOF
 
@@ -245,6 +251,7 @@ $(say "Thinlab is running")
   More clones:   bin/thinlab clone create --id mine --username me      (asks for a password)
   Agent API:     curl -H 'Verification-Token: $AGENT_TOKEN' $THINLAB_URL/status
   Platform:      http://127.0.0.1:$PLATFORM_PORT   sign in as $DEX_USER / $DEX_PASSWORD
+  Your agent:    http://127.0.0.1:$PLATFORM_PORT/o/demo/agents   (demo-agent, enrolled over its tunnel)
   Logs:          $DEMO/logs/
   Stop:          make demo-stop
 EOF

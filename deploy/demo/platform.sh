@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Step 4 of `make demo`: a local IdP (Dex, in memory, one user) and the
+# Step 3 of `make demo`: a local IdP (Dex, in memory, one user) and the
 # platform with its embedded PostgreSQL, signing in through that Dex.
 # Called by demo.sh with: DEMO_DIR PLATFORM_PORT DEX_PORT USER_EMAIL USER_PASSWORD STATE_FILE
 set -euo pipefail
@@ -40,15 +40,26 @@ chmod 755 "$DEMO/platform"
 # Stopped by the platform itself on SIGTERM; listed so that demo-stop
 # also stops it after a crash of the platform.
 echo "pg $DEMO/platform/pg/data" >>"$STATE"
+# The demo organization and its first enrollment token are made at start
+# (bootstrap), so the demo agent enrolls before anyone signs in; the Dex
+# user becomes its owner at the first sign-in (emailRoles).
 cat >"$DEMO/platform.yaml" <<YAML
 listen: 127.0.0.1:$PLATFORM_PORT
 publicURL: http://127.0.0.1:$PLATFORM_PORT
 dataDir: $DEMO/platform
-oidc:
-  issuer: http://127.0.0.1:$DEX_PORT/dex
-  clientID: thinlab
+auth:
+  providers:
+    - name: sso
+      displayName: Dex (demo)
+      issuer: http://127.0.0.1:$DEX_PORT/dex
+      clientID: thinlab
+      clientSecretEnv: DEMO_OIDC_CLIENT_SECRET
+      emailRoles: [{email: $DEX_USER, org: demo, role: owner}]
+bootstrap:
+  organization: demo
+  enrollmentTokenFile: $DEMO/platform/enroll-token
 YAML
-THINLAB_PLATFORM_OIDC_CLIENT_SECRET=$CLIENT_SECRET setsid "$BIN/thinlab" platform serve --config "$DEMO/platform.yaml" \
+DEMO_OIDC_CLIENT_SECRET=$CLIENT_SECRET setsid "$BIN/thinlab" platform serve --config "$DEMO/platform.yaml" \
   >"$DEMO/logs/platform.log" 2>&1 </dev/null &
 echo "pid $! platform" >>"$STATE"
 

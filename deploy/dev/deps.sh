@@ -10,6 +10,7 @@ packages=(
   zfs-fuse btrfs-progs xfsprogs util-linux                # copy-on-write pools on loop files
   qemu-system-x86 linux-image-amd64 lvm2 thin-provisioning-tools busybox-static cpio  # LVM thin tests in a VM
   chromium chromium-driver                                # UI tests in a real browser
+  pgbackrest barman rsync                                 # physical retrieval from backup tools
   ca-certificates git make gcc curl procps               # the demo script
 )
 missing=()
@@ -53,3 +54,23 @@ build_tool dex github.com/dexidp/dex/cmd/dex
 build_tool stripe-mock github.com/stripe/stripe-mock
 build_tool golangci-lint github.com/golangci/golangci-lint/v2/cmd/golangci-lint   # make lint
 build_tool oapi-codegen github.com/oapi-codegen/oapi-codegen/v2/cmd/oapi-codegen  # the OpenAPI client compile tests
+
+# Pinned programs that cannot share tools/go.mod: WAL-G (cgo, its own
+# wrapper module tools/walg) and MinIO (a large dependency graph), both for
+# the physical retrieval tests. Built once per version into the same cache,
+# linked into bin/.
+build_pinned() { # name key build-command (gets the output path as $1)
+  local name=$1 key=$2 build=$3
+  local dir=${THINLAB_TOOLS_CACHE:-/var/cache/thinlab/tools}/$name-$key
+  if [[ ! -x $dir/$name ]]; then
+    echo "deps: building $name ($key) into $dir, once"
+    mkdir -p "$dir"
+    bash -c "$build" _ "$dir/$name.tmp"
+    mv "$dir/$name.tmp" "$dir/$name"
+  fi
+  ln -sfn "$dir/$name" "bin/$name"
+}
+walg_key=v0.2.20-$(cat tools/walg/go.mod tools/walg/go.sum | sha256sum | cut -c1-12)
+build_pinned wal-g "$walg_key" 'cd tools/walg && GONOSUMDB=github.com/wal-g CGO_ENABLED=1 go build -o "$1" github.com/wal-g/wal-g/main/pg'
+minio_version=v0.0.0-20260212201848-7aac2a2c5b7c
+build_pinned minio "$minio_version" 'd=$(mktemp -d) && GOBIN=$d CGO_ENABLED=0 go install github.com/minio/minio@'"$minio_version"' && mv "$d/minio" "$1" && rmdir "$d"'

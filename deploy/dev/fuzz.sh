@@ -15,6 +15,7 @@ targets=(
   "./agent/config FuzzParse"
   "./sdk/agentapi FuzzJSONTypes"
   "./platform/api FuzzAPIRequestDecoding"
+  "./sdk/tunnel FuzzReadLine"
 )
 
 listed=$(printf '%s\n' "${targets[@]}" | awk '{print $2}' | sort)

@@ -225,6 +225,12 @@ var FastSettings = map[string]string{
 // socket when empty) with extra settings, detached in its own session so it
 // outlives the caller, and waits until it accepts connections.
 func (c *Cluster) Start(ctx context.Context, port int, listenAddr string, settings map[string]string) error {
+	// A caller whose time is already used up gets that said, instead of a
+	// postgres that is launched, killed at once and reported as "did not
+	// become ready" with an empty log, which reads like a hang.
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("postgres in %s not started: no time left (%w)", c.DataDir, err)
+	}
 	if c.BinDir == "" {
 		dir, err := BinDirFor("", c.DataDir)
 		if err != nil {
@@ -279,6 +285,7 @@ func (c *Cluster) Start(ctx context.Context, port int, listenAddr string, settin
 	if err := start(); err != nil {
 		return fmt.Errorf("start postgres in %s: %w", c.DataDir, err)
 	}
+	launched := time.Now()
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }() // reap the child when it ends
 
@@ -299,7 +306,9 @@ func (c *Cluster) Start(ctx context.Context, port int, listenAddr string, settin
 			return fmt.Errorf("postgres in %s exited during start (%v): %s", c.DataDir, err, TailFile(c.LogFile(), 10))
 		case <-ctx.Done():
 			_ = cmd.Process.Kill() // it may have exited meanwhile; the timeout is the error
-			return fmt.Errorf("postgres in %s did not become ready: %w; log: %s", c.DataDir, ctx.Err(), TailFile(c.LogFile(), 10))
+			// How long it was given tells a stuck server (the whole
+			// budget) from a caller that had little left.
+			return fmt.Errorf("postgres in %s did not become ready within %s of its start: %w; log: %s", c.DataDir, time.Since(launched).Round(time.Millisecond), ctx.Err(), TailFile(c.LogFile(), 10))
 		case <-tick.C:
 			if polls++; polls == fastPolls {
 				tick.Reset(10 * time.Millisecond)

@@ -68,6 +68,15 @@ func TestInitStartQueryStop(t *testing.T) {
 	if c.Running() {
 		t.Fatal("still running after stop")
 	}
+	// A caller out of time gets that said, and no server is launched.
+	done, cancelDone := context.WithCancel(t.Context())
+	cancelDone()
+	if err := c.Start(done, port, "", nil); err == nil || !strings.Contains(err.Error(), "not started: no time left") {
+		t.Fatalf("start with a finished context = %v, want a refusal saying no time was left", err)
+	}
+	if pid, err := c.PID(); err != nil || pid != 0 {
+		t.Errorf("start with a finished context left postmaster.pid (pid %d, %v)", pid, err)
+	}
 }
 
 func TestBinDirForNamesMissingVersion(t *testing.T) {

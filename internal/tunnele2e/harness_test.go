@@ -1,6 +1,7 @@
 package tunnele2e
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"crypto/tls"
@@ -120,10 +121,10 @@ type platform struct {
 }
 
 // startPlatform starts a replica on addr ("" for a fresh port).
-func startPlatform(t testing.TB, db *platformDB, files tlstest.Files, addr string) *platform {
+func startPlatform(t testing.TB, db *platformDB, files tlstest.Files, addr string, configure ...func(*hub.Options)) *platform {
 	t.Helper()
 	p := &platform{db: db, tls: files, logs: &logtest.Buffer{}}
-	h, err := hub.New(hub.Options{
+	opt := hub.Options{
 		Authenticate: db.authenticate,
 		OnEvents:     db.storeEvents,
 		OnConnect: func(_ context.Context, _ hub.AgentIdentity, f tunnel.AgentFacts) {
@@ -134,13 +135,19 @@ func startPlatform(t testing.TB, db *platformDB, files tlstest.Files, addr strin
 		OnDisconnect:      func(hub.AgentIdentity) { db.mu.Lock(); db.disconnects++; db.mu.Unlock() },
 		Logger:            p.logs.Logger(),
 		HeartbeatInterval: testHeartbeat,
-	})
+		RequireTLS:        true,
+	}
+	for _, f := range configure {
+		f(&opt)
+	}
+	h, err := hub.New(opt)
 	if err != nil {
 		t.Fatal(err)
 	}
 	p.hub = h
 	mux := http.NewServeMux()
 	mux.Handle(tunnel.TunnelPath, h)
+	mux.Handle(hub.RelayPath, h.RelayHandler())
 	mux.HandleFunc("POST "+tunnel.EnrollPath, db.enroll)
 	srv := httptest.NewUnstartedServer(mux)
 	if addr == "" {
@@ -207,6 +214,7 @@ type agentConfig struct {
 	stateDir string
 	caFile   string
 	target   agenttunnel.CloneTarget
+	token    string // enrollToken when empty
 	proxy    func(*http.Request) (*url.URL, error)
 }
 
@@ -216,7 +224,7 @@ func startAgent(t testing.TB, cfg agentConfig) *agentSide {
 	c, err := agenttunnel.New(agenttunnel.Options{
 		URL:               cfg.url,
 		CAFile:            cfg.caFile,
-		EnrollToken:       enrollToken,
+		EnrollToken:       cmp.Or(cfg.token, enrollToken),
 		StateDir:          cfg.stateDir,
 		API:               echoAPI(),
 		APIToken:          agentAPIToken,
@@ -227,6 +235,7 @@ func startAgent(t testing.TB, cfg agentConfig) *agentSide {
 		Proxy:             cfg.proxy,
 		Backoff:           testBackoff,
 		HeartbeatInterval: testHeartbeat,
+		FactsInterval:     testHeartbeat,
 	})
 	if err != nil {
 		t.Fatal(err)

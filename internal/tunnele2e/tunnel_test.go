@@ -20,12 +20,14 @@ import (
 	"testing"
 
 	"github.com/gorilla/websocket"
+	"github.com/hashicorp/yamux"
 	"github.com/jackc/pgx/v5"
 
 	"github.com/thinlab/thinlab/agent/events"
 	agenttunnel "github.com/thinlab/thinlab/agent/tunnel"
 	"github.com/thinlab/thinlab/internal/pgtest"
 	"github.com/thinlab/thinlab/internal/tlstest"
+	"github.com/thinlab/thinlab/platform/hub"
 	"github.com/thinlab/thinlab/sdk/agentapi"
 	"github.com/thinlab/thinlab/sdk/tunnel"
 )
@@ -72,6 +74,15 @@ func TestEnrollConnectAndCallAPIThroughTunnel(t *testing.T) {
 	if !ok || since.IsZero() || beat.Before(since) {
 		t.Fatalf("Connected = %v %v %v", since, beat, ok)
 	}
+	// Facts came at enrollment, on connect and as periodic updates.
+	waitFor(t, "a facts update", func() bool { db.mu.Lock(); defer db.mu.Unlock(); return len(db.facts) >= 3 })
+	db.mu.Lock()
+	for _, f := range db.facts {
+		if f.Name != "test-agent" || f.Version != "test" {
+			t.Errorf("facts %+v", f)
+		}
+	}
+	db.mu.Unlock()
 
 	fi, err := os.Stat(filepath.Join(state, tunnel.CredentialFile))
 	if err != nil {
@@ -102,6 +113,71 @@ func TestEnrollConnectAndCallAPIThroughTunnel(t *testing.T) {
 	})
 	if connected(p, id) {
 		t.Fatal("a revoked agent connected again")
+	}
+}
+
+// rawSession speaks the protocol by hand (sdk/tunnel and yamux, as the
+// agent does) with the given credential.
+func rawSession(t *testing.T, p *platform, cred string) *yamux.Session {
+	t.Helper()
+	dialer := websocket.Dialer{TLSClientConfig: p.srv.Client().Transport.(*http.Transport).TLSClientConfig}
+	hdr := http.Header{"Authorization": {"Bearer " + cred}, tunnel.VersionHeader: {"1"}}
+	ws, resp, err := dialer.DialContext(t.Context(), "wss://"+p.addr+tunnel.TunnelPath, hdr)
+	if resp != nil {
+		_ = resp.Body.Close()
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	mux, err := yamux.Client(tunnel.NewConn(ws), tunnel.YamuxConfig(testHeartbeat, io.Discard))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = mux.Close() })
+	ctrl, err := mux.OpenStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tunnel.Open(ctrl, tunnel.StreamHeader{Kind: tunnel.KindControl}); err != nil {
+		t.Fatal(err)
+	}
+	if err := tunnel.WriteLine(ctrl, tunnel.Hello{V: tunnel.ProtocolVersion, Facts: tunnel.AgentFacts{Name: "raw"}}); err != nil {
+		t.Fatal(err)
+	}
+	var w tunnel.Welcome
+	if err := tunnel.ReadLine(ctrl, &w); err != nil {
+		t.Fatal(err)
+	}
+	return mux
+}
+
+func TestNewerConnectionReplacesOlder(t *testing.T) {
+	files := tlstest.New(t)
+	db := newPlatformDB()
+	p := startPlatform(t, db, files, "")
+	state := t.TempDir()
+	startAgent(t, agentConfig{url: p.URL, stateDir: state, caFile: files.CA})
+	waitFor(t, "enrollment", func() bool { db.mu.Lock(); defer db.mu.Unlock(); return len(db.creds) == 1 })
+	id := db.agentID(t)
+	waitFor(t, "the session", func() bool { return connected(p, id) })
+	first, _, _ := p.hub.Connected(id)
+
+	// A second connection with the same credential takes over...
+	cred, err := agenttunnel.LoadCredential(state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw := rawSession(t, p, cred.Credential)
+	if since, _, ok := p.hub.Connected(id); !ok || !since.After(first) {
+		t.Fatalf("the newer connection did not replace the older: since %v (first %v) ok %v", since, first, ok)
+	}
+	// ...until the agent, cut off, reconnects and replaces it in turn.
+	<-raw.CloseChan()
+	waitFor(t, "the agent's session", func() bool { return connected(p, id) })
+	db.mu.Lock()
+	defer db.mu.Unlock()
+	if db.disconnects != 0 {
+		t.Fatalf("OnDisconnect called %d times for replaced sessions, want 0", db.disconnects)
 	}
 }
 
@@ -187,16 +263,18 @@ func TestEventsBufferedWhileDisconnectedAreDeliveredOnce(t *testing.T) {
 	emit(a.bus, "b", 40)
 	waitFor(t, "the journal to hold the events", func() bool { return pending(a.client) == 40 })
 
-	// The agent is killed and started again from the same journal; more
-	// events arrive while still disconnected.
+	// The agent is stopped right after more events (still queued, not yet
+	// journalled: stopping must keep them) and started again from the
+	// same journal; more events arrive while still disconnected.
+	emit(a.bus, "q", 5)
 	a.stop()
 	a2 := startAgent(t, agentConfig{url: p.URL, stateDir: state, caFile: files.CA})
 	emit(a2.bus, "c", 10)
-	waitFor(t, "the new journal to hold both", func() bool { return pending(a2.client) == 50 })
+	waitFor(t, "the new journal to hold all", func() bool { return pending(a2.client) == 55 })
 
 	// The platform comes back on the same address.
 	p2 := startPlatform(t, db, files, addr)
-	waitFor(t, "all events stored", func() bool { return db.stored() == 200 })
+	waitFor(t, "all events stored", func() bool { return db.stored() == 205 })
 	waitFor(t, "all acked", func() bool { return pending(a2.client) == 0 })
 	waitFor(t, "the session", func() bool { return connected(p2, id) })
 
@@ -447,5 +525,84 @@ func TestUnknownProtocolVersionRefused(t *testing.T) {
 	var h tunnel.StreamHeader
 	if err := tunnel.ReadLineBuffered(r, &h); err == nil || !strings.Contains(err.Error(), "version 2") {
 		t.Fatalf("unknown version: %v", err)
+	}
+}
+
+// A platform that requires TLS refuses a plain websocket, even from an
+// agent that would allow it (loopback), before looking at the credential.
+func TestPlainTunnelRefusedWhenPlatformRequiresTLS(t *testing.T) {
+	db := newPlatformDB()
+	var authenticated atomic.Int32
+	h, err := hub.New(hub.Options{
+		Authenticate: func(ctx context.Context, r *http.Request) (hub.AgentIdentity, error) {
+			authenticated.Add(1)
+			return db.authenticate(ctx, r)
+		},
+		RequireTLS:        true,
+		HeartbeatInterval: testHeartbeat,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle(tunnel.TunnelPath, h)
+	mux.HandleFunc("POST "+tunnel.EnrollPath, db.enroll)
+	srv := httptest.NewServer(mux)
+	t.Cleanup(srv.Close)
+	t.Cleanup(h.Close)
+
+	a := startAgent(t, agentConfig{url: srv.URL, stateDir: t.TempDir()})
+	waitFor(t, "the refusal", func() bool { return strings.Contains(a.logs.String(), "403") })
+	id := db.agentID(t) // enrollment is the platform's other endpoint
+	if _, _, ok := h.Connected(id); ok {
+		t.Fatal("a plain tunnel got a session")
+	}
+	if authenticated.Load() != 0 {
+		t.Fatal("the credential was checked on a plain connection")
+	}
+}
+
+// An agent may open one events stream and nothing that is the
+// platform's to open.
+func TestHubRefusesStreamsAnAgentMayNotOpen(t *testing.T) {
+	files := tlstest.New(t)
+	db := newPlatformDB()
+	db.creds["cred-raw"] = hub.AgentIdentity{AgentID: "agent-raw", OrgID: "org-1"}
+	p := startPlatform(t, db, files, "")
+	mux := rawSession(t, p, "cred-raw")
+	open := func(h tunnel.StreamHeader) error {
+		st, err := mux.OpenStream()
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = st.Close() })
+		return tunnel.Open(st, h)
+	}
+	for _, h := range []tunnel.StreamHeader{{Kind: tunnel.KindAPI}, {Kind: tunnel.KindTCP, Port: 5432}, {Kind: tunnel.KindControl}, {Kind: "shell"}} {
+		if _, ok := errors.AsType[*tunnel.RefusedError](open(h)); !ok {
+			t.Errorf("agent-opened %q stream not refused", h.Kind)
+		}
+	}
+	if err := open(tunnel.StreamHeader{Kind: tunnel.KindEvents}); err != nil {
+		t.Fatalf("events stream: %v", err)
+	}
+	if _, ok := errors.AsType[*tunnel.RefusedError](open(tunnel.StreamHeader{Kind: tunnel.KindEvents})); !ok {
+		t.Error("a second events stream was accepted")
+	}
+}
+
+func TestForgedEnrollTokenRefused(t *testing.T) {
+	files := tlstest.New(t)
+	db := newPlatformDB()
+	p := startPlatform(t, db, files, "")
+	state := t.TempDir()
+	const forged = "enroll-token-forged-0000"
+	a := startAgent(t, agentConfig{url: p.URL, stateDir: state, caFile: files.CA, token: forged})
+	waitFor(t, "the refusal", func() bool { return strings.Contains(a.logs.String(), "refused the enrollment token") })
+	if _, err := agenttunnel.LoadCredential(state); !errors.Is(err, agenttunnel.ErrNoCredential) {
+		t.Fatalf("credential after a refused enrollment: %v", err)
+	}
+	if strings.Contains(a.logs.String(), forged) {
+		t.Fatal("the enrollment token reached the log")
 	}
 }

@@ -57,6 +57,10 @@ type ProviderConfig struct {
 	// GroupRoles grant organization roles to members of IdP groups at
 	// every sign-in.
 	GroupRoles []GroupRole `yaml:"groupRoles"`
+	// EmailRoles grant organization roles to people by their verified
+	// email address at every sign-in: the first owners of a fresh
+	// install, or an IdP without groups.
+	EmailRoles []EmailRole `yaml:"emailRoles"`
 	// RequireEmailVerified (default true) trusts the email claim for
 	// invitations only when the ID token says email_verified: true. Set it
 	// to false only for an IdP that never sends the claim and verifies
@@ -69,6 +73,15 @@ type ProviderConfig struct {
 // (the default).
 func (p ProviderConfig) EmailVerificationRequired() bool {
 	return p.RequireEmailVerified == nil || *p.RequireEmailVerified
+}
+
+// EmailRole maps a person's email address (compared case-insensitively,
+// only when the provider vouches for it: see RequireEmailVerified) to a
+// role in an organization (by slug), created when it does not exist yet.
+type EmailRole struct {
+	Email string `yaml:"email"`
+	Org   string `yaml:"org"`
+	Role  string `yaml:"role"`
 }
 
 // GroupRole maps an IdP group to a role in an organization (by slug). The
@@ -149,6 +162,18 @@ func (c *Config) Validate() error {
 				errs = append(errs, fmt.Errorf("%s.role %q: use one of %s", gf, g.Role, roleNames()))
 			}
 		}
+		for j, e := range p.EmailRoles {
+			ef := fmt.Sprintf("%s.emailRoles[%d]", field, j)
+			if !strings.Contains(e.Email, "@") {
+				errs = append(errs, fmt.Errorf("%s.email %q: set the person's email address as the IdP reports it", ef, e.Email))
+			}
+			if store.ValidSlug(e.Org) != nil {
+				errs = append(errs, fmt.Errorf("%s.org %q: use an organization slug (2-63 lowercase letters, digits or -)", ef, e.Org))
+			}
+			if roleRank(e.Role) < 0 {
+				errs = append(errs, fmt.Errorf("%s.role %q: use one of %s", ef, e.Role, roleNames()))
+			}
+		}
 	}
 	return errors.Join(errs...)
 }
@@ -185,22 +210,39 @@ type OrgRole struct {
 // MapGroups returns the organization roles that groups grant under p: the
 // strongest role per organization, in configuration order.
 func (p ProviderConfig) MapGroups(groups []string) []OrgRole {
+	return p.MapIdentity(groups, "", false)
+}
+
+// MapIdentity returns the organization roles that groups and a verified
+// email grant under p (groupRoles, then emailRoles): the strongest role per
+// organization, in configuration order. An email counts only when
+// verified, or when p does not require verification.
+func (p ProviderConfig) MapIdentity(groups []string, email string, emailVerified bool) []OrgRole {
 	have := map[string]bool{}
 	for _, g := range groups {
 		have[g] = true
 	}
 	best := map[string]string{}
 	var order []string
-	for _, gr := range p.GroupRoles {
-		if !have[gr.Group] {
-			continue
-		}
-		cur, ok := best[gr.Org]
+	grant := func(org, role string) {
+		cur, ok := best[org]
 		if !ok {
-			order = append(order, gr.Org)
+			order = append(order, org)
 		}
-		if !ok || roleRank(gr.Role) < roleRank(cur) {
-			best[gr.Org] = gr.Role
+		if !ok || roleRank(role) < roleRank(cur) {
+			best[org] = role
+		}
+	}
+	for _, gr := range p.GroupRoles {
+		if have[gr.Group] {
+			grant(gr.Org, gr.Role)
+		}
+	}
+	if email != "" && (emailVerified || !p.EmailVerificationRequired()) {
+		for _, er := range p.EmailRoles {
+			if strings.EqualFold(er.Email, email) {
+				grant(er.Org, er.Role)
+			}
 		}
 	}
 	out := make([]OrgRole, 0, len(order))

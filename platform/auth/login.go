@@ -230,8 +230,8 @@ func identityFrom(p ProviderConfig, idt *oidc.IDToken) (Identity, error) {
 		case string:
 			ident.Groups = []string{g}
 		}
-		ident.OrgRoles = p.MapGroups(ident.Groups)
 	}
+	ident.OrgRoles = p.MapIdentity(ident.Groups, ident.Email, ident.EmailVerified)
 	return ident, nil
 }
 

@@ -484,3 +484,51 @@ func TestMappedOrgSlugCannotBeSquatted(t *testing.T) {
 		t.Fatalf("members of acme: %v, want only the group member", emails)
 	}
 }
+
+// TestEmailRolesGrantOnlyToVerifiedAddresses: an emailRoles entry makes
+// its organization at start and places the person with that verified
+// address there (any letter case); the same address unverified, or
+// another address, gets nothing of it.
+func TestEmailRolesGrantOnlyToVerifiedAddresses(t *testing.T) {
+	e := start(t, func(pc *auth.ProviderConfig) {
+		pc.EmailRoles = []auth.EmailRole{{Email: "Owner@Example.com", Org: "first", Role: "owner"}}
+	})
+	ctx := t.Context()
+	first, err := e.p.Store.OrganizationByRef(ctx, "first")
+	if err != nil {
+		t.Fatalf("organization of an email mapping at start: %v", err)
+	}
+	members := func() string {
+		return strings.Join(e.p.QueryStrings("SELECT u.email || ':' || m.role FROM memberships m JOIN users u ON u.id = m.user_id WHERE m.org_id = $1 ORDER BY u.email", first.ID), ",")
+	}
+
+	unverified := mockUser("owner@example.com")
+	unverified.Subject = "sub-unverified"
+	unverified.EmailVerified = false
+	e.signIn(t, webtest.NewBrowser(t), unverified)
+	e.signIn(t, webtest.NewBrowser(t), mockUser("someone@example.com"))
+	if got := members(); got != "" {
+		t.Fatalf("members of first after an unverified and an unrelated sign-in: %q, want none", got)
+	}
+
+	pg := e.signIn(t, webtest.NewBrowser(t), mockUser("owner@example.com"))
+	if pg.URL.Path != "/o/first" {
+		t.Fatalf("landed on %s, want /o/first", pg.URL)
+	}
+	if got := members(); got != "owner@example.com:owner" {
+		t.Fatalf("members of first: %q, want owner@example.com:owner", got)
+	}
+}
+
+func TestEmailRolesConfigErrorsNameTheField(t *testing.T) {
+	cfg := auth.Config{BaseURL: "http://127.0.0.1", CookieSecret: strings.Repeat("c", 32), Providers: []auth.ProviderConfig{{
+		Name: "sso", Issuer: "http://127.0.0.1:1", ClientID: "x", ClientSecret: "y",
+		EmailRoles: []auth.EmailRole{{Email: "nobody", Org: "Bad Slug", Role: "king"}},
+	}}}
+	err := cfg.Validate()
+	for _, want := range []string{"emailRoles[0].email", "emailRoles[0].org", "emailRoles[0].role"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("Validate() = %v, want an error naming %s", err, want)
+		}
+	}
+}

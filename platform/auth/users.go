@@ -34,6 +34,15 @@ type StoreUsers struct {
 // register such a slug first and then receive the group's members.
 func ReserveMappedOrganizations(ctx context.Context, st *store.Store, cfg Config, log *slog.Logger) error {
 	for _, p := range cfg.Providers {
+		for i, e := range p.EmailRoles {
+			org, did, err := st.ReserveOrganization(ctx, e.Org, "idp:"+p.Name)
+			if err != nil {
+				return fmt.Errorf("auth.providers %s emailRoles[%d].org %s: reserve the organization: %w", p.Name, i, e.Org, err)
+			}
+			if did == "adopted" {
+				log.Warn("an email mapping names an organization that already existed: its current members keep their access; check them, since the slug could have been registered by anyone", "org", org.Slug, "provider", p.Name)
+			}
+		}
 		for i, g := range p.GroupRoles {
 			org, did, err := st.ReserveOrganization(ctx, g.Org, "idp:"+p.Name)
 			if err != nil {

@@ -6,12 +6,14 @@
 // its events go are pluggable functions, so the hub knows no database.
 //
 // The hub is one replica's view: an agent is connected to exactly one
-// replica at a time; routing between replicas is the caller's business.
+// replica at a time. With Options.Locate, streams for an agent held by
+// another replica are relayed through it (relay.go).
 package hub
 
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -51,18 +53,42 @@ type Options struct {
 	OnDisconnect func(agent AgentIdentity)
 	// OnEvents stores a batch of the agent's events; the agent gets its ack
 	// only after it returns nil. It must drop events whose ID it already
-	// holds (a batch may come again after a reconnect). Nil drops events
-	// without acking them.
+	// holds for this agent (a batch may come again after a reconnect).
+	// Event IDs are chosen by the agent: deduplicate per agent, never
+	// across agents, or one agent could suppress another's events. Nil
+	// refuses events (never acked, the agent keeps them).
 	OnEvents func(ctx context.Context, agentID string, events []tunnel.Event) error
 	Logger   *slog.Logger
 	// HeartbeatInterval is how often the hub pings each agent; an
 	// unanswered ping (after the same time again) ends the session.
 	// tunnel.HeartbeatInterval when zero; tests shorten it.
 	HeartbeatInterval time.Duration
+	// RequireTLS refuses tunnels that did not arrive over TLS at this
+	// server (r.TLS is nil) with 403, before authentication, so that no
+	// credential is accepted in clear. Leave it off only behind a proxy
+	// that terminates TLS, or for development.
+	RequireTLS bool
 	// MaxIdleAPIConns bounds the idle HTTP connections (streams) kept per
 	// agent for API calls (4 when zero).
 	MaxIdleAPIConns int
+
+	// Locate, with several replicas, returns the relay base URL of the
+	// replica holding agentID's tunnel ("" when none); streams for agents
+	// not connected here are relayed there (relay.go). Nil: one replica.
+	Locate func(ctx context.Context, agentID string) (string, error)
+	// RelayURL is this replica's own base URL as other replicas reach it
+	// (what Locate returns for agents held here).
+	RelayURL string
+	// RelaySecret signs relayed requests between replicas; required when
+	// Locate is set (every replica has the same).
+	RelaySecret []byte
+	// RelayTLS configures TLS towards other replicas (nil: system roots).
+	RelayTLS *tls.Config
 }
+
+// maxAPIConns bounds the API streams open to one agent at a time; more
+// requests wait for one (back-pressure instead of a pile of streams).
+const maxAPIConns = 32
 
 // Hub holds the agents' sessions of this replica.
 type Hub struct {
@@ -72,6 +98,10 @@ type Hub struct {
 
 	mu       sync.Mutex
 	sessions map[string]*session
+	closed   bool // after Close no session is registered
+
+	relayMu         sync.Mutex
+	relayTransports map[string]*http.Transport
 }
 
 // New returns a hub; mount it at tunnel.TunnelPath.
@@ -87,6 +117,9 @@ func New(opt Options) (*Hub, error) {
 	}
 	if opt.MaxIdleAPIConns <= 0 {
 		opt.MaxIdleAPIConns = 4
+	}
+	if opt.Locate != nil && len(opt.RelaySecret) < 32 {
+		return nil, errors.New("hub: Options.RelaySecret of at least 32 bytes is required with Locate (several replicas)")
 	}
 	return &Hub{
 		opt:      opt,
@@ -115,6 +148,7 @@ type session struct {
 
 	mu            sync.Mutex
 	lastHeartbeat time.Time
+	eventsOpen    bool // one events stream per session
 
 	done chan struct{} // closed when the session has ended
 }
@@ -136,6 +170,11 @@ func (s *session) beat(t time.Time) {
 func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.Method != http.MethodGet {
 		http.Error(w, "the tunnel is a websocket: use GET with Upgrade", http.StatusMethodNotAllowed)
+		return
+	}
+	if h.opt.RequireTLS && r.TLS == nil {
+		h.log.Warn("tunnel: refused a connection without TLS", "remote", r.RemoteAddr)
+		http.Error(w, "the agent tunnel requires TLS: use an https platform URL", http.StatusForbidden)
 		return
 	}
 	id, err := h.opt.Authenticate(r.Context(), r)
@@ -181,12 +220,12 @@ func (h *Hub) serve(ctx context.Context, id AgentIdentity, conn net.Conn) {
 	s := &session{id: id, mux: mux, since: time.Now(), done: make(chan struct{})}
 	s.lastHeartbeat = s.since
 	s.transport = h.newTransport(s)
-	if err := tunnel.WriteLine(ctrl, tunnel.Welcome{V: tunnel.ProtocolVersion, AgentID: id.AgentID, OrganizationID: id.OrgID}); err != nil {
-		log.Warn("tunnel: handshake failed", "err", err)
+	h.mu.Lock()
+	if h.closed {
+		h.mu.Unlock()
+		log.Info("tunnel: hub closed; connection refused")
 		return
 	}
-
-	h.mu.Lock()
 	old := h.sessions[id.AgentID]
 	h.sessions[id.AgentID] = s
 	h.mu.Unlock()
@@ -198,6 +237,12 @@ func (h *Hub) serve(ctx context.Context, id AgentIdentity, conn net.Conn) {
 		h.opt.OnConnect(ctx, id, hello.Facts)
 	}
 	log.Info("tunnel: agent connected", "version", hello.Facts.Version, "name", hello.Facts.Name)
+	// Welcome goes out once the session is registered: an agent that has
+	// it can be reached.
+	if err := tunnel.WriteLine(ctrl, tunnel.Welcome{V: tunnel.ProtocolVersion, AgentID: id.AgentID, OrganizationID: id.OrgID}); err != nil {
+		log.Warn("tunnel: handshake failed", "err", err)
+		_ = mux.Close()
+	}
 
 	go h.heartbeat(s)
 	go h.readControl(ctx, s, ctrl)
@@ -307,6 +352,14 @@ func (h *Hub) serveStream(ctx context.Context, s *session, st *yamux.Stream) {
 		_ = tunnel.Refuse(st, fmt.Sprintf("stream kind %q cannot be opened by an agent", hdr.Kind))
 		return
 	}
+	s.mu.Lock()
+	second := s.eventsOpen
+	s.eventsOpen = true
+	s.mu.Unlock()
+	if second {
+		_ = tunnel.Refuse(st, "this session already has an events stream")
+		return
+	}
 	if err := tunnel.Accept(st); err != nil {
 		return
 	}
@@ -374,11 +427,12 @@ func (s *session) open(ctx context.Context, h tunnel.StreamHeader) (net.Conn, er
 // DialClone opens a TCP stream to port on the agent's host; the agent
 // refuses (a *tunnel.RefusedError) unless port belongs to a live clone.
 func (h *Hub) DialClone(ctx context.Context, agentID string, port int) (net.Conn, error) {
+	hdr := tunnel.StreamHeader{Kind: tunnel.KindTCP, Port: port}
 	s, err := h.get(agentID)
 	if err != nil {
-		return nil, err
+		return h.relay(ctx, agentID, hdr)
 	}
-	return s.open(ctx, tunnel.StreamHeader{Kind: tunnel.KindTCP, Port: port})
+	return s.open(ctx, hdr)
 }
 
 // apiHost is the host name API requests are sent to; the agent ignores it.
@@ -391,6 +445,7 @@ func (h *Hub) newTransport(s *session) *http.Transport {
 		},
 		MaxIdleConns:          h.opt.MaxIdleAPIConns,
 		MaxIdleConnsPerHost:   h.opt.MaxIdleAPIConns,
+		MaxConnsPerHost:       maxAPIConns,
 		IdleConnTimeout:       time.Minute,
 		ResponseHeaderTimeout: 10 * time.Minute, // POST /snapshot may take minutes
 		DisableCompression:    true,
@@ -411,8 +466,12 @@ type roundTripper struct {
 }
 
 func (rt roundTripper) RoundTrip(r *http.Request) (*http.Response, error) {
-	s, err := rt.h.get(rt.agentID)
-	if err != nil {
+	var t *http.Transport
+	if s, err := rt.h.get(rt.agentID); err == nil {
+		t = s.transport
+	} else if rt.h.opt.Locate != nil {
+		t = rt.h.relayTransport(rt.agentID)
+	} else {
 		return nil, err
 	}
 	r2 := r.Clone(r.Context())
@@ -420,7 +479,7 @@ func (rt roundTripper) RoundTrip(r *http.Request) (*http.Response, error) {
 	u.Scheme, u.Host = "http", apiHost
 	r2.URL = &u
 	r2.Host = apiHost
-	return s.transport.RoundTrip(r2)
+	return t.RoundTrip(r2)
 }
 
 // Do sends r to the agent's API (see RoundTripper).
@@ -449,9 +508,11 @@ func (h *Hub) Connected(agentID string) (since, lastHeartbeat time.Time, ok bool
 	return s.since, s.heartbeat(), true
 }
 
-// Close ends every session.
+// Close ends every session and refuses new ones (the replica is going
+// away; its agents reconnect to another).
 func (h *Hub) Close() {
 	h.mu.Lock()
+	h.closed = true
 	all := make([]*session, 0, len(h.sessions))
 	for _, s := range h.sessions {
 		all = append(all, s)

@@ -16,6 +16,7 @@ import (
 
 	"github.com/thinlab/thinlab/platform/auth"
 	"github.com/thinlab/thinlab/platform/ratelimit"
+	"github.com/thinlab/thinlab/platform/store"
 )
 
 // Config is the platform server's configuration: a YAML file, then
@@ -48,6 +49,22 @@ type Config struct {
 	// invitation accepts. Counted in memory per replica: with N replicas
 	// a client gets up to N times the limit.
 	RateLimits RateLimits `yaml:"rateLimits"`
+	// Bootstrap prepares a fresh install for scripts, without a browser.
+	Bootstrap Bootstrap `yaml:"bootstrap"`
+}
+
+// Bootstrap makes, at start, what a scripted install (make demo, a VM
+// image, docker compose) needs before anybody has signed in.
+type Bootstrap struct {
+	// Organization (a slug) is created at start when missing, reserved
+	// like the organizations of auth emailRoles and groupRoles.
+	Organization string `yaml:"organization"`
+	// EnrollmentTokenFile, when set and the file does not exist, receives
+	// (mode 0600) a new multi-use enrollment token of Organization valid
+	// for 24 hours, for the first agents: `thinlab agent run --platform
+	// URL --enroll-token "$(cat FILE)"`. Delete the file to get a new one
+	// at the next start; revoke tokens on the Agents page.
+	EnrollmentTokenFile string `yaml:"enrollmentTokenFile"`
 }
 
 // RateLimits are token buckets per key; perMinute 0 disables one.
@@ -229,6 +246,14 @@ func (c *Config) Validate() error {
 	for name, l := range map[string]ratelimit.Limit{"signIn": c.RateLimits.SignIn, "bearerFailures": c.RateLimits.BearerFailures, "invitationAccept": c.RateLimits.InvitationAccept, "enrollFailures": c.RateLimits.EnrollFailures} {
 		if l.PerMinute < 0 || l.Burst < 0 || (l.PerMinute > 0 && l.Burst == 0) {
 			return fmt.Errorf("rateLimits.%s: perMinute and burst must be positive (perMinute: 0 disables the limit)", name)
+		}
+	}
+	if b := c.Bootstrap; b.Organization != "" || b.EnrollmentTokenFile != "" {
+		if store.ValidSlug(b.Organization) != nil {
+			return fmt.Errorf("bootstrap.organization %q: use an organization slug (2-63 lowercase letters, digits or -)", b.Organization)
+		}
+		if b.EnrollmentTokenFile != "" && !filepath.IsAbs(b.EnrollmentTokenFile) {
+			return fmt.Errorf("bootstrap.enrollmentTokenFile %q: use an absolute path", b.EnrollmentTokenFile)
 		}
 	}
 	for _, p := range c.TrustedProxies {

@@ -104,6 +104,9 @@ func New(ctx context.Context, cfg Config, opts Options) (_ *Server, err error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := s.bootstrap(ctx); err != nil {
+		return nil, err
+	}
 	authenticators := []principal.Authenticator{access.BearerToken(s.store), signIn.Authenticator(s.store)}
 	for _, mk := range opts.Authenticators {
 		authenticators = append(authenticators, mk(s.store))

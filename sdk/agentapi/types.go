@@ -285,6 +285,23 @@ type Retrieving struct {
 	NextRefresh *LocalTime       `json:"nextRefresh"`
 	Alerts      map[string]Alert `json:"alerts"`
 	Activity    *Activity        `json:"activity"`
+	// Job is the running refresh with its progress (a Thinlab extension,
+	// left out when none runs).
+	Job *RetrievalJob `json:"job,omitempty"`
+}
+
+// RetrievalJob is a running refresh and its progress. Unit is "bytes",
+// "relations" or "steps"; Total is 0 while unknown, and so is ETASeconds.
+type RetrievalJob struct {
+	Mode          string     `json:"mode"`
+	Pool          string     `json:"pool"`
+	StartedAt     *LocalTime `json:"startedAt"`
+	Phase         string     `json:"phase"`
+	Unit          string     `json:"unit"`
+	Done          int64      `json:"done"`
+	Total         int64      `json:"total"`
+	RatePerSecond float64    `json:"ratePerSecond"`
+	ETASeconds    float64    `json:"etaSeconds,omitempty"`
 }
 
 // Alert is one kind of retrieval problem; the map key is its type

@@ -79,6 +79,7 @@ type Pool struct {
 }
 
 var _ storage.Pool = (*Pool)(nil)
+var _ storage.CloneSnapshotter = (*Pool)(nil)
 
 // Open checks cfg, creates main, snapshots and clones directories when
 // missing and removes sidecar temp files a crash left behind.
@@ -152,6 +153,24 @@ func (p *Pool) ClonesDir() string { return p.cfg.ClonesDir }
 
 // Snapshot implements storage.Pool.
 func (p *Pool) Snapshot(ctx context.Context, opt storage.SnapshotOptions) (storage.Snapshot, error) {
+	return p.snapshotOf(ctx, p.mainDir, opt)
+}
+
+// SnapshotClone implements storage.CloneSnapshotter: a read-only btrfs
+// snapshot of the clone's subvolume, which does not depend on the clone.
+func (p *Pool) SnapshotClone(ctx context.Context, clone string, opt storage.SnapshotOptions) (storage.Snapshot, error) {
+	if err := storage.ValidateName("clone name", clone); err != nil {
+		return storage.Snapshot{}, err
+	}
+	src := filepath.Join(p.cfg.ClonesDir, clone)
+	if !isSubvolume(src) {
+		return storage.Snapshot{}, fmt.Errorf("%w: clone %s", storage.ErrNotFound, clone)
+	}
+	return p.snapshotOf(ctx, src, opt)
+}
+
+// snapshotOf makes a read-only snapshot of the subvolume src.
+func (p *Pool) snapshotOf(ctx context.Context, src string, opt storage.SnapshotOptions) (storage.Snapshot, error) {
 	id, snapName, at, err := storage.NewSnapshotID(p.cfg.Name, opt.DataStateAt)
 	if err != nil {
 		return storage.Snapshot{}, err
@@ -170,7 +189,7 @@ func (p *Pool) Snapshot(ctx context.Context, opt storage.SnapshotOptions) (stora
 	if err := sidecar.Write(dst+".json", meta); err != nil {
 		return storage.Snapshot{}, fmt.Errorf("snapshot %s: %w", id, err)
 	}
-	if err := p.btrfs(ctx, "subvolume", "snapshot", "-r", p.mainDir, dst); err != nil {
+	if err := p.btrfs(ctx, "subvolume", "snapshot", "-r", src, dst); err != nil {
 		p.undo(dst)
 		return storage.Snapshot{}, fmt.Errorf("snapshot %s: %w", id, err)
 	}

@@ -1,4 +1,9 @@
-package retrieval
+// Package pgsource turns retrieval.source into what PostgreSQL's tools
+// need, without secrets on a command line: libpq parameters, handed to a
+// tool as environment variables, database names only inside quoted
+// connection strings, TLS files as private copies for the unprivileged OS
+// user.
+package pgsource
 
 import (
 	"fmt"
@@ -7,8 +12,10 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/thinlab/thinlab/agent/config"
+	"github.com/thinlab/thinlab/agent/retrieval/sigv4"
 )
 
 // libpqEnv maps connection parameters to the environment variables libpq
@@ -38,8 +45,11 @@ var libpqEnv = map[string]string{
 	"krbsrvname":           "PGKRBSRVNAME",
 }
 
-// sourceParams resolves the configured source into libpq parameters.
-func sourceParams(s config.Source) (map[string]string, error) {
+// now is the clock IAM tokens are signed with (fixed in tests).
+var now = time.Now
+
+// Params resolves the configured source into libpq parameters.
+func Params(s config.Source) (map[string]string, error) {
 	p := map[string]string{}
 	if s.ConnStr != "" {
 		var err error
@@ -58,6 +68,17 @@ func sourceParams(s config.Source) (map[string]string, error) {
 	}
 	if pw := s.ResolvedPassword(); pw != "" {
 		p["password"] = pw
+	}
+	if s.IAM == "aws-rds" {
+		creds, err := sigv4.FromEnv("", "")
+		if err != nil {
+			return nil, fmt.Errorf("retrieval.source.iam aws-rds: %w", err)
+		}
+		port := p["port"]
+		if port == "" {
+			port = "5432"
+		}
+		p["password"] = sigv4.RDSAuthToken(p["host"]+":"+port, s.Region, p["user"], creds, now())
 	}
 	if s.SSLRootCert != "" {
 		p["sslrootcert"] = s.SSLRootCert
@@ -80,10 +101,10 @@ func sourceParams(s config.Source) (map[string]string, error) {
 	return p, nil
 }
 
-// insecureSSL says why the source connection does not authenticate the
+// InsecureSSL says why the source connection does not authenticate the
 // server ("" when it does): without verify-ca/verify-full anyone on the
 // path can pose as the source and receive the retrieval credentials.
-func insecureSSL(p map[string]string) string {
+func InsecureSSL(p map[string]string) string {
 	switch mode := p["sslmode"]; mode {
 	case "verify-full", "verify-ca":
 		return ""
@@ -94,9 +115,9 @@ func insecureSSL(p map[string]string) string {
 	}
 }
 
-// env turns parameters into libpq environment variables; dbname is left
+// Env turns parameters into libpq environment variables; dbname is left
 // to the caller (pg_dump is told each database with -d).
-func env(p map[string]string) []string {
+func Env(p map[string]string) []string {
 	keys := slices.Sorted(maps.Keys(p))
 	out := []string{"PGPASSFILE=/dev/null"} // only the configured password counts
 	for _, k := range keys {
@@ -108,9 +129,9 @@ func env(p map[string]string) []string {
 	return out
 }
 
-// pgxConnString builds a key/value connection string for pgx, without the
+// PgxConnString builds a key/value connection string for pgx, without the
 // password (set on the parsed config instead).
-func pgxConnString(p map[string]string, db string) string {
+func PgxConnString(p map[string]string, db string) string {
 	q := map[string]string{}
 	for k, v := range p {
 		switch k {
@@ -120,15 +141,15 @@ func pgxConnString(p map[string]string, db string) string {
 		q[k] = v
 	}
 	q["dbname"] = db
-	return conninfo(q)
+	return Conninfo(q)
 }
 
-// conninfo renders libpq key/value parameters as a connection string with
+// Conninfo renders libpq key/value parameters as a connection string with
 // every value quoted, so that no value (a database named
 // "host=evil port=1", say) can add parameters. It is the only way the
 // agent hands a database to pg_dump, pg_restore or psql: a bare -d NAME
 // containing "=" would itself be read as a connection string.
-func conninfo(p map[string]string) string {
+func Conninfo(p map[string]string) string {
 	keys := slices.Sorted(maps.Keys(p))
 	parts := make([]string, 0, len(keys))
 	for _, k := range keys {

@@ -1,4 +1,4 @@
-package retrieval
+package logical
 
 import (
 	"crypto/ecdsa"
@@ -20,10 +20,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-
 	"github.com/thinlab/thinlab/agent/clone/clonetest"
 	"github.com/thinlab/thinlab/agent/config"
+	"github.com/thinlab/thinlab/agent/retrieval/retrievaltest"
 	"github.com/thinlab/thinlab/internal/logtest"
 	"github.com/thinlab/thinlab/internal/pgcluster"
 	"github.com/thinlab/thinlab/internal/pgtest"
@@ -74,9 +73,9 @@ func TestHostileDatabaseNameIsNotDialled(t *testing.T) {
 	}()
 	hostile := fmt.Sprintf("host=127.0.0.2 port=%d dbname=postgres", trap.Addr().(*net.TCPAddr).Port)
 
-	src := source(t)
+	src := retrievaltest.Source(t)
 	src.Exec(t, "postgres", `CREATE DATABASE "`+hostile+`"`)
-	conn, err := connectDB(t.Context(), src.Cluster.SocketConnString(src.Port, "postgres", "postgres"), hostile)
+	conn, err := retrievaltest.ConnectDB(t.Context(), src.Cluster.SocketConnString(src.Port, "postgres", "postgres"), hostile)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -90,10 +89,10 @@ func TestHostileDatabaseNameIsNotDialled(t *testing.T) {
 	p := clonetest.NewPool(t)
 	t.Setenv("THINLAB_TEST_SOURCE_PW", src.Password)
 	log := &logtest.Buffer{}
-	r := newRetriever(t, p, config.Source{Host: "127.0.0.1", Port: src.Port, Username: "postgres", PasswordEnv: "THINLAB_TEST_SOURCE_PW"}, nil, log)
+	j := newTestJob(t, config.Source{Host: "127.0.0.1", Port: src.Port, Username: "postgres", PasswordEnv: "THINLAB_TEST_SOURCE_PW"}, nil, log)
 	var mu sync.Mutex
 	uids := map[string][]string{}
-	r.onStart = func(name string, pid int) {
+	j.onStart = func(name string, pid int) {
 		uid, err := procUID(pid)
 		if err != nil {
 			uid = "unreadable: " + err.Error()
@@ -102,7 +101,7 @@ func TestHostileDatabaseNameIsNotDialled(t *testing.T) {
 		uids[name] = append(uids[name], uid)
 		mu.Unlock()
 	}
-	res, err := r.Refresh(t.Context())
+	res, snap, err := fill(t, j, p)
 	if n := dialled.Load(); n != 0 {
 		t.Fatalf("the database name was used as a connection string: %d connection(s) reached 127.0.0.2 (refresh error: %v)", n, err)
 	}
@@ -112,7 +111,7 @@ func TestHostileDatabaseNameIsNotDialled(t *testing.T) {
 	if !slices.Contains(res.Databases, hostile) {
 		t.Fatalf("databases copied %q, want one named %q", res.Databases, hostile)
 	}
-	if got := query(t, p, res.Snapshot.ID, hostile, "SELECT v FROM marker"); got != "copied from the hostile name" {
+	if got := retrievaltest.Query(t, p, snap.ID, hostile, "SELECT v FROM marker"); got != "copied from the hostile name" {
 		t.Fatalf("database %q in the snapshot has marker %q", hostile, got)
 	}
 
@@ -130,57 +129,6 @@ func TestHostileDatabaseNameIsNotDialled(t *testing.T) {
 	}
 	if !strings.Contains(log.String(), "insecure") {
 		t.Fatal("a source without sslRootCert (sslmode prefer) is not logged as insecure")
-	}
-}
-
-func TestSourceSSLDefaults(t *testing.T) {
-	p, err := sourceParams(config.Source{Host: "db", Username: "u", SSLRootCert: "/etc/ca.pem"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if p["sslmode"] != "verify-full" || p["sslrootcert"] != "/etc/ca.pem" || insecureSSL(p) != "" {
-		t.Fatalf("with a CA: params %v, insecure %q; want sslmode verify-full", p, insecureSSL(p))
-	}
-	p, _ = sourceParams(config.Source{Host: "db", Username: "u"})
-	if p["sslmode"] != "" || !strings.Contains(insecureSSL(p), "prefer") {
-		t.Fatalf("without a CA: params %v, insecure %q; want libpq's default named insecure", p, insecureSSL(p))
-	}
-	p, _ = sourceParams(config.Source{ConnStr: "host=db user=u sslmode=require"})
-	if !strings.Contains(insecureSSL(p), "sslmode=require is insecure") {
-		t.Fatalf("sslmode=require: insecure %q", insecureSSL(p))
-	}
-	p, _ = sourceParams(config.Source{Host: "db", Username: "u", SSLRootCert: "/ca", SSLMode: "verify-ca"})
-	if p["sslmode"] != "verify-ca" {
-		t.Fatalf("explicit sslMode overridden: %v", p)
-	}
-}
-
-func TestConninfoQuotesEverything(t *testing.T) {
-	for _, tc := range []struct {
-		in   map[string]string
-		want string
-	}{
-		{map[string]string{"dbname": "host=127.0.0.2 port=1 dbname=postgres"}, `dbname='host=127.0.0.2 port=1 dbname=postgres'`},
-		{map[string]string{"dbname": `it's \ odd`}, `dbname='it\'s \\ odd'`},
-		{map[string]string{"dbname": "postgresql://evil/x"}, `dbname='postgresql://evil/x'`},
-		{map[string]string{"user": "u", "dbname": "d"}, `dbname='d' user='u'`},
-	} {
-		t.Run(tc.want, func(t *testing.T) {
-			got := conninfo(tc.in)
-			if got != tc.want {
-				t.Fatalf("conninfo(%v) = %s, want %s", tc.in, got, tc.want)
-			}
-			// Read back with libpq's grammar (the agent's parser, and
-			// pgx's for the database name): the same parameters.
-			back, err := parseConnString(got)
-			if err != nil || fmt.Sprint(back) != fmt.Sprint(tc.in) {
-				t.Fatalf("%s parses back as %v (%v), want %v", got, back, err, tc.in)
-			}
-			cc, err := pgx.ParseConfig(got)
-			if err != nil || cc.Database != tc.in["dbname"] {
-				t.Fatalf("pgx reads %s as database %q (%v), want %q", got, cc.Database, err, tc.in["dbname"])
-			}
-		})
 	}
 }
 
@@ -267,20 +215,20 @@ func TestSourceVerifyFull(t *testing.T) {
 
 	p := clonetest.NewPool(t)
 	log := &logtest.Buffer{}
-	r := newRetriever(t, p, config.Source{Host: "127.0.0.1", Port: port, Username: "postgres", PasswordEnv: "THINLAB_TEST_SOURCE_PW", SSLRootCert: caFile}, []string{"app"}, log)
-	res, err := r.Refresh(t.Context())
+	j := newTestJob(t, config.Source{Host: "127.0.0.1", Port: port, Username: "postgres", PasswordEnv: "THINLAB_TEST_SOURCE_PW", SSLRootCert: caFile}, []string{"app"}, log)
+	_, snap, err := fill(t, j, p)
 	if err != nil {
 		t.Fatalf("refresh with sslRootCert (verify-full) against a server with a certificate from that CA: %v", err)
 	}
-	if got := query(t, p, res.Snapshot.ID, "app", "SELECT answer::text FROM t"); got != "42" {
+	if got := retrievaltest.Query(t, p, snap.ID, "app", "SELECT answer::text FROM t"); got != "42" {
 		t.Fatalf("copied answer = %q, want 42", got)
 	}
 	if strings.Contains(log.String(), "insecure") {
 		t.Fatal("a verify-full source is logged as insecure")
 	}
 
-	r2 := newRetriever(t, p, config.Source{Host: "127.0.0.1", Port: port, Username: "postgres", PasswordEnv: "THINLAB_TEST_SOURCE_PW", SSLRootCert: otherFile}, []string{"app"}, log)
-	if _, err := r2.Refresh(t.Context()); err == nil || !strings.Contains(err.Error(), "certificate") {
+	j2 := newTestJob(t, config.Source{Host: "127.0.0.1", Port: port, Username: "postgres", PasswordEnv: "THINLAB_TEST_SOURCE_PW", SSLRootCert: otherFile}, []string{"app"}, log)
+	if _, _, err := fill(t, j2, p); err == nil || !strings.Contains(err.Error(), "certificate") {
 		t.Fatalf("refresh against a server whose certificate another CA signed: err = %v, want a certificate verification error", err)
 	}
 }

@@ -1,0 +1,103 @@
+package config
+
+import (
+	"strings"
+	"testing"
+)
+
+// TestLogicalExtraOptionsRefuseRedirection: extra pg_dump/pg_restore
+// options that would choose the connection, the output or the format are
+// refused with an error naming the key and the option; harmless ones pass.
+func TestLogicalExtraOptionsRefuseRedirection(t *testing.T) {
+	base := "server: {verificationToken: 0123456789abcdef0123456789abcdef}\npools: [{name: p, mode: btrfs, path: /p}]\nretrieval:\n  mode: logical\n  source: {connStr: 'host=x'}\n  logical:\n"
+	for _, tc := range []struct {
+		name, yaml string
+		want       string // "" = valid
+	}{
+		{"harmless dump options", "    dumpOptions: ['--no-comments', '-Z0', '--exclude-table-data=audit_*', '-tpublic.users', '-v']\n", ""},
+		{"harmless restore options", "    restoreOptions: ['--no-comments', '--disable-triggers', '-v', '-e']\n", ""},
+		{"dump -f", "    dumpOptions: ['-f', '/tmp/x']\n", `retrieval.logical.dumpOptions[0] "-f" sets the output file`},
+		{"dump -f joined", "    dumpOptions: ['-f/tmp/x']\n", `retrieval.logical.dumpOptions[0] "-f/tmp/x" sets the output file`},
+		{"dump --file", "    dumpOptions: ['--no-comments', '--file=/tmp/x']\n", `retrieval.logical.dumpOptions[1] "--file=/tmp/x" sets the output file`},
+		{"dump --fil abbreviation", "    dumpOptions: ['--fil=/tmp/x']\n", `dumpOptions[0] "--fil=/tmp/x" sets the output file (--file)`},
+		{"dump -h", "    dumpOptions: ['-hevil']\n", `dumpOptions[0] "-hevil" sets the connection`},
+		{"dump bundled -vd", "    dumpOptions: ['-vdpostgres']\n", `dumpOptions[0] "-vdpostgres" sets the connection (-d)`},
+		{"dump --dbname", "    dumpOptions: ['--dbname=host=evil']\n", `dumpOptions[0] "--dbname=host=evil" sets the connection`},
+		{"dump -p", "    dumpOptions: ['-p5433']\n", `dumpOptions[0] "-p5433" sets the connection`},
+		{"dump --port", "    dumpOptions: ['--port=1']\n", `sets the connection (--port)`},
+		{"dump bare value", "    dumpOptions: ['--table', 'users']\n", `dumpOptions[1] "users" is not an option`},
+		{"dump valued short alone", "    dumpOptions: ['-t']\n", `dumpOptions[0] "-t" takes a value`},
+		{"dump --format", "    dumpOptions: ['--format=p']\n", `sets the format`},
+		{"dump --jobs", "    dumpOptions: ['-j4']\n", `sets the jobs`},
+		{"restore -f", "    restoreOptions: ['-f-']\n", `retrieval.logical.restoreOptions[0] "-f-" sets the output file`},
+		{"restore --list", "    restoreOptions: ['--list']\n", `restoreOptions[0] "--list" sets the output (list instead of restore)`},
+		{"restore -d", "    restoreOptions: ['-dpostgres']\n", `restoreOptions[0] "-dpostgres" sets the connection`},
+		{"restore --host", "    restoreOptions: ['--host=/tmp']\n", `restoreOptions[0] "--host=/tmp" sets the connection`},
+		{"bad format", "    format: tar\n", `retrieval.logical.format "tar"`},
+		{"empty table pattern", "    includeTables: ['']\n", `retrieval.logical.includeTables[0] "" is not a pattern`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Parse([]byte(base+tc.yaml), "agent.yaml")
+			switch {
+			case tc.want == "" && err != nil:
+				t.Fatalf("valid options refused: %v", err)
+			case tc.want != "" && err == nil:
+				t.Fatalf("accepted, want an error containing %q", tc.want)
+			case tc.want != "" && !strings.Contains(err.Error(), tc.want):
+				t.Fatalf("error %q does not contain %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestPreprocessValidation(t *testing.T) {
+	base := "server: {verificationToken: 0123456789abcdef0123456789abcdef}\npools: [{name: p, mode: btrfs, path: /p}]\nretrieval:\n  mode: logical\n  source: {connStr: 'host=x'}\n  preprocess:\n"
+	for yaml, want := range map[string]string{
+		"    sqlDir: rel/sql\n":          `retrieval.preprocess.sqlDir "rel/sql" must be an absolute path`,
+		"    scripts: [mask.sh]\n":       `retrieval.preprocess.scripts[0] "mask.sh" must be an absolute path`,
+		"    dbName: 'a b;'\n":           `retrieval.preprocess.dbName "a b;"`,
+		"    sqlDir: /etc/thinlab/sql\n": "",
+		"    scripts: [/usr/bin/true]\n": "",
+	} {
+		_, err := Parse([]byte(base+yaml), "agent.yaml")
+		if want == "" && err != nil || want != "" && (err == nil || !strings.Contains(err.Error(), want)) {
+			t.Errorf("%s: error %v, want %q", yaml, err, want)
+		}
+	}
+}
+
+func TestRetrievalPoolsValidation(t *testing.T) {
+	base := "server: {verificationToken: 0123456789abcdef0123456789abcdef}\npools: [{name: a, mode: btrfs, path: /a}, {name: b, mode: btrfs, path: /b}]\nretrieval:\n  mode: logical\n  source: {connStr: 'host=x'}\n"
+	for yaml, want := range map[string]string{
+		"  pools: [a, b]\n":            "",
+		"  pools: [a, b]\n  pool: a\n": `retrieval.pool "a" and retrieval.pools are both set`,
+		"  pools: [a]\n":               "retrieval.pools has one pool",
+		"  pools: [a, c]\n":            `retrieval.pools[1] "c" is not one of pools[].name`,
+		"  pools: [a, a]\n":            `retrieval.pools[1] "a" is listed twice`,
+		"  pools: [a, b]\n  busyPool: {forceAfterMinutes: -1}\n": "retrieval.busyPool",
+	} {
+		c, err := Parse([]byte(base+yaml), "agent.yaml")
+		if want == "" && err != nil || want != "" && (err == nil || !strings.Contains(err.Error(), want)) {
+			t.Errorf("%s: error %v, want %q", yaml, err, want)
+		}
+		if want == "" && err == nil && c.Retrieval.Pool != "" {
+			t.Errorf("%s: retrieval.pool defaulted to %q although pools rotate", yaml, c.Retrieval.Pool)
+		}
+	}
+}
+
+func TestSourceIAMValidation(t *testing.T) {
+	base := "server: {verificationToken: 0123456789abcdef0123456789abcdef}\npools: [{name: a, mode: btrfs, path: /a}]\nretrieval:\n  mode: logical\n  source: "
+	for yaml, want := range map[string]string{
+		"{host: db, username: u, iam: aws-rds, region: eu-west-1, sslMode: require}\n": "",
+		"{host: db, username: u, iam: aws-rds}\n":                                      "needs host, username and region",
+		"{host: db, username: u, iam: aws-rds, region: r, passwordEnv: PW}\n":          "replaces the password",
+		"{host: db, username: u, iam: aws-rds, region: r, sslMode: disable}\n":         "would send the token without TLS",
+		"{host: db, username: u, iam: gcp}\n":                                          `retrieval.source.iam "gcp"`,
+	} {
+		_, err := Parse([]byte(base+yaml), "agent.yaml")
+		if want == "" && err != nil || want != "" && (err == nil || !strings.Contains(err.Error(), want)) {
+			t.Errorf("%s: error %v, want %q", yaml, err, want)
+		}
+	}
+}
