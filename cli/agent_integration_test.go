@@ -47,6 +47,17 @@ func realPsql(t *testing.T) string {
 // real btrfs loop pool holding one snapshot per SQL list, behind httptest.
 func startAgent(t *testing.T, snapshots ...[]string) (string, storage.Pool, []storage.Snapshot) {
 	t.Helper()
+	srv, _, p, snaps := startAgentServer(t, snapshots...)
+	hs := httptest.NewServer(srv.Handler())
+	t.Cleanup(hs.Close)
+	return hs.URL, p, snaps
+}
+
+// startAgentServer builds the real agent API (agent/api over
+// clone.Manager) on a real btrfs loop pool holding one snapshot per SQL
+// list; the caller serves its handler (httptest, or the tunnel).
+func startAgentServer(t *testing.T, snapshots ...[]string) (*api.Server, *clone.Manager, storage.Pool, []storage.Snapshot) {
+	t.Helper()
 	testenv.NeedsRoot(t, "root, for loop devices, mounts and the postgres OS user")
 	realPsql(t)
 	// Not t.Context(): that ends before the cleanups below, and the
@@ -69,17 +80,17 @@ func startAgent(t *testing.T, snapshots ...[]string) (string, storage.Pool, []st
 		t.Fatal(err)
 	}
 	srv := api.New(api.Options{Config: cfg, Clones: m, Pools: []storage.Pool{p}, Logger: logger, Version: "test", InstanceID: "cli-it", StartedAt: time.Now()})
-	hs := httptest.NewServer(srv.Handler())
-	// Last in, first out: HTTP server, manager, then leftover clone
-	// processes and datasets, then (registered first) the pool.
+	// Last in, first out: the caller's HTTP server, the API, the manager,
+	// then leftover clone processes and datasets, then (registered first)
+	// the pool.
 	t.Cleanup(func() { clonetest.KillClones(p) })
 	t.Cleanup(func() {
 		if err := m.Close(); err != nil {
 			t.Errorf("close the clone manager: %v", err)
 		}
 	})
-	t.Cleanup(func() { hs.Close(); srv.Close() })
-	return hs.URL, p, snaps
+	t.Cleanup(srv.Close)
+	return srv, m, p, snaps
 }
 
 // mustRun runs the CLI and fails the test unless it exits 0.
@@ -186,6 +197,12 @@ func TestCLIAgainstRealAgent(t *testing.T) {
 	if got := psql("select current_user"); got != "alice" {
 		t.Errorf("user: %q", got)
 	}
+	// port-forward with an agent context forwards straight to the clone.
+	port, stopPF := startPortForward(t, "cli1")
+	if got := queryThroughForward(t, port, "select current_user::text"); got != "alice" {
+		t.Errorf("user through port-forward: %q", got)
+	}
+	stopPF()
 	// A wrong password fails with psql's own exit code, not 0.
 	code, _, errOut = runCLI(t, "", "connect", "cli1", "--password", "wrong-password", "--", "-XAtc", "select 1")
 	if code != 2 || !strings.Contains(errOut, "password authentication failed") {

@@ -18,6 +18,7 @@ import (
 
 	"github.com/thinlab/thinlab/cli/clientconfig"
 	"github.com/thinlab/thinlab/sdk/agentapi"
+	"github.com/thinlab/thinlab/sdk/platformapi"
 )
 
 // Exit codes of the client commands.
@@ -79,6 +80,7 @@ type clientFlags struct {
 	token   string
 	caFile  string
 	context string
+	agent   string
 }
 
 func (f *clientFlags) register(cmd *cobra.Command) {
@@ -87,6 +89,7 @@ func (f *clientFlags) register(cmd *cobra.Command) {
 	pf.StringVar(&f.token, "token", "", "agent verification token (env THINLAB_TOKEN; default: the current context's)")
 	pf.StringVar(&f.caFile, "ca-file", "", "PEM file of the CA that signed the agent's TLS certificate (env THINLAB_CA_FILE; default: the context's, else the system's roots)")
 	pf.StringVar(&f.context, "context", "", "use this context from the config file instead of the current one")
+	pf.StringVar(&f.agent, "agent", "", "with a platform context: the agent to act on, by name or ID (env "+clientconfig.EnvAgent+"; default: the context's agent)")
 }
 
 // endpoint resolves the agent URL and token by precedence flag > env >
@@ -107,6 +110,8 @@ func (f *clientFlags) endpoint() (clientconfig.Endpoint, *clientconfig.File, str
 		EnvURL:     os.Getenv(clientconfig.EnvURL),
 		EnvToken:   os.Getenv(clientconfig.EnvToken),
 		EnvCAFile:  os.Getenv(clientconfig.EnvCAFile),
+		FlagAgent:  f.agent,
+		EnvAgent:   os.Getenv(clientconfig.EnvAgent),
 		Context:    f.context,
 		File:       file,
 	})
@@ -177,6 +182,19 @@ type apiConn struct {
 	ep         clientconfig.Endpoint
 	file       *clientconfig.File
 	configPath string
+	// platform is set for a platform context: the agent is reached
+	// through the platform's engine proxy.
+	platform *platformConn
+}
+
+// passwordKey is what saved clone passwords are keyed by with the clone
+// ID: the agent's URL, or through a platform the agent's engine URL (clone
+// IDs are unique per agent only).
+func (a *apiConn) passwordKey() string {
+	if a.platform != nil {
+		return a.api.BaseURL
+	}
+	return a.ep.URL
 }
 
 // requestTimeout bounds one API request; waiting for a clone has its own
@@ -192,12 +210,21 @@ func (f *clientFlags) connect() (*apiConn, error) {
 	if err != nil {
 		return nil, usageErrorf("%v (from --ca-file, %s or the context's ca-file)", err, clientconfig.EnvCAFile)
 	}
-	return &apiConn{
+	a := &apiConn{
 		api:        &agentapi.Client{BaseURL: ep.URL, Token: ep.Token, HTTPClient: hc},
 		ep:         ep,
 		file:       file,
 		configPath: path,
-	}, nil
+	}
+	if ep.Platform {
+		if a.platform, err = resolveAgent(ep, hc); err != nil {
+			return nil, err
+		}
+		// The engine proxy forwards the agent's API unchanged and takes
+		// the personal token as a bearer token.
+		a.api = &agentapi.Client{BaseURL: a.platform.engineURL(), BearerToken: ep.Token, HTTPClient: hc}
+	}
+	return a, nil
 }
 
 // explain turns an API or transport error into what the user should read:
@@ -238,10 +265,16 @@ func (a *apiConn) explain(err error) error {
 		default:
 			msg += " (field " + d + ")"
 		}
-		if ae.StatusCode == http.StatusUnauthorized {
+		switch {
+		case ae.StatusCode == http.StatusUnauthorized && a.platform != nil:
+			msg += fmt.Sprintf("; the platform at %s refused the personal API token: pass --token, set %s, or fix the context's token", a.ep.URL, clientconfig.EnvToken)
+		case ae.StatusCode == http.StatusUnauthorized:
 			msg += fmt.Sprintf("; the agent at %s refused the token: pass --token, set %s, or fix the context's token", a.ep.URL, clientconfig.EnvToken)
 		}
 		return fmt.Errorf("%s", msg)
+	}
+	if pe, ok := errors.AsType[*platformapi.APIError](err); ok {
+		return explainPlatform(pe, a.ep)
 	}
 	var ua x509.UnknownAuthorityError
 	var hn x509.HostnameError
@@ -253,6 +286,9 @@ func (a *apiConn) explain(err error) error {
 	}
 	var ue *url.Error
 	if errors.As(err, &ue) && !errors.Is(err, context.Canceled) {
+		if a.platform != nil {
+			return fmt.Errorf("%w; is the platform reachable at %s (from %s)?", err, a.ep.URL, a.ep.URLFrom)
+		}
 		return fmt.Errorf("%w; is the agent running at %s (from %s)?", err, a.ep.URL, a.ep.URLFrom)
 	}
 	return err

@@ -43,7 +43,7 @@ func isolate(t *testing.T) string {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "thinlab", "config.yaml")
 	t.Setenv("THINLAB_CONFIG", path)
-	for _, k := range []string{"THINLAB_URL", "THINLAB_TOKEN", "THINLAB_CA_FILE", envClonePassword, envPsql} {
+	for _, k := range []string{"THINLAB_URL", "THINLAB_TOKEN", "THINLAB_CA_FILE", "THINLAB_AGENT", envClonePassword, envPsql} {
 		t.Setenv(k, "")
 	}
 	return path
@@ -300,4 +300,29 @@ func closeAtCleanup(t *testing.T, c io.Closer, what string) {
 			t.Errorf("close %s: %v", what, err)
 		}
 	})
+}
+
+func TestPlatformContextAddUsageErrors(t *testing.T) {
+	isolate(t)
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"context", "add", "x", "--url", "http://a:2345", "--platform", "https://p"}, "either --url"},
+		{[]string{"context", "add", "x", "--platform", "https://p", "--org", "acme"}, "personal API token"},
+		{[]string{"context", "add", "x", "--url", "http://a:2345", "--agent", "db1"}, "go with --platform"},
+		{[]string{"context", "add", "x", "--platform", "ftp://p", "--token", "t", "--org", "acme"}, "--platform:"},
+	} {
+		code, _, errOut := runCLI(t, "", c.args...)
+		if code != exitUsage || !strings.Contains(errOut, c.want) {
+			t.Errorf("%v: exit %d %q, want 2 naming %q", c.args, code, errOut, c.want)
+		}
+	}
+	// With --org given the platform is not asked: the context is saved
+	// as it was given.
+	mustRun(t, "context", "add", "cloud", "--platform", "https://thinlab.example.com", "--token", "thl_x", "--org", "acme", "--agent", "db1")
+	out, _ := mustRun(t, "context", "list", "-o", "json")
+	if !strings.Contains(out, `"platform": true`) || !strings.Contains(out, `"org": "acme"`) || !strings.Contains(out, `"agent": "db1"`) {
+		t.Errorf("context list -o json:\n%s", out)
+	}
 }

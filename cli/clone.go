@@ -352,7 +352,13 @@ prompt. It is saved (mode 0600) in the CLI config file so that
 			if err := printClone(cmd, output, cl); err != nil {
 				return err
 			}
-			if output == outputTable && cl.Status.Code == agentapi.StatusOK {
+			switch {
+			case output != outputTable || cl.Status.Code != agentapi.StatusOK:
+			case a.platform != nil:
+				// The host and port above are the agent's: through the
+				// platform the clone is reached over its tunnel.
+				warn(cmd, "\nConnect through the platform with: thinlab connect %s --agent %s\n(or thinlab port-forward %s --agent %s --port N for other tools)\n", cl.ID, a.platform.agent.Name, cl.ID, a.platform.agent.Name)
+			default:
 				warn(cmd, "\nConnect with: thinlab connect %s\n", cl.ID)
 			}
 			return nil
@@ -399,12 +405,12 @@ func latestSnapshotOfPool(ctx context.Context, a *apiConn, pool string) (string,
 }
 
 func (a *apiConn) savePassword(cloneID, password string) error {
-	a.file.SetClonePassword(a.ep.URL, cloneID, password)
+	a.file.SetClonePassword(a.passwordKey(), cloneID, password)
 	return clientconfig.Save(a.configPath, a.file)
 }
 
 func (a *apiConn) forgetPassword(cloneID string) error {
-	if !a.file.ForgetClonePassword(a.ep.URL, cloneID) {
+	if !a.file.ForgetClonePassword(a.passwordKey(), cloneID) {
 		return nil
 	}
 	return clientconfig.Save(a.configPath, a.file)

@@ -6,11 +6,10 @@ import (
 	"net/url"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 
 	"github.com/spf13/cobra"
-
-	"github.com/thinlab/thinlab/sdk/agentapi"
 )
 
 // envPsql overrides the psql program `thinlab connect` runs.
@@ -27,7 +26,9 @@ func newConnectCommand() *cobra.Command {
 		Use:   "connect CLONE_ID [-- PSQL_ARGS...]",
 		Short: "Open psql on a clone (host, port and user from the agent)",
 		Long: `Run psql against a clone. Host, port, user and database come from the
-agent; the password is passed in the PGPASSWORD environment variable, never
+agent. With a platform context (--agent), psql connects to a local port on
+127.0.0.1 forwarded through the platform and the agent's tunnel, so it
+works where the agent's host cannot be reached. The password is passed in the PGPASSWORD environment variable, never
 on the command line. It is taken from --password, else
 THINLAB_CLONE_PASSWORD, else the password saved by ` + "`thinlab clone create`" + `,
 else a prompt. Arguments after -- go to psql unchanged.`,
@@ -57,16 +58,27 @@ else a prompt. Arguments after -- go to psql unchanged.`,
 			if err != nil {
 				return err
 			}
-			cl, err := a.api.Clone(cmd.Context(), id)
+			cl, dial, err := cloneDialer(cmd.Context(), a, id)
 			if err != nil {
-				return a.explain(err)
+				return err
 			}
-			if cl.Status.Code != agentapi.StatusOK {
-				return fmt.Errorf("clone %s is %s, not ready for connections (%s); wait with `thinlab clone status %s`", id, cl.Status.Code, cl.Status.Message, id)
-			}
-			host := connectHost(cl.DB.Host, a.ep.URL)
-			if host == "" || cl.DB.Port == "" {
-				return fmt.Errorf("the agent reported no host or port for clone %s", id)
+			host, port := connectHost(cl.DB.Host, a.ep.URL), cl.DB.Port
+			if a.platform != nil {
+				// The laptop cannot reach the agent's host: psql talks to
+				// a local forward over the platform instead.
+				// psql's connection uses the stream opened here, which
+				// also shows a refusal before psql starts.
+				first, err := openFirst(cmd.Context(), dial)
+				if err != nil {
+					return err
+				}
+				f, err := startForward(0, dial, func(err error) { warn(cmd, "forward a connection to clone %s: %v\n", id, err) }, first)
+				if err != nil {
+					_ = first.Close()
+					return err
+				}
+				defer f.Close()
+				host, port = "127.0.0.1", strconv.Itoa(f.Port())
 			}
 			if dbName == "" {
 				dbName = cl.DB.DBName
@@ -78,7 +90,7 @@ else a prompt. Arguments after -- go to psql unchanged.`,
 				password = os.Getenv(envClonePassword)
 			}
 			if password == "" {
-				password, _ = a.file.ClonePassword(a.ep.URL, id)
+				password, _ = a.file.ClonePassword(a.passwordKey(), id)
 			}
 			if password == "" {
 				password, err = promptPassword(cmd, "Password for "+cl.DB.Username+": ", false,
@@ -91,7 +103,7 @@ else a prompt. Arguments after -- go to psql unchanged.`,
 			// containing '=' as a conninfo, so a database name (from the
 			// agent or --dbname) such as "host=evil port=1" would
 			// otherwise choose the server the password is sent to.
-			info := conninfo([][2]string{{"host", host}, {"port", cl.DB.Port}, {"user", cl.DB.Username}, {"dbname", dbName}})
+			info := conninfo([][2]string{{"host", host}, {"port", port}, {"user", cl.DB.Username}, {"dbname", dbName}})
 			argv := append([]string{"-d", info}, psqlArgs...)
 			// Not CommandContext: Ctrl-C belongs to psql (it cancels the
 			// running query); the CLI itself ignores it while psql runs.

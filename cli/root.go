@@ -44,6 +44,7 @@ func NewRootCommand() *cobra.Command {
 		newSnapshotCommand(),
 		newCloneCommand(),
 		newConnectCommand(),
+		newPortForwardCommand(),
 		newContextCommand(),
 	)
 	return root

@@ -26,6 +26,12 @@ type Context struct {
 	// CAFile is a PEM file with the CA that signed the agent's TLS
 	// certificate (empty: the system's roots).
 	CAFile string `yaml:"ca-file,omitempty"`
+	// Platform marks a platform context: URL is the platform's address,
+	// Token a personal API token, Org the organization (slug) and Agent
+	// the agent the client commands act on unless --agent names another.
+	Platform bool   `yaml:"platform,omitempty"`
+	Org      string `yaml:"org,omitempty"`
+	Agent    string `yaml:"agent,omitempty"`
 }
 
 // ClonePassword is a clone password saved by `thinlab clone create`, keyed

@@ -195,3 +195,47 @@ func TestResolveErrorsNameWhatToSet(t *testing.T) {
 		t.Errorf("bad flag URL: %v", err)
 	}
 }
+
+// A platform context carries its organization and default agent; --agent
+// beats THINLAB_AGENT beats the context's; an agent endpoint refuses
+// --agent (it names one agent already) but ignores THINLAB_AGENT, which
+// may be exported for another context.
+func TestResolveAgentThroughPlatform(t *testing.T) {
+	file := &File{}
+	file.Set(Context{Name: "cloud", URL: "https://thinlab.example.com", Token: "thl_x", Platform: true, Org: "acme", Agent: "db1"})
+	file.Set(Context{Name: "dev", URL: "http://dev:2345", Token: "agent-token"})
+
+	cases := []struct {
+		name           string
+		in             Inputs
+		agent, from    string
+		platform, fail bool
+	}{
+		{"context default", Inputs{File: file}, "db1", `context "cloud"`, true, false},
+		{"env beats context", Inputs{File: file, EnvAgent: "db2"}, "db2", EnvAgent, true, false},
+		{"flag beats env", Inputs{File: file, EnvAgent: "db2", FlagAgent: "db3"}, "db3", "--agent", true, false},
+		{"agent context ignores env", Inputs{File: file, Context: "dev", EnvAgent: "db2"}, "", "", false, false},
+		{"agent context refuses flag", Inputs{File: file, Context: "dev", FlagAgent: "db2"}, "", "", false, true},
+		{"--url leaves the platform context", Inputs{File: file, FlagURL: "http://agent:2345", FlagAgent: "db2"}, "", "", false, true},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			ep, err := Resolve(c.in)
+			if c.fail {
+				if err == nil || !strings.Contains(err.Error(), "--agent") || !strings.Contains(err.Error(), "--platform") {
+					t.Fatalf("want an error naming --agent and --platform, got %v", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if ep.Agent != c.agent || ep.AgentFrom != c.from || ep.Platform != c.platform {
+				t.Errorf("got %+v, want agent=%s from=%s platform=%v", ep, c.agent, c.from, c.platform)
+			}
+			if c.platform && ep.Org != "acme" {
+				t.Errorf("org %q, want acme", ep.Org)
+			}
+		})
+	}
+}

@@ -13,6 +13,8 @@ const (
 	// EnvCAFile names a PEM file with the CA that signed the agent's
 	// certificate (for an https:// URL).
 	EnvCAFile = "THINLAB_CA_FILE"
+	// EnvAgent names the agent to act on through a platform context.
+	EnvAgent = "THINLAB_AGENT"
 )
 
 // Inputs are everything that can name the agent, gathered by the caller so
@@ -20,6 +22,8 @@ const (
 type Inputs struct {
 	FlagURL, FlagToken, FlagCAFile string
 	EnvURL, EnvToken, EnvCAFile    string
+	// FlagAgent and EnvAgent name the agent behind a platform context.
+	FlagAgent, EnvAgent string
 	// Context is the --context flag; empty means the file's current context.
 	Context string
 	File    *File
@@ -37,6 +41,14 @@ type Endpoint struct {
 	// CAFile is the PEM file of the CA to verify the agent's certificate
 	// with ("" means the system's roots).
 	CAFile string
+	// Platform is set when URL is a platform (from a platform context):
+	// the commands reach Agent (a name or ID, "" when none was given) in
+	// organization Org through it, with Token as a personal API token.
+	Platform bool
+	Org      string
+	Agent    string
+	// AgentFrom says where Agent came from, for error messages.
+	AgentFrom string
 }
 
 // Resolve picks the URL and token, each by precedence flag > environment >
@@ -84,6 +96,20 @@ func Resolve(in Inputs) (Endpoint, error) {
 	}
 	if ctx != nil && sameURL(ctx.URL, ep.URL) {
 		ep.Context = ctx.Name
+		ep.Platform, ep.Org = ctx.Platform, ctx.Org
+	}
+	switch {
+	case !ep.Platform && in.FlagAgent != "":
+		// THINLAB_AGENT is ignored here: it may be exported for another
+		// context; the flag was meant for this command.
+		return Endpoint{}, fmt.Errorf("--agent works through a platform: %s is an agent's own address; add a platform context with `thinlab context add NAME --platform URL --token TOKEN`, or drop --agent", ep.URLFrom)
+	case !ep.Platform:
+	case in.FlagAgent != "":
+		ep.Agent, ep.AgentFrom = in.FlagAgent, "--agent"
+	case in.EnvAgent != "":
+		ep.Agent, ep.AgentFrom = in.EnvAgent, EnvAgent
+	case ctx.Agent != "":
+		ep.Agent, ep.AgentFrom = ctx.Agent, fmt.Sprintf("context %q", ctx.Name)
 	}
 	switch {
 	case in.FlagCAFile != "":

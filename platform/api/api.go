@@ -35,6 +35,9 @@ type API struct {
 	// Audit records enrollments, which no access chain audits (the route
 	// is public; the organization is known only from the token).
 	Audit *audit.Recorder
+	// Tunnels reaches into connected agents (clone connections); nil
+	// without a hub.
+	Tunnels Tunnels
 	// Disconnector closes revoked agents' tunnels; nil without a hub.
 	Disconnector AgentDisconnector
 	// BaseURL is the platform's address, for the enrollment command.
@@ -84,6 +87,9 @@ func Routes(a *API) []access.Route {
 		{Method: del, Path: p + "/orgs/:org/enrollment-tokens/:enrollment", Permission: rbac.AgentManage, Action: "enrollment_token.revoke", Handler: a.revokeEnrollmentToken},
 		{Method: get, Path: p + "/orgs/:org/agents", Permission: rbac.AgentRead, Handler: a.listAgents},
 		{Method: get, Path: p + "/orgs/:org/agents/:agent", Permission: rbac.AgentRead, Handler: a.getAgent},
+		// A websocket carrying one TCP stream to a clone's postgres;
+		// audited when opened and when closed.
+		{Method: get, Path: p + "/orgs/:org/agents/:agent/clones/:clone/connect", Permission: rbac.CloneConnect, Action: ActionCloneConnect, Handler: a.connectClone},
 		{Method: patch, Path: p + "/orgs/:org/agents/:agent", Permission: rbac.AgentManage, Action: "agent.rename", Handler: a.renameAgent},
 		{Method: del, Path: p + "/orgs/:org/agents/:agent", Permission: rbac.AgentManage, Action: "agent.revoke", Handler: a.revokeAgent},
 		// Agents enroll with the enrollment token in the body; the

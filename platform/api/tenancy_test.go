@@ -113,6 +113,7 @@ func (tt *tenants) fillB(path, org string) string {
 		":token", tt.tokenIDB,
 		":agent", tt.agentB,
 		":enrollment", tt.enrollmentB,
+		":clone", "b-clone",
 	).Replace(path)
 }
 
@@ -123,7 +124,7 @@ func (tt *tenants) fillA(t *testing.T, path string) string {
 	t.Helper()
 	ctx := t.Context()
 	n := tt.seq.Add(1)
-	r := []string{":org", tt.a.Slug}
+	r := []string{":org", tt.a.Slug, ":clone", "a-clone"}
 	if strings.Contains(path, ":user") {
 		m := tt.env.Member(tt.a, fmt.Sprintf("m%d@a.example", n), rbac.Member)
 		r = append(r, ":user", m.ID)
@@ -306,6 +307,10 @@ var ownStatus = map[string]status{
 	"POST /o/:org/tokens":                              {http.StatusOK, http.StatusForbidden},
 	"POST /o/:org/tokens/:token/revoke":                {http.StatusSeeOther, http.StatusSeeOther},
 	"GET /o/:org/audit":                                {http.StatusOK, http.StatusOK},
+	// Clone connections: a plain GET, not a websocket, is refused after
+	// authorization and before any agent is asked (the websocket itself,
+	// through a real tunnel: TestCLIThroughPlatform in cli).
+	"GET /api/v1/orgs/:org/agents/:agent/clones/:clone/connect": {http.StatusBadRequest, http.StatusBadRequest},
 	// Agents and enrollment tokens; API tokens may create enrollment
 	// tokens (Terraform provisions agents).
 	"GET /api/v1/orgs/:org/enrollment-tokens":                {http.StatusOK, http.StatusOK},

@@ -77,6 +77,7 @@ const (
 	keyTarget = "thinlab.audit.target"
 	keyOrg    = "thinlab.audit.org"
 	keyError  = "thinlab.audit.error"
+	keyAction = "thinlab.audit.action"
 )
 
 // MaskEmail is how an invitation's address goes into the audit log: the
@@ -103,6 +104,11 @@ func SetTarget(c *gin.Context, target string) { c.Set(keyTarget, target) }
 // acceptance) or overrides it.
 func SetOrg(c *gin.Context, orgID string) { c.Set(keyOrg, orgID) }
 
+// SetAction renames the event Middleware records at the end of the
+// request. A long-lived connection (a websocket) records its opening
+// itself and leaves its end to the middleware under another name.
+func SetAction(c *gin.Context, action string) { c.Set(keyAction, action) }
+
 // SetError records the failure message sent to the caller.
 func SetError(c *gin.Context, message string) { c.Set(keyError, message) }
 
@@ -114,6 +120,9 @@ func (r *Recorder) Middleware(action string, orgOf func(*gin.Context) string) gi
 	return func(c *gin.Context) {
 		c.Next()
 		ev := Event{Action: action, OrgID: c.GetString(keyOrg), Target: c.GetString(keyTarget)}
+		if a := c.GetString(keyAction); a != "" {
+			ev.Action = a
+		}
 		if ev.OrgID == "" {
 			ev.OrgID = orgOf(c)
 		}

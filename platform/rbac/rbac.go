@@ -27,11 +27,14 @@ type Permission string
 
 // The permissions.
 const (
-	CloneRead      Permission = "clone:read"
-	CloneCreate    Permission = "clone:create"
-	CloneUpdate    Permission = "clone:update" // reset, protect/unprotect
-	CloneDelete    Permission = "clone:delete"
-	SnapshotRead   Permission = "snapshot:read"
+	CloneRead    Permission = "clone:read"
+	CloneCreate  Permission = "clone:create"
+	CloneUpdate  Permission = "clone:update" // reset, protect/unprotect
+	CloneDelete  Permission = "clone:delete"
+	SnapshotRead Permission = "snapshot:read"
+	// CloneConnect opens a TCP stream to a clone's postgres through the
+	// agent's tunnel (`thinlab connect`, `thinlab port-forward`).
+	CloneConnect   Permission = "clone:connect"
 	SnapshotCreate Permission = "snapshot:create"
 	SnapshotUpdate Permission = "snapshot:update" // protect/unprotect, deleteAt
 	SnapshotDelete Permission = "snapshot:delete"
@@ -49,7 +52,7 @@ const (
 
 // Permissions lists every permission.
 var Permissions = []Permission{
-	CloneRead, CloneCreate, CloneUpdate, CloneDelete,
+	CloneRead, CloneCreate, CloneUpdate, CloneDelete, CloneConnect,
 	SnapshotRead, SnapshotCreate, SnapshotUpdate, SnapshotDelete,
 	AgentManage, AgentRead, AgentRefresh, MemberManage, MemberRead,
 	TokenManage, BillingManage, AuditRead, OrgManage,
@@ -59,7 +62,7 @@ var Permissions = []Permission{
 var grants = map[Role][]Permission{
 	Owner: Permissions,
 	Admin: {
-		CloneRead, CloneCreate, CloneUpdate, CloneDelete,
+		CloneRead, CloneCreate, CloneUpdate, CloneDelete, CloneConnect,
 		SnapshotRead, SnapshotCreate, SnapshotUpdate, SnapshotDelete,
 		AgentManage, AgentRead, AgentRefresh, MemberManage, MemberRead,
 		TokenManage, AuditRead,
@@ -68,7 +71,7 @@ var grants = map[Role][]Permission{
 	// shared within the organization) and take snapshots; deleting or
 	// protecting snapshots and refreshing data are for admins.
 	Member: {
-		CloneRead, CloneCreate, CloneUpdate, CloneDelete,
+		CloneRead, CloneCreate, CloneUpdate, CloneDelete, CloneConnect,
 		SnapshotRead, SnapshotCreate,
 		AgentRead, MemberRead, TokenManage,
 	},

@@ -13,6 +13,7 @@ func TestMatrix(t *testing.T) {
 		CloneUpdate:    {Owner: y, Admin: y, Member: y, Viewer: n},
 		CloneDelete:    {Owner: y, Admin: y, Member: y, Viewer: n},
 		SnapshotRead:   {Owner: y, Admin: y, Member: y, Viewer: y},
+		CloneConnect:   {Owner: y, Admin: y, Member: y, Viewer: n},
 		SnapshotCreate: {Owner: y, Admin: y, Member: y, Viewer: n},
 		SnapshotUpdate: {Owner: y, Admin: y, Member: n, Viewer: n},
 		SnapshotDelete: {Owner: y, Admin: y, Member: n, Viewer: n},

@@ -45,6 +45,10 @@ type Options struct {
 	// tunnel hub); nil when no hub runs, then revocation only stops the
 	// credential from working for the next connection.
 	AgentDisconnector api.AgentDisconnector
+	// Tunnels reaches into connected agents (the tunnel hub): clone
+	// connections (`thinlab connect`). Nil when no hub runs here: those
+	// routes answer 503.
+	Tunnels api.Tunnels
 }
 
 // Server is one platform replica.
@@ -136,8 +140,14 @@ func New(ctx context.Context, cfg Config, opts Options) (_ *Server, err error) {
 		disconnect = append(disconnect, opts.AgentDisconnector)
 	}
 	// The whole route table, in one place.
+	// Clone connections go through this replica's hub (tests may bring
+	// their own).
+	var tunnels api.Tunnels = s.hub
+	if opts.Tunnels != nil {
+		tunnels = opts.Tunnels
+	}
 	routes := []access.Route{{Method: http.MethodGet, Path: "/healthz", Public: true, Handler: s.healthz}, s.tunnelRoute(), s.relayRoute()}
-	routes = append(routes, api.Routes(&api.API{Store: s.store, Logger: logger, Audit: s.audit, Disconnector: disconnect, Agents: s.hub, ReplicaID: s.replicaID, BaseURL: signIn.BaseURL()})...)
+	routes = append(routes, api.Routes(&api.API{Store: s.store, Logger: logger, Audit: s.audit, Disconnector: disconnect, Agents: s.hub, ReplicaID: s.replicaID, BaseURL: signIn.BaseURL(), Tunnels: tunnels})...)
 	wb := web.New(signIn, s.store, logger, disconnect)
 	wb.Agents = s.hub
 	routes = append(routes, wb.Routes()...)

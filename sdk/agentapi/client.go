@@ -21,9 +21,13 @@ import (
 // http.DefaultClient. BaseURL may carry a path prefix (e.g.
 // "https://host/api"); IDs go into paths unescaped, as DLE expects.
 type Client struct {
-	BaseURL    string
-	Token      string
-	HTTPClient *http.Client
+	BaseURL string
+	Token   string
+	// BearerToken, when set, is sent as Authorization: Bearer: the
+	// platform's engine proxy (BaseURL .../agents/{id}/engine) takes the
+	// caller's personal API token, not the agent's verification token.
+	BearerToken string
+	HTTPClient  *http.Client
 	// PollInterval is how often WaitClone and WaitCloneDestroyed poll
 	// (250ms when zero).
 	PollInterval time.Duration
@@ -155,6 +159,9 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 	if c.Token != "" {
 		req.Header.Set(VerificationTokenHeader, c.Token)
 	}
+	if c.BearerToken != "" {
+		req.Header.Set("Authorization", "Bearer "+c.BearerToken)
+	}
 	resp, err := c.httpClient().Do(req)
 	if err != nil {
 		return fmt.Errorf("agent API %s %s: %w", method, path, err)
@@ -182,6 +189,15 @@ func decodeError(status int, raw []byte) error {
 	var b ErrorBody
 	if err := json.Unmarshal(raw, &b); err == nil && (b.Code != "" || b.Message != "") {
 		e.Code, e.Message, e.Detail = b.Code, b.Message, b.Detail
+		return e
+	}
+	// The platform's engine proxy answers its own refusals (no such
+	// agent, missing permission) in the platform's shape.
+	var pb struct {
+		Error struct{ Code, Message, Field string } `json:"error"`
+	}
+	if err := json.Unmarshal(raw, &pb); err == nil && pb.Error.Message != "" {
+		e.Code, e.Message, e.Detail = pb.Error.Code, pb.Error.Message, pb.Error.Field
 		return e
 	}
 	e.Message = strings.TrimSpace(string(raw))
