@@ -175,6 +175,12 @@ func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "the tunnel is a websocket: use GET with Upgrade", http.StatusMethodNotAllowed)
 		return
 	}
+	if h.isClosed() {
+		// Before any handshake: a closing replica spends nothing on the
+		// agents its Close just let go.
+		http.Error(w, "this platform replica is shutting down: connect again", http.StatusServiceUnavailable)
+		return
+	}
 	if h.opt.RequireTLS && r.TLS == nil {
 		h.log.Warn("tunnel: refused a connection without TLS", "remote", r.RemoteAddr)
 		http.Error(w, "the agent tunnel requires TLS: use an https platform URL", http.StatusForbidden)
@@ -401,6 +407,12 @@ func (h *Hub) serveEvents(ctx context.Context, s *session, st *yamux.Stream) {
 	}
 }
 
+func (h *Hub) isClosed() bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.closed
+}
+
 func (h *Hub) get(agentID string) (*session, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -516,7 +528,10 @@ func (h *Hub) Connected(agentID string) (since, lastHeartbeat time.Time, ok bool
 }
 
 // Close ends every session and refuses new ones (the replica is going
-// away; its agents reconnect to another).
+// away; its agents reconnect to another): agents that connect from now
+// on get a 503, since an http.Server's Close or Shutdown does not close
+// hijacked connections and a session taken after Close would outlive the
+// replica.
 func (h *Hub) Close() {
 	h.mu.Lock()
 	h.closed = true
