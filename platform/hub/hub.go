@@ -310,15 +310,16 @@ func (h *Hub) serve(ctx context.Context, id AgentIdentity, conn net.Conn) {
 	go h.acceptStreams(ctx, s)
 
 	<-mux.CloseChan()
-	close(s.done)
-	s.transport.CloseIdleConnections()
-
 	h.mu.Lock()
 	replaced := h.sessions[id.AgentID] != s
 	if !replaced {
 		delete(h.sessions, id.AgentID)
 	}
 	h.mu.Unlock()
+	// Only now: Disconnect and Close return on done, and their callers
+	// must no longer see the agent connected here.
+	close(s.done)
+	s.transport.CloseIdleConnections()
 	if !replaced {
 		log.Info("tunnel: agent disconnected")
 		if h.opt.OnDisconnect != nil {
