@@ -154,6 +154,58 @@ type session struct {
 	eventsOpen    bool // one events stream per session
 
 	done chan struct{} // closed when the session has ended
+
+	// read are the streams someone may be blocked reading: control and
+	// events for the session's life, API and TCP streams until closed
+	// (see close).
+	read map[net.Conn]struct{}
+}
+
+// close ends the session. Reads blocked on its streams are made to
+// return first: with yamux v0.1.2 a Read waiting on a stream of a
+// session that is being closed here spins (the closed shutdown channel
+// is always ready, and the stream's state changes only after the
+// receive loop has ended; hashicorp/yamux#127, #176), burning a whole
+// time slice per reader. Closing 1,000 sessions at once took the hub
+// 10-20 s of CPU that way (BenchmarkFleet); an expired read deadline
+// makes those reads return at once.
+func (s *session) close() {
+	s.mu.Lock()
+	for c := range s.read {
+		_ = c.SetReadDeadline(time.Unix(1, 0))
+	}
+	s.mu.Unlock()
+	_ = s.mux.Close()
+}
+
+// readAll registers c as read until the session ends.
+func (s *session) readAll(c net.Conn) {
+	s.mu.Lock()
+	s.read[c] = struct{}{}
+	s.mu.Unlock()
+}
+
+// readUntilClosed registers st as read until its Close (or the session's
+// end) and returns it with that Close.
+func (s *session) readUntilClosed(st net.Conn) net.Conn {
+	s.readAll(st)
+	return &openedStream{Conn: st, s: s}
+}
+
+// openedStream is a stream the hub opened, handed to callers.
+type openedStream struct {
+	net.Conn
+	s    *session
+	once sync.Once
+}
+
+func (o *openedStream) Close() error {
+	o.once.Do(func() {
+		o.s.mu.Lock()
+		delete(o.s.read, o.Conn)
+		o.s.mu.Unlock()
+	})
+	return o.Conn.Close()
 }
 
 func (s *session) heartbeat() time.Time {
@@ -173,6 +225,12 @@ func (s *session) beat(t time.Time) {
 func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.Method != http.MethodGet {
 		http.Error(w, "the tunnel is a websocket: use GET with Upgrade", http.StatusMethodNotAllowed)
+		return
+	}
+	if h.isClosed() {
+		// Before any handshake: a closing replica spends nothing on the
+		// agents its Close just let go.
+		http.Error(w, "this platform replica is shutting down: connect again", http.StatusServiceUnavailable)
 		return
 	}
 	if h.opt.RequireTLS && r.TLS == nil {
@@ -220,7 +278,7 @@ func (h *Hub) serve(ctx context.Context, id AgentIdentity, conn net.Conn) {
 		log.Warn("tunnel: handshake failed", "err", err)
 		return
 	}
-	s := &session{id: id, mux: mux, since: time.Now(), done: make(chan struct{})}
+	s := &session{id: id, mux: mux, since: time.Now(), done: make(chan struct{}), read: map[net.Conn]struct{}{ctrl: {}}}
 	s.lastHeartbeat = s.since
 	s.transport = h.newTransport(s)
 	h.mu.Lock()
@@ -234,7 +292,7 @@ func (h *Hub) serve(ctx context.Context, id AgentIdentity, conn net.Conn) {
 	h.mu.Unlock()
 	if old != nil {
 		log.Info("tunnel: a newer connection replaces the agent's previous one")
-		_ = old.mux.Close()
+		old.close()
 	}
 	if h.opt.OnConnect != nil {
 		h.opt.OnConnect(ctx, id, hello.Facts)
@@ -252,15 +310,16 @@ func (h *Hub) serve(ctx context.Context, id AgentIdentity, conn net.Conn) {
 	go h.acceptStreams(ctx, s)
 
 	<-mux.CloseChan()
-	close(s.done)
-	s.transport.CloseIdleConnections()
-
 	h.mu.Lock()
 	replaced := h.sessions[id.AgentID] != s
 	if !replaced {
 		delete(h.sessions, id.AgentID)
 	}
 	h.mu.Unlock()
+	// Only now: Disconnect and Close return on done, and their callers
+	// must no longer see the agent connected here.
+	close(s.done)
+	s.transport.CloseIdleConnections()
 	if !replaced {
 		log.Info("tunnel: agent disconnected")
 		if h.opt.OnDisconnect != nil {
@@ -309,7 +368,7 @@ func (h *Hub) heartbeat(s *session) {
 		}
 		if _, err := s.mux.Ping(); err != nil {
 			h.log.Warn("tunnel: agent stopped answering heartbeats", "agent", s.id.AgentID, "err", err)
-			_ = s.mux.Close()
+			s.close()
 			return
 		}
 		now := time.Now()
@@ -370,6 +429,7 @@ func (h *Hub) serveStream(ctx context.Context, s *session, st *yamux.Stream) {
 	if err := tunnel.Accept(st); err != nil {
 		return
 	}
+	s.readAll(st)
 	h.serveEvents(ctx, s, st)
 }
 
@@ -401,6 +461,12 @@ func (h *Hub) serveEvents(ctx context.Context, s *session, st *yamux.Stream) {
 	}
 }
 
+func (h *Hub) isClosed() bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.closed
+}
+
 func (h *Hub) get(agentID string) (*session, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -428,7 +494,7 @@ func (s *session) open(ctx context.Context, h tunnel.StreamHeader) (net.Conn, er
 		return nil, err
 	}
 	_ = st.SetDeadline(time.Time{})
-	return st, nil
+	return s.readUntilClosed(st), nil
 }
 
 // DialClone opens a TCP stream to port on the agent's host; the agent
@@ -503,7 +569,7 @@ func (h *Hub) Disconnect(agentID string) {
 		h.disconnectRemote(agentID)
 		return
 	}
-	_ = s.mux.Close()
+	s.close()
 	<-s.done
 }
 
@@ -518,7 +584,10 @@ func (h *Hub) Connected(agentID string) (since, lastHeartbeat time.Time, ok bool
 }
 
 // Close ends every session and refuses new ones (the replica is going
-// away; its agents reconnect to another).
+// away; its agents reconnect to another): agents that connect from now
+// on get a 503, since an http.Server's Close or Shutdown does not close
+// hijacked connections and a session taken after Close would outlive the
+// replica.
 func (h *Hub) Close() {
 	h.mu.Lock()
 	h.closed = true
@@ -527,8 +596,13 @@ func (h *Hub) Close() {
 		all = append(all, s)
 	}
 	h.mu.Unlock()
+	// All at once, so that no session waits for the end of the others.
+	var wg sync.WaitGroup
 	for _, s := range all {
-		_ = s.mux.Close()
-		<-s.done
+		wg.Go(func() {
+			s.close()
+			<-s.done
+		})
 	}
+	wg.Wait()
 }

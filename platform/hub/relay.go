@@ -46,7 +46,7 @@ const (
 // relaySignature is HMAC-SHA256 over the request's parameters.
 func relaySignature(secret []byte, agentID string, h tunnel.StreamHeader, ts int64) string {
 	m := hmac.New(sha256.New, secret)
-	fmt.Fprintf(m, "thinlab-relay-v1\n%s\n%s\n%d\n%d", agentID, h.Kind, h.Port, ts)
+	_, _ = fmt.Fprintf(m, "thinlab-relay-v1\n%s\n%s\n%d\n%d", agentID, h.Kind, h.Port, ts)
 	return hex.EncodeToString(m.Sum(nil))
 }
 
@@ -207,8 +207,7 @@ func (h *Hub) serveRelay(w http.ResponseWriter, r *http.Request) {
 	st, err := s.open(ctx, hdr)
 	cancel()
 	if err != nil {
-		var refused *tunnel.RefusedError
-		if errors.As(err, &refused) {
+		if refused, ok := errors.AsType[*tunnel.RefusedError](err); ok {
 			http.Error(w, refused.Reason, http.StatusForbidden)
 			return
 		}
