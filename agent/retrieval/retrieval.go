@@ -140,6 +140,11 @@ func New(opt Options) (*Retriever, error) {
 			return nil, err
 		}
 	}
+	// A mode that emits events of its own (physical: scheduled snapshot
+	// cycles, standby lag) gets the bus.
+	if es, ok := r.job.(interface{ SetEvents(*events.Bus) }); ok {
+		es.SetEvents(r.events)
+	}
 	r.status.Mode = r.job.Mode()
 	u, err := pgcluster.LookupUser(opt.Config.Provision.OSUser)
 	if err != nil {

@@ -6,6 +6,11 @@ import (
 	"fmt"
 )
 
+// LabelTransient marks a snapshot that exists only during one operation
+// (physical retrieval's temporary snapshot of the running standby, which
+// the operation itself removes): retention neither counts nor deletes it.
+const LabelTransient = "thinlab.transient"
+
 // Retain deletes the oldest snapshots of p so that at most keep remain. It
 // never deletes a snapshot that a clone depends on, nor one for which
 // keepAlso (when not nil) reports true, e.g. a protected one: those count
@@ -15,9 +20,15 @@ func Retain(ctx context.Context, p Pool, keep int, keepAlso func(Snapshot) bool)
 	if keep < 1 {
 		return nil, fmt.Errorf("retention: keep must be at least 1, got %d", keep)
 	}
-	snaps, err := p.Snapshots(ctx) // newest first
+	all, err := p.Snapshots(ctx) // newest first
 	if err != nil {
 		return nil, err
+	}
+	snaps := make([]Snapshot, 0, len(all))
+	for _, s := range all {
+		if s.Labels[LabelTransient] == "" {
+			snaps = append(snaps, s)
+		}
 	}
 	var deleted []string
 	remaining := len(snaps)

@@ -103,7 +103,7 @@ func (r *Retriever) promotedSnapshot(ctx context.Context, latest time.Time) (sto
 	if at, err := r.standbyReplayTime(ctx); err == nil && !at.IsZero() && !at.Truncate(time.Second).After(latest) {
 		return storage.Snapshot{}, ErrNoNewData
 	}
-	tmp, err := r.pool.Snapshot(ctx, storage.SnapshotOptions{DataStateAt: tempStateAt, Message: messageTemp, Labels: map[string]string{LabelKind: kindTemp}})
+	tmp, err := r.pool.Snapshot(ctx, storage.SnapshotOptions{DataStateAt: tempStateAt, Message: messageTemp, Labels: map[string]string{LabelKind: kindTemp, storage.LabelTransient: "true"}})
 	if err != nil {
 		return storage.Snapshot{}, fmt.Errorf("snapshot the standby's state: %w", err)
 	}

@@ -3,10 +3,12 @@ package physical
 import (
 	"errors"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/thinlab/thinlab/agent/config"
+	"github.com/thinlab/thinlab/agent/events"
 	"github.com/thinlab/thinlab/internal/pgcluster"
 )
 
@@ -30,6 +32,17 @@ func TestSourceGoesAway(t *testing.T) {
 		t.Fatalf("status %+v before the source went away: want no alerts and a reachable source", st)
 	}
 
+	var mu sync.Mutex
+	var lagEvents int
+	bus := events.NewBus()
+	bus.Subscribe(func(e events.Event) {
+		if e.Kind == events.LagHigh {
+			mu.Lock()
+			lagEvents++
+			mu.Unlock()
+		}
+	})
+	h.r.events = bus
 	if err := h.src.Cluster.Stop(t.Context(), "immediate"); err != nil {
 		t.Fatal(err)
 	}
@@ -38,6 +51,14 @@ func TestSourceGoesAway(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if _, err := h.r.CheckLag(t.Context()); err != nil { // a second check: no second event
+		t.Fatal(err)
+	}
+	mu.Lock()
+	if lagEvents != 1 {
+		t.Errorf("%d %s events after two checks above the limit, want 1", lagEvents, events.LagHigh)
+	}
+	mu.Unlock()
 	st := h.r.Status()
 	if !st.StandbyRunning {
 		t.Error("the standby stopped when the source went away")

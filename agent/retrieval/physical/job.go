@@ -9,6 +9,7 @@ import (
 	"sync"
 
 	"github.com/thinlab/thinlab/agent/config"
+	"github.com/thinlab/thinlab/agent/events"
 	"github.com/thinlab/thinlab/agent/retrieval/job"
 	"github.com/thinlab/thinlab/agent/storage"
 )
@@ -21,8 +22,9 @@ import (
 // starts the pool's continuous part: snapshot cycles on
 // retrieval.physical.snapshotSchedule and the lag check.
 type Job struct {
-	cfg config.Retrieval
-	log *slog.Logger
+	cfg    config.Retrieval
+	log    *slog.Logger
+	events *events.Bus
 
 	mu sync.Mutex
 	r  map[string]*Retriever // by pool name
@@ -39,6 +41,14 @@ func NewJob(cfg config.Retrieval, log *slog.Logger) (*Job, error) {
 		log = slog.Default()
 	}
 	return &Job{cfg: cfg, log: log, r: map[string]*Retriever{}}, nil
+}
+
+// SetEvents gives the job the agent's event bus (before any Run or
+// Recover).
+func (j *Job) SetEvents(b *events.Bus) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	j.events = b
 }
 
 // Mode implements job.Job.
@@ -61,7 +71,7 @@ func (j *Job) retriever(t job.Target) (*Retriever, error) {
 	if t.BinDir != "" {
 		root = filepath.Dir(filepath.Dir(t.BinDir))
 	}
-	r, err := New(Options{Retrieval: j.cfg, Pool: t.Pool, User: t.User, BinRoot: root, Logger: log})
+	r, err := New(Options{Retrieval: j.cfg, Pool: t.Pool, User: t.User, BinRoot: root, Logger: log, Events: j.events})
 	if err != nil {
 		return nil, err
 	}

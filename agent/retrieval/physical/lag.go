@@ -8,6 +8,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgtype"
 
+	"github.com/thinlab/thinlab/agent/events"
 	"github.com/thinlab/thinlab/agent/retrieval/pgsource"
 	"github.com/thinlab/thinlab/internal/pgcluster"
 )
@@ -25,7 +26,14 @@ func (r *Retriever) CheckLag(ctx context.Context) (Lag, error) {
 	r.status.Lag = lag
 	r.mu.Unlock()
 	if limit := float64(r.cfg.LagAlert()); lag.Seconds >= limit {
-		r.alert(AlertLagHigh, "warning", fmt.Errorf("the standby is %.0f s (%d bytes) behind the source (limit retrieval.physical.lagAlertSeconds = %.0f s)", lag.Seconds, lag.Bytes, limit))
+		err := fmt.Errorf("the standby is %.0f s (%d bytes) behind the source (limit retrieval.physical.lagAlertSeconds = %.0f s)", lag.Seconds, lag.Bytes, limit)
+		r.mu.Lock()
+		_, raised := r.status.Alerts[AlertLagHigh]
+		r.mu.Unlock()
+		r.alert(AlertLagHigh, "warning", err)
+		if !raised { // once per episode, not every check
+			r.events.Emit(events.Event{Kind: events.LagHigh, Severity: events.Warning, Pool: r.pool.Name(), Message: err.Error()})
+		}
 	} else {
 		r.clearAlert(AlertLagHigh)
 	}

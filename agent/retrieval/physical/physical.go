@@ -37,6 +37,7 @@ import (
 	"github.com/robfig/cron/v3"
 
 	"github.com/thinlab/thinlab/agent/config"
+	"github.com/thinlab/thinlab/agent/events"
 	"github.com/thinlab/thinlab/agent/retrieval/pgsource"
 	"github.com/thinlab/thinlab/agent/storage"
 	"github.com/thinlab/thinlab/internal/pgcluster"
@@ -158,6 +159,9 @@ type Options struct {
 	Pool      storage.Pool
 	Logger    *slog.Logger
 	Retention Retention
+	// Events receives snapshot.created for scheduled cycles and
+	// replication.lag_high; nil drops them.
+	Events *events.Bus
 	// PrivateDir holds the tools' environment and the source's password
 	// file; default /run/thinlab/physical-<hash of the pool's main
 	// dataset>-<pool> (the agent's state directory is 0700 root:
@@ -182,6 +186,7 @@ type Retriever struct {
 	sched   cron.Schedule
 	retain  Retention
 	startTO time.Duration
+	events  *events.Bus // nil drops events
 
 	mu     sync.Mutex
 	status Status
@@ -232,6 +237,7 @@ func New(opt Options) (*Retriever, error) {
 		priv:    opt.PrivateDir,
 		log:     log.With("component", "retrieval", "mode", Mode, "pool", opt.Pool.Name()),
 		retain:  opt.Retention,
+		events:  opt.Events,
 		startTO: opt.StartTimeout,
 	}
 	if r.priv == "" {
@@ -297,7 +303,12 @@ func (r *Retriever) Start(ctx context.Context) error {
 	if r.sched != nil {
 		r.cron = cron.New()
 		r.cron.Schedule(r.sched, cron.FuncJob(func() {
-			if _, err := r.SnapshotCycle(r.ctx); err != nil && !errors.Is(err, ErrNoNewData) {
+			snap, err := r.SnapshotCycle(r.ctx)
+			switch {
+			case err == nil:
+				r.events.Emit(events.Event{Kind: events.SnapshotCreated, Pool: r.pool.Name(), Snapshot: snap.ID,
+					Message: "scheduled physical snapshot cycle, data as of " + snap.DataStateAt.Format(time.RFC3339)})
+			case !errors.Is(err, ErrNoNewData):
 				r.log.Warn("scheduled snapshot cycle failed", "err", err)
 			}
 		}))

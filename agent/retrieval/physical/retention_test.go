@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/thinlab/thinlab/agent/config"
+	"github.com/thinlab/thinlab/agent/storage"
 )
 
 // TestRetentionAndPreSnapshot: retention after each cycle keeps the
@@ -43,6 +44,19 @@ func TestRetentionAndPreSnapshot(t *testing.T) {
 	want := []string{ids[2], ids[0]}
 	if !slices.Equal(have, want) {
 		t.Errorf("snapshots after 3 cycles with keep 2 and a clone on the first: %v, want %v (the newest, and the one with a clone)", have, want)
+	}
+
+	// A cycle's temporary snapshot is neither counted nor deleted by
+	// retention (the agent's sweep runs every minute, also mid-cycle).
+	tmp, err := h.pool.Snapshot(t.Context(), storage.SnapshotOptions{DataStateAt: tempStateAt, Message: messageTemp, Labels: map[string]string{LabelKind: kindTemp, storage.LabelTransient: "true"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if deleted, err := keepN(2).Retain(t.Context(), h.pool); err != nil || len(deleted) != 0 {
+		t.Errorf("retention with a temporary snapshot deleted %v (%v), want nothing", deleted, err)
+	}
+	if err := h.pool.DestroySnapshot(t.Context(), tmp.ID, false); err != nil {
+		t.Fatal(err)
 	}
 
 	h.insert("pre")
