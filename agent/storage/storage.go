@@ -89,6 +89,28 @@ type SnapshotOptions struct {
 	DataStateAt time.Time
 	Message     string
 	Labels      map[string]string
+	// Source, when set, names a clone whose current state is snapshotted
+	// instead of the main dataset (a branch commit). The snapshot is an
+	// ordinary snapshot of the pool: listed, cloned and destroyed like the
+	// others, and independent of the clone (destroying the clone keeps it).
+	Source string
+}
+
+// AtomicSnapshotter is implemented by every backend: AtomicSnapshots
+// reports whether a snapshot of a dataset in use is taken at one instant
+// (ZFS, btrfs, LVM thin), so that a running postgres in it is
+// crash-consistent and recovers like after a power loss. A pool that
+// copies file by file (XFS reflink) answers false: its caller must stop
+// the writer first.
+type AtomicSnapshotter interface {
+	AtomicSnapshots() bool
+}
+
+// SnapshotsAreAtomic reports AtomicSnapshots of p, false for a pool that
+// does not say.
+func SnapshotsAreAtomic(p Pool) bool {
+	a, ok := p.(AtomicSnapshotter)
+	return ok && a.AtomicSnapshots()
 }
 
 // Pool is one copy-on-write pool. Implementations are safe for concurrent

@@ -138,6 +138,10 @@ func Open(ctx context.Context, cfg Config) (*Pool, error) {
 // Name implements storage.Pool.
 func (p *Pool) Name() string { return p.cfg.Name }
 
+// AtomicSnapshots implements storage.AtomicSnapshotter: a btrfs snapshot
+// is taken at one instant.
+func (p *Pool) AtomicSnapshots() bool { return true }
+
 // Mode implements storage.Pool.
 func (p *Pool) Mode() string { return storage.ModeBtrfs }
 
@@ -161,16 +165,26 @@ func (p *Pool) Snapshot(ctx context.Context, opt storage.SnapshotOptions) (stora
 		return storage.Snapshot{}, err
 	}
 	dst := filepath.Join(p.snapDir, snapName)
+	src := p.mainDir
+	if opt.Source != "" {
+		if err := storage.ValidateName("clone name", opt.Source); err != nil {
+			return storage.Snapshot{}, err
+		}
+		src = filepath.Join(p.cfg.ClonesDir, opt.Source)
+	}
 
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if opt.Source != "" && !isSubvolume(src) {
+		return storage.Snapshot{}, fmt.Errorf("%w: clone %s (snapshot source)", storage.ErrNotFound, opt.Source)
+	}
 	if _, err := os.Lstat(dst); err == nil {
 		return storage.Snapshot{}, fmt.Errorf("%w: snapshot %s", storage.ErrExists, id)
 	}
 	if err := sidecar.Write(dst+".json", meta); err != nil {
 		return storage.Snapshot{}, fmt.Errorf("snapshot %s: %w", id, err)
 	}
-	if err := p.btrfs(ctx, "subvolume", "snapshot", "-r", p.mainDir, dst); err != nil {
+	if err := p.btrfs(ctx, "subvolume", "snapshot", "-r", src, dst); err != nil {
 		p.undo(dst)
 		return storage.Snapshot{}, fmt.Errorf("snapshot %s: %w", id, err)
 	}

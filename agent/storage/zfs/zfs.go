@@ -19,6 +19,15 @@
 //	R/main@snapshot_<YYYYMMDDhhmmss> snapshots, exposed as <Name>@snapshot_<...>
 //	R/clones                        container, mountpoint=none
 //	R/clones/<clone>                clones, mountpoint=<ClonesDir>/<clone>
+//	R/clones/<clone>@snapshot_<...> snapshots of a clone (branch commits)
+//	R/retired                       container, mountpoint=none
+//	R/retired/<clone>-<n>           a destroyed clone whose snapshots are kept:
+//	                                ZFS snapshots live inside their dataset, so
+//	                                the dataset stays, unmounted, until its last
+//	                                snapshot is destroyed
+//
+// Snapshot IDs (<Name>@snapshot_<...>) are unique across all of these
+// datasets; the ZFS name of an ID is looked up in the pool.
 //
 // All metadata is kept as ZFS user properties on the snapshots and clones
 // themselves (thinlab:datastateat, thinlab:createdat, thinlab:message,
@@ -80,11 +89,15 @@ type Config struct {
 // configuration: every answer is read from the pool, so several processes
 // (or a restarted one) see the same thing.
 type Pool struct {
-	cfg      Config
-	mainDS   string
-	clonesDS string
-	mainDir  string
-	log      *slog.Logger
+	cfg       Config
+	mainDS    string
+	clonesDS  string
+	retiredDS string
+	mainDir   string
+	log       *slog.Logger
+	// snapMu orders this process's snapshot creations, so that an ID is
+	// checked unique across datasets and taken in one step.
+	snapMu sync.Mutex
 }
 
 var _ storage.Pool = (*Pool)(nil)
@@ -106,7 +119,7 @@ func Open(ctx context.Context, cfg Config) (*Pool, error) {
 		return nil, fmt.Errorf("zfs pool %s: clonesDir %q must be an absolute path", cfg.Name, cfg.ClonesDir)
 	}
 	cfg.ClonesDir = filepath.Clean(cfg.ClonesDir)
-	p := &Pool{cfg: cfg, mainDS: cfg.Dataset + "/main", clonesDS: cfg.Dataset + "/clones", log: cfg.Logger}
+	p := &Pool{cfg: cfg, mainDS: cfg.Dataset + "/main", clonesDS: cfg.Dataset + "/clones", retiredDS: cfg.Dataset + "/retired", log: cfg.Logger}
 	if p.log == nil {
 		p.log = slog.Default()
 	}
@@ -141,6 +154,9 @@ func Open(ctx context.Context, cfg Config) (*Pool, error) {
 	}
 	if err := p.zfsOK(ctx, "create", "-o", "mountpoint=none", p.clonesDS); err != nil && !errors.Is(err, storage.ErrExists) {
 		return nil, fmt.Errorf("zfs pool %s: create clones dataset: %w", cfg.Name, err)
+	}
+	if err := p.zfsOK(ctx, "create", "-o", "mountpoint=none", p.retiredDS); err != nil && !errors.Is(err, storage.ErrExists) {
+		return nil, fmt.Errorf("zfs pool %s: create retired dataset: %w", cfg.Name, err)
 	}
 	if err := os.MkdirAll(cfg.ClonesDir, 0o755); err != nil { //nolint:gosec // 0755: the postgres OS user traverses it to reach PGDATA of a clone
 		return nil, fmt.Errorf("zfs pool %s: clonesDir: %w", cfg.Name, err)
@@ -190,12 +206,35 @@ func (p *Pool) Dataset() string { return p.cfg.Dataset }
 // ClonesDir is where clones are mounted.
 func (p *Pool) ClonesDir() string { return p.cfg.ClonesDir }
 
+// AtomicSnapshots implements storage.AtomicSnapshotter: a ZFS snapshot is
+// taken at one transaction group.
+func (p *Pool) AtomicSnapshots() bool { return true }
+
 // Snapshot implements storage.Pool: one `zfs snapshot -o ...`, so a
 // snapshot never exists without its metadata.
 func (p *Pool) Snapshot(ctx context.Context, opt storage.SnapshotOptions) (storage.Snapshot, error) {
 	id, snapName, at, err := storage.NewSnapshotID(p.cfg.Name, opt.DataStateAt)
 	if err != nil {
 		return storage.Snapshot{}, err
+	}
+	source := p.mainDS
+	if opt.Source != "" {
+		if err := storage.ValidateName("clone name", opt.Source); err != nil {
+			return storage.Snapshot{}, err
+		}
+		source = p.clonesDS + "/" + opt.Source
+	}
+	p.snapMu.Lock()
+	defer p.snapMu.Unlock()
+	st, err := p.load(ctx)
+	if err != nil {
+		return storage.Snapshot{}, err
+	}
+	if d := st.datasets[source]; d == nil || d.prop("type") != "filesystem" {
+		return storage.Snapshot{}, fmt.Errorf("%w: clone %s (snapshot source)", storage.ErrNotFound, opt.Source)
+	}
+	if st.snapshotName(id) != "" {
+		return storage.Snapshot{}, fmt.Errorf("%w: snapshot %s", storage.ErrExists, id)
 	}
 	args := []string{"snapshot",
 		"-o", propDataStateAt + "=" + at.Format(time.RFC3339),
@@ -215,7 +254,7 @@ func (p *Pool) Snapshot(ctx context.Context, opt storage.SnapshotOptions) (stora
 		}
 		args = append(args, "-o", propLabels+"="+v)
 	}
-	args = append(args, p.mainDS+"@"+snapName)
+	args = append(args, source+"@"+snapName)
 	if err := p.zfsOK(ctx, args...); err != nil {
 		return storage.Snapshot{}, fmt.Errorf("snapshot %s: %w", id, err)
 	}
@@ -234,7 +273,7 @@ func (p *Pool) Snapshots(ctx context.Context) ([]storage.Snapshot, error) {
 
 // GetSnapshot implements storage.Pool.
 func (p *Pool) GetSnapshot(ctx context.Context, id string) (storage.Snapshot, error) {
-	if _, err := p.snapshotDataset(id); err != nil {
+	if err := p.checkSnapshotID(id); err != nil {
 		return storage.Snapshot{}, err
 	}
 	st, err := p.load(ctx)
@@ -251,7 +290,7 @@ func (p *Pool) GetSnapshot(ctx context.Context, id string) (storage.Snapshot, er
 
 // DestroySnapshot implements storage.Pool.
 func (p *Pool) DestroySnapshot(ctx context.Context, id string, force bool) error {
-	ds, err := p.snapshotDataset(id)
+	ds, err := p.snapshotDataset(ctx, id)
 	if err != nil {
 		return err
 	}
@@ -275,7 +314,30 @@ func (p *Pool) DestroySnapshot(ctx context.Context, id string, force bool) error
 		return fmt.Errorf("destroy snapshot %s: %w", id, err)
 	}
 	p.log.Info("snapshot destroyed", "id", id)
+	p.dropRetired(ctx, strings.SplitN(ds, "@", 2)[0])
 	return nil
+}
+
+// dropRetired destroys a retired clone dataset once its last snapshot is
+// gone; it only logs failures (the dataset is then dropped with the next
+// snapshot destroy that finds it empty, or by hand).
+func (p *Pool) dropRetired(ctx context.Context, ds string) {
+	if !strings.HasPrefix(ds, p.retiredDS+"/") {
+		return
+	}
+	st, err := p.load(ctx)
+	if err != nil {
+		p.log.Warn("retired clone dataset not checked", "dataset", ds, "err", err)
+		return
+	}
+	for name := range st.datasets {
+		if strings.HasPrefix(name, ds+"@") {
+			return
+		}
+	}
+	if err := p.destroy(ctx, ds); err != nil && !errors.Is(err, storage.ErrNotFound) {
+		p.log.Warn("retired clone dataset left behind", "dataset", ds, "err", err)
+	}
 }
 
 // Clone implements storage.Pool.
@@ -283,7 +345,7 @@ func (p *Pool) Clone(ctx context.Context, snapshotID, name string) (storage.Clon
 	if err := storage.ValidateName("clone name", name); err != nil {
 		return storage.Clone{}, err
 	}
-	snapDS, err := p.snapshotDataset(snapshotID)
+	snapDS, err := p.snapshotDataset(ctx, snapshotID)
 	if err != nil {
 		return storage.Clone{}, err
 	}
@@ -394,7 +456,17 @@ func (p *Pool) DestroyClone(ctx context.Context, name string) error {
 		}
 		return err
 	}
-	if err := p.destroy(ctx, ds); err != nil {
+	st, err := p.load(ctx)
+	if err != nil {
+		return err
+	}
+	if st.hasSnapshots(ds) {
+		// `destroy -r` would take the clone's snapshots (branch commits)
+		// with it: keep them in a retired, unmounted dataset.
+		if err := p.retire(ctx, ds, name); err != nil {
+			return fmt.Errorf("destroy clone %s: %w", name, err)
+		}
+	} else if err := p.destroy(ctx, ds); err != nil {
 		return fmt.Errorf("destroy clone %s: %w", name, err)
 	}
 	// zfs leaves the mountpoint directory behind; Remove (not RemoveAll)
@@ -430,16 +502,71 @@ func (p *Pool) Usage(ctx context.Context) (storage.Usage, error) {
 	return u, nil
 }
 
-// snapshotDataset maps a Thinlab snapshot ID to the ZFS snapshot name.
-func (p *Pool) snapshotDataset(id string) (string, error) {
-	pool, snap, err := storage.ParseSnapshotID(id)
+// checkSnapshotID checks that id is a snapshot ID of this pool.
+func (p *Pool) checkSnapshotID(id string) error {
+	pool, _, err := storage.ParseSnapshotID(id)
+	if err != nil {
+		return err
+	}
+	if pool != p.cfg.Name {
+		return fmt.Errorf("%w: snapshot %s belongs to pool %q, not %q", storage.ErrNotFound, id, pool, p.cfg.Name)
+	}
+	return nil
+}
+
+// snapshotDataset maps a Thinlab snapshot ID to the ZFS snapshot name,
+// which may be on main, a clone or a retired clone.
+func (p *Pool) snapshotDataset(ctx context.Context, id string) (string, error) {
+	if err := p.checkSnapshotID(id); err != nil {
+		return "", err
+	}
+	st, err := p.load(ctx)
 	if err != nil {
 		return "", err
 	}
-	if pool != p.cfg.Name {
-		return "", fmt.Errorf("%w: snapshot %s belongs to pool %q, not %q", storage.ErrNotFound, id, pool, p.cfg.Name)
+	if name := st.snapshotName(id); name != "" {
+		return name, nil
 	}
-	return p.mainDS + "@" + snap, nil
+	return "", fmt.Errorf("%w: snapshot %s", storage.ErrNotFound, id)
+}
+
+// retire moves a destroyed clone that holds snapshots out of the clones
+// container: unmounted, never mounted again, renamed to R/retired/<name>-<n>.
+// Like destroy, it retries while zfs-fuse reports the dataset busy.
+func (p *Pool) retire(ctx context.Context, ds, name string) error {
+	target := fmt.Sprintf("%s/%s-%d", p.retiredDS, name, time.Now().UnixNano())
+	steps := [][]string{
+		{"unmount", ds},
+		{"set", "canmount=noauto", ds},
+		{"set", "mountpoint=none", ds},
+		{"rename", ds, target},
+	}
+	const attempts = 8
+	for _, args := range steps {
+		var err error
+		for i := range attempts {
+			if i > 0 {
+				select {
+				case <-ctx.Done():
+					return fmt.Errorf("%w (gave up: %v)", err, ctx.Err())
+				case <-time.After(time.Duration(i) * 100 * time.Millisecond):
+				}
+			}
+			err = p.zfsOK(ctx, args...)
+			if err == nil || (args[0] == "unmount" && notMounted(err)) {
+				err = nil
+				break
+			}
+			if !isBusy(err) {
+				return err
+			}
+		}
+		if err != nil {
+			return err
+		}
+	}
+	p.log.Info("clone retired: its snapshots are kept", "clone", name, "dataset", target)
+	return nil
 }
 
 // destroy unmounts a dataset and destroys it (with its own snapshots),
