@@ -19,6 +19,7 @@ import (
 
 	"github.com/gin-gonic/gin"
 
+	"github.com/thinlab/thinlab/agent/branch"
 	"github.com/thinlab/thinlab/agent/clone"
 	"github.com/thinlab/thinlab/agent/config"
 	"github.com/thinlab/thinlab/agent/retrieval"
@@ -48,6 +49,7 @@ type Clones interface {
 	UpdateProtection(id string, protected bool, durationMinutes *uint) (clone.Clone, error)
 	ExpectedCloningTime() time.Duration
 	Pool(name string) (storage.Pool, bool)
+	SnapshotClone(ctx context.Context, id string, opt storage.SnapshotOptions) (storage.Snapshot, error)
 }
 
 var _ Clones = (*clone.Manager)(nil)
@@ -72,6 +74,9 @@ type Options struct {
 	// over Pools with Now and SweepInterval, runs its sweep and Close
 	// stops it.
 	Snapshots *snapshot.Policy
+	// Branches is data branching; when nil, New builds one over Pools,
+	// Clones and the config's stateDir.
+	Branches *branch.Service
 
 	// Now is the clock (time.Now when nil); tests move it to expire
 	// snapshot protection.
@@ -104,6 +109,11 @@ type Server struct {
 	// New built it, so Close stops it.
 	snaps    *snapshot.Policy
 	ownSnaps bool
+
+	branches *branch.Service
+	// branchErr is why the branch state could not be loaded; the branch
+	// routes answer 500 with it logged.
+	branchErr error
 
 	// bg bounds the goroutines that watch new clones for the creation-time
 	// histogram.
@@ -140,6 +150,13 @@ func New(opt Options) *Server {
 		s.snaps = snapshot.New(snapshot.Options{Config: s.cfg, Pools: s.pools, Clones: s.clones, Logger: log, Now: s.now, SweepInterval: opt.SweepInterval})
 		s.ownSnaps = true
 		s.snaps.Start()
+	}
+	s.branches = opt.Branches
+	if s.branches == nil {
+		s.branches, s.branchErr = branch.New(branch.Options{StateDir: s.cfg.StateDir, Pools: s.pools, Clones: s.clones, Logger: log, Now: s.now})
+		if s.branchErr != nil {
+			s.log.Error("branch state unreadable: the branch routes fail until it is fixed", "err", s.branchErr)
+		}
 	}
 	s.bg, s.bgCancel = context.WithCancel(context.Background())
 	s.metrics = newMetrics(s)
@@ -218,6 +235,13 @@ func (s *Server) mount(g *gin.RouterGroup) {
 	a.DELETE("/clone/:id", s.destroyClone)
 	a.POST("/clone/:id/reset", s.resetClone)
 	a.GET("/instance/retrieval", s.getRetrieval)
+	a.GET("/branches", s.listBranches)
+	a.POST("/branch", s.createBranch)
+	a.POST("/branch/snapshot", s.commitClone)
+	a.GET("/branch/snapshot/*id", s.getBranchSnapshot)
+	a.GET("/branch/:name/log", s.branchLog)
+	a.DELETE("/branch/:name", s.deleteBranch)
+	a.POST("/snapshot/clone", s.snapshotClone)
 	a.POST("/full-refresh", s.fullRefresh)
 }
 

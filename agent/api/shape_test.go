@@ -99,6 +99,10 @@ func (f *fakeClones) UpdateProtection(id string, protected bool, _ *uint) (clone
 
 func (f *fakeClones) ExpectedCloningTime() time.Duration { return 2 * time.Second }
 
+func (f *fakeClones) SnapshotClone(context.Context, string, storage.SnapshotOptions) (storage.Snapshot, error) {
+	return storage.Snapshot{}, fmt.Errorf("%w: the fake engine does not snapshot clones", clone.ErrNotReady)
+}
+
 func (f *fakeClones) Pool(name string) (storage.Pool, bool) {
 	return f.pool, name == f.pool.Name()
 }

@@ -71,6 +71,9 @@ func (s *Server) snapshotView(sn storage.Snapshot, clones []string) agentapi.Sna
 		Message:      sn.Message,
 		DeleteAt:     agentapi.NewLocalTime(meta.DeleteAt),
 	}
+	if s.branches != nil {
+		out.Branch = s.branches.BranchOf(sn.ID)
+	}
 	if meta.ProtectedAt(s.now()) {
 		out.Protected = true
 		out.ProtectedTill = agentapi.NewLocalTime(meta.ProtectedTill)
@@ -88,6 +91,7 @@ func (s *Server) cloneView(c clone.Clone, snaps snapshotIndex, bySnap map[string
 	out := agentapi.Clone{
 		ID:            c.ID,
 		Snapshot:      &snap,
+		Branch:        c.Branch,
 		Protected:     c.Protected,
 		ProtectedTill: agentapi.NewLocalTime(c.ProtectedTill),
 		DeleteAt:      agentapi.NewLocalTime(c.DeleteAt),

@@ -60,6 +60,7 @@ func (m *Manager) Create(ctx context.Context, r CreateRequest) (Clone, error) {
 		ID:            id,
 		Pool:          snap.Pool,
 		SnapshotID:    snap.ID,
+		Branch:        r.Branch,
 		Status:        StatusCreating,
 		StatusMessage: MessageCreating,
 		DBName:        dbName,

@@ -60,8 +60,16 @@ func (m *Manager) resolveSnapshot(ctx context.Context, id string) (storage.Snaps
 			if err != nil {
 				return storage.Snapshot{}, fmt.Errorf("list snapshots of pool %s: %w", p.Name(), err)
 			}
-			if len(snaps) > 0 && (!found || snaps[0].DataStateAt.After(latest.DataStateAt)) {
-				latest, found = snaps[0], true
+			// Snapshots of clones belong to branches: "the latest" is the
+			// newest data refresh.
+			for _, s := range snaps {
+				if s.OfClone() {
+					continue
+				}
+				if !found || s.DataStateAt.After(latest.DataStateAt) {
+					latest, found = s, true
+				}
+				break
 			}
 		}
 		if !found {

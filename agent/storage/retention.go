@@ -9,15 +9,22 @@ import (
 // Retain deletes the oldest snapshots of p so that at most keep remain. It
 // never deletes a snapshot that a clone depends on, nor one for which
 // keepAlso (when not nil) reports true, e.g. a protected one: those count
-// towards keep but are skipped. It returns the IDs it deleted, also when it
+// towards keep but are skipped. Snapshots of clones (branch commits,
+// Snapshot.OfClone) are no part of it. It returns the IDs it deleted, also when it
 // stops at an error.
 func Retain(ctx context.Context, p Pool, keep int, keepAlso func(Snapshot) bool) ([]string, error) {
 	if keep < 1 {
 		return nil, fmt.Errorf("retention: keep must be at least 1, got %d", keep)
 	}
-	snaps, err := p.Snapshots(ctx) // newest first
+	all, err := p.Snapshots(ctx) // newest first
 	if err != nil {
 		return nil, err
+	}
+	snaps := make([]Snapshot, 0, len(all))
+	for _, s := range all {
+		if !s.OfClone() {
+			snaps = append(snaps, s)
+		}
 	}
 	var deleted []string
 	remaining := len(snaps)

@@ -96,6 +96,30 @@ type SnapshotOptions struct {
 	Source string
 }
 
+// LabelSource is the label every snapshot of a clone carries (set by the
+// backends from SnapshotOptions.Source): the clone it was taken of. Such
+// snapshots belong to branches, not to the pool's line of data refreshes:
+// retention and "the latest snapshot" leave them out.
+const LabelSource = "thinlab.source"
+
+// WithSourceLabel returns o with LabelSource set when o.Source is.
+func (o SnapshotOptions) WithSourceLabel() SnapshotOptions {
+	if o.Source == "" {
+		return o
+	}
+	labels := make(map[string]string, len(o.Labels)+1)
+	for k, v := range o.Labels {
+		labels[k] = v
+	}
+	labels[LabelSource] = o.Source
+	o.Labels = labels
+	return o
+}
+
+// OfClone reports whether s was taken of a clone (a branch commit) rather
+// than of the main dataset.
+func (s Snapshot) OfClone() bool { return s.Labels[LabelSource] != "" }
+
 // AtomicSnapshotter is implemented by every backend: AtomicSnapshots
 // reports whether a snapshot of a dataset in use is taken at one instant
 // (ZFS, btrfs, LVM thin), so that a running postgres in it is

@@ -261,6 +261,7 @@ func (p *Pool) cloneDir(name string) string { return filepath.Join(p.clonesDir()
 // Snapshot implements storage.Pool: one lvcreate with every tag, so a
 // snapshot never exists without its metadata.
 func (p *Pool) Snapshot(ctx context.Context, opt storage.SnapshotOptions) (storage.Snapshot, error) {
+	opt = opt.WithSourceLabel()
 	id, snapName, at, err := storage.NewSnapshotID(p.cfg.Name, opt.DataStateAt)
 	if err != nil {
 		return storage.Snapshot{}, err

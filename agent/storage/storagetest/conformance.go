@@ -745,7 +745,7 @@ func testSnapshotOfClone(t *testing.T, p storage.Pool) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if commit.ID != storage.SnapshotID(p.Name(), at) || commit.Message != "commit of work" {
+	if commit.ID != storage.SnapshotID(p.Name(), at) || commit.Message != "commit of work" || !commit.OfClone() || commit.Labels[storage.LabelSource] != "work" {
 		t.Fatalf("commit snapshot %+v", commit)
 	}
 	if _, err := p.Snapshot(ctx, storage.SnapshotOptions{DataStateAt: at}); !errors.Is(err, storage.ErrExists) {

@@ -213,6 +213,7 @@ func (p *Pool) AtomicSnapshots() bool { return true }
 // Snapshot implements storage.Pool: one `zfs snapshot -o ...`, so a
 // snapshot never exists without its metadata.
 func (p *Pool) Snapshot(ctx context.Context, opt storage.SnapshotOptions) (storage.Snapshot, error) {
+	opt = opt.WithSourceLabel()
 	id, snapName, at, err := storage.NewSnapshotID(p.cfg.Name, opt.DataStateAt)
 	if err != nil {
 		return storage.Snapshot{}, err
