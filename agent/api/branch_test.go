@@ -31,12 +31,19 @@ func hasKeys(t *testing.T, what string, m map[string]any, keys []string) {
 	}
 }
 
-// TestBranches is the branch workflow of DLE 4 against a real agent on a
-// real btrfs pool: create a branch, a clone on it, write, commit, a second
-// clone from the commit sees the writes, the log shows the chain, and the
-// delete rules hold; bad input changes nothing.
+// TestBranches is the branch workflow of DLE 4 against a real agent on
+// real btrfs, reflink (XFS) and ZFS (zfs-fuse) pools (LVM: the storage
+// conformance suite in the VM): create a branch, a clone on it, write,
+// commit, a second clone from the commit sees the writes, the log shows
+// the chain, and the delete rules hold; bad input changes nothing.
 func TestBranches(t *testing.T) {
-	e := newEnv(t, 6, snapA, snapB)
+	for _, mode := range []string{storage.ModeBtrfs, storage.ModeReflink, storage.ModeZFS} {
+		t.Run(mode, func(t *testing.T) { testBranches(t, mode) })
+	}
+}
+
+func testBranches(t *testing.T, mode string) {
+	e := newEnvOn(t, mode, 6, snapA, snapB)
 	ctx, c := e.ctx, e.client
 	snapAID, snapBID := e.snaps[0].ID, e.snaps[1].ID
 
@@ -209,16 +216,27 @@ func TestBranches(t *testing.T) {
 		t.Fatalf("GET /snapshots?branch=feature: %d %s", code, body)
 	}
 
-	// POST /snapshot/clone: a snapshot that moves no branch.
+	// A commit on main moves main; POST /snapshot/clone then takes a
+	// snapshot that moves no branch.
+	mainCommit, err := c.Commit(ctx, "m1", "x")
+	if err != nil {
+		t.Fatalf("commit on main: %v", err)
+	}
+	if head, _ := c.BranchLog(ctx, "main"); len(head) != 3 || head[0].ID != mainCommit || head[1].ID != snapBID {
+		t.Fatalf("main after a commit: %+v", head)
+	}
 	sc, err := c.SnapshotClone(ctx, "m1", "just a snapshot")
 	if err != nil || sc.Branch != "main" || sc.Message != "just a snapshot" {
 		t.Fatalf("POST /snapshot/clone: %+v %v", sc, err)
 	}
-	if head, _ := c.BranchLog(ctx, "main"); head[0].ID != snapBID {
+	if head, _ := c.BranchLog(ctx, "main"); head[0].ID != mainCommit {
 		t.Fatalf("POST /snapshot/clone moved main to %s", head[0].ID)
 	}
 
 	// State survives a restart of the service.
+	if views, err = c.Branches(ctx); err != nil {
+		t.Fatal(err)
+	}
 	again, err := branch.New(branch.Options{StateDir: e.cfg.StateDir, Pools: []storage.Pool{e.pool}, Clones: e.mgr})
 	if err != nil {
 		t.Fatal(err)
@@ -229,10 +247,6 @@ func TestBranches(t *testing.T) {
 	}
 
 	// Delete rules.
-	_, err = c.Commit(ctx, "m1", "x")
-	if err != nil {
-		t.Fatalf("commit on main: %v", err)
-	}
 	err = c.DeleteBranch(ctx, "main")
 	e.wantError(err, http.StatusBadRequest, agentapi.CodeBadRequest, "name", "cannot delete default branch: main")
 	err = c.DeleteBranch(ctx, "feature")

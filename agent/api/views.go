@@ -39,10 +39,14 @@ func clonesBySnapshot(clones []clone.Clone, snaps snapshotIndex) map[string][]st
 	for _, c := range clones {
 		out[c.SnapshotID] = append(out[c.SnapshotID], c.ID)
 		seen[c.SnapshotID+"\x00"+c.ID] = true
+		// A pool may say a known clone is made from another snapshot (on
+		// ZFS a commit makes the clone a clone of the commit): the clone
+		// manager's record wins.
+		seen[c.ID] = true
 	}
 	for id, sn := range snaps {
 		for _, name := range sn.Clones {
-			if !seen[id+"\x00"+name] {
+			if !seen[id+"\x00"+name] && !seen[name] {
 				out[id] = append(out[id], name)
 				seen[id+"\x00"+name] = true
 			}

@@ -33,6 +33,7 @@ func (s *Service) repo(ctx context.Context) (*repo, error) {
 	}
 	// Data refreshes of each pool, newest first, chain to the one before.
 	var newest *storage.Snapshot
+	storageClones := map[string][]string{}
 	for _, p := range s.pools {
 		r.pools[p.Name()] = p
 		list, err := p.Snapshots(ctx)
@@ -57,9 +58,7 @@ func (s *Service) repo(ctx context.Context) (*repo, error) {
 			}
 		}
 		for _, sn := range list {
-			for _, c := range sn.Clones {
-				r.clones[sn.ID] = append(r.clones[sn.ID], c)
-			}
+			storageClones[sn.ID] = sn.Clones
 		}
 	}
 	for id, c := range r.doc.Commits {
@@ -72,10 +71,20 @@ func (s *Service) repo(ctx context.Context) (*repo, error) {
 			r.parent[id] = ""
 		}
 	}
+	// The clone engine knows which snapshot each clone was made from; a
+	// pool may say otherwise (on ZFS a commit makes the clone a clone of
+	// the commit), so the pool only adds datasets the engine does not know.
+	known := map[string]bool{}
 	if s.clones != nil {
 		for _, cl := range s.clones.List() {
-			if !slices.Contains(r.clones[cl.SnapshotID], cl.ID) {
-				r.clones[cl.SnapshotID] = append(r.clones[cl.SnapshotID], cl.ID)
+			known[cl.ID] = true
+			r.clones[cl.SnapshotID] = append(r.clones[cl.SnapshotID], cl.ID)
+		}
+	}
+	for id, names := range storageClones {
+		for _, name := range names {
+			if !known[name] && !slices.Contains(r.clones[id], name) {
+				r.clones[id] = append(r.clones[id], name)
 			}
 		}
 	}

@@ -68,7 +68,14 @@ func (m *Manager) SnapshotClone(ctx context.Context, id string, opt storage.Snap
 	if err := m.rt.Stop(ctx, inst, "fast"); err != nil {
 		return storage.Snapshot{}, fmt.Errorf("snapshot of clone %s: stop its postgres for the copy: %w", id, err)
 	}
-	snap, serr := pool.Snapshot(ctx, opt)
+	// The copy must read the dataset as it is on disk (owned by the
+	// pool's user), not through the idmapped mount that shows it as the
+	// clone's uid; Start mounts it again.
+	var snap storage.Snapshot
+	serr := m.rt.Release(inst)
+	if serr == nil {
+		snap, serr = pool.Snapshot(ctx, opt)
+	}
 	// Started again even if the snapshot failed: the clone stays usable.
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
 	defer cancel()

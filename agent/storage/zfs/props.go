@@ -114,7 +114,7 @@ var stateProps = []string{"type", "origin", "used", "referenced", "creation", "m
 	propDataStateAt, propCreatedAt, propMessage, propLabels}
 
 func (p *Pool) load(ctx context.Context) (*state, error) {
-	ds, err := p.get(ctx, true, stateProps, p.mainDS, p.clonesDS, p.retiredDS)
+	ds, err := p.get(ctx, true, stateProps, p.mainDS, p.clonesDS, p.commitsDS)
 	if err != nil {
 		return nil, fmt.Errorf("zfs pool %s: read datasets: %w", p.cfg.Name, err)
 	}
@@ -135,8 +135,8 @@ func (s *state) cloneDatasets() []string {
 	return out
 }
 
-// snapshotID maps a ZFS snapshot of main, of a clone or of a retired
-// clone to a Thinlab ID ("" if the snapshot is not one of ours, e.g. made
+// snapshotID maps a ZFS snapshot of main, of a commit dataset or (while
+// a commit is being made) of a clone to a Thinlab ID ("" if the snapshot is not one of ours, e.g. made
 // by hand with another name).
 func (s *state) snapshotID(zfsName string) string {
 	ds, snap, ok := strings.Cut(zfsName, "@")
@@ -146,7 +146,7 @@ func (s *state) snapshotID(zfsName string) string {
 	if ds != s.p.mainDS {
 		rest, inClones := strings.CutPrefix(ds, s.p.clonesDS+"/")
 		if !inClones {
-			rest, inClones = strings.CutPrefix(ds, s.p.retiredDS+"/")
+			rest, inClones = strings.CutPrefix(ds, s.p.commitsDS+"/")
 		}
 		if !inClones || strings.Contains(rest, "/") {
 			return ""
@@ -180,16 +180,6 @@ func (s *state) snapshotName(id string) string {
 		return ""
 	}
 	return names[0]
-}
-
-// hasSnapshots reports whether dataset ds holds snapshots.
-func (s *state) hasSnapshots(ds string) bool {
-	for name := range s.datasets {
-		if strings.HasPrefix(name, ds+"@") {
-			return true
-		}
-	}
-	return false
 }
 
 func (s *state) clones() []storage.Clone {

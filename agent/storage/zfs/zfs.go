@@ -19,12 +19,16 @@
 //	R/main@snapshot_<YYYYMMDDhhmmss> snapshots, exposed as <Name>@snapshot_<...>
 //	R/clones                        container, mountpoint=none
 //	R/clones/<clone>                clones, mountpoint=<ClonesDir>/<clone>
-//	R/clones/<clone>@snapshot_<...> snapshots of a clone (branch commits)
-//	R/retired                       container, mountpoint=none
-//	R/retired/<clone>-<n>           a destroyed clone whose snapshots are kept:
-//	                                ZFS snapshots live inside their dataset, so
-//	                                the dataset stays, unmounted, until its last
-//	                                snapshot is destroyed
+//	R/commits                       container, mountpoint=none
+//	R/commits/<snap>@<snap>         a snapshot of a clone (branch commit)
+//
+// A snapshot of a clone C is taken as C@<snap>, cloned to R/commits/<snap>
+// (never mounted) and that dataset is promoted: the snapshot moves to
+// R/commits/<snap>@<snap> and C becomes a clone of it. So a clone dataset
+// holds no snapshots of its own and is destroyed like any other, while the
+// commit stays until it is destroyed itself (and R/commits/<snap> with it).
+// Nothing is renamed or remounted: a rename would unmount every clone of
+// the dataset's snapshots, running postgres or not.
 //
 // Snapshot IDs (<Name>@snapshot_<...>) are unique across all of these
 // datasets; the ZFS name of an ID is looked up in the pool.
@@ -92,7 +96,7 @@ type Pool struct {
 	cfg       Config
 	mainDS    string
 	clonesDS  string
-	retiredDS string
+	commitsDS string
 	mainDir   string
 	log       *slog.Logger
 	// snapMu orders this process's snapshot creations, so that an ID is
@@ -119,7 +123,7 @@ func Open(ctx context.Context, cfg Config) (*Pool, error) {
 		return nil, fmt.Errorf("zfs pool %s: clonesDir %q must be an absolute path", cfg.Name, cfg.ClonesDir)
 	}
 	cfg.ClonesDir = filepath.Clean(cfg.ClonesDir)
-	p := &Pool{cfg: cfg, mainDS: cfg.Dataset + "/main", clonesDS: cfg.Dataset + "/clones", retiredDS: cfg.Dataset + "/retired", log: cfg.Logger}
+	p := &Pool{cfg: cfg, mainDS: cfg.Dataset + "/main", clonesDS: cfg.Dataset + "/clones", commitsDS: cfg.Dataset + "/commits", log: cfg.Logger}
 	if p.log == nil {
 		p.log = slog.Default()
 	}
@@ -155,8 +159,8 @@ func Open(ctx context.Context, cfg Config) (*Pool, error) {
 	if err := p.zfsOK(ctx, "create", "-o", "mountpoint=none", p.clonesDS); err != nil && !errors.Is(err, storage.ErrExists) {
 		return nil, fmt.Errorf("zfs pool %s: create clones dataset: %w", cfg.Name, err)
 	}
-	if err := p.zfsOK(ctx, "create", "-o", "mountpoint=none", p.retiredDS); err != nil && !errors.Is(err, storage.ErrExists) {
-		return nil, fmt.Errorf("zfs pool %s: create retired dataset: %w", cfg.Name, err)
+	if err := p.zfsOK(ctx, "create", "-o", "mountpoint=none", p.commitsDS); err != nil && !errors.Is(err, storage.ErrExists) {
+		return nil, fmt.Errorf("zfs pool %s: create commits dataset: %w", cfg.Name, err)
 	}
 	if err := os.MkdirAll(cfg.ClonesDir, 0o755); err != nil { //nolint:gosec // 0755: the postgres OS user traverses it to reach PGDATA of a clone
 		return nil, fmt.Errorf("zfs pool %s: clonesDir: %w", cfg.Name, err)
@@ -259,6 +263,11 @@ func (p *Pool) Snapshot(ctx context.Context, opt storage.SnapshotOptions) (stora
 	if err := p.zfsOK(ctx, args...); err != nil {
 		return storage.Snapshot{}, fmt.Errorf("snapshot %s: %w", id, err)
 	}
+	if opt.Source != "" {
+		if err := p.moveToCommits(ctx, source, snapName); err != nil {
+			return storage.Snapshot{}, fmt.Errorf("snapshot %s of clone %s: %w", id, opt.Source, err)
+		}
+	}
 	p.log.Info("snapshot created", "id", id)
 	return p.GetSnapshot(ctx, id)
 }
@@ -315,30 +324,40 @@ func (p *Pool) DestroySnapshot(ctx context.Context, id string, force bool) error
 		return fmt.Errorf("destroy snapshot %s: %w", id, err)
 	}
 	p.log.Info("snapshot destroyed", "id", id)
-	p.dropRetired(ctx, strings.SplitN(ds, "@", 2)[0])
+	p.dropCommit(ctx, strings.SplitN(ds, "@", 2)[0])
 	return nil
 }
 
-// dropRetired destroys a retired clone dataset once its last snapshot is
-// gone; it only logs failures (the dataset is then dropped with the next
-// snapshot destroy that finds it empty, or by hand).
-func (p *Pool) dropRetired(ctx context.Context, ds string) {
-	if !strings.HasPrefix(ds, p.retiredDS+"/") {
+// dropCommit destroys a commit's dataset once its snapshot is gone; it
+// only logs failures (the dataset then stays, unmounted and empty).
+func (p *Pool) dropCommit(ctx context.Context, ds string) {
+	if !strings.HasPrefix(ds, p.commitsDS+"/") {
 		return
-	}
-	st, err := p.load(ctx)
-	if err != nil {
-		p.log.Warn("retired clone dataset not checked", "dataset", ds, "err", err)
-		return
-	}
-	for name := range st.datasets {
-		if strings.HasPrefix(name, ds+"@") {
-			return
-		}
 	}
 	if err := p.destroy(ctx, ds); err != nil && !errors.Is(err, storage.ErrNotFound) {
-		p.log.Warn("retired clone dataset left behind", "dataset", ds, "err", err)
+		p.log.Warn("commit dataset left behind", "dataset", ds, "err", err)
 	}
+}
+
+// moveToCommits clones source@snap to R/commits/<snap> and promotes it,
+// so that the snapshot belongs to that dataset, not to the clone. On
+// failure the snapshot is destroyed again.
+func (p *Pool) moveToCommits(ctx context.Context, source, snap string) error {
+	target := p.commitsDS + "/" + snap
+	err := p.zfsOK(ctx, "clone", "-o", "canmount=noauto", "-o", "mountpoint=none", source+"@"+snap, target)
+	if err == nil {
+		if err = p.zfsOK(ctx, "promote", target); err != nil {
+			if derr := p.destroy(context.WithoutCancel(ctx), target); derr != nil {
+				p.log.Error("cleanup of a failed commit dataset", "dataset", target, "err", derr)
+			}
+		}
+	}
+	if err != nil {
+		if derr := p.destroy(context.WithoutCancel(ctx), source+"@"+snap); derr != nil {
+			p.log.Error("cleanup of a failed commit snapshot", "snapshot", source+"@"+snap, "err", derr)
+		}
+	}
+	return err
 }
 
 // Clone implements storage.Pool.
@@ -457,17 +476,7 @@ func (p *Pool) DestroyClone(ctx context.Context, name string) error {
 		}
 		return err
 	}
-	st, err := p.load(ctx)
-	if err != nil {
-		return err
-	}
-	if st.hasSnapshots(ds) {
-		// `destroy -r` would take the clone's snapshots (branch commits)
-		// with it: keep them in a retired, unmounted dataset.
-		if err := p.retire(ctx, ds, name); err != nil {
-			return fmt.Errorf("destroy clone %s: %w", name, err)
-		}
-	} else if err := p.destroy(ctx, ds); err != nil {
+	if err := p.destroy(ctx, ds); err != nil {
 		return fmt.Errorf("destroy clone %s: %w", name, err)
 	}
 	// zfs leaves the mountpoint directory behind; Remove (not RemoveAll)
@@ -529,45 +538,6 @@ func (p *Pool) snapshotDataset(ctx context.Context, id string) (string, error) {
 		return name, nil
 	}
 	return "", fmt.Errorf("%w: snapshot %s", storage.ErrNotFound, id)
-}
-
-// retire moves a destroyed clone that holds snapshots out of the clones
-// container: unmounted, never mounted again, renamed to R/retired/<name>-<n>.
-// Like destroy, it retries while zfs-fuse reports the dataset busy.
-func (p *Pool) retire(ctx context.Context, ds, name string) error {
-	target := fmt.Sprintf("%s/%s-%d", p.retiredDS, name, time.Now().UnixNano())
-	steps := [][]string{
-		{"unmount", ds},
-		{"set", "canmount=noauto", ds},
-		{"set", "mountpoint=none", ds},
-		{"rename", ds, target},
-	}
-	const attempts = 8
-	for _, args := range steps {
-		var err error
-		for i := range attempts {
-			if i > 0 {
-				select {
-				case <-ctx.Done():
-					return fmt.Errorf("%w (gave up: %v)", err, ctx.Err())
-				case <-time.After(time.Duration(i) * 100 * time.Millisecond):
-				}
-			}
-			err = p.zfsOK(ctx, args...)
-			if err == nil || (args[0] == "unmount" && notMounted(err)) {
-				err = nil
-				break
-			}
-			if !isBusy(err) {
-				return err
-			}
-		}
-		if err != nil {
-			return err
-		}
-	}
-	p.log.Info("clone retired: its snapshots are kept", "clone", name, "dataset", target)
-	return nil
 }
 
 // destroy unmounts a dataset and destroys it (with its own snapshots),
@@ -648,7 +618,7 @@ func classify(err error) error {
 		return fmt.Errorf("%w: %v", storage.ErrExists, err)
 	case strings.Contains(msg, "dataset does not exist"):
 		return fmt.Errorf("%w: %v", storage.ErrNotFound, err)
-	case strings.Contains(msg, "has dependent clones"):
+	case strings.Contains(msg, "has dependent clones"), strings.Contains(msg, "snapshot is cloned"):
 		return fmt.Errorf("%w: %v", storage.ErrHasDependents, err)
 	}
 	return err
