@@ -25,6 +25,9 @@ func (s *Server) status(c *gin.Context) {
 			Edition:    Edition,
 			InstanceID: s.instance,
 			StartedAt:  agentapi.NewLocalTime(s.startedAt),
+			// The configuration is the agent's file; /admin/config is
+			// read-only.
+			DisableConfigModification: &disableConfigModification,
 		},
 		Pools: make([]agentapi.PoolEntry, 0, len(s.pools)),
 		Cloning: agentapi.Cloning{
@@ -139,3 +142,7 @@ func (s *Server) fullRefresh(c *gin.Context) {
 		c.JSON(http.StatusOK, agentapi.Response{Status: "OK", Message: "Full refresh started"})
 	}
 }
+
+// disableConfigModification is what /status reports (a pointer field):
+// POST /admin/config is refused.
+var disableConfigModification = true

@@ -22,6 +22,7 @@ import (
 	"github.com/thinlab/thinlab/agent/branch"
 	"github.com/thinlab/thinlab/agent/clone"
 	"github.com/thinlab/thinlab/agent/config"
+	"github.com/thinlab/thinlab/agent/logstream"
 	"github.com/thinlab/thinlab/agent/retrieval"
 	"github.com/thinlab/thinlab/agent/snapshot"
 	"github.com/thinlab/thinlab/agent/storage"
@@ -74,6 +75,9 @@ type Options struct {
 	// over Pools with Now and SweepInterval, runs its sweep and Close
 	// stops it.
 	Snapshots *snapshot.Policy
+	// Logs is the agent's recent log (the /instance/logs websocket); nil
+	// answers 404 there.
+	Logs *logstream.Hub
 	// Branches is data branching; when nil, New builds one over Pools,
 	// Clones and the config's stateDir.
 	Branches *branch.Service
@@ -111,6 +115,8 @@ type Server struct {
 	ownSnaps bool
 
 	branches *branch.Service
+	logs     *logstream.Hub
+	wsTokens wsTokens
 	// branchErr is why the branch state could not be loaded; the branch
 	// routes answer 500 with it logged.
 	branchErr error
@@ -151,6 +157,7 @@ func New(opt Options) *Server {
 		s.ownSnaps = true
 		s.snaps.Start()
 	}
+	s.logs = opt.Logs
 	s.branches = opt.Branches
 	if s.branches == nil {
 		s.branches, s.branchErr = branch.New(branch.Options{StateDir: s.cfg.StateDir, Pools: s.pools, Clones: s.clones, Logger: log, Now: s.now})
@@ -204,6 +211,8 @@ func (s *Server) routes() *gin.Engine {
 	})
 
 	s.mount(r.Group(""))
+	// DLE's UI opens the log websocket under /ws/ (its WS_URL_PREFIX).
+	r.GET("/ws/instance/logs", s.instanceLogs)
 	// DLE's UI reaches the engine through a proxy that strips /api/; the
 	// agent serves the same routes there so the UI needs no proxy.
 	s.mount(r.Group("/api"))
@@ -216,6 +225,9 @@ func (s *Server) mount(g *gin.RouterGroup) {
 	g.GET("/healthz", s.healthz)
 	g.POST("/healthz", s.healthz)
 	g.GET("/openapi.yaml", s.openAPI)
+	// The websocket carries no header: its single-use token (from
+	// /admin/ws-auth) is the authentication, as in DLE.
+	g.GET("/instance/logs", s.instanceLogs)
 
 	a := g.Group("", s.requireToken)
 	// Metrics name clones and pools: behind the token (or, without it, on
@@ -242,6 +254,10 @@ func (s *Server) mount(g *gin.RouterGroup) {
 	a.GET("/branch/:name/log", s.branchLog)
 	a.DELETE("/branch/:name", s.deleteBranch)
 	a.POST("/snapshot/clone", s.snapshotClone)
+	a.GET("/admin/config", s.getConfig)
+	a.POST("/admin/config", s.postConfig)
+	a.GET("/admin/config.yaml", s.getConfigYAML)
+	a.GET("/admin/ws-auth", s.wsAuth)
 	a.POST("/full-refresh", s.fullRefresh)
 }
 
