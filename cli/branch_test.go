@@ -66,6 +66,21 @@ func TestBranchCommandsAgainstRealAgent(t *testing.T) {
 	if code, _, errOut := runCLI(t, "", "branch", "delete", "main"); code != 1 || !strings.Contains(errOut, "cannot delete default branch") {
 		t.Fatalf("branch delete main: exit %d %s", code, errOut)
 	}
+	// What b1 changed since the snapshot it was made from, and the
+	// commit against that snapshot: the row on feature; b2 (made from
+	// the commit) changed nothing.
+	out, _ = mustRun(t, "clone", "diff", "b1")
+	if !strings.Contains(out, "public.t") || !strings.Contains(out, "1 -> 2") {
+		t.Fatalf("clone diff of b1:\n%s", out)
+	}
+	out, _ = mustRun(t, "clone", "diff", "b2")
+	if !strings.Contains(out, "No table differs.") {
+		t.Fatalf("clone diff after commit:\n%s", out)
+	}
+	out, _ = mustRun(t, "snapshot", "diff", snaps[0].ID, commit)
+	if !strings.Contains(out, "public.t") || !strings.Contains(out, "1 -> 2") {
+		t.Fatalf("snapshot diff:\n%s", out)
+	}
 	mustRun(t, "clone", "destroy", "b1")
 	mustRun(t, "clone", "destroy", "b2")
 	out, _ = mustRun(t, "branch", "delete", "feature")

@@ -82,6 +82,7 @@ func newCloneCommand() *cobra.Command {
 		newCloneResetCommand(&cf),
 		newCloneProtectCommand(&cf),
 		newCloneDestroyCommand(&cf),
+		newCloneDiffCommand(&cf),
 	)
 	return cmd
 }

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/gin-gonic/gin"
+	"github.com/jackc/pgx/v5"
 
 	"github.com/thinlab/thinlab/agent/branch"
 	"github.com/thinlab/thinlab/agent/clone"
@@ -51,6 +52,8 @@ type Clones interface {
 	ExpectedCloningTime() time.Duration
 	Pool(name string) (storage.Pool, bool)
 	SnapshotClone(ctx context.Context, id string, opt storage.SnapshotOptions) (storage.Snapshot, error)
+	InspectClone(ctx context.Context, id, db string, fn func(context.Context, *pgx.Conn) error) error
+	InspectSnapshot(ctx context.Context, snapshotID, db string, fn func(context.Context, *pgx.Conn) error) error
 }
 
 var _ Clones = (*clone.Manager)(nil)
@@ -235,6 +238,8 @@ func (s *Server) mount(g *gin.RouterGroup) {
 	a.GET("/metrics", s.metricsHandler)
 	a.GET("/status", s.status)
 	a.GET("/snapshots", s.listSnapshots)
+	a.GET("/snapshots/diff", s.diffSnapshots)
+	a.GET("/clone/:id/diff", s.diffClone)
 	a.POST("/snapshot", s.createSnapshot)
 	// Snapshot IDs may contain '/' in DLE (branch snapshots): catch-all.
 	a.GET("/snapshot/*id", s.getSnapshot)

@@ -307,6 +307,34 @@ func (c *Client) DestroyClone(ctx context.Context, id string) error {
 	return c.do(ctx, http.MethodDelete, "/clone/"+id, nil, nil)
 }
 
+// DiffSnapshots compares two snapshots' database db ("" = the agent's
+// default) (GET /snapshots/diff).
+func (c *Client) DiffSnapshots(ctx context.Context, from, to, db string) (*Diff, error) {
+	q := url.Values{"from": {from}, "to": {to}}
+	if db != "" {
+		q.Set("db", db)
+	}
+	var out Diff
+	if err := c.do(ctx, http.MethodGet, "/snapshots/diff?"+q.Encode(), nil, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// DiffClone compares a clone with its snapshot in database db ("" = the
+// clone's) (GET /clone/{id}/diff).
+func (c *Client) DiffClone(ctx context.Context, id, db string) (*Diff, error) {
+	path := "/clone/" + id + "/diff"
+	if db != "" {
+		path += "?" + url.Values{"db": {db}}.Encode()
+	}
+	var out Diff
+	if err := c.do(ctx, http.MethodGet, path, nil, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
 // Branches lists the branches of data (GET /branches), newest head first.
 func (c *Client) Branches(ctx context.Context) ([]BranchView, error) {
 	var out []BranchView

@@ -393,3 +393,36 @@ type CloneSnapshotRequest struct {
 type CommitResponse struct {
 	SnapshotID string `json:"snapshotID"`
 }
+
+// Table changes in a Diff.
+const (
+	TableAdded   = "added"
+	TableDropped = "dropped"
+	TableChanged = "changed"
+)
+
+// Diff is what changed between two states of a database (Thinlab
+// addition): GET /snapshots/diff and GET /clone/{id}/diff.
+type Diff struct {
+	// From and To name what was compared (snapshot IDs, or a clone).
+	From     string      `json:"from"`
+	To       string      `json:"to"`
+	Database string      `json:"database"`
+	Tables   []TableDiff `json:"tables"`
+	// DDL are the statements that turn From's schema into To's.
+	DDL []string `json:"ddl"`
+}
+
+// TableDiff is one table that differs. Sizes are bytes (table, indexes
+// and TOAST); rows are exact counts, null where the table was too big to
+// count cheaply (or is partitioned).
+type TableDiff struct {
+	Schema        string `json:"schema"`
+	Table         string `json:"table"`
+	Change        string `json:"change"`
+	SizeFrom      int64  `json:"sizeFrom"`
+	SizeTo        int64  `json:"sizeTo"`
+	RowsFrom      *int64 `json:"rowsFrom"`
+	RowsTo        *int64 `json:"rowsTo"`
+	SchemaChanged bool   `json:"schemaChanged"`
+}
