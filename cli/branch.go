@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"regexp"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -216,16 +217,7 @@ func renderLog(w io.Writer, log []agentapi.SnapshotDetails, _ time.Time) error {
 	return nil
 }
 
-func joinComma(s []string) string {
-	out := ""
-	for i, v := range s {
-		if i > 0 {
-			out += ", "
-		}
-		out += v
-	}
-	return out
-}
+func joinComma(s []string) string { return strings.Join(s, ", ") }
 
 func newCommitCommand() *cobra.Command {
 	var (

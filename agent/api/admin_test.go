@@ -128,18 +128,21 @@ func TestInstanceLogsWebsocket(t *testing.T) {
 
 	for _, tc := range []struct{ name, query string }{{"no token", ""}, {"made-up token", "?token=" + strings.Repeat("a", 64)}} {
 		_, resp, err := websocket.DefaultDialer.Dial(wsURL+"/instance/logs"+tc.query, nil)
+		closeBody(resp)
 		if err == nil || resp == nil || resp.StatusCode != http.StatusUnauthorized {
 			t.Fatalf("%s: %v %+v, want 401", tc.name, err, resp)
 		}
 	}
 	// The Verification-Token alone does not open the stream.
 	_, resp, err := websocket.DefaultDialer.Dial(wsURL+"/instance/logs", http.Header{"Verification-Token": {token}})
+	closeBody(resp)
 	if err == nil || resp.StatusCode != http.StatusUnauthorized {
 		t.Fatalf("header token only: %v, want 401", err)
 	}
 
 	tok := wsToken(t, e)
-	c, _, err := websocket.DefaultDialer.Dial(wsURL+"/ws/instance/logs?token="+tok, nil)
+	c, resp, err := websocket.DefaultDialer.Dial(wsURL+"/ws/instance/logs?token="+tok, nil)
+	closeBody(resp)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -155,7 +158,16 @@ func TestInstanceLogsWebsocket(t *testing.T) {
 		}
 	}
 	// Single use.
-	if _, resp, err := websocket.DefaultDialer.Dial(wsURL+"/api/instance/logs?token="+tok, nil); err == nil || resp.StatusCode != http.StatusUnauthorized {
+	_, resp, err = websocket.DefaultDialer.Dial(wsURL+"/api/instance/logs?token="+tok, nil)
+	closeBody(resp)
+	if err == nil || resp.StatusCode != http.StatusUnauthorized {
 		t.Fatalf("a spent token: %v, want 401", err)
+	}
+}
+
+// closeBody closes the handshake answer's body (a refused upgrade has one).
+func closeBody(resp *http.Response) {
+	if resp != nil && resp.Body != nil {
+		_ = resp.Body.Close()
 	}
 }

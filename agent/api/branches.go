@@ -28,8 +28,7 @@ func (s *Server) branchService(c *gin.Context) (*branch.Service, bool) {
 // as DLE does (an unknown snapshot on GET /branch/snapshot/{id} is 404),
 // and anything else with 500.
 func (s *Server) writeBranchError(c *gin.Context, err error, notFoundIs404 bool) {
-	var be *branch.Error
-	if errors.As(err, &be) {
+	if be, ok := errors.AsType[*branch.Error](err); ok {
 		if notFoundIs404 && errors.Is(err, branch.ErrNotFound) {
 			notFound(c, be.Message)
 			return

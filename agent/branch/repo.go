@@ -41,8 +41,7 @@ func (s *Service) repo(ctx context.Context) (*repo, error) {
 			return nil, fmt.Errorf("list snapshots of pool %s: %w", p.Name(), err)
 		}
 		prev := ""
-		for i := len(list) - 1; i >= 0; i-- {
-			sn := list[i]
+		for _, sn := range slices.Backward(list) {
 			if sn.Pool == "" {
 				sn.Pool = p.Name()
 			}

@@ -114,7 +114,8 @@ func writeDoc(dir string, doc stateDoc) error {
 		return fmt.Errorf("write branch state: %w", err)
 	}
 	defer func() { _ = os.Remove(f.Name()) }() // nothing left after the rename
-	if _, err := f.Write(raw); err == nil {
+	_, err = f.Write(raw)
+	if err == nil {
 		err = f.Sync()
 	}
 	if cerr := f.Close(); err == nil {

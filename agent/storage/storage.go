@@ -9,6 +9,7 @@ package storage
 import (
 	"context"
 	"errors"
+	"maps"
 	"time"
 )
 
@@ -108,9 +109,7 @@ func (o SnapshotOptions) WithSourceLabel() SnapshotOptions {
 		return o
 	}
 	labels := make(map[string]string, len(o.Labels)+1)
-	for k, v := range o.Labels {
-		labels[k] = v
-	}
+	maps.Copy(labels, o.Labels)
 	labels[LabelSource] = o.Source
 	o.Labels = labels
 	return o
