@@ -40,13 +40,40 @@ func validatePassword(pw string) error {
 	return nil
 }
 
-func validateExtraConf(conf map[string]string) error {
-	for _, k := range slices.Sorted(maps.Keys(conf)) {
-		if err := runtime.ValidateSetting(k, conf[k]); err != nil {
-			return &ValidationError{Field: "extra_conf." + k, Message: err.Error()}
-		}
+// normalizeExtraConf validates the per-clone settings and returns them
+// with one pair of surrounding quotes taken off each value: DLE's CLI
+// passes --extra-config statement_timeout='1s' on with the quotes, and
+// statement_timeout=1s must mean the same.
+func normalizeExtraConf(conf map[string]string) (map[string]string, error) {
+	if conf == nil {
+		return nil, nil
 	}
-	return nil
+	out := make(map[string]string, len(conf))
+	for _, k := range slices.Sorted(maps.Keys(conf)) {
+		v := unquoteSetting(conf[k])
+		if err := runtime.ValidateSetting(k, v); err != nil {
+			return nil, &ValidationError{Field: "extra_conf." + k, Message: err.Error()}
+		}
+		out[k] = v
+	}
+	return out, nil
+}
+
+// unquoteSetting takes one pair of matching single or double quotes off
+// v (a doubled quote inside a single-quoted value is one quote, as in
+// postgresql.conf).
+func unquoteSetting(v string) string {
+	t := strings.TrimSpace(v)
+	if len(t) < 2 {
+		return v
+	}
+	switch q := t[0]; {
+	case q == '\'' && t[len(t)-1] == '\'':
+		return strings.ReplaceAll(t[1:len(t)-1], "''", "'")
+	case q == '"' && t[len(t)-1] == '"':
+		return t[1 : len(t)-1]
+	}
+	return v
 }
 
 // resolveSnapshot finds the snapshot (and its pool) for id, or the newest
