@@ -40,7 +40,7 @@ The default branch "main" follows the newest data refresh.`,
   thinlab branch delete feature`,
 	})
 	cf.register(cmd)
-	cmd.AddCommand(newBranchListCommand(&cf), newBranchCreateCommand(&cf), newBranchDeleteCommand(&cf), newBranchLogCommand(&cf))
+	cmd.AddCommand(newBranchListCommand(&cf), newBranchCreateCommand(&cf), newBranchDeleteCommand(&cf), newBranchLogCommand(&cf), newBranchProtectCommand(&cf))
 	return cmd
 }
 
@@ -156,6 +156,63 @@ func newBranchDeleteCommand(cf *clientFlags) *cobra.Command {
 			return err
 		},
 	}
+	addOutputFlag(cmd, &output)
+	return cmd
+}
+
+func newBranchProtectCommand(cf *clientFlags) *cobra.Command {
+	var (
+		output  string
+		off     bool
+		minutes int
+	)
+	cmd := &cobra.Command{
+		Use:   "protect NAME",
+		Short: "Protect a branch from deletion (or --off)",
+		Example: `  thinlab branch protect feature
+  thinlab branch protect feature --minutes 1440
+  thinlab branch protect feature --off`,
+		Args: exactArgs("NAME"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := checkOutput(output); err != nil {
+				return err
+			}
+			if err := validateBranchName("NAME", args[0]); err != nil {
+				return err
+			}
+			if off && cmd.Flags().Changed("minutes") {
+				return usageErrorf("--minutes needs protection on; drop --off")
+			}
+			m, given, err := protectionMinutes(cmd, "minutes", minutes)
+			if err != nil {
+				return err
+			}
+			var dur *uint
+			if given {
+				dur = &m
+			}
+			v, err := request(cf, func(c *agentapi.Client) (*agentapi.BranchView, error) {
+				return c.ProtectBranch(cmd.Context(), args[0], !off, dur)
+			})
+			if err != nil {
+				return err
+			}
+			if output == outputJSON {
+				return writeJSON(cmd.OutOrStdout(), v)
+			}
+			msg := "Branch " + v.Name + " is not protected"
+			if v.Protected {
+				msg = "Branch " + v.Name + " is protected"
+				if t := agentapi.TimeOf(v.ProtectedTill); !t.IsZero() {
+					msg += " until " + t.Format(time.RFC3339)
+				}
+			}
+			_, err = fmt.Fprintln(cmd.OutOrStdout(), msg)
+			return err
+		},
+	}
+	cmd.Flags().BoolVar(&off, "off", false, "remove protection")
+	cmd.Flags().IntVar(&minutes, "minutes", 0, "protection length; 0 = no expiry (capped by the agent's maximum)")
 	addOutputFlag(cmd, &output)
 	return cmd
 }

@@ -81,6 +81,11 @@ func TestBranchCommandsAgainstRealAgent(t *testing.T) {
 	if !strings.Contains(out, "public.t") || !strings.Contains(out, "1 -> 2") {
 		t.Fatalf("snapshot diff:\n%s", out)
 	}
+	out, _ = mustRun(t, "branch", "protect", "feature", "--minutes", "60")
+	if !strings.Contains(out, "Branch feature is protected until") {
+		t.Fatalf("branch protect:\n%s", out)
+	}
+	mustRun(t, "branch", "protect", "feature", "--off")
 	mustRun(t, "clone", "destroy", "b1")
 	mustRun(t, "clone", "destroy", "b2")
 	out, _ = mustRun(t, "branch", "delete", "feature")

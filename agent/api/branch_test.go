@@ -257,6 +257,29 @@ func testBranches(t *testing.T, mode string) {
 	err = c.DeleteBranch(ctx, "feature")
 	e.wantError(err, http.StatusBadRequest, agentapi.CodeBadRequest, "name", "dev2")
 	e.destroy("dev2")
+	// Protection (PATCH, DLE's shape: name and protection only).
+	code, body = e.raw(http.MethodPatch, "/branch/feature", token, `{"protected":true,"protectionDurationMinutes":30}`)
+	if m := decodeMap(t, body); code != http.StatusOK || m["name"] != "feature" || m["protected"] != true || m["protectedTill"] == nil {
+		t.Fatalf("PATCH /branch/feature: %d %s", code, body)
+	}
+	if views, _ := c.Branches(ctx); !slices.ContainsFunc(views, func(v agentapi.BranchView) bool { return v.Name == "feature" && v.Protected }) {
+		t.Fatalf("feature not shown protected: %+v", views)
+	}
+	err = c.DeleteBranch(ctx, "feature")
+	e.wantError(err, http.StatusBadRequest, agentapi.CodeBadRequest, "name", "branch feature is protected")
+	for _, tc := range []struct{ path, body, detail string }{
+		{"/branch/feature", `{}`, "protected"},
+		{"/branch/feature", `{"deleteAt":"2030-01-01T00:00:00Z"}`, "deleteAt"},
+		{"/branch/nope", `{"protected":true}`, "name"},
+		{"/branch/a%2Fb", `{"protected":true}`, "name"},
+	} {
+		if code, body := e.raw(http.MethodPatch, tc.path, token, tc.body); code != http.StatusBadRequest || decodeMap(t, body)["detail"] != tc.detail {
+			t.Fatalf("PATCH %s %s: %d %s, want 400 on %s", tc.path, tc.body, code, body, tc.detail)
+		}
+	}
+	if code, body := e.raw(http.MethodPatch, "/branch/feature", token, `{"protected":false}`); code != http.StatusOK || decodeMap(t, body)["protected"] != false {
+		t.Fatalf("unprotect: %d %s", code, body)
+	}
 	if err := c.DeleteBranch(ctx, "feature"); err != nil {
 		t.Fatalf("delete feature without clones: %v", err)
 	}

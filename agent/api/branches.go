@@ -142,6 +142,34 @@ func (s *Server) branchLog(c *gin.Context) {
 	c.JSON(http.StatusOK, out)
 }
 
+// updateBranch is PATCH /branch/{name}: protect or unprotect a branch
+// (an omitted duration means no expiry, capped by the maximum, as for
+// snapshots). The answer has only name and protection, as in DLE.
+func (s *Server) updateBranch(c *gin.Context) {
+	b, ok := s.branchService(c)
+	if !ok {
+		return
+	}
+	var req agentapi.PatchSnapshotRequest
+	if !readJSON(c, &req) {
+		return
+	}
+	if req.DeleteAt != nil {
+		badRequest(c, "deleteAt", "deleteAt: scheduled deletion of branches is not supported by this agent; delete the branch with DELETE /branch/{name}")
+		return
+	}
+	if req.Protected == nil {
+		badRequest(c, "protected", "nothing to update: give protected (with an optional protectionDurationMinutes)")
+		return
+	}
+	v, err := b.Protect(c.Request.Context(), c.Param("name"), *req.Protected, s.snapshotProtectionTill(s.now(), req.ProtectionDurationMinutes))
+	if err != nil {
+		s.writeBranchError(c, err, false)
+		return
+	}
+	c.JSON(http.StatusOK, v)
+}
+
 // deleteBranch is DELETE /branch/{name}: 200 Response "Deleted branch".
 func (s *Server) deleteBranch(c *gin.Context) {
 	b, ok := s.branchService(c)

@@ -258,6 +258,7 @@ func (s *Server) mount(g *gin.RouterGroup) {
 	a.GET("/branch/snapshot/*id", s.getBranchSnapshot)
 	a.GET("/branch/:name/log", s.branchLog)
 	a.DELETE("/branch/:name", s.deleteBranch)
+	a.PATCH("/branch/:name", s.updateBranch)
 	a.POST("/snapshot/clone", s.snapshotClone)
 	a.GET("/admin/config", s.getConfig)
 	a.POST("/admin/config", s.postConfig)

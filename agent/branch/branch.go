@@ -27,6 +27,7 @@ import (
 
 	"github.com/thinlab/thinlab/agent/clone"
 	"github.com/thinlab/thinlab/agent/storage"
+	"github.com/thinlab/thinlab/sdk/agentapi"
 )
 
 // Default is DLE's default branch; it cannot be deleted.
@@ -351,6 +352,9 @@ func (s *Service) Delete(ctx context.Context, name string) error {
 	if name == Default {
 		return refused("name", "cannot delete default branch: %s", Default)
 	}
+	if r.doc.Branches[name].protectedAt(s.now()) {
+		return refused("name", "branch %s is protected: remove its protection first (PATCH /branch/%s with protected false)", name, name)
+	}
 	own := r.ownCommits(name)
 	ownSet := map[string]bool{}
 	for _, id := range own {
@@ -393,6 +397,46 @@ func (s *Service) Delete(ctx context.Context, name string) error {
 	}
 	s.log.Info("branch deleted", "branch", name, "snapshots", len(own))
 	return nil
+}
+
+// Protect protects or unprotects a branch (PATCH /branch/{name}); till
+// is when protection ends (zero: no expiry). It returns the branch's
+// protection as DLE's PATCH answers it.
+func (s *Service) Protect(ctx context.Context, name string, protected bool, till time.Time) (agentapi.BranchView, error) {
+	if err := ValidateName(name); err != nil {
+		return agentapi.BranchView{}, invalid("name", "invalid branch name: %s", err.Error())
+	}
+	s.opMu.Lock()
+	defer s.opMu.Unlock()
+	r, err := s.repo(ctx)
+	if err != nil {
+		return agentapi.BranchView{}, err
+	}
+	head, ok := r.heads[name]
+	if !ok {
+		return agentapi.BranchView{}, invalid("name", "branch not found: %s", name)
+	}
+	next := s.snapshotDoc()
+	b := next.Branches[name]
+	if b == nil {
+		// The default branch gets a record; its head keeps following
+		// refreshes (a newer refresh wins over a recorded head).
+		b = &record{Name: name, Head: head, CreatedAt: s.now().UTC()}
+		next.Branches[name] = b
+	}
+	b.Protected, b.ProtectedTill = protected, time.Time{}
+	if protected {
+		b.ProtectedTill = till
+	}
+	if err := s.publish(next); err != nil {
+		return agentapi.BranchView{}, err
+	}
+	s.log.Info("branch protection changed", "branch", name, "protected", protected, "till", till)
+	v := agentapi.BranchView{Name: name, Protected: b.protectedAt(s.now())}
+	if v.Protected {
+		v.ProtectedTill = agentapi.NewLocalTime(b.ProtectedTill)
+	}
+	return v, nil
 }
 
 // CheckSnapshotDelete refuses to delete a snapshot that a branch points

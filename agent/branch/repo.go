@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/thinlab/thinlab/agent/storage"
 	"github.com/thinlab/thinlab/sdk/agentapi"
@@ -18,6 +19,7 @@ type repo struct {
 	heads  map[string]string // branch name -> head snapshot ID
 	parent map[string]string // snapshot ID -> parent ID ("" for none)
 	clones map[string][]string
+	now    time.Time
 }
 
 func (r *repo) pool(name string) storage.Pool { return r.pools[name] }
@@ -30,6 +32,7 @@ func (s *Service) repo(ctx context.Context) (*repo, error) {
 		heads:  map[string]string{},
 		parent: map[string]string{},
 		clones: map[string][]string{},
+		now:    s.now(),
 	}
 	// Data refreshes of each pool, newest first, chain to the one before.
 	var newest *storage.Snapshot
@@ -190,6 +193,10 @@ func (r *repo) view(name string) agentapi.BranchView {
 		DataStateAt: compactTime(sn.DataStateAt),
 		SnapshotID:  head,
 		Dataset:     sn.Pool + "/branch/" + name,
+	}
+	if b := r.doc.Branches[name]; b.protectedAt(r.now) {
+		v.Protected = true
+		v.ProtectedTill = agentapi.NewLocalTime(b.ProtectedTill)
 	}
 	base := ""
 	if b := r.doc.Branches[name]; b != nil && name != Default {

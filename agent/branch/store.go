@@ -26,6 +26,16 @@ type record struct {
 	// empty for the default branch.
 	Base      string    `json:"base,omitempty"`
 	CreatedAt time.Time `json:"createdAt"`
+	// Protected keeps the branch from being deleted until ProtectedTill
+	// (zero: no expiry).
+	Protected     bool      `json:"protected,omitempty"`
+	ProtectedTill time.Time `json:"protectedTill,omitzero"`
+}
+
+// protectedAt reports whether the protection holds at now (DLE: an
+// expired protection no longer blocks a delete).
+func (r *record) protectedAt(now time.Time) bool {
+	return r != nil && r.Protected && (r.ProtectedTill.IsZero() || now.Before(r.ProtectedTill))
 }
 
 // commit is one snapshot taken of a clone, with its place in the history.

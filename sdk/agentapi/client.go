@@ -354,6 +354,16 @@ func (c *Client) CreateBranch(ctx context.Context, r CreateBranchRequest) (*Bran
 	return &out, nil
 }
 
+// ProtectBranch protects or unprotects a branch (PATCH /branch/{name});
+// minutes nil means no expiry (capped by the agent's maximum).
+func (c *Client) ProtectBranch(ctx context.Context, name string, protected bool, minutes *uint) (*BranchView, error) {
+	var out BranchView
+	if err := c.do(ctx, http.MethodPatch, "/branch/"+url.PathEscape(name), PatchSnapshotRequest{Protected: &protected, ProtectionDurationMinutes: minutes}, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
 // DeleteBranch deletes a branch and its commits (DELETE /branch/{name}).
 func (c *Client) DeleteBranch(ctx context.Context, name string) error {
 	return c.do(ctx, http.MethodDelete, "/branch/"+url.PathEscape(name), nil, nil)
