@@ -228,7 +228,7 @@ func (s *Service) Head(ctx context.Context, name string) (string, error) {
 	}
 	head, ok := r.heads[name]
 	if !ok && name != Default {
-		return "", invalid("branch", "failed to found dataset of the branch: %s (list branches with GET /branches)", name)
+		return "", invalid("branch", "failed to found dataset of the branch: %s (branch not found; list branches with GET /branches)", name)
 	}
 	return head, nil
 }

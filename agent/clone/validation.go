@@ -45,9 +45,6 @@ func validatePassword(pw string) error {
 // passes --extra-config statement_timeout='1s' on with the quotes, and
 // statement_timeout=1s must mean the same.
 func normalizeExtraConf(conf map[string]string) (map[string]string, error) {
-	if conf == nil {
-		return nil, nil
-	}
 	out := make(map[string]string, len(conf))
 	for _, k := range slices.Sorted(maps.Keys(conf)) {
 		v := unquoteSetting(conf[k])
