@@ -151,7 +151,7 @@ func TestMainFollowsRefreshesAndCommits(t *testing.T) {
 		t.Fatal("a newer refresh does not move main")
 	}
 	h.cloneOn("m", "", r2.ID) // made before branches: counts as main
-	h.clones.exists = 1        // the first try falls in a taken second
+	h.clones.exists = 1       // the first try falls in a taken second
 	res, err := h.svc.Commit(ctx, "m", "work", "")
 	if err != nil {
 		t.Fatal(err)

@@ -7,7 +7,7 @@ import (
 	"github.com/thinlab/thinlab/sdk/agentapi"
 )
 
-func n(v int64) *int64 { return &v }
+func n(v int64) *int64 { return new(v) }
 
 // TestCompare: the DDL turns the first schema into the second, with the
 // agent's own quoting of hostile names; unchanged tables are not listed.
