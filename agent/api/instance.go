@@ -58,7 +58,8 @@ func (s *Server) status(c *gin.Context) {
 		}
 		var newest *agentapi.LocalTime
 		for _, sn := range snaps {
-			if sn.Pool == p.Name() && (newest == nil || sn.DataStateAt.After(newest.Time)) {
+			// Commits of branches are not the pool's data state.
+			if sn.Pool == p.Name() && !sn.OfClone() && (newest == nil || sn.DataStateAt.After(newest.Time)) {
 				newest = agentapi.NewLocalTime(sn.DataStateAt)
 			}
 		}
