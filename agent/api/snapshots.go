@@ -26,16 +26,18 @@ func snapshotParam(c *gin.Context) string {
 }
 
 // listSnapshots is GET /snapshots: newest createdAt first. The query
-// parameters branch and dataset (DLE's UI) filter: the snapshots of one
-// branch (its commits; data refreshes are on "main"), of one pool.
+// parameters branch and dataset (DLE's UI) filter: the snapshots a clone
+// of the branch may start from (Service.SnapshotIDs), of one pool.
 func (s *Server) listSnapshots(c *gin.Context) {
 	branchName := c.Query("branch")
+	var onBranch map[string]bool
 	if branchName != "" {
 		b, ok := s.branchService(c)
 		if !ok {
 			return
 		}
-		if _, err := b.Head(c.Request.Context(), branchName); err != nil {
+		var err error
+		if onBranch, err = b.SnapshotIDs(c.Request.Context(), branchName); err != nil {
 			s.writeBranchError(c, err, false)
 			return
 		}
@@ -54,11 +56,10 @@ func (s *Server) listSnapshots(c *gin.Context) {
 		if dataset != "" && sn.Pool != dataset {
 			continue
 		}
-		v := s.snapshotView(sn, bySnap[sn.ID])
-		if branchName != "" && v.Branch != branchName {
+		if onBranch != nil && !onBranch[sn.ID] {
 			continue
 		}
-		out = append(out, v)
+		out = append(out, s.snapshotView(sn, bySnap[sn.ID]))
 	}
 	sortSnapshots(out)
 	c.JSON(http.StatusOK, out)

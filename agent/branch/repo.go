@@ -241,6 +241,44 @@ func (s *Service) List(ctx context.Context) ([]agentapi.BranchView, error) {
 	return out, nil
 }
 
+// SnapshotIDs are the snapshots a client may start a clone of branch
+// name from (GET /snapshots?branch=name): for the default branch every
+// data refresh and its commits; for another branch its chain from the
+// head back to its fork point.
+func (s *Service) SnapshotIDs(ctx context.Context, name string) (map[string]bool, error) {
+	r, err := s.repo(ctx)
+	if err != nil {
+		return nil, err
+	}
+	head, ok := r.heads[name]
+	if !ok {
+		if name == Default {
+			return map[string]bool{}, nil
+		}
+		return nil, invalid("branch", "failed to found dataset of the branch: %s (branch not found; list branches with GET /branches)", name)
+	}
+	out := map[string]bool{}
+	if name == Default {
+		for id := range r.snaps {
+			if c, ok := r.doc.Commits[id]; !ok || c.Branch == Default {
+				out[id] = true
+			}
+		}
+		return out, nil
+	}
+	base := ""
+	if b := r.doc.Branches[name]; b != nil {
+		base = b.Base
+	}
+	for _, id := range r.chain(head) {
+		out[id] = true
+		if id == base {
+			break
+		}
+	}
+	return out, nil
+}
+
 // Log is GET /branch/{name}/log: the head, then its parents.
 func (s *Service) Log(ctx context.Context, name string) ([]agentapi.SnapshotDetails, error) {
 	if err := ValidateName(name); err != nil {
