@@ -146,6 +146,16 @@ func testBranches(t *testing.T, mode string) {
 		t.Fatalf("dev after its commit sees %q", v)
 	}
 
+	// DLE's UI sends the branch with a snapshot it listed for it: a new
+	// branch's snapshot is its fork point, and the clone is on the branch.
+	ui, err := c.CreateClone(ctx, agentapi.CreateCloneRequest{ID: "ui", Branch: "feature", Snapshot: &agentapi.SnapshotCloneField{ID: snapBID}, DB: &agentapi.DatabaseRequest{Username: "ui", Password: goodPassword}})
+	if err != nil || ui.Branch != "feature" {
+		t.Fatalf("clone with branch and a snapshot of its chain: %+v %v", ui, err)
+	}
+	if _, err := c.WaitClone(ctx, "ui"); err != nil {
+		t.Fatal(err)
+	}
+	e.destroy("ui")
 	// A second clone on the branch starts from the commit.
 	dev2 := e.createOK(agentapi.CreateCloneRequest{ID: "dev2", Branch: "feature", DB: &agentapi.DatabaseRequest{Username: "bob", Password: goodPassword}})
 	if dev2.Snapshot == nil || dev2.Snapshot.ID != commitID || dev2.Snapshot.Branch != "feature" {

@@ -58,7 +58,17 @@ func (s *Server) createClone(c *gin.Context) {
 	// clone starts from the head of its branch (default main).
 	branchName := req.Branch
 	if snapshotID != "" {
-		branchName = b.BranchOf(snapshotID)
+		// A snapshot on the requested branch's chain (a new branch
+		// points at its fork point) keeps the branch; otherwise the
+		// snapshot brings its own.
+		onBranch := false
+		if branchName != "" && branch.ValidateName(branchName) == nil {
+			ids, err := b.SnapshotIDs(c.Request.Context(), branchName)
+			onBranch = err == nil && ids[snapshotID]
+		}
+		if !onBranch {
+			branchName = b.BranchOf(snapshotID)
+		}
 	} else {
 		if branchName == "" {
 			branchName = branch.Default
