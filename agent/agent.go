@@ -26,6 +26,7 @@ import (
 	"github.com/thinlab/thinlab/agent/clone"
 	"github.com/thinlab/thinlab/agent/config"
 	"github.com/thinlab/thinlab/agent/events"
+	"github.com/thinlab/thinlab/agent/logstream"
 	"github.com/thinlab/thinlab/agent/retrieval"
 	"github.com/thinlab/thinlab/agent/snapshot"
 	"github.com/thinlab/thinlab/agent/storage"
@@ -100,6 +101,9 @@ func New(ctx context.Context, cfg *config.Config, logger *slog.Logger) (*Agent, 
 	return NewWithOptions(ctx, Options{Config: cfg, Logger: logger})
 }
 
+// logLines is how many log lines the agent keeps for /instance/logs.
+const logLines = 2000
+
 // NewWithOptions is New with Options.
 func NewWithOptions(ctx context.Context, opt Options) (a *Agent, err error) {
 	cfg := opt.Config
@@ -110,6 +114,9 @@ func NewWithOptions(ctx context.Context, opt Options) (a *Agent, err error) {
 	if log == nil {
 		log = slog.Default()
 	}
+	// The recent log, for DLE's UI (the /instance/logs websocket).
+	logs := logstream.New(logLines)
+	log = slog.New(logs.Handler(log.Handler()))
 	// Validated again here: a config built in code must not start an API
 	// without authentication either.
 	if err := cfg.ValidateServer(); err != nil {
@@ -169,6 +176,7 @@ func NewWithOptions(ctx context.Context, opt Options) (a *Agent, err error) {
 		Clones:     a.clones,
 		Retrieval:  a.retrieval,
 		Snapshots:  a.snapshots,
+		Logs:       logs,
 		Pools:      a.pools,
 		Logger:     log,
 		Version:    ver,

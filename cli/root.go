@@ -43,6 +43,8 @@ func NewRootCommand() *cobra.Command {
 		newStatusCommand(),
 		newSnapshotCommand(),
 		newCloneCommand(),
+		newBranchCommand(),
+		newCommitCommand(),
 		newConnectCommand(),
 		newPortForwardCommand(),
 		newContextCommand(),

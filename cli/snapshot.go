@@ -20,7 +20,7 @@ func newSnapshotCommand() *cobra.Command {
   thinlab snapshot delete 'pool1@snapshot_20240102030405'`,
 	})
 	cf.register(cmd)
-	cmd.AddCommand(newSnapshotListCommand(&cf), newSnapshotCreateCommand(&cf), newSnapshotDeleteCommand(&cf))
+	cmd.AddCommand(newSnapshotListCommand(&cf), newSnapshotCreateCommand(&cf), newSnapshotDeleteCommand(&cf), newSnapshotDiffCommand(&cf))
 	return cmd
 }
 

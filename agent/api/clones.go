@@ -8,6 +8,7 @@ import (
 
 	"github.com/gin-gonic/gin"
 
+	"github.com/thinlab/thinlab/agent/branch"
 	"github.com/thinlab/thinlab/agent/clone"
 	"github.com/thinlab/thinlab/sdk/agentapi"
 )
@@ -49,14 +50,44 @@ func (s *Server) createClone(c *gin.Context) {
 	if req.Snapshot != nil {
 		snapshotID = req.Snapshot.ID
 	}
-	// Thinlab pools have one line of snapshots, DLE's "main" branch.
-	if snapshotID == "" && req.Branch != "" && req.Branch != mainBranch {
-		badRequest(c, "branch", "branch: branch \""+req.Branch+"\" not found: this agent has only the \"main\" branch (or give snapshot.id)")
+	b, ok := s.branchService(c)
+	if !ok {
 		return
+	}
+	// As in DLE: snapshot.id wins and brings its branch; otherwise the
+	// clone starts from the head of its branch (default main).
+	branchName := req.Branch
+	if snapshotID != "" {
+		// A snapshot on the requested branch's chain (a new branch
+		// points at its fork point) keeps the branch; otherwise the
+		// snapshot brings its own.
+		onBranch := false
+		if branchName != "" && branch.ValidateName(branchName) == nil {
+			ids, err := b.SnapshotIDs(c.Request.Context(), branchName)
+			onBranch = err == nil && ids[snapshotID]
+		}
+		if !onBranch {
+			branchName = b.BranchOf(snapshotID)
+		}
+	} else {
+		if branchName == "" {
+			branchName = branch.Default
+		}
+		if err := branch.ValidateName(branchName); err != nil {
+			badRequest(c, "branch", "branch: "+err.Error())
+			return
+		}
+		head, err := b.Head(c.Request.Context(), branchName)
+		if err != nil {
+			s.writeBranchError(c, err, false)
+			return
+		}
+		snapshotID = head
 	}
 	cl, err := s.clones.Create(c.Request.Context(), clone.CreateRequest{
 		ID:                        req.ID,
 		SnapshotID:                snapshotID,
+		Branch:                    branchName,
 		Username:                  req.DB.Username,
 		Password:                  req.DB.Password,
 		Restricted:                req.DB.Restricted,

@@ -52,11 +52,17 @@ type env struct {
 // with a private range of ports, and the API server.
 func newEnv(t testing.TB, ports int, snapshots ...[]string) *env {
 	t.Helper()
+	return newEnvOn(t, storage.ModeBtrfs, ports, snapshots...)
+}
+
+// newEnvOn is newEnv on a loop pool of the given backend.
+func newEnvOn(t testing.TB, mode string, ports int, snapshots ...[]string) *env {
+	t.Helper()
 	// Not t.Context(): that ends before the cleanups below, and the
 	// manager built on ctx must still work while they close it.
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	t.Cleanup(cancel)
-	p := storagetest.NewLoopPool(t, storage.ModeBtrfs)
+	p := storagetest.NewLoopPool(t, mode)
 	e := &env{t: t, ctx: ctx, pool: p, log: &logtest.Buffer{}}
 	for _, sql := range snapshots {
 		e.snaps = append(e.snaps, clonetest.Fill(t, p, sql...))

@@ -26,6 +26,9 @@ func (s *Server) status(c *gin.Context) {
 			Edition:    Edition,
 			InstanceID: s.instance,
 			StartedAt:  agentapi.NewLocalTime(s.startedAt),
+			// The configuration is the agent's file; /admin/config is
+			// read-only.
+			DisableConfigModification: &disableConfigModification,
 		},
 		Pools: make([]agentapi.PoolEntry, 0, len(s.pools)),
 		Cloning: agentapi.Cloning{
@@ -56,7 +59,8 @@ func (s *Server) status(c *gin.Context) {
 		}
 		var newest *agentapi.LocalTime
 		for _, sn := range snaps {
-			if sn.Pool == p.Name() && (newest == nil || sn.DataStateAt.After(newest.Time)) {
+			// Commits of branches are not the pool's data state.
+			if sn.Pool == p.Name() && !sn.OfClone() && (newest == nil || sn.DataStateAt.After(newest.Time)) {
 				newest = agentapi.NewLocalTime(sn.DataStateAt)
 			}
 		}
@@ -150,3 +154,7 @@ func (s *Server) fullRefresh(c *gin.Context) {
 		c.JSON(http.StatusOK, agentapi.Response{Status: "OK", Message: "Full refresh started"})
 	}
 }
+
+// disableConfigModification is what /status reports (a pointer field):
+// POST /admin/config is refused.
+var disableConfigModification = true

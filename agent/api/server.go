@@ -18,9 +18,12 @@ import (
 	"time"
 
 	"github.com/gin-gonic/gin"
+	"github.com/jackc/pgx/v5"
 
+	"github.com/thinlab/thinlab/agent/branch"
 	"github.com/thinlab/thinlab/agent/clone"
 	"github.com/thinlab/thinlab/agent/config"
+	"github.com/thinlab/thinlab/agent/logstream"
 	"github.com/thinlab/thinlab/agent/retrieval"
 	"github.com/thinlab/thinlab/agent/snapshot"
 	"github.com/thinlab/thinlab/agent/storage"
@@ -48,6 +51,9 @@ type Clones interface {
 	UpdateProtection(id string, protected bool, durationMinutes *uint) (clone.Clone, error)
 	ExpectedCloningTime() time.Duration
 	Pool(name string) (storage.Pool, bool)
+	SnapshotClone(ctx context.Context, id string, opt storage.SnapshotOptions) (storage.Snapshot, error)
+	InspectClone(ctx context.Context, id, db string, fn func(context.Context, *pgx.Conn) error) error
+	InspectSnapshot(ctx context.Context, snapshotID, db string, fn func(context.Context, *pgx.Conn) error) error
 }
 
 var _ Clones = (*clone.Manager)(nil)
@@ -72,6 +78,12 @@ type Options struct {
 	// over Pools with Now and SweepInterval, runs its sweep and Close
 	// stops it.
 	Snapshots *snapshot.Policy
+	// Logs is the agent's recent log (the /instance/logs websocket); nil
+	// answers 404 there.
+	Logs *logstream.Hub
+	// Branches is data branching; when nil, New builds one over Pools,
+	// Clones and the config's stateDir.
+	Branches *branch.Service
 
 	// Now is the clock (time.Now when nil); tests move it to expire
 	// snapshot protection.
@@ -104,6 +116,13 @@ type Server struct {
 	// New built it, so Close stops it.
 	snaps    *snapshot.Policy
 	ownSnaps bool
+
+	branches *branch.Service
+	logs     *logstream.Hub
+	wsTokens wsTokens
+	// branchErr is why the branch state could not be loaded; the branch
+	// routes answer 500 with it logged.
+	branchErr error
 
 	// bg bounds the goroutines that watch new clones for the creation-time
 	// histogram.
@@ -140,6 +159,14 @@ func New(opt Options) *Server {
 		s.snaps = snapshot.New(snapshot.Options{Config: s.cfg, Pools: s.pools, Clones: s.clones, Logger: log, Now: s.now, SweepInterval: opt.SweepInterval})
 		s.ownSnaps = true
 		s.snaps.Start()
+	}
+	s.logs = opt.Logs
+	s.branches = opt.Branches
+	if s.branches == nil {
+		s.branches, s.branchErr = branch.New(branch.Options{StateDir: s.cfg.StateDir, Pools: s.pools, Clones: s.clones, Logger: log, Now: s.now})
+		if s.branchErr != nil {
+			s.log.Error("branch state unreadable: the branch routes fail until it is fixed", "err", s.branchErr)
+		}
 	}
 	s.bg, s.bgCancel = context.WithCancel(context.Background())
 	s.metrics = newMetrics(s)
@@ -187,6 +214,8 @@ func (s *Server) routes() *gin.Engine {
 	})
 
 	s.mount(r.Group(""))
+	// DLE's UI opens the log websocket under /ws/ (its WS_URL_PREFIX).
+	r.GET("/ws/instance/logs", s.instanceLogs)
 	// DLE's UI reaches the engine through a proxy that strips /api/; the
 	// agent serves the same routes there so the UI needs no proxy.
 	s.mount(r.Group("/api"))
@@ -199,6 +228,9 @@ func (s *Server) mount(g *gin.RouterGroup) {
 	g.GET("/healthz", s.healthz)
 	g.POST("/healthz", s.healthz)
 	g.GET("/openapi.yaml", s.openAPI)
+	// The websocket carries no header: its single-use token (from
+	// /admin/ws-auth) is the authentication, as in DLE.
+	g.GET("/instance/logs", s.instanceLogs)
 
 	a := g.Group("", s.requireToken)
 	// Metrics name clones and pools: behind the token (or, without it, on
@@ -206,6 +238,8 @@ func (s *Server) mount(g *gin.RouterGroup) {
 	a.GET("/metrics", s.metricsHandler)
 	a.GET("/status", s.status)
 	a.GET("/snapshots", s.listSnapshots)
+	a.GET("/snapshots/diff", s.diffSnapshots)
+	a.GET("/clone/:id/diff", s.diffClone)
 	a.POST("/snapshot", s.createSnapshot)
 	// Snapshot IDs may contain '/' in DLE (branch snapshots): catch-all.
 	a.GET("/snapshot/*id", s.getSnapshot)
@@ -218,6 +252,18 @@ func (s *Server) mount(g *gin.RouterGroup) {
 	a.DELETE("/clone/:id", s.destroyClone)
 	a.POST("/clone/:id/reset", s.resetClone)
 	a.GET("/instance/retrieval", s.getRetrieval)
+	a.GET("/branches", s.listBranches)
+	a.POST("/branch", s.createBranch)
+	a.POST("/branch/snapshot", s.commitClone)
+	a.GET("/branch/snapshot/*id", s.getBranchSnapshot)
+	a.GET("/branch/:name/log", s.branchLog)
+	a.DELETE("/branch/:name", s.deleteBranch)
+	a.PATCH("/branch/:name", s.updateBranch)
+	a.POST("/snapshot/clone", s.snapshotClone)
+	a.GET("/admin/config", s.getConfig)
+	a.POST("/admin/config", s.postConfig)
+	a.GET("/admin/config.yaml", s.getConfigYAML)
+	a.GET("/admin/ws-auth", s.wsAuth)
 	a.POST("/full-refresh", s.fullRefresh)
 }
 

@@ -1,6 +1,8 @@
 package api_test
 
 import (
+	"github.com/jackc/pgx/v5"
+
 	"context"
 	"fmt"
 	"net/http"
@@ -98,6 +100,18 @@ func (f *fakeClones) UpdateProtection(id string, protected bool, _ *uint) (clone
 }
 
 func (f *fakeClones) ExpectedCloningTime() time.Duration { return 2 * time.Second }
+
+func (f *fakeClones) InspectClone(context.Context, string, string, func(context.Context, *pgx.Conn) error) error {
+	return fmt.Errorf("%w: the fake engine runs no postgres", clone.ErrNotReady)
+}
+
+func (f *fakeClones) InspectSnapshot(context.Context, string, string, func(context.Context, *pgx.Conn) error) error {
+	return fmt.Errorf("%w: the fake engine runs no postgres", clone.ErrNotReady)
+}
+
+func (f *fakeClones) SnapshotClone(context.Context, string, storage.SnapshotOptions) (storage.Snapshot, error) {
+	return storage.Snapshot{}, fmt.Errorf("%w: the fake engine does not snapshot clones", clone.ErrNotReady)
+}
 
 func (f *fakeClones) Pool(name string) (storage.Pool, bool) {
 	return f.pool, name == f.pool.Name()

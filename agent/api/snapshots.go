@@ -19,22 +19,27 @@ import (
 	"github.com/thinlab/thinlab/sdk/agentapi"
 )
 
-// mainBranch is the one DLE branch a Thinlab pool has.
-const mainBranch = "main"
-
 // snapshotParam is the catch-all {id} without its leading slash.
 func snapshotParam(c *gin.Context) string {
 	return strings.TrimPrefix(c.Param("id"), "/")
 }
 
 // listSnapshots is GET /snapshots: newest createdAt first. The query
-// parameters branch and dataset (DLE's UI) filter: only branch "main"
-// and the pools' names exist here.
+// parameters branch and dataset (DLE's UI) filter: the snapshots a clone
+// of the branch may start from (Service.SnapshotIDs), of one pool.
 func (s *Server) listSnapshots(c *gin.Context) {
-	branch := c.Query("branch")
-	if branch != "" && branch != mainBranch {
-		badRequest(c, "branch", fmt.Sprintf("branch %q not found: this agent has only the %q branch", branch, mainBranch))
-		return
+	branchName := c.Query("branch")
+	var onBranch map[string]bool
+	if branchName != "" {
+		b, ok := s.branchService(c)
+		if !ok {
+			return
+		}
+		var err error
+		if onBranch, err = b.SnapshotIDs(c.Request.Context(), branchName); err != nil {
+			s.writeBranchError(c, err, false)
+			return
+		}
 	}
 	dataset := c.Query("dataset")
 	if dataset != "" {
@@ -48,6 +53,9 @@ func (s *Server) listSnapshots(c *gin.Context) {
 	out := make([]agentapi.Snapshot, 0, len(snaps))
 	for _, sn := range snaps {
 		if dataset != "" && sn.Pool != dataset {
+			continue
+		}
+		if onBranch != nil && !onBranch[sn.ID] {
 			continue
 		}
 		out = append(out, s.snapshotView(sn, bySnap[sn.ID]))
@@ -180,6 +188,12 @@ func (s *Server) deleteSnapshot(c *gin.Context) {
 		conflict(c, fmt.Sprintf("snapshot %q is protected: remove its protection first (PATCH /snapshot/{id} with protected false)", sn.ID))
 		return
 	}
+	if s.branches != nil {
+		if err := s.branches.CheckSnapshotDelete(sn.ID); err != nil {
+			s.writeBranchError(c, err, false)
+			return
+		}
+	}
 	var dependents []string
 	var protected []string
 	for _, cl := range s.clones.List() {
@@ -221,6 +235,9 @@ func (s *Server) deleteSnapshot(c *gin.Context) {
 		return
 	}
 	s.snaps.Forget(sn.ID)
+	if s.branches != nil {
+		s.branches.ForgetSnapshot(sn.ID)
+	}
 	s.log.Info("snapshot deleted", "snapshot", sn.ID, "force", force)
 	c.JSON(http.StatusOK, agentapi.Response{Status: "OK", Message: "Deleted snapshot"})
 }

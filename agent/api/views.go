@@ -39,10 +39,14 @@ func clonesBySnapshot(clones []clone.Clone, snaps snapshotIndex) map[string][]st
 	for _, c := range clones {
 		out[c.SnapshotID] = append(out[c.SnapshotID], c.ID)
 		seen[c.SnapshotID+"\x00"+c.ID] = true
+		// A pool may say a known clone is made from another snapshot (on
+		// ZFS a commit makes the clone a clone of the commit): the clone
+		// manager's record wins.
+		seen[c.ID] = true
 	}
 	for id, sn := range snaps {
 		for _, name := range sn.Clones {
-			if !seen[id+"\x00"+name] {
+			if !seen[id+"\x00"+name] && !seen[name] {
 				out[id] = append(out[id], name)
 				seen[id+"\x00"+name] = true
 			}
@@ -71,6 +75,9 @@ func (s *Server) snapshotView(sn storage.Snapshot, clones []string) agentapi.Sna
 		Message:      sn.Message,
 		DeleteAt:     agentapi.NewLocalTime(meta.DeleteAt),
 	}
+	if s.branches != nil {
+		out.Branch = s.branches.BranchOf(sn.ID)
+	}
 	if meta.ProtectedAt(s.now()) {
 		out.Protected = true
 		out.ProtectedTill = agentapi.NewLocalTime(meta.ProtectedTill)
@@ -88,6 +95,7 @@ func (s *Server) cloneView(c clone.Clone, snaps snapshotIndex, bySnap map[string
 	out := agentapi.Clone{
 		ID:            c.ID,
 		Snapshot:      &snap,
+		Branch:        c.Branch,
 		Protected:     c.Protected,
 		ProtectedTill: agentapi.NewLocalTime(c.ProtectedTill),
 		DeleteAt:      agentapi.NewLocalTime(c.DeleteAt),

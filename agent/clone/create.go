@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"maps"
 	"net"
 	"path/filepath"
 	"strconv"
@@ -41,7 +40,8 @@ func (m *Manager) Create(ctx context.Context, r CreateRequest) (Clone, error) {
 	if !dbNameRE.MatchString(dbName) {
 		return Clone{}, &ValidationError{Field: "db.db_name", Message: fmt.Sprintf("%q is not a valid database name: use letters, digits, '_', '$' or '-', starting with a letter or '_'", dbName)}
 	}
-	if err := validateExtraConf(r.ExtraConf); err != nil {
+	extraConf, err := normalizeExtraConf(r.ExtraConf)
+	if err != nil {
 		return Clone{}, err
 	}
 	verifier, err := scramVerifier(r.Password)
@@ -61,6 +61,7 @@ func (m *Manager) Create(ctx context.Context, r CreateRequest) (Clone, error) {
 		ID:            id,
 		Pool:          snap.Pool,
 		SnapshotID:    snap.ID,
+		Branch:        r.Branch,
 		Status:        StatusCreating,
 		StatusMessage: MessageCreating,
 		DBName:        dbName,
@@ -70,7 +71,7 @@ func (m *Manager) Create(ctx context.Context, r CreateRequest) (Clone, error) {
 		CreatedAt:     now,
 		LastActivity:  now,
 		MaxIdle:       m.cfg.Cloning.MaxIdleMinutes,
-		ExtraConf:     maps.Clone(r.ExtraConf),
+		ExtraConf:     extraConf,
 		LogicalSize:   snap.LogicalSize,
 		opStart:       time.Now(),
 	}

@@ -20,6 +20,7 @@ type record struct {
 	ID            string     `json:"id"`
 	Pool          string     `json:"pool"`
 	SnapshotID    string     `json:"snapshotId"`
+	Branch        string     `json:"branch,omitempty"`
 	Status        StatusCode `json:"status"`
 	StatusMessage string     `json:"statusMessage"`
 	Port          int        `json:"port"`

@@ -38,6 +38,10 @@ type Clone struct {
 	ID         string
 	Pool       string
 	SnapshotID string
+	// Branch is the data branch the clone works on (its commits move that
+	// branch); "" for clones made before branches existed, which count as
+	// the default branch.
+	Branch string
 
 	Status        StatusCode
 	StatusMessage string
@@ -85,6 +89,9 @@ type CreateRequest struct {
 	ID string
 	// SnapshotID is optional; the latest snapshot of any pool when empty.
 	SnapshotID string
+	// Branch is recorded with the clone; the caller resolved it to
+	// SnapshotID (the branch's head) or checked that SnapshotID is on it.
+	Branch string
 
 	Username   string
 	Password   string

@@ -40,13 +40,37 @@ func validatePassword(pw string) error {
 	return nil
 }
 
-func validateExtraConf(conf map[string]string) error {
+// normalizeExtraConf validates the per-clone settings and returns them
+// with one pair of surrounding quotes taken off each value: DLE's CLI
+// passes --extra-config statement_timeout='1s' on with the quotes, and
+// statement_timeout=1s must mean the same.
+func normalizeExtraConf(conf map[string]string) (map[string]string, error) {
+	out := make(map[string]string, len(conf))
 	for _, k := range slices.Sorted(maps.Keys(conf)) {
-		if err := runtime.ValidateSetting(k, conf[k]); err != nil {
-			return &ValidationError{Field: "extra_conf." + k, Message: err.Error()}
+		v := unquoteSetting(conf[k])
+		if err := runtime.ValidateSetting(k, v); err != nil {
+			return nil, &ValidationError{Field: "extra_conf." + k, Message: err.Error()}
 		}
+		out[k] = v
 	}
-	return nil
+	return out, nil
+}
+
+// unquoteSetting takes one pair of matching single or double quotes off
+// v (a doubled quote inside a single-quoted value is one quote, as in
+// postgresql.conf).
+func unquoteSetting(v string) string {
+	t := strings.TrimSpace(v)
+	if len(t) < 2 {
+		return v
+	}
+	switch q := t[0]; {
+	case q == '\'' && t[len(t)-1] == '\'':
+		return strings.ReplaceAll(t[1:len(t)-1], "''", "'")
+	case q == '"' && t[len(t)-1] == '"':
+		return t[1 : len(t)-1]
+	}
+	return v
 }
 
 // resolveSnapshot finds the snapshot (and its pool) for id, or the newest
@@ -60,8 +84,16 @@ func (m *Manager) resolveSnapshot(ctx context.Context, id string) (storage.Snaps
 			if err != nil {
 				return storage.Snapshot{}, fmt.Errorf("list snapshots of pool %s: %w", p.Name(), err)
 			}
-			if len(snaps) > 0 && (!found || snaps[0].DataStateAt.After(latest.DataStateAt)) {
-				latest, found = snaps[0], true
+			// Snapshots of clones belong to branches: "the latest" is the
+			// newest data refresh.
+			for _, s := range snaps {
+				if s.OfClone() {
+					continue
+				}
+				if !found || s.DataStateAt.After(latest.DataStateAt) {
+					latest, found = s, true
+				}
+				break
 			}
 		}
 		if !found {

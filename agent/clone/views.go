@@ -15,6 +15,7 @@ func (m *Manager) view(r *record) Clone {
 		ID:             r.ID,
 		Pool:           r.Pool,
 		SnapshotID:     r.SnapshotID,
+		Branch:         r.Branch,
 		Status:         r.Status,
 		StatusMessage:  r.StatusMessage,
 		Host:           m.cfg.Provision.AccessHost,

@@ -14,7 +14,8 @@ const LabelTransient = "thinlab.transient"
 // Retain deletes the oldest snapshots of p so that at most keep remain. It
 // never deletes a snapshot that a clone depends on, nor one for which
 // keepAlso (when not nil) reports true, e.g. a protected one: those count
-// towards keep but are skipped. It returns the IDs it deleted, also when it
+// towards keep but are skipped. Snapshots of clones (branch commits,
+// Snapshot.OfClone) are no part of it. It returns the IDs it deleted, also when it
 // stops at an error.
 func Retain(ctx context.Context, p Pool, keep int, keepAlso func(Snapshot) bool) ([]string, error) {
 	if keep < 1 {
@@ -26,7 +27,7 @@ func Retain(ctx context.Context, p Pool, keep int, keepAlso func(Snapshot) bool)
 	}
 	snaps := make([]Snapshot, 0, len(all))
 	for _, s := range all {
-		if s.Labels[LabelTransient] == "" {
+		if s.Labels[LabelTransient] == "" && !s.OfClone() {
 			snaps = append(snaps, s)
 		}
 	}

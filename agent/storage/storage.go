@@ -9,6 +9,7 @@ package storage
 import (
 	"context"
 	"errors"
+	"maps"
 	"time"
 )
 
@@ -89,6 +90,50 @@ type SnapshotOptions struct {
 	DataStateAt time.Time
 	Message     string
 	Labels      map[string]string
+	// Source, when set, names a clone whose current state is snapshotted
+	// instead of the main dataset (a branch commit). The snapshot is an
+	// ordinary snapshot of the pool: listed, cloned and destroyed like the
+	// others, and independent of the clone (destroying the clone keeps it).
+	Source string
+}
+
+// LabelSource is the label every snapshot of a clone carries (set by the
+// backends from SnapshotOptions.Source): the clone it was taken of. Such
+// snapshots belong to branches, not to the pool's line of data refreshes:
+// retention and "the latest snapshot" leave them out.
+const LabelSource = "thinlab.source"
+
+// WithSourceLabel returns o with LabelSource set when o.Source is.
+func (o SnapshotOptions) WithSourceLabel() SnapshotOptions {
+	if o.Source == "" {
+		return o
+	}
+	labels := make(map[string]string, len(o.Labels)+1)
+	maps.Copy(labels, o.Labels)
+	labels[LabelSource] = o.Source
+	o.Labels = labels
+	return o
+}
+
+// OfClone reports whether s was taken of a clone (a branch commit) rather
+// than of the main dataset.
+func (s Snapshot) OfClone() bool { return s.Labels[LabelSource] != "" }
+
+// AtomicSnapshotter is implemented by every backend: AtomicSnapshots
+// reports whether a snapshot of a dataset in use is taken at one instant
+// (ZFS, btrfs, LVM thin), so that a running postgres in it is
+// crash-consistent and recovers like after a power loss. A pool that
+// copies file by file (XFS reflink) answers false: its caller must stop
+// the writer first.
+type AtomicSnapshotter interface {
+	AtomicSnapshots() bool
+}
+
+// SnapshotsAreAtomic reports AtomicSnapshots of p, false for a pool that
+// does not say.
+func SnapshotsAreAtomic(p Pool) bool {
+	a, ok := p.(AtomicSnapshotter)
+	return ok && a.AtomicSnapshots()
 }
 
 // Pool is one copy-on-write pool. Implementations are safe for concurrent

@@ -323,6 +323,107 @@ func (c *Client) DestroyClone(ctx context.Context, id string) error {
 	return c.do(ctx, http.MethodDelete, "/clone/"+id, nil, nil)
 }
 
+// DiffSnapshots compares two snapshots' database db ("" = the agent's
+// default) (GET /snapshots/diff).
+func (c *Client) DiffSnapshots(ctx context.Context, from, to, db string) (*Diff, error) {
+	q := url.Values{"from": {from}, "to": {to}}
+	if db != "" {
+		q.Set("db", db)
+	}
+	var out Diff
+	if err := c.do(ctx, http.MethodGet, "/snapshots/diff?"+q.Encode(), nil, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// DiffClone compares a clone with its snapshot in database db ("" = the
+// clone's) (GET /clone/{id}/diff).
+func (c *Client) DiffClone(ctx context.Context, id, db string) (*Diff, error) {
+	path := "/clone/" + id + "/diff"
+	if db != "" {
+		path += "?" + url.Values{"db": {db}}.Encode()
+	}
+	var out Diff
+	if err := c.do(ctx, http.MethodGet, path, nil, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// Branches lists the branches of data (GET /branches), newest head first.
+func (c *Client) Branches(ctx context.Context) ([]BranchView, error) {
+	var out []BranchView
+	if err := c.do(ctx, http.MethodGet, "/branches", nil, &out); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// CreateBranch creates a branch at a snapshot or at the head of another
+// branch (POST /branch).
+func (c *Client) CreateBranch(ctx context.Context, r CreateBranchRequest) (*BranchName, error) {
+	var out BranchName
+	if err := c.do(ctx, http.MethodPost, "/branch", r, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// ProtectBranch protects or unprotects a branch (PATCH /branch/{name});
+// minutes nil means no expiry (capped by the agent's maximum).
+func (c *Client) ProtectBranch(ctx context.Context, name string, protected bool, minutes *uint) (*BranchView, error) {
+	var out BranchView
+	if err := c.do(ctx, http.MethodPatch, "/branch/"+url.PathEscape(name), PatchSnapshotRequest{Protected: &protected, ProtectionDurationMinutes: minutes}, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// DeleteBranch deletes a branch and its commits (DELETE /branch/{name}).
+func (c *Client) DeleteBranch(ctx context.Context, name string) error {
+	return c.do(ctx, http.MethodDelete, "/branch/"+url.PathEscape(name), nil, nil)
+}
+
+// BranchLog is the branch's head and its parents (GET /branch/{name}/log).
+func (c *Client) BranchLog(ctx context.Context, name string) ([]SnapshotDetails, error) {
+	var out []SnapshotDetails
+	if err := c.do(ctx, http.MethodGet, "/branch/"+url.PathEscape(name)+"/log", nil, &out); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// BranchSnapshot is one snapshot of the branch graph (GET
+// /branch/snapshot/{id}).
+func (c *Client) BranchSnapshot(ctx context.Context, id string) (*SnapshotDetails, error) {
+	var out SnapshotDetails
+	if err := c.do(ctx, http.MethodGet, "/branch/snapshot/"+id, nil, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// Commit snapshots a clone's current state onto its branch with a message
+// (POST /branch/snapshot) and returns the new snapshot's ID.
+func (c *Client) Commit(ctx context.Context, cloneID, message string) (string, error) {
+	var out CommitResponse
+	if err := c.do(ctx, http.MethodPost, "/branch/snapshot", CloneSnapshotRequest{CloneID: cloneID, Message: message}, &out); err != nil {
+		return "", err
+	}
+	return out.SnapshotID, nil
+}
+
+// SnapshotClone snapshots a clone's current state without moving its
+// branch (POST /snapshot/clone).
+func (c *Client) SnapshotClone(ctx context.Context, cloneID, message string) (*Snapshot, error) {
+	var out Snapshot
+	if err := c.do(ctx, http.MethodPost, "/snapshot/clone", CloneSnapshotRequest{CloneID: cloneID, Message: message}, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
 // Retrieval is GET /instance/retrieval.
 func (c *Client) Retrieval(ctx context.Context) (*Retrieving, error) {
 	var r Retrieving

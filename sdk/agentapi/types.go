@@ -345,3 +345,101 @@ type Synchronization struct {
 	ReplicationLag    int    `json:"replicationLag"`
 	ReplicationUptime int    `json:"replicationUptime"`
 }
+
+// BranchView is one branch in GET /branches. DataStateAt is DLE's compact
+// YYYYMMDDhhmmss (UTC) of the head snapshot; Parent is the branch whose
+// head is this branch's fork point, or "-".
+type BranchView struct {
+	Name          string     `json:"name"`
+	BaseDataset   string     `json:"baseDataset"`
+	Parent        string     `json:"parent"`
+	DataStateAt   string     `json:"dataStateAt"`
+	SnapshotID    string     `json:"snapshotID"`
+	Dataset       string     `json:"dataset"`
+	NumSnapshots  int        `json:"numSnapshots"`
+	Protected     bool       `json:"protected"`
+	ProtectedTill *LocalTime `json:"protectedTill,omitempty"`
+	DeleteAt      *LocalTime `json:"deleteAt,omitempty"`
+}
+
+// SnapshotDetails is one snapshot of the branch graph (GET
+// /branch/snapshot/{id}, GET /branch/{name}/log). Parent and Message are
+// "-" when unset; empty lists are null, as in DLE.
+type SnapshotDetails struct {
+	ID            string     `json:"id"`
+	Parent        string     `json:"parent"`
+	Child         []string   `json:"child"`
+	Branch        []string   `json:"branch"`
+	Root          []string   `json:"root"`
+	DataStateAt   string     `json:"dataStateAt"`
+	Message       string     `json:"message"`
+	Dataset       string     `json:"dataset"`
+	Clones        []string   `json:"clones"`
+	Protected     bool       `json:"protected"`
+	ProtectedTill *LocalTime `json:"protectedTill,omitempty"`
+	DeleteAt      *LocalTime `json:"deleteAt,omitempty"`
+
+	// Author is who committed the snapshot, CreatedAt when, and Pool
+	// where it lives (Thinlab additions).
+	Author    string     `json:"author,omitempty"`
+	CreatedAt *LocalTime `json:"createdAt,omitempty"`
+	Pool      string     `json:"pool,omitempty"`
+}
+
+// CreateBranchRequest is the body of POST /branch: SnapshotID wins over
+// BaseBranch.
+type CreateBranchRequest struct {
+	BranchName string `json:"branchName"`
+	BaseBranch string `json:"baseBranch"`
+	SnapshotID string `json:"snapshotID"`
+}
+
+// BranchName is the reply of POST /branch.
+type BranchName struct {
+	Name string `json:"name"`
+}
+
+// CloneSnapshotRequest is the body of POST /branch/snapshot (a commit)
+// and POST /snapshot/clone.
+type CloneSnapshotRequest struct {
+	CloneID string `json:"cloneID"`
+	Message string `json:"message"`
+}
+
+// CommitResponse is the reply of POST /branch/snapshot.
+type CommitResponse struct {
+	SnapshotID string `json:"snapshotID"`
+}
+
+// Table changes in a Diff.
+const (
+	TableAdded   = "added"
+	TableDropped = "dropped"
+	TableChanged = "changed"
+)
+
+// Diff is what changed between two states of a database (Thinlab
+// addition): GET /snapshots/diff and GET /clone/{id}/diff.
+type Diff struct {
+	// From and To name what was compared (snapshot IDs, or a clone).
+	From     string      `json:"from"`
+	To       string      `json:"to"`
+	Database string      `json:"database"`
+	Tables   []TableDiff `json:"tables"`
+	// DDL are the statements that turn From's schema into To's.
+	DDL []string `json:"ddl"`
+}
+
+// TableDiff is one table that differs. Sizes are bytes (table, indexes
+// and TOAST); rows are exact counts, null where the table was too big to
+// count cheaply (or is partitioned).
+type TableDiff struct {
+	Schema        string `json:"schema"`
+	Table         string `json:"table"`
+	Change        string `json:"change"`
+	SizeFrom      int64  `json:"sizeFrom"`
+	SizeTo        int64  `json:"sizeTo"`
+	RowsFrom      *int64 `json:"rowsFrom"`
+	RowsTo        *int64 `json:"rowsTo"`
+	SchemaChanged bool   `json:"schemaChanged"`
+}

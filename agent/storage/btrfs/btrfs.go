@@ -79,7 +79,6 @@ type Pool struct {
 }
 
 var _ storage.Pool = (*Pool)(nil)
-var _ storage.CloneSnapshotter = (*Pool)(nil)
 
 // Open checks cfg, creates main, snapshots and clones directories when
 // missing and removes sidecar temp files a crash left behind.
@@ -139,6 +138,10 @@ func Open(ctx context.Context, cfg Config) (*Pool, error) {
 // Name implements storage.Pool.
 func (p *Pool) Name() string { return p.cfg.Name }
 
+// AtomicSnapshots implements storage.AtomicSnapshotter: a btrfs snapshot
+// is taken at one instant.
+func (p *Pool) AtomicSnapshots() bool { return true }
+
 // Mode implements storage.Pool.
 func (p *Pool) Mode() string { return storage.ModeBtrfs }
 
@@ -153,24 +156,29 @@ func (p *Pool) ClonesDir() string { return p.cfg.ClonesDir }
 
 // Snapshot implements storage.Pool.
 func (p *Pool) Snapshot(ctx context.Context, opt storage.SnapshotOptions) (storage.Snapshot, error) {
-	return p.snapshotOf(ctx, p.mainDir, opt)
+	if opt.Source == "" {
+		return p.snapshotOf(ctx, p.mainDir, "", opt)
+	}
+	if err := storage.ValidateName("clone name", opt.Source); err != nil {
+		return storage.Snapshot{}, err
+	}
+	return p.snapshotOf(ctx, filepath.Join(p.cfg.ClonesDir, opt.Source), opt.Source, opt.WithSourceLabel())
 }
 
-// SnapshotClone implements storage.CloneSnapshotter: a read-only btrfs
-// snapshot of the clone's subvolume, which does not depend on the clone.
+// SnapshotClone implements storage.CloneSnapshotter (physical retrieval's
+// snapshot cycle): a read-only snapshot of the clone's subvolume that
+// joins the pool's line of data (no LabelSource, unlike a branch commit).
 func (p *Pool) SnapshotClone(ctx context.Context, clone string, opt storage.SnapshotOptions) (storage.Snapshot, error) {
 	if err := storage.ValidateName("clone name", clone); err != nil {
 		return storage.Snapshot{}, err
 	}
-	src := filepath.Join(p.cfg.ClonesDir, clone)
-	if !isSubvolume(src) {
-		return storage.Snapshot{}, fmt.Errorf("%w: clone %s", storage.ErrNotFound, clone)
-	}
-	return p.snapshotOf(ctx, src, opt)
+	opt.Source = ""
+	return p.snapshotOf(ctx, filepath.Join(p.cfg.ClonesDir, clone), clone, opt)
 }
 
-// snapshotOf makes a read-only snapshot of the subvolume src.
-func (p *Pool) snapshotOf(ctx context.Context, src string, opt storage.SnapshotOptions) (storage.Snapshot, error) {
+// snapshotOf makes a read-only snapshot of the subvolume src (the main
+// dataset, or the clone named clone).
+func (p *Pool) snapshotOf(ctx context.Context, src, clone string, opt storage.SnapshotOptions) (storage.Snapshot, error) {
 	id, snapName, at, err := storage.NewSnapshotID(p.cfg.Name, opt.DataStateAt)
 	if err != nil {
 		return storage.Snapshot{}, err
@@ -183,6 +191,9 @@ func (p *Pool) snapshotOf(ctx context.Context, src string, opt storage.SnapshotO
 
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if clone != "" && !isSubvolume(src) {
+		return storage.Snapshot{}, fmt.Errorf("%w: clone %s (snapshot source)", storage.ErrNotFound, clone)
+	}
 	if _, err := os.Lstat(dst); err == nil {
 		return storage.Snapshot{}, fmt.Errorf("%w: snapshot %s", storage.ErrExists, id)
 	}

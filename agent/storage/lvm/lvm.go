@@ -244,6 +244,10 @@ func (p *Pool) Name() string { return p.cfg.Name }
 // Mode implements storage.Pool.
 func (p *Pool) Mode() string { return storage.ModeLVM }
 
+// AtomicSnapshots implements storage.AtomicSnapshotter: a thin snapshot
+// is taken with the origin suspended (and its filesystem frozen).
+func (p *Pool) AtomicSnapshots() bool { return true }
+
 // MainDir implements storage.Pool.
 func (p *Pool) MainDir() string { return p.mainDir }
 
@@ -257,6 +261,7 @@ func (p *Pool) cloneDir(name string) string { return filepath.Join(p.clonesDir()
 // Snapshot implements storage.Pool: one lvcreate with every tag, so a
 // snapshot never exists without its metadata.
 func (p *Pool) Snapshot(ctx context.Context, opt storage.SnapshotOptions) (storage.Snapshot, error) {
+	opt = opt.WithSourceLabel()
 	id, snapName, at, err := storage.NewSnapshotID(p.cfg.Name, opt.DataStateAt)
 	if err != nil {
 		return storage.Snapshot{}, err
@@ -284,7 +289,17 @@ func (p *Pool) Snapshot(ctx context.Context, opt storage.SnapshotOptions) (stora
 	}
 	// --setactivationskip n: the snapshot is activated at once, so lvs
 	// reports its data_percent (its size); it is never mounted.
-	args := []string{"lvcreate", "-y", "-s", "--setactivationskip", "n", "-n", lv, p.lvPath(mainLV(p.cfg.Name))}
+	origin := mainLV(p.cfg.Name)
+	if opt.Source != "" {
+		c := st.cloneByName(opt.Source)
+		if c == nil {
+			return storage.Snapshot{}, fmt.Errorf("%w: clone %s (snapshot source)", storage.ErrNotFound, opt.Source)
+		}
+		// A thin snapshot of a mounted LV: device-mapper suspends the
+		// device, which freezes the filesystem, so it is one instant.
+		origin = c.row.Name
+	}
+	args := []string{"lvcreate", "-y", "-s", "--setactivationskip", "n", "-n", lv, p.lvPath(origin)}
 	args = append(args, tagArgs(kindSnap, p.cfg.Name, meta)...)
 	if err := p.lvm(ctx, args...); err != nil {
 		return storage.Snapshot{}, fmt.Errorf("snapshot %s: %w", id, err)

@@ -36,10 +36,12 @@ func TestLVMInQEMU(t *testing.T) {
 	testenv.NeedsRoot(t, "root and the QEMU VM (the VM reads the host's root filesystem as root)")
 	bin := compileTestBinary(t)
 	res := vmtest.Run(t, vmtest.Options{
-		Command:  []string{bin, "-test.run", "^TestInVM", "-test.v", "-test.timeout", "600s"},
+		// Software emulation: the conformance suite (with its snapshot of
+		// a running clone) takes minutes in the VM, more on a busy host.
+		Command:  []string{bin, "-test.run", "^TestInVM", "-test.v", "-test.timeout", "1140s"},
 		Env:      []string{inVMEnv + "=1"},
 		DiskSize: "2G",
-		Timeout:  630 * time.Second,
+		Timeout:  1200 * time.Second,
 	})
 	t.Logf("in-VM test output:\n%s", res.Stdout)
 	if os.Getenv("THINLAB_LVM_CAPTURE") != "" {

@@ -157,6 +157,11 @@ func (p *Pool) Name() string { return p.cfg.Name }
 // Mode implements storage.Pool.
 func (p *Pool) Mode() string { return storage.ModeReflink }
 
+// AtomicSnapshots implements storage.AtomicSnapshotter: a snapshot is a
+// reflink copy file by file, not one instant, so a dataset must not be
+// written to while it is taken.
+func (p *Pool) AtomicSnapshots() bool { return false }
+
 // MainDir implements storage.Pool.
 func (p *Pool) MainDir() string { return p.mainDir }
 
@@ -168,6 +173,7 @@ func (p *Pool) ClonesDir() string { return p.cfg.ClonesDir }
 
 // Snapshot implements storage.Pool.
 func (p *Pool) Snapshot(ctx context.Context, opt storage.SnapshotOptions) (storage.Snapshot, error) {
+	opt = opt.WithSourceLabel()
 	id, snapName, at, err := storage.NewSnapshotID(p.cfg.Name, opt.DataStateAt)
 	if err != nil {
 		return storage.Snapshot{}, err
@@ -177,6 +183,18 @@ func (p *Pool) Snapshot(ctx context.Context, opt storage.SnapshotOptions) (stora
 		return storage.Snapshot{}, err
 	}
 	dst := filepath.Join(p.snapDir, snapName)
+	src := p.mainDir
+	if opt.Source != "" {
+		if err := storage.ValidateName("clone name", opt.Source); err != nil {
+			return storage.Snapshot{}, err
+		}
+		// The caller stops the clone's postgres first: a file-by-file
+		// copy of a running server is not consistent (AtomicSnapshots).
+		src = filepath.Join(p.cfg.ClonesDir, opt.Source)
+		if !isDir(src) {
+			return storage.Snapshot{}, fmt.Errorf("%w: clone %s (snapshot source)", storage.ErrNotFound, opt.Source)
+		}
+	}
 
 	p.mu.Lock()
 	if _, err := os.Lstat(dst); err == nil || p.snapping[snapName] {
@@ -194,7 +212,7 @@ func (p *Pool) Snapshot(ctx context.Context, opt storage.SnapshotOptions) (stora
 	if err := sidecar.Write(dst+".json", meta); err != nil {
 		return storage.Snapshot{}, fmt.Errorf("snapshot %s: %w", id, err)
 	}
-	if err := p.copyTree(ctx, p.mainDir, dst, nil); err != nil {
+	if err := p.copyTree(ctx, src, dst, nil); err != nil {
 		_ = os.Remove(dst + ".json") // best effort: a sidecar without its directory is ignored
 		return storage.Snapshot{}, fmt.Errorf("snapshot %s: %w", id, err)
 	}

@@ -47,6 +47,7 @@ func RunConformance(t *testing.T, mode string, newPool func(t *testing.T) storag
 		return p
 	}
 	t.Run("PostgresLifecycle", func(t *testing.T) { testPostgresLifecycle(t, tracked(t)) })
+	t.Run("SnapshotOfClone", func(t *testing.T) { testSnapshotOfClone(t, tracked(t)) })
 	t.Run("Retention", func(t *testing.T) { testRetention(t, tracked(t)) })
 	t.Run("ParallelClones", func(t *testing.T) { testParallelClones(t, tracked(t)) })
 	t.Run("BadInput", func(t *testing.T) { testBadInput(t, tracked(t)) })
@@ -680,4 +681,145 @@ func testMissingPath(t *testing.T, mode string) {
 		t.Fatalf("Open created %s", path)
 	}
 	t.Logf("missing path: %v", err)
+}
+
+// testSnapshotOfClone is a branch commit at the storage level: a snapshot
+// of a clone whose postgres is running (stopped first where the backend's
+// snapshots are not atomic), cloned again; the snapshot outlives the
+// clone it was taken of.
+func testSnapshotOfClone(t *testing.T, p storage.Pool) {
+	ctx := testCtx(t)
+	u := postgresUser(t)
+	if err := os.Chown(p.MainDir(), int(u.UID), int(u.GID)); err != nil {
+		t.Fatal(err)
+	}
+	mainData := filepath.Join(p.MainDir(), storage.DataSubdir)
+	origin := &pgcluster.Cluster{DieWithParent: true, DataDir: mainData, User: u}
+	if err := origin.Init(ctx, pgcluster.InitOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	origin, conn := startPostgres(t, ctx, mainData)
+	if _, err := conn.Exec(ctx, "CREATE TABLE items (id int PRIMARY KEY, note text); INSERT INTO items SELECT g, 'base' FROM generate_series(1, 1000) g"); err != nil {
+		t.Fatal(err)
+	}
+	_ = conn.Close(ctx)
+	if err := origin.Stop(ctx, "fast"); err != nil {
+		t.Fatal(err)
+	}
+	base, err := p.Snapshot(ctx, storage.SnapshotOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	work, err := p.Clone(ctx, base.ID, "work")
+	if err != nil {
+		t.Fatal(err)
+	}
+	workPG, workConn := startPostgres(t, ctx, filepath.Join(work.Mountpoint, storage.DataSubdir))
+	// Two transactions, then a CHECKPOINT of its own (a CHECKPOINT in
+	// the same implicit transaction would run before the commit; the test
+	// servers commit asynchronously): the checkpoint flushes the WAL up to
+	// it, commit records included, as the agent's commit does.
+	for _, q := range []string{"INSERT INTO items SELECT g, 'work' FROM generate_series(1001, 1500) g", "INSERT INTO items VALUES (1501, 'second')", "CHECKPOINT"} {
+		if _, err := workConn.Exec(ctx, q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !storage.SnapshotsAreAtomic(p) {
+		_ = workConn.Close(ctx)
+		if err := workPG.Stop(ctx, "fast"); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	for _, bad := range []string{"../work", "work/..", "", "no-such-clone"} {
+		if bad == "" {
+			continue // an empty source is the main dataset
+		}
+		_, err := p.Snapshot(ctx, storage.SnapshotOptions{Source: bad, DataStateAt: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)})
+		if !errors.Is(err, storage.ErrInvalidName) && !errors.Is(err, storage.ErrNotFound) {
+			t.Fatalf("snapshot of clone %q: %v, want ErrInvalidName or ErrNotFound", bad, err)
+		}
+	}
+	at := base.DataStateAt.Add(time.Hour)
+	commit, err := p.Snapshot(ctx, storage.SnapshotOptions{Source: "work", DataStateAt: at, Message: "commit of work"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if commit.ID != storage.SnapshotID(p.Name(), at) || commit.Message != "commit of work" || !commit.OfClone() || commit.Labels[storage.LabelSource] != "work" {
+		t.Fatalf("commit snapshot %+v", commit)
+	}
+	if _, err := p.Snapshot(ctx, storage.SnapshotOptions{DataStateAt: at}); !errors.Is(err, storage.ErrExists) {
+		t.Fatalf("a main snapshot with the ID of a clone's snapshot: %v, want ErrExists", err)
+	}
+	if storage.SnapshotsAreAtomic(p) {
+		// The clone keeps running and diverges after the commit.
+		if _, err := workConn.Exec(ctx, "DELETE FROM items"); err != nil {
+			t.Fatal(err)
+		}
+		_ = workConn.Close(ctx)
+		if err := workPG.Stop(ctx, "fast"); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	next, err := p.Clone(ctx, commit.ID, "next")
+	if err != nil {
+		t.Fatal(err)
+	}
+	nextPG, nextConn := startPostgres(t, ctx, filepath.Join(next.Mountpoint, storage.DataSubdir))
+	if n := count(t, ctx, nextConn); n != 1501 {
+		t.Fatalf("clone of the commit has %d rows, want the 1501 of the clone at commit time", n)
+	}
+	_ = nextConn.Close(ctx)
+	if err := nextPG.Stop(ctx, "fast"); err != nil {
+		t.Fatal(err)
+	}
+
+	// The commit outlives the clone it was taken of.
+	if err := p.DestroyClone(ctx, "work"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(work.Mountpoint); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("clone mountpoint %s left behind: %v", work.Mountpoint, err)
+	}
+	got, err := p.GetSnapshot(ctx, commit.ID)
+	if err != nil {
+		t.Fatalf("commit after its clone was destroyed: %v", err)
+	}
+	if !reflect.DeepEqual(got.Clones, []string{"next"}) {
+		t.Fatalf("commit's clones %v, want [next]", got.Clones)
+	}
+	if list, err := p.Clones(ctx); err != nil || len(list) != 1 || list[0].Name != "next" {
+		t.Fatalf("clones after destroying work: %+v %v, want only next", list, err)
+	}
+	again, err := p.Clone(ctx, commit.ID, "again")
+	if err != nil {
+		t.Fatalf("clone of the commit after its clone was destroyed: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(again.Mountpoint, storage.DataSubdir, "PG_VERSION")); err != nil {
+		t.Fatalf("clone of the commit has no data: %v", err)
+	}
+	if q, ok := Reopen(t, p); ok {
+		if _, err := q.GetSnapshot(ctx, commit.ID); err != nil {
+			t.Fatalf("reopened pool lost the commit: %v", err)
+		}
+	}
+
+	if err := p.DestroySnapshot(ctx, commit.ID, false); !errors.Is(err, storage.ErrHasDependents) {
+		t.Fatalf("destroy commit with clones: %v, want ErrHasDependents", err)
+	}
+	for _, name := range []string{"next", "again"} {
+		if err := p.DestroyClone(ctx, name); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := p.DestroySnapshot(ctx, commit.ID, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.DestroySnapshot(ctx, base.ID, false); err != nil {
+		t.Fatalf("destroy the base snapshot once the commit and its clones are gone: %v", err)
+	}
+	if snaps, err := p.Snapshots(ctx); err != nil || len(snaps) != 0 {
+		t.Fatalf("snapshots left: %+v %v", snaps, err)
+	}
 }

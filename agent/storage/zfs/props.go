@@ -114,7 +114,7 @@ var stateProps = []string{"type", "origin", "used", "referenced", "creation", "m
 	propDataStateAt, propCreatedAt, propMessage, propLabels}
 
 func (p *Pool) load(ctx context.Context) (*state, error) {
-	ds, err := p.get(ctx, true, stateProps, p.mainDS, p.clonesDS)
+	ds, err := p.get(ctx, true, stateProps, p.mainDS, p.clonesDS, p.commitsDS)
 	if err != nil {
 		return nil, fmt.Errorf("zfs pool %s: read datasets: %w", p.cfg.Name, err)
 	}
@@ -135,18 +135,51 @@ func (s *state) cloneDatasets() []string {
 	return out
 }
 
-// snapshotID maps a ZFS snapshot of main to a Thinlab ID ("" if the
-// snapshot is not one of ours, e.g. made by hand with another name).
+// snapshotID maps a ZFS snapshot of main, of a commit dataset or (while
+// a commit is being made) of a clone to a Thinlab ID ("" if the snapshot is not one of ours, e.g. made
+// by hand with another name).
 func (s *state) snapshotID(zfsName string) string {
-	snap, ok := strings.CutPrefix(zfsName, s.p.mainDS+"@")
+	ds, snap, ok := strings.Cut(zfsName, "@")
 	if !ok {
 		return ""
+	}
+	if ds != s.p.mainDS {
+		rest, inClones := strings.CutPrefix(ds, s.p.clonesDS+"/")
+		if !inClones {
+			rest, inClones = strings.CutPrefix(ds, s.p.commitsDS+"/")
+		}
+		if !inClones || strings.Contains(rest, "/") {
+			return ""
+		}
 	}
 	id := s.p.cfg.Name + "@" + snap
 	if _, _, err := storage.ParseSnapshotID(id); err != nil {
 		return ""
 	}
 	return id
+}
+
+// snapshotName is the ZFS name of the snapshot with Thinlab ID id, or "".
+// Of two datasets holding the same name (made by hand), main wins.
+func (s *state) snapshotName(id string) string {
+	_, snap, err := storage.ParseSnapshotID(id)
+	if err != nil {
+		return ""
+	}
+	if d := s.datasets[s.p.mainDS+"@"+snap]; d != nil {
+		return d.name
+	}
+	names := make([]string, 0, 1)
+	for name, d := range s.datasets {
+		if d.prop("type") == "snapshot" && strings.HasSuffix(name, "@"+snap) && s.snapshotID(name) == id {
+			names = append(names, name)
+		}
+	}
+	slices.Sort(names)
+	if len(names) == 0 {
+		return ""
+	}
+	return names[0]
 }
 
 func (s *state) clones() []storage.Clone {

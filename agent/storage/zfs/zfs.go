@@ -19,6 +19,19 @@
 //	R/main@snapshot_<YYYYMMDDhhmmss> snapshots, exposed as <Name>@snapshot_<...>
 //	R/clones                        container, mountpoint=none
 //	R/clones/<clone>                clones, mountpoint=<ClonesDir>/<clone>
+//	R/commits                       container, mountpoint=none
+//	R/commits/<snap>@<snap>         a snapshot of a clone (branch commit)
+//
+// A snapshot of a clone C is taken as C@<snap>, cloned to R/commits/<snap>
+// (never mounted) and that dataset is promoted: the snapshot moves to
+// R/commits/<snap>@<snap> and C becomes a clone of it. So a clone dataset
+// holds no snapshots of its own and is destroyed like any other, while the
+// commit stays until it is destroyed itself (and R/commits/<snap> with it).
+// Nothing is renamed or remounted: a rename would unmount every clone of
+// the dataset's snapshots, running postgres or not.
+//
+// Snapshot IDs (<Name>@snapshot_<...>) are unique across all of these
+// datasets; the ZFS name of an ID is looked up in the pool.
 //
 // All metadata is kept as ZFS user properties on the snapshots and clones
 // themselves (thinlab:datastateat, thinlab:createdat, thinlab:message,
@@ -80,11 +93,15 @@ type Config struct {
 // configuration: every answer is read from the pool, so several processes
 // (or a restarted one) see the same thing.
 type Pool struct {
-	cfg      Config
-	mainDS   string
-	clonesDS string
-	mainDir  string
-	log      *slog.Logger
+	cfg       Config
+	mainDS    string
+	clonesDS  string
+	commitsDS string
+	mainDir   string
+	log       *slog.Logger
+	// snapMu orders this process's snapshot creations, so that an ID is
+	// checked unique across datasets and taken in one step.
+	snapMu sync.Mutex
 }
 
 var _ storage.Pool = (*Pool)(nil)
@@ -106,7 +123,7 @@ func Open(ctx context.Context, cfg Config) (*Pool, error) {
 		return nil, fmt.Errorf("zfs pool %s: clonesDir %q must be an absolute path", cfg.Name, cfg.ClonesDir)
 	}
 	cfg.ClonesDir = filepath.Clean(cfg.ClonesDir)
-	p := &Pool{cfg: cfg, mainDS: cfg.Dataset + "/main", clonesDS: cfg.Dataset + "/clones", log: cfg.Logger}
+	p := &Pool{cfg: cfg, mainDS: cfg.Dataset + "/main", clonesDS: cfg.Dataset + "/clones", commitsDS: cfg.Dataset + "/commits", log: cfg.Logger}
 	if p.log == nil {
 		p.log = slog.Default()
 	}
@@ -141,6 +158,9 @@ func Open(ctx context.Context, cfg Config) (*Pool, error) {
 	}
 	if err := p.zfsOK(ctx, "create", "-o", "mountpoint=none", p.clonesDS); err != nil && !errors.Is(err, storage.ErrExists) {
 		return nil, fmt.Errorf("zfs pool %s: create clones dataset: %w", cfg.Name, err)
+	}
+	if err := p.zfsOK(ctx, "create", "-o", "mountpoint=none", p.commitsDS); err != nil && !errors.Is(err, storage.ErrExists) {
+		return nil, fmt.Errorf("zfs pool %s: create commits dataset: %w", cfg.Name, err)
 	}
 	if err := os.MkdirAll(cfg.ClonesDir, 0o755); err != nil { //nolint:gosec // 0755: the postgres OS user traverses it to reach PGDATA of a clone
 		return nil, fmt.Errorf("zfs pool %s: clonesDir: %w", cfg.Name, err)
@@ -190,12 +210,36 @@ func (p *Pool) Dataset() string { return p.cfg.Dataset }
 // ClonesDir is where clones are mounted.
 func (p *Pool) ClonesDir() string { return p.cfg.ClonesDir }
 
+// AtomicSnapshots implements storage.AtomicSnapshotter: a ZFS snapshot is
+// taken at one transaction group.
+func (p *Pool) AtomicSnapshots() bool { return true }
+
 // Snapshot implements storage.Pool: one `zfs snapshot -o ...`, so a
 // snapshot never exists without its metadata.
 func (p *Pool) Snapshot(ctx context.Context, opt storage.SnapshotOptions) (storage.Snapshot, error) {
+	opt = opt.WithSourceLabel()
 	id, snapName, at, err := storage.NewSnapshotID(p.cfg.Name, opt.DataStateAt)
 	if err != nil {
 		return storage.Snapshot{}, err
+	}
+	source := p.mainDS
+	if opt.Source != "" {
+		if err := storage.ValidateName("clone name", opt.Source); err != nil {
+			return storage.Snapshot{}, err
+		}
+		source = p.clonesDS + "/" + opt.Source
+	}
+	p.snapMu.Lock()
+	defer p.snapMu.Unlock()
+	st, err := p.load(ctx)
+	if err != nil {
+		return storage.Snapshot{}, err
+	}
+	if d := st.datasets[source]; d == nil || d.prop("type") != "filesystem" {
+		return storage.Snapshot{}, fmt.Errorf("%w: clone %s (snapshot source)", storage.ErrNotFound, opt.Source)
+	}
+	if st.snapshotName(id) != "" {
+		return storage.Snapshot{}, fmt.Errorf("%w: snapshot %s", storage.ErrExists, id)
 	}
 	args := []string{"snapshot",
 		"-o", propDataStateAt + "=" + at.Format(time.RFC3339),
@@ -215,9 +259,14 @@ func (p *Pool) Snapshot(ctx context.Context, opt storage.SnapshotOptions) (stora
 		}
 		args = append(args, "-o", propLabels+"="+v)
 	}
-	args = append(args, p.mainDS+"@"+snapName)
+	args = append(args, source+"@"+snapName)
 	if err := p.zfsOK(ctx, args...); err != nil {
 		return storage.Snapshot{}, fmt.Errorf("snapshot %s: %w", id, err)
+	}
+	if opt.Source != "" {
+		if err := p.moveToCommits(ctx, source, snapName); err != nil {
+			return storage.Snapshot{}, fmt.Errorf("snapshot %s of clone %s: %w", id, opt.Source, err)
+		}
 	}
 	p.log.Info("snapshot created", "id", id)
 	return p.GetSnapshot(ctx, id)
@@ -234,7 +283,7 @@ func (p *Pool) Snapshots(ctx context.Context) ([]storage.Snapshot, error) {
 
 // GetSnapshot implements storage.Pool.
 func (p *Pool) GetSnapshot(ctx context.Context, id string) (storage.Snapshot, error) {
-	if _, err := p.snapshotDataset(id); err != nil {
+	if err := p.checkSnapshotID(id); err != nil {
 		return storage.Snapshot{}, err
 	}
 	st, err := p.load(ctx)
@@ -251,7 +300,7 @@ func (p *Pool) GetSnapshot(ctx context.Context, id string) (storage.Snapshot, er
 
 // DestroySnapshot implements storage.Pool.
 func (p *Pool) DestroySnapshot(ctx context.Context, id string, force bool) error {
-	ds, err := p.snapshotDataset(id)
+	ds, err := p.snapshotDataset(ctx, id)
 	if err != nil {
 		return err
 	}
@@ -275,7 +324,40 @@ func (p *Pool) DestroySnapshot(ctx context.Context, id string, force bool) error
 		return fmt.Errorf("destroy snapshot %s: %w", id, err)
 	}
 	p.log.Info("snapshot destroyed", "id", id)
+	p.dropCommit(ctx, strings.SplitN(ds, "@", 2)[0])
 	return nil
+}
+
+// dropCommit destroys a commit's dataset once its snapshot is gone; it
+// only logs failures (the dataset then stays, unmounted and empty).
+func (p *Pool) dropCommit(ctx context.Context, ds string) {
+	if !strings.HasPrefix(ds, p.commitsDS+"/") {
+		return
+	}
+	if err := p.destroy(ctx, ds); err != nil && !errors.Is(err, storage.ErrNotFound) {
+		p.log.Warn("commit dataset left behind", "dataset", ds, "err", err)
+	}
+}
+
+// moveToCommits clones source@snap to R/commits/<snap> and promotes it,
+// so that the snapshot belongs to that dataset, not to the clone. On
+// failure the snapshot is destroyed again.
+func (p *Pool) moveToCommits(ctx context.Context, source, snap string) error {
+	target := p.commitsDS + "/" + snap
+	err := p.zfsOK(ctx, "clone", "-o", "canmount=noauto", "-o", "mountpoint=none", source+"@"+snap, target)
+	if err == nil {
+		if err = p.zfsOK(ctx, "promote", target); err != nil {
+			if derr := p.destroy(context.WithoutCancel(ctx), target); derr != nil {
+				p.log.Error("cleanup of a failed commit dataset", "dataset", target, "err", derr)
+			}
+		}
+	}
+	if err != nil {
+		if derr := p.destroy(context.WithoutCancel(ctx), source+"@"+snap); derr != nil {
+			p.log.Error("cleanup of a failed commit snapshot", "snapshot", source+"@"+snap, "err", derr)
+		}
+	}
+	return err
 }
 
 // Clone implements storage.Pool.
@@ -283,7 +365,7 @@ func (p *Pool) Clone(ctx context.Context, snapshotID, name string) (storage.Clon
 	if err := storage.ValidateName("clone name", name); err != nil {
 		return storage.Clone{}, err
 	}
-	snapDS, err := p.snapshotDataset(snapshotID)
+	snapDS, err := p.snapshotDataset(ctx, snapshotID)
 	if err != nil {
 		return storage.Clone{}, err
 	}
@@ -430,16 +512,32 @@ func (p *Pool) Usage(ctx context.Context) (storage.Usage, error) {
 	return u, nil
 }
 
-// snapshotDataset maps a Thinlab snapshot ID to the ZFS snapshot name.
-func (p *Pool) snapshotDataset(id string) (string, error) {
-	pool, snap, err := storage.ParseSnapshotID(id)
+// checkSnapshotID checks that id is a snapshot ID of this pool.
+func (p *Pool) checkSnapshotID(id string) error {
+	pool, _, err := storage.ParseSnapshotID(id)
+	if err != nil {
+		return err
+	}
+	if pool != p.cfg.Name {
+		return fmt.Errorf("%w: snapshot %s belongs to pool %q, not %q", storage.ErrNotFound, id, pool, p.cfg.Name)
+	}
+	return nil
+}
+
+// snapshotDataset maps a Thinlab snapshot ID to the ZFS snapshot name,
+// which may be on main, a clone or a retired clone.
+func (p *Pool) snapshotDataset(ctx context.Context, id string) (string, error) {
+	if err := p.checkSnapshotID(id); err != nil {
+		return "", err
+	}
+	st, err := p.load(ctx)
 	if err != nil {
 		return "", err
 	}
-	if pool != p.cfg.Name {
-		return "", fmt.Errorf("%w: snapshot %s belongs to pool %q, not %q", storage.ErrNotFound, id, pool, p.cfg.Name)
+	if name := st.snapshotName(id); name != "" {
+		return name, nil
 	}
-	return p.mainDS + "@" + snap, nil
+	return "", fmt.Errorf("%w: snapshot %s", storage.ErrNotFound, id)
 }
 
 // destroy unmounts a dataset and destroys it (with its own snapshots),
@@ -520,7 +618,7 @@ func classify(err error) error {
 		return fmt.Errorf("%w: %v", storage.ErrExists, err)
 	case strings.Contains(msg, "dataset does not exist"):
 		return fmt.Errorf("%w: %v", storage.ErrNotFound, err)
-	case strings.Contains(msg, "has dependent clones"):
+	case strings.Contains(msg, "has dependent clones"), strings.Contains(msg, "snapshot is cloned"):
 		return fmt.Errorf("%w: %v", storage.ErrHasDependents, err)
 	}
 	return err

@@ -216,7 +216,7 @@ func TestCloneLifecycle(t *testing.T) {
 	if err := p.DestroySnapshot(ctx, s1.ID, true); err != nil {
 		t.Fatal(err)
 	}
-	if out := zfsCmd(t, "list", "-H", "-r", "-t", "all", "-o", "name", fp.Name); out != fp.Name+"\n"+fp.Name+"/clones\n"+fp.Name+"/main" {
+	if out := zfsCmd(t, "list", "-H", "-r", "-t", "all", "-o", "name", fp.Name); out != fp.Name+"\n"+fp.Name+"/clones\n"+fp.Name+"/commits\n"+fp.Name+"/main" {
 		t.Fatalf("left in the pool:\n%s", out)
 	}
 	if entries, _ := os.ReadDir(filepath.Join(fp.Dir, "clones")); len(entries) != 0 {
