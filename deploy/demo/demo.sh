@@ -251,7 +251,9 @@ $(say "Thinlab is running")
   More clones:   bin/thinlab clone create --id mine --username me      (asks for a password)
   Agent API:     curl -H 'Verification-Token: $AGENT_TOKEN' $THINLAB_URL/status
   Platform:      http://127.0.0.1:$PLATFORM_PORT   sign in as $DEX_USER / $DEX_PASSWORD
-  Your agent:    http://127.0.0.1:$PLATFORM_PORT/o/demo/agents   (demo-agent, enrolled over its tunnel)
+  In the browser (sign in first):
+    your clone:  http://127.0.0.1:$PLATFORM_PORT/o/demo/agents/demo-agent/clones/demo-clone
+    your agent:  http://127.0.0.1:$PLATFORM_PORT/o/demo/agents   (demo-agent, connected over its tunnel)
   Logs:          $DEMO/logs/
   Stop:          make demo-stop
 EOF
