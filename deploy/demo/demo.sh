@@ -220,6 +220,8 @@ DEMO_SOURCE_PASSWORD=$SOURCE_PASSWORD setsid "$BIN/thinlab" agent run --config "
 record pid $! agent
 export THINLAB_URL=http://127.0.0.1:$AGENT_PORT THINLAB_TOKEN=$AGENT_TOKEN
 wait_for "the agent's API" 30 curl -fsS "$THINLAB_URL/healthz"
+wait_for "the agent's tunnel to the platform" 30 grep -q "platform tunnel: connected" "$DEMO/logs/agent.log"
+note "enrolled into the platform as demo-agent (organization demo) and connected over its tunnel"
 retrieval_failed() { curl -fsS -H "Verification-Token: $AGENT_TOKEN" "$THINLAB_URL/instance/retrieval" | grep -q '"status": *"failed"'; }
 has_snapshot() {
   if retrieval_failed; then
