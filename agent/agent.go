@@ -162,7 +162,7 @@ func NewWithOptions(ctx context.Context, opt Options) (a *Agent, err error) {
 	}
 	// One snapshot policy for the API (protection, deleteAt), its sweep
 	// and retention after every refresh.
-	a.snapshots = snapshot.New(snapshot.Options{Config: cfg, Pools: a.pools, Clones: a.clones, Logger: log})
+	a.snapshots = snapshot.New(snapshot.Options{Config: cfg, Pools: a.pools, Clones: a.clones, Logger: log, Events: a.events})
 	if a.retrieval, err = retrieval.New(retrieval.Options{Config: cfg, Pool: retrievalPool, Pools: rotation, Logger: log, Retention: a.snapshots, Events: a.events}); err != nil {
 		return nil, fmt.Errorf("retrieval: %w", err)
 	}
@@ -172,6 +172,7 @@ func NewWithOptions(ctx context.Context, opt Options) (a *Agent, err error) {
 	}
 	startedAt, ver := time.Now(), cmp.Or(opt.Version, version.Version)
 	a.api = api.New(api.Options{
+		Events:     a.events,
 		Config:     cfg,
 		Clones:     a.clones,
 		Retrieval:  a.retrieval,

@@ -86,6 +86,10 @@ func (a *Agent) facts(version, instanceID string, startedAt time.Time) tunnel.Ag
 		DLEAPIVersion:    DLEAPIVersion,
 		PostgresVersions: postgresVersions(a.cfg),
 		StartedAt:        startedAt,
+		// Capacity: a clone needs a port of the port pool and a uid of
+		// the clone uid range.
+		MaxClones:          int(a.cfg.Provision.PortPool.To) - int(a.cfg.Provision.PortPool.From) + 1,
+		CloneUIDsAvailable: max(0, int(a.cfg.Provision.CloneUIDs.To)-int(a.cfg.Provision.CloneUIDs.From)+1-len(clones)),
 	}
 	for _, p := range a.pools {
 		pf := tunnel.PoolFact{Name: p.Name(), Backend: p.Mode(), Mode: "active"}

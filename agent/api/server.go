@@ -23,6 +23,7 @@ import (
 	"github.com/thinlab/thinlab/agent/branch"
 	"github.com/thinlab/thinlab/agent/clone"
 	"github.com/thinlab/thinlab/agent/config"
+	"github.com/thinlab/thinlab/agent/events"
 	"github.com/thinlab/thinlab/agent/logstream"
 	"github.com/thinlab/thinlab/agent/retrieval"
 	"github.com/thinlab/thinlab/agent/snapshot"
@@ -78,6 +79,9 @@ type Options struct {
 	// over Pools with Now and SweepInterval, runs its sweep and Close
 	// stops it.
 	Snapshots *snapshot.Policy
+	// Events receives the snapshot changes made through the API (nil:
+	// none sent).
+	Events *events.Bus
 	// Logs is the agent's recent log (the /instance/logs websocket); nil
 	// answers 404 there.
 	Logs *logstream.Hub
@@ -119,6 +123,8 @@ type Server struct {
 
 	branches *branch.Service
 	logs     *logstream.Hub
+	// events receives snapshot.created/deleted of API calls (nil: none).
+	events   *events.Bus
 	wsTokens wsTokens
 	// branchErr is why the branch state could not be loaded; the branch
 	// routes answer 500 with it logged.
@@ -161,6 +167,7 @@ func New(opt Options) *Server {
 		s.snaps.Start()
 	}
 	s.logs = opt.Logs
+	s.events = opt.Events
 	s.branches = opt.Branches
 	if s.branches == nil {
 		s.branches, s.branchErr = branch.New(branch.Options{StateDir: s.cfg.StateDir, Pools: s.pools, Clones: s.clones, Logger: log, Now: s.now})

@@ -15,6 +15,7 @@ import (
 	"github.com/gin-gonic/gin"
 
 	"github.com/thinlab/thinlab/agent/clone"
+	"github.com/thinlab/thinlab/agent/events"
 	"github.com/thinlab/thinlab/agent/storage"
 	"github.com/thinlab/thinlab/sdk/agentapi"
 )
@@ -152,6 +153,7 @@ func (s *Server) createSnapshot(c *gin.Context) {
 		return
 	}
 	s.log.Info("snapshot created", "snapshot", sn.ID)
+	s.events.Emit(events.Event{Kind: events.SnapshotCreated, Pool: p.Name(), Snapshot: sn.ID, Message: sn.Message})
 	c.JSON(http.StatusOK, agentapi.PoolSnapshot{
 		ID:                sn.ID,
 		CreatedAt:         sn.CreatedAt,
@@ -235,6 +237,7 @@ func (s *Server) deleteSnapshot(c *gin.Context) {
 		return
 	}
 	s.snaps.Forget(sn.ID)
+	s.events.Emit(events.Event{Kind: events.SnapshotDeleted, Pool: p.Name(), Snapshot: sn.ID, Message: "deleted through the API"})
 	if s.branches != nil {
 		s.branches.ForgetSnapshot(sn.ID)
 	}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/thinlab/thinlab/agent/clone"
 	"github.com/thinlab/thinlab/agent/config"
+	"github.com/thinlab/thinlab/agent/events"
 	"github.com/thinlab/thinlab/agent/storage"
 )
 
@@ -43,6 +44,9 @@ type Options struct {
 	// SweepInterval is how often Start's loop sweeps (DefaultSweepInterval
 	// when zero; negative: Start runs no loop and tests call Sweep).
 	SweepInterval time.Duration
+	// Events receives snapshot.deleted for every snapshot the policy
+	// deletes (nil: none sent).
+	Events *events.Bus
 }
 
 // Policy holds snapshot protection and scheduled deletion and applies them,
@@ -55,6 +59,7 @@ type Policy struct {
 	log      *slog.Logger
 	now      func() time.Time
 	interval time.Duration
+	events   *events.Bus
 
 	store *store
 	// loadErr is why snapshots.json could not be read: changes and
@@ -83,6 +88,7 @@ func New(opt Options) *Policy {
 		log:      log.With("component", "snapshots"),
 		now:      opt.Now,
 		interval: opt.SweepInterval,
+		events:   opt.Events,
 	}
 	if p.now == nil {
 		p.now = time.Now
@@ -204,6 +210,7 @@ func (p *Policy) Sweep(ctx context.Context) []string {
 		}
 		p.Forget(id)
 		p.log.Info("snapshot deleted at its deleteAt", "snapshot", id, "reason", "deleteAt", "delete_at", meta.DeleteAt)
+		p.events.Emit(events.Event{Kind: events.SnapshotDeleted, Pool: pl.Name(), Snapshot: id, Message: "deleted at its scheduled time"})
 		deleted = append(deleted, id)
 	}
 	if p.retained != nil {
@@ -245,6 +252,7 @@ func (p *Policy) retainLocked(ctx context.Context, pl storage.Pool) ([]string, e
 	for _, id := range deleted {
 		p.Forget(id)
 		p.log.Info("snapshot deleted by retention", "snapshot", id, "reason", "retention", "keep", p.keep)
+		p.events.Emit(events.Event{Kind: events.SnapshotDeleted, Pool: pl.Name(), Snapshot: id, Message: fmt.Sprintf("deleted by retention (keep %d)", p.keep)})
 	}
 	return deleted, err
 }

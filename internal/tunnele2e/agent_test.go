@@ -69,7 +69,8 @@ func TestRealAgentThroughTunnel(t *testing.T) {
 	facts := db.facts[len(db.facts)-1]
 	db.mu.Unlock()
 	if facts.Name != "real-agent" || facts.Version != "e2e" || len(facts.Pools) != 1 || facts.Pools[0].Backend != pool.Mode() ||
-		facts.Pools[0].TotalBytes == 0 || facts.Pools[0].Snapshots != 1 || !slices.Contains(facts.PostgresVersions, "15") {
+		facts.Pools[0].TotalBytes == 0 || facts.Pools[0].Snapshots != 1 || !slices.Contains(facts.PostgresVersions, "15") ||
+		facts.MaxClones != int(cfg.Provision.PortPool.To-cfg.Provision.PortPool.From)+1 || facts.CloneUIDsAvailable <= 0 {
 		t.Fatalf("facts: %+v", facts)
 	}
 
@@ -136,6 +137,27 @@ func TestRealAgentThroughTunnel(t *testing.T) {
 	}
 	want := []string{"clone.creating", "clone.destroyed", "clone.ready"}
 	waitFor(t, "the clone's events", func() bool { return slices.Equal(kinds(), want) })
+
+	// Snapshots taken and deleted through the API reach the platform too.
+	snap, err := c.CreateSnapshot(ctx, pool.Name())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.DeleteSnapshot(ctx, snap.ID, false); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "snapshot.created and snapshot.deleted", func() bool {
+		db.mu.Lock()
+		defer db.mu.Unlock()
+		var got []string
+		for _, e := range db.events {
+			if e.Snapshot == snap.ID {
+				got = append(got, e.Kind)
+			}
+		}
+		slices.Sort(got)
+		return slices.Equal(got, []string{"snapshot.created", "snapshot.deleted"})
+	})
 
 	// Usage samples account for the clone until it was destroyed, in
 	// periods without gaps; health summaries arrive too.
