@@ -285,23 +285,28 @@ func TestAgentKilledMidRefresh(t *testing.T) {
 	}
 	old := clonetest.Fill(t, p, "CREATE TABLE old_data AS SELECT 7 AS v")
 	stateDir := t.TempDir()
-	var child *exec.Cmd
+	// started hands the child's process to the proxy's goroutine (which
+	// kills it) once it runs.
+	var started atomic.Pointer[os.Process]
 	killed := make(chan struct{})
 	proxy := newCutProxy(t, src.Port, 1<<20, func() {
 		// The agent dies first; dropping the source connections after
 		// it only makes sure no orphan could finish the dump. killed is
 		// closed before the signal, so that it is closed when Wait returns.
 		close(killed)
-		_ = child.Process.Signal(syscall.SIGKILL)
+		if pr := started.Load(); pr != nil {
+			_ = pr.Signal(syscall.SIGKILL)
+		}
 	})
 	spec := childSpec{PoolName: p.Name(), PoolPath: bp.Path(), ClonesDir: bp.ClonesDir(), StateDir: stateDir, SourcePort: proxy.port()}
-	child = exec.CommandContext(t.Context(), os.Args[0], "-test.run=^$") //nolint:gosec // G702: this test binary itself, re-run as the child agent
+	child := exec.CommandContext(t.Context(), os.Args[0], "-test.run=^$") //nolint:gosec // G702: this test binary itself, re-run as the child agent
 	child.Env = append(os.Environ(), childEnv+"="+spec.String())
 	var childOut strings.Builder
 	child.Stdout, child.Stderr = &childOut, &childOut
 	if err := child.Start(); err != nil {
 		t.Fatal(err)
 	}
+	started.Store(child.Process)
 	werr := child.Wait()
 	select {
 	case <-killed:
