@@ -298,6 +298,9 @@ func (c *Config) Validate() error {
 		if u, err := url.Parse(t.RelayURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 			return fmt.Errorf("tunnel.relayURL %q: set this replica's base URL as the other replicas reach it, such as https://10.0.0.5:8443", t.RelayURL)
 		}
+		if len(t.RelayURL) > 100 {
+			return fmt.Errorf("tunnel.relayURL %q: use at most 100 characters (it is also the replica's ID)", t.RelayURL)
+		}
 		if len(t.RelaySecret) < 32 {
 			return fmt.Errorf("tunnel.relaySecret: set a secret of at least 32 characters, the same on every replica (env %sTUNNEL_RELAY_SECRET)", EnvPrefix)
 		}

@@ -163,3 +163,28 @@ func TestLoadConfigRefusesMovedVariables(t *testing.T) {
 		})
 	}
 }
+
+func TestRelayConfigErrorsNameTheKey(t *testing.T) {
+	for _, tc := range []struct {
+		tun  TunnelConfig
+		want string
+	}{
+		{TunnelConfig{RelayURL: "10.0.0.5:8443", RelaySecret: strings.Repeat("s", 32)}, "tunnel.relayURL"},
+		{TunnelConfig{RelayURL: "https://10.0.0.5:8443", RelaySecret: "short"}, "tunnel.relaySecret"},
+		{TunnelConfig{RelaySecret: strings.Repeat("s", 32)}, "tunnel.relayURL"},
+		{TunnelConfig{RelayURL: "https://10.0.0.5:8443", RelaySecret: strings.Repeat("s", 32), ReplicaID: "other"}, "tunnel.replicaID"},
+	} {
+		cfg := DefaultConfig()
+		cfg.Database.URL = "postgres://x"
+		cfg.Tunnel = tc.tun
+		if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("Validate(%+v) = %v, want an error naming %s", tc.tun, err, tc.want)
+		}
+	}
+	cfg := DefaultConfig()
+	cfg.Database.URL = "postgres://x"
+	cfg.Tunnel = TunnelConfig{RelayURL: "https://10.0.0.5:8443", RelaySecret: strings.Repeat("s", 32)}
+	if err := cfg.Validate(); err != nil {
+		t.Errorf("a valid relay configuration: %v", err)
+	}
+}
