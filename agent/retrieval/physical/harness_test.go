@@ -104,6 +104,12 @@ func (h *harness) newRetriever() *Retriever {
 // insert commits a row on the source and returns when it committed.
 func (h *harness) insert(note string) time.Time {
 	h.t.Helper()
+	// Snapshot IDs and the cycle's "anything new?" check have second
+	// precision: commit in a later second than the newest snapshot's
+	// data, or the next cycle rightly finds nothing new.
+	for latest := h.r.latestSnapshot(h.t.Context()); !time.Now().UTC().Truncate(time.Second).After(latest); {
+		time.Sleep(20 * time.Millisecond)
+	}
 	h.src.Exec(h.t, "postgres", fmt.Sprintf("INSERT INTO t (note) VALUES ('%s')", note))
 	return time.Now()
 }
@@ -228,12 +234,6 @@ func (h *harness) checkCycleShowsNewRows(archive bool) {
 	t.Helper()
 	for i := 1; i <= 2; i++ {
 		note := fmt.Sprintf("row-%d", i)
-		// Snapshot IDs and the cycle's "anything new?" check have second
-		// precision: commit in a later second than the newest snapshot's
-		// data, or the cycle rightly finds nothing new.
-		for latest := h.r.latestSnapshot(t.Context()); !time.Now().UTC().Truncate(time.Second).After(latest); {
-			time.Sleep(20 * time.Millisecond)
-		}
 		before := time.Now().UTC().Truncate(time.Second)
 		h.insert(note)
 		committed := time.Now().UTC()
