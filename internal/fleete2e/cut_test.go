@@ -296,6 +296,8 @@ func pollFast(t *testing.T, what string, cond func() bool) {
 //
 //   - the tunnel breaks after the agent took the create and before its
 //     answer reached the platform (the caller gets an error, not 201);
+//   - the platform drops the tunnel right after the create's 201, with
+//     the clone still being built;
 //   - the agent is killed with SIGKILL once the clone's dataset exists;
 //   - the agent is killed with SIGKILL while the clone's PostgreSQL is
 //     starting;
@@ -411,6 +413,18 @@ func TestCreateCutMidwayLeavesNoHalfMadeClone(t *testing.T) {
 	}
 	settled("the tunnel was cut during the create", "cut-tunnel", cutAt)
 
+	// 1b. The platform drops the tunnel right after the 201, with the
+	// clone still being built.
+	if _, err := create("cut-after-201"); err != nil {
+		t.Fatalf("create cut-after-201: %v", err)
+	}
+	h.Disconnect(agentID)
+	droppedAt := time.Now()
+	if st := cloneState(t, cfg.StateDir)["cut-after-201"]; st.Status != string(agentapi.StatusCreating) {
+		t.Logf("cut-after-201 was already %s when the tunnel was dropped", st.Status) // a fast build; the checks below hold either way
+	}
+	settled("the tunnel was dropped after the create's answer", "cut-after-201", droppedAt)
+
 	// 2. SIGKILL once the clone's dataset exists.
 	if _, err := create("cut-dataset"); err != nil {
 		t.Fatalf("create cut-dataset: %v", err)
@@ -477,10 +491,35 @@ func TestCreateCutMidwayLeavesNoHalfMadeClone(t *testing.T) {
 		}
 		ports = append(ports, st.Port)
 	}
-	if len(ports) != 4 {
-		t.Errorf("the agent had %d clones at the end, want the 4 made", len(ports))
+	if len(ports) != 5 {
+		t.Errorf("the agent had %d clones at the end, want the 5 made", len(ports))
 	}
 	checkNoLeftovers(t, "after destroying every clone", pool, nil, ports...)
+	// The platform heard of each clone's readiness and end exactly once,
+	// the cuts notwithstanding (the agent's event journal survives them).
+	var counts map[string]int
+	ok := false
+	deadline := time.Now().Add(90 * time.Second)
+	for !ok && time.Now().Before(deadline) {
+		time.Sleep(100 * time.Millisecond)
+		evs, err := env.Store.ListAgentEvents(ctx, org.ID, agentID, 1000)
+		if err != nil {
+			t.Fatal(err)
+		}
+		counts = map[string]int{}
+		for _, e := range evs {
+			if e.Kind == "clone.ready" || e.Kind == "clone.destroyed" {
+				counts[e.CloneID+" "+e.Kind]++
+			}
+		}
+		ok = len(counts) == 2*len(ports)
+		for _, n := range counts {
+			ok = ok && n == 1
+		}
+	}
+	if !ok {
+		t.Errorf("clone events on the platform %v, want clone.ready and clone.destroyed once for each of the %d clones", counts, len(ports))
+	}
 	proc.stop(t)
 	if st := cloneState(t, cfg.StateDir); len(st) != 0 {
 		t.Errorf("the agent's state file still lists clones: %+v", st)
