@@ -353,14 +353,10 @@ func (a *Agent) Run(ctx context.Context) error {
 	return err
 }
 
-// close releases everything in reverse order of New. Clones keep running.
+// close releases everything. Clones keep running. The platform tunnel's
+// event journal goes last: closing the clones and retrieval waits for
+// their running operations, whose ends are events for the platform.
 func (a *Agent) close() {
-	if a.tunnel != nil {
-		if err := a.tunnel.Close(); err != nil {
-			a.log.Warn("closing the platform event journal failed", "err", err)
-		}
-		a.tunnel = nil
-	}
 	if a.api != nil {
 		a.api.Close()
 	}
@@ -376,6 +372,12 @@ func (a *Agent) close() {
 		if err := a.clones.Close(); err != nil {
 			a.log.Error("saving clone state at shutdown failed", "err", err)
 		}
+	}
+	if a.tunnel != nil {
+		if err := a.tunnel.Close(); err != nil {
+			a.log.Warn("closing the platform event journal failed", "err", err)
+		}
+		a.tunnel = nil
 	}
 }
 

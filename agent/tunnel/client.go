@@ -179,13 +179,25 @@ func (c *Client) Run(ctx context.Context) error {
 	return nil
 }
 
-// Close detaches from the events and closes the journal; call after Run
-// returned.
+// Close detaches from the events, journals the events emitted since Run
+// returned (an operation finishing during the agent's shutdown announces
+// its end then; the next start delivers it) and closes the journal; call
+// after Run returned.
 func (c *Client) Close() error {
 	if c.unsubscribe != nil {
 		c.unsubscribe()
 	}
-	return c.journal.Close()
+	var batch []tunnel.Event
+	for len(c.queue) > 0 {
+		batch = append(batch, <-c.queue)
+	}
+	var err error
+	if len(batch) > 0 {
+		if _, err = c.journal.Append(batch); err != nil {
+			c.log.Error("platform tunnel: writing the event journal failed; events lost", "err", err, "events", len(batch))
+		}
+	}
+	return errors.Join(err, c.journal.Close())
 }
 
 // writeJournal moves queued events into the journal in batches.

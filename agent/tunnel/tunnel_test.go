@@ -1,6 +1,7 @@
 package tunnel
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -8,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/thinlab/thinlab/agent/events"
 	"github.com/thinlab/thinlab/sdk/tunnel"
 )
 
@@ -167,5 +169,36 @@ func TestJournalBoundDropsOldestAndCounts(t *testing.T) {
 	}
 	if last := evs[len(evs)-1].ID; last != "e19-4" {
 		t.Fatalf("newest kept event %s, want e19-4", last)
+	}
+}
+
+// TestCloseJournalsEventsEmittedAfterRun: an agent that shuts down waits
+// for its running operations after the tunnel stopped; the events they
+// emit then (a clone becoming ready) are journaled by Close and delivered
+// by the next start, not lost.
+func TestCloseJournalsEventsEmittedAfterRun(t *testing.T) {
+	state := t.TempDir()
+	bus := events.NewBus()
+	c, err := New(Options{URL: "http://127.0.0.1:1", StateDir: state, Events: bus})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	if err := c.Run(ctx); err != nil {
+		t.Fatal(err)
+	}
+	bus.Emit(events.Event{ID: "after-run", Kind: events.CloneReady, Clone: "c1"})
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	j, err := OpenJournal(filepath.Join(state, JournalDir), 0, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = j.Close() }()
+	evs, _, err := j.Pending(100)
+	if err != nil || len(evs) != 1 || evs[0].ID != "after-run" || evs[0].Kind != string(events.CloneReady) {
+		t.Fatalf("journal after Close: %v %v, want the event emitted after Run", ids(evs), err)
 	}
 }
