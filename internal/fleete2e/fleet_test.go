@@ -46,7 +46,7 @@ func engineClient(env *platformtest.Env, org, agentID, token string) *agentapi.C
 
 // enrolled starts a platform and a real agent enrolled into org "acme"
 // and waits until the platform records its tunnel.
-func enrolled(t *testing.T) (*platformtest.Env, *store.Organization, *store.User, *runningAgent, *store.Agent) {
+func enrolled(t testing.TB) (*platformtest.Env, *store.Organization, *store.User, *runningAgent, *store.Agent) {
 	t.Helper()
 	// Short heartbeats, so that they are written while the test runs.
 	env := platformtest.New(t, platformtest.WithConfig(func(c *server.Config) { c.Tunnel.HeartbeatInterval = 200 * time.Millisecond }))

@@ -32,7 +32,7 @@ type runningAgent struct {
 // startAgent runs a real agent whose pool holds one snapshot of a small
 // database (table t with one row), enrolling into the platform at
 // platformURL with enrollToken.
-func startAgent(t *testing.T, platformURL, enrollToken, name string) *runningAgent {
+func startAgent(t testing.TB, platformURL, enrollToken, name string) *runningAgent {
 	t.Helper()
 	testenv.NeedsRoot(t, "root, for loop devices, mounts and the postgres OS user")
 	pool := clonetest.NewPool(t)
@@ -70,7 +70,7 @@ func startAgent(t *testing.T, platformURL, enrollToken, name string) *runningAge
 
 // stop ends the agent (idempotent); its clones are killed by the pool's
 // cleanup.
-func (ra *runningAgent) stop(t *testing.T) {
+func (ra *runningAgent) stop(t testing.TB) {
 	if ra.cancel == nil {
 		return
 	}
@@ -88,7 +88,7 @@ func (ra *runningAgent) stop(t *testing.T) {
 
 // waitFor polls cond until it holds; the bound only keeps a broken test
 // from hanging (no timing is asserted).
-func waitFor(t *testing.T, what string, cond func() bool) {
+func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(90 * time.Second)
 	for !cond() {
