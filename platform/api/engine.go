@@ -153,10 +153,9 @@ func (a *API) engineProxy(er EngineRoute) gin.HandlerFunc {
 			engineError(c, http.StatusServiceUnavailable, CodeAgentUnavailable, AgentUnavailableMessage(ag, a.ReplicaID))
 			return
 		}
-		if _, _, ok := a.Agents.Connected(ag.ID); !ok {
-			engineError(c, http.StatusServiceUnavailable, CodeAgentUnavailable, AgentUnavailableMessage(ag, a.ReplicaID))
-			return
-		}
+		// Whether the agent is reachable (here, or through the replica
+		// holding its tunnel) is the round trip's answer: ErrNotConnected
+		// below.
 		var body []byte
 		if c.Request.Body != nil {
 			var err error

@@ -406,7 +406,7 @@ func (s *Store) LatestAgentEvents(ctx context.Context, orgID, kind string) (map[
 }
 
 // AgentReplica returns the replica recorded as holding agentID's tunnel,
-// or "" when none does (never connected, disconnected or revoked). It is
+// or "" when none does (never connected, or disconnected). It is
 // the hub's lookup for relaying between replicas: it reveals nothing but
 // a replica's address, and only to the platform itself.
 func (s *Store) AgentReplica(ctx context.Context, agentID string) (string, error) {
@@ -419,7 +419,9 @@ func (s *Store) AgentReplica(ctx context.Context, agentID string) (string, error
 	if err != nil {
 		return "", err
 	}
-	if a.RevokedAt != nil || a.DisconnectedSince != nil || a.ConnectedSince == nil {
+	// A revoked agent's holder is returned too: its tunnel must be closed
+	// there (callers refuse revoked agents before relaying anything else).
+	if a.DisconnectedSince != nil || a.ConnectedSince == nil {
 		return "", nil
 	}
 	return a.ConnectedReplica, nil

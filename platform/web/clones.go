@@ -39,9 +39,6 @@ func (w *Web) agentClient(ag *store.Agent) (*agentapi.Client, error) {
 	if ag.RevokedAt != nil || w.Agents == nil {
 		return nil, unavailable
 	}
-	if _, _, ok := w.Agents.Connected(ag.ID); !ok {
-		return nil, unavailable
-	}
 	return &agentapi.Client{
 		BaseURL:    "http://agent.tunnel",
 		HTTPClient: &http.Client{Transport: w.Agents.RoundTripper(ag.ID), Timeout: agentCallTimeout},
