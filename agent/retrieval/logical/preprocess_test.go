@@ -41,16 +41,16 @@ func writeFiles(t *testing.T, dir string, files map[string]string) {
 	}
 }
 
-// waitFor is SQL that names its session and waits (bounded) until a
-// session named other exists: two files doing this for each other only
-// finish when they run at the same time.
+// waitFor is SQL that records its arrival and waits (bounded) until other
+// has arrived: two files doing this for each other only finish when they
+// run at the same time. Arrivals are committed rows (not sessions, which
+// end when the faster file is done), so neither can miss the other.
 func waitFor(self, other string) string {
-	return fmt.Sprintf(`SET application_name = %q;
-SET statement_timeout = '60s';
+	return fmt.Sprintf(`SET statement_timeout = '60s';
+INSERT INTO arrived (name) VALUES ('%s');
 DO $$ BEGIN
-  WHILE NOT EXISTS (SELECT FROM pg_stat_activity WHERE application_name = '%s') LOOP
+  WHILE NOT EXISTS (SELECT FROM arrived WHERE name = '%s') LOOP
     PERFORM pg_sleep(0.05);
-    PERFORM pg_stat_clear_snapshot(); -- else the activity view is read once per transaction
   END LOOP;
 END $$;
 `, self, other)
@@ -66,7 +66,7 @@ func TestPreprocessMasksBeforeSnapshot(t *testing.T) {
 	t.Setenv("THINLAB_TEST_SOURCE_PW", src.Password)
 	dir := t.TempDir()
 	writeFiles(t, dir, map[string]string{
-		"00-first.sql":          "CREATE TABLE steps (step text, at timestamptz DEFAULT clock_timestamp());\nINSERT INTO steps (step) VALUES ('top');\n",
+		"00-first.sql":          "CREATE TABLE steps (step text, at timestamptz DEFAULT clock_timestamp());\nCREATE TABLE arrived (name text);\nINSERT INTO steps (step) VALUES ('top');\n",
 		"10-mask/a-users.sql":   waitFor("mask-a", "mask-b") + "UPDATE users SET email = 'user' || id || '@masked.invalid';\nINSERT INTO steps (step) VALUES ('mask-a');\n",
 		"10-mask/b-other.sql":   waitFor("mask-b", "mask-a") + "INSERT INTO steps (step) VALUES ('mask-b');\n",
 		"20-after/check.sql":    "INSERT INTO steps (step) SELECT 'after:' || count(*) FROM steps;\n",
