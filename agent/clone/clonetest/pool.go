@@ -104,7 +104,9 @@ func KillClones(p storage.Pool) {
 func Config(t testing.TB, p storage.Pool, ports int) *config.Config {
 	cfg := config.Default()
 	cfg.Pools = []config.Pool{{Name: p.Name(), Mode: p.Mode(), Path: p.MainDir()}}
-	from := 20000 + rand.IntN(120)*100
+	// Any start in 20000-32699, not slots of 100: two test packages'
+	// small ranges overlap far less often.
+	from := 20000 + rand.IntN(12700-ports)
 	cfg.Provision.PortPool = config.PortPool{From: from, To: from + ports - 1}
 	cfg.StateDir = t.TempDir()
 	// The agent refuses to serve without a token (issue 8).
