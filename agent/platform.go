@@ -91,21 +91,16 @@ func (a *Agent) facts(version, instanceID string, startedAt time.Time) tunnel.Ag
 		MaxClones:          int(a.cfg.Provision.PortPool.To) - int(a.cfg.Provision.PortPool.From) + 1,
 		CloneUIDsAvailable: max(0, int(a.cfg.Provision.CloneUIDs.To)-int(a.cfg.Provision.CloneUIDs.From)+1-len(clones)),
 	}
+	backends := map[string]string{}
 	for _, p := range a.pools {
-		pf := tunnel.PoolFact{Name: p.Name(), Backend: p.Mode(), Mode: "active"}
-		if u, err := p.Usage(ctx); err == nil {
-			pf.TotalBytes, pf.FreeBytes, pf.UsedBytes = u.Size, u.Free, u.Used
-		}
-		if snaps, err := p.Snapshots(ctx); err == nil {
-			pf.Snapshots = len(snaps)
-			if len(snaps) == 0 {
-				pf.Mode = "empty"
-			}
-		}
-		for _, c := range clones {
-			if c.Pool == p.Name() {
-				pf.Clones++
-			}
+		backends[p.Name()] = p.Mode()
+	}
+	// The same accounting as the usage samples.
+	for _, up := range a.usagePools(ctx) {
+		pf := tunnel.PoolFact{Name: up.Name, Backend: backends[up.Name], Mode: "active",
+			TotalBytes: up.SizeBytes, FreeBytes: up.FreeBytes, UsedBytes: up.UsedBytes, Snapshots: up.Snapshots, Clones: up.Clones}
+		if up.Snapshots == 0 {
+			pf.Mode = "empty"
 		}
 		f.Pools = append(f.Pools, pf)
 	}
