@@ -45,9 +45,12 @@ type EngineRoute struct {
 	Path       string // gin syntax, below EnginePrefix
 	Permission rbac.Permission
 	Action     string
-	// Kind is what the route acts on, for the audit target: "clone" or
-	// "snapshot" (the ID comes from the path or, on create, the answer).
+	// Kind is what the route acts on, for the audit target: "clone",
+	// "snapshot" or "branch" (the ID comes from the path or, on create,
+	// the answer).
 	Kind string
+	// ForwardAuthor sends the caller's e-mail as the author of a commit.
+	ForwardAuthor bool
 }
 
 // EngineRoutes is the allowlist of the engine proxy: the DLE routes
@@ -68,7 +71,29 @@ var EngineRoutes = []EngineRoute{
 	{Method: http.MethodPatch, Path: "/clone/:id", Permission: rbac.CloneUpdate, Action: "clone.update", Kind: "clone"},
 	{Method: http.MethodDelete, Path: "/clone/:id", Permission: rbac.CloneDelete, Action: "clone.destroy", Kind: "clone"},
 	{Method: http.MethodPost, Path: "/clone/:id/reset", Permission: rbac.CloneUpdate, Action: "clone.reset", Kind: "clone"},
+	// Diffs (Thinlab's additions) read the data's tables: the permission
+	// of the snapshot or clone compared.
+	{Method: http.MethodGet, Path: "/snapshots/diff", Permission: rbac.SnapshotRead},
+	{Method: http.MethodGet, Path: "/clone/:id/diff", Permission: rbac.CloneRead},
+	// Branches (DLE 4): a branch is a name on a chain of snapshots, so
+	// making, moving and deleting one are snapshot permissions; a commit
+	// (POST /branch/snapshot, POST /snapshot/clone) makes a snapshot and
+	// names the caller as its author.
+	{Method: http.MethodGet, Path: "/branches", Permission: rbac.SnapshotRead},
+	{Method: http.MethodPost, Path: "/branch", Permission: rbac.SnapshotCreate, Action: "branch.create", Kind: "branch"},
+	{Method: http.MethodPost, Path: "/branch/snapshot", Permission: rbac.SnapshotCreate, Action: "branch.commit", Kind: "snapshot", ForwardAuthor: true},
+	{Method: http.MethodGet, Path: "/branch/snapshot/*id", Permission: rbac.SnapshotRead},
+	{Method: http.MethodGet, Path: "/branch/:name/log", Permission: rbac.SnapshotRead},
+	{Method: http.MethodPatch, Path: "/branch/:name", Permission: rbac.SnapshotUpdate, Action: "branch.update", Kind: "branch"},
+	{Method: http.MethodDelete, Path: "/branch/:name", Permission: rbac.SnapshotDelete, Action: "branch.delete", Kind: "branch"},
+	{Method: http.MethodPost, Path: "/snapshot/clone", Permission: rbac.SnapshotCreate, Action: "snapshot.create", Kind: "snapshot", ForwardAuthor: true},
 }
+
+// AuthorHeader names the committer to the agent (agent/api reads it as DLE
+// reads its Platform's): the platform is the agent's trusted proxy, the
+// only caller holding its token, and sets it from the authenticated
+// caller, never from the request.
+const AuthorHeader = "X-Forwarded-User-Email"
 
 func (a *API) engineRoutes() []access.Route {
 	out := make([]access.Route, 0, len(EngineRoutes))
@@ -170,7 +195,11 @@ func (a *API) engineProxy(er EngineRoute) gin.HandlerFunc {
 			}
 		}
 		path := enginePath(c.Request)
-		resp, err := CallAgent(c, a.Agents, ag.ID, er.Method, path, c.Request.URL.RawQuery, c.Request.Header, body)
+		author := ""
+		if er.ForwardAuthor {
+			author = access.Caller(c).Email
+		}
+		resp, err := CallAgent(c, a.Agents, ag.ID, er.Method, path, c.Request.URL.RawQuery, c.Request.Header, body, author)
 		if errors.Is(err, hub.ErrNotConnected) {
 			// The tunnel ended between the check above and the call.
 			engineError(c, http.StatusServiceUnavailable, CodeAgentUnavailable, AgentUnavailableMessage(ag, a.ReplicaID))
@@ -203,7 +232,9 @@ type AgentAnswer struct {
 
 // CallAgent sends one call to the agent's API through its tunnel, with
 // only the allowlisted headers of from, and reads the answer (bounded).
-func CallAgent(c *gin.Context, t AgentTransports, agentID, method, path, rawQuery string, from http.Header, body []byte) (*AgentAnswer, error) {
+// author, when set, names the committer (AuthorHeader); a caller's own
+// AuthorHeader is never forwarded.
+func CallAgent(c *gin.Context, t AgentTransports, agentID, method, path, rawQuery string, from http.Header, body []byte, author string) (*AgentAnswer, error) {
 	ctx := c.Request.Context()
 	target := "http://agent.tunnel" + path
 	if rawQuery != "" {
@@ -221,6 +252,9 @@ func CallAgent(c *gin.Context, t AgentTransports, agentID, method, path, rawQuer
 		if v := from.Get(h); v != "" {
 			req.Header.Set(h, v)
 		}
+	}
+	if author != "" {
+		req.Header.Set(AuthorHeader, author)
 	}
 	client := &http.Client{
 		Transport: t.RoundTripper(agentID),

@@ -42,7 +42,7 @@ func TestCallAgentForwardsOnlyAllowlistedHeaders(t *testing.T) {
 		from.Set(k, v)
 	}
 	rec := &recordingAgent{}
-	ans, err := CallAgent(c, rec, "agt_1", http.MethodPost, "/clone", "a=b", from, []byte(`{}`))
+	ans, err := CallAgent(c, rec, "agt_1", http.MethodPost, "/clone", "a=b", from, []byte(`{}`), "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -58,6 +58,13 @@ func TestCallAgentForwardsOnlyAllowlistedHeaders(t *testing.T) {
 	}
 	if rec.got.Header.Get("User-Agent") != "thinlab-cli" || rec.got.Header.Get("Content-Type") != "application/json" {
 		t.Errorf("allowlisted headers lost: %v", rec.got.Header)
+	}
+	// A commit names the authenticated caller, whatever the request said.
+	if _, err := CallAgent(c, rec, "agt_1", http.MethodPost, "/branch/snapshot", "", from, []byte(`{}`), "ada@example.com"); err != nil {
+		t.Fatal(err)
+	}
+	if got := rec.got.Header.Values(AuthorHeader); len(got) != 1 || got[0] != "ada@example.com" {
+		t.Errorf("author header %q, want only the caller's e-mail", got)
 	}
 }
 

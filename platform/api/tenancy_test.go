@@ -328,21 +328,31 @@ var ownStatus = map[string]status{
 	// The engine proxy: A's agent made for the call is enrolled but not
 	// connected, so each call gets through the access chain and answers
 	// 503 naming the agent (calls through a real tunnel: internal/fleete2e).
-	"GET /api/v1/orgs/:org/agents/:agent/engine/healthz":            {http.StatusServiceUnavailable, http.StatusServiceUnavailable},
-	"GET /api/v1/orgs/:org/agents/:agent/engine/status":             {http.StatusServiceUnavailable, http.StatusServiceUnavailable},
-	"GET /api/v1/orgs/:org/agents/:agent/engine/instance/retrieval": {http.StatusServiceUnavailable, http.StatusServiceUnavailable},
-	"POST /api/v1/orgs/:org/agents/:agent/engine/full-refresh":      {http.StatusServiceUnavailable, http.StatusServiceUnavailable},
-	"GET /api/v1/orgs/:org/agents/:agent/engine/snapshots":          {http.StatusServiceUnavailable, http.StatusServiceUnavailable},
-	"POST /api/v1/orgs/:org/agents/:agent/engine/snapshot":          {http.StatusServiceUnavailable, http.StatusServiceUnavailable},
-	"GET /api/v1/orgs/:org/agents/:agent/engine/snapshot/*id":       {http.StatusServiceUnavailable, http.StatusServiceUnavailable},
-	"PATCH /api/v1/orgs/:org/agents/:agent/engine/snapshot/*id":     {http.StatusServiceUnavailable, http.StatusServiceUnavailable},
-	"DELETE /api/v1/orgs/:org/agents/:agent/engine/snapshot/*id":    {http.StatusServiceUnavailable, http.StatusServiceUnavailable},
-	"GET /api/v1/orgs/:org/agents/:agent/engine/clones":             {http.StatusServiceUnavailable, http.StatusServiceUnavailable},
-	"POST /api/v1/orgs/:org/agents/:agent/engine/clone":             {http.StatusServiceUnavailable, http.StatusServiceUnavailable},
-	"GET /api/v1/orgs/:org/agents/:agent/engine/clone/:id":          {http.StatusServiceUnavailable, http.StatusServiceUnavailable},
-	"PATCH /api/v1/orgs/:org/agents/:agent/engine/clone/:id":        {http.StatusServiceUnavailable, http.StatusServiceUnavailable},
-	"DELETE /api/v1/orgs/:org/agents/:agent/engine/clone/:id":       {http.StatusServiceUnavailable, http.StatusServiceUnavailable},
-	"POST /api/v1/orgs/:org/agents/:agent/engine/clone/:id/reset":   {http.StatusServiceUnavailable, http.StatusServiceUnavailable},
+	"GET /api/v1/orgs/:org/agents/:agent/engine/healthz":             {http.StatusServiceUnavailable, http.StatusServiceUnavailable},
+	"GET /api/v1/orgs/:org/agents/:agent/engine/status":              {http.StatusServiceUnavailable, http.StatusServiceUnavailable},
+	"GET /api/v1/orgs/:org/agents/:agent/engine/instance/retrieval":  {http.StatusServiceUnavailable, http.StatusServiceUnavailable},
+	"POST /api/v1/orgs/:org/agents/:agent/engine/full-refresh":       {http.StatusServiceUnavailable, http.StatusServiceUnavailable},
+	"GET /api/v1/orgs/:org/agents/:agent/engine/snapshots":           {http.StatusServiceUnavailable, http.StatusServiceUnavailable},
+	"POST /api/v1/orgs/:org/agents/:agent/engine/snapshot":           {http.StatusServiceUnavailable, http.StatusServiceUnavailable},
+	"GET /api/v1/orgs/:org/agents/:agent/engine/snapshot/*id":        {http.StatusServiceUnavailable, http.StatusServiceUnavailable},
+	"PATCH /api/v1/orgs/:org/agents/:agent/engine/snapshot/*id":      {http.StatusServiceUnavailable, http.StatusServiceUnavailable},
+	"DELETE /api/v1/orgs/:org/agents/:agent/engine/snapshot/*id":     {http.StatusServiceUnavailable, http.StatusServiceUnavailable},
+	"GET /api/v1/orgs/:org/agents/:agent/engine/clones":              {http.StatusServiceUnavailable, http.StatusServiceUnavailable},
+	"POST /api/v1/orgs/:org/agents/:agent/engine/clone":              {http.StatusServiceUnavailable, http.StatusServiceUnavailable},
+	"GET /api/v1/orgs/:org/agents/:agent/engine/clone/:id":           {http.StatusServiceUnavailable, http.StatusServiceUnavailable},
+	"PATCH /api/v1/orgs/:org/agents/:agent/engine/clone/:id":         {http.StatusServiceUnavailable, http.StatusServiceUnavailable},
+	"DELETE /api/v1/orgs/:org/agents/:agent/engine/clone/:id":        {http.StatusServiceUnavailable, http.StatusServiceUnavailable},
+	"POST /api/v1/orgs/:org/agents/:agent/engine/clone/:id/reset":    {http.StatusServiceUnavailable, http.StatusServiceUnavailable},
+	"GET /api/v1/orgs/:org/agents/:agent/engine/snapshots/diff":      {http.StatusServiceUnavailable, http.StatusServiceUnavailable},
+	"GET /api/v1/orgs/:org/agents/:agent/engine/clone/:id/diff":      {http.StatusServiceUnavailable, http.StatusServiceUnavailable},
+	"GET /api/v1/orgs/:org/agents/:agent/engine/branches":            {http.StatusServiceUnavailable, http.StatusServiceUnavailable},
+	"POST /api/v1/orgs/:org/agents/:agent/engine/branch":             {http.StatusServiceUnavailable, http.StatusServiceUnavailable},
+	"POST /api/v1/orgs/:org/agents/:agent/engine/branch/snapshot":    {http.StatusServiceUnavailable, http.StatusServiceUnavailable},
+	"GET /api/v1/orgs/:org/agents/:agent/engine/branch/snapshot/*id": {http.StatusServiceUnavailable, http.StatusServiceUnavailable},
+	"GET /api/v1/orgs/:org/agents/:agent/engine/branch/:name/log":    {http.StatusServiceUnavailable, http.StatusServiceUnavailable},
+	"PATCH /api/v1/orgs/:org/agents/:agent/engine/branch/:name":      {http.StatusServiceUnavailable, http.StatusServiceUnavailable},
+	"DELETE /api/v1/orgs/:org/agents/:agent/engine/branch/:name":     {http.StatusServiceUnavailable, http.StatusServiceUnavailable},
+	"POST /api/v1/orgs/:org/agents/:agent/engine/snapshot/clone":     {http.StatusServiceUnavailable, http.StatusServiceUnavailable},
 	// The clone pages: the list shows A's agents (not connected: said so
 	// on the page); a clone of A's unconnected agent is 503; creating one
 	// with B's agent in the form is "agent not found".
@@ -354,6 +364,8 @@ var ownStatus = map[string]status{
 	"POST /o/:org/agents/:agent/clones/:clone/destroy": {http.StatusServiceUnavailable, http.StatusServiceUnavailable},
 	"POST /o/:org/agents/:agent/snapshots":             {http.StatusServiceUnavailable, http.StatusServiceUnavailable},
 	"POST /o/:org/agents/:agent/snapshots/delete":      {http.StatusServiceUnavailable, http.StatusServiceUnavailable},
+	"GET /o/:org/agents/:agent/clones/:clone/diff":     {http.StatusServiceUnavailable, http.StatusServiceUnavailable},
+	"GET /o/:org/agents/:agent/branches":               {http.StatusServiceUnavailable, http.StatusServiceUnavailable},
 }
 
 // TestTenantIsolation walks EVERY route of the route table (API and web

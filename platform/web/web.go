@@ -89,6 +89,8 @@ func (w *Web) Routes() []access.Route {
 		{Method: post, Path: "/o/:org/agents/:agent/clones/:clone/reset", Permission: rbac.CloneUpdate, Action: "clone.reset", Handler: w.resetClone},
 		{Method: post, Path: "/o/:org/agents/:agent/clones/:clone/protect", Permission: rbac.CloneUpdate, Action: "clone.update", Handler: w.protectClone},
 		{Method: post, Path: "/o/:org/agents/:agent/clones/:clone/destroy", Permission: rbac.CloneDelete, Action: "clone.destroy", Handler: w.destroyClone},
+		{Method: get, Path: "/o/:org/agents/:agent/clones/:clone/diff", Permission: rbac.CloneRead, Handler: w.cloneDiffPage},
+		{Method: get, Path: "/o/:org/agents/:agent/branches", Permission: rbac.SnapshotRead, Handler: w.branchesPage},
 		{Method: post, Path: "/o/:org/agents/:agent/snapshots", Permission: rbac.SnapshotCreate, Action: "snapshot.create", Handler: w.createSnapshot},
 		{Method: post, Path: "/o/:org/agents/:agent/snapshots/delete", Permission: rbac.SnapshotDelete, Action: "snapshot.delete", Handler: w.deleteSnapshot},
 	}
