@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/thinlab/thinlab/agent/events"
 	"github.com/thinlab/thinlab/agent/storage"
 )
 
@@ -34,13 +35,26 @@ func (m *Manager) CheckIdle(ctx context.Context) []string {
 		protected bool
 	}
 	var items []item
+	var notices []events.Event
+	warnBefore := m.cfg.Cloning.ExpiryWarning()
 	m.mu.Lock()
 	for _, r := range m.clones {
-		if r.Protected && !r.ProtectedTill.IsZero() && !now.Before(r.ProtectedTill) {
+		switch {
+		case r.Protected && !r.ProtectedTill.IsZero() && !now.Before(r.ProtectedTill):
 			m.log.Info("clone protection expired", "clone", r.ID)
+			notices = append(notices, cloneEvent(events.CloneProtectionExpired, *r, events.Warning,
+				"protection of clone "+r.ID+" ended; it can now be deleted when idle").WithData(protectionData{Till: r.ProtectedTill}))
 			r.Protected = false
 			r.ProtectedTill = time.Time{}
+			r.ExpiryWarned = false
 			r.LastActivity = now
+			m.changedLocked()
+		case r.Protected && !r.ProtectedTill.IsZero() && !r.ExpiryWarned && !now.Before(r.ProtectedTill.Add(-warnBefore)):
+			m.log.Info("clone protection ends soon", "clone", r.ID, "till", r.ProtectedTill)
+			notices = append(notices, cloneEvent(events.CloneProtectionExpiring, *r, events.Warning,
+				"protection of clone "+r.ID+" ends at "+r.ProtectedTill.UTC().Format(time.RFC3339)+": extend it (PATCH /clone/"+r.ID+") to keep the clone").
+				WithData(protectionData{Protected: true, Till: r.ProtectedTill}))
+			r.ExpiryWarned = true
 			m.changedLocked()
 		}
 		if r.Status == StatusOK || r.Status == StatusFatal {
@@ -48,6 +62,12 @@ func (m *Manager) CheckIdle(ctx context.Context) []string {
 		}
 	}
 	m.mu.Unlock()
+	if len(notices) > 0 {
+		_ = m.save() // save logs a failure; the warning is sent again after a restart at worst
+		for _, e := range notices {
+			m.bus().Emit(e)
+		}
+	}
 
 	m.refreshSizes(ctx)
 

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/thinlab/thinlab/agent/clone"
+	"github.com/thinlab/thinlab/agent/events"
 )
 
 func freePort(t *testing.T) int {
@@ -161,4 +162,62 @@ func TestLoopRestartsDeadPostgres(t *testing.T) {
 	}
 	e.destroy(m, "crash1")
 	e.assertNoLeaks(m)
+}
+
+// TestProtectionExpiryWarning: a clone protected for 30 minutes with a
+// 10-minute warning gets clone.protection_expiring once, 20 minutes in
+// (not before, not again, not after a restart of the agent), and
+// clone.protection_expired when it ends; a new protection warns anew.
+func TestProtectionExpiryWarning(t *testing.T) {
+	e := newEnv(t, 2)
+	e.cfg.Cloning.ProtectionExpiryWarningMinutes = 10
+	m := e.manager()
+	r := e.req("warned1")
+	r.Protected = true
+	r.ProtectionDurationMinutes = new(uint(30))
+	e.create(m, r)
+	count := func(k events.Kind) int {
+		n := 0
+		for _, got := range e.eventKinds("warned1") {
+			if got == k {
+				n++
+			}
+		}
+		return n
+	}
+	e.clock.Advance(19 * time.Minute)
+	m.CheckIdle(e.ctx)
+	if n := count(events.CloneProtectionExpiring); n != 0 {
+		t.Fatalf("%d warnings 11 minutes before the end, want none yet", n)
+	}
+	e.clock.Advance(2 * time.Minute) // 9 minutes left
+	m.CheckIdle(e.ctx)
+	m.CheckIdle(e.ctx)
+	if n := count(events.CloneProtectionExpiring); n != 1 {
+		t.Fatalf("%d warnings within the warning time, want exactly 1", n)
+	}
+	// A restarted agent remembers it warned.
+	closeManager(t, m)
+	m = e.manager()
+	defer closeManager(t, m)
+	m.CheckIdle(e.ctx)
+	if n := count(events.CloneProtectionExpiring); n != 1 {
+		t.Fatalf("%d warnings after a restart, want still 1", n)
+	}
+	e.clock.Advance(10 * time.Minute) // past the end
+	m.CheckIdle(e.ctx)
+	if n := count(events.CloneProtectionExpired); n != 1 {
+		t.Fatalf("%d expired events, want 1", n)
+	}
+	if c, _ := m.Get("warned1"); c.Protected {
+		t.Fatal("protection did not end")
+	}
+	// Protected again, for 5 minutes: inside the warning time at once.
+	if _, err := m.UpdateProtection("warned1", true, new(uint(5))); err != nil {
+		t.Fatal(err)
+	}
+	m.CheckIdle(e.ctx)
+	if n := count(events.CloneProtectionExpiring); n != 2 {
+		t.Fatalf("%d warnings after a new protection, want 2", n)
+	}
 }

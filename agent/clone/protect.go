@@ -20,6 +20,7 @@ func (m *Manager) UpdateProtection(id string, protected bool, durationMinutes *u
 	}
 	rec.Protected = protected
 	rec.ProtectedTill = time.Time{}
+	rec.ExpiryWarned = false // a new protection, a new warning
 	if protected {
 		rec.ProtectedTill = m.protectionTill(m.now(), durationMinutes)
 	} else {

@@ -32,16 +32,19 @@ type record struct {
 	Verifier string `json:"passwordVerifier,omitempty"`
 	// Password is only read, from state files written before verifiers
 	// (it held the plaintext); restore replaces it with Verifier.
-	Password      string            `json:"password,omitempty"`
-	Restricted    bool              `json:"restricted"`
-	Protected     bool              `json:"protected"`
-	ProtectedTill time.Time         `json:"protectedTill"`
-	CreatedAt     time.Time         `json:"createdAt"`
-	LastActivity  time.Time         `json:"lastActivity"`
-	MaxIdle       uint              `json:"maxIdleMinutes"`
-	CloningTime   time.Duration     `json:"cloningTime"`
-	ExtraConf     map[string]string `json:"extraConf,omitempty"`
-	LogicalSize   uint64            `json:"logicalSize"`
+	Password      string    `json:"password,omitempty"`
+	Restricted    bool      `json:"restricted"`
+	Protected     bool      `json:"protected"`
+	ProtectedTill time.Time `json:"protectedTill"`
+	// ExpiryWarned: clone.protection_expiring was sent for this
+	// protection (persisted: a restart does not send it twice).
+	ExpiryWarned bool              `json:"protectionExpiryWarned,omitempty"`
+	CreatedAt    time.Time         `json:"createdAt"`
+	LastActivity time.Time         `json:"lastActivity"`
+	MaxIdle      uint              `json:"maxIdleMinutes"`
+	CloningTime  time.Duration     `json:"cloningTime"`
+	ExtraConf    map[string]string `json:"extraConf,omitempty"`
+	LogicalSize  uint64            `json:"logicalSize"`
 	// password is the plaintext, in memory only, while a create (or a
 	// restore migrating an old state file) still has it: the readiness
 	// check then logs in with it instead of probing the verifier.

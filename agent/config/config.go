@@ -150,6 +150,23 @@ type Cloning struct {
 	ProtectionLeaseDurationMinutes uint `yaml:"protectionLeaseDurationMinutes"`
 	// ProtectionMaxDurationMinutes caps any protection; 0 means no cap.
 	ProtectionMaxDurationMinutes uint `yaml:"protectionMaxDurationMinutes"`
+	// ProtectionExpiryWarningMinutes is how long before a protection ends
+	// its clone.protection_expiring event is sent; 0 means 1440 (a day),
+	// as in Database Lab Engine.
+	ProtectionExpiryWarningMinutes uint `yaml:"protectionExpiryWarningMinutes"`
+}
+
+// DefaultExpiryWarningMinutes is the expiry warning when none is set.
+const DefaultExpiryWarningMinutes = 1440
+
+// ExpiryWarning is how long before a protection ends its owner is warned.
+func (c Cloning) ExpiryWarning() time.Duration {
+	m := c.ProtectionExpiryWarningMinutes
+	if m == 0 {
+		m = DefaultExpiryWarningMinutes
+	}
+	const maxMinutes = uint64(math.MaxInt64 / int64(time.Minute))
+	return time.Duration(min(uint64(m), maxMinutes)) * time.Minute
 }
 
 // Retrieval fills a pool with data.

@@ -25,6 +25,11 @@ const (
 	CloneReset     Kind = "clone.reset"
 	CloneDestroyed Kind = "clone.destroyed"
 	CloneProtected Kind = "clone.protected" // protection changed (on or off)
+	// CloneProtectionExpiring is sent once per protection, within
+	// cloning.protectionExpiryWarningMinutes of its end, for the owner to
+	// extend it; CloneProtectionExpired when it ended.
+	CloneProtectionExpiring Kind = "clone.protection_expiring"
+	CloneProtectionExpired  Kind = "clone.protection_expired"
 
 	SnapshotCreated Kind = "snapshot.created"
 	SnapshotDeleted Kind = "snapshot.deleted"
