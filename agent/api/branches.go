@@ -3,6 +3,7 @@ package api
 import (
 	"errors"
 	"net/http"
+	"slices"
 
 	"github.com/gin-gonic/gin"
 
@@ -49,11 +50,16 @@ func (s *Server) listBranches(c *gin.Context) {
 		badRequest(c, "", "no available pools")
 		return
 	}
+	sel, ok := labelSelector(c)
+	if !ok {
+		return
+	}
 	out, err := b.List(c.Request.Context())
 	if err != nil {
 		s.writeBranchError(c, err, false)
 		return
 	}
+	out = slices.DeleteFunc(out, func(v agentapi.BranchView) bool { return !sel.Matches(v.Labels) })
 	c.JSON(http.StatusOK, out)
 }
 
@@ -158,11 +164,19 @@ func (s *Server) updateBranch(c *gin.Context) {
 		badRequest(c, "deleteAt", "deleteAt: scheduled deletion of branches is not supported by this agent; delete the branch with DELETE /branch/{name}")
 		return
 	}
-	if req.Protected == nil {
-		badRequest(c, "protected", "nothing to update: give protected (with an optional protectionDurationMinutes)")
+	if req.Protected == nil && req.Labels == nil {
+		badRequest(c, "protected", "nothing to update: give protected (with an optional protectionDurationMinutes) or labels")
 		return
 	}
-	v, err := b.Protect(c.Request.Context(), c.Param("name"), *req.Protected, s.snapshotProtectionTill(s.now(), req.ProtectionDurationMinutes))
+	var v agentapi.BranchView
+	var err error
+	if req.Labels != nil {
+		v, err = b.SetLabels(c.Request.Context(), c.Param("name"), *req.Labels)
+	}
+	if err == nil && req.Protected != nil {
+		v, err = b.Protect(c.Request.Context(), c.Param("name"), *req.Protected, s.snapshotProtectionTill(s.now(), req.ProtectionDurationMinutes))
+		v.Labels = labelsOf(req.Labels, v.Labels)
+	}
 	if err != nil {
 		s.writeBranchError(c, err, false)
 		return
@@ -181,4 +195,12 @@ func (s *Server) deleteBranch(c *gin.Context) {
 		return
 	}
 	c.JSON(http.StatusOK, agentapi.Response{Status: "OK", Message: "Deleted branch"})
+}
+
+// labelsOf is the labels a PATCH just set, else those the answer had.
+func labelsOf(set *map[string]string, had map[string]string) map[string]string {
+	if set != nil {
+		return *set
+	}
+	return had
 }

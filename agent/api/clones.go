@@ -14,13 +14,20 @@ import (
 )
 
 // listClones is GET /clones: a bare array, newest first.
+// ?label=k=v (or ?label=k) filters by labels, every term matching.
 func (s *Server) listClones(c *gin.Context) {
+	sel, ok := labelSelector(c)
+	if !ok {
+		return
+	}
 	clones := s.clones.List()
 	snaps := s.snapshotIndex(c.Request.Context())
 	bySnap := clonesBySnapshot(clones, snaps)
 	out := make([]agentapi.Clone, 0, len(clones))
 	for _, cl := range clones {
-		out = append(out, s.cloneView(cl, snaps, bySnap))
+		if sel.Matches(cl.Labels) {
+			out = append(out, s.cloneView(cl, snaps, bySnap))
+		}
 	}
 	c.JSON(http.StatusOK, out)
 }
@@ -95,6 +102,7 @@ func (s *Server) createClone(c *gin.Context) {
 		Protected:                 req.Protected,
 		ProtectionDurationMinutes: req.ProtectionDurationMinutes,
 		ExtraConf:                 req.ExtraConf,
+		Labels:                    req.Labels,
 	})
 	if err != nil {
 		s.writeCloneError(c, err)
@@ -114,13 +122,29 @@ func (s *Server) watchCreation(id string) {
 	})
 }
 
-// updateClone is PATCH /clone/{id}: protection only.
+// updateClone is PATCH /clone/{id}: protection as in DLE (protected is a
+// plain bool there: a body without it unprotects), and labels. A body
+// with labels and without protected changes only the labels.
 func (s *Server) updateClone(c *gin.Context) {
-	var req agentapi.PatchCloneRequest
+	var req struct {
+		Protected                 *bool              `json:"protected"`
+		ProtectionDurationMinutes *uint              `json:"protectionDurationMinutes"`
+		Labels                    *map[string]string `json:"labels"`
+	}
 	if !readJSON(c, &req) {
 		return
 	}
-	cl, err := s.clones.UpdateProtection(c.Param("id"), req.Protected, req.ProtectionDurationMinutes)
+	id := c.Param("id")
+	var cl clone.Clone
+	var err error
+	if req.Labels != nil {
+		// First: invalid labels refuse the whole request, protection
+		// unchanged.
+		cl, err = s.clones.SetLabels(id, *req.Labels)
+	}
+	if err == nil && (req.Protected != nil || req.Labels == nil) {
+		cl, err = s.clones.UpdateProtection(id, req.Protected != nil && *req.Protected, req.ProtectionDurationMinutes)
+	}
 	if err != nil {
 		s.writeCloneError(c, err)
 		return

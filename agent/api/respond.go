@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/thinlab/thinlab/sdk/labels"
 	"io"
 	"net/http"
 	"strings"
@@ -129,4 +130,15 @@ func (s *Server) writeCloneError(c *gin.Context, err error) {
 	default:
 		s.internalError(c, err)
 	}
+}
+
+// labelSelector reads the repeated ?label= filter (k=v or k); a bad term
+// answers 400 naming it.
+func labelSelector(c *gin.Context) (labels.Selector, bool) {
+	sel, err := labels.ParseSelector(c.QueryArray("label"))
+	if err != nil {
+		badRequest(c, "label", err.Error())
+		return nil, false
+	}
+	return sel, true
 }

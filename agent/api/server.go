@@ -50,6 +50,7 @@ type Clones interface {
 	Reset(ctx context.Context, id string, r clone.ResetRequest) (clone.Clone, error)
 	Destroy(ctx context.Context, id string) error
 	UpdateProtection(id string, protected bool, durationMinutes *uint) (clone.Clone, error)
+	SetLabels(id string, labels map[string]string) (clone.Clone, error)
 	ExpectedCloningTime() time.Duration
 	Pool(name string) (storage.Pool, bool)
 	SnapshotClone(ctx context.Context, id string, opt storage.SnapshotOptions) (storage.Snapshot, error)

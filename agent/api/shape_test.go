@@ -87,6 +87,18 @@ func (f *fakeClones) Destroy(_ context.Context, id string) error {
 	return nil
 }
 
+func (f *fakeClones) SetLabels(id string, set map[string]string) (clone.Clone, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	c, ok := f.m[id]
+	if !ok {
+		return clone.Clone{}, fmt.Errorf("%w: %q", clone.ErrNotFound, id)
+	}
+	c.Labels = set
+	f.m[id] = c
+	return c, nil
+}
+
 func (f *fakeClones) UpdateProtection(id string, protected bool, _ *uint) (clone.Clone, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -18,6 +19,7 @@ import (
 	"github.com/thinlab/thinlab/agent/events"
 	"github.com/thinlab/thinlab/agent/storage"
 	"github.com/thinlab/thinlab/sdk/agentapi"
+	"github.com/thinlab/thinlab/sdk/labels"
 )
 
 // snapshotParam is the catch-all {id} without its leading slash.
@@ -28,7 +30,12 @@ func snapshotParam(c *gin.Context) string {
 // listSnapshots is GET /snapshots: newest createdAt first. The query
 // parameters branch and dataset (DLE's UI) filter: the snapshots a clone
 // of the branch may start from (Service.SnapshotIDs), of one pool.
+// ?label= filters by labels, as for clones.
 func (s *Server) listSnapshots(c *gin.Context) {
+	sel, ok := labelSelector(c)
+	if !ok {
+		return
+	}
 	branchName := c.Query("branch")
 	var onBranch map[string]bool
 	if branchName != "" {
@@ -57,6 +64,9 @@ func (s *Server) listSnapshots(c *gin.Context) {
 			continue
 		}
 		if onBranch != nil && !onBranch[sn.ID] {
+			continue
+		}
+		if len(sel) > 0 && !sel.Matches(s.snaps.Get(sn.ID).Labels) {
 			continue
 		}
 		out = append(out, s.snapshotView(sn, bySnap[sn.ID]))
@@ -253,9 +263,15 @@ func (s *Server) updateSnapshot(c *gin.Context) {
 	if !readJSON(c, &req) {
 		return
 	}
-	if req.Protected == nil && req.DeleteAt == nil {
-		badRequest(c, "protected", "nothing to update: give protected (with an optional protectionDurationMinutes) or deleteAt")
+	if req.Protected == nil && req.DeleteAt == nil && req.Labels == nil {
+		badRequest(c, "protected", "nothing to update: give protected (with an optional protectionDurationMinutes), deleteAt or labels")
 		return
+	}
+	if req.Labels != nil {
+		if err := labels.Validate("labels", *req.Labels); err != nil {
+			badRequest(c, "labels", err.Error())
+			return
+		}
 	}
 	if req.Protected != nil && *req.Protected && req.DeleteAt != nil && !req.DeleteAt.IsZero() {
 		badRequest(c, "deleteAt", "deleteAt: a snapshot cannot be protected and scheduled for deletion at once; give one of them")
@@ -291,6 +307,9 @@ func (s *Server) updateSnapshot(c *gin.Context) {
 			return
 		}
 		meta.DeleteAt = req.DeleteAt.Time
+	}
+	if req.Labels != nil {
+		meta.Labels = maps.Clone(*req.Labels)
 	}
 	if err := s.snaps.Set(sn.ID, meta); err != nil {
 		s.internalError(c, err)

@@ -74,6 +74,7 @@ func (s *Server) snapshotView(sn storage.Snapshot, clones []string) agentapi.Sna
 		Clones:       clones,
 		Message:      sn.Message,
 		DeleteAt:     agentapi.NewLocalTime(meta.DeleteAt),
+		Labels:       meta.Labels,
 	}
 	if s.branches != nil {
 		out.Branch = s.branches.BranchOf(sn.ID)
@@ -114,7 +115,8 @@ func (s *Server) cloneView(c clone.Clone, snaps snapshotIndex, bySnap map[string
 			ProtectionLeaseDurationMinutes: s.cfg.Cloning.ProtectionLeaseDurationMinutes,
 			ProtectionMaxDurationMinutes:   s.cfg.Cloning.ProtectionMaxDurationMinutes,
 		},
-		Pool: c.Pool,
+		Pool:   c.Pool,
+		Labels: c.Labels,
 	}
 	// DLE fills the address only once the clone accepts connections.
 	if c.Status == clone.StatusOK {

@@ -18,6 +18,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"regexp"
 	"slices"
 	"strings"
@@ -28,6 +29,7 @@ import (
 	"github.com/thinlab/thinlab/agent/clone"
 	"github.com/thinlab/thinlab/agent/storage"
 	"github.com/thinlab/thinlab/sdk/agentapi"
+	"github.com/thinlab/thinlab/sdk/labels"
 )
 
 // Default is DLE's default branch; it cannot be deleted.
@@ -433,6 +435,42 @@ func (s *Service) Protect(ctx context.Context, name string, protected bool, till
 	}
 	s.log.Info("branch protection changed", "branch", name, "protected", protected, "till", till)
 	v := agentapi.BranchView{Name: name, Protected: b.protectedAt(s.now())}
+	if v.Protected {
+		v.ProtectedTill = agentapi.NewLocalTime(b.ProtectedTill)
+	}
+	return v, nil
+}
+
+// SetLabels replaces a branch's labels (sdk/labels rules).
+func (s *Service) SetLabels(ctx context.Context, name string, set map[string]string) (agentapi.BranchView, error) {
+	if err := ValidateName(name); err != nil {
+		return agentapi.BranchView{}, invalid("name", "invalid branch name: %s", err.Error())
+	}
+	if err := labels.Validate("labels", set); err != nil {
+		return agentapi.BranchView{}, invalid("labels", "%s", err.Error())
+	}
+	s.opMu.Lock()
+	defer s.opMu.Unlock()
+	r, err := s.repo(ctx)
+	if err != nil {
+		return agentapi.BranchView{}, err
+	}
+	head, ok := r.heads[name]
+	if !ok {
+		return agentapi.BranchView{}, invalid("name", "branch not found: %s", name)
+	}
+	next := s.snapshotDoc()
+	b := next.Branches[name]
+	if b == nil {
+		b = &record{Name: name, Head: head, CreatedAt: s.now().UTC()}
+		next.Branches[name] = b
+	}
+	b.Labels = maps.Clone(set)
+	if err := s.publish(next); err != nil {
+		return agentapi.BranchView{}, err
+	}
+	s.log.Info("branch labels changed", "branch", name, "labels", len(set))
+	v := agentapi.BranchView{Name: name, Labels: b.Labels, Protected: b.protectedAt(s.now())}
 	if v.Protected {
 		v.ProtectedTill = agentapi.NewLocalTime(b.ProtectedTill)
 	}

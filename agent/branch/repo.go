@@ -198,6 +198,9 @@ func (r *repo) view(name string) agentapi.BranchView {
 		v.Protected = true
 		v.ProtectedTill = agentapi.NewLocalTime(b.ProtectedTill)
 	}
+	if b := r.doc.Branches[name]; b != nil {
+		v.Labels = b.Labels
+	}
 	base := ""
 	if b := r.doc.Branches[name]; b != nil && name != Default {
 		base = b.Base

@@ -30,6 +30,8 @@ type record struct {
 	// (zero: no expiry).
 	Protected     bool      `json:"protected,omitempty"`
 	ProtectedTill time.Time `json:"protectedTill,omitzero"`
+	// Labels are the branch's key=value labels.
+	Labels map[string]string `json:"labels,omitempty"`
 }
 
 // protectedAt reports whether the protection holds at now (DLE: an

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"path/filepath"
 	"strconv"
@@ -44,6 +45,9 @@ func (m *Manager) Create(ctx context.Context, r CreateRequest) (Clone, error) {
 	if err != nil {
 		return Clone{}, err
 	}
+	if err := validateLabels(r.Labels); err != nil {
+		return Clone{}, err
+	}
 	verifier, err := scramVerifier(r.Password)
 	if err != nil {
 		return Clone{}, err
@@ -72,6 +76,7 @@ func (m *Manager) Create(ctx context.Context, r CreateRequest) (Clone, error) {
 		LastActivity:  now,
 		MaxIdle:       m.cfg.Cloning.MaxIdleMinutes,
 		ExtraConf:     extraConf,
+		Labels:        maps.Clone(r.Labels),
 		LogicalSize:   snap.LogicalSize,
 		opStart:       time.Now(),
 	}

@@ -2,6 +2,7 @@ package clone
 
 import (
 	"fmt"
+	"maps"
 	"math"
 	"time"
 
@@ -37,6 +38,28 @@ func (m *Manager) UpdateProtection(id string, protected bool, durationMinutes *u
 	}
 	m.bus().Emit(cloneEvent(events.CloneProtected, spec, events.Info, "").WithData(protectionData{Protected: protected, Till: view.ProtectedTill}))
 	m.log.Info("clone protection changed", "clone", id, "protected", protected, "till", view.ProtectedTill)
+	return view, nil
+}
+
+// SetLabels replaces a clone's labels (validated as at creation).
+func (m *Manager) SetLabels(id string, set map[string]string) (Clone, error) {
+	if err := validateLabels(set); err != nil {
+		return Clone{}, err
+	}
+	m.mu.Lock()
+	rec, ok := m.clones[id]
+	if !ok {
+		m.mu.Unlock()
+		return Clone{}, fmt.Errorf("%w: %q", ErrNotFound, id)
+	}
+	rec.Labels = maps.Clone(set)
+	m.changedLocked()
+	view := m.view(rec)
+	m.mu.Unlock()
+	if err := m.save(); err != nil {
+		return Clone{}, err
+	}
+	m.log.Info("clone labels changed", "clone", id, "labels", len(set))
 	return view, nil
 }
 

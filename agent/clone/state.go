@@ -44,6 +44,7 @@ type record struct {
 	MaxIdle      uint              `json:"maxIdleMinutes"`
 	CloningTime  time.Duration     `json:"cloningTime"`
 	ExtraConf    map[string]string `json:"extraConf,omitempty"`
+	Labels       map[string]string `json:"labels,omitempty"`
 	LogicalSize  uint64            `json:"logicalSize"`
 	// password is the plaintext, in memory only, while a create (or a
 	// restore migrating an old state file) still has it: the readiness

@@ -75,6 +75,8 @@ type Clone struct {
 
 	// ExtraConf are the per-clone postgres settings requested at creation.
 	ExtraConf map[string]string
+	// Labels are the clone's key=value labels.
+	Labels map[string]string
 }
 
 // ConnString is the DLE-style libpq connection string (no password).
@@ -106,6 +108,8 @@ type CreateRequest struct {
 	ProtectionDurationMinutes *uint
 
 	ExtraConf map[string]string
+	// Labels are the clone's key=value labels (sdk/labels rules).
+	Labels map[string]string
 }
 
 // ResetRequest asks to reset a clone to SnapshotID, or to the latest

@@ -13,6 +13,7 @@ import (
 
 	"github.com/thinlab/thinlab/agent/runtime"
 	"github.com/thinlab/thinlab/agent/storage"
+	"github.com/thinlab/thinlab/sdk/labels"
 )
 
 // MinPasswordEntropy is DLE's minimum password strength (bits, as computed
@@ -26,6 +27,13 @@ var dbNameRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_$-]{0,62}$`)
 func validateID(id string) error {
 	if len(id) > 63 || !cloneIDRE.MatchString(id) || strings.Contains(id, "..") {
 		return &ValidationError{Field: "id", Message: fmt.Sprintf("%q is not a valid clone id: use up to 63 letters, digits, '_', '.' or '-', starting with a letter or digit", id)}
+	}
+	return nil
+}
+
+func validateLabels(set map[string]string) error {
+	if err := labels.Validate("labels", set); err != nil {
+		return &ValidationError{Field: "labels", Message: strings.TrimPrefix(err.Error(), "labels: ")}
 	}
 	return nil
 }

@@ -30,6 +30,7 @@ func (m *Manager) view(r *record) Clone {
 		DiffSize:       r.diffSize,
 		LogicalSize:    r.LogicalSize,
 		ExtraConf:      maps.Clone(r.ExtraConf),
+		Labels:         maps.Clone(r.Labels),
 	}
 	if c.Protected {
 		c.ProtectedTill = r.ProtectedTill

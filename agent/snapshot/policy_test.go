@@ -216,7 +216,7 @@ func TestRetention(t *testing.T) {
 	if got, want := snapshotIDs(t, p), []string{ids[4], ids[0]}; !reflect.DeepEqual(got, want) {
 		t.Fatalf("after sweep %v, want %v", got, want)
 	}
-	if m := snapshot.New(snapshot.Options{Config: cfg}).Get(ids[1]); m != (snapshot.Meta{}) {
+	if m := snapshot.New(snapshot.Options{Config: cfg}).Get(ids[1]); !reflect.DeepEqual(m, snapshot.Meta{}) {
 		t.Fatalf("state of a deleted snapshot kept: %+v", m)
 	}
 	// keepSnapshots 0 keeps everything.
@@ -259,7 +259,7 @@ func TestSweepDeleteAt(t *testing.T) {
 	if got := pol.Sweep(ctx); !reflect.DeepEqual(got, []string{ids[0]}) {
 		t.Fatalf("sweep deleted %v, want %s", got, ids[0])
 	}
-	if got := pol.Get(p.Name() + "@snapshot_20000101000000"); got != (snapshot.Meta{}) {
+	if got := pol.Get(p.Name() + "@snapshot_20000101000000"); !reflect.DeepEqual(got, snapshot.Meta{}) {
 		t.Fatalf("state of a missing snapshot kept: %+v", got)
 	}
 	if !strings.Contains(log.String(), "still has clones") {

@@ -23,6 +23,12 @@ type Meta struct {
 	ProtectedTill time.Time `json:"protectedTill,omitzero"`
 	// DeleteAt schedules the snapshot's deletion; zero means never.
 	DeleteAt time.Time `json:"deleteAt,omitzero"`
+	// Labels are the snapshot's key=value labels.
+	Labels map[string]string `json:"labels,omitempty"`
+}
+
+func (m Meta) empty() bool {
+	return !m.Protected && m.ProtectedTill.IsZero() && m.DeleteAt.IsZero() && len(m.Labels) == 0
 }
 
 // ProtectedAt reports whether the protection holds at now.
@@ -75,7 +81,7 @@ func (s *store) set(id string, meta Meta) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	old, had := s.m[id]
-	if meta == (Meta{}) {
+	if meta.empty() {
 		delete(s.m, id)
 	} else {
 		s.m[id] = meta

@@ -84,6 +84,8 @@ type Clone struct {
 
 	// Pool is the pool the clone's data lives in (Thinlab addition).
 	Pool string `json:"pool,omitempty"`
+	// Labels are the clone's key=value labels (Thinlab addition).
+	Labels map[string]string `json:"labels,omitempty"`
 }
 
 // Database is how to reach a clone. Port is a string, as in DLE; Host, Port
@@ -128,6 +130,8 @@ type Snapshot struct {
 	Protected     bool       `json:"protected"`
 	ProtectedTill *LocalTime `json:"protectedTill,omitempty"`
 	DeleteAt      *LocalTime `json:"deleteAt,omitempty"`
+	// Labels are the snapshot's key=value labels (Thinlab addition).
+	Labels map[string]string `json:"labels,omitempty"`
 }
 
 // PoolSnapshot is the reply of POST /snapshot: the pool's raw snapshot,
@@ -162,6 +166,8 @@ type CreateCloneRequest struct {
 	Snapshot                  *SnapshotCloneField `json:"snapshot,omitempty"`
 	Branch                    string              `json:"branch,omitempty"`
 	ExtraConf                 map[string]string   `json:"extra_conf,omitempty"`
+	// Labels are the clone's key=value labels (Thinlab addition).
+	Labels map[string]string `json:"labels,omitempty"`
 }
 
 // DatabaseRequest is the clone's database user.
@@ -185,12 +191,21 @@ type PatchSnapshotRequest struct {
 	Protected                 *bool      `json:"protected,omitempty"`
 	ProtectionDurationMinutes *uint      `json:"protectionDurationMinutes,omitempty"`
 	DeleteAt                  *LocalTime `json:"deleteAt,omitempty"`
+	// Labels, when set, replace the labels (an empty map clears them;
+	// Thinlab addition).
+	Labels *map[string]string `json:"labels,omitempty"`
 }
 
 // PatchCloneRequest changes a clone's protection (PATCH /clone/{id}).
 type PatchCloneRequest struct {
 	Protected                 bool  `json:"protected"`
 	ProtectionDurationMinutes *uint `json:"protectionDurationMinutes,omitempty"`
+}
+
+// CloneLabelsRequest replaces a clone's labels (PATCH /clone/{id} with
+// labels and no protected: protection stays as it is; Thinlab addition).
+type CloneLabelsRequest struct {
+	Labels map[string]string `json:"labels"`
 }
 
 // ResetCloneRequest resets a clone to SnapshotID, or to the latest
@@ -360,6 +375,8 @@ type BranchView struct {
 	Protected     bool       `json:"protected"`
 	ProtectedTill *LocalTime `json:"protectedTill,omitempty"`
 	DeleteAt      *LocalTime `json:"deleteAt,omitempty"`
+	// Labels are the branch's key=value labels (Thinlab addition).
+	Labels map[string]string `json:"labels,omitempty"`
 }
 
 // SnapshotDetails is one snapshot of the branch graph (GET
