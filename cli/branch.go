@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 
@@ -40,12 +41,15 @@ The default branch "main" follows the newest data refresh.`,
   thinlab branch delete feature`,
 	})
 	cf.register(cmd)
-	cmd.AddCommand(newBranchListCommand(&cf), newBranchCreateCommand(&cf), newBranchDeleteCommand(&cf), newBranchLogCommand(&cf), newBranchProtectCommand(&cf))
+	cmd.AddCommand(newBranchListCommand(&cf), newBranchCreateCommand(&cf), newBranchDeleteCommand(&cf), newBranchLogCommand(&cf), newBranchProtectCommand(&cf), newBranchLabelCommand(&cf))
 	return cmd
 }
 
 func newBranchListCommand(cf *clientFlags) *cobra.Command {
-	var output string
+	var (
+		output string
+		filter []string
+	)
 	cmd := &cobra.Command{
 		Use:     "list",
 		Aliases: []string{"ls"},
@@ -55,22 +59,29 @@ func newBranchListCommand(cf *clientFlags) *cobra.Command {
 			if err := checkOutput(output); err != nil {
 				return err
 			}
-			list, err := request(cf, func(c *agentapi.Client) ([]agentapi.BranchView, error) { return c.Branches(cmd.Context()) })
+			if err := checkLabelFilter(filter); err != nil {
+				return err
+			}
+			list, err := request(cf, func(c *agentapi.Client) ([]agentapi.BranchView, error) {
+				return c.BranchesLabeled(cmd.Context(), filter...)
+			})
 			if err != nil {
 				return err
 			}
 			return renderList(cmd, output, list, renderBranches)
 		},
 	}
+	addLabelFilterFlag(cmd, &filter)
 	addOutputFlag(cmd, &output)
 	return cmd
 }
 
 func renderBranches(w io.Writer, list []agentapi.BranchView, _ time.Time) error {
 	tw := newTable(w)
-	row(tw, "NAME", "HEAD", "DATA STATE AT", "SNAPSHOTS", "PARENT")
+	withLabels := slices.ContainsFunc(list, func(b agentapi.BranchView) bool { return len(b.Labels) > 0 })
+	row(tw, labelColumn(withLabels, "NAME", "HEAD", "DATA STATE AT", "SNAPSHOTS", "PARENT")...)
 	for _, b := range list {
-		row(tw, b.Name, b.SnapshotID, compactToRFC3339(b.DataStateAt), fmt.Sprint(b.NumSnapshots), orDash(b.Parent))
+		row(tw, labelCell(withLabels, b.Labels, b.Name, b.SnapshotID, compactToRFC3339(b.DataStateAt), fmt.Sprint(b.NumSnapshots), orDash(b.Parent))...)
 	}
 	return tw.Flush()
 }

@@ -1,12 +1,14 @@
 package cli
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 
@@ -14,6 +16,7 @@ import (
 
 	"github.com/thinlab/thinlab/cli/clientconfig"
 	"github.com/thinlab/thinlab/sdk/agentapi"
+	"github.com/thinlab/thinlab/sdk/labels"
 )
 
 // EnvClonePassword supplies a clone password without a flag or a prompt.
@@ -83,6 +86,7 @@ func newCloneCommand() *cobra.Command {
 		newCloneProtectCommand(&cf),
 		newCloneDestroyCommand(&cf),
 		newCloneDiffCommand(&cf),
+		newCloneLabelCommand(&cf),
 	)
 	return cmd
 }
@@ -189,6 +193,9 @@ func renderClone(w io.Writer, c *agentapi.Clone, now time.Time) error {
 		prot += " (until " + t.Format(time.RFC3339) + ")"
 	}
 	row(tw, "Protected:", prot)
+	if len(c.Labels) > 0 {
+		row(tw, "Labels:", labels.String(c.Labels))
+	}
 	row(tw, "Created:", formatAge(agentapi.TimeOf(c.CreatedAt), now)+" ago")
 	if t := agentapi.TimeOf(c.DeleteAt); !t.IsZero() {
 		row(tw, "Idle deletion at:", t.Format(time.RFC3339))
@@ -201,14 +208,15 @@ func renderClone(w io.Writer, c *agentapi.Clone, now time.Time) error {
 
 func renderClones(w io.Writer, clones []agentapi.Clone, now time.Time) error {
 	tw := newTable(w)
-	row(tw, "ID", "STATUS", "SNAPSHOT", "PORT", "USER", "PROTECTED", "AGE", "DIFF SIZE")
+	withLabels := slices.ContainsFunc(clones, func(c agentapi.Clone) bool { return len(c.Labels) > 0 })
+	row(tw, labelColumn(withLabels, "ID", "STATUS", "SNAPSHOT", "PORT", "USER", "PROTECTED", "AGE", "DIFF SIZE")...)
 	for _, c := range clones {
 		snap := "-"
 		if c.Snapshot != nil && c.Snapshot.ID != "" {
 			snap = c.Snapshot.ID
 		}
-		row(tw, c.ID, c.Status.Code, snap, orDash(c.DB.Port), orDash(c.DB.Username), yesNo(c.Protected),
-			formatAge(agentapi.TimeOf(c.CreatedAt), now), formatBytes(c.Metadata.CloneDiffSize))
+		row(tw, labelCell(withLabels, c.Labels, c.ID, c.Status.Code, snap, orDash(c.DB.Port), orDash(c.DB.Username), yesNo(c.Protected),
+			formatAge(agentapi.TimeOf(c.CreatedAt), now), formatBytes(c.Metadata.CloneDiffSize))...)
 	}
 	return tw.Flush()
 }
@@ -253,6 +261,7 @@ func newCloneCreateCommand(cf *clientFlags) *cobra.Command {
 		restricted, protect bool
 		protectMinutes      int
 		extraConf           []string
+		labelArgs           []string
 		savePassword        bool
 	)
 	cmd := &cobra.Command{
@@ -331,6 +340,13 @@ prompt. It is saved (mode 0600) in the CLI config file so that
 			if snapshot != "" {
 				req.Snapshot = &agentapi.SnapshotCloneField{ID: snapshot}
 			}
+			if len(labelArgs) > 0 {
+				set, remove, err := labels.ParseChanges(labelArgs)
+				if err != nil || len(remove) > 0 {
+					return usageErrorf("--label: %v", cmp.Or(err, errors.New("write key=value")))
+				}
+				req.Labels = set
+			}
 			if password == "" {
 				password = os.Getenv(envClonePassword)
 			}
@@ -388,6 +404,7 @@ prompt. It is saved (mode 0600) in the CLI config file so that
 	f.BoolVar(&protect, "protected", false, "protect the clone from deletion (manual and idle)")
 	f.IntVar(&protectMinutes, "protection-minutes", 0, "protection length with --protected; 0 = no expiry (default: the agent's lease)")
 	f.StringArrayVar(&extraConf, "extra-conf", nil, "postgres setting for this clone as key=value (repeatable)")
+	f.StringArrayVar(&labelArgs, "label", nil, "label for this clone as key=value (repeatable)")
 	f.BoolVar(&savePassword, "save-password", true, "save the password in the CLI config file (0600) for thinlab connect")
 	wf.register(cmd)
 	addOutputFlag(cmd, &output)
@@ -431,24 +448,31 @@ func (a *apiConn) forgetPassword(cloneID string) error {
 }
 
 func newCloneListCommand(cf *clientFlags) *cobra.Command {
-	var output string
+	var (
+		output string
+		filter []string
+	)
 	cmd := &cobra.Command{
 		Use:     "list",
 		Aliases: []string{"ls"},
 		Short:   "List clones, newest first",
-		Example: "  thinlab clone list\n  thinlab clone list -o json | jq -r '.[].id'",
+		Example: "  thinlab clone list\n  thinlab clone list --label team=data\n  thinlab clone list -o json | jq -r '.[].id'",
 		Args:    exactArgs(),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := checkOutput(output); err != nil {
 				return err
 			}
-			clones, err := request(cf, func(c *agentapi.Client) ([]agentapi.Clone, error) { return c.Clones(cmd.Context()) })
+			if err := checkLabelFilter(filter); err != nil {
+				return err
+			}
+			clones, err := request(cf, func(c *agentapi.Client) ([]agentapi.Clone, error) { return c.ClonesLabeled(cmd.Context(), filter...) })
 			if err != nil {
 				return err
 			}
 			return renderList(cmd, output, clones, renderClones)
 		},
 	}
+	addLabelFilterFlag(cmd, &filter)
 	addOutputFlag(cmd, &output)
 	return cmd
 }

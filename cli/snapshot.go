@@ -3,6 +3,7 @@ package cli
 import (
 	"fmt"
 	"io"
+	"slices"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -20,12 +21,15 @@ func newSnapshotCommand() *cobra.Command {
   thinlab snapshot delete 'pool1@snapshot_20240102030405'`,
 	})
 	cf.register(cmd)
-	cmd.AddCommand(newSnapshotListCommand(&cf), newSnapshotCreateCommand(&cf), newSnapshotDeleteCommand(&cf), newSnapshotDiffCommand(&cf))
+	cmd.AddCommand(newSnapshotListCommand(&cf), newSnapshotCreateCommand(&cf), newSnapshotDeleteCommand(&cf), newSnapshotDiffCommand(&cf), newSnapshotLabelCommand(&cf))
 	return cmd
 }
 
 func newSnapshotListCommand(cf *clientFlags) *cobra.Command {
-	var output string
+	var (
+		output string
+		filter []string
+	)
 	cmd := &cobra.Command{
 		Use:     "list",
 		Aliases: []string{"ls"},
@@ -36,27 +40,34 @@ func newSnapshotListCommand(cf *clientFlags) *cobra.Command {
 			if err := checkOutput(output); err != nil {
 				return err
 			}
-			snaps, err := request(cf, func(c *agentapi.Client) ([]agentapi.Snapshot, error) { return c.Snapshots(cmd.Context()) })
+			if err := checkLabelFilter(filter); err != nil {
+				return err
+			}
+			snaps, err := request(cf, func(c *agentapi.Client) ([]agentapi.Snapshot, error) {
+				return c.SnapshotsLabeled(cmd.Context(), filter...)
+			})
 			if err != nil {
 				return err
 			}
 			return renderList(cmd, output, snaps, renderSnapshots)
 		},
 	}
+	addLabelFilterFlag(cmd, &filter)
 	addOutputFlag(cmd, &output)
 	return cmd
 }
 
 func renderSnapshots(w io.Writer, snaps []agentapi.Snapshot, now time.Time) error {
 	tw := newTable(w)
-	row(tw, "ID", "POOL", "DATA STATE AT", "CREATED", "CLONES", "SIZE", "LOGICAL SIZE", "PROTECTED")
+	withLabels := slices.ContainsFunc(snaps, func(s agentapi.Snapshot) bool { return len(s.Labels) > 0 })
+	row(tw, labelColumn(withLabels, "ID", "POOL", "DATA STATE AT", "CREATED", "CLONES", "SIZE", "LOGICAL SIZE", "PROTECTED")...)
 	for _, s := range snaps {
 		dsa := "-"
 		if t := agentapi.TimeOf(s.DataStateAt); !t.IsZero() {
 			dsa = t.Format(time.RFC3339)
 		}
-		row(tw, s.ID, orDash(s.Pool), dsa, formatAge(agentapi.TimeOf(s.CreatedAt), now), fmt.Sprint(s.NumClones),
-			formatBytes(s.PhysicalSize), formatBytes(s.LogicalSize), yesNo(s.Protected))
+		row(tw, labelCell(withLabels, s.Labels, s.ID, orDash(s.Pool), dsa, formatAge(agentapi.TimeOf(s.CreatedAt), now), fmt.Sprint(s.NumClones),
+			formatBytes(s.PhysicalSize), formatBytes(s.LogicalSize), yesNo(s.Protected))...)
 	}
 	return tw.Flush()
 }
