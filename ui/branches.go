@@ -18,6 +18,7 @@ type BranchNode struct {
 	Name      string
 	Head      string
 	Protected bool
+	Labels    string
 	Commits   []CommitRow
 	Children  []BranchNode
 	// Error says why the branch's log could not be read.

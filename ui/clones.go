@@ -13,6 +13,8 @@ type Clones struct {
 	// Form keeps what was entered when creating failed (never the
 	// password).
 	Form CloneForm
+	// LabelFilter is the page's ?label= filter as typed ("k=v, k2").
+	LabelFilter string
 }
 
 // CloneAgent is one agent with its clones and snapshots.
@@ -36,6 +38,7 @@ type CloneRow struct {
 	Protected bool
 	Created   string // as the agent reported it
 	Href      string
+	Labels    string // "k=v, k2=v2"
 }
 
 // SnapshotRow is one snapshot of an agent.
@@ -45,6 +48,7 @@ type SnapshotRow struct {
 	DataStateAt string
 	Clones      int
 	Protected   bool
+	Labels      string
 }
 
 // CloneForm is the create form's values.
@@ -54,6 +58,7 @@ type CloneForm struct {
 	ID        string
 	Username  string
 	Protected bool
+	Labels    string // as typed: "k=v, k2=v2"
 }
 
 // CloneDetail is a clone's page.

@@ -14,7 +14,8 @@ import (
 	"github.com/thinlab/thinlab/sdk/agentapi"
 )
 
-// TestBranchesThroughPlatform: the DLE 4 branch routes of a real agent
+// TestBranchesThroughPlatform: labels filter the clones page, and the DLE
+// 4 branch routes of a real agent
 // work through the platform's engine proxy (as the thinlab CLI and DLE
 // clients call them with --agent): a clone on a new branch is committed
 // with the platform user as its author, a second clone from the commit
@@ -34,7 +35,7 @@ func TestBranchesThroughPlatform(t *testing.T) {
 	if _, err := c.CreateBranch(ctx, agentapi.CreateBranchRequest{BranchName: "feature", SnapshotID: snaps[0].ID}); err != nil {
 		t.Fatalf("create branch through the platform: %v", err)
 	}
-	if _, err := c.CreateClone(ctx, agentapi.CreateCloneRequest{ID: "on-feature", Branch: "feature", DB: &agentapi.DatabaseRequest{Username: "dev", Password: clonePassword}}); err != nil {
+	if _, err := c.CreateClone(ctx, agentapi.CreateCloneRequest{ID: "on-feature", Branch: "feature", Labels: map[string]string{"team": "data"}, DB: &agentapi.DatabaseRequest{Username: "dev", Password: clonePassword}}); err != nil {
 		t.Fatalf("create a clone on the branch: %v", err)
 	}
 	k, err := c.WaitClone(ctx, "on-feature")
@@ -81,15 +82,27 @@ func TestBranchesThroughPlatform(t *testing.T) {
 		t.Fatalf("clone from the commit has %q", v)
 	}
 
+	// Labels through the platform: the clones page filters by them.
+	if _, err := c.SetBranchLabels(ctx, "feature", map[string]string{"owner": "ada"}); err != nil {
+		t.Fatalf("branch labels through the platform: %v", err)
+	}
+	pg := env.Do(http.MethodGet, "/o/acme/clones?label=team%3Ddata", tok, nil)
+	if body := string(pg.Body); pg.Status != http.StatusOK || !strings.Contains(body, `data-clone="on-feature"`) || strings.Contains(body, `data-clone="from-commit"`) || !strings.Contains(body, "team=data") {
+		t.Fatalf("clones page filtered by team=data: %d %s", pg.Status, tail(body, 3000))
+	}
+	if pg := env.Do(http.MethodGet, "/o/acme/clones?label=bad%20key", tok, nil); pg.Status != http.StatusBadRequest {
+		t.Errorf("a bad label filter: HTTP %d, want 400", pg.Status)
+	}
+
 	// The tree page: main and feature, the commit's message, author and
 	// its clone, linked.
-	pg := env.Do(http.MethodGet, "/o/acme/agents/"+ag.ID+"/branches", tok, nil)
+	pg = env.Do(http.MethodGet, "/o/acme/agents/"+ag.ID+"/branches", tok, nil)
 	body := string(pg.Body)
 	if pg.Status != http.StatusOK {
 		t.Fatalf("branch page: %d %s", pg.Status, tail(body, 2000))
 	}
 	for _, want := range []string{`data-branch="main"`, `data-branch="feature"`, `data-snapshot="` + commit + `"`, "add committed work", owner.Email,
-		`/o/acme/agents/` + ag.ID + `/clones/from-commit`} {
+		`/o/acme/agents/` + ag.ID + `/clones/from-commit`, "owner=ada"} {
 		if !strings.Contains(body, want) {
 			t.Errorf("branch page lacks %q", want)
 		}

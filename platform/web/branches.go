@@ -11,6 +11,7 @@ import (
 
 	"github.com/thinlab/thinlab/platform/access"
 	"github.com/thinlab/thinlab/sdk/agentapi"
+	"github.com/thinlab/thinlab/sdk/labels"
 	"github.com/thinlab/thinlab/ui"
 )
 
@@ -33,7 +34,7 @@ func (w *Web) branchesPage(c *gin.Context) {
 	}
 	nodes := make(map[string]*ui.BranchNode, len(branches))
 	for _, b := range branches {
-		n := &ui.BranchNode{Name: b.Name, Head: b.SnapshotID, Protected: b.Protected}
+		n := &ui.BranchNode{Name: b.Name, Head: b.SnapshotID, Protected: b.Protected, Labels: labels.String(b.Labels)}
 		ctx, cancel := context.WithTimeout(c.Request.Context(), agentCallTimeout)
 		log, err := cl.BranchLog(ctx, b.Name)
 		cancel()

@@ -19,6 +19,7 @@ import (
 	"github.com/thinlab/thinlab/platform/rbac"
 	"github.com/thinlab/thinlab/platform/store"
 	"github.com/thinlab/thinlab/sdk/agentapi"
+	"github.com/thinlab/thinlab/sdk/labels"
 	"github.com/thinlab/thinlab/ui"
 )
 
@@ -97,6 +98,12 @@ func (w *Web) clones(c *gin.Context) { w.renderClones(c, w.page(c, "Clones"), ui
 func (w *Web) renderClones(c *gin.Context, p ui.Page, form ui.CloneForm) {
 	p.Title = "Clones"
 	org := access.Org(c)
+	filterText := c.Query("label")
+	filter := splitLabelList(filterText)
+	if _, err := labels.ParseSelector(filter); err != nil {
+		w.errorPage(c, http.StatusBadRequest, err.Error()+" (filter as key=value or key, separated by commas)")
+		return
+	}
 	agents, err := w.store.ListAgents(c.Request.Context(), org.ID)
 	if err != nil {
 		w.internal(c, "list agents", err)
@@ -106,6 +113,7 @@ func (w *Web) renderClones(c *gin.Context, p ui.Page, form ui.CloneForm) {
 	v := ui.Clones{
 		CanCreate: rbac.Can(role, rbac.CloneCreate), Form: form,
 		CanSnapshot: rbac.Can(role, rbac.SnapshotCreate), CanDeleteSnapshot: rbac.Can(role, rbac.SnapshotDelete),
+		LabelFilter: filterText,
 	}
 	for i := range agents {
 		ag := &agents[i]
@@ -116,7 +124,7 @@ func (w *Web) renderClones(c *gin.Context, p ui.Page, form ui.CloneForm) {
 		cl, err := w.agentClient(ag)
 		if err == nil {
 			row.Connected = true
-			err = w.listAgent(c.Request.Context(), cl, org.Slug, ag, &row, rbac.Can(role, rbac.SnapshotRead))
+			err = w.listAgent(c.Request.Context(), cl, org.Slug, ag, &row, rbac.Can(role, rbac.SnapshotRead), filter)
 		}
 		if err != nil {
 			_, row.Error = agentFailure(ag, err)
@@ -126,15 +134,15 @@ func (w *Web) renderClones(c *gin.Context, p ui.Page, form ui.CloneForm) {
 	w.render(c, p.Status, ui.ClonesPage(p, v))
 }
 
-func (w *Web) listAgent(ctx context.Context, cl *agentapi.Client, org string, ag *store.Agent, row *ui.CloneAgent, snapshots bool) error {
+func (w *Web) listAgent(ctx context.Context, cl *agentapi.Client, org string, ag *store.Agent, row *ui.CloneAgent, snapshots bool, filter []string) error {
 	ctx, cancel := context.WithTimeout(ctx, agentCallTimeout)
 	defer cancel()
-	clones, err := cl.Clones(ctx)
+	clones, err := cl.ClonesLabeled(ctx, filter...)
 	if err != nil {
 		return err
 	}
 	for _, k := range clones {
-		r := ui.CloneRow{AgentID: ag.ID, ID: k.ID, Status: k.Status.Code, Protected: k.Protected, Created: localTime(k.CreatedAt), Href: clonePath(org, ag.ID, k.ID)}
+		r := ui.CloneRow{AgentID: ag.ID, ID: k.ID, Status: k.Status.Code, Protected: k.Protected, Created: localTime(k.CreatedAt), Href: clonePath(org, ag.ID, k.ID), Labels: labels.String(k.Labels)}
 		if k.Snapshot != nil {
 			r.Snapshot = k.Snapshot.ID
 		}
@@ -143,12 +151,12 @@ func (w *Web) listAgent(ctx context.Context, cl *agentapi.Client, org string, ag
 	if !snapshots {
 		return nil
 	}
-	snaps, err := cl.Snapshots(ctx)
+	snaps, err := cl.SnapshotsLabeled(ctx, filter...)
 	if err != nil {
 		return err
 	}
 	for _, s := range snaps {
-		row.Snapshots = append(row.Snapshots, ui.SnapshotRow{ID: s.ID, Pool: s.Pool, DataStateAt: localTime(s.DataStateAt), Clones: s.NumClones, Protected: s.Protected})
+		row.Snapshots = append(row.Snapshots, ui.SnapshotRow{ID: s.ID, Pool: s.Pool, DataStateAt: localTime(s.DataStateAt), Clones: s.NumClones, Protected: s.Protected, Labels: labels.String(s.Labels)})
 	}
 	return nil
 }
@@ -160,6 +168,7 @@ func (w *Web) createClone(c *gin.Context) {
 	form := ui.CloneForm{
 		Agent: c.PostForm("agent"), Snapshot: strings.TrimSpace(c.PostForm("snapshot")), ID: strings.TrimSpace(c.PostForm("id")),
 		Username: strings.TrimSpace(c.PostForm("username")), Protected: c.PostForm("protected") != "",
+		Labels: strings.TrimSpace(c.PostForm("labels")),
 	}
 	again := func(c *gin.Context, p ui.Page) { w.renderClones(c, p, form) }
 	if form.Agent == "" {
@@ -186,8 +195,16 @@ func (w *Web) createClone(c *gin.Context) {
 		w.fail(c, status, msg, again)
 		return
 	}
+	set, remove, err := labels.ParseChanges(splitLabelList(form.Labels))
+	if err == nil && len(remove) > 0 {
+		err = errors.New("write each label as key=value")
+	}
+	if err != nil {
+		w.fail(c, http.StatusBadRequest, "labels: "+err.Error(), again)
+		return
+	}
 	req := agentapi.CreateCloneRequest{
-		ID: form.ID, Protected: form.Protected,
+		ID: form.ID, Protected: form.Protected, Labels: set,
 		DB: &agentapi.DatabaseRequest{Username: form.Username, Password: c.PostForm("password")},
 	}
 	if form.Snapshot != "" {
@@ -393,4 +410,16 @@ func (w *Web) snapshotAction(c *gin.Context, id string, call func(ctx context.Co
 		return
 	}
 	w.redirectWithFlash(c, "/o/"+org.Slug+"/clones", "Snapshot "+id+" "+done+" on "+ag.Name+".")
+}
+
+// splitLabelList reads labels or filter terms typed into one field,
+// separated by commas ("team=data, ci").
+func splitLabelList(s string) []string {
+	var out []string
+	for part := range strings.SplitSeq(s, ",") {
+		if part = strings.TrimSpace(part); part != "" {
+			out = append(out, part)
+		}
+	}
+	return out
 }
