@@ -52,7 +52,7 @@ type Options struct {
 // Policy holds snapshot protection and scheduled deletion and applies them,
 // with retention, to the pools. It is safe for concurrent use.
 type Policy struct {
-	pools    map[string]storage.Pool
+	pools map[string]storage.Pool
 	// retained are the pools retention applies to: the pools a refresh
 	// fills (each keeps its own newest N).
 	retained []storage.Pool
