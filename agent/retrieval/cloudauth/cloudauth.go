@@ -103,8 +103,11 @@ func (a *Authenticator) Kind() string { return a.kind }
 // Password returns the password for one new connection to the source
 // whose libpq parameters are params (host, port and user name the RDS
 // token's endpoint and role). With kind password it returns "" and ok
-// false: the configured password stands.
+// false: the configured password stands; so does a nil Authenticator.
 func (a *Authenticator) Password(ctx context.Context, params map[string]string) (pw string, ok bool, err error) {
+	if a == nil {
+		return "", false, nil
+	}
 	switch a.kind {
 	case config.AuthPassword:
 		return "", false, nil
