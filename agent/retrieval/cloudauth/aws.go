@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"net/url"
 	"os"
@@ -69,6 +70,7 @@ func (a *Authenticator) resolveAWS(ctx context.Context) (awsCreds, error) {
 	return c, nil
 }
 
+//nolint:gosec // G101: an error message naming variables, not a credential
 const noAWSCredentials = "no AWS credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_WEB_IDENTITY_TOKEN_FILE and AWS_ROLE_ARN, or a profile in the shared credentials file (AWS_SHARED_CREDENTIALS_FILE, AWS_PROFILE), or run the agent on ECS or EC2 with a role"
 
 // sharedProfile reads the profile (auth.aws.profile, AWS_PROFILE, or
@@ -111,9 +113,7 @@ func (a *Authenticator) sharedProfile(ctx context.Context) (awsCreds, bool, erro
 		}
 		if ok {
 			found = true
-			for k, v := range kv {
-				prof[k] = v
-			}
+			maps.Copy(prof, kv)
 		}
 	}
 	if !found {
@@ -321,14 +321,14 @@ func (a *Authenticator) instanceCredentials(ctx context.Context) (awsCreds, erro
 	if err != nil {
 		return awsCreds{}, err
 	}
-	get := func(path, what string) (*http.Request, error) {
+	get := func(path string) (*http.Request, error) {
 		r, err := http.NewRequestWithContext(ctx, http.MethodGet, base+path, nil)
 		if err == nil {
 			r.Header.Set("X-aws-ec2-metadata-token", token)
 		}
 		return r, err
 	}
-	req, err = get("/latest/meta-data/iam/security-credentials/", "role")
+	req, err = get("/latest/meta-data/iam/security-credentials/")
 	if err != nil {
 		return awsCreds{}, err
 	}
@@ -340,7 +340,7 @@ func (a *Authenticator) instanceCredentials(ctx context.Context) (awsCreds, erro
 	if role == "" || strings.ContainsAny(role, "/?#") {
 		return awsCreds{}, errors.New("the instance has no IAM role: attach an instance profile")
 	}
-	req, err = get("/latest/meta-data/iam/security-credentials/"+url.PathEscape(role), "credentials")
+	req, err = get("/latest/meta-data/iam/security-credentials/" + url.PathEscape(role))
 	if err != nil {
 		return awsCreds{}, err
 	}

@@ -177,11 +177,11 @@ func fakeSTS(t *testing.T, clk *testClock, role, webToken string, calls *atomic.
 		if r.PostForm.Get("Action") != "AssumeRoleWithWebIdentity" || r.PostForm.Get("Version") != "2011-06-15" ||
 			r.PostForm.Get("RoleArn") != role || r.PostForm.Get("WebIdentityToken") != webToken || r.PostForm.Get("RoleSessionName") == "" {
 			w.WriteHeader(http.StatusForbidden)
-			fmt.Fprint(w, `<ErrorResponse><Error><Code>AccessDenied</Code><Message>Not authorized to perform sts:AssumeRoleWithWebIdentity</Message></Error></ErrorResponse>`)
+			_, _ = fmt.Fprint(w, `<ErrorResponse><Error><Code>AccessDenied</Code><Message>Not authorized to perform sts:AssumeRoleWithWebIdentity</Message></Error></ErrorResponse>`)
 			return
 		}
 		n := calls.Add(1)
-		fmt.Fprintf(w, `<AssumeRoleWithWebIdentityResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/">
+		_, _ = fmt.Fprintf(w, `<AssumeRoleWithWebIdentityResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/">
   <AssumeRoleWithWebIdentityResult>
     <Credentials>
       <AccessKeyId>ASIASTS%d</AccessKeyId>
@@ -259,7 +259,7 @@ func TestAWSContainerCredentials(t *testing.T) {
 			http.Error(w, "no", http.StatusUnauthorized)
 			return
 		}
-		fmt.Fprintf(w, `{"AccessKeyId":"ASIAECS","SecretAccessKey":"ecssecret","Token":"ecssession","Expiration":%q,"RoleArn":"arn:aws:iam::1:role/task"}`, clk.Now().Add(6*time.Hour).Format(time.RFC3339))
+		_, _ = fmt.Fprintf(w, `{"AccessKeyId":"ASIAECS","SecretAccessKey":"ecssecret","Token":"ecssession","Expiration":%q,"RoleArn":"arn:aws:iam::1:role/task"}`, clk.Now().Add(6*time.Hour).Format(time.RFC3339))
 	}))
 	t.Cleanup(srv.Close)
 	t.Setenv("AWS_CONTAINER_CREDENTIALS_FULL_URI", srv.URL+"/v2/credentials/abc")
@@ -300,7 +300,7 @@ func TestAWSInstanceMetadata(t *testing.T) {
 				http.Error(w, "ttl", http.StatusBadRequest)
 				return
 			}
-			fmt.Fprint(w, "imds-session")
+			_, _ = fmt.Fprint(w, "imds-session")
 			return
 		}
 		if r.Header.Get("X-aws-ec2-metadata-token") != "imds-session" {
@@ -309,10 +309,10 @@ func TestAWSInstanceMetadata(t *testing.T) {
 		}
 		switch r.URL.Path {
 		case "/latest/meta-data/iam/security-credentials/":
-			fmt.Fprint(w, "thinlab-role")
+			_, _ = fmt.Fprint(w, "thinlab-role")
 		case "/latest/meta-data/iam/security-credentials/thinlab-role":
 			n := credCalls.Add(1)
-			fmt.Fprintf(w, `{"Code":"Success","Type":"AWS-HMAC","AccessKeyId":"ASIAEC2%d","SecretAccessKey":"ec2secret","Token":"ec2session","Expiration":%q}`, n, clk.Now().Add(time.Hour).Format(time.RFC3339))
+			_, _ = fmt.Fprintf(w, `{"Code":"Success","Type":"AWS-HMAC","AccessKeyId":"ASIAEC2%d","SecretAccessKey":"ec2secret","Token":"ec2session","Expiration":%q}`, n, clk.Now().Add(time.Hour).Format(time.RFC3339))
 		default:
 			http.NotFound(w, r)
 		}

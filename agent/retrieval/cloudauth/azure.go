@@ -91,7 +91,7 @@ func (a *Authenticator) azureToken(ctx context.Context) (cached[string], error) 
 		form.Set("client_assertion", assertion)
 		how = "certificate"
 	default:
-		b, err := os.ReadFile(federated) //nolint:gosec // G304: the token file the environment names
+		b, err := os.ReadFile(federated)
 		if err != nil {
 			return cached[string]{}, fmt.Errorf("AZURE_FEDERATED_TOKEN_FILE: %w", err)
 		}
@@ -186,7 +186,7 @@ func (a *Authenticator) azureManagedIdentity(ctx context.Context, client string)
 	}
 	exp, err := tok.expiry(a.now())
 	if err != nil {
-		return cached[string]{}, fmt.Errorf("Azure managed identity: %w", err)
+		return cached[string]{}, fmt.Errorf("the Azure managed identity endpoint: %w", err)
 	}
 	src := "managed identity"
 	if client != "" {

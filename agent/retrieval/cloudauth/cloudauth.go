@@ -189,20 +189,21 @@ func httpError(what string, resp *http.Response) error {
 	return fmt.Errorf("%s: %s: %s", what, resp.Status, msg)
 }
 
-// doJSON sends req with c and decodes a 200 answer's JSON into out.
-func doJSON(c *http.Client, req *http.Request, what string, out any) (*http.Response, error) {
+// doJSON sends req with c and decodes a 200 answer's JSON into out; it
+// returns the answer's headers.
+func doJSON(c *http.Client, req *http.Request, what string, out any) (http.Header, error) {
 	resp, err := c.Do(req)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", what, err)
 	}
 	defer func() { _ = resp.Body.Close() }()
 	if resp.StatusCode != http.StatusOK {
-		return resp, httpError(what, resp)
+		return nil, httpError(what, resp)
 	}
 	if err := json.NewDecoder(io.LimitReader(resp.Body, maxResponse)).Decode(out); err != nil {
-		return resp, fmt.Errorf("%s: the answer is not the expected JSON: %w", what, err)
+		return nil, fmt.Errorf("%s: the answer is not the expected JSON: %w", what, err)
 	}
-	return resp, nil
+	return resp.Header, nil
 }
 
 // oauthToken is the answer of an OAuth 2.0 token endpoint (and, with

@@ -15,7 +15,7 @@ import (
 // GCPScope is the OAuth scope of Cloud SQL IAM database logins.
 const GCPScope = "https://www.googleapis.com/auth/sqlservice.login"
 
-const gcpDefaultTokenURI = "https://oauth2.googleapis.com/token"
+const gcpDefaultTokenURI = "https://oauth2.googleapis.com/token" //nolint:gosec // G101: a public endpoint, not a credential
 
 // gcpKey is the part of a Google credentials JSON file the agent reads:
 // a service-account key, or the authorized_user file of
@@ -132,12 +132,12 @@ func (a *Authenticator) gcpMetadataToken(ctx context.Context) (cached[string], e
 	}
 	req.Header.Set("Metadata-Flavor", "Google")
 	var tok oauthToken
-	resp, err := doJSON(a.meta, req, "GCE metadata server", &tok)
+	hdr, err := doJSON(a.meta, req, "GCE metadata server", &tok)
 	if err != nil {
 		return cached[string]{}, err
 	}
 	// Whatever answers on the address must say it is the metadata server.
-	if resp.Header.Get("Metadata-Flavor") != "Google" {
+	if hdr.Get("Metadata-Flavor") != "Google" {
 		return cached[string]{}, errors.New("GCE metadata server: the answer lacks Metadata-Flavor: Google; it is not the metadata server")
 	}
 	exp, err := tok.expiry(a.now())

@@ -103,7 +103,7 @@ func fakeGoogleToken(t *testing.T, pub *rsa.PublicKey, clk *testClock, tokenFor 
 			return
 		}
 		n := calls.Add(1)
-		fmt.Fprintf(w, `{"access_token":%q,"expires_in":3599,"token_type":"Bearer"}`, tokenFor(n))
+		_, _ = fmt.Fprintf(w, `{"access_token":%q,"expires_in":3599,"token_type":"Bearer"}`, tokenFor(n))
 	}))
 	t.Cleanup(srv.Close)
 	return srv
@@ -179,7 +179,7 @@ func TestGCPMetadataServer(t *testing.T) {
 			return
 		}
 		w.Header().Set("Metadata-Flavor", flavor)
-		fmt.Fprint(w, `{"access_token":"ya29.metadata","expires_in":1800,"token_type":"Bearer"}`)
+		_, _ = fmt.Fprint(w, `{"access_token":"ya29.metadata","expires_in":1800,"token_type":"Bearer"}`)
 	}))
 	t.Cleanup(srv.Close)
 	src := config.Source{Host: "10.0.0.5", Username: "u", Auth: config.SourceAuth{Kind: config.AuthGCPCloudSQLIAM, GCP: config.GCPAuth{MetadataEndpoint: srv.URL}}}
@@ -218,7 +218,7 @@ func fakeEntra(t *testing.T, cert *x509.Certificate, calls *atomic.Int32) *httpt
 			http.Error(w, `{"error":"invalid_client","error_description":"AADSTS7000215: Invalid client secret provided."}`, http.StatusUnauthorized)
 			return
 		}
-		fmt.Fprintf(w, `{"token_type":"Bearer","expires_in":3599,"ext_expires_in":3599,"access_token":"eyJ.entra-%d"}`, calls.Add(1))
+		_, _ = fmt.Fprintf(w, `{"token_type":"Bearer","expires_in":3599,"ext_expires_in":3599,"access_token":"eyJ.entra-%d"}`, calls.Add(1))
 	}))
 	t.Cleanup(srv.Close)
 	return srv
@@ -292,7 +292,7 @@ func TestAzureManagedIdentity(t *testing.T) {
 			http.Error(w, `{"error":"invalid_request"}`, http.StatusBadRequest)
 			return
 		}
-		fmt.Fprintf(w, `{"access_token":"eyJ.mi-%s","expires_on":"%d","resource":%q,"token_type":"Bearer"}`, q.Get("client_id"), clk.Now().Add(time.Hour).Unix(), AzureResource)
+		_, _ = fmt.Fprintf(w, `{"access_token":"eyJ.mi-%s","expires_on":"%d","resource":%q,"token_type":"Bearer"}`, q.Get("client_id"), clk.Now().Add(time.Hour).Unix(), AzureResource) //nolint:gosec // G705: a test server answering JSON to the test
 	}))
 	t.Cleanup(srv.Close)
 	src := config.Source{Host: "x", Username: "u", Auth: config.SourceAuth{Kind: config.AuthAzureAD, Azure: config.AzureAuth{IMDSEndpoint: srv.URL}}}

@@ -45,7 +45,7 @@ func TestCloudSQLIAMRetrieval(t *testing.T) {
 			http.Error(w, `{"error":"invalid_grant"}`, http.StatusBadRequest)
 			return
 		}
-		fmt.Fprintf(w, `{"access_token":"ya29.e2e-%d","expires_in":3600,"token_type":"Bearer"}`, grants.Add(1))
+		_, _ = fmt.Fprintf(w, `{"access_token":"ya29.e2e-%d","expires_in":3600,"token_type":"Bearer"}`, grants.Add(1))
 	}))
 	t.Cleanup(tokenSrv.Close)
 	key, err := rsa.GenerateKey(rand.Reader, 2048)
@@ -91,7 +91,7 @@ func TestCloudSQLIAMRetrieval(t *testing.T) {
 			seen = append(seen, "token in argv")
 			return
 		}
-		for _, kv := range strings.Split(string(environ), "\x00") {
+		for kv := range strings.SplitSeq(string(environ), "\x00") {
 			if v, ok := strings.CutPrefix(kv, "PGPASSWORD="); ok {
 				seen = append(seen, v)
 			}
