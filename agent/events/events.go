@@ -25,6 +25,10 @@ const (
 	CloneReset     Kind = "clone.reset"
 	CloneDestroyed Kind = "clone.destroyed"
 	CloneProtected Kind = "clone.protected" // protection changed (on or off)
+	// CloneRefreshDeadline tells a clone's owner that the pool the clone
+	// lives on will be refreshed anyway (retrieval.busyPool), and when:
+	// once per clone and deadline.
+	CloneRefreshDeadline Kind = "clone.refresh_deadline"
 
 	SnapshotCreated Kind = "snapshot.created"
 	SnapshotDeleted Kind = "snapshot.deleted"

@@ -84,6 +84,10 @@ type Clone struct {
 
 	// Pool is the pool the clone's data lives in (Thinlab addition).
 	Pool string `json:"pool,omitempty"`
+	// RefreshForcedAt is when the clone's pool will be refreshed although
+	// it still has clones (retrieval.busyPool), while such a refresh
+	// waits; status.message then says so too (Thinlab addition).
+	RefreshForcedAt *LocalTime `json:"refreshForcedAt,omitempty"`
 }
 
 // Database is how to reach a clone. Port is a string, as in DLE; Host, Port
