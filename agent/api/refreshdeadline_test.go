@@ -72,7 +72,7 @@ func TestCloneShowsForcedRefreshDeadline(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := f.At.UTC().Format(time.RFC3339)
-	if got.RefreshForcedAt == nil || !got.RefreshForcedAt.Time.Equal(f.At.Truncate(time.Second)) {
+	if got.RefreshForcedAt == nil || !got.RefreshForcedAt.Equal(f.At.Truncate(time.Second)) {
 		t.Fatalf("refreshForcedAt %v, want %s", got.RefreshForcedAt, want)
 	}
 	if !strings.HasPrefix(got.Status.Message, "Clone is ready") || !strings.Contains(got.Status.Message, "will be refreshed anyway at "+want) || got.Status.Code != "OK" {
