@@ -308,3 +308,59 @@ func TestAzureManagedIdentity(t *testing.T) {
 		t.Fatalf("no identity: %v", err)
 	}
 }
+
+// TestGCPAuthorizedUser: the authorized_user file of `gcloud auth
+// application-default login` is exchanged at its token_uri by the
+// refresh-token grant.
+func TestGCPAuthorizedUser(t *testing.T) {
+	clearCloudEnv(t)
+	clk := &testClock{t: t0}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if err := r.ParseForm(); err != nil || r.PostForm.Get("grant_type") != "refresh_token" || r.PostForm.Get("refresh_token") != "1//refresh" || r.PostForm.Get("client_id") != "cid.apps.googleusercontent.com" {
+			http.Error(w, `{"error":"invalid_grant"}`, http.StatusBadRequest)
+			return
+		}
+		_, _ = fmt.Fprint(w, `{"access_token":"ya29.user","expires_in":3599,"scope":"openid","token_type":"Bearer"}`)
+	}))
+	t.Cleanup(srv.Close)
+	b, _ := json.Marshal(map[string]string{"type": "authorized_user", "client_id": "cid.apps.googleusercontent.com", "client_secret": "csecret", "refresh_token": "1//refresh", "token_uri": srv.URL + "/token"})
+	file := filepath.Join(t.TempDir(), "adc.json")
+	write(t, file, string(b))
+	t.Setenv("GOOGLE_APPLICATION_CREDENTIALS", file)
+	src := config.Source{Host: "h", Username: "me@example.com", Auth: config.SourceAuth{Kind: config.AuthGCPCloudSQLIAM}}
+	if pw, _, err := New(src, Options{Now: clk.Now}).Password(t.Context(), nil); err != nil || pw != "ya29.user" {
+		t.Fatalf("authorized_user: %q %v", pw, err)
+	}
+	write(t, file, `{"type":"external_account"}`)
+	if _, _, err := New(src, Options{Now: clk.Now}).Password(t.Context(), nil); err == nil || !strings.Contains(err.Error(), "GOOGLE_APPLICATION_CREDENTIALS") || !strings.Contains(err.Error(), "external_account") {
+		t.Fatalf("external_account: %v", err)
+	}
+}
+
+// TestAzureFederatedToken: with AZURE_TENANT_ID, AZURE_CLIENT_ID and
+// AZURE_FEDERATED_TOKEN_FILE (AKS workload identity) the file's token is
+// the client assertion of the client credentials grant.
+func TestAzureFederatedToken(t *testing.T) {
+	clearCloudEnv(t)
+	clk := &testClock{t: t0}
+	var srv *httptest.Server
+	srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if err := r.ParseForm(); err != nil || r.URL.Path != "/tenant-1/oauth2/v2.0/token" || r.PostForm.Get("client_assertion") != "eyJ.k8s.sa" ||
+			r.PostForm.Get("client_assertion_type") != "urn:ietf:params:oauth:client-assertion-type:jwt-bearer" || r.PostForm.Get("client_id") != "app-1" || r.PostForm.Get("scope") != AzureScope {
+			http.Error(w, `{"error":"invalid_client"}`, http.StatusUnauthorized)
+			return
+		}
+		_, _ = fmt.Fprint(w, `{"token_type":"Bearer","expires_in":3599,"access_token":"eyJ.federated"}`)
+	}))
+	t.Cleanup(srv.Close)
+	tok := filepath.Join(t.TempDir(), "azure-identity-token")
+	write(t, tok, "eyJ.k8s.sa\n")
+	t.Setenv("AZURE_TENANT_ID", "tenant-1")
+	t.Setenv("AZURE_CLIENT_ID", "app-1")
+	t.Setenv("AZURE_FEDERATED_TOKEN_FILE", tok)
+	t.Setenv("AZURE_AUTHORITY_HOST", srv.URL)
+	src := config.Source{Host: "h", Username: "u", Auth: config.SourceAuth{Kind: config.AuthAzureAD}}
+	if pw, _, err := New(src, Options{Now: clk.Now}).Password(t.Context(), nil); err != nil || pw != "eyJ.federated" {
+		t.Fatalf("federated token: %q %v", pw, err)
+	}
+}

@@ -21,6 +21,7 @@ import (
 	"github.com/thinlab/thinlab/agent/config"
 	"github.com/thinlab/thinlab/agent/retrieval/cloudauth"
 	"github.com/thinlab/thinlab/agent/retrieval/retrievaltest"
+	"github.com/thinlab/thinlab/agent/retrieval/sigv4"
 	"github.com/thinlab/thinlab/internal/logtest"
 )
 
@@ -141,6 +142,62 @@ func TestCloudSQLIAMRetrieval(t *testing.T) {
 	for _, tok := range []string{"ya29.e2e-1", "ya29.e2e-2"} {
 		if strings.Contains(log.String(), tok) {
 			t.Fatalf("the log holds the token %s:\n%s", tok, log)
+		}
+	}
+}
+
+// TestRDSIAMRetrieval: the AWS path end to end, with a fixed clock. A
+// loopback server stands in for STS and exchanges the web identity token
+// (AWS_WEB_IDENTITY_TOKEN_FILE, AWS_ROLE_ARN) for temporary credentials;
+// the RDS IAM token those sign for 127.0.0.1:port, the role and the
+// region at the fixed time is deterministic, so the source role's
+// password is set to exactly that token, and a logical retrieval with
+// auth.kind awsRdsIam logs in with it and copies the data.
+func TestRDSIAMRetrieval(t *testing.T) {
+	for _, k := range []string{"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_ENDPOINT_URL_STS"} {
+		t.Setenv(k, "")
+	}
+	t.Setenv("HOME", t.TempDir())
+	fixed := time.Date(2026, 12, 3, 12, 0, 0, 0, time.UTC)
+	const role = "arn:aws:iam::123456789012:role/thinlab"
+	sts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if err := r.ParseForm(); err != nil || r.PostForm.Get("Action") != "AssumeRoleWithWebIdentity" || r.PostForm.Get("RoleArn") != role || r.PostForm.Get("WebIdentityToken") != "eyJ.irsa" {
+			http.Error(w, "<ErrorResponse><Error><Code>AccessDenied</Code></Error></ErrorResponse>", http.StatusForbidden)
+			return
+		}
+		_, _ = fmt.Fprintf(w, `<AssumeRoleWithWebIdentityResponse><AssumeRoleWithWebIdentityResult><Credentials>
+<AccessKeyId>ASIAE2E</AccessKeyId><SecretAccessKey>e2esecret</SecretAccessKey><SessionToken>e2esession</SessionToken>
+<Expiration>%s</Expiration></Credentials></AssumeRoleWithWebIdentityResult></AssumeRoleWithWebIdentityResponse>`, fixed.Add(time.Hour).Format(time.RFC3339))
+	}))
+	t.Cleanup(sts.Close)
+	tokFile := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(tokFile, []byte("eyJ.irsa"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("AWS_WEB_IDENTITY_TOKEN_FILE", tokFile)
+	t.Setenv("AWS_ROLE_ARN", role)
+
+	src := retrievaltest.Source(t)
+	want := sigv4.RDSAuthToken(fmt.Sprintf("127.0.0.1:%d", src.Port), "eu-west-1", "rds_reader",
+		sigv4.Credentials{AccessKeyID: "ASIAE2E", SecretAccessKey: "e2esecret", SessionToken: "e2esession"}, fixed)
+	src.Exec(t, "postgres", "CREATE ROLE rds_reader LOGIN PASSWORD '"+strings.ReplaceAll(want, "'", "''")+"'", "GRANT pg_read_all_data TO rds_reader")
+
+	source := config.Source{Host: "127.0.0.1", Port: src.Port, Username: "rds_reader", SSLMode: "disable",
+		Auth: config.SourceAuth{Kind: config.AuthAWSRDSIAM, AWS: config.AWSAuth{Region: "eu-west-1", STSEndpoint: sts.URL}}}
+	log := &logtest.Buffer{}
+	j := newTestJob(t, source, []string{"app"}, log)
+	j.auth = cloudauth.New(source, cloudauth.Options{Now: func() time.Time { return fixed }, Logger: log.Logger()})
+	p := clonetest.NewPool(t)
+	_, snap, err := fill(t, j, p)
+	if err != nil {
+		t.Fatalf("retrieval with the RDS IAM token: %v", err)
+	}
+	if got := retrievaltest.Query(t, p, snap.ID, "app", "SELECT count(*)::text FROM users"); got != "1000" {
+		t.Fatalf("the snapshot has %s users, want 1000", got)
+	}
+	for _, secret := range []string{want, "e2esecret", "e2esession"} {
+		if strings.Contains(log.String(), secret) {
+			t.Fatalf("the log holds a secret:\n%s", log)
 		}
 	}
 }
