@@ -343,8 +343,7 @@ func TestGCPAuthorizedUser(t *testing.T) {
 func TestAzureFederatedToken(t *testing.T) {
 	clearCloudEnv(t)
 	clk := &testClock{t: t0}
-	var srv *httptest.Server
-	srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if err := r.ParseForm(); err != nil || r.URL.Path != "/tenant-1/oauth2/v2.0/token" || r.PostForm.Get("client_assertion") != "eyJ.k8s.sa" ||
 			r.PostForm.Get("client_assertion_type") != "urn:ietf:params:oauth:client-assertion-type:jwt-bearer" || r.PostForm.Get("client_id") != "app-1" || r.PostForm.Get("scope") != AzureScope {
 			http.Error(w, `{"error":"invalid_client"}`, http.StatusUnauthorized)
