@@ -18,6 +18,7 @@ import (
 	"github.com/thinlab/thinlab/agent/clone"
 	"github.com/thinlab/thinlab/agent/clone/clonetest"
 	"github.com/thinlab/thinlab/agent/config"
+	"github.com/thinlab/thinlab/agent/retrieval"
 	"github.com/thinlab/thinlab/agent/runtime"
 	"github.com/thinlab/thinlab/agent/storage"
 	"github.com/thinlab/thinlab/agent/storage/storagetest"
@@ -58,6 +59,13 @@ func newEnv(t testing.TB, ports int, snapshots ...[]string) *env {
 // newEnvOn is newEnv on a loop pool of the given backend.
 func newEnvOn(t testing.TB, mode string, ports int, snapshots ...[]string) *env {
 	t.Helper()
+	return newEnvWith(t, mode, ports, nil, snapshots...)
+}
+
+// newEnvWith is newEnvOn with the retriever retr builds for the
+// configuration and the pool (nil: none).
+func newEnvWith(t testing.TB, mode string, ports int, retr func(*config.Config, storage.Pool) *retrieval.Retriever, snapshots ...[]string) *env {
+	t.Helper()
 	// Not t.Context(): that ends before the cleanups below, and the
 	// manager built on ctx must still work while they close it.
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
@@ -81,7 +89,11 @@ func newEnvOn(t testing.TB, mode string, ports int, snapshots ...[]string) *env 
 		t.Fatal(err)
 	}
 	e.mgr = m
-	e.srv = api.New(api.Options{Config: cfg, Clones: m, Pools: []storage.Pool{p}, Logger: logger, Version: "test", InstanceID: "inst1", StartedAt: time.Now(), SweepInterval: -1})
+	var r *retrieval.Retriever
+	if retr != nil {
+		r = retr(cfg, p)
+	}
+	e.srv = api.New(api.Options{Config: cfg, Clones: m, Pools: []storage.Pool{p}, Logger: logger, Version: "test", InstanceID: "inst1", StartedAt: time.Now(), SweepInterval: -1, Retrieval: r})
 	e.http = httptest.NewServer(e.srv.Handler())
 	e.client = &agentapi.Client{BaseURL: e.http.URL, Token: token, PollInterval: 200 * time.Millisecond}
 	// Cleanups run last-in first-out: server, manager, then the clones'

@@ -4,6 +4,7 @@ import (
 	"context"
 	"slices"
 	"strconv"
+	"strings"
 
 	"github.com/thinlab/thinlab/agent/clone"
 	"github.com/thinlab/thinlab/agent/storage"
@@ -117,6 +118,12 @@ func (s *Server) cloneView(c clone.Clone, snaps snapshotIndex, bySnap map[string
 		},
 		Pool:   c.Pool,
 		Labels: c.Labels,
+	}
+	// A refresh waiting for this clone's pool that the busy-pool policy
+	// will force: the owner sees when, in the status DLE clients show.
+	if f, ok := s.retrieval.PendingForcedRefresh(); ok && f.Pool == c.Pool {
+		out.RefreshForcedAt = agentapi.NewLocalTime(f.At)
+		out.Status.Message = strings.TrimSpace(out.Status.Message + " " + f.Message())
 	}
 	// DLE fills the address only once the clone accepts connections.
 	if c.Status == clone.StatusOK {

@@ -297,13 +297,109 @@ type Source struct {
 	// else libpq's prefer, which the agent logs as insecure (an attacker
 	// on the path can pose as the source and receive the password).
 	SSLMode string `yaml:"sslMode"`
-	// IAM, "aws-rds", authenticates with an AWS RDS IAM token (SigV4
-	// presigned, 15 minutes, made fresh for every refresh) instead of a
-	// password: the key comes from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY
-	// (and AWS_SESSION_TOKEN) in the agent's environment.
+	// IAM, "aws-rds", is the older spelling of auth.kind awsRdsIam (with
+	// Region as auth.aws.region).
 	IAM string `yaml:"iam"`
 	// Region is the AWS region of the RDS instance (with IAM aws-rds).
 	Region string `yaml:"region"`
+	// Auth chooses how the agent authenticates to the source: the
+	// configured password, or a cloud IAM token made fresh for every
+	// connection.
+	Auth SourceAuth `yaml:"auth"`
+}
+
+// Source authentication kinds (retrieval.source.auth.kind).
+const (
+	AuthPassword       = "password"
+	AuthAWSRDSIAM      = "awsRdsIam"
+	AuthGCPCloudSQLIAM = "gcpCloudSqlIam"
+	AuthAzureAD        = "azureAd"
+)
+
+// SourceAuth is retrieval.source.auth: the password is the configured
+// one (kind password, the default) or an access token of the source's
+// cloud, fetched with the agent's own cloud identity.
+type SourceAuth struct {
+	// Kind is password (default), awsRdsIam, gcpCloudSqlIam or azureAd.
+	Kind  string    `yaml:"kind"`
+	AWS   AWSAuth   `yaml:"aws"`
+	GCP   GCPAuth   `yaml:"gcp"`
+	Azure AzureAuth `yaml:"azure"`
+}
+
+// AWSAuth signs RDS IAM tokens (SigV4 presigned, 15 minutes) with
+// credentials from the standard AWS chain: AWS_ACCESS_KEY_ID /
+// AWS_SECRET_ACCESS_KEY (/ AWS_SESSION_TOKEN); AWS_WEB_IDENTITY_TOKEN_FILE
+// with AWS_ROLE_ARN (STS AssumeRoleWithWebIdentity); the profile of the
+// shared credentials and config files; ECS container credentials; EC2
+// instance metadata (IMDSv2).
+type AWSAuth struct {
+	// Region is the RDS instance's region (required).
+	Region string `yaml:"region"`
+	// Profile is the shared-file profile (AWS_PROFILE, else "default").
+	Profile string `yaml:"profile"`
+	// STSEndpoint replaces https://sts.REGION.amazonaws.com for web
+	// identity (AWS_ENDPOINT_URL_STS does too): a VPC endpoint.
+	STSEndpoint string `yaml:"stsEndpoint"`
+	// IMDSEndpoint replaces http://169.254.169.254 for EC2 instance
+	// credentials (AWS_EC2_METADATA_SERVICE_ENDPOINT does too).
+	IMDSEndpoint string `yaml:"imdsEndpoint"`
+}
+
+// GCPAuth gets a Cloud SQL IAM access token (scope sqlservice.login):
+// from the service-account key file KeyFile, else the one
+// GOOGLE_APPLICATION_CREDENTIALS names, else the metadata server of the
+// instance the agent runs on.
+type GCPAuth struct {
+	KeyFile string `yaml:"keyFile"`
+	// MetadataEndpoint replaces http://metadata.google.internal
+	// (GCE_METADATA_HOST does too).
+	MetadataEndpoint string `yaml:"metadataEndpoint"`
+}
+
+// AzureAuth gets a Microsoft Entra ID (Azure AD) access token for Azure
+// Database for PostgreSQL: with TenantID and ClientID by the client
+// credentials grant (the secret from the environment variable
+// ClientSecretEnv, or the certificate CertificateFile, or the federated
+// token file AZURE_FEDERATED_TOKEN_FILE), else from the managed identity
+// of the VM (ClientID picks a user-assigned one).
+type AzureAuth struct {
+	TenantID string `yaml:"tenantID"`
+	ClientID string `yaml:"clientID"`
+	// ClientSecretEnv names the environment variable holding the client
+	// secret (never the secret itself in the config).
+	ClientSecretEnv string `yaml:"clientSecretEnv"`
+	// CertificateFile is a PEM file with the client certificate and its
+	// private key (RSA).
+	CertificateFile string `yaml:"certificateFile"`
+	// AuthorityHost replaces https://login.microsoftonline.com
+	// (AZURE_AUTHORITY_HOST does too): sovereign clouds.
+	AuthorityHost string `yaml:"authorityHost"`
+	// ManagedIdentity uses the VM's managed identity even when TenantID
+	// is set.
+	ManagedIdentity bool `yaml:"managedIdentity"`
+	// IMDSEndpoint replaces http://169.254.169.254 for managed identity.
+	IMDSEndpoint string `yaml:"imdsEndpoint"`
+}
+
+// AuthKind is the source's authentication kind, with the older iam:
+// aws-rds read as awsRdsIam.
+func (s Source) AuthKind() string {
+	switch {
+	case s.Auth.Kind != "":
+		return s.Auth.Kind
+	case s.IAM == "aws-rds":
+		return AuthAWSRDSIAM
+	}
+	return AuthPassword
+}
+
+// AWSRegion is auth.aws.region, or the older region.
+func (s Source) AWSRegion() string {
+	if s.Auth.AWS.Region != "" {
+		return s.Auth.AWS.Region
+	}
+	return s.Region
 }
 
 // ResolvedPassword is Password, or the value of PasswordEnv.

@@ -127,6 +127,7 @@ func TestErrorsNameFieldAndFix(t *testing.T) {
 		{"physical no tool", base + "retrieval: {mode: physical}\n", []string{"retrieval.physical.tool is empty"}},
 		{"physical bad tool", base + "retrieval: {mode: physical, physical: {tool: pg_probackup}}\n", []string{`retrieval.physical.tool "pg_probackup" is unknown`}},
 		{"physical basebackup no source", base + "retrieval: {mode: physical, physical: {tool: basebackup}}\n", []string{"retrieval.physical.tool basebackup needs retrieval.source"}},
+		{"physical cloud auth", base + "retrieval: {mode: physical, physical: {tool: basebackup}, source: {host: db, username: u, auth: {kind: gcpCloudSqlIam}}}\n", []string{"retrieval.source.auth.kind gcpCloudSqlIam works with retrieval.mode logical only"}},
 		{"physical no command", base + "retrieval: {mode: physical, physical: {tool: command}}\n", []string{"retrieval.physical.command is empty"}},
 		{"physical bad stanza", base + "retrieval: {mode: physical, physical: {tool: pgbackrest, pgbackrest: {stanza: '--x'}}}\n", []string{`retrieval.physical.pgbackrest.stanza "--x"`}},
 		{"physical no barman server", base + "retrieval: {mode: physical, physical: {tool: barman}}\n", []string{"retrieval.physical.barman.server"}},

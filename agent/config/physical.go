@@ -63,6 +63,9 @@ func validatePhysical(r Retrieval) []error {
 	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
 	p := r.Physical
 	s := r.Source
+	if k := s.AuthKind(); k != AuthPassword {
+		bad("retrieval.source.auth.kind %s works with retrieval.mode logical only (managed services with IAM tokens offer no physical replication): use a password for a physical source", k)
+	}
 	switch p.Tool {
 	case ToolBasebackup:
 		if !s.SourceSet() {

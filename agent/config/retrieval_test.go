@@ -90,10 +90,24 @@ func TestSourceIAMValidation(t *testing.T) {
 	base := "server: {verificationToken: 0123456789abcdef0123456789abcdef}\npools: [{name: a, mode: btrfs, path: /a}]\nretrieval:\n  mode: logical\n  source: "
 	for yaml, want := range map[string]string{
 		"{host: db, username: u, iam: aws-rds, region: eu-west-1, sslMode: require}\n": "",
-		"{host: db, username: u, iam: aws-rds}\n":                                      "needs host, username and region",
+		"{host: db, username: u, iam: aws-rds}\n":                                      "retrieval.source.auth.aws.region is empty",
 		"{host: db, username: u, iam: aws-rds, region: r, passwordEnv: PW}\n":          "replaces the password",
 		"{host: db, username: u, iam: aws-rds, region: r, sslMode: disable}\n":         "would send the token without TLS",
 		"{host: db, username: u, iam: gcp}\n":                                          `retrieval.source.iam "gcp"`,
+		// retrieval.source.auth
+		"{host: db, username: u, auth: {kind: awsRdsIam, aws: {region: eu-west-1, profile: prod}}}\n":                 "",
+		"{connStr: 'host=db user=u', auth: {kind: awsRdsIam, aws: {region: eu-west-1}}}\n":                            "needs retrieval.source.host and username",
+		"{host: db, username: u, auth: {kind: awsRdsIam, aws: {region: r, stsEndpoint: 'ftp://x'}}}\n":                "retrieval.source.auth.aws.stsEndpoint",
+		"{host: db, username: u, iam: aws-rds, region: r, auth: {kind: awsRdsIam}}\n":                                 "keep auth.kind",
+		"{host: db, username: u, auth: {kind: gcpCloudSqlIam, gcp: {keyFile: /etc/sa.json}}}\n":                       "",
+		"{host: db, username: u, auth: {kind: gcpCloudSqlIam, gcp: {keyFile: sa.json}}}\n":                            "retrieval.source.auth.gcp.keyFile",
+		"{host: db, username: u, auth: {kind: gcpCloudSqlIam}, sslMode: prefer}\n":                                    "would send the token without TLS",
+		"{host: db, username: u, auth: {kind: azureAd, azure: {tenantID: t, clientID: c, clientSecretEnv: S}}}\n":     "",
+		"{host: db, username: u, auth: {kind: azureAd, azure: {clientSecretEnv: S}}}\n":                               "needs tenantID and clientID",
+		"{host: db, username: u, auth: {kind: azureAd, azure: {tenantID: t, clientID: c, clientSecretEnv: 'a b'}}}\n": "clientSecretEnv \"a b\" is not an environment variable name",
+		"{host: db, username: u, auth: {kind: azureAd}, password: x}\n":                                               "replaces the password",
+		"{host: db, username: u, auth: {kind: kerberos}}\n":                                                           `auth.kind "kerberos": use password, awsRdsIam`,
+		"{host: db, username: u, auth: {kind: password}, passwordEnv: PW}\n":                                          "",
 	} {
 		_, err := Parse([]byte(base+yaml), "agent.yaml")
 		if want == "" && err != nil || want != "" && (err == nil || !strings.Contains(err.Error(), want)) {

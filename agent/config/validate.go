@@ -134,21 +134,7 @@ func (c *Config) Validate() error {
 		if s.Port < 0 || s.Port > 65535 {
 			bad("retrieval.source.port (%d) must be between 1 and 65535", s.Port)
 		}
-		switch s.IAM {
-		case "":
-		case "aws-rds":
-			if s.Host == "" || s.Username == "" || s.Region == "" {
-				bad("retrieval.source.iam aws-rds needs host, username and region (the token is signed for them)")
-			}
-			if s.Password != "" || s.PasswordEnv != "" {
-				bad("retrieval.source.iam aws-rds replaces the password: remove password/passwordEnv")
-			}
-			if s.SSLMode == "disable" || s.SSLMode == "allow" || s.SSLMode == "prefer" {
-				bad("retrieval.source.iam aws-rds: sslMode %s would send the token without TLS: RDS requires verify-full (with sslRootCert, the RDS CA bundle) or require", s.SSLMode)
-			}
-		default:
-			bad("retrieval.source.iam %q: use aws-rds or leave it empty", s.IAM)
-		}
+		s.validateAuth(bad)
 		if s.Password != "" && s.PasswordEnv != "" {
 			bad("retrieval.source: password and passwordEnv are both set: keep passwordEnv")
 		}

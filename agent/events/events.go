@@ -30,6 +30,10 @@ const (
 	// extend it; CloneProtectionExpired when it ended.
 	CloneProtectionExpiring Kind = "clone.protection_expiring"
 	CloneProtectionExpired  Kind = "clone.protection_expired"
+	// CloneRefreshDeadline tells a clone's owner that the pool the clone
+	// lives on will be refreshed anyway (retrieval.busyPool), and when:
+	// once per clone and deadline.
+	CloneRefreshDeadline Kind = "clone.refresh_deadline"
 
 	SnapshotCreated Kind = "snapshot.created"
 	SnapshotDeleted Kind = "snapshot.deleted"

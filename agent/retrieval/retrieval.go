@@ -84,8 +84,15 @@ type Retriever struct {
 	// pool had clones (retrieval.busyPool); reset when one runs.
 	busySince time.Time
 	busySkips int
-	current   *JobStatus    // the running refresh, nil when none
-	progress  *job.Progress // its progress
+	// forced is the refresh waiting for a busy pool that
+	// retrieval.busyPool will force (nil when none); announced is the
+	// deadline whose clone.refresh_deadline events went out.
+	forced    *ForcedRefresh
+	announced string
+	// now is the clock of the busy-pool policy (time.Now; tests fix it).
+	now      func() time.Time
+	current  *JobStatus    // the running refresh, nil when none
+	progress *job.Progress // its progress
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -120,7 +127,7 @@ func New(opt Options) (*Retriever, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	r := &Retriever{cfg: opt.Config.Retrieval, retain: opt.Retention, events: opt.Events, stateDir: opt.Config.StateDir, log: log.With("component", "retrieval")}
+	r := &Retriever{cfg: opt.Config.Retrieval, retain: opt.Retention, events: opt.Events, stateDir: opt.Config.StateDir, log: log.With("component", "retrieval"), now: time.Now}
 	r.status = Status{Mode: ModeUnknown, Status: StatusInactive, Alerts: map[string]Alert{}}
 	r.ctx, r.cancel = context.WithCancel(context.Background())
 	if r.cfg.Mode == "" {
@@ -364,6 +371,7 @@ func (r *Retriever) refreshAndRecord(ctx context.Context) (Result, error) {
 		r.mu.Unlock()
 		if err == nil {
 			r.skippedPool(busy, "refresh skipped: "+r.busyMessage(busy))
+			r.announceDeadline(ctx, busy)
 			return Result{}, ErrAllPoolsBusy
 		}
 		r.skipped("refresh skipped: " + err.Error())

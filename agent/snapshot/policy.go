@@ -52,8 +52,10 @@ type Options struct {
 // Policy holds snapshot protection and scheduled deletion and applies them,
 // with retention, to the pools. It is safe for concurrent use.
 type Policy struct {
-	pools    map[string]storage.Pool
-	retained storage.Pool // the pool retention applies to; nil without pools
+	pools map[string]storage.Pool
+	// retained are the pools retention applies to: the pools a refresh
+	// fills (each keeps its own newest N).
+	retained []storage.Pool
 	keep     int
 	clones   Clones
 	log      *slog.Logger
@@ -103,12 +105,23 @@ func New(opt Options) *Policy {
 	if opt.Config != nil {
 		stateDir = opt.Config.StateDir
 		p.keep = opt.Config.Retrieval.KeepSnapshots
-		// Retention applies to the pool retrieval fills: the first pool
-		// when retrieval.pool is unset.
-		if name := opt.Config.Retrieval.Pool; name != "" {
-			p.retained = p.pools[name]
-		} else if len(opt.Pools) > 0 {
-			p.retained = opt.Pools[0]
+		// Retention applies to the pools retrieval fills, each on its
+		// own: every pool of retrieval.pools when refreshes rotate (a
+		// rotated pool keeps its newest N, not the newest N of all pools
+		// together), else retrieval.pool, else the first pool.
+		switch r := opt.Config.Retrieval; {
+		case len(r.Pools) > 0:
+			for _, name := range r.Pools {
+				if pl, ok := p.pools[name]; ok {
+					p.retained = append(p.retained, pl)
+				}
+			}
+		case r.Pool != "":
+			if pl, ok := p.pools[r.Pool]; ok {
+				p.retained = append(p.retained, pl)
+			}
+		case len(opt.Pools) > 0:
+			p.retained = append(p.retained, opt.Pools[0])
 		}
 	}
 	p.store, p.loadErr = loadStore(stateDir)
@@ -213,11 +226,11 @@ func (p *Policy) Sweep(ctx context.Context) []string {
 		p.events.Emit(events.Event{Kind: events.SnapshotDeleted, Pool: pl.Name(), Snapshot: id, Message: "deleted at its scheduled time"})
 		deleted = append(deleted, id)
 	}
-	if p.retained != nil {
-		gone, err := p.retainLocked(ctx, p.retained)
+	for _, pl := range p.retained {
+		gone, err := p.retainLocked(ctx, pl)
 		deleted = append(deleted, gone...)
 		if err != nil {
-			p.log.Warn("snapshot retention failed", "pool", p.retained.Name(), "err", err)
+			p.log.Warn("snapshot retention failed", "pool", pl.Name(), "err", err)
 		}
 	}
 	return deleted

@@ -273,3 +273,49 @@ func TestSweepDeleteAt(t *testing.T) {
 		t.Fatalf("after sweeps %v, want %v", got, want)
 	}
 }
+
+// TestRetentionPerRotatedPool: with retrieval.pools rotating between two
+// pools, keepSnapshots applies to each pool on its own: the sweep keeps
+// the newest N of every rotated pool (not only the first pool's, and not
+// the newest N of both together), and never a snapshot with a clone or a
+// protected one (which count towards N, as in TestRetention).
+func TestRetentionPerRotatedPool(t *testing.T) {
+	a, aIDs := poolWithSnapshots(t, 4)
+	b, bIDs := poolWithSnapshots(t, 4)
+	ctx := t.Context()
+	if _, err := b.Clone(ctx, bIDs[0], "onb"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := b.DestroyClone(context.Background(), "onb"); err != nil {
+			t.Errorf("cleanup: destroy clone onb: %v", err)
+		}
+	})
+	cfg := clonetest.Config(t, a, 1)
+	cfg.Pools = append(cfg.Pools, config.Pool{Name: b.Name(), Mode: b.Mode(), Path: b.MainDir()})
+	cfg.Retrieval.Pools = []string{a.Name(), b.Name()}
+	cfg.Retrieval.KeepSnapshots = 3
+	clk := &clock{t: time.Now()}
+	pol := snapshot.New(snapshot.Options{Config: cfg, Pools: []storage.Pool{a, b}, Logger: (&logtest.Buffer{}).Logger(), Now: clk.Now, SweepInterval: -1})
+	if err := pol.Set(aIDs[1], snapshot.Meta{Protected: true}); err != nil {
+		t.Fatal(err)
+	}
+	deleted := pol.Sweep(ctx)
+	slices.Sort(deleted)
+	want := []string{aIDs[0], bIDs[1]}
+	slices.Sort(want)
+	if !reflect.DeepEqual(deleted, want) {
+		t.Fatalf("sweep deleted %v, want %v (a's oldest unprotected, b's oldest without a clone)", deleted, want)
+	}
+	if got, want := snapshotIDs(t, a), []string{aIDs[3], aIDs[2], aIDs[1]}; !reflect.DeepEqual(got, want) {
+		t.Fatalf("pool a keeps %v, want %v (N=3 with the protected one)", got, want)
+	}
+	if got, want := snapshotIDs(t, b), []string{bIDs[3], bIDs[2], bIDs[0]}; !reflect.DeepEqual(got, want) {
+		t.Fatalf("pool b keeps %v, want %v (N=3 with the cloned one)", got, want)
+	}
+	// After a refresh retention runs for the pool it filled only: at N
+	// already, nothing more goes.
+	if got, err := pol.Retain(ctx, b); err != nil || len(got) != 0 {
+		t.Fatalf("retention of b at N deleted %v, %v", got, err)
+	}
+}

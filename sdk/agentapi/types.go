@@ -86,6 +86,10 @@ type Clone struct {
 	Pool string `json:"pool,omitempty"`
 	// Labels are the clone's key=value labels (Thinlab addition).
 	Labels map[string]string `json:"labels,omitempty"`
+	// RefreshForcedAt is when the clone's pool will be refreshed although
+	// it still has clones (retrieval.busyPool), while such a refresh
+	// waits; status.message then says so too (Thinlab addition).
+	RefreshForcedAt *LocalTime `json:"refreshForcedAt,omitempty"`
 }
 
 // Database is how to reach a clone. Port is a string, as in DLE; Host, Port

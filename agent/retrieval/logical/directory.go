@@ -13,7 +13,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/thinlab/thinlab/agent/retrieval/pgsource"
 	"github.com/thinlab/thinlab/internal/pgcluster"
 )
 
@@ -64,7 +63,11 @@ func (r *run) copyDatabaseDir(ctx context.Context, db string) (int64, error) {
 		}
 	}()
 	start := time.Now()
-	dump := r.tool(ctx, "pg_dump", pgsource.Env(r.params), r.job.dumpArgs(db, "-Fd", "--jobs="+jobs, "--file="+dir)...)
+	env, err := r.sourceEnv(ctx)
+	if err != nil {
+		return 0, err
+	}
+	dump := r.tool(ctx, "pg_dump", env, r.job.dumpArgs(db, "-Fd", "--jobs="+jobs, "--file="+dir)...)
 	var dumpErr tailBuffer
 	dump.Stderr = &dumpErr
 	r.log.Debug("command", "cmd", strings.Join(dump.Args, " "))

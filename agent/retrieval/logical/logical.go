@@ -17,6 +17,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/thinlab/thinlab/agent/config"
+	"github.com/thinlab/thinlab/agent/retrieval/cloudauth"
 	"github.com/thinlab/thinlab/agent/retrieval/job"
 	"github.com/thinlab/thinlab/agent/retrieval/pgsource"
 	"github.com/thinlab/thinlab/agent/retrieval/preprocess"
@@ -49,6 +50,9 @@ var restoreSettings = map[string]string{
 type Job struct {
 	cfg config.Retrieval
 	log *slog.Logger
+	// auth makes the source's password per connection with a cloud IAM
+	// source (retrieval.source.auth); it keeps the cached credentials.
+	auth *cloudauth.Authenticator
 
 	// onStart, when set (tests), is called with each pg_dump and
 	// pg_restore process right after it starts.
@@ -65,8 +69,9 @@ func New(cfg config.Retrieval, log *slog.Logger) (*Job, error) {
 	if log == nil {
 		log = slog.Default()
 	}
+	auth := cloudauth.New(cfg.Source, cloudauth.Options{Logger: log})
 	if len(cfg.Logical.Dumps) > 0 {
-		return &Job{cfg: cfg, log: log}, nil
+		return &Job{cfg: cfg, log: log, auth: auth}, nil
 	}
 	params, err := pgsource.Params(cfg.Source)
 	if err != nil {
@@ -75,7 +80,7 @@ func New(cfg config.Retrieval, log *slog.Logger) (*Job, error) {
 	if why := pgsource.InsecureSSL(params); why != "" {
 		log.Warn("the retrieval source connection is insecure: set retrieval.source.sslRootCert (sslMode verify-full)", "reason", why)
 	}
-	return &Job{cfg: cfg, log: log}, nil
+	return &Job{cfg: cfg, log: log, auth: auth}, nil
 }
 
 // Mode implements job.Job.
@@ -127,7 +132,7 @@ func (j *Job) Run(ctx context.Context, t job.Target) (job.Outcome, error) {
 		}
 		dbs = j.cfg.Databases
 		if len(dbs) == 0 {
-			if dbs, err = listDatabases(ctx, params); err != nil {
+			if dbs, err = j.listDatabases(ctx, params); err != nil {
 				return out, err
 			}
 		}
@@ -226,12 +231,17 @@ func (j *Job) copySource(ctx context.Context, t job.Target, c *pgcluster.Cluster
 }
 
 // listDatabases asks the source for its non-template databases.
-func listDatabases(ctx context.Context, params map[string]string) ([]string, error) {
+func (j *Job) listDatabases(ctx context.Context, params map[string]string) ([]string, error) {
 	cc, err := pgcluster.SessionConfig(pgsource.PgxConnString(params, params["dbname"]))
 	if err != nil {
 		return nil, fmt.Errorf("retrieval.source: %w", err)
 	}
 	cc.Password = params["password"]
+	if pw, ok, err := j.auth.Password(ctx, params); err != nil {
+		return nil, err
+	} else if ok {
+		cc.Password = pw
+	}
 	conn, err := pgx.ConnectConfig(ctx, cc)
 	if err != nil {
 		return nil, fmt.Errorf("connect to the source: %w", err)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -27,6 +28,22 @@ type run struct {
 	c      *pgcluster.Cluster
 	params map[string]string // the source, TLS files as private copies
 	log    *slog.Logger
+}
+
+// sourceEnv is the libpq environment of one pg_dump: the source's
+// parameters with, for a cloud IAM source, a password made for this
+// connection (an RDS token is valid for 15 minutes, and a run may start
+// its last pg_dump later than that). It reaches pg_dump only through its
+// environment, never its arguments.
+func (r *run) sourceEnv(ctx context.Context) ([]string, error) {
+	p := r.params
+	if pw, ok, err := r.job.auth.Password(ctx, p); err != nil {
+		return nil, err
+	} else if ok {
+		p = maps.Clone(p)
+		p["password"] = pw
+	}
+	return pgsource.Env(p), nil
 }
 
 // restoreAll copies the databases, retrieval.jobs at a time.
@@ -123,7 +140,11 @@ func (r *run) localConninfo(db string) string {
 // database names only as a quoted dbname in a connection string; both
 // programs run as the unprivileged OS user, never as root.
 func (r *run) copyDatabase(ctx context.Context, db string) (int64, error) {
-	dump := r.tool(ctx, "pg_dump", pgsource.Env(r.params), r.job.dumpArgs(db, "-Fc")...)
+	env, err := r.sourceEnv(ctx)
+	if err != nil {
+		return 0, err
+	}
+	dump := r.tool(ctx, "pg_dump", env, r.job.dumpArgs(db, "-Fc")...)
 	restore := r.tool(ctx, "pg_restore", []string{"PGPASSFILE=/dev/null"}, r.job.restoreArgs(r.localConninfo(db))...)
 	var dumpErr, restoreErr tailBuffer
 	dump.Stderr = &dumpErr

@@ -12,10 +12,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"time"
 
 	"github.com/thinlab/thinlab/agent/config"
-	"github.com/thinlab/thinlab/agent/retrieval/sigv4"
 )
 
 // libpqEnv maps connection parameters to the environment variables libpq
@@ -45,10 +43,9 @@ var libpqEnv = map[string]string{
 	"krbsrvname":           "PGKRBSRVNAME",
 }
 
-// now is the clock IAM tokens are signed with (fixed in tests).
-var now = time.Now
-
-// Params resolves the configured source into libpq parameters.
+// Params resolves the configured source into libpq parameters. With a
+// cloud IAM source (retrieval.source.auth) the password is not among
+// them: agent/retrieval/cloudauth makes one for each connection.
 func Params(s config.Source) (map[string]string, error) {
 	p := map[string]string{}
 	if s.ConnStr != "" {
@@ -68,17 +65,6 @@ func Params(s config.Source) (map[string]string, error) {
 	}
 	if pw := s.ResolvedPassword(); pw != "" {
 		p["password"] = pw
-	}
-	if s.IAM == "aws-rds" {
-		creds, err := sigv4.FromEnv("", "")
-		if err != nil {
-			return nil, fmt.Errorf("retrieval.source.iam aws-rds: %w", err)
-		}
-		port := p["port"]
-		if port == "" {
-			port = "5432"
-		}
-		p["password"] = sigv4.RDSAuthToken(p["host"]+":"+port, s.Region, p["user"], creds, now())
 	}
 	if s.SSLRootCert != "" {
 		p["sslrootcert"] = s.SSLRootCert

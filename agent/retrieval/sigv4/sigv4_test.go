@@ -71,3 +71,17 @@ func TestRDSAuthToken(t *testing.T) {
 		t.Fatalf("signature %q", q.Get("X-Amz-Signature"))
 	}
 }
+
+// TestRDSAuthTokenMatchesBotocore: the token of botocore's
+// generate_db_auth_token test (akid/skid, 2016-11-07T17:39:33Z,
+// us-east-1, port 3306) has its published signature.
+func TestRDSAuthTokenMatchesBotocore(t *testing.T) {
+	tok := RDSAuthToken("prod-instance.us-east-1.rds.amazonaws.com:3306", "us-east-1", "someusername",
+		Credentials{AccessKeyID: "akid", SecretAccessKey: "skid"}, time.Date(2016, 11, 7, 17, 39, 33, 0, time.UTC))
+	want := "prod-instance.us-east-1.rds.amazonaws.com:3306/?Action=connect&DBUser=someusername&X-Amz-Algorithm=AWS4-HMAC-SHA256" +
+		"&X-Amz-Credential=akid%2F20161107%2Fus-east-1%2Frds-db%2Faws4_request&X-Amz-Date=20161107T173933Z&X-Amz-Expires=900" +
+		"&X-Amz-Signature=d1138cdbc0ca63eec012ec0fc6c2267e03642168f5884a7795320d4c18374c61&X-Amz-SignedHeaders=host"
+	if tok != want {
+		t.Fatalf("token\n got %s\nwant %s", tok, want)
+	}
+}
