@@ -10,6 +10,9 @@ type Branches struct {
 	Roots []BranchNode
 	// ClonesHref is the organization's clones page.
 	ClonesHref string
+	// DiffHref is where the compare form goes; Snapshots its choices.
+	DiffHref  string
+	Snapshots []string
 }
 
 // BranchNode is one branch, its commits (head first) and the branches
@@ -40,12 +43,14 @@ type CloneLink struct {
 	Href string
 }
 
-// CloneDiff is the page of what a clone changed since its snapshot.
+// CloneDiff is the page of what a clone changed since its snapshot
+// (CloneID set), or of what changed between two snapshots (To set).
 type CloneDiff struct {
 	AgentName string
 	CloneID   string
 	CloneHref string
 	From      string
+	To        string
 	Database  string
 	Tables    []TableChange
 	DDL       []string

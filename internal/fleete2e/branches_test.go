@@ -3,6 +3,7 @@ package fleete2e
 import (
 	"context"
 	"net/http"
+	"net/url"
 	"slices"
 	"strings"
 	"testing"
@@ -110,6 +111,15 @@ func TestBranchesThroughPlatform(t *testing.T) {
 	// feature was made from main's snapshot: drawn inside main's node.
 	if i, j := strings.Index(body, `data-branch="main"`), strings.Index(body, `data-branch="feature"`); i < 0 || j < i {
 		t.Errorf("feature is not nested after main on the page")
+	}
+
+	// The compare form and the snapshot diff page: t gained a row.
+	if !strings.Contains(body, `id="compare-form"`) {
+		t.Error("the branch page has no compare form")
+	}
+	pg = env.Do(http.MethodGet, "/o/acme/agents/"+ag.ID+"/snapshots/diff?from="+url.QueryEscape(snaps[0].ID)+"&to="+url.QueryEscape(commit), tok, nil)
+	if body := string(pg.Body); pg.Status != http.StatusOK || !strings.Contains(body, `data-table="public.t"`) || !strings.Contains(body, "Changes between two snapshots") {
+		t.Fatalf("snapshot diff page: %d %s", pg.Status, tail(body, 3000))
 	}
 
 	// The diff page of the first clone: table t changed, one more row.

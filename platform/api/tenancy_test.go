@@ -366,6 +366,7 @@ var ownStatus = map[string]status{
 	"POST /o/:org/agents/:agent/snapshots/delete":      {http.StatusServiceUnavailable, http.StatusServiceUnavailable},
 	"GET /o/:org/agents/:agent/clones/:clone/diff":     {http.StatusServiceUnavailable, http.StatusServiceUnavailable},
 	"GET /o/:org/agents/:agent/branches":               {http.StatusServiceUnavailable, http.StatusServiceUnavailable},
+	"GET /o/:org/agents/:agent/snapshots/diff":         {http.StatusBadRequest, http.StatusBadRequest},
 }
 
 // TestTenantIsolation walks EVERY route of the route table (API and web

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"slices"
 	"strconv"
+	"strings"
 
 	"github.com/gin-gonic/gin"
 
@@ -52,8 +53,17 @@ func (w *Web) branchesPage(c *gin.Context) {
 	}
 	p := w.page(c, "Branches")
 	p.Title = "Branches of " + ag.Name
+	var snaps []string
+	for _, b := range branches {
+		for _, cm := range nodes[b.Name].Commits {
+			if !slices.Contains(snaps, cm.ID) {
+				snaps = append(snaps, cm.ID)
+			}
+		}
+	}
 	w.render(c, p.Status, ui.BranchesPage(p, ui.Branches{
 		AgentID: ag.ID, AgentName: ag.Name, Roots: branchTree(branches, nodes), ClonesHref: "/o/" + org.Slug + "/clones",
+		DiffHref: "/o/" + org.Slug + "/agents/" + ag.ID + "/snapshots/diff", Snapshots: snaps,
 	}))
 }
 
@@ -94,6 +104,46 @@ func dash(s string) string {
 	return s
 }
 
+// snapshotDiffPage shows what changed between two snapshots of the
+// route's agent (GET /snapshots/diff?from=&to=&db=).
+func (w *Web) snapshotDiffPage(c *gin.Context) {
+	ag := access.Agent(c)
+	from, to := strings.TrimSpace(c.Query("from")), strings.TrimSpace(c.Query("to"))
+	if from == "" || to == "" {
+		w.errorPage(c, http.StatusBadRequest, "from and to: choose the two snapshots to compare")
+		return
+	}
+	cl, err := w.agentClient(ag)
+	var d *agentapi.Diff
+	if err == nil {
+		ctx, cancel := context.WithTimeout(c.Request.Context(), agentCallTimeout)
+		d, err = cl.DiffSnapshots(ctx, from, to, c.Query("db"))
+		cancel()
+	}
+	if err != nil {
+		status, msg := agentFailure(ag, err)
+		w.errorPage(c, status, msg)
+		return
+	}
+	v := diffView(d)
+	v.AgentName, v.To = ag.Name, d.To
+	p := w.page(c, "Branches")
+	p.Title = "Changes between two snapshots"
+	w.render(c, p.Status, ui.CloneDiffPage(p, v))
+}
+
+// diffView is the agent's diff as the page shows it.
+func diffView(d *agentapi.Diff) ui.CloneDiff {
+	v := ui.CloneDiff{From: d.From, Database: d.Database, DDL: d.DDL}
+	for _, t := range d.Tables {
+		v.Tables = append(v.Tables, ui.TableChange{
+			Name: t.Schema + "." + t.Table, Change: t.Change, SchemaChanged: t.SchemaChanged,
+			SizeFrom: byteSize(t.SizeFrom), SizeTo: byteSize(t.SizeTo), RowsFrom: rowCount(t.RowsFrom), RowsTo: rowCount(t.RowsTo),
+		})
+	}
+	return v
+}
+
 // cloneDiffPage shows what the route's clone changed since its snapshot
 // (GET /clone/{id}/diff; ?db= picks another database of the clone).
 func (w *Web) cloneDiffPage(c *gin.Context) {
@@ -113,13 +163,8 @@ func (w *Web) cloneDiffPage(c *gin.Context) {
 		w.errorPage(c, status, msg)
 		return
 	}
-	v := ui.CloneDiff{AgentName: ag.Name, CloneID: id, CloneHref: clonePath(org.Slug, ag.ID, id), From: d.From, Database: d.Database, DDL: d.DDL}
-	for _, t := range d.Tables {
-		v.Tables = append(v.Tables, ui.TableChange{
-			Name: t.Schema + "." + t.Table, Change: t.Change, SchemaChanged: t.SchemaChanged,
-			SizeFrom: byteSize(t.SizeFrom), SizeTo: byteSize(t.SizeTo), RowsFrom: rowCount(t.RowsFrom), RowsTo: rowCount(t.RowsTo),
-		})
-	}
+	v := diffView(d)
+	v.AgentName, v.CloneID, v.CloneHref = ag.Name, id, clonePath(org.Slug, ag.ID, id)
 	p := w.page(c, "Clone")
 	p.Title = "Changes in clone " + id
 	w.render(c, p.Status, ui.CloneDiffPage(p, v))
