@@ -13,6 +13,7 @@ import (
 	"github.com/thinlab/thinlab/agent/clone"
 	"github.com/thinlab/thinlab/agent/config"
 	"github.com/thinlab/thinlab/agent/events"
+	"github.com/thinlab/thinlab/agent/monitor"
 	agenttunnel "github.com/thinlab/thinlab/agent/tunnel"
 	"github.com/thinlab/thinlab/agent/usage"
 	"github.com/thinlab/thinlab/sdk/tunnel"
@@ -146,6 +147,18 @@ func (a *Agent) reportToPlatform(ctx context.Context) {
 			a.log.Error("usage sampling stopped", "err", err)
 		}
 	})
+	if mon, err := monitor.New(monitor.Options{
+		Interval: min(a.reportInterval, monitor.DefaultInterval),
+		Events:   a.events, Logger: a.log, Clones: a.monitorClones, Pools: a.monitorPools,
+	}); err != nil {
+		a.log.Error("host monitoring is off", "err", err)
+	} else {
+		wg.Go(func() {
+			if err := mon.Run(ctx); err != nil && ctx.Err() == nil {
+				a.log.Error("host monitoring stopped", "err", err)
+			}
+		})
+	}
 	wg.Go(func() {
 		t := time.NewTicker(a.reportInterval)
 		defer t.Stop()
@@ -159,6 +172,25 @@ func (a *Agent) reportToPlatform(ctx context.Context) {
 		}
 	})
 	wg.Wait()
+}
+
+// monitorClones are the clones whose processes the monitor measures, by
+// their OS uids.
+func (a *Agent) monitorClones() []monitor.Clone {
+	var out []monitor.Clone
+	for _, c := range a.clones.List() {
+		out = append(out, monitor.Clone{ID: c.ID, Pool: c.Pool, UID: c.UID})
+	}
+	return out
+}
+
+// monitorPools are the pools with the same space accounting as usage.
+func (a *Agent) monitorPools(ctx context.Context) []monitor.Pool {
+	var out []monitor.Pool
+	for i, up := range a.usagePools(ctx) {
+		out = append(out, monitor.Pool{Name: up.Name, Path: a.pools[i].MainDir(), SizeBytes: up.SizeBytes, UsedBytes: up.UsedBytes, FreeBytes: up.FreeBytes})
+	}
+	return out
 }
 
 // usageClones are the clones for usage: every clone that holds a dataset

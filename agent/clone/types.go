@@ -77,6 +77,9 @@ type Clone struct {
 	ExtraConf map[string]string
 	// Labels are the clone's key=value labels.
 	Labels map[string]string
+	// UID is the clone's own OS uid (its processes run as it); 0 before
+	// one is assigned.
+	UID uint32
 }
 
 // ConnString is the DLE-style libpq connection string (no password).

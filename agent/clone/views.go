@@ -31,6 +31,7 @@ func (m *Manager) view(r *record) Clone {
 		LogicalSize:    r.LogicalSize,
 		ExtraConf:      maps.Clone(r.ExtraConf),
 		Labels:         maps.Clone(r.Labels),
+		UID:            r.UID,
 	}
 	if c.Protected {
 		c.ProtectedTill = r.ProtectedTill

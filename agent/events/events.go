@@ -50,6 +50,8 @@ const (
 	Health Kind = "agent.health"
 	// Usage carries usage samples (clone-seconds, bytes per clone and pool).
 	Usage Kind = "usage.sample"
+	// Metrics carries host, pool and clone resource samples (agent/monitor).
+	Metrics Kind = "agent.metrics"
 )
 
 // Severity orders events for notification rules.
