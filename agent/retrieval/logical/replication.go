@@ -288,6 +288,20 @@ func (j *Job) runReplication(ctx context.Context, t job.Target) (job.Outcome, er
 	if err != nil {
 		return out, err
 	}
+	out, err = r.refresh(ctx, t, params)
+	if err == nil {
+		// The status shows the lag from the first snapshot on.
+		if _, lerr := r.CheckLag(ctx); lerr != nil {
+			r.log.Warn("measuring the subscription's lag failed", "err", lerr)
+		}
+	}
+	return out, err
+}
+
+func (r *replica) refresh(ctx context.Context, t job.Target, params map[string]string) (job.Outcome, error) {
+	var out job.Outcome
+	var err error
+	j := r.j
 	r.op.Lock()
 	defer r.op.Unlock()
 	dbs := j.cfg.Databases
