@@ -134,6 +134,9 @@ func (j *Job) Recover(ctx context.Context, t job.Target) error {
 	if j.replicating() {
 		return j.recoverReplication(ctx, t)
 	}
+	if _, err := os.Stat(filepath.Join(t.Pool.MainDir(), markerFile)); err == nil {
+		j.log.Warn("the pool replicated from the source before (retrieval.logical.replication is off now): its subscriptions' slots on the source keep WAL there until the next refresh drops them")
+	}
 	c := mainCluster(t, j.log)
 	if c.Running() {
 		j.log.Warn("stopping the pool's postgres left by an interrupted refresh", "datadir", c.DataDir)

@@ -164,16 +164,16 @@ func (j *Job) replica(t job.Target) (*replica, error) {
 	r := &replica{j: j, pool: t.Pool, snapper: snapper, user: t.User, binDir: t.BinDir,
 		priv: j.privateDir, log: log.With("replication", t.Pool.Name()), alerts: map[string]job.Alert{}}
 	if r.priv == "" {
-		r.priv = defaultPrivateDir(t.Pool.MainDir(), t.Pool.Name())
+		r.priv = PrivateDir(t.Pool.MainDir(), t.Pool.Name())
 	}
 	j.replicas[t.Pool.Name()] = r
 	return r, nil
 }
 
-// defaultPrivateDir holds the source's password file and TLS files for
-// the subscriptions: under /run (the agent's state directory is 0700
-// root), one per pool's main dataset.
-func defaultPrivateDir(mainDir, pool string) string {
+// PrivateDir holds the source's password file and TLS files for the
+// subscriptions of the pool whose main dataset is mainDir: under /run
+// (the agent's state directory is 0700 root), one per main dataset.
+func PrivateDir(mainDir, pool string) string {
 	abs, err := filepath.Abs(mainDir)
 	if err != nil {
 		abs = mainDir
@@ -257,6 +257,18 @@ func (r *replica) writeMarker(m replicationMarker) error {
 		return err
 	}
 	return os.Rename(p+".tmp", p)
+}
+
+// stop stops the subscriber (its data is about to be replaced): fast,
+// killed when that fails.
+func (r *replica) stop(ctx context.Context) {
+	c := r.main()
+	if !c.Running() {
+		return
+	}
+	if err := c.Stop(ctx, "fast"); err != nil {
+		c.Kill()
+	}
 }
 
 // ensureRunning starts the subscriber unless it runs (the private
@@ -451,7 +463,7 @@ func (r *replica) firstCopy(ctx context.Context, t job.Target, params map[string
 		return err
 	}
 	c := r.main()
-	c.Kill()
+	r.stop(ctx)
 	if err := removeDumpRoot(main); err != nil {
 		return fmt.Errorf("clear the dump directory: %w", err)
 	}
@@ -742,6 +754,6 @@ func (j *Job) dropReplication(ctx context.Context, t job.Target) error {
 	if err := r.dropSubscriptions(ctx); err != nil {
 		return err
 	}
-	r.main().Kill()
+	r.stop(ctx)
 	return os.Remove(filepath.Join(t.Pool.MainDir(), markerFile))
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"path/filepath"
 	"syscall"
 	"time"
@@ -398,10 +399,7 @@ func (r *replica) clearAlert(key string) {
 func (r *replica) report() job.Report {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	rep := job.Report{Alerts: map[string]job.Alert{}}
-	for k, a := range r.alerts {
-		rep.Alerts[k] = a
-	}
+	rep := job.Report{Alerts: maps.Clone(r.alerts)}
 	if r.lag != nil {
 		l := *r.lag
 		rep.Lag = &l

@@ -25,24 +25,6 @@ import (
 	"github.com/thinlab/thinlab/internal/pgtest"
 )
 
-// replicationSource is retrievaltest.Source with wal_level logical and a
-// publication of every table in app.
-func replicationSource(t *testing.T) *pgtest.Server {
-	t.Helper()
-	src := retrievaltest.Source(t)
-	src.Exec(t, "postgres", "ALTER SYSTEM SET wal_level = logical")
-	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
-	defer cancel()
-	if err := src.Cluster.Stop(ctx, "fast"); err != nil {
-		t.Fatal(err)
-	}
-	if err := src.Cluster.Start(ctx, src.Port, "127.0.0.1", pgcluster.FastSettings); err != nil {
-		t.Fatal(err)
-	}
-	src.Exec(t, "app", "CREATE PUBLICATION thinlab_pub FOR ALL TABLES")
-	return src
-}
-
 // replicationHarness is a replicating job on a fresh btrfs pool.
 type replicationHarness struct {
 	src  *pgtest.Server
@@ -54,7 +36,7 @@ type replicationHarness struct {
 
 func newReplicationHarness(t *testing.T, edit func(*config.Retrieval)) *replicationHarness {
 	t.Helper()
-	src := replicationSource(t)
+	src := retrievaltest.ReplicationSource(t)
 	p := clonetest.NewPool(t)
 	t.Setenv("THINLAB_TEST_SOURCE_PW", src.Password)
 	cfg := testConfig(t, config.Source{Host: "127.0.0.1", Port: src.Port, Username: "postgres", PasswordEnv: "THINLAB_TEST_SOURCE_PW"}, []string{"app"})
@@ -71,7 +53,7 @@ func newReplicationHarness(t *testing.T, edit func(*config.Retrieval)) *replicat
 	t.Cleanup(func() {
 		_ = j.Close() // never fails
 		(&pgcluster.Cluster{DataDir: filepath.Join(p.MainDir(), storage.DataSubdir), User: pgtest.OSUser(t)}).Kill()
-		if err := os.RemoveAll(defaultPrivateDir(p.MainDir(), p.Name())); err != nil {
+		if err := os.RemoveAll(PrivateDir(p.MainDir(), p.Name())); err != nil {
 			t.Errorf("remove the private directory: %v", err)
 		}
 	})
@@ -200,7 +182,7 @@ func TestReplicationRowReachesNextSnapshot(t *testing.T) {
 func TestReplicationPasswordOutOfClonesReach(t *testing.T) {
 	h := newReplicationHarness(t, nil)
 	snap := h.refresh(t)
-	priv := defaultPrivateDir(h.pool.MainDir(), h.pool.Name())
+	priv := PrivateDir(h.pool.MainDir(), h.pool.Name())
 	passFile := filepath.Join(priv, passFileName)
 	raw, err := os.ReadFile(passFile)
 	if err != nil || !strings.Contains(string(raw), h.src.Password) {
