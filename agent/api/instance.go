@@ -38,8 +38,8 @@ func (s *Server) status(c *gin.Context) {
 			ProtectionLeaseDurationMinutes: s.cfg.Cloning.ProtectionLeaseDurationMinutes,
 			ProtectionMaxDurationMinutes:   s.cfg.Cloning.ProtectionMaxDurationMinutes,
 		},
-		Retrieving:  ret,
-		Provisioner: agentapi.Provisioner{ContainerConfig: map[string]string{}},
+		Retrieving:      ret,
+		Provisioner:     agentapi.Provisioner{ContainerConfig: map[string]string{}},
 		Synchronization: synchronizationView(ret.Lag),
 	}
 	if ret.Status == agentapi.RetrievalFailed {
