@@ -755,5 +755,9 @@ func (j *Job) dropReplication(ctx context.Context, t job.Target) error {
 		return err
 	}
 	r.stop(ctx)
+	// The source's password is not needed here any more.
+	if err := os.RemoveAll(r.priv); err != nil {
+		return fmt.Errorf("remove the subscriptions' private directory: %w", err)
+	}
 	return os.Remove(filepath.Join(t.Pool.MainDir(), markerFile))
 }

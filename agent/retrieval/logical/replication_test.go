@@ -126,10 +126,15 @@ func (h *replicationHarness) sourceSlot(t *testing.T) string {
 
 // TestReplicationRowReachesNextSnapshot: after the first copy the pool's
 // postgres stays subscribed; a row committed on the source is in a clone
-// of the next snapshot; that clone has no subscription, does not follow
-// the source, and the source's slot stays, used by the subscriber.
+// of the next snapshot, pre-processed there (not on the subscriber); that
+// clone has no subscription, does not follow the source, and the source's
+// slot stays, used by the subscriber.
 func TestReplicationRowReachesNextSnapshot(t *testing.T) {
-	h := newReplicationHarness(t, nil)
+	sqlDir := t.TempDir()
+	writeFiles(t, sqlDir, map[string]string{"mark.sql": "CREATE TABLE preprocessed AS SELECT count(*) AS users FROM users;\n"})
+	h := newReplicationHarness(t, func(c *config.Retrieval) {
+		c.Preprocess = config.Preprocess{SQLDir: sqlDir, DBName: "app"}
+	})
 	first := h.refresh(t)
 	if got := retrievaltest.Query(t, h.pool, first.ID, "app", "SELECT count(*)::text FROM users"); got != "1000" {
 		t.Fatalf("first snapshot: %s users, want 1000 (the initial copy)", got)
@@ -159,6 +164,13 @@ func TestReplicationRowReachesNextSnapshot(t *testing.T) {
 	}
 	if got := one("SELECT count(*)::text FROM pg_subscription"); got != "0" {
 		t.Errorf("the clone holds %s subscriptions, want none", got)
+	}
+	// Pre-processing ran on the snapshot's copy, not on the subscriber.
+	if got := one("SELECT users::text FROM preprocessed"); got != "1001" {
+		t.Errorf("pre-processing saw %s users, want 1001", got)
+	}
+	if got := h.mainQuery(t, "SELECT count(*)::text FROM pg_class WHERE relname = 'preprocessed'"); got != "0" {
+		t.Errorf("pre-processing changed the subscriber")
 	}
 	// The source goes on; the subscriber follows, the clone does not.
 	h.src.Exec(t, "app", "INSERT INTO users (email) VALUES ('later@example.com')")
