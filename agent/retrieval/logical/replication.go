@@ -451,6 +451,11 @@ func execIn(ctx context.Context, c *pgcluster.Cluster, port int, db string, stmt
 // firstCopy re-creates the pool's postgres, restores the source's schema
 // and subscribes in every database, and waits for the initial copy.
 func (r *replica) firstCopy(ctx context.Context, t job.Target, params map[string]string, dbs []string, subs map[string]string, bytes *int64) error {
+	// Before anything is removed: a source that cannot feed a
+	// subscription fails the refresh with what to fix.
+	if err := r.checkSource(ctx, params, dbs); err != nil {
+		return err
+	}
 	main := r.pool.MainDir()
 	if err := os.Chown(main, int(t.User.UID), int(t.User.GID)); err != nil {
 		return fmt.Errorf("hand the pool's main dataset to %s: %w", t.User.Name, err)
@@ -518,6 +523,31 @@ func (r *replica) firstCopy(ctx context.Context, t job.Target, params map[string
 		return fmt.Errorf("record the finished first copy: %w", err)
 	}
 	ok = true
+	return nil
+}
+
+// checkSource checks that the source can feed the subscriptions:
+// wal_level logical and the publication in every database.
+func (r *replica) checkSource(ctx context.Context, params map[string]string, dbs []string) error {
+	pub := r.j.cfg.Logical.Replication.Publication
+	for i, db := range dbs {
+		conn, err := connectSource(ctx, params, db)
+		if err != nil {
+			return fmt.Errorf("connect to database %s on the source: %w", db, err)
+		}
+		var level string
+		var found bool
+		err = conn.QueryRow(ctx, "SELECT current_setting('wal_level'), EXISTS (SELECT FROM pg_publication WHERE pubname = $1)", pub).Scan(&level, &found)
+		_ = conn.Close(context.Background()) // read-only session
+		switch {
+		case err != nil:
+			return fmt.Errorf("check the source for logical replication: %w", err)
+		case i == 0 && level != "logical":
+			return fmt.Errorf("the source's wal_level is %s: logical replication (retrieval.logical.replication) needs wal_level = logical on the source (set it and restart the source)", level)
+		case !found:
+			return fmt.Errorf("retrieval.logical.replication.publication %q does not exist in database %s on the source: create it there (CREATE PUBLICATION %s FOR ALL TABLES) or name the existing one", pub, db, pgx.Identifier{pub}.Sanitize())
+		}
+	}
 	return nil
 }
 

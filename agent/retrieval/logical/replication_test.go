@@ -331,3 +331,39 @@ func TestReplicationLagReported(t *testing.T) {
 		t.Error("no lag_high event")
 	}
 }
+
+// TestReplicationSourceChecked: a source without wal_level logical, or
+// without the publication, fails the refresh with what to fix, before
+// the pool is touched.
+func TestReplicationSourceChecked(t *testing.T) {
+	src := retrievaltest.Source(t) // wal_level replica, no publication
+	p := clonetest.NewPool(t)
+	t.Setenv("THINLAB_TEST_SOURCE_PW", src.Password)
+	cfg := testConfig(t, config.Source{Host: "127.0.0.1", Port: src.Port, Username: "postgres", PasswordEnv: "THINLAB_TEST_SOURCE_PW"}, []string{"app"})
+	cfg.Logical.Replication = config.Replication{Enabled: true, Publication: "thinlab_pub"}
+	j, err := New(cfg, (&logtest.Buffer{}).Logger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = j.Close() }) // never fails
+	_, err = j.Run(t.Context(), target(t, p, nil))
+	if err == nil || !strings.Contains(err.Error(), "wal_level is replica") {
+		t.Fatalf("refresh from a source with wal_level replica: %v", err)
+	}
+	if _, serr := os.Stat(filepath.Join(p.MainDir(), storage.DataSubdir)); !errors.Is(serr, os.ErrNotExist) {
+		t.Errorf("the refusal touched the pool: %v", serr)
+	}
+	src.Exec(t, "postgres", "ALTER SYSTEM SET wal_level = logical")
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	if err := src.Cluster.Stop(ctx, "fast"); err != nil {
+		t.Fatal(err)
+	}
+	if err := src.Cluster.Start(ctx, src.Port, "127.0.0.1", pgcluster.FastSettings); err != nil {
+		t.Fatal(err)
+	}
+	_, err = j.Run(t.Context(), target(t, p, nil))
+	if err == nil || !strings.Contains(err.Error(), `retrieval.logical.replication.publication "thinlab_pub" does not exist in database app`) {
+		t.Fatalf("refresh without the publication: %v", err)
+	}
+}
