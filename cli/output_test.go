@@ -127,7 +127,8 @@ func TestRenderStatus(t *testing.T) {
 			FileSystem:  agentapi.FileSystem{Size: 10 << 30, Free: 8 << 30, UsedByClones: 1 << 20}}},
 		Cloning: agentapi.Cloning{NumClones: 1, ExpectedCloningTime: 1.25},
 		Retrieving: agentapi.Retrieving{Mode: "logical", Status: "failed",
-			Alerts: map[string]agentapi.Alert{"refresh_failed": {Level: "error", Message: "source unreachable", Count: 2}}},
+			Alerts: map[string]agentapi.Alert{"refresh_failed": {Level: "error", Message: "source unreachable", Count: 2}},
+			Lag:    &agentapi.RetrievalLag{Kind: "subscription", Seconds: 7, Bytes: 2048, SourceReachable: true}},
 	}
 	var b bytes.Buffer
 	if err := renderStatus(&b, st, testNow); err != nil {
@@ -136,6 +137,7 @@ func TestRenderStatus(t *testing.T) {
 	want := `Instance:   WARNING  Subsystems that need attention: retrieving
 Engine:     v1.2.3 (community), up 3h
 Retrieval:  logical, failed
+Lag:        subscription 7 s, 2.0 KiB behind
 Alert:      error refresh_failed: source unreachable (2 times)
 Clones:     1 (expected cloning time 1.2s)
 
@@ -206,6 +208,22 @@ func TestConnectHost(t *testing.T) {
 	for _, wild := range []string{"", "0.0.0.0", "::"} {
 		if h := connectHost(wild, "http://agent.example:2345/api"); h != "agent.example" {
 			t.Errorf("%q -> %q", wild, h)
+		}
+	}
+}
+
+func TestFormatLag(t *testing.T) {
+	at := &agentapi.LocalTime{Time: testNow.Add(-5 * time.Second)}
+	for _, tc := range []struct {
+		lag  agentapi.RetrievalLag
+		want string
+	}{
+		{agentapi.RetrievalLag{Kind: "subscription", SourceReachable: true, CheckedAt: at}, "subscription caught up, checked 5s ago"},
+		{agentapi.RetrievalLag{Kind: "standby", Seconds: 12.4, Bytes: 3 << 20, SourceReachable: true, CheckedAt: at}, "standby 12 s, 3.0 MiB behind, checked 5s ago"},
+		{agentapi.RetrievalLag{Kind: "subscription", Seconds: 90, CheckedAt: at}, "subscription 90 s, 0 B behind (source unreachable), checked 5s ago"},
+	} {
+		if got := formatLag(&tc.lag, testNow); got != tc.want {
+			t.Errorf("got  %q\nwant %q", got, tc.want)
 		}
 	}
 }

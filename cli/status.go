@@ -75,6 +75,9 @@ func renderStatus(w io.Writer, st *agentapi.InstanceStatus, now time.Time) error
 	if r.Job != nil {
 		row(tw, "Progress:", formatProgress(r.Job))
 	}
+	if r.Lag != nil {
+		row(tw, "Lag:", formatLag(r.Lag, now))
+	}
 	for _, k := range slices.Sorted(maps.Keys(r.Alerts)) {
 		al := r.Alerts[k]
 		row(tw, "Alert:", fmt.Sprintf("%s %s: %s (%d times)", al.Level, k, al.Message, al.Count))
@@ -100,4 +103,21 @@ func renderStatus(w io.Writer, st *agentapi.InstanceStatus, now time.Time) error
 		row(tw, p.Name, orDash(p.Mode), orDash(p.Status), dsa, formatBytes(fs.Size), formatBytes(fs.Free), formatBytes(fs.UsedByClones), fmt.Sprint(len(p.CloneList)))
 	}
 	return tw.Flush()
+}
+
+// formatLag is the standby's or subscription's lag line.
+func formatLag(l *agentapi.RetrievalLag, now time.Time) string {
+	out := orDash(l.Kind) + " "
+	if l.Seconds == 0 && l.Bytes == 0 {
+		out += "caught up"
+	} else {
+		out += fmt.Sprintf("%.0f s, %s behind", l.Seconds, formatBytes(uint64(max(l.Bytes, 0))))
+	}
+	if !l.SourceReachable {
+		out += " (source unreachable)"
+	}
+	if t := agentapi.TimeOf(l.CheckedAt); !t.IsZero() {
+		out += ", checked " + formatAge(t, now) + " ago"
+	}
+	return out
 }

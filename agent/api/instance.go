@@ -38,11 +38,9 @@ func (s *Server) status(c *gin.Context) {
 			ProtectionLeaseDurationMinutes: s.cfg.Cloning.ProtectionLeaseDurationMinutes,
 			ProtectionMaxDurationMinutes:   s.cfg.Cloning.ProtectionMaxDurationMinutes,
 		},
-		Retrieving:  ret,
-		Provisioner: agentapi.Provisioner{ContainerConfig: map[string]string{}},
-		// Synchronization is the physical mode's replica; logical
-		// retrieval has none.
-		Synchronization: &agentapi.Synchronization{Status: agentapi.Status{Code: "Not available"}},
+		Retrieving:      ret,
+		Provisioner:     agentapi.Provisioner{ContainerConfig: map[string]string{}},
+		Synchronization: synchronizationView(ret.Lag),
 	}
 	if ret.Status == agentapi.RetrievalFailed {
 		out.Status = &agentapi.Status{Code: agentapi.InstanceWarning, Message: "Subsystems that need attention: retrieving"}
@@ -99,6 +97,20 @@ func (s *Server) status(c *gin.Context) {
 	c.JSON(http.StatusOK, out)
 }
 
+// synchronizationView is DLE's replica section: the physical standby's or
+// the logical replication subscription's lag (whole seconds), "Not
+// available" for modes that are not continuously updated.
+func synchronizationView(l *agentapi.RetrievalLag) *agentapi.Synchronization {
+	if l == nil {
+		return &agentapi.Synchronization{Status: agentapi.Status{Code: "Not available"}}
+	}
+	st := agentapi.Status{Code: "OK", Message: l.Kind + " replicating"}
+	if !l.SourceReachable {
+		st = agentapi.Status{Code: "WARNING", Message: "the source cannot be reached"}
+	}
+	return &agentapi.Synchronization{Status: st, ReplicationLag: int(l.Seconds)}
+}
+
 // retrievingView is the retrieval state in DLE's shape.
 func (s *Server) retrievingView() agentapi.Retrieving {
 	out := agentapi.Retrieving{
@@ -126,6 +138,9 @@ func (s *Server) retrievingView() agentapi.Retrieving {
 			rj.ETASeconds = float64(p.Total-p.Done) / rj.RatePerSecond
 		}
 		out.Job = rj
+	}
+	if l := st.Lag; l != nil {
+		out.Lag = &agentapi.RetrievalLag{Kind: l.Kind, Seconds: l.Seconds, Bytes: l.Bytes, CheckedAt: agentapi.NewLocalTime(l.CheckedAt), SourceReachable: l.SourceReachable}
 	}
 	return out
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/url"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 )
@@ -46,6 +47,86 @@ type Logical struct {
 	Dumps []Dump `yaml:"dumps"`
 	// S3 is the storage of dumps whose path is s3://bucket/key.
 	S3 S3 `yaml:"s3"`
+	// Replication keeps the pool's postgres current by logical
+	// replication instead of copying everything at every refresh.
+	Replication Replication `yaml:"replication"`
+}
+
+// Replication is retrieval.logical.replication: the source's schema is
+// copied with pg_dump --schema-only, the pool's postgres then subscribes
+// to Publication on the source in every copied database (the
+// subscription's initial copy brings the data, its slot created in the
+// same step, so no row is lost or doubled) and keeps running. A refresh
+// then snapshots the replicated state instead of copying again.
+type Replication struct {
+	Enabled bool `yaml:"enabled"`
+	// Publication is the publication's name on the source, in every copied
+	// database (CREATE PUBLICATION ... FOR ALL TABLES, made by the source's
+	// administrator: the agent never changes the source).
+	Publication string `yaml:"publication"`
+	// SlotName prefixes the subscriptions' and their replication slots'
+	// names on the source: <slotName>_<database> (default "thinlab").
+	// Agents replicating from one source need different prefixes.
+	SlotName string `yaml:"slotName"`
+	// LagAlertSeconds raises the lag_high alert when the subscription is
+	// this far behind (default 300).
+	LagAlertSeconds int `yaml:"lagAlertSeconds"`
+}
+
+// DefaultSlotName is retrieval.logical.replication.slotName's default.
+const DefaultSlotName = "thinlab"
+
+// Slot is the prefix of the subscriptions' names (SlotName or the
+// default).
+func (r Replication) Slot() string {
+	if r.SlotName != "" {
+		return r.SlotName
+	}
+	return DefaultSlotName
+}
+
+// LagAlert is the lag_high threshold in seconds.
+func (r Replication) LagAlert() int {
+	if r.LagAlertSeconds > 0 {
+		return r.LagAlertSeconds
+	}
+	return DefaultLagAlertSeconds
+}
+
+// slotPrefixRE: replication slot names are lower-case letters, digits and
+// underscores, at most 63 characters (room is left for the database).
+var slotPrefixRE = regexp.MustCompile(`^[a-z0-9_]{1,30}$`)
+
+func (r Retrieval) validateReplication(bad func(string, ...any)) {
+	rep := r.Logical.Replication
+	if !rep.Enabled {
+		return
+	}
+	if !validIdent(rep.Publication) {
+		bad("retrieval.logical.replication.publication %q is not a valid name: name the publication on the source (CREATE PUBLICATION thinlab FOR ALL TABLES in every copied database)", rep.Publication)
+	}
+	if rep.SlotName != "" && !slotPrefixRE.MatchString(rep.SlotName) {
+		bad("retrieval.logical.replication.slotName %q: use at most 30 lower-case letters, digits and underscores (slot names on the source are <slotName>_<database>)", rep.SlotName)
+	}
+	if rep.LagAlertSeconds < 0 {
+		bad("retrieval.logical.replication.lagAlertSeconds (%d) must not be negative (0: the default, %d)", rep.LagAlertSeconds, DefaultLagAlertSeconds)
+	}
+	if len(r.Logical.Dumps) > 0 {
+		bad("retrieval.logical.replication needs a live source, not retrieval.logical.dumps: remove one of them")
+	}
+	if len(r.Pools) > 0 {
+		bad("retrieval.logical.replication keeps one pool's postgres subscribed: set retrieval.pool instead of retrieval.pools")
+	}
+	if r.Source.IAM != "" || r.Source.AuthKind() != AuthPassword {
+		bad("retrieval.logical.replication cannot use a cloud IAM token (retrieval.source.iam or retrieval.source.auth.kind): the subscription keeps its connection for longer than a token lives; give the replication user a password (passwordEnv)")
+	}
+	l := r.Logical
+	if len(l.IncludeTables)+len(l.ExcludeTables)+len(l.IncludeSchemas)+len(l.ExcludeSchemas) > 0 {
+		bad("retrieval.logical.replication: the publication chooses the replicated tables; remove includeTables/excludeTables/includeSchemas/excludeSchemas (a table it publishes must exist in the pool)")
+	}
+	if l.Format == FormatDirectory {
+		bad("retrieval.logical.replication copies only the schema with pg_dump and the data through the subscription: remove retrieval.logical.format directory")
+	}
 }
 
 // S3 is an S3-compatible object storage (AWS S3, MinIO, ...), addressed

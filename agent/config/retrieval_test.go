@@ -115,3 +115,30 @@ func TestSourceIAMValidation(t *testing.T) {
 		}
 	}
 }
+
+func TestReplicationValidation(t *testing.T) {
+	base := "server: {verificationToken: 0123456789abcdef0123456789abcdef}\npools: [{name: a, mode: btrfs, path: /a}, {name: b, mode: btrfs, path: /b}]\nretrieval:\n  mode: logical\n  source: {host: db, username: u, passwordEnv: PW}\n  pool: a\n  logical:\n    replication: {enabled: true, "
+	for yaml, want := range map[string]string{
+		"publication: thinlab}\n":                                            "",
+		"publication: thinlab, slotName: agent_1}\n":                         "",
+		"publication: thinlab, lagAlertSeconds: 60}\n":                       "",
+		"slotName: x}\n":                                                     `retrieval.logical.replication.publication ""`,
+		"publication: thinlab, slotName: Bad-Name}\n":                        `retrieval.logical.replication.slotName "Bad-Name"`,
+		"publication: thinlab, lagAlertSeconds: -1}\n":                       "retrieval.logical.replication.lagAlertSeconds (-1)",
+		"publication: thinlab}\n    format: directory\n":                     "remove retrieval.logical.format directory",
+		"publication: thinlab}\n    includeTables: [public.users]\n":         "the publication chooses the replicated tables",
+		"publication: thinlab}\n    dumps: [{path: /d.dump, dbName: app}]\n": "not retrieval.logical.dumps",
+	} {
+		c, err := Parse([]byte(base+yaml), "agent.yaml")
+		if want == "" && err != nil || want != "" && (err == nil || !strings.Contains(err.Error(), want)) {
+			t.Errorf("%s: error %v, want %q", yaml, err, want)
+		}
+		if want == "" && err == nil && (!c.Retrieval.Logical.Replication.Enabled || c.Retrieval.Logical.Replication.Slot() == "") {
+			t.Errorf("%s: parsed %+v", yaml, c.Retrieval.Logical.Replication)
+		}
+	}
+	rot := "server: {verificationToken: 0123456789abcdef0123456789abcdef}\npools: [{name: a, mode: btrfs, path: /a}, {name: b, mode: btrfs, path: /b}]\nretrieval:\n  mode: logical\n  source: {host: db, username: u, passwordEnv: PW}\n  pools: [a, b]\n  logical: {replication: {enabled: true, publication: p}}\n"
+	if _, err := Parse([]byte(rot), "agent.yaml"); err == nil || !strings.Contains(err.Error(), "set retrieval.pool instead of retrieval.pools") {
+		t.Errorf("replication with rotating pools: %v", err)
+	}
+}

@@ -169,6 +169,7 @@ func (c *Config) Validate() error {
 			}
 		}
 		r.Logical.validate(bad)
+		r.validateReplication(bad)
 		r.validatePools(bad, seen)
 		r.Preprocess.validate(bad)
 	case "physical":

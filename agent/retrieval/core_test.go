@@ -3,6 +3,7 @@ package retrieval
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -160,5 +161,48 @@ func TestNilBusIsFine(t *testing.T) {
 	r := fakeRetriever(t, p, fj, nil)
 	if _, err := r.Refresh(t.Context()); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// reportingJob is a continuously updated mode with nothing new to
+// snapshot: its lag and alerts are the status's.
+type reportingJob struct{}
+
+func (reportingJob) Mode() string { return "fake" }
+func (reportingJob) Run(context.Context, job.Target) (job.Outcome, error) {
+	return job.Outcome{}, fmt.Errorf("the subscription applied nothing new: %w", job.ErrNoNewData)
+}
+func (reportingJob) Report(storage.Pool) (job.Report, bool) {
+	return job.Report{Lag: &job.Lag{Kind: job.LagSubscription, Seconds: 3, Bytes: 10, SourceReachable: true},
+		Alerts: map[string]job.Alert{"lag_high": {Level: "warning", Message: "behind", Count: 1}}}, true
+}
+
+// TestReporterAndNoNewData: a job.Reporter's lag and alerts join the
+// status; a refresh with nothing new is a refresh.skipped, not a failure.
+func TestReporterAndNoNewData(t *testing.T) {
+	p := clonetest.NewPool(t)
+	bus := events.NewBus()
+	rec := &recorder{}
+	bus.Subscribe(func(e events.Event) {
+		rec.mu.Lock()
+		rec.events = append(rec.events, e)
+		rec.mu.Unlock()
+	})
+	r := fakeRetriever(t, p, reportingJob{}, bus)
+	if _, err := r.Refresh(t.Context()); !errors.Is(err, job.ErrNoNewData) {
+		t.Fatalf("refresh with nothing new: %v, want ErrNoNewData", err)
+	}
+	st := r.Status()
+	if st.Status == StatusFailed || st.Alerts[AlertRefreshFailed].Count != 0 {
+		t.Errorf("nothing new counted as a failure: %+v", st)
+	}
+	if st.Lag == nil || st.Lag.Kind != job.LagSubscription || st.Lag.Bytes != 10 {
+		t.Errorf("lag %+v, want the job's", st.Lag)
+	}
+	if _, ok := st.Alerts["lag_high"]; !ok {
+		t.Errorf("alerts %v, want the job's lag_high", st.Alerts)
+	}
+	if got := rec.kinds(); !slices.Contains(got, events.RefreshSkipped) || slices.Contains(got, events.RetrievalFailed) {
+		t.Errorf("events %v, want refresh.skipped and no retrieval.failed", got)
 	}
 }

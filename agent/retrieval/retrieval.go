@@ -264,12 +264,15 @@ func (r *Retriever) Status() Status {
 		js.Progress = r.progress.State()
 		s.Job = &js
 	}
-	// Physical retrieval's own alerts (lag_high, source_unreachable, a
-	// failed scheduled snapshot cycle) join the refresh's.
-	// Physical mode fills one pool (retrieval.pools is refused for it).
-	if pj, ok := r.job.(*physical.Job); ok && len(r.pools) > 0 {
-		for k, a := range pj.Alerts(r.pools[0]) {
-			s.Alerts[k] = Alert(a)
+	// A continuously updated pool's alerts (lag_high, source_unreachable,
+	// a failed scheduled snapshot cycle) join the refresh's, and its lag
+	// is reported. Such modes fill one pool (retrieval.pools is refused).
+	if rp, ok := r.job.(job.Reporter); ok && len(r.pools) > 0 {
+		if rep, ok := rp.Report(r.pools[0]); ok {
+			for k, a := range rep.Alerts {
+				s.Alerts[k] = Alert(a)
+			}
+			s.Lag = rep.Lag
 		}
 	}
 	return s
@@ -383,15 +386,24 @@ func (r *Retriever) refreshAndRecord(ctx context.Context) (Result, error) {
 	res, err := r.refresh(ctx, p)
 	res.Pool = pool
 	data := eventData{Mode: mode, Databases: res.Databases, Bytes: res.Bytes, DataStateAt: res.DumpStartedAt, ElapsedSeconds: time.Since(start).Seconds()}
-	if err != nil {
+	switch {
+	case errors.Is(err, job.ErrNoNewData):
+		r.events.Emit(events.Event{Kind: events.RefreshSkipped, Pool: pool, Message: err.Error()}.WithData(data))
+	case err != nil:
 		r.events.Emit(events.Event{Kind: events.RetrievalFailed, Severity: events.Error, Pool: pool, Message: err.Error()}.WithData(data))
-	} else {
+	default:
 		r.events.Emit(events.Event{Kind: events.SnapshotCreated, Pool: pool, Snapshot: res.Snapshot.ID, Message: SnapshotMessage(mode)})
 		r.events.Emit(events.Event{Kind: events.RefreshFinished, Pool: pool, Snapshot: res.Snapshot.ID, Message: mode + " refresh finished"}.WithData(data))
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.running = false
+	if errors.Is(err, job.ErrNoNewData) {
+		// Nothing to snapshot is no failure: the newest snapshot is current.
+		r.status.Status = r.before
+		r.log.Info(mode+" refresh: nothing new to snapshot", "pool", pool, "reason", err, "elapsed", time.Since(start))
+		return res, err
+	}
 	if err != nil {
 		r.status.Status = StatusFailed
 		a := r.status.Alerts[AlertRefreshFailed]

@@ -58,6 +58,10 @@ type Status struct {
 	SnapshotID string
 	// Job is the running refresh, nil when none runs.
 	Job *JobStatus
+	// Lag is how far a continuously updated pool (physical standby,
+	// logical replication) is behind the source; nil otherwise or until
+	// first measured.
+	Lag *job.Lag
 }
 
 // JobStatus is a running refresh and its progress.

@@ -307,6 +307,29 @@ type Retrieving struct {
 	// Job is the running refresh with its progress (a Thinlab extension,
 	// left out when none runs).
 	Job *RetrievalJob `json:"job,omitempty"`
+	// Lag is how far a continuously updated pool (physical standby,
+	// logical replication subscription) is behind the source (a Thinlab
+	// extension, left out for other modes and until first measured).
+	Lag *RetrievalLag `json:"lag,omitempty"`
+}
+
+// Lag kinds (RetrievalLag.Kind).
+const (
+	LagStandby      = "standby"
+	LagSubscription = "subscription"
+)
+
+// RetrievalLag is the replay lag of a physical standby or the apply lag
+// of a logical replication subscription: 0 seconds and bytes when caught
+// up. With SourceReachable false the source could not be asked: Bytes is
+// what was received but not applied, Seconds the time since the last
+// known position.
+type RetrievalLag struct {
+	Kind            string     `json:"kind"`
+	Seconds         float64    `json:"seconds"`
+	Bytes           int64      `json:"bytes"`
+	CheckedAt       *LocalTime `json:"checkedAt"`
+	SourceReachable bool       `json:"sourceReachable"`
 }
 
 // RetrievalJob is a running refresh and its progress. Unit is "bytes",

@@ -17,6 +17,7 @@ package job
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"sync"
 	"time"
@@ -43,6 +44,55 @@ type Job interface {
 // retriever starts and before any refresh.
 type Recoverer interface {
 	Recover(ctx context.Context, t Target) error
+}
+
+// ErrNoNewData is returned by Run (wrapped) when the pool holds nothing
+// newer than its newest snapshot, so a snapshot would repeat it: the core
+// records a skip, not a failure.
+var ErrNoNewData = errors.New("no new data since the newest snapshot")
+
+// Reporter is optionally implemented by a Job whose pool keeps changing
+// between refreshes (physical's standby, logical replication's
+// subscription): its lag and alerts join the core's status.
+type Reporter interface {
+	Report(pool storage.Pool) (Report, bool)
+}
+
+// Report is a continuously updated pool's state; ok false from Reporter
+// means the job never saw the pool.
+type Report struct {
+	// Lag is nil until first measured.
+	Lag    *Lag
+	Alerts map[string]Alert
+}
+
+// Lag kinds.
+const (
+	LagStandby      = "standby"
+	LagSubscription = "subscription"
+)
+
+// Lag is how far the pool's copy is behind the source.
+type Lag struct {
+	// Kind is LagStandby or LagSubscription.
+	Kind string
+	// Seconds and Bytes behind the source (0 when caught up).
+	Seconds float64
+	Bytes   int64
+	// CheckedAt is when it was measured.
+	CheckedAt time.Time
+	// SourceReachable is false when the source could not be asked: Bytes
+	// is then what the copy received but did not apply yet, Seconds the
+	// time since its last known position.
+	SourceReachable bool
+}
+
+// Alert is one kind of problem a Reporter saw (the API's alert shape).
+type Alert struct {
+	Level    string
+	Message  string
+	LastSeen time.Time
+	Count    int
 }
 
 // Target is what the core hands to a Job for one refresh.

@@ -11,12 +11,14 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"sync"
 	"syscall"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 
 	"github.com/thinlab/thinlab/agent/config"
+	"github.com/thinlab/thinlab/agent/events"
 	"github.com/thinlab/thinlab/agent/retrieval/cloudauth"
 	"github.com/thinlab/thinlab/agent/retrieval/job"
 	"github.com/thinlab/thinlab/agent/retrieval/pgsource"
@@ -57,12 +59,49 @@ type Job struct {
 	// onStart, when set (tests), is called with each pg_dump and
 	// pg_restore process right after it starts.
 	onStart func(name string, pid int)
+
+	// Logical replication's state (replication.go): per pool, and the
+	// lag checks' lifetime.
+	mu         sync.Mutex
+	replicas   map[string]*replica
+	events     *events.Bus
+	privateDir string // the subscriptions' password file's directory (tests)
+	ctx        context.Context
+	cancel     context.CancelFunc
+	wg         sync.WaitGroup
 }
 
 var (
 	_ job.Job       = (*Job)(nil)
 	_ job.Recoverer = (*Job)(nil)
+	_ job.Reporter  = (*Job)(nil)
 )
+
+func newJob(cfg config.Retrieval, log *slog.Logger, auth *cloudauth.Authenticator) *Job {
+	j := &Job{cfg: cfg, log: log, auth: auth, replicas: map[string]*replica{}}
+	j.ctx, j.cancel = context.WithCancel(context.Background())
+	return j
+}
+
+// Report implements job.Reporter: a replicating pool's subscription lag
+// and alerts.
+func (j *Job) Report(pool storage.Pool) (job.Report, bool) {
+	j.mu.Lock()
+	r, ok := j.replicas[pool.Name()]
+	j.mu.Unlock()
+	if !ok {
+		return job.Report{}, false
+	}
+	return r.report(), true
+}
+
+// Close stops the lag checks; a subscriber keeps running until the agent
+// exits.
+func (j *Job) Close() error {
+	j.cancel()
+	j.wg.Wait()
+	return nil
+}
 
 // New checks retrieval's logical settings and builds the job.
 func New(cfg config.Retrieval, log *slog.Logger) (*Job, error) {
@@ -71,7 +110,7 @@ func New(cfg config.Retrieval, log *slog.Logger) (*Job, error) {
 	}
 	auth := cloudauth.New(cfg.Source, cloudauth.Options{Logger: log})
 	if len(cfg.Logical.Dumps) > 0 {
-		return &Job{cfg: cfg, log: log, auth: auth}, nil
+		return newJob(cfg, log, auth), nil
 	}
 	params, err := pgsource.Params(cfg.Source)
 	if err != nil {
@@ -80,7 +119,7 @@ func New(cfg config.Retrieval, log *slog.Logger) (*Job, error) {
 	if why := pgsource.InsecureSSL(params); why != "" {
 		log.Warn("the retrieval source connection is insecure: set retrieval.source.sslRootCert (sslMode verify-full)", "reason", why)
 	}
-	return &Job{cfg: cfg, log: log, auth: auth}, nil
+	return newJob(cfg, log, auth), nil
 }
 
 // Mode implements job.Job.
@@ -96,7 +135,13 @@ func mainCluster(t job.Target, log *slog.Logger) *pgcluster.Cluster {
 // refresh the agent did not finish and removes its dump directory. The
 // half-restored PGDATA itself is harmless (snapshots are separate) and
 // the next refresh removes it.
-func (j *Job) Recover(_ context.Context, t job.Target) error {
+func (j *Job) Recover(ctx context.Context, t job.Target) error {
+	if j.replicating() {
+		return j.recoverReplication(ctx, t)
+	}
+	if _, err := os.Stat(filepath.Join(t.Pool.MainDir(), markerFile)); err == nil {
+		j.log.Warn("the pool replicated from the source before (retrieval.logical.replication is off now): its subscriptions' slots on the source keep WAL there until the next refresh drops them")
+	}
 	c := mainCluster(t, j.log)
 	if c.Running() {
 		j.log.Warn("stopping the pool's postgres left by an interrupted refresh", "datadir", c.DataDir)
@@ -113,6 +158,9 @@ func (j *Job) Recover(_ context.Context, t job.Target) error {
 // Run re-creates the pool's PGDATA with initdb, restores the source into
 // it and stops it cleanly, ready for the snapshot.
 func (j *Job) Run(ctx context.Context, t job.Target) (job.Outcome, error) {
+	if j.replicating() {
+		return j.runReplication(ctx, t)
+	}
 	var out job.Outcome
 	log := t.Logger
 	if log == nil {
@@ -145,6 +193,11 @@ func (j *Job) Run(ctx context.Context, t job.Target) (job.Outcome, error) {
 	main := t.Pool.MainDir()
 	if err := os.Chown(main, int(t.User.UID), int(t.User.GID)); err != nil {
 		return out, fmt.Errorf("hand the pool's main dataset to %s: %w", t.User.Name, err)
+	}
+	// A pool that replicated before keeps slots on the source: dropped
+	// with its subscriptions, or they would hold the source's WAL forever.
+	if err := j.dropReplication(ctx, t); err != nil {
+		return out, err
 	}
 	c := mainCluster(t, log)
 	if c.Running() {

@@ -33,6 +33,7 @@ type Job struct {
 var (
 	_ job.Job       = (*Job)(nil)
 	_ job.Recoverer = (*Job)(nil)
+	_ job.Reporter  = (*Job)(nil)
 )
 
 // NewJob builds the job for retrieval.mode physical.
@@ -129,6 +130,23 @@ func (j *Job) Alerts(pool storage.Pool) map[string]Alert {
 		return nil
 	}
 	return st.Alerts
+}
+
+// Report implements job.Reporter: the standby's replay lag and the
+// pool's physical alerts.
+func (j *Job) Report(pool storage.Pool) (job.Report, bool) {
+	st, ok := j.Status(pool)
+	if !ok {
+		return job.Report{}, false
+	}
+	rep := job.Report{Alerts: map[string]job.Alert{}}
+	for k, a := range st.Alerts {
+		rep.Alerts[k] = job.Alert(a)
+	}
+	if l := st.Lag; !l.CheckedAt.IsZero() {
+		rep.Lag = &job.Lag{Kind: job.LagStandby, Seconds: l.Seconds, Bytes: l.Bytes, CheckedAt: l.CheckedAt, SourceReachable: l.SourceReachable}
+	}
+	return rep, true
 }
 
 // Close stops every pool's schedule and lag check; the standbys keep

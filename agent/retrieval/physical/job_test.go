@@ -9,6 +9,7 @@ import (
 
 	"github.com/thinlab/thinlab/agent/config"
 	"github.com/thinlab/thinlab/agent/retrieval"
+	"github.com/thinlab/thinlab/agent/retrieval/job"
 	"github.com/thinlab/thinlab/agent/retrieval/physical"
 	"github.com/thinlab/thinlab/agent/retrieval/retrievaltest"
 	"github.com/thinlab/thinlab/agent/storage"
@@ -71,5 +72,10 @@ func TestCoreRunsPhysical(t *testing.T) {
 			t.Fatalf("status alerts %+v a minute after the source stopped: want %s", r.Status().Alerts, physical.AlertSourceUnreachable)
 		}
 		time.Sleep(500 * time.Millisecond)
+	}
+	// The standby's replay lag is the status's lag (GET /status's
+	// retrieving.lag), measured by the same check.
+	if l := r.Status().Lag; l == nil || l.Kind != job.LagStandby || l.SourceReachable || l.CheckedAt.IsZero() {
+		t.Errorf("lag %+v: want the standby's, source unreachable", l)
 	}
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/thinlab/thinlab/agent/runtime"
 	"github.com/thinlab/thinlab/agent/storage"
+	"github.com/thinlab/thinlab/internal/pgcluster"
 	"github.com/thinlab/thinlab/internal/pgtest"
 )
 
@@ -30,6 +31,24 @@ func Source(t *testing.T) *pgtest.Server {
 	src.Exec(t, "shop",
 		"CREATE TABLE orders (id bigserial PRIMARY KEY, user_id int, total numeric(10,2))",
 		"INSERT INTO orders (user_id, total) SELECT g % 100, g * 1.5 FROM generate_series(1, 500) g")
+	return src
+}
+
+// ReplicationSource is Source with wal_level logical and publication
+// "thinlab_pub" of every table in app.
+func ReplicationSource(t *testing.T) *pgtest.Server {
+	t.Helper()
+	src := Source(t)
+	src.Exec(t, "postgres", "ALTER SYSTEM SET wal_level = logical")
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	if err := src.Cluster.Stop(ctx, "fast"); err != nil {
+		t.Fatal(err)
+	}
+	if err := src.Cluster.Start(ctx, src.Port, "127.0.0.1", pgcluster.FastSettings); err != nil {
+		t.Fatal(err)
+	}
+	src.Exec(t, "app", "CREATE PUBLICATION thinlab_pub FOR ALL TABLES")
 	return src
 }
 
