@@ -83,6 +83,8 @@ type CloneDetail struct {
 	// ConnectCommand is the thinlab CLI line that forwards a local port
 	// to the clone through the platform.
 	ConnectCommand string
+	// Charts are the clone's CPU and memory over the last day.
+	Charts []Chart
 	Snapshots      []SnapshotRow // reset targets
 	CanUpdate      bool
 	CanDelete      bool

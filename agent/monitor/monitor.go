@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/thinlab/thinlab/agent/events"
+	"github.com/thinlab/thinlab/sdk/tunnel"
 )
 
 // DefaultInterval is the sampling period.
@@ -30,46 +31,13 @@ const DefaultInterval = 30 * time.Second
 // Linux architecture the agent supports).
 const clockTicks = 100
 
-// Sample is the payload of an events.Metrics event.
-type Sample struct {
-	Time time.Time `json:"time"`
-	// Seconds is the period the rates and percentages cover.
-	Seconds float64 `json:"seconds"`
-	CPUs    int     `json:"cpus"`
-	// CPUPercent is the host's busy time over all CPUs (0-100); IOWait
-	// the share spent waiting for disks.
-	CPUPercent        float64       `json:"cpuPercent"`
-	IOWaitPercent     float64       `json:"ioWaitPercent"`
-	Load1             float64       `json:"load1"`
-	MemTotalBytes     uint64        `json:"memTotalBytes"`
-	MemAvailableBytes uint64        `json:"memAvailableBytes"`
-	Pools             []PoolSample  `json:"pools"`
-	Clones            []CloneSample `json:"clones"`
-}
-
-// PoolSample is one pool: its space, and the IO of the block device it
-// is on (absent when the pool has no block device of its own, as a ZFS
-// pool).
-type PoolSample struct {
-	Name           string   `json:"name"`
-	SizeBytes      uint64   `json:"sizeBytes"`
-	UsedBytes      uint64   `json:"usedBytes"`
-	FreeBytes      uint64   `json:"freeBytes"`
-	Device         string   `json:"device,omitempty"`
-	IOUtilPercent  *float64 `json:"ioUtilPercent,omitempty"`
-	ReadBytesPerS  float64  `json:"readBytesPerS,omitempty"`
-	WriteBytesPerS float64  `json:"writeBytesPerS,omitempty"`
-}
-
-// CloneSample is one clone: CPU in percent of one CPU (200 = two busy
-// CPUs), proportional set size of its processes, client connections.
-type CloneSample struct {
-	ID          string  `json:"id"`
-	Pool        string  `json:"pool"`
-	CPUPercent  float64 `json:"cpuPercent"`
-	MemoryBytes uint64  `json:"memoryBytes"`
-	Connections int     `json:"connections"`
-}
+// Sample, PoolSample and CloneSample are the payload of an
+// events.Metrics event; the platform reads the same types (sdk/tunnel).
+type (
+	Sample      = tunnel.MetricsSample
+	PoolSample  = tunnel.PoolMetrics
+	CloneSample = tunnel.CloneMetrics
+)
 
 // Pool is what the sampler needs to know of a pool.
 type Pool struct {
@@ -367,7 +335,7 @@ func blockDevice(mounts []mount, path string) string {
 
 // readDisk reads /sys/class/block/DEV/stat.
 func (s *Sampler) readDisk(dev string) (diskStat, bool) {
-	raw, err := os.ReadFile(filepath.Join(s.opt.SysRoot, "class", "block", dev, "stat"))
+	raw, err := os.ReadFile(filepath.Join(s.opt.SysRoot, "class", "block", dev, "stat")) //nolint:gosec // G304: a /sys file of a device name from mountinfo
 	if err != nil {
 		return diskStat{}, false
 	}
@@ -408,7 +376,8 @@ func (s *Sampler) readProcsByUID() map[uint32]procUse {
 			continue
 		}
 		u := out[st.Uid]
-		if raw, err := os.ReadFile(filepath.Join(dir, "stat")); err == nil {
+		if raw, err := os.ReadFile(filepath.Join(dir, "stat")); err == nil { //nolint:gosec // G304: a /proc file
+
 			str := string(raw)
 			if f := strings.Fields(str[strings.LastIndexByte(str, ')')+1:]); len(f) > 12 {
 				ut, _ := strconv.ParseUint(f[11], 10, 64)
@@ -417,7 +386,7 @@ func (s *Sampler) readProcsByUID() map[uint32]procUse {
 			}
 		}
 		u.pss += pss(filepath.Join(dir, "smaps_rollup"))
-		if raw, err := os.ReadFile(filepath.Join(dir, "cmdline")); err == nil && clientBackend(raw) {
+		if raw, err := os.ReadFile(filepath.Join(dir, "cmdline")); err == nil && clientBackend(raw) { //nolint:gosec // G304: a /proc file
 			u.clients++
 		}
 		out[st.Uid] = u

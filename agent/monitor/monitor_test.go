@@ -177,7 +177,9 @@ func TestSampleRealHost(t *testing.T) {
 		}
 	}
 	cancel()
-	<-done
+	if err := <-done; err != context.Canceled {
+		t.Errorf("Run ended with %v, want context.Canceled", err)
+	}
 	if smp.CPUs < 1 || smp.MemTotalBytes == 0 || smp.MemAvailableBytes == 0 || smp.MemAvailableBytes > smp.MemTotalBytes {
 		t.Errorf("host figures: %+v", smp)
 	}

@@ -34,6 +34,12 @@ type runningAgent struct {
 // platformURL with enrollToken.
 func startAgent(t testing.TB, platformURL, enrollToken, name string) *runningAgent {
 	t.Helper()
+	return startAgentWith(t, platformURL, enrollToken, name, nil)
+}
+
+// startAgentWith is startAgent with the agent's options changed by opt.
+func startAgentWith(t testing.TB, platformURL, enrollToken, name string, opt func(*agent.Options)) *runningAgent {
+	t.Helper()
 	testenv.NeedsRoot(t, "root, for loop devices, mounts and the postgres OS user")
 	pool := clonetest.NewPool(t)
 	t.Cleanup(func() { clonetest.KillClones(pool) })
@@ -52,7 +58,11 @@ func startAgent(t testing.TB, platformURL, enrollToken, name string) *runningAge
 	ra := &runningAgent{cfg: cfg, pool: pool, logs: &logtest.Buffer{}, done: make(chan error, 1)}
 	ctx, cancel := context.WithCancel(context.Background()) // ended at cleanup
 	ra.cancel = cancel
-	a, err := agent.NewWithOptions(ctx, agent.Options{Config: cfg, Pools: []storage.Pool{pool}, Logger: ra.logs.Logger(), Version: "e2e"})
+	o := agent.Options{Config: cfg, Pools: []storage.Pool{pool}, Logger: ra.logs.Logger(), Version: "e2e"}
+	if opt != nil {
+		opt(&o)
+	}
+	a, err := agent.NewWithOptions(ctx, o)
 	if err != nil {
 		cancel()
 		t.Fatal(err)

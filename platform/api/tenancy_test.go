@@ -367,6 +367,7 @@ var ownStatus = map[string]status{
 	"GET /o/:org/agents/:agent/clones/:clone/diff":     {http.StatusServiceUnavailable, http.StatusServiceUnavailable},
 	"GET /o/:org/agents/:agent/branches":               {http.StatusServiceUnavailable, http.StatusServiceUnavailable},
 	"GET /o/:org/agents/:agent/snapshots/diff":         {http.StatusBadRequest, http.StatusBadRequest},
+	"GET /o/:org/agents/:agent/metrics":                {http.StatusOK, http.StatusOK},
 }
 
 // TestTenantIsolation walks EVERY route of the route table (API and web

@@ -292,6 +292,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	hs := &http.Server{Handler: s.engine, ReadHeaderTimeout: 10 * time.Second}
 	errc := make(chan error, 1)
 	go func() { errc <- hs.Serve(ln) }()
+	go s.downsampleMetrics(ctx)
 	s.logger.Info("platform listening", "addr", ln.Addr().String())
 	select {
 	case err := <-errc:

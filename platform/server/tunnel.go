@@ -7,10 +7,12 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -224,6 +226,24 @@ func (t *tunnelHooks) onDisconnect(a hub.AgentIdentity) {
 // onEvents stores a batch; the store skips events it holds already (a
 // batch comes again when its ack was lost).
 func (t *tunnelHooks) onEvents(ctx context.Context, agentID string, events []tunnel.Event) error {
+	// Resource samples are kept apart, for the charts (with their own
+	// retention and downsampling), not in the event log.
+	var samples []tunnel.MetricsSample
+	events = slices.DeleteFunc(slices.Clone(events), func(e tunnel.Event) bool {
+		if e.Kind != tunnel.MetricsKind {
+			return false
+		}
+		var smp tunnel.MetricsSample
+		if err := json.Unmarshal(e.Data, &smp); err != nil || smp.Time.IsZero() {
+			t.logger.Warn("tunnel: an agent's metrics sample does not read; dropped", "agent", agentID, "event", e.ID, "err", err)
+			return true
+		}
+		samples = append(samples, smp)
+		return true
+	})
+	if _, err := t.store.InsertAgentMetrics(ctx, agentID, samples); err != nil {
+		return err
+	}
 	rows := make([]store.NewAgentEvent, 0, len(events))
 	for _, e := range events {
 		rows = append(rows, store.NewAgentEvent{

@@ -266,6 +266,7 @@ func (w *Web) renderClone(c *gin.Context, p ui.Page) {
 	if v.InProgress {
 		p.RefreshSeconds = 2
 	}
+	v.Charts = w.cloneCharts(c, org.ID, ag.ID, k.ID)
 	if k.Status.Code == "OK" {
 		v.Host, v.Port, v.User, v.DBName = k.DB.Host, k.DB.Port, k.DB.Username, k.DB.DBName
 		v.ConnStr = k.DB.ConnStr

@@ -91,6 +91,7 @@ func (w *Web) Routes() []access.Route {
 		{Method: post, Path: "/o/:org/agents/:agent/clones/:clone/destroy", Permission: rbac.CloneDelete, Action: "clone.destroy", Handler: w.destroyClone},
 		{Method: get, Path: "/o/:org/agents/:agent/clones/:clone/diff", Permission: rbac.CloneRead, Handler: w.cloneDiffPage},
 		{Method: get, Path: "/o/:org/agents/:agent/branches", Permission: rbac.SnapshotRead, Handler: w.branchesPage},
+		{Method: get, Path: "/o/:org/agents/:agent/metrics", Permission: rbac.AgentRead, Handler: w.agentMetricsPage},
 		{Method: get, Path: "/o/:org/agents/:agent/snapshots/diff", Permission: rbac.SnapshotRead, Handler: w.snapshotDiffPage},
 		{Method: post, Path: "/o/:org/agents/:agent/snapshots", Permission: rbac.SnapshotCreate, Action: "snapshot.create", Handler: w.createSnapshot},
 		{Method: post, Path: "/o/:org/agents/:agent/snapshots/delete", Permission: rbac.SnapshotDelete, Action: "snapshot.delete", Handler: w.deleteSnapshot},
