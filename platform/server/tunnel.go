@@ -20,6 +20,7 @@ import (
 	"github.com/thinlab/thinlab/platform/access"
 	"github.com/thinlab/thinlab/platform/hub"
 	"github.com/thinlab/thinlab/platform/store"
+	"github.com/thinlab/thinlab/platform/usage"
 	"github.com/thinlab/thinlab/sdk/tunnel"
 )
 
@@ -231,8 +232,13 @@ func (t *tunnelHooks) onEvents(ctx context.Context, agentID string, events []tun
 			Snapshot: e.Snapshot, Pool: e.Pool, Message: e.Message, Data: e.Data,
 		})
 	}
-	_, err := t.store.InsertAgentEvents(ctx, agentID, rows)
-	return err
+	if _, err := t.store.InsertAgentEvents(ctx, agentID, rows); err != nil {
+		return err
+	}
+	// Usage samples also become usage rows, each sample once (its ID is
+	// fixed by its period); a failure here is a refused batch, which the
+	// agent sends again.
+	return usage.Ingest(ctx, t.store, agentID, events)
 }
 
 // disconnectors closes a revoked agent's tunnel on every one given.

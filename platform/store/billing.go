@@ -212,8 +212,8 @@ func (s *Store) LastReportHour(ctx context.Context) (time.Time, error) {
 // ClaimDueReports takes up to limit pending reports that are due, and
 // holds them for lease (another replica does not take them meanwhile; a
 // replica that dies lets them come due again).
-func (s *Store) ClaimDueReports(ctx context.Context, limit int, lease time.Duration) ([]BillingUsageReport, error) {
-	now := s.now()
+func (s *Store) ClaimDueReports(ctx context.Context, now time.Time, limit int, lease time.Duration) ([]BillingUsageReport, error) {
+	now = now.UTC()
 	var out []BillingUsageReport
 	err := s.conn(ctx).Raw(`UPDATE billing_usage_reports SET next_attempt_at = ?
 		WHERE id IN (SELECT id FROM billing_usage_reports WHERE status = 'pending' AND next_attempt_at <= ?
