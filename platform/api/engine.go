@@ -14,7 +14,9 @@ import (
 
 	"github.com/thinlab/thinlab/platform/access"
 	"github.com/thinlab/thinlab/platform/audit"
+	"github.com/thinlab/thinlab/platform/billing"
 	"github.com/thinlab/thinlab/platform/hub"
+	"github.com/thinlab/thinlab/platform/principal"
 	"github.com/thinlab/thinlab/platform/rbac"
 	"github.com/thinlab/thinlab/platform/store"
 	"github.com/thinlab/thinlab/sdk/platformapi"
@@ -170,6 +172,16 @@ func (a *API) engineProxy(er EngineRoute) gin.HandlerFunc {
 			}
 		}
 		path := enginePath(c.Request)
+		create := er.Method == http.MethodPost && er.Path == "/clone"
+		if create && a.Billing.Enabled() {
+			// The plan's limits, counted and checked with this
+			// organization's other creations on this replica waiting.
+			unlock := a.cloneCreates.lock(ag.OrgID)
+			defer unlock()
+			if refused := a.checkCloneLimit(c, ag.OrgID); refused {
+				return
+			}
+		}
 		resp, err := CallAgent(c, a.Agents, ag.ID, er.Method, path, c.Request.URL.RawQuery, c.Request.Header, body)
 		if errors.Is(err, hub.ErrNotConnected) {
 			// The tunnel ended between the check above and the call.
@@ -183,6 +195,9 @@ func (a *API) engineProxy(er EngineRoute) gin.HandlerFunc {
 		}
 		if er.Action != "" {
 			auditEngineAnswer(c, ag.ID, er, path, resp)
+		}
+		if create && resp.Status < 300 {
+			a.recordCloneOwner(c, ag, resp)
 		}
 		for _, h := range forwardedAnswerHeaders {
 			if v := resp.Header.Get(h); v != "" {
@@ -286,5 +301,77 @@ func SetEngineAudit(c *gin.Context, target string, resp *AgentAnswer) {
 			msg += " " + e.Code + ": " + e.Message
 		}
 		audit.SetError(c, msg)
+	}
+}
+
+// checkCloneLimit answers 402 naming the limit and the plan when the
+// organization's plan allows no more clones (or storage), and reports
+// whether it did.
+func (a *API) checkCloneLimit(c *gin.Context, orgID string) bool {
+	clones, used, err := a.orgCloneUse(c, orgID)
+	if err == nil {
+		err = a.Billing.CheckClone(c.Request.Context(), orgID, clones, used)
+	}
+	var le *billing.LimitError
+	switch {
+	case errors.As(err, &le):
+		engineError(c, http.StatusPaymentRequired, CodePlanLimit, le.Error())
+		return true
+	case err != nil:
+		a.Logger.Error("engine proxy: checking the plan's limits", "org", orgID, "err", err)
+		engineError(c, http.StatusInternalServerError, "INTERNAL", "checking the plan's limits failed on the server; try again")
+		return true
+	}
+	return false
+}
+
+// CodePlanLimit is the code of a creation refused by a plan limit.
+const CodePlanLimit = "PLAN_LIMIT"
+
+// orgCloneUse counts orgID's clones, asking each of its agents that
+// answers (GET /clones through its tunnel) and taking the last facts of
+// those that do not, and sums the space its agents' pools use.
+func (a *API) orgCloneUse(c *gin.Context, orgID string) (int64, uint64, error) {
+	agents, err := a.Store.ListAgents(c.Request.Context(), orgID)
+	if err != nil {
+		return 0, 0, err
+	}
+	var clones int64
+	var used uint64
+	for _, ag := range agents {
+		if ag.RevokedAt != nil {
+			continue
+		}
+		facts := ag.AgentFacts()
+		known := int64(0)
+		for _, p := range facts.Pools {
+			used += p.UsedBytes
+			known += int64(p.Clones)
+		}
+		if a.Agents != nil {
+			if resp, err := CallAgent(c, a.Agents, ag.ID, http.MethodGet, "/clones", "", http.Header{}, nil); err == nil && resp.Status == http.StatusOK {
+				var list []json.RawMessage
+				if json.Unmarshal(resp.Body, &list) == nil {
+					known = int64(len(list))
+				}
+			}
+		}
+		clones += known
+	}
+	return clones, used, nil
+}
+
+// recordCloneOwner remembers who created the clone of a successful
+// create (usage per user); a failure is logged, the clone stands.
+func (a *API) recordCloneOwner(c *gin.Context, ag *store.Agent, resp *AgentAnswer) {
+	var created struct {
+		ID string `json:"id"`
+	}
+	p := principal.From(c)
+	if json.Unmarshal(resp.Body, &created) != nil || created.ID == "" || p == nil {
+		return
+	}
+	if err := a.Store.RecordCloneOwner(c.Request.Context(), ag.OrgID, ag.ID, created.ID, p.UserID); err != nil {
+		a.Logger.Warn("engine proxy: record the clone's owner", "agent", ag.ID, "clone", created.ID, "err", err)
 	}
 }
