@@ -176,8 +176,10 @@ func (a *API) portal(c *gin.Context) {
 // maxWebhookBody bounds a Stripe webhook request.
 const maxWebhookBody = 1 << 20
 
-// StripeWebhookPath is where Stripe sends billing events.
-const StripeWebhookPath = Prefix + "/billing/stripe/webhook"
+// StripeWebhookPath is where Stripe sends billing events: outside
+// /api/v1, like the agents' enrollment, since no person or API token
+// calls it (docs/billing.md documents it).
+const StripeWebhookPath = "/api/billing/v1/stripe/webhook"
 
 // stripeWebhook answers Stripe's POST StripeWebhookPath. It has no
 // session or token: the signature is the authentication (see
