@@ -192,7 +192,8 @@ func (s *Store) RecordReportHour(ctx context.Context, hour time.Time, reports []
 		}
 		now := s.now()
 		for i := range reports {
-			reports[i].Status, reports[i].NextAttemptAt, reports[i].CreatedAt = ReportPending, now, now
+			// Due at once: the hour is over.
+			reports[i].Status, reports[i].NextAttemptAt, reports[i].CreatedAt = ReportPending, hour.UTC(), now
 		}
 		return tx.Clauses(clause.OnConflict{DoNothing: true}).CreateInBatches(&reports, 1000).Error
 	})
