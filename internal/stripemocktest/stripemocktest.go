@@ -89,7 +89,7 @@ func Start(t testing.TB) *Mock {
 		t.Fatal(err)
 	}
 	addr := l.Addr().String()
-	_ = l.Close() // stripe-mock listens on it next
+	_ = l.Close()                                // stripe-mock listens on it next
 	cmd := exec.Command(bin, "-http-addr", addr) //nolint:gosec // the repository's own tool
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	out, err := cmd.StdoutPipe()

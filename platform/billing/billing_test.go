@@ -263,7 +263,9 @@ func TestWebhooks(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	webhookRows := func() string { return strings.Join(s.env.QueryStrings("SELECT count(*)::text FROM billing_webhook_events"), "") }
+	webhookRows := func() string {
+		return strings.Join(s.env.QueryStrings("SELECT count(*)::text FROM billing_webhook_events"), "")
+	}
 	now := time.Now()
 	created := event("evt_sub_created", "customer.subscription.created", now, subscription(cust, "active", "price_team", now))
 
