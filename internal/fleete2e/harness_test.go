@@ -34,6 +34,13 @@ type runningAgent struct {
 // platformURL with enrollToken.
 func startAgent(t testing.TB, platformURL, enrollToken, name string) *runningAgent {
 	t.Helper()
+	return startAgentReporting(t, platformURL, enrollToken, name, 0)
+}
+
+// startAgentReporting is startAgent with usage samples every reportEvery
+// (the agent's default when 0).
+func startAgentReporting(t testing.TB, platformURL, enrollToken, name string, reportEvery time.Duration) *runningAgent {
+	t.Helper()
 	testenv.NeedsRoot(t, "root, for loop devices, mounts and the postgres OS user")
 	pool := clonetest.NewPool(t)
 	t.Cleanup(func() { clonetest.KillClones(pool) })
@@ -52,7 +59,7 @@ func startAgent(t testing.TB, platformURL, enrollToken, name string) *runningAge
 	ra := &runningAgent{cfg: cfg, pool: pool, logs: &logtest.Buffer{}, done: make(chan error, 1)}
 	ctx, cancel := context.WithCancel(context.Background()) // ended at cleanup
 	ra.cancel = cancel
-	a, err := agent.NewWithOptions(ctx, agent.Options{Config: cfg, Pools: []storage.Pool{pool}, Logger: ra.logs.Logger(), Version: "e2e"})
+	a, err := agent.NewWithOptions(ctx, agent.Options{Config: cfg, Pools: []storage.Pool{pool}, Logger: ra.logs.Logger(), Version: "e2e", ReportInterval: reportEvery})
 	if err != nil {
 		cancel()
 		t.Fatal(err)
