@@ -43,7 +43,12 @@ type setup struct {
 	now   time.Time
 }
 
-func newSetup(t *testing.T, enabled bool) *setup {
+func newSetup(t *testing.T, enabled bool) *setup { return newSetupWith(t, enabled) }
+
+// newSetupTB is newSetup for benchmarks (billing on).
+func newSetupTB(b *testing.B) *setup { return newSetupWith(b, true) }
+
+func newSetupWith(t testing.TB, enabled bool) *setup {
 	t.Helper()
 	mock := stripemocktest.Start(t)
 	env := platformtest.New(t, platformtest.WithConfig(func(c *server.Config) {

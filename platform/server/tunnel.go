@@ -225,6 +225,15 @@ func (t *tunnelHooks) onDisconnect(a hub.AgentIdentity) {
 // onEvents stores a batch; the store skips events it holds already (a
 // batch comes again when its ack was lost).
 func (t *tunnelHooks) onEvents(ctx context.Context, agentID string, events []tunnel.Event) error {
+	return StoreAgentEvents(ctx, t.store, agentID, events)
+}
+
+// StoreAgentEvents is the hub's ingestion of one batch of an agent's
+// events (its OnEvents): every event once by its ID, and the usage
+// samples among them as usage rows, each sample once. Exported for the
+// ingestion benchmark (platform/usage), which drives it without a
+// websocket per simulated agent.
+func StoreAgentEvents(ctx context.Context, st *store.Store, agentID string, events []tunnel.Event) error {
 	rows := make([]store.NewAgentEvent, 0, len(events))
 	for _, e := range events {
 		rows = append(rows, store.NewAgentEvent{
@@ -232,13 +241,13 @@ func (t *tunnelHooks) onEvents(ctx context.Context, agentID string, events []tun
 			Snapshot: e.Snapshot, Pool: e.Pool, Message: e.Message, Data: e.Data,
 		})
 	}
-	if _, err := t.store.InsertAgentEvents(ctx, agentID, rows); err != nil {
+	if _, err := st.InsertAgentEvents(ctx, agentID, rows); err != nil {
 		return err
 	}
 	// Usage samples also become usage rows, each sample once (its ID is
 	// fixed by its period); a failure here is a refused batch, which the
 	// agent sends again.
-	return usage.Ingest(ctx, t.store, agentID, events)
+	return usage.Ingest(ctx, st, agentID, events)
 }
 
 // disconnectors closes a revoked agent's tunnel on every one given.
