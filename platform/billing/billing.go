@@ -39,11 +39,11 @@ func New(cfg Config, st *store.Store, logger *slog.Logger, httpClient *http.Clie
 			HTTPClient: httpClient,
 			// Retries are the report loop's (persisted, with the same
 			// idempotency key), not the client's in memory.
-			MaxNetworkRetries: stripe.Int64(0),
+			MaxNetworkRetries: new(int64(0)),
 			LeveledLogger:     &stripe.LeveledLogger{Level: stripe.LevelNull},
 		}
 		if cfg.APIURL != "" {
-			bc.URL = stripe.String(cfg.APIURL)
+			bc.URL = new(cfg.APIURL)
 		}
 		b.stripe = client.New(cfg.SecretKey, stripe.NewBackendsWithConfig(bc))
 	}
@@ -131,7 +131,7 @@ func (b *Billing) CheckClone(ctx context.Context, orgID string, clones int64, st
 	if l.Clones != nil && clones >= int64(*l.Clones) {
 		return &LimitError{Limit: "clones", Plan: eff.Plan.Name, Max: *l.Clones, Current: clones}
 	}
-	if l.StorageGiB != nil && storageBytes >= uint64(*l.StorageGiB)<<30 {
+	if l.StorageGiB != nil && storageBytes>>30 >= uint64(max(*l.StorageGiB, 0)) { //nolint:gosec // not negative (max), validated too
 		return &LimitError{Limit: "storageGiB", Plan: eff.Plan.Name, Max: *l.StorageGiB, Current: int64(storageBytes >> 30)}
 	}
 	return nil
@@ -172,7 +172,7 @@ func (b *Billing) Customer(ctx context.Context, orgID, orgName string) (string, 
 	if id := acc.CustomerID(); id != "" {
 		return id, nil
 	}
-	p := &stripe.CustomerParams{Name: stripe.String(orgName)}
+	p := &stripe.CustomerParams{Name: new(orgName)}
 	p.Context = ctx
 	p.AddMetadata("thinlab_org_id", orgID)
 	// The same key for every first attempt of this organization: two
@@ -199,17 +199,17 @@ func (b *Billing) Checkout(ctx context.Context, orgID, orgName, planName, succes
 	if err != nil {
 		return "", err
 	}
-	items := []*stripe.CheckoutSessionLineItemParams{{Price: stripe.String(p.PriceID), Quantity: stripe.Int64(1)}}
+	items := []*stripe.CheckoutSessionLineItemParams{{Price: new(p.PriceID), Quantity: new(int64(1))}}
 	for _, m := range p.MeteredPriceIDs {
-		items = append(items, &stripe.CheckoutSessionLineItemParams{Price: stripe.String(m)})
+		items = append(items, &stripe.CheckoutSessionLineItemParams{Price: new(m)})
 	}
 	params := &stripe.CheckoutSessionParams{
-		Mode:              stripe.String(string(stripe.CheckoutSessionModeSubscription)),
-		Customer:          stripe.String(cust),
-		ClientReferenceID: stripe.String(orgID),
+		Mode:              new(string(stripe.CheckoutSessionModeSubscription)),
+		Customer:          new(cust),
+		ClientReferenceID: new(orgID),
 		LineItems:         items,
-		SuccessURL:        stripe.String(successURL),
-		CancelURL:         stripe.String(cancelURL),
+		SuccessURL:        new(successURL),
+		CancelURL:         new(cancelURL),
 		SubscriptionData:  &stripe.CheckoutSessionSubscriptionDataParams{Metadata: map[string]string{"thinlab_org_id": orgID}},
 	}
 	params.Context = ctx
@@ -236,7 +236,7 @@ func (b *Billing) Portal(ctx context.Context, orgID, orgName, returnURL string) 
 	if err != nil {
 		return "", err
 	}
-	p := &stripe.BillingPortalSessionParams{Customer: stripe.String(cust), ReturnURL: stripe.String(returnURL)}
+	p := &stripe.BillingPortalSessionParams{Customer: new(cust), ReturnURL: new(returnURL)}
 	p.Context = ctx
 	s, err := b.stripe.BillingPortalSessions.New(p)
 	if err != nil {

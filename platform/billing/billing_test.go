@@ -28,7 +28,6 @@ const (
 	meterEvents   = "/v1/billing/meter_events"
 )
 
-func intp(n int) *int { return &n }
 
 // setup is a platform with billing on, pointed at stripe-mock through the
 // recording proxy: a free plan (1 clone, 1 agent, 10 GiB) and a team plan
@@ -56,8 +55,8 @@ func newSetupWith(t testing.TB, enabled bool) *setup {
 			Enabled: &enabled, SecretKey: "sk_test_platformtest", WebhookSecret: webhookSecret, APIURL: mock.URL,
 			GracePeriod: time.Hour,
 			Plans: []billing.Plan{
-				{Name: "free", Limits: billing.Limits{Clones: intp(1), Agents: intp(1), StorageGiB: intp(10)}},
-				{Name: "team", PriceID: "price_team", Limits: billing.Limits{Clones: intp(5), Agents: intp(3)}, CloneHourCents: 10, MonthlyCents: 2000},
+				{Name: "free", Limits: billing.Limits{Clones: new(1), Agents: new(1), StorageGiB: new(10)}},
+				{Name: "team", PriceID: "price_team", Limits: billing.Limits{Clones: new(5), Agents: new(3)}, CloneHourCents: 10, MonthlyCents: 2000},
 			},
 		}
 	}))

@@ -152,9 +152,9 @@ func (b *Billing) send(ctx context.Context, r store.BillingUsageReport, customer
 		err = fmt.Errorf("organization %s has no Stripe customer", r.OrgID)
 	} else {
 		p := &stripe.BillingMeterEventParams{
-			EventName:  stripe.String(r.Meter),
-			Identifier: stripe.String(r.IdempotencyKey),
-			Timestamp:  stripe.Int64(r.PeriodStart.Unix()),
+			EventName:  new(r.Meter),
+			Identifier: new(r.IdempotencyKey),
+			Timestamp:  new(r.PeriodStart.Unix()),
 			Payload:    map[string]string{"stripe_customer_id": customer, "value": strconv.FormatInt(r.Quantity, 10)},
 		}
 		p.Context = ctx

@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"errors"
+	"maps"
 	"time"
 
 	"gorm.io/gorm"
@@ -124,9 +125,7 @@ func (s *Store) ApplyBillingEvent(ctx context.Context, ch BillingEventChange) (b
 		}
 		if len(ch.Account) > 0 {
 			cols := map[string]any{"updated_at": s.now()}
-			for k, v := range ch.Account {
-				cols[k] = v
-			}
+			maps.Copy(cols, ch.Account)
 			if err := tx.Exec(`INSERT INTO billing_accounts (org_id, updated_at) VALUES (?, ?) ON CONFLICT (org_id) DO NOTHING`, ch.OrgID, s.now()).Error; err != nil {
 				return err
 			}
