@@ -131,7 +131,7 @@ func (b *Billing) CheckClone(ctx context.Context, orgID string, clones int64, st
 	if l.Clones != nil && clones >= int64(*l.Clones) {
 		return &LimitError{Limit: "clones", Plan: eff.Plan.Name, Max: *l.Clones, Current: clones}
 	}
-	if l.StorageGiB != nil && storageBytes>>30 >= uint64(max(*l.StorageGiB, 0)) { //nolint:gosec // not negative (max), validated too
+	if l.StorageGiB != nil && storageBytes>>30 >= uint64(max(*l.StorageGiB, 0)) {
 		return &LimitError{Limit: "storageGiB", Plan: eff.Plan.Name, Max: *l.StorageGiB, Current: int64(storageBytes >> 30)}
 	}
 	return nil
