@@ -421,4 +421,18 @@ func TestCheckoutAndPortal(t *testing.T) {
 	if r.Status != http.StatusOK || !strings.Contains(string(r.Body), `"plan":"free"`) {
 		t.Fatalf("billing: %d %s", r.Status, r.Body)
 	}
+	// The Billing page: plan, limits, projection, the upgrade button.
+	r = s.env.Do(http.MethodGet, "/o/acme/billing", s.token, nil)
+	for _, want := range []string{`id="plan">free<`, "Clones at once", "10 GiB", `id="projected"`, "Subscribe to team", "No invoices yet"} {
+		if r.Status != http.StatusOK || !strings.Contains(string(r.Body), want) {
+			t.Fatalf("Billing page: %d, want %q in\n%s", r.Status, want, r.Body)
+		}
+	}
+	// The Usage page (no usage yet) and its CSV export link.
+	r = s.env.Do(http.MethodGet, "/o/acme/usage?period=month&by=agent", s.token, nil)
+	for _, want := range []string{`id="usage"`, "No usage in this range", "format=csv", `id="savings"`} {
+		if r.Status != http.StatusOK || !strings.Contains(string(r.Body), want) {
+			t.Fatalf("Usage page: %d, want %q in\n%s", r.Status, want, r.Body)
+		}
+	}
 }
