@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"strings"
 	"time"
@@ -308,10 +309,7 @@ func SetEngineAudit(c *gin.Context, target string, resp *AgentAnswer) {
 // organization's plan allows no more clones (or storage), and reports
 // whether it did.
 func (a *API) checkCloneLimit(c *gin.Context, orgID string) bool {
-	clones, used, err := a.orgCloneUse(c, orgID)
-	if err == nil {
-		err = a.Billing.CheckClone(c.Request.Context(), orgID, clones, used)
-	}
+	err := CheckCloneLimit(c, a.Store, a.Agents, a.Billing, orgID)
 	var le *billing.LimitError
 	switch {
 	case errors.As(err, &le):
@@ -328,11 +326,25 @@ func (a *API) checkCloneLimit(c *gin.Context, orgID string) bool {
 // CodePlanLimit is the code of a creation refused by a plan limit.
 const CodePlanLimit = "PLAN_LIMIT"
 
-// orgCloneUse counts orgID's clones, asking each of its agents that
+// CheckCloneLimit is nil when orgID's plan allows one more clone, a
+// *billing.LimitError naming the limit when it does not (shared by the
+// engine proxy and the Clones page).
+func CheckCloneLimit(c *gin.Context, st *store.Store, t AgentTransports, b *billing.Billing, orgID string) error {
+	if !b.Enabled() {
+		return nil
+	}
+	clones, used, err := OrgCloneUse(c, st, t, orgID)
+	if err != nil {
+		return err
+	}
+	return b.CheckClone(c.Request.Context(), orgID, clones, used)
+}
+
+// OrgCloneUse counts orgID's clones, asking each of its agents that
 // answers (GET /clones through its tunnel) and taking the last facts of
 // those that do not, and sums the space its agents' pools use.
-func (a *API) orgCloneUse(c *gin.Context, orgID string) (int64, uint64, error) {
-	agents, err := a.Store.ListAgents(c.Request.Context(), orgID)
+func OrgCloneUse(c *gin.Context, st *store.Store, t AgentTransports, orgID string) (int64, uint64, error) {
+	agents, err := st.ListAgents(c.Request.Context(), orgID)
 	if err != nil {
 		return 0, 0, err
 	}
@@ -348,8 +360,8 @@ func (a *API) orgCloneUse(c *gin.Context, orgID string) (int64, uint64, error) {
 			used += p.UsedBytes
 			known += int64(p.Clones)
 		}
-		if a.Agents != nil {
-			if resp, err := CallAgent(c, a.Agents, ag.ID, http.MethodGet, "/clones", "", http.Header{}, nil); err == nil && resp.Status == http.StatusOK {
+		if t != nil {
+			if resp, err := CallAgent(c, t, ag.ID, http.MethodGet, "/clones", "", http.Header{}, nil); err == nil && resp.Status == http.StatusOK {
 				var list []json.RawMessage
 				if json.Unmarshal(resp.Body, &list) == nil {
 					known = int64(len(list))
@@ -362,16 +374,24 @@ func (a *API) orgCloneUse(c *gin.Context, orgID string) (int64, uint64, error) {
 }
 
 // recordCloneOwner remembers who created the clone of a successful
-// create (usage per user); a failure is logged, the clone stands.
+// create (usage per user).
 func (a *API) recordCloneOwner(c *gin.Context, ag *store.Agent, resp *AgentAnswer) {
 	var created struct {
 		ID string `json:"id"`
 	}
+	if json.Unmarshal(resp.Body, &created) == nil {
+		RecordCloneOwner(c, a.Store, a.Logger, ag, created.ID)
+	}
+}
+
+// RecordCloneOwner records the caller as the creator of cloneID on ag
+// (usage per user); a failure is logged, the clone stands.
+func RecordCloneOwner(c *gin.Context, st *store.Store, log *slog.Logger, ag *store.Agent, cloneID string) {
 	p := principal.From(c)
-	if json.Unmarshal(resp.Body, &created) != nil || created.ID == "" || p == nil {
+	if cloneID == "" || p == nil {
 		return
 	}
-	if err := a.Store.RecordCloneOwner(c.Request.Context(), ag.OrgID, ag.ID, created.ID, p.UserID); err != nil {
-		a.Logger.Warn("engine proxy: record the clone's owner", "agent", ag.ID, "clone", created.ID, "err", err)
+	if err := st.RecordCloneOwner(c.Request.Context(), ag.OrgID, ag.ID, cloneID, p.UserID); err != nil {
+		log.Warn("record the clone's owner", "agent", ag.ID, "clone", cloneID, "err", err)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"strings"
 	"testing"
@@ -27,7 +28,6 @@ const (
 	webhookSecret = "whsec_platform_test_secret"
 	meterEvents   = "/v1/billing/meter_events"
 )
-
 
 // setup is a platform with billing on, pointed at stripe-mock through the
 // recording proxy: a free plan (1 clone, 1 agent, 10 GiB) and a team plan
@@ -372,6 +372,20 @@ func TestLimitsRefuseCreationNamingTheLimit(t *testing.T) {
 				}
 			} else if r.Status != http.StatusServiceUnavailable {
 				t.Fatalf("clone with billing off: %d %s, want it forwarded (503: the agent is not connected)", r.Status, r.Body)
+			}
+			// The Clones page's form checks the same limit.
+			form := "agent=" + ag.ID + "&username=dev&password=Vx9-kq2%21Lm7%23pz4Rw8"
+			req, _ := http.NewRequestWithContext(t.Context(), http.MethodPost, s.env.URL+"/o/acme/clones", strings.NewReader(form))
+			req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+			req.Header.Set("Authorization", "Bearer "+s.token)
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			page, _ := io.ReadAll(resp.Body)
+			_ = resp.Body.Close()
+			if enabled && (resp.StatusCode != http.StatusPaymentRequired || !strings.Contains(string(page), "limit clones")) {
+				t.Fatalf("clone form beyond the limit: %d, want 402 naming the limit\n%s", resp.StatusCode, page)
 			}
 			_, secret, err := s.env.Store.CreateEnrollmentToken(context.Background(), s.org.ID, s.owner.ID, "more", time.Now().Add(time.Hour), nil)
 			if err != nil {
