@@ -207,7 +207,12 @@ func (a *API) stripeWebhook(c *gin.Context) {
 		a.internal(c, "apply the Stripe event", err)
 		return
 	}
-	c.JSON(http.StatusOK, gin.H{"received": true, "applied": applied})
+	if applied.OrgID != "" && a.Audit != nil {
+		// Stripe is not a user: the event has no actor; the
+		// organization's admins see what changed their plan.
+		_ = a.Audit.Record(c, audit.Event{OrgID: applied.OrgID, Action: "billing.webhook", Target: applied.Type + " " + applied.EventID}) // logged by Record
+	}
+	c.JSON(http.StatusOK, gin.H{"received": true, "applied": applied.OrgID != ""})
 }
 
 // orgLocks serialises clone creations per organization on this replica,

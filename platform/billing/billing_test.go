@@ -295,6 +295,9 @@ func TestWebhooks(t *testing.T) {
 	if p := s.plan(t); p.Plan.Name != "team" {
 		t.Fatalf("plan after the subscription: %s, want team", p.Plan.Name)
 	}
+	if evs := s.env.AuditEvents(); len(evs) == 0 || evs[len(evs)-1].Action != "billing.webhook" || !strings.Contains(evs[len(evs)-1].Target, "evt_sub_created") {
+		t.Fatalf("the applied event is not in the organization's audit log: %+v", evs)
+	}
 	canceled := event("evt_sub_deleted", "customer.subscription.deleted", now.Add(time.Second), subscription(cust, "canceled", "price_team", now))
 	if r := s.post(t, canceled, webhookSecret, now); r.Status != http.StatusOK {
 		t.Fatalf("subscription deleted: %d %s", r.Status, r.Body)

@@ -32,19 +32,23 @@ type SignatureError struct{ Err error }
 func (e *SignatureError) Error() string { return "Stripe webhook signature refused: " + e.Err.Error() }
 func (e *SignatureError) Unwrap() error { return e.Err }
 
-// HandleWebhook verifies and applies one Stripe webhook request; it
-// reports whether the event changed anything (false for a redelivered or
-// ignored one).
-func (b *Billing) HandleWebhook(ctx context.Context, payload []byte, signature string) (bool, error) {
+// Applied is what a webhook event did: OrgID is empty when it changed
+// nothing (redelivered, or not about one of this platform's customers).
+type Applied struct {
+	EventID, Type, OrgID string
+}
+
+// HandleWebhook verifies and applies one Stripe webhook request.
+func (b *Billing) HandleWebhook(ctx context.Context, payload []byte, signature string) (Applied, error) {
 	if !b.Enabled() {
-		return false, ErrDisabled
+		return Applied{}, ErrDisabled
 	}
 	ev, err := webhook.ConstructEvent(payload, signature, b.cfg.WebhookSecret)
 	if err != nil {
-		return false, &SignatureError{Err: err}
+		return Applied{}, &SignatureError{Err: err}
 	}
 	if ev.ID == "" || len(ev.ID) > 200 {
-		return false, &SignatureError{Err: errors.New("event without a usable id")}
+		return Applied{}, &SignatureError{Err: errors.New("event without a usable id")}
 	}
 	at := time.Unix(ev.Created, 0).UTC()
 	ch := store.BillingEventChange{EventID: ev.ID, Type: string(ev.Type)}
@@ -52,13 +56,13 @@ func (b *Billing) HandleWebhook(ctx context.Context, payload []byte, signature s
 	case "customer.subscription.created", "customer.subscription.updated", "customer.subscription.deleted":
 		var sub stripe.Subscription
 		if err := json.Unmarshal(ev.Data.Raw, &sub); err != nil {
-			return false, fmt.Errorf("event %s: read the subscription: %w", ev.ID, err)
+			return Applied{}, fmt.Errorf("event %s: read the subscription: %w", ev.ID, err)
 		}
 		if sub.Customer == nil {
 			break
 		}
 		if ch.OrgID, err = b.orgOfCustomer(ctx, sub.Customer.ID); err != nil {
-			return false, err
+			return Applied{}, err
 		}
 		if ev.Type == "customer.subscription.deleted" {
 			ch.Account = map[string]any{"plan": "", "subscription_status": string(stripe.SubscriptionStatusCanceled), "stripe_subscription_id": ""}
@@ -89,13 +93,13 @@ func (b *Billing) HandleWebhook(ctx context.Context, payload []byte, signature s
 	case "invoice.paid", "invoice.payment_failed":
 		var inv stripe.Invoice
 		if err := json.Unmarshal(ev.Data.Raw, &inv); err != nil {
-			return false, fmt.Errorf("event %s: read the invoice: %w", ev.ID, err)
+			return Applied{}, fmt.Errorf("event %s: read the invoice: %w", ev.ID, err)
 		}
 		if inv.Customer == nil {
 			break
 		}
 		if ch.OrgID, err = b.orgOfCustomer(ctx, inv.Customer.ID); err != nil {
-			return false, err
+			return Applied{}, err
 		}
 		if ch.OrgID == "" {
 			break
@@ -121,12 +125,14 @@ func (b *Billing) HandleWebhook(ctx context.Context, payload []byte, signature s
 	}
 	applied, err := b.store.ApplyBillingEvent(ctx, ch)
 	if err != nil {
-		return false, err
+		return Applied{}, err
 	}
+	out := Applied{EventID: ev.ID, Type: string(ev.Type)}
 	if applied && ch.OrgID != "" {
 		b.log.Info("billing: Stripe event applied", "event", ev.ID, "type", ev.Type, "org", ch.OrgID)
+		out.OrgID = ch.OrgID
 	}
-	return applied && ch.OrgID != "", nil
+	return out, nil
 }
 
 // orgOfCustomer is the organization of a Stripe customer ("" for one
