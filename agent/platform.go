@@ -200,6 +200,7 @@ func (a *Agent) usageClones() []usage.Clone {
 	for _, c := range a.clones.List() {
 		out = append(out, usage.Clone{
 			ID: c.ID, Pool: c.Pool, CreatedAt: c.CreatedAt, DiffBytes: c.DiffSize,
+			LogicalBytes: c.LogicalSize, CloningTime: c.CloningTime,
 			Running: c.Status != clone.StatusFatal,
 		})
 	}

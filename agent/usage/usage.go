@@ -36,6 +36,11 @@ type Clone struct {
 	Running   bool // its postgres serves (status OK or being reset)
 	CreatedAt time.Time
 	DiffBytes uint64 // space the clone has written
+	// LogicalBytes is the size of the clone's data as a full copy, and
+	// CloningTime how long the clone took to be made: the platform's
+	// savings estimate compares them with full copies.
+	LogicalBytes uint64
+	CloningTime  time.Duration
 }
 
 // Pool is what the sampler needs to know of a pool.
@@ -63,6 +68,9 @@ type CloneSample struct {
 	// Seconds the clone existed (running or being reset) in the period.
 	Seconds   float64 `json:"seconds"`
 	DiffBytes uint64  `json:"diffBytes"`
+	// LogicalBytes and CloningSeconds: see Clone.
+	LogicalBytes   uint64  `json:"logicalBytes,omitempty"`
+	CloningSeconds float64 `json:"cloningSeconds,omitempty"`
 	// Destroyed is set when the clone was destroyed in the period.
 	Destroyed bool `json:"destroyed,omitempty"`
 }
@@ -206,11 +214,13 @@ func (s *Sampler) Take(ctx context.Context, from time.Time) (time.Time, error) {
 		if _, gone := s.destroyed[c.ID]; gone || !c.Running {
 			continue
 		}
-		smp.Clones = append(smp.Clones, CloneSample{ID: c.ID, Pool: c.Pool, DiffBytes: c.DiffBytes, Seconds: overlap(c.CreatedAt, to)})
+		smp.Clones = append(smp.Clones, CloneSample{ID: c.ID, Pool: c.Pool, DiffBytes: c.DiffBytes, Seconds: overlap(c.CreatedAt, to),
+			LogicalBytes: c.LogicalBytes, CloningSeconds: c.CloningTime.Seconds()})
 	}
 	for id, at := range s.destroyed {
 		c := s.known[id]
-		smp.Clones = append(smp.Clones, CloneSample{ID: id, Pool: c.Pool, DiffBytes: c.DiffBytes, Seconds: overlap(c.CreatedAt, at), Destroyed: true})
+		smp.Clones = append(smp.Clones, CloneSample{ID: id, Pool: c.Pool, DiffBytes: c.DiffBytes, Seconds: overlap(c.CreatedAt, at), Destroyed: true,
+			LogicalBytes: c.LogicalBytes, CloningSeconds: c.CloningTime.Seconds()})
 		delete(s.known, id)
 	}
 	clear(s.destroyed)

@@ -37,6 +37,13 @@ func startAgent(t testing.TB, platformURL, enrollToken, name string) *runningAge
 	return startAgentWith(t, platformURL, enrollToken, name, nil)
 }
 
+// startAgentReporting is startAgent with usage samples every reportEvery
+// (the agent's default when 0).
+func startAgentReporting(t testing.TB, platformURL, enrollToken, name string, reportEvery time.Duration) *runningAgent {
+	t.Helper()
+	return startAgentWith(t, platformURL, enrollToken, name, func(o *agent.Options) { o.ReportInterval = reportEvery })
+}
+
 // startAgentWith is startAgent with the agent's options changed by opt.
 func startAgentWith(t testing.TB, platformURL, enrollToken, name string, opt func(*agent.Options)) *runningAgent {
 	t.Helper()

@@ -18,6 +18,7 @@ import (
 
 	"github.com/thinlab/thinlab/platform/access"
 	"github.com/thinlab/thinlab/platform/audit"
+	"github.com/thinlab/thinlab/platform/billing"
 	"github.com/thinlab/thinlab/platform/orgrules"
 	"github.com/thinlab/thinlab/platform/rbac"
 	"github.com/thinlab/thinlab/platform/store"
@@ -47,6 +48,14 @@ type API struct {
 	Agents AgentTransports
 	// ReplicaID names this replica, to tell "connected elsewhere" apart.
 	ReplicaID string
+	// Billing enforces plan limits and talks to Stripe; a disabled one
+	// (billing.enabled false) limits nothing. Never nil.
+	Billing *billing.Billing
+	// CopyRateMiBPerSecond is the full-copy rate of the savings estimate
+	// (usage.copyRateMiBPerSecond).
+	CopyRateMiBPerSecond float64
+
+	cloneCreates orgLocks
 }
 
 //go:embed openapi.json
@@ -95,6 +104,15 @@ func Routes(a *API) []access.Route {
 		// Agents enroll with the enrollment token in the body; the
 		// handler audits into the token's organization.
 		{Method: post, Path: tunnel.EnrollPath, Public: true, Handler: a.enroll, RateLimit: access.RateEnrollFailures},
+		// Usage reports and billing.
+		{Method: get, Path: p + "/orgs/:org/usage", Permission: rbac.UsageRead, Handler: a.getUsage},
+		{Method: get, Path: p + "/orgs/:org/usage/savings", Permission: rbac.UsageRead, Handler: a.getSavings},
+		{Method: get, Path: p + "/orgs/:org/billing", Permission: rbac.BillingRead, Handler: a.getBilling},
+		{Method: post, Path: p + "/orgs/:org/billing/checkout", Permission: rbac.BillingManage, Action: "billing.checkout", Handler: a.checkout},
+		{Method: post, Path: p + "/orgs/:org/billing/portal", Permission: rbac.BillingManage, Action: "billing.portal", Handler: a.portal},
+		// Stripe's webhook: no session or token; the handler verifies
+		// Stripe's signature over the body (platform/billing, webhook.go).
+		{Method: post, Path: StripeWebhookPath, Public: true, Handler: a.stripeWebhook},
 	}, a.engineRoutes()...)
 }
 

@@ -120,6 +120,16 @@ func TestEveryMutationIsAudited(t *testing.T) {
 		"PATCH /api/v1/orgs/:org/agents/:agent/engine/clone/:id":      engineRefusals(ag.ID, "/clone/c1", viewerTok, ownerTok),
 		"DELETE /api/v1/orgs/:org/agents/:agent/engine/clone/:id":     engineRefusals(ag.ID, "/clone/c1", viewerTok, ownerTok),
 		"POST /api/v1/orgs/:org/agents/:agent/engine/clone/:id/reset": engineRefusals(ag.ID, "/clone/c1/reset", viewerTok, ownerTok),
+		// Billing is off on this platform: the owner's call is refused
+		// too (409); calls that reach stripe-mock: platform/billing.
+		"POST /api/v1/orgs/:org/billing/checkout": {
+			{"/api/v1/orgs/aud/billing/checkout", `{"plan":"team"}`, "Authorization", "Bearer " + viewerTok, false},
+			{"/api/v1/orgs/aud/billing/checkout", `{"plan":"team"}`, "Authorization", "Bearer " + ownerTok, false},
+		},
+		"POST /api/v1/orgs/:org/billing/portal": {
+			{"/api/v1/orgs/aud/billing/portal", "", "Authorization", "Bearer " + viewerTok, false},
+			{"/api/v1/orgs/aud/billing/portal", "", "Authorization", "Bearer " + ownerTok, false},
+		},
 		"DELETE /api/v1/orgs/:org/tokens/:token": {
 			{"/api/v1/orgs/aud/tokens/" + victimTok.ID, "", "Authorization", "Bearer " + viewerTok, false},
 			{"/api/v1/orgs/aud/tokens/" + victimTok.ID, "", "Authorization", "Bearer " + ownerTok, true},

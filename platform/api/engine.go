@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"strings"
 	"time"
@@ -14,7 +15,9 @@ import (
 
 	"github.com/thinlab/thinlab/platform/access"
 	"github.com/thinlab/thinlab/platform/audit"
+	"github.com/thinlab/thinlab/platform/billing"
 	"github.com/thinlab/thinlab/platform/hub"
+	"github.com/thinlab/thinlab/platform/principal"
 	"github.com/thinlab/thinlab/platform/rbac"
 	"github.com/thinlab/thinlab/platform/store"
 	"github.com/thinlab/thinlab/sdk/platformapi"
@@ -195,6 +198,16 @@ func (a *API) engineProxy(er EngineRoute) gin.HandlerFunc {
 			}
 		}
 		path := enginePath(c.Request)
+		create := er.Method == http.MethodPost && er.Path == "/clone"
+		if create && a.Billing.Enabled() {
+			// The plan's limits, counted and checked with this
+			// organization's other creations on this replica waiting.
+			unlock := a.cloneCreates.lock(ag.OrgID)
+			defer unlock()
+			if refused := a.checkCloneLimit(c, ag.OrgID); refused {
+				return
+			}
+		}
 		author := ""
 		if er.ForwardAuthor {
 			author = access.Caller(c).Email
@@ -212,6 +225,9 @@ func (a *API) engineProxy(er EngineRoute) gin.HandlerFunc {
 		}
 		if er.Action != "" {
 			auditEngineAnswer(c, ag.ID, er, path, resp)
+		}
+		if create && resp.Status < 300 {
+			a.recordCloneOwner(c, ag, resp)
 		}
 		for _, h := range forwardedAnswerHeaders {
 			if v := resp.Header.Get(h); v != "" {
@@ -320,5 +336,96 @@ func SetEngineAudit(c *gin.Context, target string, resp *AgentAnswer) {
 			msg += " " + e.Code + ": " + e.Message
 		}
 		audit.SetError(c, msg)
+	}
+}
+
+// checkCloneLimit answers 402 naming the limit and the plan when the
+// organization's plan allows no more clones (or storage), and reports
+// whether it did.
+func (a *API) checkCloneLimit(c *gin.Context, orgID string) bool {
+	err := CheckCloneLimit(c, a.Store, a.Agents, a.Billing, orgID)
+	var le *billing.LimitError
+	switch {
+	case errors.As(err, &le):
+		engineError(c, http.StatusPaymentRequired, CodePlanLimit, le.Error())
+		return true
+	case err != nil:
+		a.Logger.Error("engine proxy: checking the plan's limits", "org", orgID, "err", err)
+		engineError(c, http.StatusInternalServerError, "INTERNAL", "checking the plan's limits failed on the server; try again")
+		return true
+	}
+	return false
+}
+
+// CodePlanLimit is the code of a creation refused by a plan limit.
+const CodePlanLimit = "PLAN_LIMIT"
+
+// CheckCloneLimit is nil when orgID's plan allows one more clone, a
+// *billing.LimitError naming the limit when it does not (shared by the
+// engine proxy and the Clones page).
+func CheckCloneLimit(c *gin.Context, st *store.Store, t AgentTransports, b *billing.Billing, orgID string) error {
+	if !b.Enabled() {
+		return nil
+	}
+	clones, used, err := OrgCloneUse(c, st, t, orgID)
+	if err != nil {
+		return err
+	}
+	return b.CheckClone(c.Request.Context(), orgID, clones, used)
+}
+
+// OrgCloneUse counts orgID's clones, asking each of its agents that
+// answers (GET /clones through its tunnel) and taking the last facts of
+// those that do not, and sums the space its agents' pools use.
+func OrgCloneUse(c *gin.Context, st *store.Store, t AgentTransports, orgID string) (int64, uint64, error) {
+	agents, err := st.ListAgents(c.Request.Context(), orgID)
+	if err != nil {
+		return 0, 0, err
+	}
+	var clones int64
+	var used uint64
+	for _, ag := range agents {
+		if ag.RevokedAt != nil {
+			continue
+		}
+		facts := ag.AgentFacts()
+		known := int64(0)
+		for _, p := range facts.Pools {
+			used += p.UsedBytes
+			known += int64(p.Clones)
+		}
+		if t != nil {
+			if resp, err := CallAgent(c, t, ag.ID, http.MethodGet, "/clones", "", http.Header{}, nil, ""); err == nil && resp.Status == http.StatusOK {
+				var list []json.RawMessage
+				if json.Unmarshal(resp.Body, &list) == nil {
+					known = int64(len(list))
+				}
+			}
+		}
+		clones += known
+	}
+	return clones, used, nil
+}
+
+// recordCloneOwner remembers who created the clone of a successful
+// create (usage per user).
+func (a *API) recordCloneOwner(c *gin.Context, ag *store.Agent, resp *AgentAnswer) {
+	var created struct {
+		ID string `json:"id"`
+	}
+	if json.Unmarshal(resp.Body, &created) == nil {
+		RecordCloneOwner(c, a.Store, a.Logger, ag, created.ID)
+	}
+}
+
+// RecordCloneOwner records the caller as the creator of cloneID on ag
+// (usage per user); a failure is logged, the clone stands.
+func RecordCloneOwner(c *gin.Context, st *store.Store, log *slog.Logger, ag *store.Agent, cloneID string) {
+	p := principal.From(c)
+	if cloneID == "" || p == nil {
+		return
+	}
+	if err := st.RecordCloneOwner(c.Request.Context(), ag.OrgID, ag.ID, cloneID, p.UserID); err != nil {
+		log.Warn("record the clone's owner", "agent", ag.ID, "clone", cloneID, "err", err)
 	}
 }

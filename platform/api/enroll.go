@@ -8,6 +8,7 @@ import (
 
 	"github.com/thinlab/thinlab/platform/access"
 	"github.com/thinlab/thinlab/platform/audit"
+	"github.com/thinlab/thinlab/platform/billing"
 	"github.com/thinlab/thinlab/platform/orgrules"
 	"github.com/thinlab/thinlab/platform/store"
 	"github.com/thinlab/thinlab/sdk/platformapi"
@@ -37,8 +38,22 @@ func (a *API) enroll(c *gin.Context) {
 	if reject(c, orgrules.AgentFacts(req.Facts)) {
 		return
 	}
-	agent, credential, tok, err := a.Store.Enroll(c.Request.Context(), req.Token, req.Facts)
+	var caps []store.AgentCap
+	if cp := a.Billing.AgentCap(c.Request.Context()); cp != nil {
+		caps = append(caps, cp)
+	}
+	agent, credential, tok, err := a.Store.Enroll(c.Request.Context(), req.Token, req.Facts, caps...)
+	var capErr *store.AgentCapError
+	var limit *billing.LimitError
 	switch {
+	case errors.As(err, &capErr) && errors.As(err, &limit):
+		// A valid token of an organization whose plan allows no more
+		// agents: the agent's operator is told which limit.
+		a.Logger.Warn("agent enrollment refused by the plan", "org", tok.OrgID, "err", err)
+		a.recordEnroll(c, tok.OrgID, tok.ID, err.Error())
+		access.Error(c, http.StatusPaymentRequired, CodePlanLimitAPI, limit.Error(), "")
+	case errors.As(err, &capErr):
+		a.internal(c, "check the plan's agent limit", err)
 	case err == nil:
 		a.recordEnroll(c, tok.OrgID, agent.ID, "")
 		a.Logger.Info("agent enrolled", "agent", agent.ID, "org", agent.OrgID, "enrollment_token", tok.ID, "ip", c.ClientIP())
@@ -58,6 +73,10 @@ func (a *API) enroll(c *gin.Context) {
 		a.internal(c, "enroll the agent", err)
 	}
 }
+
+// CodePlanLimitAPI is the API error code of a creation refused by a plan
+// limit.
+const CodePlanLimitAPI = "plan_limit"
 
 // recordEnroll audits an enrollment into orgID; nobody is signed in, so
 // the event has no actor, and target is the new agent (or the refused

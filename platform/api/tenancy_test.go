@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/thinlab/thinlab/platform/api"
 	"github.com/thinlab/thinlab/platform/auth"
 	"github.com/thinlab/thinlab/platform/hub"
 	"github.com/thinlab/thinlab/platform/platformtest"
@@ -196,6 +197,8 @@ func (tt *tenants) bodyFor(method, path string) any {
 		return map[string]string{"name": fmt.Sprintf("renamed-%d", n)}
 	case method == http.MethodPost && strings.HasSuffix(path, "/enrollment-tokens"):
 		return map[string]string{"name": fmt.Sprintf("leak-%d", n)}
+	case method == http.MethodPost && strings.HasSuffix(path, "/billing/checkout"):
+		return map[string]string{"plan": "team"}
 	}
 	return nil
 }
@@ -368,6 +371,18 @@ var ownStatus = map[string]status{
 	"GET /o/:org/agents/:agent/branches":               {http.StatusServiceUnavailable, http.StatusServiceUnavailable},
 	"GET /o/:org/agents/:agent/snapshots/diff":         {http.StatusBadRequest, http.StatusBadRequest},
 	"GET /o/:org/agents/:agent/metrics":                {http.StatusOK, http.StatusOK},
+	// Usage and billing; billing is off on this platform, so the
+	// Stripe actions answer 409 billing_disabled (with billing on,
+	// through stripe-mock: platform/billing).
+	"GET /api/v1/orgs/:org/usage":             {http.StatusOK, http.StatusOK},
+	"GET /api/v1/orgs/:org/usage/savings":     {http.StatusOK, http.StatusOK},
+	"GET /api/v1/orgs/:org/billing":           {http.StatusOK, http.StatusOK},
+	"POST /api/v1/orgs/:org/billing/checkout": {http.StatusConflict, http.StatusConflict},
+	"POST /api/v1/orgs/:org/billing/portal":   {http.StatusConflict, http.StatusConflict},
+	"GET /o/:org/usage":                       {http.StatusOK, http.StatusOK},
+	"GET /o/:org/billing":                     {http.StatusOK, http.StatusOK},
+	"POST /o/:org/billing/checkout":           {http.StatusConflict, http.StatusConflict},
+	"POST /o/:org/billing/portal":             {http.StatusConflict, http.StatusConflict},
 }
 
 // TestTenantIsolation walks EVERY route of the route table (API and web
@@ -455,6 +470,12 @@ func TestTenantIsolation(t *testing.T) {
 			// Only a replica with the relay secret relays: a user's token
 			// or session, for B's agent, is refused.
 			noLeak(t, "the relay", expect(t, as, http.MethodGet, hub.RelayPath+"?agent="+tt.agentB+"&kind=api&port=0&ts=1", nil, http.StatusUnauthorized))
+		},
+		"POST " + api.StripeWebhookPath: func(t *testing.T, as caller) {
+			// Stripe's webhook: billing is off here (404); with billing on
+			// only Stripe's signature counts (platform/billing tests), never
+			// a user's token or session.
+			noLeak(t, "the Stripe webhook", expect(t, as, http.MethodPost, api.StripeWebhookPath, map[string]string{"id": "evt_" + tt.b.ID}, http.StatusNotFound))
 		},
 		"GET /static/*filepath": func(t *testing.T, as caller) {
 			expect(t, as, http.MethodGet, "/static/style.css", nil, http.StatusOK)

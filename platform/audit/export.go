@@ -73,3 +73,8 @@ func defuseFormula(s string) string {
 	}
 	return s
 }
+
+// DefuseFormula is the same defence for other CSV exports of the
+// platform (usage reports): a cell that would start a formula gets a
+// leading single quote.
+func DefuseFormula(s string) string { return defuseFormula(s) }

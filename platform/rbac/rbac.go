@@ -46,8 +46,12 @@ const (
 	MemberRead    Permission = "member:read"
 	TokenManage   Permission = "token:manage"
 	BillingManage Permission = "billing:manage"
-	AuditRead     Permission = "audit:read"
-	OrgManage     Permission = "org:manage"
+	// BillingRead sees the plan, limits, projected invoice and invoices.
+	BillingRead Permission = "billing:read"
+	// UsageRead sees usage reports (per agent, user and clone) and savings.
+	UsageRead Permission = "usage:read"
+	AuditRead Permission = "audit:read"
+	OrgManage Permission = "org:manage"
 )
 
 // Permissions lists every permission.
@@ -55,7 +59,7 @@ var Permissions = []Permission{
 	CloneRead, CloneCreate, CloneUpdate, CloneDelete, CloneConnect,
 	SnapshotRead, SnapshotCreate, SnapshotUpdate, SnapshotDelete,
 	AgentManage, AgentRead, AgentRefresh, MemberManage, MemberRead,
-	TokenManage, BillingManage, AuditRead, OrgManage,
+	TokenManage, BillingManage, BillingRead, UsageRead, AuditRead, OrgManage,
 }
 
 // grants is the whole policy: what each role may do.
@@ -65,7 +69,7 @@ var grants = map[Role][]Permission{
 		CloneRead, CloneCreate, CloneUpdate, CloneDelete, CloneConnect,
 		SnapshotRead, SnapshotCreate, SnapshotUpdate, SnapshotDelete,
 		AgentManage, AgentRead, AgentRefresh, MemberManage, MemberRead,
-		TokenManage, AuditRead,
+		TokenManage, AuditRead, BillingRead, UsageRead,
 	},
 	// Members work with clones (their own and others': clones are
 	// shared within the organization) and take snapshots; deleting or

@@ -24,6 +24,8 @@ func TestMatrix(t *testing.T) {
 		MemberRead:     {Owner: y, Admin: y, Member: y, Viewer: y},
 		TokenManage:    {Owner: y, Admin: y, Member: y, Viewer: n},
 		BillingManage:  {Owner: y, Admin: n, Member: n, Viewer: n},
+		BillingRead:    {Owner: y, Admin: y, Member: n, Viewer: n},
+		UsageRead:      {Owner: y, Admin: y, Member: n, Viewer: n},
 		AuditRead:      {Owner: y, Admin: y, Member: n, Viewer: n},
 		OrgManage:      {Owner: y, Admin: n, Member: n, Viewer: n},
 	}

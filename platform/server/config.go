@@ -16,6 +16,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/thinlab/thinlab/platform/auth"
+	"github.com/thinlab/thinlab/platform/billing"
 	"github.com/thinlab/thinlab/platform/ratelimit"
 	"github.com/thinlab/thinlab/platform/store"
 )
@@ -54,6 +55,19 @@ type Config struct {
 	Bootstrap Bootstrap `yaml:"bootstrap"`
 	// Tunnel is the agent hub: where agents' tunnels end on this replica.
 	Tunnel TunnelConfig `yaml:"tunnel"`
+	// Usage configures usage reports (docs/billing.md).
+	Usage UsageConfig `yaml:"usage"`
+	// Billing is usage-based billing through Stripe (docs/billing.md);
+	// off unless a Stripe secret key is set.
+	Billing billing.Config `yaml:"billing"`
+}
+
+// UsageConfig configures usage reports.
+type UsageConfig struct {
+	// CopyRateMiBPerSecond is the rate a full copy of a clone's data is
+	// assumed to be made at, for the savings estimate (default 600, what
+	// `cp -a` reached on the project's machines).
+	CopyRateMiBPerSecond float64 `yaml:"copyRateMiBPerSecond"`
 }
 
 // Bootstrap makes, at start, what a scripted install (make demo, a VM
@@ -216,6 +230,15 @@ func (c *Config) applyEnv(lookup func(string) (string, bool)) error {
 		}
 		c.Tunnel.HeartbeatInterval = d
 	}
+	str("BILLING_SECRET_KEY", &c.Billing.SecretKey)
+	str("BILLING_WEBHOOK_SECRET", &c.Billing.WebhookSecret)
+	if v, ok := lookup(EnvPrefix + "BILLING_ENABLED"); ok {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			return fmt.Errorf("%sBILLING_ENABLED=%q: use true or false", EnvPrefix, v)
+		}
+		c.Billing.Enabled = &b
+	}
 	str("OIDC_ISSUER", &c.OIDC.Issuer)
 	str("OIDC_CLIENT_ID", &c.OIDC.ClientID)
 	str("OIDC_CLIENT_SECRET", &c.OIDC.ClientSecret)
@@ -315,6 +338,12 @@ func (c *Config) Validate() error {
 		if b.EnrollmentTokenFile != "" && !filepath.IsAbs(b.EnrollmentTokenFile) {
 			return fmt.Errorf("bootstrap.enrollmentTokenFile %q: use an absolute path", b.EnrollmentTokenFile)
 		}
+	}
+	if c.Usage.CopyRateMiBPerSecond < 0 {
+		return fmt.Errorf("usage.copyRateMiBPerSecond %g: use a positive rate in MiB/s (or leave it unset for 600)", c.Usage.CopyRateMiBPerSecond)
+	}
+	if err := c.Billing.Validate(); err != nil {
+		return err
 	}
 	for _, p := range c.TrustedProxies {
 		if net.ParseIP(p) == nil {

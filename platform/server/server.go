@@ -6,6 +6,7 @@
 package server
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -26,10 +27,12 @@ import (
 	"github.com/thinlab/thinlab/platform/api"
 	"github.com/thinlab/thinlab/platform/audit"
 	"github.com/thinlab/thinlab/platform/auth"
+	"github.com/thinlab/thinlab/platform/billing"
 	"github.com/thinlab/thinlab/platform/hub"
 	"github.com/thinlab/thinlab/platform/principal"
 	"github.com/thinlab/thinlab/platform/ratelimit"
 	"github.com/thinlab/thinlab/platform/store"
+	"github.com/thinlab/thinlab/platform/usage"
 	"github.com/thinlab/thinlab/platform/web"
 	"github.com/thinlab/thinlab/sdk/platformapi"
 )
@@ -49,6 +52,9 @@ type Options struct {
 	// connections (`thinlab connect`). Nil when no hub runs here: those
 	// routes answer 503.
 	Tunnels api.Tunnels
+	// StripeHTTPClient is the Stripe client's HTTP client (tests record
+	// what reaches stripe-mock); nil: the default.
+	StripeHTTPClient *http.Client
 }
 
 // Server is one platform replica.
@@ -65,6 +71,7 @@ type Server struct {
 	// database under replicaID.
 	hub       *hub.Hub
 	replicaID string
+	billing   *billing.Billing
 }
 
 // New opens (or starts) the database, applies migrations and builds the
@@ -147,9 +154,15 @@ func New(ctx context.Context, cfg Config, opts Options) (_ *Server, err error) {
 		tunnels = opts.Tunnels
 	}
 	routes := []access.Route{{Method: http.MethodGet, Path: "/healthz", Public: true, Handler: s.healthz}, s.tunnelRoute(), s.relayRoute()}
-	routes = append(routes, api.Routes(&api.API{Store: s.store, Logger: logger, Audit: s.audit, Disconnector: disconnect, Agents: s.hub, ReplicaID: s.replicaID, BaseURL: signIn.BaseURL(), Tunnels: tunnels})...)
+	s.billing = billing.New(cfg.Billing, s.store, logger, opts.StripeHTTPClient)
+	copyRate := cmp.Or(cfg.Usage.CopyRateMiBPerSecond, usage.DefaultCopyRateMiBPerSecond)
+	routes = append(routes, api.Routes(&api.API{
+		Store: s.store, Logger: logger, Audit: s.audit, Disconnector: disconnect, Agents: s.hub, ReplicaID: s.replicaID,
+		BaseURL: signIn.BaseURL(), Tunnels: tunnels, Billing: s.billing, CopyRateMiBPerSecond: copyRate,
+	})...)
 	wb := web.New(signIn, s.store, logger, disconnect)
 	wb.Agents = s.hub
+	wb.Billing, wb.CopyRateMiBPerSecond = s.billing, copyRate
 	routes = append(routes, wb.Routes()...)
 	if err := s.guard.Mount(s.engine, routes); err != nil {
 		return nil, err
@@ -271,6 +284,9 @@ func (s *Server) healthz(c *gin.Context) {
 // Routes returns the route table, for tests that walk every route.
 func (s *Server) Routes() []access.Route { return slices.Clone(s.routes) }
 
+// Billing is the platform's billing (disabled without billing.enabled).
+func (s *Server) Billing() *billing.Billing { return s.billing }
+
 // Hub is this replica's end of the agents' tunnels.
 func (s *Server) Hub() *hub.Hub { return s.hub }
 
@@ -290,6 +306,11 @@ func (s *Server) Handler() http.Handler { return s.engine }
 // within the configured timeout.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	hs := &http.Server{Handler: s.engine, ReadHeaderTimeout: 10 * time.Second}
+	// The hourly usage reports to Stripe run while the replica serves
+	// (every replica; each hour is computed and each report sent once).
+	bctx, stopBilling := context.WithCancel(ctx)
+	defer stopBilling()
+	go s.billing.Run(bctx)
 	errc := make(chan error, 1)
 	go func() { errc <- hs.Serve(ln) }()
 	go s.downsampleMetrics(ctx)

@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"os"
 	"slices"
@@ -22,6 +23,7 @@ import (
 	"github.com/thinlab/thinlab/platform/access"
 	"github.com/thinlab/thinlab/platform/hub"
 	"github.com/thinlab/thinlab/platform/store"
+	"github.com/thinlab/thinlab/platform/usage"
 	"github.com/thinlab/thinlab/sdk/tunnel"
 )
 
@@ -226,6 +228,15 @@ func (t *tunnelHooks) onDisconnect(a hub.AgentIdentity) {
 // onEvents stores a batch; the store skips events it holds already (a
 // batch comes again when its ack was lost).
 func (t *tunnelHooks) onEvents(ctx context.Context, agentID string, events []tunnel.Event) error {
+	return StoreAgentEvents(ctx, t.store, agentID, events)
+}
+
+// StoreAgentEvents is the hub's ingestion of one batch of an agent's
+// events (its OnEvents): every event once by its ID, and the usage
+// samples among them as usage rows, each sample once. Exported for the
+// ingestion benchmark (platform/usage), which drives it without a
+// websocket per simulated agent.
+func StoreAgentEvents(ctx context.Context, st *store.Store, agentID string, events []tunnel.Event) error {
 	// Resource samples are kept apart, for the charts (with their own
 	// retention and downsampling), not in the event log.
 	var samples []tunnel.MetricsSample
@@ -235,13 +246,14 @@ func (t *tunnelHooks) onEvents(ctx context.Context, agentID string, events []tun
 		}
 		var smp tunnel.MetricsSample
 		if err := json.Unmarshal(e.Data, &smp); err != nil || smp.Time.IsZero() {
-			t.logger.Warn("tunnel: an agent's metrics sample does not read; dropped", "agent", agentID, "event", e.ID, "err", err)
+			// Refusing the batch would stall the agent's journal on it.
+			slog.Warn("tunnel: an agent's metrics sample does not read; dropped", "agent", agentID, "event", e.ID, "err", err)
 			return true
 		}
 		samples = append(samples, smp)
 		return true
 	})
-	if _, err := t.store.InsertAgentMetrics(ctx, agentID, samples); err != nil {
+	if _, err := st.InsertAgentMetrics(ctx, agentID, samples); err != nil {
 		return err
 	}
 	rows := make([]store.NewAgentEvent, 0, len(events))
@@ -251,8 +263,13 @@ func (t *tunnelHooks) onEvents(ctx context.Context, agentID string, events []tun
 			Snapshot: e.Snapshot, Pool: e.Pool, Message: e.Message, Data: e.Data,
 		})
 	}
-	_, err := t.store.InsertAgentEvents(ctx, agentID, rows)
-	return err
+	if _, err := st.InsertAgentEvents(ctx, agentID, rows); err != nil {
+		return err
+	}
+	// Usage samples also become usage rows, each sample once (its ID is
+	// fixed by its period); a failure here is a refused batch, which the
+	// agent sends again.
+	return usage.Ingest(ctx, st, agentID, events)
 }
 
 // disconnectors closes a revoked agent's tunnel on every one given.

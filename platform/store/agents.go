@@ -122,7 +122,12 @@ func freeAgentName(tx *gorm.DB, orgID, name string) (string, error) {
 // ErrEnrollmentInvalid, -Expired, -Revoked and -UsedUp; for the last three
 // the token is returned too, so that the caller can audit into its
 // organization.
-func (s *Store) Enroll(ctx context.Context, secret string, facts tunnel.AgentFacts) (*Agent, string, *EnrollmentToken, error) {
+//
+// With caps, each is asked inside the transaction, with the
+// organization's row locked (concurrent enrollments into it are counted
+// one after the other), whether one more agent is allowed; a refusal is
+// an *AgentCapError, returned with the token.
+func (s *Store) Enroll(ctx context.Context, secret string, facts tunnel.AgentFacts, caps ...AgentCap) (*Agent, string, *EnrollmentToken, error) {
 	if !strings.HasPrefix(secret, EnrollmentTokenPrefix) {
 		return nil, "", nil, ErrEnrollmentInvalid
 	}
@@ -146,6 +151,20 @@ func (s *Store) Enroll(ctx context.Context, secret string, facts tunnel.AgentFac
 			now := s.now()
 			if err := tok.refusal(now); err != nil {
 				return err
+			}
+			if len(caps) > 0 {
+				if err := tx.Exec("SELECT id FROM organizations WHERE id = ? FOR UPDATE", tok.OrgID).Error; err != nil {
+					return err
+				}
+				var count int64
+				if err := tx.Model(&Agent{}).Where("org_id = ? AND revoked_at IS NULL", tok.OrgID).Count(&count).Error; err != nil {
+					return err
+				}
+				for _, c := range caps {
+					if err := c(tok.OrgID, count); err != nil {
+						return &AgentCapError{Err: err}
+					}
+				}
 			}
 			name, err := freeAgentName(tx, tok.OrgID, agentNameFrom(facts.Name))
 			if err != nil {
@@ -173,9 +192,21 @@ func (s *Store) Enroll(ctx context.Context, secret string, facts tunnel.AgentFac
 		return nil, "", nil, err
 	case errors.Is(err, ErrEnrollmentExpired), errors.Is(err, ErrEnrollmentRevoked), errors.Is(err, ErrEnrollmentUsedUp):
 		return nil, "", &tok, err
+	case errors.As(err, new(*AgentCapError)):
+		return nil, "", &tok, err
 	}
 	return nil, "", nil, fmt.Errorf("enroll an agent: %w", err)
 }
+
+// AgentCap refuses one more agent of orgID, which has count agents that
+// are not revoked (a plan limit); nil allows it.
+type AgentCap func(orgID string, count int64) error
+
+// AgentCapError is an enrollment an AgentCap refused.
+type AgentCapError struct{ Err error }
+
+func (e *AgentCapError) Error() string { return e.Err.Error() }
+func (e *AgentCapError) Unwrap() error { return e.Err }
 
 // AuthenticateAgent resolves an agent credential to its agent, refusing
 // unknown credentials (ErrAgentCredentialInvalid) and revoked agents

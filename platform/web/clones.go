@@ -15,6 +15,7 @@ import (
 	"github.com/thinlab/thinlab/platform/access"
 	"github.com/thinlab/thinlab/platform/api"
 	"github.com/thinlab/thinlab/platform/audit"
+	"github.com/thinlab/thinlab/platform/billing"
 	"github.com/thinlab/thinlab/platform/hub"
 	"github.com/thinlab/thinlab/platform/rbac"
 	"github.com/thinlab/thinlab/platform/store"
@@ -189,6 +190,18 @@ func (w *Web) createClone(c *gin.Context) {
 		w.fail(c, http.StatusBadRequest, "username and password: both are needed for the clone's database user", again)
 		return
 	}
+	if w.Billing.Enabled() {
+		// The plan's limits, as the engine proxy checks them.
+		err := api.CheckCloneLimit(c, w.store, w.Agents, w.Billing, org.ID)
+		if le, ok := errors.AsType[*billing.LimitError](err); ok {
+			w.fail(c, http.StatusPaymentRequired, le.Error(), again)
+			return
+		}
+		if err != nil {
+			w.internal(c, "check the plan's limits", err)
+			return
+		}
+	}
 	cl, err := w.agentClient(ag)
 	if err != nil {
 		status, msg := agentFailure(ag, err)
@@ -223,6 +236,7 @@ func (w *Web) createClone(c *gin.Context) {
 		w.fail(c, status, msg, again)
 		return
 	}
+	api.RecordCloneOwner(c, w.store, w.logger, ag, created.ID)
 	w.redirectWithFlash(c, clonePath(org.Slug, ag.ID, created.ID), "Clone "+created.ID+" is being created on "+ag.Name+".")
 }
 

@@ -18,6 +18,7 @@ import (
 	"github.com/thinlab/thinlab/platform/api"
 	"github.com/thinlab/thinlab/platform/audit"
 	"github.com/thinlab/thinlab/platform/auth"
+	"github.com/thinlab/thinlab/platform/billing"
 	"github.com/thinlab/thinlab/platform/orgrules"
 	"github.com/thinlab/thinlab/platform/principal"
 	"github.com/thinlab/thinlab/platform/rbac"
@@ -35,6 +36,11 @@ type Web struct {
 	// Agents reaches agents' APIs through their tunnels (clones and
 	// snapshots pages); nil without a hub.
 	Agents api.AgentTransports
+	// Billing is the platform's billing (never nil once the server set
+	// it; disabled without billing.enabled).
+	Billing *billing.Billing
+	// CopyRateMiBPerSecond is the savings estimate's full-copy rate.
+	CopyRateMiBPerSecond float64
 }
 
 // New returns the UI over a's sign-in and st; its pages render a's
@@ -95,6 +101,10 @@ func (w *Web) Routes() []access.Route {
 		{Method: get, Path: "/o/:org/agents/:agent/snapshots/diff", Permission: rbac.SnapshotRead, Handler: w.snapshotDiffPage},
 		{Method: post, Path: "/o/:org/agents/:agent/snapshots", Permission: rbac.SnapshotCreate, Action: "snapshot.create", Handler: w.createSnapshot},
 		{Method: post, Path: "/o/:org/agents/:agent/snapshots/delete", Permission: rbac.SnapshotDelete, Action: "snapshot.delete", Handler: w.deleteSnapshot},
+		{Method: get, Path: "/o/:org/usage", Permission: rbac.UsageRead, Handler: w.usagePage},
+		{Method: get, Path: "/o/:org/billing", Permission: rbac.BillingRead, Handler: w.billingPage},
+		{Method: post, Path: "/o/:org/billing/checkout", Permission: rbac.BillingManage, Action: "billing.checkout", Handler: w.checkout},
+		{Method: post, Path: "/o/:org/billing/portal", Permission: rbac.BillingManage, Action: "billing.portal", Handler: w.portal},
 	}
 	for i := range rs {
 		if !rs[i].Public {
@@ -232,6 +242,8 @@ func nav(org *ui.Org, role rbac.Role, route string) []ui.NavItem {
 		{"Agents", "/agents", rbac.AgentRead},
 		{"Clones", "/clones", rbac.CloneRead},
 		{"Audit log", "/audit", rbac.AuditRead},
+		{"Usage", "/usage", rbac.UsageRead},
+		{"Billing", "/billing", rbac.BillingRead},
 	}
 	var out []ui.NavItem
 	for _, it := range items {
@@ -239,9 +251,6 @@ func nav(org *ui.Org, role rbac.Role, route string) []ui.NavItem {
 			continue
 		}
 		out = append(out, ui.NavItem{Label: it.label, Href: base + it.path, Active: route == "/o/:org"+it.path})
-	}
-	for _, soon := range []string{"Billing"} {
-		out = append(out, ui.NavItem{Label: soon, Soon: true})
 	}
 	return out
 }
