@@ -18,6 +18,7 @@ import (
 
 	"github.com/thinlab/thinlab/platform/access"
 	"github.com/thinlab/thinlab/platform/audit"
+	"github.com/thinlab/thinlab/platform/notify"
 	"github.com/thinlab/thinlab/platform/orgrules"
 	"github.com/thinlab/thinlab/platform/rbac"
 	"github.com/thinlab/thinlab/platform/store"
@@ -47,6 +48,10 @@ type API struct {
 	Agents AgentTransports
 	// ReplicaID names this replica, to tell "connected elsewhere" apart.
 	ReplicaID string
+	// Notifier mails invitations (nil: invitations are not mailed).
+	Notifier *notify.Notifier
+	// URLGuard checks Slack and webhook URLs (nil: channels refused).
+	URLGuard URLGuard
 }
 
 //go:embed openapi.json
@@ -95,8 +100,14 @@ func Routes(a *API) []access.Route {
 		// Agents enroll with the enrollment token in the body; the
 		// handler audits into the token's organization.
 		{Method: post, Path: tunnel.EnrollPath, Public: true, Handler: a.enroll, RateLimit: access.RateEnrollFailures},
-	}, a.engineRoutes()...)
+	}, append(a.engineRoutes(), a.notificationRoutes()...)...)
 }
+
+// The notification permissions, short for the route table.
+const (
+	notificationRead   = rbac.NotificationRead
+	notificationManage = rbac.NotificationManage
+)
 
 // Refusals of API tokens on the routes only a signed-in person may call
 // (the web UI's routes give the same answers).

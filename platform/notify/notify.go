@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/thinlab/thinlab/platform/rbac"
 	"github.com/thinlab/thinlab/platform/store"
 	"github.com/thinlab/thinlab/sdk/tunnel"
 )
@@ -19,6 +20,17 @@ type Notifier struct {
 	// emailOn: an SMTP server is configured (no email rows otherwise).
 	emailOn bool
 	now     func() time.Time
+	// OnCommit is called by Committed: the server wakes its delivery
+	// worker, so that a message goes out without waiting for a poll.
+	OnCommit func()
+}
+
+// Committed tells the notifier that a transaction with recorded events
+// committed.
+func (n *Notifier) Committed() {
+	if n != nil && n.OnCommit != nil {
+		n.OnCommit()
+	}
 }
 
 // New returns a Notifier for cfg (defaults filled in).
@@ -153,3 +165,63 @@ func (n *Notifier) nextDigest() time.Time {
 	now := n.now().UTC()
 	return now.Truncate(n.cfg.DigestInterval).Add(n.cfg.DigestInterval)
 }
+
+// Invitation is an invitation to create and mail.
+type Invitation struct {
+	Org       *store.Organization
+	Email     string
+	Role      rbac.Role
+	InvitedBy string // user ID
+	Inviter   string // how the email names who invited (their address)
+	// AcceptURL makes the acceptance link from the secret.
+	AcceptURL func(secret string) string
+}
+
+// Invite creates an invitation and its email in one transaction: the
+// invitation exists only with its message in the outbox (when SMTP is
+// configured and the organization has not turned invitation emails
+// off). mailed says whether an email was queued. The link (it holds the
+// secret) stays in the outbox row until the message is delivered.
+func (n *Notifier) Invite(ctx context.Context, st *store.Store, in Invitation) (inv *store.Invitation, secret string, mailed bool, err error) {
+	if n == nil { // a server without notifications: the link is shown only
+		inv, secret, err = st.CreateInvitation(ctx, in.Org.ID, in.Email, in.Role, in.InvitedBy)
+		return inv, secret, false, err
+	}
+	err = st.InTx(ctx, func(tx *store.Store) error {
+		var err error
+		inv, secret, err = tx.CreateInvitation(ctx, in.Org.ID, in.Email, in.Role, in.InvitedBy)
+		if err != nil {
+			return err
+		}
+		body := fmt.Sprintf("%s invited you to join the organization %s on Thinlab as %s.\n\nAccept the invitation (sign in with this address, %s):\n%s\n\nThe link works once and until %s.\nIf you did not expect this email, ignore it.\n",
+			in.Inviter, in.Org.Name, in.Role, inv.Email, in.AcceptURL(secret), inv.ExpiresAt.UTC().Format("2006-01-02 15:04 UTC"))
+		rec, err := n.Record(ctx, tx, Event{
+			OrgID: in.Org.ID, Name: InvitationSent, Target: inv.ID, Message: "invitation as " + string(in.Role),
+			SourceKey: "invitation:" + inv.ID, To: inv.Email, Payload: body,
+		})
+		mailed = rec.Deliveries > 0
+		return err
+	})
+	if err != nil {
+		return nil, "", false, err
+	}
+	n.Committed()
+	return inv, secret, mailed, nil
+}
+
+// Effective says whether event (or "*") goes to channel for user ("":
+// the organization's default) under ps, as routing decides it.
+func Effective(ps []store.NotificationPreference, user, event, channel string) bool {
+	p := prefs{}
+	for _, x := range ps {
+		p[[3]string{x.UserID, x.Event, x.Channel}] = x.Enabled
+	}
+	def := channel != store.ChannelDigest && channel != store.ChannelEmail
+	if k, ok := Lookup(event); ok && channel == store.ChannelEmail {
+		def = k.Email
+	}
+	return p.enabled(user, event, channel, def)
+}
+
+// EmailOn says whether an SMTP server is configured.
+func (n *Notifier) EmailOn() bool { return n != nil && n.emailOn }

@@ -31,8 +31,8 @@ type Worker struct {
 	mailer *mailer
 	guard  *guard
 	http   *guardedPoster
-	now  func() time.Time
-	wake chan struct{}
+	now    func() time.Time
+	wake   chan struct{}
 }
 
 // guardedPoster posts through the guarded client.

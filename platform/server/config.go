@@ -16,6 +16,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/thinlab/thinlab/platform/auth"
+	"github.com/thinlab/thinlab/platform/notify"
 	"github.com/thinlab/thinlab/platform/ratelimit"
 	"github.com/thinlab/thinlab/platform/store"
 )
@@ -54,6 +55,10 @@ type Config struct {
 	Bootstrap Bootstrap `yaml:"bootstrap"`
 	// Tunnel is the agent hub: where agents' tunnels end on this replica.
 	Tunnel TunnelConfig `yaml:"tunnel"`
+	// Notifications: the SMTP server, where webhooks may go, and the
+	// delivery workers (env THINLAB_PLATFORM_NOTIFICATIONS_SMTP_HOST,
+	// _SMTP_PORT, _SMTP_USERNAME, _SMTP_PASSWORD, _SMTP_FROM).
+	Notifications notify.Config `yaml:"notifications"`
 }
 
 // Bootstrap makes, at start, what a scripted install (make demo, a VM
@@ -216,6 +221,17 @@ func (c *Config) applyEnv(lookup func(string) (string, bool)) error {
 		}
 		c.Tunnel.HeartbeatInterval = d
 	}
+	str("NOTIFICATIONS_SMTP_HOST", &c.Notifications.SMTP.Host)
+	str("NOTIFICATIONS_SMTP_USERNAME", &c.Notifications.SMTP.Username)
+	str("NOTIFICATIONS_SMTP_PASSWORD", &c.Notifications.SMTP.Password)
+	str("NOTIFICATIONS_SMTP_FROM", &c.Notifications.SMTP.From)
+	if v, ok := lookup(EnvPrefix + "NOTIFICATIONS_SMTP_PORT"); ok {
+		n, err := strconv.Atoi(v)
+		if err != nil {
+			return fmt.Errorf("%sNOTIFICATIONS_SMTP_PORT=%q: use a port number such as 587", EnvPrefix, v)
+		}
+		c.Notifications.SMTP.Port = n
+	}
 	str("OIDC_ISSUER", &c.OIDC.Issuer)
 	str("OIDC_CLIENT_ID", &c.OIDC.ClientID)
 	str("OIDC_CLIENT_SECRET", &c.OIDC.ClientSecret)
@@ -315,6 +331,9 @@ func (c *Config) Validate() error {
 		if b.EnrollmentTokenFile != "" && !filepath.IsAbs(b.EnrollmentTokenFile) {
 			return fmt.Errorf("bootstrap.enrollmentTokenFile %q: use an absolute path", b.EnrollmentTokenFile)
 		}
+	}
+	if err := c.Notifications.Validate(); err != nil {
+		return err
 	}
 	for _, p := range c.TrustedProxies {
 		if net.ParseIP(p) == nil {

@@ -19,6 +19,7 @@ import (
 
 	"github.com/thinlab/thinlab/platform/access"
 	"github.com/thinlab/thinlab/platform/hub"
+	"github.com/thinlab/thinlab/platform/notify"
 	"github.com/thinlab/thinlab/platform/store"
 	"github.com/thinlab/thinlab/sdk/tunnel"
 )
@@ -37,6 +38,7 @@ type tunnelHooks struct {
 	// writeEvery is how often a heartbeat is written per agent.
 	writeEvery time.Duration
 	hub        *hub.Hub
+	notifier   *notify.Notifier
 	logger     interface {
 		Warn(string, ...any)
 		Error(string, ...any)
@@ -83,7 +85,7 @@ func (s *Server) newHub(ctx context.Context) error {
 	} else if n > 0 {
 		s.logger.Warn("agents left marked as connected to this replica by its previous run are now disconnected", "replica", id, "agents", n)
 	}
-	hooks := &tunnelHooks{store: s.store, replicaID: id, logger: s.logger, sessions: map[string]*recorded{}, writeEvery: heartbeatWriteEvery}
+	hooks := &tunnelHooks{store: s.store, notifier: s.notifier, replicaID: id, logger: s.logger, sessions: map[string]*recorded{}, writeEvery: heartbeatWriteEvery}
 	if hb := s.cfg.Tunnel.HeartbeatInterval; hb > 0 && 3*hb < heartbeatWriteEvery {
 		hooks.writeEvery = 3 * hb
 	}
@@ -185,11 +187,34 @@ func (t *tunnelHooks) onConnect(ctx context.Context, a hub.AgentIdentity, facts 
 		t.sessions[a.AgentID] = &recorded{since: since, lastWrite: since}
 	}
 	t.mu.Unlock()
-	if fresh {
-		if err := t.store.MarkAgentConnected(ctx, a.AgentID, t.replicaID, since); err != nil {
-			t.logger.Error("tunnel: record the agent as connected", "agent", a.AgentID, "err", err)
-		}
+	if !fresh {
+		return
 	}
+	// The connection and, when the agent had been gone, the notification
+	// that it is back commit together.
+	err := t.store.InTx(ctx, func(tx *store.Store) error {
+		ag, err := tx.HubAgent(ctx, a.AgentID)
+		if err != nil {
+			return err
+		}
+		if err := tx.MarkAgentConnected(ctx, a.AgentID, t.replicaID, since); err != nil {
+			return err
+		}
+		if ag.DisconnectedSince == nil || ag.RevokedAt != nil {
+			return nil // its first connection, or one about to be closed
+		}
+		_, err = t.notifier.Record(ctx, tx, notify.Event{
+			OrgID: ag.OrgID, Name: notify.AgentReconnected, AgentID: ag.ID, At: since,
+			Message:   "disconnected since " + ag.DisconnectedSince.UTC().Format(time.RFC3339),
+			SourceKey: fmt.Sprintf("agent-connected:%s:%d", ag.ID, since.UnixNano()),
+		})
+		return err
+	})
+	if err != nil {
+		t.logger.Error("tunnel: record the agent as connected", "agent", a.AgentID, "err", err)
+		return
+	}
+	t.notifier.Committed()
 }
 
 func (t *tunnelHooks) onHeartbeat(a hub.AgentIdentity, at time.Time) {
@@ -216,13 +241,34 @@ func (t *tunnelHooks) onDisconnect(a hub.AgentIdentity) {
 	t.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if _, err := t.store.MarkAgentDisconnected(ctx, a.AgentID, t.replicaID, time.Now()); err != nil {
+	at := time.Now()
+	err := t.store.InTx(ctx, func(tx *store.Store) error {
+		changed, err := tx.MarkAgentDisconnected(ctx, a.AgentID, t.replicaID, at)
+		if err != nil || !changed {
+			return err // another replica holds it now: not gone
+		}
+		ag, err := tx.HubAgent(ctx, a.AgentID)
+		if err != nil || ag.RevokedAt != nil {
+			return err // a revoked agent's tunnel was closed on purpose
+		}
+		_, err = t.notifier.Record(ctx, tx, notify.Event{
+			OrgID: ag.OrgID, Name: notify.AgentDisconnected, AgentID: ag.ID, At: at,
+			Message:   "the agent's tunnel to the platform closed",
+			SourceKey: fmt.Sprintf("agent-disconnected:%s:%d", ag.ID, at.UnixNano()),
+		})
+		return err
+	})
+	if err != nil {
 		t.logger.Error("tunnel: record the agent as disconnected", "agent", a.AgentID, "err", err)
+		return
 	}
+	t.notifier.Committed()
 }
 
-// onEvents stores a batch; the store skips events it holds already (a
-// batch comes again when its ack was lost).
+// onEvents stores a batch and the notifications it raises in one
+// transaction; the store skips events (and notifications of events) it
+// holds already: a batch comes again when its ack was lost. A batch that
+// fails is not acked, and the agent sends it again.
 func (t *tunnelHooks) onEvents(ctx context.Context, agentID string, events []tunnel.Event) error {
 	rows := make([]store.NewAgentEvent, 0, len(events))
 	for _, e := range events {
@@ -231,7 +277,19 @@ func (t *tunnelHooks) onEvents(ctx context.Context, agentID string, events []tun
 			Snapshot: e.Snapshot, Pool: e.Pool, Message: e.Message, Data: e.Data,
 		})
 	}
-	_, err := t.store.InsertAgentEvents(ctx, agentID, rows)
+	err := t.store.InTx(ctx, func(tx *store.Store) error {
+		if _, err := tx.InsertAgentEvents(ctx, agentID, rows); err != nil {
+			return err
+		}
+		ag, err := tx.HubAgent(ctx, agentID)
+		if err != nil {
+			return err
+		}
+		return t.notifier.AgentEvents(ctx, tx, ag.OrgID, agentID, events)
+	})
+	if err == nil {
+		t.notifier.Committed()
+	}
 	return err
 }
 

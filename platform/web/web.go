@@ -18,6 +18,7 @@ import (
 	"github.com/thinlab/thinlab/platform/api"
 	"github.com/thinlab/thinlab/platform/audit"
 	"github.com/thinlab/thinlab/platform/auth"
+	"github.com/thinlab/thinlab/platform/notify"
 	"github.com/thinlab/thinlab/platform/orgrules"
 	"github.com/thinlab/thinlab/platform/principal"
 	"github.com/thinlab/thinlab/platform/rbac"
@@ -35,6 +36,9 @@ type Web struct {
 	// Agents reaches agents' APIs through their tunnels (clones and
 	// snapshots pages); nil without a hub.
 	Agents api.AgentTransports
+	// Notifier mails invitations; URLGuard checks channel URLs.
+	Notifier *notify.Notifier
+	URLGuard api.URLGuard
 }
 
 // New returns the UI over a's sign-in and st; its pages render a's
@@ -92,6 +96,7 @@ func (w *Web) Routes() []access.Route {
 		{Method: post, Path: "/o/:org/agents/:agent/snapshots", Permission: rbac.SnapshotCreate, Action: "snapshot.create", Handler: w.createSnapshot},
 		{Method: post, Path: "/o/:org/agents/:agent/snapshots/delete", Permission: rbac.SnapshotDelete, Action: "snapshot.delete", Handler: w.deleteSnapshot},
 	}
+	rs = append(rs, w.notificationRoutes()...)
 	for i := range rs {
 		if !rs[i].Public {
 			rs[i].OnError = w.deny
@@ -205,6 +210,17 @@ func (w *Web) basePage(c *gin.Context, title string) ui.Page {
 	if org := access.OrgIfAny(c); org != nil {
 		p.Org = &ui.Org{ID: org.ID, Slug: org.Slug, Name: org.Name, Role: string(access.Role(c))}
 		p.Nav = nav(p.Org, access.Role(c), c.FullPath())
+		if rbac.Can(access.Role(c), rbac.NotificationRead) {
+			n, err := w.store.UnreadCount(c.Request.Context(), org.ID, pr.UserID)
+			if err != nil {
+				w.logger.Error("count unread notifications", "err", err)
+			}
+			for i := range p.Nav {
+				if p.Nav[i].Label == navNotifications {
+					p.Nav[i].Count = n
+				}
+			}
+		}
 	}
 	p.Flash = w.takeFlash(c)
 	return p
@@ -212,6 +228,10 @@ func (w *Web) basePage(c *gin.Context, title string) ui.Page {
 
 // page is basePage with the status of a successful GET.
 func (w *Web) page(c *gin.Context, title string) ui.Page { return w.basePage(c, title) }
+
+// navNotifications is the inbox's entry in the navigation (with the
+// unread count).
+const navNotifications = "Notifications"
 
 // nav lists the organization's sections the role may open; sections not
 // built yet are shown as "soon".
@@ -227,6 +247,7 @@ func nav(org *ui.Org, role rbac.Role, route string) []ui.NavItem {
 		{"API tokens", "/tokens", rbac.TokenManage},
 		{"Agents", "/agents", rbac.AgentRead},
 		{"Clones", "/clones", rbac.CloneRead},
+		{navNotifications, "/notifications", rbac.NotificationRead},
 		{"Audit log", "/audit", rbac.AuditRead},
 	}
 	var out []ui.NavItem
