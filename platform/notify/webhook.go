@@ -130,10 +130,20 @@ func (g *guard) check(a netip.Addr) error {
 		refused = refused || p.Contains(a)
 	}
 	if refused {
-		return fmt.Errorf("address %s is refused for notifications (loopback, link-local or cloud metadata); allow it with notifications.webhooks.allowAddresses", a)
+		return refusedAddress{a}
 	}
 	return nil
 }
+
+// refusedAddress is a dial the guard refused; no retry changes that, so
+// the message becomes a dead letter at once.
+type refusedAddress struct{ addr netip.Addr }
+
+func (e refusedAddress) Error() string {
+	return fmt.Sprintf("address %s is refused for notifications (loopback, link-local or cloud metadata); allow it with notifications.webhooks.allowAddresses", e.addr)
+}
+
+func (e refusedAddress) Is(target error) bool { return target == errPermanent }
 
 // control is the dialer's hook: it runs for every address dialled.
 func (g *guard) control(_, address string, _ syscall.RawConn) error {
