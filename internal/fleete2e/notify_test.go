@@ -1,0 +1,87 @@
+package fleete2e
+
+import (
+	"encoding/json"
+	"net/http"
+	"strings"
+	"testing"
+
+	"github.com/thinlab/thinlab/internal/mailpittest"
+	"github.com/thinlab/thinlab/platform/notify"
+	"github.com/thinlab/thinlab/platform/platformtest"
+	"github.com/thinlab/thinlab/platform/server"
+	"github.com/thinlab/thinlab/sdk/platformapi"
+)
+
+// TestAgentEventsReachInboxAndEmail: a snapshot taken on a real agent
+// (through the platform's engine proxy) comes back over the tunnel as
+// the agent's snapshot.created event and reaches the owner's inbox and,
+// as the organization turned that email on, their mailbox on a real
+// SMTP server; stopping the agent reaches both as agent.disconnected
+// (a warning: emailed by default).
+func TestAgentEventsReachInboxAndEmail(t *testing.T) {
+	mp := mailpittest.Start(t)
+	env, org, owner, ra, ag := enrolled(t, platformtest.WithConfig(func(c *server.Config) {
+		c.Notifications = notify.Config{SMTP: notify.SMTPConfig{
+			Host: mp.Host, Port: mp.Port, Username: mailpittest.Username, Password: mailpittest.Password,
+			From: "thinlab@platform.example", CAFile: mp.CAFile,
+		}}
+	}))
+	tok := env.Token(org, owner)
+	on := true
+	r := env.Do(http.MethodPut, "/api/v1/orgs/acme/notifications/org-preferences", tok, platformapi.SetNotificationPreferencesRequest{
+		Preferences: []platformapi.NotificationPreference{{Event: notify.SnapshotCreated, Channel: "email", Enabled: &on}},
+	})
+	if r.Status != http.StatusOK {
+		t.Fatalf("turn snapshot emails on: %d %s", r.Status, r.Body)
+	}
+	snap, err := engineClient(env, "acme", ag.ID, tok).CreateSnapshot(t.Context(), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	inbox := func() platformapi.Inbox {
+		var in platformapi.Inbox
+		r := env.Do(http.MethodGet, "/api/v1/orgs/acme/notifications/inbox", tok, nil)
+		if err := json.Unmarshal(r.Body, &in); err != nil || r.Status != http.StatusOK {
+			t.Fatalf("inbox: %d %s", r.Status, r.Body)
+		}
+		return in
+	}
+	find := func(in platformapi.Inbox, event string) *platformapi.Notification {
+		for i := range in.Items {
+			if in.Items[i].Event == event {
+				return &in.Items[i]
+			}
+		}
+		return nil
+	}
+	var got *platformapi.Notification
+	waitFor(t, "snapshot.created in the owner's inbox", func() bool {
+		got = find(inbox(), notify.SnapshotCreated)
+		return got != nil && got.Target == snap.ID
+	})
+	if got.AgentID != ag.ID || got.AgentName != "e2e-db" {
+		t.Errorf("notification %+v, want agent %s named e2e-db", got, ag.ID)
+	}
+	waitFor(t, "the snapshot email", func() bool {
+		for _, m := range mp.Messages() {
+			if strings.Contains(m.Subject, "Snapshot created: "+snap.ID) && strings.Contains(m.Subject, "on agent e2e-db") {
+				return len(m.To) == 1 && m.To[0].Address == owner.Email
+			}
+		}
+		return false
+	})
+
+	ra.stop(t)
+	waitFor(t, "agent.disconnected in the inbox and by email", func() bool {
+		if find(inbox(), notify.AgentDisconnected) == nil {
+			return false
+		}
+		for _, m := range mp.Messages() {
+			if strings.Contains(m.Subject, "Agent disconnected") {
+				return true
+			}
+		}
+		return false
+	})
+}
