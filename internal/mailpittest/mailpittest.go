@@ -51,13 +51,13 @@ func Start(t testing.TB) *Server {
 	}
 	smtpPort, httpPort := freePort(t), freePort(t)
 	s := &Server{Host: "127.0.0.1", Port: smtpPort, API: "http://127.0.0.1:" + strconv.Itoa(httpPort), CAFile: tlsFiles.CA, t: t}
-	cmd := exec.Command(bin,
+	cmd := exec.Command(bin, //nolint:gosec // G204: the Mailpit binary of this checkout, with the test's own arguments
 		"--smtp", "127.0.0.1:"+strconv.Itoa(smtpPort), "--listen", "127.0.0.1:"+strconv.Itoa(httpPort),
 		"--database", filepath.Join(dir, "mailpit.db"), "--max", "0",
 		"--smtp-tls-cert", tlsFiles.Cert, "--smtp-tls-key", tlsFiles.Key, "--smtp-require-starttls",
 		"--smtp-auth-file", auth, "--smtp-disable-rdns", "--disable-version-check", "--quiet",
 	)
-	log, err := os.Create(filepath.Join(dir, "mailpit.log"))
+	log, err := os.Create(filepath.Join(dir, "mailpit.log")) //nolint:gosec // G304: in the test's own temporary directory
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,7 +1,6 @@
 package notify_test
 
 import (
-	"context"
 	"encoding/json"
 	"io"
 	"net/http"
@@ -144,5 +143,3 @@ func createChannel(t *testing.T, env *platformtest.Env, org, token, kind, name, 
 	}
 	return ch
 }
-
-func bg() context.Context { return context.Background() }

@@ -13,8 +13,6 @@ import (
 	"github.com/thinlab/thinlab/sdk/platformapi"
 )
 
-func on(b bool) *bool { return &b }
-
 // TestPreferencesOffAndOverride: the organization turns an event's email
 // off and a member turns it back on for themselves (their override
 // wins); another member turns their inbox off. Only the member who
@@ -40,18 +38,18 @@ func TestPreferencesOffAndOverride(t *testing.T) {
 		}
 	}
 	put("org-preferences", ownerTok,
-		platformapi.NotificationPreference{Event: notify.LagHigh, Channel: "email", Enabled: on(false)},
-		platformapi.NotificationPreference{Event: notify.LagHigh, Channel: "slack", Enabled: on(false)})
-	put("preferences", annTok, platformapi.NotificationPreference{Event: notify.LagHigh, Channel: "email", Enabled: on(true)})
-	put("preferences", bobTok, platformapi.NotificationPreference{Event: "*", Channel: "inbox", Enabled: on(false)})
+		platformapi.NotificationPreference{Event: notify.LagHigh, Channel: "email", Enabled: new(false)},
+		platformapi.NotificationPreference{Event: notify.LagHigh, Channel: "slack", Enabled: new(false)})
+	put("preferences", annTok, platformapi.NotificationPreference{Event: notify.LagHigh, Channel: "email", Enabled: new(true)})
+	put("preferences", bobTok, platformapi.NotificationPreference{Event: "*", Channel: "inbox", Enabled: new(false)})
 	// A member may not set the organization's defaults nor its channels.
 	if r := env.Do(http.MethodPut, "/api/v1/orgs/acme/notifications/org-preferences", annTok, platformapi.SetNotificationPreferencesRequest{}); r.Status != http.StatusForbidden {
 		t.Errorf("a member setting organization defaults: %d, want 403", r.Status)
 	}
-	if r := env.Do(http.MethodPut, "/api/v1/orgs/acme/notifications/preferences", annTok, platformapi.SetNotificationPreferencesRequest{Preferences: []platformapi.NotificationPreference{{Event: "*", Channel: "slack", Enabled: on(false)}}}); r.Status != http.StatusBadRequest {
+	if r := env.Do(http.MethodPut, "/api/v1/orgs/acme/notifications/preferences", annTok, platformapi.SetNotificationPreferencesRequest{Preferences: []platformapi.NotificationPreference{{Event: "*", Channel: "slack", Enabled: new(false)}}}); r.Status != http.StatusBadRequest {
 		t.Errorf("a member's own slack setting: %d, want 400 (slack is the organization's)", r.Status)
 	}
-	if r := env.Do(http.MethodPut, "/api/v1/orgs/acme/notifications/preferences", annTok, platformapi.SetNotificationPreferencesRequest{Preferences: []platformapi.NotificationPreference{{Event: "disk.melted", Channel: "email", Enabled: on(false)}}}); r.Status != http.StatusBadRequest || !strings.Contains(r.Error().Message, "disk.melted") {
+	if r := env.Do(http.MethodPut, "/api/v1/orgs/acme/notifications/preferences", annTok, platformapi.SetNotificationPreferencesRequest{Preferences: []platformapi.NotificationPreference{{Event: "disk.melted", Channel: "email", Enabled: new(false)}}}); r.Status != http.StatusBadRequest || !strings.Contains(r.Error().Message, "disk.melted") {
 		t.Errorf("an unknown event: %d %s, want 400 naming it", r.Status, r.Body)
 	}
 
@@ -153,7 +151,7 @@ func TestFoldingAndDigest(t *testing.T) {
 
 	// Dan takes info events as a digest (and turns their email on).
 	if err := env.Store.SetNotificationPreferences(t.Context(), org.ID, dan.ID, []store.PreferenceChange{
-		{Event: "*", Channel: store.ChannelDigest, Enabled: on(true)}, {Event: "*", Channel: store.ChannelEmail, Enabled: on(true)},
+		{Event: "*", Channel: store.ChannelDigest, Enabled: new(true)}, {Event: "*", Channel: store.ChannelEmail, Enabled: new(true)},
 	}); err != nil {
 		t.Fatal(err)
 	}

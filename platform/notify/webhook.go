@@ -201,8 +201,7 @@ func post(ctx context.Context, c *http.Client, rawURL string, body []byte, heade
 // redactURL keeps a webhook URL (Slack's carry their secret in the path)
 // out of errors that are stored and shown.
 func redactURL(err error, rawURL string) error {
-	var ue *url.Error
-	if errors.As(err, &ue) {
+	if ue, ok := errors.AsType[*url.Error](err); ok {
 		host := ""
 		if u, perr := url.Parse(rawURL); perr == nil {
 			host = u.Host
