@@ -174,3 +174,69 @@ func TestKilledWorkerAndTwoReplicasDeliverEachMessageOnce(t *testing.T) {
 		t.Errorf("%d messages recorded delivered, want %d including the held one", len(keys), messages)
 	}
 }
+
+// TestStoppedWorkerLeavesMessagePending: a worker stopped (its context
+// ended, as a replica's graceful shutdown does) while a delivery hangs
+// leaves the message pending with no attempt counted; the next worker
+// delivers it, with the same idempotency key.
+func TestStoppedWorkerLeavesMessagePending(t *testing.T) {
+	cfg := testConfig(nil)
+	cfg.PollInterval = time.Hour
+	env := platform(t, cfg)
+	owner := env.User("owner@acme.example")
+	org := env.Org("acme", owner)
+	arrived, release := make(chan struct{}), make(chan struct{})
+	rcv := newReceiver(t, func(n int, _ delivery) int {
+		if n == 1 {
+			close(arrived)
+			<-release
+		}
+		return 0
+	})
+	t.Cleanup(func() {
+		select {
+		case <-release:
+		default:
+			close(release)
+		}
+	})
+	if _, err := env.Store.CreateNotificationChannel(t.Context(), org.ID, store.ChannelWebhook, "hook", rcv.URL, "whsec_x", owner.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := env.Server.Notifier().Record(t.Context(), env.Store, notify.Event{OrgID: org.ID, Name: notify.LagHigh, Target: "p", SourceKey: "stop"}); err != nil {
+		t.Fatal(err)
+	}
+	w, err := notify.NewWorker(env.Store, notify.New(cfg, nil), env.URL, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, stop := context.WithCancel(t.Context())
+	done := make(chan struct{})
+	go func() { defer close(done); w.Run(ctx) }()
+	select {
+	case <-arrived:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the worker delivered nothing")
+	}
+	stop()
+	<-done
+	close(release)
+	got := env.QueryStrings(`SELECT state || ' ' || attempts FROM notification_outbox`)
+	if len(got) != 1 || got[0] != "pending 0" {
+		t.Fatalf("after the stop: %q, want the message pending with no attempt counted", got)
+	}
+	w2, err := notify.NewWorker(env.Store, notify.New(cfg, nil), env.URL, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, err := w2.DeliverDue(t.Context()); err != nil || n != 1 {
+		t.Fatalf("next worker delivered %d %v, want 1", n, err)
+	}
+	ds := rcv.deliveries()
+	if len(ds) != 2 || ds[0].Header.Get(notify.HeaderIdempotencyKey) != ds[1].Header.Get(notify.HeaderIdempotencyKey) {
+		t.Fatalf("receiver got %d requests, want 2 with one idempotency key", len(ds))
+	}
+	if got := env.QueryStrings(`SELECT state FROM notification_outbox`); len(got) != 1 || got[0] != store.OutboxDelivered {
+		t.Errorf("outbox %q, want delivered", got)
+	}
+}
