@@ -187,3 +187,37 @@ func TestFoldingAndDigest(t *testing.T) {
 		t.Errorf("digest text:\n%s\nwant both snapshots", text)
 	}
 }
+
+// TestRemovedMemberGetsNothingMore: a member removed from the
+// organization after an event was recorded does not get its email; the
+// message is a dead letter saying why, the others' are delivered.
+func TestRemovedMemberGetsNothingMore(t *testing.T) {
+	mp := mailpittest.Start(t)
+	cfg := testConfig(mp)
+	cfg.PollInterval = time.Hour
+	env := platform(t, cfg)
+	owner := env.User("owner@acme.example")
+	org := env.Org("acme", owner)
+	gone := env.Member(org, "gone@acme.example", rbac.Member)
+	if _, err := env.Server.Notifier().Record(t.Context(), env.Store, notify.Event{OrgID: org.ID, Name: notify.LagHigh, Target: "p", SourceKey: "rm"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := env.Store.RemoveMember(t.Context(), org.ID, gone.ID); err != nil {
+		t.Fatal(err)
+	}
+	w, err := notify.NewWorker(env.Store, env.Server.Notifier(), env.URL, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.DeliverDue(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	mp.WaitFor(1)
+	if got := mailTo(mp, gone.Email); len(got) != 0 {
+		t.Errorf("the removed member got %d emails", len(got))
+	}
+	dl, err := env.Store.ListDeadLetters(t.Context(), org.ID, 10)
+	if err != nil || len(dl) != 1 || dl[0].Recipient != gone.Email || !strings.Contains(dl[0].Message.LastError, "no longer a member") {
+		t.Errorf("dead letters %+v %v, want the removed member's email with the reason", dl, err)
+	}
+}

@@ -179,6 +179,8 @@ func (w *Worker) send(ctx context.Context, e *store.OutboxEntry) error {
 		to := e.Email
 		if e.Message.UserID == nil {
 			to = e.Message.Address
+		} else if !e.StillMember {
+			return fmt.Errorf("%w: the recipient is no longer a member of the organization", errPermanent)
 		}
 		if to == "" {
 			return fmt.Errorf("%w: the recipient has no email address", errPermanent)
@@ -207,8 +209,8 @@ func (w *Worker) deliverDigest(ctx context.Context, es []*store.OutboxEntry) sto
 	if w.mailer == nil {
 		return w.outcome(first.Message.Attempts, fmt.Errorf("%w: no SMTP server configured (notifications.smtp.host)", errPermanent))
 	}
-	if first.Email == "" {
-		return w.outcome(first.Message.Attempts, fmt.Errorf("%w: the recipient has no email address", errPermanent))
+	if first.Email == "" || !first.StillMember {
+		return w.outcome(first.Message.Attempts, fmt.Errorf("%w: the recipient has no email address or is no longer a member", errPermanent))
 	}
 	var b strings.Builder
 	fmt.Fprintf(&b, "Low-severity events in %s since the last digest:\n\n", first.OrgName)

@@ -296,6 +296,9 @@ type OutboxEntry struct {
 	AgentName string
 	// Email is the recipient member's address (email, digest).
 	Email string
+	// StillMember: the recipient member is still in the organization (a
+	// member removed meanwhile gets nothing more about it).
+	StillMember bool
 	// Channel is the Slack or webhook endpoint.
 	Channel *NotificationChannel
 }
@@ -413,6 +416,11 @@ func loadEntry(tx *gorm.DB, m OutboxMessage) (*OutboxEntry, error) {
 		if len(emails) == 1 {
 			e.Email = emails[0]
 		}
+		var n int64
+		if err := tx.Model(&Membership{}).Where("org_id = ? AND user_id = ?", m.OrgID, *m.UserID).Count(&n).Error; err != nil {
+			return nil, err
+		}
+		e.StillMember = n > 0
 	}
 	if m.ChannelID != nil {
 		var ch NotificationChannel
