@@ -17,8 +17,10 @@ import (
 // (through the platform's engine proxy) comes back over the tunnel as
 // the agent's snapshot.created event and reaches the owner's inbox and,
 // as the organization turned that email on, their mailbox on a real
-// SMTP server; stopping the agent reaches both as agent.disconnected
-// (a warning: emailed by default).
+// SMTP server. The platform dropping the tunnel raises agent.disconnected
+// (a warning: emailed by default) and, when the agent is back,
+// agent.reconnected; stopping the agent for good folds a second
+// disconnection into the first.
 func TestAgentEventsReachInboxAndEmail(t *testing.T) {
 	mp := mailpittest.Start(t)
 	env, org, owner, ra, ag := enrolled(t, platformtest.WithConfig(func(c *server.Config) {
@@ -72,16 +74,24 @@ func TestAgentEventsReachInboxAndEmail(t *testing.T) {
 		return false
 	})
 
-	ra.stop(t)
-	waitFor(t, "agent.disconnected in the inbox and by email", func() bool {
-		if find(inbox(), notify.AgentDisconnected) == nil {
+	// The platform drops the tunnel; the agent comes back by itself.
+	env.Server.Hub().Disconnect(ag.ID)
+	waitFor(t, "agent.disconnected and agent.reconnected in the inbox, the first by email", func() bool {
+		in := inbox()
+		if find(in, notify.AgentDisconnected) == nil || find(in, notify.AgentReconnected) == nil {
 			return false
 		}
 		for _, m := range mp.Messages() {
-			if strings.Contains(m.Subject, "Agent disconnected") {
+			if strings.Contains(m.Subject, "Agent disconnected on agent e2e-db") {
 				return true
 			}
 		}
 		return false
+	})
+	// Stopping it for good: the same problem again, folded with a count.
+	ra.stop(t)
+	waitFor(t, "the second disconnection folded into the first", func() bool {
+		d := find(inbox(), notify.AgentDisconnected)
+		return d != nil && d.Count == 2
 	})
 }
