@@ -1,0 +1,67 @@
+package notify_test
+
+import (
+	"testing"
+	"time"
+
+	"github.com/thinlab/thinlab/platform/notify"
+	"github.com/thinlab/thinlab/sdk/tunnel"
+)
+
+// TestAgentEventsMapToTheCatalogue: of an agent's events (as the tunnel
+// carries them) the notifiable ones become catalogue events with their
+// target (snapshot, pool, clone), healthy reports and clone lifecycle and
+// usage samples raise nothing, and a batch sent again adds nothing.
+func TestAgentEventsMapToTheCatalogue(t *testing.T) {
+	cfg := testConfig(nil)
+	cfg.PollInterval = time.Hour
+	env := platform(t, cfg)
+	owner := env.User("owner@acme.example")
+	org := env.Org("acme", owner)
+	now := time.Now()
+	batch := []tunnel.Event{
+		{ID: "e1", Time: now, Kind: "snapshot.created", Severity: "info", Pool: "p1", Snapshot: "p1@snap_1"},
+		{ID: "e2", Time: now, Kind: "clone.ready", Severity: "info", Clone: "c1"},
+		{ID: "e3", Time: now, Kind: "usage.sample", Severity: "info"},
+		{ID: "e4", Time: now, Kind: "agent.health", Severity: "info", Message: "ok"},
+		{ID: "e5", Time: now, Kind: "agent.health", Severity: "error", Message: "pool p1 unreachable"},
+		{ID: "e6", Time: now, Kind: "refresh.skipped", Severity: "warning", Pool: "p2", Message: "all pools busy"},
+		{ID: "e7", Time: now, Kind: "retrieval.failed", Severity: "error", Pool: "p2", Message: "pg_dump: connection refused"},
+		{ID: "e8", Time: now, Kind: "clone.failed", Severity: "error", Clone: "c9", Message: "no space"},
+		{ID: "e9", Time: now, Kind: "replication.lag_high", Severity: "warning", Pool: "p1"},
+		{ID: "e10", Time: now, Kind: "something.new", Severity: "error"},
+	}
+	n := env.Server.Notifier()
+	for range 2 { // the second time is a redelivery
+		if err := n.AgentEvents(t.Context(), env.Store, org.ID, "agt_x", batch); err != nil {
+			t.Fatal(err)
+		}
+	}
+	items, err := env.Store.ListInbox(t.Context(), org.ID, owner.ID, false, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]string{}
+	for _, it := range items {
+		if it.Event.Count != 1 || it.Event.AgentID != "agt_x" {
+			t.Errorf("%s: count %d agent %q, want 1 and agt_x", it.Event.Name, it.Event.Count, it.Event.AgentID)
+		}
+		got[it.Event.Name] = it.Event.Target + "|" + it.Event.Severity
+	}
+	want := map[string]string{
+		notify.SnapshotCreated: "p1@snap_1|info",
+		notify.AgentUnhealthy:  "|error",
+		notify.RefreshSkipped:  "p2|warning",
+		notify.RetrievalFailed: "p2|error",
+		notify.CloneFailed:     "c9|error",
+		notify.LagHigh:         "p1|warning",
+	}
+	if len(got) != len(want) {
+		t.Errorf("inbox events %v, want exactly %v", got, want)
+	}
+	for name, w := range want {
+		if got[name] != w {
+			t.Errorf("%s: %q, want %q", name, got[name], w)
+		}
+	}
+}
