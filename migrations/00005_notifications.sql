@@ -98,7 +98,22 @@ CREATE TABLE notification_outbox (
 CREATE INDEX notification_outbox_due_idx ON notification_outbox (next_attempt_at, id) WHERE state = 'pending';
 CREATE INDEX notification_outbox_dead_idx ON notification_outbox (org_id, id DESC) WHERE state = 'dead';
 
+-- Protected clones with an end to their protection, as the agents'
+-- clone.ready and clone.protected events report it (written in the
+-- transaction that stores the events), so that members hear before the
+-- protection ends. notified_till is the protection end already warned of.
+CREATE TABLE clone_protections (
+    agent_id      text NOT NULL REFERENCES agents (id) ON DELETE CASCADE,
+    clone_id      text NOT NULL,
+    org_id        text NOT NULL REFERENCES organizations (id) ON DELETE CASCADE,
+    till          timestamptz NOT NULL,
+    notified_till timestamptz,
+    PRIMARY KEY (agent_id, clone_id)
+);
+CREATE INDEX clone_protections_till_idx ON clone_protections (till);
+
 -- +goose Down
+DROP TABLE clone_protections;
 DROP TABLE notification_outbox;
 DROP TABLE notification_preferences;
 DROP TABLE notification_channels;

@@ -10,6 +10,7 @@ import (
 	"github.com/thinlab/thinlab/platform/notify"
 	"github.com/thinlab/thinlab/platform/platformtest"
 	"github.com/thinlab/thinlab/platform/server"
+	"github.com/thinlab/thinlab/sdk/agentapi"
 	"github.com/thinlab/thinlab/sdk/platformapi"
 )
 
@@ -17,7 +18,8 @@ import (
 // (through the platform's engine proxy) comes back over the tunnel as
 // the agent's snapshot.created event and reaches the owner's inbox and,
 // as the organization turned that email on, their mailbox on a real
-// SMTP server. The platform dropping the tunnel raises agent.disconnected
+// SMTP server. A clone created protected for an hour raises
+// clone.protection_expiring. The platform dropping the tunnel raises agent.disconnected
 // (a warning: emailed by default) and, when the agent is back,
 // agent.reconnected; stopping the agent for good folds a second
 // disconnection into the first.
@@ -69,6 +71,27 @@ func TestAgentEventsReachInboxAndEmail(t *testing.T) {
 		for _, m := range mp.Messages() {
 			if strings.Contains(m.Subject, "Snapshot created: "+snap.ID) && strings.Contains(m.Subject, "on agent e2e-db") {
 				return len(m.To) == 1 && m.To[0].Address == owner.Email
+			}
+		}
+		return false
+	})
+
+	// A clone created protected for an hour: its protection ends within
+	// the warning time (24 h by default), so its organization is told.
+	hour := uint(60)
+	if _, err := engineClient(env, "acme", ag.ID, tok).CreateClone(t.Context(), agentapi.CreateCloneRequest{
+		ID: "kept", Protected: true, ProtectionDurationMinutes: &hour, DB: &agentapi.DatabaseRequest{Username: "dev", Password: clonePassword},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "clone.protection_expiring in the inbox and by email", func() bool {
+		p := find(inbox(), notify.CloneProtectionExpiring)
+		if p == nil || p.Target != "kept" || p.AgentName != "e2e-db" {
+			return false
+		}
+		for _, m := range mp.Messages() {
+			if strings.Contains(m.Subject, "Clone protection about to expire: kept") {
+				return true
 			}
 		}
 		return false

@@ -1,6 +1,7 @@
 package notify_test
 
 import (
+	"encoding/json"
 	"testing"
 	"time"
 
@@ -11,13 +12,24 @@ import (
 // TestAgentEventsMapToTheCatalogue: of an agent's events (as the tunnel
 // carries them) the notifiable ones become catalogue events with their
 // target (snapshot, pool, clone), healthy reports and clone lifecycle and
-// usage samples raise nothing, and a batch sent again adds nothing.
+// usage samples raise nothing, and a batch sent again adds nothing. A
+// protection ending within the warning time raises
+// clone.protection_expiring once; one ending later, one of a destroyed
+// clone and one switched off raise nothing.
 func TestAgentEventsMapToTheCatalogue(t *testing.T) {
 	cfg := testConfig(nil)
 	cfg.PollInterval = time.Hour
 	env := platform(t, cfg)
 	owner := env.User("owner@acme.example")
 	org := env.Org("acme", owner)
+	_, secret, err := env.Store.CreateEnrollmentToken(t.Context(), org.ID, owner.ID, "hosts", time.Now().Add(time.Hour), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ag, _, _, err := env.Store.Enroll(t.Context(), secret, tunnel.AgentFacts{Name: "db1"})
+	if err != nil {
+		t.Fatal(err)
+	}
 	now := time.Now()
 	batch := []tunnel.Event{
 		{ID: "e1", Time: now, Kind: "snapshot.created", Severity: "info", Pool: "p1", Snapshot: "p1@snap_1"},
@@ -30,11 +42,28 @@ func TestAgentEventsMapToTheCatalogue(t *testing.T) {
 		{ID: "e8", Time: now, Kind: "clone.failed", Severity: "error", Clone: "c9", Message: "no space"},
 		{ID: "e9", Time: now, Kind: "replication.lag_high", Severity: "warning", Pool: "p1"},
 		{ID: "e10", Time: now, Kind: "something.new", Severity: "error"},
+		// Protection: one ends within the warning time, one later, one
+		// ends soon but its clone was destroyed, one was unprotected.
+		{ID: "p1", Time: now, Kind: "clone.ready", Clone: "soon", Data: protection(true, now.Add(2*time.Hour))},
+		{ID: "p2", Time: now, Kind: "clone.protected", Clone: "later", Data: protection(true, now.Add(72*time.Hour))},
+		{ID: "p3", Time: now, Kind: "clone.protected", Clone: "gone", Data: protection(true, now.Add(time.Hour))},
+		{ID: "p4", Time: now, Kind: "clone.destroyed", Clone: "gone"},
+		{ID: "p5", Time: now, Kind: "clone.protected", Clone: "off", Data: protection(true, now.Add(time.Hour))},
+		{ID: "p6", Time: now, Kind: "clone.protected", Clone: "off", Data: protection(false, time.Time{})},
 	}
 	n := env.Server.Notifier()
 	for range 2 { // the second time is a redelivery
-		if err := n.AgentEvents(t.Context(), env.Store, org.ID, "agt_x", batch); err != nil {
+		if err := n.AgentEvents(t.Context(), env.Store, org.ID, ag.ID, batch); err != nil {
 			t.Fatal(err)
+		}
+	}
+	w, err := notify.NewWorker(env.Store, n, env.URL, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, want := range []int{1, 0} { // warned once per protection end
+		if got, err := w.CheckProtections(t.Context()); err != nil || got != want {
+			t.Fatalf("protection check %d: %d warnings %v, want %d", i, got, err, want)
 		}
 	}
 	items, err := env.Store.ListInbox(t.Context(), org.ID, owner.ID, false, 100)
@@ -43,18 +72,19 @@ func TestAgentEventsMapToTheCatalogue(t *testing.T) {
 	}
 	got := map[string]string{}
 	for _, it := range items {
-		if it.Event.Count != 1 || it.Event.AgentID != "agt_x" {
-			t.Errorf("%s: count %d agent %q, want 1 and agt_x", it.Event.Name, it.Event.Count, it.Event.AgentID)
+		if it.Event.Count != 1 || it.Event.AgentID != ag.ID || it.AgentName != "db1" {
+			t.Errorf("%s: count %d agent %q %q, want 1 and %s db1", it.Event.Name, it.Event.Count, it.Event.AgentID, it.AgentName, ag.ID)
 		}
 		got[it.Event.Name] = it.Event.Target + "|" + it.Event.Severity
 	}
 	want := map[string]string{
-		notify.SnapshotCreated: "p1@snap_1|info",
-		notify.AgentUnhealthy:  "|error",
-		notify.RefreshSkipped:  "p2|warning",
-		notify.RetrievalFailed: "p2|error",
-		notify.CloneFailed:     "c9|error",
-		notify.LagHigh:         "p1|warning",
+		notify.SnapshotCreated:         "p1@snap_1|info",
+		notify.AgentUnhealthy:          "|error",
+		notify.RefreshSkipped:          "p2|warning",
+		notify.RetrievalFailed:         "p2|error",
+		notify.CloneFailed:             "c9|error",
+		notify.LagHigh:                 "p1|warning",
+		notify.CloneProtectionExpiring: "soon|warning",
 	}
 	if len(got) != len(want) {
 		t.Errorf("inbox events %v, want exactly %v", got, want)
@@ -64,4 +94,9 @@ func TestAgentEventsMapToTheCatalogue(t *testing.T) {
 			t.Errorf("%s: %q, want %q", name, got[name], w)
 		}
 	}
+}
+
+func protection(on bool, till time.Time) json.RawMessage {
+	b, _ := json.Marshal(map[string]any{"protected": on, "till": till})
+	return b
 }

@@ -46,10 +46,13 @@ const (
 	RefreshSkipped    = "refresh.skipped"
 	LagHigh           = "replication.lag_high"
 	CloneFailed       = "clone.failed"
-	AgentUnhealthy    = "agent.unhealthy"
-	AgentDisconnected = "agent.disconnected"
-	AgentReconnected  = "agent.reconnected"
-	InvitationSent    = "invitation.sent"
+	// CloneProtectionExpiring is raised by the platform ahead of the end
+	// of a clone's protection (notifications.protectionWarning).
+	CloneProtectionExpiring = "clone.protection_expiring"
+	AgentUnhealthy          = "agent.unhealthy"
+	AgentDisconnected       = "agent.disconnected"
+	AgentReconnected        = "agent.reconnected"
+	InvitationSent          = "invitation.sent"
 )
 
 // Catalogue is every event, in the order pages show them.
@@ -64,6 +67,7 @@ var Catalogue = []Kind{
 	{Name: RefreshSkipped, Severity: Warning, Members: true, Email: true, Description: "Refresh impossible: all pools are busy and the policy forbids forcing it"},
 	{Name: LagHigh, Severity: Warning, Members: true, Email: true, Description: "Replication lag too high"},
 	{Name: CloneFailed, Severity: Error, Members: true, Email: true, Description: "Clone failed"},
+	{Name: CloneProtectionExpiring, Severity: Warning, Members: true, Email: true, Description: "Clone protection about to expire"},
 	{Name: AgentUnhealthy, Severity: Warning, Members: true, Email: true, Description: "Agent reports a problem"},
 	{Name: AgentDisconnected, Severity: Warning, Members: true, Email: true, Description: "Agent disconnected"},
 	{Name: AgentReconnected, Severity: Info, Members: true, Description: "Agent reconnected"},

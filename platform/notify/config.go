@@ -32,6 +32,9 @@ type Config struct {
 	// DigestInterval is how often the low-severity digest email goes out
 	// to members who chose it.
 	DigestInterval time.Duration `yaml:"digestInterval"`
+	// ProtectionWarning is how long before a clone's protection ends its
+	// organization is told (clone.protection_expiring).
+	ProtectionWarning time.Duration `yaml:"protectionWarning"`
 }
 
 // SMTPConfig is the mail server.
@@ -87,6 +90,9 @@ func (c Config) Defaults() Config {
 	if c.DigestInterval == 0 {
 		c.DigestInterval = 24 * time.Hour
 	}
+	if c.ProtectionWarning == 0 {
+		c.ProtectionWarning = 24 * time.Hour
+	}
 	if c.SMTP.Port == 0 {
 		c.SMTP.Port = 587
 	}
@@ -116,6 +122,8 @@ func (c Config) Validate() error {
 		return errors.New("notifications.retryBase and retryMax: use positive durations with retryMax >= retryBase")
 	case c.FoldWindow < 0:
 		return fmt.Errorf("notifications.foldWindow %s: use a positive duration", c.FoldWindow)
+	case c.ProtectionWarning < 0:
+		return fmt.Errorf("notifications.protectionWarning %s: use a positive duration (default 24h)", c.ProtectionWarning)
 	case c.DigestInterval < time.Second:
 		return fmt.Errorf("notifications.digestInterval %s: use at least 1s (default 24h)", c.DigestInterval)
 	}

@@ -2,6 +2,7 @@ package notify
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"time"
@@ -90,6 +91,9 @@ func (n *Notifier) Record(ctx context.Context, st *store.Store, e Event) (store.
 // change nothing.
 func (n *Notifier) AgentEvents(ctx context.Context, st *store.Store, orgID, agentID string, events []tunnel.Event) error {
 	for _, e := range events {
+		if err := trackProtection(ctx, st, orgID, agentID, e); err != nil {
+			return err
+		}
 		name, sev, target, ok := fromAgent(e)
 		if !ok {
 			continue
@@ -100,6 +104,28 @@ func (n *Notifier) AgentEvents(ctx context.Context, st *store.Store, orgID, agen
 		}); err != nil {
 			return err
 		}
+	}
+	return nil
+}
+
+// trackProtection keeps clone_protections up to date from the agent's
+// clone events, for the clone.protection_expiring warning.
+func trackProtection(ctx context.Context, st *store.Store, orgID, agentID string, e tunnel.Event) error {
+	switch e.Kind {
+	case "clone.ready", "clone.protected":
+		var p struct {
+			Protected bool      `json:"protected"`
+			Till      time.Time `json:"till"`
+		}
+		if len(e.Data) > 0 {
+			_ = json.Unmarshal(e.Data, &p) // unreadable data reads as unprotected
+		}
+		if e.Kind == "clone.ready" && !p.Protected {
+			return nil // created unprotected: nothing to track
+		}
+		return st.SetCloneProtection(ctx, orgID, agentID, e.Clone, p.Protected, p.Till)
+	case "clone.destroyed":
+		return st.SetCloneProtection(ctx, orgID, agentID, e.Clone, false, time.Time{})
 	}
 	return nil
 }

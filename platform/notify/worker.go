@@ -27,12 +27,13 @@ type Worker struct {
 	// BaseURL is the platform's address, for links in messages.
 	BaseURL string
 
-	cfg    Config
-	mailer *mailer
-	guard  *guard
-	http   *guardedPoster
-	now    func() time.Time
-	wake   chan struct{}
+	cfg      Config
+	notifier *Notifier
+	mailer   *mailer
+	guard    *guard
+	http     *guardedPoster
+	now      func() time.Time
+	wake     chan struct{}
 }
 
 // guardedPoster posts through the guarded client.
@@ -52,7 +53,7 @@ func NewWorker(st *store.Store, n *Notifier, baseURL string, logger *slog.Logger
 	if err != nil {
 		return nil, err
 	}
-	w := &Worker{Store: st, Logger: logger, BaseURL: strings.TrimRight(baseURL, "/"), cfg: cfg, guard: &guard{allow: allow}, now: time.Now, wake: make(chan struct{}, 1)}
+	w := &Worker{Store: st, Logger: logger, BaseURL: strings.TrimRight(baseURL, "/"), cfg: cfg, notifier: n, guard: &guard{allow: allow}, now: time.Now, wake: make(chan struct{}, 1)}
 	w.http = &guardedPoster{client: w.guard.client(cfg.Webhooks.Timeout)}
 	if cfg.SMTP.Host != "" {
 		if w.mailer, err = newMailer(cfg.SMTP); err != nil {
@@ -107,6 +108,9 @@ func (w *Worker) digestLoop(ctx context.Context) {
 	t := time.NewTicker(max(w.cfg.PollInterval, time.Second))
 	defer t.Stop()
 	for ctx.Err() == nil {
+		if _, err := w.CheckProtections(ctx); err != nil && ctx.Err() == nil {
+			w.Logger.Error("notifications: check clone protections", "err", err)
+		}
 		n, err := w.Store.DeliverDigests(ctx, 500, w.deliverDigest)
 		if err != nil && ctx.Err() == nil {
 			w.Logger.Error("notifications: claim digest messages", "err", err)
@@ -132,6 +136,24 @@ func (w *Worker) DeliverDue(ctx context.Context) (int, error) {
 		}
 		n++
 	}
+}
+
+// CheckProtections records clone.protection_expiring for protections
+// ending within cfg.ProtectionWarning (once per protection end, whichever
+// replica gets there first) and returns how many.
+func (w *Worker) CheckProtections(ctx context.Context) (int, error) {
+	n, err := w.Store.ExpiringProtections(ctx, w.cfg.ProtectionWarning, func(tx *store.Store, p store.CloneProtection) error {
+		_, err := w.notifier.Record(ctx, tx, Event{
+			OrgID: p.OrgID, Name: CloneProtectionExpiring, AgentID: p.AgentID, Target: p.CloneID,
+			Message:   "protection ends at " + p.Till.UTC().Format("2006-01-02 15:04 UTC") + "; the clone may then be deleted when idle",
+			SourceKey: fmt.Sprintf("protection:%s:%s:%d", p.AgentID, p.CloneID, p.Till.Unix()),
+		})
+		return err
+	})
+	if n > 0 && err == nil {
+		w.Wake()
+	}
+	return n, err
 }
 
 // DeliverDigestsDue sends the due digests.

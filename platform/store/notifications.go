@@ -686,3 +686,50 @@ func (s *Store) DeleteNotificationChannel(ctx context.Context, orgID, id string)
 	}
 	return nil
 }
+
+// SetCloneProtection records that a clone of agentID is protected until
+// till (zero till, or protected false: not protected, forgotten).
+func (s *Store) SetCloneProtection(ctx context.Context, orgID, agentID, cloneID string, protected bool, till time.Time) error {
+	if !protected || till.IsZero() {
+		return s.conn(ctx).Exec(`DELETE FROM clone_protections WHERE agent_id = ? AND clone_id = ?`, agentID, cloneID).Error
+	}
+	return s.conn(ctx).Exec(`INSERT INTO clone_protections (agent_id, clone_id, org_id, till) VALUES (?, ?, ?, ?)
+		ON CONFLICT (agent_id, clone_id) DO UPDATE SET till = excluded.till`, agentID, cloneID, orgID, till.UTC()).Error
+}
+
+// CloneProtection is a protection about to end.
+type CloneProtection struct {
+	AgentID, CloneID, OrgID string
+	Till                    time.Time
+}
+
+// ExpiringProtections claims (FOR UPDATE SKIP LOCKED) the protections
+// ending within lead that were not warned of for this end yet, calls
+// warn with each in the same transaction, marks them warned, and forgets
+// protections that ended a day ago.
+func (s *Store) ExpiringProtections(ctx context.Context, lead time.Duration, warn func(tx *Store, p CloneProtection) error) (int, error) {
+	n := 0
+	err := s.InTx(ctx, func(tx *Store) error {
+		now := s.now()
+		if err := tx.conn(ctx).Exec(`DELETE FROM clone_protections WHERE till < ?`, now.Add(-24*time.Hour)).Error; err != nil {
+			return err
+		}
+		var ps []CloneProtection
+		if err := tx.conn(ctx).Raw(`SELECT agent_id, clone_id, org_id, till FROM clone_protections
+			WHERE till <= ? AND till > ? AND (notified_till IS NULL OR notified_till <> till)
+			ORDER BY till LIMIT 500 FOR UPDATE SKIP LOCKED`, now.Add(lead), now).Scan(&ps).Error; err != nil {
+			return err
+		}
+		for _, p := range ps {
+			if err := warn(tx, p); err != nil {
+				return err
+			}
+			if err := tx.conn(ctx).Exec(`UPDATE clone_protections SET notified_till = till WHERE agent_id = ? AND clone_id = ?`, p.AgentID, p.CloneID).Error; err != nil {
+				return err
+			}
+		}
+		n = len(ps)
+		return nil
+	})
+	return n, err
+}
