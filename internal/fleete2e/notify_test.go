@@ -1,10 +1,15 @@
 package fleete2e
 
 import (
+	"context"
 	"encoding/json"
 	"net/http"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/thinlab/thinlab/agent"
+	"github.com/thinlab/thinlab/agent/storage"
 
 	"github.com/thinlab/thinlab/internal/mailpittest"
 	"github.com/thinlab/thinlab/platform/notify"
@@ -19,17 +24,16 @@ import (
 // the agent's snapshot.created event and reaches the owner's inbox and,
 // as the organization turned that email on, their mailbox on a real
 // SMTP server. A clone created protected for an hour raises
-// clone.protection_expiring. The platform dropping the tunnel raises agent.disconnected
-// (a warning: emailed by default) and, when the agent is back,
-// agent.reconnected; stopping the agent for good folds a second
-// disconnection into the first.
+// clone.protection_expiring. An agent stopped for longer than the grace
+// time raises agent.disconnected (a warning: emailed by default), its
+// restart agent.reconnected, and a second stop folds into the first.
 func TestAgentEventsReachInboxAndEmail(t *testing.T) {
 	mp := mailpittest.Start(t)
 	env, org, owner, ra, ag := enrolled(t, platformtest.WithConfig(func(c *server.Config) {
 		c.Notifications = notify.Config{SMTP: notify.SMTPConfig{
 			Host: mp.Host, Port: mp.Port, Username: mailpittest.Username, Password: mailpittest.Password,
 			From: "thinlab@platform.example", CAFile: mp.CAFile,
-		}}
+		}, DisconnectGrace: 300 * time.Millisecond}
 	}))
 	tok := env.Token(org, owner)
 	on := true
@@ -97,11 +101,12 @@ func TestAgentEventsReachInboxAndEmail(t *testing.T) {
 		return false
 	})
 
-	// The platform drops the tunnel; the agent comes back by itself.
-	env.Server.Hub().Disconnect(ag.ID)
-	waitFor(t, "agent.disconnected and agent.reconnected in the inbox, the first by email", func() bool {
-		in := inbox()
-		if find(in, notify.AgentDisconnected) == nil || find(in, notify.AgentReconnected) == nil {
+	// The agent stops: once it has stayed away for the grace time its
+	// organization hears of it (a warning: emailed by default); when it
+	// is back, that too.
+	ra.stop(t)
+	waitFor(t, "agent.disconnected in the inbox and by email", func() bool {
+		if find(inbox(), notify.AgentDisconnected) == nil {
 			return false
 		}
 		for _, m := range mp.Messages() {
@@ -111,10 +116,26 @@ func TestAgentEventsReachInboxAndEmail(t *testing.T) {
 		}
 		return false
 	})
-	// Stopping it for good: the same problem again, folded with a count.
+	ra.restart(t)
+	waitFor(t, "agent.reconnected in the inbox", func() bool { return find(inbox(), notify.AgentReconnected) != nil })
+	// Gone again: the same problem, folded with a count.
 	ra.stop(t)
 	waitFor(t, "the second disconnection folded into the first", func() bool {
 		d := find(inbox(), notify.AgentDisconnected)
 		return d != nil && d.Count == 2
 	})
+}
+
+// restart runs the stopped agent again on the same configuration, state
+// and pool: it reconnects with the credential it keeps.
+func (ra *runningAgent) restart(t testing.TB) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background()) // ended by stop, at the latest at cleanup
+	a, err := agent.NewWithOptions(ctx, agent.Options{Config: ra.cfg, Pools: []storage.Pool{ra.pool}, Logger: ra.logs.Logger(), Version: "e2e"})
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	ra.agent, ra.cancel, ra.done = a, cancel, make(chan error, 1)
+	go func() { ra.done <- a.Run(ctx) }()
 }

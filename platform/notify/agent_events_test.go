@@ -2,10 +2,12 @@ package notify_test
 
 import (
 	"encoding/json"
+	"slices"
 	"testing"
 	"time"
 
 	"github.com/thinlab/thinlab/platform/notify"
+	"github.com/thinlab/thinlab/platform/store"
 	"github.com/thinlab/thinlab/sdk/tunnel"
 )
 
@@ -99,4 +101,77 @@ func TestAgentEventsMapToTheCatalogue(t *testing.T) {
 func protection(on bool, till time.Time) json.RawMessage {
 	b, _ := json.Marshal(map[string]any{"protected": on, "till": till})
 	return b
+}
+
+// TestDisconnectionsAfterGrace: an agent gone longer than the grace time
+// is reported once (whatever the number of checks), one gone for less is
+// not (a replica restart or a blip); coming back is reported only for a
+// disconnection that was.
+func TestDisconnectionsAfterGrace(t *testing.T) {
+	cfg := testConfig(nil)
+	cfg.PollInterval = time.Hour
+	cfg.DisconnectGrace = time.Minute
+	env := platform(t, cfg)
+	owner := env.User("owner@acme.example")
+	org := env.Org("acme", owner)
+	ctx := t.Context()
+	enroll := func(name string) string {
+		_, secret, err := env.Store.CreateEnrollmentToken(ctx, org.ID, owner.ID, name, time.Now().Add(time.Hour), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ag, _, _, err := env.Store.Enroll(ctx, secret, tunnel.AgentFacts{Name: name})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := env.Store.MarkAgentConnected(ctx, ag.ID, "r1", time.Now().Add(-2*time.Hour)); err != nil {
+			t.Fatal(err)
+		}
+		return ag.ID
+	}
+	long, blip := enroll("long"), enroll("blip")
+	if _, err := env.Store.MarkAgentDisconnected(ctx, long, "r1", time.Now().Add(-5*time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := env.Store.MarkAgentDisconnected(ctx, blip, "r1", time.Now().Add(-5*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	w, err := notify.NewWorker(env.Store, env.Server.Notifier(), env.URL, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, want := range []int{1, 0} {
+		if n, err := w.CheckDisconnections(ctx); err != nil || n != want {
+			t.Fatalf("check %d: %d recorded %v, want %d", i, n, err, want)
+		}
+	}
+	reconnect := func(id string) {
+		t.Helper()
+		ag, err := env.Store.HubAgent(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := env.Store.InTx(ctx, func(tx *store.Store) error {
+			return env.Server.Notifier().AgentReconnected(ctx, tx, ag, time.Now())
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if err := env.Store.MarkAgentConnected(ctx, id, "r2", time.Now()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	reconnect(long)
+	reconnect(blip)
+	items, err := env.Store.ListInbox(ctx, org.ID, owner.ID, false, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, it := range items {
+		got = append(got, it.Event.Name+" "+it.AgentName)
+	}
+	slices.Sort(got)
+	if want := []string{"agent.disconnected long", "agent.reconnected long"}; !slices.Equal(got, want) {
+		t.Errorf("inbox %q, want %q", got, want)
+	}
 }

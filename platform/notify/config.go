@@ -32,6 +32,11 @@ type Config struct {
 	// DigestInterval is how often the low-severity digest email goes out
 	// to members who chose it.
 	DigestInterval time.Duration `yaml:"digestInterval"`
+	// DisconnectGrace is how long an agent must stay disconnected before
+	// its organization is told (agent.disconnected), so that a replica's
+	// restart or a network blip, after which the agent is back within
+	// seconds, tells nobody anything.
+	DisconnectGrace time.Duration `yaml:"disconnectGrace"`
 	// ProtectionWarning is how long before a clone's protection ends its
 	// organization is told (clone.protection_expiring).
 	ProtectionWarning time.Duration `yaml:"protectionWarning"`
@@ -90,6 +95,9 @@ func (c Config) Defaults() Config {
 	if c.DigestInterval == 0 {
 		c.DigestInterval = 24 * time.Hour
 	}
+	if c.DisconnectGrace == 0 {
+		c.DisconnectGrace = 2 * time.Minute
+	}
 	if c.ProtectionWarning == 0 {
 		c.ProtectionWarning = 24 * time.Hour
 	}
@@ -122,6 +130,8 @@ func (c Config) Validate() error {
 		return errors.New("notifications.retryBase and retryMax: use positive durations with retryMax >= retryBase")
 	case c.FoldWindow < 0:
 		return fmt.Errorf("notifications.foldWindow %s: use a positive duration", c.FoldWindow)
+	case c.DisconnectGrace < 0:
+		return fmt.Errorf("notifications.disconnectGrace %s: use a positive duration (default 2m)", c.DisconnectGrace)
 	case c.ProtectionWarning < 0:
 		return fmt.Errorf("notifications.protectionWarning %s: use a positive duration (default 24h)", c.ProtectionWarning)
 	case c.DigestInterval < time.Second:

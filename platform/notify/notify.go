@@ -251,3 +251,27 @@ func Effective(ps []store.NotificationPreference, user, event, channel string) b
 
 // EmailOn says whether an SMTP server is configured.
 func (n *Notifier) EmailOn() bool { return n != nil && n.emailOn }
+
+// DisconnectedKey is the source key of the agent.disconnected notification
+// of the disconnection that began at since (as the database holds it).
+func DisconnectedKey(agentID string, since time.Time) string {
+	return fmt.Sprintf("agent-disconnected:%s:%d", agentID, since.UnixMicro())
+}
+
+// AgentReconnected records agent.reconnected for ag (as it was before this
+// connection) in st, if its organization was told that it had gone.
+func (n *Notifier) AgentReconnected(ctx context.Context, st *store.Store, ag *store.Agent, at time.Time) error {
+	if ag.DisconnectedSince == nil || ag.RevokedAt != nil {
+		return nil
+	}
+	told, err := st.SourceRecorded(ctx, DisconnectedKey(ag.ID, *ag.DisconnectedSince))
+	if err != nil || !told {
+		return err // a blip nobody heard of stays unheard
+	}
+	_, err = n.Record(ctx, st, Event{
+		OrgID: ag.OrgID, Name: AgentReconnected, AgentID: ag.ID, At: at,
+		Message:   "disconnected since " + ag.DisconnectedSince.UTC().Format(time.RFC3339),
+		SourceKey: fmt.Sprintf("agent-connected:%s:%d", ag.ID, at.UnixMicro()),
+	})
+	return err
+}

@@ -111,6 +111,9 @@ func (w *Worker) digestLoop(ctx context.Context) {
 		if _, err := w.CheckProtections(ctx); err != nil && ctx.Err() == nil {
 			w.Logger.Error("notifications: check clone protections", "err", err)
 		}
+		if _, err := w.CheckDisconnections(ctx); err != nil && ctx.Err() == nil {
+			w.Logger.Error("notifications: check disconnected agents", "err", err)
+		}
 		n, err := w.Store.DeliverDigests(ctx, 500, w.deliverDigest)
 		if err != nil && ctx.Err() == nil {
 			w.Logger.Error("notifications: claim digest messages", "err", err)
@@ -154,6 +157,40 @@ func (w *Worker) CheckProtections(ctx context.Context) (int, error) {
 		w.Wake()
 	}
 	return n, err
+}
+
+// CheckDisconnections records agent.disconnected for agents gone longer
+// than cfg.DisconnectGrace (once per disconnection, whichever replica
+// gets there first: the agents' rows are claimed with SKIP LOCKED and the
+// source key is the disconnection's start) and returns how many it
+// recorded now.
+func (w *Worker) CheckDisconnections(ctx context.Context) (int, error) {
+	now := w.now()
+	recorded := 0
+	err := w.Store.InTx(ctx, func(tx *store.Store) error {
+		gone, err := tx.AgentsGone(ctx, now.Add(-w.cfg.DisconnectGrace), now.Add(-7*24*time.Hour))
+		if err != nil {
+			return err
+		}
+		for _, ag := range gone {
+			rec, err := w.notifier.Record(ctx, tx, Event{
+				OrgID: ag.OrgID, Name: AgentDisconnected, AgentID: ag.ID, At: *ag.DisconnectedSince,
+				Message:   "the agent's tunnel to the platform closed at " + ag.DisconnectedSince.UTC().Format(time.RFC3339) + " and it has not come back",
+				SourceKey: DisconnectedKey(ag.ID, *ag.DisconnectedSince),
+			})
+			if err != nil {
+				return err
+			}
+			if rec.New || rec.Folded {
+				recorded++
+			}
+		}
+		return nil
+	})
+	if recorded > 0 && err == nil {
+		w.Wake()
+	}
+	return recorded, err
 }
 
 // DeliverDigestsDue sends the due digests.

@@ -190,8 +190,8 @@ func (t *tunnelHooks) onConnect(ctx context.Context, a hub.AgentIdentity, facts 
 	if !fresh {
 		return
 	}
-	// The connection and, when the agent had been gone, the notification
-	// that it is back commit together.
+	// The connection and, when its organization was told the agent had
+	// gone, the notification that it is back commit together.
 	err := t.store.InTx(ctx, func(tx *store.Store) error {
 		ag, err := tx.HubAgent(ctx, a.AgentID)
 		if err != nil {
@@ -200,15 +200,7 @@ func (t *tunnelHooks) onConnect(ctx context.Context, a hub.AgentIdentity, facts 
 		if err := tx.MarkAgentConnected(ctx, a.AgentID, t.replicaID, since); err != nil {
 			return err
 		}
-		if ag.DisconnectedSince == nil || ag.RevokedAt != nil {
-			return nil // its first connection, or one about to be closed
-		}
-		_, err = t.notifier.Record(ctx, tx, notify.Event{
-			OrgID: ag.OrgID, Name: notify.AgentReconnected, AgentID: ag.ID, At: since,
-			Message:   "disconnected since " + ag.DisconnectedSince.UTC().Format(time.RFC3339),
-			SourceKey: fmt.Sprintf("agent-connected:%s:%d", ag.ID, since.UnixNano()),
-		})
-		return err
+		return t.notifier.AgentReconnected(ctx, tx, ag, since)
 	})
 	if err != nil {
 		t.logger.Error("tunnel: record the agent as connected", "agent", a.AgentID, "err", err)
@@ -241,28 +233,13 @@ func (t *tunnelHooks) onDisconnect(a hub.AgentIdentity) {
 	t.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	at := time.Now()
-	err := t.store.InTx(ctx, func(tx *store.Store) error {
-		changed, err := tx.MarkAgentDisconnected(ctx, a.AgentID, t.replicaID, at)
-		if err != nil || !changed {
-			return err // another replica holds it now: not gone
-		}
-		ag, err := tx.HubAgent(ctx, a.AgentID)
-		if err != nil || ag.RevokedAt != nil {
-			return err // a revoked agent's tunnel was closed on purpose
-		}
-		_, err = t.notifier.Record(ctx, tx, notify.Event{
-			OrgID: ag.OrgID, Name: notify.AgentDisconnected, AgentID: ag.ID, At: at,
-			Message:   "the agent's tunnel to the platform closed",
-			SourceKey: fmt.Sprintf("agent-disconnected:%s:%d", ag.ID, at.UnixNano()),
-		})
-		return err
-	})
-	if err != nil {
+	// Nobody is told yet: the delivery worker tells the organization once
+	// the agent has stayed away for notifications.disconnectGrace
+	// (notify.Worker.CheckDisconnections), so a replica's restart, after
+	// which the agent is back within seconds, tells nobody anything.
+	if _, err := t.store.MarkAgentDisconnected(ctx, a.AgentID, t.replicaID, time.Now()); err != nil {
 		t.logger.Error("tunnel: record the agent as disconnected", "agent", a.AgentID, "err", err)
-		return
 	}
-	t.notifier.Committed()
 }
 
 // onEvents stores a batch and the notifications it raises in one

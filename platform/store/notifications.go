@@ -733,3 +733,22 @@ func (s *Store) ExpiringProtections(ctx context.Context, lead time.Duration, war
 	})
 	return n, err
 }
+
+// SourceRecorded reports whether a notification source key was recorded.
+func (s *Store) SourceRecorded(ctx context.Context, key string) (bool, error) {
+	var n int64
+	err := s.conn(ctx).Raw(`SELECT count(*) FROM notification_sources WHERE source_key = ?`, key).Scan(&n).Error
+	return n > 0, err
+}
+
+// AgentsGone locks (FOR UPDATE SKIP LOCKED) and returns the agents, not
+// revoked, that have been disconnected since before `before` but after
+// `after`, at most 500: the ones to tell their organization about. Call it
+// in a transaction (InTx) that records the notifications.
+func (s *Store) AgentsGone(ctx context.Context, before, after time.Time) ([]Agent, error) {
+	var out []Agent
+	err := s.conn(ctx).Clauses(clause.Locking{Strength: "UPDATE", Options: "SKIP LOCKED"}).
+		Where("disconnected_since IS NOT NULL AND disconnected_since < ? AND disconnected_since > ? AND revoked_at IS NULL", before.UTC(), after.UTC()).
+		Order("disconnected_since").Limit(500).Find(&out).Error
+	return out, err
+}
