@@ -56,6 +56,9 @@ type NavItem struct {
 	Active bool
 	// Soon marks sections not built yet (shown greyed out, no link).
 	Soon bool
+	// Count, when positive, is shown next to the label (unread
+	// notifications).
+	Count int64
 }
 
 // Flash is a one-time message shown at the top of the next page.
@@ -302,4 +305,92 @@ func plural(n int, what string) string {
 		return "1 " + what
 	}
 	return strconv.Itoa(n) + " " + what + "s"
+}
+
+// NotificationItem is one entry of the inbox.
+type NotificationItem struct {
+	ID          int64
+	Event       string
+	Severity    string
+	Description string
+	Agent       string
+	Target      string
+	Message     string
+	Count       int
+	LastAt      time.Time
+	Unread      bool
+}
+
+// Inbox is the in-app inbox page.
+type Inbox struct {
+	Items  []NotificationItem
+	Unread int64
+	// CanManage shows the link to channels and dead letters.
+	CanManage bool
+}
+
+// PreferenceRow is one event of the preferences page: per channel, the
+// setting (on, off, or "" to inherit) and what it inherits.
+type PreferenceRow struct {
+	Event       string
+	Description string
+	Severity    string
+	Cells       []PreferenceCell
+}
+
+// PreferenceCell is one (event, channel) setting.
+type PreferenceCell struct {
+	Channel string
+	// Value is "on", "off" or "" (inherit).
+	Value string
+	// Effective is what applies with Value "".
+	Effective bool
+}
+
+// PreferenceTable is one table of settings: the member's own or the
+// organization's defaults.
+type PreferenceTable struct {
+	Action   string // where the form posts
+	Channels []string
+	Rows     []PreferenceRow
+}
+
+// Preferences is the notification preferences page.
+type Preferences struct {
+	Mine PreferenceTable
+	// Org is set for those who may change the organization's defaults.
+	Org *PreferenceTable
+	// EmailOff: no SMTP server is configured.
+	EmailOff bool
+}
+
+// Channel is one Slack or webhook channel.
+type Channel struct {
+	ID      string
+	Kind    string
+	Name    string
+	URL     string
+	Created time.Time
+}
+
+// DeadLetter is a message that ran out of attempts.
+type DeadLetter struct {
+	ID        int64
+	Channel   string
+	Recipient string
+	Event     string
+	Target    string
+	Attempts  int
+	LastError string
+	Created   time.Time
+}
+
+// Channels is the channels and dead letters page (admins).
+type Channels struct {
+	Channels    []Channel
+	DeadLetters []DeadLetter
+	Pending     int64
+	// NewSecret is a webhook channel's signing secret, shown once.
+	NewSecret string
+	NewName   string
 }

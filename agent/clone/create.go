@@ -174,7 +174,13 @@ func (m *Manager) runBuild(spec record, oldPool string) {
 		return
 	}
 	took := time.Since(start)
-	m.emit(events.CloneReady, spec, events.Info, MessageOK)
+	ready := cloneEvent(events.CloneReady, spec, events.Info, MessageOK)
+	if spec.Protected {
+		// Whoever tracks protection (the platform's "protection about to
+		// expire" notification) learns of a clone created protected here.
+		ready = ready.WithData(protectionData{Protected: true, Till: spec.ProtectedTill})
+	}
+	m.bus().Emit(ready)
 	m.update(spec.ID, func(r *record) {
 		r.Status = StatusOK
 		r.StatusMessage = MessageOK

@@ -59,6 +59,8 @@ type env struct {
 	bus   *events.Bus
 	evMu  sync.Mutex
 	kinds map[string][]events.Kind
+	// ready is the data of each clone's last clone.ready event.
+	ready map[string]string
 }
 
 // eventKinds is the kinds of events emitted for clone id, in order.
@@ -91,11 +93,14 @@ func newEnv(t *testing.T, ports int) *env {
 	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
 	t.Cleanup(cancel)
 	p := clonetest.NewPool(t)
-	e := &env{t: t, ctx: ctx, pool: p, log: &logtest.Buffer{}, clock: &fakeClock{t: time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)}, bus: events.NewBus(), kinds: map[string][]events.Kind{}}
+	e := &env{t: t, ctx: ctx, pool: p, log: &logtest.Buffer{}, clock: &fakeClock{t: time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)}, bus: events.NewBus(), kinds: map[string][]events.Kind{}, ready: map[string]string{}}
 	e.bus.Subscribe(func(ev events.Event) {
 		e.evMu.Lock()
 		defer e.evMu.Unlock()
 		e.kinds[ev.Clone] = append(e.kinds[ev.Clone], ev.Kind)
+		if ev.Kind == events.CloneReady {
+			e.ready[ev.Clone] = string(ev.Data)
+		}
 	})
 	e.snaps = append(e.snaps, clonetest.Fill(t, p, sourceSQL...))
 	cfg := clonetest.Config(t, p, ports)

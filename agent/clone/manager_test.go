@@ -98,6 +98,13 @@ func TestProtectionDurations(t *testing.T) {
 	if !c.Protected || !c.ProtectedTill.Equal(e.clock.Now().Add(120*time.Minute)) {
 		t.Fatalf("protectedTill = %v", c.ProtectedTill)
 	}
+	// clone.ready tells who tracks protection (the platform) when it ends.
+	e.evMu.Lock()
+	ready := e.ready["prot1"]
+	e.evMu.Unlock()
+	if want := `{"protected":true,"till":"` + c.ProtectedTill.UTC().Format(time.RFC3339Nano) + `"}`; ready != want {
+		t.Errorf("clone.ready data %s, want %s", ready, want)
+	}
 	c, err := m.UpdateProtection("prot1", true, new(uint(30)))
 	if err != nil {
 		t.Fatal(err)

@@ -74,3 +74,7 @@ walg_key=v0.2.20-$(cat tools/walg/go.mod tools/walg/go.sum | sha256sum | cut -c1
 build_pinned wal-g "$walg_key" 'cd tools/walg && GONOSUMDB=github.com/wal-g CGO_ENABLED=1 go build -o "$1" github.com/wal-g/wal-g/main/pg'
 minio_version=v0.0.0-20260212201848-7aac2a2c5b7c
 build_pinned minio "$minio_version" 'd=$(mktemp -d) && GOBIN=$d CGO_ENABLED=0 go install github.com/minio/minio@'"$minio_version"' && mv "$d/minio" "$1" && rmdir "$d"'
+# Mailpit: a real SMTP server with an HTTP API, for the notification tests
+# (platform/notify). Its own module (SQLite, a large graph), like MinIO.
+mailpit_version=v1.33.1
+build_pinned mailpit "$mailpit_version" 'd=$(mktemp -d) && GOBIN=$d CGO_ENABLED=0 go install github.com/axllent/mailpit@'"$mailpit_version"' && mv "$d/mailpit" "$1" && rmdir "$d"'

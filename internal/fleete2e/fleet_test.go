@@ -46,10 +46,11 @@ func engineClient(env *platformtest.Env, org, agentID, token string) *agentapi.C
 
 // enrolled starts a platform and a real agent enrolled into org "acme"
 // and waits until the platform records its tunnel.
-func enrolled(t testing.TB) (*platformtest.Env, *store.Organization, *store.User, *runningAgent, *store.Agent) {
+func enrolled(t testing.TB, opts ...platformtest.Option) (*platformtest.Env, *store.Organization, *store.User, *runningAgent, *store.Agent) {
 	t.Helper()
 	// Short heartbeats, so that they are written while the test runs.
-	env := platformtest.New(t, platformtest.WithConfig(func(c *server.Config) { c.Tunnel.HeartbeatInterval = 200 * time.Millisecond }))
+	opts = append([]platformtest.Option{platformtest.WithConfig(func(c *server.Config) { c.Tunnel.HeartbeatInterval = 200 * time.Millisecond })}, opts...)
+	env := platformtest.New(t, opts...)
 	owner := env.User("owner@acme.example")
 	org := env.Org("acme", owner)
 	_, secret, err := env.Store.CreateEnrollmentToken(t.Context(), org.ID, owner.ID, "hosts", time.Now().Add(time.Hour), nil)

@@ -19,6 +19,7 @@ import (
 	"github.com/thinlab/thinlab/platform/access"
 	"github.com/thinlab/thinlab/platform/audit"
 	"github.com/thinlab/thinlab/platform/billing"
+	"github.com/thinlab/thinlab/platform/notify"
 	"github.com/thinlab/thinlab/platform/orgrules"
 	"github.com/thinlab/thinlab/platform/rbac"
 	"github.com/thinlab/thinlab/platform/store"
@@ -56,6 +57,10 @@ type API struct {
 	CopyRateMiBPerSecond float64
 
 	cloneCreates orgLocks
+	// Notifier mails invitations (nil: invitations are not mailed).
+	Notifier *notify.Notifier
+	// URLGuard checks Slack and webhook URLs (nil: channels refused).
+	URLGuard URLGuard
 }
 
 //go:embed openapi.json
@@ -113,8 +118,14 @@ func Routes(a *API) []access.Route {
 		// Stripe's webhook: no session or token; the handler verifies
 		// Stripe's signature over the body (platform/billing, webhook.go).
 		{Method: post, Path: StripeWebhookPath, Public: true, Handler: a.stripeWebhook},
-	}, a.engineRoutes()...)
+	}, append(a.engineRoutes(), a.notificationRoutes()...)...)
 }
+
+// The notification permissions, short for the route table.
+const (
+	notificationRead   = rbac.NotificationRead
+	notificationManage = rbac.NotificationManage
+)
 
 // Refusals of API tokens on the routes only a signed-in person may call
 // (the web UI's routes give the same answers).

@@ -5,10 +5,12 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/thinlab/thinlab/platform/notify"
 	"github.com/thinlab/thinlab/platform/platformtest"
 	"github.com/thinlab/thinlab/platform/rbac"
 	"github.com/thinlab/thinlab/platform/store"
@@ -54,6 +56,40 @@ func TestEveryMutationIsAudited(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+
+	// A channel of the organization whose address the platform refuses:
+	// the event below lands in the owner's inbox and, at the channel's
+	// first attempt, among the dead letters.
+	hook, err := env.Store.CreateNotificationChannel(ctx, org.ID, store.ChannelWebhook, "refused", "http://127.0.0.1:1/hook", "s", owner.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec, err := env.Server.Notifier().Record(ctx, env.Store, notify.Event{OrgID: org.ID, Name: notify.LagHigh, Target: "pool1", SourceKey: "audit-test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	env.Server.Notifier().Committed()
+	inbox, err := env.Store.ListInbox(ctx, org.ID, owner.ID, false, 10)
+	if err != nil || len(inbox) != 1 {
+		t.Fatalf("owner's inbox: %+v %v, want the one event", inbox, err)
+	}
+	item := strconv.FormatInt(inbox[0].Item.ID, 10)
+	spare, err := env.Store.CreateNotificationChannel(ctx, org.ID, store.ChannelSlack, "spare", "https://hooks.slack.example/services/T/B/Y", "", owner.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	outsiderTok := env.Token(env.Org("outside", outsider), outsider)
+	var dead string
+	waitUntil(t, "the refused webhook's message to become a dead letter", func() bool {
+		dls, err := env.Store.ListDeadLetters(ctx, org.ID, 10)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(dls) == 1 && dls[0].Message.EventID == rec.EventID {
+			dead = strconv.FormatInt(dls[0].Message.ID, 10)
+		}
+		return dead != ""
+	})
 
 	type call = auditCall
 	// Per mutation route: a failing call, then a succeeding one.
@@ -129,6 +165,37 @@ func TestEveryMutationIsAudited(t *testing.T) {
 		"POST /api/v1/orgs/:org/billing/portal": {
 			{"/api/v1/orgs/aud/billing/portal", "", "Authorization", "Bearer " + viewerTok, false},
 			{"/api/v1/orgs/aud/billing/portal", "", "Authorization", "Bearer " + ownerTok, false},
+		},
+		"POST /api/v1/orgs/:org/notifications/inbox/read-all": {
+			// A token of another organization: 404, audited.
+			{"/api/v1/orgs/aud/notifications/inbox/read-all", "", "Authorization", "Bearer " + outsiderTok, false},
+			{"/api/v1/orgs/aud/notifications/inbox/read-all", "", "Authorization", "Bearer " + viewerTok, true},
+		},
+		"POST /api/v1/orgs/:org/notifications/inbox/:notification/read": {
+			// Another member's notification is not found for the viewer.
+			{"/api/v1/orgs/aud/notifications/inbox/" + item + "/read", "", "Authorization", "Bearer " + viewerTok, false},
+			{"/api/v1/orgs/aud/notifications/inbox/" + item + "/read", "", "Authorization", "Bearer " + ownerTok, true},
+		},
+		"PUT /api/v1/orgs/:org/notifications/preferences": {
+			{"/api/v1/orgs/aud/notifications/preferences", `{"preferences":[{"event":"*","channel":"slack","enabled":false}]}`, "Authorization", "Bearer " + viewerTok, false},
+			{"/api/v1/orgs/aud/notifications/preferences", `{"preferences":[{"event":"*","channel":"email","enabled":false}]}`, "Authorization", "Bearer " + viewerTok, true},
+		},
+		"PUT /api/v1/orgs/:org/notifications/org-preferences": {
+			{"/api/v1/orgs/aud/notifications/org-preferences", `{"preferences":[{"event":"*","channel":"slack","enabled":false}]}`, "Authorization", "Bearer " + viewerTok, false},
+			{"/api/v1/orgs/aud/notifications/org-preferences", `{"preferences":[{"event":"snapshot.created","channel":"slack","enabled":false}]}`, "Authorization", "Bearer " + ownerTok, true},
+		},
+		"POST /api/v1/orgs/:org/notifications/channels": {
+			{"/api/v1/orgs/aud/notifications/channels", `{"kind":"webhook","name":"meta","url":"http://169.254.169.254/latest"}`, "Authorization", "Bearer " + ownerTok, false},
+			{"/api/v1/orgs/aud/notifications/channels", `{"kind":"slack","name":"ops","url":"https://hooks.slack.example/services/T/B/X"}`, "Authorization", "Bearer " + ownerTok, true},
+		},
+		"DELETE /api/v1/orgs/:org/notifications/channels/:channel": {
+			{"/api/v1/orgs/aud/notifications/channels/" + hook.ID, "", "Authorization", "Bearer " + viewerTok, false},
+			{"/api/v1/orgs/aud/notifications/channels/nch_nope", "", "Authorization", "Bearer " + ownerTok, false},
+			{"/api/v1/orgs/aud/notifications/channels/" + spare.ID, "", "Authorization", "Bearer " + ownerTok, true},
+		},
+		"POST /api/v1/orgs/:org/notifications/dead-letters/:message/retry": {
+			{"/api/v1/orgs/aud/notifications/dead-letters/" + dead + "/retry", "", "Authorization", "Bearer " + viewerTok, false},
+			{"/api/v1/orgs/aud/notifications/dead-letters/" + dead + "/retry", "", "Authorization", "Bearer " + ownerTok, true},
 		},
 		"DELETE /api/v1/orgs/:org/tokens/:token": {
 			{"/api/v1/orgs/aud/tokens/" + victimTok.ID, "", "Authorization", "Bearer " + viewerTok, false},
@@ -292,5 +359,17 @@ func TestAuditFiltersAndExport(t *testing.T) {
 	viewer := env.Member(org, "v@example.com", rbac.Viewer)
 	if _, err := env.Client(env.Token(org, viewer)).Audit(ctx, "aud", platformapi.AuditQuery{}); !isStatus(err, http.StatusForbidden) {
 		t.Fatalf("viewer reading audit: %v", err)
+	}
+}
+
+// waitUntil polls cond; the bound only keeps a broken test from hanging.
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("gave up waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }

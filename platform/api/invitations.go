@@ -3,15 +3,23 @@ package api
 import (
 	"errors"
 	"net/http"
+	"net/url"
+	"strings"
 
 	"github.com/gin-gonic/gin"
 
 	"github.com/thinlab/thinlab/platform/access"
 	"github.com/thinlab/thinlab/platform/audit"
+	"github.com/thinlab/thinlab/platform/notify"
 	"github.com/thinlab/thinlab/platform/orgrules"
 	"github.com/thinlab/thinlab/platform/store"
 	"github.com/thinlab/thinlab/sdk/platformapi"
 )
+
+// InvitationURL is the acceptance link of an invitation.
+func InvitationURL(baseURL, secret string) string {
+	return strings.TrimRight(baseURL, "/") + "/invitations/accept?secret=" + url.QueryEscape(secret)
+}
 
 func invitationJSON(inv store.Invitation) platformapi.Invitation {
 	return platformapi.Invitation{ID: inv.ID, Email: inv.Email, Role: string(inv.Role), CreatedAt: inv.CreatedAt.UTC(), ExpiresAt: inv.ExpiresAt.UTC()}
@@ -44,7 +52,10 @@ func (a *API) createInvitation(c *gin.Context) {
 	if reject(c, err) {
 		return
 	}
-	inv, secret, err := a.Store.CreateInvitation(c.Request.Context(), access.OrgID(c), addr, role, access.Caller(c).UserID)
+	inv, secret, _, err := a.Notifier.Invite(c.Request.Context(), a.Store, notify.Invitation{
+		Org: access.Org(c), Email: addr, Role: role, InvitedBy: access.Caller(c).UserID, Inviter: access.Caller(c).Email,
+		AcceptURL: func(secret string) string { return InvitationURL(a.BaseURL, secret) },
+	})
 	if err != nil {
 		a.internal(c, "create the invitation", err)
 		return

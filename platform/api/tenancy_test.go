@@ -7,6 +7,7 @@ import (
 	"maps"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -15,6 +16,7 @@ import (
 	"github.com/thinlab/thinlab/platform/api"
 	"github.com/thinlab/thinlab/platform/auth"
 	"github.com/thinlab/thinlab/platform/hub"
+	"github.com/thinlab/thinlab/platform/notify"
 	"github.com/thinlab/thinlab/platform/platformtest"
 	"github.com/thinlab/thinlab/platform/rbac"
 	"github.com/thinlab/thinlab/platform/store"
@@ -44,6 +46,9 @@ type tenants struct {
 	// agentB and enrollmentB: B's agent (enrolled with B's multi-use
 	// enrollment token) and that token.
 	agentB, agentNameB, enrollmentB string
+	// B's notification channel, an inbox item of B's owner and a dead
+	// letter of B.
+	channelB, notificationB, deadLetterB string
 	// session is ann's signed-in browser; csrf its session's token.
 	session   *webtest.Browser
 	csrf      string
@@ -102,7 +107,64 @@ func newTenants(t *testing.T) *tenants {
 		t.Fatal(err)
 	}
 	tt.agentB, tt.agentNameB, tt.enrollmentB = agentB.ID, agentB.Name, enr.ID
+	tt.channelB, tt.notificationB, tt.deadLetterB = tt.notifications(t, tt.b, tt.ownerB, "b")
 	return tt
+}
+
+// notifications makes, in org, a webhook channel whose address the
+// platform refuses (a dial to 127.0.0.1 without an allowlist), and an
+// event: owner's inbox gets it and the channel's message becomes a dead
+// letter at its first attempt. It returns the three IDs.
+func (tt *tenants) notifications(t *testing.T, org *store.Organization, owner *store.User, tag string) (channel, notification, deadLetter string) {
+	t.Helper()
+	ctx := t.Context()
+	n := tt.seq.Add(1)
+	ch, err := tt.p.Store.CreateNotificationChannel(ctx, org.ID, store.ChannelWebhook, fmt.Sprintf("%s-hook-%d", tag, n), "http://127.0.0.1:1/hook", "secret", owner.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Slack channels the walk adds (bodyFor) point at a name outside the
+	// test's network: keep every event away from them.
+	off := false
+	if err := tt.p.Store.SetNotificationPreferences(ctx, org.ID, "", []store.PreferenceChange{{Event: "*", Channel: store.ChannelSlack, Enabled: &off}}); err != nil {
+		t.Fatal(err)
+	}
+	target := fmt.Sprintf("%s-pool-%d", tag, n)
+	notifier := tt.p.Server.Notifier()
+	rec, err := notifier.Record(ctx, tt.p.Store, notify.Event{OrgID: org.ID, Name: notify.RefreshSkipped, Target: target, SourceKey: "walk:" + target})
+	if err != nil {
+		t.Fatal(err)
+	}
+	notifier.Committed()
+	items, err := tt.p.Store.ListInbox(ctx, org.ID, owner.ID, false, 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, it := range items {
+		if it.Event.ID == rec.EventID {
+			notification = strconv.FormatInt(it.Item.ID, 10)
+		}
+	}
+	if notification == "" {
+		t.Fatalf("event %d is not in %s's inbox", rec.EventID, owner.Email)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for deadLetter == "" {
+		dls, err := tt.p.Store.ListDeadLetters(ctx, org.ID, 1000)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, d := range dls {
+			if d.Message.EventID == rec.EventID && d.Message.ChannelID != nil && *d.Message.ChannelID == ch.ID {
+				deadLetter = strconv.FormatInt(d.Message.ID, 10)
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the message to the refused webhook of %s did not become a dead letter", org.Slug)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return ch.ID, notification, deadLetter
 }
 
 // fillB replaces path parameters with org and B's resources.
@@ -115,6 +177,9 @@ func (tt *tenants) fillB(path, org string) string {
 		":agent", tt.agentB,
 		":enrollment", tt.enrollmentB,
 		":clone", "b-clone",
+		":channel", tt.channelB,
+		":notification", tt.notificationB,
+		":message", tt.deadLetterB,
 	).Replace(path)
 }
 
@@ -155,6 +220,10 @@ func (tt *tenants) fillA(t *testing.T, path string) string {
 		}
 		r = append(r, ":agent", ag.ID, ":enrollment", enr.ID)
 	}
+	if strings.Contains(path, ":channel") || strings.Contains(path, ":notification") || strings.Contains(path, ":message") {
+		ch, item, dead := tt.notifications(t, tt.a, tt.ownerA, "a")
+		r = append(r, ":channel", ch, ":notification", item, ":message", dead)
+	}
 	return strings.NewReplacer(r...).Replace(path)
 }
 
@@ -181,6 +250,12 @@ func (tt *tenants) bodyFor(method, path string) any {
 			return url.Values{"protected": {"true"}}
 		case strings.HasSuffix(path, "/snapshots/delete"):
 			return url.Values{"id": {"pool@snapshot_20260101000000"}}
+		case strings.HasSuffix(path, "/notifications/channels") && method == http.MethodPost:
+			return url.Values{"kind": {"slack"}, "name": {fmt.Sprintf("leak-%d", n)}, "url": {"https://hooks.example.com/in"}}
+		case strings.HasSuffix(path, "/notifications/preferences"):
+			return url.Values{"pref.*.email": {"off"}}
+		case strings.HasSuffix(path, "/notifications/org-preferences"):
+			return url.Values{"pref.*.slack": {"off"}, "pref.snapshot.created.inbox": {"on"}}
 		}
 		return url.Values{}
 	}
@@ -199,6 +274,12 @@ func (tt *tenants) bodyFor(method, path string) any {
 		return map[string]string{"name": fmt.Sprintf("leak-%d", n)}
 	case method == http.MethodPost && strings.HasSuffix(path, "/billing/checkout"):
 		return map[string]string{"plan": "team"}
+	case method == http.MethodPost && strings.HasSuffix(path, "/notifications/channels"):
+		return map[string]string{"kind": "slack", "name": fmt.Sprintf("leak-%d", n), "url": "https://hooks.example.com/in"}
+	case method == http.MethodPut && strings.HasSuffix(path, "/notifications/preferences"):
+		return map[string]any{"preferences": []map[string]any{{"event": "*", "channel": "email", "enabled": false}}}
+	case method == http.MethodPut && strings.HasSuffix(path, "/notifications/org-preferences"):
+		return map[string]any{"preferences": []map[string]any{{"event": "*", "channel": "slack", "enabled": false}}}
 	}
 	return nil
 }
@@ -383,6 +464,30 @@ var ownStatus = map[string]status{
 	"GET /o/:org/billing":                     {http.StatusOK, http.StatusOK},
 	"POST /o/:org/billing/checkout":           {http.StatusConflict, http.StatusConflict},
 	"POST /o/:org/billing/portal":             {http.StatusConflict, http.StatusConflict},
+	// Notifications: the inbox and preferences are the caller's own; the
+	// channel, inbox item and dead letter of a call are made for it
+	// (tenants.notifications).
+	"GET /api/v1/orgs/:org/notifications/inbox":                        {http.StatusOK, http.StatusOK},
+	"POST /api/v1/orgs/:org/notifications/inbox/read-all":              {http.StatusNoContent, http.StatusNoContent},
+	"POST /api/v1/orgs/:org/notifications/inbox/:notification/read":    {http.StatusNoContent, http.StatusNoContent},
+	"GET /api/v1/orgs/:org/notifications/preferences":                  {http.StatusOK, http.StatusOK},
+	"PUT /api/v1/orgs/:org/notifications/preferences":                  {http.StatusOK, http.StatusOK},
+	"PUT /api/v1/orgs/:org/notifications/org-preferences":              {http.StatusOK, http.StatusOK},
+	"GET /api/v1/orgs/:org/notifications/channels":                     {http.StatusOK, http.StatusOK},
+	"POST /api/v1/orgs/:org/notifications/channels":                    {http.StatusCreated, http.StatusCreated},
+	"DELETE /api/v1/orgs/:org/notifications/channels/:channel":         {http.StatusNoContent, http.StatusNoContent},
+	"GET /api/v1/orgs/:org/notifications/dead-letters":                 {http.StatusOK, http.StatusOK},
+	"POST /api/v1/orgs/:org/notifications/dead-letters/:message/retry": {http.StatusNoContent, http.StatusNoContent},
+	"GET /o/:org/notifications":                                        {http.StatusOK, http.StatusOK},
+	"POST /o/:org/notifications/inbox/read-all":                        {http.StatusSeeOther, http.StatusSeeOther},
+	"POST /o/:org/notifications/inbox/:notification/read":              {http.StatusSeeOther, http.StatusSeeOther},
+	"GET /o/:org/notifications/preferences":                            {http.StatusOK, http.StatusOK},
+	"POST /o/:org/notifications/preferences":                           {http.StatusSeeOther, http.StatusSeeOther},
+	"POST /o/:org/notifications/org-preferences":                       {http.StatusSeeOther, http.StatusSeeOther},
+	"GET /o/:org/notifications/channels":                               {http.StatusOK, http.StatusOK},
+	"POST /o/:org/notifications/channels":                              {http.StatusOK, http.StatusOK},
+	"POST /o/:org/notifications/channels/:channel/delete":              {http.StatusSeeOther, http.StatusSeeOther},
+	"POST /o/:org/notifications/dead-letters/:message/retry":           {http.StatusSeeOther, http.StatusSeeOther},
 }
 
 // TestTenantIsolation walks EVERY route of the route table (API and web
@@ -688,7 +793,8 @@ func TestPermissionsEnforcedOnEveryRoute(t *testing.T) {
 			}
 			// Resource IDs that do not exist: an allowed call answers 404
 			// for the resource, a denied one 403 before looking.
-			path := strings.NewReplacer(":org", org.Slug, ":user", "usr_none", ":invitation", "inv_none", ":token", "tok_none", ":agent", "agt_none", ":enrollment", "enr_none").Replace(rt.Path)
+			path := strings.NewReplacer(":org", org.Slug, ":user", "usr_none", ":invitation", "inv_none", ":token", "tok_none", ":agent", "agt_none", ":enrollment", "enr_none",
+				":channel", "nch_none", ":notification", "999999", ":message", "999999").Replace(rt.Path)
 			r := env.Do(rt.Method, path, token, "{}")
 			denied := r.Status == http.StatusForbidden && r.Error().Code == "forbidden"
 			// Routes that refuse API tokens deny every role's token.

@@ -52,6 +52,11 @@ const (
 	UsageRead Permission = "usage:read"
 	AuditRead Permission = "audit:read"
 	OrgManage Permission = "org:manage"
+	// NotificationRead is one's own inbox and preferences.
+	NotificationRead Permission = "notification:read"
+	// NotificationManage is the organization's notification defaults,
+	// Slack and webhook channels, and dead letters.
+	NotificationManage Permission = "notification:manage"
 )
 
 // Permissions lists every permission.
@@ -60,6 +65,7 @@ var Permissions = []Permission{
 	SnapshotRead, SnapshotCreate, SnapshotUpdate, SnapshotDelete,
 	AgentManage, AgentRead, AgentRefresh, MemberManage, MemberRead,
 	TokenManage, BillingManage, BillingRead, UsageRead, AuditRead, OrgManage,
+	NotificationRead, NotificationManage,
 }
 
 // grants is the whole policy: what each role may do.
@@ -69,7 +75,7 @@ var grants = map[Role][]Permission{
 		CloneRead, CloneCreate, CloneUpdate, CloneDelete, CloneConnect,
 		SnapshotRead, SnapshotCreate, SnapshotUpdate, SnapshotDelete,
 		AgentManage, AgentRead, AgentRefresh, MemberManage, MemberRead,
-		TokenManage, AuditRead, BillingRead, UsageRead,
+		TokenManage, AuditRead, BillingRead, UsageRead, NotificationRead, NotificationManage,
 	},
 	// Members work with clones (their own and others': clones are
 	// shared within the organization) and take snapshots; deleting or
@@ -77,11 +83,11 @@ var grants = map[Role][]Permission{
 	Member: {
 		CloneRead, CloneCreate, CloneUpdate, CloneDelete, CloneConnect,
 		SnapshotRead, SnapshotCreate,
-		AgentRead, MemberRead, TokenManage,
+		AgentRead, MemberRead, TokenManage, NotificationRead,
 	},
 	// Viewers see clones and snapshots (connection strings hold no
 	// passwords) but change nothing.
-	Viewer: {CloneRead, SnapshotRead, AgentRead, MemberRead},
+	Viewer: {CloneRead, SnapshotRead, AgentRead, MemberRead, NotificationRead},
 }
 
 var lookup = func() map[Role]map[Permission]bool {

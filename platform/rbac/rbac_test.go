@@ -28,6 +28,10 @@ func TestMatrix(t *testing.T) {
 		UsageRead:      {Owner: y, Admin: y, Member: n, Viewer: n},
 		AuditRead:      {Owner: y, Admin: y, Member: n, Viewer: n},
 		OrgManage:      {Owner: y, Admin: n, Member: n, Viewer: n},
+		// Everyone reads their own inbox and sets their own preferences;
+		// admins set the organization's and manage its channels.
+		NotificationRead:   {Owner: y, Admin: y, Member: y, Viewer: y},
+		NotificationManage: {Owner: y, Admin: y, Member: n, Viewer: n},
 	}
 	if len(want) != len(Permissions) {
 		t.Fatalf("matrix covers %d permissions, rbac has %d", len(want), len(Permissions))

@@ -17,6 +17,7 @@ import (
 
 	"github.com/thinlab/thinlab/platform/auth"
 	"github.com/thinlab/thinlab/platform/billing"
+	"github.com/thinlab/thinlab/platform/notify"
 	"github.com/thinlab/thinlab/platform/ratelimit"
 	"github.com/thinlab/thinlab/platform/store"
 )
@@ -60,6 +61,10 @@ type Config struct {
 	// Billing is usage-based billing through Stripe (docs/billing.md);
 	// off unless a Stripe secret key is set.
 	Billing billing.Config `yaml:"billing"`
+	// Notifications: the SMTP server, where webhooks may go, and the
+	// delivery workers (env THINLAB_PLATFORM_NOTIFICATIONS_SMTP_HOST,
+	// _SMTP_PORT, _SMTP_USERNAME, _SMTP_PASSWORD, _SMTP_FROM).
+	Notifications notify.Config `yaml:"notifications"`
 }
 
 // UsageConfig configures usage reports.
@@ -239,6 +244,17 @@ func (c *Config) applyEnv(lookup func(string) (string, bool)) error {
 		}
 		c.Billing.Enabled = &b
 	}
+	str("NOTIFICATIONS_SMTP_HOST", &c.Notifications.SMTP.Host)
+	str("NOTIFICATIONS_SMTP_USERNAME", &c.Notifications.SMTP.Username)
+	str("NOTIFICATIONS_SMTP_PASSWORD", &c.Notifications.SMTP.Password)
+	str("NOTIFICATIONS_SMTP_FROM", &c.Notifications.SMTP.From)
+	if v, ok := lookup(EnvPrefix + "NOTIFICATIONS_SMTP_PORT"); ok {
+		n, err := strconv.Atoi(v)
+		if err != nil {
+			return fmt.Errorf("%sNOTIFICATIONS_SMTP_PORT=%q: use a port number such as 587", EnvPrefix, v)
+		}
+		c.Notifications.SMTP.Port = n
+	}
 	str("OIDC_ISSUER", &c.OIDC.Issuer)
 	str("OIDC_CLIENT_ID", &c.OIDC.ClientID)
 	str("OIDC_CLIENT_SECRET", &c.OIDC.ClientSecret)
@@ -343,6 +359,9 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("usage.copyRateMiBPerSecond %g: use a positive rate in MiB/s (or leave it unset for 600)", c.Usage.CopyRateMiBPerSecond)
 	}
 	if err := c.Billing.Validate(); err != nil {
+		return err
+	}
+	if err := c.Notifications.Validate(); err != nil {
 		return err
 	}
 	for _, p := range c.TrustedProxies {

@@ -188,3 +188,37 @@ func TestRelayConfigErrorsNameTheKey(t *testing.T) {
 		t.Errorf("a valid relay configuration: %v", err)
 	}
 }
+
+// TestLoadNotificationsConfig: the notifications: section from the file,
+// the SMTP password from the environment, and a refused setting named.
+func TestLoadNotificationsConfig(t *testing.T) {
+	p := writeConfig(t, `
+notifications:
+  smtp:
+    host: smtp.example.com
+    username: thinlab
+    from: thinlab@example.com
+  webhooks:
+    allowAddresses: [127.0.0.1/32]
+  foldWindow: 5m
+  disconnectGrace: 30s
+`)
+	t.Setenv("THINLAB_PLATFORM_NOTIFICATIONS_SMTP_PASSWORD", "s3cret")
+	t.Setenv("THINLAB_PLATFORM_NOTIFICATIONS_SMTP_PORT", "2525")
+	cfg, err := LoadConfig(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := cfg.Notifications
+	if n.SMTP.Host != "smtp.example.com" || n.SMTP.Password != "s3cret" || n.SMTP.Port != 2525 || n.FoldWindow != 5*time.Minute ||
+		n.DisconnectGrace != 30*time.Second || len(n.Webhooks.AllowAddresses) != 1 {
+		t.Fatalf("notifications config %+v", n)
+	}
+	t.Setenv("THINLAB_PLATFORM_NOTIFICATIONS_SMTP_PASSWORD", "")
+	if _, err := LoadConfig(p); err == nil || !strings.Contains(err.Error(), "notifications.smtp.username and password") {
+		t.Fatalf("username without password: %v, want an error naming both keys", err)
+	}
+	if _, err := LoadConfig(writeConfig(t, "notifications:\n  smtp:\n    hots: x\n")); err == nil || !strings.Contains(err.Error(), "hots") {
+		t.Fatalf("a typo under notifications: %v, want it named", err)
+	}
+}

@@ -29,6 +29,7 @@ import (
 	"github.com/thinlab/thinlab/platform/auth"
 	"github.com/thinlab/thinlab/platform/billing"
 	"github.com/thinlab/thinlab/platform/hub"
+	"github.com/thinlab/thinlab/platform/notify"
 	"github.com/thinlab/thinlab/platform/principal"
 	"github.com/thinlab/thinlab/platform/ratelimit"
 	"github.com/thinlab/thinlab/platform/store"
@@ -72,6 +73,12 @@ type Server struct {
 	hub       *hub.Hub
 	replicaID string
 	billing   *billing.Billing
+	// notifier records notifications in the producers' transactions;
+	// worker delivers the outbox until stopWorker, then closes workerDone.
+	notifier   *notify.Notifier
+	worker     *notify.Worker
+	stopWorker context.CancelFunc
+	workerDone chan struct{}
 }
 
 // New opens (or starts) the database, applies migrations and builds the
@@ -138,6 +145,11 @@ func New(ctx context.Context, cfg Config, opts Options) (_ *Server, err error) {
 	if s.engine, err = s.newEngine(); err != nil {
 		return nil, err
 	}
+	s.notifier = notify.New(cfg.Notifications, logger)
+	if s.worker, err = notify.NewWorker(s.store, s.notifier, signIn.BaseURL(), logger); err != nil {
+		return nil, err
+	}
+	s.notifier.OnCommit = s.worker.Wake
 	if err := s.newHub(ctx); err != nil {
 		return nil, err
 	}
@@ -159,15 +171,23 @@ func New(ctx context.Context, cfg Config, opts Options) (_ *Server, err error) {
 	routes = append(routes, api.Routes(&api.API{
 		Store: s.store, Logger: logger, Audit: s.audit, Disconnector: disconnect, Agents: s.hub, ReplicaID: s.replicaID,
 		BaseURL: signIn.BaseURL(), Tunnels: tunnels, Billing: s.billing, CopyRateMiBPerSecond: copyRate,
+		Notifier: s.notifier, URLGuard: s.worker.URLGuard(),
 	})...)
 	wb := web.New(signIn, s.store, logger, disconnect)
 	wb.Agents = s.hub
 	wb.Billing, wb.CopyRateMiBPerSecond = s.billing, copyRate
+	wb.Notifier, wb.URLGuard = s.notifier, s.worker.URLGuard()
 	routes = append(routes, wb.Routes()...)
 	if err := s.guard.Mount(s.engine, routes); err != nil {
 		return nil, err
 	}
 	s.routes = routes
+	wctx, stop := context.WithCancel(context.Background())
+	s.stopWorker, s.workerDone = stop, make(chan struct{})
+	go func() {
+		defer close(s.workerDone)
+		s.worker.Run(wctx)
+	}()
 	return s, nil
 }
 
@@ -296,6 +316,12 @@ func (s *Server) ReplicaID() string { return s.replicaID }
 // Config returns the configuration the server runs with.
 func (s *Server) Config() Config { return s.cfg }
 
+// Notifier records notifications (tests record events with it).
+func (s *Server) Notifier() *notify.Notifier { return s.notifier }
+
+// NotificationWorker delivers this replica's share of the outbox.
+func (s *Server) NotificationWorker() *notify.Worker { return s.worker }
+
 // Store is the platform database.
 func (s *Server) Store() *store.Store { return s.store }
 
@@ -343,6 +369,13 @@ func (s *Server) ListenAndServe(ctx context.Context) error {
 // Close closes the database and stops the embedded cluster, if any.
 func (s *Server) Close() error {
 	var errs []error
+	if s.stopWorker != nil {
+		// A delivery in flight ends with its transaction: the message
+		// stays pending for the next run or another replica.
+		s.stopWorker()
+		<-s.workerDone
+		s.stopWorker = nil
+	}
 	if s.hub != nil {
 		// Tunnels are hijacked connections: a graceful HTTP shutdown does
 		// not end them. Agents reconnect (to another replica, if any).

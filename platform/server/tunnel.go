@@ -22,6 +22,7 @@ import (
 
 	"github.com/thinlab/thinlab/platform/access"
 	"github.com/thinlab/thinlab/platform/hub"
+	"github.com/thinlab/thinlab/platform/notify"
 	"github.com/thinlab/thinlab/platform/store"
 	"github.com/thinlab/thinlab/platform/usage"
 	"github.com/thinlab/thinlab/sdk/tunnel"
@@ -41,6 +42,7 @@ type tunnelHooks struct {
 	// writeEvery is how often a heartbeat is written per agent.
 	writeEvery time.Duration
 	hub        *hub.Hub
+	notifier   *notify.Notifier
 	logger     interface {
 		Warn(string, ...any)
 		Error(string, ...any)
@@ -87,7 +89,7 @@ func (s *Server) newHub(ctx context.Context) error {
 	} else if n > 0 {
 		s.logger.Warn("agents left marked as connected to this replica by its previous run are now disconnected", "replica", id, "agents", n)
 	}
-	hooks := &tunnelHooks{store: s.store, replicaID: id, logger: s.logger, sessions: map[string]*recorded{}, writeEvery: heartbeatWriteEvery}
+	hooks := &tunnelHooks{store: s.store, notifier: s.notifier, replicaID: id, logger: s.logger, sessions: map[string]*recorded{}, writeEvery: heartbeatWriteEvery}
 	if hb := s.cfg.Tunnel.HeartbeatInterval; hb > 0 && 3*hb < heartbeatWriteEvery {
 		hooks.writeEvery = 3 * hb
 	}
@@ -189,11 +191,26 @@ func (t *tunnelHooks) onConnect(ctx context.Context, a hub.AgentIdentity, facts 
 		t.sessions[a.AgentID] = &recorded{since: since, lastWrite: since}
 	}
 	t.mu.Unlock()
-	if fresh {
-		if err := t.store.MarkAgentConnected(ctx, a.AgentID, t.replicaID, since); err != nil {
-			t.logger.Error("tunnel: record the agent as connected", "agent", a.AgentID, "err", err)
-		}
+	if !fresh {
+		return
 	}
+	// The connection and, when its organization was told the agent had
+	// gone, the notification that it is back commit together.
+	err := t.store.InTx(ctx, func(tx *store.Store) error {
+		ag, err := tx.HubAgent(ctx, a.AgentID)
+		if err != nil {
+			return err
+		}
+		if err := tx.MarkAgentConnected(ctx, a.AgentID, t.replicaID, since); err != nil {
+			return err
+		}
+		return t.notifier.AgentReconnected(ctx, tx, ag, since)
+	})
+	if err != nil {
+		t.logger.Error("tunnel: record the agent as connected", "agent", a.AgentID, "err", err)
+		return
+	}
+	t.notifier.Committed()
 }
 
 func (t *tunnelHooks) onHeartbeat(a hub.AgentIdentity, at time.Time) {
@@ -220,15 +237,21 @@ func (t *tunnelHooks) onDisconnect(a hub.AgentIdentity) {
 	t.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
+	// Nobody is told yet: the delivery worker tells the organization once
+	// the agent has stayed away for notifications.disconnectGrace
+	// (notify.Worker.CheckDisconnections), so a replica's restart, after
+	// which the agent is back within seconds, tells nobody anything.
 	if _, err := t.store.MarkAgentDisconnected(ctx, a.AgentID, t.replicaID, time.Now()); err != nil {
 		t.logger.Error("tunnel: record the agent as disconnected", "agent", a.AgentID, "err", err)
 	}
 }
 
-// onEvents stores a batch; the store skips events it holds already (a
-// batch comes again when its ack was lost).
+// onEvents stores a batch and the notifications it raises in one
+// transaction; the store skips events (and notifications of events) it
+// holds already: a batch comes again when its ack was lost. A batch that
+// fails is not acked, and the agent sends it again.
 func (t *tunnelHooks) onEvents(ctx context.Context, agentID string, events []tunnel.Event) error {
-	return StoreAgentEvents(ctx, t.store, agentID, events)
+	return StoreAgentEvents(ctx, t.store, t.notifier, agentID, events)
 }
 
 // StoreAgentEvents is the hub's ingestion of one batch of an agent's
@@ -236,7 +259,7 @@ func (t *tunnelHooks) onEvents(ctx context.Context, agentID string, events []tun
 // samples among them as usage rows, each sample once. Exported for the
 // ingestion benchmark (platform/usage), which drives it without a
 // websocket per simulated agent.
-func StoreAgentEvents(ctx context.Context, st *store.Store, agentID string, events []tunnel.Event) error {
+func StoreAgentEvents(ctx context.Context, st *store.Store, n *notify.Notifier, agentID string, events []tunnel.Event) error {
 	// Resource samples are kept apart, for the charts (with their own
 	// retention and downsampling), not in the event log.
 	var samples []tunnel.MetricsSample
@@ -263,9 +286,23 @@ func StoreAgentEvents(ctx context.Context, st *store.Store, agentID string, even
 			Snapshot: e.Snapshot, Pool: e.Pool, Message: e.Message, Data: e.Data,
 		})
 	}
-	if _, err := st.InsertAgentEvents(ctx, agentID, rows); err != nil {
+	err := st.InTx(ctx, func(tx *store.Store) error {
+		if _, err := tx.InsertAgentEvents(ctx, agentID, rows); err != nil {
+			return err
+		}
+		if n == nil {
+			return nil
+		}
+		ag, err := tx.HubAgent(ctx, agentID)
+		if err != nil {
+			return err
+		}
+		return n.AgentEvents(ctx, tx, ag.OrgID, agentID, events)
+	})
+	if err != nil {
 		return err
 	}
+	n.Committed()
 	// Usage samples also become usage rows, each sample once (its ID is
 	// fixed by its period); a failure here is a refused batch, which the
 	// agent sends again.

@@ -436,6 +436,16 @@ func (s *Store) LatestAgentEvents(ctx context.Context, orgID, kind string) (map[
 	return out, err
 }
 
+// HubAgent returns agentID's row for the tunnel hub, whose caller was
+// authenticated as that agent (its organization is in the row).
+func (s *Store) HubAgent(ctx context.Context, agentID string) (*Agent, error) {
+	var a Agent
+	if err := s.conn(ctx).Where("id = ?", agentID).Take(&a).Error; err != nil {
+		return nil, notFound(err)
+	}
+	return &a, nil
+}
+
 // AgentReplica returns the replica recorded as holding agentID's tunnel,
 // or "" when none does (never connected, or disconnected). It is
 // the hub's lookup for relaying between replicas: it reveals nothing but

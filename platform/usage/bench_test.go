@@ -82,7 +82,7 @@ func BenchmarkUsageIngest(b *testing.B) {
 		for i, id := range agents {
 			wg.Go(func() {
 				for _, batch := range work[i] {
-					if err := server.StoreAgentEvents(ctx, env.Store, id, batch); err != nil {
+					if err := server.StoreAgentEvents(ctx, env.Store, nil, id, batch); err != nil {
 						errs <- err
 						return
 					}

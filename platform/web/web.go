@@ -19,6 +19,7 @@ import (
 	"github.com/thinlab/thinlab/platform/audit"
 	"github.com/thinlab/thinlab/platform/auth"
 	"github.com/thinlab/thinlab/platform/billing"
+	"github.com/thinlab/thinlab/platform/notify"
 	"github.com/thinlab/thinlab/platform/orgrules"
 	"github.com/thinlab/thinlab/platform/principal"
 	"github.com/thinlab/thinlab/platform/rbac"
@@ -41,6 +42,9 @@ type Web struct {
 	Billing *billing.Billing
 	// CopyRateMiBPerSecond is the savings estimate's full-copy rate.
 	CopyRateMiBPerSecond float64
+	// Notifier mails invitations; URLGuard checks channel URLs.
+	Notifier *notify.Notifier
+	URLGuard api.URLGuard
 }
 
 // New returns the UI over a's sign-in and st; its pages render a's
@@ -106,6 +110,7 @@ func (w *Web) Routes() []access.Route {
 		{Method: post, Path: "/o/:org/billing/checkout", Permission: rbac.BillingManage, Action: "billing.checkout", Handler: w.checkout},
 		{Method: post, Path: "/o/:org/billing/portal", Permission: rbac.BillingManage, Action: "billing.portal", Handler: w.portal},
 	}
+	rs = append(rs, w.notificationRoutes()...)
 	for i := range rs {
 		if !rs[i].Public {
 			rs[i].OnError = w.deny
@@ -219,6 +224,17 @@ func (w *Web) basePage(c *gin.Context, title string) ui.Page {
 	if org := access.OrgIfAny(c); org != nil {
 		p.Org = &ui.Org{ID: org.ID, Slug: org.Slug, Name: org.Name, Role: string(access.Role(c))}
 		p.Nav = nav(p.Org, access.Role(c), c.FullPath())
+		if rbac.Can(access.Role(c), rbac.NotificationRead) {
+			n, err := w.store.UnreadCount(c.Request.Context(), org.ID, pr.UserID)
+			if err != nil {
+				w.logger.Error("count unread notifications", "err", err)
+			}
+			for i := range p.Nav {
+				if p.Nav[i].Label == navNotifications {
+					p.Nav[i].Count = n
+				}
+			}
+		}
 	}
 	p.Flash = w.takeFlash(c)
 	return p
@@ -226,6 +242,10 @@ func (w *Web) basePage(c *gin.Context, title string) ui.Page {
 
 // page is basePage with the status of a successful GET.
 func (w *Web) page(c *gin.Context, title string) ui.Page { return w.basePage(c, title) }
+
+// navNotifications is the inbox's entry in the navigation (with the
+// unread count).
+const navNotifications = "Notifications"
 
 // nav lists the organization's sections the role may open; sections not
 // built yet are shown as "soon".
@@ -241,6 +261,7 @@ func nav(org *ui.Org, role rbac.Role, route string) []ui.NavItem {
 		{"API tokens", "/tokens", rbac.TokenManage},
 		{"Agents", "/agents", rbac.AgentRead},
 		{"Clones", "/clones", rbac.CloneRead},
+		{navNotifications, "/notifications", rbac.NotificationRead},
 		{"Audit log", "/audit", rbac.AuditRead},
 		{"Usage", "/usage", rbac.UsageRead},
 		{"Billing", "/billing", rbac.BillingRead},
