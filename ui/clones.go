@@ -84,10 +84,10 @@ type CloneDetail struct {
 	// to the clone through the platform.
 	ConnectCommand string
 	// Charts are the clone's CPU and memory over the last day.
-	Charts []Chart
-	Snapshots      []SnapshotRow // reset targets
-	CanUpdate      bool
-	CanDelete      bool
+	Charts    []Chart
+	Snapshots []SnapshotRow // reset targets
+	CanUpdate bool
+	CanDelete bool
 	// Base is the clone's page path; its forms post below it.
 	Base    string
 	Checked time.Time
