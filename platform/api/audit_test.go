@@ -150,6 +150,11 @@ func TestEveryMutationIsAudited(t *testing.T) {
 		// (TestEngineProxyThroughRealTunnel).
 		"POST /api/v1/orgs/:org/agents/:agent/engine/full-refresh":    engineRefusals(ag.ID, "/full-refresh", viewerTok, ownerTok),
 		"POST /api/v1/orgs/:org/agents/:agent/engine/snapshot":        engineRefusals(ag.ID, "/snapshot", viewerTok, ownerTok),
+		"POST /api/v1/orgs/:org/agents/:agent/engine/branch":          engineRefusals(ag.ID, "/branch", viewerTok, ownerTok),
+		"POST /api/v1/orgs/:org/agents/:agent/engine/branch/snapshot": engineRefusals(ag.ID, "/branch/snapshot", viewerTok, ownerTok),
+		"PATCH /api/v1/orgs/:org/agents/:agent/engine/branch/:name":   engineRefusals(ag.ID, "/branch/feature", viewerTok, ownerTok),
+		"DELETE /api/v1/orgs/:org/agents/:agent/engine/branch/:name":  engineRefusals(ag.ID, "/branch/feature", viewerTok, ownerTok),
+		"POST /api/v1/orgs/:org/agents/:agent/engine/snapshot/clone":  engineRefusals(ag.ID, "/snapshot/clone", viewerTok, ownerTok),
 		"PATCH /api/v1/orgs/:org/agents/:agent/engine/snapshot/*id":   engineRefusals(ag.ID, "/snapshot/pool@snapshot_20260101000000", viewerTok, ownerTok),
 		"DELETE /api/v1/orgs/:org/agents/:agent/engine/snapshot/*id":  engineRefusals(ag.ID, "/snapshot/pool@snapshot_20260101000000", viewerTok, ownerTok),
 		"POST /api/v1/orgs/:org/agents/:agent/engine/clone":           engineRefusals(ag.ID, "/clone", viewerTok, ownerTok),
