@@ -9,7 +9,7 @@ TESTFLAGS ?=
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X github.com/thinlab/thinlab/internal/version.Version=$(VERSION)
 
-.PHONY: all deps build generate lint test test-unit fuzz bench demo demo-stop clean
+.PHONY: all deps build generate lint test test-unit fuzz bench demo demo-stop clean release
 
 all: build
 
@@ -76,5 +76,12 @@ demo: deps build
 demo-stop:
 	@deploy/demo/demo.sh stop
 
+# Release artifacts in dist/: thinlab for linux/amd64 and linux/arm64
+# (static, version stamped), a .deb and an .rpm of each with the systemd
+# units (deploy/systemd), and SHA256SUMS. The packaging tool is its own
+# module (deploy/release, nfpm as a library) so the main module stays lean.
+release: generate
+	cd deploy/release && $(GO) run . -repo $(CURDIR) -version $(VERSION) -out $(CURDIR)/dist
+
 clean:
-	rm -rf bin bench.out
+	rm -rf bin bench.out dist
