@@ -92,12 +92,13 @@ func TestReleaseBuildsStampedBinariesAndPackagesThatInstall(t *testing.T) {
 	if err != nil || verify != "" {
 		t.Errorf("systemd-analyze verify in the chroot: %v\n%s", err, verify)
 	}
-	for _, want := range []string{"Delegate=yes", "NoNewPrivileges=yes", "StateDirectory=thinlab", "RuntimeDirectory=thinlab", "ExecStart=/usr/bin/thinlab agent run"} {
-		if got := run(t, "", "chroot", dir, "systemctl", "cat", "thinlab-agent.service"); !strings.Contains(got, "\n"+want) {
-			t.Errorf("thinlab-agent.service lacks %s", want)
+	agentUnit := readFile(t, filepath.Join(dir, units[0]))
+	for _, want := range []string{"Delegate=yes", "NoNewPrivileges=yes", "StateDirectory=thinlab\n", "RuntimeDirectory=thinlab\n", "ExecStart=/usr/bin/thinlab agent run"} {
+		if !strings.Contains(agentUnit, "\n"+want) {
+			t.Errorf("thinlab-agent.service lacks %q", want)
 		}
 	}
-	platformUnit := run(t, "", "chroot", dir, "systemctl", "cat", "thinlab-platform.service")
+	platformUnit := readFile(t, filepath.Join(dir, units[1]))
 	for _, want := range []string{"User=thinlab-platform", "ProtectSystem=strict", "NoNewPrivileges=yes", "CapabilityBoundingSet=\n", "StateDirectory=thinlab/platform", "RuntimeDirectory=thinlab-platform"} {
 		if !strings.Contains(platformUnit, "\n"+want) {
 			t.Errorf("thinlab-platform.service lacks %q", want)
@@ -123,4 +124,13 @@ func TestReleaseBuildsStampedBinariesAndPackagesThatInstall(t *testing.T) {
 	if scripts := run(t, "", "rpm", "-qp", "--nosignature", "--scripts", rpmFile); !strings.Contains(scripts, "useradd --system") {
 		t.Errorf("the rpm's scripts do not make the platform's user:\n%s", scripts)
 	}
+}
+
+func readFile(t testing.TB, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
 }
