@@ -9,7 +9,7 @@ TESTFLAGS ?=
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X github.com/thinlab/thinlab/internal/version.Version=$(VERSION)
 
-.PHONY: all deps build generate lint test test-unit fuzz bench demo demo-stop clean release
+.PHONY: all deps build generate lint test test-unit test-helm test-compose fuzz bench demo demo-stop clean release
 
 all: build
 
@@ -47,6 +47,20 @@ test: deps build lint bin/testreport
 	set -o pipefail; $(GO) test -json -count=1 -p 2 -timeout 20m -race $(TESTFLAGS) $$($(GO) list ./... | grep -E '$(RACE_PKGS)') | $(TESTREPORT)
 	set -o pipefail; $(GO) test -json -count=1 -p 2 -timeout 40m $(TESTFLAGS) $$($(GO) list ./... | grep -vE '$(RACE_PKGS)') | $(TESTREPORT)
 	FUZZTIME=10s deploy/dev/fuzz.sh
+	$(MAKE) --no-print-directory test-helm test-compose
+
+# The Helm chart's tests live in their own module (deploy/helm/charttest) so
+# that the thinlab binary never links Helm or the Kubernetes libraries.
+test-helm: bin/testreport
+	set -o pipefail; $(GO) -C deploy/helm/charttest test -json -count=1 $(TESTFLAGS) ./... | $(TESTREPORT)
+
+# Container images and docker-compose.yml under podman, a sign-in through
+# Dex in Chromium and a clone (internal/deploytest, build tag compose).
+# Separate because it takes minutes: 8-15 on a loaded 2-core machine, most
+# of it building the agent image's apt layer (cached by podman afterwards)
+# and the agent's first retrieval.
+test-compose: deps bin/testreport
+	set -o pipefail; $(GO) test -json -tags compose -count=1 -timeout 60m -run TestCompose $(TESTFLAGS) ./internal/deploytest/ | $(TESTREPORT)
 
 # Every native fuzz target for FUZZTIME (60s) each; prints BENCH fuzz_execs
 # and fuzz_crashes (BENCHMARKS.md). make test runs them for 10s each.

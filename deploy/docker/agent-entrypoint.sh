@@ -12,7 +12,9 @@
 #                              host filesystem or ZFS dataset)
 #   THINLAB_LOOP_POOL_FS       btrfs (default) or xfs
 #   THINLAB_LOOP_POOL_FILE     default /var/lib/thinlab/pool.img
-#   THINLAB_LOOP_POOL_DIR      mountpoint, default /var/lib/thinlab/pool
+#   THINLAB_LOOP_POOL_DIR      mountpoint, default /srv/thinlab/pool (not under
+#                              the state directory: that is root-only, and
+#                              the clones' postgres must reach the pool)
 #   THINLAB_ENROLL_TOKEN_FILE  wait (up to 5 minutes) for this file and
 #                              enroll with its token, unless the agent has
 #                              its credential already (stateDir)
@@ -26,7 +28,7 @@ set -eu
 config=${THINLAB_AGENT_CONFIG:-/etc/thinlab/agent.yaml}
 state=${THINLAB_STATE_DIR:-/var/lib/thinlab}
 pool_file=${THINLAB_LOOP_POOL_FILE:-/var/lib/thinlab/pool.img}
-pool_dir=${THINLAB_LOOP_POOL_DIR:-/var/lib/thinlab/pool}
+pool_dir=${THINLAB_LOOP_POOL_DIR:-/srv/thinlab/pool}
 mounted=""
 
 log() { echo "thinlab-agent-entrypoint: $*" >&2; }

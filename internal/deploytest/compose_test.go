@@ -77,6 +77,15 @@ func TestComposeUpSignInCloneDown(t *testing.T) {
 	podman := func(args ...string) (string, error) {
 		return runErr(t.Context(), root, env, "podman", append(append([]string{}, podmanFlags...), args...)...)
 	}
+	// logs are a container's stdout and stderr together.
+	logs := func(container string, tail int) string {
+		args := append(append([]string{}, podmanFlags...), "logs", "--tail", fmt.Sprint(tail), container)
+		out, err := exec.Command("podman", args...).CombinedOutput()
+		if err != nil {
+			return fmt.Sprintf("podman logs %s: %v %s", container, err, out)
+		}
+		return string(out)
+	}
 
 	start := time.Now()
 	base := importBase(t, podman)
@@ -99,15 +108,13 @@ func TestComposeUpSignInCloneDown(t *testing.T) {
 		return runErr(ctx, root, composeEnv, "podman-compose", append([]string{"-p", project, "-f", filepath.Join(root, "docker-compose.yml")}, args...)...)
 	}
 	var loopDev string
-	t.Cleanup(func() { composeDown(t, project, compose, podman, loopDev) })
+	t.Cleanup(func() { composeDown(t, project, compose, podman, logs, loopDev) })
 	start = time.Now()
 	if _, err := compose(t.Context(), "up", "-d", "--no-build"); err != nil {
 		t.Fatal(err)
 	}
 	waitHTTP(t, "the platform's /healthz", "http://127.0.0.1:8080/healthz", 5*time.Minute, func() string {
-		logs, _ := podman("logs", "--tail", "30", project+"_platform_1")
-		dblogs, _ := podman("logs", "--tail", "20", project+"_db_1")
-		return "platform:\n" + logs + "\ndb:\n" + dblogs
+		return "platform:\n" + logs(project+"_platform_1", 30) + "\ndb:\n" + logs(project+"_db_1", 20)
 	})
 	t.Logf("compose up to a healthy platform: %s", time.Since(start).Round(time.Second))
 	if out, err := podman("healthcheck", "run", project+"_platform_1"); err != nil {
@@ -117,12 +124,12 @@ func TestComposeUpSignInCloneDown(t *testing.T) {
 	// The agent made its pool on a loop device: remember which, to prove
 	// it is gone after down.
 	waitFor(t, "the agent's pool", 3*time.Minute, func() (bool, string) {
-		logs, _ := podman("logs", project+"_agent_1")
-		if m := regexp.MustCompile(`pool /var/lib/thinlab/pool \(btrfs on (/dev/loop\d+)\)`).FindStringSubmatch(logs); m != nil {
+		l := logs(project+"_agent_1", 200)
+		if m := regexp.MustCompile(`pool /srv/thinlab/pool \(btrfs on (/dev/loop\d+)\)`).FindStringSubmatch(l); m != nil {
 			loopDev = m[1]
 			return true, ""
 		}
-		return false, logs
+		return false, l
 	})
 
 	ctx := browsertest.New(t)
@@ -137,7 +144,7 @@ func TestComposeUpSignInCloneDown(t *testing.T) {
 		chromedp.Submit("#password"),
 		chromedp.WaitVisible("#my-role"),
 	)
-	agentLogs := func() string { l, _ := podman("logs", "--tail", "40", project+"_agent_1"); return l }
+	agentLogs := func() string { return logs(project+"_agent_1", 40) }
 	waitPage(t, ctx, "the agent connected on the Agents page", base8080+"/o/demo/agents", "body", 3*time.Minute, agentLogs,
 		func(text string) bool {
 			return strings.Contains(text, "compose-agent") && strings.Contains(text, "connected") && !strings.Contains(text, "disconnected")
@@ -270,13 +277,12 @@ func removeReplaced(podman func(...string) (string, error), image, oldID string)
 // composeDown brings the project down with its volumes and fails the test
 // for anything left: containers, volumes, the network, the pool's mount
 // and loop device.
-func composeDown(t *testing.T, project string, compose func(context.Context, ...string) (string, error), podman func(...string) (string, error), loopDev string) {
+func composeDown(t *testing.T, project string, compose func(context.Context, ...string) (string, error), podman func(...string) (string, error), logs func(string, int) string, loopDev string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	if t.Failed() {
 		for _, svc := range []string{"platform", "agent", "db", "dex.localhost"} {
-			logs, _ := podman("logs", "--tail", "30", project+"_"+svc+"_1")
-			t.Logf("%s logs:\n%s", svc, logs)
+			t.Logf("%s logs:\n%s", svc, logs(project+"_"+svc+"_1", 30))
 		}
 	}
 	start := time.Now()
