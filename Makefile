@@ -32,6 +32,9 @@ lint: deps generate
 	$(GO) vet -tags lvmvm ./agent/storage/lvm/
 	golangci-lint run ./...
 	golangci-lint run --build-tags lvmvm ./agent/storage/lvm/
+	golangci-lint run --build-tags compose ./internal/deploytest/
+	cd deploy/release && golangci-lint run ./...
+	cd deploy/helm/charttest && golangci-lint run ./...
 
 # Tests need root (mounts, loop devices, the postgres OS user). Packages run
 # two at a time; each test cleans up its own mounts, loop devices and daemons.

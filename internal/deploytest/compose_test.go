@@ -102,7 +102,7 @@ func TestComposeUpSignInCloneDown(t *testing.T) {
 	}
 
 	project := fmt.Sprintf("thinlabtest%d", os.Getpid())
-	composeEnv := append(env,
+	composeEnv := append(append([]string{}, env...),
 		"THINLAB_PLATFORM_IMAGE="+platformImage, "THINLAB_AGENT_IMAGE="+agentImage, "THINLAB_DEX_IMAGE="+dexImage)
 	compose := func(ctx context.Context, args ...string) (string, error) {
 		return runErr(ctx, root, composeEnv, "podman-compose", append([]string{"-p", project, "-f", filepath.Join(root, "docker-compose.yml")}, args...)...)
@@ -304,7 +304,7 @@ func composeDown(t *testing.T, project string, compose func(context.Context, ...
 		t.Errorf("networks left after down:\n%s", out)
 	}
 	mounts, _ := os.ReadFile("/proc/self/mountinfo")
-	for _, line := range strings.Split(string(mounts), "\n") {
+	for line := range strings.SplitSeq(string(mounts), "\n") {
 		if strings.Contains(line, project) || (loopDev != "" && strings.Contains(line, " "+loopDev+" ")) {
 			t.Errorf("mount left after down: %s", line)
 		}
