@@ -134,3 +134,17 @@ func readFile(t testing.TB, path string) string {
 	}
 	return string(b)
 }
+
+// TestBinaryLinksNoHelmOrPackaging: the chart's tests (Helm, the Kubernetes
+// libraries) and the release tool (nfpm) are modules of their own, so the
+// thinlab binary links none of them.
+func TestBinaryLinksNoHelmOrPackaging(t *testing.T) {
+	deps := run(t, repoRoot(t), "go", "list", "-deps", "./cmd/thinlab")
+	for dep := range strings.SplitSeq(deps, "\n") {
+		for _, banned := range []string{"helm.sh/", "k8s.io/", "sigs.k8s.io/", "github.com/goreleaser/"} {
+			if strings.HasPrefix(dep, banned) {
+				t.Errorf("cmd/thinlab depends on %s", dep)
+			}
+		}
+	}
+}
