@@ -150,7 +150,7 @@ func TestComposeUpSignInCloneDown(t *testing.T) {
 			return strings.Contains(text, "compose-agent") && strings.Contains(text, "connected") && !strings.Contains(text, "disconnected")
 		})
 	// The first snapshot: the agent retrieved the demo database.
-	clonesURL := base8080 + "/o/demo/agents/compose-agent/clones"
+	clonesURL := base8080 + "/o/demo/clones"
 	waitPage(t, ctx, "a snapshot on the Clones page", clonesURL, "#snapshots", 5*time.Minute, agentLogs,
 		func(string) bool {
 			n, err := chromedp.Run(ctx, chromedp.Evaluate[int](`document.querySelectorAll("#snapshots tbody tr[data-snapshot]").length`))
