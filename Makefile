@@ -59,9 +59,10 @@ test-helm: bin/testreport
 
 # Container images and docker-compose.yml under podman, a sign-in through
 # Dex in Chromium and a clone (internal/deploytest, build tag compose).
-# Separate because it takes minutes: 8-15 on a loaded 2-core machine, most
-# of it building the agent image's apt layer (cached by podman afterwards)
-# and the agent's first retrieval.
+# Separate because it takes minutes (measured on a loaded 2-core machine):
+# 1m50s-2m45s with podman's layer cache and the day's Debian base; a fresh
+# machine adds mmdebstrap (1-10 min, the mirror decides) and the agent
+# image's apt layer (about 2.5 min), then both are cached.
 test-compose: deps bin/testreport
 	set -o pipefail; $(GO) test -json -tags compose -count=1 -timeout 60m -run TestCompose $(TESTFLAGS) ./internal/deploytest/ | $(TESTREPORT)
 

@@ -33,4 +33,6 @@ SQL
   as_postgres "$PGBIN/pg_ctl" -D "$PGDATA" -m fast -w stop >/dev/null
   echo "db: initialized (databases thinlab and shop)"
 fi
-exec runuser -u postgres -- "$PGBIN/postgres" -D "$PGDATA"
+# setpriv execs postgres itself (runuser would stay as PID 1 and not pass
+# compose's SIGINT on, so the stop would wait for the kill).
+exec setpriv --reuid=postgres --regid=postgres --init-groups -- "$PGBIN/postgres" -D "$PGDATA"
