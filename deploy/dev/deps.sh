@@ -12,6 +12,8 @@ packages=(
   chromium chromium-driver                                # UI tests in a real browser
   pgbackrest barman rsync                                 # physical retrieval from backup tools
   ca-certificates git make gcc curl procps               # the demo script
+  podman podman-compose runc golang-github-containernetworking-plugin-dnsname  # container images and docker-compose.yml (make test-compose)
+  mmdebstrap rpm                                          # Debian base images and chroots; .rpm inspection (internal/deploytest)
 )
 missing=()
 for p in "${packages[@]}"; do
