@@ -53,6 +53,14 @@ const (
 	AgentDisconnected       = "agent.disconnected"
 	AgentReconnected        = "agent.reconnected"
 	InvitationSent          = "invitation.sent"
+	// CloneRefreshDeadline: the pool of a clone will be refreshed anyway
+	// (retrieval.busyPool), at the time the message names.
+	CloneRefreshDeadline = "clone.refresh_deadline"
+	// Saturation, from the agents' resource samples (saturation.go).
+	HostCPUSaturated   = "host.cpu_saturated"
+	PoolSpaceLow       = "pool.space_low"
+	PoolDiskSaturated  = "pool.disk_saturated"
+	PoolOutOfSpaceRisk = "pool.out_of_space_risk"
 )
 
 // Catalogue is every event, in the order pages show them.
@@ -72,6 +80,11 @@ var Catalogue = []Kind{
 	{Name: AgentDisconnected, Severity: Warning, Members: true, Email: true, Description: "Agent disconnected"},
 	{Name: AgentReconnected, Severity: Info, Members: true, Description: "Agent reconnected"},
 	{Name: InvitationSent, Severity: Info, Email: true, Description: "Invitation to join the organization (emailed to the invited address)"},
+	{Name: CloneRefreshDeadline, Severity: Warning, Members: true, Email: true, Description: "A clone's pool will be refreshed anyway at a deadline"},
+	{Name: HostCPUSaturated, Severity: Warning, Members: true, Email: true, Description: "Agent host CPU saturated"},
+	{Name: PoolSpaceLow, Severity: Warning, Members: true, Email: true, Description: "Pool running out of disk space"},
+	{Name: PoolDiskSaturated, Severity: Warning, Members: true, Description: "Pool disk IO saturated"},
+	{Name: PoolOutOfSpaceRisk, Severity: Warning, Members: true, Email: true, Description: "Pool projected to run out of space within a day"},
 }
 
 // Lookup returns the catalogue's entry for name.
@@ -104,6 +117,8 @@ func fromAgent(e tunnel.Event) (name, severity, target string, ok bool) {
 		return LagHigh, Warning, e.Pool, true
 	case "clone.failed":
 		return CloneFailed, Error, e.Clone, true
+	case "clone.refresh_deadline":
+		return CloneRefreshDeadline, Warning, e.Clone, true
 	case "agent.health":
 		// A periodic summary: only a problem is news (folded while it lasts).
 		switch e.Severity {

@@ -279,6 +279,11 @@ func StoreAgentEvents(ctx context.Context, st *store.Store, n *notify.Notifier, 
 	if _, err := st.InsertAgentMetrics(ctx, agentID, samples); err != nil {
 		return err
 	}
+	if n != nil && len(samples) > 0 {
+		if err := notifySamples(ctx, st, n, agentID, samples); err != nil {
+			return err
+		}
+	}
 	rows := make([]store.NewAgentEvent, 0, len(events))
 	for _, e := range events {
 		rows = append(rows, store.NewAgentEvent{
@@ -316,4 +321,26 @@ func (d disconnectors) Disconnect(agentID string) {
 	for _, x := range d {
 		x.Disconnect(agentID)
 	}
+}
+
+// notifySamples records the saturation notifications of an agent's new
+// samples, with the last hour of its samples for the growth projection.
+func notifySamples(ctx context.Context, st *store.Store, n *notify.Notifier, agentID string, samples []tunnel.MetricsSample) error {
+	ag, err := st.HubAgent(ctx, agentID)
+	if err != nil {
+		return err
+	}
+	points, err := st.AgentMetrics(ctx, ag.OrgID, agentID, samples[0].Time.Add(-70*time.Minute))
+	if err != nil {
+		return err
+	}
+	history := make([]tunnel.MetricsSample, 0, len(points))
+	for _, p := range points {
+		history = append(history, p.Sample)
+	}
+	err = st.InTx(ctx, func(tx *store.Store) error { return n.Samples(ctx, tx, ag.OrgID, agentID, samples, history) })
+	if err == nil {
+		n.Committed()
+	}
+	return err
 }

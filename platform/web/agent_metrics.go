@@ -8,18 +8,17 @@ import (
 	"github.com/gin-gonic/gin"
 
 	"github.com/thinlab/thinlab/platform/access"
+	"github.com/thinlab/thinlab/platform/notify"
 	"github.com/thinlab/thinlab/platform/store"
 	"github.com/thinlab/thinlab/ui"
 )
 
-// Saturation thresholds drawn on the charts: where the host, a pool or
-// its disk counts as saturated (the alerts of notifications use the
-// same figures).
+// The charts draw the saturation thresholds of notifications.
 const (
-	ThresholdCPUPercent    = 90
-	ThresholdMemoryPercent = 90
-	ThresholdDiskPercent   = 85
-	ThresholdIOUtilPercent = 90
+	ThresholdCPUPercent    = notify.CPUSaturatedPercent
+	ThresholdMemoryPercent = notify.MemorySaturatedPercent
+	ThresholdDiskPercent   = notify.PoolSpaceLowPercent
+	ThresholdIOUtilPercent = notify.DiskBusyPercent
 )
 
 // metricRanges are the ranges the page offers.
