@@ -91,6 +91,10 @@ func (r *Retriever) tool() (toolPlan, error) {
 	default:
 		return p, fmt.Errorf("retrieval.physical.tool %q is unknown: use basebackup, command, pgbackrest, barman or walg", c.Tool)
 	}
+	if c.ArchiveDir != "" {
+		// A plain archive directory: copied from as provision.osUser.
+		p.restoreCommand = "/bin/cp " + shQuote(strings.TrimSuffix(c.ArchiveDir, "/")) + `/"%f" "%p"`
+	}
 	if c.RestoreCommand != "" {
 		p.restoreCommand = shJoin([]string{env}) + " /bin/sh -c " + shQuote(c.RestoreCommand)
 	}
