@@ -30,7 +30,19 @@ func (m *Manager) view(r *record) Clone {
 		DiffSize:       r.diffSize,
 		LogicalSize:    r.LogicalSize,
 		ExtraConf:      maps.Clone(r.ExtraConf),
+		ReadOnly:       r.ReadOnly || r.ReplicaOf != "",
+		ReplicaOf:      r.ReplicaOf,
 	}
+	if r.PointInTime != nil {
+		pit := *r.PointInTime
+		c.PointInTime = &pit
+	}
+	for _, o := range m.clones {
+		if o.ReplicaOf == r.ID {
+			c.Replicas = append(c.Replicas, o.ID)
+		}
+	}
+	slices.Sort(c.Replicas)
 	if c.Protected {
 		c.ProtectedTill = r.ProtectedTill
 	}

@@ -268,6 +268,19 @@ func (r *Retriever) Status() Status {
 	return s
 }
 
+// Physical is the physical retrieval of pool (point-in-time clones use its
+// WAL archive); ok is false in another mode or before the pool was seen.
+func (r *Retriever) Physical(pool string) (*physical.Retriever, bool) {
+	if r == nil {
+		return nil, false
+	}
+	pj, ok := r.job.(*physical.Job)
+	if !ok {
+		return nil, false
+	}
+	return pj.Retriever(pool)
+}
+
 // FullRefresh starts a full refresh in the background. It returns
 // ErrRefreshRunning while one runs and ErrNotConfigured without a
 // retrieval mode.
