@@ -185,4 +185,3 @@ func (m *Manager) standbySettings(spec record) map[string]string {
 func (m *Manager) replicaPassfile(id string) string {
 	return filepath.Join(runtime.RunDirFor(m.cfg.StateDir), filepath.Base(filepath.Clean("/"+id)), "replication.pgpass")
 }
-

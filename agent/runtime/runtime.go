@@ -318,7 +318,7 @@ func (r *Runtime) WriteRunFile(inst Instance, name, content string) (string, err
 	}
 	u := r.user(inst)
 	path := filepath.Join(r.instanceDir(inst.Name), filepath.Base(filepath.Clean("/"+name)))
-	_ = os.Remove(path) // replaced whole: a new owner and mode
+	_ = os.Remove(path)                                                                                  // replaced whole: a new owner and mode
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600) //nolint:gosec // a fixed name in the root-owned runtime directory
 	if err != nil {
 		return "", fmt.Errorf("write %s: %w", path, err)
