@@ -233,6 +233,13 @@ func (m *Manager) build(ctx context.Context, spec record, fresh bool) (string, e
 		if err := m.prepareReplica(spec, dataDir, true); err != nil {
 			return mount, err
 		}
+	} else {
+		hs, err := m.hotStandbyMinimums(ctx, spec, dataDir)
+		if err != nil {
+			return mount, err
+		}
+		spec.HotStandby = hs
+		m.update(spec.ID, func(r *record) { r.HotStandby = hs })
 	}
 	for attempt := 0; ; attempt++ {
 		err := m.rt.Start(ctx, m.instance(spec, dataDir))

@@ -4,8 +4,12 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
 
 	"github.com/thinlab/thinlab/agent/runtime"
 	"github.com/thinlab/thinlab/agent/storage"
@@ -173,6 +177,9 @@ func (m *Manager) standbySettings(spec record) map[string]string {
 	if spec.ReadOnly || spec.ReplicaOf != "" {
 		s["hot_standby"] = "on"
 	}
+	for k, v := range spec.HotStandby {
+		s[k] = v
+	}
 	if spec.ReplicaOf != "" {
 		s["primary_conninfo"] = fmt.Sprintf("host=%s port=%d user=%s passfile=%s application_name=%s sslmode=disable connect_timeout=5",
 			m.connectHost, spec.ReplicaParentPort, replicationRole(spec.ID), m.replicaPassfile(spec.ID), spec.ID)
@@ -184,4 +191,57 @@ func (m *Manager) standbySettings(spec record) map[string]string {
 // directory.
 func (m *Manager) replicaPassfile(id string) string {
 	return filepath.Join(runtime.RunDirFor(m.cfg.StateDir), filepath.Base(filepath.Clean("/"+id)), "replication.pgpass")
+}
+
+// controlSettings maps pg_controldata's lines to the settings a hot
+// standby needs at least as high as its primary's.
+var controlSettings = map[string]string{
+	"max_connections setting":      "max_connections",
+	"max_worker_processes setting": "max_worker_processes",
+	"max_wal_senders setting":      "max_wal_senders",
+	"max_prepared_xacts setting":   "max_prepared_transactions",
+	"max_locks_per_xact setting":   "max_locks_per_transaction",
+}
+
+// hotStandbyMinimums reads, for data that will start in recovery
+// (standby.signal present), the primary's values of the settings a hot
+// standby may not undercut, and returns those above the clone's own. It
+// runs pg_controldata as provision.osUser, before the clone's first start.
+func (m *Manager) hotStandbyMinimums(ctx context.Context, spec record, dataDir string) (map[string]string, error) {
+	if _, err := pgcluster.ReadDataFile(dataDir, "standby.signal", 1); err != nil {
+		return nil, nil //nolint:nilerr // no standby.signal: the clone starts as a primary
+	}
+	bin, err := m.rt.BinDir(dataDir)
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.CommandContext(ctx, filepath.Join(bin, "pg_controldata"), dataDir) //nolint:gosec // G204: the server's own pg_controldata on the clone's fresh data, as the unprivileged pool owner
+	cmd.Env = []string{"LC_ALL=C", "PATH=/usr/bin:/bin"}
+	cmd.Dir = "/"
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: m.osUser.Credential()}
+	out, err := cmd.Output()
+	if err != nil {
+		return nil, fmt.Errorf("pg_controldata of the clone's data: %w", err)
+	}
+	own := m.instance(spec, dataDir).Settings
+	res := map[string]string{}
+	for line := range strings.SplitSeq(string(out), "\n") {
+		k, v, ok := strings.Cut(line, ":")
+		if !ok {
+			continue
+		}
+		name, ok := controlSettings[strings.TrimSpace(k)]
+		if !ok {
+			continue
+		}
+		want, err := strconv.Atoi(strings.TrimSpace(v))
+		if err != nil {
+			continue
+		}
+		have, err := strconv.Atoi(own[name])
+		if err != nil || have < want {
+			res[name] = strconv.Itoa(want)
+		}
+	}
+	return res, nil
 }

@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"maps"
 	"path/filepath"
 	"strings"
 	"time"
@@ -90,6 +91,8 @@ func (m *Manager) CreateReplicas(ctx context.Context, id string, count int) ([]C
 			LastActivity:      now,
 			MaxIdle:           parent.MaxIdle,
 			LogicalSize:       parent.LogicalSize,
+			ExtraConf:         maps.Clone(parent.ExtraConf),
+			HotStandby:        maps.Clone(parent.HotStandby),
 			ReplicaOf:         id,
 			ReplicaParentPort: parent.Port,
 			opStart:           time.Now(),

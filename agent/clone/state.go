@@ -54,6 +54,11 @@ type record struct {
 	PointInTime *PointInTime `json:"pointInTime,omitempty"`
 	// ReadOnly clones run as hot standbys.
 	ReadOnly bool `json:"readOnly,omitempty"`
+	// HotStandby are settings raised to the values the data's pg_control
+	// records (max_connections, ...): a clone of an unpromoted snapshot
+	// starts as a hot standby, which refuses lower values than its
+	// primary's, and its promotion records them for every later start.
+	HotStandby map[string]string `json:"hotStandby,omitempty"`
 	// ReplicaOf is the clone a replica streams from; ReplicaBase the
 	// snapshot of it the replica was made from (destroyed with the last
 	// replica of it); ReplicationPassword the replica's password for its

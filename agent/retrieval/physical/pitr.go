@@ -60,9 +60,10 @@ type Base struct {
 //	From: the last commit time held by the oldest "pre" snapshot (a
 //	recovery only moves forward from a snapshot, and it must pass the
 //	snapshot's own state before it may stop);
-//	To: the commit time of the newest transaction in the archive (a
-//	target after it would end recovery before the target is reached,
-//	which PostgreSQL refuses). With archiveDir it is read from the
+//	To: the commit time of the newest transaction in the archive,
+//	excluded: replay stops at the first commit after the target, so that
+//	commit must be in the archive (otherwise recovery ends before the
+//	target is reached, which PostgreSQL refuses). With archiveDir it is read from the
 //	newest archived segments; for a backup tool's archive it is the last
 //	transaction the standby replayed from that archive (the standby reads
 //	only what the archive served, so the archive holds at least that).
@@ -156,10 +157,9 @@ func (r *Retriever) ArchiveWindow(ctx context.Context) ArchiveWindow {
 		w.Reason = "reading the archive's end failed: " + err.Error()
 		return w
 	}
-	// The newest base's own state is reachable whatever the archive
-	// says.
-	if last := bases[len(bases)-1]; last.At.After(w.To) {
-		w.To, w.ToLSN = last.At, last.LSN
+	if !w.To.After(w.From) {
+		w.Reason = fmt.Sprintf("the archive holds no transaction after the oldest \"pre\" snapshot (%s) yet", w.From.UTC().Format(time.RFC3339Nano))
+		return w
 	}
 	w.Available = true
 	return w
@@ -262,8 +262,8 @@ func (w ArchiveWindow) CheckTarget(t Target) (Base, error) {
 		}
 		from, _ := ParseLSN(w.FromLSN)
 		to, _ := ParseLSN(w.ToLSN)
-		if w.FromLSN == "" || w.ToLSN == "" || want < from || want > to {
-			return Base{}, fmt.Errorf("LSN %s is outside the archive window %s .. %s", t.LSN, w.FromLSN, w.ToLSN)
+		if w.FromLSN == "" || w.ToLSN == "" || want < from || want >= to {
+			return Base{}, fmt.Errorf("LSN %s is outside the archive window %s .. %s (the end excluded: replay must find a record at or after the target)", t.LSN, w.FromLSN, w.ToLSN)
 		}
 		var base Base
 		for _, b := range w.Bases {
@@ -276,8 +276,8 @@ func (w ArchiveWindow) CheckTarget(t Target) (Base, error) {
 		}
 		return base, nil
 	}
-	if t.Time.Before(w.From) || t.Time.After(w.To) {
-		return Base{}, fmt.Errorf("%s is outside the archive window %s .. %s", t.Time.UTC().Format(time.RFC3339Nano), w.From.UTC().Format(time.RFC3339Nano), w.To.UTC().Format(time.RFC3339Nano))
+	if t.Time.Before(w.From) || !t.Time.Before(w.To) {
+		return Base{}, fmt.Errorf("%s is outside the archive window %s .. %s (the end, the newest archived commit, excluded: replay stops at the first commit after the target, which must be in the archive)", t.Time.UTC().Format(time.RFC3339Nano), w.From.UTC().Format(time.RFC3339Nano), w.To.UTC().Format(time.RFC3339Nano))
 	}
 	var base Base
 	for _, b := range w.Bases {
@@ -355,9 +355,11 @@ func (r *Retriever) RecoverTo(ctx context.Context, dataDir string, target Target
 		"restore_command":          restore,
 		"recovery_target_action":   "promote",
 		"recovery_target_timeline": "latest",
-		"recovery_target_time":     "",
-		"recovery_target_lsn":      "",
 	})
+	// Only the target's own setting: PostgreSQL refuses two target
+	// settings even when one of them is empty.
+	delete(settings, "recovery_target_time")
+	delete(settings, "recovery_target_lsn")
 	if target.LSN != "" {
 		settings["recovery_target_lsn"] = target.LSN
 	} else {
@@ -377,7 +379,7 @@ func (r *Retriever) RecoverTo(ctx context.Context, dataDir string, target Target
 	// Promotion at the target ends recovery; a failure ends the server.
 	for {
 		if !c.Running() {
-			return fmt.Errorf("point-in-time recovery to %s failed: %s", target, pgcluster.TailFile(logPath, 5))
+			return fmt.Errorf("point-in-time recovery to %s failed: %s", target, fatalLines(pgcluster.TailFile(logPath, 40)))
 		}
 		conn, err := pgcluster.Connect(startCtx, c.SocketConnString(recoverPort, "postgres", "postgres"))
 		if err == nil {
@@ -424,4 +426,27 @@ func pauseReplay(ctx context.Context, conn *pgx.Conn) error {
 		time.Sleep(10 * time.Millisecond)
 	}
 	return nil
+}
+
+// fatalLines keeps a postgres log's FATAL lines (with their DETAIL), or
+// its last lines when none.
+func fatalLines(log string) string {
+	var out []string
+	keep := false
+	for line := range strings.SplitSeq(log, "\n") {
+		switch {
+		case strings.Contains(line, "FATAL:"):
+			keep = true
+			out = append(out, line)
+		case keep && (strings.Contains(line, "DETAIL:") || strings.Contains(line, "HINT:")):
+			out = append(out, line)
+		default:
+			keep = false
+		}
+	}
+	if len(out) == 0 {
+		lines := strings.Split(log, "\n")
+		return strings.Join(lines[max(0, len(lines)-5):], "\n")
+	}
+	return strings.Join(out, "\n")
 }
