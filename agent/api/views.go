@@ -4,6 +4,7 @@ import (
 	"context"
 	"slices"
 	"strconv"
+	"time"
 
 	"github.com/thinlab/thinlab/agent/clone"
 	"github.com/thinlab/thinlab/agent/storage"
@@ -114,7 +115,16 @@ func (s *Server) cloneView(c clone.Clone, snaps snapshotIndex, bySnap map[string
 			ProtectionLeaseDurationMinutes: s.cfg.Cloning.ProtectionLeaseDurationMinutes,
 			ProtectionMaxDurationMinutes:   s.cfg.Cloning.ProtectionMaxDurationMinutes,
 		},
-		Pool: c.Pool,
+		Pool:      c.Pool,
+		ReadOnly:  c.ReadOnly,
+		ReplicaOf: c.ReplicaOf,
+		Replicas:  c.Replicas,
+	}
+	if p := c.PointInTime; p != nil {
+		out.PointInTime = &agentapi.ClonePointInTime{LSN: p.LSN}
+		if !p.Time.IsZero() {
+			out.PointInTime.Time = p.Time.UTC().Format(time.RFC3339Nano)
+		}
 	}
 	// DLE fills the address only once the clone accepts connections.
 	if c.Status == clone.StatusOK {

@@ -281,6 +281,19 @@ func (r *Retriever) Physical(pool string) (*physical.Retriever, bool) {
 	return pj.Retriever(pool)
 }
 
+// PointInTimeWindow is the archive window of the physical pool (ok false
+// in another mode or before the pool's retrieval started).
+func (r *Retriever) PointInTimeWindow(ctx context.Context) (pool string, w physical.ArchiveWindow, ok bool) {
+	if r == nil || len(r.pools) == 0 {
+		return "", w, false
+	}
+	pr, ok := r.Physical(r.pools[0].Name())
+	if !ok {
+		return "", w, false
+	}
+	return r.pools[0].Name(), pr.CachedArchiveWindow(ctx, 5*time.Second), true
+}
+
 // FullRefresh starts a full refresh in the background. It returns
 // ErrRefreshRunning while one runs and ErrNotConfigured without a
 // retrieval mode.

@@ -191,6 +191,10 @@ type Retriever struct {
 	mu     sync.Mutex
 	status Status
 	busy   bool
+	// window is the last archive window the status asked for, at
+	// windowAt.
+	window   ArchiveWindow
+	windowAt time.Time
 
 	// op serializes the refresh, the cycle and the lag check's use of
 	// the standby's start.

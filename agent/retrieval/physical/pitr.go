@@ -124,6 +124,22 @@ func (r *Retriever) restoreCommand() string {
 	return plan.restoreCommand
 }
 
+// CachedArchiveWindow is ArchiveWindow at most maxAge old (the status
+// page asks often; a clone's request always asks afresh).
+func (r *Retriever) CachedArchiveWindow(ctx context.Context, maxAge time.Duration) ArchiveWindow {
+	r.mu.Lock()
+	w, at := r.window, r.windowAt
+	r.mu.Unlock()
+	if !at.IsZero() && time.Since(at) < maxAge {
+		return w
+	}
+	w = r.ArchiveWindow(ctx)
+	r.mu.Lock()
+	r.window, r.windowAt = w, time.Now()
+	r.mu.Unlock()
+	return w
+}
+
 // ArchiveWindow reports what point-in-time clones can reach now.
 func (r *Retriever) ArchiveWindow(ctx context.Context) ArchiveWindow {
 	var w ArchiveWindow
