@@ -238,6 +238,9 @@ func (m *Manager) build(ctx context.Context, spec record, fresh bool) (string, e
 		if err != nil {
 			return mount, err
 		}
+		if len(hs) == 0 {
+			hs = nil
+		}
 		spec.HotStandby = hs
 		m.update(spec.ID, func(r *record) { r.HotStandby = hs })
 	}

@@ -3,6 +3,7 @@ package clone
 import (
 	"context"
 	"fmt"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -177,9 +178,7 @@ func (m *Manager) standbySettings(spec record) map[string]string {
 	if spec.ReadOnly || spec.ReplicaOf != "" {
 		s["hot_standby"] = "on"
 	}
-	for k, v := range spec.HotStandby {
-		s[k] = v
-	}
+	maps.Copy(s, spec.HotStandby)
 	if spec.ReplicaOf != "" {
 		s["primary_conninfo"] = fmt.Sprintf("host=%s port=%d user=%s passfile=%s application_name=%s sslmode=disable connect_timeout=5",
 			m.connectHost, spec.ReplicaParentPort, replicationRole(spec.ID), m.replicaPassfile(spec.ID), spec.ID)
@@ -209,7 +208,7 @@ var controlSettings = map[string]string{
 // runs pg_controldata as provision.osUser, before the clone's first start.
 func (m *Manager) hotStandbyMinimums(ctx context.Context, spec record, dataDir string) (map[string]string, error) {
 	if _, err := pgcluster.ReadDataFile(dataDir, "standby.signal", 1); err != nil {
-		return nil, nil //nolint:nilerr // no standby.signal: the clone starts as a primary
+		return map[string]string{}, nil //nolint:nilerr // no standby.signal: the clone starts as a primary
 	}
 	bin, err := m.rt.BinDir(dataDir)
 	if err != nil {
