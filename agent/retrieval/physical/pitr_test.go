@@ -44,7 +44,7 @@ type pitrEnv struct {
 	m       *clone.Manager
 }
 
-func newPITREnv(t *testing.T) *pitrEnv {
+func newPITREnv(t testing.TB) *pitrEnv {
 	t.Helper()
 	e := &pitrEnv{}
 	e.harness = newHarness(t, config.ToolBasebackup, func(h *harness) {
@@ -287,7 +287,7 @@ func TestReadOnlyCloneOfPreSnapshot(t *testing.T) {
 	}
 }
 
-func mustTime(t *testing.T, s string) time.Time {
+func mustTime(t testing.TB, s string) time.Time {
 	t.Helper()
 	at, err := time.Parse(time.RFC3339Nano, s)
 	if err != nil {
