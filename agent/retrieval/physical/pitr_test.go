@@ -256,6 +256,12 @@ func TestPointInTimeClone(t *testing.T) {
 func TestReadOnlyCloneOfPreSnapshot(t *testing.T) {
 	e := newPITREnv(t)
 	ctx := t.Context()
+	if w := e.r.ArchiveWindow(ctx); w.Available || !strings.Contains(w.Reason, `no "pre" snapshot`) {
+		t.Errorf("window without a pre snapshot: %+v, want unavailable saying so", w)
+	}
+	if _, err := e.m.Create(ctx, clone.CreateRequest{ID: "early", Username: "alice", Password: pitPassword, PointInTime: &clone.PointInTime{Time: time.Now()}}); err == nil || !strings.Contains(err.Error(), `no "pre" snapshot`) {
+		t.Errorf("a point-in-time clone without a pre snapshot: %v, want refused naming the reason", err)
+	}
 	e.insert("pre-row")
 	e.waitReplayed("pre-row")
 	pre, err := e.r.PreSnapshot(ctx)
