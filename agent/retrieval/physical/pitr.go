@@ -114,14 +114,15 @@ func (r *Retriever) Bases(ctx context.Context) ([]Base, error) {
 	return out, nil
 }
 
-// restoreCommand is the restore_command point-in-time recovery uses: the
-// standby's (archiveDir, restoreCommand or the backup tool's).
-func (r *Retriever) restoreCommand() string {
+// restoreCommand is the restore_command a point-in-time recovery in
+// dataDir uses: the standby's (archiveDir, restoreCommand or the backup
+// tool's), aimed at dataDir.
+func (r *Retriever) restoreCommand(dataDir string) string {
 	plan, err := r.tool()
-	if err != nil {
+	if err != nil || plan.restoreCommand == "" {
 		return ""
 	}
-	return plan.restoreCommand
+	return plan.restoreIn(dataDir)
 }
 
 // CachedArchiveWindow is ArchiveWindow at most maxAge old (the status
@@ -143,7 +144,7 @@ func (r *Retriever) CachedArchiveWindow(ctx context.Context, maxAge time.Duratio
 // ArchiveWindow reports what point-in-time clones can reach now.
 func (r *Retriever) ArchiveWindow(ctx context.Context) ArchiveWindow {
 	var w ArchiveWindow
-	if r.restoreCommand() == "" {
+	if r.restoreCommand(r.dataDir()) == "" {
 		w.Reason = "the pool has no WAL archive: set retrieval.physical.archiveDir (or use pgbackrest, barman or walg)"
 		return w
 	}
@@ -326,7 +327,7 @@ func ParseLSN(s string) (uint64, error) {
 // data, and the clone's own postgres (its own uid) later starts a plain
 // primary without any restore_command.
 func (r *Retriever) RecoverTo(ctx context.Context, dataDir string, target Target) error {
-	restore := r.restoreCommand()
+	restore := r.restoreCommand(dataDir)
 	if restore == "" {
 		return fmt.Errorf("%w for pool %s", ErrNoArchive, r.pool.Name())
 	}

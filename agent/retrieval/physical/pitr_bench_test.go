@@ -105,7 +105,7 @@ func BenchmarkPITR(b *testing.B) {
 	}
 	settings := maps.Clone(e.cfg.Retrieval.Physical.Settings)
 	maps.Copy(settings, map[string]string{"hot_standby": "on", "archive_mode": "off", "primary_conninfo": "",
-		"restore_command": e.r.restoreCommand(), "recovery_target_action": "promote", "recovery_target_timeline": "latest",
+		"restore_command": e.r.restoreCommand(dataDir), "recovery_target_action": "promote", "recovery_target_timeline": "latest",
 		"recovery_target_time": target.UTC().Format("2006-01-02 15:04:05.999999") + "+00"})
 	t0 := time.Now()
 	if err := c.Start(ctx, 5497, "", settings); err != nil {

@@ -62,6 +62,14 @@ func newPITREnv(t testing.TB) *pitrEnv {
 	if err := e.r.Refresh(t.Context()); err != nil {
 		t.Fatal(err)
 	}
+	e.startManager()
+	return e
+}
+
+// startManager gives the environment a clone manager using the pool's
+// archive.
+func (e *pitrEnv) startManager() {
+	t := e.t
 	cfg := clonetest.Config(t, e.pool, 4)
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
@@ -82,7 +90,6 @@ func newPITREnv(t testing.TB) *pitrEnv {
 		_ = m.Close()
 		clonetest.KillClones(e.pool)
 	})
-	return e
 }
 
 func (e *pitrEnv) create(r clone.CreateRequest) clone.Clone {
@@ -303,3 +310,41 @@ func mustTime(t testing.TB, s string) time.Time {
 }
 
 var _ = pgcluster.TailFile
+
+// TestPointInTimePgBackRest: with a backup tool's archive (pgBackRest,
+// archive-get aimed at the clone's data directory) the window ends at the
+// standby's last replayed transaction and a point-in-time clone brings
+// deleted rows back.
+func TestPointInTimePgBackRest(t *testing.T) {
+	e := &pitrEnv{harness: pgBackRestHarness(t)}
+	ctx := t.Context()
+	if err := e.r.Refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	e.startManager()
+	e.insert("base")
+	e.switchWAL()
+	e.waitReplayed("base")
+	if _, err := e.r.PreSnapshot(ctx); err != nil {
+		t.Fatal(err)
+	}
+	e.src.Exec(t, "postgres", "INSERT INTO t (note) VALUES ('doomed')")
+	time.Sleep(100 * time.Millisecond)
+	target := time.Now()
+	time.Sleep(100 * time.Millisecond)
+	e.src.Exec(t, "postgres", "DELETE FROM t WHERE note = 'doomed'", "INSERT INTO t (note) VALUES ('later')")
+	e.switchWAL()
+	e.waitReplayed("later")
+	w := e.waitArchived(target)
+	if w.Source != "standby" {
+		t.Errorf("window end from %q, want the standby's replay (a backup tool's archive)", w.Source)
+	}
+	c := e.create(clone.CreateRequest{ID: "pit", PointInTime: &clone.PointInTime{Time: target}})
+	conn := e.conn(c)
+	if got := e.scan(conn, "SELECT string_agg(note, ',' ORDER BY id) || '|' || current_setting('restore_command') FROM public.t"); got != "initial,base,doomed|" {
+		t.Errorf("clone at %s: %q, want initial,base,doomed and no restore_command", target, got)
+	}
+	if notes := e.standbyNotes(); !slices.Contains(notes, "later") {
+		t.Errorf("the standby has %v after the recovery, want it unharmed (with later)", notes)
+	}
+}
