@@ -239,7 +239,8 @@ type Physical struct {
 	// cycle; empty means only on demand.
 	SnapshotSchedule string `yaml:"snapshotSchedule"`
 	// PreSnapshot makes the scheduled snapshots of the unpromoted standby
-	// state: clones of them run as read-only hot standbys.
+	// state: point-in-time clones start from them; their clones are
+	// promoted, or hot standbys when requested read-only.
 	PreSnapshot bool `yaml:"preSnapshot"`
 	// LagAlertSeconds raises the lag_high alert when the standby is this
 	// far behind (default 300).

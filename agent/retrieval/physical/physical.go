@@ -65,7 +65,7 @@ const (
 // Snapshot messages and the label that marks what the cycle made.
 const (
 	MessagePromoted = "physical: promoted standby state"
-	MessagePre      = "physical: unpromoted standby state (clones run as hot standbys)"
+	MessagePre      = "physical: unpromoted standby state (point-in-time base; clones are promoted unless read-only)"
 	messageTemp     = "physical: temporary, being promoted"
 	// LabelKind is the label key whose value says what a snapshot is:
 	// "promoted", "pre" or "temporary".
