@@ -34,6 +34,9 @@ func BenchmarkPITR(b *testing.B) {
 		}
 		walMB = n
 	}
+	// The standby, the clone and the plain recovery each hold the
+	// replayed data and WAL.
+	harnessPoolSize = int64(max(1024, 6*walMB)) << 20
 	e := newPITREnv(b)
 	ctx := b.Context()
 	e.insert("base")
