@@ -195,6 +195,9 @@ type Retriever struct {
 	// windowAt.
 	window   ArchiveWindow
 	windowAt time.Time
+	// segments caches what archived segments (never the newest, which
+	// may still be being copied) hold.
+	segments map[string]segmentInfo
 
 	// op serializes the refresh, the cycle and the lag check's use of
 	// the standby's start.
@@ -453,6 +456,7 @@ func (r *Retriever) refreshAndRecord(ctx context.Context) error {
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.segments = nil // a new copy may come with a new archive
 	r.status.Status = StatusFinished
 	r.status.LastRefresh = time.Now()
 	delete(r.status.Alerts, AlertRefreshFailed)

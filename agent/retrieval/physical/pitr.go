@@ -227,42 +227,75 @@ func (r *Retriever) newestArchived(ctx context.Context) (time.Time, string, erro
 		return time.Time{}, "", fmt.Errorf("retrieval.physical.archiveDir %s holds no WAL segment", r.cfg.ArchiveDir)
 	}
 	slices.Sort(segs)
-	waldump := r.pgBin(r.dataDir(), "pg_waldump")
-	lastLSN := ""
-	// A segment may hold no commit (a switch right after one): look back a
-	// few.
-	for i := len(segs) - 1; i >= 0 && i >= len(segs)-16; i-- {
-		cmd := exec.CommandContext(ctx, waldump, filepath.Join(r.cfg.ArchiveDir, segs[i])) //nolint:gosec // G204: the server's own pg_waldump on a configured directory, as the unprivileged OS user
-		cmd.Env = []string{"TZ=UTC", "PATH=/usr/bin:/bin"}
-		cmd.Dir = "/"
-		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: r.user.Credential()}
-		out, _ := cmd.Output() // it ends with an error at the segment's end; what it printed counts
-		var at time.Time
-		atLSN := ""
-		sc := bufio.NewScanner(bytes.NewReader(out))
-		sc.Buffer(make([]byte, 64<<10), 1<<20)
-		for sc.Scan() {
-			line := sc.Text()
-			if i == len(segs)-1 {
-				if m := lsnRE.FindStringSubmatch(line); m != nil {
-					lastLSN = m[1]
-				}
-			}
-			if m := commitRE.FindStringSubmatch(line); m != nil {
-				t, err := time.Parse("2006-01-02 15:04:05.999999999", m[2])
-				if err == nil {
-					at, atLSN = t.UTC(), m[1]
+	newest := r.readSegment(ctx, segs[len(segs)-1])
+	// Segments without a commit (a switch right after one, archive_timeout
+	// on an idle source) are passed over; older segments never change, so
+	// what they hold is remembered.
+	for i := len(segs) - 1; i >= 0 && i >= len(segs)-maxSegmentsBack; i-- {
+		seg := newest
+		if i < len(segs)-1 {
+			r.mu.Lock()
+			cached, ok := r.segments[segs[i]]
+			r.mu.Unlock()
+			if ok {
+				seg = cached
+			} else {
+				seg = r.readSegment(ctx, segs[i])
+				if ctx.Err() == nil {
+					r.mu.Lock()
+					if r.segments == nil || len(r.segments) > 4*maxSegmentsBack {
+						r.segments = map[string]segmentInfo{}
+					}
+					r.segments[segs[i]] = seg
+					r.mu.Unlock()
 				}
 			}
 		}
-		if !at.IsZero() {
-			if lastLSN == "" {
-				lastLSN = atLSN
+		if !seg.commit.IsZero() {
+			last := newest.lastLSN
+			if last == "" {
+				last = seg.commitLSN
 			}
-			return at, lastLSN, nil
+			return seg.commit, last, nil
 		}
 	}
-	return time.Time{}, "", errors.New("no committed transaction in the newest archived segments")
+	return time.Time{}, "", fmt.Errorf("no committed transaction in the newest %d archived segments", maxSegmentsBack)
+}
+
+// maxSegmentsBack bounds how far back (16 GiB of 16 MiB segments) the
+// archive's newest commit is looked for.
+const maxSegmentsBack = 1024
+
+// segmentInfo is what one archived segment holds: its newest commit and
+// the position of its last record.
+type segmentInfo struct {
+	commit    time.Time
+	commitLSN string
+	lastLSN   string
+}
+
+// readSegment runs pg_waldump on one archived segment as provision.osUser.
+func (r *Retriever) readSegment(ctx context.Context, name string) segmentInfo {
+	cmd := exec.CommandContext(ctx, r.pgBin(r.dataDir(), "pg_waldump"), filepath.Join(r.cfg.ArchiveDir, name)) //nolint:gosec // G204: the server's own pg_waldump on a configured directory, as the unprivileged OS user
+	cmd.Env = []string{"TZ=UTC", "PATH=/usr/bin:/bin"}
+	cmd.Dir = "/"
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: r.user.Credential()}
+	out, _ := cmd.Output() // it ends with an error at the segment's end; what it printed counts
+	var seg segmentInfo
+	sc := bufio.NewScanner(bytes.NewReader(out))
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if m := lsnRE.FindStringSubmatch(line); m != nil {
+			seg.lastLSN = m[1]
+		}
+		if m := commitRE.FindStringSubmatch(line); m != nil {
+			if t, err := time.Parse("2006-01-02 15:04:05.999999999", m[2]); err == nil {
+				seg.commit, seg.commitLSN = t.UTC(), m[1]
+			}
+		}
+	}
+	return seg
 }
 
 // CheckTarget refuses a target outside the window, naming the window, and
