@@ -36,7 +36,7 @@ func BenchmarkPITR(b *testing.B) {
 	}
 	// The standby, the clone and the plain recovery each hold the
 	// replayed data and WAL.
-	harnessPoolSize = int64(max(1024, 6*walMB)) << 20
+	harnessPoolSize = int64(max(1024, 16*walMB)) << 20
 	e := newPITREnv(b)
 	ctx := b.Context()
 	e.insert("base")
