@@ -18,6 +18,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/rs/xid"
@@ -80,10 +81,13 @@ type Agent struct {
 	pools          []storage.Pool
 	clones         *clone.Manager
 	retrieval      *retrieval.Retriever
-	snapshots      *snapshot.Policy
-	api            *api.Server
-	listener       net.Listener
-	server         *http.Server
+	// retrievalRef is retrieval for the clone manager's archive look-ups,
+	// which may run (a restored clone's build) before it is assigned.
+	retrievalRef atomic.Pointer[retrieval.Retriever]
+	snapshots    *snapshot.Policy
+	api          *api.Server
+	listener     net.Listener
+	server       *http.Server
 	// metricsListener/metricsServer serve /metrics without a token on
 	// server.metricsAddress (nil when unset).
 	metricsListener net.Listener
@@ -139,7 +143,7 @@ func NewWithOptions(ctx context.Context, opt Options) (a *Agent, err error) {
 			return nil, err
 		}
 	}
-	if a.clones, err = clone.NewManager(ctx, clone.Options{Config: cfg, Pools: a.pools, Logger: log, Events: a.events}); err != nil {
+	if a.clones, err = clone.NewManager(ctx, clone.Options{Config: cfg, Pools: a.pools, Logger: log, Events: a.events, Archive: a.archive}); err != nil {
 		return nil, fmt.Errorf("clones: %w", err)
 	}
 	var retrievalPool storage.Pool
@@ -166,6 +170,7 @@ func NewWithOptions(ctx context.Context, opt Options) (a *Agent, err error) {
 	if a.retrieval, err = retrieval.New(retrieval.Options{Config: cfg, Pool: retrievalPool, Pools: rotation, Logger: log, Retention: a.snapshots, Events: a.events}); err != nil {
 		return nil, fmt.Errorf("retrieval: %w", err)
 	}
+	a.retrievalRef.Store(a.retrieval)
 	instanceID, err := loadInstanceID(cfg.StateDir)
 	if err != nil {
 		return nil, err

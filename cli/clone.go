@@ -83,6 +83,7 @@ func newCloneCommand() *cobra.Command {
 		newCloneListCommand(&cf),
 		newCloneStatusCommand(&cf),
 		newCloneResetCommand(&cf),
+		newCloneReplicasCommand(&cf),
 		newCloneProtectCommand(&cf),
 		newCloneDestroyCommand(&cf),
 		newCloneDiffCommand(&cf),
@@ -263,6 +264,8 @@ func newCloneCreateCommand(cf *clientFlags) *cobra.Command {
 		extraConf           []string
 		labelArgs           []string
 		savePassword        bool
+		pointInTime, lsn    string
+		readOnly            bool
 	)
 	cmd := &cobra.Command{
 		Use:   "create --username USER [flags]",
@@ -279,7 +282,9 @@ prompt. It is saved (mode 0600) in the CLI config file so that
   THINLAB_CLONE_PASSWORD=... thinlab clone create --username ci --restricted -o json
   thinlab clone create --username alice --snapshot 'pool1@snapshot_20240102030405' --extra-conf work_mem=64MB
   thinlab clone create --username alice --branch feature
-  thinlab clone create --username alice --protected --protection-minutes 240 --no-wait`,
+  thinlab clone create --username alice --protected --protection-minutes 240 --no-wait
+  thinlab clone create --username alice --point-in-time 2026-12-03T16:50:00Z
+  thinlab clone create --username alice --snapshot 'pool1@snapshot_20240102030405' --read-only`,
 		Args: exactArgs(),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := checkOutput(output); err != nil {
@@ -301,6 +306,14 @@ prompt. It is saved (mode 0600) in the CLI config file so that
 					return usageErrorf("use either --snapshot or --pool, not both: a snapshot ID already names its pool")
 				}
 			}
+			if pointInTime != "" || lsn != "" {
+				if snapshot != "" || pool != "" || branchName != "" {
+					return usageErrorf("use --point-in-time or --lsn without --snapshot, --pool or --branch: the agent picks the snapshot the recovery starts from")
+				}
+				if err := checkPointInTime(pointInTime, lsn); err != nil {
+					return err
+				}
+			}
 			if branchName != "" {
 				if snapshot != "" || pool != "" {
 					return usageErrorf("use either --branch or --snapshot/--pool, not both: a clone on a branch starts from the branch's head")
@@ -319,6 +332,7 @@ prompt. It is saved (mode 0600) in the CLI config file so that
 				DB:        &agentapi.DatabaseRequest{Username: username, Restricted: restricted, DBName: dbName},
 				ExtraConf: conf,
 				Branch:    branchName,
+				ReadOnly:  readOnly,
 			}
 			if m, given, err := protectionMinutes(cmd, "protection-minutes", protectMinutes); err != nil {
 				return err
@@ -337,8 +351,8 @@ prompt. It is saved (mode 0600) in the CLI config file so that
 					return err
 				}
 			}
-			if snapshot != "" {
-				req.Snapshot = &agentapi.SnapshotCloneField{ID: snapshot}
+			if snapshot != "" || pointInTime != "" || lsn != "" {
+				req.Snapshot = &agentapi.SnapshotCloneField{ID: snapshot, PointInTime: pointInTime, LSN: lsn}
 			}
 			if len(labelArgs) > 0 {
 				set, remove, err := labels.ParseChanges(labelArgs)
@@ -406,6 +420,9 @@ prompt. It is saved (mode 0600) in the CLI config file so that
 	f.StringArrayVar(&extraConf, "extra-conf", nil, "postgres setting for this clone as key=value (repeatable)")
 	f.StringArrayVar(&labelArgs, "label", nil, "label for this clone as key=value (repeatable)")
 	f.BoolVar(&savePassword, "save-password", true, "save the password in the CLI config file (0600) for thinlab connect")
+	f.StringVar(&pointInTime, "point-in-time", "", "a clone of the data as of this time (RFC 3339), replayed from the pool's WAL archive (see retrieving.pointInTime in thinlab status -o json)")
+	f.StringVar(&lsn, "lsn", "", "as --point-in-time, at a WAL position (X/Y)")
+	f.BoolVar(&readOnly, "read-only", false, "run the clone as a hot standby: in recovery, refusing writes")
 	wf.register(cmd)
 	addOutputFlag(cmd, &output)
 	return cmd
@@ -503,6 +520,7 @@ func newCloneStatusCommand(cf *clientFlags) *cobra.Command {
 func newCloneResetCommand(cf *clientFlags) *cobra.Command {
 	var (
 		output, snapshot string
+		pointInTime, lsn string
 		latest           bool
 		wf               waitFlags
 	)
@@ -511,7 +529,8 @@ func newCloneResetCommand(cf *clientFlags) *cobra.Command {
 		Short: "Throw away a clone's changes: back to its snapshot, another one, or the latest",
 		Example: `  thinlab clone reset mytest
   thinlab clone reset mytest --latest
-  thinlab clone reset mytest --snapshot 'pool1@snapshot_20240102030405' --no-wait`,
+  thinlab clone reset mytest --snapshot 'pool1@snapshot_20240102030405' --no-wait
+  thinlab clone reset mytest --point-in-time 2026-12-03T16:50:00Z`,
 		Args: exactArgs("CLONE_ID"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			id, err := cloneIDArg(output, args)
@@ -520,6 +539,14 @@ func newCloneResetCommand(cf *clientFlags) *cobra.Command {
 			}
 			if latest && snapshot != "" {
 				return usageErrorf("use either --latest or --snapshot, not both")
+			}
+			if pointInTime != "" || lsn != "" {
+				if latest || snapshot != "" {
+					return usageErrorf("use --point-in-time or --lsn alone, without --latest or --snapshot")
+				}
+				if err := checkPointInTime(pointInTime, lsn); err != nil {
+					return err
+				}
 			}
 			if snapshot != "" {
 				if err := validateSnapshotID("--snapshot", snapshot); err != nil {
@@ -530,7 +557,7 @@ func newCloneResetCommand(cf *clientFlags) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if err := a.api.ResetClone(cmd.Context(), id, agentapi.ResetCloneRequest{SnapshotID: snapshot, Latest: latest}); err != nil {
+			if err := a.api.ResetClone(cmd.Context(), id, agentapi.ResetCloneRequest{SnapshotID: snapshot, Latest: latest, PointInTime: pointInTime, LSN: lsn}); err != nil {
 				return a.explain(err)
 			}
 			var cl *agentapi.Clone
@@ -551,6 +578,8 @@ func newCloneResetCommand(cf *clientFlags) *cobra.Command {
 	}
 	cmd.Flags().StringVar(&snapshot, "snapshot", "", "reset to this snapshot (default: the clone's own)")
 	cmd.Flags().BoolVar(&latest, "latest", false, "reset to the latest snapshot")
+	cmd.Flags().StringVar(&pointInTime, "point-in-time", "", "reset to the data as of this time (RFC 3339), from the pool's WAL archive")
+	cmd.Flags().StringVar(&lsn, "lsn", "", "as --point-in-time, at a WAL position (X/Y)")
 	wf.register(cmd)
 	addOutputFlag(cmd, &output)
 	return cmd
@@ -640,6 +669,76 @@ func newCloneDestroyCommand(cf *clientFlags) *cobra.Command {
 	}
 	wf.register(cmd)
 	wf.timeout = 10 * time.Minute
+	addOutputFlag(cmd, &output)
+	return cmd
+}
+
+// checkPointInTime checks --point-in-time / --lsn before asking the agent.
+func checkPointInTime(at, lsn string) error {
+	if at != "" && lsn != "" {
+		return usageErrorf("use either --point-in-time or --lsn, not both")
+	}
+	if at != "" {
+		if _, err := time.Parse(time.RFC3339Nano, at); err != nil {
+			return usageErrorf("--point-in-time %q is not an RFC 3339 time (e.g. 2026-12-03T16:50:00Z)", at)
+		}
+	}
+	if lsn != "" && !lsnRE.MatchString(lsn) {
+		return usageErrorf("--lsn %q is not a WAL position: use X/Y in hexadecimal, e.g. 0/3000060", lsn)
+	}
+	return nil
+}
+
+var lsnRE = regexp.MustCompile(`^[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}$`)
+
+func newCloneReplicasCommand(cf *clientFlags) *cobra.Command {
+	var (
+		output string
+		count  int
+		wf     waitFlags
+	)
+	cmd := &cobra.Command{
+		Use:   "replicas CLONE_ID --count N",
+		Short: "Add hot-standby replicas streaming from a clone (destroyed with it)",
+		Long: `Make N replicas of a clone: each a read-only postgres with its own port,
+streaming from the clone, logging in with the clone's user and password.
+They go when the clone is destroyed; a clone with replicas cannot be reset.`,
+		Example: "  thinlab clone replicas mytest --count 2",
+		Args:    exactArgs("CLONE_ID"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			id, err := cloneIDArg(output, args)
+			if err != nil {
+				return err
+			}
+			if count < 1 {
+				return usageErrorf("--count must be 1 or more")
+			}
+			a, err := cf.connect()
+			if err != nil {
+				return err
+			}
+			reps, err := a.api.CreateReplicas(cmd.Context(), id, count)
+			if err != nil {
+				return a.explain(err)
+			}
+			out := make([]agentapi.Clone, 0, len(reps))
+			for _, r := range reps {
+				cl := &r
+				if !wf.noWait && r.Status.Code != agentapi.StatusOK {
+					ctx, cancel := withWaitTimeout(cmd.Context(), wf.timeout)
+					cl, err = waitClone(ctx, a, cmd.ErrOrStderr(), r.ID, "Creating replica "+r.ID, false)
+					cancel()
+					if err != nil {
+						return err
+					}
+				}
+				out = append(out, *cl)
+			}
+			return renderList(cmd, output, out, renderClones)
+		},
+	}
+	cmd.Flags().IntVar(&count, "count", 1, "number of replicas (the agent allows up to 5 per clone)")
+	wf.register(cmd)
 	addOutputFlag(cmd, &output)
 	return cmd
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"time"
 
 	"github.com/gin-gonic/gin"
 
@@ -54,8 +55,29 @@ func (s *Server) createClone(c *gin.Context) {
 		return
 	}
 	snapshotID := ""
+	var pit *clone.PointInTime
 	if req.Snapshot != nil {
 		snapshotID = req.Snapshot.ID
+		var ok bool
+		if pit, ok = parsePointInTime(c, req.Snapshot.PointInTime, req.Snapshot.LSN, "snapshot."); !ok {
+			return
+		}
+	}
+	if pit != nil {
+		// The archive chooses the snapshot; a point-in-time clone is on
+		// no branch (its data is none of the branch's commits).
+		cl, err := s.clones.Create(c.Request.Context(), clone.CreateRequest{
+			ID: req.ID, SnapshotID: snapshotID, PointInTime: pit, ReadOnly: req.ReadOnly,
+			Username: req.DB.Username, Password: req.DB.Password, Restricted: req.DB.Restricted, DBName: req.DB.DBName,
+			Protected: req.Protected, ProtectionDurationMinutes: req.ProtectionDurationMinutes, ExtraConf: req.ExtraConf,
+		})
+		if err != nil {
+			s.writeCloneError(c, err)
+			return
+		}
+		s.watchCreation(cl.ID)
+		c.JSON(http.StatusCreated, s.cloneViewOne(c.Request.Context(), cl))
+		return
 	}
 	b, ok := s.branchService(c)
 	if !ok {
@@ -103,6 +125,7 @@ func (s *Server) createClone(c *gin.Context) {
 		ProtectionDurationMinutes: req.ProtectionDurationMinutes,
 		ExtraConf:                 req.ExtraConf,
 		Labels:                    req.Labels,
+		ReadOnly:                  req.ReadOnly,
 	})
 	if err != nil {
 		s.writeCloneError(c, err)
@@ -169,10 +192,22 @@ func (s *Server) resetClone(c *gin.Context) {
 		s.writeCloneError(c, err)
 		return
 	}
-	r := clone.ResetRequest{SnapshotID: req.SnapshotID, Latest: req.Latest}
-	if !req.Latest && req.SnapshotID == "" {
-		// DLE: neither field means the clone's own snapshot.
+	pit, ok := parsePointInTime(c, req.PointInTime, req.LSN, "")
+	if !ok {
+		return
+	}
+	if pit != nil && (req.Latest || req.SnapshotID != "") {
+		badRequest(c, "pointInTime", "pointInTime: give a point in time (pointInTime or lsn) alone, without snapshotID or latest")
+		return
+	}
+	r := clone.ResetRequest{SnapshotID: req.SnapshotID, Latest: req.Latest, PointInTime: pit}
+	if !req.Latest && req.SnapshotID == "" && pit == nil {
+		// DLE: neither field means the clone's own snapshot (for a
+		// point-in-time clone: its own target again).
 		r.SnapshotID = cur.SnapshotID
+		if cur.PointInTime != nil {
+			r.SnapshotID, r.PointInTime = "", cur.PointInTime
+		}
 	}
 	if _, err := s.clones.Reset(c.Request.Context(), id, r); err != nil {
 		var ve *clone.ValidationError
@@ -183,6 +218,47 @@ func (s *Server) resetClone(c *gin.Context) {
 		return
 	}
 	c.Status(http.StatusOK)
+}
+
+// createReplicas is POST /clone/{id}/replicas: count hot-standby
+// replicas streaming from the clone; 201 with them (CREATING).
+func (s *Server) createReplicas(c *gin.Context) {
+	var req agentapi.CreateReplicasRequest
+	if !readJSON(c, &req) {
+		return
+	}
+	reps, err := s.clones.CreateReplicas(c.Request.Context(), c.Param("id"), req.Count)
+	if err != nil {
+		s.writeCloneError(c, err)
+		return
+	}
+	out := make([]agentapi.Clone, 0, len(reps))
+	for _, r := range reps {
+		s.watchCreation(r.ID)
+		out = append(out, s.cloneViewOne(c.Request.Context(), r))
+	}
+	c.JSON(http.StatusCreated, out)
+}
+
+// parsePointInTime reads a point-in-time target (RFC 3339 time or LSN);
+// nil when neither is given. A bad value is answered 400.
+func parsePointInTime(c *gin.Context, at, lsn, prefix string) (*clone.PointInTime, bool) {
+	if at == "" && lsn == "" {
+		return nil, true
+	}
+	if at != "" && lsn != "" {
+		badRequest(c, prefix+"lsn", prefix+"lsn: give pointInTime or lsn, not both")
+		return nil, false
+	}
+	if lsn != "" {
+		return &clone.PointInTime{LSN: lsn}, true
+	}
+	t, err := time.Parse(time.RFC3339Nano, at)
+	if err != nil {
+		badRequest(c, prefix+"pointInTime", fmt.Sprintf("%spointInTime: %q is not an RFC 3339 time (e.g. 2026-12-03T16:50:00.25Z)", prefix, at))
+		return nil, false
+	}
+	return &clone.PointInTime{Time: t}, true
 }
 
 // destroyClone is DELETE /clone/{id}: 200 with an empty body once the

@@ -1,6 +1,7 @@
 package api
 
 import (
+	"context"
 	"errors"
 	"net/http"
 	"time"
@@ -141,6 +142,18 @@ func (s *Server) retrievingView() agentapi.Retrieving {
 	}
 	if l := st.Lag; l != nil {
 		out.Lag = &agentapi.RetrievalLag{Kind: l.Kind, Seconds: l.Seconds, Bytes: l.Bytes, CheckedAt: agentapi.NewLocalTime(l.CheckedAt), SourceReachable: l.SourceReachable}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if pool, w, ok := s.retrieval.PointInTimeWindow(ctx); ok {
+		pw := &agentapi.PointInTimeWindow{Available: w.Available, Reason: w.Reason, Pool: pool, FromLSN: w.FromLSN, ToLSN: w.ToLSN, ToSource: w.Source, Snapshots: len(w.Bases)}
+		if !w.From.IsZero() {
+			pw.From = w.From.UTC().Format(time.RFC3339Nano)
+		}
+		if !w.To.IsZero() {
+			pw.To = w.To.UTC().Format(time.RFC3339Nano)
+		}
+		out.PointInTime = pw
 	}
 	return out
 }

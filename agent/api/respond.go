@@ -125,7 +125,7 @@ func (s *Server) writeCloneError(c *gin.Context, err error) {
 		badRequest(c, "id", err.Error())
 	case errors.Is(err, clone.ErrNoSnapshots):
 		badRequest(c, "snapshot.id", err.Error())
-	case errors.Is(err, clone.ErrProtected), errors.Is(err, clone.ErrNotReady), errors.Is(err, clone.ErrNoPorts):
+	case errors.Is(err, clone.ErrProtected), errors.Is(err, clone.ErrNotReady), errors.Is(err, clone.ErrNoPorts), errors.Is(err, clone.ErrHasReplicas):
 		conflict(c, err.Error())
 	default:
 		s.internalError(c, err)

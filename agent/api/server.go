@@ -48,6 +48,7 @@ type Clones interface {
 	Wait(ctx context.Context, id string) (clone.Clone, error)
 	Create(ctx context.Context, r clone.CreateRequest) (clone.Clone, error)
 	Reset(ctx context.Context, id string, r clone.ResetRequest) (clone.Clone, error)
+	CreateReplicas(ctx context.Context, id string, count int) ([]clone.Clone, error)
 	Destroy(ctx context.Context, id string) error
 	UpdateProtection(id string, protected bool, durationMinutes *uint) (clone.Clone, error)
 	SetLabels(id string, labels map[string]string) (clone.Clone, error)
@@ -259,6 +260,7 @@ func (s *Server) mount(g *gin.RouterGroup) {
 	a.PATCH("/clone/:id", s.updateClone)
 	a.DELETE("/clone/:id", s.destroyClone)
 	a.POST("/clone/:id/reset", s.resetClone)
+	a.POST("/clone/:id/replicas", s.createReplicas)
 	a.GET("/instance/retrieval", s.getRetrieval)
 	a.GET("/branches", s.listBranches)
 	a.POST("/branch", s.createBranch)

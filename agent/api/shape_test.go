@@ -77,6 +77,10 @@ func (f *fakeClones) Reset(context.Context, string, clone.ResetRequest) (clone.C
 	return clone.Clone{}, fmt.Errorf("%w: the fake engine does not reset", clone.ErrNotReady)
 }
 
+func (f *fakeClones) CreateReplicas(context.Context, string, int) ([]clone.Clone, error) {
+	return nil, fmt.Errorf("%w: the fake engine makes no replicas", clone.ErrNotReady)
+}
+
 func (f *fakeClones) Destroy(_ context.Context, id string) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()

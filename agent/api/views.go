@@ -5,6 +5,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/thinlab/thinlab/agent/clone"
 	"github.com/thinlab/thinlab/agent/storage"
@@ -116,8 +117,17 @@ func (s *Server) cloneView(c clone.Clone, snaps snapshotIndex, bySnap map[string
 			ProtectionLeaseDurationMinutes: s.cfg.Cloning.ProtectionLeaseDurationMinutes,
 			ProtectionMaxDurationMinutes:   s.cfg.Cloning.ProtectionMaxDurationMinutes,
 		},
-		Pool:   c.Pool,
-		Labels: c.Labels,
+		Pool:      c.Pool,
+		Labels:    c.Labels,
+		ReadOnly:  c.ReadOnly,
+		ReplicaOf: c.ReplicaOf,
+		Replicas:  c.Replicas,
+	}
+	if p := c.PointInTime; p != nil {
+		out.PointInTime = &agentapi.ClonePointInTime{LSN: p.LSN}
+		if !p.Time.IsZero() {
+			out.PointInTime.Time = p.Time.UTC().Format(time.RFC3339Nano)
+		}
 	}
 	// A refresh waiting for this clone's pool that the busy-pool policy
 	// will force: the owner sees when, in the status DLE clients show.

@@ -52,7 +52,18 @@ func (m *Manager) Create(ctx context.Context, r CreateRequest) (Clone, error) {
 	if err != nil {
 		return Clone{}, err
 	}
-	snap, err := m.resolveSnapshot(ctx, r.SnapshotID)
+	if err := validatePointInTime(r.PointInTime, "snapshot."); err != nil {
+		return Clone{}, err
+	}
+	var snap storage.Snapshot
+	if r.PointInTime != nil {
+		if r.SnapshotID != "" {
+			return Clone{}, &ValidationError{Field: "snapshot.id", Message: "and a point in time are both set: give snapshot.pointInTime (or snapshot.lsn) alone; the snapshot it starts from is chosen by the time"}
+		}
+		snap, err = m.resolvePointInTime(ctx, *r.PointInTime, "snapshot.")
+	} else {
+		snap, err = m.resolveSnapshot(ctx, r.SnapshotID)
+	}
 	if err != nil {
 		return Clone{}, err
 	}
@@ -78,6 +89,8 @@ func (m *Manager) Create(ctx context.Context, r CreateRequest) (Clone, error) {
 		ExtraConf:     extraConf,
 		Labels:        maps.Clone(r.Labels),
 		LogicalSize:   snap.LogicalSize,
+		PointInTime:   r.PointInTime,
+		ReadOnly:      r.ReadOnly,
 		opStart:       time.Now(),
 	}
 	if r.Protected {
@@ -222,6 +235,26 @@ func (m *Manager) build(ctx context.Context, spec record, fresh bool) (string, e
 	m.update(spec.ID, func(r *record) { r.Mountpoint = mount })
 	t1 := time.Now()
 	dataDir := filepath.Join(mount, storage.DataSubdir)
+	if spec.PointInTime != nil {
+		if err := m.recoverToTarget(ctx, spec, dataDir); err != nil {
+			return mount, err
+		}
+	}
+	if spec.ReplicaOf != "" {
+		if err := m.prepareReplica(spec, dataDir, true); err != nil {
+			return mount, err
+		}
+	} else {
+		hs, err := m.hotStandbyMinimums(ctx, spec, dataDir)
+		if err != nil {
+			return mount, err
+		}
+		if len(hs) == 0 {
+			hs = nil
+		}
+		spec.HotStandby = hs
+		m.update(spec.ID, func(r *record) { r.HotStandby = hs })
+	}
 	for attempt := 0; ; attempt++ {
 		err := m.rt.Start(ctx, m.instance(spec, dataDir))
 		if err == nil {
@@ -242,8 +275,19 @@ func (m *Manager) build(ctx context.Context, spec record, fresh bool) (string, e
 		_ = m.save() // save logs a failure, and the next change writes the state again
 	}
 	t2 := time.Now()
-	if err := setupUser(ctx, m.socketConnect(dataDir, spec.Port), spec.Username, spec.Verifier, spec.Restricted); err != nil {
-		return mount, err
+	if spec.ReplicaOf == "" {
+		// A replica has its parent's users already (and cannot write).
+		if err := m.leaveRecovery(ctx, spec, dataDir); err != nil {
+			return mount, err
+		}
+		if err := setupUser(ctx, m.socketConnect(dataDir, spec.Port), spec.Username, spec.Verifier, spec.Restricted); err != nil {
+			return mount, err
+		}
+		if spec.ReadOnly {
+			if err := m.demote(ctx, spec, dataDir); err != nil {
+				return mount, err
+			}
+		}
 	}
 	t3 := time.Now()
 	if err := m.checkLogin(ctx, spec, dataDir); err != nil {
@@ -260,7 +304,7 @@ func (m *Manager) instance(spec record, dataDir string) runtime.Instance {
 		Mount:    filepath.Dir(dataDir),
 		User:     cloneUser(spec.UID),
 		Port:     spec.Port,
-		Settings: runtime.MergeSettings(runtime.DefaultSettings, m.cfg.Provision.CloneDefaults.Settings, spec.ExtraConf),
+		Settings: runtime.MergeSettings(runtime.DefaultSettings, m.cfg.Provision.CloneDefaults.Settings, spec.ExtraConf, m.standbySettings(spec)),
 	}
 }
 

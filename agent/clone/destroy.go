@@ -29,17 +29,33 @@ func (m *Manager) Destroy(ctx context.Context, id string) error {
 		m.mu.Unlock()
 		return fmt.Errorf("%w: clone %q is %s", ErrNotReady, id, rec.Status)
 	}
-	rec.Status = StatusDeleting
-	rec.StatusMessage = MessageDeleting
+	// Replicas go with their clone (first: they stream from it).
+	var replicas []*record
+	for _, o := range m.clones {
+		if o.ReplicaOf == id {
+			if transitional(o.Status) || o.busy {
+				m.mu.Unlock()
+				return fmt.Errorf("%w: replica %q of clone %q is %s", ErrNotReady, o.ID, id, o.Status)
+			}
+			replicas = append(replicas, o)
+		}
+	}
+	var specs []record
+	for _, r := range append(replicas, rec) {
+		r.Status = StatusDeleting
+		r.StatusMessage = MessageDeleting
+		specs = append(specs, *r)
+	}
 	m.changedLocked()
-	spec := *rec
 	m.ops.Add(1)
 	m.mu.Unlock()
 	_ = m.save() // save logs a failure, and the next change writes the state again
-	m.log.Info("destroying clone", "clone", id)
+	m.log.Info("destroying clone", "clone", id, "replicas", len(replicas))
 	go func() {
 		defer m.ops.Done()
-		m.runDestroy(spec)
+		for _, s := range specs {
+			m.runDestroy(s)
+		}
 	}()
 	return nil
 }
@@ -55,6 +71,10 @@ func (m *Manager) runDestroy(spec record) {
 			r.StatusMessage = "delete failed: " + err.Error()
 		})
 		return
+	}
+	if spec.ReplicaOf != "" {
+		m.dropReplicationRole(ctx, spec)
+		m.dropReplicaBase(ctx, spec.Pool, spec.ReplicaBase)
 	}
 	// Announced before the clone leaves the list: whoever sees it gone
 	// has the event already.

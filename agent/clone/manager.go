@@ -41,6 +41,9 @@ type Options struct {
 	// Events, when set, receives the clones' lifecycle events (creating,
 	// ready, failed, reset, destroyed, protected).
 	Events *events.Bus
+	// Archive, when set, returns a pool's WAL archive for point-in-time
+	// clones (nil: the pool has none).
+	Archive func(pool string) Archive
 }
 
 // Manager owns every clone of the agent. It is safe for concurrent use.
@@ -54,6 +57,9 @@ type Manager struct {
 	// connectHost is where the agent checks readiness over TCP.
 	connectHost string
 	events      *events.Bus
+	archive     func(pool string) Archive
+	// osUser owns the pools' data (provision.osUser).
+	osUser pgcluster.OSUser
 
 	mu      sync.Mutex
 	clones  map[string]*record
@@ -103,6 +109,8 @@ func NewManager(ctx context.Context, opt Options) (*Manager, error) {
 		poolByName:  map[string]storage.Pool{},
 		connectHost: connectHost(cfg.Provision.ListenAddresses),
 		events:      opt.Events,
+		archive:     opt.Archive,
+		osUser:      osUser,
 		clones:      map[string]*record{},
 		changed:     make(chan struct{}),
 	}

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/thinlab/thinlab/agent/events"
+	"github.com/thinlab/thinlab/agent/storage"
 )
 
 // Reset re-creates the clone from another snapshot (or the latest)
@@ -18,7 +19,19 @@ func (m *Manager) Reset(ctx context.Context, id string, r ResetRequest) (Clone, 
 	if r.Latest {
 		snapID = ""
 	}
-	snap, err := m.resolveSnapshot(ctx, snapID)
+	if err := validatePointInTime(r.PointInTime, ""); err != nil {
+		return Clone{}, err
+	}
+	var snap storage.Snapshot
+	var err error
+	if r.PointInTime != nil {
+		if r.SnapshotID != "" || r.Latest {
+			return Clone{}, &ValidationError{Field: "snapshot.id", Message: "and a point in time are both set: give pointInTime (or lsn) alone"}
+		}
+		snap, err = m.resolvePointInTime(ctx, *r.PointInTime, "")
+	} else {
+		snap, err = m.resolveSnapshot(ctx, snapID)
+	}
 	if err != nil {
 		return Clone{}, err
 	}
@@ -27,6 +40,16 @@ func (m *Manager) Reset(ctx context.Context, id string, r ResetRequest) (Clone, 
 	if !ok {
 		m.mu.Unlock()
 		return Clone{}, fmt.Errorf("%w: %q", ErrNotFound, id)
+	}
+	if rec.ReplicaOf != "" {
+		m.mu.Unlock()
+		return Clone{}, &ValidationError{Field: "id", Message: fmt.Sprintf("%q is a replica of clone %q: a replica follows its clone; destroy it and make a new one", id, rec.ReplicaOf)}
+	}
+	for _, o := range m.clones {
+		if o.ReplicaOf == id {
+			m.mu.Unlock()
+			return Clone{}, fmt.Errorf("%w: clone %q has replica %q, which would follow a server that no longer exists; destroy its replicas first", ErrHasReplicas, id, o.ID)
+		}
 	}
 	if m.closed {
 		m.mu.Unlock()
@@ -58,6 +81,7 @@ func (m *Manager) Reset(ctx context.Context, id string, r ResetRequest) (Clone, 
 	rec.SnapshotID = snap.ID
 	rec.Pool = snap.Pool
 	rec.LogicalSize = snap.LogicalSize
+	rec.PointInTime = r.PointInTime
 	rec.opStart = time.Now()
 	m.changedLocked()
 	spec := *rec

@@ -353,7 +353,14 @@ func (m *Manager) restartClone(ctx context.Context, r *record) {
 	m.log.Warn("clone's postgres is not running; restarting it", "clone", spec.ID, "port", spec.Port)
 	sctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
-	err := m.rt.Start(sctx, m.instance(spec, dataDir))
+	var err error
+	if spec.ReplicaOf != "" {
+		// The passfile lives under /run: gone after a reboot.
+		err = m.prepareReplica(spec, dataDir, false)
+	}
+	if err == nil {
+		err = m.rt.Start(sctx, m.instance(spec, dataDir))
+	}
 	if err == nil {
 		err = m.checkLogin(sctx, spec, dataDir)
 	}

@@ -53,6 +53,25 @@ type record struct {
 	// UID is the clone's own OS uid (and gid) from provision.cloneUIDs;
 	// kept across resets and restarts, freed with the clone.
 	UID uint32 `json:"uid,omitempty"`
+	// PointInTime is the target the clone was recovered to (kept for a
+	// plain reset, which recovers to it again).
+	PointInTime *PointInTime `json:"pointInTime,omitempty"`
+	// ReadOnly clones run as hot standbys.
+	ReadOnly bool `json:"readOnly,omitempty"`
+	// HotStandby are settings raised to the values the data's pg_control
+	// records (max_connections, ...): a clone of an unpromoted snapshot
+	// starts as a hot standby, which refuses lower values than its
+	// primary's, and its promotion records them for every later start.
+	HotStandby map[string]string `json:"hotStandby,omitempty"`
+	// ReplicaOf is the clone a replica streams from; ReplicaBase the
+	// snapshot of it the replica was made from (destroyed with the last
+	// replica of it); ReplicationPassword the replica's password for its
+	// replication role on the parent, written to a passfile outside the
+	// data directory at every start (never a -c argument).
+	ReplicaOf           string `json:"replicaOf,omitempty"`
+	ReplicaParentPort   int    `json:"replicaParentPort,omitempty"`
+	ReplicaBase         string `json:"replicaBase,omitempty"`
+	ReplicationPassword string `json:"replicationPassword,omitempty"`
 	// opStart is when the running create/reset began (not persisted: an
 	// interrupted operation restarts its clock).
 	opStart time.Time

@@ -7,6 +7,7 @@
 package clone
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"time"
@@ -80,6 +81,16 @@ type Clone struct {
 	// UID is the clone's own OS uid (its processes run as it); 0 before
 	// one is assigned.
 	UID uint32
+
+	// PointInTime is the recovery target the clone was made at (nil: the
+	// snapshot's own state).
+	PointInTime *PointInTime
+	// ReadOnly clones run as hot standbys (in recovery, refusing writes).
+	ReadOnly bool
+	// ReplicaOf is the clone a replica streams from ("" for clones).
+	ReplicaOf string
+	// Replicas are the ids of this clone's replicas.
+	Replicas []string
 }
 
 // ConnString is the DLE-style libpq connection string (no password).
@@ -113,13 +124,44 @@ type CreateRequest struct {
 	ExtraConf map[string]string
 	// Labels are the clone's key=value labels (sdk/labels rules).
 	Labels map[string]string
+
+	// PointInTime, when set, makes a point-in-time clone: the newest
+	// "pre" snapshot at or before the target, replayed from the pool's WAL
+	// archive up to it and promoted. SnapshotID must then be empty.
+	PointInTime *PointInTime
+	// ReadOnly makes the clone a hot standby: in recovery, refusing writes,
+	// following no server.
+	ReadOnly bool
 }
 
 // ResetRequest asks to reset a clone to SnapshotID, or to the latest
-// snapshot when Latest is set or SnapshotID is empty.
+// snapshot when Latest is set or SnapshotID is empty, or to a point in
+// time (PointInTime, with SnapshotID empty and Latest unset).
 type ResetRequest struct {
-	SnapshotID string
-	Latest     bool
+	SnapshotID  string
+	Latest      bool
+	PointInTime *PointInTime
+}
+
+// PointInTime is a recovery target: a time or a WAL position (LSN, in
+// PostgreSQL's X/Y form), not both.
+type PointInTime struct {
+	Time time.Time `json:"time,omitzero"`
+	LSN  string    `json:"lsn,omitempty"`
+}
+
+// Archive is a pool's WAL archive, for point-in-time clones (physical
+// retrieval provides it).
+type Archive interface {
+	// Base checks target against the archive's window and returns the
+	// snapshot a recovery to it starts from; outside the window it fails
+	// naming the window.
+	Base(ctx context.Context, target PointInTime) (snapshotID string, err error)
+	// Recover replays the archive in dataDir (a fresh clone of the base,
+	// never started) up to target, promotes it and stops it cleanly. No
+	// clone user's process takes part: what it runs never reaches the
+	// clone's own postgres.
+	Recover(ctx context.Context, dataDir string, target PointInTime) error
 }
 
 // Sentinel errors; test with errors.Is.
@@ -139,6 +181,9 @@ var (
 	// ErrNoSnapshots means the latest snapshot was asked for but no pool has
 	// one (retrieval has not run yet).
 	ErrNoSnapshots = errors.New("no snapshots yet")
+	// ErrHasReplicas refuses a reset of a clone with replicas (they would
+	// follow a server that no longer exists).
+	ErrHasReplicas = errors.New("clone has replicas")
 )
 
 // ValidationError is a bad request field. Field uses the API's JSON naming:

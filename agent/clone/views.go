@@ -32,7 +32,19 @@ func (m *Manager) view(r *record) Clone {
 		ExtraConf:      maps.Clone(r.ExtraConf),
 		Labels:         maps.Clone(r.Labels),
 		UID:            r.UID,
+		ReadOnly:       r.ReadOnly || r.ReplicaOf != "",
+		ReplicaOf:      r.ReplicaOf,
 	}
+	if r.PointInTime != nil {
+		pit := *r.PointInTime
+		c.PointInTime = &pit
+	}
+	for _, o := range m.clones {
+		if o.ReplicaOf == r.ID {
+			c.Replicas = append(c.Replicas, o.ID)
+		}
+	}
+	slices.Sort(c.Replicas)
 	if c.Protected {
 		c.ProtectedTill = r.ProtectedTill
 	}

@@ -244,13 +244,20 @@ type Physical struct {
 	Standby string `yaml:"standby"`
 	// RestoreCommand overrides the tool's restore_command ("%f", "%p").
 	RestoreCommand string `yaml:"restoreCommand"`
+	// ArchiveDir is a plain WAL archive directory (what the source's
+	// archive_command fills, e.g. "cp %p /archive/%f"): when set and
+	// RestoreCommand is not, restore_command copies from it. It is the
+	// archive point-in-time clones replay from; the window's end is read
+	// from its newest segments.
+	ArchiveDir string `yaml:"archiveDir"`
 	// Settings are extra postgres settings of the standby.
 	Settings map[string]string `yaml:"settings"`
 	// SnapshotSchedule is a cron expression (5 fields) for the snapshot
 	// cycle; empty means only on demand.
 	SnapshotSchedule string `yaml:"snapshotSchedule"`
 	// PreSnapshot makes the scheduled snapshots of the unpromoted standby
-	// state: clones of them run as read-only hot standbys.
+	// state: point-in-time clones start from them; their clones are
+	// promoted, or hot standbys when requested read-only.
 	PreSnapshot bool `yaml:"preSnapshot"`
 	// LagAlertSeconds raises the lag_high alert when the standby is this
 	// far behind (default 300).

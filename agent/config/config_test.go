@@ -136,6 +136,8 @@ func TestErrorsNameFieldAndFix(t *testing.T) {
 		{"physical streaming without source", base + "retrieval: {mode: physical, physical: {tool: walg, standby: streaming}}\n", []string{"retrieval.physical.standby streaming needs retrieval.source"}},
 		{"physical bad standby", base + "retrieval: {mode: physical, physical: {tool: walg, standby: logical}}\n", []string{`retrieval.physical.standby "logical"`}},
 		{"physical bad schedule", base + "retrieval: {mode: physical, physical: {tool: walg, snapshotSchedule: hourly}}\n", []string{`retrieval.physical.snapshotSchedule "hourly"`}},
+		{"physical relative archiveDir", base + "retrieval: {mode: physical, physical: {tool: walg, archiveDir: archive}}\n", []string{`retrieval.physical.archiveDir "archive" must be an absolute path`}},
+		{"physical quoted archiveDir", base + "retrieval: {mode: physical, physical: {tool: walg, archiveDir: \"/a'b\"}}\n", []string{`retrieval.physical.archiveDir "/a'b" must be an absolute path without quotes`}},
 		{"physical unknown key", base + "retrieval: {mode: physical, physical: {tool: walg, stanza: x}}\n", []string{"retrieval.physical"}},
 		{"state dir", base + "stateDir: relative\n", []string{"stateDir \"relative\" must be an absolute path"}},
 		{"platform url", base + "platform: {url: 'ftp://x', enrollToken: t}\n", []string{"platform.url"}},

@@ -38,7 +38,7 @@ func (p Physical) StandbyKind(src Source) string {
 	case ToolBasebackup:
 		return StandbyStreaming
 	case ToolCommand:
-		if p.RestoreCommand != "" {
+		if p.RestoreCommand != "" || p.ArchiveDir != "" && !src.SourceSet() {
 			return StandbyRestoreCommand
 		}
 		if src.SourceSet() {
@@ -123,12 +123,15 @@ func validatePhysical(r Retrieval) []error {
 			bad("retrieval.physical.standby streaming needs retrieval.source: the server the standby streams from")
 		}
 	case StandbyRestoreCommand:
-		if p.Tool == ToolCommand && p.RestoreCommand == "" {
-			bad("retrieval.physical.standby restoreCommand with tool command needs retrieval.physical.restoreCommand")
+		if p.Tool == ToolCommand && p.RestoreCommand == "" && p.ArchiveDir == "" {
+			bad("retrieval.physical.standby restoreCommand with tool command needs retrieval.physical.restoreCommand or archiveDir")
 		}
 	case StandbyNone:
 	default:
 		bad("retrieval.physical.standby %q: use streaming, restoreCommand or none", kind)
+	}
+	if p.ArchiveDir != "" && (!filepath.IsAbs(p.ArchiveDir) || strings.ContainsAny(p.ArchiveDir, "'\n\r\x00%")) {
+		bad("retrieval.physical.archiveDir %q must be an absolute path without quotes, %% or newlines", p.ArchiveDir)
 	}
 	if strings.ContainsAny(p.RestoreCommand, "\n\r\x00") {
 		bad("retrieval.physical.restoreCommand must be one line")

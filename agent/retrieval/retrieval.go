@@ -278,6 +278,32 @@ func (r *Retriever) Status() Status {
 	return s
 }
 
+// Physical is the physical retrieval of pool (point-in-time clones use its
+// WAL archive); ok is false in another mode or before the pool was seen.
+func (r *Retriever) Physical(pool string) (*physical.Retriever, bool) {
+	if r == nil {
+		return nil, false
+	}
+	pj, ok := r.job.(*physical.Job)
+	if !ok {
+		return nil, false
+	}
+	return pj.Retriever(pool)
+}
+
+// PointInTimeWindow is the archive window of the physical pool (ok false
+// in another mode or before the pool's retrieval started).
+func (r *Retriever) PointInTimeWindow(ctx context.Context) (pool string, w physical.ArchiveWindow, ok bool) {
+	if r == nil || len(r.pools) == 0 {
+		return "", w, false
+	}
+	pr, ok := r.Physical(r.pools[0].Name())
+	if !ok {
+		return "", w, false
+	}
+	return r.pools[0].Name(), pr.CachedArchiveWindow(ctx, 5*time.Second), true
+}
+
 // FullRefresh starts a full refresh in the background. It returns
 // ErrRefreshRunning while one runs and ErrNotConfigured without a
 // retrieval mode.

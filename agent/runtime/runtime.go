@@ -33,10 +33,12 @@ import (
 // HBA is the clone's pg_hba.conf: the agent (root, or the clone's own OS
 // user, the only ones who can reach the socket in the 0700 data
 // directory) logs in over the socket without a password; everyone else
-// needs a password (SCRAM) over TCP.
+// needs a password (SCRAM) over TCP, also for replication (a replica of
+// the clone streams from it with its own role).
 const HBA = `# Written by the Thinlab agent; rewritten on every start.
-local   all   all         trust
-host    all   all   all   scram-sha-256
+local   all           all         trust
+host    all           all   all   scram-sha-256
+host    replication   all   all   scram-sha-256
 `
 
 // Options configure a Runtime.
@@ -305,6 +307,34 @@ func (r *Runtime) writeRunFiles(name string) (string, error) {
 		return "", fmt.Errorf("write pg_hba.conf: %w", werr)
 	}
 	return hba, nil
+}
+
+// WriteRunFile writes a private file for inst into its root-owned
+// runtime directory (outside the data directory), readable only by the
+// instance's own user: a replica's passfile. It returns the file's path.
+func (r *Runtime) WriteRunFile(inst Instance, name, content string) (string, error) {
+	if _, err := r.writeRunFiles(inst.Name); err != nil {
+		return "", err
+	}
+	u := r.user(inst)
+	path := filepath.Join(r.instanceDir(inst.Name), filepath.Base(filepath.Clean("/"+name)))
+	_ = os.Remove(path)                                                                                  // replaced whole: a new owner and mode
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600) //nolint:gosec // a fixed name in the root-owned runtime directory
+	if err != nil {
+		return "", fmt.Errorf("write %s: %w", path, err)
+	}
+	_, werr := f.WriteString(content)
+	if werr == nil {
+		werr = f.Chown(int(u.UID), int(u.GID))
+	}
+	if err := f.Close(); werr == nil {
+		werr = err
+	}
+	if werr != nil {
+		_ = os.Remove(path) // the error says what failed
+		return "", fmt.Errorf("write %s: %w", path, werr)
+	}
+	return path, nil
 }
 
 // isolate makes inst.Mount show the pool owner's files as u's: an

@@ -309,6 +309,17 @@ func AsUser(uid, gid uint32, f func() error) error {
 	done := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
+		if unix.Gettid() == unix.Getpid() {
+			// The process's main thread: Go never ends it but wedges it
+			// when its locked goroutine exits, so it would keep the
+			// dropped credentials for good (and /proc/PID/status, which
+			// shows the main thread's, would show the process as that
+			// user). Hold it while another thread does the work.
+			err := AsUser(uid, gid, f)
+			runtime.UnlockOSThread()
+			done <- err
+			return
+		}
 		// Deliberately no UnlockOSThread: the thread dies with the goroutine.
 		if _, _, e := unix.RawSyscall(unix.SYS_SETGROUPS, 0, 0, 0); e != 0 {
 			done <- fmt.Errorf("setgroups: %w", e)

@@ -317,6 +317,16 @@ func (c *Client) ResetClone(ctx context.Context, id string, r ResetCloneRequest)
 	return c.do(ctx, http.MethodPost, "/clone/"+id+"/reset", r, nil)
 }
 
+// CreateReplicas makes count hot-standby replicas streaming from clone id
+// (POST /clone/{id}/replicas, a Thinlab addition); they are CREATING.
+func (c *Client) CreateReplicas(ctx context.Context, id string, count int) ([]Clone, error) {
+	var out []Clone
+	if err := c.do(ctx, http.MethodPost, "/clone/"+id+"/replicas", CreateReplicasRequest{Count: count}, &out); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // DestroyClone starts destroying a clone (it becomes DELETING);
 // WaitCloneDestroyed waits until it is gone.
 func (c *Client) DestroyClone(ctx context.Context, id string) error {

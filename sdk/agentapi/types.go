@@ -90,6 +90,24 @@ type Clone struct {
 	// it still has clones (retrieval.busyPool), while such a refresh
 	// waits; status.message then says so too (Thinlab addition).
 	RefreshForcedAt *LocalTime `json:"refreshForcedAt,omitempty"`
+
+	// PointInTime is the recovery target of a point-in-time clone
+	// (Thinlab addition; absent for other clones).
+	PointInTime *ClonePointInTime `json:"pointInTime,omitempty"`
+	// ReadOnly clones (and replicas) run as hot standbys: in recovery,
+	// refusing writes (Thinlab addition).
+	ReadOnly bool `json:"readOnly,omitempty"`
+	// ReplicaOf is the clone a replica streams from; Replicas the ids of
+	// a clone's replicas (Thinlab additions).
+	ReplicaOf string   `json:"replicaOf,omitempty"`
+	Replicas  []string `json:"replicas,omitempty"`
+}
+
+// ClonePointInTime is a recovery target: Time (RFC 3339, fractions
+// allowed) or LSN (X/Y).
+type ClonePointInTime struct {
+	Time string `json:"time,omitempty"`
+	LSN  string `json:"lsn,omitempty"`
 }
 
 // Database is how to reach a clone. Port is a string, as in DLE; Host, Port
@@ -172,6 +190,8 @@ type CreateCloneRequest struct {
 	ExtraConf                 map[string]string   `json:"extra_conf,omitempty"`
 	// Labels are the clone's key=value labels (Thinlab addition).
 	Labels map[string]string `json:"labels,omitempty"`
+	// ReadOnly makes the clone a hot standby (Thinlab addition).
+	ReadOnly bool `json:"readOnly,omitempty"`
 }
 
 // DatabaseRequest is the clone's database user.
@@ -186,6 +206,12 @@ type DatabaseRequest struct {
 // means the latest.
 type SnapshotCloneField struct {
 	ID string `json:"id"`
+	// PointInTime (RFC 3339, fractions allowed) or LSN ("X/Y") makes a
+	// point-in-time clone: the newest "pre" snapshot at or before the
+	// target, WAL from the pool's archive replayed up to it, promoted.
+	// Give ID empty with either (Thinlab additions).
+	PointInTime string `json:"pointInTime,omitempty"`
+	LSN         string `json:"lsn,omitempty"`
 }
 
 // PatchSnapshotRequest changes a snapshot's protection or schedules its
@@ -217,6 +243,16 @@ type CloneLabelsRequest struct {
 type ResetCloneRequest struct {
 	SnapshotID string `json:"snapshotID"`
 	Latest     bool   `json:"latest"`
+	// PointInTime or LSN resets to a point in time, as in
+	// SnapshotCloneField (Thinlab additions; neither with snapshotID or
+	// latest).
+	PointInTime string `json:"pointInTime,omitempty"`
+	LSN         string `json:"lsn,omitempty"`
+}
+
+// CreateReplicasRequest is POST /clone/{id}/replicas (Thinlab addition).
+type CreateReplicasRequest struct {
+	Count int `json:"count"`
 }
 
 // Response is DLE's generic success body.
@@ -311,6 +347,9 @@ type Retrieving struct {
 	// logical replication subscription) is behind the source (a Thinlab
 	// extension, left out for other modes and until first measured).
 	Lag *RetrievalLag `json:"lag,omitempty"`
+	// PointInTime is the WAL archive window point-in-time clones can
+	// reach (Thinlab extension; physical retrieval only).
+	PointInTime *PointInTimeWindow `json:"pointInTime,omitempty"`
 }
 
 // Lag kinds (RetrievalLag.Kind).
@@ -330,6 +369,28 @@ type RetrievalLag struct {
 	Bytes           int64      `json:"bytes"`
 	CheckedAt       *LocalTime `json:"checkedAt"`
 	SourceReachable bool       `json:"sourceReachable"`
+}
+
+// PointInTimeWindow is the span of targets a point-in-time clone accepts:
+// from the last commit held by the oldest "pre" snapshot (included) to the
+// newest archived commit (excluded: replay stops at the first commit after
+// the target, which must be in the archive). Times are RFC 3339 with
+// fractional seconds (unlike DLE's LocalTime fields).
+type PointInTimeWindow struct {
+	Available bool `json:"available"`
+	// Reason says why no point-in-time clone can be made now.
+	Reason  string `json:"reason,omitempty"`
+	Pool    string `json:"pool"`
+	From    string `json:"from,omitempty"`
+	To      string `json:"to,omitempty"`
+	FromLSN string `json:"fromLSN,omitempty"`
+	ToLSN   string `json:"toLSN,omitempty"`
+	// ToSource is where the end comes from: "archiveDir" (the newest
+	// archived segments) or "standby" (the last transaction the standby
+	// replayed from the backup tool's archive).
+	ToSource string `json:"toSource,omitempty"`
+	// Snapshots is the number of "pre" snapshots recoveries start from.
+	Snapshots int `json:"snapshots"`
 }
 
 // RetrievalJob is a running refresh and its progress. Unit is "bytes",

@@ -25,8 +25,13 @@ import (
 type toolPlan struct {
 	// argv fills dataDir; run through the private env wrapper.
 	argv func(dataDir string) []string
-	// restoreCommand is the tool's restore_command ("" when it has none).
+	// restoreCommand is the tool's restore_command ("" when it has none)
+	// for the standby in the pool's main dataset.
 	restoreCommand string
+	// restoreIn is the same restore_command for a postgres in another
+	// data directory (a point-in-time recovery in a clone): pgBackRest
+	// writes a relative %p beneath --pg1-path, which must be that one.
+	restoreIn func(dataDir string) string
 }
 
 // tool resolves retrieval.physical.tool into a plan.
@@ -65,7 +70,9 @@ func (r *Retriever) tool() (toolPlan, error) {
 			return append(a, "--pg1-path="+dataDir, "--type=standby", "--archive-mode=off", "--log-level-console=warn", "restore")
 		}
 		// archive-get checks that it runs for the cluster in pg1-path.
-		p.restoreCommand = shJoin(append(append([]string{env, tool}, opts...), "--pg1-path="+r.dataDir(), "archive-get")) + ` %f "%p"`
+		p.restoreIn = func(dataDir string) string {
+			return shJoin(append(append([]string{env, tool}, opts...), "--pg1-path="+dataDir, "archive-get")) + ` %f "%p"`
+		}
 	case config.ToolBarman:
 		tool := bin("barman")
 		var opts []string
@@ -91,8 +98,21 @@ func (r *Retriever) tool() (toolPlan, error) {
 	default:
 		return p, fmt.Errorf("retrieval.physical.tool %q is unknown: use basebackup, command, pgbackrest, barman or walg", c.Tool)
 	}
+	if p.restoreIn != nil {
+		p.restoreCommand = p.restoreIn(r.dataDir())
+	}
+	if c.ArchiveDir != "" {
+		p.restoreIn = nil
+		// A plain archive directory: copied from as provision.osUser.
+		p.restoreCommand = "/bin/cp " + shQuote(strings.TrimSuffix(c.ArchiveDir, "/")) + `/"%f" "%p"`
+	}
 	if c.RestoreCommand != "" {
+		p.restoreIn = nil
 		p.restoreCommand = shJoin([]string{env}) + " /bin/sh -c " + shQuote(c.RestoreCommand)
+	}
+	if p.restoreIn == nil {
+		cmd := p.restoreCommand
+		p.restoreIn = func(string) string { return cmd }
 	}
 	if strings.ContainsAny(r.priv, "'\n") {
 		return p, fmt.Errorf("the private directory %q must not contain quotes or newlines (it is part of restore_command)", r.priv)

@@ -86,15 +86,31 @@ func (r *Retriever) preSnapshot(ctx context.Context, latest time.Time) (storage.
 	if _, err := conn.Exec(ctx, "CHECKPOINT"); err != nil {
 		return storage.Snapshot{}, fmt.Errorf("restartpoint on the standby: %w", err)
 	}
+	// Replay pauses while the snapshot is taken, so that the snapshot
+	// holds no transaction after dataStateAt: a point-in-time clone of it
+	// may then aim at any moment from dataStateAt on (an earlier
+	// consistency point than the target is what recovery needs).
+	if err := pauseReplay(ctx, conn); err != nil {
+		return storage.Snapshot{}, err
+	}
+	defer func() {
+		if _, err := conn.Exec(context.Background(), "SELECT pg_catalog.pg_wal_replay_resume()"); err != nil {
+			r.log.Error("resuming the standby's replay after a pre snapshot failed", "err", err)
+		}
+	}()
 	at, err := replayTime(ctx, conn)
 	if err != nil {
 		return storage.Snapshot{}, err
+	}
+	var lsn string
+	if err := conn.QueryRow(ctx, "SELECT pg_catalog.pg_last_wal_replay_lsn()::text").Scan(&lsn); err != nil {
+		return storage.Snapshot{}, fmt.Errorf("read the standby's replay position: %w", err)
 	}
 	if !at.Truncate(time.Second).After(latest) {
 		return storage.Snapshot{}, ErrNoNewData
 	}
 	syscall.Sync()
-	return r.pool.Snapshot(ctx, storage.SnapshotOptions{DataStateAt: at, Message: MessagePre, Labels: map[string]string{LabelKind: kindPre}})
+	return r.pool.Snapshot(ctx, storage.SnapshotOptions{DataStateAt: at, Message: MessagePre, Labels: map[string]string{LabelKind: kindPre, LabelLSN: lsn, LabelReplayedAt: at.Format(time.RFC3339Nano)}})
 }
 
 // promotedSnapshot is the cycle proper (see the package comment).

@@ -48,6 +48,10 @@ func (k keepN) Retain(ctx context.Context, p storage.Pool) ([]string, error) {
 	return storage.Retain(ctx, p, int(k), nil)
 }
 
+// harnessPoolSize is the loop pool's size (benchmarks with much WAL make
+// it larger).
+var harnessPoolSize int64 = 1 << 30
+
 // newHarness makes a source with table t, a pool and a config for tool;
 // setup adjusts the config before the Retriever is built.
 func newHarness(t testing.TB, tool string, setup func(h *harness)) *harness {
@@ -55,7 +59,7 @@ func newHarness(t testing.TB, tool string, setup func(h *harness)) *harness {
 	h := &harness{t: t}
 	h.src = pgtest.Start(t)
 	h.src.Exec(t, "postgres", "CREATE TABLE t (id serial PRIMARY KEY, note text NOT NULL)", "INSERT INTO t (note) VALUES ('initial')")
-	h.pool = storagetest.NewLoopPoolSize(t, storage.ModeBtrfs, 1<<30)
+	h.pool = storagetest.NewLoopPoolSize(t, storage.ModeBtrfs, harnessPoolSize)
 	dir, err := os.MkdirTemp("", "physical-state-*")
 	if err != nil {
 		t.Fatal(err)

@@ -122,6 +122,15 @@ func (j *Job) Status(pool storage.Pool) (Status, bool) {
 	return r.Status(), true
 }
 
+// Retriever is the pool's physical retrieval, once the job has seen the
+// pool (ok false before).
+func (j *Job) Retriever(pool string) (*Retriever, bool) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	r, ok := j.r[pool]
+	return r, ok
+}
+
 // Alerts are the pool's physical alerts (lag_high, source_unreachable,
 // snapshot_failed, refresh_failed), for the core's status.
 func (j *Job) Alerts(pool storage.Pool) map[string]Alert {

@@ -12,6 +12,17 @@ import (
 // TestPgBackRest: the first copy by pgBackRest restore from a local
 // repository, a standby fed by archive-get from the same repository.
 func TestPgBackRest(t *testing.T) {
+	h := pgBackRestHarness(t)
+	if err := h.r.Refresh(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	h.waitReplayed("initial")
+	h.checkCycleShowsNewRows(true)
+}
+
+// pgBackRestHarness is a source archiving into a pgBackRest repository
+// with a full backup, and a physical retrieval restoring from it.
+func pgBackRestHarness(t *testing.T) *harness {
 	testenv.NeedsSystem(t, "pgBackRest (run make deps)")
 	tool := lookTool(t, "pgbackrest")
 	dir := toolDir(t)
@@ -41,9 +52,5 @@ pg1-port=%[3]d
 		runAs(t, nil, tool, "--config="+conf, "--stanza=demo", "stanza-create")
 		runAs(t, nil, tool, "--config="+conf, "--stanza=demo", "--type=full", "backup")
 	})
-	if err := h.r.Refresh(t.Context()); err != nil {
-		t.Fatal(err)
-	}
-	h.waitReplayed("initial")
-	h.checkCycleShowsNewRows(true)
+	return h
 }

@@ -65,7 +65,7 @@ const (
 // Snapshot messages and the label that marks what the cycle made.
 const (
 	MessagePromoted = "physical: promoted standby state"
-	MessagePre      = "physical: unpromoted standby state (clones run as hot standbys)"
+	MessagePre      = "physical: unpromoted standby state (point-in-time base; clones are promoted unless read-only)"
 	messageTemp     = "physical: temporary, being promoted"
 	// LabelKind is the label key whose value says what a snapshot is:
 	// "promoted", "pre" or "temporary".
@@ -191,6 +191,13 @@ type Retriever struct {
 	mu     sync.Mutex
 	status Status
 	busy   bool
+	// window is the last archive window the status asked for, at
+	// windowAt.
+	window   ArchiveWindow
+	windowAt time.Time
+	// segments caches what archived segments (never the newest, which
+	// may still be being copied) hold.
+	segments map[string]segmentInfo
 
 	// op serializes the refresh, the cycle and the lag check's use of
 	// the standby's start.
@@ -449,6 +456,7 @@ func (r *Retriever) refreshAndRecord(ctx context.Context) error {
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.segments = nil // a new copy may come with a new archive
 	r.status.Status = StatusFinished
 	r.status.LastRefresh = time.Now()
 	delete(r.status.Alerts, AlertRefreshFailed)
