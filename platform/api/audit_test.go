@@ -148,19 +148,20 @@ func TestEveryMutationIsAudited(t *testing.T) {
 		// by the agent's state (enrolled, never connected: 503). Calls the
 		// agent answers are audited in internal/fleete2e
 		// (TestEngineProxyThroughRealTunnel).
-		"POST /api/v1/orgs/:org/agents/:agent/engine/full-refresh":    engineRefusals(ag.ID, "/full-refresh", viewerTok, ownerTok),
-		"POST /api/v1/orgs/:org/agents/:agent/engine/snapshot":        engineRefusals(ag.ID, "/snapshot", viewerTok, ownerTok),
-		"POST /api/v1/orgs/:org/agents/:agent/engine/branch":          engineRefusals(ag.ID, "/branch", viewerTok, ownerTok),
-		"POST /api/v1/orgs/:org/agents/:agent/engine/branch/snapshot": engineRefusals(ag.ID, "/branch/snapshot", viewerTok, ownerTok),
-		"PATCH /api/v1/orgs/:org/agents/:agent/engine/branch/:name":   engineRefusals(ag.ID, "/branch/feature", viewerTok, ownerTok),
-		"DELETE /api/v1/orgs/:org/agents/:agent/engine/branch/:name":  engineRefusals(ag.ID, "/branch/feature", viewerTok, ownerTok),
-		"POST /api/v1/orgs/:org/agents/:agent/engine/snapshot/clone":  engineRefusals(ag.ID, "/snapshot/clone", viewerTok, ownerTok),
-		"PATCH /api/v1/orgs/:org/agents/:agent/engine/snapshot/*id":   engineRefusals(ag.ID, "/snapshot/pool@snapshot_20260101000000", viewerTok, ownerTok),
-		"DELETE /api/v1/orgs/:org/agents/:agent/engine/snapshot/*id":  engineRefusals(ag.ID, "/snapshot/pool@snapshot_20260101000000", viewerTok, ownerTok),
-		"POST /api/v1/orgs/:org/agents/:agent/engine/clone":           engineRefusals(ag.ID, "/clone", viewerTok, ownerTok),
-		"PATCH /api/v1/orgs/:org/agents/:agent/engine/clone/:id":      engineRefusals(ag.ID, "/clone/c1", viewerTok, ownerTok),
-		"DELETE /api/v1/orgs/:org/agents/:agent/engine/clone/:id":     engineRefusals(ag.ID, "/clone/c1", viewerTok, ownerTok),
-		"POST /api/v1/orgs/:org/agents/:agent/engine/clone/:id/reset": engineRefusals(ag.ID, "/clone/c1/reset", viewerTok, ownerTok),
+		"POST /api/v1/orgs/:org/agents/:agent/engine/full-refresh":       engineRefusals(ag.ID, "/full-refresh", viewerTok, ownerTok),
+		"POST /api/v1/orgs/:org/agents/:agent/engine/snapshot":           engineRefusals(ag.ID, "/snapshot", viewerTok, ownerTok),
+		"POST /api/v1/orgs/:org/agents/:agent/engine/branch":             engineRefusals(ag.ID, "/branch", viewerTok, ownerTok),
+		"POST /api/v1/orgs/:org/agents/:agent/engine/branch/snapshot":    engineRefusals(ag.ID, "/branch/snapshot", viewerTok, ownerTok),
+		"PATCH /api/v1/orgs/:org/agents/:agent/engine/branch/:name":      engineRefusals(ag.ID, "/branch/feature", viewerTok, ownerTok),
+		"DELETE /api/v1/orgs/:org/agents/:agent/engine/branch/:name":     engineRefusals(ag.ID, "/branch/feature", viewerTok, ownerTok),
+		"POST /api/v1/orgs/:org/agents/:agent/engine/snapshot/clone":     engineRefusals(ag.ID, "/snapshot/clone", viewerTok, ownerTok),
+		"PATCH /api/v1/orgs/:org/agents/:agent/engine/snapshot/*id":      engineRefusals(ag.ID, "/snapshot/pool@snapshot_20260101000000", viewerTok, ownerTok),
+		"DELETE /api/v1/orgs/:org/agents/:agent/engine/snapshot/*id":     engineRefusals(ag.ID, "/snapshot/pool@snapshot_20260101000000", viewerTok, ownerTok),
+		"POST /api/v1/orgs/:org/agents/:agent/engine/clone":              engineRefusals(ag.ID, "/clone", viewerTok, ownerTok),
+		"PATCH /api/v1/orgs/:org/agents/:agent/engine/clone/:id":         engineRefusals(ag.ID, "/clone/c1", viewerTok, ownerTok),
+		"DELETE /api/v1/orgs/:org/agents/:agent/engine/clone/:id":        engineRefusals(ag.ID, "/clone/c1", viewerTok, ownerTok),
+		"POST /api/v1/orgs/:org/agents/:agent/engine/clone/:id/reset":    engineRefusals(ag.ID, "/clone/c1/reset", viewerTok, ownerTok),
+		"POST /api/v1/orgs/:org/agents/:agent/engine/clone/:id/replicas": engineRefusals(ag.ID, "/clone/c1/replicas", viewerTok, ownerTok),
 		// Billing is off on this platform: the owner's call is refused
 		// too (409); calls that reach stripe-mock: platform/billing.
 		"POST /api/v1/orgs/:org/billing/checkout": {

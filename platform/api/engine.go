@@ -74,6 +74,8 @@ var EngineRoutes = []EngineRoute{
 	{Method: http.MethodPatch, Path: "/clone/:id", Permission: rbac.CloneUpdate, Action: "clone.update", Kind: "clone"},
 	{Method: http.MethodDelete, Path: "/clone/:id", Permission: rbac.CloneDelete, Action: "clone.destroy", Kind: "clone"},
 	{Method: http.MethodPost, Path: "/clone/:id/reset", Permission: rbac.CloneUpdate, Action: "clone.reset", Kind: "clone"},
+	// Replicas of a clone are clones too (ports, processes).
+	{Method: http.MethodPost, Path: "/clone/:id/replicas", Permission: rbac.CloneCreate, Action: "clone.replicas", Kind: "clone"},
 	// Diffs (Thinlab's additions) read the data's tables: the permission
 	// of the snapshot or clone compared.
 	{Method: http.MethodGet, Path: "/snapshots/diff", Permission: rbac.SnapshotRead},

@@ -427,6 +427,7 @@ var ownStatus = map[string]status{
 	"PATCH /api/v1/orgs/:org/agents/:agent/engine/clone/:id":         {http.StatusServiceUnavailable, http.StatusServiceUnavailable},
 	"DELETE /api/v1/orgs/:org/agents/:agent/engine/clone/:id":        {http.StatusServiceUnavailable, http.StatusServiceUnavailable},
 	"POST /api/v1/orgs/:org/agents/:agent/engine/clone/:id/reset":    {http.StatusServiceUnavailable, http.StatusServiceUnavailable},
+	"POST /api/v1/orgs/:org/agents/:agent/engine/clone/:id/replicas": {http.StatusServiceUnavailable, http.StatusServiceUnavailable},
 	"GET /api/v1/orgs/:org/agents/:agent/engine/snapshots/diff":      {http.StatusServiceUnavailable, http.StatusServiceUnavailable},
 	"GET /api/v1/orgs/:org/agents/:agent/engine/clone/:id/diff":      {http.StatusServiceUnavailable, http.StatusServiceUnavailable},
 	"GET /api/v1/orgs/:org/agents/:agent/engine/branches":            {http.StatusServiceUnavailable, http.StatusServiceUnavailable},
