@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/thinlab/thinlab/agent/config"
+	"github.com/thinlab/thinlab/agent/storage"
 	"github.com/thinlab/thinlab/internal/pgcluster"
 )
 
@@ -118,5 +119,35 @@ func checkNoPasswordInData(t testing.TB, h *harness) {
 		if containsSecret(raw) {
 			t.Errorf("%s in the pool's data holds the source's password", f)
 		}
+	}
+}
+
+// TestBasebackupOnEveryLoopBackend: the pg_basebackup cycle test on the
+// other backends that run on this host: zfs-fuse (a snapshot of the
+// temporary clone depends on the temporary snapshot of main, which is
+// retired and reaped through retention) and XFS reflink (file-by-file
+// copies: the standby pauses replay for the copy of main). Retention keeps
+// one snapshot, so every cycle also destroys the previous one. LVM runs
+// the same storage steps in the VM (storagetest's CloneSnapshotter).
+func TestBasebackupOnEveryLoopBackend(t *testing.T) {
+	for _, mode := range []string{storage.ModeZFS, storage.ModeReflink} {
+		t.Run(mode, func(t *testing.T) {
+			h := newHarnessOn(t, mode, config.ToolBasebackup, func(h *harness) { h.keep = 1 })
+			if err := h.r.Refresh(t.Context()); err != nil {
+				t.Fatal(err)
+			}
+			h.waitReplayed("initial")
+			h.checkCycleShowsNewRows(false)
+			if paused := h.replayPaused(); paused {
+				t.Error("the standby's replay is still paused after the cycles")
+			}
+			snaps, err := h.pool.Snapshots(t.Context())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(snaps) != 1 || snaps[0].Labels[LabelKind] != kindPromo {
+				t.Errorf("snapshots after two cycles with keep 1: %+v, want the newest promoted one only", snaps)
+			}
+		})
 	}
 }

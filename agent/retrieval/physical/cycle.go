@@ -94,7 +94,54 @@ func (r *Retriever) preSnapshot(ctx context.Context, latest time.Time) (storage.
 		return storage.Snapshot{}, ErrNoNewData
 	}
 	syscall.Sync()
-	return r.pool.Snapshot(ctx, storage.SnapshotOptions{DataStateAt: at, Message: MessagePre, Labels: map[string]string{LabelKind: kindPre}})
+	return r.snapshotStandby(ctx, storage.SnapshotOptions{DataStateAt: at, Message: MessagePre, Labels: map[string]string{LabelKind: kindPre}})
+}
+
+// snapshotStandby snapshots main while the standby runs on it. An atomic
+// snapshot (ZFS, LVM thin, btrfs) is a crash image of the standby, which
+// a postgres started on it recovers. A pool that copies file by file (XFS
+// reflink) gets a data directory that holds still for the copy: replay
+// paused and a restartpoint made first, so no data file changes during
+// the copy (hint bits aside, which no recovery depends on) and no WAL
+// file is recycled, while WAL keeps streaming into pg_wal; replay resumes
+// right after (each file's reflink copy is itself atomic).
+func (r *Retriever) snapshotStandby(ctx context.Context, opt storage.SnapshotOptions) (storage.Snapshot, error) {
+	if storage.SnapshotsAreAtomic(r.pool) {
+		return r.pool.Snapshot(ctx, opt)
+	}
+	conn, err := pgcluster.Connect(ctx, r.standby().SocketConnString(standbyPort, "postgres", "postgres"))
+	if err != nil {
+		return storage.Snapshot{}, fmt.Errorf("connect to the standby: %w", err)
+	}
+	defer func() { _ = conn.Close(context.Background()) }() // a session of our own
+	if _, err := conn.Exec(ctx, "SELECT pg_wal_replay_pause()"); err != nil {
+		return storage.Snapshot{}, fmt.Errorf("pause the standby's replay for a file-by-file snapshot: %w", err)
+	}
+	defer func() {
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+		defer cancel()
+		if _, err := conn.Exec(rctx, "SELECT pg_wal_replay_resume()"); err != nil {
+			r.log.Error("resuming the standby's replay failed; it resumes when the standby restarts", "err", err)
+		}
+	}()
+	for {
+		var state string
+		if err := conn.QueryRow(ctx, "SELECT pg_get_wal_replay_pause_state()").Scan(&state); err != nil {
+			return storage.Snapshot{}, fmt.Errorf("read the standby's replay pause state: %w", err)
+		}
+		if state == "paused" {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return storage.Snapshot{}, ctx.Err()
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	if _, err := conn.Exec(ctx, "CHECKPOINT"); err != nil {
+		return storage.Snapshot{}, fmt.Errorf("restartpoint on the paused standby: %w", err)
+	}
+	return r.pool.Snapshot(ctx, opt)
 }
 
 // promotedSnapshot is the cycle proper (see the package comment).
@@ -103,7 +150,7 @@ func (r *Retriever) promotedSnapshot(ctx context.Context, latest time.Time) (sto
 	if at, err := r.standbyReplayTime(ctx); err == nil && !at.IsZero() && !at.Truncate(time.Second).After(latest) {
 		return storage.Snapshot{}, ErrNoNewData
 	}
-	tmp, err := r.pool.Snapshot(ctx, storage.SnapshotOptions{DataStateAt: tempStateAt, Message: messageTemp, Labels: map[string]string{LabelKind: kindTemp, storage.LabelTransient: "true"}})
+	tmp, err := r.snapshotStandby(ctx, storage.SnapshotOptions{DataStateAt: tempStateAt, Message: messageTemp, Labels: map[string]string{LabelKind: kindTemp, storage.LabelTransient: "true"}})
 	if err != nil {
 		return storage.Snapshot{}, fmt.Errorf("snapshot the standby's state: %w", err)
 	}

@@ -830,9 +830,10 @@ func testSnapshotOfClone(t *testing.T, p storage.Pool) {
 // clone of it that is written to (the promoted data), a snapshot of that
 // clone (storage.CloneSnapshotter), then the clone and the first snapshot
 // destroyed while the clone's snapshot lives on. Its clones see the
-// clone's writes and not what main or other clones wrote later; the usual
-// delete rules hold. Files only, no postgres: the capability is the
-// storage's (PostgresLifecycle and SnapshotOfClone run servers).
+// clone's writes and not what main or the clone wrote later; the usual
+// delete rules hold. Files only, no postgres, few storage calls (each
+// takes seconds in the LVM VM): the capability is the storage's
+// (PostgresLifecycle and SnapshotOfClone run servers).
 func testCloneSnapshotter(t *testing.T, p storage.Pool) {
 	ctx := testCtx(t)
 	cs, ok := p.(storage.CloneSnapshotter)
@@ -885,8 +886,10 @@ func testCloneSnapshotter(t *testing.T, p storage.Pool) {
 		if s.ID != storage.SnapshotID(p.Name(), at) || s.OfClone() || s.Message != "promoted" || s.Labels["kind"] != "promoted" || !s.DataStateAt.Equal(at) {
 			t.Fatalf("snapshot of the clone %+v: want ID %s, the message and labels given, and no %s label (it joins the pool's line of data)", s, storage.SnapshotID(p.Name(), at), storage.LabelSource)
 		}
-		if _, err := cs.SnapshotClone(ctx, "cycle", storage.SnapshotOptions{DataStateAt: at}); !errors.Is(err, storage.ErrExists) {
-			t.Fatalf("a second SnapshotClone with the same ID: %v, want ErrExists", err)
+		if round == 0 {
+			if _, err := cs.SnapshotClone(ctx, "cycle", storage.SnapshotOptions{DataStateAt: at}); !errors.Is(err, storage.ErrExists) {
+				t.Fatalf("a second SnapshotClone with the same ID: %v, want ErrExists", err)
+			}
 		}
 		// Written after the snapshot: no clone of it may see this.
 		write(c.Mountpoint, "promoted", "after the snapshot")
@@ -927,14 +930,6 @@ func testCloneSnapshotter(t *testing.T, p storage.Pool) {
 		if got, want := read(c.Mountpoint, "marker")+" / "+read(c.Mountpoint, "promoted"), fmt.Sprintf("main %d / promoted %d", i, i); got != want {
 			t.Fatalf("clone of %s holds %q, want %q (main as it was, plus the clone's write before its snapshot)", id, got, want)
 		}
-		write(c.Mountpoint, "promoted", "changed by a clone")
-	}
-	again, err := p.Clone(ctx, made[0], "again")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got := read(again.Mountpoint, "promoted"); got != "promoted 0" {
-		t.Fatalf("a second clone of %s holds %q, want %q (not the first clone's write)", made[0], got, "promoted 0")
 	}
 
 	if err := p.DestroySnapshot(ctx, made[0], false); !errors.Is(err, storage.ErrHasDependents) {
@@ -943,10 +938,8 @@ func testCloneSnapshotter(t *testing.T, p storage.Pool) {
 	if deleted, err := storage.Retain(ctx, p, 1, nil); err != nil || len(deleted) != 0 {
 		t.Fatalf("retention deleted %v (%v), want nothing (the older snapshot has clones)", deleted, err)
 	}
-	for _, name := range []string{"from0", "again"} {
-		if err := p.DestroyClone(ctx, name); err != nil {
-			t.Fatal(err)
-		}
+	if err := p.DestroyClone(ctx, "from0"); err != nil {
+		t.Fatal(err)
 	}
 	if deleted, err := storage.Retain(ctx, p, 1, nil); err != nil || !reflect.DeepEqual(deleted, made[:1]) {
 		t.Fatalf("retention deleted %v (%v), want %v", deleted, err, made[:1])

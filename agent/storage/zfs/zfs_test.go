@@ -441,7 +441,7 @@ func TestRetiredOrigins(t *testing.T) {
 	retired := func() []string {
 		t.Helper()
 		var out []string
-		for _, name := range strings.Fields(zfsCmd(t, "list", "-H", "-o", "name", "-t", "snapshot", "-r", fp.Name)) {
+		for name := range strings.FieldsSeq(zfsCmd(t, "list", "-H", "-o", "name", "-t", "snapshot", "-r", fp.Name)) {
 			if strings.Contains(name, "@thinlab_retired_") {
 				out = append(out, name)
 			}
@@ -507,7 +507,7 @@ func TestRetiredOrigins(t *testing.T) {
 	// dataset by hand: Open reaps the chain.
 	ds := strings.TrimSpace(zfsCmd(t, "list", "-H", "-o", "name", "-t", "snapshot", "-r", fp.Name+"/commits"))
 	var last string
-	for _, name := range strings.Fields(ds) {
+	for name := range strings.FieldsSeq(ds) {
 		if strings.HasSuffix(name, "@snapshot_20260701020000") {
 			last = name
 		}
