@@ -38,6 +38,7 @@ func (r *Retriever) cycle(ctx context.Context) (storage.Snapshot, error) {
 	if err := r.ensureStandby(ctx); err != nil {
 		return storage.Snapshot{}, err
 	}
+	r.resumeLeftPause(ctx)
 	latest := r.latestSnapshot(ctx)
 	if r.cfg.PreSnapshot {
 		return r.preSnapshot(ctx, latest)
@@ -95,6 +96,27 @@ func (r *Retriever) preSnapshot(ctx context.Context, latest time.Time) (storage.
 	}
 	syscall.Sync()
 	return r.snapshotStandby(ctx, storage.SnapshotOptions{DataStateAt: at, Message: MessagePre, Labels: map[string]string{LabelKind: kindPre}})
+}
+
+// resumeLeftPause resumes the standby's replay if an agent killed during
+// snapshotStandby's copy left it paused (the standby outlives the agent).
+func (r *Retriever) resumeLeftPause(ctx context.Context) {
+	if storage.SnapshotsAreAtomic(r.pool) {
+		return // never paused
+	}
+	conn, err := pgcluster.Connect(ctx, r.standby().SocketConnString(standbyPort, "postgres", "postgres"))
+	if err != nil {
+		return // the cycle reports an unreachable standby itself
+	}
+	defer func() { _ = conn.Close(context.Background()) }() // a session of our own
+	var state string
+	if err := conn.QueryRow(ctx, "SELECT pg_get_wal_replay_pause_state()").Scan(&state); err != nil || state == "not paused" {
+		return
+	}
+	r.log.Warn("the standby's replay was left paused (an interrupted snapshot copy); resuming it")
+	if _, err := conn.Exec(ctx, "SELECT pg_wal_replay_resume()"); err != nil {
+		r.log.Error("resuming the standby's replay failed", "err", err)
+	}
 }
 
 // snapshotStandby snapshots main while the standby runs on it. An atomic

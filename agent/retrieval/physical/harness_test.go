@@ -61,10 +61,17 @@ func newHarness(t testing.TB, tool string, setup func(h *harness)) *harness {
 // cross-process lock, until the test ends).
 func newHarnessOn(t testing.TB, mode, tool string, setup func(h *harness)) *harness {
 	t.Helper()
+	return newHarnessSized(t, mode, 1<<30, tool, setup)
+}
+
+// newHarnessSized is newHarnessOn with a pool image of size bytes
+// (sparse: benchmarks with more data).
+func newHarnessSized(t testing.TB, mode string, size int64, tool string, setup func(h *harness)) *harness {
+	t.Helper()
 	h := &harness{t: t}
 	h.src = pgtest.Start(t)
 	h.src.Exec(t, "postgres", "CREATE TABLE t (id serial PRIMARY KEY, note text NOT NULL)", "INSERT INTO t (note) VALUES ('initial')")
-	h.pool = storagetest.NewLoopPoolSize(t, mode, 1<<30)
+	h.pool = storagetest.NewLoopPoolSize(t, mode, size)
 	dir, err := os.MkdirTemp("", "physical-state-*")
 	if err != nil {
 		t.Fatal(err)
