@@ -136,6 +136,11 @@ func (r *Retriever) snapshotStandby(ctx context.Context, opt storage.SnapshotOpt
 		return storage.Snapshot{}, fmt.Errorf("connect to the standby: %w", err)
 	}
 	defer func() { _ = conn.Close(context.Background()) }() // a session of our own
+	// A restartpoint while replay still runs, so that the one in the
+	// pause has little left to write.
+	if _, err := conn.Exec(ctx, "CHECKPOINT"); err != nil {
+		return storage.Snapshot{}, fmt.Errorf("restartpoint on the standby: %w", err)
+	}
 	if _, err := conn.Exec(ctx, "SELECT pg_wal_replay_pause()"); err != nil {
 		return storage.Snapshot{}, fmt.Errorf("pause the standby's replay for a file-by-file snapshot: %w", err)
 	}
