@@ -618,19 +618,21 @@ func (p *Pool) DestroyClone(ctx context.Context, name string) error {
 
 // Usage implements storage.Pool.
 func (p *Pool) Usage(ctx context.Context) (storage.Usage, error) {
-	props, err := p.getProps(ctx, []string{"used", "available", "referenced", "usedbysnapshots", "compressratio"}, p.cfg.Dataset, p.mainDS, p.clonesDS)
+	props, err := p.getProps(ctx, []string{"used", "available", "referenced", "usedbysnapshots", "compressratio"}, p.cfg.Dataset, p.mainDS, p.clonesDS, p.commitsDS)
 	if err != nil {
 		return storage.Usage{}, err
 	}
-	root, main, clones := props[p.cfg.Dataset], props[p.mainDS], props[p.clonesDS]
-	if root == nil || main == nil || clones == nil {
+	root, main, clones, commits := props[p.cfg.Dataset], props[p.mainDS], props[p.clonesDS], props[p.commitsDS]
+	if root == nil || main == nil || clones == nil || commits == nil {
 		return storage.Usage{}, fmt.Errorf("zfs pool %s: usage: datasets missing from zfs get output", p.cfg.Name)
 	}
 	u := storage.Usage{
-		Used:            root.num("used"),
-		Free:            root.num("available"),
-		DataSize:        main.num("referenced"),
-		UsedBySnapshots: main.num("usedbysnapshots"),
+		Used:     root.num("used"),
+		Free:     root.num("available"),
+		DataSize: main.num("referenced"),
+		// Snapshots of clones (branch commits, physical retrieval's
+		// cycles) live in the commits datasets, with what they alone hold.
+		UsedBySnapshots: main.num("usedbysnapshots") + commits.num("used"),
 		UsedByClones:    clones.num("used"),
 		CompressRatio:   parseRatio(root.prop("compressratio")),
 	}
