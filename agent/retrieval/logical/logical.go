@@ -11,7 +11,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"syscall"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -193,7 +192,9 @@ func (j *Job) Run(ctx context.Context, t job.Target) (job.Outcome, error) {
 		return out, fmt.Errorf("stop the pool's postgres: %w", err)
 	}
 	stopped = true
-	syscall.Sync()
+	if err := storage.SyncFS(main); err != nil {
+		return out, err
+	}
 	return out, nil
 }
 

@@ -9,7 +9,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -94,7 +93,9 @@ func (r *Retriever) preSnapshot(ctx context.Context, latest time.Time) (storage.
 	if !at.Truncate(time.Second).After(latest) {
 		return storage.Snapshot{}, ErrNoNewData
 	}
-	syscall.Sync()
+	if err := storage.SyncFS(r.pool.MainDir()); err != nil {
+		return storage.Snapshot{}, err
+	}
 	return r.snapshotStandby(ctx, storage.SnapshotOptions{DataStateAt: at, Message: MessagePre, Labels: map[string]string{LabelKind: kindPre}})
 }
 
@@ -231,7 +232,9 @@ func (r *Retriever) promotedSnapshot(ctx context.Context, latest time.Time) (sto
 	if err := c.Stop(ctx, "fast"); err != nil {
 		return storage.Snapshot{}, fmt.Errorf("stop the promoted postgres: %w", err)
 	}
-	syscall.Sync()
+	if err := storage.SyncFS(clone.Mountpoint); err != nil {
+		return storage.Snapshot{}, err
+	}
 	snap, err := r.snapper.SnapshotClone(ctx, tempClone, storage.SnapshotOptions{DataStateAt: at, Message: MessagePromoted, Labels: map[string]string{LabelKind: kindPromo}})
 	if errors.Is(err, storage.ErrExists) {
 		return storage.Snapshot{}, ErrNoNewData
