@@ -265,6 +265,17 @@ func (r *Retriever) promote(ctx context.Context, c *pgcluster.Cluster) (time.Tim
 	if err := conn.QueryRow(ctx, "SELECT pg_promote(true, 300)").Scan(&ok); err != nil || !ok {
 		return time.Time{}, fmt.Errorf("promote the temporary clone's postgres (ok=%v): %v; log: %s", ok, err, pgcluster.TailFile(c.LogFile(), 10))
 	}
+	// The throwaway accepts connections once consistent, which may be
+	// before it replayed all the WAL its copy holds (a large standby);
+	// promotion replays the rest. The last replayed transaction's time
+	// stays readable after promotion: read it again.
+	var last pgtype.Timestamptz
+	if err := conn.QueryRow(ctx, "SELECT pg_last_xact_replay_timestamp()").Scan(&last); err != nil {
+		return time.Time{}, fmt.Errorf("read the last replayed transaction's time after promotion: %w", err)
+	}
+	if last.Valid && last.Time.After(at) {
+		at = last.Time.UTC()
+	}
 	for _, q := range []string{
 		"ALTER SYSTEM SET archive_mode = off",
 		"ALTER SYSTEM RESET restore_command",
