@@ -37,8 +37,11 @@ func BenchmarkPhysical(b *testing.B) {
 	if v := os.Getenv("THINLAB_BENCH_PHYSICAL_MODE"); v != "" {
 		mode = v // zfs, reflink
 	}
-	// Room for the copy, its WAL and the cycles' few changed blocks.
-	h := newHarnessSized(b, mode, max(1<<30, int64(mb)<<22), config.ToolBasebackup, nil)
+	// Room for the copy, its WAL and what each cycle's throwaway rewrites
+	// (its recovery replays from the standby's last restartpoint): with
+	// 1.5 GiB, 4x the data filled the pool after a few cycles. Retention
+	// keeps two snapshots.
+	h := newHarnessSized(b, mode, max(1<<30, int64(mb)<<24), config.ToolBasebackup, func(h *harness) { h.keep = 2 })
 	// About 250 bytes a row on disk.
 	h.src.Exec(b, "postgres", fmt.Sprintf("CREATE TABLE big AS SELECT g AS id, repeat(md5(g::text), 6) AS pad FROM generate_series(1, %d) g", mb<<20/250))
 	if err := h.r.Refresh(b.Context()); err != nil {
