@@ -177,8 +177,10 @@ type Pool interface {
 // destroyed like a snapshot of main, independent of the clone (which may
 // be destroyed right after). Physical retrieval needs it: it promotes the
 // standby's data in a temporary clone and snapshots that, while main keeps
-// replaying. Backends where a snapshot of a clone would pin the clone
-// (ZFS: a snapshot depends on its dataset) do not implement it yet.
+// replaying, and destroys the temporary clone and the snapshot it was
+// made from right after: that snapshot must then be destroyable too (ZFS
+// keeps it, out of view, while the new snapshot depends on it). Every
+// backend implements it (storagetest.RunConformance checks it).
 type CloneSnapshotter interface {
 	SnapshotClone(ctx context.Context, clone string, opt SnapshotOptions) (Snapshot, error)
 }

@@ -12,7 +12,6 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -251,7 +250,9 @@ func (j *Job) Run(ctx context.Context, t job.Target) (job.Outcome, error) {
 		return out, fmt.Errorf("stop the pool's postgres: %w", err)
 	}
 	stopped = true
-	syscall.Sync()
+	if err := storage.SyncFS(main); err != nil {
+		return out, err
+	}
 	return out, nil
 }
 

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"maps"
 	"path/filepath"
-	"syscall"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -39,7 +38,9 @@ func (r *replica) cycle(ctx context.Context, t job.Target, params map[string]str
 	if err := execIn(ctx, main, localPort, "postgres", "CHECKPOINT"); err != nil {
 		return storage.Snapshot{}, fmt.Errorf("checkpoint the subscriber: %w", err)
 	}
-	syscall.Sync()
+	if err := storage.SyncFS(r.pool.MainDir()); err != nil {
+		return storage.Snapshot{}, err
+	}
 	tmp, err := r.pool.Snapshot(ctx, storage.SnapshotOptions{DataStateAt: tempStateAt, Message: messageTemp, Labels: map[string]string{LabelKind: kindTemp, storage.LabelTransient: "true"}})
 	if err != nil {
 		return storage.Snapshot{}, fmt.Errorf("snapshot the subscriber's state: %w", err)
@@ -79,7 +80,9 @@ func (r *replica) cycle(ctx context.Context, t job.Target, params map[string]str
 	if err := c.Stop(ctx, "fast"); err != nil {
 		return storage.Snapshot{}, fmt.Errorf("stop the temporary clone's postgres: %w", err)
 	}
-	syscall.Sync()
+	if err := storage.SyncFS(r.pool.MainDir()); err != nil {
+		return storage.Snapshot{}, err
+	}
 	snap, err := r.snapper.SnapshotClone(ctx, tempClone, storage.SnapshotOptions{DataStateAt: at, Message: Mode + " refresh", Labels: map[string]string{LabelKind: kindReplicated}})
 	if errors.Is(err, storage.ErrExists) {
 		return storage.Snapshot{}, fmt.Errorf("a snapshot of %s exists already: %w", at.Format(time.RFC3339), job.ErrNoNewData)

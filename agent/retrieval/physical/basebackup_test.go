@@ -2,6 +2,7 @@ package physical
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"sync"
@@ -12,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/thinlab/thinlab/agent/config"
+	"github.com/thinlab/thinlab/agent/storage"
 	"github.com/thinlab/thinlab/internal/pgcluster"
 )
 
@@ -118,5 +120,65 @@ func checkNoPasswordInData(t testing.TB, h *harness) {
 		if containsSecret(raw) {
 			t.Errorf("%s in the pool's data holds the source's password", f)
 		}
+	}
+}
+
+// TestBasebackupOnEveryLoopBackend: the pg_basebackup cycle test on the
+// other backends that run on this host: zfs-fuse (a snapshot of the
+// temporary clone depends on the temporary snapshot of main, which is
+// retired and reaped through retention) and XFS reflink (file-by-file
+// copies: the standby pauses replay for the copy of main). Retention keeps
+// one snapshot, so every cycle also destroys the previous one; a pre
+// snapshot (unpromoted standby) follows. LVM runs
+// the same storage steps in the VM (storagetest's CloneSnapshotter).
+func TestBasebackupOnEveryLoopBackend(t *testing.T) {
+	for _, mode := range []string{storage.ModeZFS, storage.ModeReflink} {
+		t.Run(mode, func(t *testing.T) {
+			h := newHarnessOn(t, mode, config.ToolBasebackup, func(h *harness) { h.keep = 1 })
+			if err := h.r.Refresh(t.Context()); err != nil {
+				t.Fatal(err)
+			}
+			h.waitReplayed("initial")
+			h.checkCycleShowsNewRows(false)
+			if h.replayPaused() {
+				t.Error("the standby's replay is still paused after the cycles")
+			}
+			snaps, err := h.pool.Snapshots(t.Context())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(snaps) != 1 || snaps[0].Labels[LabelKind] != kindPromo {
+				t.Errorf("snapshots after two cycles with keep 1: %+v, want the newest promoted one only", snaps)
+			}
+			// A pre snapshot (the unpromoted standby; on reflink taken
+			// with replay paused): its clone is a hot standby with the row.
+			h.insert("pre")
+			h.waitReplayed("pre")
+			pre, err := h.r.PreSnapshot(t.Context())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if notes, inRecovery := h.cloneNotes(pre.ID); !slices.Contains(notes, "pre") || !inRecovery {
+				t.Errorf("a clone of the pre snapshot has rows %v (in recovery %v), want %q in a hot standby", notes, inRecovery, "pre")
+			}
+			if h.replayPaused() {
+				t.Error("the standby's replay is still paused after the pre snapshot")
+			}
+			if mode == storage.ModeReflink {
+				// An agent killed during the copy left replay paused:
+				// the next cycle resumes it.
+				if _, err := h.standbyConn().Exec(t.Context(), "SELECT pg_wal_replay_pause()"); err != nil {
+					t.Fatal(err)
+				}
+				h.insert("after pause")
+				if _, err := h.r.SnapshotCycle(t.Context()); err != nil && !errors.Is(err, ErrNoNewData) {
+					t.Fatal(err)
+				}
+				if h.replayPaused() {
+					t.Fatal("a cycle left the standby's replay paused as it found it")
+				}
+				h.waitReplayed("after pause")
+			}
+		})
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/robfig/cron/v3"
 
 	"github.com/thinlab/thinlab/agent/config"
+	"github.com/thinlab/thinlab/agent/storage"
 )
 
 // BenchmarkPhysical prints
@@ -21,7 +22,8 @@ import (
 // on a source of THINLAB_BENCH_PHYSICAL_MB MiB of table data (16 by
 // default; the issue's figure is 1536). Run with
 // `make bench BENCH=Physical` (THINLAB_BENCH_PHYSICAL_MB=1536 for the
-// issue's size).
+// issue's size), on a btrfs loop pool (THINLAB_BENCH_PHYSICAL_MODE=zfs or
+// reflink for another backend).
 func BenchmarkPhysical(b *testing.B) {
 	mb := 16
 	if v := os.Getenv("THINLAB_BENCH_PHYSICAL_MB"); v != "" {
@@ -31,7 +33,15 @@ func BenchmarkPhysical(b *testing.B) {
 		}
 		mb = n
 	}
-	h := newHarness(b, config.ToolBasebackup, nil)
+	mode := storage.ModeBtrfs
+	if v := os.Getenv("THINLAB_BENCH_PHYSICAL_MODE"); v != "" {
+		mode = v // zfs, reflink
+	}
+	// Room for the copy, its WAL and what each cycle's throwaway rewrites
+	// (its recovery replays from the standby's last restartpoint): with
+	// 1.5 GiB, 4x the data filled the pool after a few cycles. Retention
+	// keeps two snapshots.
+	h := newHarnessSized(b, mode, max(1<<30, int64(mb)<<24), config.ToolBasebackup, func(h *harness) { h.keep = 2 })
 	// About 250 bytes a row on disk.
 	h.src.Exec(b, "postgres", fmt.Sprintf("CREATE TABLE big AS SELECT g AS id, repeat(md5(g::text), 6) AS pad FROM generate_series(1, %d) g", mb<<20/250))
 	if err := h.r.Refresh(b.Context()); err != nil {

@@ -9,7 +9,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -38,6 +37,7 @@ func (r *Retriever) cycle(ctx context.Context) (storage.Snapshot, error) {
 	if err := r.ensureStandby(ctx); err != nil {
 		return storage.Snapshot{}, err
 	}
+	r.resumeLeftPause(ctx)
 	latest := r.latestSnapshot(ctx)
 	if r.cfg.PreSnapshot {
 		return r.preSnapshot(ctx, latest)
@@ -109,8 +109,83 @@ func (r *Retriever) preSnapshot(ctx context.Context, latest time.Time) (storage.
 	if !at.Truncate(time.Second).After(latest) {
 		return storage.Snapshot{}, ErrNoNewData
 	}
-	syscall.Sync()
-	return r.pool.Snapshot(ctx, storage.SnapshotOptions{DataStateAt: at, Message: MessagePre, Labels: map[string]string{LabelKind: kindPre, LabelLSN: lsn, LabelReplayedAt: at.Format(time.RFC3339Nano)}})
+	if err := storage.SyncFS(r.pool.MainDir()); err != nil {
+		return storage.Snapshot{}, err
+	}
+	return r.snapshotStandby(ctx, storage.SnapshotOptions{DataStateAt: at, Message: MessagePre, Labels: map[string]string{LabelKind: kindPre, LabelLSN: lsn, LabelReplayedAt: at.Format(time.RFC3339Nano)}})
+}
+
+// resumeLeftPause resumes the standby's replay if an agent killed during
+// snapshotStandby's copy left it paused (the standby outlives the agent).
+func (r *Retriever) resumeLeftPause(ctx context.Context) {
+	if storage.SnapshotsAreAtomic(r.pool) {
+		return // never paused
+	}
+	conn, err := pgcluster.Connect(ctx, r.standby().SocketConnString(standbyPort, "postgres", "postgres"))
+	if err != nil {
+		return // the cycle reports an unreachable standby itself
+	}
+	defer func() { _ = conn.Close(context.Background()) }() // a session of our own
+	var state string
+	if err := conn.QueryRow(ctx, "SELECT pg_get_wal_replay_pause_state()").Scan(&state); err != nil || state == "not paused" {
+		return
+	}
+	r.log.Warn("the standby's replay was left paused (an interrupted snapshot copy); resuming it")
+	if _, err := conn.Exec(ctx, "SELECT pg_wal_replay_resume()"); err != nil {
+		r.log.Error("resuming the standby's replay failed", "err", err)
+	}
+}
+
+// snapshotStandby snapshots main while the standby runs on it. An atomic
+// snapshot (ZFS, LVM thin, btrfs) is a crash image of the standby, which
+// a postgres started on it recovers. A pool that copies file by file (XFS
+// reflink) gets a data directory that holds still for the copy: replay
+// paused and a restartpoint made first, so no data file changes during
+// the copy (hint bits aside, which no recovery depends on) and no WAL
+// file is recycled, while WAL keeps streaming into pg_wal; replay resumes
+// right after (each file's reflink copy is itself atomic).
+func (r *Retriever) snapshotStandby(ctx context.Context, opt storage.SnapshotOptions) (storage.Snapshot, error) {
+	if storage.SnapshotsAreAtomic(r.pool) {
+		return r.pool.Snapshot(ctx, opt)
+	}
+	conn, err := pgcluster.Connect(ctx, r.standby().SocketConnString(standbyPort, "postgres", "postgres"))
+	if err != nil {
+		return storage.Snapshot{}, fmt.Errorf("connect to the standby: %w", err)
+	}
+	defer func() { _ = conn.Close(context.Background()) }() // a session of our own
+	// A restartpoint while replay still runs, so that the one in the
+	// pause has little left to write.
+	if _, err := conn.Exec(ctx, "CHECKPOINT"); err != nil {
+		return storage.Snapshot{}, fmt.Errorf("restartpoint on the standby: %w", err)
+	}
+	if _, err := conn.Exec(ctx, "SELECT pg_wal_replay_pause()"); err != nil {
+		return storage.Snapshot{}, fmt.Errorf("pause the standby's replay for a file-by-file snapshot: %w", err)
+	}
+	defer func() {
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+		defer cancel()
+		if _, err := conn.Exec(rctx, "SELECT pg_wal_replay_resume()"); err != nil {
+			r.log.Error("resuming the standby's replay failed; it resumes when the standby restarts", "err", err)
+		}
+	}()
+	for {
+		var state string
+		if err := conn.QueryRow(ctx, "SELECT pg_get_wal_replay_pause_state()").Scan(&state); err != nil {
+			return storage.Snapshot{}, fmt.Errorf("read the standby's replay pause state: %w", err)
+		}
+		if state == "paused" {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return storage.Snapshot{}, ctx.Err()
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	if _, err := conn.Exec(ctx, "CHECKPOINT"); err != nil {
+		return storage.Snapshot{}, fmt.Errorf("restartpoint on the paused standby: %w", err)
+	}
+	return r.pool.Snapshot(ctx, opt)
 }
 
 // promotedSnapshot is the cycle proper (see the package comment).
@@ -119,7 +194,7 @@ func (r *Retriever) promotedSnapshot(ctx context.Context, latest time.Time) (sto
 	if at, err := r.standbyReplayTime(ctx); err == nil && !at.IsZero() && !at.Truncate(time.Second).After(latest) {
 		return storage.Snapshot{}, ErrNoNewData
 	}
-	tmp, err := r.pool.Snapshot(ctx, storage.SnapshotOptions{DataStateAt: tempStateAt, Message: messageTemp, Labels: map[string]string{LabelKind: kindTemp, storage.LabelTransient: "true"}})
+	tmp, err := r.snapshotStandby(ctx, storage.SnapshotOptions{DataStateAt: tempStateAt, Message: messageTemp, Labels: map[string]string{LabelKind: kindTemp, storage.LabelTransient: "true"}})
 	if err != nil {
 		return storage.Snapshot{}, fmt.Errorf("snapshot the standby's state: %w", err)
 	}
@@ -173,7 +248,9 @@ func (r *Retriever) promotedSnapshot(ctx context.Context, latest time.Time) (sto
 	if err := c.Stop(ctx, "fast"); err != nil {
 		return storage.Snapshot{}, fmt.Errorf("stop the promoted postgres: %w", err)
 	}
-	syscall.Sync()
+	if err := storage.SyncFS(clone.Mountpoint); err != nil {
+		return storage.Snapshot{}, err
+	}
 	snap, err := r.snapper.SnapshotClone(ctx, tempClone, storage.SnapshotOptions{DataStateAt: at, Message: MessagePromoted, Labels: map[string]string{LabelKind: kindPromo}})
 	if errors.Is(err, storage.ErrExists) {
 		return storage.Snapshot{}, ErrNoNewData
@@ -203,6 +280,17 @@ func (r *Retriever) promote(ctx context.Context, c *pgcluster.Cluster) (time.Tim
 	var ok bool
 	if err := conn.QueryRow(ctx, "SELECT pg_promote(true, 300)").Scan(&ok); err != nil || !ok {
 		return time.Time{}, fmt.Errorf("promote the temporary clone's postgres (ok=%v): %v; log: %s", ok, err, pgcluster.TailFile(c.LogFile(), 10))
+	}
+	// The throwaway accepts connections once consistent, which may be
+	// before it replayed all the WAL its copy holds (a large standby);
+	// promotion replays the rest. The last replayed transaction's time
+	// stays readable after promotion: read it again.
+	var last pgtype.Timestamptz
+	if err := conn.QueryRow(ctx, "SELECT pg_last_xact_replay_timestamp()").Scan(&last); err != nil {
+		return time.Time{}, fmt.Errorf("read the last replayed transaction's time after promotion: %w", err)
+	}
+	if last.Valid && last.Time.After(at) {
+		at = last.Time.UTC()
 	}
 	for _, q := range []string{
 		"ALTER SYSTEM SET archive_mode = off",

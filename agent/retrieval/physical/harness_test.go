@@ -25,7 +25,8 @@ import (
 )
 
 // harness is one physical retrieval under test: a real source on
-// loopback, a btrfs pool on a loop file, and the Retriever.
+// loopback, a pool on a loop file (btrfs unless newHarnessOn says), and
+// the Retriever.
 type harness struct {
 	t    testing.TB
 	src  *pgtest.Server
@@ -56,10 +57,25 @@ var harnessPoolSize int64 = 1 << 30
 // setup adjusts the config before the Retriever is built.
 func newHarness(t testing.TB, tool string, setup func(h *harness)) *harness {
 	t.Helper()
+	return newHarnessOn(t, storage.ModeBtrfs, tool, setup)
+}
+
+// newHarnessOn is newHarness on a pool of mode (storage.ModeZFS: a
+// zfs-fuse pool, which holds the host's zfs-fuse daemon, and its
+// cross-process lock, until the test ends).
+func newHarnessOn(t testing.TB, mode, tool string, setup func(h *harness)) *harness {
+	t.Helper()
+	return newHarnessSized(t, mode, harnessPoolSize, tool, setup)
+}
+
+// newHarnessSized is newHarnessOn with a pool image of size bytes
+// (sparse: benchmarks with more data).
+func newHarnessSized(t testing.TB, mode string, size int64, tool string, setup func(h *harness)) *harness {
+	t.Helper()
 	h := &harness{t: t}
 	h.src = pgtest.Start(t)
 	h.src.Exec(t, "postgres", "CREATE TABLE t (id serial PRIMARY KEY, note text NOT NULL)", "INSERT INTO t (note) VALUES ('initial')")
-	h.pool = storagetest.NewLoopPoolSize(t, storage.ModeBtrfs, harnessPoolSize)
+	h.pool = storagetest.NewLoopPoolSize(t, mode, size)
 	dir, err := os.MkdirTemp("", "physical-state-*")
 	if err != nil {
 		t.Fatal(err)
@@ -363,3 +379,13 @@ func lookTool(t testing.TB, name string) string {
 }
 
 func itoa(n int) string { return fmt.Sprint(n) }
+
+// replayPaused reports whether the standby's WAL replay is paused.
+func (h *harness) replayPaused() bool {
+	h.t.Helper()
+	var state string
+	if err := h.standbyConn().QueryRow(h.t.Context(), "SELECT pg_get_wal_replay_pause_state()").Scan(&state); err != nil {
+		h.t.Fatal(err)
+	}
+	return state != "not paused"
+}

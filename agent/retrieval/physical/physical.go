@@ -6,13 +6,17 @@
 // snapshot cycle on a schedule that never stops the standby:
 //
 //  1. a temporary snapshot of main as it is (crash-consistent, standby
-//     running) and a temporary clone of it;
+//     running; on a pool that copies file by file, XFS reflink, replay
+//     pauses for the copy) and a temporary clone of it;
 //  2. a throwaway postgres on that clone replays what the clone holds,
 //     reports pg_last_xact_replay_timestamp(), is promoted, checkpoints
 //     and stops cleanly;
 //  3. that clone is snapshotted (storage.CloneSnapshotter) as the real
 //     snapshot, dataStateAt = the last replayed transaction's time;
 //  4. the temporary clone and snapshot are destroyed.
+//
+// Every storage backend can do 3 (ZFS keeps the temporary snapshot, out of
+// view, while the new one depends on it).
 //
 // Everything runs as provision.osUser, never as root: the tools, the
 // standby and the throwaway postgres. The standby's settings are -c
@@ -155,7 +159,7 @@ type Options struct {
 	// BinRoot is provision.pgBinRoot (DefaultBinRoot when empty).
 	BinRoot string
 	// Pool is the pool named by retrieval.pool; it must implement
-	// storage.CloneSnapshotter (btrfs).
+	// storage.CloneSnapshotter (every backend does).
 	Pool      storage.Pool
 	Logger    *slog.Logger
 	Retention Retention
@@ -228,7 +232,7 @@ func New(opt Options) (*Retriever, error) {
 	}
 	snapper, ok := opt.Pool.(storage.CloneSnapshotter)
 	if !ok {
-		return nil, fmt.Errorf("retrieval.mode physical: pool %s (mode %s) cannot snapshot a clone, which the snapshot cycle needs: use a btrfs pool", opt.Pool.Name(), opt.Pool.Mode())
+		return nil, fmt.Errorf("retrieval.mode physical: pool %s (mode %s) cannot snapshot a clone, which the snapshot cycle needs: use a zfs, lvm, btrfs or reflink pool", opt.Pool.Name(), opt.Pool.Mode())
 	}
 	log := opt.Logger
 	if log == nil {

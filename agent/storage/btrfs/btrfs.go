@@ -78,7 +78,10 @@ type Pool struct {
 	sizes   spacecache.Cache
 }
 
-var _ storage.Pool = (*Pool)(nil)
+var (
+	_ storage.Pool             = (*Pool)(nil)
+	_ storage.CloneSnapshotter = (*Pool)(nil)
+)
 
 // Open checks cfg, creates main, snapshots and clones directories when
 // missing and removes sidecar temp files a crash left behind.

@@ -105,7 +105,10 @@ type Pool struct {
 	mu sync.Mutex
 }
 
-var _ storage.Pool = (*Pool)(nil)
+var (
+	_ storage.Pool             = (*Pool)(nil)
+	_ storage.CloneSnapshotter = (*Pool)(nil)
+)
 
 // Open checks cfg, creates and formats the main LV when missing, and
 // activates and mounts main and every clone that is not (after a reboot
@@ -262,6 +265,25 @@ func (p *Pool) cloneDir(name string) string { return filepath.Join(p.clonesDir()
 // snapshot never exists without its metadata.
 func (p *Pool) Snapshot(ctx context.Context, opt storage.SnapshotOptions) (storage.Snapshot, error) {
 	opt = opt.WithSourceLabel()
+	return p.snapshot(ctx, opt.Source, opt)
+}
+
+// SnapshotClone implements storage.CloneSnapshotter (physical retrieval's
+// snapshot cycle): a thin snapshot of the clone's LV, like a branch
+// commit, that joins the pool's line of data (no LabelSource). Thin
+// snapshots share blocks but depend on no LV: the clone and the snapshot
+// it was made from can be removed right after.
+func (p *Pool) SnapshotClone(ctx context.Context, clone string, opt storage.SnapshotOptions) (storage.Snapshot, error) {
+	if err := storage.ValidateName("clone name", clone); err != nil {
+		return storage.Snapshot{}, err
+	}
+	opt.Source = ""
+	return p.snapshot(ctx, clone, opt)
+}
+
+// snapshot takes a thin snapshot of main (clone "") or of the clone named
+// clone.
+func (p *Pool) snapshot(ctx context.Context, clone string, opt storage.SnapshotOptions) (storage.Snapshot, error) {
 	id, snapName, at, err := storage.NewSnapshotID(p.cfg.Name, opt.DataStateAt)
 	if err != nil {
 		return storage.Snapshot{}, err
@@ -290,10 +312,10 @@ func (p *Pool) Snapshot(ctx context.Context, opt storage.SnapshotOptions) (stora
 	// --setactivationskip n: the snapshot is activated at once, so lvs
 	// reports its data_percent (its size); it is never mounted.
 	origin := mainLV(p.cfg.Name)
-	if opt.Source != "" {
-		c := st.cloneByName(opt.Source)
+	if clone != "" {
+		c := st.cloneByName(clone)
 		if c == nil {
-			return storage.Snapshot{}, fmt.Errorf("%w: clone %s (snapshot source)", storage.ErrNotFound, opt.Source)
+			return storage.Snapshot{}, fmt.Errorf("%w: clone %s (snapshot source)", storage.ErrNotFound, clone)
 		}
 		// A thin snapshot of a mounted LV: device-mapper suspends the
 		// device, which freezes the filesystem, so it is one instant.

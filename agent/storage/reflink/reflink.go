@@ -94,7 +94,10 @@ type Pool struct {
 	snapping map[string]bool   // snapshot names being copied
 }
 
-var _ storage.Pool = (*Pool)(nil)
+var (
+	_ storage.Pool             = (*Pool)(nil)
+	_ storage.CloneSnapshotter = (*Pool)(nil)
+)
 
 // Open checks cfg and that the filesystem makes reflinks, creates the main,
 // snapshots and clones directories when missing, and removes what a crash
@@ -174,6 +177,29 @@ func (p *Pool) ClonesDir() string { return p.cfg.ClonesDir }
 // Snapshot implements storage.Pool.
 func (p *Pool) Snapshot(ctx context.Context, opt storage.SnapshotOptions) (storage.Snapshot, error) {
 	opt = opt.WithSourceLabel()
+	if opt.Source != "" {
+		if err := storage.ValidateName("clone name", opt.Source); err != nil {
+			return storage.Snapshot{}, err
+		}
+	}
+	return p.snapshot(ctx, opt.Source, opt)
+}
+
+// SnapshotClone implements storage.CloneSnapshotter (physical retrieval's
+// snapshot cycle): a reflink copy of the clone's directory, like a branch
+// commit, that joins the pool's line of data (no LabelSource). The copy
+// shares extents with the clone but depends on nothing.
+func (p *Pool) SnapshotClone(ctx context.Context, clone string, opt storage.SnapshotOptions) (storage.Snapshot, error) {
+	if err := storage.ValidateName("clone name", clone); err != nil {
+		return storage.Snapshot{}, err
+	}
+	opt.Source = ""
+	return p.snapshot(ctx, clone, opt)
+}
+
+// snapshot copies main (clone "") or the clone named clone into the
+// snapshots directory.
+func (p *Pool) snapshot(ctx context.Context, clone string, opt storage.SnapshotOptions) (storage.Snapshot, error) {
 	id, snapName, at, err := storage.NewSnapshotID(p.cfg.Name, opt.DataStateAt)
 	if err != nil {
 		return storage.Snapshot{}, err
@@ -184,15 +210,12 @@ func (p *Pool) Snapshot(ctx context.Context, opt storage.SnapshotOptions) (stora
 	}
 	dst := filepath.Join(p.snapDir, snapName)
 	src := p.mainDir
-	if opt.Source != "" {
-		if err := storage.ValidateName("clone name", opt.Source); err != nil {
-			return storage.Snapshot{}, err
-		}
+	if clone != "" {
 		// The caller stops the clone's postgres first: a file-by-file
 		// copy of a running server is not consistent (AtomicSnapshots).
-		src = filepath.Join(p.cfg.ClonesDir, opt.Source)
+		src = filepath.Join(p.cfg.ClonesDir, clone)
 		if !isDir(src) {
-			return storage.Snapshot{}, fmt.Errorf("%w: clone %s (snapshot source)", storage.ErrNotFound, opt.Source)
+			return storage.Snapshot{}, fmt.Errorf("%w: clone %s (snapshot source)", storage.ErrNotFound, clone)
 		}
 	}
 

@@ -48,6 +48,7 @@ func RunConformance(t *testing.T, mode string, newPool func(t *testing.T) storag
 	}
 	t.Run("PostgresLifecycle", func(t *testing.T) { testPostgresLifecycle(t, tracked(t)) })
 	t.Run("SnapshotOfClone", func(t *testing.T) { testSnapshotOfClone(t, tracked(t)) })
+	t.Run("CloneSnapshotter", func(t *testing.T) { testCloneSnapshotter(t, tracked(t)) })
 	t.Run("Retention", func(t *testing.T) { testRetention(t, tracked(t)) })
 	t.Run("ParallelClones", func(t *testing.T) { testParallelClones(t, tracked(t)) })
 	t.Run("BadInput", func(t *testing.T) { testBadInput(t, tracked(t)) })
@@ -821,5 +822,135 @@ func testSnapshotOfClone(t *testing.T, p storage.Pool) {
 	}
 	if snaps, err := p.Snapshots(ctx); err != nil || len(snaps) != 0 {
 		t.Fatalf("snapshots left: %+v %v", snaps, err)
+	}
+}
+
+// testCloneSnapshotter is physical retrieval's snapshot cycle at the
+// storage level, twice: a snapshot of main under the same ID each round, a
+// clone of it that is written to (the promoted data), a snapshot of that
+// clone (storage.CloneSnapshotter), then the clone and the first snapshot
+// destroyed while the clone's snapshot lives on. Its clones see the
+// clone's writes and not what main or the clone wrote later; the usual
+// delete rules hold. Files only, no postgres, few storage calls (each
+// takes seconds in the LVM VM): the capability is the storage's
+// (PostgresLifecycle and SnapshotOfClone run servers).
+func testCloneSnapshotter(t *testing.T, p storage.Pool) {
+	ctx := testCtx(t)
+	cs, ok := p.(storage.CloneSnapshotter)
+	if !ok {
+		t.Fatalf("the %s pool does not implement storage.CloneSnapshotter, which physical retrieval needs", p.Mode())
+	}
+	read := func(dir, name string) string {
+		t.Helper()
+		raw, err := os.ReadFile(filepath.Join(dir, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(raw)
+	}
+	write := func(dir, name, content string) {
+		t.Helper()
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tempAt := time.Date(2001, 1, 1, 0, 0, 0, 0, time.UTC)
+	base := time.Date(2026, 6, 1, 0, 0, 0, 0, time.UTC)
+	var made []string
+	for round := range 2 {
+		writeMarker(t, p, fmt.Sprint("main ", round))
+		tmp, err := p.Snapshot(ctx, storage.SnapshotOptions{DataStateAt: tempAt, Labels: map[string]string{storage.LabelTransient: "true"}})
+		if err != nil {
+			t.Fatalf("round %d: snapshot of main under the ID the previous round destroyed: %v", round, err)
+		}
+		c, err := p.Clone(ctx, tmp.ID, "cycle")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if round == 0 {
+			for _, bad := range []string{"", "../cycle", "cycle/.."} {
+				if _, err := cs.SnapshotClone(ctx, bad, storage.SnapshotOptions{DataStateAt: base}); !errors.Is(err, storage.ErrInvalidName) {
+					t.Fatalf("SnapshotClone(%q): %v, want ErrInvalidName", bad, err)
+				}
+			}
+			if _, err := cs.SnapshotClone(ctx, "no-such-clone", storage.SnapshotOptions{DataStateAt: base}); !errors.Is(err, storage.ErrNotFound) {
+				t.Fatalf("SnapshotClone of a missing clone: %v, want ErrNotFound", err)
+			}
+		}
+		write(c.Mountpoint, "promoted", fmt.Sprint("promoted ", round))
+		at := base.Add(time.Duration(round) * time.Hour)
+		s, err := cs.SnapshotClone(ctx, "cycle", storage.SnapshotOptions{DataStateAt: at, Message: "promoted", Labels: map[string]string{"kind": "promoted"}})
+		if err != nil {
+			t.Fatalf("round %d: SnapshotClone: %v", round, err)
+		}
+		if s.ID != storage.SnapshotID(p.Name(), at) || s.OfClone() || s.Message != "promoted" || s.Labels["kind"] != "promoted" || !s.DataStateAt.Equal(at) {
+			t.Fatalf("snapshot of the clone %+v: want ID %s, the message and labels given, and no %s label (it joins the pool's line of data)", s, storage.SnapshotID(p.Name(), at), storage.LabelSource)
+		}
+		if round == 0 {
+			if _, err := cs.SnapshotClone(ctx, "cycle", storage.SnapshotOptions{DataStateAt: at}); !errors.Is(err, storage.ErrExists) {
+				t.Fatalf("a second SnapshotClone with the same ID: %v, want ErrExists", err)
+			}
+		}
+		// Written after the snapshot: no clone of it may see this.
+		write(c.Mountpoint, "promoted", "after the snapshot")
+		if err := p.DestroyClone(ctx, "cycle"); err != nil {
+			t.Fatal(err)
+		}
+		if err := p.DestroySnapshot(ctx, tmp.ID, false); err != nil {
+			t.Fatalf("round %d: destroy the snapshot the clone was made from, once the clone is gone: %v", round, err)
+		}
+		made = append(made, s.ID)
+	}
+	writeMarker(t, p, "main later")
+	ids := func(q storage.Pool) []string {
+		t.Helper()
+		snaps, err := q.Snapshots(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, s := range snaps {
+			out = append(out, s.ID)
+		}
+		return out
+	}
+	if got, want := ids(p), []string{made[1], made[0]}; !reflect.DeepEqual(got, want) {
+		t.Fatalf("snapshots %v, want the clones' snapshots %v only (newest first)", got, want)
+	}
+	if q, ok := Reopen(t, p); ok {
+		if got, want := ids(q), []string{made[1], made[0]}; !reflect.DeepEqual(got, want) {
+			t.Fatalf("reopened pool lists %v, want %v", got, want)
+		}
+	}
+	for i, id := range made {
+		c, err := p.Clone(ctx, id, fmt.Sprint("from", i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, want := read(c.Mountpoint, "marker")+" / "+read(c.Mountpoint, "promoted"), fmt.Sprintf("main %d / promoted %d", i, i); got != want {
+			t.Fatalf("clone of %s holds %q, want %q (main as it was, plus the clone's write before its snapshot)", id, got, want)
+		}
+	}
+
+	if err := p.DestroySnapshot(ctx, made[0], false); !errors.Is(err, storage.ErrHasDependents) {
+		t.Fatalf("destroy a clone's snapshot that has clones: %v, want ErrHasDependents", err)
+	}
+	if deleted, err := storage.Retain(ctx, p, 1, nil); err != nil || len(deleted) != 0 {
+		t.Fatalf("retention deleted %v (%v), want nothing (the older snapshot has clones)", deleted, err)
+	}
+	if err := p.DestroyClone(ctx, "from0"); err != nil {
+		t.Fatal(err)
+	}
+	if deleted, err := storage.Retain(ctx, p, 1, nil); err != nil || !reflect.DeepEqual(deleted, made[:1]) {
+		t.Fatalf("retention deleted %v (%v), want %v", deleted, err, made[:1])
+	}
+	if err := p.DestroyClone(ctx, "from1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.DestroySnapshot(ctx, made[1], false); err != nil {
+		t.Fatal(err)
+	}
+	if got := ids(p); len(got) != 0 {
+		t.Fatalf("snapshots left: %v", got)
 	}
 }

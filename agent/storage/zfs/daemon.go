@@ -20,41 +20,103 @@ import (
 // pidfile's PID) only if this process started it. A daemon found running
 // (another process's, or none needed with the kernel's OpenZFS) is left
 // alone.
+//
+// On zfs-fuse (no /dev/zfs) the references of one process also hold an
+// exclusive lock on DaemonLockFile, so that two processes (two test
+// binaries: the storage tests and physical retrieval's) never use, start
+// or stop the one daemon at the same time: the second AcquireDaemon waits
+// until the first process released its last reference.
 var daemon struct {
 	mu      sync.Mutex
 	refs    int
 	pid     int    // the daemon this process started; 0 if none
 	tempDir string // holds its pidfile
+	lock    *os.File
 }
 
+// DaemonLockFile is the cross-process lock AcquireDaemon takes on zfs-fuse.
+const DaemonLockFile = "/run/lock/thinlab-zfs-fuse.lock"
+
 // AcquireDaemon makes the zfs/zpool CLI usable until the matching
-// ReleaseDaemon, starting zfs-fuse when no ZFS implementation answers.
+// ReleaseDaemon, starting zfs-fuse when no ZFS implementation answers. On
+// zfs-fuse it first waits (up to ctx's end) for other processes that use
+// it to finish.
 func AcquireDaemon(ctx context.Context) error {
 	daemon.mu.Lock()
 	defer daemon.mu.Unlock()
-	if daemon.refs == 0 && !answers(ctx) {
-		pid, dir, err := startDaemon(ctx)
-		if err != nil {
-			return err
+	if daemon.refs == 0 {
+		if fuseDaemon() {
+			f, err := lockExclusive(ctx, DaemonLockFile)
+			if err != nil {
+				return err
+			}
+			daemon.lock = f
 		}
-		daemon.pid, daemon.tempDir = pid, dir
+		if !answers(ctx) {
+			pid, dir, err := startDaemon(ctx)
+			if err != nil {
+				unlock()
+				return err
+			}
+			daemon.pid, daemon.tempDir = pid, dir
+		}
 	}
 	daemon.refs++
 	return nil
 }
 
 // ReleaseDaemon drops a reference taken by AcquireDaemon; the last one
-// stops the daemon if AcquireDaemon started it.
+// stops the daemon if AcquireDaemon started it, and lets other processes
+// have it.
 func ReleaseDaemon() {
 	daemon.mu.Lock()
 	defer daemon.mu.Unlock()
 	daemon.refs--
-	if daemon.refs > 0 || daemon.pid == 0 {
+	if daemon.refs > 0 {
 		return
 	}
-	stopDaemon(daemon.pid)
-	_ = os.RemoveAll(daemon.tempDir) // best effort: a pidfile in a temp directory
-	daemon.pid, daemon.tempDir = 0, ""
+	if daemon.pid != 0 {
+		stopDaemon(daemon.pid)
+		_ = os.RemoveAll(daemon.tempDir) // best effort: a pidfile in a temp directory
+		daemon.pid, daemon.tempDir = 0, ""
+	}
+	unlock()
+}
+
+// lockExclusive takes flock(LOCK_EX) on path, polling so that ctx can end
+// the wait. The lock goes with the process: a killed holder frees it.
+func lockExclusive(ctx context.Context, path string) (*os.File, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil { //nolint:gosec // 0755: /run/lock, a system directory
+		return nil, fmt.Errorf("zfs-fuse lock: %w", err)
+	}
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600) //nolint:gosec // G304: a fixed path
+	if err != nil {
+		return nil, fmt.Errorf("zfs-fuse lock: %w", err)
+	}
+	for {
+		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+		if err == nil {
+			return f, nil
+		}
+		if err != syscall.EWOULDBLOCK {
+			_ = f.Close() // the flock error is what matters
+			return nil, fmt.Errorf("zfs-fuse lock %s: %w", path, err)
+		}
+		select {
+		case <-ctx.Done():
+			_ = f.Close() // the wait's end is what matters
+			return nil, fmt.Errorf("zfs-fuse lock %s: another process uses zfs-fuse (gave up waiting: %w)", path, ctx.Err())
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// unlock releases the cross-process lock, if held (daemon.mu held).
+func unlock() {
+	if daemon.lock != nil {
+		_ = daemon.lock.Close() // closing the descriptor releases the flock
+		daemon.lock = nil
+	}
 }
 
 // answers reports whether a ZFS implementation serves the CLI.

@@ -28,7 +28,15 @@
 // holds no snapshots of its own and is destroyed like any other, while the
 // commit stays until it is destroyed itself (and R/commits/<snap> with it).
 // Nothing is renamed or remounted: a rename would unmount every clone of
-// the dataset's snapshots, running postgres or not.
+// the dataset's snapshots, running postgres or not. The commit's dataset
+// is itself a clone of the snapshot C was made from (promote hands C's
+// origin over to it), so that snapshot cannot be destroyed while the
+// commit lives: destroying it renames the snapshot (no dataset, nothing
+// remounted) to ...@thinlab_retired_<snap>_<n>, out of Thinlab's view, and
+// it is destroyed with its last dependent commit (reapRetired). Physical
+// retrieval relies on this: each cycle snapshots main, clones it,
+// snapshots the clone (SnapshotClone) and destroys the clone and the
+// first snapshot.
 //
 // Snapshot IDs (<Name>@snapshot_<...>) are unique across all of these
 // datasets; the ZFS name of an ID is looked up in the pool.
@@ -49,6 +57,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -104,7 +113,10 @@ type Pool struct {
 	snapMu sync.Mutex
 }
 
-var _ storage.Pool = (*Pool)(nil)
+var (
+	_ storage.Pool             = (*Pool)(nil)
+	_ storage.CloneSnapshotter = (*Pool)(nil)
+)
 
 // Open checks cfg, creates the main and clones datasets when missing, and
 // mounts whatever of them is not mounted (after a reboot or a daemon
@@ -192,6 +204,9 @@ func Open(ctx context.Context, cfg Config) (*Pool, error) {
 			}
 		}
 	}
+	// A process that died between destroying a commit and its retired
+	// origin left that origin behind.
+	p.reapRetired(ctx)
 	return p, nil
 }
 
@@ -218,16 +233,36 @@ func (p *Pool) AtomicSnapshots() bool { return true }
 // snapshot never exists without its metadata.
 func (p *Pool) Snapshot(ctx context.Context, opt storage.SnapshotOptions) (storage.Snapshot, error) {
 	opt = opt.WithSourceLabel()
+	if opt.Source != "" {
+		if err := storage.ValidateName("clone name", opt.Source); err != nil {
+			return storage.Snapshot{}, err
+		}
+	}
+	return p.snapshot(ctx, opt.Source, opt)
+}
+
+// SnapshotClone implements storage.CloneSnapshotter (physical retrieval's
+// snapshot cycle): a snapshot of the clone, moved to R/commits like a
+// branch commit, that joins the pool's line of data (no LabelSource). The
+// commit dataset keeps the clone's origin snapshot alive in ZFS; when that
+// origin is destroyed it is retired instead (see DestroySnapshot).
+func (p *Pool) SnapshotClone(ctx context.Context, clone string, opt storage.SnapshotOptions) (storage.Snapshot, error) {
+	if err := storage.ValidateName("clone name", clone); err != nil {
+		return storage.Snapshot{}, err
+	}
+	opt.Source = ""
+	return p.snapshot(ctx, clone, opt)
+}
+
+// snapshot snapshots main (clone "") or the clone named clone.
+func (p *Pool) snapshot(ctx context.Context, clone string, opt storage.SnapshotOptions) (storage.Snapshot, error) {
 	id, snapName, at, err := storage.NewSnapshotID(p.cfg.Name, opt.DataStateAt)
 	if err != nil {
 		return storage.Snapshot{}, err
 	}
 	source := p.mainDS
-	if opt.Source != "" {
-		if err := storage.ValidateName("clone name", opt.Source); err != nil {
-			return storage.Snapshot{}, err
-		}
-		source = p.clonesDS + "/" + opt.Source
+	if clone != "" {
+		source = p.clonesDS + "/" + clone
 	}
 	p.snapMu.Lock()
 	defer p.snapMu.Unlock()
@@ -236,7 +271,7 @@ func (p *Pool) Snapshot(ctx context.Context, opt storage.SnapshotOptions) (stora
 		return storage.Snapshot{}, err
 	}
 	if d := st.datasets[source]; d == nil || d.prop("type") != "filesystem" {
-		return storage.Snapshot{}, fmt.Errorf("%w: clone %s (snapshot source)", storage.ErrNotFound, opt.Source)
+		return storage.Snapshot{}, fmt.Errorf("%w: clone %s (snapshot source)", storage.ErrNotFound, clone)
 	}
 	if st.snapshotName(id) != "" {
 		return storage.Snapshot{}, fmt.Errorf("%w: snapshot %s", storage.ErrExists, id)
@@ -263,9 +298,9 @@ func (p *Pool) Snapshot(ctx context.Context, opt storage.SnapshotOptions) (stora
 	if err := p.zfsOK(ctx, args...); err != nil {
 		return storage.Snapshot{}, fmt.Errorf("snapshot %s: %w", id, err)
 	}
-	if opt.Source != "" {
+	if clone != "" {
 		if err := p.moveToCommits(ctx, source, snapName); err != nil {
-			return storage.Snapshot{}, fmt.Errorf("snapshot %s of clone %s: %w", id, opt.Source, err)
+			return storage.Snapshot{}, fmt.Errorf("snapshot %s of clone %s: %w", id, clone, err)
 		}
 	}
 	p.log.Info("snapshot created", "id", id)
@@ -318,6 +353,13 @@ func (p *Pool) DestroySnapshot(ctx context.Context, id string, force bool) error
 			}
 		}
 	}
+	// A snapshot of one of its clones (R/commits/<snap>) still shares
+	// its blocks: ZFS cannot destroy it, so it is retired instead.
+	if commits, err := p.commitsOf(ctx, ds); err != nil {
+		return fmt.Errorf("destroy snapshot %s: %w", id, err)
+	} else if len(commits) > 0 {
+		return p.retire(ctx, id, ds, commits)
+	}
 	// A clone made in the meantime makes zfs refuse with "has dependent
 	// clones", which maps to ErrHasDependents.
 	if err := p.destroy(ctx, ds); err != nil {
@@ -325,7 +367,91 @@ func (p *Pool) DestroySnapshot(ctx context.Context, id string, force bool) error
 	}
 	p.log.Info("snapshot destroyed", "id", id)
 	p.dropCommit(ctx, strings.SplitN(ds, "@", 2)[0])
+	p.reapRetired(ctx)
 	return nil
+}
+
+// retiredPrefix starts the ZFS name of a retired snapshot: one that was
+// destroyed as far as Thinlab is concerned but that a commit dataset
+// (a snapshot of a clone made from it) still depends on in ZFS. A retired
+// snapshot is no snapshot ID (ParseSnapshotID refuses the name), so it is
+// listed, cloned and counted by no one, and its ID is free again (the
+// physical cycle takes its temporary snapshot under the same ID every
+// time). reapRetired destroys it with its last dependent.
+const retiredPrefix = "thinlab_retired_"
+
+// commitsOf lists the commit datasets whose origin is the snapshot ds.
+func (p *Pool) commitsOf(ctx context.Context, ds string) ([]string, error) {
+	st, err := p.load(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for name, d := range st.datasets {
+		if d.prop("type") == "filesystem" && d.prop("origin") == ds && strings.HasPrefix(name, p.commitsDS+"/") {
+			out = append(out, name)
+		}
+	}
+	slices.Sort(out)
+	return out, nil
+}
+
+// retire renames the snapshot ds (ID id) out of Thinlab's namespace.
+// Renaming a snapshot remounts nothing: its dependents only see their
+// origin property change.
+func (p *Pool) retire(ctx context.Context, id, ds string, commits []string) error {
+	fs, snap, _ := strings.Cut(ds, "@")
+	retired := fs + "@" + retiredPrefix + snap + "_" + strconv.FormatInt(time.Now().UnixNano(), 36)
+	if err := p.zfsOK(ctx, "rename", ds, retired); err != nil {
+		return fmt.Errorf("destroy snapshot %s: retire it (snapshots of its clones %s depend on it): %w", id, strings.Join(commits, ", "), err)
+	}
+	p.log.Info("snapshot destroyed (retired: kept in ZFS while snapshots of its clones depend on it)", "id", id, "zfs", retired, "dependents", commits)
+	return nil
+}
+
+// reapRetired destroys every retired snapshot nothing depends on any
+// more, and the commit datasets that this leaves without snapshots
+// (which may free further retired snapshots: chains of commits). Failures
+// are logged only: the next DestroySnapshot or Open retries.
+func (p *Pool) reapRetired(ctx context.Context) {
+	for range 64 { // bounded: each round removes at least one snapshot
+		st, err := p.load(ctx)
+		if err != nil {
+			p.log.Warn("reading retired snapshots", "err", err)
+			return
+		}
+		origins := map[string]bool{}
+		snapsOf := map[string]int{}
+		for name, d := range st.datasets {
+			if o := d.prop("origin"); o != "" && o != "-" {
+				origins[o] = true
+			}
+			if fs, _, ok := strings.Cut(name, "@"); ok {
+				snapsOf[fs]++
+			}
+		}
+		var free []string
+		for name, d := range st.datasets {
+			_, snap, ok := strings.Cut(name, "@")
+			if ok && d.prop("type") == "snapshot" && strings.HasPrefix(snap, retiredPrefix) && !origins[name] {
+				free = append(free, name)
+			}
+		}
+		if len(free) == 0 {
+			return
+		}
+		slices.Sort(free)
+		for _, name := range free {
+			if err := p.destroy(ctx, name); err != nil && !errors.Is(err, storage.ErrNotFound) {
+				p.log.Warn("retired snapshot left behind", "zfs", name, "err", err)
+				return
+			}
+			p.log.Info("retired snapshot destroyed", "zfs", name)
+			if fs, _, _ := strings.Cut(name, "@"); snapsOf[fs] == 1 {
+				p.dropCommit(ctx, fs)
+			}
+		}
+	}
 }
 
 // dropCommit destroys a commit's dataset once its snapshot is gone; it
@@ -492,19 +618,21 @@ func (p *Pool) DestroyClone(ctx context.Context, name string) error {
 
 // Usage implements storage.Pool.
 func (p *Pool) Usage(ctx context.Context) (storage.Usage, error) {
-	props, err := p.getProps(ctx, []string{"used", "available", "referenced", "usedbysnapshots", "compressratio"}, p.cfg.Dataset, p.mainDS, p.clonesDS)
+	props, err := p.getProps(ctx, []string{"used", "available", "referenced", "usedbysnapshots", "compressratio"}, p.cfg.Dataset, p.mainDS, p.clonesDS, p.commitsDS)
 	if err != nil {
 		return storage.Usage{}, err
 	}
-	root, main, clones := props[p.cfg.Dataset], props[p.mainDS], props[p.clonesDS]
-	if root == nil || main == nil || clones == nil {
+	root, main, clones, commits := props[p.cfg.Dataset], props[p.mainDS], props[p.clonesDS], props[p.commitsDS]
+	if root == nil || main == nil || clones == nil || commits == nil {
 		return storage.Usage{}, fmt.Errorf("zfs pool %s: usage: datasets missing from zfs get output", p.cfg.Name)
 	}
 	u := storage.Usage{
-		Used:            root.num("used"),
-		Free:            root.num("available"),
-		DataSize:        main.num("referenced"),
-		UsedBySnapshots: main.num("usedbysnapshots"),
+		Used:     root.num("used"),
+		Free:     root.num("available"),
+		DataSize: main.num("referenced"),
+		// Snapshots of clones (branch commits, physical retrieval's
+		// cycles) live in the commits datasets, with what they alone hold.
+		UsedBySnapshots: main.num("usedbysnapshots") + commits.num("used"),
 		UsedByClones:    clones.num("used"),
 		CompressRatio:   parseRatio(root.prop("compressratio")),
 	}

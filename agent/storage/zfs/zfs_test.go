@@ -427,3 +427,100 @@ func postgresUID(t *testing.T) uint32 {
 	}
 	return u.UID
 }
+
+// TestRetiredOrigins: a snapshot that snapshots of its clones depend on in
+// ZFS is retired when destroyed (gone from the listing, its ID free) and
+// reaped with its last dependent, also along a chain (a snapshot of a
+// clone of a snapshot of a clone) and by Open after a process died
+// between the two steps.
+func TestRetiredOrigins(t *testing.T) {
+	ctx := t.Context()
+	fp := zfstest.NewFilePool(t, testPoolSize)
+	p := fp.Open(t)
+	writeFile(t, filepath.Join(p.MainDir(), "f"), "main")
+	retired := func() []string {
+		t.Helper()
+		var out []string
+		for name := range strings.FieldsSeq(zfsCmd(t, "list", "-H", "-o", "name", "-t", "snapshot", "-r", fp.Name)) {
+			if strings.Contains(name, "@thinlab_retired_") {
+				out = append(out, name)
+			}
+		}
+		return out
+	}
+	at := func(h int) time.Time { return time.Date(2026, 7, 1, h, 0, 0, 0, time.UTC) }
+	base, err := p.Snapshot(ctx, storage.SnapshotOptions{DataStateAt: at(0)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// base -> clone a -> snapshot A -> clone b -> snapshot B.
+	if _, err := p.Clone(ctx, base.ID, "a"); err != nil {
+		t.Fatal(err)
+	}
+	sa, err := p.SnapshotClone(ctx, "a", storage.SnapshotOptions{DataStateAt: at(1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Clone(ctx, sa.ID, "b"); err != nil {
+		t.Fatal(err)
+	}
+	sb, err := p.SnapshotClone(ctx, "b", storage.SnapshotOptions{DataStateAt: at(2)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []string{"a", "b"} {
+		if err := p.DestroyClone(ctx, c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, id := range []string{base.ID, sa.ID} {
+		if err := p.DestroySnapshot(ctx, id, false); err != nil {
+			t.Fatalf("destroy %s, which a snapshot of its clone depends on: %v", id, err)
+		}
+		if _, err := p.GetSnapshot(ctx, id); !errors.Is(err, storage.ErrNotFound) {
+			t.Fatalf("retired %s still found: %v", id, err)
+		}
+	}
+	if r := retired(); len(r) != 2 {
+		t.Fatalf("retired snapshots %v, want the two destroyed ones kept in ZFS for %s", r, sb.ID)
+	}
+	// The ID of a retired snapshot is free again.
+	again, err := p.Snapshot(ctx, storage.SnapshotOptions{DataStateAt: at(0)})
+	if err != nil || again.ID != base.ID {
+		t.Fatalf("snapshot under a retired snapshot's ID: %+v %v", again, err)
+	}
+	if err := p.DestroySnapshot(ctx, again.ID, false); err != nil {
+		t.Fatal(err)
+	}
+	c, err := p.Clone(ctx, sb.ID, "c")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := readFile(t, filepath.Join(c.Mountpoint, "f")); got != "main" {
+		t.Fatalf("clone at the end of the chain holds %q, want main's data", got)
+	}
+	if err := p.DestroyClone(ctx, "c"); err != nil {
+		t.Fatal(err)
+	}
+
+	// A process dies after destroying the last dependent's snapshot and
+	// dataset by hand: Open reaps the chain.
+	ds := strings.TrimSpace(zfsCmd(t, "list", "-H", "-o", "name", "-t", "snapshot", "-r", fp.Name+"/commits"))
+	var last string
+	for name := range strings.FieldsSeq(ds) {
+		if strings.HasSuffix(name, "@snapshot_20260701020000") {
+			last = name
+		}
+	}
+	if last == "" {
+		t.Fatalf("no commit snapshot of %s among %q", sb.ID, ds)
+	}
+	zfsCmd(t, "destroy", "-r", strings.SplitN(last, "@", 2)[0])
+	fp.Open(t)
+	if r := retired(); len(r) != 0 {
+		t.Fatalf("retired snapshots left after their last dependent went and the pool was opened: %v", r)
+	}
+	if left := zfsCmd(t, "list", "-H", "-o", "name", "-r", fp.Name+"/commits"); left != fp.Name+"/commits" {
+		t.Fatalf("commit datasets left: %q", left)
+	}
+}

@@ -8,8 +8,11 @@
 // answer, stops it only if it started it, and leaves a daemon it found (a
 // demo's, or the kernel's OpenZFS, which needs no daemon) alone. Within
 // one test binary the daemon is reference-counted across tests. Two test
-// binaries must not both start it, which is why only the zfs packages use
-// ZFS in `make test` and benchmarks run with -p 1.
+// binaries must not use it at once: on zfs-fuse, AcquireDaemon holds a
+// cross-process lock (zfs.DaemonLockFile) from the first reference to the
+// last, so a second binary waits. A package other than the zfs ones holds
+// the daemon per test (NewFilePool, EnsureDaemon), never for its whole run
+// (Main), so that it blocks the others only while its zfs test runs.
 package zfstest
 
 import (
