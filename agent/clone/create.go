@@ -139,7 +139,7 @@ func (m *Manager) runBuild(spec record, oldPool string) {
 	}
 	var err error
 	if oldPool != "" {
-		err = m.teardown(ctx, oldPool, spec.ID, spec.Mountpoint, spec.UID)
+		err = m.teardown(ctx, oldPool, spec.dataset(), spec.Mountpoint, spec.UID)
 		if err != nil {
 			err = fmt.Errorf("remove the old data: %w", err)
 		}
@@ -150,7 +150,7 @@ func (m *Manager) runBuild(spec record, oldPool string) {
 	}
 	if err != nil {
 		m.log.Error("clone failed", "clone", spec.ID, "snapshot", spec.SnapshotID, "err", err)
-		if rerr := m.teardown(context.Background(), spec.Pool, spec.ID, mount, spec.UID); rerr != nil {
+		if rerr := m.teardown(context.Background(), spec.Pool, spec.dataset(), mount, spec.UID); rerr != nil {
 			m.log.Error("clone rollback failed", "clone", spec.ID, "err", rerr)
 		}
 		reset := oldPool != ""
@@ -202,7 +202,7 @@ func (m *Manager) build(ctx context.Context, spec record, fresh bool) (string, e
 		defer close(prepared)
 		m.rt.Prepare(m.instance(spec, ""))
 	}()
-	cl, err := pool.Clone(ctx, spec.SnapshotID, spec.ID)
+	cl, err := pool.Clone(ctx, spec.SnapshotID, spec.dataset())
 	<-prepared
 	if err != nil {
 		return "", fmt.Errorf("clone snapshot %s: %w", spec.SnapshotID, err)
@@ -244,7 +244,7 @@ func (m *Manager) build(ctx context.Context, spec record, fresh bool) (string, e
 
 func (m *Manager) instance(spec record, dataDir string) runtime.Instance {
 	return runtime.Instance{
-		Name:     spec.ID,
+		Name:     spec.dataset(),
 		DataDir:  dataDir,
 		Mount:    filepath.Dir(dataDir),
 		User:     cloneUser(spec.UID),

@@ -29,6 +29,8 @@ func (m *Manager) Destroy(ctx context.Context, id string) error {
 		m.mu.Unlock()
 		return fmt.Errorf("%w: clone %q is %s", ErrNotReady, id, rec.Status)
 	}
+	m.unlistenLocked(id)
+	rec.Hibernated = false
 	rec.Status = StatusDeleting
 	rec.StatusMessage = MessageDeleting
 	m.changedLocked()
@@ -47,7 +49,7 @@ func (m *Manager) Destroy(ctx context.Context, id string) error {
 func (m *Manager) runDestroy(spec record) {
 	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
 	defer cancel()
-	if err := m.teardown(ctx, spec.Pool, spec.ID, spec.Mountpoint, spec.UID); err != nil {
+	if err := m.teardown(ctx, spec.Pool, spec.dataset(), spec.Mountpoint, spec.UID); err != nil {
 		m.log.Error("destroy clone failed", "clone", spec.ID, "err", err)
 		m.emit(events.CloneFailed, spec, events.Error, "delete failed: "+err.Error())
 		m.update(spec.ID, func(r *record) {

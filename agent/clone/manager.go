@@ -57,6 +57,8 @@ type Manager struct {
 
 	mu      sync.Mutex
 	clones  map[string]*record
+	// sleepers are the agent's listeners on hibernated clones' ports.
+	sleepers map[string]*sleeper
 	changed chan struct{} // closed and replaced on every change
 	version uint64
 	times   []time.Duration // recent cloning times
@@ -104,6 +106,7 @@ func NewManager(ctx context.Context, opt Options) (*Manager, error) {
 		connectHost: connectHost(cfg.Provision.ListenAddresses),
 		events:      opt.Events,
 		clones:      map[string]*record{},
+		sleepers:    map[string]*sleeper{},
 		changed:     make(chan struct{}),
 	}
 	if m.now == nil {
@@ -188,6 +191,7 @@ func (m *Manager) Close() error {
 	if m.cancel != nil {
 		m.cancel()
 	}
+	m.closeSleepers()
 	m.loops.Wait()
 	m.ops.Wait()
 	return m.save()

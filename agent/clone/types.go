@@ -75,6 +75,10 @@ type Clone struct {
 
 	// ExtraConf are the per-clone postgres settings requested at creation.
 	ExtraConf map[string]string
+
+	// Hibernated: the clone's postgres is stopped until the next
+	// connection to its port (Status stays OK).
+	Hibernated bool
 }
 
 // ConnString is the DLE-style libpq connection string (no password).

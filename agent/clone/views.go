@@ -30,6 +30,7 @@ func (m *Manager) view(r *record) Clone {
 		DiffSize:       r.diffSize,
 		LogicalSize:    r.LogicalSize,
 		ExtraConf:      maps.Clone(r.ExtraConf),
+		Hibernated:     r.Hibernated,
 	}
 	if c.Protected {
 		c.ProtectedTill = r.ProtectedTill
@@ -45,7 +46,7 @@ func (m *Manager) Get(id string) (Clone, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	r, ok := m.clones[id]
-	if !ok {
+	if !ok || r.Warm {
 		return Clone{}, fmt.Errorf("%w: %q", ErrNotFound, id)
 	}
 	return m.view(r), nil
@@ -56,6 +57,9 @@ func (m *Manager) List() []Clone {
 	m.mu.Lock()
 	out := make([]Clone, 0, len(m.clones))
 	for _, r := range m.clones {
+		if r.Warm {
+			continue
+		}
 		out = append(out, m.view(r))
 	}
 	m.mu.Unlock()

@@ -1,0 +1,351 @@
+package clone
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/thinlab/thinlab/agent/runtime"
+	"github.com/thinlab/thinlab/agent/storage"
+)
+
+// Scale to zero: a clone idle for cloning.hibernateAfterMinutes has its
+// postgres stopped cleanly (dataset, port, uid, users and record stay) and
+// the agent listens on its port instead. The first connection starts the
+// postgres again: accepted connections are held (never read from) while
+// it starts, then spliced byte for byte to the clone's port, so the
+// client's SSLRequest, startup and authentication reach postgres
+// untouched. The status stays OK (what DLE clients expect); Clone.Hibernated
+// tells them apart.
+//
+// Between closing the agent's listener and postgres binding the port (the
+// time of a postgres start) a new connection is refused: postgres cannot
+// share a port with the agent.
+
+const (
+	// maxWaiting bounds the connections held while one clone wakes; more
+	// are closed at once.
+	maxWaiting = 64
+	// wakeTimeout bounds how long a held connection waits for the start.
+	wakeTimeout = 2 * time.Minute
+)
+
+// sleeper is the agent's stand-in for a hibernated clone's postgres: the
+// listeners on its port and the wake-up that runs once.
+type sleeper struct {
+	id        string
+	listeners []net.Listener
+	waiting   chan struct{} // semaphore of held connections
+	once      sync.Once
+	done      chan struct{} // closed when the wake-up ended
+	err       error         // the wake-up's failure, read after done
+	closed    bool          // listeners closed by a destroy, reset or Close
+}
+
+// Hibernate stops a clone's postgres and listens on its port until the
+// next connection. The clone must be OK and not busy; warm clones are
+// never hibernated.
+func (m *Manager) Hibernate(ctx context.Context, id string) error {
+	m.mu.Lock()
+	r, ok := m.clones[id]
+	if !ok || r.Warm {
+		m.mu.Unlock()
+		return fmt.Errorf("%w: %q", ErrNotFound, id)
+	}
+	if r.Status != StatusOK || r.busy || r.Hibernated || m.closed {
+		m.mu.Unlock()
+		return fmt.Errorf("%w: clone %q is %s", ErrNotReady, id, r.Status)
+	}
+	r.busy = true
+	spec := *r
+	m.mu.Unlock()
+	defer m.setBusy(id, false)
+
+	dataDir := filepath.Join(spec.Mountpoint, storage.DataSubdir)
+	if err := m.rt.Stop(ctx, m.instance(spec, dataDir), "fast"); err != nil {
+		return fmt.Errorf("hibernate clone %s: stop its postgres: %w", id, err)
+	}
+	// Recorded before listening: after a kill -9 from here on, the next
+	// agent finds a hibernated clone and listens for it.
+	m.update(id, func(r *record) { r.Hibernated = true })
+	m.log.Info("clone hibernated", "clone", id, "port", spec.Port)
+	if err := m.listenFor(id, spec.Port); err != nil {
+		// The idle loop tries again; until then the port is closed.
+		m.log.Error("cannot listen on a hibernated clone's port", "clone", id, "port", spec.Port, "err", err)
+	}
+	return nil
+}
+
+func (m *Manager) setBusy(id string, busy bool) {
+	m.mu.Lock()
+	if r, ok := m.clones[id]; ok {
+		r.busy = busy
+	}
+	m.changedLocked()
+	m.mu.Unlock()
+}
+
+// listenFor opens the agent's listeners on a hibernated clone's port (on
+// each of provision.listenAddresses, like its postgres) and serves them.
+func (m *Manager) listenFor(id string, port int) error {
+	m.mu.Lock()
+	if _, ok := m.sleepers[id]; ok || m.closed {
+		m.mu.Unlock()
+		return nil
+	}
+	m.mu.Unlock()
+	var ls []net.Listener
+	for a := range strings.SplitSeq(m.cfg.Provision.ListenAddresses, ",") {
+		a = strings.TrimSpace(a)
+		if a == "*" {
+			a = ""
+		}
+		l, err := net.Listen("tcp", net.JoinHostPort(a, strconv.Itoa(port)))
+		if err != nil {
+			for _, l := range ls {
+				_ = l.Close() // giving up on all of them
+			}
+			return err
+		}
+		ls = append(ls, l)
+	}
+	s := &sleeper{id: id, listeners: ls, waiting: make(chan struct{}, maxWaiting), done: make(chan struct{})}
+	m.mu.Lock()
+	r, ok := m.clones[id]
+	if _, dup := m.sleepers[id]; dup || !ok || !r.Hibernated || m.closed {
+		m.mu.Unlock()
+		for _, l := range ls {
+			_ = l.Close() // no longer wanted
+		}
+		return nil
+	}
+	m.sleepers[id] = s
+	m.mu.Unlock()
+	for _, l := range ls {
+		m.loops.Go(func() { m.accept(s, l) })
+	}
+	return nil
+}
+
+func (m *Manager) accept(s *sleeper, l net.Listener) {
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			m.log.Warn("accept on a hibernated clone's port", "clone", s.id, "err", err)
+			time.Sleep(50 * time.Millisecond)
+			continue
+		}
+		select {
+		case s.waiting <- struct{}{}:
+		default:
+			_ = c.Close() // too many waiting already
+			continue
+		}
+		s.once.Do(func() { go m.wake(s) })
+		go m.hold(s, c)
+	}
+}
+
+// hold keeps a connection until the clone is awake, then splices it to
+// the clone's postgres.
+func (m *Manager) hold(s *sleeper, c net.Conn) {
+	t := time.NewTimer(wakeTimeout)
+	defer t.Stop()
+	select {
+	case <-s.done:
+	case <-t.C:
+	}
+	<-s.waiting
+	select {
+	case <-s.done:
+	default:
+		_ = c.Close() // the start took too long
+		return
+	}
+	if s.err != nil {
+		_ = c.Close() // nothing to pass it to
+		return
+	}
+	m.mu.Lock()
+	r, ok := m.clones[s.id]
+	port := 0
+	if ok {
+		port = r.Port
+	}
+	m.mu.Unlock()
+	if !ok {
+		_ = c.Close() // destroyed meanwhile
+		return
+	}
+	up, err := net.DialTimeout("tcp", net.JoinHostPort(m.connectHost, strconv.Itoa(port)), 10*time.Second)
+	if err != nil {
+		m.log.Warn("woken clone refused a held connection", "clone", s.id, "err", err)
+		_ = c.Close() // nothing to pass it to
+		return
+	}
+	splice(c, up)
+}
+
+// splice copies both ways until both directions ended, passing half
+// closes on.
+func splice(a, b net.Conn) {
+	var wg sync.WaitGroup
+	one := func(dst, src net.Conn) {
+		defer wg.Done()
+		_, _ = io.Copy(dst, src) // either side may end the connection at any time
+		if tc, ok := dst.(*net.TCPConn); ok {
+			_ = tc.CloseWrite() // the peer may be gone
+		} else {
+			_ = dst.Close() // as above
+		}
+	}
+	wg.Add(2)
+	go one(a, b)
+	go one(b, a)
+	wg.Wait()
+	_ = a.Close() // both directions are over
+	_ = b.Close() // as above
+}
+
+// wake starts a hibernated clone's postgres for the connections its
+// listener holds: listeners closed (postgres needs the port), postgres
+// started, the port verified to be held by that postmaster.
+func (m *Manager) wake(s *sleeper) {
+	err := m.wakeClone(context.Background(), s)
+	s.err = err
+	close(s.done)
+}
+
+func (m *Manager) wakeClone(ctx context.Context, s *sleeper) error {
+	m.mu.Lock()
+	r, ok := m.clones[s.id]
+	if !ok || s.closed || m.sleepers[s.id] != s || m.closed {
+		m.mu.Unlock()
+		return fmt.Errorf("clone %s is no longer hibernated", s.id)
+	}
+	r.busy = true
+	delete(m.sleepers, s.id)
+	s.closed = true
+	spec := *r
+	m.ops.Add(1)
+	m.mu.Unlock()
+	defer m.ops.Done()
+	defer m.setBusy(s.id, false)
+	for _, l := range s.listeners {
+		_ = l.Close() // postgres binds the port next
+	}
+	t0 := time.Now()
+	sctx, cancel := context.WithTimeout(ctx, wakeTimeout)
+	defer cancel()
+	dataDir := filepath.Join(spec.Mountpoint, storage.DataSubdir)
+	err := m.rt.Start(sctx, m.instance(spec, dataDir))
+	if err == nil {
+		err = m.checkPort(dataDir, spec.Port)
+		if err != nil {
+			m.rt.Kill(m.instance(spec, dataDir))
+		}
+	}
+	if err != nil {
+		m.log.Error("waking a hibernated clone failed", "clone", s.id, "err", err)
+		m.update(s.id, func(r *record) {
+			r.Hibernated = false
+			r.Status = StatusFatal
+			r.StatusMessage = "wake from hibernation failed: " + err.Error()
+		})
+		return err
+	}
+	m.update(s.id, func(r *record) {
+		r.Hibernated = false
+		r.LastActivity = m.now()
+	})
+	m.log.Info("hibernated clone woken", "clone", s.id, "took", time.Since(t0))
+	return nil
+}
+
+// checkPort verifies that the clone's postmaster holds every listening
+// socket of its port: a program (a clone user's, started with COPY ...
+// TO PROGRAM) that bound the port while it was free must not receive the
+// held connections.
+func (m *Manager) checkPort(dataDir string, port int) error {
+	pid, alive := m.rt.Running(dataDir)
+	if !alive {
+		return errors.New("postgres is not running after its start")
+	}
+	return runtime.CheckPortOwner(pid, port)
+}
+
+// unlisten closes a hibernated clone's listeners (a destroy, reset or
+// wake by the agent itself). It fails with ErrNotReady while the clone is
+// waking.
+func (m *Manager) unlistenLocked(id string) {
+	s, ok := m.sleepers[id]
+	if !ok {
+		return
+	}
+	delete(m.sleepers, id)
+	s.closed = true
+	for _, l := range s.listeners {
+		_ = l.Close() // the clone is going away or starting
+	}
+}
+
+// closeSleepers closes every listener (the manager is closing; the next
+// one listens again).
+func (m *Manager) closeSleepers() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for id := range m.sleepers {
+		m.unlistenLocked(id)
+	}
+}
+
+// Awake starts a hibernated clone's postgres for the agent's own use (a
+// commit or an inspection); a clone that is awake is left as it is.
+func (m *Manager) Awake(ctx context.Context, id string) error {
+	m.mu.Lock()
+	r, ok := m.clones[id]
+	if !ok {
+		m.mu.Unlock()
+		return fmt.Errorf("%w: %q", ErrNotFound, id)
+	}
+	if !r.Hibernated {
+		m.mu.Unlock()
+		return nil
+	}
+	s, listening := m.sleepers[id]
+	if !listening {
+		// Not listened on (the port was taken): start it directly.
+		s = &sleeper{id: id, waiting: make(chan struct{}, maxWaiting), done: make(chan struct{})}
+		m.sleepers[id] = s
+	}
+	m.mu.Unlock()
+	s.once.Do(func() { go m.wake(s) })
+	select {
+	case <-s.done:
+		return s.err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// hibernateIdle hibernates clone s when it has been idle long enough.
+func (m *Manager) hibernateIdle(ctx context.Context, s record, now time.Time) {
+	after := m.cfg.Cloning.HibernateAfter()
+	if after <= 0 || s.Warm || s.Hibernated || now.Sub(s.LastActivity) < after {
+		return
+	}
+	m.log.Info("hibernating idle clone", "clone", s.ID, "idle_since", s.LastActivity)
+	if err := m.Hibernate(ctx, s.ID); err != nil {
+		m.log.Warn("idle clone not hibernated", "clone", s.ID, "err", err)
+	}
+}
