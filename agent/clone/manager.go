@@ -55,14 +55,14 @@ type Manager struct {
 	connectHost string
 	events      *events.Bus
 
-	mu      sync.Mutex
-	clones  map[string]*record
+	mu     sync.Mutex
+	clones map[string]*record
 	// sleepers are the agent's listeners on hibernated clones' ports.
 	sleepers map[string]*sleeper
-	changed chan struct{} // closed and replaced on every change
-	version uint64
-	times   []time.Duration // recent cloning times
-	closed  bool
+	changed  chan struct{} // closed and replaced on every change
+	version  uint64
+	times    []time.Duration // recent cloning times
+	closed   bool
 
 	saveMu   sync.Mutex
 	savedVer uint64
