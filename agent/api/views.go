@@ -114,7 +114,8 @@ func (s *Server) cloneView(c clone.Clone, snaps snapshotIndex, bySnap map[string
 			ProtectionLeaseDurationMinutes: s.cfg.Cloning.ProtectionLeaseDurationMinutes,
 			ProtectionMaxDurationMinutes:   s.cfg.Cloning.ProtectionMaxDurationMinutes,
 		},
-		Pool: c.Pool,
+		Pool:       c.Pool,
+		Hibernated: c.Hibernated,
 	}
 	// DLE fills the address only once the clone accepts connections.
 	if c.Status == clone.StatusOK {

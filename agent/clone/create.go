@@ -85,6 +85,12 @@ func (m *Manager) Create(ctx context.Context, r CreateRequest) (Clone, error) {
 		}
 	}
 
+	if m.warmFits(dbName, extraConf) {
+		if c, taken, err := m.takeWarm(ctx, rec, r.Password); taken {
+			return c, err
+		}
+	}
+
 	m.mu.Lock()
 	if m.closed {
 		m.mu.Unlock()
@@ -170,6 +176,16 @@ func (m *Manager) runBuild(spec record, oldPool string) {
 	}
 	took := time.Since(start)
 	m.emit(events.CloneReady, spec, events.Info, MessageOK)
+	if spec.Warm {
+		m.update(spec.ID, func(r *record) {
+			r.Status = StatusOK
+			r.StatusMessage = MessageOK
+			r.LastActivity = m.now()
+			r.Mountpoint = mount
+		})
+		m.log.Info("warm clone ready", "warm", spec.ID, "took", took)
+		return
+	}
 	m.update(spec.ID, func(r *record) {
 		r.Status = StatusOK
 		r.StatusMessage = MessageOK
@@ -231,6 +247,10 @@ func (m *Manager) build(ctx context.Context, spec record, fresh bool) (string, e
 		_ = m.save() // save logs a failure, and the next change writes the state again
 	}
 	t2 := time.Now()
+	if spec.Warm {
+		// No user yet: the create that takes it makes one.
+		return mount, lockLogins(ctx, m.socketConnect(dataDir, spec.Port))
+	}
 	if err := setupUser(ctx, m.socketConnect(dataDir, spec.Port), spec.Username, spec.Verifier, spec.Restricted); err != nil {
 		return mount, err
 	}

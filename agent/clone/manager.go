@@ -38,6 +38,10 @@ type Options struct {
 	// CgroupRoot is where the cgroup filesystems are mounted (the
 	// runtime's default when empty); tests point it elsewhere.
 	CgroupRoot string
+	// WarmInterval is how often the warm pool is checked and refilled
+	// (10 s when zero; negative disables the loop, and tests call
+	// FillWarm). A take kicks a pass at once.
+	WarmInterval time.Duration
 	// Events, when set, receives the clones' lifecycle events (creating,
 	// ready, failed, reset, destroyed, protected).
 	Events *events.Bus
@@ -63,6 +67,13 @@ type Manager struct {
 	version  uint64
 	times    []time.Duration // recent cloning times
 	closed   bool
+
+	// warmKick asks the warm loop for a pass; warmPSS, warmTaken and
+	// warmSnapshot are what Warm reports.
+	warmKick     chan struct{}
+	warmPSS      uint64
+	warmTaken    uint64
+	warmSnapshot string
 
 	saveMu   sync.Mutex
 	savedVer uint64
@@ -107,6 +118,7 @@ func NewManager(ctx context.Context, opt Options) (*Manager, error) {
 		events:      opt.Events,
 		clones:      map[string]*record{},
 		sleepers:    map[string]*sleeper{},
+		warmKick:    make(chan struct{}, 1),
 		changed:     make(chan struct{}),
 	}
 	if m.now == nil {
@@ -149,6 +161,22 @@ func NewManager(ctx context.Context, opt Options) (*Manager, error) {
 	if interval > 0 {
 		m.loops.Add(1)
 		go m.loop(bg, interval)
+	}
+	warmEvery := opt.WarmInterval
+	if warmEvery == 0 {
+		warmEvery = 10 * time.Second
+	}
+	m.mu.Lock()
+	hasWarm := false
+	for _, r := range m.clones {
+		hasWarm = hasWarm || r.Warm
+	}
+	m.mu.Unlock()
+	// With warm clones left from a config that had them, the loop runs
+	// once more to recycle them.
+	if warmEvery > 0 && (cfg.Cloning.Warm.Count > 0 || hasWarm) {
+		m.loops.Add(1)
+		go m.warmLoop(bg, warmEvery)
 	}
 	return m, nil
 }
