@@ -6,11 +6,14 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/thinlab/thinlab/agent/runtime"
 	"github.com/thinlab/thinlab/agent/storage"
@@ -25,9 +28,11 @@ import (
 // untouched. The status stays OK (what DLE clients expect); Clone.Hibernated
 // tells them apart.
 //
-// Between closing the agent's listener and postgres binding the port (the
-// time of a postgres start) a new connection is refused: postgres cannot
-// share a port with the agent.
+// Between closing the agent's listener and postgres accepting connections
+// (the time of a postgres start, some 0.1-0.3 s) a new connection is
+// refused: postgres cannot share a port with the agent, and cannot take
+// over its listening socket. Connections already waiting in the listener's
+// queue when it closes are accepted first (drain) and held like the rest.
 
 const (
 	// maxWaiting bounds the connections held while one clone wakes; more
@@ -134,6 +139,46 @@ func (m *Manager) listenFor(id string, port int) error {
 	return nil
 }
 
+// drain accepts, without blocking, every connection waiting in l's
+// queue and holds it for the wake-up.
+func (m *Manager) drain(s *sleeper, l net.Listener) {
+	tl, ok := l.(*net.TCPListener)
+	if !ok {
+		return
+	}
+	raw, err := tl.SyscallConn()
+	if err != nil {
+		return
+	}
+	_ = raw.Control(func(fd uintptr) {
+		for {
+			nfd, _, err := unix.Accept4(int(fd), unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK)
+			if err != nil {
+				return // EAGAIN: the queue is empty
+			}
+			f := os.NewFile(uintptr(nfd), "held connection")
+			c, err := net.FileConn(f)
+			_ = f.Close() // FileConn holds its own duplicate
+			if err != nil {
+				continue
+			}
+			m.admit(s, c)
+		}
+	})
+}
+
+// admit holds c for the wake-up, or closes it when too many wait.
+func (m *Manager) admit(s *sleeper, c net.Conn) {
+	select {
+	case s.waiting <- struct{}{}:
+	default:
+		_ = c.Close() // too many waiting already
+		return
+	}
+	s.once.Do(func() { go m.wake(s) })
+	go m.hold(s, c)
+}
+
 func (m *Manager) accept(s *sleeper, l net.Listener) {
 	for {
 		c, err := l.Accept()
@@ -145,14 +190,7 @@ func (m *Manager) accept(s *sleeper, l net.Listener) {
 			time.Sleep(50 * time.Millisecond)
 			continue
 		}
-		select {
-		case s.waiting <- struct{}{}:
-		default:
-			_ = c.Close() // too many waiting already
-			continue
-		}
-		s.once.Do(func() { go m.wake(s) })
-		go m.hold(s, c)
+		m.admit(s, c)
 	}
 }
 
@@ -241,14 +279,22 @@ func (m *Manager) wakeClone(ctx context.Context, s *sleeper) error {
 	m.mu.Unlock()
 	defer m.ops.Done()
 	defer m.setBusy(s.id, false)
-	for _, l := range s.listeners {
-		_ = l.Close() // postgres binds the port next
-	}
 	t0 := time.Now()
+	release := func() {
+		// Connections the kernel completed but nobody accepted yet would
+		// be reset by the close: take them all first.
+		for _, l := range s.listeners {
+			m.drain(s, l)
+			_ = l.Close() // postgres binds the port next
+		}
+	}
 	sctx, cancel := context.WithTimeout(ctx, wakeTimeout)
 	defer cancel()
 	dataDir := filepath.Join(spec.Mountpoint, storage.DataSubdir)
-	err := m.rt.Start(sctx, m.instance(spec, dataDir))
+	inst := m.instance(spec, dataDir)
+	inst.BeforeExec = release
+	err := m.rt.Start(sctx, inst)
+	release() // when Start failed before postgres ran
 	if err == nil {
 		err = m.checkPort(dataDir, spec.Port)
 		if err != nil {
