@@ -167,6 +167,26 @@ func (m *Manager) FillWarm(ctx context.Context) {
 	if err := m.buildWarm(ctx, snapID); err != nil {
 		m.log.Warn("warm clone not built", "err", err)
 	}
+	m.measureWarm()
+}
+
+// measureWarm records the PSS of the ready warm clones' processes.
+func (m *Manager) measureWarm() {
+	m.mu.Lock()
+	var uids []uint32
+	for _, r := range m.clones {
+		if r.Warm && r.Status == StatusOK {
+			uids = append(uids, r.UID)
+		}
+	}
+	m.mu.Unlock()
+	var pss uint64
+	for _, uid := range uids {
+		pss += runtime.PSSOfUID(uid)
+	}
+	m.mu.Lock()
+	m.warmPSS = pss
+	m.mu.Unlock()
 }
 
 // buildWarm makes one warm clone of snapID and waits for it.
