@@ -58,6 +58,13 @@ func newEnv(t testing.TB, ports int, snapshots ...[]string) *env {
 // newEnvOn is newEnv on a loop pool of the given backend.
 func newEnvOn(t testing.TB, mode string, ports int, snapshots ...[]string) *env {
 	t.Helper()
+	return newEnvWith(t, mode, ports, nil, snapshots...)
+}
+
+// newEnvWith is newEnvOn with tweak applied to the agent's config before
+// the clone manager starts (nil: none).
+func newEnvWith(t testing.TB, mode string, ports int, tweak func(*config.Config), snapshots ...[]string) *env {
+	t.Helper()
 	// Not t.Context(): that ends before the cleanups below, and the
 	// manager built on ctx must still work while they close it.
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
@@ -71,6 +78,9 @@ func newEnvOn(t testing.TB, mode string, ports int, snapshots ...[]string) *env 
 	cfg.Server.VerificationToken = token
 	cfg.Cloning.ProtectionLeaseDurationMinutes = 60
 	cfg.Cloning.ProtectionMaxDurationMinutes = 120
+	if tweak != nil {
+		tweak(cfg)
+	}
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
