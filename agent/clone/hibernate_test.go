@@ -1,7 +1,9 @@
 package clone_test
 
 import (
+	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -11,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -19,6 +22,7 @@ import (
 	"github.com/thinlab/thinlab/agent/clone"
 	"github.com/thinlab/thinlab/agent/runtime"
 	"github.com/thinlab/thinlab/agent/storage"
+	"github.com/thinlab/thinlab/agent/storage/btrfs"
 )
 
 // postgresRunning reports whether a postmaster of one of the pool's
@@ -244,4 +248,65 @@ func TestHibernatedPortHeldByAnotherProgram(t *testing.T) {
 	if got, _ := m.Get("victim"); got.Status != clone.StatusFatal {
 		t.Fatalf("clone is %s, want FATAL", got.Status)
 	}
+}
+
+// TestHibernatedSurvivesKill9: an agent that hibernated a clone is killed
+// with SIGKILL (its listener dies with it); the next agent finds the
+// clone hibernated, listens on its port again, and a connection wakes it.
+func TestHibernatedSurvivesKill9(t *testing.T) {
+	e := newEnv(t, 3)
+	m := e.manager()
+	c := e.create(m, e.req("k9"))
+	closeManager(t, m)
+
+	bp, ok := e.pool.(*btrfs.Pool)
+	if !ok {
+		t.Fatalf("clonetest pool is %T, want a btrfs pool", e.pool)
+	}
+	spec, err := json.Marshal(hibernateChild{Config: e.cfg, Path: bp.Path(), Clones: bp.ClonesDir(), PoolName: bp.Name(), Clone: "k9"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	child := exec.CommandContext(e.ctx, os.Args[0], "-test.run=^$") //nolint:gosec // G702: this test binary itself, re-run as the child agent
+	child.Env = append(os.Environ(), hibernateChildEnv+"="+string(spec))
+	var stderr strings.Builder
+	child.Stderr = &stderr
+	out, err := child.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := child.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = child.Process.Kill() }) // already dead unless the test failed first
+	line, err := bufio.NewReader(out).ReadString('\n')
+	if err != nil || line != "hibernated\n" {
+		_ = child.Process.Kill() // the test failed
+		_ = child.Wait()
+		t.Fatalf("child agent said %q (%v):\n%s", line, err, stderr.String())
+	}
+	// Not dialled: a connection would wake the clone.
+	if err := runtime.CheckPortOwner(child.Process.Pid, c.Port); err != nil {
+		t.Fatalf("the child agent does not listen on the hibernated clone's port: %v", err)
+	}
+	if err := child.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	_ = child.Wait() // killed
+	if conn, err := net.Dial("tcp", net.JoinHostPort(c.Host, strconv.Itoa(c.Port))); err == nil {
+		_ = conn.Close() // the failure is the point
+		t.Fatal("something still listens on the port after the agent was killed")
+	}
+
+	m = e.manager()
+	t.Cleanup(func() { closeManager(t, m) })
+	got, err := m.Get("k9")
+	if err != nil || !got.Hibernated || got.Status != clone.StatusOK {
+		t.Fatalf("after kill -9 and restart: %+v %v, want hibernated and OK", got, err)
+	}
+	if err := e.queryWith(c, "prefer", "SELECT v FROM t WHERE id = 1", "one"); err != nil {
+		t.Fatalf("connection after kill -9 and restart: %v", err)
+	}
+	e.destroy(m, "k9")
+	e.assertNoLeaks(m)
 }

@@ -309,6 +309,18 @@ func AsUser(uid, gid uint32, f func() error) error {
 	done := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
+		if unix.Gettid() == unix.Getpid() {
+			// The process's main thread cannot exit: a goroutine ending
+			// locked to it parks it for good, and with dropped credentials
+			// the process's leader would keep the uid, so that a process
+			// of that uid (a clone's COPY ... TO PROGRAM) could kill -9
+			// the agent. Drop them on another thread: this goroutine holds
+			// the main thread meanwhile, so the next one cannot get it.
+			err := AsUser(uid, gid, f)
+			runtime.UnlockOSThread()
+			done <- err
+			return
+		}
 		// Deliberately no UnlockOSThread: the thread dies with the goroutine.
 		if _, _, e := unix.RawSyscall(unix.SYS_SETGROUPS, 0, 0, 0); e != 0 {
 			done <- fmt.Errorf("setgroups: %w", e)
