@@ -157,6 +157,11 @@ func NewManager(ctx context.Context, opt Options) (*Manager, error) {
 	interval := opt.CheckInterval
 	if interval == 0 {
 		interval = time.Minute
+		// A hibernation time under a minute is checked often enough to
+		// keep it within twice the time (never more than every 5 s).
+		if h := cfg.Cloning.HibernateAfter(); h > 0 && h < 2*interval {
+			interval = max(h/2, 5*time.Second)
+		}
 	}
 	if interval > 0 {
 		m.loops.Add(1)
