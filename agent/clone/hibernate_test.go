@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -147,7 +148,7 @@ func TestHibernateAndWake(t *testing.T) {
 	e.clock.Advance(10 * time.Minute)
 	_ = conn.Close(e.ctx) // "busy" may be deleted too now
 	deleted := m.CheckIdle(e.ctx)
-	if !containsID(deleted, "sleepy") {
+	if !slices.Contains(deleted, "sleepy") {
 		t.Fatalf("idle cleanup deleted %v, want the hibernated clone among them", deleted)
 	}
 	for _, id := range deleted {
@@ -159,15 +160,6 @@ func TestHibernateAndWake(t *testing.T) {
 		e.destroy(m, "busy")
 	}
 	e.assertNoLeaks(m)
-}
-
-func containsID(ids []string, id string) bool {
-	for _, x := range ids {
-		if x == id {
-			return true
-		}
-	}
-	return false
 }
 
 // queryOver logs in as the clone's user over an established connection

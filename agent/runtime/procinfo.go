@@ -24,7 +24,7 @@ func PSSOfUID(uid uint32) uint64 {
 // pssOf reads the Pss line of /proc/PID/smaps_rollup (0 when the process
 // is gone).
 func pssOf(pid int) uint64 {
-	f, err := os.Open("/proc/" + strconv.Itoa(pid) + "/smaps_rollup") //nolint:gosec // a /proc path built from a pid
+	f, err := os.Open("/proc/" + strconv.Itoa(pid) + "/smaps_rollup")
 	if err != nil {
 		return 0
 	}
@@ -49,7 +49,7 @@ func pssOf(pid int) uint64 {
 func CheckPortOwner(pid, port int) error {
 	inodes := map[string]bool{}
 	for _, f := range []string{"/proc/net/tcp", "/proc/net/tcp6"} {
-		raw, err := os.ReadFile(f)
+		raw, err := os.ReadFile(f) //nolint:gosec // one of two fixed /proc paths
 		if err != nil {
 			continue // no IPv6 on the host
 		}
