@@ -75,3 +75,35 @@ func TestWarmCloneOverAPI(t *testing.T) {
 	}
 	e.destroy("w1")
 }
+
+// TestHibernatedCloneOverAPI: a hibernated clone is OK to DLE clients,
+// with hibernated true and counted in GET /status; a connection wakes it.
+func TestHibernatedCloneOverAPI(t *testing.T) {
+	e := newEnvWith(t, storage.ModeBtrfs, 3, func(c *config.Config) { c.Cloning.HibernateAfterMinutes = 1 },
+		[]string{"CREATE TABLE t (v text)", "INSERT INTO t VALUES ('asleep')"})
+	c := e.createOK(e.createReq("h1", ""))
+	if err := e.mgr.Hibernate(e.ctx, "h1"); err != nil {
+		t.Fatal(err)
+	}
+	got, err := e.client.Clone(e.ctx, "h1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Status.Code != "OK" || !got.Hibernated || got.DB.Port != c.DB.Port {
+		t.Fatalf("GET /clone of a hibernated clone: status %s, hibernated %v, port %q; want OK, true, %q", got.Status.Code, got.Hibernated, got.DB.Port, c.DB.Port)
+	}
+	st, err := e.client.Status(e.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Cloning.NumHibernated != 1 || st.Cloning.NumClones != 1 {
+		t.Fatalf("status: %d hibernated of %d clones, want 1 of 1", st.Cloning.NumHibernated, st.Cloning.NumClones)
+	}
+	if v := query(e.ctx, t, got, goodPassword, "SELECT v FROM t"); v != "asleep" {
+		t.Fatalf("woken clone answered %q", v)
+	}
+	if got, err = e.client.Clone(e.ctx, "h1"); err != nil || got.Hibernated {
+		t.Fatalf("after a connection: %+v %v, want awake", got, err)
+	}
+	e.destroy("h1")
+}
