@@ -43,15 +43,39 @@ const (
 )
 
 // sleeper is the agent's stand-in for a hibernated clone's postgres: the
-// listeners on its port and the wake-up that runs once.
+// listeners on its port and the wake-up that runs once. mu guards
+// listeners and closed; it is never taken before Manager.mu is let go
+// (Manager.mu, then sleeper.mu, is the order).
 type sleeper struct {
 	id        string
+	mu        sync.Mutex
 	listeners []net.Listener
+	closed    bool          // listeners closed for good (wake-up, destroy, reset, Close)
 	waiting   chan struct{} // semaphore of held connections
 	once      sync.Once
 	done      chan struct{} // closed when the wake-up ended
 	err       error         // the wake-up's failure, read after done
-	closed    bool          // listeners closed by a destroy, reset or Close
+}
+
+func newSleeper(id string) *sleeper {
+	return &sleeper{id: id, waiting: make(chan struct{}, maxWaiting), done: make(chan struct{})}
+}
+
+// shut closes the listeners for good; drain first takes the connections
+// waiting in their queues (a wake-up holds them).
+func (m *Manager) shut(s *sleeper, drain bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return
+	}
+	s.closed = true
+	for _, l := range s.listeners {
+		if drain {
+			m.drain(s, l)
+		}
+		_ = l.Close() // postgres binds the port next, or the clone goes
+	}
 }
 
 // Hibernate stops a clone's postgres and listens on its port until the
@@ -71,15 +95,18 @@ func (m *Manager) Hibernate(ctx context.Context, id string) error {
 	r.busy = true
 	spec := *r
 	m.mu.Unlock()
-	defer m.setBusy(id, false)
 
 	dataDir := filepath.Join(spec.Mountpoint, storage.DataSubdir)
 	if err := m.rt.Stop(ctx, m.instance(spec, dataDir), "fast"); err != nil {
+		m.setBusy(id, false)
 		return fmt.Errorf("hibernate clone %s: stop its postgres: %w", id, err)
 	}
 	// Recorded before listening: after a kill -9 from here on, the next
 	// agent finds a hibernated clone and listens for it.
-	m.update(id, func(r *record) { r.Hibernated = true })
+	m.update(id, func(r *record) {
+		r.Hibernated = true
+		r.busy = false
+	})
 	m.log.Info("clone hibernated", "clone", id, "port", spec.Port)
 	if err := m.listenFor(id, spec.Port); err != nil {
 		// The idle loop tries again; until then the port is closed.
@@ -101,11 +128,24 @@ func (m *Manager) setBusy(id string, busy bool) {
 // each of provision.listenAddresses, like its postgres) and serves them.
 func (m *Manager) listenFor(id string, port int) error {
 	m.mu.Lock()
-	if _, ok := m.sleepers[id]; ok || m.closed {
+	r, ok := m.clones[id]
+	s, has := m.sleepers[id]
+	if !ok || !r.Hibernated || r.busy || m.closed || (has && s.listening()) {
 		m.mu.Unlock()
 		return nil
 	}
+	if !has {
+		s = newSleeper(id)
+		m.sleepers[id] = s
+	}
+	// Held from here: a wake-up (or destroy, reset, Close) waits for the
+	// listeners, then closes them.
+	s.mu.Lock()
 	m.mu.Unlock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil
+	}
 	var ls []net.Listener
 	for a := range strings.SplitSeq(m.cfg.Provision.ListenAddresses, ",") {
 		a = strings.TrimSpace(a)
@@ -115,28 +155,24 @@ func (m *Manager) listenFor(id string, port int) error {
 		l, err := net.Listen("tcp", net.JoinHostPort(a, strconv.Itoa(port)))
 		if err != nil {
 			for _, l := range ls {
-				_ = l.Close() // giving up on all of them
+				_ = l.Close() // giving up on all of them; the idle loop tries again
 			}
 			return err
 		}
 		ls = append(ls, l)
 	}
-	s := &sleeper{id: id, listeners: ls, waiting: make(chan struct{}, maxWaiting), done: make(chan struct{})}
-	m.mu.Lock()
-	r, ok := m.clones[id]
-	if _, dup := m.sleepers[id]; dup || !ok || !r.Hibernated || m.closed {
-		m.mu.Unlock()
-		for _, l := range ls {
-			_ = l.Close() // no longer wanted
-		}
-		return nil
-	}
-	m.sleepers[id] = s
-	m.mu.Unlock()
+	s.listeners = ls
 	for _, l := range ls {
 		m.loops.Go(func() { m.accept(s, l) })
 	}
 	return nil
+}
+
+// listening reports whether s holds its port.
+func (s *sleeper) listening() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.listeners) > 0 && !s.closed
 }
 
 // drain accepts, without blocking, every connection waiting in l's
@@ -267,27 +303,21 @@ func (m *Manager) wake(s *sleeper) {
 func (m *Manager) wakeClone(ctx context.Context, s *sleeper) error {
 	m.mu.Lock()
 	r, ok := m.clones[s.id]
-	if !ok || s.closed || m.sleepers[s.id] != s || m.closed {
+	if !ok || m.sleepers[s.id] != s || m.closed {
 		m.mu.Unlock()
 		return fmt.Errorf("clone %s is no longer hibernated", s.id)
 	}
 	r.busy = true
 	delete(m.sleepers, s.id)
-	s.closed = true
 	spec := *r
 	m.ops.Add(1)
 	m.mu.Unlock()
 	defer m.ops.Done()
 	defer m.setBusy(s.id, false)
 	t0 := time.Now()
-	release := func() {
-		// Connections the kernel completed but nobody accepted yet would
-		// be reset by the close: take them all first.
-		for _, l := range s.listeners {
-			m.drain(s, l)
-			_ = l.Close() // postgres binds the port next
-		}
-	}
+	// Connections the kernel completed but nobody accepted yet would be
+	// reset by the close: take them all first.
+	release := func() { m.shut(s, true) }
 	sctx, cancel := context.WithTimeout(ctx, wakeTimeout)
 	defer cancel()
 	dataDir := filepath.Join(spec.Mountpoint, storage.DataSubdir)
@@ -330,19 +360,15 @@ func (m *Manager) checkPort(dataDir string, port int) error {
 	return runtime.CheckPortOwner(pid, port)
 }
 
-// unlisten closes a hibernated clone's listeners (a destroy, reset or
-// wake by the agent itself). It fails with ErrNotReady while the clone is
-// waking.
+// unlistenLocked closes a hibernated clone's listeners for good (a
+// destroy or reset; the caller made sure it is not waking).
 func (m *Manager) unlistenLocked(id string) {
 	s, ok := m.sleepers[id]
 	if !ok {
 		return
 	}
 	delete(m.sleepers, id)
-	s.closed = true
-	for _, l := range s.listeners {
-		_ = l.Close() // the clone is going away or starting
-	}
+	m.shut(s, false)
 }
 
 // closeSleepers closes every listener (the manager is closing; the next
@@ -368,10 +394,10 @@ func (m *Manager) Awake(ctx context.Context, id string) error {
 		m.mu.Unlock()
 		return nil
 	}
-	s, listening := m.sleepers[id]
-	if !listening {
+	s, ok := m.sleepers[id]
+	if !ok {
 		// Not listened on (the port was taken): start it directly.
-		s = &sleeper{id: id, waiting: make(chan struct{}, maxWaiting), done: make(chan struct{})}
+		s = newSleeper(id)
 		m.sleepers[id] = s
 	}
 	m.mu.Unlock()

@@ -60,13 +60,8 @@ func (m *Manager) CheckIdle(ctx context.Context) []string {
 		if s.Status == StatusOK && s.Hibernated {
 			// No postgres to ask: idle since it went to sleep (a wake-up
 			// moves LastActivity). Listen again if that failed before.
-			m.mu.Lock()
-			_, listening := m.sleepers[s.ID]
-			m.mu.Unlock()
-			if !listening {
-				if err := m.listenFor(s.ID, s.Port); err != nil {
-					m.log.Warn("still cannot listen on a hibernated clone's port", "clone", s.ID, "port", s.Port, "err", err)
-				}
+			if err := m.listenFor(s.ID, s.Port); err != nil {
+				m.log.Warn("still cannot listen on a hibernated clone's port", "clone", s.ID, "port", s.Port, "err", err)
 			}
 		} else if s.Status == StatusOK && s.Mountpoint != "" {
 			dataDir := filepath.Join(s.Mountpoint, storage.DataSubdir)
