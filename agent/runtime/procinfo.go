@@ -21,6 +21,39 @@ func PSSOfUID(uid uint32) uint64 {
 	return total
 }
 
+// PSSOfUIDRange is PSSOfUID summed over the uids from..to, in one pass
+// over /proc (a measurement of many clones at once).
+func PSSOfUIDRange(from, to uint32) uint64 {
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return 0
+	}
+	var total uint64
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		raw, err := os.ReadFile("/proc/" + e.Name() + "/status")
+		if err != nil {
+			continue
+		}
+		for line := range strings.SplitSeq(string(raw), "\n") {
+			if v, ok := strings.CutPrefix(line, "Uid:"); ok {
+				f := strings.Fields(v)
+				if len(f) > 0 {
+					uid, err := strconv.ParseUint(f[0], 10, 32)
+					if err == nil && uint32(uid) >= from && uint32(uid) <= to {
+						total += pssOf(pid)
+					}
+				}
+				break
+			}
+		}
+	}
+	return total
+}
+
 // pssOf reads the Pss line of /proc/PID/smaps_rollup (0 when the process
 // is gone).
 func pssOf(pid int) uint64 {

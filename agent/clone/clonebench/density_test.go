@@ -73,13 +73,7 @@ func BenchmarkDensity(b *testing.B) {
 		clonetest.KillClones(p)
 	})
 	uids := cfg.Provision.CloneUIDs
-	clonePSS := func() uint64 {
-		var sum uint64
-		for uid := uids.From; uid <= uids.To; uid++ {
-			sum += agentrt.PSSOfUID(uid)
-		}
-		return sum
-	}
+	clonePSS := func() uint64 { return agentrt.PSSOfUIDRange(uids.From, uids.To) }
 	var ids []string
 	create := func(id string) clone.Clone {
 		c, err := m.Create(ctx, clone.CreateRequest{ID: id, SnapshotID: snap.ID, Username: "bench", Password: password})
