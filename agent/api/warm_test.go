@@ -18,6 +18,28 @@ func newWarmEnv(t testing.TB, count, ports int, snapshots ...[]string) *env {
 	}, snapshots...)
 }
 
+// waitWarmFull waits until n warm clones are ready, none is being built
+// and their memory is measured.
+func (e *env) waitWarmFull(n int) {
+	e.t.Helper()
+	ctx, cancel := context.WithTimeout(e.ctx, time.Minute)
+	defer cancel()
+	for {
+		st, err := e.client.Status(ctx)
+		if err != nil {
+			e.t.Fatalf("status: %v", err)
+		}
+		if w := st.Cloning.Warm; w != nil && w.Ready == n && w.Starting == 0 && w.MemoryBytes > 0 {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			e.t.Fatalf("warm pool not full within a minute: %+v", st.Cloning.Warm)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
 // waitWarmReady waits until the status reports n warm clones ready and
 // their memory measured (after the refill pass).
 func (e *env) waitWarmReady(n int) {

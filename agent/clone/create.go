@@ -48,9 +48,13 @@ func (m *Manager) Create(ctx context.Context, r CreateRequest) (Clone, error) {
 	if err != nil {
 		return Clone{}, err
 	}
-	snap, err := m.resolveSnapshot(ctx, r.SnapshotID)
-	if err != nil {
-		return Clone{}, err
+	// A warm clone of the named snapshot proves it exists and carries
+	// what the record needs: no pool listing on the fast path.
+	snap, ok := m.warmSnapshotInfo(r.SnapshotID, dbName, extraConf)
+	if !ok {
+		if snap, err = m.resolveSnapshot(ctx, r.SnapshotID); err != nil {
+			return Clone{}, err
+		}
 	}
 	id := r.ID
 	if id == "" {

@@ -158,6 +158,12 @@ func (m *Manager) adopt(recs []*record, inv *inventory) (restorePlan, error) {
 				usedPorts[r.Port] = r.ID
 			}
 		}
+		if r.Warm && r.Status != StatusDeleting {
+			// Warm clones are not carried over a restart: one may have
+			// been half taken (a user's role made in it) when the agent
+			// died. They are deleted and the warm pool is refilled.
+			r.Status = StatusDeleting
+		}
 		switch r.Status {
 		case StatusCreating, StatusResetting:
 			// The agent died mid-operation: clear what was half made and

@@ -254,6 +254,22 @@ func (m *Manager) warmFits(dbName string, extraConf map[string]string) bool {
 	return m.cfg.Cloning.Warm.Count > 0 && len(extraConf) == 0 && dbName == m.cfg.Provision.CloneDefaults.DBName
 }
 
+// warmSnapshotInfo describes snapshot id from a ready warm clone of it,
+// when a create of it fits one (ok false: resolve it from the pool).
+func (m *Manager) warmSnapshotInfo(id, dbName string, extraConf map[string]string) (storage.Snapshot, bool) {
+	if id == "" || !m.warmFits(dbName, extraConf) {
+		return storage.Snapshot{}, false
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, r := range m.clones {
+		if r.Warm && r.Status == StatusOK && !r.busy && r.SnapshotID == id {
+			return storage.Snapshot{ID: r.SnapshotID, Pool: r.Pool, LogicalSize: r.LogicalSize}, true
+		}
+	}
+	return storage.Snapshot{}, false
+}
+
 // takeWarm gives rec (a create request's record, not yet registered) a
 // warm clone of its snapshot, if one is ready: the warm record becomes
 // rec, keeping the warm clone's dataset, mountpoint, port and uid, and
@@ -295,20 +311,21 @@ func (m *Manager) takeWarm(ctx context.Context, rec *record, password string) (C
 	m.mu.Unlock()
 	defer m.ops.Done()
 	defer m.kickWarm()
-	if err := m.save(); err != nil {
-		// Killed from here on, the next agent rebuilds the clone from
-		// scratch rather than handing the warm clone (with this user's
-		// role in it) to someone else.
-		m.log.Warn("clone state not saved before taking a warm clone", "clone", rec.ID, "err", err)
-	}
+	// Not saved before the role is made: an agent killed from here on
+	// finds the warm record and deletes it (restore never keeps warm
+	// clones), so the clone with this user's role in it is never handed
+	// out again.
 	m.log.Info("creating clone from a warm clone", "clone", rec.ID, "warm", w.ID, "snapshot", rec.SnapshotID, "port", rec.Port, "user", rec.Username, "restricted", rec.Restricted)
 	m.emit(events.CloneCreating, spec, events.Info, MessageCreating)
 
 	dataDir := filepath.Join(spec.Mountpoint, storage.DataSubdir)
-	err := setupUser(ctx, m.socketConnect(dataDir, spec.Port), spec.Username, spec.Verifier, spec.Restricted)
+	t1 := time.Now()
+	err := setupUserLocked(ctx, m.socketConnect(dataDir, spec.Port), spec.Username, spec.Verifier, spec.Restricted, true)
+	t2 := time.Now()
 	if err == nil {
 		err = m.checkLogin(ctx, spec, dataDir)
 	}
+	t3 := time.Now()
 	if err != nil {
 		// Like a failed create: nothing left but the FATAL record.
 		m.log.Error("clone from a warm clone failed", "clone", spec.ID, "err", err)
@@ -341,7 +358,8 @@ func (m *Manager) takeWarm(ctx context.Context, rec *record, password string) (C
 		m.times = m.times[len(m.times)-20:]
 	}
 	m.mu.Unlock()
-	m.log.Info("clone ready", "clone", spec.ID, "took", took, "warm", true)
+	m.log.Info("clone ready", "clone", spec.ID, "took", took, "warm", true,
+		"before", t1.Sub(spec.opStart), "user", t2.Sub(t1), "login", t3.Sub(t2), "done", time.Since(t3))
 	c, err := m.Get(spec.ID)
 	return c, true, err
 }
