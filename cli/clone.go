@@ -172,7 +172,11 @@ func withWaitTimeout(ctx context.Context, d time.Duration) (context.Context, con
 func renderClone(w io.Writer, c *agentapi.Clone, now time.Time) error {
 	tw := newTable(w)
 	row(tw, "ID:", c.ID)
-	row(tw, "Status:", c.Status.Code+"  "+c.Status.Message)
+	status := c.Status.Code + "  " + c.Status.Message
+	if c.Hibernated {
+		status += "  (hibernated: its postgres starts on the next connection)"
+	}
+	row(tw, "Status:", status)
 	snap := "-"
 	if c.Snapshot != nil && c.Snapshot.ID != "" {
 		snap = c.Snapshot.ID
@@ -216,7 +220,12 @@ func renderClones(w io.Writer, clones []agentapi.Clone, now time.Time) error {
 		if c.Snapshot != nil && c.Snapshot.ID != "" {
 			snap = c.Snapshot.ID
 		}
-		row(tw, labelCell(withLabels, c.Labels, c.ID, c.Status.Code, snap, orDash(c.DB.Port), orDash(c.DB.Username), yesNo(c.Protected),
+		status := c.Status.Code
+		if c.Hibernated {
+			// OK to DLE clients; shown apart here.
+			status = "HIBERNATED"
+		}
+		row(tw, labelCell(withLabels, c.Labels, c.ID, status, snap, orDash(c.DB.Port), orDash(c.DB.Username), yesNo(c.Protected),
 			formatAge(agentapi.TimeOf(c.CreatedAt), now), formatBytes(c.Metadata.CloneDiffSize))...)
 	}
 	return tw.Flush()

@@ -55,12 +55,14 @@ var (
 func TestRenderClones(t *testing.T) {
 	var b bytes.Buffer
 	creating := agentapi.Clone{ID: "c2", Status: agentapi.Status{Code: "CREATING"}}
-	if err := renderClones(&b, []agentapi.Clone{testClone, creating}, testNow); err != nil {
+	asleep := agentapi.Clone{ID: "c3", Status: agentapi.Status{Code: "OK"}, Hibernated: true, DB: agentapi.Database{Port: "6001"}}
+	if err := renderClones(&b, []agentapi.Clone{testClone, creating, asleep}, testNow); err != nil {
 		t.Fatal(err)
 	}
-	want := `ID      STATUS    SNAPSHOT                       PORT  USER   PROTECTED  AGE  DIFF SIZE
-mytest  OK        pool1@snapshot_20240102100000  6000  alice  yes        1m   4.0 KiB
-c2      CREATING  -                              -     -      no         -    0 B
+	want := `ID      STATUS      SNAPSHOT                       PORT  USER   PROTECTED  AGE  DIFF SIZE
+mytest  OK          pool1@snapshot_20240102100000  6000  alice  yes        1m   4.0 KiB
+c2      CREATING    -                              -     -      no         -    0 B
+c3      HIBERNATED  -                              6001  -      no         -    0 B
 `
 	if b.String() != want {
 		t.Errorf("got:\n%s\nwant:\n%s", b.String(), want)

@@ -66,6 +66,19 @@ func newEnvOn(t testing.TB, mode string, ports int, snapshots ...[]string) *env 
 // configuration and the pool (nil: none).
 func newEnvWith(t testing.TB, mode string, ports int, retr func(*config.Config, storage.Pool) *retrieval.Retriever, snapshots ...[]string) *env {
 	t.Helper()
+	return newEnvFull(t, mode, ports, nil, retr, snapshots...)
+}
+
+// newEnvTweaked is newEnvOn with tweak applied to the agent's config
+// before the clone manager starts.
+func newEnvTweaked(t testing.TB, mode string, ports int, tweak func(*config.Config), snapshots ...[]string) *env {
+	t.Helper()
+	return newEnvFull(t, mode, ports, tweak, nil, snapshots...)
+}
+
+// newEnvFull is newEnvOn with a config tweak and a retriever (nil: none).
+func newEnvFull(t testing.TB, mode string, ports int, tweak func(*config.Config), retr func(*config.Config, storage.Pool) *retrieval.Retriever, snapshots ...[]string) *env {
+	t.Helper()
 	// Not t.Context(): that ends before the cleanups below, and the
 	// manager built on ctx must still work while they close it.
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
@@ -79,6 +92,9 @@ func newEnvWith(t testing.TB, mode string, ports int, retr func(*config.Config, 
 	cfg.Server.VerificationToken = token
 	cfg.Cloning.ProtectionLeaseDurationMinutes = 60
 	cfg.Cloning.ProtectionMaxDurationMinutes = 120
+	if tweak != nil {
+		tweak(cfg)
+	}
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}

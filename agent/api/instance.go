@@ -48,6 +48,15 @@ func (s *Server) status(c *gin.Context) {
 	}
 	for _, cl := range clones {
 		out.Cloning.Clones = append(out.Cloning.Clones, s.cloneView(cl, snaps, bySnap))
+		if cl.Hibernated {
+			out.Cloning.NumHibernated++
+		}
+	}
+	if w, ok := s.clones.(warmReporter); ok {
+		if st := w.Warm(); st.Target > 0 || st.Ready > 0 || st.Starting > 0 {
+			out.Cloning.Warm = &agentapi.WarmClones{Target: st.Target, Ready: st.Ready, Starting: st.Starting, SnapshotID: st.SnapshotID,
+				MemoryBytes: st.PSSBytes, MaxMemoryBytes: st.MaxBytes, Taken: st.Taken}
+		}
 	}
 	for _, p := range s.pools {
 		entry := agentapi.PoolEntry{

@@ -25,9 +25,12 @@ type metrics struct {
 }
 
 var (
-	clonesDesc    = prometheus.NewDesc("thinlab_agent_clones", "Clones by status.", []string{"status"}, nil)
-	snapshotsDesc = prometheus.NewDesc("thinlab_agent_snapshots", "Snapshots per pool.", []string{"pool"}, nil)
-	poolDesc      = prometheus.NewDesc("thinlab_agent_pool_bytes", "Pool space in bytes by kind (size, free, used, used_by_snapshots, used_by_clones).", []string{"pool", "kind"}, nil)
+	clonesDesc     = prometheus.NewDesc("thinlab_agent_clones", "Clones by status.", []string{"status"}, nil)
+	snapshotsDesc  = prometheus.NewDesc("thinlab_agent_snapshots", "Snapshots per pool.", []string{"pool"}, nil)
+	hibernatedDesc = prometheus.NewDesc("thinlab_agent_clones_hibernated", "Clones whose postgres is stopped until their next connection (counted as OK in thinlab_agent_clones).", nil, nil)
+	warmDesc       = prometheus.NewDesc("thinlab_agent_warm_clones", "Warm clones kept for creates, by state (ready, starting, target).", []string{"state"}, nil)
+	warmMemDesc    = prometheus.NewDesc("thinlab_agent_warm_clones_memory_bytes", "Proportional set size of the warm clones' processes (kind used) and its bound (kind max, 0: none).", []string{"kind"}, nil)
+	poolDesc       = prometheus.NewDesc("thinlab_agent_pool_bytes", "Pool space in bytes by kind (size, free, used, used_by_snapshots, used_by_clones).", []string{"pool", "kind"}, nil)
 )
 
 func newMetrics(s *Server) *metrics {
@@ -109,15 +112,35 @@ func (sc stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- clonesDesc
 	ch <- snapshotsDesc
 	ch <- poolDesc
+	ch <- hibernatedDesc
+	ch <- warmDesc
+	ch <- warmMemDesc
 }
+
+// warmReporter is the warm pool's state (clone.Manager has it; the API's
+// test fakes need not).
+type warmReporter interface{ Warm() clone.WarmStats }
 
 func (sc stateCollector) Collect(ch chan<- prometheus.Metric) {
 	counts := map[string]int{}
 	for _, st := range []clone.StatusCode{clone.StatusOK, clone.StatusCreating, clone.StatusResetting, clone.StatusDeleting, clone.StatusFatal} {
 		counts[string(st)] = 0
 	}
+	hibernated := 0
 	for _, c := range sc.s.clones.List() {
 		counts[string(c.Status)]++
+		if c.Hibernated {
+			hibernated++
+		}
+	}
+	ch <- prometheus.MustNewConstMetric(hibernatedDesc, prometheus.GaugeValue, float64(hibernated))
+	if w, ok := sc.s.clones.(warmReporter); ok {
+		st := w.Warm()
+		for state, n := range map[string]int{"ready": st.Ready, "starting": st.Starting, "target": st.Target} {
+			ch <- prometheus.MustNewConstMetric(warmDesc, prometheus.GaugeValue, float64(n), state)
+		}
+		ch <- prometheus.MustNewConstMetric(warmMemDesc, prometheus.GaugeValue, float64(st.PSSBytes), "used")
+		ch <- prometheus.MustNewConstMetric(warmMemDesc, prometheus.GaugeValue, float64(st.MaxBytes), "max")
 	}
 	for st, n := range counts {
 		ch <- prometheus.MustNewConstMetric(clonesDesc, prometheus.GaugeValue, float64(n), st)

@@ -117,11 +117,12 @@ func (s *Server) cloneView(c clone.Clone, snaps snapshotIndex, bySnap map[string
 			ProtectionLeaseDurationMinutes: s.cfg.Cloning.ProtectionLeaseDurationMinutes,
 			ProtectionMaxDurationMinutes:   s.cfg.Cloning.ProtectionMaxDurationMinutes,
 		},
-		Pool:      c.Pool,
-		Labels:    c.Labels,
-		ReadOnly:  c.ReadOnly,
-		ReplicaOf: c.ReplicaOf,
-		Replicas:  c.Replicas,
+		Pool:       c.Pool,
+		Labels:     c.Labels,
+		Hibernated: c.Hibernated,
+		ReadOnly:   c.ReadOnly,
+		ReplicaOf:  c.ReplicaOf,
+		Replicas:   c.Replicas,
 	}
 	if p := c.PointInTime; p != nil {
 		out.PointInTime = &agentapi.ClonePointInTime{LSN: p.LSN}

@@ -27,6 +27,9 @@ import (
 // a reflink pool, which copies file by file, the clone's postgres is
 // stopped cleanly for the copy and started again on the same port.
 func (m *Manager) SnapshotClone(ctx context.Context, id string, opt storage.SnapshotOptions) (storage.Snapshot, error) {
+	if err := m.Awake(ctx, id); err != nil {
+		return storage.Snapshot{}, fmt.Errorf("wake clone %s for the snapshot: %w", id, err)
+	}
 	m.mu.Lock()
 	rec, ok := m.clones[id]
 	if !ok {
@@ -60,7 +63,7 @@ func (m *Manager) SnapshotClone(ctx context.Context, id string, opt storage.Snap
 	if err := m.checkpoint(ctx, dataDir, spec.Port, spec.DBName); err != nil {
 		return storage.Snapshot{}, fmt.Errorf("snapshot of clone %s: %w", id, err)
 	}
-	opt.Source = id
+	opt.Source = spec.dataset()
 	if storage.SnapshotsAreAtomic(pool) {
 		return pool.Snapshot(ctx, opt)
 	}

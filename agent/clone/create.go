@@ -60,11 +60,14 @@ func (m *Manager) Create(ctx context.Context, r CreateRequest) (Clone, error) {
 		if r.SnapshotID != "" {
 			return Clone{}, &ValidationError{Field: "snapshot.id", Message: "and a point in time are both set: give snapshot.pointInTime (or snapshot.lsn) alone; the snapshot it starts from is chosen by the time"}
 		}
-		snap, err = m.resolvePointInTime(ctx, *r.PointInTime, "snapshot.")
-	} else {
-		snap, err = m.resolveSnapshot(ctx, r.SnapshotID)
-	}
-	if err != nil {
+		if snap, err = m.resolvePointInTime(ctx, *r.PointInTime, "snapshot."); err != nil {
+			return Clone{}, err
+		}
+	} else if s, ok := m.warmSnapshotInfo(r.SnapshotID, dbName, extraConf); ok && !r.ReadOnly {
+		// A warm clone of the named snapshot proves it exists and carries
+		// what the record needs: no pool listing on the fast path.
+		snap = s
+	} else if snap, err = m.resolveSnapshot(ctx, r.SnapshotID); err != nil {
 		return Clone{}, err
 	}
 	id := r.ID
@@ -100,6 +103,12 @@ func (m *Manager) Create(ctx context.Context, r CreateRequest) (Clone, error) {
 	if rec.Pool == "" {
 		if p, _, err := storage.ParseSnapshotID(snap.ID); err == nil {
 			rec.Pool = p
+		}
+	}
+
+	if r.PointInTime == nil && !r.ReadOnly && m.warmFits(dbName, extraConf) {
+		if c, taken, err := m.takeWarm(ctx, rec, r.Password); taken {
+			return c, err
 		}
 	}
 
@@ -157,7 +166,7 @@ func (m *Manager) runBuild(spec record, oldPool string) {
 	}
 	var err error
 	if oldPool != "" {
-		err = m.teardown(ctx, oldPool, spec.ID, spec.Mountpoint, spec.UID)
+		err = m.teardown(ctx, oldPool, spec.dataset(), spec.Mountpoint, spec.UID)
 		if err != nil {
 			err = fmt.Errorf("remove the old data: %w", err)
 		}
@@ -168,7 +177,7 @@ func (m *Manager) runBuild(spec record, oldPool string) {
 	}
 	if err != nil {
 		m.log.Error("clone failed", "clone", spec.ID, "snapshot", spec.SnapshotID, "err", err)
-		if rerr := m.teardown(context.Background(), spec.Pool, spec.ID, mount, spec.UID); rerr != nil {
+		if rerr := m.teardown(context.Background(), spec.Pool, spec.dataset(), mount, spec.UID); rerr != nil {
 			m.log.Error("clone rollback failed", "clone", spec.ID, "err", rerr)
 		}
 		reset := oldPool != ""
@@ -187,6 +196,16 @@ func (m *Manager) runBuild(spec record, oldPool string) {
 		return
 	}
 	took := time.Since(start)
+	if spec.Warm {
+		m.update(spec.ID, func(r *record) {
+			r.Status = StatusOK
+			r.StatusMessage = MessageOK
+			r.LastActivity = m.now()
+			r.Mountpoint = mount
+		})
+		m.log.Info("warm clone ready", "warm", spec.ID, "took", took)
+		return
+	}
 	ready := cloneEvent(events.CloneReady, spec, events.Info, MessageOK)
 	if spec.Protected {
 		// Whoever tracks protection (the platform's "protection about to
@@ -226,7 +245,7 @@ func (m *Manager) build(ctx context.Context, spec record, fresh bool) (string, e
 		defer close(prepared)
 		m.rt.Prepare(m.instance(spec, ""))
 	}()
-	cl, err := pool.Clone(ctx, spec.SnapshotID, spec.ID)
+	cl, err := pool.Clone(ctx, spec.SnapshotID, spec.dataset())
 	<-prepared
 	if err != nil {
 		return "", fmt.Errorf("clone snapshot %s: %w", spec.SnapshotID, err)
@@ -280,6 +299,10 @@ func (m *Manager) build(ctx context.Context, spec record, fresh bool) (string, e
 		if err := m.leaveRecovery(ctx, spec, dataDir); err != nil {
 			return mount, err
 		}
+		if spec.Warm {
+			// No user yet: the create that takes it makes one.
+			return mount, lockLogins(ctx, m.socketConnect(dataDir, spec.Port))
+		}
 		if err := setupUser(ctx, m.socketConnect(dataDir, spec.Port), spec.Username, spec.Verifier, spec.Restricted); err != nil {
 			return mount, err
 		}
@@ -299,7 +322,7 @@ func (m *Manager) build(ctx context.Context, spec record, fresh bool) (string, e
 
 func (m *Manager) instance(spec record, dataDir string) runtime.Instance {
 	return runtime.Instance{
-		Name:     spec.ID,
+		Name:     spec.dataset(),
 		DataDir:  dataDir,
 		Mount:    filepath.Dir(dataDir),
 		User:     cloneUser(spec.UID),

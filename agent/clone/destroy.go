@@ -42,6 +42,9 @@ func (m *Manager) Destroy(ctx context.Context, id string) error {
 	}
 	var specs []record
 	for _, r := range append(replicas, rec) {
+		// A hibernated clone's port is the agent's until now.
+		m.unlistenLocked(r.ID)
+		r.Hibernated = false
 		r.Status = StatusDeleting
 		r.StatusMessage = MessageDeleting
 		specs = append(specs, *r)
@@ -63,7 +66,7 @@ func (m *Manager) Destroy(ctx context.Context, id string) error {
 func (m *Manager) runDestroy(spec record) {
 	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
 	defer cancel()
-	if err := m.teardown(ctx, spec.Pool, spec.ID, spec.Mountpoint, spec.UID); err != nil {
+	if err := m.teardown(ctx, spec.Pool, spec.dataset(), spec.Mountpoint, spec.UID); err != nil {
 		m.log.Error("destroy clone failed", "clone", spec.ID, "err", err)
 		m.emit(events.CloneFailed, spec, events.Error, "delete failed: "+err.Error())
 		m.update(spec.ID, func(r *record) {

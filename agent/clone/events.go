@@ -8,6 +8,9 @@ import (
 
 // emit announces a clone's lifecycle step on the bus (nothing without one).
 func (m *Manager) emit(kind events.Kind, r record, sev events.Severity, msg string) {
+	if r.Warm {
+		return // not a user's clone
+	}
 	m.bus().Emit(cloneEvent(kind, r, sev, msg))
 }
 

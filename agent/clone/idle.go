@@ -57,6 +57,9 @@ func (m *Manager) CheckIdle(ctx context.Context) []string {
 			r.ExpiryWarned = true
 			m.changedLocked()
 		}
+		if r.Warm {
+			continue // kept by the warm pool, not by idleness
+		}
 		if r.Status == StatusOK || r.Status == StatusFatal {
 			items = append(items, item{spec: *r, protected: m.protectedNow(r, now)})
 		}
@@ -74,7 +77,13 @@ func (m *Manager) CheckIdle(ctx context.Context) []string {
 	var deleted []string
 	for _, it := range items {
 		s := it.spec
-		if s.Status == StatusOK && s.Mountpoint != "" {
+		if s.Status == StatusOK && s.Hibernated {
+			// No postgres to ask: idle since it went to sleep (a wake-up
+			// moves LastActivity). Listen again if that failed before.
+			if err := m.listenFor(s.ID, s.Port); err != nil {
+				m.log.Warn("still cannot listen on a hibernated clone's port", "clone", s.ID, "port", s.Port, "err", err)
+			}
+		} else if s.Status == StatusOK && s.Mountpoint != "" {
 			dataDir := filepath.Join(s.Mountpoint, storage.DataSubdir)
 			if _, alive := m.rt.Running(dataDir); !alive {
 				m.mu.Lock()
@@ -103,10 +112,10 @@ func (m *Manager) CheckIdle(ctx context.Context) []string {
 				continue
 			}
 		}
-		if it.protected || s.MaxIdle == 0 {
-			continue
-		}
-		if now.Sub(s.LastActivity) < inMinutes(s.MaxIdle) {
+		if it.protected || s.MaxIdle == 0 || now.Sub(s.LastActivity) < inMinutes(s.MaxIdle) {
+			if s.Status == StatusOK {
+				m.hibernateIdle(ctx, s, now)
+			}
 			continue
 		}
 		m.log.Info("deleting idle clone", "clone", s.ID, "idle_since", s.LastActivity, "max_idle_minutes", s.MaxIdle)
@@ -146,8 +155,12 @@ func (m *Manager) refreshSizes(ctx context.Context) {
 			continue
 		}
 		m.mu.Lock()
+		byDataset := make(map[string]*record, len(m.clones))
+		for _, r := range m.clones {
+			byDataset[r.dataset()] = r
+		}
 		for _, c := range list {
-			if r, ok := m.clones[c.Name]; ok && r.Pool == p.Name() {
+			if r, ok := byDataset[c.Name]; ok && r.Pool == p.Name() {
 				r.diffSize = c.UsedBytes
 			}
 		}

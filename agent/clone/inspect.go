@@ -26,6 +26,9 @@ func (m *Manager) InspectClone(ctx context.Context, id, db string, fn func(conte
 	if !dbNameRE.MatchString(db) {
 		return &ValidationError{Field: "db", Message: fmt.Sprintf("%q is not a valid database name", db)}
 	}
+	if err := m.Awake(ctx, id); err != nil {
+		return err
+	}
 	m.mu.Lock()
 	rec, ok := m.clones[id]
 	if !ok {

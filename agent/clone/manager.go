@@ -38,6 +38,10 @@ type Options struct {
 	// CgroupRoot is where the cgroup filesystems are mounted (the
 	// runtime's default when empty); tests point it elsewhere.
 	CgroupRoot string
+	// WarmInterval is how often the warm pool is checked and refilled
+	// (10 s when zero; negative disables the loop, and tests call
+	// FillWarm). A take kicks a pass at once.
+	WarmInterval time.Duration
 	// Events, when set, receives the clones' lifecycle events (creating,
 	// ready, failed, reset, destroyed, protected).
 	Events *events.Bus
@@ -61,12 +65,21 @@ type Manager struct {
 	// osUser owns the pools' data (provision.osUser).
 	osUser pgcluster.OSUser
 
-	mu      sync.Mutex
-	clones  map[string]*record
-	changed chan struct{} // closed and replaced on every change
-	version uint64
-	times   []time.Duration // recent cloning times
-	closed  bool
+	mu     sync.Mutex
+	clones map[string]*record
+	// sleepers are the agent's listeners on hibernated clones' ports.
+	sleepers map[string]*sleeper
+	changed  chan struct{} // closed and replaced on every change
+	version  uint64
+	times    []time.Duration // recent cloning times
+	closed   bool
+
+	// warmKick asks the warm loop for a pass; warmPSS, warmTaken and
+	// warmSnapshot are what Warm reports.
+	warmKick     chan struct{}
+	warmPSS      uint64
+	warmTaken    uint64
+	warmSnapshot string
 
 	saveMu   sync.Mutex
 	savedVer uint64
@@ -112,6 +125,8 @@ func NewManager(ctx context.Context, opt Options) (*Manager, error) {
 		archive:     opt.Archive,
 		osUser:      osUser,
 		clones:      map[string]*record{},
+		sleepers:    map[string]*sleeper{},
+		warmKick:    make(chan struct{}, 1),
 		changed:     make(chan struct{}),
 	}
 	if m.now == nil {
@@ -150,10 +165,31 @@ func NewManager(ctx context.Context, opt Options) (*Manager, error) {
 	interval := opt.CheckInterval
 	if interval == 0 {
 		interval = time.Minute
+		// A hibernation time under a minute is checked often enough to
+		// keep it within twice the time (never more than every 5 s).
+		if h := cfg.Cloning.HibernateAfter(); h > 0 && h < 2*interval {
+			interval = max(h/2, 5*time.Second)
+		}
 	}
 	if interval > 0 {
 		m.loops.Add(1)
 		go m.loop(bg, interval)
+	}
+	warmEvery := opt.WarmInterval
+	if warmEvery == 0 {
+		warmEvery = 10 * time.Second
+	}
+	m.mu.Lock()
+	hasWarm := false
+	for _, r := range m.clones {
+		hasWarm = hasWarm || r.Warm
+	}
+	m.mu.Unlock()
+	// With warm clones left from a config that had them, the loop runs
+	// once more to recycle them.
+	if warmEvery > 0 && (cfg.Cloning.Warm.Count > 0 || hasWarm) {
+		m.loops.Add(1)
+		go m.warmLoop(bg, warmEvery)
 	}
 	return m, nil
 }
@@ -196,6 +232,7 @@ func (m *Manager) Close() error {
 	if m.cancel != nil {
 		m.cancel()
 	}
+	m.closeSleepers()
 	m.loops.Wait()
 	m.ops.Wait()
 	return m.save()

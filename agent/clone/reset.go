@@ -76,6 +76,8 @@ func (m *Manager) Reset(ctx context.Context, id string, r ResetRequest) (Clone, 
 		rec.UID = uid
 	}
 	oldPool := rec.Pool
+	m.unlistenLocked(id)
+	rec.Hibernated = false
 	rec.Status = StatusResetting
 	rec.StatusMessage = MessageResetting
 	rec.SnapshotID = snap.ID

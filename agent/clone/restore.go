@@ -103,6 +103,8 @@ type restorePlan struct {
 	finishDelete []*record
 	// migrate: records read with a plaintext password.
 	migrate []*record
+	// hibernated: clones asleep, listened on again.
+	hibernated []*record
 }
 
 // adopt takes the recorded clones that can still be served into the
@@ -131,7 +133,7 @@ func (m *Manager) adopt(recs []*record, inv *inventory) (restorePlan, error) {
 			m.log.Warn("dropping clone of a pool that is no longer configured (its dataset, if any, is left alone)", "clone", r.ID, "pool", r.Pool)
 			continue
 		}
-		ds, has := inv.datasets[r.Pool][r.ID]
+		ds, has := inv.datasets[r.Pool][r.dataset()]
 		if has {
 			r.Mountpoint = ds.Mountpoint
 			r.diffSize = ds.UsedBytes
@@ -156,6 +158,12 @@ func (m *Manager) adopt(recs []*record, inv *inventory) (restorePlan, error) {
 				usedPorts[r.Port] = r.ID
 			}
 		}
+		if r.Warm && r.Status != StatusDeleting {
+			// Warm clones are not carried over a restart: one may have
+			// been half taken (a user's role made in it) when the agent
+			// died. They are deleted and the warm pool is refilled.
+			r.Status = StatusDeleting
+		}
 		switch r.Status {
 		case StatusCreating, StatusResetting:
 			// The agent died mid-operation: clear what was half made and
@@ -172,6 +180,8 @@ func (m *Manager) adopt(recs []*record, inv *inventory) (restorePlan, error) {
 			dataDir := filepath.Join(ds.Mountpoint, storage.DataSubdir)
 			p, ok := inv.running[filepath.Clean(dataDir)]
 			switch {
+			case !ok && r.Hibernated:
+				plan.hibernated = append(plan.hibernated, r)
 			case !ok:
 				plan.restart = append(plan.restart, r)
 			case r.UID == 0 || p.UID != r.UID:
@@ -180,6 +190,10 @@ func (m *Manager) adopt(recs []*record, inv *inventory) (restorePlan, error) {
 				m.log.Warn("clone's postgres runs as a shared OS user; restarting it as the clone's own", "clone", r.ID, "uid", p.UID)
 				m.rt.KillPID(p)
 				plan.restart = append(plan.restart, r)
+			default:
+				// Woken (by a connection or the agent) just before the
+				// agent died, before the record said so.
+				r.Hibernated = false
 			}
 		case StatusFatal:
 			// A failed create or reset left nothing behind but the record
@@ -217,8 +231,8 @@ func (m *Manager) reapOrphans(ctx context.Context, inv *inventory) {
 	m.mu.Lock()
 	ids := map[string]bool{}
 	owned := map[string]bool{}
-	for id, r := range m.clones {
-		ids[id] = true
+	for _, r := range m.clones {
+		ids[r.dataset()] = true
 		if r.Mountpoint != "" {
 			owned[filepath.Join(filepath.Clean(r.Mountpoint), storage.DataSubdir)] = true
 		}
@@ -289,6 +303,14 @@ func (m *Manager) resume(ctx context.Context, plan restorePlan) error {
 	for _, r := range plan.rebuild {
 		m.resumeBuild(r)
 	}
+	for _, r := range plan.hibernated {
+		m.mu.Lock()
+		id, port := r.ID, r.Port
+		m.mu.Unlock()
+		if err := m.listenFor(id, port); err != nil {
+			m.log.Error("cannot listen on a hibernated clone's port; the idle loop tries again", "clone", id, "port", port, "err", err)
+		}
+	}
 	return nil
 }
 
@@ -311,7 +333,7 @@ func (m *Manager) restartDead(ctx context.Context, restart []*record) {
 // clearHalfMade removes what an interrupted create or reset made.
 func (m *Manager) clearHalfMade(ctx context.Context, r *record) {
 	m.mu.Lock()
-	pool, id, mount, uid, status := r.Pool, r.ID, r.Mountpoint, r.UID, r.Status
+	pool, id, mount, uid, status := r.Pool, r.dataset(), r.Mountpoint, r.UID, r.Status
 	m.mu.Unlock()
 	m.log.Info("finishing a clone operation interrupted by an agent restart", "clone", id, "status", status)
 	if err := m.teardown(ctx, pool, id, mount, uid); err != nil {

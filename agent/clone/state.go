@@ -50,6 +50,16 @@ type record struct {
 	// restore migrating an old state file) still has it: the readiness
 	// check then logs in with it instead of probing the verifier.
 	password string
+	// Dataset names the clone's dataset (and its runtime directory and
+	// cgroup) when it is not ID: a warm clone taken by a create keeps the
+	// dataset it was built in under the new clone's id.
+	Dataset string `json:"dataset,omitempty"`
+	// Hibernated: the clone's postgres is stopped and the agent listens on
+	// its port; the first connection starts it again (status stays OK).
+	Hibernated bool `json:"hibernated,omitempty"`
+	// Warm marks a started clone kept for the next create that fits; it
+	// is no user's clone (not listed, no idle deletion, no events).
+	Warm bool `json:"warm,omitempty"`
 	// UID is the clone's own OS uid (and gid) from provision.cloneUIDs;
 	// kept across resets and restarts, freed with the clone.
 	UID uint32 `json:"uid,omitempty"`
@@ -80,6 +90,14 @@ type record struct {
 	// busy marks a restart of the clone's postgres by the background loop;
 	// reset and destroy wait for it (ErrNotReady).
 	busy bool
+}
+
+// dataset is the name of the clone's dataset in its pool.
+func (r *record) dataset() string {
+	if r.Dataset != "" {
+		return r.Dataset
+	}
+	return r.ID
 }
 
 type stateDoc struct {

@@ -91,6 +91,10 @@ type Clone struct {
 	ReplicaOf string
 	// Replicas are the ids of this clone's replicas.
 	Replicas []string
+
+	// Hibernated: the clone's postgres is stopped until the next
+	// connection to its port (Status stays OK).
+	Hibernated bool
 }
 
 // ConnString is the DLE-style libpq connection string (no password).

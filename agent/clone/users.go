@@ -55,12 +55,23 @@ const bootstrapSuperuser = "postgres"
 // role a random password, and for a restricted user hands it ownership of
 // every database and the objects in them.
 func setupUser(ctx context.Context, connect func(ctx context.Context, db string) (*pgx.Conn, error), username, verifier string, restricted bool) error {
+	return setupUserLocked(ctx, connect, username, verifier, restricted, false)
+}
+
+// setupUserLocked is setupUser; with othersLocked the other login roles
+// already have random passwords (a warm clone's, set by lockLogins, which
+// nobody could change since) and keep them: a take skips deriving a
+// verifier and rewriting every role.
+func setupUserLocked(ctx context.Context, connect func(ctx context.Context, db string) (*pgx.Conn, error), username, verifier string, restricted, othersLocked bool) error {
 	if _, err := parseVerifier(verifier); err != nil {
 		return fmt.Errorf("user %s: %w", username, err)
 	}
-	other, err := randomVerifier()
-	if err != nil {
-		return err
+	other := ""
+	if !othersLocked {
+		var err error
+		if other, err = randomVerifier(); err != nil {
+			return err
+		}
 	}
 	conn, err := connect(ctx, "postgres")
 	if err != nil {
@@ -82,10 +93,8 @@ func setupUser(ctx context.Context, connect func(ctx context.Context, db string)
 	// Clones run with synchronous_commit off; the user must survive a
 	// postgres crash right after creation, so this session commits
 	// synchronously (the WAL reaches the OS before the clone is OK).
-	if _, err := conn.Exec(ctx, `SET synchronous_commit = on`); err != nil {
-		return err
-	}
-	if _, err := conn.Exec(ctx, `SELECT pg_catalog.set_config('thinlab.user', $1, false),
+	if _, err := conn.Exec(ctx, `SELECT pg_catalog.set_config('synchronous_commit', 'on', false),
+	  pg_catalog.set_config('thinlab.user', $1, false),
 	  pg_catalog.set_config('thinlab.verifier', $2, false),
 	  pg_catalog.set_config('thinlab.other', $3, false),
 	  pg_catalog.set_config('thinlab.attrs', $4, false)`, username, verifier, other, su); err != nil {
@@ -105,7 +114,7 @@ BEGIN
   ELSE
     EXECUTE pg_catalog.format('CREATE ROLE %I WITH LOGIN '||attrs||' PASSWORD %L', u, v);
   END IF;
-  FOR r IN SELECT rolname FROM pg_catalog.pg_roles WHERE rolcanlogin AND rolname <> u LOOP
+  FOR r IN SELECT rolname FROM pg_catalog.pg_roles WHERE rolcanlogin AND rolname <> u AND other <> '' LOOP
     EXECUTE pg_catalog.format('ALTER ROLE %I PASSWORD %L', r.rolname, other);
   END LOOP;
 END

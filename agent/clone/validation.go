@@ -28,6 +28,9 @@ func validateID(id string) error {
 	if len(id) > 63 || !cloneIDRE.MatchString(id) || strings.Contains(id, "..") {
 		return &ValidationError{Field: "id", Message: fmt.Sprintf("%q is not a valid clone id: use up to 63 letters, digits, '_', '.' or '-', starting with a letter or digit", id)}
 	}
+	if strings.HasPrefix(id, WarmPrefix) {
+		return &ValidationError{Field: "id", Message: fmt.Sprintf("%q starts with %q, which names the agent's warm clones: choose another id", id, WarmPrefix)}
+	}
 	return nil
 }
 

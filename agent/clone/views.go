@@ -34,6 +34,7 @@ func (m *Manager) view(r *record) Clone {
 		UID:            r.UID,
 		ReadOnly:       r.ReadOnly || r.ReplicaOf != "",
 		ReplicaOf:      r.ReplicaOf,
+		Hibernated:     r.Hibernated,
 	}
 	if r.PointInTime != nil {
 		pit := *r.PointInTime
@@ -59,7 +60,7 @@ func (m *Manager) Get(id string) (Clone, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	r, ok := m.clones[id]
-	if !ok {
+	if !ok || r.Warm {
 		return Clone{}, fmt.Errorf("%w: %q", ErrNotFound, id)
 	}
 	return m.view(r), nil
@@ -70,6 +71,9 @@ func (m *Manager) List() []Clone {
 	m.mu.Lock()
 	out := make([]Clone, 0, len(m.clones))
 	for _, r := range m.clones {
+		if r.Warm {
+			continue
+		}
 		out = append(out, m.view(r))
 	}
 	m.mu.Unlock()

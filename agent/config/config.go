@@ -154,6 +154,13 @@ type Cloning struct {
 	// its clone.protection_expiring event is sent; 0 means 1440 (a day),
 	// as in Database Lab Engine.
 	ProtectionExpiryWarningMinutes uint `yaml:"protectionExpiryWarningMinutes"`
+	// HibernateAfterMinutes stops the postgres of a clone that had no
+	// connections for this long (fractions allowed, e.g. 0.5); the agent
+	// listens on the clone's port and the first connection starts it
+	// again. 0 (the default) never hibernates.
+	HibernateAfterMinutes float64 `yaml:"hibernateAfterMinutes"`
+	// Warm keeps started clones of the newest snapshot for creates.
+	Warm Warm `yaml:"warm"`
 }
 
 // DefaultExpiryWarningMinutes is the expiry warning when none is set.
@@ -167,6 +174,26 @@ func (c Cloning) ExpiryWarning() time.Duration {
 	}
 	const maxMinutes = uint64(math.MaxInt64 / int64(time.Minute))
 	return time.Duration(min(uint64(m), maxMinutes)) * time.Minute
+}
+
+// Warm is the pool of warm clones: started, idle clones of the newest
+// snapshot that a create with default settings takes (only its user is
+// set up), refilled in the background.
+type Warm struct {
+	// Count is how many warm clones to keep (0: none).
+	Count int `yaml:"count"`
+	// MaxMemoryMiB bounds the warm clones' memory (the proportional set
+	// size of their processes); no more are started while it would be
+	// exceeded. 0 means no bound beyond Count.
+	MaxMemoryMiB uint `yaml:"maxMemoryMiB"`
+}
+
+// HibernateAfter is HibernateAfterMinutes as a duration (0: never).
+func (c Cloning) HibernateAfter() time.Duration {
+	if c.HibernateAfterMinutes <= 0 || c.HibernateAfterMinutes > 1e9 {
+		return 0
+	}
+	return time.Duration(c.HibernateAfterMinutes * float64(time.Minute))
 }
 
 // Retrieval fills a pool with data.
@@ -601,6 +628,7 @@ var typeSections = map[string]string{
 	"config.CloneDefaults": "provision.cloneDefaults",
 	"config.Resources":     "provision.resources",
 	"config.Cloning":       "cloning",
+	"config.Warm":          "cloning.warm",
 	"config.Retrieval":     "retrieval",
 	"config.Physical":      "retrieval.physical",
 	"config.Source":        "retrieval.source",

@@ -115,6 +115,9 @@ func TestErrorsNameFieldAndFix(t *testing.T) {
 		{"bad cpu", base + "provision: {resources: {cpu: lots}}\n", []string{"provision.resources.cpu"}},
 		{"bad memory", base + "provision: {resources: {memory: 1Ki}}\n", []string{"provision.resources.memory", "at least 32Mi"}},
 		{"lease over max", base + "cloning: {protectionLeaseDurationMinutes: 100, protectionMaxDurationMinutes: 10}\n", []string{"cloning.protectionLeaseDurationMinutes (100) must not exceed protectionMaxDurationMinutes (10)"}},
+		{"negative hibernation", base + "cloning: {hibernateAfterMinutes: -1}\n", []string{"cloning.hibernateAfterMinutes (-1) must be between 0"}},
+		{"warm over ports", base + "provision: {portPool: {from: 6000, to: 6009}}\ncloning: {warm: {count: 11}}\n", []string{"cloning.warm.count (11) must be between 0 and the number of ports in provision.portPool (10)"}},
+		{"warm unknown key", base + "cloning: {warm: {size: 2}}\n", []string{`unknown key "size"`, "cloning.warm"}},
 		{"retrieval no source", base + "retrieval: {mode: logical}\n", []string{"retrieval.source: set connStr"}},
 		{"retrieval bad cron", base + "retrieval: {mode: logical, source: {connStr: 'host=x'}, refreshSchedule: 'every day'}\n", []string{"retrieval.refreshSchedule"}},
 		{"retrieval bad pool", base + "retrieval: {mode: logical, source: {connStr: 'host=x'}, pool: nope}\n", []string{`retrieval.pool "nope"`}},
@@ -291,5 +294,23 @@ func TestLeaseDoesNotOverflow(t *testing.T) {
 				t.Errorf("Lease() with %d minutes = %v; want %v", tc.minutes, got, tc.want)
 			}
 		})
+	}
+}
+
+// TestHibernationAndWarmKeys: fractional minutes of hibernation and the
+// warm section parse into what the clone manager uses.
+func TestHibernationAndWarmKeys(t *testing.T) {
+	c, err := Parse([]byte("pools: [{name: p, mode: btrfs, path: /p}]\nserver: {insecureNoAuth: true}\ncloning: {hibernateAfterMinutes: 0.5, warm: {count: 3, maxMemoryMiB: 256}}\n"), "test.yml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := c.Cloning.HibernateAfter(); got != 30*time.Second {
+		t.Errorf("hibernateAfterMinutes 0.5 is %v, want 30s", got)
+	}
+	if c.Cloning.Warm.Count != 3 || c.Cloning.Warm.MaxMemoryMiB != 256 {
+		t.Errorf("warm %+v, want count 3, maxMemoryMiB 256", c.Cloning.Warm)
+	}
+	if d, _ := Parse([]byte("pools: [{name: p, mode: btrfs, path: /p}]\nserver: {insecureNoAuth: true}\n"), "test.yml"); d == nil || d.Cloning.HibernateAfter() != 0 || d.Cloning.Warm.Count != 0 {
+		t.Errorf("defaults: hibernation and warm clones must be off")
 	}
 }

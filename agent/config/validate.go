@@ -117,6 +117,13 @@ func (c *Config) Validate() error {
 		bad("cloning.protectionLeaseDurationMinutes is 0 (forever) but protectionMaxDurationMinutes is %d: set a lease up to the maximum", cl.ProtectionMaxDurationMinutes)
 	}
 
+	if cl.HibernateAfterMinutes < 0 || cl.HibernateAfterMinutes > 1e9 {
+		bad("cloning.hibernateAfterMinutes (%g) must be between 0 (never hibernate) and 1e9 minutes", cl.HibernateAfterMinutes)
+	}
+	if cl.Warm.Count < 0 || cl.Warm.Count > c.Provision.PortPool.Size() {
+		bad("cloning.warm.count (%d) must be between 0 and the number of ports in provision.portPool (%d)", cl.Warm.Count, c.Provision.PortPool.Size())
+	}
+
 	r := c.Retrieval
 	if r.KeepSnapshots < 0 {
 		bad("retrieval.keepSnapshots (%d) must not be negative: set the number of newest snapshots to keep, or 0 to keep every snapshot", r.KeepSnapshots)

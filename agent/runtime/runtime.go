@@ -96,6 +96,10 @@ type Instance struct {
 	// Mount is the clone dataset's mountpoint (DataDir's parent), where the
 	// idmapped mount is stacked when User is a clone's own user.
 	Mount string
+	// BeforeExec, when set, runs after Start's preparations, right before
+	// postgres is executed (a hibernated clone's listener gives up the
+	// port there, as late as it can).
+	BeforeExec func()
 }
 
 // New builds a Runtime. When limits are configured it prepares and probes
@@ -232,6 +236,9 @@ func (r *Runtime) Start(ctx context.Context, inst Instance) error {
 	}
 	settings["hba_file"] = hba
 	settings["external_pid_file"] = ""
+	if inst.BeforeExec != nil {
+		inst.BeforeExec()
+	}
 	if err := c.Start(ctx, inst.Port, r.opt.ListenAddresses, settings); err != nil {
 		return err
 	}

@@ -310,11 +310,12 @@ func AsUser(uid, gid uint32, f func() error) error {
 	go func() {
 		runtime.LockOSThread()
 		if unix.Gettid() == unix.Getpid() {
-			// The process's main thread: Go never ends it but wedges it
-			// when its locked goroutine exits, so it would keep the
-			// dropped credentials for good (and /proc/PID/status, which
-			// shows the main thread's, would show the process as that
-			// user). Hold it while another thread does the work.
+			// The process's main thread cannot exit: a goroutine ending
+			// locked to it parks it for good, and with dropped credentials
+			// the process's leader would keep the uid, so that a process
+			// of that uid (a clone's COPY ... TO PROGRAM) could kill -9
+			// the agent. Drop them on another thread: this goroutine holds
+			// the main thread meanwhile, so the next one cannot get it.
 			err := AsUser(uid, gid, f)
 			runtime.UnlockOSThread()
 			done <- err

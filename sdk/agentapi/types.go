@@ -101,6 +101,10 @@ type Clone struct {
 	// a clone's replicas (Thinlab additions).
 	ReplicaOf string   `json:"replicaOf,omitempty"`
 	Replicas  []string `json:"replicas,omitempty"`
+	// Hibernated tells that the clone's postgres is stopped until the next
+	// connection to its port, which starts it (Thinlab addition; the
+	// status stays OK, as DLE clients expect).
+	Hibernated bool `json:"hibernated,omitempty"`
 }
 
 // ClonePointInTime is a recovery target: Time (RFC 3339, fractions
@@ -330,6 +334,27 @@ type Cloning struct {
 	Clones                         []Clone `json:"clones"`
 	ProtectionLeaseDurationMinutes uint    `json:"protectionLeaseDurationMinutes"`
 	ProtectionMaxDurationMinutes   uint    `json:"protectionMaxDurationMinutes"`
+
+	// NumHibernated counts the clones whose postgres sleeps until their
+	// next connection; Warm is the pool of started clones kept for
+	// creates (Thinlab additions).
+	NumHibernated int         `json:"numHibernated,omitempty"`
+	Warm          *WarmClones `json:"warm,omitempty"`
+}
+
+// WarmClones is the agent's pool of warm clones (Thinlab addition): Target
+// is cloning.warm.count, Ready are waiting to be taken, Starting being
+// built, of SnapshotID; MemoryBytes is their processes' proportional set
+// size, MaxMemoryBytes the bound (0: none); Taken counts creates they
+// served since the agent started.
+type WarmClones struct {
+	Target         int    `json:"target"`
+	Ready          int    `json:"ready"`
+	Starting       int    `json:"starting"`
+	SnapshotID     string `json:"snapshotID,omitempty"`
+	MemoryBytes    uint64 `json:"memoryBytes"`
+	MaxMemoryBytes uint64 `json:"maxMemoryBytes"`
+	Taken          uint64 `json:"taken"`
 }
 
 // Retrieving is the data retrieval state (also GET /instance/retrieval).
