@@ -76,6 +76,8 @@ type Pool struct {
 	log     *slog.Logger
 	mu      sync.Mutex
 	sizes   spacecache.Cache
+	// receiving holds the names of snapshots being received (ship.go).
+	receiving map[string]bool
 }
 
 var _ storage.Pool = (*Pool)(nil)
@@ -132,6 +134,7 @@ func Open(ctx context.Context, cfg Config) (*Pool, error) {
 	}
 	sidecar.RemoveTemps(p.snapDir)
 	sidecar.RemoveTemps(cfg.ClonesDir)
+	p.removeReceiveLeftovers()
 	return p, nil
 }
 

@@ -1,0 +1,194 @@
+package btrfs
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/thinlab/thinlab/agent/storage"
+	"github.com/thinlab/thinlab/agent/storage/sidecar"
+	"github.com/thinlab/thinlab/internal/command"
+)
+
+// receivingPrefix names the directory (in Path/snapshots) a stream is
+// received into; Scan skips dot-prefixed names and Open removes them.
+const receivingPrefix = ".receiving-"
+
+var _ storage.Shipper = (*Pool)(nil)
+
+// ShipFormat implements storage.Shipper: btrfs send streams.
+func (p *Pool) ShipFormat() string { return storage.ShipBtrfs }
+
+// Incremental implements storage.Shipper: `btrfs send -p`.
+func (p *Pool) Incremental() bool { return true }
+
+// SendSnapshot implements storage.Shipper with `btrfs send [-p base]`.
+func (p *Pool) SendSnapshot(ctx context.Context, id, baseID string, w io.Writer) error {
+	name, err := p.layout.SnapshotName(id)
+	if err != nil {
+		return err
+	}
+	dir := filepath.Join(p.snapDir, name)
+	if !isSubvolume(dir) {
+		return fmt.Errorf("%w: snapshot %s", storage.ErrNotFound, id)
+	}
+	args := []string{"-q", "send"}
+	if baseID != "" {
+		baseName, err := p.layout.SnapshotName(baseID)
+		if err != nil {
+			return err
+		}
+		base := filepath.Join(p.snapDir, baseName)
+		if !isSubvolume(base) {
+			return fmt.Errorf("%w: base snapshot %s", storage.ErrNotFound, baseID)
+		}
+		args = append(args, "-p", base)
+	}
+	args = append(args, dir)
+	if _, err := p.cfg.Runner.RunCmd(ctx, command.Cmd{Name: "btrfs", Args: args, Stdout: w}); err != nil {
+		return fmt.Errorf("send snapshot %s: %w", id, err)
+	}
+	return nil
+}
+
+// ReceiveSnapshot implements storage.Shipper. `btrfs receive` runs
+// chrooted (-C) into a fresh directory of its own, so a hostile stream
+// writes nowhere else; the result must be exactly one read-only subvolume
+// of the announced name, which is then renamed into Path/snapshots.
+func (p *Pool) ReceiveSnapshot(ctx context.Context, m storage.ShippedSnapshot, r io.Reader, verify func() error) (storage.Snapshot, error) {
+	id := p.cfg.Name + "@" + m.Name
+	if _, err := p.layout.SnapshotName(id); err != nil {
+		return storage.Snapshot{}, err
+	}
+	meta := sidecar.SnapshotMeta{ID: id, CreatedAt: m.CreatedAt, DataStateAt: m.DataStateAt, Message: m.Message, Labels: m.Labels}
+	if err := meta.Validate(); err != nil {
+		return storage.Snapshot{}, err
+	}
+	dst := filepath.Join(p.snapDir, m.Name)
+
+	p.mu.Lock()
+	if _, err := os.Lstat(dst); err == nil || p.receiving[m.Name] {
+		p.mu.Unlock()
+		return storage.Snapshot{}, fmt.Errorf("%w: snapshot %s", storage.ErrExists, id)
+	}
+	if p.receiving == nil {
+		p.receiving = map[string]bool{}
+	}
+	p.receiving[m.Name] = true
+	p.mu.Unlock()
+	defer func() {
+		p.mu.Lock()
+		delete(p.receiving, m.Name)
+		p.mu.Unlock()
+	}()
+
+	suffix := make([]byte, 4)
+	_, _ = rand.Read(suffix)
+	tmp := filepath.Join(p.snapDir, receivingPrefix+m.Name+"-"+hex.EncodeToString(suffix))
+	if err := os.Mkdir(tmp, 0o700); err != nil {
+		return storage.Snapshot{}, classify(err)
+	}
+	published := false
+	defer func() {
+		if !published {
+			p.removeReceiving(tmp)
+		}
+	}()
+	if _, err := p.cfg.Runner.RunCmd(ctx, command.Cmd{Name: "btrfs", Args: []string{"-q", "receive", "-C", tmp}, Stdin: r}); err != nil {
+		if verr := verify(); verr != nil {
+			return storage.Snapshot{}, fmt.Errorf("receive snapshot %s: %w", id, verr)
+		}
+		return storage.Snapshot{}, fmt.Errorf("receive snapshot %s: %w", id, classify(err))
+	}
+	if err := verify(); err != nil {
+		return storage.Snapshot{}, fmt.Errorf("receive snapshot %s: %w", id, err)
+	}
+	entries, err := os.ReadDir(tmp)
+	if err != nil {
+		return storage.Snapshot{}, err
+	}
+	got := filepath.Join(tmp, m.Name)
+	if len(entries) != 1 || entries[0].Name() != m.Name || !isSubvolume(got) {
+		return storage.Snapshot{}, fmt.Errorf("receive snapshot %s: the stream did not hold exactly one subvolume named %s", id, m.Name)
+	}
+	out, err := p.cfg.Runner.Run(ctx, "btrfs", "property", "get", "-ts", got, "ro")
+	if err != nil {
+		return storage.Snapshot{}, fmt.Errorf("receive snapshot %s: %w", id, err)
+	}
+	if strings.TrimSpace(string(out)) != "ro=true" {
+		return storage.Snapshot{}, fmt.Errorf("receive snapshot %s: the received subvolume is not read-only (incomplete stream)", id)
+	}
+
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if _, err := os.Lstat(dst); err == nil {
+		return storage.Snapshot{}, fmt.Errorf("%w: snapshot %s", storage.ErrExists, id)
+	}
+	if err := sidecar.Write(dst+".json", meta); err != nil {
+		return storage.Snapshot{}, fmt.Errorf("snapshot %s: %w", id, err)
+	}
+	if err := os.Rename(got, dst); err != nil {
+		_ = os.Remove(dst + ".json") // best effort: a sidecar without its subvolume is ignored
+		return storage.Snapshot{}, fmt.Errorf("publish snapshot %s: %w", id, err)
+	}
+	published = true
+	if err := os.Remove(tmp); err != nil {
+		p.log.Warn("receive directory left behind", "path", tmp, "err", err)
+	}
+	p.log.Info("snapshot received", "id", id, "base", m.Base)
+	var snaps []sidecar.SnapshotEntry
+	snaps = append(snaps, sidecar.SnapshotEntry{Name: m.Name, Dir: dst, Meta: meta})
+	_, clones, err := p.layout.Scan()
+	if err != nil {
+		return storage.Snapshot{}, err
+	}
+	list, err := p.snapshots(ctx, snaps, clones)
+	if err != nil {
+		return storage.Snapshot{}, err
+	}
+	return list[0], nil
+}
+
+// removeReceiving deletes a receive directory and whatever subvolumes a
+// stream made in it. It runs on a fresh context: the caller's may be what
+// failed.
+func (p *Pool) removeReceiving(dir string) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	entries, _ := os.ReadDir(dir)
+	for _, e := range entries {
+		sub := filepath.Join(dir, e.Name())
+		if isSubvolume(sub) {
+			// A half-received subvolume is writable; a complete one is
+			// read-only and is deleted all the same.
+			if err := p.btrfs(ctx, "subvolume", "delete", sub); err != nil {
+				p.log.Error("cleanup of received subvolume", "path", sub, "err", err)
+			}
+		}
+	}
+	if err := os.RemoveAll(dir); err != nil && !errors.Is(err, os.ErrNotExist) {
+		p.log.Error("cleanup of receive directory", "path", dir, "err", err)
+	}
+}
+
+// removeReceiveLeftovers deletes what receives a crash interrupted left.
+func (p *Pool) removeReceiveLeftovers() {
+	entries, err := os.ReadDir(p.snapDir)
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), receivingPrefix) {
+			dir := filepath.Join(p.snapDir, e.Name())
+			p.log.Warn("removing leftover of an interrupted snapshot receive", "path", dir)
+			p.removeReceiving(dir)
+		}
+	}
+}
