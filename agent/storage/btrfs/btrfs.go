@@ -273,6 +273,7 @@ func (p *Pool) DestroySnapshot(ctx context.Context, id string, force bool) error
 		return fmt.Errorf("destroy snapshot %s: %w", id, err)
 	}
 	p.sizes.Forget(dir)
+	p.removeAnchor(name)
 	if err := os.Remove(dir + ".json"); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		p.log.Warn("snapshot sidecar left behind", "path", dir+".json", "err", err)
 	}

@@ -17,9 +17,24 @@ import (
 	"github.com/thinlab/thinlab/internal/command"
 )
 
+// removeAnchor deletes the received subvolume kept for snapshot name, if
+// any (DestroySnapshot).
+func (p *Pool) removeAnchor(name string) {
+	anchor := filepath.Join(p.snapDir, receivedPrefix+name)
+	if _, err := os.Lstat(anchor); err == nil {
+		p.removeReceiving(anchor)
+	}
+}
+
 // receivingPrefix names the directory (in Path/snapshots) a stream is
 // received into; Scan skips dot-prefixed names and Open removes them.
 const receivingPrefix = ".receiving-"
+
+// receivedPrefix names the directory (Path/snapshots/.received-<name>)
+// that keeps the received subvolume a snapshot was made of: it carries
+// the received UUID by which `btrfs receive` finds the base of the next
+// incremental stream. DestroySnapshot removes it with its snapshot.
+const receivedPrefix = ".received-"
 
 var _ storage.Shipper = (*Pool)(nil)
 
@@ -126,6 +141,12 @@ func (p *Pool) ReceiveSnapshot(ctx context.Context, m storage.ShippedSnapshot, r
 		return storage.Snapshot{}, fmt.Errorf("receive snapshot %s: the received subvolume is not read-only (incomplete stream)", id)
 	}
 
+	// A read-only subvolume cannot be moved to another directory, and
+	// making it writable for the move would drop its received UUID, by
+	// which the next incremental stream finds its base. So the received
+	// subvolume stays where it is (its directory renamed to the anchor
+	// name) and the snapshot is a read-only snapshot of it: one metadata
+	// operation, no data copied.
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if _, err := os.Lstat(dst); err == nil {
@@ -134,13 +155,16 @@ func (p *Pool) ReceiveSnapshot(ctx context.Context, m storage.ShippedSnapshot, r
 	if err := sidecar.Write(dst+".json", meta); err != nil {
 		return storage.Snapshot{}, fmt.Errorf("snapshot %s: %w", id, err)
 	}
-	if err := os.Rename(got, dst); err != nil {
-		_ = os.Remove(dst + ".json") // best effort: a sidecar without its subvolume is ignored
+	if err := p.btrfs(ctx, "subvolume", "snapshot", "-r", got, dst); err != nil {
+		p.undo(dst)
 		return storage.Snapshot{}, fmt.Errorf("publish snapshot %s: %w", id, err)
 	}
 	published = true
-	if err := os.Remove(tmp); err != nil {
-		p.log.Warn("receive directory left behind", "path", tmp, "err", err)
+	anchor := filepath.Join(p.snapDir, receivedPrefix+m.Name)
+	if err := os.Rename(tmp, anchor); err != nil {
+		// Only later incremental streams onto this snapshot need it.
+		p.log.Warn("received subvolume not kept: incremental streams based on this snapshot will fail", "path", tmp, "err", err)
+		p.removeReceiving(tmp)
 	}
 	p.log.Info("snapshot received", "id", id, "base", m.Base)
 	var snaps []sidecar.SnapshotEntry
@@ -178,14 +202,16 @@ func (p *Pool) removeReceiving(dir string) {
 	}
 }
 
-// removeReceiveLeftovers deletes what receives a crash interrupted left.
+// removeReceiveLeftovers deletes what receives a crash interrupted left,
+// and anchors whose snapshot is gone.
 func (p *Pool) removeReceiveLeftovers() {
 	entries, err := os.ReadDir(p.snapDir)
 	if err != nil {
 		return
 	}
 	for _, e := range entries {
-		if strings.HasPrefix(e.Name(), receivingPrefix) {
+		orphan := strings.HasPrefix(e.Name(), receivedPrefix) && !isSubvolume(filepath.Join(p.snapDir, strings.TrimPrefix(e.Name(), receivedPrefix)))
+		if strings.HasPrefix(e.Name(), receivingPrefix) || orphan {
 			dir := filepath.Join(p.snapDir, e.Name())
 			p.log.Warn("removing leftover of an interrupted snapshot receive", "path", dir)
 			p.removeReceiving(dir)

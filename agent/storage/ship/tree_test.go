@@ -1,0 +1,115 @@
+package ship_test
+
+import (
+	"archive/tar"
+	"bytes"
+	"errors"
+	"os"
+	"path/filepath"
+	"syscall"
+	"testing"
+
+	"github.com/thinlab/thinlab/agent/storage"
+	"github.com/thinlab/thinlab/agent/storage/ship"
+	"github.com/thinlab/thinlab/internal/testenv"
+)
+
+func tarOf(t *testing.T, hdrs ...*tar.Header) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	for _, h := range hdrs {
+		if h.Typeflag == tar.TypeReg && h.Size == 0 {
+			h.Size = 2
+		}
+		if err := tw.WriteHeader(h); err != nil {
+			t.Fatal(err)
+		}
+		if h.Typeflag == tar.TypeReg {
+			if _, err := tw.Write([]byte("hi")); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+func dirH(name string) *tar.Header {
+	return &tar.Header{Name: name, Typeflag: tar.TypeDir, Mode: 0o700}
+}
+func fileH(name string, mode int64) *tar.Header {
+	return &tar.Header{Name: name, Typeflag: tar.TypeReg, Mode: mode}
+}
+func linkH(name, target string) *tar.Header {
+	return &tar.Header{Name: name, Typeflag: tar.TypeSymlink, Linkname: target, Mode: 0o777}
+}
+
+// TestReadTreeRefusesHostileEntries feeds ReadTree the entries a hostile
+// sender could put in a reflink snapshot stream: each is refused and
+// nothing is written outside the target directory.
+func TestReadTreeRefusesHostileEntries(t *testing.T) {
+	testenv.NeedsRoot(t, "root, to give received files their owner")
+	cases := map[string][]*tar.Header{
+		"absolute name":           {fileH("/etc/evil", 0o644)},
+		"dot-dot name":            {fileH("../evil", 0o644)},
+		"dot-dot inside":          {dirH("a/"), fileH("a/../../evil", 0o644)},
+		"absolute symlink":        {linkH("pg_wal", "/etc")},
+		"symlink out":             {linkH("up", "../..")},
+		"symlink with dot-dot":    {dirH("d/"), linkH("d/l", "../x")},
+		"write through a symlink": {dirH("d/"), linkH("l", "d"), fileH("l/f", 0o644)},
+		"name twice":              {fileH("f", 0o644), fileH("f", 0o644)},
+		"parent never created":    {fileH("nodir/f", 0o644)},
+		"hard link":               {fileH("f", 0o644), {Name: "g", Typeflag: tar.TypeLink, Linkname: "f"}},
+		"character device":        {{Name: "null", Typeflag: tar.TypeChar, Devmajor: 1, Devminor: 3, Mode: 0o666}},
+		"block device":            {{Name: "sda", Typeflag: tar.TypeBlock, Devmajor: 8, Mode: 0o666}},
+		"fifo":                    {{Name: "p", Typeflag: tar.TypeFifo, Mode: 0o666}},
+	}
+	for name, hdrs := range cases {
+		t.Run(name, func(t *testing.T) {
+			outer := t.TempDir()
+			dir := filepath.Join(outer, "tree")
+			if err := os.Mkdir(dir, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			err := ship.ReadTree(t.Context(), bytes.NewReader(tarOf(t, hdrs...)), dir, nil)
+			if !errors.Is(err, ship.ErrHostileEntry) {
+				t.Fatalf("ReadTree: %v, want ErrHostileEntry", err)
+			}
+			entries, _ := os.ReadDir(outer)
+			if len(entries) != 1 {
+				t.Errorf("entries next to the target directory: %v, want only tree", entries)
+			}
+		})
+	}
+
+	t.Run("setuid dropped, owner applied", func(t *testing.T) {
+		dir := t.TempDir()
+		owner := &storage.Owner{UID: 12345, GID: 12346}
+		err := ship.ReadTree(t.Context(), bytes.NewReader(tarOf(t, dirH("d/"), fileH("d/suid", 0o4755), linkH("d/l", "suid"))), dir, owner)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st, err := os.Stat(filepath.Join(dir, "d", "suid"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Mode()&(os.ModeSetuid|os.ModeSetgid|os.ModeSticky) != 0 || st.Mode().Perm() != 0o755 {
+			t.Errorf("received file mode %v, want -rwxr-xr-x without setuid", st.Mode())
+		}
+		if uid, gid := fileOwner(t, filepath.Join(dir, "d", "suid")); uid != owner.UID || gid != owner.GID {
+			t.Errorf("received file owned by %d:%d, want the pool's owner %d:%d", uid, gid, owner.UID, owner.GID)
+		}
+	})
+}
+
+func fileOwner(t *testing.T, path string) (int, int) {
+	t.Helper()
+	var st syscall.Stat_t
+	if err := syscall.Lstat(path, &st); err != nil {
+		t.Fatal(err)
+	}
+	return int(st.Uid), int(st.Gid)
+}
