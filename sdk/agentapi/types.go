@@ -464,3 +464,27 @@ type TableDiff struct {
 	RowsTo        *int64 `json:"rowsTo"`
 	SchemaChanged bool   `json:"schemaChanged"`
 }
+
+// ShipRequest is the body of POST /snapshots/ship (Thinlab): send
+// snapshot ID (with Base, only the changes since that snapshot where the
+// pool can) to another agent, which imports it.
+type ShipRequest struct {
+	ID   string     `json:"id"`
+	Base string     `json:"base,omitempty"`
+	To   ShipTarget `json:"to"`
+}
+
+// ShipTarget is the receiving agent: its API URL, its verification token
+// and the pool to import into (empty: its first pool).
+type ShipTarget struct {
+	URL   string `json:"url"`
+	Token string `json:"token"`
+	Pool  string `json:"pool,omitempty"`
+}
+
+// ShipResult answers POST /snapshots/ship: the snapshot as the receiver
+// made it, and the base the stream was against (empty: a full stream).
+type ShipResult struct {
+	Snapshot Snapshot `json:"snapshot"`
+	Base     string   `json:"base,omitempty"`
+}

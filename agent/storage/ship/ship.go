@@ -67,9 +67,11 @@ func shipper(p storage.Pool) (storage.Shipper, error) {
 }
 
 // Send writes snapshot id of p to w as a stream; with baseID, only the
-// changes since that snapshot where the backend can (btrfs). The returned
-// Header says what was sent (Base empty for a full stream).
-func Send(ctx context.Context, p storage.Pool, id, baseID string, w io.Writer) (Header, error) {
+// changes since that snapshot where the backend can (btrfs). labels, when
+// not nil, are sent instead of the pool's (the agent keeps a snapshot's
+// API labels apart from the pool). The returned Header says what was
+// sent (Base empty for a full stream).
+func Send(ctx context.Context, p storage.Pool, id, baseID string, labels map[string]string, w io.Writer) (Header, error) {
 	sh, err := shipper(p)
 	if err != nil {
 		return Header{}, err
@@ -83,6 +85,9 @@ func Send(ctx context.Context, p storage.Pool, id, baseID string, w io.Writer) (
 		return Header{}, err
 	}
 	h := Header{Format: sh.ShipFormat(), Pool: p.Name(), Name: name, CreatedAt: sn.CreatedAt, DataStateAt: sn.DataStateAt, Message: sn.Message, Labels: sn.Labels}
+	if labels != nil {
+		h.Labels = labels
+	}
 	if baseID != "" && sh.Incremental() {
 		base, err := p.GetSnapshot(ctx, baseID)
 		if err != nil {

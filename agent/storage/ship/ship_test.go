@@ -61,7 +61,7 @@ func readClone(t *testing.T, p storage.Pool, id, name string) string {
 func send(t *testing.T, p storage.Pool, id, base string) []byte {
 	t.Helper()
 	var buf bytes.Buffer
-	if _, err := ship.Send(ctxOf(t), p, id, base, &buf); err != nil {
+	if _, err := ship.Send(ctxOf(t), p, id, base, nil, &buf); err != nil {
 		t.Fatalf("send %s (base %q): %v", id, base, err)
 	}
 	return buf.Bytes()
