@@ -13,6 +13,7 @@ import (
 	"github.com/gin-gonic/gin"
 
 	"github.com/thinlab/thinlab/agent/events"
+	"github.com/thinlab/thinlab/agent/shipstore"
 	"github.com/thinlab/thinlab/agent/snapshot"
 	"github.com/thinlab/thinlab/agent/storage"
 	"github.com/thinlab/thinlab/agent/storage/ship"
@@ -98,19 +99,33 @@ func (s *Server) exportSnapshot(c *gin.Context) {
 // whole stream arrived intact.
 func (s *Server) importSnapshot(c *gin.Context) {
 	longTransfer(c)
+	p, ok := s.importPool(c, c.Query("pool"))
+	if !ok {
+		return
+	}
+	s.receive(c, c.Request.Context(), p, c.Request.Body)
+}
+
+// importPool is the pool named (the first when empty) if it can import.
+func (s *Server) importPool(c *gin.Context, name string) (storage.Pool, bool) {
 	p := s.pools[0]
-	if name := c.Query("pool"); name != "" {
+	if name != "" {
 		var ok bool
 		if p, ok = s.clones.Pool(name); !ok {
 			badRequest(c, "pool", fmt.Sprintf("pool %q not found: use a pool name from GET /status", name))
-			return
+			return nil, false
 		}
 	}
 	if _, ok := p.(storage.Shipper); !ok {
 		badRequest(c, "pool", fmt.Sprintf("pool %q is %s: snapshots are imported into btrfs and reflink pools only", p.Name(), p.Mode()))
-		return
+		return nil, false
 	}
-	sn, err := ship.Receive(c.Request.Context(), p, c.Request.Body)
+	return p, true
+}
+
+// receive makes the snapshot of stream r in p and answers 201 with it.
+func (s *Server) receive(c *gin.Context, ctx context.Context, p storage.Pool, r io.Reader) { //nolint:revive // gin's context first, as in every handler
+	sn, err := ship.Receive(ctx, p, r)
 	switch {
 	case errors.Is(err, storage.ErrExists):
 		conflict(c, fmt.Sprintf("pool %q already has this snapshot: %v", p.Name(), err))
@@ -137,21 +152,40 @@ func (s *Server) importSnapshot(c *gin.Context) {
 }
 
 // shipSnapshot is POST /snapshots/ship (Thinlab): export a snapshot
-// straight into another agent's POST /snapshots/import.
+// straight into another agent's POST /snapshots/import, or into the
+// configured object storage (shipping.s3).
 func (s *Server) shipSnapshot(c *gin.Context) {
 	longTransfer(c)
 	var req agentapi.ShipRequest
 	if !readJSON(c, &req) {
 		return
 	}
-	u, err := url.Parse(req.To.URL)
-	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
-		badRequest(c, "to.url", fmt.Sprintf("to.url %q: give the receiving agent's API URL (https://host:port)", req.To.URL))
+	if (req.To == nil) == (req.S3 == nil) {
+		badRequest(c, "to", "give exactly one of to (another agent: url, token, pool) and s3 (a key in shipping.s3)")
 		return
 	}
-	if req.To.Token == "" {
-		badRequest(c, "to.token", "to.token is empty: give the receiving agent's verification token")
-		return
+	var u *url.URL
+	var store *shipstore.Store
+	if req.To != nil {
+		var err error
+		u, err = url.Parse(req.To.URL)
+		if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+			badRequest(c, "to.url", fmt.Sprintf("to.url %q: give the receiving agent's API URL (https://host:port)", req.To.URL))
+			return
+		}
+		if req.To.Token == "" {
+			badRequest(c, "to.token", "to.token is empty: give the receiving agent's verification token")
+			return
+		}
+	} else {
+		if err := shipstore.CheckKey(req.S3.Key); err != nil {
+			badRequest(c, "s3.key", err.Error())
+			return
+		}
+		var ok bool
+		if store, ok = s.shipStore(c); !ok {
+			return
+		}
 	}
 	p, sn, ok := s.shipSource(c, req.ID, req.Base)
 	if !ok {
@@ -166,6 +200,21 @@ func (s *Server) shipSnapshot(c *gin.Context) {
 		sent <- h
 		_ = pw.CloseWithError(err) // err nil: a clean end of the stream
 	}()
+
+	if store != nil {
+		n, err := store.Put(ctx, req.S3.Key, pr)
+		_ = pr.CloseWithError(errors.New("upload done")) // unblocks the sender if the upload stopped early
+		h := <-sent
+		if err != nil {
+			s.log.Error("snapshot export to S3 failed", "snapshot", sn.ID, "key", req.S3.Key, "request_id", requestIDOf(c), "err", err)
+			writeError(c, http.StatusBadGateway, agentapi.CodeInternal, "the export to shipping.s3 failed (nothing was stored), request id "+requestIDOf(c), "s3")
+			return
+		}
+		s.log.Info("snapshot exported to S3", "snapshot", sn.ID, "base", h.Base, "key", req.S3.Key, "bytes", n)
+		c.JSON(http.StatusOK, agentapi.ShipResult{Base: h.Base, Key: req.S3.Key, Bytes: n})
+		return
+	}
+
 	remote := &agentapi.Client{BaseURL: req.To.URL, Token: req.To.Token}
 	got, err := remote.ImportSnapshot(ctx, req.To.Pool, pr)
 	_ = pr.CloseWithError(errors.New("receiver done")) // unblocks the sender if the receiver stopped early
@@ -181,5 +230,54 @@ func (s *Server) shipSnapshot(c *gin.Context) {
 		return
 	}
 	s.log.Info("snapshot shipped", "snapshot", sn.ID, "base", h.Base, "to", u.Host, "as", got.ID)
-	c.JSON(http.StatusOK, agentapi.ShipResult{Snapshot: *got, Base: h.Base})
+	c.JSON(http.StatusOK, agentapi.ShipResult{Snapshot: got, Base: h.Base})
+}
+
+// shipStore opens shipping.s3, answering 400 when it is not configured.
+func (s *Server) shipStore(c *gin.Context) (*shipstore.Store, bool) {
+	if s.cfg.Shipping.S3.Endpoint == "" {
+		badRequest(c, "s3", "shipping.s3 is not configured on this agent: set shipping.s3 (endpoint, bucket, credentials' environment variables) in its config")
+		return nil, false
+	}
+	st, err := shipstore.New(s.cfg.Shipping.S3)
+	if err != nil {
+		s.internalError(c, err)
+		return nil, false
+	}
+	return st, true
+}
+
+// fetchSnapshot is POST /snapshots/fetch (Thinlab): import a stream that
+// POST /snapshots/ship stored in shipping.s3.
+func (s *Server) fetchSnapshot(c *gin.Context) {
+	longTransfer(c)
+	var req agentapi.FetchRequest
+	if !readJSON(c, &req) {
+		return
+	}
+	if err := shipstore.CheckKey(req.S3.Key); err != nil {
+		badRequest(c, "s3.key", err.Error())
+		return
+	}
+	p, ok := s.importPool(c, req.Pool)
+	if !ok {
+		return
+	}
+	store, ok := s.shipStore(c)
+	if !ok {
+		return
+	}
+	ctx, cancel := context.WithTimeout(c.Request.Context(), shipTimeout)
+	defer cancel()
+	body, err := store.Get(ctx, req.S3.Key)
+	if errors.Is(err, shipstore.ErrNotFound) {
+		notFound(c, fmt.Sprintf("s3.key %q: no such object in shipping.s3", req.S3.Key))
+		return
+	}
+	if err != nil {
+		s.internalError(c, err)
+		return
+	}
+	defer func() { _ = body.Close() }()
+	s.receive(c, ctx, p, body)
 }

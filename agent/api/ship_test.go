@@ -3,13 +3,18 @@ package api_test
 import (
 	"bytes"
 	"errors"
+	"io"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/thinlab/thinlab/agent/clone/clonetest"
+	"github.com/thinlab/thinlab/agent/config"
+	"github.com/thinlab/thinlab/agent/retrieval/retrievaltest"
+	"github.com/thinlab/thinlab/agent/shipstore"
 	"github.com/thinlab/thinlab/sdk/agentapi"
 )
 
@@ -27,7 +32,7 @@ func TestShipBetweenAgents(t *testing.T) {
 	if _, err := src.client.UpdateSnapshot(src.ctx, src.snaps[0].ID, agentapi.PatchSnapshotRequest{Labels: &labels}); err != nil {
 		t.Fatal(err)
 	}
-	res, err := src.client.ShipSnapshot(src.ctx, agentapi.ShipRequest{ID: src.snaps[0].ID, To: target})
+	res, err := src.client.ShipSnapshot(src.ctx, agentapi.ShipRequest{ID: src.snaps[0].ID, To: &target})
 	if err != nil {
 		t.Fatalf("ship: %v", err)
 	}
@@ -41,7 +46,7 @@ func TestShipBetweenAgents(t *testing.T) {
 
 	// Second snapshot, shipped as the changes since the first.
 	s2 := clonetest.Fill(t, src.pool, "insert into t values (2)")
-	res2, err := src.client.ShipSnapshot(src.ctx, agentapi.ShipRequest{ID: s2.ID, Base: src.snaps[0].ID, To: target})
+	res2, err := src.client.ShipSnapshot(src.ctx, agentapi.ShipRequest{ID: s2.ID, Base: src.snaps[0].ID, To: &target})
 	if err != nil {
 		t.Fatalf("incremental ship: %v", err)
 	}
@@ -101,12 +106,12 @@ func TestShipBetweenAgents(t *testing.T) {
 			status int
 			field  string
 		}{
-			{"no url", agentapi.ShipRequest{ID: src.snaps[0].ID, To: agentapi.ShipTarget{Token: token}}, http.StatusBadRequest, "to.url"},
-			{"no token", agentapi.ShipRequest{ID: src.snaps[0].ID, To: agentapi.ShipTarget{URL: dst.http.URL}}, http.StatusBadRequest, "to.token"},
-			{"unknown snapshot", agentapi.ShipRequest{ID: src.pool.Name() + "@snapshot_20000101000000", To: target}, http.StatusNotFound, ""},
-			{"base of another pool", agentapi.ShipRequest{ID: src.snaps[0].ID, Base: "other@snapshot_20000101000000", To: target}, http.StatusBadRequest, "base"},
-			{"wrong token", agentapi.ShipRequest{ID: src.snaps[0].ID, To: agentapi.ShipTarget{URL: dst.http.URL, Token: "wrong"}}, http.StatusBadGateway, "to"},
-			{"already there", agentapi.ShipRequest{ID: src.snaps[0].ID, To: target}, http.StatusBadGateway, "to"},
+			{"no url", agentapi.ShipRequest{ID: src.snaps[0].ID, To: &agentapi.ShipTarget{Token: token}}, http.StatusBadRequest, "to.url"},
+			{"no token", agentapi.ShipRequest{ID: src.snaps[0].ID, To: &agentapi.ShipTarget{URL: dst.http.URL}}, http.StatusBadRequest, "to.token"},
+			{"unknown snapshot", agentapi.ShipRequest{ID: src.pool.Name() + "@snapshot_20000101000000", To: &target}, http.StatusNotFound, ""},
+			{"base of another pool", agentapi.ShipRequest{ID: src.snaps[0].ID, Base: "other@snapshot_20000101000000", To: &target}, http.StatusBadRequest, "base"},
+			{"wrong token", agentapi.ShipRequest{ID: src.snaps[0].ID, To: &agentapi.ShipTarget{URL: dst.http.URL, Token: "wrong"}}, http.StatusBadGateway, "to"},
+			{"already there", agentapi.ShipRequest{ID: src.snaps[0].ID, To: &target}, http.StatusBadGateway, "to"},
 		} {
 			t.Run(tc.name, func(t *testing.T) {
 				_, err := src.client.ShipSnapshot(src.ctx, tc.req)
@@ -121,4 +126,82 @@ func TestShipBetweenAgents(t *testing.T) {
 			t.Errorf("import of garbage: %d %s, want 400", status, body)
 		}
 	})
+}
+
+// TestShipThroughS3 exports a snapshot into MinIO (shipping.s3) and
+// imports it on another agent; an export cut midway stores nothing.
+func TestShipThroughS3(t *testing.T) {
+	m := retrievaltest.StartMinIO(t)
+	m.Put(t, "ship", "readme", []byte("snapshot streams"))
+	t.Setenv("SHIP_TEST_KEY_ID", m.Creds.AccessKeyID)
+	t.Setenv("SHIP_TEST_SECRET", m.Creds.SecretAccessKey)
+	s3cfg := config.ShippingS3{S3: config.S3{Endpoint: m.Endpoint, AccessKeyIDEnv: "SHIP_TEST_KEY_ID", SecretAccessKeyEnv: "SHIP_TEST_SECRET"}, Bucket: "ship", Prefix: "agents/"}
+
+	src := newEnv(t, 1, []string{"create table t (x int)", "insert into t values (1), (2)"})
+	dst := newEnv(t, 2)
+	src.cfg.Shipping.S3 = s3cfg
+	dst.cfg.Shipping.S3 = s3cfg
+
+	res, err := src.client.ShipSnapshot(src.ctx, agentapi.ShipRequest{ID: src.snaps[0].ID, S3: &agentapi.S3Object{Key: "src/s1"}})
+	if err != nil {
+		t.Fatalf("ship to S3: %v", err)
+	}
+	if res.Key != "src/s1" || res.Bytes == 0 {
+		t.Errorf("ship to S3 answered %+v, want key src/s1 and the stream's size", res)
+	}
+	sn, err := dst.client.FetchSnapshot(dst.ctx, agentapi.FetchRequest{S3: agentapi.S3Object{Key: "src/s1"}})
+	if err != nil {
+		t.Fatalf("fetch from S3: %v", err)
+	}
+	c := dst.createOK(dst.createReq("froms3", sn.ID))
+	if got := query(dst.ctx, t, c, goodPassword, "select count(*)::text from t"); got != "2" {
+		t.Errorf("clone of the snapshot fetched from S3 has %s rows, want 2", got)
+	}
+
+	// A stream that breaks off: the store must not publish the object.
+	store := shipstore.NewWithCredentials(mustURL(t, m.Endpoint), "", "ship", "agents/", m.Creds)
+	if _, err := store.Put(t.Context(), "cut", io.MultiReader(bytes.NewReader(make([]byte, shipstore.PartSize+10)), errReader{})); err == nil {
+		t.Fatal("Put of a failing reader succeeded")
+	}
+	if _, err := store.Get(t.Context(), "cut"); !errors.Is(err, shipstore.ErrNotFound) {
+		t.Errorf("after a failed upload, Get: %v, want ErrNotFound", err)
+	}
+
+	for _, tc := range []struct {
+		name  string
+		run   func() error
+		field string
+	}{
+		{"bad key", func() error {
+			_, err := src.client.ShipSnapshot(src.ctx, agentapi.ShipRequest{ID: src.snaps[0].ID, S3: &agentapi.S3Object{Key: "../x"}})
+			return err
+		}, "s3.key"},
+		{"both targets", func() error {
+			_, err := src.client.ShipSnapshot(src.ctx, agentapi.ShipRequest{ID: src.snaps[0].ID, S3: &agentapi.S3Object{Key: "x"}, To: &agentapi.ShipTarget{URL: dst.http.URL, Token: token}})
+			return err
+		}, "to"},
+		{"missing object", func() error {
+			_, err := dst.client.FetchSnapshot(dst.ctx, agentapi.FetchRequest{S3: agentapi.S3Object{Key: "nothing"}})
+			return err
+		}, ""},
+	} {
+		err := tc.run()
+		var apiErr *agentapi.APIError
+		if !errors.As(err, &apiErr) || apiErr.StatusCode >= 500 || apiErr.Detail != tc.field {
+			t.Errorf("%s: %v, want a 4xx naming %q", tc.name, err, tc.field)
+		}
+	}
+}
+
+type errReader struct{}
+
+func (errReader) Read([]byte) (int, error) { return 0, errors.New("sender died") }
+
+func mustURL(t *testing.T, s string) *url.URL {
+	t.Helper()
+	u, err := url.Parse(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return u
 }

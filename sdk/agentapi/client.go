@@ -590,3 +590,13 @@ func (c *Client) stream(ctx context.Context, method, path string, body io.Reader
 	}
 	return resp, nil
 }
+
+// FetchSnapshot asks the agent to import a stream from its object storage:
+// POST /snapshots/fetch.
+func (c *Client) FetchSnapshot(ctx context.Context, r FetchRequest) (*Snapshot, error) {
+	var out Snapshot
+	if err := c.do(ctx, http.MethodPost, "/snapshots/fetch", r, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
