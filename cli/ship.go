@@ -3,7 +3,6 @@ package cli
 import (
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 
@@ -79,7 +78,7 @@ func newSnapshotImportCommand(cf *clientFlags) *cobra.Command {
 			if err := checkOutput(output); err != nil {
 				return err
 			}
-			var in io.Reader = cmd.InOrStdin()
+			in := cmd.InOrStdin()
 			if file != "" && file != "-" {
 				f, err := os.Open(file) //nolint:gosec // G304: the file the user named
 				if err != nil {

@@ -90,8 +90,8 @@ func (s *Store) url(key string, q url.Values) *url.URL {
 }
 
 // call signs and sends one request with an in-memory body; it returns the
-// response (body read) when the status is 2xx.
-func (s *Store) call(ctx context.Context, method string, u *url.URL, body []byte) (*http.Response, []byte, error) {
+// response's header and body (read and closed) when the status is 2xx.
+func (s *Store) call(ctx context.Context, method string, u *url.URL, body []byte) (http.Header, []byte, error) {
 	req, err := http.NewRequestWithContext(ctx, method, u.String(), bytes.NewReader(body))
 	if err != nil {
 		return nil, nil, err
@@ -111,7 +111,7 @@ func (s *Store) call(ctx context.Context, method string, u *url.URL, body []byte
 	if resp.StatusCode/100 != 2 {
 		return nil, nil, fmt.Errorf("S3 %s %s: %s: %s", method, u.Path, resp.Status, strings.TrimSpace(string(raw)))
 	}
-	return resp, raw, nil
+	return resp.Header, raw, nil
 }
 
 type completePart struct {
@@ -152,11 +152,11 @@ func (s *Store) Put(ctx context.Context, key string, r io.Reader) (n int64, err 
 		}
 		if m > 0 || len(parts) == 0 {
 			num := len(parts) + 1
-			resp, _, err := s.call(ctx, http.MethodPut, s.url(key, url.Values{"partNumber": {strconv.Itoa(num)}, "uploadId": {init.UploadID}}), buf[:m])
+			hdr, _, err := s.call(ctx, http.MethodPut, s.url(key, url.Values{"partNumber": {strconv.Itoa(num)}, "uploadId": {init.UploadID}}), buf[:m])
 			if err != nil {
 				return n, err
 			}
-			parts = append(parts, completePart{PartNumber: num, ETag: resp.Header.Get("ETag")})
+			parts = append(parts, completePart{PartNumber: num, ETag: hdr.Get("ETag")})
 			n += int64(m)
 		}
 		if rerr != nil {

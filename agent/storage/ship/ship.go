@@ -233,13 +233,12 @@ func (f *frameWriter) close() error {
 // frameReader yields the payload and ends with io.EOF at the end marker;
 // a stream that ends elsewhere is an ErrBadStream.
 type frameReader struct {
-	r       *bufio.Reader
-	sum     hash.Hash
-	n       uint64
-	left    uint32
-	done    bool
-	trailer bool
-	err     error
+	r    *bufio.Reader
+	sum  hash.Hash
+	n    uint64
+	left uint32
+	done bool
+	err  error
 }
 
 func (f *frameReader) Read(b []byte) (int, error) {

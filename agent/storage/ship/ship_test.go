@@ -194,6 +194,23 @@ func testShip(t *testing.T, mode string, incremental bool) {
 			t.Errorf("clone reads %q, want %q", m, "three")
 		}
 	})
+
+	t.Run("DestroyRemovesEverything", func(t *testing.T) {
+		s4 := snapshotWith(t, src, "four", t0.Add(3*time.Hour), nil)
+		got4, err := ship.Receive(ctxOf(t), dst, bytes.NewReader(send(t, src, s4.ID, "")))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := dst.DestroySnapshot(ctxOf(t), got4.ID, false); err != nil {
+			t.Fatal(err)
+		}
+		dir := filepath.Join(filepath.Dir(dst.MainDir()), "snapshots")
+		for _, leftover := range []string{".received-snapshot_20261101130000", "snapshot_20261101130000", "snapshot_20261101130000.json"} {
+			if _, err := os.Lstat(filepath.Join(dir, leftover)); err == nil {
+				t.Errorf("%s left after destroying the received snapshot", leftover)
+			}
+		}
+	})
 }
 
 func slicesEqual(a, b []string) bool {

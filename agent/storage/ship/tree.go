@@ -180,8 +180,8 @@ func ReadTree(ctx context.Context, r io.Reader, dir string, owner *storage.Owner
 		}
 	}
 	// Directory times last: creating their entries changed them.
-	for i := len(dirTimes) - 1; i >= 0; i-- {
-		if err := os.Chtimes(dirTimes[i].path, dirTimes[i].hdr.AccessTime, dirTimes[i].hdr.ModTime); err != nil {
+	for _, d := range slices.Backward(dirTimes) {
+		if err := os.Chtimes(d.path, d.hdr.AccessTime, d.hdr.ModTime); err != nil {
 			return err
 		}
 	}
