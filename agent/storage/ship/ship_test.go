@@ -224,3 +224,34 @@ func slicesEqual(a, b []string) bool {
 	}
 	return true
 }
+
+// TestShipRefusals: a stream of another pool kind, and an incremental
+// stream whose base the receiver lacks, are refused and leave nothing.
+func TestShipRefusals(t *testing.T) {
+	bt := storagetest.NewLoopPool(t, storage.ModeBtrfs)
+	bt2 := storagetest.NewLoopPool(t, storage.ModeBtrfs)
+	rf := storagetest.NewLoopPool(t, storage.ModeReflink)
+	t0 := time.Date(2026, 11, 2, 10, 0, 0, 0, time.UTC)
+	s1 := snapshotWith(t, bt, "one", t0, nil)
+	s2 := snapshotWith(t, bt, "two", t0.Add(time.Minute), nil)
+
+	_, err := ship.Receive(ctxOf(t), rf, bytes.NewReader(send(t, bt, s1.ID, "")))
+	if !errors.Is(err, ship.ErrNotShippable) || !strings.Contains(err.Error(), "same kind") {
+		t.Errorf("btrfs stream into a reflink pool: %v, want ErrNotShippable naming the kinds", err)
+	}
+	if ids := snapshotIDs(t, rf); len(ids) != 0 || len(leftovers(t, rf)) != 0 {
+		t.Errorf("reflink pool after a refused stream: snapshots %v, leftovers %v", ids, leftovers(t, rf))
+	}
+
+	_, err = ship.Receive(ctxOf(t), bt2, bytes.NewReader(send(t, bt, s2.ID, s1.ID)))
+	if !errors.Is(err, storage.ErrNotFound) || !strings.Contains(err.Error(), "ship that one first") {
+		t.Errorf("incremental stream without its base: %v, want ErrNotFound saying to ship the base first", err)
+	}
+	if ids := snapshotIDs(t, bt2); len(ids) != 0 || len(leftovers(t, bt2)) != 0 {
+		t.Errorf("btrfs pool after a refused stream: snapshots %v, leftovers %v", ids, leftovers(t, bt2))
+	}
+
+	if _, err := ship.Receive(ctxOf(t), bt2, strings.NewReader("GET / HTTP/1.1\r\n")); !errors.Is(err, ship.ErrBadStream) {
+		t.Errorf("garbage: %v, want ErrBadStream", err)
+	}
+}
