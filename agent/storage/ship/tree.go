@@ -93,7 +93,8 @@ func WriteTree(ctx context.Context, dir string, w io.Writer) error {
 // Every file is created with O_EXCL|O_NOFOLLOW. The caller removes dir on
 // error.
 func ReadTree(ctx context.Context, r io.Reader, dir string, owner *storage.Owner) error {
-	tr := tar.NewReader(r)
+	cr := &countingReader{r: r}
+	tr := tar.NewReader(cr)
 	dirs := map[string]bool{".": true}
 	seen := map[string]bool{}
 	type dirTime struct {
@@ -144,9 +145,12 @@ func ReadTree(ctx context.Context, r io.Reader, dir string, owner *storage.Owner
 			if err != nil {
 				return err
 			}
-			_, err = io.CopyN(f, tr, hdr.Size)
+			err = copyDense(f, tr, hdr.Size, cr)
 			if cerr := f.Close(); err == nil {
 				err = cerr
+			}
+			if errors.Is(err, ErrHostileEntry) {
+				return fmt.Errorf("%w: %q", err, name)
 			}
 			if err != nil {
 				return fmt.Errorf("%w: %q: %v", ErrBadStream, name, err)
@@ -182,6 +186,39 @@ func ReadTree(ctx context.Context, r io.Reader, dir string, owner *storage.Owner
 	// Directory times last: creating their entries changed them.
 	for _, d := range slices.Backward(dirTimes) {
 		if err := os.Chtimes(d.path, d.hdr.AccessTime, d.hdr.ModTime); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// countingReader counts the bytes read from the stream itself.
+type countingReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countingReader) Read(b []byte) (int, error) {
+	n, err := c.r.Read(b)
+	c.n += int64(n)
+	return n, err
+}
+
+// copyDense copies size bytes of an entry, refusing one that yields much
+// more than the stream carries: a sparse entry (GNU or PAX sparse map)
+// whose holes tar.Reader fills with zeros would otherwise write any
+// number of bytes from a few of the stream's.
+func copyDense(w io.Writer, r io.Reader, size int64, stream *countingReader) error {
+	const chunk, slack = 1 << 20, 64 << 10
+	start := stream.n
+	var written int64
+	for written < size {
+		n, err := io.CopyN(w, r, min(chunk, size-written))
+		written += n
+		if written-(stream.n-start) > slack {
+			return fmt.Errorf("%w: sparse entries are not shipped", ErrHostileEntry)
+		}
+		if err != nil {
 			return err
 		}
 	}

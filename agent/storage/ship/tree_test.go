@@ -6,6 +6,8 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"syscall"
 	"testing"
 
@@ -14,7 +16,7 @@ import (
 	"github.com/thinlab/thinlab/internal/testenv"
 )
 
-func tarOf(t *testing.T, hdrs ...*tar.Header) []byte {
+func tarOf(t testing.TB, hdrs ...*tar.Header) []byte {
 	t.Helper()
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
@@ -112,4 +114,54 @@ func fileOwner(t *testing.T, path string) (int, int) {
 		t.Fatal(err)
 	}
 	return int(st.Uid), int(st.Gid)
+}
+
+// FuzzReadTree feeds ReadTree arbitrary tar streams (a hostile sender's
+// reflink snapshot): it must never panic, write outside its directory,
+// keep a setuid/setgid bit, or make a symbolic link that is absolute or
+// climbs with "..".
+func FuzzReadTree(f *testing.F) {
+	f.Add(tarOf(f, dirH("d/"), fileH("d/f", 0o4755), linkH("d/l", "f")))
+	f.Add(tarOf(f, fileH("../evil", 0o644)))
+	f.Add(tarOf(f, dirH("d/"), linkH("l", "d"), fileH("l/f", 0o644)))
+	f.Add(tarOf(f, linkH("up", "../..")))
+	f.Add([]byte("not a tar"))
+	owner := &storage.Owner{UID: os.Getuid(), GID: os.Getgid()}
+	f.Fuzz(func(t *testing.T, stream []byte) {
+		outer := t.TempDir()
+		dir := filepath.Join(outer, "tree")
+		if err := os.Mkdir(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		_ = ship.ReadTree(t.Context(), bytes.NewReader(stream), dir, owner) // refusals are fine; what it left is checked
+		entries, err := os.ReadDir(outer)
+		if err != nil || len(entries) != 1 {
+			t.Fatalf("entries next to the target directory: %v %v", entries, err)
+		}
+		err = filepath.WalkDir(dir, func(path string, d os.DirEntry, err error) error {
+			if err != nil {
+				return err
+			}
+			fi, err := d.Info()
+			if err != nil {
+				return err
+			}
+			if fi.Mode()&(os.ModeSetuid|os.ModeSetgid|os.ModeDevice|os.ModeNamedPipe) != 0 {
+				t.Errorf("%s kept mode %v", path, fi.Mode())
+			}
+			if fi.Mode()&os.ModeSymlink != 0 {
+				target, err := os.Readlink(path)
+				if err != nil {
+					return err
+				}
+				if filepath.IsAbs(target) || slices.Contains(strings.Split(target, "/"), "..") {
+					t.Errorf("symbolic link %s -> %s escapes", path, target)
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	})
 }
