@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"bytes"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -164,4 +165,66 @@ func FuzzReadTree(f *testing.F) {
 			t.Fatal(err)
 		}
 	})
+}
+
+// paxRecord formats one PAX extended header record ("LEN key=value\n").
+func paxRecord(k, v string) string {
+	s := " " + k + "=" + v + "\n"
+	n := len(s) + 2
+	for len(fmt.Sprint(n))+len(s) != n {
+		n++
+	}
+	return fmt.Sprint(n) + s
+}
+
+// sparseBomb is a tar whose one entry is a PAX (GNU 0.0) sparse file of
+// 1 GiB with no data at all: tar.Reader reports a regular file and
+// yields 1 GiB of zeros from about 1.5 KiB of stream.
+func sparseBomb(t *testing.T) []byte {
+	t.Helper()
+	pax := paxRecord("GNU.sparse.size", "1073741824") + paxRecord("GNU.sparse.numblocks", "1") + paxRecord("GNU.sparse.offset", "0") + paxRecord("GNU.sparse.numbytes", "0")
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	if err := tw.WriteHeader(&tar.Header{Name: "pax", Typeflag: tar.TypeReg, Mode: 0o600, Size: int64(len(pax)), Format: tar.FormatUSTAR}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tw.Write([]byte(pax)); err != nil {
+		t.Fatal(err)
+	}
+	if err := tw.WriteHeader(&tar.Header{Name: "bomb", Typeflag: tar.TypeReg, Mode: 0o600, Format: tar.FormatUSTAR}); err != nil {
+		t.Fatal(err)
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// Turn the first entry into a PAX extended header (Go's writer
+	// never writes GNU.sparse records itself).
+	b := buf.Bytes()
+	b[156] = tar.TypeXHeader
+	copy(b[148:156], "        ")
+	sum := 0
+	for _, c := range b[:512] {
+		sum += int(c)
+	}
+	copy(b[148:156], fmt.Sprintf("%06o\x00 ", sum))
+	return b
+}
+
+func TestReadTreeRefusesSparseBomb(t *testing.T) {
+	testenv.NeedsRoot(t, "root, to give received files their owner")
+	bomb := sparseBomb(t)
+	// The stream really is a bomb: tar.Reader inflates it.
+	tr := tar.NewReader(bytes.NewReader(bomb))
+	hdr, err := tr.Next()
+	if err != nil || hdr.Size != 1<<30 || hdr.Typeflag != tar.TypeReg {
+		t.Fatalf("crafted sparse header: %v %+v", err, hdr)
+	}
+	dir := t.TempDir()
+	err = ship.ReadTree(t.Context(), bytes.NewReader(bomb), dir, nil)
+	if !errors.Is(err, ship.ErrHostileEntry) || !strings.Contains(err.Error(), "sparse") {
+		t.Fatalf("ReadTree of a sparse bomb: %v, want ErrHostileEntry naming sparse entries", err)
+	}
+	if st, err := os.Stat(filepath.Join(dir, "bomb")); err == nil && st.Size() > 1<<21 {
+		t.Errorf("the sparse entry wrote %d bytes before it was refused", st.Size())
+	}
 }
