@@ -12,7 +12,10 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/thinlab/thinlab/agent/storage"
+	"github.com/thinlab/thinlab/agent/storage/ship"
 	"github.com/thinlab/thinlab/agent/storage/sidecar"
 	"github.com/thinlab/thinlab/internal/command"
 )
@@ -133,6 +136,9 @@ func (p *Pool) ReceiveSnapshot(ctx context.Context, m storage.ShippedSnapshot, r
 	if len(entries) != 1 || entries[0].Name() != m.Name || !isSubvolume(got) {
 		return storage.Snapshot{}, fmt.Errorf("receive snapshot %s: the stream did not hold exactly one subvolume named %s", id, m.Name)
 	}
+	if err := p.checkDataOwner(got); err != nil {
+		return storage.Snapshot{}, fmt.Errorf("receive snapshot %s: %w", id, err)
+	}
 	out, err := p.cfg.Runner.Run(ctx, "btrfs", "property", "get", "-ts", got, "ro")
 	if err != nil {
 		return storage.Snapshot{}, fmt.Errorf("receive snapshot %s: %w", id, err)
@@ -178,6 +184,29 @@ func (p *Pool) ReceiveSnapshot(ctx context.Context, m storage.ShippedSnapshot, r
 		return storage.Snapshot{}, err
 	}
 	return list[0], nil
+}
+
+// checkDataOwner refuses a received PostgreSQL data directory owned by
+// another uid than the pool's owner: btrfs streams keep numeric owners,
+// and a clone of it could not start (postgres refuses a data directory
+// it does not own), so it is better refused here with the reason.
+func (p *Pool) checkDataOwner(dir string) error {
+	o := p.cfg.Owner
+	if o == nil {
+		return nil
+	}
+	data := filepath.Join(dir, storage.DataSubdir)
+	if _, err := os.Lstat(filepath.Join(data, "PG_VERSION")); err != nil {
+		return nil // not a data directory: nothing to start
+	}
+	var st unix.Stat_t
+	if err := unix.Lstat(data, &st); err != nil {
+		return err
+	}
+	if int(st.Uid) != o.UID {
+		return fmt.Errorf("%w: its data directory belongs to uid %d on the sender, and this pool's owner (provision.osUser) is uid %d: give the postgres OS user the same uid and gid on both hosts", ship.ErrNotShippable, st.Uid, o.UID)
+	}
+	return nil
 }
 
 // removeReceiving deletes a receive directory and whatever subvolumes a

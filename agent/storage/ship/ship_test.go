@@ -251,6 +251,31 @@ func TestShipRefusals(t *testing.T) {
 		t.Errorf("btrfs pool after a refused stream: snapshots %v, leftovers %v", ids, leftovers(t, bt2))
 	}
 
+	// A data directory of another uid than the receiving pool's owner
+	// (btrfs keeps numeric owners): a clone could not start, so refused.
+	other := storagetest.NewLoopPool(t, storage.ModeBtrfs)
+	data := filepath.Join(other.MainDir(), storage.DataSubdir)
+	if err := os.MkdirAll(data, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(data, "PG_VERSION"), []byte("15\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(data, 12345, 12345); err != nil {
+		t.Fatal(err)
+	}
+	foreign, err := other.Snapshot(ctxOf(t), storage.SnapshotOptions{DataStateAt: t0})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = ship.Receive(ctxOf(t), bt2, bytes.NewReader(send(t, other, foreign.ID, "")))
+	if !errors.Is(err, ship.ErrNotShippable) || !strings.Contains(err.Error(), "uid 12345") {
+		t.Errorf("data directory of uid 12345: %v, want ErrNotShippable naming the uid", err)
+	}
+	if ids := snapshotIDs(t, bt2); len(ids) != 0 || len(leftovers(t, bt2)) != 0 {
+		t.Errorf("btrfs pool after a refused owner: snapshots %v, leftovers %v", ids, leftovers(t, bt2))
+	}
+
 	if _, err := ship.Receive(ctxOf(t), bt2, strings.NewReader("GET / HTTP/1.1\r\n")); !errors.Is(err, ship.ErrBadStream) {
 		t.Errorf("garbage: %v, want ErrBadStream", err)
 	}
