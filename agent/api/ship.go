@@ -87,9 +87,10 @@ func (s *Server) exportSnapshot(c *gin.Context) {
 			s.internalError(c, err)
 			return
 		}
-		// The receiver sees a stream without its trailer and refuses it.
+		// The status is sent already; the receiver sees a stream
+		// without its trailer and refuses it.
 		s.log.Error("snapshot export interrupted", "snapshot", sn.ID, "request_id", requestIDOf(c), "err", err)
-		panic(http.ErrAbortHandler)
+		return
 	}
 	s.log.Info("snapshot exported", "snapshot", sn.ID, "base", h.Base)
 }
