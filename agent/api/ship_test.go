@@ -5,11 +5,13 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/thinlab/thinlab/agent/clone/clonetest"
 	"github.com/thinlab/thinlab/agent/config"
@@ -96,6 +98,25 @@ func TestShipBetweenAgents(t *testing.T) {
 		c3 := dst.createOK(dst.createReq("shipped3", sn.ID))
 		if got := query(dst.ctx, t, c3, goodPassword, "select count(*)::text from t"); got != "3" {
 			t.Errorf("clone has %s rows, want 3", got)
+		}
+	})
+
+	t.Run("SlowImportOutlivesReadTimeout", func(t *testing.T) {
+		// The agent's server bounds request reads (agent.ReadTimeout);
+		// an import lifts that bound for its own request.
+		s4 := clonetest.Fill(t, src.pool, "insert into t values (4)")
+		var stream bytes.Buffer
+		if err := src.client.ExportSnapshot(src.ctx, s4.ID, "", &stream); err != nil {
+			t.Fatal(err)
+		}
+		hs := httptest.NewUnstartedServer(dst.srv.Handler())
+		hs.Config.ReadTimeout = time.Second
+		hs.Start()
+		t.Cleanup(hs.Close)
+		slow := &slowReader{r: bytes.NewReader(stream.Bytes()), chunk: stream.Len()/10 + 1, pause: 300 * time.Millisecond}
+		c := &agentapi.Client{BaseURL: hs.URL, Token: token}
+		if _, err := c.ImportSnapshot(src.ctx, "", slow); err != nil {
+			t.Fatalf("import sent over 3 s to a server with a 1 s read timeout: %v", err)
 		}
 	})
 
@@ -204,4 +225,22 @@ func mustURL(t *testing.T, s string) *url.URL {
 		t.Fatal(err)
 	}
 	return u
+}
+
+// slowReader pauses before every chunk bytes it yields.
+type slowReader struct {
+	r     io.Reader
+	chunk int
+	pause time.Duration
+	left  int
+}
+
+func (s *slowReader) Read(b []byte) (int, error) {
+	if s.left == 0 {
+		time.Sleep(s.pause)
+		s.left = s.chunk
+	}
+	n, err := s.r.Read(b[:min(len(b), s.left)])
+	s.left -= n
+	return n, err
 }
