@@ -21,7 +21,8 @@ func newSnapshotCommand() *cobra.Command {
   thinlab snapshot delete 'pool1@snapshot_20240102030405'`,
 	})
 	cf.register(cmd)
-	cmd.AddCommand(newSnapshotListCommand(&cf), newSnapshotCreateCommand(&cf), newSnapshotDeleteCommand(&cf), newSnapshotDiffCommand(&cf), newSnapshotLabelCommand(&cf))
+	cmd.AddCommand(newSnapshotListCommand(&cf), newSnapshotCreateCommand(&cf), newSnapshotDeleteCommand(&cf), newSnapshotDiffCommand(&cf), newSnapshotLabelCommand(&cf),
+		newSnapshotExportCommand(&cf), newSnapshotImportCommand(&cf), newSnapshotShipCommand(&cf), newSnapshotFetchCommand(&cf))
 	return cmd
 }
 

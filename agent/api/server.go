@@ -248,6 +248,10 @@ func (s *Server) mount(g *gin.RouterGroup) {
 	a.GET("/status", s.status)
 	a.GET("/snapshots", s.listSnapshots)
 	a.GET("/snapshots/diff", s.diffSnapshots)
+	a.GET("/snapshots/export", s.exportSnapshot)
+	a.POST("/snapshots/import", s.importSnapshot)
+	a.POST("/snapshots/ship", s.shipSnapshot)
+	a.POST("/snapshots/fetch", s.fetchSnapshot)
 	a.GET("/clone/:id/diff", s.diffClone)
 	a.POST("/snapshot", s.createSnapshot)
 	// Snapshot IDs may contain '/' in DLE (branch snapshots): catch-all.

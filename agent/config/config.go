@@ -28,6 +28,25 @@ type Config struct {
 	// StateDir holds the agent's state (clones.json, retrieval state).
 	StateDir string   `yaml:"stateDir"`
 	Platform Platform `yaml:"platform"`
+	// Shipping is where snapshots are exported to and imported from
+	// besides other agents (POST /snapshots/ship with s3).
+	Shipping Shipping `yaml:"shipping"`
+}
+
+// Shipping configures snapshot shipping through object storage.
+type Shipping struct {
+	// S3, when its endpoint is set, is an S3-compatible storage holding
+	// snapshot streams as Bucket/Prefix<key>. Credentials come from the
+	// environment variables the S3 fields name, never from API requests.
+	S3 ShippingS3 `yaml:"s3"`
+}
+
+// ShippingS3 is the object storage of snapshot streams.
+type ShippingS3 struct {
+	S3     `yaml:",inline"`
+	Bucket string `yaml:"bucket"`
+	// Prefix is put before every key (e.g. "agent1/").
+	Prefix string `yaml:"prefix"`
 }
 
 // Server is the agent's local HTTP API.

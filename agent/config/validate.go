@@ -33,6 +33,14 @@ func (c *Config) Validate() error {
 	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
 
 	errs = append(errs, c.Server.validate()...)
+	if s3 := c.Shipping.S3; s3.Endpoint != "" || s3.Bucket != "" {
+		if u, err := url.Parse(s3.Endpoint); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+			bad("shipping.s3.endpoint %q: give the storage's URL (https://s3.REGION.amazonaws.com or http://127.0.0.1:9000)", s3.Endpoint)
+		}
+		if s3.Bucket == "" {
+			bad("shipping.s3.bucket is empty: name the bucket that holds snapshot streams")
+		}
+	}
 
 	if len(c.Pools) == 0 {
 		bad("pools is empty: add at least one pool with name, mode and path")

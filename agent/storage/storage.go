@@ -9,6 +9,7 @@ package storage
 import (
 	"context"
 	"errors"
+	"io"
 	"maps"
 	"time"
 )
@@ -183,4 +184,45 @@ type Pool interface {
 // backend implements it (storagetest.RunConformance checks it).
 type CloneSnapshotter interface {
 	SnapshotClone(ctx context.Context, clone string, opt SnapshotOptions) (Snapshot, error)
+}
+
+// Native snapshot stream formats (Shipper.ShipFormat). A stream of one
+// format is received only by a pool of the same format.
+const (
+	ShipBtrfs = "btrfs-send"
+	ShipTar   = "tar"
+)
+
+// ShippedSnapshot is what a received snapshot is made of besides its data:
+// its name in the pool (snapshot_<ts>, the sender's name, so that an
+// incremental stream finds its base by name) and its metadata.
+type ShippedSnapshot struct {
+	Name        string
+	CreatedAt   time.Time
+	DataStateAt time.Time
+	Message     string
+	Labels      map[string]string
+	// Base, when set, names the snapshot (snapshot_<ts>) the stream is a
+	// difference against; the receiving pool must hold it.
+	Base string
+}
+
+// Shipper is a Pool that can write one of its snapshots as a stream and
+// make a snapshot from such a stream (agent/storage/ship frames it with
+// the metadata and a checksum). Optional, like CloneSnapshotter.
+type Shipper interface {
+	// ShipFormat is one of the Ship* constants.
+	ShipFormat() string
+	// Incremental reports whether SendSnapshot can send the changes
+	// since a base snapshot only.
+	Incremental() bool
+	// SendSnapshot writes the native stream of snapshot id to w; with
+	// baseID (Incremental pools only), the changes since that snapshot.
+	SendSnapshot(ctx context.Context, id, baseID string, w io.Writer) error
+	// ReceiveSnapshot makes snapshot m from the native stream r under a
+	// temporary name. When r is consumed it calls verify (which checks
+	// the stream's end and checksum) and publishes the snapshot only if
+	// verify and everything else succeeded; on any error nothing of it
+	// is left. An existing snapshot of that name is ErrExists.
+	ReceiveSnapshot(ctx context.Context, m ShippedSnapshot, r io.Reader, verify func() error) (Snapshot, error)
 }

@@ -16,6 +16,7 @@ targets=(
   "./sdk/agentapi FuzzJSONTypes"
   "./platform/api FuzzAPIRequestDecoding"
   "./sdk/tunnel FuzzReadLine"
+  "./agent/storage/ship FuzzReadTree"
 )
 
 listed=$(printf '%s\n' "${targets[@]}" | awk '{print $2}' | sort)

@@ -29,6 +29,9 @@ type Cmd struct {
 	Dir   string
 	Env   []string // appended to the current environment
 	Stdin io.Reader
+	// Stdout, when set, receives the command's output as it is written
+	// (a stream too large to buffer); RunCmd then returns no output.
+	Stdout io.Writer
 	// Credential, when set, runs the program as another OS user (for example
 	// postgres, because initdb and postgres refuse to run as root).
 	Credential *syscall.Credential
@@ -78,6 +81,9 @@ func (r Runner) RunCmd(ctx context.Context, c Cmd) ([]byte, error) {
 	}
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout = &stdout
+	if c.Stdout != nil {
+		cmd.Stdout = c.Stdout
+	}
 	cmd.Stderr = &stderr
 	start := time.Now()
 	err := cmd.Run()

@@ -525,3 +525,88 @@ func (d Database) PortNumber() int {
 	p, _ := strconv.Atoi(d.Port)
 	return p
 }
+
+// ExportSnapshot writes the stream of snapshot id (with base, the changes
+// since that snapshot where the pool can) to w: GET /snapshots/export.
+func (c *Client) ExportSnapshot(ctx context.Context, id, base string, w io.Writer) error {
+	q := url.Values{"id": {id}}
+	if base != "" {
+		q.Set("base", base)
+	}
+	resp, err := c.stream(ctx, http.MethodGet, "/snapshots/export?"+q.Encode(), nil)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = resp.Body.Close() }()
+	if _, err := io.Copy(w, resp.Body); err != nil {
+		return fmt.Errorf("agent API: export snapshot %s: %w", id, err)
+	}
+	return nil
+}
+
+// ImportSnapshot sends a stream made by ExportSnapshot to the agent, which
+// makes the snapshot in pool (empty: its first pool): POST /snapshots/import.
+func (c *Client) ImportSnapshot(ctx context.Context, pool string, r io.Reader) (*Snapshot, error) {
+	path := "/snapshots/import"
+	if pool != "" {
+		path += "?" + url.Values{"pool": {pool}}.Encode()
+	}
+	resp, err := c.stream(ctx, http.MethodPost, path, r)
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = resp.Body.Close() }()
+	var out Snapshot
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&out); err != nil {
+		return nil, fmt.Errorf("agent API: import snapshot: decode answer: %w", err)
+	}
+	return &out, nil
+}
+
+// ShipSnapshot asks the agent to send a snapshot to another agent:
+// POST /snapshots/ship.
+func (c *Client) ShipSnapshot(ctx context.Context, r ShipRequest) (*ShipResult, error) {
+	var out ShipResult
+	if err := c.do(ctx, http.MethodPost, "/snapshots/ship", r, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// stream sends a request with a raw body and returns the response when
+// its status is below 400 (the caller closes its body).
+func (c *Client) stream(ctx context.Context, method, path string, body io.Reader) (*http.Response, error) {
+	req, err := http.NewRequestWithContext(ctx, method, strings.TrimRight(c.BaseURL, "/")+path, body)
+	if err != nil {
+		return nil, fmt.Errorf("agent API: %w", err)
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/octet-stream")
+	}
+	if c.Token != "" {
+		req.Header.Set(VerificationTokenHeader, c.Token)
+	}
+	if c.BearerToken != "" {
+		req.Header.Set("Authorization", "Bearer "+c.BearerToken)
+	}
+	resp, err := c.httpClient().Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("agent API %s %s: %w", method, path, err)
+	}
+	if resp.StatusCode >= 400 {
+		raw, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+		_ = resp.Body.Close() // the error is the answer
+		return nil, decodeError(resp.StatusCode, raw)
+	}
+	return resp, nil
+}
+
+// FetchSnapshot asks the agent to import a stream from its object storage:
+// POST /snapshots/fetch.
+func (c *Client) FetchSnapshot(ctx context.Context, r FetchRequest) (*Snapshot, error) {
+	var out Snapshot
+	if err := c.do(ctx, http.MethodPost, "/snapshots/fetch", r, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}

@@ -573,3 +573,45 @@ type TableDiff struct {
 	RowsTo        *int64 `json:"rowsTo"`
 	SchemaChanged bool   `json:"schemaChanged"`
 }
+
+// ShipRequest is the body of POST /snapshots/ship (Thinlab): send
+// snapshot ID (with Base, only the changes since that snapshot where the
+// pool can) to another agent, which imports it, or into the agent's
+// configured object storage (shipping.s3). Exactly one of To and S3.
+type ShipRequest struct {
+	ID   string      `json:"id"`
+	Base string      `json:"base,omitempty"`
+	To   *ShipTarget `json:"to,omitempty"`
+	S3   *S3Object   `json:"s3,omitempty"`
+}
+
+// S3Object names a stream in the agent's shipping.s3 bucket (below its
+// prefix).
+type S3Object struct {
+	Key string `json:"key"`
+}
+
+// FetchRequest is the body of POST /snapshots/fetch (Thinlab): import the
+// stream at S3.Key of shipping.s3 into Pool (empty: the first pool).
+type FetchRequest struct {
+	S3   S3Object `json:"s3"`
+	Pool string   `json:"pool,omitempty"`
+}
+
+// ShipTarget is the receiving agent: its API URL, its verification token
+// and the pool to import into (empty: its first pool).
+type ShipTarget struct {
+	URL   string `json:"url"`
+	Token string `json:"token"`
+	Pool  string `json:"pool,omitempty"`
+}
+
+// ShipResult answers POST /snapshots/ship: the snapshot as the receiving
+// agent made it (none for S3), the base the stream was against (empty: a
+// full stream) and, for S3, the key and the stream's size.
+type ShipResult struct {
+	Snapshot *Snapshot `json:"snapshot,omitempty"`
+	Base     string    `json:"base,omitempty"`
+	Key      string    `json:"key,omitempty"`
+	Bytes    int64     `json:"bytes,omitempty"`
+}

@@ -76,6 +76,8 @@ type Pool struct {
 	log     *slog.Logger
 	mu      sync.Mutex
 	sizes   spacecache.Cache
+	// receiving holds the names of snapshots being received (ship.go).
+	receiving map[string]bool
 }
 
 var (
@@ -135,6 +137,7 @@ func Open(ctx context.Context, cfg Config) (*Pool, error) {
 	}
 	sidecar.RemoveTemps(p.snapDir)
 	sidecar.RemoveTemps(cfg.ClonesDir)
+	p.removeReceiveLeftovers()
 	return p, nil
 }
 
@@ -273,6 +276,7 @@ func (p *Pool) DestroySnapshot(ctx context.Context, id string, force bool) error
 		return fmt.Errorf("destroy snapshot %s: %w", id, err)
 	}
 	p.sizes.Forget(dir)
+	p.removeAnchor(name)
 	if err := os.Remove(dir + ".json"); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		p.log.Warn("snapshot sidecar left behind", "path", dir+".json", "err", err)
 	}
