@@ -241,13 +241,15 @@ func StoreAgentEvents(ctx context.Context, st *store.Store, agentID string, even
 			Snapshot: e.Snapshot, Pool: e.Pool, Message: e.Message, Data: e.Data,
 		})
 	}
-	if _, err := st.InsertAgentEvents(ctx, agentID, rows); err != nil {
+	// Usage samples also become usage rows, each sample once (its ID is
+	// fixed by its period), in the same transaction as the events: a
+	// failure is a refused batch, which the agent sends again.
+	clones, pools, err := usage.BatchRows(events)
+	if err != nil {
 		return err
 	}
-	// Usage samples also become usage rows, each sample once (its ID is
-	// fixed by its period); a failure here is a refused batch, which the
-	// agent sends again.
-	return usage.Ingest(ctx, st, agentID, events)
+	_, err = st.InsertAgentEventsWithUsage(ctx, agentID, rows, clones, pools)
+	return err
 }
 
 // disconnectors closes a revoked agent's tunnel on every one given.
