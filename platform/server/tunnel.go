@@ -291,8 +291,16 @@ func StoreAgentEvents(ctx context.Context, st *store.Store, n *notify.Notifier, 
 			Snapshot: e.Snapshot, Pool: e.Pool, Message: e.Message, Data: e.Data,
 		})
 	}
-	err := st.InTx(ctx, func(tx *store.Store) error {
-		if _, err := tx.InsertAgentEvents(ctx, agentID, rows); err != nil {
+	// Usage samples also become usage rows, each sample once (its ID is
+	// fixed by its period), and the notifications of the events are
+	// recorded, all in the events' transaction: a failure is a refused
+	// batch, which the agent sends again.
+	clones, pools, err := usage.BatchRows(events)
+	if err != nil {
+		return err
+	}
+	err = st.InTx(ctx, func(tx *store.Store) error {
+		if _, err := tx.InsertAgentEventsWithUsage(ctx, agentID, rows, clones, pools); err != nil {
 			return err
 		}
 		if n == nil {
@@ -308,10 +316,7 @@ func StoreAgentEvents(ctx context.Context, st *store.Store, n *notify.Notifier, 
 		return err
 	}
 	n.Committed()
-	// Usage samples also become usage rows, each sample once (its ID is
-	// fixed by its period); a failure here is a refused batch, which the
-	// agent sends again.
-	return usage.Ingest(ctx, st, agentID, events)
+	return nil
 }
 
 // disconnectors closes a revoked agent's tunnel on every one given.

@@ -388,11 +388,22 @@ func (s *Store) InsertAgentEvents(ctx context.Context, agentID string, events []
 	if err := s.conn(ctx).Select("id", "org_id").Where("id = ?", agentID).Take(&a).Error; err != nil {
 		return 0, notFound(err)
 	}
-	now := s.now()
+	rows, err := agentEventRows(a, events, s.now())
+	if err != nil {
+		return 0, err
+	}
+	res := s.conn(ctx).Clauses(clause.OnConflict{
+		Columns: []clause.Column{{Name: "agent_id"}, {Name: "event_id"}}, DoNothing: true,
+	}).Create(&rows)
+	return res.RowsAffected, res.Error
+}
+
+// agentEventRows are the rows of events of agent a, received at now.
+func agentEventRows(a Agent, events []NewAgentEvent, now time.Time) ([]AgentEvent, error) {
 	rows := make([]AgentEvent, 0, len(events))
 	for i, e := range events {
 		if e.EventID == "" {
-			return 0, fmt.Errorf("event %d of agent %s has no event ID: events are deduplicated by it", i, agentID)
+			return nil, fmt.Errorf("event %d of agent %s has no event ID: events are deduplicated by it", i, a.ID)
 		}
 		row := AgentEvent{
 			AgentID: a.ID, OrgID: a.OrgID, EventID: e.EventID, Kind: e.Kind, Severity: e.Severity,
@@ -405,10 +416,7 @@ func (s *Store) InsertAgentEvents(ctx context.Context, agentID string, events []
 		}
 		rows = append(rows, row)
 	}
-	res := s.conn(ctx).Clauses(clause.OnConflict{
-		Columns: []clause.Column{{Name: "agent_id"}, {Name: "event_id"}}, DoNothing: true,
-	}).Create(&rows)
-	return res.RowsAffected, res.Error
+	return rows, nil
 }
 
 // ListAgentEvents lists orgID's newest events of agentID (all agents when

@@ -54,7 +54,15 @@ func (UsagePoolPeriod) TableName() string { return "usage_pool_periods" }
 // organization is the agent's (never a field of the rows). It returns how
 // many clone rows were new.
 func (s *Store) InsertUsage(ctx context.Context, agentID string, clones []UsageClonePeriod, pools []UsagePoolPeriod) (int64, error) {
-	if len(clones) == 0 && len(pools) == 0 {
+	return s.InsertAgentEventsWithUsage(ctx, agentID, nil, clones, pools)
+}
+
+// InsertAgentEventsWithUsage stores a batch of agentID's events (as
+// InsertAgentEvents) and the usage rows of its samples (as InsertUsage)
+// in one transaction, with one lookup of the agent: the hub's ingestion
+// of a batch. It returns how many clone rows were new.
+func (s *Store) InsertAgentEventsWithUsage(ctx context.Context, agentID string, events []NewAgentEvent, clones []UsageClonePeriod, pools []UsagePoolPeriod) (int64, error) {
+	if len(events) == 0 && len(clones) == 0 && len(pools) == 0 {
 		return 0, nil
 	}
 	var a Agent
@@ -62,6 +70,10 @@ func (s *Store) InsertUsage(ctx context.Context, agentID string, clones []UsageC
 		return 0, notFound(err)
 	}
 	now := s.now()
+	evRows, err := agentEventRows(a, events, now)
+	if err != nil {
+		return 0, err
+	}
 	for i := range clones {
 		clones[i].AgentID, clones[i].OrgID, clones[i].ReceivedAt = a.ID, a.OrgID, now
 	}
@@ -69,7 +81,14 @@ func (s *Store) InsertUsage(ctx context.Context, agentID string, clones []UsageC
 		pools[i].AgentID, pools[i].OrgID, pools[i].ReceivedAt = a.ID, a.OrgID, now
 	}
 	var n int64
-	err := s.conn(ctx).Transaction(func(tx *gorm.DB) error {
+	err = s.conn(ctx).Transaction(func(tx *gorm.DB) error {
+		if len(evRows) > 0 {
+			if err := tx.Clauses(clause.OnConflict{
+				Columns: []clause.Column{{Name: "agent_id"}, {Name: "event_id"}}, DoNothing: true,
+			}).Create(&evRows).Error; err != nil {
+				return err
+			}
+		}
 		if len(clones) > 0 {
 			res := tx.Clauses(clause.OnConflict{DoNothing: true}).CreateInBatches(&clones, 500)
 			if res.Error != nil {

@@ -36,6 +36,16 @@ const maxBytes = math.MaxInt64
 // error naming it (the agent keeps the batch and sends it again, so
 // nothing is lost to a platform bug fixed later).
 func Ingest(ctx context.Context, st *store.Store, agentID string, events []tunnel.Event) error {
+	clones, pools, err := BatchRows(events)
+	if err != nil {
+		return err
+	}
+	_, err = st.InsertUsage(ctx, agentID, clones, pools)
+	return err
+}
+
+// BatchRows are the usage rows of the samples among events.
+func BatchRows(events []tunnel.Event) ([]store.UsageClonePeriod, []store.UsagePoolPeriod, error) {
 	var clones []store.UsageClonePeriod
 	var pools []store.UsagePoolPeriod
 	for _, e := range events {
@@ -44,13 +54,12 @@ func Ingest(ctx context.Context, st *store.Store, agentID string, events []tunne
 		}
 		c, p, err := Rows(e)
 		if err != nil {
-			return err
+			return nil, nil, err
 		}
 		clones = append(clones, c...)
 		pools = append(pools, p...)
 	}
-	_, err := st.InsertUsage(ctx, agentID, clones, pools)
-	return err
+	return clones, pools, nil
 }
 
 // Rows are the usage rows of one sample event (without agent and
