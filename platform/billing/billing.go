@@ -12,6 +12,7 @@ import (
 	"github.com/stripe/stripe-go/v76"
 	"github.com/stripe/stripe-go/v76/client"
 
+	"github.com/thinlab/thinlab/platform/notify"
 	"github.com/thinlab/thinlab/platform/store"
 	"github.com/thinlab/thinlab/sdk/platformapi"
 )
@@ -24,6 +25,9 @@ type Billing struct {
 	stripe *client.API
 	// Now is the clock (tests move it past a grace period).
 	Now func() time.Time
+	// Notifier, when set, tells organizations of failed payments and of
+	// creations refused by their plan (billing.* notifications).
+	Notifier *notify.Notifier
 }
 
 // New returns the billing of cfg (validated by the caller). httpClient
@@ -129,12 +133,39 @@ func (b *Billing) CheckClone(ctx context.Context, orgID string, clones int64, st
 	}
 	l := eff.Plan.Limits
 	if l.Clones != nil && clones >= int64(*l.Clones) {
-		return &LimitError{Limit: "clones", Plan: eff.Plan.Name, Max: *l.Clones, Current: clones}
+		return b.limitReached(ctx, orgID, &LimitError{Limit: "clones", Plan: eff.Plan.Name, Max: *l.Clones, Current: clones})
 	}
 	if l.StorageGiB != nil && storageBytes>>30 >= uint64(max(*l.StorageGiB, 0)) {
-		return &LimitError{Limit: "storageGiB", Plan: eff.Plan.Name, Max: *l.StorageGiB, Current: int64(storageBytes >> 30)}
+		return b.limitReached(ctx, orgID, &LimitError{Limit: "storageGiB", Plan: eff.Plan.Name, Max: *l.StorageGiB, Current: int64(storageBytes >> 30)})
 	}
 	return nil
+}
+
+// limitReached tells orgID that a creation was refused by its plan (once
+// per limit and hour) and returns le.
+func (b *Billing) limitReached(ctx context.Context, orgID string, le *LimitError) error {
+	b.notify(ctx, notify.Event{
+		OrgID: orgID, Name: notify.BillingLimitReached, Target: le.Limit, Message: le.Error(),
+		SourceKey: "limit:" + orgID + ":" + le.Limit + ":" + b.Now().UTC().Truncate(time.Hour).Format(time.RFC3339),
+	})
+	return le
+}
+
+// notify records e, logging a failure: a notification never decides a
+// billing answer.
+func (b *Billing) notify(ctx context.Context, e notify.Event) {
+	if b.Notifier == nil {
+		return
+	}
+	err := b.store.InTx(ctx, func(tx *store.Store) error {
+		_, err := b.Notifier.Record(ctx, tx, e)
+		return err
+	})
+	if err != nil {
+		b.log.Warn("billing: record a notification", "event", e.Name, "org", e.OrgID, "err", err)
+		return
+	}
+	b.Notifier.Committed()
 }
 
 // AgentCap is the enrollment's agent limit (store.AgentCap); nil when
@@ -149,7 +180,7 @@ func (b *Billing) AgentCap(ctx context.Context) store.AgentCap {
 			return err
 		}
 		if l := eff.Plan.Limits.Agents; l != nil && count >= int64(*l) {
-			return &LimitError{Limit: "agents", Plan: eff.Plan.Name, Max: *l, Current: count}
+			return b.limitReached(ctx, orgID, &LimitError{Limit: "agents", Plan: eff.Plan.Name, Max: *l, Current: count})
 		}
 		return nil
 	}

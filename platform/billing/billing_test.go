@@ -341,6 +341,14 @@ func TestWebhooks(t *testing.T) {
 	if err := s.bill.CheckClone(ctx, s.org.ID, 3, 0); !errors.As(err, &le) || le.Limit != "clones" || le.Plan != "free" {
 		t.Fatalf("3 clones after the grace period: %v, want the free plan's clone limit", err)
 	}
+	// The organization was told, once each: the failed payment (two
+	// failures of one invoice: the events differ, the invoice is the
+	// target, so the second folds in) and the refused creation.
+	for name, want := range map[string]string{"billing.payment_failed": "in_1", "billing.limit_reached": "clones"} {
+		if got := s.env.QueryStrings("SELECT target FROM notification_events WHERE org_id = $1 AND name = $2", s.org.ID, name); len(got) != 1 || got[0] != want {
+			t.Errorf("%s notifications: %v, want one for %s", name, got, want)
+		}
+	}
 	// Nothing was deleted: the usage is all there.
 	if n := s.env.QueryStrings("SELECT count(*)::text FROM usage_clone_periods WHERE org_id = $1", s.org.ID); len(n) != 1 || n[0] != "1" {
 		t.Fatalf("usage rows after the downgrade: %v, want kept", n)

@@ -11,6 +11,7 @@ import (
 	"github.com/stripe/stripe-go/v76/webhook"
 	"gorm.io/gorm"
 
+	"github.com/thinlab/thinlab/platform/notify"
 	"github.com/thinlab/thinlab/platform/store"
 )
 
@@ -131,6 +132,13 @@ func (b *Billing) HandleWebhook(ctx context.Context, payload []byte, signature s
 	if applied && ch.OrgID != "" {
 		b.log.Info("billing: Stripe event applied", "event", ev.ID, "type", ev.Type, "org", ch.OrgID)
 		out.OrgID = ch.OrgID
+		if ev.Type == "invoice.payment_failed" {
+			b.notify(ctx, notify.Event{
+				OrgID: ch.OrgID, Name: notify.BillingPaymentFailed, Target: ch.Invoice.StripeInvoiceID,
+				Message:   fmt.Sprintf("payment of invoice %s failed; the plan's limits stay for the grace period (%s), then the free plan's apply (no data is deleted)", ch.Invoice.Number, b.cfg.GracePeriod),
+				SourceKey: "stripe:" + ev.ID,
+			})
+		}
 	}
 	return out, nil
 }

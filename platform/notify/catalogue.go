@@ -61,6 +61,9 @@ const (
 	PoolSpaceLow       = "pool.space_low"
 	PoolDiskSaturated  = "pool.disk_saturated"
 	PoolOutOfSpaceRisk = "pool.out_of_space_risk"
+	// Billing (platform/billing).
+	BillingPaymentFailed = "billing.payment_failed"
+	BillingLimitReached  = "billing.limit_reached"
 )
 
 // Catalogue is every event, in the order pages show them.
@@ -85,6 +88,8 @@ var Catalogue = []Kind{
 	{Name: PoolSpaceLow, Severity: Warning, Members: true, Email: true, Description: "Pool running out of disk space"},
 	{Name: PoolDiskSaturated, Severity: Warning, Members: true, Description: "Pool disk IO saturated"},
 	{Name: PoolOutOfSpaceRisk, Severity: Warning, Members: true, Email: true, Description: "Pool projected to run out of space within a day"},
+	{Name: BillingPaymentFailed, Severity: Error, Members: true, Email: true, Description: "Payment failed"},
+	{Name: BillingLimitReached, Severity: Warning, Members: true, Email: true, Description: "A creation was refused: the plan's limit is reached"},
 }
 
 // Lookup returns the catalogue's entry for name.

@@ -167,6 +167,7 @@ func New(ctx context.Context, cfg Config, opts Options) (_ *Server, err error) {
 	}
 	routes := []access.Route{{Method: http.MethodGet, Path: "/healthz", Public: true, Handler: s.healthz}, s.tunnelRoute(), s.relayRoute()}
 	s.billing = billing.New(cfg.Billing, s.store, logger, opts.StripeHTTPClient)
+	s.billing.Notifier = s.notifier
 	copyRate := cmp.Or(cfg.Usage.CopyRateMiBPerSecond, usage.DefaultCopyRateMiBPerSecond)
 	routes = append(routes, api.Routes(&api.API{
 		Store: s.store, Logger: logger, Audit: s.audit, Disconnector: disconnect, Agents: s.hub, ReplicaID: s.replicaID,
