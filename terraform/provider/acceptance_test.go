@@ -38,8 +38,7 @@ func (tf *tofu) run(wantCode int, args ...string) string {
 	cmd.Stdout, cmd.Stderr = &out, &out
 	err := cmd.Run()
 	code := 0
-	var exitErr *exec.ExitError
-	if errors.As(err, &exitErr) {
+	if exitErr, ok := errors.AsType[*exec.ExitError](err); ok {
 		code = exitErr.ExitCode()
 	} else if err != nil {
 		tf.t.Fatalf("tofu %s: %v", strings.Join(args, " "), err)
