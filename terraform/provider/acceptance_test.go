@@ -130,6 +130,18 @@ func TestProviderLifecycle(t *testing.T) {
 
 	// 1. apply: an enrollment token and an invitation.
 	tf.write(baseConfig)
+
+	// Without a token the provider names the setting and its variable.
+	noToken := *tf
+	noToken.env = nil
+	for _, kv := range tf.env {
+		if !strings.HasPrefix(kv, "THINLAB_TOKEN=") {
+			noToken.env = append(noToken.env, kv)
+		}
+	}
+	if out := noToken.run(1, "plan", "-input=false", "-no-color"); !strings.Contains(out, "Missing token") || !strings.Contains(out, "THINLAB_TOKEN") {
+		t.Errorf("plan without a token does not name the setting and THINLAB_TOKEN:\n%s", out)
+	}
 	// No tofu init: with dev_overrides it still asks the registry for a
 	// published version (unreachable here, and not needed), and tofu
 	// itself advises to skip it.
