@@ -9,7 +9,7 @@ TESTFLAGS ?=
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X github.com/thinlab/thinlab/internal/version.Version=$(VERSION)
 
-.PHONY: all deps build generate lint test test-unit test-helm test-compose fuzz bench demo demo-stop clean release
+.PHONY: all deps build generate lint test test-unit test-helm test-terraform test-compose fuzz bench demo demo-stop clean release
 
 all: build
 
@@ -50,12 +50,19 @@ test: deps build lint bin/testreport
 	set -o pipefail; $(GO) test -json -count=1 -p 2 -timeout 20m -race $(TESTFLAGS) $$($(GO) list ./... | grep -E '$(RACE_PKGS)') | $(TESTREPORT)
 	set -o pipefail; $(GO) test -json -count=1 -p 2 -timeout 40m $(TESTFLAGS) $$($(GO) list ./... | grep -vE '$(RACE_PKGS)') | $(TESTREPORT)
 	FUZZTIME=10s deploy/dev/fuzz.sh
-	$(MAKE) --no-print-directory test-helm test-compose
+	$(MAKE) --no-print-directory test-helm test-terraform test-compose
 
 # The Helm chart's tests live in their own module (deploy/helm/charttest) so
 # that the thinlab binary never links Helm or the Kubernetes libraries.
 test-helm: bin/testreport
 	set -o pipefail; $(GO) -C deploy/helm/charttest test -json -count=1 $(TESTFLAGS) ./... | $(TESTREPORT)
+
+# The Terraform provider is its own module (terraform/provider) so that the
+# thinlab binary never links the plugin framework. Its acceptance test runs
+# a real platform and drives the provider through OpenTofu (bin/tofu, built
+# by make deps).
+test-terraform: deps bin/testreport
+	set -o pipefail; $(GO) -C terraform/provider test -json -count=1 -timeout 10m $(TESTFLAGS) ./... | $(TESTREPORT)
 
 # Container images and docker-compose.yml under podman, a sign-in through
 # Dex in Chromium and a clone (internal/deploytest, build tag compose).

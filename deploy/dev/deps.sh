@@ -11,7 +11,7 @@ packages=(
   qemu-system-x86 linux-image-amd64 lvm2 thin-provisioning-tools busybox-static cpio  # LVM thin tests in a VM
   chromium chromium-driver                                # UI tests in a real browser
   pgbackrest barman rsync                                 # physical retrieval from backup tools
-  ca-certificates git make gcc curl procps               # the demo script
+  ca-certificates git make gcc curl procps jq            # the demo script; jq: the OpenTofu build
   podman podman-compose runc golang-github-containernetworking-plugin-dnsname  # container images and docker-compose.yml (make test-compose)
   mmdebstrap rpm                                          # Debian base images and chroots; .rpm inspection (internal/deploytest)
 )
@@ -80,3 +80,9 @@ build_pinned minio "$minio_version" 'd=$(mktemp -d) && GOBIN=$d CGO_ENABLED=0 go
 # (platform/notify). Its own module (SQLite, a large graph), like MinIO.
 mailpit_version=v1.33.1
 build_pinned mailpit "$mailpit_version" 'd=$(mktemp -d) && GOBIN=$d CGO_ENABLED=0 go install github.com/axllent/mailpit@'"$mailpit_version"' && mv "$d/mailpit" "$1" && rmdir "$d"'
+# OpenTofu: runs the Terraform provider's acceptance test (terraform/provider,
+# make test-terraform). Its go.mod has replace directives, so `go install
+# ...@version` is refused; it is built as the main module from a writable
+# copy of the module download.
+tofu_version=v1.10.6
+build_pinned tofu "$tofu_version" 'd=$(go mod download -json github.com/opentofu/opentofu@'"$tofu_version"' | jq -r .Dir) && w=$(mktemp -d) && cp -r "$d/." "$w" && chmod -R u+w "$w" && (cd "$w" && CGO_ENABLED=0 go build -o "$1" ./cmd/tofu) && rm -rf "$w"'
