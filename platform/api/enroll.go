@@ -51,6 +51,7 @@ func (a *API) enroll(c *gin.Context) {
 		// agents: the agent's operator is told which limit.
 		a.Logger.Warn("agent enrollment refused by the plan", "org", tok.OrgID, "err", err)
 		a.recordEnroll(c, tok.OrgID, tok.ID, err.Error())
+		_ = a.Billing.LimitReached(c.Request.Context(), tok.OrgID, limit) // the organization hears of it
 		access.Error(c, http.StatusPaymentRequired, CodePlanLimitAPI, limit.Error(), "")
 	case errors.As(err, &capErr):
 		a.internal(c, "check the plan's agent limit", err)

@@ -133,17 +133,17 @@ func (b *Billing) CheckClone(ctx context.Context, orgID string, clones int64, st
 	}
 	l := eff.Plan.Limits
 	if l.Clones != nil && clones >= int64(*l.Clones) {
-		return b.limitReached(ctx, orgID, &LimitError{Limit: "clones", Plan: eff.Plan.Name, Max: *l.Clones, Current: clones})
+		return b.LimitReached(ctx, orgID, &LimitError{Limit: "clones", Plan: eff.Plan.Name, Max: *l.Clones, Current: clones})
 	}
 	if l.StorageGiB != nil && storageBytes>>30 >= uint64(max(*l.StorageGiB, 0)) {
-		return b.limitReached(ctx, orgID, &LimitError{Limit: "storageGiB", Plan: eff.Plan.Name, Max: *l.StorageGiB, Current: int64(storageBytes >> 30)})
+		return b.LimitReached(ctx, orgID, &LimitError{Limit: "storageGiB", Plan: eff.Plan.Name, Max: *l.StorageGiB, Current: int64(storageBytes >> 30)})
 	}
 	return nil
 }
 
-// limitReached tells orgID that a creation was refused by its plan (once
-// per limit and hour) and returns le.
-func (b *Billing) limitReached(ctx context.Context, orgID string, le *LimitError) error {
+// LimitReached tells orgID that a creation was refused by its plan (once
+// per limit and hour) and returns le. Call it outside any transaction.
+func (b *Billing) LimitReached(ctx context.Context, orgID string, le *LimitError) error {
 	b.notify(ctx, notify.Event{
 		OrgID: orgID, Name: notify.BillingLimitReached, Target: le.Limit, Message: le.Error(),
 		SourceKey: "limit:" + orgID + ":" + le.Limit + ":" + b.Now().UTC().Truncate(time.Hour).Format(time.RFC3339),
@@ -180,7 +180,10 @@ func (b *Billing) AgentCap(ctx context.Context) store.AgentCap {
 			return err
 		}
 		if l := eff.Plan.Limits.Agents; l != nil && count >= int64(*l) {
-			return b.limitReached(ctx, orgID, &LimitError{Limit: "agents", Plan: eff.Plan.Name, Max: *l, Current: count})
+			// Inside the enrollment's transaction: the caller notifies
+			// (LimitReached) after it ended, as a notification written
+			// now would wait for that transaction's locks.
+			return &LimitError{Limit: "agents", Plan: eff.Plan.Name, Max: *l, Current: count}
 		}
 		return nil
 	}
