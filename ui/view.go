@@ -279,8 +279,9 @@ type Agents struct {
 	NewCommand string
 }
 
-// fmtBytes shows a byte count in binary units.
-func fmtBytes(n uint64) string {
+// FormatBytes shows a byte count in binary units (pages and their
+// handlers).
+func FormatBytes(n uint64) string {
 	const unit = 1024
 	if n < unit {
 		return strconv.FormatUint(n, 10) + " B"

@@ -52,7 +52,7 @@ func (w *Web) agentMetricsPage(c *gin.Context) {
 		for _, cl := range last.Clones {
 			v.Clones = append(v.Clones, ui.CloneUse{
 				ID: cl.ID, Href: clonePath(org.Slug, ag.ID, cl.ID), CPU: fmt.Sprintf("%.1f%%", cl.CPUPercent),
-				Memory: byteSize(int64(min(cl.MemoryBytes, 1<<62))), Connections: cl.Connections,
+				Memory: ui.FormatBytes(cl.MemoryBytes), Connections: cl.Connections,
 			})
 		}
 	}

@@ -2,7 +2,6 @@ package web
 
 import (
 	"context"
-	"fmt"
 	"net/http"
 	"slices"
 	"strconv"
@@ -138,7 +137,7 @@ func diffView(d *agentapi.Diff) ui.CloneDiff {
 	for _, t := range d.Tables {
 		v.Tables = append(v.Tables, ui.TableChange{
 			Name: t.Schema + "." + t.Table, Change: t.Change, SchemaChanged: t.SchemaChanged,
-			SizeFrom: byteSize(t.SizeFrom), SizeTo: byteSize(t.SizeTo), RowsFrom: rowCount(t.RowsFrom), RowsTo: rowCount(t.RowsTo),
+			SizeFrom: ui.FormatBytes(uint64(max(t.SizeFrom, 0))), SizeTo: ui.FormatBytes(uint64(max(t.SizeTo, 0))), RowsFrom: rowCount(t.RowsFrom), RowsTo: rowCount(t.RowsTo),
 		})
 	}
 	return v
@@ -168,20 +167,6 @@ func (w *Web) cloneDiffPage(c *gin.Context) {
 	p := w.page(c, "Clone")
 	p.Title = "Changes in clone " + id
 	w.render(c, p.Status, ui.CloneDiffPage(p, v))
-}
-
-// byteSize is n in binary units, as people read sizes.
-func byteSize(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return strconv.FormatInt(n, 10) + " B"
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }
 
 // rowCount is an exact count, or "?" where the agent did not count.
